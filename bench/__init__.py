@@ -1,0 +1,1 @@
+"""omega-cell benchmarks: each module prints a human summary, then one JSON line."""

@@ -1,0 +1,251 @@
+"""Commands: the only way a cell's state changes, and what each one answers.
+
+Every command carries its own time (`at`, seconds) and an `id` chosen by the
+client, so that applying it is a pure function of the state and the command,
+and so that a command retried after a failover is applied once. Results and
+events are values too: results answer the client, events describe what
+changed, in order, for agents and people.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from cellstate.model import (
+    Band,
+    CommitResult,
+    JobSpec,
+    MachineSpec,
+    MachineState,
+    TaskState,
+    Transaction,
+)
+from cellstate.resources import Resources
+
+# -- commands ---------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class RegisterMachines:
+    """Register machines, or update the capacity, labels and domain of known ones.
+    A registration is also how a machine that was down comes back up."""
+
+    machines: tuple[MachineSpec, ...]
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class SetMachineState:
+    machine: str
+    state: MachineState
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class SubmitJob:
+    job: str
+    spec: JobSpec
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class KillJob:
+    job: str
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class Commit:
+    txn: Transaction
+    at: float = 0.0
+    id: str = ""
+
+
+class ReportedState(enum.StrEnum):
+    """What an agent may say of a task: `lost` means the process is gone without
+    an exit status (the task returns to pending)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+@attrs.frozen(slots=True)
+class TaskReport:
+    """An agent's word on one incarnation of a task it runs on `machine`."""
+
+    task: str
+    machine: str
+    incarnation: int
+    state: ReportedState
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+@attrs.frozen(slots=True)
+class ReportTasks:
+    reports: tuple[TaskReport, ...]
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class TaskUsage:
+    task: str
+    incarnation: int
+    cpu: int
+    memory: int
+
+
+@attrs.frozen(slots=True)
+class ReportUsage:
+    usages: tuple[TaskUsage, ...]
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class Heartbeat:
+    machines: tuple[str, ...]
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class ExpireHeartbeats:
+    """Mark down every machine not heard from for `timeout` seconds before `at`.
+    The leader issues it on a timer; the decision is taken inside the log."""
+
+    timeout: float
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class SetQuota:
+    """Set (or with `limit=None`, clear) an owner's quota in one priority band."""
+
+    owner: str
+    band: Band
+    limit: Resources | None
+    at: float = 0.0
+    id: str = ""
+
+
+Command = (
+    RegisterMachines
+    | SetMachineState
+    | SubmitJob
+    | KillJob
+    | Commit
+    | ReportTasks
+    | ReportUsage
+    | Heartbeat
+    | ExpireHeartbeats
+    | SetQuota
+)
+
+COMMAND_TYPES: dict[str, type] = {
+    "register_machines": RegisterMachines,
+    "set_machine_state": SetMachineState,
+    "submit_job": SubmitJob,
+    "kill_job": KillJob,
+    "commit": Commit,
+    "report_tasks": ReportTasks,
+    "report_usage": ReportUsage,
+    "heartbeat": Heartbeat,
+    "expire_heartbeats": ExpireHeartbeats,
+    "set_quota": SetQuota,
+}
+
+# -- results ----------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Ok:
+    pass
+
+
+@attrs.frozen(slots=True)
+class Error:
+    """A command refused as a whole; it changed nothing. `field` names the
+    offending part of the command, when there is one."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+@attrs.frozen(slots=True)
+class Stale:
+    """Reports and heartbeats the cell could not use: for tasks, the incarnation
+    is no longer on that machine (the agent must stop it); for machines, they
+    are unknown or down (the agent must register again)."""
+
+    tasks: tuple[str, ...] = ()
+    machines: tuple[str, ...] = ()
+
+
+Result = Ok | Error | CommitResult | Stale
+
+# -- events -----------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class MachineChanged:
+    machine: str
+    state: MachineState
+
+
+@attrs.frozen(slots=True)
+class JobSubmitted:
+    job: str
+
+
+@attrs.frozen(slots=True)
+class JobKilled:
+    job: str
+
+
+@attrs.frozen(slots=True)
+class TaskPlaced:
+    task: str
+    machine: str
+    incarnation: int
+
+
+@attrs.frozen(slots=True)
+class TaskStateChanged:
+    task: str
+    machine: str | None
+    incarnation: int
+    state: TaskState
+
+
+@attrs.frozen(slots=True)
+class TaskEvicted:
+    """A placed incarnation is gone from its machine: `killed`, `preempted` or
+    `lost`. Its agent must stop it; preempted and lost tasks are pending again."""
+
+    task: str
+    machine: str
+    incarnation: int
+    reason: str
+
+
+Event = MachineChanged | JobSubmitted | JobKilled | TaskPlaced | TaskStateChanged | TaskEvicted
+
+
+@attrs.frozen(slots=True)
+class Outcome:
+    version: int
+    result: Result
+    events: tuple[Event, ...]

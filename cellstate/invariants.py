@@ -1,0 +1,68 @@
+"""Checks of the promises `CellState` keeps, for tests, fault suites and replay.
+
+`check` recomputes every running sum from the tasks themselves and compares;
+it raises `InvariantViolation` naming the first broken promise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cellstate.model import ACTIVE_STATES, TaskState
+
+if TYPE_CHECKING:
+    from cellstate.state import CellState
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+def check(cell: CellState) -> None:
+    sums: dict[str, list[int]] = {mid: [0] * 6 for mid in cell.machines}
+    holders: dict[str, set[str]] = {mid: set() for mid in cell.machines}
+    owners: dict[tuple[str, int], list[int]] = {}
+    for task in cell.tasks.values():
+        if task.state in ACTIVE_STATES:
+            if task.machine not in cell.machines:
+                raise InvariantViolation(f"task {task.id} is active on unknown machine {task.machine}")
+            holders[task.machine].add(task.id)
+            row = sums[task.machine]
+            if task.best_effort:
+                row[4] += task.cpu
+                row[5] += task.memory
+            else:
+                row[0] += task.cpu
+                row[1] += task.memory
+                row[2] += task.reserved_cpu
+                row[3] += task.reserved_memory
+                usage = owners.setdefault((task.owner, task.priority // 100), [0, 0])
+                usage[0] += task.cpu
+                usage[1] += task.memory
+        elif task.state is TaskState.PENDING and task.machine is not None:
+            raise InvariantViolation(f"pending task {task.id} names machine {task.machine}")
+    for machine in cell.machine_list:
+        row = sums[machine.id]
+        kept = [machine.used_cpu, machine.used_memory, machine.reserved_cpu,
+                machine.reserved_memory, machine.be_cpu, machine.be_memory]
+        if row != kept:
+            raise InvariantViolation(f"machine {machine.id} sums {kept} but its tasks add to {row}")
+        if set(machine.tasks) != holders[machine.id]:
+            raise InvariantViolation(f"machine {machine.id} task set disagrees with the tasks")
+        if row[0] > machine.cpu or row[1] > machine.memory:
+            raise InvariantViolation(f"machine {machine.id} over capacity: limits {row[:2]}")
+        if row[2] + row[4] > machine.cpu or row[3] + row[5] > machine.memory:
+            raise InvariantViolation(
+                f"machine {machine.id} over capacity: reservations {row[2:4]} + best-effort {row[4:]}"
+            )
+    for key, usage in owners.items():
+        if cell.owner_usage.get(key, [0, 0]) != usage:
+            raise InvariantViolation(f"owner usage {key} is {cell.owner_usage.get(key)}, tasks say {usage}")
+    for job in cell.jobs.values():
+        counts: dict[str, int] = {}
+        for task in cell.job_tasks(job):
+            counts[task.state] = counts.get(task.state, 0) + 1
+        if {k: v for k, v in job.counts.items() if v} != counts:
+            raise InvariantViolation(f"job {job.id} counts {job.counts} but tasks say {counts}")
+        if (job.id in cell.pending_jobs) != bool(counts.get(TaskState.PENDING)):
+            raise InvariantViolation(f"job {job.id} pending index is wrong")

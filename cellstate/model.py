@@ -1,0 +1,387 @@
+"""The cell's vocabulary: machines, jobs, tasks, priority bands and their states.
+
+Specs (what a person or an agent asks for) are frozen attrs classes validated
+on construction. Records (`Machine`, `Job`, `Task`) are what the cell state
+owns; they are mutable slotted classes because the state machine updates them
+in place on its hot path (a commit touches one task and one machine per claim),
+and nothing outside `CellState` may change them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+import attrs
+
+from cellstate.resources import Resources
+
+MAX_TASKS_PER_JOB = 100_000
+MAX_LABELS = 64
+MAX_COMMAND_ARGS = 256
+MAX_TEXT = 4096
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,62})$")
+OWNER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class Band(enum.IntEnum):
+    """Borg's priority bands; a band owns the priorities `100*band .. 100*band+99`."""
+
+    BEST_EFFORT = 0
+    BATCH = 1
+    PRODUCTION = 2
+    MONITORING = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def of(cls, priority: int) -> Band:
+        return cls(priority // 100)
+
+    @classmethod
+    def parse(cls, text: str) -> Band:
+        return cls[text.upper().replace("-", "_")]
+
+
+BAND_NAMES = tuple(band.label for band in Band)
+MAX_PRIORITY = 100 * len(Band) - 1
+# Tasks in these bands are never preempted (Borg: production and above).
+NON_PREEMPTIBLE = Band.PRODUCTION
+
+
+class SchedulerClass(enum.StrEnum):
+    SERVICE = "service"
+    BATCH = "batch"
+    BEST_EFFORT = "best-effort"
+
+
+DEFAULT_PRIORITY = {
+    SchedulerClass.SERVICE: 200,
+    SchedulerClass.BATCH: 100,
+    SchedulerClass.BEST_EFFORT: 0,
+}
+
+
+class MachineState(enum.StrEnum):
+    UP = "up"
+    DRAINING = "draining"
+    DOWN = "down"
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"
+    KILLED = "killed"
+
+
+ACTIVE_STATES = frozenset({TaskState.ASSIGNED, TaskState.STARTING, TaskState.RUNNING})
+TERMINAL_STATES = frozenset({TaskState.EXITED, TaskState.FAILED, TaskState.KILLED})
+
+# Legal moves of a task. Lost and preempted tasks go back to PENDING with a new
+# incarnation; running -> starting is a restart in place by the agent.
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.ASSIGNED, TaskState.KILLED}),
+    TaskState.ASSIGNED: frozenset(
+        {TaskState.STARTING, TaskState.RUNNING, TaskState.EXITED, TaskState.FAILED,
+         TaskState.KILLED, TaskState.PENDING}
+    ),
+    TaskState.STARTING: frozenset(
+        {TaskState.RUNNING, TaskState.EXITED, TaskState.FAILED, TaskState.KILLED,
+         TaskState.PENDING}
+    ),
+    TaskState.RUNNING: frozenset(
+        {TaskState.STARTING, TaskState.EXITED, TaskState.FAILED, TaskState.KILLED,
+         TaskState.PENDING}
+    ),
+    TaskState.EXITED: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.KILLED: frozenset(),
+}
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"      # no task placed yet
+    RUNNING = "running"      # some task placed or running
+    DONE = "done"            # every task finished (exited 0)
+    FAILED = "failed"        # every task finished, some failed or exited non-zero
+    KILLED = "killed"
+
+
+class RestartPolicy(enum.StrEnum):
+    NEVER = "never"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+
+
+class TxnMode(enum.StrEnum):
+    INCREMENTAL = "incremental"
+    ALL_OR_NOTHING = "all-or-nothing"
+
+
+class ConflictMode(enum.StrEnum):
+    FINE = "fine"
+    COARSE = "coarse"
+
+
+# -- validators -----------------------------------------------------------------
+
+
+class FieldError(ValueError):
+    """A value refused by a record's own rules; `field` names the attribute."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _match(pattern: re.Pattern[str], what: str):
+    def check(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise FieldError(
+                attribute.name, f"{value!r} is not a valid {what}: must match {pattern.pattern}"
+            )
+
+    return check
+
+
+def _labels(instance: Any, attribute: attrs.Attribute, value: dict[str, str]) -> None:
+    if len(value) > MAX_LABELS:
+        raise FieldError(attribute.name, f"has {len(value)} entries; at most {MAX_LABELS}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not LABEL_KEY_RE.match(key):
+            raise FieldError(attribute.name, f"key {key!r} must match {LABEL_KEY_RE.pattern}")
+        if not isinstance(item, str) or len(item) > 256:
+            raise FieldError(f"{attribute.name}.{key}", "must be a string of at most 256 characters")
+
+
+def _sorted_dict(value: dict[str, str]) -> dict[str, str]:
+    # Canonical key order keeps serialised state byte-identical however the
+    # input was ordered.
+    return dict(sorted(value.items()))
+
+
+def _text(limit: int = MAX_TEXT):
+    def check(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+        if len(value) > limit:
+            raise FieldError(attribute.name, f"is {len(value)} characters; at most {limit}")
+
+    return check
+
+
+def _argv(instance: Any, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    if len(value) > MAX_COMMAND_ARGS:
+        raise FieldError(attribute.name, f"has {len(value)} items; at most {MAX_COMMAND_ARGS}")
+    for item in value:
+        if len(item) > MAX_TEXT:
+            raise FieldError(attribute.name, f"has an item longer than {MAX_TEXT} characters")
+
+
+def _priority(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value <= MAX_PRIORITY:
+        raise FieldError(
+            "priority",
+            f"{value} is out of range: use 0..{MAX_PRIORITY} or a band ({', '.join(BAND_NAMES)})",
+        )
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and not value >= 0:
+        raise FieldError(attribute.name, f"must be >= 0, got {value}")
+
+
+# -- specs ------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class MachineSpec:
+    """What an agent registers: a machine's identity, capacity and placement facts."""
+
+    id: str = attrs.field(validator=_match(NAME_RE, "machine id"))
+    capacity: Resources
+    labels: dict[str, str] = attrs.field(factory=dict, converter=_sorted_dict, validator=_labels)
+    domain: str = attrs.field(default="default", validator=_match(NAME_RE, "failure domain"))
+
+
+@attrs.frozen(slots=True)
+class JobSpec:
+    """What a person submits: a job of `tasks` identical tasks."""
+
+    name: str = attrs.field(validator=_match(NAME_RE, "job name"))
+    owner: str = attrs.field(validator=_match(OWNER_RE, "owner"))
+    scheduler: SchedulerClass
+    resources: Resources
+    tasks: int = attrs.field(default=1)
+    priority: int = attrs.field(default=-1)
+    command: tuple[str, ...] = attrs.field(default=(), validator=_argv)
+    env: dict[str, str] = attrs.field(factory=dict, converter=_sorted_dict)
+    labels: dict[str, str] = attrs.field(factory=dict, converter=_sorted_dict, validator=_labels)
+    constraints: dict[str, str] = attrs.field(
+        factory=dict, converter=_sorted_dict, validator=_labels
+    )
+    spread: str | None = None
+    anti_affinity: bool = False
+    gang: bool = False
+    restart: RestartPolicy = RestartPolicy.NEVER
+    grace_period: float = attrs.field(default=10.0, validator=_non_negative)
+    duration: float | None = attrs.field(default=None, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.tasks <= MAX_TASKS_PER_JOB:
+            raise FieldError("tasks", f"must be in 1..{MAX_TASKS_PER_JOB}, got {self.tasks}")
+        if self.priority == -1:
+            object.__setattr__(self, "priority", DEFAULT_PRIORITY[self.scheduler])
+        _priority(self, attrs.fields(JobSpec).priority, self.priority)
+        if self.scheduler is SchedulerClass.BEST_EFFORT and self.band is not Band.BEST_EFFORT:
+            raise FieldError(
+                "priority", "a best-effort job's priority must be in the best-effort band (0..99)"
+            )
+        if self.scheduler is not SchedulerClass.BEST_EFFORT and self.band is Band.BEST_EFFORT:
+            raise FieldError(
+                "priority",
+                f"{self.priority} is in the best-effort band; use scheduler 'best-effort' for it",
+            )
+        if self.grace_period > 3600:
+            raise FieldError("grace_period", "must be at most 3600 seconds")
+
+    @property
+    def band(self) -> Band:
+        return Band.of(self.priority)
+
+
+# -- records owned by the cell state ----------------------------------------------
+
+
+@attrs.define(slots=True, eq=False)
+class Machine:
+    id: str
+    index: int
+    cpu: int
+    memory: int
+    labels: dict[str, str]
+    domain: str
+    state: MachineState = MachineState.UP
+    seqnum: int = 0
+    last_heartbeat: float = 0.0
+    # Derived from the tasks on the machine; kept as running sums for speed.
+    # `used_*` are the limits of tasks above best-effort, `reserved_*` their
+    # reservations (Borg's usage-plus-margin), `be_*` the limits of best-effort
+    # tasks, which live on what reservations leave over.
+    used_cpu: int = 0
+    used_memory: int = 0
+    reserved_cpu: int = 0
+    reserved_memory: int = 0
+    be_cpu: int = 0
+    be_memory: int = 0
+    tasks: dict[str, None] = attrs.field(factory=dict)
+
+
+@attrs.define(slots=True, eq=False)
+class Job:
+    id: str
+    spec: JobSpec
+    submitted_at: float
+    spec_version: int = 1
+    killed: bool = False
+    # Count of tasks per state; a job's state is derived from it.
+    counts: dict[str, int] = attrs.field(factory=dict)
+    failures: int = 0
+
+    @property
+    def state(self) -> JobState:
+        if self.killed:
+            return JobState.KILLED
+        total = self.spec.tasks
+        finished = self.counts.get(TaskState.EXITED, 0) + self.counts.get(TaskState.FAILED, 0)
+        if finished == total:
+            return JobState.FAILED if self.failures else JobState.DONE
+        if self.counts.get(TaskState.PENDING, 0) == total:
+            return JobState.PENDING
+        return JobState.RUNNING
+
+
+@attrs.define(slots=True, eq=False)
+class Task:
+    id: str
+    job: str
+    owner: str
+    index: int
+    priority: int
+    best_effort: bool
+    cpu: int
+    memory: int
+    spec_version: int = 1
+    state: TaskState = TaskState.PENDING
+    machine: str | None = None
+    incarnation: int = 0
+    submitted_at: float = 0.0
+    placed_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    restarts: int = 0
+    evictions: int = 0
+    usage_cpu: int = 0
+    usage_memory: int = 0
+    reserved_cpu: int = 0
+    reserved_memory: int = 0
+    usage_at: float = 0.0
+
+
+def task_id(job: str, index: int) -> str:
+    return f"{job}.{index}"
+
+
+# -- transactions -----------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Claim:
+    """A scheduler's claim: place `task` on `machine`, which it read at `seqnum`,
+    preempting `victims` (tasks on that machine in strictly lower bands)."""
+
+    task: str
+    machine: str
+    seqnum: int = 0
+    victims: tuple[str, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class Transaction:
+    scheduler: str
+    claims: tuple[Claim, ...]
+    base_version: int = 0
+    mode: TxnMode = TxnMode.INCREMENTAL
+    conflicts: ConflictMode = ConflictMode.FINE
+
+
+@attrs.frozen(slots=True)
+class Rejection:
+    task: str
+    machine: str
+    reason: str
+
+
+@attrs.frozen(slots=True)
+class CommitResult:
+    """Claim-by-claim verdict of a transaction.
+
+    Every claim not in `rejected` was accepted (the scheduler knows its claims,
+    so accepted ids are not repeated: results stay small when conflicts are
+    rare). `preempted` lists the victims this commit evicted."""
+
+    accepted: int = 0
+    rejected: tuple[Rejection, ...] = ()
+    preempted: tuple[str, ...] = ()
+
+    @property
+    def conflicted(self) -> bool:
+        return bool(self.rejected)

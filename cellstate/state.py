@@ -1,0 +1,515 @@
+"""`CellState`: the whole truth of one cell, changed only by applying commands.
+
+Applying a command is a pure function of the state and the command: no clock,
+no randomness, no I/O. Time and ids travel inside commands. Raft replicas,
+every scheduler's local copy and the simulator run this very class, so the
+same commands in the same order give byte-identical snapshots everywhere.
+
+Every applied command bumps `version` (duplicates and refusals too, so that
+the version is the position in the log) and yields the events it caused.
+
+Invariants kept by every command (`check_invariants` verifies them):
+- per machine and dimension, limits of non-best-effort tasks <= capacity, and
+  their reservations plus best-effort limits <= capacity;
+- a task is active (assigned, starting, running) on exactly the machine it
+  names, and on no other;
+- task states only move along `model.TRANSITIONS`;
+- a refused command, a rejected claim and a failed all-or-nothing transaction
+  change nothing but the version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+from cellstate import commit as _commit
+from cellstate.commands import (
+    Command,
+    Commit,
+    Error,
+    Event,
+    ExpireHeartbeats,
+    Heartbeat,
+    JobKilled,
+    JobSubmitted,
+    KillJob,
+    MachineChanged,
+    Ok,
+    Outcome,
+    RegisterMachines,
+    ReportedState,
+    ReportTasks,
+    ReportUsage,
+    Result,
+    SetMachineState,
+    SetQuota,
+    Stale,
+    SubmitJob,
+    TaskEvicted,
+    TaskStateChanged,
+)
+from cellstate.model import (
+    ACTIVE_STATES,
+    NAME_RE,
+    OWNER_RE,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    Band,
+    Job,
+    Machine,
+    MachineState,
+    Task,
+    TaskState,
+    task_id,
+)
+
+PENDING = TaskState.PENDING
+
+
+@attrs.frozen(slots=True)
+class CellConfig:
+    """Constants of the cell's rules; part of the state, so every copy agrees."""
+
+    # Borg-style reservation: usage plus a margin, decaying from the limit.
+    reservation_margin: float = 0.1
+    reservation_decay_s: float = 300.0
+    # How many command ids are remembered for idempotent retries.
+    dedup_window: int = 20_000
+
+
+class CellState:
+    """One cell's machines, jobs, tasks, claims and quotas.
+
+    Reading the attributes is free; changing them other than through `apply`
+    breaks every promise above.
+    """
+
+    def __init__(self, config: CellConfig | None = None) -> None:
+        self.config = config or CellConfig()
+        self.version = 0
+        self.now = 0.0
+        self.machines: dict[str, Machine] = {}
+        self.machine_list: list[Machine] = []
+        self.jobs: dict[str, Job] = {}
+        self.tasks: dict[str, Task] = {}
+        self.quotas: dict[tuple[str, int], tuple[int, int]] = {}
+        # Derived (rebuilt on restore, never serialised):
+        self.owner_usage: dict[tuple[str, int], list[int]] = {}
+        self.pending_jobs: dict[str, None] = {}
+        self.recent: dict[str, tuple[int, Result]] = {}
+        # Machines whose seqnum moved since the owner of this copy last
+        # drained the set; None until someone asks (schedulers do).
+        self.changed_machines: set[str] | None = None
+
+    # -- applying commands ----------------------------------------------------
+
+    def apply(self, command: Command) -> Outcome:
+        """Apply one command; return the new version, its result and its events.
+
+        Never raises for a command that is well-typed: a command that cannot be
+        applied returns an `Error` and changes nothing but the version.
+        """
+        self.version += 1
+        at = command.at
+        if at > self.now:
+            self.now = at
+        cid = command.id
+        if cid:
+            seen = self.recent.get(cid)
+            if seen is not None:
+                return Outcome(self.version, seen[1], ())
+        events: list[Event] = []
+        result = _HANDLERS[type(command)](self, command, events)
+        if cid:
+            recent = self.recent
+            recent[cid] = (self.version, result)
+            if len(recent) > self.config.dedup_window:
+                del recent[next(iter(recent))]
+        return Outcome(self.version, result, tuple(events))
+
+    # -- machines ---------------------------------------------------------------
+
+    def _register_machines(self, cmd: RegisterMachines, events: list[Event]) -> Result:
+        seen: set[str] = set()
+        for i, spec in enumerate(cmd.machines):
+            field = f"machines[{i}]"
+            if spec.id in seen:
+                return Error("duplicate_machine", f"machine {spec.id!r} appears twice", field)
+            seen.add(spec.id)
+            known = self.machines.get(spec.id)
+            if known is not None and (
+                spec.capacity.cpu < known.used_cpu or spec.capacity.memory < known.used_memory
+            ):
+                return Error(
+                    "capacity_below_claims",
+                    f"machine {spec.id!r} capacity {spec.capacity.human()} is below what its "
+                    "tasks claim; drain it first",
+                    f"{field}.capacity",
+                )
+        at = cmd.at
+        for spec in cmd.machines:
+            machine = self.machines.get(spec.id)
+            if machine is None:
+                machine = Machine(
+                    id=spec.id, index=len(self.machine_list), cpu=spec.capacity.cpu,
+                    memory=spec.capacity.memory, labels=dict(spec.labels), domain=spec.domain,
+                    last_heartbeat=at,
+                )
+                self.machines[spec.id] = machine
+                self.machine_list.append(machine)
+            else:
+                machine.cpu = spec.capacity.cpu
+                machine.memory = spec.capacity.memory
+                machine.labels = dict(spec.labels)
+                machine.domain = spec.domain
+                machine.state = MachineState.UP
+                machine.last_heartbeat = at
+            self._touch(machine)
+            events.append(MachineChanged(machine.id, machine.state))
+            self._squeeze_best_effort(machine, events)
+        return Ok()
+
+    def _set_machine_state(self, cmd: SetMachineState, events: list[Event]) -> Result:
+        machine = self.machines.get(cmd.machine)
+        if machine is None:
+            return Error("machine_unknown", f"no machine {cmd.machine!r}", "machine")
+        if machine.state == cmd.state:
+            return Ok()
+        if cmd.state is MachineState.DOWN:
+            self._machine_down(machine, events)
+        else:
+            machine.state = cmd.state
+            machine.last_heartbeat = cmd.at
+            self._touch(machine)
+            events.append(MachineChanged(machine.id, machine.state))
+        return Ok()
+
+    def _heartbeat(self, cmd: Heartbeat, events: list[Event]) -> Result:
+        stale = []
+        machines = self.machines
+        for mid in cmd.machines:
+            machine = machines.get(mid)
+            if machine is None or machine.state is MachineState.DOWN:
+                stale.append(mid)
+            else:
+                machine.last_heartbeat = cmd.at
+        return Stale(machines=tuple(stale)) if stale else Ok()
+
+    def _expire_heartbeats(self, cmd: ExpireHeartbeats, events: list[Event]) -> Result:
+        deadline = cmd.at - cmd.timeout
+        for machine in self.machine_list:
+            if machine.state is not MachineState.DOWN and machine.last_heartbeat < deadline:
+                self._machine_down(machine, events)
+        return Ok()
+
+    def _machine_down(self, machine: Machine, events: list[Event]) -> None:
+        machine.state = MachineState.DOWN
+        self._touch(machine)
+        events.append(MachineChanged(machine.id, machine.state))
+        for tid in sorted(machine.tasks):
+            self._evict(self.tasks[tid], "lost", events)
+
+    # -- jobs -------------------------------------------------------------------
+
+    def _submit_job(self, cmd: SubmitJob, events: list[Event]) -> Result:
+        if not NAME_RE.match(cmd.job):
+            return Error("invalid_id", f"job id {cmd.job!r} must match {NAME_RE.pattern}", "job")
+        known = self.jobs.get(cmd.job)
+        if known is not None:
+            if known.spec == cmd.spec:
+                return Ok()  # a retried submit of the same job
+            return Error("job_exists", f"job {cmd.job!r} exists with another spec", "job")
+        spec = cmd.spec
+        job = Job(id=cmd.job, spec=spec, submitted_at=cmd.at, counts={PENDING: spec.tasks})
+        self.jobs[job.id] = job
+        tasks = self.tasks
+        best_effort = spec.band is Band.BEST_EFFORT
+        cpu, memory = spec.resources.cpu, spec.resources.memory
+        for index in range(spec.tasks):
+            tid = task_id(job.id, index)
+            tasks[tid] = Task(
+                id=tid, job=job.id, owner=spec.owner, index=index, priority=spec.priority,
+                best_effort=best_effort, cpu=cpu, memory=memory, submitted_at=cmd.at,
+            )
+        self.pending_jobs[job.id] = None
+        events.append(JobSubmitted(job.id))
+        return Ok()
+
+    def _kill_job(self, cmd: KillJob, events: list[Event]) -> Result:
+        job = self.jobs.get(cmd.job)
+        if job is None:
+            return Error("job_unknown", f"no job {cmd.job!r}", "job")
+        if job.killed:
+            return Ok()
+        job.killed = True
+        for task in self.job_tasks(job):
+            state = task.state
+            if state in TERMINAL_STATES:
+                continue
+            if state in ACTIVE_STATES:
+                machine = self._release(task)
+                events.append(TaskEvicted(task.id, machine.id, task.incarnation, "killed"))
+            self._move(task, job, TaskState.KILLED)
+            task.finished_at = cmd.at
+            task.reason = "killed"
+        events.append(JobKilled(job.id))
+        return Ok()
+
+    def _set_quota(self, cmd: SetQuota, events: list[Event]) -> Result:
+        if not OWNER_RE.match(cmd.owner):
+            return Error("invalid_owner", f"owner {cmd.owner!r} must match {OWNER_RE.pattern}", "owner")
+        if cmd.band is Band.BEST_EFFORT:
+            return Error(
+                "quota_unlimited_band", "the best-effort band has no quota: it is unlimited", "band"
+            )
+        key = (cmd.owner, int(cmd.band))
+        if cmd.limit is None:
+            self.quotas.pop(key, None)
+        else:
+            self.quotas[key] = (cmd.limit.cpu, cmd.limit.memory)
+        return Ok()
+
+    # -- agents' reports ----------------------------------------------------------
+
+    def _report_tasks(self, cmd: ReportTasks, events: list[Event]) -> Result:
+        stale = []
+        for report in cmd.reports:
+            task = self.tasks.get(report.task)
+            if (
+                task is None
+                or task.machine != report.machine
+                or task.incarnation != report.incarnation
+            ):
+                stale.append(report.task)
+                continue
+            state = task.state
+            new = _REPORTED[report.state]
+            if state is new:
+                continue  # a retried report
+            if state not in ACTIVE_STATES:
+                # A late exit of a killed task is news to nobody; anything else
+                # means the agent runs what the cell no longer wants.
+                if new not in TERMINAL_STATES:
+                    stale.append(report.task)
+                continue
+            job = self.jobs[task.job]
+            if new is PENDING:
+                self._evict(task, report.reason or "lost", events)
+                continue
+            assert new in TRANSITIONS[state], (state, new)
+            if new is TaskState.STARTING and state is TaskState.RUNNING:
+                task.restarts += 1
+            if new is TaskState.RUNNING and task.started_at is None:
+                task.started_at = cmd.at
+            if new in TERMINAL_STATES:
+                self._release(task)
+                task.finished_at = cmd.at
+                task.exit_code = report.exit_code
+                task.reason = report.reason
+                if new is TaskState.FAILED or report.exit_code:
+                    job.failures += 1
+            self._move(task, job, new)
+            events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
+        return Stale(tasks=tuple(stale)) if stale else Ok()
+
+    def _report_usage(self, cmd: ReportUsage, events: list[Event]) -> Result:
+        stale = []
+        margin = self.config.reservation_margin
+        decay_s = self.config.reservation_decay_s
+        for usage in cmd.usages:
+            task = self.tasks.get(usage.task)
+            if (
+                task is None
+                or task.incarnation != usage.incarnation
+                or task.state not in ACTIVE_STATES
+            ):
+                stale.append(usage.task)
+                continue
+            elapsed = max(0.0, cmd.at - task.usage_at) if task.usage_at else decay_s
+            task.usage_cpu, task.usage_memory = usage.cpu, usage.memory
+            task.usage_at = cmd.at
+            if task.best_effort:
+                continue
+            cpu = _reservation(task.cpu, usage.cpu, task.reserved_cpu, margin, elapsed, decay_s)
+            memory = _reservation(
+                task.memory, usage.memory, task.reserved_memory, margin, elapsed, decay_s
+            )
+            if (cpu, memory) == (task.reserved_cpu, task.reserved_memory):
+                continue
+            machine = self.machines[task.machine]  # type: ignore[index]
+            machine.reserved_cpu += cpu - task.reserved_cpu
+            machine.reserved_memory += memory - task.reserved_memory
+            task.reserved_cpu, task.reserved_memory = cpu, memory
+            self._touch(machine)
+            self._squeeze_best_effort(machine, events)
+        return Stale(tasks=tuple(stale)) if stale else Ok()
+
+    # -- transactions -------------------------------------------------------------
+
+    def _commit(self, cmd: Commit, events: list[Event]) -> Result:
+        return _commit.apply_transaction(self, cmd.txn, cmd.at, events)
+
+    # -- the few primitives every change goes through ----------------------------
+
+    def _touch(self, machine: Machine) -> None:
+        machine.seqnum += 1
+        if self.changed_machines is not None:
+            self.changed_machines.add(machine.id)
+
+    def _move(self, task: Task, job: Job, new: TaskState) -> None:
+        """Move a task to a new state, keeping the job's counts and the set of
+        jobs with pending work in step."""
+        counts = job.counts
+        old = task.state
+        counts[old] -= 1
+        counts[new] = counts.get(new, 0) + 1
+        task.state = new
+        if new is PENDING:
+            self.pending_jobs[job.id] = None
+        elif old is PENDING and counts[PENDING] == 0:
+            del self.pending_jobs[job.id]
+
+    def _place(self, task: Task, machine: Machine, at: float) -> None:
+        cpu, memory = task.cpu, task.memory
+        if task.best_effort:
+            machine.be_cpu += cpu
+            machine.be_memory += memory
+        else:
+            machine.used_cpu += cpu
+            machine.used_memory += memory
+            machine.reserved_cpu += cpu
+            machine.reserved_memory += memory
+            task.reserved_cpu, task.reserved_memory = cpu, memory
+            usage = self.owner_usage.get(key := (task.owner, task.priority // 100))
+            if usage is None:
+                self.owner_usage[key] = [cpu, memory]
+            else:
+                usage[0] += cpu
+                usage[1] += memory
+        machine.tasks[task.id] = None
+        machine.seqnum += 1
+        if self.changed_machines is not None:
+            self.changed_machines.add(machine.id)
+        task.machine = machine.id
+        task.placed_at = at
+        self._move(task, self.jobs[task.job], TaskState.ASSIGNED)
+
+    def _release(self, task: Task) -> Machine:
+        """Take an active task's claim off its machine; the caller sets its state."""
+        machine = self.machines[task.machine]  # type: ignore[index]
+        if task.best_effort:
+            machine.be_cpu -= task.cpu
+            machine.be_memory -= task.memory
+        else:
+            machine.used_cpu -= task.cpu
+            machine.used_memory -= task.memory
+            machine.reserved_cpu -= task.reserved_cpu
+            machine.reserved_memory -= task.reserved_memory
+            task.reserved_cpu = task.reserved_memory = 0
+            usage = self.owner_usage[(task.owner, task.priority // 100)]
+            usage[0] -= task.cpu
+            usage[1] -= task.memory
+        del machine.tasks[task.id]
+        self._touch(machine)
+        return machine
+
+    def _evict(self, task: Task, reason: str, events: list[Event]) -> None:
+        """Take a placed task off its machine and make it pending again as a new
+        incarnation (preempted or lost)."""
+        machine = self._release(task)
+        events.append(TaskEvicted(task.id, machine.id, task.incarnation, reason))
+        task.machine = None
+        task.incarnation += 1
+        task.evictions += 1
+        task.reason = reason
+        task.placed_at = task.started_at = None
+        task.usage_cpu = task.usage_memory = 0
+        task.usage_at = 0.0
+        self._move(task, self.jobs[task.job], PENDING)
+
+    def _squeeze_best_effort(self, machine: Machine, events: list[Event]) -> None:
+        """Preempt best-effort tasks while reservations plus best-effort limits
+        exceed capacity: the reclaimed resources were wanted back. Lowest
+        priority first, then the most recently placed, so that every copy picks
+        the same victims whatever order it learnt the tasks in."""
+        while (
+            machine.reserved_cpu + machine.be_cpu > machine.cpu
+            or machine.reserved_memory + machine.be_memory > machine.memory
+        ):
+            tasks = self.tasks
+            victim = min(
+                (tasks[tid] for tid in machine.tasks if tasks[tid].best_effort),
+                key=lambda t: (t.priority, -(t.placed_at or 0.0), _reverse(t.id)),
+            )
+            self._evict(victim, "preempted", events)
+
+    # -- reading ------------------------------------------------------------------
+
+    def job_tasks(self, job: Job) -> Iterator[Task]:
+        tasks = self.tasks
+        for index in range(job.spec.tasks):
+            yield tasks[task_id(job.id, index)]
+
+    def pending_tasks(self, job: Job) -> Iterator[Task]:
+        if job.counts.get(PENDING, 0):
+            for task in self.job_tasks(job):
+                if task.state is PENDING:
+                    yield task
+
+    # -- snapshots ----------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        from cellstate.snapshot import dump
+
+        return dump(self)
+
+    @classmethod
+    def restore(cls, data: bytes) -> CellState:
+        from cellstate.snapshot import load
+
+        return load(data)
+
+    def check_invariants(self) -> None:
+        from cellstate.invariants import check
+
+        check(self)
+
+
+def _reverse(text: str) -> tuple[int, ...]:
+    return tuple(-ord(ch) for ch in text)
+
+
+def _reservation(
+    limit: int, usage: int, current: int, margin: float, elapsed: float, decay_s: float
+) -> int:
+    """Borg's reservation: usage plus a safety margin, never above the limit;
+    it rises at once and decays towards its target over `decay_s`."""
+    target = min(limit, usage + int(limit * margin))
+    if target >= current:
+        return target
+    return max(target, current - int(limit * min(1.0, elapsed / decay_s)))
+
+
+_REPORTED = {
+    ReportedState.STARTING: TaskState.STARTING,
+    ReportedState.RUNNING: TaskState.RUNNING,
+    ReportedState.EXITED: TaskState.EXITED,
+    ReportedState.FAILED: TaskState.FAILED,
+    ReportedState.LOST: PENDING,
+}
+
+_HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
+    RegisterMachines: CellState._register_machines,
+    SetMachineState: CellState._set_machine_state,
+    SubmitJob: CellState._submit_job,
+    KillJob: CellState._kill_job,
+    Commit: CellState._commit,
+    ReportTasks: CellState._report_tasks,
+    ReportUsage: CellState._report_usage,
+    Heartbeat: CellState._heartbeat,
+    ExpireHeartbeats: CellState._expire_heartbeats,
+    SetQuota: CellState._set_quota,
+}

@@ -1,0 +1,318 @@
+"""Wire formats: how commands, results, events and specs become JSON and back.
+
+Two cattrs converters, one per format:
+- `edge`: strict, for anything a person or a client sends (HTTP bodies, job
+  spec files). Unknown fields, wrong types, bad units and out-of-range values
+  are refused with a `SpecError` naming the field path and what is allowed.
+  It accepts human units (`500m`, `256Mi`) and band names for priorities.
+- `internal`: lean, for data already validated once and now moving inside the
+  cell (Raft log entries, the watch feed, snapshots). It skips detailed
+  validation, which would be paid again on every replica and every copy.
+
+Both write the same canonical JSON (integers for resources, a `type` tag on
+every command, result and event), so the internal one reads what the edge
+one wrote.
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+from typing import Any
+
+import attrs
+import cattrs
+import orjson
+from cattrs.gen import make_dict_structure_fn
+from cattrs.preconf.orjson import make_converter
+from cattrs.strategies import configure_tagged_union
+
+from cellstate.commands import (
+    COMMAND_TYPES,
+    Command,
+    Error,
+    Event,
+    JobKilled,
+    JobSubmitted,
+    MachineChanged,
+    Ok,
+    Outcome,
+    ReportedState,
+    Result,
+    Stale,
+    TaskEvicted,
+    TaskPlaced,
+    TaskStateChanged,
+)
+from cellstate.model import (
+    BAND_NAMES,
+    Band,
+    Claim,
+    CommitResult,
+    ConflictMode,
+    FieldError,
+    JobSpec,
+    MachineState,
+    RestartPolicy,
+    SchedulerClass,
+    TaskState,
+    TxnMode,
+)
+from cellstate.resources import Resources, UnitError, parse_cpu, parse_memory
+
+MAX_BODY_BYTES = 8 << 20
+_ENUMS = (Band, SchedulerClass, MachineState, TaskState, RestartPolicy, TxnMode, ConflictMode,
+          ReportedState)
+
+_COMMAND_TAGS = {cls: name for name, cls in COMMAND_TYPES.items()}
+_RESULT_TAGS = {Ok: "ok", Error: "error", CommitResult: "commit", Stale: "stale"}
+_EVENT_TAGS = {
+    MachineChanged: "machine_changed",
+    JobSubmitted: "job_submitted",
+    JobKilled: "job_killed",
+    TaskPlaced: "task_placed",
+    TaskStateChanged: "task_state_changed",
+    TaskEvicted: "task_evicted",
+}
+
+
+class SpecError(ValueError):
+    """Input refused at the edge. `field` is a JSON path (`$.spec.tasks`)."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def as_error(self) -> Error:
+        return Error(self.code, self.message, self.field)
+
+
+# -- strict scalars for the edge ---------------------------------------------------
+
+
+def _strict_int(value: Any, _: type) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, got {_describe(value)}")
+    return value
+
+
+def _strict_float(value: Any, _: type) -> float:
+    if type(value) not in (int, float):
+        raise TypeError(f"expected a number, got {_describe(value)}")
+    return float(value)
+
+
+def _strict_str(value: Any, _: type) -> str:
+    if type(value) is not str:
+        raise TypeError(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _strict_bool(value: Any, _: type) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}"
+
+
+def _human_resources(value: Any, _: type) -> Resources:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping with cpu and memory, got {_describe(value)}")
+    extra = set(value) - {"cpu", "memory"}
+    if extra:
+        raise ValueError(f"unknown resource {sorted(extra)[0]!r}: allowed are cpu, memory")
+    amounts = {}
+    for name, parse_unit in (("cpu", parse_cpu), ("memory", parse_memory)):
+        if name not in value:
+            raise FieldError(name, "is required")
+        try:
+            amounts[name] = parse_unit(value[name])
+        except UnitError as exc:
+            raise FieldError(name, str(exc)) from None
+    return Resources(**amounts)
+
+
+def _strict_enum(cls: type[enum.Enum]):
+    allowed = ", ".join(str(member.value) for member in cls)
+
+    def structure(value: Any, _: type) -> Any:
+        if issubclass(cls, int) and type(value) is str:
+            try:
+                return cls[value.upper().replace("-", "_")]
+            except KeyError:
+                pass
+        try:
+            if type(value) in (str, int):
+                return cls(value)
+        except ValueError:
+            pass
+        raise ValueError(f"{value!r} is not allowed: use one of {allowed}")
+
+    return structure
+
+
+def _claim_from_wire(value: Any, _: type) -> Claim:
+    if isinstance(value, list | tuple):
+        if len(value) != 4:
+            raise ValueError("a claim is [task, machine, seqnum, victims]")
+        task, machine, seqnum, victims = value
+    elif isinstance(value, dict):
+        extra = set(value) - {"task", "machine", "seqnum", "victims"}
+        if extra:
+            raise ValueError(f"unknown claim field {sorted(extra)[0]!r}")
+        task, machine = value.get("task"), value.get("machine")
+        seqnum, victims = value.get("seqnum", 0), value.get("victims", [])
+    else:
+        raise TypeError(f"expected a claim, got {_describe(value)}")
+    if type(task) is not str or type(machine) is not str:
+        raise TypeError("claim task and machine must be strings")
+    if type(seqnum) is not int:
+        raise TypeError("claim seqnum must be an integer")
+    if not isinstance(victims, list | tuple) or any(type(v) is not str for v in victims):
+        raise TypeError("claim victims must be a list of task ids")
+    return Claim(task, machine, seqnum, tuple(victims))
+
+
+def _claim_to_wire(claim: Claim) -> list[Any]:
+    return [claim.task, claim.machine, claim.seqnum, list(claim.victims)]
+
+
+def _make(edge: bool) -> cattrs.Converter:
+    conv = make_converter(detailed_validation=edge, forbid_extra_keys=edge)
+    conv.register_unstructure_hook(Resources, lambda r: {"cpu": r.cpu, "memory": r.memory})
+    conv.register_unstructure_hook(Claim, _claim_to_wire)
+    conv.register_structure_hook(Claim, _claim_from_wire)
+    if edge:
+        for kind, hook in ((int, _strict_int), (float, _strict_float), (str, _strict_str),
+                           (bool, _strict_bool)):
+            conv.register_structure_hook(kind, hook)
+        conv.register_structure_hook(Resources, _human_resources)
+        for kind in _ENUMS:
+            conv.register_structure_hook(kind, _strict_enum(kind))
+        spec_hook = make_dict_structure_fn(JobSpec, conv, _cattrs_forbid_extra_keys=True)
+
+        def structure_spec(value: Any, _: type) -> JobSpec:
+            if isinstance(value, dict):
+                value = dict(value)
+                if isinstance(value.get("priority"), str):
+                    name = value["priority"]
+                    try:
+                        value["priority"] = int(Band.parse(name)) * 100
+                    except KeyError:
+                        raise ValueError(
+                            f"priority {name!r} is not a band: use one of "
+                            f"{', '.join(BAND_NAMES)} or a number"
+                        ) from None
+                if isinstance(value.get("command"), str):
+                    value["command"] = shlex.split(value["command"])
+            return spec_hook(value, JobSpec)
+
+        conv.register_structure_hook(JobSpec, structure_spec)
+    else:
+        conv.register_structure_hook(
+            Resources, lambda v, _: Resources(cpu=v["cpu"], memory=v["memory"])
+        )
+    configure_tagged_union(
+        Command, conv, tag_generator=_COMMAND_TAGS.__getitem__, tag_name="type"
+    )
+    configure_tagged_union(Result, conv, tag_generator=_RESULT_TAGS.__getitem__, tag_name="type")
+    configure_tagged_union(Event, conv, tag_generator=_EVENT_TAGS.__getitem__, tag_name="type")
+    return conv
+
+
+edge = _make(edge=True)
+internal = _make(edge=False)
+
+
+# -- the edge ---------------------------------------------------------------------
+
+
+def parse(data: Any, cls: Any, path: str = "$") -> Any:
+    """Structure untrusted `data` into `cls` with the strict converter.
+
+    Raises SpecError naming the first offending field path and what is allowed.
+    """
+    try:
+        return edge.structure(data, cls)
+    except (cattrs.BaseValidationError, ValueError, TypeError, UnitError, KeyError) as exc:
+        field, message = _first_error(exc, path)
+        raise SpecError("invalid", message, field) from None
+
+
+def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        keys = ", ".join(sorted(exc.extra_fields))
+        allowed = ", ".join(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else ""
+        return path, f"unknown field {keys}" + (f" (allowed: {allowed})" if allowed else "")
+    if isinstance(exc, cattrs.ClassValidationError | cattrs.IterableValidationError):
+        with_notes, _ = exc.group_exceptions()
+        for inner, note in with_notes:
+            step = f".{note.name}" if hasattr(note, "name") else f"[{note.index!r}]"
+            if getattr(note, "name", None) is None and hasattr(note, "index"):
+                step = f"[{note.index!r}]"
+            return _first_error(inner, path + step)
+        for inner in exc.exceptions:
+            return _first_error(inner, path)
+    if isinstance(exc, FieldError):
+        return f"{path}.{exc.field}", str(exc)
+    if isinstance(exc, KeyError):
+        return path, f"required field {exc.args[0]!r} is missing"
+    if isinstance(exc, cattrs.BaseValidationError):
+        for inner in exc.exceptions:
+            return _first_error(inner, path)
+    message = str(exc)
+    if message.startswith("__init__() missing"):
+        return path, message.replace("__init__() missing", "missing")
+    return path, message
+
+
+def parse_json(body: bytes, cls: Any) -> Any:
+    """Parse a JSON document from a client into `cls`; SpecError if it is not."""
+    if len(body) > MAX_BODY_BYTES:
+        raise SpecError("too_large", f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SpecError("malformed_json", f"body is not JSON: {exc}") from None
+    return parse(data, cls)
+
+
+# -- inside the cell ---------------------------------------------------------------
+
+
+def encode_command(command: Command) -> bytes:
+    return orjson.dumps(internal.unstructure(command, Command))
+
+
+def decode_command(data: bytes | str) -> Command:
+    return internal.structure(orjson.loads(data), Command)
+
+
+def encode_result(result: Result) -> bytes:
+    return orjson.dumps(internal.unstructure(result, Result))
+
+
+def decode_result(data: bytes | str) -> Result:
+    return internal.structure(orjson.loads(data), Result)
+
+
+def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "version": outcome.version,
+        "result": internal.unstructure(outcome.result, Result),
+        "events": [internal.unstructure(e, Event) for e in outcome.events],
+    }
+
+
+def to_json(value: Any, cls: Any = None) -> Any:
+    return internal.unstructure(value, cls) if cls is not None else internal.unstructure(value)
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)

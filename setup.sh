@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install omega-cell into ./.venv from its own pyproject, then run what was asked:
+#   ./setup.sh test   -> the whole test suite (what CI runs)
+#   ./setup.sh demo   -> a local cell doing real work
+set -euo pipefail
+cd "$(dirname "$0")"
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -U pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+case "${1:-test}" in
+  test) exec .venv/bin/python -m pytest -n 2 -q ;;
+  demo) exec .venv/bin/python -m bench.demo ;;
+  *) echo "usage: ./setup.sh test|demo" >&2; exit 2 ;;
+esac
