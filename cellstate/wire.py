@@ -9,9 +9,9 @@ Two cattrs converters, one per format:
   cell (Raft log entries, the watch feed, snapshots). It skips detailed
   validation, which would be paid again on every replica and every copy.
 
-Both write the same canonical JSON (integers for resources, a `type` tag on
-every command, result and event), so the internal one reads what the edge
-one wrote.
+Both write the same canonical JSON (cpu as millicores with its unit, `"500m"`,
+memory in bytes, a `type` tag on every command, result and event), so either
+one reads what the other wrote.
 """
 
 from __future__ import annotations
@@ -185,7 +185,9 @@ def _claim_to_wire(claim: Claim) -> list[Any]:
 
 def _make(edge: bool) -> cattrs.Converter:
     conv = make_converter(detailed_validation=edge, forbid_extra_keys=edge)
-    conv.register_unstructure_hook(Resources, lambda r: {"cpu": r.cpu, "memory": r.memory})
+    # cpu is written as millicores with its unit ("500m"): a bare number in a
+    # spec means cores, so the canonical form must not be a bare number.
+    conv.register_unstructure_hook(Resources, lambda r: {"cpu": f"{r.cpu}m", "memory": r.memory})
     conv.register_unstructure_hook(Claim, _claim_to_wire)
     conv.register_structure_hook(Claim, _claim_from_wire)
     if edge:
@@ -216,7 +218,7 @@ def _make(edge: bool) -> cattrs.Converter:
         conv.register_structure_hook(JobSpec, structure_spec)
     else:
         conv.register_structure_hook(
-            Resources, lambda v, _: Resources(cpu=v["cpu"], memory=v["memory"])
+            Resources, lambda v, _: Resources(cpu=int(v["cpu"][:-1]), memory=v["memory"])
         )
     configure_tagged_union(
         Command, conv, tag_generator=_COMMAND_TAGS.__getitem__, tag_name="type"

@@ -1,0 +1,93 @@
+"""Units, the strict edge converter's errors, and the internal wire round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from cellstate import (
+    Claim,
+    Commit,
+    ConflictMode,
+    JobSpec,
+    SchedulerClass,
+    SpecError,
+    SubmitJob,
+    Transaction,
+    TxnMode,
+    parse_cpu,
+    parse_memory,
+)
+from cellstate.commands import Command
+from cellstate.resources import UnitError
+from cellstate.wire import decode_command, encode_command, parse, parse_json
+
+BASE = {"name": "web", "owner": "alice", "scheduler": "service",
+        "resources": {"cpu": "500m", "memory": "256Mi"}}
+
+
+@pytest.mark.parametrize("text,milli", [("500m", 500), ("0.5", 500), (2, 2000), (0.25, 250),
+                                        ("1.5", 1500), ("1000m", 1000)])
+def test_cpu_units(text, milli):
+    assert parse_cpu(text) == milli
+
+
+@pytest.mark.parametrize("text,size", [("256Mi", 256 << 20), ("1Gi", 1 << 30), ("1G", 10**9),
+                                       ("1.5Gi", 3 << 29), (4096, 4096), ("512k", 512_000)])
+def test_memory_units(text, size):
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("bad", ["-1", "0", "abc", "0.0001", True, None, "1.5x"])
+def test_bad_cpu_is_refused(bad):
+    with pytest.raises(UnitError):
+        parse_cpu(bad)
+
+
+def test_spec_defaults_and_band_names():
+    spec = parse(BASE | {"priority": "monitoring", "command": "python -m http.server"}, JobSpec)
+    assert spec.scheduler is SchedulerClass.SERVICE
+    assert spec.priority == 300 and spec.command == ("python", "-m", "http.server")
+    assert parse(BASE, JobSpec).priority == 200
+
+
+@pytest.mark.parametrize("patch,field,words", [
+    ({"tasks": 0}, "$.tasks", "1..100000"),
+    ({"tasks": 10**9}, "$.tasks", "1..100000"),
+    ({"tasks": "3"}, "$.tasks", "expected an integer"),
+    ({"scheduler": "gpu"}, "$.scheduler", "service, batch, best-effort"),
+    ({"priority": "gold"}, "$", "best-effort, batch, production, monitoring"),
+    ({"priority": 7}, "$.priority", "best-effort band"),
+    ({"resources": {"cpu": "-1", "memory": "1Gi"}}, "$.resources.cpu", "not a quantity"),
+    ({"resources": {"cpu": 1, "memory": 0}}, "$.resources.memory", "greater than zero"),
+    ({"resources": {"cpu": 1, "memory": 1, "gpu": 1}}, "$.resources", "allowed are cpu, memory"),
+    ({"colour": "red"}, "$", "unknown field colour"),
+    ({"name": "Bad Name"}, "$.name", "must match"),
+    ({"labels": {"k": 5}}, "$.labels['k']", "expected a string"),
+    ({"restart": "sometimes"}, "$.restart", "never, on-failure, always"),
+])
+def test_spec_errors_name_the_field_and_what_is_allowed(patch, field, words):
+    with pytest.raises(SpecError) as caught:
+        parse(BASE | patch, JobSpec)
+    assert caught.value.field == field
+    assert words in caught.value.message
+
+
+def test_malformed_and_oversized_bodies():
+    with pytest.raises(SpecError) as caught:
+        parse_json(b"{not json", JobSpec)
+    assert caught.value.code == "malformed_json"
+    with pytest.raises(SpecError) as caught:
+        parse_json(b" " * (9 << 20), JobSpec)
+    assert caught.value.code == "too_large"
+
+
+def test_commands_round_trip_on_the_internal_wire():
+    spec = parse(BASE | {"tasks": 3, "env": {"Z": "1", "A": "2"}}, JobSpec)
+    for command in (
+        SubmitJob("web", spec, at=1.5, id="x"),
+        Commit(Transaction("s", (Claim("web.0", "m0", 3, ("v.1",)),), 7,
+                           TxnMode.ALL_OR_NOTHING, ConflictMode.COARSE), at=2.0, id="y"),
+    ):
+        blob = encode_command(command)
+        assert decode_command(blob) == command
+        assert parse_json(blob, Command) == command
