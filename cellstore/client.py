@@ -1,0 +1,283 @@
+"""The trio client of a replicated store: given every replica's API address and the token.
+
+It sends writes to the replica it believes leads (learnt from `x-omega-leader`), and on a
+connection error, a timeout, a 5xx or a `not_committed` answer it moves on to the next replica
+and retries after a capped exponential back-off, until `retry_deadline_s`. A retry resends the
+same command bytes (the ids inside are the client's, never re-invented): for `commands()` only
+the commands whose outcome is unknown are resent. `watch()` reconnects to any replica and
+resumes after the last version it yielded, so the consumer sees no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import structlog
+import trio
+
+from cellstore.errors import ApiError
+
+log = structlog.get_logger("cellstore.client")
+
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+
+class StoreUnavailable(Exception):
+    """No replica gave an answer before the retry deadline."""
+
+
+@attrs.frozen
+class WatchBatch:
+    """One step of the watch feed. If `snapshot` is set, it is the machine's snapshot at
+    `version` and replaces the consumer's state; otherwise `commands` are `(version, command)`
+    pairs, consecutive, following the previous batch. `version` is the last version covered."""
+
+    version: int
+    commands: list[tuple[int, Any]] = attrs.field(factory=list)
+    snapshot: bytes | None = None
+
+
+class _Retryable(Exception):
+    pass
+
+
+class StoreClient:
+    """An async (trio) client. Use as `async with StoreClient(addresses, token) as client:`."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        token: str,
+        *,
+        timeout_s: float = 15.0,
+        retry_deadline_s: float = 30.0,
+        backoff_initial_s: float = 0.02,
+        backoff_max_s: float = 0.5,
+        watch_idle_timeout_s: float = 5.0,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one replica address is needed")
+        self._urls = [a if a.startswith("http") else f"http://{a}" for a in addresses]
+        self._addresses = [u.split("://", 1)[1] for u in self._urls]
+        self._auth = {"authorization": f"Bearer {token}"}
+        self._timeout = httpx.Timeout(timeout_s, connect=1.0)
+        self._retry_deadline_s = retry_deadline_s
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._watch_idle_timeout_s = watch_idle_timeout_s
+        self._preferred = 0
+        self._http = httpx.AsyncClient(
+            timeout=self._timeout,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+
+    async def __aenter__(self) -> StoreClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def commands(self, commands: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Commit each command as its own Raft entry; their results (parsed JSON) in order.
+
+        Raises `ApiError` for a 4xx answer (not retried) and `StoreUnavailable` if some command
+        is still unacknowledged at the retry deadline.
+        """
+        encoded = [orjson.dumps(c) for c in commands]
+        results: list[Any] = [None] * len(encoded)
+        pending = list(range(len(encoded)))
+        deadline = trio.current_time() + self._retry_deadline_s
+        delay = self._backoff[0]
+        while pending:
+            body = b'{"commands":[' + b",".join(encoded[i] for i in pending) + b"]}"
+            try:
+                data = await self._send("POST", "/v1/commands", body, deadline, partial_ok=True)
+                for i, result in zip(pending, data["results"], strict=True):
+                    results[i] = result
+                return results
+            except ApiError as exc:
+                if exc.status != 503 or exc.body.code != "not_committed":
+                    raise
+                partial = exc.extra.get("results") or [None] * len(pending)
+                still = []
+                for i, result in zip(pending, partial, strict=True):
+                    if result is None:
+                        still.append(i)
+                    else:
+                        results[i] = result
+                pending = still
+                log.info("commands_retry", unacknowledged=len(pending), reason=exc.body.message)
+                self._rotate()
+                if trio.current_time() > deadline:
+                    raise StoreUnavailable(str(exc)) from exc
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self._backoff[1])
+        return results
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Call an endpoint (typed ones included) with the retry policy; the parsed JSON answer.
+        The body is encoded once, so a retry resends the same bytes."""
+        raw = orjson.dumps(body) if body is not None else None
+        return await self._send(method, path, raw, trio.current_time() + self._retry_deadline_s)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def status(self, address: str | None = None) -> dict[str, Any]:
+        """`GET /v1/status` of `address`, or of any replica that answers."""
+        if address is not None:
+            resp = await self._http.get(self._url_of(address) + "/v1/status", headers=self._auth)
+            return self._decode(resp)
+        return await self._send(
+            "GET",
+            "/v1/status",
+            None,
+            trio.current_time() + self._retry_deadline_s,
+            prefer_leader=False,
+        )
+
+    async def snapshot(self, address: str) -> tuple[int, bytes]:
+        """`GET /v1/snapshot` of one replica: (version, snapshot bytes)."""
+        resp = await self._http.get(self._url_of(address) + "/v1/snapshot", headers=self._auth)
+        if resp.status_code != 200:
+            self._decode(resp)
+        return int(resp.headers["x-omega-version"]), resp.content
+
+    async def watch(self, from_version: int = 1) -> AsyncIterator[WatchBatch]:
+        """Yield the applied-command feed from `from_version` on, forever, across replica
+        failures (reconnecting to the next replica with back-off)."""
+        next_version = from_version
+        index = self._preferred
+        delay = self._backoff[0]
+        timeout = httpx.Timeout(
+            self._timeout.connect or 1.0,
+            read=self._watch_idle_timeout_s,
+            write=self._watch_idle_timeout_s,
+            pool=self._watch_idle_timeout_s,
+        )
+        while True:
+            url = self._urls[index] + "/v1/watch"
+            try:
+                async with self._http.stream(
+                    "GET", url, params={"from": next_version}, headers=self._auth, timeout=timeout
+                ) as resp:
+                    if resp.status_code != 200:
+                        await resp.aread()
+                        self._decode(resp)
+                    async for line in resp.aiter_lines():
+                        if not line:
+                            continue
+                        batch = _parse_watch_line(orjson.loads(line), next_version)
+                        if batch is None:
+                            continue
+                        delay = self._backoff[0]
+                        next_version = batch.version + 1
+                        yield batch
+                raise _Retryable("watch stream ended")
+            except (httpx.TransportError, _Retryable) as exc:
+                log.info(
+                    "watch_reconnect",
+                    replica=self._addresses[index],
+                    error=repr(exc),
+                    next_version=next_version,
+                )
+            except ApiError as exc:
+                if exc.status not in RETRYABLE_STATUS:
+                    raise
+            index = (index + 1) % len(self._urls)
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._backoff[1])
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _url_of(self, address: str) -> str:
+        return address if address.startswith("http") else f"http://{address}"
+
+    def _rotate(self) -> None:
+        self._preferred = (self._preferred + 1) % len(self._urls)
+
+    def _follow_leader(self, resp: httpx.Response) -> None:
+        leader = resp.headers.get("x-omega-leader")
+        if leader in self._addresses:
+            self._preferred = self._addresses.index(leader)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        deadline: float,
+        *,
+        prefer_leader: bool = True,
+        partial_ok: bool = False,
+    ) -> Any:
+        delay = self._backoff[0]
+        headers = dict(self._auth)
+        if body is not None:
+            headers["content-type"] = "application/json"
+        last_error: Exception | None = None
+        while True:
+            url = self._urls[self._preferred] + path
+            try:
+                resp = await self._http.request(method, url, content=body, headers=headers)
+                if prefer_leader:
+                    self._follow_leader(resp)
+                if resp.status_code in RETRYABLE_STATUS and not (
+                    partial_ok and _is_not_committed(resp)
+                ):
+                    raise _Retryable(f"{resp.status_code} from {url}")
+                return self._decode(resp)
+            except (httpx.TransportError, _Retryable) as exc:
+                last_error = exc
+                log.info("request_retry", url=url, error=repr(exc))
+            self._rotate()
+            if trio.current_time() > deadline:
+                raise StoreUnavailable(f"{method} {path}: no replica answered: {last_error!r}")
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._backoff[1])
+
+    @staticmethod
+    def _decode(resp: httpx.Response) -> Any:
+        try:
+            data = orjson.loads(resp.content) if resp.content else None
+        except orjson.JSONDecodeError:
+            data = None
+        if resp.status_code >= 400:
+            err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+            extra = (
+                {k: v for k, v in data.items() if k != "error"} if isinstance(data, dict) else {}
+            )
+            raise ApiError(
+                resp.status_code,
+                err.get("code", "http_error"),
+                err.get("message", resp.text[:200]),
+                err.get("field"),
+                extra,
+            )
+        return data
+
+
+def _is_not_committed(resp: httpx.Response) -> bool:
+    return resp.status_code == 503 and b'"not_committed"' in resp.content[:200]
+
+
+def _parse_watch_line(msg: dict[str, Any], next_version: int) -> WatchBatch | None:
+    if "snapshot" in msg:
+        return WatchBatch(version=int(msg["version"]), snapshot=base64.b64decode(msg["snapshot"]))
+    if "commands" in msg:
+        commands = [(int(v), c) for v, c in msg["commands"] if v >= next_version]
+        if not commands:
+            return None
+        if commands[0][0] != next_version:
+            raise _Retryable(f"gap in watch feed: expected {next_version}, got {commands[0][0]}")
+        return WatchBatch(version=commands[-1][0], commands=commands)
+    return None  # heartbeat

@@ -1,0 +1,96 @@
+"""The replica's configuration: one frozen value built by the CLI and passed to `run_replica`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from cellstore.machine import MachineClass
+
+
+def import_object(path: str) -> Any:
+    """Import `"package.module:attr"` and return the attribute."""
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"expected 'module:attribute', got {path!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@attrs.frozen(kw_only=True)
+class RaftTuning:
+    """pysyncobj knobs (DESIGN.md §2 explains the defaults)."""
+
+    election_min_s: float = 0.15
+    election_max_s: float = 0.45
+    append_entries_period_s: float = 0.04
+    connection_timeout_s: float = 10.0
+    connection_retry_s: float = 0.5
+    leader_fallback_s: float = 1.5
+    compaction_min_entries: int = 5000
+    compaction_min_time_s: float = 300.0
+    commands_queue_size: int = 100_000
+
+
+@attrs.frozen(kw_only=True)
+class ReplicaConfig:
+    """Everything one replica process needs.
+
+    `peers_raft` and `peers_api` list every replica of the cell (this one included) in the same
+    order, so index i of one names the same replica as index i of the other.
+    """
+
+    id: str
+    api_host: str
+    api_port: int
+    raft_host: str
+    raft_port: int
+    peers_raft: tuple[str, ...]
+    peers_api: tuple[str, ...]
+    data_dir: Path = attrs.field(converter=Path)
+    token: str = attrs.field(repr=False)
+    secret: str = attrs.field(repr=False)
+    machine_class: MachineClass
+    raft: RaftTuning = RaftTuning()
+    # Each is called as `extension(router, replica)` before serving: where typed endpoints
+    # register (see `cellstore.api.Replica` and `cellstore.http.Router`).
+    extensions: tuple[Callable[..., None], ...] = ()
+    max_body_bytes: int = 8 * 1024 * 1024
+    watch_buffer: int = 200_000
+    commit_timeout_s: float = 10.0
+    max_in_flight: int = 4000  # commands submitted to Raft and not yet acknowledged
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.raft_host}:{self.raft_port}"
+
+    @property
+    def api_address(self) -> str:
+        return f"{self.api_host}:{self.api_port}"
+
+    def api_address_of(self, raft_address: str | None) -> str | None:
+        """The API address of the replica whose Raft address is `raft_address`."""
+        if raft_address is None:
+            return None
+        try:
+            return self.peers_api[self.peers_raft.index(raft_address)]
+        except ValueError:
+            return None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReplicaConfig:
+        """Build from a plain dict (the `python -m cellstore --config FILE` format);
+        `machine` is an import path `"module:Class"`."""
+        data = dict(data)
+        machine_class = import_object(data.pop("machine"))
+        raft = RaftTuning(**data.pop("raft", {}))
+        data["extensions"] = tuple(import_object(p) for p in data.pop("extensions", ()))
+        data["peers_raft"] = tuple(data["peers_raft"])
+        data["peers_api"] = tuple(data["peers_api"])
+        return cls(machine_class=machine_class, raft=raft, **data)

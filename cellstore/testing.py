@@ -1,0 +1,265 @@
+"""Test support: a toy deterministic machine and a harness running real replica processes.
+
+`KVMachine` is a tiny key/value + counter machine implementing the `Machine` contract, with
+command-id deduplication as the real cell state has. `LocalCluster` starts N replica processes
+(`python -m cellstore`) on 127.0.0.1 with free ports and its own data dirs, waits for a leader,
+and kills every process it started, by pid, when closed (also when a test fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+
+class KVMachine:
+    """Commands: `{"id", "op": "put", "key", "value"}` and `{"id", "op": "add", "key",
+    "delta"}`. A command id seen before is not applied again (`"duplicate": true`); every
+    command, bad or duplicate, still bumps `version`."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.data: dict[str, Any] = {}
+        self.log: list[str] = []  # ids of applied commands, in order
+        self._seen: set[str] = set()
+
+    def apply_encoded(self, command: bytes) -> bytes:
+        self.version += 1
+        try:
+            cmd = orjson.loads(command)
+            cid, op, key = cmd["id"], cmd["op"], cmd["key"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return _error("invalid_command", "need id, op and key")
+        if cid in self._seen:
+            return orjson.dumps({"ok": True, "duplicate": True, "id": cid, "version": self.version})
+        if op == "put":
+            self.data[key] = cmd.get("value")
+        elif op == "add" and isinstance(cmd.get("delta"), int):
+            current = self.data.get(key, 0)
+            self.data[key] = (current if isinstance(current, int) else 0) + cmd["delta"]
+        else:
+            return _error("invalid_op", f"unknown op {op!r}")
+        self._seen.add(cid)
+        self.log.append(cid)
+        return orjson.dumps(
+            {"ok": True, "id": cid, "version": self.version, "value": self.data[key]}
+        )
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps(
+            {"version": self.version, "data": self.data, "log": self.log},
+            option=orjson.OPT_SORT_KEYS,
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> KVMachine:
+        raw = orjson.loads(data)
+        machine = cls()
+        machine.version = raw["version"]
+        machine.data = raw["data"]
+        machine.log = raw["log"]
+        machine._seen = set(machine.log)
+        return machine
+
+
+def _error(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message, "field": None}})
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the process that started us dies (Linux), so a
+    test runner killed hard (e.g. by a timeout) leaves no replica behind."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports the kernel considers free now on 127.0.0.1."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class LocalCluster:
+    """N replica processes of `machine` under `base_dir`. Use as a context manager."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        n: int = 3,
+        *,
+        machine: str = "cellstore.testing:KVMachine",
+        raft: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.n = n
+        self.token = secrets.token_urlsafe(24)
+        self.secret = secrets.token_urlsafe(24)
+        ports = free_ports(2 * n)
+        self.api = [f"127.0.0.1:{p}" for p in ports[:n]]
+        self.raft_addresses = [f"127.0.0.1:{p}" for p in ports[n:]]
+        self._machine = machine
+        self._raft = raft or {}
+        self._extra = extra or {}
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def data_dir(self, i: int) -> Path:
+        return self.base_dir / f"replica-{i}"
+
+    def config(self, i: int) -> dict[str, Any]:
+        host, port = self.api[i].rsplit(":", 1)
+        rhost, rport = self.raft_addresses[i].rsplit(":", 1)
+        return {
+            "id": f"r{i}",
+            "api_host": host,
+            "api_port": int(port),
+            "raft_host": rhost,
+            "raft_port": int(rport),
+            "peers_raft": self.raft_addresses,
+            "peers_api": self.api,
+            "data_dir": str(self.data_dir(i)),
+            "token": self.token,
+            "secret": self.secret,
+            "machine": self._machine,
+            "raft": self._raft,
+            **self._extra,
+        }
+
+    def start(self) -> None:
+        for i in range(self.n):
+            self.start_replica(i)
+        self.wait_for_leader()
+
+    def start_replica(self, i: int) -> None:
+        assert self.procs[i] is None or self.procs[i].poll() is not None, "already running"
+        d = self.data_dir(i)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = d / "replica.json"
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(self.config(i)))
+        with open(d / "replica.log", "ab") as out:
+            self.procs[i] = subprocess.Popen(
+                [sys.executable, "-m", "cellstore", "--config", str(cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to replica i's process (by pid) and reap it if it was SIGKILL."""
+        proc = self.procs[i]
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            proc.wait(10)
+
+    def stop(self, i: int, timeout: float = 5.0) -> None:
+        """SIGTERM replica i, then SIGKILL if it has not exited within `timeout`."""
+        proc = self.procs[i]
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(i)
+
+    def close(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+            self.procs[i] = None
+
+    def alive(self) -> list[int]:
+        return [i for i, p in enumerate(self.procs) if p is not None and p.poll() is None]
+
+    def status(self, i: int, timeout: float = 1.0) -> dict[str, Any] | None:
+        try:
+            resp = httpx.get(
+                f"http://{self.api[i]}/v1/status",
+                timeout=timeout,
+                headers={"authorization": f"Bearer {self.token}"},
+            )
+        except httpx.HTTPError:
+            return None
+        return resp.json() if resp.status_code == 200 else None
+
+    def wait_for_leader(self, timeout: float = 20.0) -> int:
+        """Wait until every live replica answers, agrees on one leader and is ready; return the
+        leader's index."""
+        deadline = time.monotonic() + timeout
+        last: list[Any] = []
+        while time.monotonic() < deadline:
+            live = self.alive()
+            for i, proc in enumerate(self.procs):
+                if proc is not None and proc.poll() is not None and i in live:
+                    live.remove(i)
+            last = [self.status(i) for i in live]
+            if last and all(s is not None for s in last):
+                leaders = {s["leader"]["api"] for s in last}
+                if len(leaders) == 1 and None not in leaders and all(s["ready"] for s in last):
+                    leader = leaders.pop()
+                    if leader in self.api and self.api.index(leader) in live:
+                        return self.api.index(leader)
+            time.sleep(0.05)
+        raise TimeoutError(f"no agreed leader within {timeout}s: {last}")
+
+    def wait_for_version(
+        self, version: int, replicas: list[int] | None = None, timeout: float = 20.0
+    ) -> None:
+        """Wait until the given replicas (default: live ones) have applied `version`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sts = [self.status(i) for i in (replicas if replicas is not None else self.alive())]
+            if all(s is not None and s["version"] >= version for s in sts):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"replicas did not reach version {version}")
+
+    def snapshot(self, i: int) -> tuple[int, bytes]:
+        resp = httpx.get(
+            f"http://{self.api[i]}/v1/snapshot",
+            timeout=10,
+            headers={"authorization": f"Bearer {self.token}"},
+        )
+        resp.raise_for_status()
+        return int(resp.headers["x-omega-version"]), resp.content
