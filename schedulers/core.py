@@ -1,0 +1,299 @@
+"""`SchedulerCore`: one scheduler's decisions, free of processes, clocks and I/O.
+
+The live scheduler process and the virtual-time simulator drive the same core
+the same way:
+
+    if core.has_work(cell):
+        decision = core.decide(cell, now)           # None: nothing to commit
+        ... commit decision.transaction, apply the Commit to `cell` ...
+        core.on_result(cell, decision, result, now)
+        core.figures.add_busy(seconds_spent_deciding)
+
+The core never sleeps, reads a clock or does I/O: time arrives as `now`,
+randomness from the injected `random.Random` (a seed reproduces every
+decision), and the cell is read, never changed.
+
+Which work a core takes: pending jobs of its scheduler class and its shard
+(`zlib.crc32(job id) % n == i`), not killed, not parked, ordered by
+(-priority, submission time, job id), highest band first; within a band the
+claim budget (`max_claims`) is shared round-robin across jobs. A gang job goes
+whole and alone, in an all-or-nothing transaction.
+
+Attempts and parking: every decision that considers a job is one attempt,
+unless every task it took for the job was claimed and accepted (progress
+limited only by the claim budget resets the count). A job that found no room for some of its tasks is *stalled* until some machine
+changes (so an idle cell does not spin). Once a job reaches `max_attempts`
+attempts with tasks still unplaced, it is parked ("blocked") with the reason
+of its last failure; `unpark` brings it back. Tasks whose claims conflicted
+stay pending in the cell and are simply taken again by later decisions.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from itertools import islice
+
+import attrs
+
+from cellstate import (
+    CellState,
+    CommitResult,
+    ConflictMode,
+    Job,
+    SchedulerClass,
+    TaskState,
+    Transaction,
+    TxnMode,
+)
+from schedulers.context import DecisionContext
+from schedulers.explain import Explanation, JobMetric
+from schedulers.metrics import SchedulerFigures
+from schedulers.stack import stack_for
+from schedulers.table import table_for
+
+PENDING = TaskState.PENDING
+
+
+@attrs.frozen
+class Decision:
+    """One decision: the transaction to commit and what went into it.
+
+    `jobs`: jobs with claims in the transaction; `tasks`: number of claims;
+    `explanations`: a `JobMetric` for every job considered, claims or not;
+    `unclaimed`: per considered job, its pending tasks left without a claim.
+    """
+
+    transaction: Transaction
+    jobs: tuple[str, ...]
+    tasks: int
+    explanations: dict[str, JobMetric]
+    unclaimed: dict[str, int] = attrs.field(factory=dict)
+
+
+def shard_of(job_id: str, shards: int) -> int:
+    """The shard a job belongs to: a stable hash, the same in every process."""
+    return zlib.crc32(job_id.encode()) % shards
+
+
+class SchedulerCore:
+    """A scheduler's decision logic; see the module docstring."""
+
+    def __init__(self, name: str, kind: SchedulerClass, *, rng: random.Random,
+                 mode: TxnMode = TxnMode.INCREMENTAL,
+                 conflicts: ConflictMode = ConflictMode.FINE,
+                 shard: tuple[int, int] | None = None,
+                 sampling: bool = True, max_attempts: int = 1000,
+                 max_claims: int = 1000) -> None:
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
+        if max_claims < 1 or max_attempts < 1:
+            raise ValueError("max_claims and max_attempts must be at least 1")
+        self.name = name
+        self.kind = SchedulerClass(kind)
+        self.rng = rng
+        self.mode = mode
+        self.conflicts = conflicts
+        self.shard = shard
+        self.sampling = sampling
+        self.max_attempts = max_attempts
+        self.max_claims = max_claims
+        self.stack = stack_for(self.kind)
+        self.figures = SchedulerFigures()
+        self.attempts: dict[str, int] = {}
+        self.parked: dict[str, str] = {}
+        self._stalled: dict[str, int] = {}          # job -> table generation
+        self._conflicts: dict[str, dict[str, int]] = {}
+        self._last: dict[str, JobMetric] = {}
+        self._seen: set[str] = set()
+        self._placed: set[str] = set()
+
+    # -- what is ours ------------------------------------------------------------
+
+    def owns(self, job: Job) -> bool:
+        """Whether `job` is this core's: its class and shard (parking aside)."""
+        if job.spec.scheduler is not self.kind:
+            return False
+        return self.shard is None or shard_of(job.id, self.shard[1]) == self.shard[0]
+
+    def _eligible(self, cell: CellState, generation: int) -> list[Job]:
+        jobs = cell.jobs
+        stalled, parked = self._stalled, self.parked
+        found = []
+        for jid in cell.pending_jobs:
+            job = jobs[jid]
+            if (job.killed or jid in parked or stalled.get(jid) == generation
+                    or not self.owns(job)):
+                continue
+            found.append(job)
+        found.sort(key=lambda j: (-j.spec.priority, j.submitted_at, j.id))
+        return found
+
+    def has_work(self, cell: CellState) -> bool:
+        """Whether `decide` could find something to try now."""
+        return bool(self._eligible(cell, table_for(cell).generation))
+
+    # -- deciding ------------------------------------------------------------------
+
+    def _allot(self, jobs: list[Job]) -> list[tuple[Job, int]]:
+        """How many pending tasks of which jobs this decision takes."""
+        first = jobs[0]
+        if first.spec.gang:
+            return [(first, first.counts.get(PENDING, 0))]
+        budget = self.max_claims
+        allotted: list[tuple[Job, int]] = []
+        band_jobs: list[Job] = []
+        band = None
+        for job in [*jobs, None]:
+            job_band = None if job is None else job.spec.priority // 100
+            if band_jobs and job_band != band:
+                budget = _round_robin(band_jobs, budget, allotted)
+                band_jobs = []
+                if budget == 0:
+                    break
+            if job is not None and not job.spec.gang:
+                band = job_band
+                band_jobs.append(job)
+        return allotted
+
+    def decide(self, cell: CellState, now: float) -> Decision | None:
+        """Build one transaction against `cell`; None if there is nothing to claim.
+
+        Reads `cell` (and syncs its machine table), never changes it. Counts an
+        attempt for every job it considers.
+        """
+        table = table_for(cell)
+        jobs = self._eligible(cell, table.generation)
+        if not jobs:
+            return None
+        self.figures.decisions += 1
+        ctx = DecisionContext(cell, table, self.rng, self.sampling)
+        claims = []
+        claimed_jobs: list[str] = []
+        metrics: dict[str, JobMetric] = {}
+        unclaimed: dict[str, int] = {}
+        gang = False
+        for job, count in self._allot(jobs):
+            jid = job.id
+            if jid not in self._seen:
+                self._seen.add(jid)
+                self.figures.wait_first_attempt.append(now - job.submitted_at)
+            self.attempts[jid] = self.attempts.get(jid, 0) + 1
+            tasks = list(islice(cell.pending_tasks(job), count))
+            metric = metrics[jid] = self._last[jid] = JobMetric(jid)
+            placed = self.stack.place(ctx, job, tasks, metric)
+            unclaimed[jid] = job.counts.get(PENDING, 0) - len(placed)
+            if len(placed) < len(tasks):
+                self._stalled[jid] = table.generation
+            if placed:
+                claims.extend(placed)
+                claimed_jobs.append(jid)
+                gang = gang or job.spec.gang
+            else:
+                self._maybe_park(jid, metric.unplaced_reason or "no_room")
+        if not claims:
+            return None
+        mode = TxnMode.ALL_OR_NOTHING if gang else self.mode
+        txn = Transaction(self.name, tuple(claims), cell.version, mode, self.conflicts)
+        return Decision(txn, tuple(claimed_jobs), len(claims), metrics, unclaimed)
+
+    # -- learning from the store ---------------------------------------------------
+
+    def on_result(self, cell: CellState, decision: Decision, result: CommitResult,
+                  now: float) -> None:
+        """Count the verdicts of `decision`'s transaction and settle its jobs.
+
+        Jobs with every task claimed and accepted are placed (their wait is
+        recorded once); jobs still short after `max_attempts` are parked.
+        """
+        f = self.figures
+        f.transactions += 1
+        f.claims_attempted += decision.tasks
+        f.claims_accepted += result.accepted
+        f.preemptions += len(result.preempted)
+        if result.accepted:
+            f.successful_transactions += 1
+        if result.rejected:
+            f.conflicted_transactions += 1
+        lost: dict[str, dict[str, int]] = {}
+        for rejection in result.rejected:
+            reason = rejection.reason
+            f.conflicts_by_reason[reason] = f.conflicts_by_reason.get(reason, 0) + 1
+            jid = rejection.task.rsplit(".", 1)[0]
+            by_job = lost.setdefault(jid, {})
+            by_job[reason] = by_job.get(reason, 0) + 1
+            total = self._conflicts.setdefault(jid, {})
+            total[reason] = total.get(reason, 0) + 1
+        for jid in decision.explanations:
+            if jid in lost:
+                self._stalled.pop(jid, None)  # conflicts are worth a fresh look
+            elif jid in decision.jobs and decision.unclaimed.get(jid, 1) == 0:
+                self._placed_fully(cell, jid, now)
+                continue
+            elif decision.explanations[jid].placed == decision.explanations[jid].wanted:
+                # Every task it was given room for is placed; the rest waits for
+                # budget, not for luck. Progress is not a failed attempt.
+                self.attempts.pop(jid, None)
+                continue
+            reasons = lost.get(jid)
+            reason = (max(sorted(reasons), key=lambda r: reasons[r]) if reasons
+                      else decision.explanations[jid].unplaced_reason or "no_room")
+            self._maybe_park(jid, reason)
+
+    def _placed_fully(self, cell: CellState, jid: str, now: float) -> None:
+        self.attempts.pop(jid, None)
+        self._stalled.pop(jid, None)
+        if jid not in self._placed:
+            self._placed.add(jid)
+            job = cell.jobs.get(jid)
+            if job is not None:
+                self.figures.wait_placed.append(now - job.submitted_at)
+
+    def _maybe_park(self, jid: str, reason: str) -> None:
+        if self.attempts.get(jid, 0) >= self.max_attempts:
+            self.parked[jid] = reason
+            self.figures.blocked[jid] = reason
+            self._stalled.pop(jid, None)
+
+    def unpark(self, job_id: str) -> None:
+        """Let a parked job be tried again, with a fresh attempt count."""
+        self.parked.pop(job_id, None)
+        self.figures.blocked.pop(job_id, None)
+        self.attempts.pop(job_id, None)
+
+    # -- explaining ----------------------------------------------------------------
+
+    def explain(self, cell: CellState, job_id: str) -> Explanation:
+        """What this core knows of `job_id`: its last decision's metric, attempts,
+        conflicts lost by reason and why it is parked."""
+        job = cell.jobs.get(job_id)
+        known = job is not None and self.owns(job)
+        return Explanation(
+            job=job_id, scheduler=self.name, known=known,
+            pending_tasks=job.counts.get(PENDING, 0) if job is not None else 0,
+            attempts=self.attempts.get(job_id, 0), parked=self.parked.get(job_id),
+            conflicts=dict(sorted(self._conflicts.get(job_id, {}).items())),
+            last=self._last.get(job_id),
+        )
+
+
+def _round_robin(jobs: list[Job], budget: int, out: list[tuple[Job, int]]) -> int:
+    """Share `budget` tasks across `jobs` (in order) one round at a time;
+    append (job, tasks) to `out`; return the budget left."""
+    want = {job.id: job.counts.get(PENDING, 0) for job in jobs}
+    given = dict.fromkeys(want, 0)
+    active = [job for job in jobs if want[job.id]]
+    while budget and active:
+        share = max(1, budget // len(active))
+        still = []
+        for job in active:
+            if not budget:
+                break
+            take = min(share, want[job.id] - given[job.id], budget)
+            given[job.id] += take
+            budget -= take
+            if given[job.id] < want[job.id]:
+                still.append(job)
+        active = still
+    out.extend((job, given[job.id]) for job in jobs if given[job.id])
+    return budget

@@ -1,0 +1,86 @@
+"""Why a job is (not) placed: metrics collected while deciding, and their summary.
+
+`JobMetric` is Nomad's `AllocMetric` for one job in one decision: how many
+machines were evaluated, how many each feasibility filter removed (by the
+reason words of `cellstate.commit`: `machine_not_up`, `constraint:<key>`,
+`anti_affinity`), how many were exhausted on which dimension
+(`insufficient:cpu`, `insufficient:memory`), how many were scored, how many
+tasks were placed and how many needed preemption. The policy fills it in as it
+decides; there is no second code path that recomputes it.
+
+`Explanation` is what `SchedulerCore.explain` returns and `omega explain`
+prints: the last decision's metric plus what the core knows across decisions
+(attempts, conflicts lost by reason, parked reason).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+FILTER_REASONS_ORDER = ("machine_not_up", "anti_affinity")
+
+
+@attrs.define(slots=True)
+class JobMetric:
+    """One job in one decision; mutable while the decision is built."""
+
+    job: str
+    wanted: int = 0
+    placed: int = 0
+    preempting: int = 0
+    machines_evaluated: int = 0
+    machines_feasible: int = 0
+    machines_scored: int = 0
+    filtered: dict[str, int] = attrs.field(factory=dict)
+    exhausted: dict[str, int] = attrs.field(factory=dict)
+    unplaced_reason: str | None = None
+
+    def count(self, reason: str, machines: int) -> None:
+        if machines:
+            bucket = self.exhausted if reason.startswith("insufficient:") else self.filtered
+            bucket[reason] = bucket.get(reason, 0) + machines
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(slots=True)
+class Explanation:
+    """The data `omega explain JOB` prints."""
+
+    job: str
+    scheduler: str
+    known: bool
+    pending_tasks: int = 0
+    attempts: int = 0
+    parked: str | None = None
+    conflicts: dict[str, int] = attrs.field(factory=dict)
+    last: JobMetric | None = None
+
+    def summary(self) -> str:
+        """One line in the Kubernetes style: `0/5 machines fit: 3 insufficient:cpu, ...`."""
+        if not self.known:
+            return f"job {self.job}: not seen by scheduler {self.scheduler}"
+        parts = [f"job {self.job}: {self.pending_tasks} pending, {self.attempts} attempts"]
+        if self.last is not None:
+            m = self.last
+            reasons = {**m.filtered, **m.exhausted}
+            detail = ", ".join(f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            parts.append(
+                f"{m.machines_feasible}/{m.machines_evaluated} machines fit"
+                + (f" ({detail})" if detail else "")
+                + f", {m.machines_scored} scored, placed {m.placed}/{m.wanted}"
+            )
+        if self.conflicts:
+            parts.append("conflicts lost: " + ", ".join(
+                f"{v} {k}" for k, v in sorted(self.conflicts.items())))
+        if self.parked:
+            parts.append(f"parked: {self.parked}")
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=False)
+        data["last"] = self.last.as_dict() if self.last is not None else None
+        return data

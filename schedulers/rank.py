@@ -1,0 +1,58 @@
+"""Scorers: how good a feasible machine is for a task; lower is better.
+
+All scorers are vectorised over an array of table rows.
+- `best_fit`: the free share left after the task (cpu share + memory share);
+  the tightest machine wins, which packs (Borg's best fit). Built from the
+  table's per-row `free_frac`, so nothing is recomputed for machines that did
+  not change beyond one multiply-add.
+- `fits`: how many tasks of one job a machine can still take.
+- `spread_codes` / `domain_load`: which spread domain each machine is in
+  (`spec.spread` label, else the failure domain) and how many of the job's
+  tasks each domain already holds; the spread selector balances on these.
+- Preemption cost lives with victim choice in `preempt`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cellstate import Job
+from schedulers.context import DecisionContext
+
+
+def best_fit(ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int,
+             best_effort: bool) -> np.ndarray:
+    """Free share left on each machine in `rows` after one task; lower packs tighter."""
+    return (ctx.frac(best_effort)[rows] - cpu * ctx.inv_cap_cpu[rows]
+            - memory * ctx.inv_cap_mem[rows])
+
+
+def task_share(ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int) -> np.ndarray:
+    """The share one task takes of each machine (the step of `best_fit` per task)."""
+    return cpu * ctx.inv_cap_cpu[rows] + memory * ctx.inv_cap_mem[rows]
+
+
+def fits(ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int,
+         best_effort: bool, at_most_one: bool) -> np.ndarray:
+    """How many tasks of (`cpu`, `memory`) each machine in `rows` can still take."""
+    free_cpu, free_mem = ctx.free(best_effort)
+    count = np.minimum(free_cpu[rows] // cpu, free_mem[rows] // memory)
+    if at_most_one:
+        np.minimum(count, 1, out=count)
+    return count
+
+
+def spread_codes(ctx: DecisionContext, job: Job) -> np.ndarray:
+    """Spread-domain code per table row: the `spec.spread` label's value, or
+    the failure domain. Machines without the label form one domain of their own."""
+    if job.spec.spread:
+        return ctx.table.labels(ctx.cell, job.spec.spread).codes[: ctx.n]
+    return ctx.table.domains.codes[: ctx.n]
+
+
+def domain_load(codes: np.ndarray, rows: np.ndarray) -> dict[int, int]:
+    """Tasks of the job per spread domain, from the rows its active tasks are on."""
+    if rows.size == 0:
+        return {}
+    values, counts = np.unique(codes[rows], return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}

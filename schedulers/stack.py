@@ -1,0 +1,154 @@
+"""Stacks: the policy of each scheduler kind, composed from small pieces.
+
+A `Stack` is a chain of feasibility filters (`feasible`), a resource class
+(regular or best-effort room), a scorer (`rank.best_fit`), a selector
+(`select.pack` or `select.spread`), candidate sampling (`sample`) and
+optionally preemption (`preempt`). `Stack.place` runs them for the pending
+tasks of one job and returns its claims:
+
+1. static filters (machine up, label constraints, anti-affinity), then the
+   resource fit per dimension, counted by reason into the job's metric;
+2. a sample of the feasible machines is scored (all of them if the sample
+   lacks room, or with sampling off), and the selector picks machines,
+   at most one task per machine under anti-affinity;
+3. placements are subtracted from the decision's local free columns, so the
+   next job (or the rest of this one) sees them;
+4. (service) tasks still unplaced may preempt lower-band tasks;
+5. a gang job that is not placed whole is rolled back and claims nothing.
+
+The kinds:
+- service: spread over failure domains (or `spec.spread`), then machines,
+  then best fit; may preempt batch tasks.
+- batch: best-fit packing, vectorised.
+- best-effort: best-fit packing on reclaimed resources only.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from cellstate import Claim, Job, SchedulerClass, Task
+from schedulers import preempt
+from schedulers.context import DecisionContext
+from schedulers.explain import JobMetric
+from schedulers.feasible import (
+    Filter,
+    JobAntiAffinity,
+    LabelConstraints,
+    MachineUp,
+    ResourceFit,
+    feasible,
+    job_rows,
+)
+from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_share
+from schedulers.sample import candidates
+from schedulers.select import pack, spread
+
+NO_ROOM = "no_room"
+
+
+@attrs.frozen
+class Stack:
+    """One scheduler kind's policy; see the module docstring."""
+
+    filters: tuple[Filter, ...]
+    best_effort: bool = False
+    spread: bool = False
+    preempt: bool = False
+
+    def place(self, ctx: DecisionContext, job: Job, tasks: list[Task],
+              metric: JobMetric) -> list[Claim]:
+        """Claims for as many of `tasks` (pending tasks of `job`) as fit; for a
+        gang job, claims for all of them or none."""
+        spec = job.spec
+        cpu, memory = spec.resources.cpu, spec.resources.memory
+        wanted = len(tasks)
+        metric.wanted += wanted
+        metric.machines_evaluated += ctx.n
+        saved = ctx.save() if spec.gang else None
+
+        static = feasible(self.filters, ctx, job, metric)
+        ok = feasible((ResourceFit(self.best_effort),), ctx, job, metric, static)
+        rows = np.flatnonzero(ok)
+        metric.machines_feasible += int(rows.size)
+
+        chosen: list[int] = []
+        if rows.size:
+            chosen = self._select(ctx, job, rows, wanted, metric)
+        victims: list[tuple[str, ...]] = [()] * len(chosen)
+
+        if self.preempt and len(chosen) < wanted:
+            open_rows = np.flatnonzero(static & ~ok)
+            if spec.anti_affinity and chosen:
+                open_rows = np.setdiff1d(open_rows, np.asarray(chosen), assume_unique=False)
+            while len(chosen) < wanted and open_rows.size:
+                found = preempt.choose(ctx, open_rows, spec.priority // 100, cpu, memory)
+                if found is None:
+                    break
+                row, lost = found
+                ctx.release(row, lost)
+                ctx.take(np.asarray([row]), np.asarray([1]), cpu, memory, self.best_effort)
+                chosen.append(row)
+                victims.append(tuple(t.id for t in lost))
+                metric.preempting += 1
+                if spec.anti_affinity:
+                    open_rows = open_rows[open_rows != row]
+
+        if len(chosen) < wanted:
+            reasons = {**metric.filtered, **metric.exhausted}
+            metric.unplaced_reason = (
+                max(sorted(reasons), key=lambda r: reasons[r]) if reasons else NO_ROOM)
+            if saved is not None:
+                ctx.restore(saved)
+                return []
+        metric.placed += len(chosen)
+        machines = ctx.machines
+        claims = []
+        for task, row, lost in zip(tasks, chosen, victims, strict=False):
+            machine = machines[row]
+            claims.append(Claim(task.id, machine.id, machine.seqnum, lost))
+        return claims
+
+    def _select(self, ctx: DecisionContext, job: Job, rows: np.ndarray, wanted: int,
+                metric: JobMetric) -> list[int]:
+        spec = job.spec
+        cpu, memory = spec.resources.cpu, spec.resources.memory
+        be, one = self.best_effort, spec.anti_affinity
+        cand = candidates(ctx, rows, wanted)
+        fit = fits(ctx, cand, cpu, memory, be, one)
+        if cand.size < rows.size and int(fit.sum()) < wanted:
+            cand = rows
+            fit = fits(ctx, cand, cpu, memory, be, one)
+        metric.machines_scored += int(cand.size)
+        score = best_fit(ctx, cand, cpu, memory, be)
+        if self.spread:
+            codes = spread_codes(ctx, job)
+            placed = job_rows(ctx, job)
+            domain_rank = {int(c): ctx.rng.random() for c in np.unique(codes[cand]).tolist()}
+            on_machine = np.zeros(ctx.n, dtype=np.int64)
+            np.add.at(on_machine, placed, 1)
+            chosen = spread(cand, fit, score, task_share(ctx, cand, cpu, memory), codes[cand],
+                            domain_load(codes, placed), on_machine[cand], domain_rank, wanted)
+            if chosen:
+                uniq, counts = np.unique(np.asarray(chosen), return_counts=True)
+                ctx.take(uniq, counts, cpu, memory, be)
+            return chosen
+        sel, counts = pack(cand, fit, score, wanted)
+        if sel.size:
+            ctx.take(sel, counts, cpu, memory, be)
+        return np.repeat(sel, counts).tolist()
+
+
+_STATIC: tuple[Filter, ...] = (MachineUp(), LabelConstraints(), JobAntiAffinity())
+
+STACKS: dict[SchedulerClass, Stack] = {
+    SchedulerClass.SERVICE: Stack(_STATIC, spread=True, preempt=True),
+    SchedulerClass.BATCH: Stack(_STATIC),
+    SchedulerClass.BEST_EFFORT: Stack(_STATIC, best_effort=True),
+}
+
+
+def stack_for(kind: SchedulerClass) -> Stack:
+    """The policy a scheduler of `kind` decides with."""
+    return STACKS[kind]

@@ -1,0 +1,180 @@
+"""SchedulerCore: competing cores, conflicts, sampling, shards, determinism, parking."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cellstate import (
+    Commit,
+    ConflictMode,
+    MachineSpec,
+    RegisterMachines,
+    Resources,
+    SchedulerClass,
+    TxnMode,
+)
+from schedulers import SchedulerCore, shard_of
+from tests.cellfixtures import cell_with, submit
+from tests.schedfixtures import core, step
+
+BATCH, SERVICE = SchedulerClass.BATCH, SchedulerClass.SERVICE
+
+
+def _race(conflicts: ConflictMode, sampling: bool, machines: int = 20):
+    """Two cores decide against one state, then both commit."""
+    cell = cell_with(machines=machines, cpu=8000)
+    submit(cell, "a", tasks=20, cpu=1000)
+    submit(cell, "d", tasks=20, cpu=1000)
+    one = core(BATCH, name="one", seed=1, conflicts=conflicts, sampling=sampling, shard=(0, 2))
+    two = core(BATCH, name="two", seed=2, conflicts=conflicts, sampling=sampling, shard=(1, 2))
+    assert shard_of("a", 2) != shard_of("d", 2)
+    d1, d2 = one.decide(cell, 5.0), two.decide(cell, 5.0)
+    r1 = cell.apply(Commit(d1.transaction, at=5.0)).result
+    r2 = cell.apply(Commit(d2.transaction, at=5.0)).result
+    one.on_result(cell, d1, r1, 5.0)
+    two.on_result(cell, d2, r2, 5.0)
+    cell.check_invariants()
+    return cell, (one, two), (r1, r2)
+
+
+def test_competing_cores_conflict_in_coarse_mode_and_never_overcommit():
+    cell, (_one, two), (r1, r2) = _race(ConflictMode.COARSE, sampling=False)
+    # Plain best fit: both pick the same machines; the second loses them all.
+    assert r1.accepted == 20 and not r1.rejected
+    assert r2.accepted == 0 and {r.reason for r in r2.rejected} == {"machine_changed"}
+    assert two.figures.conflicted_transactions == 1
+    assert two.figures.conflicts_by_reason == {"machine_changed": 20}
+    assert two.figures.claim_conflict_fraction == 1.0
+    # The losing job is retried against the refreshed state and placed.
+    _decision, result = step(two, cell, now=6.0)
+    assert result.accepted == 20
+    assert two.figures.conflict_fraction == 1.0  # 1 conflicted / 1 successful
+
+
+def test_fine_mode_accepts_what_still_fits():
+    _, _, (r1, r2) = _race(ConflictMode.FINE, sampling=False)
+    # Both packed 8 + 8 + 4 onto m0, m1, m2; m2 still has room for 4 more.
+    assert r1.accepted == 20
+    assert r2.accepted == 4 and {r.reason for r in r2.rejected} == {"insufficient:cpu"}
+
+
+def test_sampling_spreads_competitors_and_cuts_conflicts():
+    conflicts = {}
+    for sampling in (False, True):
+        _, _, (_, r2) = _race(ConflictMode.COARSE, sampling=sampling, machines=200)
+        conflicts[sampling] = len(r2.rejected)
+    assert conflicts[False] == 20
+    assert conflicts[True] < conflicts[False]
+
+
+def test_sharding_splits_jobs():
+    cell = cell_with(machines=4)
+    ids = [f"job{i}" for i in range(12)]
+    for jid in ids:
+        submit(cell, jid, tasks=1, cpu=100)
+    shards = [core(BATCH, name=f"s{i}", shard=(i, 3)) for i in range(3)]
+    taken = [set(step(s, cell)[0].jobs) for s in shards]
+    assert set().union(*taken) == set(ids)
+    assert sum(len(t) for t in taken) == len(ids)
+    assert all(taken)
+
+
+def test_cores_take_only_their_scheduler_class():
+    cell = cell_with(machines=2)
+    submit(cell, "svc", tasks=1, cpu=100, scheduler=SERVICE)
+    batch = core(BATCH)
+    assert not batch.has_work(cell) and batch.decide(cell, 5.0) is None
+    assert core(SERVICE).has_work(cell)
+
+
+def test_decisions_are_deterministic_for_a_seed():
+    def run(seed):
+        cell = cell_with(machines=50, cpu=8000, domains=5)
+        for j in range(5):
+            submit(cell, f"j{j}", tasks=30, cpu=700)
+            submit(cell, f"s{j}", tasks=7, cpu=300, scheduler=SERVICE)
+        claims = []
+        for kind in (SERVICE, BATCH):
+            sched = core(kind, seed=seed)
+            while (decision := step(sched, cell)[0]) is not None:
+                claims.append(decision.transaction.claims)
+        return claims, cell.snapshot()
+
+    assert run(3) == run(3)
+    assert run(3)[0] != run(4)[0]
+
+
+def test_highest_band_first_and_round_robin_within_budget():
+    cell = cell_with(machines=10, cpu=16000)
+    submit(cell, "low", tasks=10, cpu=100, priority=100, at=1.0)
+    submit(cell, "high", tasks=3, cpu=100, priority=190, at=2.0)
+    submit(cell, "old", tasks=10, cpu=100, priority=100, at=0.5)
+    sched = core(BATCH, max_claims=9)
+    decision, _ = step(sched, cell)
+    per_job = {}
+    for claim in decision.transaction.claims:
+        per_job[claim.task.split(".")[0]] = per_job.get(claim.task.split(".")[0], 0) + 1
+    assert per_job == {"high": 3, "old": 3, "low": 3}
+    assert decision.jobs == ("high", "old", "low")
+
+
+def test_unplaceable_job_stalls_then_parks_after_max_attempts():
+    cell = cell_with(machines=1, cpu=1000)
+    submit(cell, "huge", tasks=1, cpu=900)
+    submit(cell, "big", tasks=1, cpu=2000)
+    sched = core(BATCH, max_attempts=3)
+    step(sched, cell)  # places "huge", finds no room for "big"
+    assert sched.attempts["big"] == 1
+    assert sched.has_work(cell)  # a machine changed: worth another look
+    assert sched.decide(cell, 6.0) is None
+    # Nothing changed in the cell since: no spinning.
+    assert not sched.has_work(cell)
+    cell.apply(RegisterMachines((MachineSpec("tiny", Resources(500, 1 << 30)),), at=6.0))
+    assert sched.has_work(cell)
+    assert sched.decide(cell, 7.0) is None
+    assert sched.parked == {"big": "insufficient:cpu"}
+    assert sched.figures.blocked == {"big": "insufficient:cpu"}
+    explanation = sched.explain(cell, "big")
+    assert explanation.parked == "insufficient:cpu"
+    assert explanation.attempts == 3 and "parked" in explanation.summary()
+    assert not sched.has_work(cell)
+    sched.unpark("big")
+    assert sched.has_work(cell)
+
+
+def test_figures_and_wait_times():
+    cell = cell_with(machines=2)
+    submit(cell, "j", tasks=2, cpu=100, at=2.0)
+    sched = core(BATCH)
+    step(sched, cell, now=10.0)
+    sched.figures.add_busy(0.25)
+    data = sched.figures.as_dict()
+    assert data["transactions"] == 1 and data["claims_accepted"] == 2
+    assert data["wait_first_attempt_s"]["p50"] == 8.0
+    assert data["wait_placed_s"]["p50"] == 8.0
+    assert data["busy_seconds"] == 0.25 and data["decision_seconds"]["p99"] == 0.25
+
+
+def test_all_or_nothing_mode_applies_to_every_transaction():
+    cell = cell_with(machines=2)
+    submit(cell, "j", tasks=2, cpu=100)
+    decision, result = step(core(BATCH, mode=TxnMode.ALL_OR_NOTHING), cell)
+    assert decision.transaction.mode is TxnMode.ALL_OR_NOTHING and result.accepted == 2
+
+
+def test_bad_shard_is_refused():
+    with pytest.raises(ValueError):
+        SchedulerCore("x", BATCH, rng=random.Random(0), shard=(2, 2))
+
+
+def test_big_job_progressing_under_the_budget_is_never_parked():
+    cell = cell_with(machines=10, cpu=16000)
+    submit(cell, "big", tasks=40, cpu=100)
+    sched = core(BATCH, max_claims=5, max_attempts=2)
+    decisions = 0
+    while step(sched, cell)[0] is not None:
+        decisions += 1
+    assert decisions == 8 and not sched.parked
+    assert sched.figures.wait_placed == [3.0]
