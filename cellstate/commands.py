@@ -19,6 +19,7 @@ from cellstate.model import (
     JobSpec,
     MachineSpec,
     MachineState,
+    SchedulerClass,
     TaskState,
     Transaction,
 )
@@ -140,6 +141,20 @@ class SetQuota:
     id: str = ""
 
 
+@attrs.frozen(slots=True)
+class ReportScheduler:
+    """A scheduler's own figures and its explanation of every job it could not
+    place, kept in the cell so that `omega status` and `omega explain` can read
+    them from any replica."""
+
+    name: str
+    kind: SchedulerClass
+    figures: dict[str, float]
+    explanations: dict[str, str]
+    at: float = 0.0
+    id: str = ""
+
+
 Command = (
     RegisterMachines
     | SetMachineState
@@ -151,6 +166,7 @@ Command = (
     | Heartbeat
     | ExpireHeartbeats
     | SetQuota
+    | ReportScheduler
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -164,6 +180,7 @@ COMMAND_TYPES: dict[str, type] = {
     "heartbeat": Heartbeat,
     "expire_heartbeats": ExpireHeartbeats,
     "set_quota": SetQuota,
+    "report_scheduler": ReportScheduler,
 }
 
 # -- results ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from cellstate.commands import Result
+from cellstate.commands import ReportScheduler, Result
 from cellstate.model import (
     ACTIVE_STATES,
     TERMINAL_STATES,
@@ -66,6 +66,9 @@ def dump(cell: CellState) -> bytes:
             for job in cell.jobs.values()
         ],
         "quotas": [[owner, band, cpu, mem] for (owner, band), (cpu, mem) in cell.quotas.items()],
+        "schedulers": [
+            internal.unstructure(report, ReportScheduler) for report in cell.schedulers.values()
+        ],
         "recent": [
             [cid, version, internal.unstructure(result, Result)]
             for cid, (version, result) in cell.recent.items()
@@ -105,6 +108,9 @@ def load(data: bytes | str) -> CellState:
             _account(cell, job, task)
     for owner, band, cpu, memory in doc["quotas"]:
         cell.quotas[(owner, band)] = (cpu, memory)
+    for report in doc["schedulers"]:
+        structured = internal.structure(report, ReportScheduler)
+        cell.schedulers[structured.name] = structured
     for cid, version, result in doc["recent"]:
         cell.recent[cid] = (version, internal.structure(result, Result))
     return cell

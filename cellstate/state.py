@@ -41,6 +41,7 @@ from cellstate.commands import (
     Outcome,
     RegisterMachines,
     ReportedState,
+    ReportScheduler,
     ReportTasks,
     ReportUsage,
     Result,
@@ -96,6 +97,7 @@ class CellState:
         self.jobs: dict[str, Job] = {}
         self.tasks: dict[str, Task] = {}
         self.quotas: dict[tuple[str, int], tuple[int, int]] = {}
+        self.schedulers: dict[str, ReportScheduler] = {}
         # Derived (rebuilt on restore, never serialised):
         self.owner_usage: dict[tuple[str, int], list[int]] = {}
         self.pending_jobs: dict[str, None] = {}
@@ -270,6 +272,14 @@ class CellState:
             self.quotas.pop(key, None)
         else:
             self.quotas[key] = (cmd.limit.cpu, cmd.limit.memory)
+        return Ok()
+
+    def _report_scheduler(self, cmd: ReportScheduler, events: list[Event]) -> Result:
+        # Only explanations of jobs still waiting are worth keeping.
+        jobs = self.pending_jobs
+        kept = {job: why for job, why in sorted(cmd.explanations.items()) if job in jobs}
+        self.schedulers[cmd.name] = ReportScheduler(
+            cmd.name, cmd.kind, dict(sorted(cmd.figures.items())), kept, cmd.at)
         return Ok()
 
     # -- agents' reports ----------------------------------------------------------
@@ -512,4 +522,5 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     Heartbeat: CellState._heartbeat,
     ExpireHeartbeats: CellState._expire_heartbeats,
     SetQuota: CellState._set_quota,
+    ReportScheduler: CellState._report_scheduler,
 }

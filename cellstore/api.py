@@ -58,6 +58,8 @@ class Replica:
         self.gateway = CommandGateway(raft, config.commit_timeout_s, config.max_in_flight)
         self.applied_per_s = 0.0
         self.apply_us_mean = 0.0
+        # Coroutines that extensions want run for the replica's lifetime.
+        self.background: list[Callable[[], Any]] = []
 
     async def commit_raw(self, commands: list[bytes]) -> list[bytes | CommitFailure]:
         """Replicate wire-encoded commands; per command its result bytes or a failure."""
@@ -113,8 +115,10 @@ def not_committed(results: list[Any], failed: list[tuple[int, str]]) -> ApiError
     )
 
 
-def parse_commands(request: Request) -> list[bytes]:
-    """`{"commands": [...]}` -> each command re-encoded as compact JSON bytes."""
+def parse_commands(request: Request, machine_class: Any = None) -> list[bytes]:
+    """`{"commands": [...]}` -> each command as the bytes the log will hold: the machine
+    class's `canonical(document, path)` (its validating edge) where it has one, else compact
+    JSON."""
     body = request.json()
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "body must be a JSON object", "body")
@@ -124,7 +128,17 @@ def parse_commands(request: Request) -> list[bytes]:
     for i, command in enumerate(commands):
         if not isinstance(command, dict):
             raise ApiError(400, "invalid_field", "each command must be an object", f"commands[{i}]")
-    return [orjson.dumps(c) for c in commands]
+    canonical = getattr(machine_class, "canonical", None)
+    if canonical is None:
+        return [orjson.dumps(c) for c in commands]
+    encoded = []
+    for i, command in enumerate(commands):
+        try:
+            encoded.append(canonical(command, f"$.commands[{i}]"))
+        except ValueError as exc:  # the machine's edge refused it
+            raise ApiError(400, getattr(exc, "code", "invalid"), getattr(exc, "message", str(exc)),
+                           getattr(exc, "field", f"commands[{i}]")) from None
+    return encoded
 
 
 def build_router(replica: Replica) -> Router:
@@ -132,7 +146,7 @@ def build_router(replica: Replica) -> Router:
     router = Router()
 
     async def post_commands(request: Request) -> Response:
-        commands = parse_commands(request)
+        commands = parse_commands(request, replica.config.machine_class)
         results = await replica.commit_raw(commands)
         failed = [(i, r.reason) for i, r in enumerate(results) if isinstance(r, CommitFailure)]
         headers = replica.leader_headers()

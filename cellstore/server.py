@@ -59,6 +59,8 @@ async def serve_replica(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_wait_for_signal, stop)
             nursery.start_soon(replica.sample_stats)
+            for background in replica.background:
+                nursery.start_soon(background)
             await nursery.start(_serve_http, app, hc, stop)
             bound.info(
                 "replica_serving",

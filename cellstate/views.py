@@ -1,0 +1,125 @@
+"""Read models of a cell: the JSON shapes the API serves and the CLI prints.
+
+Field names here are a public contract (`omega ... --json` prints them):
+jobs `id,name,scheduler,priority,state,tasks`; tasks `id,job,state,machine`;
+machines `id,state,capacity,used,domain,labels`. Extra fields may follow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cellstate.model import ACTIVE_STATES, Job, Machine, Task, TaskState
+from cellstate.resources import format_cpu, format_memory
+from cellstate.state import CellState
+
+
+def resources(cpu: int, memory: int) -> dict[str, Any]:
+    return {"cpu": format_cpu(cpu), "memory": format_memory(memory),
+            "cpu_milli": cpu, "memory_bytes": memory}
+
+
+def job_view(cell: CellState, job: Job) -> dict[str, Any]:
+    spec = job.spec
+    counts = {str(state): n for state, n in sorted(job.counts.items()) if n}
+    return {
+        "id": job.id, "name": spec.name, "scheduler": str(spec.scheduler),
+        "priority": spec.priority, "state": str(job.state), "tasks": counts,
+        "owner": spec.owner, "band": spec.band.label, "size": spec.tasks,
+        "submitted_at": job.submitted_at, "gang": spec.gang,
+        "resources": resources(spec.resources.cpu, spec.resources.memory),
+        "command": list(spec.command),
+    }
+
+
+def task_view(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id, "job": task.job, "state": str(task.state), "machine": task.machine,
+        "incarnation": task.incarnation, "priority": task.priority,
+        "exit_code": task.exit_code, "reason": task.reason, "restarts": task.restarts,
+        "evictions": task.evictions, "submitted_at": task.submitted_at,
+        "placed_at": task.placed_at, "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "usage": resources(task.usage_cpu, task.usage_memory) if task.usage_at else None,
+    }
+
+
+def machine_view(machine: Machine) -> dict[str, Any]:
+    return {
+        "id": machine.id, "state": str(machine.state),
+        "capacity": resources(machine.cpu, machine.memory),
+        "used": resources(machine.used_cpu + machine.be_cpu,
+                          machine.used_memory + machine.be_memory),
+        "domain": machine.domain, "labels": dict(machine.labels),
+        "tasks": len(machine.tasks), "seqnum": machine.seqnum,
+        "reserved": resources(machine.reserved_cpu, machine.reserved_memory),
+        "last_heartbeat": machine.last_heartbeat,
+    }
+
+
+def list_jobs(cell: CellState, state: str | None = None) -> list[dict[str, Any]]:
+    return [job_view(cell, job) for job in cell.jobs.values()
+            if state is None or str(job.state) == state]
+
+
+def list_tasks(cell: CellState, job: str | None = None, state: str | None = None,
+               machine: str | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+    if job is not None:
+        found = cell.jobs.get(job)
+        source = cell.job_tasks(found) if found else iter(())
+    elif machine is not None:
+        holder = cell.machines.get(machine)
+        source = (cell.tasks[t] for t in sorted(holder.tasks)) if holder else iter(())
+    else:
+        source = iter(cell.tasks.values())
+    out = []
+    for task in source:
+        if state is not None and str(task.state) != state:
+            continue
+        if machine is not None and task.machine != machine:
+            continue
+        out.append(task_view(task))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def list_machines(cell: CellState) -> list[dict[str, Any]]:
+    return [machine_view(m) for m in cell.machine_list]
+
+
+def cell_summary(cell: CellState) -> dict[str, Any]:
+    tasks: dict[str, int] = {}
+    for job in cell.jobs.values():
+        for state, n in job.counts.items():
+            tasks[str(state)] = tasks.get(str(state), 0) + n
+    machines: dict[str, int] = {}
+    for machine in cell.machine_list:
+        machines[str(machine.state)] = machines.get(str(machine.state), 0) + 1
+    return {
+        "version": cell.version, "now": cell.now, "jobs": len(cell.jobs), "tasks": tasks,
+        "machines": machines,
+        "schedulers": [
+            {"name": r.name, "kind": str(r.kind), "figures": r.figures, "reported_at": r.at,
+             "blocked": len(r.explanations)}
+            for r in cell.schedulers.values()
+        ],
+    }
+
+
+def explain(cell: CellState, target: str) -> dict[str, Any] | None:
+    """Why a job or task is where it is: its state, and each scheduler's account."""
+    job_id = target if target in cell.jobs else target.rsplit(".", 1)[0]
+    job = cell.jobs.get(job_id)
+    if job is None:
+        return None
+    task = cell.tasks.get(target)
+    accounts = {r.name: r.explanations[job_id] for r in cell.schedulers.values()
+                if job_id in r.explanations}
+    pending = [t.id for t in cell.pending_tasks(job)]
+    active = sum(1 for t in cell.job_tasks(job) if t.state in ACTIVE_STATES)
+    return {
+        "job": job_view(cell, job), "task": task_view(task) if task else None,
+        "pending": len(pending), "active": active, "schedulers": accounts,
+        "waiting": bool(pending) and (task is None or task.state is TaskState.PENDING),
+    }

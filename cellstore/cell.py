@@ -1,0 +1,224 @@
+"""The cell behind a replica: `CellState` as the replicated machine, and its typed API.
+
+`CellMachine` adapts `cellstate.CellState` to the store's byte-level machine
+contract. `canonical` is the edge: every command a client sends, through any
+endpoint, is structured by the strict converter, stamped with the replica's
+clock and an id if it has none, and re-encoded canonically before it enters
+the Raft log, so the log only ever holds well-typed commands.
+
+Typed endpoints (added by `endpoints`, all under the bearer token):
+- `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`
+- `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`, `GET /v1/machines`
+- `POST /v1/transactions` `{"txn": {...}}` commit one transaction
+- `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
+- `POST /v1/schedulers/report` a scheduler's figures and explanations
+- `GET /v1/cell` summary; `GET /v1/explain?target=JOB|TASK`
+The leader also issues `ExpireHeartbeats` every second (`heartbeat_timeout_s`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Any
+
+import attrs
+import orjson
+import structlog
+import trio
+
+from cellstate import CellState, ExpireHeartbeats, SpecError
+from cellstate import views as cell_views
+from cellstate.commands import Command, Error
+from cellstate.wire import decode_command, encode_result, internal, parse
+from cellstore.api import Replica
+from cellstore.errors import ApiError
+from cellstore.http import Request, Response, Router
+
+log = structlog.get_logger("cellstore.cell")
+
+HEARTBEAT_TIMEOUT_S = float(os.environ.get("OMEGA_HEARTBEAT_TIMEOUT", "10"))
+
+
+class CellMachine:
+    """`CellState` driven by wire-encoded commands (see `cellstore.machine.Machine`)."""
+
+    def __init__(self, cell: CellState | None = None) -> None:
+        self.cell = cell or CellState()
+
+    @property
+    def version(self) -> int:
+        return self.cell.version
+
+    def apply_encoded(self, command: bytes) -> bytes:
+        try:
+            decoded = decode_command(command)
+        except Exception as exc:  # only `canonical` writes the log; keep the version contract
+            self.cell.version += 1
+            return _result(self.cell.version, Error("undecodable", repr(exc)[:200]))
+        outcome = self.cell.apply(decoded)
+        return _result(outcome.version, outcome.result)
+
+    def snapshot(self) -> bytes:
+        return self.cell.snapshot()
+
+    @classmethod
+    def restore(cls, data: bytes) -> CellMachine:
+        return cls(CellState.restore(data))
+
+    @staticmethod
+    def canonical(document: Any, path: str = "$") -> bytes:
+        """Validate a client's command document; its canonical log bytes. SpecError if bad."""
+        if isinstance(document, dict) and "at" in document:
+            document = {k: v for k, v in document.items() if k != "at"}
+        command = parse(document, Command, path)
+        command = attrs.evolve(command, at=time.time(), id=command.id or secrets.token_hex(12))
+        return orjson.dumps(internal.unstructure(command, Command))
+
+
+def _result(version: int, result: Any) -> bytes:
+    return b'{"version":%d,"result":%s}' % (version, encode_result(result))
+
+
+def spec_error(exc: SpecError) -> ApiError:
+    return ApiError(400, exc.code, exc.message, exc.field)
+
+
+async def commit_one(replica: Replica, document: dict[str, Any]) -> Response:
+    try:
+        encoded = CellMachine.canonical(document)
+    except SpecError as exc:
+        raise spec_error(exc) from None
+    (result,) = await replica.commit([encoded])
+    answer = orjson.loads(result)
+    status = 200
+    if answer["result"].get("type") == "error":
+        error = answer["result"]
+        status = 409 if error["code"] in ("job_exists",) else (
+            404 if error["code"].endswith("_unknown") else 400)
+        raise ApiError(status, error["code"], error["message"], error.get("field"))
+    return Response.json(answer, status, replica.leader_headers())
+
+
+def endpoints(router: Router, replica: Replica) -> None:
+    """Register the cell's typed endpoints and the leader's heartbeat-expiry timer."""
+
+    def body(request: Request) -> dict[str, Any]:
+        data = request.json()
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_body", "body must be a JSON object", "$")
+        return data
+
+    def typed(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, "type": kind}
+
+    async def submit(request: Request) -> Response:
+        data = body(request)
+        if "spec" not in data:
+            raise ApiError(400, "invalid", "required field 'spec' is missing", "$.spec")
+        job = data.get("job") or _job_id(data["spec"])
+        return await commit_one(replica, typed("submit_job", {**data, "job": job}))
+
+    async def kill(request: Request) -> Response:
+        return await commit_one(replica, typed("kill_job", body(request)))
+
+    async def transaction(request: Request) -> Response:
+        return await commit_one(replica, typed("commit", body(request)))
+
+    def command_endpoint(kind: str):
+        async def handler(request: Request) -> Response:
+            return await commit_one(replica, typed(kind, body(request)))
+        return handler
+
+    async def read(fn) -> Response:
+        data = await replica.read(lambda machine: fn(machine.cell))
+        return Response.json(data, 200, replica.leader_headers())
+
+    async def jobs(request: Request) -> Response:
+        job_id = request.query.get("id")
+        if job_id:
+            def one(cell: CellState) -> Any:
+                job = cell.jobs.get(job_id[0])
+                if job is None:
+                    raise ApiError(404, "job_unknown", f"no job {job_id[0]!r}", "id")
+                return cell_views.job_view(cell, job)
+            return await read(one)
+        state = _one(request, "state")
+        return await read(lambda cell: {"jobs": cell_views.list_jobs(cell, state)})
+
+    async def tasks(request: Request) -> Response:
+        task_id = _one(request, "id")
+        if task_id:
+            def one(cell: CellState) -> Any:
+                task = cell.tasks.get(task_id)
+                if task is None:
+                    raise ApiError(404, "task_unknown", f"no task {task_id!r}", "id")
+                return cell_views.task_view(task)
+            return await read(one)
+        job, state, machine = _one(request, "job"), _one(request, "state"), _one(request, "machine")
+        limit = request.query_int("limit", 100_000)
+        return await read(lambda cell: {
+            "tasks": cell_views.list_tasks(cell, job, state, machine, limit)})
+
+    async def machines(request: Request) -> Response:
+        return await read(lambda cell: {"machines": cell_views.list_machines(cell)})
+
+    async def summary(request: Request) -> Response:
+        return await read(cell_views.cell_summary)
+
+    async def explain(request: Request) -> Response:
+        target = _one(request, "target")
+        if not target:
+            raise ApiError(400, "invalid", "target (a job or task id) is required", "target")
+
+        def account(cell: CellState) -> Any:
+            found = cell_views.explain(cell, target)
+            if found is None:
+                raise ApiError(404, "job_unknown", f"no job or task {target!r}", "target")
+            return found
+        return await read(account)
+
+    router.add("POST", "/v1/jobs", submit)
+    router.add("GET", "/v1/jobs", jobs)
+    router.add("POST", "/v1/jobs/kill", kill)
+    router.add("GET", "/v1/tasks", tasks)
+    router.add("GET", "/v1/machines", machines)
+    router.add("POST", "/v1/transactions", transaction)
+    router.add("POST", "/v1/agents/register", command_endpoint("register_machines"))
+    router.add("POST", "/v1/agents/heartbeat", command_endpoint("heartbeat"))
+    router.add("POST", "/v1/agents/report", command_endpoint("report_tasks"))
+    router.add("POST", "/v1/agents/usage", command_endpoint("report_usage"))
+    router.add("POST", "/v1/machines/state", command_endpoint("set_machine_state"))
+    router.add("POST", "/v1/quotas", command_endpoint("set_quota"))
+    router.add("POST", "/v1/schedulers/report", command_endpoint("report_scheduler"))
+    router.add("GET", "/v1/cell", summary)
+    router.add("GET", "/v1/explain", explain)
+    replica.background.append(lambda: expire_heartbeats(replica))
+
+
+def _one(request: Request, name: str) -> str | None:
+    values = request.query.get(name)
+    return values[0] if values else None
+
+
+def _job_id(spec: Any) -> str:
+    name = spec.get("name") if isinstance(spec, dict) else None
+    base = name if isinstance(name, str) and name else "job"
+    return f"{base[:50]}-{secrets.token_hex(3)}"
+
+
+async def expire_heartbeats(replica: Replica, period_s: float = 1.0) -> None:
+    """On the leader, mark down machines silent for the heartbeat timeout. The
+    decision is a command in the log, so every replica takes the same one."""
+    timeout = HEARTBEAT_TIMEOUT_S
+    while True:
+        await trio.sleep(period_s)
+        if not replica.raft.raft_status()["is_leader"]:
+            continue
+        command = orjson.dumps(internal.unstructure(
+            ExpireHeartbeats(timeout=timeout, at=time.time(), id=secrets.token_hex(12)), Command))
+        try:
+            await replica.commit([command])
+        except ApiError as exc:
+            log.info("expire_heartbeats_not_committed", reason=exc.body.message)
