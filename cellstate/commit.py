@@ -14,9 +14,12 @@ Two conflict-detection rules, as in the Omega paper:
   that both placed a task on one machine can both win if the machine has room.
 - `coarse`: additionally the machine's sequence number must equal the one the
   scheduler saw. Any change to the machine since then (a placement, an exit, a
-  usage report) is a conflict, even if the claim would still fit. Coarse never
-  accepts what fine would refuse, because it runs the fine checks too: the
-  store never trusts a scheduler to keep its invariants.
+  usage report) is a conflict, even if the claim would still fit. Coarse runs
+  the fine checks too (the store never trusts a scheduler to keep its
+  invariants), so a claim judged against one state is never accepted by
+  coarse and refused by fine. Across the claims of one transaction the two
+  can part ways only through owner quota, which spans machines: a claim that
+  coarse refused leaves quota for a later one that fine had to refuse.
 
 Two transaction modes:
 - `incremental`: each claim stands alone; accepted claims apply even if others

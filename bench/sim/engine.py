@@ -1,0 +1,428 @@
+"""The discrete-event loop: virtual time driving the real cell state and schedulers.
+
+One `CellState` is the store. Each scheduler is a real
+`schedulers.core.SchedulerCore`; the simulator only supplies time, work and
+the paper's decision-time model (Omega, EuroSys 2013, section 4):
+
+1. an idle scheduler with work *syncs* and decides: `core.decide(cell, now)`
+   reads the store as it is at that instant;
+2. it is then busy for `t_decision = t_job * jobs + t_task * tasks` of virtual
+   time, during which other schedulers commit and tasks end;
+3. it commits: `cell.apply(Commit(txn, at=now + t_decision))`, hands the
+   result to `core.on_result`, and goes again while it has work (the core
+   retries conflicted tasks, and parks jobs after `max_attempts`).
+
+Deciding at sync time and committing after the think time is the same as
+deciding on a private copy that goes stale during the think time, without
+copying the cell. Placed tasks are reported running at once (one batched
+`ReportTasks`), and exited with code 0 after their job's duration.
+
+A decision that claims nothing (no room) submits no transaction; the
+scheduler then waits `retry_delay` seconds (1 s, as in Google's simulator) or
+for a new job of its own, whichever comes first, rather than spinning on an
+unchanged cell. A *thread* runs one or more cores one decision at a time:
+Omega gives each core its own thread; the monolithic baseline puts every
+core on one thread, so decisions are serialised and never conflict.
+
+Determinism: events are ordered by (time, sequence number); ids come from
+counters; randomness from generators seeded from the run's seed; no wall
+clock reaches the results.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from bench.sim.metrics import Metrics
+from bench.sim.workload import GIB, Workload
+from cellstate import (
+    CellState,
+    Claim,
+    Commit,
+    CommitResult,
+    ConflictMode,
+    JobSpec,
+    MachineSpec,
+    RegisterMachines,
+    ReportedState,
+    ReportTasks,
+    Resources,
+    SchedulerClass,
+    SubmitJob,
+    TaskReport,
+    Transaction,
+    TxnMode,
+)
+
+DAY = 86_400.0
+OWNER = "sim"
+
+_ARRIVE, _DONE, _WAKE, _END = 0, 1, 2, 3
+
+
+@attrs.frozen(slots=True)
+class SchedulerSetup:
+    """One scheduler of a run; `thread` groups cores that share one decision loop
+    (None: a thread of its own)."""
+
+    name: str
+    kind: SchedulerClass
+    t_job: float = 0.1
+    t_task: float = 0.005
+    mode: TxnMode = TxnMode.INCREMENTAL
+    conflicts: ConflictMode = ConflictMode.FINE
+    shard: tuple[int, int] | None = None
+    sampling: bool = True
+    thread: str | None = None
+
+
+CoreFactory = Callable[[SchedulerSetup, random.Random, int], Any]
+
+
+def real_core(setup: SchedulerSetup, rng: random.Random, max_attempts: int) -> Any:
+    """Build the real `schedulers.core.SchedulerCore` for `setup`."""
+    from schedulers.core import SchedulerCore
+
+    return SchedulerCore(
+        setup.name, setup.kind, rng=rng, mode=setup.mode, conflicts=setup.conflicts,
+        shard=setup.shard, sampling=setup.sampling, max_attempts=max_attempts,
+    )
+
+
+def omega_schedulers(workload: Workload, batch_shards: int = 1, **options: Any
+                     ) -> list[SchedulerSetup]:
+    """The paper's Omega setup: one service scheduler and `batch_shards` batch ones,
+    each with the workload's decision times; `options` go to every setup."""
+    t_job, t_task = workload.think_time("service")
+    setups = [SchedulerSetup("service", SchedulerClass.SERVICE, t_job, t_task, **options)]
+    t_job, t_task = workload.think_time("batch")
+    for i in range(batch_shards):
+        name = "batch" if batch_shards == 1 else f"batch-{i}"
+        shard = None if batch_shards == 1 else (i, batch_shards)
+        setups.append(
+            SchedulerSetup(name, SchedulerClass.BATCH, t_job, t_task, shard=shard, **options))
+    return setups
+
+
+class _Thread:
+    __slots__ = ("busy", "cores", "next_core", "pending", "waking")
+
+    def __init__(self) -> None:
+        self.cores: list[tuple[SchedulerSetup, Any]] = []
+        self.next_core = 0
+        self.busy = False
+        self.pending: tuple | None = None
+        self.waking: float | None = None
+
+
+@attrs.define
+class SimResult:
+    rows: list[dict[str, object]]
+    figures: dict[str, dict[str, Any]]
+    stats: dict[str, float]
+
+
+class Simulation:
+    """One run: a workload, a set of schedulers, a seed; `run()` returns figures."""
+
+    def __init__(self, workload: Workload, schedulers: Sequence[SchedulerSetup], *,
+                 days: float = 1.0, seed: int = 1, core_factory: CoreFactory | None = None,
+                 retry_delay: float = 1.0, max_attempts: int = 1000) -> None:
+        self.workload = workload
+        self.end = days * DAY
+        self.seed = seed
+        self.retry_delay = retry_delay
+        self.cell = CellState()
+        self.metrics = Metrics()
+        seeds = np.random.SeedSequence(seed)
+        class_seeds, core_seed, cell_seed = seeds.spawn(3)
+        self.class_rngs = [np.random.default_rng(s)
+                           for s in class_seeds.spawn(len(workload.classes))]
+        self.cell_rng = np.random.default_rng(cell_seed)
+        core_rng = random.Random(int(core_seed.generate_state(1)[0]))
+        factory = core_factory or real_core
+        self.threads: list[_Thread] = []
+        by_name: dict[str, _Thread] = {}
+        self.kind_threads: dict[str, list[_Thread]] = {}
+        self.cores: dict[str, Any] = {}
+        for setup in schedulers:
+            core = factory(setup, random.Random(core_rng.getrandbits(64)), max_attempts)
+            self.cores[setup.name] = core
+            thread = by_name.get(setup.thread) if setup.thread else None
+            if thread is None:
+                thread = _Thread()
+                self.threads.append(thread)
+                if setup.thread:
+                    by_name[setup.thread] = thread
+            thread.cores.append((setup, core))
+            listeners = self.kind_threads.setdefault(setup.kind.value, [])
+            if thread not in listeners:
+                listeners.append(thread)
+            self.metrics.scheduler(setup.name, setup.kind.value)
+        self.events: list[tuple] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count()
+        self._job_ids = {c.name: itertools.count() for c in workload.classes}
+        self.now = 0.0
+        self.stats = {"decisions": 0, "commits": 0, "events": 0, "tasks_submitted": 0,
+                      "tasks_placed": 0, "tasks_ended": 0}
+
+    # -- setting up --------------------------------------------------------------
+
+    def _push(self, at: float, kind: int, payload: Any) -> None:
+        heapq.heappush(self.events, (at, next(self._seq), kind, payload))
+
+    def _cid(self) -> str:
+        return f"c{next(self._ids)}"
+
+    def build_cell(self) -> None:
+        """Register the machines and prefill them with long-running service tasks."""
+        wl = self.workload
+        shares = np.array([t.share for t in wl.machine_types], dtype=float)
+        counts = np.floor(shares / shares.sum() * wl.machines).astype(int)
+        counts[0] += wl.machines - counts.sum()
+        specs = []
+        for type_index, (mtype, count) in enumerate(zip(wl.machine_types, counts, strict=True)):
+            for _ in range(int(count)):
+                i = len(specs)
+                specs.append(MachineSpec(
+                    f"m{i}", Resources(round(mtype.cpu * 1000),
+                                       round(mtype.memory * GIB)),
+                    labels={"type": f"t{type_index}"} if len(wl.machine_types) > 1 else {},
+                    domain=f"d{i % wl.domains}"))
+        self.cell.apply(RegisterMachines(tuple(specs), at=0.0, id=self._cid()))
+        if wl.prefill > 0:
+            self._prefill()
+
+    def _prefill(self) -> None:
+        """Fill each machine's cpu to about `prefill` with service tasks that never
+        end, sized from the service class; placed directly (not by a scheduler,
+        not in the figures), as the paper's simulator starts from a cell state."""
+        wl = self.workload
+        cell = self.cell
+        service = wl.job_class("service")
+        rng = self.cell_rng
+        order = rng.permutation(len(cell.machine_list))
+        machines = [cell.machine_list[i] for i in order]
+        used_cpu = [0] * len(machines)
+        used_mem = [0] * len(machines)
+        cursor = 0
+        number = 0
+        while cursor < len(machines):
+            cpu = round(service.cpu.sample(rng) * 1000) or 1
+            memory = round(service.memory.sample(rng) * GIB) or 1
+            job = f"p{number}"
+            number += 1
+            claims = []
+            for index in range(wl.prefill_job_tasks):
+                # Next machine (in a seeded random order) with room under the target.
+                while cursor < len(machines) and (
+                    used_cpu[cursor] + cpu > machines[cursor].cpu * wl.prefill
+                    or used_mem[cursor] + memory > machines[cursor].memory
+                ):
+                    cursor += 1
+                if cursor >= len(machines):
+                    break
+                m = machines[cursor]
+                used_cpu[cursor] += cpu
+                used_mem[cursor] += memory
+                claims.append(Claim(f"{job}.{index}", m.id, m.seqnum))
+            if claims:
+                # Submitted with exactly the tasks that found room: no leftovers
+                # for the service scheduler.
+                spec = JobSpec(name=job, owner=OWNER, scheduler=SchedulerClass.SERVICE,
+                               resources=Resources(cpu, memory), tasks=len(claims))
+                cell.apply(SubmitJob(job, spec, at=0.0, id=self._cid()))
+                result = cell.apply(Commit(Transaction("prefill", tuple(claims), cell.version),
+                                           at=0.0, id=self._cid())).result
+                self._report_running([c for c in claims], result, 0.0)
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        if not self.cell.machine_list:
+            self.build_cell()
+        for index, job_class in enumerate(self.workload.classes):
+            self._push(job_class.interarrival.sample(self.class_rngs[index]), _ARRIVE, index)
+        end = self.end
+        events = self.events
+        pop = heapq.heappop
+        handled = 0
+        while events and events[0][0] < end:
+            at, _, kind, payload = pop(events)
+            self.now = at
+            handled += 1
+            if kind == _END:
+                self._end_tasks(payload, at)
+            elif kind == _DONE:
+                self._commit(payload, at)
+            elif kind == _ARRIVE:
+                self._arrive(payload, at)
+            else:
+                payload.waking = None
+                if not payload.busy:
+                    self._start(payload, at)
+        self.stats["events"] = handled
+        # Decisions still thinking at the end: count their busy time up to the end.
+        for thread in self.threads:
+            if thread.pending is not None:
+                setup, _, started, _ = thread.pending
+                self.metrics.busy(setup.name, started, end)
+        for core in self.cores.values():
+            # Parked after `max_attempts` attempts: the paper's abandoned jobs.
+            for job in getattr(core.figures, "blocked", {}):
+                self.metrics.abandon(job)
+        return SimResult(
+            rows=self.metrics.rows(end),
+            figures={name: core.figures.as_dict() for name, core in self.cores.items()},
+            stats=dict(self.stats),
+        )
+
+    def _arrive(self, index: int, at: float) -> None:
+        job_class = self.workload.classes[index]
+        rng = self.class_rngs[index]
+        self._push(at + job_class.interarrival.sample(rng), _ARRIVE, index)
+        tasks = max(1, round(job_class.tasks.sample(rng)))
+        duration = job_class.duration.sample(rng)
+        cpu = max(1, round(job_class.cpu.sample(rng) * 1000))
+        memory = max(1, round(job_class.memory.sample(rng) * GIB))
+        kind = SchedulerClass(job_class.name)
+        job = f"{job_class.name[0]}{next(self._job_ids[job_class.name])}"
+        spec = JobSpec(name=job, owner=OWNER, scheduler=kind, resources=Resources(cpu, memory),
+                       tasks=tasks, duration=duration)
+        self.cell.apply(SubmitJob(job, spec, at=at, id=self._cid()))
+        self.metrics.submitted(job, job_class.name, at, tasks)
+        self.stats["tasks_submitted"] += tasks
+        for thread in self.kind_threads.get(job_class.name, ()):
+            if not thread.busy:
+                self._start(thread, at)
+
+    def _start(self, thread: _Thread, at: float) -> None:
+        """Let an idle thread take its next decision, round-robin over its cores."""
+        cell = self.cell
+        cores = thread.cores
+        wanted = False
+        for step in range(len(cores)):
+            setup, core = cores[(thread.next_core + step) % len(cores)]
+            if not core.has_work(cell):
+                continue
+            wanted = True
+            decision = core.decide(cell, at)
+            if decision is None:
+                # Considered jobs, found no room: attempts without a transaction.
+                self._first_attempts(setup.name, getattr(core, "attempts", ()), at)
+                continue
+            thread.next_core = (thread.next_core + step + 1) % len(cores)
+            self.stats["decisions"] += 1
+            considered = getattr(decision, "explanations", None) or decision.jobs
+            self._first_attempts(setup.name, considered, at)
+            self.metrics.attempt(setup.name, considered, at,
+                                 len(decision.transaction.claims))
+            # The paper's t_job + t_task * tasks, once per job the decision considered.
+            think = setup.t_job * len(considered) + setup.t_task * decision.tasks
+            thread.busy = True
+            thread.pending = (setup, core, at, decision)
+            self._push(at + think, _DONE, thread)
+            return
+        if wanted:
+            self._wake_later(thread, at)
+
+    def _first_attempts(self, scheduler: str, jobs, at: float) -> None:
+        first = self.metrics.first_attempt
+        for job in jobs:
+            first(scheduler, job, at)
+
+    def _wake_later(self, thread: _Thread, at: float) -> None:
+        if thread.waking is None:
+            thread.waking = at + self.retry_delay
+            self._push(thread.waking, _WAKE, thread)
+
+    def _commit(self, thread: _Thread, at: float) -> None:
+        setup, core, started, decision = thread.pending
+        thread.pending = None
+        thread.busy = False
+        think = at - started
+        self.metrics.busy(setup.name, started, at)
+        core.figures.add_busy(think)
+        claims = decision.transaction.claims
+        if claims:
+            result = self.cell.apply(Commit(decision.transaction, at=at, id=self._cid())).result
+            self.stats["commits"] += 1
+        else:
+            result = CommitResult()
+        core.on_result(self.cell, decision, result, at)
+        self.metrics.transaction(setup.name, len(claims), len(result.rejected))
+        if claims:
+            self._report_running(claims, result, at)
+            if result.preempted:
+                # Evicted tasks are pending again: their schedulers look soon.
+                for other in self.threads:
+                    if not other.busy and other is not thread:
+                        self._wake_later(other, at)
+            jobs = self.cell.jobs
+            for job in decision.jobs:
+                if not jobs[job].counts.get("pending", 0):
+                    self.metrics.placed(job, at)
+            self._start(thread, at)
+        else:
+            # Nothing fitted: wait for room (or a new job) instead of spinning.
+            self._wake_later(thread, at)
+
+    def _report_running(self, claims: Sequence[Claim], result: CommitResult, at: float) -> None:
+        """Report accepted tasks running now, and schedule their exit per job."""
+        rejected = {r.task for r in result.rejected} if result.rejected else ()
+        tasks = self.cell.tasks
+        jobs = self.cell.jobs
+        running = []
+        ends: dict[str, list[TaskReport]] = {}
+        exited = ReportedState.EXITED
+        for claim in claims:
+            if claim.task in rejected:
+                continue
+            task = tasks[claim.task]
+            running.append(TaskReport(task.id, claim.machine, task.incarnation,
+                                      ReportedState.RUNNING))
+            duration = jobs[task.job].spec.duration
+            if duration is not None:
+                ends.setdefault(task.job, []).append(
+                    TaskReport(task.id, claim.machine, task.incarnation, exited, 0))
+        if not running:
+            return
+        self.stats["tasks_placed"] += len(running)
+        self.cell.apply(ReportTasks(tuple(running), at=at, id=self._cid()))
+        for job, reports in ends.items():
+            self._push(at + jobs[job].spec.duration, _END, tuple(reports))
+
+    def _end_tasks(self, reports: tuple[TaskReport, ...], at: float) -> None:
+        self.stats["tasks_ended"] += len(reports)
+        self.cell.apply(ReportTasks(reports, at=at, id=self._cid()))
+        # Room was freed: idle schedulers with stalled jobs look again, at most
+        # once per `retry_delay` (the paper re-queues an unplaced job after 1 s).
+        for thread in self.threads:
+            if not thread.busy:
+                self._wake_later(thread, at)
+
+
+def simulate(workload: Workload, schedulers: Sequence[SchedulerSetup] | None = None,
+             **options: Any) -> SimResult:
+    """Run one simulation; `schedulers` defaults to the paper's Omega setup."""
+    if schedulers is None:
+        schedulers = omega_schedulers(workload)
+    return Simulation(workload, schedulers, **options).run()
+
+
+def fmt(value: object) -> str:
+    """A CSV cell: floats in a fixed, platform-independent form."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.6g}"
+    return str(value)
