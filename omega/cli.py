@@ -1,0 +1,423 @@
+"""The `omega` command: run a cell's parts, and drive a running cell.
+
+Client commands find the cell through `--addr`/`--token` or the `OMEGA_ADDR`
+and `OMEGA_TOKEN` environment variables (`omega up` writes them to
+`DATA_DIR/env`). Read commands print tables for people and, with `--json`,
+stable JSON for scripts. Errors name what is wrong and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import trio
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cellstore.client import StoreClient, StoreUnavailable
+from cellstore.errors import ApiError
+from omega.specfile import SpecFileError, load_spec
+
+app = typer.Typer(
+    help="omega-cell: an Omega-style shared-state cluster scheduler.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks: conflict experiments in virtual time.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+errors = Console(stderr=True)
+
+Addr = Annotated[str, typer.Option("--addr", envvar="OMEGA_ADDR",
+                                   help="Replica URLs, comma-separated.")]
+Token = Annotated[str, typer.Option("--token", envvar="OMEGA_TOKEN", help="API bearer token.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+JOB_FIELDS = ("id", "name", "scheduler", "priority", "state", "tasks")
+TASK_FIELDS = ("id", "job", "state", "machine")
+NODE_FIELDS = ("id", "state", "capacity", "used", "domain", "labels")
+
+
+def fail(message: str, code: int = 1) -> None:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def call(addr: str, token: str, fn: Callable[[StoreClient], Any]) -> Any:
+    """Run `fn(client)` against the cell; turn its errors into messages and exits."""
+    if not addr:
+        fail("no cell address: pass --addr or set OMEGA_ADDR (source DATA_DIR/env)", 2)
+    if not token:
+        fail("no token: pass --token or set OMEGA_TOKEN (source DATA_DIR/env)", 2)
+
+    async def run() -> Any:
+        async with StoreClient(addr.split(","), token, retry_deadline_s=15.0) as client:
+            return await fn(client)
+
+    try:
+        return trio.run(run)
+    except ApiError as exc:
+        where = f" ({exc.body.field})" if exc.body.field else ""
+        fail(f"{exc.body.code}: {exc.body.message}{where}")
+    except StoreUnavailable as exc:
+        fail(f"no replica answered: {exc}")
+
+
+def pick(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {field: record.get(field) for field in fields} | {
+        k: v for k, v in record.items() if k not in fields}
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    return " ".join(f"{state}={n}" for state, n in counts.items()) or "-"
+
+
+# -- running the parts ---------------------------------------------------------
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="Where the cell keeps its state.")] = Path(
+        "omega-data"),
+    replicas: Annotated[int, typer.Option(min=1, max=7, help="Store replicas.")] = 3,
+    agents: Annotated[int, typer.Option(min=0, max=64, help="Real agents.")] = 4,
+    hollow: Annotated[int, typer.Option(min=0, max=100_000, help="Hollow machines.")] = 0,
+    schedulers: Annotated[str, typer.Option(help="Scheduler kinds to run.")] = (
+        "service,batch,best-effort"),
+) -> None:
+    """Start a whole local cell and supervise it until Ctrl-C."""
+    from omega.up import run_cell
+
+    kinds = [k.strip() for k in schedulers.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in ("service", "batch", "best-effort"):
+            fail(f"--schedulers: {kind!r} is not a kind; use service, batch, best-effort", 2)
+    trio.run(run_cell, data_dir.resolve(), replicas, agents, hollow, kinds)
+
+
+@app.command()
+def store(
+    id: Annotated[int, typer.Option("--id", help="This replica's index in --peer.")],
+    peer: Annotated[list[str], typer.Option(help="Every replica as API_HOST:PORT/RAFT_HOST:PORT, "
+                                            "in the same order on every replica.")],
+    data_dir: Annotated[Path, typer.Option(help="Journal and snapshots.")],
+    token_file: Annotated[Path, typer.Option(help="File holding the API token.")],
+    secret_file: Annotated[Path, typer.Option(help="File holding the Raft secret.")],
+) -> None:
+    """Run one store replica (a multi-host cell runs one per host)."""
+    from cellstore.config import ReplicaConfig
+    from cellstore.server import run_replica
+
+    pairs = []
+    for item in peer:
+        if "/" not in item:
+            fail(f"--peer {item!r}: expected API_HOST:PORT/RAFT_HOST:PORT", 2)
+        pairs.append(item.split("/", 1))
+    if not 0 <= id < len(pairs):
+        fail(f"--id {id}: must index one of the {len(pairs)} --peer values", 2)
+    api, raft = pairs[id]
+    config = ReplicaConfig.from_json({
+        "id": f"r{id}", "api_host": api.rsplit(":", 1)[0], "api_port": int(api.rsplit(":", 1)[1]),
+        "raft_host": raft.rsplit(":", 1)[0], "raft_port": int(raft.rsplit(":", 1)[1]),
+        "peers_raft": [r for _, r in pairs], "peers_api": [a for a, _ in pairs],
+        "data_dir": str(data_dir), "token": token_file.read_text().strip(),
+        "secret": secret_file.read_text().strip(),
+        "machine": "cellstore.cell:CellMachine", "extensions": ["cellstore.cell:endpoints"],
+    })
+    run_replica(config)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def scheduler(ctx: typer.Context) -> None:
+    """Run one scheduler process (flags: `omega scheduler -h`)."""
+    from schedulers.__main__ import main
+
+    main(ctx.args)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def agent(ctx: typer.Context) -> None:
+    """Run one agent for a machine, or many hollow ones (flags: `omega agent -h`)."""
+    from agents.__main__ import main
+
+    main(ctx.args)
+
+
+# -- driving a cell ------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Job spec: YAML, TOML or JSON.")],
+    addr: Addr = "", token: Token = "",
+    job_id: Annotated[str, typer.Option("--id", help="Job id (default: name-<random>).")] = "",
+    wait: Annotated[bool, typer.Option(help="Show progress until every task runs or ends.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 300.0,
+    as_json: AsJson = False,
+) -> None:
+    """Submit a job from a spec file."""
+    from cellstate.wire import internal
+
+    try:
+        spec = load_spec(file)
+    except SpecFileError as exc:
+        fail(str(exc), 2)
+    # The id is chosen here, once, so that a retried request submits one job.
+    created = job_id or f"{spec.name}-{secrets.token_hex(3)}"
+    body = {"job": created, "spec": internal.unstructure(spec), "id": secrets.token_hex(12)}
+    answer = call(addr, token, lambda c: c.request("POST", "/v1/jobs", body))
+    if as_json:
+        emit_json({"id": created, "version": answer["version"]})
+    else:
+        console.print(f"submitted job [bold]{created}[/bold] ({spec.tasks} tasks)")
+    if wait:
+        wait_for_job(addr, token, created, spec.tasks, timeout)
+
+
+def wait_for_job(addr: str, token: str, job: str, size: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        bar = progress.add_task(f"{job}", total=size)
+        while True:
+            view = call(addr, token, lambda c: c.request("GET", f"/v1/jobs?id={job}"))
+            counts = view["tasks"]
+            settled = sum(counts.get(s, 0) for s in ("running", "exited", "failed", "killed"))
+            progress.update(bar, completed=settled,
+                            description=f"{job} {view['state']} {counts_text(counts)}")
+            if view["state"] in ("done", "failed", "killed") or settled >= size:
+                break
+            if time.monotonic() > deadline:
+                fail(f"job {job} not settled after {timeout:.0f} s: {counts_text(counts)}")
+            time.sleep(0.3)
+    if view["state"] in ("failed", "killed"):
+        fail(f"job {job} {view['state']}: {counts_text(view['tasks'])}")
+
+
+@app.command()
+def jobs(addr: Addr = "", token: Token = "", as_json: AsJson = False,
+         state: Annotated[str, typer.Option(help="Only jobs in this state.")] = "") -> None:
+    """List jobs."""
+    path = "/v1/jobs" + (f"?state={state}" if state else "")
+    found = call(addr, token, lambda c: c.request("GET", path))["jobs"]
+    if as_json:
+        emit_json([pick(j, JOB_FIELDS) for j in found])
+        return
+    table = Table("id", "name", "scheduler", "priority", "state", "tasks")
+    for j in found:
+        table.add_row(j["id"], j["name"], j["scheduler"], str(j["priority"]), j["state"],
+                      counts_text(j["tasks"]))
+    console.print(table)
+
+
+@app.command()
+def job(job_id: Annotated[str, typer.Argument(help="Job id.")], addr: Addr = "",
+        token: Token = "", as_json: AsJson = False) -> None:
+    """Show one job."""
+    found = call(addr, token, lambda c: c.request("GET", f"/v1/jobs?id={job_id}"))
+    if as_json:
+        emit_json(pick(found, JOB_FIELDS))
+        return
+    for key, value in pick(found, JOB_FIELDS).items():
+        console.print(f"[bold]{key:>12}[/bold] {counts_text(value) if key == 'tasks' else value}")
+
+
+@app.command()
+def tasks(addr: Addr = "", token: Token = "", as_json: AsJson = False,
+          job: Annotated[str, typer.Option(help="Only this job's tasks.")] = "",
+          state: Annotated[str, typer.Option(help="Only tasks in this state.")] = "") -> None:
+    """List tasks."""
+    query = "&".join(f"{k}={v}" for k, v in (("job", job), ("state", state)) if v)
+    found = call(addr, token, lambda c: c.request("GET", "/v1/tasks?" + query))["tasks"]
+    if as_json:
+        emit_json([pick(t, TASK_FIELDS) for t in found])
+        return
+    table = Table("id", "job", "state", "machine", "incarnation", "exit", "reason")
+    for t in found:
+        table.add_row(t["id"], t["job"], t["state"], t["machine"] or "-", str(t["incarnation"]),
+                      "-" if t["exit_code"] is None else str(t["exit_code"]), t["reason"] or "")
+    console.print(table)
+
+
+@app.command()
+def nodes(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
+    """List machines."""
+    found = call(addr, token, lambda c: c.request("GET", "/v1/machines"))["machines"]
+    if as_json:
+        emit_json([pick(m, NODE_FIELDS) for m in found])
+        return
+    table = Table("id", "state", "cpu used/cap", "memory used/cap", "tasks", "domain")
+    for m in found:
+        table.add_row(m["id"], m["state"], f"{m['used']['cpu']}/{m['capacity']['cpu']}",
+                      f"{m['used']['memory']}/{m['capacity']['memory']}", str(m["tasks"]),
+                      m["domain"])
+    console.print(table)
+
+
+@app.command()
+def kill(job_id: Annotated[str, typer.Argument(help="Job id.")], addr: Addr = "",
+         token: Token = "") -> None:
+    """Kill a job: its tasks are stopped (SIGTERM, then SIGKILL after the grace period)."""
+    call(addr, token, lambda c: c.request("POST", "/v1/jobs/kill", {"job": job_id}))
+    console.print(f"killed job [bold]{job_id}[/bold]")
+
+
+@app.command()
+def explain(target: Annotated[str, typer.Argument(help="Job or task id.")], addr: Addr = "",
+            token: Token = "", as_json: AsJson = False) -> None:
+    """Why a job or task is pending: machines considered, filtered, exhausted, conflicts."""
+    found = call(addr, token, lambda c: c.request("GET", f"/v1/explain?target={target}"))
+    if as_json:
+        emit_json(found)
+        return
+    job_view = found["job"]
+    console.print(f"job [bold]{job_view['id']}[/bold] {job_view['state']}: "
+                  f"{counts_text(job_view['tasks'])}")
+    if found["task"]:
+        task = found["task"]
+        console.print(f"task {task['id']} {task['state']} on {task['machine'] or '-'}"
+                      + (f" ({task['reason']})" if task["reason"] else ""))
+    if not found["pending"]:
+        console.print("nothing pending")
+    elif not found["schedulers"]:
+        console.print(f"{found['pending']} tasks pending; no scheduler has reported on them yet "
+                      f"(is a {job_view['scheduler']} scheduler running?)")
+    for name, account in found["schedulers"].items():
+        console.print(f"[bold]{name}[/bold]: {account}")
+
+
+@app.command()
+def logs(task_id: Annotated[str, typer.Argument(help="Task id.")], addr: Addr = "",
+         token: Token = "",
+         stream: Annotated[str, typer.Option(help="stdout or stderr.")] = "stdout",
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+         ) -> None:
+    """Print a task's captured output, fetched from the agent that runs it."""
+    if stream not in ("stdout", "stderr"):
+        fail(f"--stream {stream!r}: use stdout or stderr", 2)
+
+    async def locate(client: StoreClient) -> Any:
+        task = await client.request("GET", f"/v1/tasks?id={task_id}")
+        machines = (await client.request("GET", "/v1/machines"))["machines"]
+        return task, {m["id"]: m for m in machines}
+
+    task, machines = call(addr, token, locate)
+    if task["machine"] is None:
+        fail(f"task {task_id} is {task['state']} and has not run on any machine yet")
+    agent_addr = machines.get(task["machine"], {}).get("labels", {}).get("omega.agent")
+    if not agent_addr:
+        fail(f"machine {task['machine']} has no agent address to fetch logs from")
+    offset = 0
+    headers = {"authorization": f"Bearer {token}"}
+    while True:
+        try:
+            resp = httpx.get(f"http://{agent_addr}/v1/logs", headers=headers, timeout=10, params={
+                "task": task_id, "incarnation": task["incarnation"], "stream": stream,
+                "offset": offset})
+        except httpx.HTTPError as exc:
+            fail(f"agent {agent_addr} did not answer: {exc}")
+        if resp.status_code != 200:
+            fail(f"agent {agent_addr}: {resp.text}")
+        chunk = resp.content
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        offset += len(chunk)
+        if not follow:
+            return
+        time.sleep(1.0)
+
+
+def _status(client_addr: str, token: str) -> dict[str, Any]:
+    addresses = client_addr.split(",")
+
+    async def gather(client: StoreClient) -> Any:
+        replicas = []
+        for address in addresses:
+            try:
+                replicas.append(await client.status(address.split("://")[-1]))
+            except (ApiError, httpx.HTTPError) as exc:
+                replicas.append({"address": address, "error": str(exc)})
+        summary = await client.request("GET", "/v1/cell")
+        return replicas, summary
+
+    replicas, summary = call(client_addr, token, gather)
+    leader = next((r["leader"]["api"] for r in replicas
+                   if (r.get("leader") or {}).get("api")), None)
+    return {"replicas": replicas, "leader": leader, "schedulers": summary["schedulers"],
+            "agents": summary["machines"], "version": summary["version"],
+            "tasks": summary["tasks"], "jobs": summary["jobs"]}
+
+
+@app.command()
+def status(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
+    """Replicas and who leads, schedulers with their conflict fraction, agents."""
+    found = _status(addr, token)
+    if as_json:
+        emit_json(found)
+        return
+    console.print(status_tables(found))
+
+
+def status_tables(found: dict[str, Any]) -> Table:
+    outer = Table.grid(padding=1)
+    replicas = Table("replica", "address", "role", "term", "version", title="store")
+    for r in found["replicas"]:
+        if "error" in r:
+            replicas.add_row("?", r["address"], "[red]unreachable[/red]", "", "")
+            continue
+        role = "leader" if r.get("is_leader") else "follower"
+        replicas.add_row(str(r.get("replica")), str(r.get("api")), role,
+                         str(r.get("term")), str(r.get("version")))
+    scheds = Table("scheduler", "kind", "txns", "conflict fraction", "busyness", "blocked",
+                   title="schedulers")
+    for s in found["schedulers"]:
+        f = s["figures"]
+        scheds.add_row(s["name"], s["kind"], f"{f.get('transactions', 0):.0f}",
+                       f"{f.get('conflict_fraction', 0):.3f}", f"{f.get('busyness', 0):.3f}",
+                       str(s["blocked"]))
+    outer.add_row(replicas)
+    outer.add_row(scheds)
+    outer.add_row(f"machines: {counts_text(found['agents'])}   jobs: {found['jobs']}   "
+                  f"tasks: {counts_text(found['tasks'])}   version: {found['version']}")
+    return outer
+
+
+@app.command()
+def top(addr: Addr = "", token: Token = "",
+        interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+        iterations: Annotated[int, typer.Option(help="Stop after N refreshes (0: never).")] = 0,
+        ) -> None:
+    """A live view of the cell that refreshes until Ctrl-C."""
+    count = 0
+    with Live(console=console, refresh_per_second=4) as live:
+        while True:
+            live.update(status_tables(_status(addr, token)))
+            count += 1
+            if iterations and count >= iterations:
+                return
+            time.sleep(interval)
+
+
+@bench_app.command("conflicts", context_settings={"allow_extra_args": True,
+                                                  "ignore_unknown_options": True})
+def bench_conflicts(ctx: typer.Context) -> None:
+    """Omega's conflict experiments in virtual time: tjob, batch-load, shards, modes,
+    monolithic, sampling (`omega bench conflicts tjob --out DIR`)."""
+    from bench.sim.__main__ import main
+
+    main(ctx.args)

@@ -1,0 +1,244 @@
+"""`omega up`: a whole local cell in one command, supervised until Ctrl-C.
+
+It starts the store replicas, one scheduler of each kind and the agents as
+child processes, restarts any that dies, and on SIGINT or SIGTERM stops them
+all (SIGTERM, then SIGKILL after a grace period). Everything lives in the data
+directory: the token and the Raft secret (mode 0600), the ports chosen on the
+first start (so a restart brings back the same cell at the same addresses),
+each part's log, and `env`, shell exports for the client commands.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import psutil
+import structlog
+import trio
+
+log = structlog.get_logger("omega.up")
+
+STOP_GRACE_S = 5.0
+
+
+@attrs.frozen
+class Part:
+    """One supervised child: what to run and where its log goes."""
+
+    name: str
+    argv: tuple[str, ...]
+    log: Path
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class CellLayout:
+    data_dir: Path
+    token: str
+    secret: str
+    api: tuple[str, ...]
+    raft: tuple[str, ...]
+
+    @property
+    def addr(self) -> str:
+        return ",".join(f"http://{a}" for a in self.api)
+
+
+def _secret_file(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def prepare(data_dir: Path, replicas: int) -> CellLayout:
+    """Create or reopen a cell's data dir: secrets, ports and replica configs."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    token = _secret_file(data_dir / "token")
+    secret = _secret_file(data_dir / "raft-secret")
+    layout_file = data_dir / "cell.json"
+    if layout_file.exists():
+        saved = orjson.loads(layout_file.read_bytes())
+        if len(saved["api"]) != replicas:
+            raise SystemExit(
+                f"{data_dir} holds a cell of {len(saved['api'])} replicas; "
+                f"--replicas {replicas} would change its membership"
+            )
+    else:
+        ports = _free_ports(2 * replicas)
+        saved = {"api": [f"127.0.0.1:{p}" for p in ports[:replicas]],
+                 "raft": [f"127.0.0.1:{p}" for p in ports[replicas:]]}
+        layout_file.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2))
+    layout = CellLayout(data_dir, token, secret, tuple(saved["api"]), tuple(saved["raft"]))
+    for i in range(replicas):
+        write_replica_config(layout, i)
+    env = data_dir / "env"
+    env.write_text(f"export OMEGA_ADDR={layout.addr}\nexport OMEGA_TOKEN={token}\n")
+    os.chmod(env, 0o600)
+    return layout
+
+
+def write_replica_config(layout: CellLayout, i: int) -> Path:
+    directory = layout.data_dir / f"replica-{i}"
+    directory.mkdir(exist_ok=True)
+    api_host, api_port = layout.api[i].rsplit(":", 1)
+    raft_host, raft_port = layout.raft[i].rsplit(":", 1)
+    config = {
+        "id": f"r{i}", "api_host": api_host, "api_port": int(api_port),
+        "raft_host": raft_host, "raft_port": int(raft_port),
+        "peers_raft": list(layout.raft), "peers_api": list(layout.api),
+        "data_dir": str(directory), "token": layout.token, "secret": layout.secret,
+        "machine": "cellstore.cell:CellMachine", "extensions": ["cellstore.cell:endpoints"],
+    }
+    path = directory / "replica.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(orjson.dumps(config))
+    return path
+
+
+def plan_parts(layout: CellLayout, schedulers: list[str], agents: int, hollow: int) -> list[Part]:
+    python = sys.executable
+    logs = layout.data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    parts = [
+        Part(f"replica-{i}", (python, "-m", "cellstore", "--config",
+                              str(layout.data_dir / f"replica-{i}" / "replica.json")),
+             logs / f"replica-{i}.log")
+        for i in range(len(layout.api))
+    ]
+    for kind in schedulers:
+        parts.append(Part(f"scheduler-{kind}", (python, "-m", "schedulers", "--kind", kind,
+                                                "--name", kind), logs / f"scheduler-{kind}.log"))
+    cpus = psutil.cpu_count() or 1
+    memory = psutil.virtual_memory().total // max(1, agents)
+    for i in range(agents):
+        name = f"agent-{i}"
+        parts.append(Part(name, (
+            python, "-m", "agents", "--name", name, "--cpu", str(cpus), "--memory", str(memory),
+            "--domain", f"rack-{i % 2}", "--work-dir", str(layout.data_dir / "agents" / name),
+        ), logs / f"{name}.log"))
+    if hollow:
+        parts.append(Part("agent-hollow", (
+            python, "-m", "agents", "--name", "hollow", "--hollow", str(hollow),
+            "--work-dir", str(layout.data_dir / "agents" / "hollow"),
+        ), logs / "agent-hollow.log"))
+    return parts
+
+
+async def supervise(part: Part, layout: CellLayout, stopping: trio.Event) -> None:
+    """Run `part`, restarting it with back-off if it dies, until `stopping`."""
+    env = {**os.environ, "OMEGA_ADDR": layout.addr, "OMEGA_TOKEN": layout.token,
+           "PYTHONUNBUFFERED": "1", **dict(part.env)}
+    delay = 0.5
+    while not stopping.is_set():
+        with open(part.log, "ab") as out:
+            process = await trio.lowlevel.open_process(
+                list(part.argv), stdout=out, stderr=out, stdin=trio.DEVNULL, env=env,
+                start_new_session=True,
+            )
+        log.info("part_started", part=part.name, pid=process.pid)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_request, process, stopping)
+            code = await process.wait()
+            nursery.cancel_scope.cancel()
+        if stopping.is_set():
+            return
+        log.warning("part_exited", part=part.name, code=code, restart_in_s=delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+async def _stop_on_request(process: trio.Process, stopping: trio.Event) -> None:
+    await stopping.wait()
+    await _terminate(process)
+
+
+async def _terminate(process: trio.Process) -> None:
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(STOP_GRACE_S):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def wait_ready(layout: CellLayout, machines: int, schedulers: int,
+                     timeout_s: float = 90.0) -> dict[str, Any]:
+    """Poll the store until it has a leader, `machines` up and `schedulers` reporting."""
+    headers = {"authorization": f"Bearer {layout.token}"}
+    deadline = trio.current_time() + timeout_s
+    summary: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while trio.current_time() < deadline:
+            for address in layout.api:
+                try:
+                    resp = await http.get(f"http://{address}/v1/cell", headers=headers)
+                except httpx.HTTPError:
+                    continue
+                if resp.status_code == 200:
+                    summary = resp.json()
+                    up = summary["machines"].get("up", 0)
+                    if up >= machines and len(summary["schedulers"]) >= schedulers:
+                        return summary
+                    break
+            await trio.sleep(0.25)
+    raise TimeoutError(f"cell not ready after {timeout_s:.0f} s: last summary {summary}")
+
+
+async def run_cell(data_dir: Path, replicas: int, agents: int, hollow: int,
+                   schedulers: list[str]) -> None:
+    layout = prepare(data_dir, replicas)
+    parts = plan_parts(layout, schedulers, agents, hollow)
+    stopping = trio.Event()
+    print(f"OMEGA_ADDR={layout.addr}", flush=True)
+    print(f"OMEGA_TOKEN={layout.token}", flush=True)
+    async with trio.open_nursery() as nursery:
+        for part in parts:
+            nursery.start_soon(supervise, part, layout, stopping)
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    print("stopping cell", flush=True)
+                    stopping.set()
+                    return
+
+        nursery.start_soon(on_signal)
+        try:
+            await wait_ready(layout, agents + hollow, len(schedulers))
+        except TimeoutError as exc:
+            print(f"error: {exc}; see the logs in {data_dir / 'logs'}", file=sys.stderr, flush=True)
+            stopping.set()
+            raise SystemExit(1) from None
+        print(f"cell ready: {replicas} replicas, {len(schedulers)} schedulers, "
+              f"{agents} agents{f', {hollow} hollow machines' if hollow else ''}; "
+              f"source {data_dir / 'env'} to use it", flush=True)
