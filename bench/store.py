@@ -1,0 +1,240 @@
+"""Throughput of the replicated store: raw Raft, transactions, claims, latency, failover.
+
+All figures come from one run on this machine:
+- `raw_ops_per_s`: bare pysyncobj, three processes, the store's own Raft settings
+  (no batching, encryption, journal and dump), a replicated no-op method, 1,000
+  commands in flight: the ceiling any store on pysyncobj can reach here.
+- `txn_per_s`: 1-claim transactions through the real store (HTTP, edge
+  validation, Raft, CellState), many in flight from one client process.
+- `claims_per_s`: claims/s committed in 100-claim transactions.
+- `commit_p50_ms`, `commit_p99_ms`: one transaction at a time, request to answer.
+- `failover_s`: SIGKILL of the leader to the first accepted write.
+
+    python -m bench.store [--txns 20000] [--claim-txns 500] [--in-flight 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from cellstore.client import StoreClient
+from cellstore.testing import LocalCluster, free_ports
+
+MACHINES = 1000
+
+
+# -- raw pysyncobj ---------------------------------------------------------------
+
+
+def raw_node(index: int, ports: list[int], directory: Path, seconds: float, window: int) -> None:
+    """One bare pysyncobj replica; replica 0 also drives the load and prints ops/s."""
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    class Noop(SyncObj):
+        def __init__(self, me: str, others: list[str], conf: SyncObjConf) -> None:
+            super().__init__(me, others, conf)
+
+        @replicated
+        def noop(self, value: str) -> int:
+            return 0
+
+    from cellstore.config import ReplicaConfig
+    from cellstore.raft import syncobj_conf
+
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    # The store's own Raft settings, so the baseline differs only in what is applied.
+    conf = syncobj_conf(ReplicaConfig(
+        id=f"raw{index}", api_host="127.0.0.1", api_port=0, raft_host="127.0.0.1",
+        raft_port=ports[index], peers_raft=tuple(addresses), peers_api=tuple(addresses),
+        data_dir=directory / f"raw-{index}", token="unused", secret="bench-secret",
+        machine_class=object))
+    (directory / f"raw-{index}").mkdir(exist_ok=True)
+    conf.autoTick = True
+    node = Noop(addresses[index], [a for i, a in enumerate(addresses) if i != index], conf)
+    if index != 0:
+        while True:
+            time.sleep(1)
+    while not (node.isReady() and node._getLeader() is not None):
+        time.sleep(0.05)
+    done = [0]
+    in_flight = [0]
+
+    def callback(result: object, error: int) -> None:
+        in_flight[0] -= 1
+        if error == 0:
+            done[0] += 1
+
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    payload = "x" * 16
+    while time.monotonic() < deadline:
+        while in_flight[0] < window:
+            in_flight[0] += 1
+            node.noop(payload, callback=callback)
+        time.sleep(0.0005)
+    elapsed = time.monotonic() - started
+    print(json.dumps({"ops": done[0], "seconds": elapsed}), flush=True)
+
+
+def measure_raw(seconds: float, window: int) -> float:
+    ports = free_ports(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.store", "--raw-node", str(i),
+                 "--raw-ports", ",".join(map(str, ports)), "--raw-dir", tmp,
+                 "--raw-seconds", str(seconds), "--raw-window", str(window)],
+                stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+            for i in range(3)
+        ]
+        try:
+            out, _ = procs[0].communicate(timeout=seconds + 60)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    return result["ops"] / result["seconds"]
+
+
+# -- the real store ------------------------------------------------------------------
+
+
+def commit_command(claims: list[list]) -> dict:
+    return {"type": "commit", "id": secrets.token_hex(8),
+            "txn": {"scheduler": "bench", "claims": claims}}
+
+
+async def setup_cell(client: StoreClient, tasks: int) -> list[str]:
+    machines = [{"id": f"m{i}", "capacity": {"cpu": 64, "memory": "256Gi"},
+                 "domain": f"rack-{i % 20}"} for i in range(MACHINES)]
+    await client.request("POST", "/v1/agents/register", {"machines": machines})
+    ids = []
+    for j in range(0, tasks, 10_000):
+        size = min(10_000, tasks - j)
+        job = f"bench-{j // 10_000}"
+        await client.request("POST", "/v1/jobs", {"job": job, "spec": {
+            "name": job, "owner": "bench", "scheduler": "batch", "tasks": size,
+            "resources": {"cpu": "10m", "memory": "1Mi"}}})
+        ids.extend(f"{job}.{i}" for i in range(size))
+    return ids
+
+
+async def pump(client: StoreClient, commands: list[dict], in_flight: int, batch: int) -> float:
+    """Send `commands` with about `in_flight` outstanding; the seconds it took."""
+    queue = list(reversed(commands))
+    started = trio.current_time()
+
+    async def sender() -> None:
+        while queue:
+            chunk = [queue.pop() for _ in range(min(batch, len(queue)))]
+            results = await client.commands(chunk)
+            bad = [r for r in results if r["result"]["type"] != "commit"]
+            if bad:
+                raise RuntimeError(f"unexpected results: {bad[:2]}")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, in_flight // batch)):
+            nursery.start_soon(sender)
+    return trio.current_time() - started
+
+
+async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict:
+    figures: dict[str, float] = {}
+    total = args.txns + args.claim_txns * 100 + args.latency + 1000
+    async with StoreClient(cluster.api, cluster.token, retry_deadline_s=60) as client:
+        ids = await setup_cell(client, total)
+        cursor = 0
+
+        def take(n: int) -> list[str]:
+            nonlocal cursor
+            chunk = ids[cursor:cursor + n]
+            cursor += n
+            return chunk
+
+        machine = iter(range(10**9))
+        one = [commit_command([[t, f"m{next(machine) % MACHINES}", 0, []]])
+               for t in take(args.txns)]
+        seconds = await pump(client, one, args.in_flight, 250)
+        figures["txn_per_s"] = len(one) / seconds
+
+        hundred = [commit_command([[t, f"m{next(machine) % MACHINES}", 0, []]
+                                   for t in take(100)]) for _ in range(args.claim_txns)]
+        seconds = await pump(client, hundred, max(8, args.in_flight // 100), 4)
+        figures["claims_per_s"] = len(hundred) * 100 / seconds
+
+        latencies = []
+        for task in take(args.latency):
+            began = time.perf_counter()
+            await client.request("POST", "/v1/transactions", {"txn": {
+                "scheduler": "bench", "claims": [[task, f"m{next(machine) % MACHINES}", 0, []]]}})
+            latencies.append((time.perf_counter() - began) * 1000)
+        latencies.sort()
+        figures["commit_p50_ms"] = statistics.median(latencies)
+        figures["commit_p99_ms"] = latencies[int(len(latencies) * 0.99) - 1]
+
+        leader = next(i for i in range(3) if (cluster.status(i) or {}).get("is_leader"))
+        spare = take(200)
+        killed = time.monotonic()
+        cluster.kill(leader)
+        async with StoreClient([a for i, a in enumerate(cluster.api) if i != leader],
+                               cluster.token, retry_deadline_s=60, timeout_s=2.0) as survivor:
+            await survivor.request("POST", "/v1/transactions", {"txn": {
+                "scheduler": "bench", "claims": [[spare[0], "m0", 0, []]]}})
+        figures["failover_s"] = time.monotonic() - killed
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--txns", type=int, default=20_000, help="1-claim transactions")
+    parser.add_argument("--claim-txns", type=int, default=500, help="100-claim transactions")
+    parser.add_argument("--latency", type=int, default=300, help="sequential commits timed")
+    parser.add_argument("--in-flight", type=int, default=2000)
+    parser.add_argument("--raw-seconds", type=float, default=8.0)
+    parser.add_argument("--raw-window", type=int, default=1000)
+    parser.add_argument("--raw-node", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-ports", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--raw-dir", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.raw_node is not None:
+        raw_node(args.raw_node, [int(p) for p in args.raw_ports.split(",")], Path(args.raw_dir),
+                 args.raw_seconds, args.raw_window)
+        return
+
+    raw = measure_raw(args.raw_seconds, args.raw_window)
+    print(f"raw pysyncobj no-ops: {raw:,.0f} ops/s ({args.raw_window} in flight)")
+    with tempfile.TemporaryDirectory() as tmp, LocalCluster(
+        Path(tmp), machine="cellstore.cell:CellMachine",
+        extra={"extensions": ["cellstore.cell:endpoints"]},
+    ) as cluster:
+        figures = trio.run(measure_store, cluster, args)
+    print(f"1-claim transactions: {figures['txn_per_s']:,.0f} txn/s "
+          f"({figures['txn_per_s'] / raw:.2f} of raw)")
+    print(f"100-claim transactions: {figures['claims_per_s']:,.0f} claims/s")
+    print(f"commit latency: p50 {figures['commit_p50_ms']:.2f} ms, "
+          f"p99 {figures['commit_p99_ms']:.2f} ms")
+    print(f"failover: {figures['failover_s']:.2f} s from leader SIGKILL to an accepted write")
+    print(json.dumps({"raw_ops_per_s": round(raw), "txn_per_s": round(figures["txn_per_s"]),
+                      "claims_per_s": round(figures["claims_per_s"]),
+                      "commit_p50_ms": round(figures["commit_p50_ms"], 2),
+                      "commit_p99_ms": round(figures["commit_p99_ms"], 2),
+                      "failover_s": round(figures["failover_s"], 2)}))
+
+
+if __name__ == "__main__":
+    main()
