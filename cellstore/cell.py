@@ -28,7 +28,7 @@ import orjson
 import structlog
 import trio
 
-from cellstate import CellState, ExpireHeartbeats, SpecError
+from cellstate import CellState, ExpireHeartbeats, MachineState, SpecError
 from cellstate import views as cell_views
 from cellstate.commands import Command, Error
 from cellstate.wire import decode_command, encode_result, internal, parse
@@ -208,6 +208,11 @@ def _job_id(spec: Any) -> str:
     return f"{base[:50]}-{secrets.token_hex(3)}"
 
 
+def _overdue(cell: CellState, deadline: float) -> bool:
+    return any(m.state is not MachineState.DOWN and m.last_heartbeat < deadline
+               for m in cell.machine_list)
+
+
 async def expire_heartbeats(replica: Replica, period_s: float = 1.0) -> None:
     """On the leader, mark down machines silent for the heartbeat timeout. The
     decision is a command in the log, so every replica takes the same one."""
@@ -216,8 +221,12 @@ async def expire_heartbeats(replica: Replica, period_s: float = 1.0) -> None:
         await trio.sleep(period_s)
         if not replica.raft.raft_status()["is_leader"]:
             continue
+        now = time.time()
+        # Only log a decision when there is one to take: an idle cell's log stays still.
+        if not await replica.read(lambda machine: _overdue(machine.cell, now - timeout)):
+            continue
         command = orjson.dumps(internal.unstructure(
-            ExpireHeartbeats(timeout=timeout, at=time.time(), id=secrets.token_hex(12)), Command))
+            ExpireHeartbeats(timeout=timeout, at=now, id=secrets.token_hex(12)), Command))
         try:
             await replica.commit([command])
         except ApiError as exc:
