@@ -18,6 +18,7 @@ The leader also issues `ExpireHeartbeats` every second (`heartbeat_timeout_s`).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import time
@@ -208,9 +209,9 @@ def _job_id(spec: Any) -> str:
     return f"{base[:50]}-{secrets.token_hex(3)}"
 
 
-def _overdue(cell: CellState, deadline: float) -> bool:
+def _overdue(machine: CellMachine, deadline: float) -> bool:
     return any(m.state is not MachineState.DOWN and m.last_heartbeat < deadline
-               for m in cell.machine_list)
+               for m in machine.cell.machine_list)
 
 
 async def expire_heartbeats(replica: Replica, period_s: float = 1.0) -> None:
@@ -223,7 +224,7 @@ async def expire_heartbeats(replica: Replica, period_s: float = 1.0) -> None:
             continue
         now = time.time()
         # Only log a decision when there is one to take: an idle cell's log stays still.
-        if not await replica.read(lambda machine: _overdue(machine.cell, now - timeout)):
+        if not await replica.read(functools.partial(_overdue, deadline=now - timeout)):
             continue
         command = orjson.dumps(internal.unstructure(
             ExpireHeartbeats(timeout=timeout, at=now, id=secrets.token_hex(12)), Command))
