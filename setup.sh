@@ -9,6 +9,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 case "${1:-test}" in
   test) exec .venv/bin/python -m pytest -n 2 -q ;;
-  demo) exec .venv/bin/python -m bench.demo ;;
+  demo) exec .venv/bin/omega up --data-dir omega-data \
+          --submit examples/web-service.yaml --submit examples/batch-squares.yaml ;;
   *) echo "usage: ./setup.sh test|demo" >&2; exit 2 ;;
 esac

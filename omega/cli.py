@@ -99,15 +99,21 @@ def up(
     hollow: Annotated[int, typer.Option(min=0, max=100_000, help="Hollow machines.")] = 0,
     schedulers: Annotated[str, typer.Option(help="Scheduler kinds to run.")] = (
         "service,batch,best-effort"),
+    submit: Annotated[list[Path], typer.Option(help="Job spec to submit once ready.")] = [],  # noqa: B006
 ) -> None:
     """Start a whole local cell and supervise it until Ctrl-C."""
     from omega.up import run_cell
 
+    for path in submit:
+        try:
+            load_spec(path)
+        except SpecFileError as exc:
+            fail(str(exc), 2)
     kinds = [k.strip() for k in schedulers.split(",") if k.strip()]
     for kind in kinds:
         if kind not in ("service", "batch", "best-effort"):
             fail(f"--schedulers: {kind!r} is not a kind; use service, batch, best-effort", 2)
-    trio.run(run_cell, data_dir.resolve(), replicas, agents, hollow, kinds)
+    trio.run(run_cell, data_dir.resolve(), replicas, agents, hollow, kinds, submit)
 
 
 @app.command()

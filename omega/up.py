@@ -214,8 +214,23 @@ async def wait_ready(layout: CellLayout, machines: int, schedulers: int,
     raise TimeoutError(f"cell not ready after {timeout_s:.0f} s: last summary {summary}")
 
 
+async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
+    """Submit job spec files to the cell (what `omega up --submit` does once ready)."""
+    from cellstate.wire import internal
+    from cellstore.client import StoreClient
+    from omega.specfile import load_spec
+
+    async with StoreClient(list(layout.api), layout.token) as client:
+        for path in specs:
+            spec = load_spec(path)
+            job = f"{spec.name}-{secrets.token_hex(3)}"
+            await client.request("POST", "/v1/jobs", {
+                "job": job, "spec": internal.unstructure(spec), "id": secrets.token_hex(12)})
+            print(f"submitted {path} as job {job}", flush=True)
+
+
 async def run_cell(data_dir: Path, replicas: int, agents: int, hollow: int,
-                   schedulers: list[str]) -> None:
+                   schedulers: list[str], specs: list[Path] | None = None) -> None:
     layout = prepare(data_dir, replicas)
     parts = plan_parts(layout, schedulers, agents, hollow)
     stopping = trio.Event()
@@ -242,3 +257,5 @@ async def run_cell(data_dir: Path, replicas: int, agents: int, hollow: int,
         print(f"cell ready: {replicas} replicas, {len(schedulers)} schedulers, "
               f"{agents} agents{f', {hollow} hollow machines' if hollow else ''}; "
               f"source {data_dir / 'env'} to use it", flush=True)
+        if specs:
+            await submit_specs(layout, specs)

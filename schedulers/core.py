@@ -84,7 +84,7 @@ class SchedulerCore:
                  conflicts: ConflictMode = ConflictMode.FINE,
                  shard: tuple[int, int] | None = None,
                  sampling: bool = True, max_attempts: int = 1000,
-                 max_claims: int = 1000) -> None:
+                 max_claims: int = 1000, max_jobs: int | None = None) -> None:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
         if max_claims < 1 or max_attempts < 1:
@@ -98,6 +98,9 @@ class SchedulerCore:
         self.sampling = sampling
         self.max_attempts = max_attempts
         self.max_claims = max_claims
+        # The Omega paper's model decides one job per transaction (max_jobs=1);
+        # live schedulers batch many jobs into one commit for throughput.
+        self.max_jobs = max_jobs
         self.stack = stack_for(self.kind)
         self.figures = SchedulerFigures()
         self.attempts: dict[str, int] = {}
@@ -140,6 +143,8 @@ class SchedulerCore:
         first = jobs[0]
         if first.spec.gang:
             return [(first, first.counts.get(PENDING, 0))]
+        if self.max_jobs is not None:
+            jobs = [job for job in jobs if not job.spec.gang][: self.max_jobs]
         budget = self.max_claims
         allotted: list[tuple[Job, int]] = []
         band_jobs: list[Job] = []

@@ -82,6 +82,8 @@ class SchedulerSetup:
     shard: tuple[int, int] | None = None
     sampling: bool = True
     thread: str | None = None
+    # The paper's schedulers decide one job per transaction.
+    max_jobs: int | None = 1
 
 
 CoreFactory = Callable[[SchedulerSetup, random.Random, int], Any]
@@ -94,6 +96,7 @@ def real_core(setup: SchedulerSetup, rng: random.Random, max_attempts: int) -> A
     return SchedulerCore(
         setup.name, setup.kind, rng=rng, mode=setup.mode, conflicts=setup.conflicts,
         shard=setup.shard, sampling=setup.sampling, max_attempts=max_attempts,
+        max_jobs=setup.max_jobs,
     )
 
 
