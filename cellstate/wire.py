@@ -194,10 +194,23 @@ def _make(edge: bool) -> cattrs.Converter:
         for kind, hook in ((int, _strict_int), (float, _strict_float), (str, _strict_str),
                            (bool, _strict_bool)):
             conv.register_structure_hook(kind, hook)
+        def objects_only(cl: type) -> Any:
+            inner = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=True)
+            fields = ", ".join(a.name for a in attrs.fields(cl))
+
+            def structure(value: Any, _: type) -> Any:
+                if not isinstance(value, dict):
+                    raise TypeError(f"expected an object with fields {fields}, "
+                                    f"got {_describe(value)}")
+                return inner(value, cl)
+
+            return structure
+
+        conv.register_structure_hook_factory(attrs.has, objects_only)
         conv.register_structure_hook(Resources, _human_resources)
         for kind in _ENUMS:
             conv.register_structure_hook(kind, _strict_enum(kind))
-        spec_hook = make_dict_structure_fn(JobSpec, conv, _cattrs_forbid_extra_keys=True)
+        spec_hook = objects_only(JobSpec)
 
         def structure_spec(value: Any, _: type) -> JobSpec:
             if isinstance(value, dict):
@@ -240,11 +253,23 @@ def parse(data: Any, cls: Any, path: str = "$") -> Any:
 
     Raises SpecError naming the first offending field path and what is allowed.
     """
+    if cls is Command:
+        _check_envelope(data, path)
     try:
         return edge.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError, UnitError, KeyError) as exc:
         field, message = _first_error(exc, path)
         raise SpecError("invalid", message, field) from None
+
+
+def _check_envelope(data: Any, path: str) -> None:
+    allowed = ", ".join(COMMAND_TYPES)
+    if not isinstance(data, dict):
+        raise SpecError("invalid", f"a command is a JSON object, got {_describe(data)}", path)
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in COMMAND_TYPES:
+        raise SpecError("invalid", f"type {kind!r} is not a command: use one of {allowed}",
+                        f"{path}.type")
 
 
 def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
