@@ -1,0 +1,216 @@
+"""End-to-end placement throughput: real store, real scheduler processes.
+
+A 3-replica store (`LocalCluster` in a temp dir), `--machines` machines
+registered through the API in batches, then one service, two batch (shards 0/2
+and 1/2, or both unsharded with `--unsharded`) and one best-effort scheduler
+process place `--tasks` tasks submitted as `--jobs` jobs (20% service, 60%
+batch, 20% best-effort). The clock runs from the first submission to the
+moment `GET /v1/cell` counts every task assigned. Then the same on a fresh
+store with a single batch scheduler (every job batch): the baseline.
+
+Schedulers are started and caught up before the jobs arrive, so process start
+and copy catch-up are not measured. Registered machines have no agents, so
+the replicas run with a long heartbeat timeout.
+
+    python -m bench.placement [--machines 10000] [--tasks 100000] [--jobs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from cellstore.client import StoreClient
+from cellstore.errors import ApiError
+from cellstore.testing import LocalCluster
+
+REGISTER_BATCH = 1000
+MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
+
+
+async def register(client: StoreClient, machines: int) -> None:
+    for start in range(0, machines, REGISTER_BATCH):
+        await client.request("POST", "/v1/agents/register", {"machines": [
+            {"id": f"m{i}", "capacity": {"cpu": "32", "memory": "128Gi"},
+             "domain": f"rack-{i % 40}"}
+            for i in range(start, min(machines, start + REGISTER_BATCH))]})
+
+
+def job_plan(tasks: int, jobs: int, mixed: bool) -> list[tuple[str, str, int]]:
+    """(job id, scheduler kind, tasks) for `jobs` jobs sharing `tasks` tasks."""
+    sizes = [tasks // jobs + (1 if j < tasks % jobs else 0) for j in range(jobs)]
+    plan = []
+    bounds, edge = [], 0.0
+    for kind, share in MIX:
+        edge += share
+        bounds.append((kind, edge))
+    for j, size in enumerate(sizes):
+        kind = "batch"
+        if mixed:
+            kind = next(k for k, edge in bounds if (j + 0.5) / jobs <= edge + 1e-9)
+        plan.append((f"bench-{j}", kind, size))
+    return plan
+
+
+async def submit(client: StoreClient, plan: list[tuple[str, str, int]]) -> None:
+    async def one(job: str, kind: str, size: int) -> None:
+        spec = {"name": job, "owner": "bench", "scheduler": kind, "tasks": size,
+                "resources": {"cpu": "1", "memory": "2Gi"}}
+        try:  # the command id makes a retried POST apply once; a lost answer may still 409
+            await client.request("POST", "/v1/jobs",
+                                 {"job": job, "spec": spec, "id": secrets.token_hex(12)})
+        except ApiError as exc:
+            if exc.body.code != "job_exists":
+                raise
+    async with trio.open_nursery() as nursery:
+        for job, kind, size in plan:
+            nursery.start_soon(one, job, kind, size)
+
+
+async def wait_assigned(client: StoreClient, total: int, timeout_s: float) -> dict[str, Any]:
+    deadline = trio.current_time() + timeout_s
+    while True:
+        summary = await client.request("GET", "/v1/cell")
+        if summary["tasks"].get("assigned", 0) >= total:
+            return summary
+        if trio.current_time() > deadline:
+            raise TimeoutError(f"only {summary['tasks']} after {timeout_s}s")
+        await trio.sleep(0.05)
+
+
+async def wait_reporting(client: StoreClient, names: list[str], timeout_s: float = 120) -> None:
+    with trio.fail_after(timeout_s):
+        while True:
+            summary = await client.request("GET", "/v1/cell")
+            if set(names) <= {s["name"] for s in summary["schedulers"]}:
+                return
+            await trio.sleep(0.1)
+
+
+def start_scheduler(cluster: LocalCluster, logs: Path, kind: str, name: str,
+                    *args: str) -> subprocess.Popen[bytes]:
+    with open(logs / f"{name}.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "schedulers", "--kind", kind, "--name", name,
+             "--addr", ",".join(cluster.api), "--token", cluster.token,
+             "--report-period", "1", *args],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (a last report), then SIGKILL whatever is left, by pid."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def phase(base: Path, machines: int, tasks: int, jobs: int,
+          schedulers: list[tuple[str, str, tuple[str, ...]]], mixed: bool,
+          timeout_s: float) -> dict[str, Any]:
+    """One store, `schedulers` processes, `tasks` tasks: the measured run."""
+    logs = base / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    with LocalCluster(base / "store", machine="cellstore.cell:CellMachine",
+                      extra={"extensions": ["cellstore.cell:endpoints"]}) as cluster:
+        try:
+            async def run() -> dict[str, Any]:
+                async with StoreClient(cluster.api, cluster.token) as client:
+                    began = time.perf_counter()
+                    await register(client, machines)
+                    registered = time.perf_counter() - began
+                    for kind, name, args in schedulers:
+                        procs.append(start_scheduler(cluster, logs, kind, name, *args))
+                    await wait_reporting(client, [name for _, name, _ in schedulers])
+                    plan = job_plan(tasks, jobs, mixed)
+                    began = time.perf_counter()
+                    await submit(client, plan)
+                    submitted = time.perf_counter() - began
+                    summary = await wait_assigned(client, tasks, timeout_s)
+                    elapsed = time.perf_counter() - began
+                    stop(procs)
+                    final = await client.request("GET", "/v1/cell")
+                    return {"register_s": registered, "submit_s": submitted,
+                            "elapsed_s": elapsed, "placements_per_s": tasks / elapsed,
+                            "version": summary["version"],
+                            "schedulers": {s["name"]: s["figures"] for s in final["schedulers"]}}
+            return trio.run(run)
+        finally:
+            stop(procs)
+
+
+def describe(title: str, result: dict[str, Any]) -> None:
+    print(f"{title}: {result['placements_per_s']:.0f} placements/s "
+          f"({result['elapsed_s']:.2f} s; register {result['register_s']:.2f} s, "
+          f"submit {result['submit_s']:.2f} s, log version {result['version']})")
+    for name, f in sorted(result["schedulers"].items()):
+        print(f"  {name:12} txns {f.get('transactions', 0):5.0f}  "
+              f"accepted {f.get('claims_accepted', 0):7.0f}  "
+              f"rejected {f.get('claims_rejected', 0):6.0f}  "
+              f"conflict_fraction {f.get('conflict_fraction', 0):.3f}  "
+              f"busyness {f.get('busyness', 0):.2f}  "
+              f"decision p50 {1000 * f.get('decision_seconds.p50', 0):.0f} ms  "
+              f"busy/commit/catch-up {f.get('busy_seconds', 0):.1f}/"
+              f"{f.get('commit_seconds', 0):.1f}/{f.get('catchup_seconds', 0):.1f} s")
+        reasons = {k.split(".", 1)[1]: int(v) for k, v in f.items()
+                   if k.startswith("conflicts_by_reason.")}
+        if reasons:
+            print(f"  {'':12} rejected by reason: {reasons}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machines", type=int, default=10_000)
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--max-claims", type=int, default=1000)
+    parser.add_argument("--unsharded", action="store_true", help="two unsharded batch schedulers")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args()
+    os.environ["OMEGA_HEARTBEAT_TIMEOUT"] = "86400"  # machines have no agents
+    claims = ("--max-claims", str(args.max_claims))
+    batch = [("batch", f"batch-{i}", (*claims, *(() if args.unsharded else ("--shard", f"{i}/2"))))
+             for i in range(2)]
+    omega = [("service", "service", claims), *batch, ("best-effort", "best-effort", claims)]
+    with tempfile.TemporaryDirectory(prefix="bench-placement-") as tmp:
+        base = Path(tmp)
+        mixed = phase(base / "omega", args.machines, args.tasks, args.jobs, omega, True,
+                      args.timeout)
+        describe(f"4 schedulers, {args.tasks} tasks on {args.machines} machines", mixed)
+        baseline = None
+        if not args.no_baseline:
+            baseline = phase(base / "baseline", args.machines, args.tasks, args.jobs,
+                             [("batch", "baseline", claims)], False, args.timeout)
+            describe("baseline, 1 batch scheduler", baseline)
+    print(json.dumps({
+        "bench": "placement", "machines": args.machines, "tasks": args.tasks, "jobs": args.jobs,
+        "placements_per_s": round(mixed["placements_per_s"], 1),
+        "baseline_placements_per_s": round(baseline["placements_per_s"], 1) if baseline else None,
+        "elapsed_s": round(mixed["elapsed_s"], 3),
+        "conflict_fraction": {n: f.get("conflict_fraction", 0.0)
+                              for n, f in sorted(mixed["schedulers"].items())},
+        "target_placements_per_s": 3750,
+    }))
+
+
+if __name__ == "__main__":
+    main()

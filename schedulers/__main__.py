@@ -1,0 +1,74 @@
+"""`python -m schedulers --kind batch --addr A,B,C --token T`: run one scheduler process.
+
+`--addr` and `--token` default to `OMEGA_ADDR` and `OMEGA_TOKEN` (as `omega up` sets them).
+Logs are JSON lines on stderr; SIGTERM or SIGINT stops the process after a last report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cellstate import ConflictMode, SchedulerClass, TxnMode
+from schedulers.process import SchedulerConfig
+from schedulers.process import main as run
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: expected I/N, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m schedulers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", required=True, choices=[str(k) for k in SchedulerClass])
+    p.add_argument("--addr", default=os.environ.get("OMEGA_ADDR", ""),
+                   help="comma-separated replica API addresses (env OMEGA_ADDR)")
+    p.add_argument("--token", default=os.environ.get("OMEGA_TOKEN", ""),
+                   help="API bearer token (env OMEGA_TOKEN)")
+    p.add_argument("--name", default="", help="scheduler name (default: kind[-IofN])")
+    p.add_argument("--shard", type=parse_shard, default=None, help="I/N: take only shard I")
+    p.add_argument("--mode", default=str(TxnMode.INCREMENTAL), choices=[str(m) for m in TxnMode])
+    p.add_argument("--conflicts", default=str(ConflictMode.FINE),
+                   choices=[str(m) for m in ConflictMode])
+    p.add_argument("--think-job", type=float, default=0.0, metavar="S",
+                   help="extra think time per job considered (seconds)")
+    p.add_argument("--think-task", type=float, default=0.0, metavar="S",
+                   help="extra think time per task claimed (seconds)")
+    p.add_argument("--no-sampling", action="store_true", help="evaluate every machine")
+    p.add_argument("--max-attempts", type=int, default=1000)
+    p.add_argument("--max-claims", type=int, default=1000, help="claims per transaction")
+    p.add_argument("--report-period", type=float, default=2.0, metavar="S")
+    p.add_argument("--seed", type=int, default=None, help="default: a hash of the name")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    addresses = tuple(a.strip() for a in args.addr.split(",") if a.strip())
+    if not addresses:
+        parser.error("no store address: pass --addr or set OMEGA_ADDR")
+    if not args.token:
+        parser.error("no token: pass --token or set OMEGA_TOKEN")
+    return SchedulerConfig(
+        addresses=addresses, token=args.token, kind=args.kind, name=args.name,
+        shard=args.shard, mode=args.mode, conflicts=args.conflicts,
+        think_job_s=args.think_job, think_task_s=args.think_task,
+        sampling=not args.no_sampling, max_attempts=args.max_attempts,
+        max_claims=args.max_claims, report_period_s=args.report_period, seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(config_from_args(argv))
+
+
+if __name__ == "__main__":
+    main()

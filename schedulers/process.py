@@ -1,0 +1,261 @@
+"""The live scheduler process: a `SchedulerCore` driven against a `LocalCopy` of the store.
+
+One trio nursery owns three things: the copy following the store's watch feed, the
+report loop and the decision loop. The decision loop is the core's contract
+(`schedulers.core`) with real time and real I/O:
+
+    while True:
+        if the core has work in the copy:
+            decision = core.decide(copy.cell, now)        # timed: busy
+            sleep(t_job * jobs + t_task * tasks)          # optional think time: busy
+            POST /v1/transactions                          # one Raft entry
+            core.on_result(copy.cell, decision, result, now)
+            await copy.wait_for(result version)            # see our own claims
+        else:
+            await copy.changed()
+
+Waiting for the result's version before deciding again matters: the next
+decision must see this one's accepted claims, or it would offer the same
+tasks (rejected as `task_not_pending`) and the same capacity again.
+
+Every `report_period_s` the process posts its figures (flattened to numbers)
+and an explanation of every job it owns that is still pending or parked to
+`POST /v1/schedulers/report`, so `omega status` / `omega explain` read them
+from any replica.
+
+Commit ids are fresh random tokens (not from the seeded generator): a
+restarted scheduler with the same name and seed must not reuse the ids of its
+previous life. A retried POST resends the same id, so the store applies it
+once. Shutdown is cancellation: SIGTERM or SIGINT cancels the nursery after a
+last, shielded report.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+import signal
+import time
+import zlib
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from cellstate import ConflictMode, SchedulerClass, TxnMode
+from cellstate.commands import Result
+from cellstate.wire import internal
+from cellstore.client import StoreClient, StoreUnavailable
+from cellstore.copy import LocalCopy
+from cellstore.errors import ApiError
+from schedulers.core import Decision, SchedulerCore
+
+MAX_EXPLANATIONS = 1000  # jobs explained per report, to bound the command's size
+
+
+def default_seed(name: str) -> int:
+    """The seed a scheduler takes when none is given: a stable hash of its name."""
+    return zlib.crc32(name.encode())
+
+
+@attrs.frozen
+class SchedulerConfig:
+    """Everything one scheduler process needs; see `python -m schedulers -h`."""
+
+    addresses: tuple[str, ...] = attrs.field(converter=tuple)
+    token: str
+    kind: SchedulerClass = attrs.field(converter=SchedulerClass)
+    name: str = ""
+    shard: tuple[int, int] | None = None
+    mode: TxnMode = attrs.field(default=TxnMode.INCREMENTAL, converter=TxnMode)
+    conflicts: ConflictMode = attrs.field(default=ConflictMode.FINE, converter=ConflictMode)
+    think_job_s: float = 0.0
+    think_task_s: float = 0.0
+    sampling: bool = True
+    max_attempts: int = 1000
+    max_claims: int = 1000
+    report_period_s: float = 2.0
+    seed: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            shard = f"-{self.shard[0]}of{self.shard[1]}" if self.shard else ""
+            object.__setattr__(self, "name", f"{self.kind}{shard}")
+        if self.seed is None:
+            object.__setattr__(self, "seed", default_seed(self.name))
+
+    def core(self) -> SchedulerCore:
+        return SchedulerCore(
+            self.name, self.kind, rng=random.Random(self.seed), mode=self.mode,
+            conflicts=self.conflicts, shard=self.shard, sampling=self.sampling,
+            max_attempts=self.max_attempts, max_claims=self.max_claims,
+        )
+
+
+class LiveScheduler:
+    """One running scheduler: its core, its copy and its client."""
+
+    def __init__(self, config: SchedulerConfig, client: StoreClient) -> None:
+        self.config = config
+        self.client = client
+        self.core = config.core()
+        self.copy = LocalCopy()
+        self.started = time.monotonic()
+        self.commit_s = 0.0    # waiting for POST /v1/transactions answers
+        self.catchup_s = 0.0   # waiting for the copy to reach a result's version
+        self.log = structlog.get_logger("schedulers.process").bind(
+            scheduler=config.name, kind=str(config.kind))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the store, decide and report until cancelled; `started()` once the
+        copy has caught up. On cancellation, sends a last report (shielded, 2 s)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.copy.follow, self.client)
+                self.log.info("scheduler_started", version=self.copy.version,
+                              seed=self.config.seed, shard=self.config.shard)
+                nursery.start_soon(self.report_loop)
+                task_status.started()
+                await self.decide_loop()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                await self.report()
+            self.log.info("scheduler_stopped", **self.summary())
+
+    # -- deciding ------------------------------------------------------------------
+
+    async def decide_loop(self) -> None:
+        core, copy = self.core, self.copy
+        while True:
+            if not core.has_work(copy.cell):
+                await copy.changed()
+                continue
+            decision = await self.decide()
+            if decision is None:
+                await copy.changed()
+                continue
+            version = await self.commit(decision)
+            if version is not None:
+                start = time.perf_counter()
+                await copy.wait_for(version)
+                self.catchup_s += time.perf_counter() - start
+
+    async def decide(self) -> Decision | None:
+        """One timed decision, think time included (both count as busy)."""
+        core, config = self.core, self.config
+        start = time.perf_counter()
+        decision = core.decide(self.copy.cell, time.time())
+        elapsed = time.perf_counter() - start
+        if decision is not None:
+            think = (config.think_job_s * len(decision.explanations)
+                     + config.think_task_s * decision.tasks)
+            if think > 0:
+                await trio.sleep(think)
+                elapsed += think
+        core.figures.add_busy(elapsed)
+        return decision
+
+    async def commit(self, decision: Decision) -> int | None:
+        """Commit `decision`'s transaction and hand the result to the core; the
+        version to wait for, or None if the store refused or was unreachable."""
+        body = {"txn": internal.unstructure(decision.transaction), "id": secrets.token_hex(12)}
+        start = time.perf_counter()
+        try:
+            answer = await self.client.request("POST", "/v1/transactions", body)
+            self.commit_s += time.perf_counter() - start
+        except (ApiError, StoreUnavailable) as exc:
+            self.log.warning("commit_failed", error=str(exc), claims=decision.tasks)
+            await trio.sleep(0.2)
+            return None
+        result = internal.structure(answer["result"], Result)
+        self.core.on_result(self.copy.cell, decision, result, time.time())
+        if result.rejected or result.preempted:
+            self.log.debug("committed", version=answer["version"], claims=decision.tasks,
+                           accepted=result.accepted, rejected=len(result.rejected),
+                           preempted=len(result.preempted))
+        return int(answer["version"])
+
+    # -- reporting -----------------------------------------------------------------
+
+    async def report_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.report_period_s)
+            await self.report()
+
+    async def report(self) -> None:
+        body = {"name": self.config.name, "kind": str(self.config.kind),
+                "figures": self.figures(), "explanations": self.explanations()}
+        try:
+            await self.client.request("POST", "/v1/schedulers/report", body)
+        except (ApiError, StoreUnavailable) as exc:
+            self.log.warning("report_failed", error=str(exc))
+
+    def figures(self) -> dict[str, float]:
+        """The core's figures as one flat `{name: number}` map, plus busyness."""
+        flat = flatten(self.core.figures.as_dict())
+        elapsed = time.monotonic() - self.started
+        flat["busyness"] = self.core.figures.busy_seconds / elapsed if elapsed > 0 else 0.0
+        flat["uptime_s"] = elapsed
+        flat["commit_seconds"] = self.commit_s
+        flat["catchup_seconds"] = self.catchup_s
+        flat["version"] = float(self.copy.version)
+        return flat
+
+    def explanations(self) -> dict[str, str]:
+        cell, core = self.copy.cell, self.core
+        out: dict[str, str] = {}
+        for jid in cell.pending_jobs:
+            job = cell.jobs[jid]
+            if job.killed or not core.owns(job):
+                continue
+            out[jid] = core.explain(cell, jid).summary()
+            if len(out) >= MAX_EXPLANATIONS:
+                break
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        f = self.core.figures
+        return {"transactions": f.transactions, "claims_accepted": f.claims_accepted,
+                "conflict_fraction": round(f.conflict_fraction, 4),
+                "busy_s": round(f.busy_seconds, 3), "version": self.copy.version}
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested figures as `{"a.b": number}`; strings and non-finite numbers are dropped."""
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, bool | int | float) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+async def run_scheduler(config: SchedulerConfig, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one scheduler until cancelled, or until SIGTERM/SIGINT (then return)."""
+    async with StoreClient(config.addresses, config.token) as client, \
+            trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await nursery.start(LiveScheduler(config, client).run)
+        task_status.started()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            structlog.get_logger("schedulers.process").info(
+                "scheduler_signal", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def main(config: SchedulerConfig) -> None:
+    """Run `config`'s scheduler in this process (JSON logs on stderr)."""
+    from cellstore.logs import configure_json_logging
+
+    configure_json_logging()
+    trio.run(run_scheduler, config)

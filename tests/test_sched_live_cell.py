@@ -1,0 +1,230 @@
+"""Scheduler processes against a real 3-replica store: racing, preemption, gangs,
+reclaimed resources and a SIGKILL restart.
+
+Machines are registered through the API (no agents), so placed tasks stay
+`assigned`. The replicas' heartbeat timeout is raised so those machines never
+expire during a test. Every process (replicas and schedulers) is killed by pid
+at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from cellstate import CellState
+from cellstore.client import StoreClient
+from cellstore.testing import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+GIB = 1 << 30
+
+
+class LiveCell:
+    """A LocalCluster of the cell plus the scheduler processes a test starts."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.cluster = LocalCluster(base / "store", machine="cellstore.cell:CellMachine",
+                                    extra={"extensions": ["cellstore.cell:endpoints"]})
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> LiveCell:
+        self.cluster.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        self.cluster.close()
+
+    # -- API ---------------------------------------------------------------------
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        async def call() -> Any:
+            async with StoreClient(self.cluster.api, self.cluster.token) as client:
+                return await client.request(method, path, body)
+        return trio.run(call)
+
+    def register(self, n: int, cpu: str = "4", memory: str = "8Gi", domains: int = 2) -> None:
+        self.api("POST", "/v1/agents/register", {"machines": [
+            {"id": f"m{i}", "capacity": {"cpu": cpu, "memory": memory}, "domain": f"d{i % domains}"}
+            for i in range(n)]})
+
+    def submit(self, name: str, scheduler: str, tasks: int, cpu: str = "1",
+               memory: str = "1Gi", **extra: Any) -> str:
+        spec = {"name": name, "owner": "test", "scheduler": scheduler, "tasks": tasks,
+                "resources": {"cpu": cpu, "memory": memory}, **extra}
+        self.api("POST", "/v1/jobs", {"job": name, "spec": spec})
+        return name
+
+    def tasks(self, job: str) -> list[dict[str, Any]]:
+        return self.api("GET", f"/v1/tasks?job={job}")["tasks"]
+
+    def counts(self, job: str) -> dict[str, int]:
+        return self.api("GET", f"/v1/jobs?id={job}")["tasks"]
+
+    def summary(self) -> dict[str, Any]:
+        return self.api("GET", "/v1/cell")
+
+    def cell(self) -> CellState:
+        _, data = self.cluster.snapshot(self.cluster.wait_for_leader())
+        cell = CellState.restore(data)
+        cell.check_invariants()
+        return cell
+
+    # -- schedulers --------------------------------------------------------------
+
+    def scheduler(self, kind: str, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.base / f"sched-{name}.log", "ab")  # noqa: SIM115 - held by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "schedulers", "--kind", kind, "--name", name,
+             "--addr", ",".join(self.cluster.api), "--token", self.cluster.token,
+             "--report-period", "0.3", *args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def figures(self, name: str) -> dict[str, float]:
+        for report in self.summary()["schedulers"]:
+            if report["name"] == name:
+                return report["figures"]
+        return {}
+
+    def wait_reporting(self, *names: str, timeout: float = 15.0) -> None:
+        wait(lambda: all(self.figures(n) for n in names), timeout, f"reports from {names}")
+
+
+def wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OMEGA_HEARTBEAT_TIMEOUT", "3600")  # API-registered machines stay up
+    with LiveCell(tmp_path) as cell:
+        yield cell
+
+
+def assigned(counts: dict[str, int]) -> int:
+    return counts.get("assigned", 0)
+
+
+def test_two_batch_schedulers_race_conflict_and_never_overcommit(live: LiveCell) -> None:
+    live.register(8)  # 32 cpu: exactly the job below
+    for name in ("batch-a", "batch-b"):
+        live.scheduler("batch", name, "--max-claims", "8", "--think-task", "0.01")
+    live.wait_reporting("batch-a", "batch-b")
+    job = live.submit("race", "batch", 32)  # both wake on the same command
+    wait(lambda: assigned(live.counts(job)) == 32, 20, "32 tasks assigned")
+    cell = live.cell()
+    assert sum(len(m.tasks) for m in cell.machines.values()) == 32
+    assert all(m.used_cpu == m.cpu for m in cell.machines.values())
+
+    def reported() -> bool:
+        a, b = live.figures("batch-a"), live.figures("batch-b")
+        return a.get("claims_accepted", 0) + b.get("claims_accepted", 0) == 32
+    wait(reported, 10, "final figures")
+    a, b = live.figures("batch-a"), live.figures("batch-b")
+    assert a["conflicted_transactions"] + b["conflicted_transactions"] > 0
+    assert a["claims_rejected"] + b["claims_rejected"] > 0
+    assert a["busyness"] > 0 and b["busyness"] > 0
+
+
+def test_service_preempts_batch_but_never_production(live: LiveCell) -> None:
+    live.register(4)  # 16 cpu
+    live.scheduler("service", "service")
+    live.scheduler("batch", "batch", "--max-attempts", "3")
+    prod = live.submit("prod", "service", 4)
+    wait(lambda: assigned(live.counts(prod)) == 4, 20, "prod placed")
+    batch = live.submit("fill", "batch", 12)
+    wait(lambda: assigned(live.counts(batch)) == 12, 20, "batch fills the cell")
+    before = {t["id"]: (t["machine"], t["incarnation"]) for t in live.tasks(prod)}
+    late = live.submit("late", "service", 4)
+    wait(lambda: assigned(live.counts(late)) == 4, 20, "late service job placed")
+    cell = live.cell()
+    assert {t["id"]: (t["machine"], t["incarnation"]) for t in live.tasks(prod)} == before
+    assert all(t["evictions"] == 0 for t in live.tasks(prod))
+    batch_tasks = live.tasks(batch)
+    assert sum(t["evictions"] for t in batch_tasks) == 4
+    assert sum(t["state"] == "pending" for t in batch_tasks) == 4
+    assert all(m.used_cpu == m.cpu for m in cell.machines.values())
+    wait(lambda: live.figures("service").get("preemptions", 0) == 4, 10, "preemptions reported")
+
+
+def test_gang_is_placed_whole_or_not_at_all(live: LiveCell) -> None:
+    live.register(4)  # 16 cpu
+    live.scheduler("batch", "batch")
+    live.wait_reporting("batch")
+    too_big = live.submit("toobig", "batch", 20, gang=True)
+    fits = live.submit("fits", "batch", 12, gang=True)
+    wait(lambda: assigned(live.counts(fits)) == 12, 20, "the gang that fits")
+
+    def explained() -> str:
+        return live.api("GET", f"/v1/explain?target={too_big}")["schedulers"].get("batch", "")
+    wait(lambda: "placed 0/20" in explained(), 10, "the big gang explained")
+    assert live.counts(too_big) == {"pending": 20}
+    assert live.cell().jobs[too_big].counts.get("assigned", 0) == 0
+
+
+def test_best_effort_uses_reclaimed_resources_and_yields(live: LiveCell) -> None:
+    live.register(2)  # 2 x 4 cpu
+    live.scheduler("service", "service")
+    live.scheduler("best-effort", "be")
+    web = live.submit("web", "service", 2, cpu="4", memory="4Gi")
+    wait(lambda: assigned(live.counts(web)) == 2, 20, "service fills the cell")
+    be = live.submit("scavenger", "best-effort", 1, cpu="2", memory="1Gi")
+    time.sleep(1.0)
+    assert live.counts(be) == {"pending": 1}  # nothing reclaimed yet
+    web_tasks = live.tasks(web)
+
+    def usage(cpu: int) -> dict[str, Any]:
+        return {"usages": [{"task": t["id"], "incarnation": t["incarnation"], "cpu": cpu,
+                            "memory": GIB} for t in web_tasks]}
+    # The first report on a task decays its reservation at once: 500m + 10% margin.
+    live.api("POST", "/v1/agents/usage", usage(500))
+    wait(lambda: assigned(live.counts(be)) == 1, 20, "best-effort on reclaimed resources")
+    live.cell()
+    live.api("POST", "/v1/agents/usage", usage(4000))  # the owners want it all back
+    (task,) = live.tasks(be)
+    assert task["evictions"] == 1 and task["state"] == "pending"
+    assert all(t["state"] == "assigned" and t["evictions"] == 0 for t in live.tasks(web))
+    cell = live.cell()
+    assert all(m.reserved_cpu == m.cpu for m in cell.machines.values())
+
+
+def test_scheduler_killed_and_restarted_resumes_without_double_placement(
+        live: LiveCell) -> None:
+    live.register(16)  # 64 cpu
+    args = ("--max-claims", "5", "--think-task", "0.02")
+    first = live.scheduler("batch", "batch", *args)
+    job = live.submit("work", "batch", 60)
+    wait(lambda: assigned(live.counts(job)) >= 10, 20, "some tasks placed")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    mid = assigned(live.counts(job))
+    assert 10 <= mid < 60
+    live.scheduler("batch", "batch", *args)
+    wait(lambda: assigned(live.counts(job)) == 60, 30, "every task placed after restart")
+    cell = live.cell()
+    holders = [tid for m in cell.machines.values() for tid in m.tasks]
+    assert len(holders) == len(set(holders)) == 60
+    assert all(t["evictions"] == 0 and t["state"] == "assigned" for t in live.tasks(job))
