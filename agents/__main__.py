@@ -1,0 +1,83 @@
+"""`python -m agents --name M --addr A,B,C --token T --work-dir DIR`: run one agent.
+
+`--addr` and `--token` default to `OMEGA_ADDR` and `OMEGA_TOKEN` (as `omega up`
+sets them); `--cpu`/`--memory` to the host's. `--hollow N` stands in for N
+simulated machines `M-0000`... Logs are JSON lines on stderr; SIGTERM or
+SIGINT stops the tasks and exits (`--detach`: leaves them running for the
+next agent on the same work dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from agents.agent import AgentConfig
+from agents.agent import main as run
+from agents.limits import LimitKind
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"label {text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agents", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="machine id (hollow: the prefix)")
+    p.add_argument("--addr", default=os.environ.get("OMEGA_ADDR", ""),
+                   help="comma-separated replica API addresses (env OMEGA_ADDR)")
+    p.add_argument("--token", default=os.environ.get("OMEGA_TOKEN", ""),
+                   help="API bearer token (env OMEGA_TOKEN)")
+    p.add_argument("--work-dir", required=True, help="task directories and state files")
+    p.add_argument("--cpu", default=None, help="capacity, e.g. 4 or 3500m (default: host's)")
+    p.add_argument("--memory", default=None, help="capacity, e.g. 8Gi (default: host's)")
+    p.add_argument("--label", action="append", type=_label, default=[], metavar="K=V")
+    p.add_argument("--domain", default="default", help="failure domain (hollow: a prefix)")
+    p.add_argument("--hollow", type=int, default=0, metavar="N", help="simulate N machines")
+    p.add_argument("--heartbeat", type=float, default=2.0, metavar="S")
+    p.add_argument("--usage", type=float, default=5.0, metavar="S")
+    p.add_argument("--limits", choices=[str(k) for k in LimitKind], default=None,
+                   help="force a limits mechanism (default: the best the host offers)")
+    p.add_argument("--logs-host", default=None,
+                   help="address to serve task logs on (default: the one reaching the store)")
+    p.add_argument("--detach", action="store_true", help="leave tasks running on exit")
+    p.add_argument("--seed", type=int, default=None)
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> AgentConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    addresses = tuple(a.strip() for a in args.addr.split(",") if a.strip())
+    if not addresses:
+        parser.error("no store address: pass --addr or set OMEGA_ADDR")
+    if not args.token:
+        parser.error("no token: pass --token or set OMEGA_TOKEN")
+    extra = {}
+    if args.cpu is not None:
+        extra["cpu"] = args.cpu
+    if args.memory is not None:
+        extra["memory"] = args.memory
+    try:
+        return AgentConfig(
+            addresses=addresses, token=args.token, name=args.name, work_dir=args.work_dir,
+            labels=dict(args.label), domain=args.domain, hollow=args.hollow,
+            heartbeat_s=args.heartbeat, usage_s=args.usage, seed=args.seed,
+            detach=args.detach, limits=LimitKind(args.limits) if args.limits else None,
+            logs_host=args.logs_host, **extra,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(config_from_args(argv))
+
+
+if __name__ == "__main__":
+    main()

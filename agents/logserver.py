@@ -1,0 +1,81 @@
+"""The agent's log endpoint: a task's captured stdout/stderr, read by `omega logs`.
+
+`GET /v1/logs?task=ID&incarnation=N&stream=stdout|stderr&offset=K` answers the
+raw bytes of `<work_dir>/tasks/<task>.<N>/<stream>` from byte K (at most
+`MAX_CHUNK` of them; an empty body means nothing new yet), under the same
+bearer token as the store. It reuses the store's ASGI layer, served by
+hypercorn's trio worker, in the agent's nursery.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from agents.task import task_dir_name
+from cellstore.errors import ApiError
+from cellstore.http import AsgiApp, Request, Response, Router
+
+log = structlog.get_logger("agents.logserver")
+
+MAX_CHUNK = 1 << 20
+STREAMS = ("stdout", "stderr")
+
+
+def read_chunk(work_dir: Path, task: str, incarnation: int, stream: str, offset: int) -> bytes:
+    """Up to `MAX_CHUNK` bytes of a task's stream from `offset`; ApiError if unknown."""
+    if stream not in STREAMS:
+        raise ApiError(400, "invalid_parameter", "stream must be stdout or stderr", "stream")
+    if offset < 0:
+        raise ApiError(400, "invalid_parameter", "offset must be >= 0", "offset")
+    path = Path(work_dir) / "tasks" / task_dir_name(task, incarnation) / stream
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(MAX_CHUNK)
+    except FileNotFoundError:
+        raise ApiError(404, "log_unknown",
+                       f"no {stream} for task {task!r} incarnation {incarnation} here",
+                       "task") from None
+
+
+def build_router(work_dir: Path) -> Router:
+    router = Router()
+
+    async def logs(request: Request) -> Response:
+        task = (request.query.get("task") or [""])[0]
+        if not task:
+            raise ApiError(400, "missing_parameter", "query parameter task is required", "task")
+        incarnation = request.query_int("incarnation")
+        offset = request.query_int("offset", 0)
+        stream = (request.query.get("stream") or ["stdout"])[0]
+        body = await trio.to_thread.run_sync(read_chunk, work_dir, task, incarnation, stream,
+                                             offset)
+        return Response(200, body, [(b"content-type", b"application/octet-stream")])
+
+    router.add("GET", "/v1/logs", logs)
+    return router
+
+
+async def serve_logs(work_dir: Path, token: str, host: str = "127.0.0.1", port: int = 0, *,
+                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `/v1/logs` on host:port (0: any free port) until cancelled;
+    `task_status.started("host:port")` with the bound address."""
+    app = AsgiApp(build_router(work_dir), token, max_body_bytes=1 << 16)
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.5
+
+    class _Status:
+        def started(self, binds: list[str] | None = None) -> None:
+            address = (binds or [""])[0].split("://", 1)[-1]
+            log.info("logs_serving", address=address)
+            task_status.started(address)
+
+    await serve(app, config, task_status=_Status())  # type: ignore[arg-type]

@@ -1,0 +1,329 @@
+"""Agent processes (`python -m agents`) against a real 3-replica store.
+
+Tasks are placed by committing transactions directly (no scheduler). The
+replicas run with `OMEGA_HEARTBEAT_TIMEOUT=2` and the agents heartbeat every
+0.5 s. Teardown kills every process it started by pid: replicas, agents, and
+the tasks of agents killed with SIGKILL (found through their state files and
+their `OMEGA_MACHINE` environment, machine names being unique per test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import trio
+
+from cellstore.client import StoreClient
+from cellstore.testing import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+PY = sys.executable
+
+
+class LiveCell:
+    """A LocalCluster of the cell plus the agent processes a test starts."""
+
+    def __init__(self, base: Path, heartbeat_timeout: float = 2.0) -> None:
+        self.base = base
+        self.heartbeat_timeout = heartbeat_timeout
+        self.cluster = LocalCluster(base / "store", machine="cellstore.cell:CellMachine",
+                                    extra={"extensions": ["cellstore.cell:endpoints"]})
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.work_dirs: dict[str, Path] = {}
+        self.prefix = uuid.uuid4().hex[:6]
+
+    def __enter__(self) -> LiveCell:
+        old = os.environ.get("OMEGA_HEARTBEAT_TIMEOUT")
+        os.environ["OMEGA_HEARTBEAT_TIMEOUT"] = str(self.heartbeat_timeout)
+        try:
+            self.cluster.__enter__()
+        finally:
+            if old is None:
+                os.environ.pop("OMEGA_HEARTBEAT_TIMEOUT", None)
+            else:
+                os.environ["OMEGA_HEARTBEAT_TIMEOUT"] = old
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in list(self.agents):
+            self.kill_agent(name)
+        self.kill_orphan_tasks()
+        self.cluster.close()
+
+    # -- processes ---------------------------------------------------------------
+
+    def machine(self, name: str) -> str:
+        return f"{name}-{self.prefix}"
+
+    def start_agent(self, name: str, *args: str, heartbeat: float = 0.5) -> str:
+        machine = self.machine(name)
+        work = self.work_dirs.setdefault(machine, self.base / "agents" / machine)
+        work.mkdir(parents=True, exist_ok=True)
+        with open(work.parent / f"{machine}.log", "ab") as out:
+            self.agents[machine] = subprocess.Popen(
+                [PY, "-m", "agents", "--name", machine, "--addr", ",".join(self.cluster.api),
+                 f"--token={self.cluster.token}", "--work-dir", str(work),
+                 "--heartbeat", str(heartbeat), "--usage", "1", *args],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        return machine
+
+    def kill_agent(self, machine: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.agents.pop(machine)
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+    def agent_log(self, machine: str) -> str:
+        return (self.work_dirs[machine].parent / f"{machine}.log").read_text(errors="replace")
+
+    def kill_orphan_tasks(self) -> None:
+        for work in self.work_dirs.values():
+            for state in work.glob("tasks/*/state.json"):
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    os.killpg(json.loads(state.read_text())["pgid"], signal.SIGKILL)
+        names = set(self.work_dirs)
+        for proc in psutil.process_iter(["pid"]):
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("OMEGA_MACHINE") in names:
+                    proc.kill()
+
+    # -- API ---------------------------------------------------------------------
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        async def call() -> Any:
+            async with StoreClient(self.cluster.api, self.cluster.token) as client:
+                return await client.request(method, path, body)
+        return trio.run(call)
+
+    def submit(self, name: str, command: list[str], tasks: int = 1, memory: str = "256Mi",
+               **extra: Any) -> str:
+        job = f"{name}-{self.prefix}"
+        spec = {"name": job, "owner": "test", "scheduler": "batch", "tasks": tasks,
+                "resources": {"cpu": "100m", "memory": memory}, "command": command, **extra}
+        self.api("POST", "/v1/jobs", {"job": job, "spec": spec})
+        return job
+
+    def place(self, claims: list[tuple[str, str]]) -> dict[str, Any]:
+        answer = self.api("POST", "/v1/transactions", {"txn": {
+            "scheduler": "test", "claims": [[t, m, 0, []] for t, m in claims]}})
+        assert answer["result"]["type"] == "commit", answer
+        assert not answer["result"]["rejected"], answer
+        return answer
+
+    def task(self, task: str) -> dict[str, Any]:
+        return self.api("GET", f"/v1/tasks?id={task}")
+
+    def machines(self) -> dict[str, dict[str, Any]]:
+        return {m["id"]: m for m in self.api("GET", "/v1/machines")["machines"]}
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 30.0,
+             machine: str | None = None) -> Any:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = check()
+            if last:
+                return last
+            proc = self.agents.get(machine or "")
+            if proc is not None and proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        logs = self.agent_log(machine) if machine else ""
+        raise AssertionError(f"timed out waiting for {what}\n{logs[-4000:]}")
+
+    def wait_up(self, machine: str, timeout: float = 30.0) -> dict[str, Any]:
+        return self.wait(f"{machine} up", lambda: (
+            (m := self.machines().get(machine)) and m["state"] == "up" and m), timeout, machine)
+
+    def wait_task(self, task: str, pred: Callable[[dict[str, Any]], bool],
+                  timeout: float = 30.0, machine: str | None = None) -> dict[str, Any]:
+        return self.wait(f"task {task}", lambda: (t := self.task(task)) and pred(t) and t,
+                         timeout, machine)
+
+    def logs(self, machine: str, task: str, incarnation: int, stream: str = "stdout") -> str:
+        address = self.machines()[machine]["labels"]["omega.agent"]
+        resp = httpx.get(f"http://{address}/v1/logs", timeout=10,
+                         headers={"authorization": f"Bearer {self.cluster.token}"},
+                         params={"task": task, "incarnation": incarnation, "stream": stream})
+        assert resp.status_code == 200, resp.text
+        return resp.text
+
+
+@pytest.fixture
+def cell(tmp_path: Path):
+    with LiveCell(tmp_path) as live:
+        yield live
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_task_runs_exit_code_and_logs(cell: LiveCell) -> None:
+    m = cell.start_agent("a", "--label", "zone=z1", "--domain", "rack-1")
+    info = cell.wait_up(m)
+    assert info["labels"]["zone"] == "z1" and info["domain"] == "rack-1"
+    assert ":" in info["labels"]["omega.agent"]
+    job = cell.submit("exit3", [PY, "-c", "import sys; print('hello from', sys.argv[0]);"
+                                "print('oops', file=sys.stderr); sys.exit(3)"])
+    cell.place([(f"{job}.0", m)])
+    task = cell.wait_task(f"{job}.0", lambda t: t["state"] in ("exited", "failed"), machine=m)
+    assert (task["state"], task["exit_code"]) == ("exited", 3), task
+    assert cell.logs(m, f"{job}.0", 0) == "hello from -c\n"
+    assert cell.logs(m, f"{job}.0", 0, "stderr") == "oops\n"
+    # `omega logs` finds the agent through the machine's `omega.agent` label.
+    env = {**os.environ, "OMEGA_ADDR": ",".join(cell.cluster.api),
+           "OMEGA_TOKEN": cell.cluster.token}
+    printed = subprocess.run([PY, "-m", "omega", "logs", f"{job}.0", "--stream", "stderr"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert (printed.returncode, printed.stdout) == (0, "oops\n"), printed.stderr
+    # A second job on the same agent also runs: the agent keeps following the cell.
+    ok = cell.submit("ok", [PY, "-c", "pass"])
+    cell.place([(f"{ok}.0", m)])
+    task = cell.wait_task(f"{ok}.0", lambda t: t["state"] == "exited", machine=m)
+    assert task["exit_code"] == 0
+
+
+STUBBORN = """
+import os, signal, sys, time
+def term(signum, frame):
+    print("got SIGTERM", time.time(), flush=True)
+signal.signal(signal.SIGTERM, term)
+print("pid", os.getpid(), flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_kill_sends_sigterm_then_sigkill_after_grace(cell: LiveCell) -> None:
+    m = cell.start_agent("a")
+    cell.wait_up(m)
+    job = cell.submit("stubborn", [PY, "-c", STUBBORN], grace_period=2.0)
+    cell.place([(f"{job}.0", m)])
+    cell.wait_task(f"{job}.0", lambda t: t["state"] == "running", machine=m)
+    out = cell.wait("pid printed", lambda: "pid" in (o := cell.logs(m, f"{job}.0", 0)) and o)
+    pid = int(out.split()[1])
+    assert _alive(pid)
+    killed_at = time.time()
+    cell.api("POST", "/v1/jobs/kill", {"job": job})
+    cell.wait("SIGTERM recorded", lambda: "got SIGTERM" in cell.logs(m, f"{job}.0", 0), 10, m)
+    assert _alive(pid), "SIGTERM must not kill it: it ignores SIGTERM"
+    cell.wait("process gone", lambda: not _alive(pid), 15, m)
+    gone_at = time.time()
+    assert gone_at - killed_at >= 1.8, "SIGKILL came before the grace period ended"
+    task = cell.task(f"{job}.0")
+    assert task["state"] == "killed"
+
+
+LONG = [PY, "-c", "import time\nwhile True: print('tick', flush=True); time.sleep(0.2)"]
+
+
+def test_sigkilled_agent_is_marked_down_and_its_tasks_move(cell: LiveCell) -> None:
+    a = cell.start_agent("a")
+    b = cell.start_agent("b")
+    cell.wait_up(a)
+    cell.wait_up(b)
+    job = cell.submit("long", LONG)
+    tid = f"{job}.0"
+    cell.place([(tid, a)])
+    cell.wait_task(tid, lambda t: t["state"] == "running", machine=a)
+    state = json.loads(next(cell.work_dirs[a].glob("tasks/*/state.json")).read_text())
+    orphan = state["pid"]
+    cell.kill_agent(a)
+    # Marked down after the 2 s timeout; the task is lost and pending again.
+    task = cell.wait_task(tid, lambda t: t["state"] == "pending", timeout=20)
+    assert task["incarnation"] == 1 and task["reason"] == "lost", task
+    assert cell.machines()[a]["state"] == "down"
+    cell.place([(tid, b)])
+    task = cell.wait_task(tid, lambda t: t["state"] == "running", machine=b)
+    assert task["machine"] == b
+    assert "tick" in cell.logs(b, tid, 1)
+    # The old process still runs on a (nobody stopped it); a restarted agent
+    # on the same work dir re-registers, adopts it and, as the cell placed it
+    # elsewhere, kills it.
+    assert _alive(orphan)
+    cell.start_agent("a")
+    cell.wait_up(a)
+    cell.wait("orphan killed", lambda: not _alive(orphan), 20, a)
+    assert cell.task(tid)["state"] == "running" and cell.task(tid)["machine"] == b
+
+
+def test_restarted_agent_adopts_its_running_task(cell: LiveCell) -> None:
+    a = cell.start_agent("a")
+    cell.wait_up(a)
+    job = cell.submit("adopt", LONG)
+    tid = f"{job}.0"
+    cell.place([(tid, a)])
+    cell.wait_task(tid, lambda t: t["state"] == "running", machine=a)
+    pid = json.loads(next(cell.work_dirs[a].glob("tasks/*/state.json")).read_text())["pid"]
+    cell.kill_agent(a)
+    cell.start_agent("a")  # back within the heartbeat timeout
+    cell.wait("adopted", lambda: "recovered" in cell.agent_log(a), 20, a)
+    time.sleep(3)  # longer than the heartbeat timeout
+    task = cell.task(tid)
+    assert (task["state"], task["machine"], task["incarnation"]) == ("running", a, 0), task
+    assert _alive(pid)
+
+
+def test_tasks_survive_store_leader_failover(cell: LiveCell) -> None:
+    a = cell.start_agent("a")
+    cell.wait_up(a)
+    job = cell.submit("survive", LONG, tasks=2)
+    cell.place([(f"{job}.0", a)])
+    cell.wait_task(f"{job}.0", lambda t: t["state"] == "running", machine=a)
+    pid = json.loads(next(cell.work_dirs[a].glob("tasks/*/state.json")).read_text())["pid"]
+    leader = cell.cluster.wait_for_leader()
+    cell.cluster.kill(leader)
+    cell.cluster.wait_for_leader()
+    # The agent follows the new leader: a new placement runs, the old task still does,
+    # and heartbeats keep the machine up past the timeout.
+    cell.place([(f"{job}.1", a)])
+    cell.wait_task(f"{job}.1", lambda t: t["state"] == "running", machine=a)
+    time.sleep(3)
+    assert cell.machines()[a]["state"] == "up"
+    assert cell.task(f"{job}.0")["state"] == "running" and _alive(pid)
+    assert cell.task(f"{job}.0")["incarnation"] == 0
+    # SIGTERM to the agent stops its tasks before it exits.
+    proc = cell.agents[a]
+    cell.kill_agent(a, signal.SIGTERM)
+    assert proc.returncode == 0, cell.agent_log(a)[-3000:]
+    assert not _alive(pid)
+
+
+HOG = "x = bytearray(200 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('survived')"
+
+
+def test_memory_hog_is_stopped_at_its_limit_and_reported_oom(cell: LiveCell) -> None:
+    a = cell.start_agent("a")
+    cell.wait_up(a)
+    limits = cell.wait("limits line", lambda: next(
+        (json.loads(line) for line in cell.agent_log(a).splitlines()
+         if '"limits"' in line and line.startswith("{")), None), 20, a)
+    if limits["kind"] == "rlimit":
+        pytest.skip(f"no writable cgroup here: {limits['why']}")
+    job = cell.submit("hog", [PY, "-c", HOG], memory="64Mi")
+    cell.place([(f"{job}.0", a)])
+    task = cell.wait_task(f"{job}.0", lambda t: t["state"] in ("exited", "failed"), machine=a)
+    assert (task["state"], task["reason"]) == ("failed", "oom"), task
