@@ -21,6 +21,7 @@ import trio
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -50,7 +51,8 @@ NODE_FIELDS = ("id", "state", "capacity", "used", "domain", "labels")
 
 
 def fail(message: str, code: int = 1) -> None:
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    # One unwrapped line, so scripts and grep see the whole message.
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

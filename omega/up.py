@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ async def supervise(part: Part, layout: CellLayout, stopping: trio.Event) -> Non
     while not stopping.is_set():
         with open(part.log, "ab") as out:
             process = await trio.lowlevel.open_process(
-                list(part.argv), stdout=out, stderr=out, stdin=trio.DEVNULL, env=env,
+                list(part.argv), stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,
             )
         log.info("part_started", part=part.name, pid=process.pid)
