@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs-host", default=None,
                    help="address to serve task logs on (default: the one reaching the store)")
     p.add_argument("--detach", action="store_true", help="leave tasks running on exit")
+    p.add_argument("--task-user", default=None,
+                   help="run tasks as this user, e.g. nobody (the agent must be root)")
     p.add_argument("--seed", type=int, default=None)
     return p
 
@@ -68,7 +70,7 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
             labels=dict(args.label), domain=args.domain, hollow=args.hollow,
             heartbeat_s=args.heartbeat, usage_s=args.usage, seed=args.seed,
             detach=args.detach, limits=LimitKind(args.limits) if args.limits else None,
-            logs_host=args.logs_host, **extra,
+            logs_host=args.logs_host, task_user=args.task_user, **extra,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -108,6 +108,7 @@ class AgentConfig:
     seed: int | None = None
     detach: bool = False
     limits: LimitKind | None = None  # force a limits mechanism (default: probe)
+    task_user: str | None = None  # run tasks as this user (agent must be root)
     logs_host: str | None = None  # address to serve logs on (default: the one that reaches the store)
     hollow_start_delay: float = 0.0
     register_batch: int = 2000
@@ -400,7 +401,8 @@ class Agent:
                 recovered = await trio.to_thread.run_sync(recover, config.work_dir)
                 self.executors[config.name] = await stack.enter_async_context(open_executor(
                     machine=config.name, work_dir=config.work_dir, limits=mode,
-                    report=self.report, detach_on_exit=config.detach))
+                    report=self.report, detach_on_exit=config.detach,
+                    task_user=config.task_user))
                 from agents.logserver import serve_logs
 
                 host = config.logs_host or _local_address_towards(config.addresses[0])

@@ -34,10 +34,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
@@ -140,9 +141,14 @@ class Executor:
         nursery: trio.Nursery,
         backoff: Backoff | None = None,
         poll_interval: float = 0.5,
+        task_user: str | None = None,
     ) -> None:
         self.machine = machine
         self.work_dir = Path(work_dir)
+        # Tasks run as this user when set (the agent must be root): a task then
+        # cannot read the agent's or the store's private files.
+        self.task_user = task_user
+        self._task_ids = _user_ids(task_user) if task_user else None
         self.limits = limits
         self.backoff = backoff or Backoff()
         self.poll_interval = poll_interval
@@ -273,6 +279,22 @@ class Executor:
         self._report(run, outcome.state, outcome.exit_code, outcome.reason)
         run.done.set()
 
+    def _preexec(self, limits: TaskLimits) -> Callable[[], None]:
+        """The child's set-up before exec: join the limits as root, then drop to
+        the task user. (Popen's own `user=` switches before `preexec_fn`, too
+        early to join a root-owned cgroup.)"""
+        if self._task_ids is None:
+            return limits.preexec
+        uid, gid = self._task_ids
+
+        def preexec() -> None:
+            limits.preexec()
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+
+        return preexec
+
     async def _run_once(self, run: _Run) -> Outcome:
         spec = run.spec
         if run.stop_reason is not None:
@@ -280,6 +302,8 @@ class Executor:
         if not spec.argv:
             return Outcome(ReportedState.FAILED, None, "start_error: empty command")
         run.dir.mkdir(parents=True, exist_ok=True)
+        if self._task_ids is not None:
+            os.chown(run.dir, *self._task_ids)
         name = run.dir.name
         try:
             limits = TaskLimits.create(self.limits, name, spec.cpu_millicores, spec.memory_bytes)
@@ -293,7 +317,7 @@ class Executor:
                 process = await trio.lowlevel.open_process(
                     list(spec.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                     cwd=run.dir, env=env, start_new_session=True,
-                    preexec_fn=limits.preexec, close_fds=True,
+                    preexec_fn=self._preexec(limits), close_fds=True,
                 )
         except (OSError, subprocess.SubprocessError) as e:
             await trio.to_thread.run_sync(limits.remove)
@@ -518,6 +542,16 @@ def _clean(rec: RecoveredTask, *, kill_group: bool) -> None:
         limits.remove()
 
 
+def _user_ids(user: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"task user {user!r} does not exist on this host") from None
+    if os.geteuid() != 0:
+        raise ValueError(f"running tasks as {user!r} needs the agent to run as root")
+    return entry.pw_uid, entry.pw_gid
+
+
 @contextlib.asynccontextmanager
 async def open_executor(
     *,
@@ -528,6 +562,7 @@ async def open_executor(
     backoff: Backoff | None = None,
     poll_interval: float = 0.5,
     detach_on_exit: bool = False,
+    task_user: str | None = None,
 ) -> AsyncIterator[Executor]:
     """An `Executor` whose supervisors live in a nursery owned by this context.
 
@@ -538,7 +573,8 @@ async def open_executor(
     """
     async with trio.open_nursery() as nursery:
         executor = Executor(machine=machine, work_dir=work_dir, limits=limits, report=report,
-                            nursery=nursery, backoff=backoff, poll_interval=poll_interval)
+                            nursery=nursery, backoff=backoff, poll_interval=poll_interval,
+                            task_user=task_user)
         try:
             yield executor
         finally:

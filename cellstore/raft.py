@@ -91,6 +91,8 @@ def syncobj_conf(config: ReplicaConfig) -> SyncObjConf:
     return SyncObjConf(
         autoTick=False,
         appendEntriesUseBatch=False,
+        # Without it pysyncobj listens on 0.0.0.0: Raft must stay on the address given.
+        bindAddress=config.raft_address,
         journalFile=str(data_dir / "raft.journal"),
         fullDumpFile=str(data_dir / "raft.dump"),
         password=config.secret,

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,14 @@ class KVMachine:
 
 def _error(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message, "field": None}})
+
+
+def _parent_death_is_process_death() -> bool:
+    """PR_SET_PDEATHSIG fires when the *thread* that forked the child exits. From
+    a worker thread (trio.to_thread retires idle ones after a few seconds) it
+    would kill a healthy replica mid-test, so only the main thread arms it;
+    `close()` still kills every replica by pid."""
+    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
 
 
 def _die_with_parent() -> None:
@@ -176,7 +185,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent if _parent_death_is_process_death() else None,
             )
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:

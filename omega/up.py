@@ -144,6 +144,8 @@ def plan_parts(layout: CellLayout, schedulers: list[str], agents: int, hollow: i
         parts.append(Part(name, (
             python, "-m", "agents", "--name", name, "--cpu", str(cpus), "--memory", str(memory),
             "--domain", f"rack-{i % 2}", "--work-dir", str(layout.data_dir / "agents" / name),
+            # As root, tasks run as nobody: the data dir (0700) is out of their reach.
+            *(("--task-user", "nobody") if os.geteuid() == 0 else ()),
         ), logs / f"{name}.log"))
     if hollow:
         parts.append(Part("agent-hollow", (

@@ -493,3 +493,45 @@ def test_recover_without_adopting_kills_survivors(limits, tmp_path: Path) -> Non
     assert not psutil.pid_exists(state["pid"])
     for path in state["cgroups"]:
         assert not Path(path).exists()
+
+
+def as_nobody(body: str) -> tuple[str, ...]:
+    # This venv's interpreter may live under a private home; a task running as
+    # nobody finds the system's python3 on PATH, as the example jobs do.
+    return ("python3", "-c", textwrap.dedent(body))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_task_user_cannot_read_private_files_and_stays_in_its_cgroup(limits, tmp_path: Path):
+    """As `omega up` runs them as root: tasks as nobody, the store's data dir 0700."""
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    (store / "token").write_text("secret-token")
+    work = tmp_path / "agent"
+    rec = Recorder()
+
+    async def main() -> None:
+        async with open_executor(machine="m1", work_dir=work, limits=limits, report=rec,
+                                 task_user="nobody") as ex:
+            ex.start("peek.0", 1, TaskSpec(argv=as_nobody(f"""
+                import os
+                print("uid", os.getuid())
+                open("own-file", "w").write("a task may write its own directory")
+                try:
+                    print(open({str(store / 'token')!r}).read())
+                except PermissionError:
+                    print("denied")
+            """), memory_bytes=64 << 20))
+            await rec.wait_final("peek.0")
+            if limits.kind is not LimitKind.RLIMIT:
+                ex.start("hog.0", 1, TaskSpec(argv=as_nobody("""
+                    chunks = [bytearray(1 << 20) for _ in range(200)]
+                """), memory_bytes=64 << 20))
+                hog = await rec.wait_final("hog.0")
+                assert (hog.state, hog.reason) == (ReportedState.FAILED, "oom")
+
+    os.chmod(tmp_path, 0o755)  # the task's own dir must be reachable, as in an agent work dir
+    trio.run(main)
+    out = (task_dir(work, "peek.0", 1) / "stdout").read_text().split()
+    assert out == ["uid", "65534", "denied"], out
+    assert rec.final("peek.0").exit_code == 0

@@ -1,0 +1,879 @@
+"""Fault injection for a live cell: Raft partitions, a recorded workload and its checker.
+
+Three pieces, used by `tests/test_faults_cell.py` and `bench/soak.py`:
+
+* `ProxiedCluster` is a `LocalCluster` whose Raft traffic runs through `RaftProxies`, small
+  trio TCP forwarders in a thread of the test process, so a test can cut one replica off from
+  both others (both directions) while its HTTP API stays reachable, and heal it later.
+* `Workload` drives the cell over HTTP: job submissions and kills with explicit ids, an
+  in-process scheduler (the very `LiveScheduler` the scheduler process runs) whose commits are
+  recorded, agent-style task reports, plus real `python -m schedulers` processes competing
+  with it. It records every acknowledged operation (`Ack`) and the whole applied-command feed
+  (`FeedRecorder`), and `Faults` injects leader/follower kills, partitions, full restarts and
+  scheduler kills from a seeded schedule.
+* `check` replays the recorded feed from version 1 into a fresh `CellState`, checking
+  invariants after every command, and holds every acknowledgement, every replica's snapshot and
+  every job's fate against it.
+
+How the proxies isolate a replica. pysyncobj names a peer by its address string and lets only
+the side with the greater address connect (`_shouldConnect`); the acceptor learns who called
+from the caller's own address, sent first. So each replica gets its own peer list: its own
+identity is `127.0.0.2:<raft port>` (where it binds and where proxies reach it), a peer it accepts
+from is listed under that peer's identity, and a peer it connects to is listed under
+`127.0.0.1:<proxy port>`, a forwarder for that one ordered pair. Every Raft connection thus
+crosses exactly one proxy that knows both ends, and `partition(k)` closes every link touching
+k and refuses new ones until `heal()`. Leader lookups still work: each replica maps its own
+peer list, index for index, onto the shared API addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import trio
+
+from cellstate import CellState, TaskState
+from cellstate.commands import Command, Result, TaskPlaced
+from cellstate.model import ACTIVE_STATES, TERMINAL_STATES
+from cellstate.wire import encode_result, internal
+from cellstore.client import StoreClient, StoreUnavailable
+from cellstore.copy import LocalCopy
+from cellstore.errors import ApiError
+from cellstore.testing import LocalCluster, free_ports
+from schedulers.process import LiveScheduler, SchedulerConfig
+
+CELL = {"machine": "cellstore.cell:CellMachine",
+        "extra": {"extensions": ["cellstore.cell:endpoints"], "commit_timeout_s": 3.0}}
+IDENTITY_HOST = "127.0.0.2"
+PROXY_HOST = "127.0.0.1"
+
+
+# -- the partition harness ------------------------------------------------------------------
+
+
+class RaftProxies:
+    """TCP forwarders, one per ordered pair `(caller, acceptor)`, run by trio in a thread.
+
+    `routes[(a, b)] = (listen_port, target_port)`. `cut(k)` drops every open link with k at
+    either end and refuses new ones; `heal()` lets them through again. Thread-safe."""
+
+    def __init__(self, routes: dict[tuple[int, int], tuple[int, int]]) -> None:
+        self.routes = routes
+        self.blocked: set[int] = set()
+        self.links = Counter[tuple[int, int]]()  # connections forwarded, per pair
+        self._scopes: dict[tuple[int, int], set[trio.CancelScope]] = {p: set() for p in routes}
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="raft-proxies", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise RuntimeError("raft proxies failed to start") from self._error
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for pair, (listen, target) in self.routes.items():
+                listeners = await trio.open_tcp_listeners(listen, host=PROXY_HOST)
+                nursery.start_soon(
+                    trio.serve_listeners, partial(self._forward, pair, target), listeners)
+            self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def _open(self, pair: tuple[int, int]) -> bool:
+        return not (pair[0] in self.blocked or pair[1] in self.blocked)
+
+    async def _forward(self, pair: tuple[int, int], target: int, stream: trio.SocketStream) -> None:
+        async with stream:
+            if not self._open(pair):
+                return
+            try:
+                upstream = await trio.open_tcp_stream(IDENTITY_HOST, target)
+            except OSError:
+                return
+            self.links[pair] += 1
+            with trio.CancelScope() as scope:
+                self._scopes[pair].add(scope)
+                try:
+                    async with upstream, trio.open_nursery() as nursery:
+                        nursery.start_soon(_pump, stream, upstream, nursery.cancel_scope)
+                        nursery.start_soon(_pump, upstream, stream, nursery.cancel_scope)
+                finally:
+                    self._scopes[pair].discard(scope)
+
+    def _set_blocked(self, blocked: set[int]) -> None:
+        self.blocked = blocked
+        for pair, scopes in self._scopes.items():
+            if not self._open(pair):
+                for scope in list(scopes):
+                    scope.cancel()
+
+    def cut(self, k: int) -> None:
+        """Isolate replica k: close its links now, refuse new ones until `heal()`."""
+        trio.from_thread.run_sync(self._set_blocked, self.blocked | {k}, trio_token=self._token)
+
+    def heal(self) -> None:
+        trio.from_thread.run_sync(self._set_blocked, set(), trio_token=self._token)
+
+    def close(self) -> None:
+        if self._token is not None and self._stop is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+async def _pump(src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
+    try:
+        async for chunk in src:
+            await dst.send_all(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        done.cancel()
+
+
+class ProxiedCluster(LocalCluster):
+    """A `LocalCluster` of the cell whose Raft links run through `RaftProxies`
+    (see the module docstring). `partition(k)` / `heal()` cut and restore replica k."""
+
+    def __init__(self, base_dir: Path, n: int = 3, **kwargs: Any) -> None:
+        kwargs.setdefault("machine", CELL["machine"])
+        kwargs.setdefault("extra", CELL["extra"])
+        super().__init__(base_dir, n, **kwargs)
+        ports = [int(a.rsplit(":", 1)[1]) for a in self.raft_addresses]
+        self.identity = [f"{IDENTITY_HOST}:{p}" for p in ports]
+        pairs = [(a, b) for a in range(n) for b in range(n)
+                 if a != b and self.identity[a] > self.identity[b]]
+        taken = {int(a.rsplit(":", 1)[1]) for a in [*self.api, *self.raft_addresses]}
+        listen = free_ports(len(pairs))
+        while taken & set(listen):  # free_ports released the cluster's ports: avoid them
+            listen = free_ports(len(pairs))
+        self.proxy_port = dict(zip(pairs, listen, strict=True))
+        self.proxies = RaftProxies({p: (self.proxy_port[p], ports[p[1]]) for p in pairs})
+        self.partitioned: set[int] = set()
+
+    def config(self, i: int) -> dict[str, Any]:
+        cfg = super().config(i)
+        peers = []
+        for j in range(self.n):
+            if (i, j) in self.proxy_port:
+                peers.append(f"{PROXY_HOST}:{self.proxy_port[(i, j)]}")
+            else:
+                peers.append(self.identity[j])
+        cfg["raft_host"] = IDENTITY_HOST
+        cfg["peers_raft"] = peers
+        return cfg
+
+    def start(self) -> None:
+        if self.proxies._thread is None:
+            self.proxies.start()
+        super().start()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.proxies.close()
+
+    def partition(self, k: int) -> None:
+        self.partitioned.add(k)
+        self.proxies.cut(k)
+
+    def heal(self) -> None:
+        self.partitioned.clear()
+        self.proxies.heal()
+
+    def leader(self, among: list[int] | None = None) -> int | None:
+        """The replica among `among` (default: live ones) that says it leads and whose
+        peers in `among` agree; None if there is none now."""
+        among = self.alive() if among is None else among
+        sts = {i: self.status(i) for i in among}
+        for i, s in sts.items():
+            if s and s["is_leader"] and s["ready"] and all(
+                    o is not None and o["leader"]["api"] == self.api[i] for o in sts.values()):
+                return i
+        return None
+
+    def wait_leader(self, among: list[int] | None = None, timeout: float = 45.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.leader(among)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"no leader among {among} within {timeout}s")
+
+
+# -- scheduler processes ----------------------------------------------------------------------
+
+
+class SchedulerProcs:
+    """Real `python -m schedulers` processes against a cluster, killed by pid on close.
+    The token travels in the environment, never on the command line."""
+
+    def __init__(self, cluster: LocalCluster, names: list[str]) -> None:
+        self.cluster = cluster
+        self.names = names
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        env = {**os.environ, "OMEGA_ADDR": ",".join(self.cluster.api),
+               "OMEGA_TOKEN": self.cluster.token}
+        log = self.cluster.base_dir / f"scheduler-{name}.log"
+        with open(log, "ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "schedulers", "--kind", "batch", "--name", name,
+                 "--report-period", "1"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)
+
+    def start_all(self) -> None:
+        for name in self.names:
+            self.start(name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+        for name in list(self.procs):
+            self.kill(name)
+
+
+# -- the workload ---------------------------------------------------------------------------
+
+
+@attrs.define
+class Ack:
+    """An operation the store acknowledged: command id, kind, what it was about, the result."""
+
+    id: str
+    kind: str
+    key: Any
+    result: Any
+
+
+@attrs.define
+class Probe:
+    """A write sent straight to a partitioned leader: it must never be acknowledged."""
+
+    id: str
+    replica: int
+    outcome: str
+
+
+class FeedRecorder:
+    """Follows `/v1/watch` from version 1 across failovers and keeps every command.
+
+    Unlike `StoreClient.watch`, a replica that can only offer a snapshot for the next version
+    (it was restarted from a dump) is skipped for another one; if none can serve it, the gap
+    is recorded in `gaps` and the snapshot taken as the new base."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.commands: list[tuple[int, Any]] = []
+        self.base: bytes | None = None  # a snapshot the history starts from, after a gap
+        self.base_version = 0
+        self.gaps: list[tuple[int, int]] = []
+
+    @property
+    def version(self) -> int:
+        return self.commands[-1][0] if self.commands else self.base_version
+
+    async def run(self) -> None:
+        auth = {"authorization": f"Bearer {self.cluster.token}"}
+        refused: Counter[int] = Counter()
+        index = 0
+        async with httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0)) as http:
+            while True:
+                n = self.cluster.n
+                url = f"http://{self.cluster.api[index]}/v1/watch"
+                try:
+                    async with http.stream("GET", url, params={"from": self.version + 1},
+                                           headers=auth) as resp:
+                        if resp.status_code == 200:
+                            async for line in resp.aiter_lines():
+                                if line and not self._take(orjson.loads(line), refused, index, n):
+                                    break
+                except (httpx.HTTPError, ValueError):
+                    pass
+                index = (index + 1) % n
+                await trio.sleep(0.05)
+
+    def _take(self, msg: dict[str, Any], refused: Counter[int], index: int, n: int) -> bool:
+        if "snapshot" in msg:
+            refused[index] += 1
+            if sum(refused[i] for i in range(n)) < 3 * n:
+                return False  # try another replica first
+            self.gaps.append((self.version + 1, int(msg["version"])))
+            self.base = base64.b64decode(msg["snapshot"])
+            self.base_version = int(msg["version"])
+            self.commands.clear()
+            refused.clear()
+            return True
+        refused.clear()
+        for version, command in msg.get("commands", ()):
+            if version == self.version + 1:
+                self.commands.append((version, command))
+        return True
+
+    async def wait_for(self, version: int, timeout: float = 30.0) -> None:
+        with trio.fail_after(timeout):
+            while self.version < version:
+                await trio.sleep(0.05)
+
+
+JOB_SPEC = {"owner": "alice", "scheduler": "batch", "resources": {"cpu": "500m",
+                                                                  "memory": "512Mi"}}
+HUGE_SPEC = {"owner": "alice", "scheduler": "batch", "resources": {"cpu": 64, "memory": "1Gi"}}
+
+
+class Workload:
+    """Submissions, kills, recorded scheduler commits and agent reports against a cluster.
+
+    Run `run(nursery)` style: `await nursery.start(workload.run)`; call `stop_writes()` to end
+    submissions and kills (agent and scheduler keep going so placed work finishes)."""
+
+    def __init__(self, cluster: LocalCluster, seed: int, *, machines: int = 16,
+                 submit_interval_s: float = 0.06) -> None:
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.tag = f"s{seed}"
+        self.machines = machines
+        self.submit_interval_s = submit_interval_s
+        self.acks: list[Ack] = []
+        self.unacknowledged = Counter[str]()
+        self.submitted: list[str] = []
+        self.writes_open = True
+        self._n = 0
+
+    def _id(self, kind: str) -> str:
+        self._n += 1
+        return f"{self.tag}-{kind}-{self._n}-{secrets.token_hex(3)}"
+
+    def client(self) -> StoreClient:
+        return StoreClient(self.cluster.api, self.cluster.token, timeout_s=5.0,
+                           retry_deadline_s=60.0)
+
+    async def _send(self, client: StoreClient, kind: str, key: Any, path: str,
+                    body: dict[str, Any]) -> Any:
+        try:
+            answer = await client.request("POST", path, body)
+        except (ApiError, StoreUnavailable) as exc:
+            self.unacknowledged[f"{kind}:{type(exc).__name__}"] += 1
+            return None
+        self.acks.append(Ack(body["id"], kind, key, answer["result"]))
+        return answer["result"]
+
+    async def setup(self, client: StoreClient) -> None:
+        body = {"id": self._id("register"), "machines": [
+            {"id": f"m{i}", "capacity": {"cpu": 8, "memory": "16Gi"}, "domain": f"d{i % 4}"}
+            for i in range(self.machines)]}
+        await self._send(client, "register", self.machines, "/v1/agents/register", body)
+
+    async def submitter(self, client: StoreClient) -> None:
+        n = 0
+        while self.writes_open:
+            n += 1
+            job = f"{self.tag}-j{n}"
+            huge = self.rng.random() < 0.02
+            spec = {**(HUGE_SPEC if huge else JOB_SPEC), "name": "huge" if huge else "w",
+                    "tasks": self.rng.randint(1, 4)}
+            self.submitted.append(job)
+            await self._send(client, "submit", job, "/v1/jobs",
+                             {"job": job, "id": self._id("submit"), "spec": spec})
+            await trio.sleep(self.submit_interval_s)
+
+    async def killer(self, client: StoreClient) -> None:
+        while self.writes_open:
+            await trio.sleep(self.rng.uniform(0.3, 1.0))
+            done = [a.key for a in self.acks if a.kind == "submit"]
+            if done:
+                job = self.rng.choice(done[-50:])
+                await self._send(client, "kill", job, "/v1/jobs/kill",
+                                 {"job": job, "id": self._id("kill")})
+
+    async def agent(self, client: StoreClient, copy: LocalCopy) -> None:
+        """Report assigned tasks running, and running ones exited after a while."""
+        rng = random.Random(self.rng.random())
+        running_since: dict[tuple[str, int], float] = {}
+        while True:
+            await trio.sleep(0.2)
+            now = trio.current_time()
+            reports = []
+            for task in list(copy.cell.tasks.values()):
+                if task.state not in ACTIVE_STATES:
+                    continue
+                key = (task.id, task.incarnation)
+                base = {"task": task.id, "machine": task.machine,
+                        "incarnation": task.incarnation}
+                if task.state is TaskState.ASSIGNED:
+                    reports.append({**base, "state": "running"})
+                elif task.state is TaskState.RUNNING:
+                    since = running_since.setdefault(key, now)
+                    if now - since > rng.uniform(0.3, 2.0):
+                        reports.append({**base, "state": "exited", "exit_code": 0})
+            if reports:
+                body = {"id": self._id("report"), "reports": reports[:200]}
+                await self._send(client, "report", len(body["reports"]),
+                                 "/v1/agents/report", body)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with self.client() as client, self.client() as sched_client, \
+                self.client() as agent_client, trio.open_nursery() as nursery:
+            await self.setup(client)
+            scheduler = RecordingScheduler(
+                SchedulerConfig(self.cluster.api, self.cluster.token, "batch",
+                                name="recorded", report_period_s=1.0, seed=self.rng.random()),
+                sched_client, self)
+            await nursery.start(scheduler.run)
+            copy = LocalCopy()
+            await nursery.start(copy.follow, agent_client)
+            nursery.start_soon(self.agent, agent_client, copy)
+            nursery.start_soon(self.submitter, client)
+            async with self.client() as kill_client:
+                nursery.start_soon(self.killer, kill_client)
+                task_status.started()
+                await trio.sleep_forever()
+
+    def stop_writes(self) -> None:
+        self.writes_open = False
+
+
+class RecordingScheduler(LiveScheduler):
+    """The scheduler process's `LiveScheduler`, its acknowledged commits recorded as `Ack`s."""
+
+    def __init__(self, config: SchedulerConfig, client: StoreClient, workload: Workload) -> None:
+        super().__init__(config, client)
+        self.workload = workload
+
+    async def commit(self, decision: Any) -> int | None:
+        body = {"txn": internal.unstructure(decision.transaction),
+                "id": self.workload._id("commit")}
+        try:
+            answer = await self.client.request("POST", "/v1/transactions", body)
+        except (ApiError, StoreUnavailable) as exc:
+            self.workload.unacknowledged[f"commit:{type(exc).__name__}"] += 1
+            await trio.sleep(0.2)
+            return None
+        claims = [(c.task, c.machine) for c in decision.transaction.claims]
+        self.workload.acks.append(Ack(body["id"], "commit", claims, answer["result"]))
+        result = internal.structure(answer["result"], Result)
+        self.core.on_result(self.copy.cell, decision, result, time.time())
+        return int(answer["version"])
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+FAULT_KINDS = ("leader_kill", "follower_kill", "partition_leader", "full_restart",
+               "scheduler_kill")
+
+
+class Faults:
+    """Injects faults into a `ProxiedCluster` (blocking calls run in worker threads) and
+    records what it did: `counts` per kind, `probes` sent to partitioned leaders, `log`."""
+
+    def __init__(self, cluster: ProxiedCluster, schedulers: SchedulerProcs | None,
+                 workload: Workload, rng: random.Random, say: Callable[[str], None] = print
+                 ) -> None:
+        self.cluster = cluster
+        self.schedulers = schedulers
+        self.workload = workload
+        self.rng = rng
+        self.say = say
+        self.counts = Counter[str]()
+        self.probes: list[Probe] = []
+        self.majority_acks: list[int] = []  # acks gained while a leader was cut off
+
+    async def _sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args)
+
+    async def inject(self, kind: str) -> None:
+        await getattr(self, kind)()
+        self.counts[kind] += 1
+        self.say(f"fault {kind} done")
+
+    async def leader_kill(self) -> None:
+        c = self.cluster
+        leader = await self._sync(c.wait_leader)
+        await self._sync(c.kill, leader)
+        await self._sync(c.wait_leader)
+        await trio.sleep(self.rng.uniform(0.2, 1.0))
+        await self._sync(c.start_replica, leader)
+        await self._sync(c.wait_leader, None, 45.0)
+
+    async def follower_kill(self) -> None:
+        c = self.cluster
+        leader = await self._sync(c.wait_leader)
+        follower = self.rng.choice([i for i in range(c.n) if i != leader])
+        await self._sync(c.kill, follower)
+        await trio.sleep(self.rng.uniform(0.5, 2.0))
+        await self._sync(c.start_replica, follower)
+        await self._sync(c.wait_leader, None, 45.0)
+
+    async def full_restart(self) -> None:
+        c = self.cluster
+        for i in range(c.n):
+            await self._sync(c.kill, i)
+        await trio.sleep(self.rng.uniform(0.2, 1.0))
+        for i in range(c.n):
+            await self._sync(c.start_replica, i)
+        await self._sync(c.wait_leader, None, 45.0)
+
+    async def scheduler_kill(self) -> None:
+        if self.schedulers is None:
+            return
+        name = self.rng.choice(self.schedulers.names)
+        await self._sync(self.schedulers.kill, name)
+        await trio.sleep(self.rng.uniform(0.5, 1.5))
+        await self._sync(self.schedulers.start, name)
+
+    async def partition_leader(self) -> None:
+        """Cut the leader off; show its write is not acknowledged while the other two elect a
+        leader and keep acknowledging; heal; wait for one agreed leader again."""
+        c = self.cluster
+        old = await self._sync(c.wait_leader)
+        acks_before = len(self.workload.acks)
+        await self._sync(c.partition, old)
+        majority = [i for i in range(c.n) if i != old]
+        probe = await self._probe(old)
+        new = await self._sync(c.wait_leader, majority, 20.0)
+        assert new != old
+        with trio.move_on_after(15):
+            while len(self.workload.acks) < acks_before + 5:
+                await trio.sleep(0.05)
+        gained = len(self.workload.acks) - acks_before
+        self.majority_acks.append(gained)
+        self.say(f"partition: old leader r{old} probe {probe.outcome}; new leader r{new}; "
+                 f"{gained} acks by the majority")
+        await self._sync(c.heal)
+        await self._sync(c.wait_leader, None, 45.0)
+
+    async def _probe(self, replica: int) -> Probe:
+        """Submit a job straight to `replica`'s API (no client failover)."""
+        pid = f"probe-{secrets.token_hex(6)}"
+        body = {"commands": [{"type": "submit_job", "id": pid, "job": pid,
+                              "spec": {**JOB_SPEC, "name": "probe", "tasks": 1}}]}
+        url = f"http://{self.cluster.api[replica]}/v1/commands"
+        auth = {"authorization": f"Bearer {self.cluster.token}"}
+        try:
+            async with httpx.AsyncClient(timeout=6.0) as http:
+                resp = await http.post(url, content=orjson.dumps(body), headers=auth)
+            outcome = f"{resp.status_code} {resp.json().get('error', {}).get('code', '')}"
+        except httpx.HTTPError as exc:
+            outcome = f"no answer ({type(exc).__name__})"
+        probe = Probe(pid, replica, outcome.strip())
+        self.probes.append(probe)
+        return probe
+
+
+# -- the checker ------------------------------------------------------------------------------
+
+
+@attrs.define
+class Report:
+    """What `check` found: `errors` must be empty; `figures` are for humans."""
+
+    errors: list[str] = attrs.Factory(list)
+    figures: dict[str, Any] = attrs.Factory(dict)
+
+    failures: int = 0
+
+    def fail(self, message: str) -> None:
+        self.failures += 1
+        if len(self.errors) < 50:
+            self.errors.append(message)
+
+
+def replay(commands: list[tuple[int, Any]], base: bytes | None, report: Report
+           ) -> tuple[CellState, dict[str, tuple[int, Any, tuple[Any, ...]]]]:
+    """Apply the feed to a fresh cell (or `base`), invariants after every command. Returns the
+    cell and, per command id applied (not deduplicated), (version, result JSON, events)."""
+    cell = CellState.restore(base) if base is not None else CellState()
+    applied: dict[str, tuple[int, Any, tuple[Any, ...]]] = {}
+    checks = 0
+    for version, document in commands:
+        command = internal.structure(document, Command)
+        cid = command.id
+        duplicate = bool(cid) and cid in cell.recent
+        outcome = cell.apply(command)
+        if outcome.version != version:
+            report.fail(f"replay reached version {outcome.version}, feed said {version}")
+            break
+        try:
+            cell.check_invariants()
+            checks += 1
+        except AssertionError as exc:
+            report.fail(f"invariant broken at version {version}: {exc}")
+        if cid and not duplicate:
+            if cid in applied:
+                report.fail(f"command {cid} applied twice: versions {applied[cid][0]}, {version}")
+            applied[cid] = (version, orjson.loads(encode_result(outcome.result)), outcome.events)
+    report.figures["invariant_checks"] = checks
+    return cell, applied
+
+
+def check(recorder: FeedRecorder, acks: list[Ack], snapshots: dict[int, tuple[int, bytes]],
+          probes: list[Probe], submitted: list[str]) -> Report:
+    """Hold the run against its history (see the module docstring)."""
+    report = Report()
+    if recorder.gaps or recorder.base is not None:
+        report.fail(f"feed could not be replayed from version 1: gaps {recorder.gaps}")
+    commands = recorder.commands
+    expected = recorder.base_version + 1
+    for version, _ in commands:
+        if version != expected:
+            report.fail(f"feed not consecutive at {version} (expected {expected})")
+            break
+        expected += 1
+    cell, applied = replay(commands, recorder.base, report)
+    final = cell.snapshot()
+    for i, (version, data) in sorted(snapshots.items()):
+        if version != cell.version:
+            report.fail(f"replica {i} at version {version}, replay at {cell.version}")
+        elif data != final:
+            report.fail(f"replica {i} snapshot differs from the replay at version {version}")
+    _check_acks(cell, applied, acks, report)
+    for probe in probes:
+        if probe.outcome.startswith("200"):
+            report.fail(f"partitioned replica {probe.replica} acknowledged {probe.id}")
+        if probe.id in applied or probe.id in cell.jobs:
+            report.fail(f"probe {probe.id} sent to a cut-off leader was committed")
+    _check_jobs(cell, submitted, report)
+    report.figures["commits_by_scheduler"] = dict(Counter(
+        doc["txn"]["scheduler"] for _, doc in commands if doc.get("type") == "commit"))
+    report.figures.update(
+        commands=len(commands), version=cell.version, acknowledged=len(acks),
+        acknowledged_by_kind=dict(Counter(a.kind for a in acks)),
+        jobs_by_state=dict(Counter(str(j.state) for j in cell.jobs.values())))
+    return report
+
+
+def _check_acks(cell: CellState, applied: dict[str, tuple[int, Any, tuple[Any, ...]]],
+                acks: list[Ack], report: Report) -> None:
+    seen = Counter(a.id for a in acks)
+    for cid, n in seen.items():
+        if n > 1:
+            report.fail(f"command id {cid} acknowledged {n} times")
+    lost = 0
+    for ack in acks:
+        failures = report.failures
+        found = applied.get(ack.id)
+        if found is None:
+            report.fail(f"acknowledged {ack.kind} {ack.id} ({ack.key}) is not in the log")
+            lost += 1
+            continue
+        _, result, events = found
+        if result != ack.result:
+            report.fail(f"{ack.kind} {ack.id}: acknowledged {ack.result}, log says {result}")
+            lost += 1
+            continue
+        if ack.kind == "submit" and result.get("type") == "ok" and ack.key not in cell.jobs:
+            report.fail(f"acknowledged job {ack.key} does not exist")
+        if ack.kind == "kill" and result.get("type") == "ok" and not cell.jobs[ack.key].killed:
+            report.fail(f"acknowledged kill of {ack.key} did not stick")
+        if ack.kind == "commit":
+            rejected = {r["task"] for r in result.get("rejected", ())}
+            placed = {(e.task, e.machine): e.incarnation for e in events
+                      if isinstance(e, TaskPlaced)}
+            for task_id, machine in ack.key:
+                if task_id in rejected:
+                    continue
+                incarnation = placed.get((task_id, machine))
+                if incarnation is None:
+                    report.fail(f"accepted claim {task_id}->{machine} ({ack.id}) not placed")
+                    continue
+                task = cell.tasks[task_id]
+                moved_on = (task.incarnation > incarnation or task.state in TERMINAL_STATES)
+                if not moved_on and (task.machine != machine or task.state not in ACTIVE_STATES):
+                    report.fail(f"accepted claim {task_id}->{machine} lost: now {task.state} "
+                                f"on {task.machine}")
+        if report.failures > failures:
+            lost += 1
+    report.figures["lost"] = lost
+
+
+def _check_jobs(cell: CellState, submitted: list[str], report: Report) -> None:
+    """Every job is placed, finished, killed, or pending with a scheduler's explanation."""
+    explained = {job for r in cell.schedulers.values() for job in r.explanations}
+    unexplained = []
+    for job in cell.jobs.values():
+        pending = [t for t in cell.pending_tasks(job)]
+        if pending and not job.killed and job.id not in explained:
+            unexplained.append(job.id)
+    if unexplained:
+        report.fail(f"{len(unexplained)} jobs pending without explanation: {unexplained[:5]}")
+    report.figures["pending_explained"] = sum(
+        1 for j in cell.jobs.values() if j.id in explained and not j.killed)
+
+
+# -- running it all -------------------------------------------------------------------------
+
+
+def secret_leaks(paths: list[Path], secrets_: list[str]) -> list[str]:
+    """`path: what` for every file that contains one of `secrets_`."""
+    leaks = []
+    for path in paths:
+        data = path.read_bytes() if path.exists() else b""
+        for s in secrets_:
+            if s.encode() in data:
+                leaks.append(f"{path.name}: {s[:4]}...")
+    return leaks
+
+
+async def settle(workload: Workload, timeout: float = 20.0) -> None:
+    """After writes stop: wait (at most `timeout`) until no task is assigned or running."""
+    with trio.move_on_after(timeout):
+        async with workload.client() as client:
+            while True:
+                await trio.sleep(0.5)
+                assigned = await client.request("GET", "/v1/tasks?state=assigned&limit=1")
+                running = await client.request("GET", "/v1/tasks?state=running&limit=1")
+                if not assigned["tasks"] and not running["tasks"]:
+                    return
+
+
+def final_snapshots(cluster: LocalCluster, timeout: float = 30.0) -> dict[int, tuple[int, bytes]]:
+    """Every replica's snapshot once all have reached one version (the log is still)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        versions = [(cluster.status(i) or {}).get("version") for i in range(cluster.n)]
+        if None not in versions and len(set(versions)) == 1:
+            snaps = {i: cluster.snapshot(i) for i in range(cluster.n)}
+            if len({v for v, _ in snaps.values()}) == 1:
+                return snaps
+        if time.monotonic() > deadline:
+            return {i: cluster.snapshot(i) for i in cluster.alive()}
+        time.sleep(0.2)
+
+
+CI_SCHEDULE = ("leader_kill", "partition_leader", "leader_kill", "scheduler_kill",
+               "full_restart", "leader_kill")
+
+
+@attrs.define
+class Run:
+    """The outcome of `run_scenario`."""
+
+    seed: int
+    report: Report
+    faults: dict[str, int]
+    probes: list[Probe]
+    majority_acks: list[int]
+    unacknowledged: dict[str, int]
+    leaks: list[str]
+    wall_s: float
+
+
+def fault_plan(seed: int, duration_s: float, schedule: tuple[str, ...] | None
+               ) -> list[tuple[float, str]]:
+    """(start offset s, kind) for every fault, from the seed alone. With `schedule`, its
+    faults in order, spread over the run; otherwise random kinds until `duration_s`."""
+    rng = random.Random(seed)
+    plan, t = [], 2.0
+    if schedule is not None:
+        gap = max(1.0, (duration_s - 4.0) / max(1, len(schedule)))
+        for kind in schedule:
+            plan.append((t, kind))
+            t += gap * rng.uniform(0.6, 1.0)
+        return plan
+    weights = {"leader_kill": 3, "follower_kill": 2, "partition_leader": 2,
+               "full_restart": 1, "scheduler_kill": 2}
+    while t < duration_s - 3.0:
+        plan.append((t, rng.choices(list(weights), list(weights.values()))[0]))
+        t += rng.uniform(3.0, 8.0)
+    return plan
+
+
+def run_scenario(base_dir: Path, seed: int, duration_s: float, *,
+                 schedule: tuple[str, ...] | None = None,
+                 say: Callable[[str], None] = print) -> Run:
+    """Start a proxied cell, two scheduler processes and the workload; inject the seeded
+    faults for `duration_s`; settle; check. Every process is killed by pid on the way out."""
+    started = time.monotonic()
+    plan = fault_plan(seed, duration_s, schedule)
+    say(f"seed {seed}: faults {[k for _, k in plan]}")
+    with ProxiedCluster(base_dir) as cluster:
+        scheds = SchedulerProcs(cluster, ["batch-a", "batch-b"])
+        workload = Workload(cluster, seed)
+        recorder = FeedRecorder(cluster)
+        faults = Faults(cluster, scheds, workload, random.Random(seed + 1), say)
+        try:
+            scheds.start_all()
+            trio.run(_drive, cluster, scheds, workload, recorder, faults, plan, duration_s, say)
+        finally:
+            scheds.close()
+        snapshots = final_snapshots(cluster)
+        report = check(recorder, workload.acks, snapshots, faults.probes, workload.submitted)
+        logs = sorted(base_dir.glob("replica-*/replica.log")) + sorted(
+            base_dir.glob("scheduler-*.log"))
+        leaks = secret_leaks(logs, [cluster.token, cluster.secret])
+    return Run(seed, report, dict(faults.counts), faults.probes, faults.majority_acks,
+               dict(workload.unacknowledged), leaks, time.monotonic() - started)
+
+
+async def _drive(cluster: ProxiedCluster, scheds: SchedulerProcs, workload: Workload,
+                 recorder: FeedRecorder, faults: Faults, plan: list[tuple[float, str]],
+                 duration_s: float, say: Callable[[str], None]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(recorder.run)
+        await nursery.start(workload.run)
+        t0 = trio.current_time()
+        for offset, kind in plan:
+            await trio.sleep_until(t0 + offset)
+            say(f"t={trio.current_time() - t0:5.1f}s fault {kind} "
+                f"(acks so far {len(workload.acks)})")
+            await faults.inject(kind)
+        await trio.sleep_until(t0 + duration_s)
+        workload.stop_writes()
+        say(f"t={trio.current_time() - t0:5.1f}s writes stopped, settling")
+        await settle(workload)
+        await trio.to_thread.run_sync(scheds.close)
+        nursery.cancel_scope.cancel()
+    leader = await trio.to_thread.run_sync(cluster.wait_leader)
+    status = await trio.to_thread.run_sync(cluster.status, leader)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(recorder.run)
+        await recorder.wait_for(status["version"])
+        nursery.cancel_scope.cancel()
