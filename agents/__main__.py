@@ -10,11 +10,11 @@ next agent on the same work dir).
 from __future__ import annotations
 
 import argparse
-import os
 
 from agents.agent import AgentConfig
 from agents.agent import main as run
 from agents.limits import LimitKind
+from cellstore.client import add_store_arguments, store_from_arguments
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -28,10 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agents", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="machine id (hollow: the prefix)")
-    p.add_argument("--addr", default=os.environ.get("OMEGA_ADDR", ""),
-                   help="comma-separated replica API addresses (env OMEGA_ADDR)")
-    p.add_argument("--token", default=os.environ.get("OMEGA_TOKEN", ""),
-                   help="API bearer token (env OMEGA_TOKEN)")
+    add_store_arguments(p)
     p.add_argument("--work-dir", required=True, help="task directories and state files")
     p.add_argument("--cpu", default=None, help="capacity, e.g. 4 or 3500m (default: host's)")
     p.add_argument("--memory", default=None, help="capacity, e.g. 8Gi (default: host's)")
@@ -54,11 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> AgentConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
-    addresses = tuple(a.strip() for a in args.addr.split(",") if a.strip())
-    if not addresses:
-        parser.error("no store address: pass --addr or set OMEGA_ADDR")
-    if not args.token:
-        parser.error("no token: pass --token or set OMEGA_TOKEN")
+    addresses, token = store_from_arguments(parser, args)
     extra = {}
     if args.cpu is not None:
         extra["cpu"] = args.cpu
@@ -66,7 +59,7 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
         extra["memory"] = args.memory
     try:
         return AgentConfig(
-            addresses=addresses, token=args.token, name=args.name, work_dir=args.work_dir,
+            addresses=addresses, token=token, name=args.name, work_dir=args.work_dir,
             labels=dict(args.label), domain=args.domain, hollow=args.hollow,
             heartbeat_s=args.heartbeat, usage_s=args.usage, seed=args.seed,
             detach=args.detach, limits=LimitKind(args.limits) if args.limits else None,

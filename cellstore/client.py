@@ -10,7 +10,9 @@ resumes after the last version it yielded, so the consumer sees no gap and no du
 
 from __future__ import annotations
 
+import argparse
 import base64
+import os
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -281,3 +283,26 @@ def _parse_watch_line(msg: dict[str, Any], next_version: int) -> WatchBatch | No
             raise _Retryable(f"gap in watch feed: expected {next_version}, got {commands[0][0]}")
         return WatchBatch(version=commands[-1][0], commands=commands)
     return None  # heartbeat
+
+
+# -- command lines of the cell's components ----------------------------------------------------
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--addr` and `--token`, defaulting to OMEGA_ADDR and OMEGA_TOKEN."""
+    parser.add_argument("--addr", default=os.environ.get("OMEGA_ADDR", ""),
+                        help="comma-separated replica API addresses (env OMEGA_ADDR)")
+    parser.add_argument("--token", default=os.environ.get("OMEGA_TOKEN", ""),
+                        help="API bearer token (env OMEGA_TOKEN)")
+
+
+def store_from_arguments(parser: argparse.ArgumentParser,
+                         args: argparse.Namespace) -> tuple[tuple[str, ...], str]:
+    """The replica addresses and token given to a component; exits with a usage
+    error naming what is missing."""
+    addresses = tuple(a.strip() for a in args.addr.split(",") if a.strip())
+    if not addresses:
+        parser.error("no store address: pass --addr or set OMEGA_ADDR")
+    if not args.token:
+        parser.error("no token: pass --token or set OMEGA_TOKEN")
+    return addresses, args.token

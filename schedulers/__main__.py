@@ -7,9 +7,9 @@ Logs are JSON lines on stderr; SIGTERM or SIGINT stops the process after a last 
 from __future__ import annotations
 
 import argparse
-import os
 
 from cellstate import ConflictMode, SchedulerClass, TxnMode
+from cellstore.client import add_store_arguments, store_from_arguments
 from schedulers.process import SchedulerConfig
 from schedulers.process import main as run
 
@@ -28,10 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m schedulers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", required=True, choices=[str(k) for k in SchedulerClass])
-    p.add_argument("--addr", default=os.environ.get("OMEGA_ADDR", ""),
-                   help="comma-separated replica API addresses (env OMEGA_ADDR)")
-    p.add_argument("--token", default=os.environ.get("OMEGA_TOKEN", ""),
-                   help="API bearer token (env OMEGA_TOKEN)")
+    add_store_arguments(p)
     p.add_argument("--name", default="", help="scheduler name (default: kind[-IofN])")
     p.add_argument("--shard", type=parse_shard, default=None, help="I/N: take only shard I")
     p.add_argument("--mode", default=str(TxnMode.INCREMENTAL), choices=[str(m) for m in TxnMode])
@@ -52,13 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
-    addresses = tuple(a.strip() for a in args.addr.split(",") if a.strip())
-    if not addresses:
-        parser.error("no store address: pass --addr or set OMEGA_ADDR")
-    if not args.token:
-        parser.error("no token: pass --token or set OMEGA_TOKEN")
+    addresses, token = store_from_arguments(parser, args)
     return SchedulerConfig(
-        addresses=addresses, token=args.token, kind=args.kind, name=args.name,
+        addresses=addresses, token=token, kind=args.kind, name=args.name,
         shard=args.shard, mode=args.mode, conflicts=args.conflicts,
         think_job_s=args.think_job, think_task_s=args.think_task,
         sampling=not args.no_sampling, max_attempts=args.max_attempts,
