@@ -13,12 +13,10 @@ from pathlib import Path
 
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from agents.task import task_dir_name
 from cellstore.errors import ApiError
-from cellstore.http import AsgiApp, Request, Response, Router
+from cellstore.http import Request, Response, Router, serve_router
 
 log = structlog.get_logger("agents.logserver")
 
@@ -65,17 +63,5 @@ async def serve_logs(work_dir: Path, token: str, host: str = "127.0.0.1", port: 
                      task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `/v1/logs` on host:port (0: any free port) until cancelled;
     `task_status.started("host:port")` with the bound address."""
-    app = AsgiApp(build_router(work_dir), token, max_body_bytes=1 << 16)
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 0.5
-
-    class _Status:
-        def started(self, binds: list[str] | None = None) -> None:
-            address = (binds or [""])[0].split("://", 1)[-1]
-            log.info("logs_serving", address=address)
-            task_status.started(address)
-
-    await serve(app, config, task_status=_Status())  # type: ignore[arg-type]
+    await serve_router(build_router(work_dir), token, host, port, name="logs",
+                       task_status=task_status)

@@ -215,3 +215,27 @@ async def _lifespan(receive: Any, send: Any) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def serve_router(router: Router, token: str, host: str = "127.0.0.1", port: int = 0, *,
+                       max_body_bytes: int = 1 << 16, name: str = "http",
+                       task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `router` under the bearer `token` on host:port (0: any free port) with
+    hypercorn's trio worker until cancelled; `task_status.started("host:port")`."""
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.5
+
+    class _Started:
+        def started(self, binds: list[str] | None = None) -> None:
+            address = (binds or [""])[0].split("://", 1)[-1]
+            structlog.get_logger("cellstore.http").info("serving", what=name, address=address)
+            task_status.started(address)
+
+    await serve(AsgiApp(router, token, max_body_bytes), config,  # type: ignore[arg-type]
+                task_status=_Started())

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-claims", type=int, default=1000, help="claims per transaction")
     p.add_argument("--report-period", type=float, default=2.0, metavar="S")
     p.add_argument("--seed", type=int, default=None, help="default: a hash of the name")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="serve GET /v1/metrics (the figures and explanations) there")
     return p
 
 
@@ -54,7 +56,7 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
         addresses=addresses, token=token, kind=args.kind, name=args.name,
         shard=args.shard, mode=args.mode, conflicts=args.conflicts,
         think_job_s=args.think_job, think_task_s=args.think_task,
-        sampling=not args.no_sampling, max_attempts=args.max_attempts,
+        sampling=not args.no_sampling, max_attempts=args.max_attempts, metrics=args.metrics,
         max_claims=args.max_claims, report_period_s=args.report_period, seed=args.seed,
     )
 

@@ -32,6 +32,7 @@ last, shielded report.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import secrets
@@ -50,6 +51,7 @@ from cellstate.wire import internal
 from cellstore.client import StoreClient, StoreUnavailable
 from cellstore.copy import LocalCopy
 from cellstore.errors import ApiError
+from cellstore.http import Request, Response, Router, serve_router
 from schedulers.core import Decision, SchedulerCore
 
 MAX_EXPLANATIONS = 1000  # jobs explained per report, to bound the command's size
@@ -78,6 +80,7 @@ class SchedulerConfig:
     max_claims: int = 1000
     report_period_s: float = 2.0
     seed: int | None = None
+    metrics: str | None = None  # HOST:PORT to serve GET /v1/metrics on
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -117,6 +120,11 @@ class LiveScheduler:
                 self.log.info("scheduler_started", version=self.copy.version,
                               seed=self.config.seed, shard=self.config.shard)
                 nursery.start_soon(self.report_loop)
+                if self.config.metrics:
+                    host, port = self.config.metrics.rsplit(":", 1)
+                    await nursery.start(functools.partial(
+                        serve_router, self.metrics_router(), self.config.token, host, int(port),
+                        name="metrics"))
                 task_status.started()
                 await self.decide_loop()
         finally:
@@ -214,6 +222,19 @@ class LiveScheduler:
             if len(out) >= MAX_EXPLANATIONS:
                 break
         return out
+
+    def metrics_router(self) -> Router:
+        """`GET /v1/metrics`: this scheduler's figures and explanations, the same
+        report it posts to the store, read straight from the process."""
+        router = Router()
+
+        async def metrics(request: Request) -> Response:
+            return Response.json({"name": self.config.name, "kind": str(self.config.kind),
+                                  "figures": self.figures(),
+                                  "explanations": self.explanations()})
+
+        router.add("GET", "/v1/metrics", metrics)
+        return router
 
     def summary(self) -> dict[str, Any]:
         f = self.core.figures

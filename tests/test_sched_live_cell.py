@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -228,3 +229,30 @@ def test_scheduler_killed_and_restarted_resumes_without_double_placement(
     holders = [tid for m in cell.machines.values() for tid in m.tasks]
     assert len(holders) == len(set(holders)) == 60
     assert all(t["evictions"] == 0 and t["state"] == "assigned" for t in live.tasks(job))
+
+
+def test_scheduler_serves_its_figures_and_explanations_on_its_metrics_endpoint(
+        live: LiveCell) -> None:
+    from cellstore.testing import free_ports
+
+    live.register(2, cpu="1")
+    port = free_ports(1)[0]
+    live.scheduler("batch", "metered", "--metrics", f"127.0.0.1:{port}")
+    live.submit("fits", "batch", 2, cpu="500m")
+    live.submit("huge", "batch", 1, cpu="3")
+    url = f"http://127.0.0.1:{port}/v1/metrics"
+    auth = {"authorization": f"Bearer {live.cluster.token}"}
+
+    def answered() -> dict[str, Any] | None:
+        try:
+            body = httpx.get(url, headers=auth, timeout=2).json()
+        except httpx.HTTPError:
+            return None
+        return body if body["figures"].get("claims_accepted", 0) >= 2 else None
+
+    wait(lambda: answered() is not None, 20, "metrics with accepted claims")
+    body = answered()
+    assert body["name"] == "metered" and body["kind"] == "batch"
+    assert {"transactions", "conflict_fraction", "busyness"} <= set(body["figures"])
+    assert "insufficient:cpu" in body["explanations"]["huge"]
+    assert httpx.get(url, timeout=2).status_code == 401
