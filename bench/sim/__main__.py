@@ -59,7 +59,7 @@ def perf(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sim", description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=[*EXPERIMENTS, "perf"])
+    parser.add_argument("experiment", choices=[*EXPERIMENTS, "perf", "live"])
     parser.add_argument("--preset", default="B", help="A, B, C or a TOML file")
     parser.add_argument("--days", type=float, default=1.0, help="simulated days per run")
     parser.add_argument("--machines", type=int, default=None,
@@ -67,12 +67,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--values", default=None, help="sweep points, comma-separated")
     parser.add_argument("--profile", action="store_true", help="perf: run under cProfile")
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="live: wall-clock (and simulated) seconds")
+    parser.add_argument("--rate", type=float, default=1.0,
+                        help="live: arrival-rate multiplier on top of --machines scaling")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    print(f"seed={args.seed} preset={args.preset} days={args.days:g} "
+    if args.experiment == "live" and args.machines is None:
+        args.machines = 1000
+    span = f"seconds={args.seconds:g} rate={args.rate:g}" if args.experiment == "live" \
+        else f"days={args.days:g}"
+    print(f"seed={args.seed} preset={args.preset} {span} "
           f"machines={args.machines or 'preset'}", flush=True)
     if args.experiment == "perf":
         summary = perf(args)
+    elif args.experiment == "live":
+        from bench.sim.live import run as run_live
+
+        summary = run_live(args)
     else:
         options = {}
         if args.values:
