@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import trio
 
 from cellstore.client import StoreClient
 from cellstore.errors import ApiError
-from cellstore.testing import LocalCluster
+from cellstore.testing import LocalCluster, stop_processes
 
 REGISTER_BATCH = 1000
 MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
@@ -109,19 +108,6 @@ def start_scheduler(cluster: LocalCluster, logs: Path, kind: str, name: str,
             start_new_session=True)
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM (a last report), then SIGKILL whatever is left, by pid."""
-    for proc in procs:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def phase(base: Path, machines: int, tasks: int, jobs: int,
           schedulers: list[tuple[str, str, tuple[str, ...]]], mixed: bool,
           timeout_s: float) -> dict[str, Any]:
@@ -146,7 +132,7 @@ def phase(base: Path, machines: int, tasks: int, jobs: int,
                     submitted = time.perf_counter() - began
                     summary = await wait_assigned(client, tasks, timeout_s)
                     elapsed = time.perf_counter() - began
-                    stop(procs)
+                    stop_processes(procs)
                     final = await client.request("GET", "/v1/cell")
                     return {"register_s": registered, "submit_s": submitted,
                             "elapsed_s": elapsed, "placements_per_s": tasks / elapsed,
@@ -154,7 +140,7 @@ def phase(base: Path, machines: int, tasks: int, jobs: int,
                             "schedulers": {s["name"]: s["figures"] for s in final["schedulers"]}}
             return trio.run(run)
         finally:
-            stop(procs)
+            stop_processes(procs)
 
 
 def describe(title: str, result: dict[str, Any]) -> None:

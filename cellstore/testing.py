@@ -272,3 +272,18 @@ class LocalCluster:
         )
         resp.raise_for_status()
         return int(resp.headers["x-omega-version"]), resp.content
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    """SIGTERM every live process (a last report, a clean exit), then SIGKILL
+    what has not exited after `grace_s`, all by pid."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(grace_s)

@@ -238,14 +238,19 @@ def _plot_sweep(xlabel: str, schedulers: Sequence[str], log_x: bool = False,
             if log_x:
                 ax.set_xscale("log")
             ax.grid(True, alpha=0.3)
-        axes[0].legend(fontsize=7)
-        fig.suptitle(f"{ctx.name} ({ctx.preset}, {ctx.workload.machines} machines, "
-                     f"{ctx.days:g} days, seed {ctx.seed})")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        _finish(plt, fig, axes, ctx, path)
 
     return plot
+
+
+def _finish(plt: Any, fig: Any, axes: Any, ctx: Context, path: Path) -> None:
+    """Legend, a title naming the run, and the PNG."""
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{ctx.name} ({ctx.preset}, {ctx.workload.machines} machines, "
+                 f"{ctx.days:g} days, seed {ctx.seed})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_variants(schedulers: Sequence[str]):
@@ -265,11 +270,6 @@ def _plot_variants(schedulers: Sequence[str]):
             ax.set_xticks([i + width * (len(schedulers) - 1) / 2 for i in range(len(variants))])
             ax.set_xticklabels(variants, rotation=20, fontsize=8)
             ax.set_title(title)
-        axes[0].legend(fontsize=7)
-        fig.suptitle(f"{ctx.name} ({ctx.preset}, {ctx.workload.machines} machines, "
-                     f"{ctx.days:g} days, seed {ctx.seed})")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        _finish(plt, fig, axes, ctx, path)
 
     return plot

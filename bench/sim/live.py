@@ -26,11 +26,8 @@ way for both runs). Every process started here is killed by pid at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import math
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -178,26 +175,13 @@ def _spawn(argv: list[str], log: Path, procs: list[subprocess.Popen]) -> subproc
     return proc
 
 
-def _kill(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def live(workload: Workload, jobs: list[Arrival], seconds: float, base: Path,
          log=print) -> dict[str, dict[str, Any]]:
     import trio
 
     from cellstate.wire import internal
     from cellstore.client import StoreClient
-    from cellstore.testing import LocalCluster
+    from cellstore.testing import LocalCluster, stop_processes
 
     mtype = workload.machine_types[0]
     procs: list[subprocess.Popen] = []
@@ -245,7 +229,7 @@ def live(workload: Workload, jobs: list[Arrival], seconds: float, base: Path,
             summary = _cell_summary(cell)
             tasks = cell.get("/v1/tasks")["tasks"]
         finally:
-            _kill(procs)
+            stop_processes(procs, grace_s=5.0)
             cell.close()
     kind_of = {a.job: str(a.spec.scheduler) for a in jobs}
     waits = first_placement_waits(tasks, kind_of)
