@@ -49,13 +49,14 @@ def main(argv: list[str] | None = None) -> int:
                        say=lambda line: print(line, flush=True))
     fig = run.report.figures
     lost = fig.get("lost", 0)
-    checks = fig.get("invariant_checks", 0) if not run.report.errors else 0
+    checks = fig.get("invariant_checks", 0)
     print(f"data and logs in {base}")
     print(f"operations acknowledged: {fig.get('acknowledged')} {fig.get('acknowledged_by_kind')}")
     print(f"unacknowledged (gave up, outcome unknown): {run.unacknowledged}")
     print(f"faults injected: {run.faults}")
     print(f"partition probes: {[(p.replica, p.outcome) for p in run.probes]}; "
-          f"acks by the majority while cut: {run.majority_acks}")
+          f"acks by the majority while cut: {run.majority_acks}; probes committed after "
+          f"the heal (allowed: never acknowledged): {fig.get('probes_committed_after_heal')}")
     print(f"commands replayed: {fig.get('commands')}; invariant checks passed: {checks}")
     print(f"commits by scheduler: {fig.get('commits_by_scheduler')}")
     print(f"jobs by state: {fig.get('jobs_by_state')}")
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lost: {lost}; checker errors: {len(run.report.errors)}")
     for error in run.report.errors[:20]:
         print(f"  ERROR {error}")
+    for i, status in fig.get("replica_status", {}).items():
+        print(f"  replica {i} at the end: {status}")
     print(orjson.dumps({
         "acknowledged": fig.get("acknowledged", 0), "faults": run.faults, "checks": checks,
         "lost": lost, "errors": len(run.report.errors) + len(run.leaks), "seed": seed,

@@ -295,11 +295,15 @@ class Ack:
 
 @attrs.define
 class Probe:
-    """A write sent straight to a partitioned leader: it must never be acknowledged."""
+    """A write sent straight to a partitioned leader. It must not be acknowledged, and must not
+    be committed while the partition holds (`cut_version`: the majority's version just before
+    the heal). It may be committed after the heal: the cut-off replica hands it to the leader
+    once it can reach one, which is what "outcome unknown, resubmit" promises the client."""
 
     id: str
     replica: int
     outcome: str
+    cut_version: int = 0
 
 
 class FeedRecorder:
@@ -587,6 +591,10 @@ class Faults:
         self.majority_acks.append(gained)
         self.say(f"partition: old leader r{old} probe {probe.outcome}; new leader r{new}; "
                  f"{gained} acks by the majority")
+        status = await self._sync(c.status, new, 5.0)
+        if status is None:  # the majority's leader did not answer: the probe cannot be judged
+            raise RuntimeError(f"new leader r{new} did not answer /v1/status before the heal")
+        probe.cut_version = status["version"]
         await self._sync(c.heal)
         await self._sync(c.wait_leader, None, 45.0)
 
@@ -675,11 +683,19 @@ def check(recorder: FeedRecorder, acks: list[Ack], snapshots: dict[int, tuple[in
         elif data != final:
             report.fail(f"replica {i} snapshot differs from the replay at version {version}")
     _check_acks(cell, applied, acks, report)
+    committed_after_heal = 0
     for probe in probes:
         if probe.outcome.startswith("200"):
             report.fail(f"partitioned replica {probe.replica} acknowledged {probe.id}")
-        if probe.id in applied or probe.id in cell.jobs:
-            report.fail(f"probe {probe.id} sent to a cut-off leader was committed")
+        if probe.id in applied:
+            version = applied[probe.id][0]
+            if version <= probe.cut_version:
+                report.fail(f"probe {probe.id} sent to cut-off replica {probe.replica} was "
+                            f"committed at version {version}, while the partition held "
+                            f"(majority at {probe.cut_version} before the heal)")
+            else:
+                committed_after_heal += 1
+    report.figures["probes_committed_after_heal"] = committed_after_heal
     _check_jobs(cell, submitted, report)
     report.figures["commits_by_scheduler"] = dict(Counter(
         doc["txn"]["scheduler"] for _, doc in commands if doc.get("type") == "commit"))
@@ -762,29 +778,50 @@ def secret_leaks(paths: list[Path], secrets_: list[str]) -> list[str]:
     return leaks
 
 
-async def settle(workload: Workload, timeout: float = 20.0) -> None:
-    """After writes stop: wait (at most `timeout`) until no task is assigned or running."""
+async def settle(workload: Workload, timeout: float = 30.0) -> None:
+    """After writes stop: wait (at most `timeout`) until no task is assigned or running and
+    every job with pending tasks carries a scheduler's explanation (schedulers report every
+    couple of seconds, so a job submitted last may not have one yet)."""
     with trio.move_on_after(timeout):
         async with workload.client() as client:
             while True:
                 await trio.sleep(0.5)
                 assigned = await client.request("GET", "/v1/tasks?state=assigned&limit=1")
                 running = await client.request("GET", "/v1/tasks?state=running&limit=1")
-                if not assigned["tasks"] and not running["tasks"]:
+                if assigned["tasks"] or running["tasks"]:
+                    continue
+                if not await _unexplained(client):
                     return
 
 
-def final_snapshots(cluster: LocalCluster, timeout: float = 30.0) -> dict[int, tuple[int, bytes]]:
-    """Every replica's snapshot once all have reached one version (the log is still)."""
+async def _unexplained(client: StoreClient) -> list[str]:
+    """Jobs not killed, with pending tasks and no scheduler's explanation."""
+    jobs = await client.request("GET", "/v1/jobs")
+    waiting = [j["id"] for j in jobs["jobs"]
+               if j["tasks"].get("pending") and j["state"] != "killed"]
+    unexplained = []
+    for job in waiting:
+        found = await client.request("GET", f"/v1/explain?target={job}")
+        if not found.get("schedulers"):
+            unexplained.append(job)
+    return unexplained
+
+
+def final_snapshots(cluster: LocalCluster, timeout: float = 60.0
+                    ) -> tuple[dict[int, tuple[int, bytes]], dict[int, Any]]:
+    """Every replica's snapshot once all have reached one version (the log is still), and
+    each replica's last `/v1/status` (so a replica that never caught up can be told apart:
+    its Raft indexes against the leader's)."""
     deadline = time.monotonic() + timeout
     while True:
-        versions = [(cluster.status(i) or {}).get("version") for i in range(cluster.n)]
+        statuses = {i: cluster.status(i) for i in range(cluster.n)}
+        versions = [(s or {}).get("version") for s in statuses.values()]
         if None not in versions and len(set(versions)) == 1:
             snaps = {i: cluster.snapshot(i) for i in range(cluster.n)}
             if len({v for v, _ in snaps.values()}) == 1:
-                return snaps
+                return snaps, statuses
         if time.monotonic() > deadline:
-            return {i: cluster.snapshot(i) for i in cluster.alive()}
+            return {i: cluster.snapshot(i) for i in cluster.alive()}, statuses
         time.sleep(0.2)
 
 
@@ -844,8 +881,13 @@ def run_scenario(base_dir: Path, seed: int, duration_s: float, *,
             trio.run(_drive, cluster, scheds, workload, recorder, faults, plan, duration_s, say)
         finally:
             scheds.close()
-        snapshots = final_snapshots(cluster)
+        snapshots, statuses = final_snapshots(cluster)
         report = check(recorder, workload.acks, snapshots, faults.probes, workload.submitted)
+        if len({v for v, _ in snapshots.values()}) > 1:
+            report.figures["replica_status"] = {
+                i: {k: (s or {}).get(k) for k in ("version", "term", "is_leader", "commit_index",
+                                                  "last_applied_index", "log_entries", "leader")}
+                for i, s in statuses.items()}
         logs = sorted(base_dir.glob("replica-*/replica.log")) + sorted(
             base_dir.glob("scheduler-*.log"))
         leaks = secret_leaks(logs, [cluster.token, cluster.secret])
