@@ -895,11 +895,27 @@ def run_scenario(base_dir: Path, seed: int, duration_s: float, *,
                dict(workload.unacknowledged), leaks, time.monotonic() - started)
 
 
+async def _monitor(cluster: LocalCluster, path: Path, period_s: float = 2.0) -> None:
+    """Append every replica's Raft figures to `path` (NDJSON) every `period_s`: how a replica
+    fell behind or a commit stalled can be read afterwards."""
+    keys = ("version", "term", "is_leader", "commit_index", "last_applied_index", "log_entries")
+    with path.open("ab") as out:
+        while True:
+            line = {"t": round(time.time(), 2)}
+            for i in range(cluster.n):
+                status = await trio.to_thread.run_sync(cluster.status, i)
+                line[f"r{i}"] = {k: status[k] for k in keys} if status else None
+            out.write(orjson.dumps(line) + b"\n")
+            out.flush()
+            await trio.sleep(period_s)
+
+
 async def _drive(cluster: ProxiedCluster, scheds: SchedulerProcs, workload: Workload,
                  recorder: FeedRecorder, faults: Faults, plan: list[tuple[float, str]],
                  duration_s: float, say: Callable[[str], None]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(recorder.run)
+        nursery.start_soon(_monitor, cluster, cluster.base_dir / "monitor.ndjson")
         await nursery.start(workload.run)
         t0 = trio.current_time()
         for offset, kind in plan:

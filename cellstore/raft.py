@@ -115,6 +115,28 @@ def syncobj_conf(config: ReplicaConfig) -> SyncObjConf:
     )
 
 
+def clamp_unverified_commit(message: dict[str, Any], own_commit_index: int) -> None:
+    """Keep a follower from committing log entries the leader has not vouched for.
+
+    Raft lets a follower advance its commit index only over entries the AppendEntries it is
+    handling has just matched against the leader's log. pysyncobj 0.3.17 also advances it, to
+    `min(leader commit, my last index)`, on an append_entries that carries no entries to match:
+    a snapshot chunk still in flight, or `serialized: None` while the leader's own dump is
+    being written. A follower holding a stale tail (entries it took as leader and never got
+    committed, e.g. while cut off) then applies that tail: replicas diverge and commands that
+    were never committed reach the watch feed (found by `python -m bench.soak`; the same bug
+    as scylladb#9965, rabbitmq/ra#508, microsoft/CCF#8172). Such a message may still say who
+    leads and what term it is; only its commit index is capped at the follower's own. The
+    last chunk of a snapshot is left alone: installing it replaces the log with the
+    snapshot's, which the leader has committed."""
+    if message.get("type") != "append_entries" or "prevLogIdx" in message:
+        return
+    serialized = message.get("serialized")
+    installs_snapshot = serialized is not None and bool(serialized[2])
+    if not installs_snapshot and message.get("commit_index", 0) > own_commit_index:
+        message["commit_index"] = own_commit_index
+
+
 class ReplicatedMachine(SyncObj):
     """A Raft member replicating one `Machine`. Start with `start()`, stop with `stop()`."""
 
@@ -138,9 +160,24 @@ class ReplicatedMachine(SyncObj):
         os.makedirs(config.data_dir, exist_ok=True)
         others = [p for p in config.peers_raft if p != config.raft_address]
         super().__init__(config.raft_address, others, syncobj_conf(config))
+        self._guard_unverified_commits()
         # The one persisted attribute (see module docstring).
         self._box = MachineBox(self.machine_class())
         self._box_seen = self._box
+
+    def _guard_unverified_commits(self) -> None:
+        """Route every incoming Raft message through `clamp_unverified_commit` first (see
+        there). pysyncobj 0.3.17 has no hook for this: the transport's one callback is
+        re-pointed, which is why `pysyncobj` is pinned to that exact version."""
+        transport = self._SyncObj__transport  # type: ignore[attr-defined]
+        deliver = transport._onMessageReceivedCallback
+
+        def guarded(node: Any, message: Any) -> None:
+            if isinstance(message, dict):
+                clamp_unverified_commit(message, self.raftCommitIndex)
+            deliver(node, message)
+
+        transport.setOnMessageReceivedCallback(guarded)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
