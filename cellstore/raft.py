@@ -129,7 +129,7 @@ def clamp_unverified_commit(message: dict[str, Any], own_commit_index: int) -> N
     leads and what term it is; only its commit index is capped at the follower's own. The
     last chunk of a snapshot is left alone: installing it replaces the log with the
     snapshot's, which the leader has committed."""
-    if message.get("type") != "append_entries" or "prevLogIdx" in message:
+    if "prevLogIdx" in message:
         return
     serialized = message.get("serialized")
     installs_snapshot = serialized is not None and bool(serialized[2])
@@ -160,24 +160,50 @@ class ReplicatedMachine(SyncObj):
         os.makedirs(config.data_dir, exist_ok=True)
         others = [p for p in config.peers_raft if p != config.raft_address]
         super().__init__(config.raft_address, others, syncobj_conf(config))
-        self._guard_unverified_commits()
+        self._guard_raft_messages()
         # The one persisted attribute (see module docstring).
         self._box = MachineBox(self.machine_class())
         self._box_seen = self._box
 
-    def _guard_unverified_commits(self) -> None:
-        """Route every incoming Raft message through `clamp_unverified_commit` first (see
-        there). pysyncobj 0.3.17 has no hook for this: the transport's one callback is
-        re-pointed, which is why `pysyncobj` is pinned to that exact version."""
+    def _guard_raft_messages(self) -> None:
+        """Route every incoming Raft message through two corrections to pysyncobj 0.3.17 first:
+        `clamp_unverified_commit` and `_drop_conflicting_tail` (see each). The library has no
+        hook for this, so the transport's one callback is re-pointed and two private members
+        are used; that is why `pysyncobj` is pinned to that exact version."""
         transport = self._SyncObj__transport  # type: ignore[attr-defined]
         deliver = transport._onMessageReceivedCallback
 
         def guarded(node: Any, message: Any) -> None:
-            if isinstance(message, dict):
+            if isinstance(message, dict) and message.get("type") == "append_entries":
                 clamp_unverified_commit(message, self.raftCommitIndex)
+                self._drop_conflicting_tail(message)
             deliver(node, message)
 
         transport.setOnMessageReceivedCallback(guarded)
+
+    def _drop_conflicting_tail(self, message: dict[str, Any]) -> None:
+        """Delete this follower's log from `prevLogIdx` on when its entry there has another
+        term than the leader's.
+
+        pysyncobj answers such a conflict with "step back one entry", but the leader has
+        already sent the following batches, and each of those is answered "my log ends at N"
+        (N past the conflict), which moves the leader forward again: a follower whose unmatched
+        tail is longer than one batch never catches up by appends, only once the leader's log
+        compaction forces a snapshot (minutes; with the third replica down the cell cannot
+        commit meanwhile: found by `python -m bench.soak`). Raft allows the deletion: an entry
+        whose term differs from the leader's at the same index was never committed, nor was
+        anything after it (Log Matching), so it cannot be counted by any leader. The follower's
+        own commit index and applied index bound it regardless."""
+        if "prevLogIdx" not in message or "transmission" in message:
+            return
+        if message.get("term", -1) < self.raftCurrentTerm:
+            return  # pysyncobj ignores a stale leader's message; so do we
+        prev = message["prevLogIdx"]
+        if prev <= max(self.raftCommitIndex, self.raftLastApplied):
+            return
+        found = self._SyncObj__getEntries(prev, 1)  # type: ignore[attr-defined]
+        if found and found[0][2] != message["prevLogTerm"]:
+            self._SyncObj__deleteEntriesFrom(prev)  # type: ignore[attr-defined]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
