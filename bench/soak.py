@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak seed {seed} minutes {args.minutes}", flush=True)
     # Machines are registered without agents heartbeating: keep them up.
     os.environ.setdefault("OMEGA_HEARTBEAT_TIMEOUT", "3600")
+    # SIGTERM unwinds like Ctrl-C, so every replica and scheduler is killed by pid on the way
+    # out (replicas restarted from worker threads cannot be tied to us by PDEATHSIG).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
     from cellstore.faults import run_scenario
