@@ -28,6 +28,12 @@ journal and full dump both in the data dir (journal alone wedges full restarts a
 compaction), Fernet encryption with the shared secret, 0.15/0.45 s elections with a long
 `connectionTimeout`, static membership.
 
+Two corrections to pysyncobj's follower, found by the soak (`bench/soak.py`) and each pinned
+by a test that fails without it (`tests/test_raft_stale_tail.py`): a follower no longer commits
+its own unmatched log tail while a snapshot is sent to it (`clamp_unverified_commit`), and drops
+a conflicting tail at once, so catching up by appends cannot livelock (`_drop_conflicting_tail`).
+Both act on incoming messages before pysyncobj sees them.
+
 Threads: pysyncobj applies entries on the tick thread. `apply_command` takes `state_lock` so the
 API can read a consistent (snapshot, version) pair from another thread, and hands
 (version, command, result) to the `AppliedSink` (the watch feed) under the same lock.
