@@ -6,9 +6,10 @@ it raises `InvariantViolation` naming the first broken promise.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from cellstate.model import ACTIVE_STATES, TaskState
+from cellstate.model import ACTIVE_STATES, Machine, TaskState
 
 if TYPE_CHECKING:
     from cellstate.state import CellState
@@ -42,19 +43,7 @@ def check(cell: CellState) -> None:
         elif task.state is TaskState.PENDING and task.machine is not None:
             raise InvariantViolation(f"pending task {task.id} names machine {task.machine}")
     for machine in cell.machine_list:
-        row = sums[machine.id]
-        kept = [machine.used_cpu, machine.used_memory, machine.reserved_cpu,
-                machine.reserved_memory, machine.be_cpu, machine.be_memory]
-        if row != kept:
-            raise InvariantViolation(f"machine {machine.id} sums {kept} but its tasks add to {row}")
-        if set(machine.tasks) != holders[machine.id]:
-            raise InvariantViolation(f"machine {machine.id} task set disagrees with the tasks")
-        if row[0] > machine.cpu or row[1] > machine.memory:
-            raise InvariantViolation(f"machine {machine.id} over capacity: limits {row[:2]}")
-        if row[2] + row[4] > machine.cpu or row[3] + row[5] > machine.memory:
-            raise InvariantViolation(
-                f"machine {machine.id} over capacity: reservations {row[2:4]} + best-effort {row[4:]}"
-            )
+        _check_machine(machine, sums[machine.id], holders[machine.id])
     for key, usage in owners.items():
         if cell.owner_usage.get(key, [0, 0]) != usage:
             raise InvariantViolation(f"owner usage {key} is {cell.owner_usage.get(key)}, tasks say {usage}")
@@ -66,3 +55,40 @@ def check(cell: CellState) -> None:
             raise InvariantViolation(f"job {job.id} counts {job.counts} but tasks say {counts}")
         if (job.id in cell.pending_jobs) != bool(counts.get(TaskState.PENDING)):
             raise InvariantViolation(f"job {job.id} pending index is wrong")
+
+
+def check_machines(cell: CellState, machine_ids: Iterable[str]) -> None:
+    """`check`'s machine promises for the given machines only, recounted from the tasks each
+    one holds: cheap enough to run after every command on the machines it changed (replay),
+    with a full `check` now and then for everything else."""
+    for mid in machine_ids:
+        machine = cell.machines[mid]
+        row = [0] * 6
+        for tid in machine.tasks:
+            task = cell.tasks.get(tid)
+            if task is None or task.state not in ACTIVE_STATES or task.machine != mid:
+                raise InvariantViolation(f"machine {mid} holds {tid}, which is not active on it")
+            if task.best_effort:
+                row[4] += task.cpu
+                row[5] += task.memory
+            else:
+                row[0] += task.cpu
+                row[1] += task.memory
+                row[2] += task.reserved_cpu
+                row[3] += task.reserved_memory
+        _check_machine(machine, row, set(machine.tasks))
+
+
+def _check_machine(machine: Machine, row: list[int], holders: set[str]) -> None:
+    kept = [machine.used_cpu, machine.used_memory, machine.reserved_cpu,
+            machine.reserved_memory, machine.be_cpu, machine.be_memory]
+    if row != kept:
+        raise InvariantViolation(f"machine {machine.id} sums {kept} but its tasks add to {row}")
+    if set(machine.tasks) != holders:
+        raise InvariantViolation(f"machine {machine.id} task set disagrees with the tasks")
+    if row[0] > machine.cpu or row[1] > machine.memory:
+        raise InvariantViolation(f"machine {machine.id} over capacity: limits {row[:2]}")
+    if row[2] + row[4] > machine.cpu or row[3] + row[5] > machine.memory:
+        raise InvariantViolation(
+            f"machine {machine.id} over capacity: reservations {row[2:4]} + best-effort {row[4:]}"
+        )

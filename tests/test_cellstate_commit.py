@@ -28,6 +28,7 @@ from cellstate import (
     TaskUsage,
     TxnMode,
 )
+from cellstate.invariants import InvariantViolation, check_machines
 from tests.cellfixtures import GI, cell_with, commit, submit
 
 
@@ -265,3 +266,24 @@ def test_snapshot_round_trip_is_byte_identical():
     restored = type(cell).restore(blob)
     assert restored.snapshot() == blob
     restored.check_invariants()
+
+
+def test_check_machines_recounts_changed_machines_from_their_tasks():
+    cell = cell_with(machines=2)
+    cell.changed_machines = changed = set()
+    submit(cell, "j", tasks=2)
+    commit(cell, ("j.0", "m0"), ("j.1", "m0"))
+    assert changed == {"m0"}
+    check_machines(cell, changed)  # holds for an honest cell
+    machine = cell.machines["m0"]
+    machine.used_cpu -= 1000  # a running sum that drifted from its tasks
+    with pytest.raises(InvariantViolation, match="sums"):
+        check_machines(cell, ["m0"])
+    machine.used_cpu += 1000
+    machine.cpu = 1500  # now the tasks it holds exceed it
+    with pytest.raises(InvariantViolation, match="over capacity"):
+        check_machines(cell, ["m0"])
+    machine.cpu = 4000
+    cell.tasks["j.1"].machine = "m1"  # held by m0, but says it runs elsewhere
+    with pytest.raises(InvariantViolation, match="not active on it"):
+        check_machines(cell, ["m0"])

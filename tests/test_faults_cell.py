@@ -5,8 +5,9 @@ real scheduler processes and an in-process recorded one competing, submissions, 
 agent reports; faults: leader SIGKILLs (restarted), a partition of the leader (its write must
 not be acknowledged while the majority elects and carries on), a full restart of all three
 from their data dirs, a scheduler SIGKILLed and restarted. Then `cellstore.faults.check`
-replays the whole feed from version 1 with invariants after every command and holds every
-acknowledgement and every replica's snapshot against it. Separately: the Raft port ignores a
+replays the whole feed from version 1 (the machines each command changed recounted after it,
+every invariant every 100 commands and at the end) and holds every acknowledgement and every
+replica's snapshot against it. Separately: the Raft port ignores a
 peer without the shared secret, and no log holds the token or the secret.
 """
 
