@@ -259,7 +259,8 @@ def test_sigkilled_agent_is_marked_down_and_its_tasks_move(cell: LiveCell) -> No
     cell.place([(tid, b)])
     task = cell.wait_task(tid, lambda t: t["state"] == "running", machine=b)
     assert task["machine"] == b
-    assert "tick" in cell.logs(b, tid, 1)
+    # Running means started: its first line may still be on its way to the log file.
+    cell.wait("tick logged on b", lambda: "tick" in cell.logs(b, tid, 1), 10, b)
     # The old process still runs on a (nobody stopped it); a restarted agent
     # on the same work dir re-registers, adopts it and, as the cell placed it
     # elsewhere, kills it.
