@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from cellstate.model import ACTIVE_STATES, Machine, TaskState
+from cellstate.model import ACTIVE_STATES, Machine, Task, TaskState
 
 if TYPE_CHECKING:
     from cellstate.state import CellState
@@ -28,22 +28,17 @@ def check(cell: CellState) -> None:
             if task.machine not in cell.machines:
                 raise InvariantViolation(f"task {task.id} is active on unknown machine {task.machine}")
             holders[task.machine].add(task.id)
-            row = sums[task.machine]
-            if task.best_effort:
-                row[4] += task.cpu
-                row[5] += task.memory
-            else:
-                row[0] += task.cpu
-                row[1] += task.memory
-                row[2] += task.reserved_cpu
-                row[3] += task.reserved_memory
+            _add_task(sums[task.machine], task)
+            if not task.best_effort:
                 usage = owners.setdefault((task.owner, task.priority // 100), [0, 0])
                 usage[0] += task.cpu
                 usage[1] += task.memory
         elif task.state is TaskState.PENDING and task.machine is not None:
             raise InvariantViolation(f"pending task {task.id} names machine {task.machine}")
     for machine in cell.machine_list:
-        _check_machine(machine, sums[machine.id], holders[machine.id])
+        if set(machine.tasks) != holders[machine.id]:
+            raise InvariantViolation(f"machine {machine.id} task set disagrees with the tasks")
+        _check_machine(machine, sums[machine.id])
     for key, usage in owners.items():
         if cell.owner_usage.get(key, [0, 0]) != usage:
             raise InvariantViolation(f"owner usage {key} is {cell.owner_usage.get(key)}, tasks say {usage}")
@@ -68,24 +63,28 @@ def check_machines(cell: CellState, machine_ids: Iterable[str]) -> None:
             task = cell.tasks.get(tid)
             if task is None or task.state not in ACTIVE_STATES or task.machine != mid:
                 raise InvariantViolation(f"machine {mid} holds {tid}, which is not active on it")
-            if task.best_effort:
-                row[4] += task.cpu
-                row[5] += task.memory
-            else:
-                row[0] += task.cpu
-                row[1] += task.memory
-                row[2] += task.reserved_cpu
-                row[3] += task.reserved_memory
-        _check_machine(machine, row, set(machine.tasks))
+            _add_task(row, task)
+        _check_machine(machine, row)
 
 
-def _check_machine(machine: Machine, row: list[int], holders: set[str]) -> None:
+def _add_task(row: list[int], task: Task) -> None:
+    """Add an active task to a machine's recount: limits and reservations of regular tasks,
+    then best-effort cpu and memory (the order of `_check_machine`'s `kept`)."""
+    if task.best_effort:
+        row[4] += task.cpu
+        row[5] += task.memory
+    else:
+        row[0] += task.cpu
+        row[1] += task.memory
+        row[2] += task.reserved_cpu
+        row[3] += task.reserved_memory
+
+
+def _check_machine(machine: Machine, row: list[int]) -> None:
     kept = [machine.used_cpu, machine.used_memory, machine.reserved_cpu,
             machine.reserved_memory, machine.be_cpu, machine.be_memory]
     if row != kept:
         raise InvariantViolation(f"machine {machine.id} sums {kept} but its tasks add to {row}")
-    if set(machine.tasks) != holders:
-        raise InvariantViolation(f"machine {machine.id} task set disagrees with the tasks")
     if row[0] > machine.cpu or row[1] > machine.memory:
         raise InvariantViolation(f"machine {machine.id} over capacity: limits {row[:2]}")
     if row[2] + row[4] > machine.cpu or row[3] + row[5] > machine.memory:
