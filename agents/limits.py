@@ -128,6 +128,17 @@ def _rmdir_quietly(path: Path) -> None:
         path.rmdir()
 
 
+def _probe_write(agent_dir: Path, limit_file: str, value: str) -> None:
+    """Prove a task cgroup under `agent_dir` can be limited: create one, write `value` to its
+    `limit_file`, remove it. Raises OSError if the kernel refuses."""
+    probe = agent_dir / f"probe-{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    try:
+        _write(probe / limit_file, value)
+    finally:
+        _rmdir_quietly(probe)
+
+
 def _try_v2(mounts: list[_Mount], own: dict[str, str], agent: str) -> tuple[Path | None, str]:
     mount = next((m for m in mounts if m.fstype == "cgroup2"), None)
     if mount is None:
@@ -151,12 +162,7 @@ def _try_v2(mounts: list[_Mount], own: dict[str, str], agent: str) -> tuple[Path
         _write(parent / "cgroup.subtree_control", wanted)
         agent_dir = _agent_dir(base, agent)
         _write(agent_dir / "cgroup.subtree_control", wanted)
-        probe = agent_dir / f"probe-{os.getpid()}"
-        probe.mkdir(exist_ok=True)
-        try:
-            _write(probe / "memory.max", str(64 << 20))
-        finally:
-            _rmdir_quietly(probe)
+        _probe_write(agent_dir, "memory.max", str(64 << 20))
     except OSError as e:
         return None, f"cgroup v2 at {base} not delegable ({e.strerror})"
     return agent_dir, f"cgroup v2 memory{'+cpu' if 'cpu' in available else ''} writable at {base}"
@@ -174,12 +180,7 @@ def _try_v1(
     base = _join(mount, own.get(controller, "/"))
     try:
         agent_dir = _agent_dir(base, agent)
-        probe = agent_dir / f"probe-{os.getpid()}"
-        probe.mkdir(exist_ok=True)
-        try:
-            _write(probe / limit_file, value)
-        finally:
-            _rmdir_quietly(probe)
+        _probe_write(agent_dir, limit_file, value)
     except OSError as e:
         return None, f"cgroup v1 {controller} at {base} not writable ({e.strerror})"
     return agent_dir, f"cgroup v1 {controller} writable at {base}"
