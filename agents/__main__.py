@@ -25,8 +25,11 @@ def _label(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m agents", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m agents",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--name", required=True, help="machine id (hollow: the prefix)")
     add_store_arguments(p)
     p.add_argument("--work-dir", required=True, help="task directories and state files")
@@ -37,13 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hollow", type=int, default=0, metavar="N", help="simulate N machines")
     p.add_argument("--heartbeat", type=float, default=2.0, metavar="S")
     p.add_argument("--usage", type=float, default=5.0, metavar="S")
-    p.add_argument("--limits", choices=[str(k) for k in LimitKind], default=None,
-                   help="force a limits mechanism (default: the best the host offers)")
-    p.add_argument("--logs-host", default=None,
-                   help="address to serve task logs on (default: the one reaching the store)")
+    p.add_argument(
+        "--limits",
+        choices=[str(k) for k in LimitKind],
+        default=None,
+        help="force a limits mechanism (default: the best the host offers)",
+    )
+    p.add_argument(
+        "--logs-host",
+        default=None,
+        help="address to serve task logs on (default: the one reaching the store)",
+    )
     p.add_argument("--detach", action="store_true", help="leave tasks running on exit")
-    p.add_argument("--task-user", default=None,
-                   help="run tasks as this user, e.g. nobody (the agent must be root)")
+    p.add_argument(
+        "--task-user",
+        default=None,
+        help="run tasks as this user, e.g. nobody (the agent must be root)",
+    )
     p.add_argument("--seed", type=int, default=None)
     return p
 
@@ -59,11 +72,21 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
         extra["memory"] = args.memory
     try:
         return AgentConfig(
-            addresses=addresses, token=token, name=args.name, work_dir=args.work_dir,
-            labels=dict(args.label), domain=args.domain, hollow=args.hollow,
-            heartbeat_s=args.heartbeat, usage_s=args.usage, seed=args.seed,
-            detach=args.detach, limits=LimitKind(args.limits) if args.limits else None,
-            logs_host=args.logs_host, task_user=args.task_user, **extra,
+            addresses=addresses,
+            token=token,
+            name=args.name,
+            work_dir=args.work_dir,
+            labels=dict(args.label),
+            domain=args.domain,
+            hollow=args.hollow,
+            heartbeat_s=args.heartbeat,
+            usage_s=args.usage,
+            seed=args.seed,
+            detach=args.detach,
+            limits=LimitKind(args.limits) if args.limits else None,
+            logs_host=args.logs_host,
+            task_user=args.task_user,
+            **extra,
         )
     except ValueError as exc:
         parser.error(str(exc))

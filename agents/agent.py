@@ -109,7 +109,9 @@ class AgentConfig:
     detach: bool = False
     limits: LimitKind | None = None  # force a limits mechanism (default: probe)
     task_user: str | None = None  # run tasks as this user (agent must be root)
-    logs_host: str | None = None  # address to serve logs on (default: the one that reaches the store)
+    logs_host: str | None = (
+        None  # address to serve logs on (default: the one that reaches the store)
+    )
     hollow_start_delay: float = 0.0
     register_batch: int = 2000
     report_batch: int = 20000
@@ -124,13 +126,23 @@ class AgentConfig:
 
 def _report_json(report: TaskReport) -> dict[str, Any]:
     reason = report.reason[:MAX_REASON] if report.reason else report.reason
-    return {"task": report.task, "machine": report.machine, "incarnation": report.incarnation,
-            "state": str(report.state), "exit_code": report.exit_code, "reason": reason}
+    return {
+        "task": report.task,
+        "machine": report.machine,
+        "incarnation": report.incarnation,
+        "state": str(report.state),
+        "exit_code": report.exit_code,
+        "reason": reason,
+    }
 
 
 def _usage_json(usage: TaskUsage) -> dict[str, Any]:
-    return {"task": usage.task, "incarnation": usage.incarnation, "cpu": usage.cpu,
-            "memory": usage.memory}
+    return {
+        "task": usage.task,
+        "incarnation": usage.incarnation,
+        "cpu": usage.cpu,
+        "memory": usage.memory,
+    }
 
 
 def _local_address_towards(address: str) -> str:
@@ -171,9 +183,12 @@ class Agent:
         domain = self.config.domain
         if self.config.hollow:
             domain = f"{domain}-{index // 100}"
-        return {"id": machine, "capacity": {"cpu": format_cpu(self.config.cpu),
-                                            "memory": self.config.memory},
-                "labels": self.labels, "domain": domain}
+        return {
+            "id": machine,
+            "capacity": {"cpu": format_cpu(self.config.cpu), "memory": self.config.memory},
+            "labels": self.labels,
+            "domain": domain,
+        }
 
     async def register(self, machines: Sequence[str]) -> int:
         """Register `machines` (batched); the store version of the last batch."""
@@ -182,15 +197,20 @@ class Agent:
         version = 0
         step = self.config.register_batch
         for start in range(0, len(machines), step):
-            batch = [self.machine_spec(m, index[m]) for m in machines[start:start + step]]
+            batch = [self.machine_spec(m, index[m]) for m in machines[start : start + step]]
             answer = await self._send_until_acked(
-                "/v1/agents/register", {"machines": batch, "id": secrets.token_hex(12)})
+                "/v1/agents/register", {"machines": batch, "id": secrets.token_hex(12)}
+            )
             if answer is not None:
                 version = max(version, answer["version"])
                 if answer["result"].get("type") != "ok":
                     self._log.error("register_refused", result=answer["result"])
-        self._log.info("agent_registered", count=len(machines), version=version,
-                       seconds=round(trio.current_time() - began, 3))
+        self._log.info(
+            "agent_registered",
+            count=len(machines),
+            version=version,
+            seconds=round(trio.current_time() - began, 3),
+        )
         return version
 
     async def heartbeat_loop(self) -> None:
@@ -203,8 +223,10 @@ class Agent:
             self._poke = trio.Event()
             try:
                 answer = await self.client.request(
-                    "POST", "/v1/agents/heartbeat",
-                    {"machines": body_ids, "id": secrets.token_hex(12)})
+                    "POST",
+                    "/v1/agents/heartbeat",
+                    {"machines": body_ids, "id": secrets.token_hex(12)},
+                )
             except (StoreUnavailable, ApiError, httpx.HTTPError) as exc:
                 self._log.warning("heartbeat_failed", error=repr(exc)[:300])
                 continue
@@ -236,8 +258,11 @@ class Agent:
             elif isinstance(event, TaskEvicted):
                 if event.machine in mine:
                     self._stop_soon(event.machine, event.task, event.incarnation, event.reason)
-            elif (isinstance(event, MachineChanged) and event.machine in mine
-                  and event.state is MachineState.DOWN):
+            elif (
+                isinstance(event, MachineChanged)
+                and event.machine in mine
+                and event.state is MachineState.DOWN
+            ):
                 self._poke.set()  # heartbeat now: learn we are stale, re-register
 
     def _on_reset(self, cell: CellState) -> None:
@@ -301,33 +326,45 @@ class Agent:
                 batch, self._outbox = self._outbox[:step], self._outbox[step:]
                 self._sending = True
                 try:
-                    answer = await self._send_until_acked("/v1/agents/report", {
-                        "reports": [_report_json(r) for r in batch],
-                        "id": secrets.token_hex(12)})
+                    answer = await self._send_until_acked(
+                        "/v1/agents/report",
+                        {"reports": [_report_json(r) for r in batch], "id": secrets.token_hex(12)},
+                    )
                 finally:
                     self._sending = False
                 self.sent["reports"] += len(batch)
                 self.sent["report_requests"] += 1
                 stale = set((answer or {}).get("result", {}).get("tasks") or ())
                 if stale:
-                    self._stop_stale([(r.machine, r.task, r.incarnation) for r in batch
-                                      if r.task in stale and r.state not in FINAL_STATES])
+                    self._stop_stale(
+                        [
+                            (r.machine, r.task, r.incarnation)
+                            for r in batch
+                            if r.task in stale and r.state not in FINAL_STATES
+                        ]
+                    )
 
     async def usage_loop(self) -> None:
         while True:
             await trio.sleep(self.config.usage_s)
-            samples = [(machine, usage) for machine, executor in self.executors.items()
-                       for usage in executor.usage()]
+            samples = [
+                (machine, usage)
+                for machine, executor in self.executors.items()
+                for usage in executor.usage()
+            ]
             step = self.config.report_batch
             for start in range(0, len(samples), step):
-                batch = samples[start:start + step]
-                answer = await self._send_until_acked("/v1/agents/usage", {
-                    "usages": [_usage_json(u) for _, u in batch], "id": secrets.token_hex(12)})
+                batch = samples[start : start + step]
+                answer = await self._send_until_acked(
+                    "/v1/agents/usage",
+                    {"usages": [_usage_json(u) for _, u in batch], "id": secrets.token_hex(12)},
+                )
                 self.sent["usage_requests"] += 1
                 stale = set((answer or {}).get("result", {}).get("tasks") or ())
                 if stale:
-                    self._stop_stale([(m, u.task, u.incarnation) for m, u in batch
-                                      if u.task in stale])
+                    self._stop_stale(
+                        [(m, u.task, u.incarnation) for m, u in batch if u.task in stale]
+                    )
 
     def _stop_stale(self, keys: list[tuple[str, str, int]]) -> None:
         running = 0
@@ -347,14 +384,16 @@ class Agent:
                 return await self.client.request("POST", path, body)
             except ApiError as exc:
                 if exc.status < 500:
-                    self._log.error("request_refused", path=path, code=exc.body.code,
-                                    message=exc.body.message)
+                    self._log.error(
+                        "request_refused", path=path, code=exc.body.code, message=exc.body.message
+                    )
                     return None
                 error: Exception = exc
             except (StoreUnavailable, httpx.HTTPError) as exc:
                 error = exc
-            self._log.warning("request_retry_later", path=path, error=repr(error)[:300],
-                              delay=delay)
+            self._log.warning(
+                "request_retry_later", path=path, error=repr(error)[:300], delay=delay
+            )
             await trio.sleep(delay * self._random.uniform(0.5, 1.0))
             delay = min(delay * 2, 5.0)
 
@@ -369,16 +408,28 @@ class Agent:
         executor = self.executors[machine]
         for rec in recovered:
             task = cell.tasks.get(rec.task)
-            placed_here = (task is not None and task.machine == machine
-                           and task.incarnation == rec.incarnation)
+            placed_here = (
+                task is not None and task.machine == machine and task.incarnation == rec.incarnation
+            )
             if rec.adopted:
                 executor.adopt(rec)
             elif placed_here:
-                self.report(TaskReport(rec.task, machine, rec.incarnation, ReportedState.LOST,
-                                       None, f"lost: {rec.note}"))
+                self.report(
+                    TaskReport(
+                        rec.task,
+                        machine,
+                        rec.incarnation,
+                        ReportedState.LOST,
+                        None,
+                        f"lost: {rec.note}",
+                    )
+                )
         if recovered:
-            self._log.info("recovered", adopted=sum(r.adopted for r in recovered),
-                           cleaned=sum(not r.adopted for r in recovered))
+            self._log.info(
+                "recovered",
+                adopted=sum(r.adopted for r in recovered),
+                cleaned=sum(not r.adopted for r in recovered),
+            )
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
@@ -391,18 +442,27 @@ class Agent:
                 await nursery.start(timers.run)
                 for machine in self.machines:
                     self.executors[machine] = HollowExecutor(
-                        machine=machine, report=self.report, timers=timers,
-                        start_delay=config.hollow_start_delay)
+                        machine=machine,
+                        report=self.report,
+                        timers=timers,
+                        start_delay=config.hollow_start_delay,
+                    )
             else:
                 config.work_dir.mkdir(parents=True, exist_ok=True)
                 mode = probe_limits(config.name, force=config.limits)
                 stack.callback(release_agent_cgroups, mode)
                 self._log.info("limits", kind=str(mode.kind), why=mode.describe())
                 recovered = await trio.to_thread.run_sync(recover, config.work_dir)
-                self.executors[config.name] = await stack.enter_async_context(open_executor(
-                    machine=config.name, work_dir=config.work_dir, limits=mode,
-                    report=self.report, detach_on_exit=config.detach,
-                    task_user=config.task_user))
+                self.executors[config.name] = await stack.enter_async_context(
+                    open_executor(
+                        machine=config.name,
+                        work_dir=config.work_dir,
+                        limits=mode,
+                        report=self.report,
+                        detach_on_exit=config.detach,
+                        task_user=config.task_user,
+                    )
+                )
                 from agents.logserver import serve_logs
 
                 host = config.logs_host or _local_address_towards(config.addresses[0])
@@ -417,8 +477,9 @@ class Agent:
             self.ready.set()
             self.reconcile(self.machines)
             nursery.start_soon(self.usage_loop)
-            self._log.info("agent_ready", version=self.copy.version,
-                           logs=self.labels.get(AGENT_LABEL))
+            self._log.info(
+                "agent_ready", version=self.copy.version, logs=self.labels.get(AGENT_LABEL)
+            )
             task_status.started(self)
             await self._stopping.wait()
             if not config.detach:
@@ -438,8 +499,9 @@ class Agent:
         self._stopping.set()
 
 
-async def run_agent(config: AgentConfig, *,
-                    task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_agent(
+    config: AgentConfig, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run the agent; `task_status.started(agent)` once it is registered,
     caught up with the cell and reconciled. It returns after
     `agent.request_stop()` (tasks stopped unless `config.detach`); if

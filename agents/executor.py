@@ -167,7 +167,9 @@ class Executor:
         key = (task, incarnation)
         if key in self._runs:
             return False
-        run = _Run(task, incarnation, spec, self.work_dir / "tasks" / task_dir_name(task, incarnation))
+        run = _Run(
+            task, incarnation, spec, self.work_dir / "tasks" / task_dir_name(task, incarnation)
+        )
         self._runs[key] = run
         self._report(run, ReportedState.STARTING)
         self._nursery.start_soon(self._supervise, run, None)
@@ -179,9 +181,12 @@ class Executor:
         if key in self._runs or not recovered.adopted:
             return False
         run = _Run(
-            recovered.task, recovered.incarnation, recovered.spec,
+            recovered.task,
+            recovered.incarnation,
+            recovered.spec,
             self.work_dir / "tasks" / task_dir_name(recovered.task, recovered.incarnation),
-            pid=recovered.pid, create_time=recovered.create_time,
+            pid=recovered.pid,
+            create_time=recovered.create_time,
         )
         run.limits = _limits_from_record(recovered)
         self._runs[key] = run
@@ -255,19 +260,25 @@ class Executor:
                 failures = 0 if outcome.ran_for >= self.backoff.reset_after else failures + 1
                 delay = self.backoff.delay(failures)
                 self._log.info(
-                    "task_restart", task=run.task, incarnation=run.incarnation, delay=delay,
+                    "task_restart",
+                    task=run.task,
+                    incarnation=run.incarnation,
+                    delay=delay,
                     after=outcome.reason or f"exit:{outcome.exit_code}",
                 )
                 self._report(
-                    run, ReportedState.STARTING, outcome.exit_code,
+                    run,
+                    ReportedState.STARTING,
+                    outcome.exit_code,
                     f"restart after {outcome.reason or f'exit:{outcome.exit_code}'}",
                 )
                 with trio.CancelScope() as run.backoff_scope:
                     await trio.sleep(delay)
                 run.backoff_scope = None
                 if run.stop_reason is not None:
-                    outcome = Outcome(ReportedState.FAILED, outcome.exit_code,
-                                      f"stopped:{run.stop_reason}")
+                    outcome = Outcome(
+                        ReportedState.FAILED, outcome.exit_code, f"stopped:{run.stop_reason}"
+                    )
                     break
         except BaseException:
             # Cancelled (agent detaching) or a bug: leave the process and its
@@ -309,15 +320,25 @@ class Executor:
             limits = TaskLimits.create(self.limits, name, spec.cpu_millicores, spec.memory_bytes)
         except OSError as e:
             return Outcome(ReportedState.FAILED, None, f"start_error: limits: {e}")
-        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), **spec.env,
-               "OMEGA_TASK_ID": run.task, "OMEGA_INCARNATION": str(run.incarnation),
-               "OMEGA_MACHINE": self.machine}
+        env = {
+            "PATH": os.environ.get("PATH", DEFAULT_PATH),
+            **spec.env,
+            "OMEGA_TASK_ID": run.task,
+            "OMEGA_INCARNATION": str(run.incarnation),
+            "OMEGA_MACHINE": self.machine,
+        }
         try:
             with open(run.dir / "stdout", "ab") as out, open(run.dir / "stderr", "ab") as err:
                 process = await trio.lowlevel.open_process(
-                    list(spec.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    cwd=run.dir, env=env, start_new_session=True,
-                    preexec_fn=self._preexec(limits), close_fds=True,
+                    list(spec.argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=run.dir,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=self._preexec(limits),
+                    close_fds=True,
                 )
         except (OSError, subprocess.SubprocessError) as e:
             await trio.to_thread.run_sync(limits.remove)
@@ -329,8 +350,7 @@ class Executor:
         except psutil.Error:
             run.create_time = time.time()
         self._write_state(run)
-        self._log.info("task_running", task=run.task, incarnation=run.incarnation,
-                       pid=process.pid)
+        self._log.info("task_running", task=run.task, incarnation=run.incarnation, pid=process.pid)
         self._report(run, ReportedState.RUNNING)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._enforce_stop, run)
@@ -359,8 +379,9 @@ class Executor:
         assert run.pid is not None
         _killpg(run.pid, signal.SIGTERM)
         await trio.sleep(run.spec.grace_period)
-        self._log.info("task_kill", task=run.task, incarnation=run.incarnation,
-                       grace=run.spec.grace_period)
+        self._log.info(
+            "task_kill", task=run.task, incarnation=run.incarnation, grace=run.spec.grace_period
+        )
         _killpg(run.pid, signal.SIGKILL)
         if run.limits is not None:
             run.limits.kill_all(signal.SIGKILL)
@@ -382,28 +403,46 @@ class Executor:
         elif returncode is None:
             outcome = Outcome(ReportedState.FAILED, None, "exit_status_unknown", ran_for)
         elif returncode < 0:
-            outcome = Outcome(ReportedState.FAILED, None, f"signal:{_signal_name(-returncode)}",
-                              ran_for)
+            outcome = Outcome(
+                ReportedState.FAILED, None, f"signal:{_signal_name(-returncode)}", ran_for
+            )
         else:
             outcome = Outcome(ReportedState.EXITED, returncode, None, ran_for)
-        self._log.info("task_ended", task=run.task, incarnation=run.incarnation,
-                       state=str(outcome.state), exit_code=outcome.exit_code,
-                       reason=outcome.reason, oom_kills=oom, **stats)
+        self._log.info(
+            "task_ended",
+            task=run.task,
+            incarnation=run.incarnation,
+            state=str(outcome.state),
+            exit_code=outcome.exit_code,
+            reason=outcome.reason,
+            oom_kills=oom,
+            **stats,
+        )
         return outcome
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _report(self, run: _Run, state: ReportedState, exit_code: int | None = None,
-                reason: str | None = None) -> None:
-        self._report_fn(TaskReport(run.task, self.machine, run.incarnation, state,
-                                   exit_code, reason))
+    def _report(
+        self,
+        run: _Run,
+        state: ReportedState,
+        exit_code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self._report_fn(
+            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason)
+        )
 
     def _write_state(self, run: _Run) -> None:
         assert run.pid is not None
         limits = run.limits
         record = {
-            "task": run.task, "incarnation": run.incarnation, "machine": self.machine,
-            "pid": run.pid, "pgid": run.pid, "create_time": run.create_time,
+            "task": run.task,
+            "incarnation": run.incarnation,
+            "machine": self.machine,
+            "pid": run.pid,
+            "pgid": run.pid,
+            "create_time": run.create_time,
             "started_at": time.time(),
             "limits_kind": str(limits.mode.kind if limits else self.limits.kind),
             "cgroups": [str(p) for p in limits.paths()] if limits else [],
@@ -420,8 +459,11 @@ class Executor:
         procs: list[psutil.Process] = []
         try:
             leader = psutil.Process(run.pid)
-            procs = [psutil.Process(p) for p in pids if p != run.pid] if pids else \
-                leader.children(recursive=True)
+            procs = (
+                [psutil.Process(p) for p in pids if p != run.pid]
+                if pids
+                else leader.children(recursive=True)
+            )
             procs.append(leader)
         except psutil.Error:
             pass
@@ -464,12 +506,14 @@ def _limits_from_record(rec: RecoveredTask) -> TaskLimits | None:
     if kind is LimitKind.RLIMIT or not rec.cgroups:
         return None
     paths = [Path(p) for p in rec.cgroups]
-    memory = next((p for p in paths if "memory" in p.parts or kind is LimitKind.CGROUP_V2),
-                  paths[0])
+    memory = next(
+        (p for p in paths if "memory" in p.parts or kind is LimitKind.CGROUP_V2), paths[0]
+    )
     cpu = next((p for p in paths if p != memory), None)
     mode = LimitsMode(kind, "recovered", memory.parent, cpu.parent if cpu else None)
-    return TaskLimits(mode, memory.name, rec.spec.cpu_millicores, rec.spec.memory_bytes,
-                      memory, cpu)
+    return TaskLimits(
+        mode, memory.name, rec.spec.cpu_millicores, rec.spec.memory_bytes, memory, cpu
+    )
 
 
 def recover(work_dir: Path, *, adopt: bool = True) -> list[RecoveredTask]:
@@ -486,9 +530,14 @@ def recover(work_dir: Path, *, adopt: bool = True) -> list[RecoveredTask]:
         try:
             data = json.loads(path.read_text())
             rec = RecoveredTask(
-                task=data["task"], incarnation=int(data["incarnation"]), pid=int(data["pid"]),
-                pgid=int(data["pgid"]), create_time=float(data["create_time"]),
-                spec=TaskSpec.from_json(data["spec"]), adopted=False, note="",
+                task=data["task"],
+                incarnation=int(data["incarnation"]),
+                pid=int(data["pid"]),
+                pgid=int(data["pgid"]),
+                create_time=float(data["create_time"]),
+                spec=TaskSpec.from_json(data["spec"]),
+                adopted=False,
+                note="",
                 cgroups=tuple(data.get("cgroups", ())),
                 limits_kind=data.get("limits_kind", str(LimitKind.RLIMIT)),
             )
@@ -505,8 +554,14 @@ def recover(work_dir: Path, *, adopt: bool = True) -> list[RecoveredTask]:
             _clean(rec, kill_group=alive or _group_is_ours(rec))
             path.unlink(missing_ok=True)
             rec = attrs.evolve(rec, note=note)
-        log.info("task_recovered", task=rec.task, incarnation=rec.incarnation, pid=rec.pid,
-                 adopted=rec.adopted, note=rec.note)
+        log.info(
+            "task_recovered",
+            task=rec.task,
+            incarnation=rec.incarnation,
+            pid=rec.pid,
+            adopted=rec.adopted,
+            note=rec.note,
+        )
         found.append(rec)
     return found
 
@@ -572,9 +627,16 @@ async def open_executor(
     running with their state files, for the next agent's `recover`.
     """
     async with trio.open_nursery() as nursery:
-        executor = Executor(machine=machine, work_dir=work_dir, limits=limits, report=report,
-                            nursery=nursery, backoff=backoff, poll_interval=poll_interval,
-                            task_user=task_user)
+        executor = Executor(
+            machine=machine,
+            work_dir=work_dir,
+            limits=limits,
+            report=report,
+            nursery=nursery,
+            backoff=backoff,
+            poll_interval=poll_interval,
+            task_user=task_user,
+        )
         try:
             yield executor
         finally:

@@ -153,10 +153,14 @@ class HollowExecutor:
 
     def usage(self) -> list[TaskUsage]:
         return [
-            TaskUsage(run.task, run.incarnation,
-                      round(run.spec.cpu_millicores * run.usage_fraction),
-                      round(run.spec.memory_bytes * run.usage_fraction))
-            for run in self._runs.values() if run.running
+            TaskUsage(
+                run.task,
+                run.incarnation,
+                round(run.spec.cpu_millicores * run.usage_fraction),
+                round(run.spec.memory_bytes * run.usage_fraction),
+            )
+            for run in self._runs.values()
+            if run.running
         ]
 
     # -- simulation ----------------------------------------------------------------------
@@ -182,7 +186,13 @@ class HollowExecutor:
         run.timer = None
         self._report(run, ReportedState.EXITED, 0)
 
-    def _report(self, run: _HollowRun, state: ReportedState, exit_code: int | None = None,
-                reason: str | None = None) -> None:
-        self._report_fn(TaskReport(run.task, self.machine, run.incarnation, state,
-                                   exit_code, reason))
+    def _report(
+        self,
+        run: _HollowRun,
+        state: ReportedState,
+        exit_code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self._report_fn(
+            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason)
+        )

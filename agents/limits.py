@@ -169,12 +169,14 @@ def _try_v2(mounts: list[_Mount], own: dict[str, str], agent: str) -> tuple[Path
 
 
 def _try_v1(
-    mounts: list[_Mount], own: dict[str, str], agent: str, controller: str, limit_file: str,
+    mounts: list[_Mount],
+    own: dict[str, str],
+    agent: str,
+    controller: str,
+    limit_file: str,
     value: str,
 ) -> tuple[Path | None, str]:
-    mount = next(
-        (m for m in mounts if m.fstype == "cgroup" and controller in m.options), None
-    )
+    mount = next((m for m in mounts if m.fstype == "cgroup" and controller in m.options), None)
     if mount is None:
         return None, f"no cgroup v1 {controller} mount"
     base = _join(mount, own.get(controller, "/"))
@@ -205,7 +207,7 @@ def probe_limits(
         skipped = order[: order.index(force)]
         if skipped:
             notes.append(f"forced {force} (skipped {', '.join(skipped)})")
-        order = order[order.index(force):]
+        order = order[order.index(force) :]
     try:
         mounts = _mounts(proc / "mountinfo")
         own = _own_cgroups(proc / "cgroup")

@@ -36,9 +36,12 @@ def read_chunk(work_dir: Path, task: str, incarnation: int, stream: str, offset:
             f.seek(offset)
             return f.read(MAX_CHUNK)
     except FileNotFoundError:
-        raise ApiError(404, "log_unknown",
-                       f"no {stream} for task {task!r} incarnation {incarnation} here",
-                       "task") from None
+        raise ApiError(
+            404,
+            "log_unknown",
+            f"no {stream} for task {task!r} incarnation {incarnation} here",
+            "task",
+        ) from None
 
 
 def build_router(work_dir: Path) -> Router:
@@ -51,17 +54,25 @@ def build_router(work_dir: Path) -> Router:
         incarnation = request.query_int("incarnation")
         offset = request.query_int("offset", 0)
         stream = (request.query.get("stream") or ["stdout"])[0]
-        body = await trio.to_thread.run_sync(read_chunk, work_dir, task, incarnation, stream,
-                                             offset)
+        body = await trio.to_thread.run_sync(
+            read_chunk, work_dir, task, incarnation, stream, offset
+        )
         return Response(200, body, [(b"content-type", b"application/octet-stream")])
 
     router.add("GET", "/v1/logs", logs)
     return router
 
 
-async def serve_logs(work_dir: Path, token: str, host: str = "127.0.0.1", port: int = 0, *,
-                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_logs(
+    work_dir: Path,
+    token: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve `/v1/logs` on host:port (0: any free port) until cancelled;
     `task_status.started("host:port")` with the bound address."""
-    await serve_router(build_router(work_dir), token, host, port, name="logs",
-                       task_status=task_status)
+    await serve_router(
+        build_router(work_dir), token, host, port, name="logs", task_status=task_status
+    )

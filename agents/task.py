@@ -69,9 +69,12 @@ class TaskSpec:
 
     def to_json(self) -> dict:
         return {
-            "argv": list(self.argv), "env": dict(self.env),
-            "cpu_millicores": self.cpu_millicores, "memory_bytes": self.memory_bytes,
-            "grace_period": self.grace_period, "restart": str(self.restart),
+            "argv": list(self.argv),
+            "env": dict(self.env),
+            "cpu_millicores": self.cpu_millicores,
+            "memory_bytes": self.memory_bytes,
+            "grace_period": self.grace_period,
+            "restart": str(self.restart),
             "duration": self.duration,
         }
 

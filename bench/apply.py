@@ -31,13 +31,23 @@ from cellstate import (
 
 def build_cell(machines: int, total: int, job_size: int) -> CellState:
     cell = CellState()
-    cell.apply(RegisterMachines(tuple(
-        MachineSpec(f"m{i}", Resources(64_000, 256 << 30), domain=f"rack-{i % 40}")
-        for i in range(machines)
-    ), at=0.0))
+    cell.apply(
+        RegisterMachines(
+            tuple(
+                MachineSpec(f"m{i}", Resources(64_000, 256 << 30), domain=f"rack-{i % 40}")
+                for i in range(machines)
+            ),
+            at=0.0,
+        )
+    )
     for j in range(total // job_size):
-        spec = JobSpec(name=f"job{j}", owner="bench", scheduler=SchedulerClass.BATCH,
-                       resources=Resources(100, 128 << 20), tasks=job_size)
+        spec = JobSpec(
+            name=f"job{j}",
+            owner="bench",
+            scheduler=SchedulerClass.BATCH,
+            resources=Resources(100, 128 << 20),
+            tasks=job_size,
+        )
         cell.apply(SubmitJob(f"job{j}", spec, at=1.0))
     return cell
 
@@ -50,21 +60,26 @@ def run(mode: ConflictMode, machines: int, claims: int, total: int, seed: int) -
     applied = accepted = 0
     elapsed = 0.0
     for start in range(0, len(pending), claims):
-        batch = pending[start:start + claims]
+        batch = pending[start : start + claims]
         txn_claims = []
         for tid in batch:
             machine = cell.machines[names[rng.randrange(machines)]]
             txn_claims.append(Claim(tid, machine.id, machine.seqnum))
-        command = Commit(Transaction("bench", tuple(txn_claims), cell.version, conflicts=mode),
-                         at=2.0)
+        command = Commit(
+            Transaction("bench", tuple(txn_claims), cell.version, conflicts=mode), at=2.0
+        )
         began = time.perf_counter()
         outcome = cell.apply(command)
         elapsed += time.perf_counter() - began
         applied += len(batch)
         accepted += outcome.result.accepted
     cell.check_invariants()
-    return {"claims": applied, "accepted": accepted, "seconds": elapsed,
-            "claims_per_s": applied / elapsed}
+    return {
+        "claims": applied,
+        "accepted": accepted,
+        "seconds": elapsed,
+        "claims_per_s": applied / elapsed,
+    }
 
 
 def main() -> None:
@@ -78,13 +93,20 @@ def main() -> None:
     for mode in (ConflictMode.FINE, ConflictMode.COARSE):
         result = run(mode, args.machines, args.claims, args.total, args.seed)
         figures[mode.value] = result
-        print(f"{mode.value:>6}: {result['claims']:,} claims ({result['accepted']:,} accepted) "
-              f"in {result['seconds']:.3f} s = {result['claims_per_s']:,.0f} claims/s")
-    print(json.dumps({
-        "machines": args.machines, "claims_per_txn": args.claims,
-        "claims_per_s_fine": round(figures["fine"]["claims_per_s"]),
-        "claims_per_s_coarse": round(figures["coarse"]["claims_per_s"]),
-    }))
+        print(
+            f"{mode.value:>6}: {result['claims']:,} claims ({result['accepted']:,} accepted) "
+            f"in {result['seconds']:.3f} s = {result['claims_per_s']:,.0f} claims/s"
+        )
+    print(
+        json.dumps(
+            {
+                "machines": args.machines,
+                "claims_per_txn": args.claims,
+                "claims_per_s_fine": round(figures["fine"]["claims_per_s"]),
+                "claims_per_s_coarse": round(figures["coarse"]["claims_per_s"]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

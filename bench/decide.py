@@ -32,27 +32,43 @@ from schedulers import SchedulerCore
 
 def build_cell(machines: int) -> CellState:
     cell = CellState()
-    cell.apply(RegisterMachines(tuple(
-        MachineSpec(f"m{i}", Resources(32_000, 128 << 30), domain=f"rack-{i % 40}")
-        for i in range(machines)
-    ), at=0.0))
+    cell.apply(
+        RegisterMachines(
+            tuple(
+                MachineSpec(f"m{i}", Resources(32_000, 128 << 30), domain=f"rack-{i % 40}")
+                for i in range(machines)
+            ),
+            at=0.0,
+        )
+    )
     return cell
 
 
-def run(kind: SchedulerClass, machines: int, claims: int, decisions: int, job_tasks: int,
-        sampling: bool, seed: int) -> dict:
+def run(
+    kind: SchedulerClass,
+    machines: int,
+    claims: int,
+    decisions: int,
+    job_tasks: int,
+    sampling: bool,
+    seed: int,
+) -> dict:
     cell = build_cell(machines)
     per_decision = max(1, claims // job_tasks)
-    core = SchedulerCore(kind.value, kind, rng=random.Random(seed), sampling=sampling,
-                         max_claims=claims)
+    core = SchedulerCore(
+        kind.value, kind, rng=random.Random(seed), sampling=sampling, max_claims=claims
+    )
     core.has_work(cell)  # the first table build is not part of a decision
     elapsed = 0.0
     placed = done = 0
     for d in range(decisions):
         for j in range(per_decision):
             spec = JobSpec(
-                name=f"job{d}-{j}", owner="bench", scheduler=kind,
-                resources=Resources(250, 512 << 20), tasks=job_tasks,
+                name=f"job{d}-{j}",
+                owner="bench",
+                scheduler=kind,
+                resources=Resources(250, 512 << 20),
+                tasks=job_tasks,
                 anti_affinity=kind is SchedulerClass.SERVICE,
             )
             cell.apply(SubmitJob(f"job{d}-{j}", spec, at=1.0 + d))
@@ -66,10 +82,14 @@ def run(kind: SchedulerClass, machines: int, claims: int, decisions: int, job_ta
         placed += decision.tasks
         done += 1
     cell.check_invariants()
-    return {"decisions": done, "placements": placed, "seconds": elapsed,
-            "decisions_per_s": done / elapsed if elapsed else 0.0,
-            "placements_per_s": placed / elapsed if elapsed else 0.0,
-            "ms_per_decision": 1000 * elapsed / done if done else 0.0}
+    return {
+        "decisions": done,
+        "placements": placed,
+        "seconds": elapsed,
+        "decisions_per_s": done / elapsed if elapsed else 0.0,
+        "placements_per_s": placed / elapsed if elapsed else 0.0,
+        "ms_per_decision": 1000 * elapsed / done if done else 0.0,
+    }
 
 
 def main() -> None:
@@ -80,27 +100,48 @@ def main() -> None:
     parser.add_argument("--job-tasks", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    figures: dict = {"machines": args.machines, "claims_per_decision": args.claims,
-                     "seed": args.seed}
+    figures: dict = {
+        "machines": args.machines,
+        "claims_per_decision": args.claims,
+        "seed": args.seed,
+    }
     for kind in (SchedulerClass.BATCH, SchedulerClass.SERVICE):
         for sampling in (True, False):
             key = f"{kind.value}{'' if sampling else '_nosampling'}"
-            figures[key] = run(kind, args.machines, args.claims, args.decisions,
-                               args.job_tasks, sampling, args.seed)
+            figures[key] = run(
+                kind,
+                args.machines,
+                args.claims,
+                args.decisions,
+                args.job_tasks,
+                sampling,
+                args.seed,
+            )
     print(
         f"decide on {args.machines} machines, {args.claims} tasks/decision: "
         + "; ".join(
             f"{k} {v['ms_per_decision']:.2f} ms ({v['placements_per_s']:,.0f} placements/s)"
-            for k, v in figures.items() if isinstance(v, dict)
+            for k, v in figures.items()
+            if isinstance(v, dict)
         )
     )
-    print(json.dumps({
-        **figures,
-        "decisions_per_s": {k: round(v["decisions_per_s"], 1)
-                            for k, v in figures.items() if isinstance(v, dict)},
-        "placements_per_s": {k: round(v["placements_per_s"])
-                             for k, v in figures.items() if isinstance(v, dict)},
-    }))
+    print(
+        json.dumps(
+            {
+                **figures,
+                "decisions_per_s": {
+                    k: round(v["decisions_per_s"], 1)
+                    for k, v in figures.items()
+                    if isinstance(v, dict)
+                },
+                "placements_per_s": {
+                    k: round(v["placements_per_s"])
+                    for k, v in figures.items()
+                    if isinstance(v, dict)
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,18 +51,40 @@ def registered_seconds(log: Path) -> float | None:
 
 def run(args: argparse.Namespace, base: Path) -> dict:
     os.environ.setdefault("OMEGA_HEARTBEAT_TIMEOUT", str(max(10.0, 5 * args.heartbeat)))
-    with LocalCluster(base / "store", machine="cellstore.cell:CellMachine",
-                      extra={"extensions": ["cellstore.cell:endpoints"]}) as cluster:
+    with LocalCluster(
+        base / "store",
+        machine="cellstore.cell:CellMachine",
+        extra={"extensions": ["cellstore.cell:endpoints"]},
+    ) as cluster:
         log = base / "agent.log"
         began = time.monotonic()
         with open(log, "wb") as out:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "agents", "--name", "hollow", "--hollow",
-                 str(args.machines), "--cpu", "4", "--memory", "8Gi",
-                 "--addr", ",".join(cluster.api), f"--token={cluster.token}",
-                 "--work-dir", str(base / "agent"), "--heartbeat", str(args.heartbeat)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "agents",
+                    "--name",
+                    "hollow",
+                    "--hollow",
+                    str(args.machines),
+                    "--cpu",
+                    "4",
+                    "--memory",
+                    "8Gi",
+                    "--addr",
+                    ",".join(cluster.api),
+                    f"--token={cluster.token}",
+                    "--work-dir",
+                    str(base / "agent"),
+                    "--heartbeat",
+                    str(args.heartbeat),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
             deadline = began + 300
             while machines_up(cluster) < args.machines:
@@ -86,9 +108,14 @@ def run(args: argparse.Namespace, base: Path) -> dict:
     cpu = (c1.user - c0.user) + (c1.system - c0.system)
     share = cpu / (t1 - t0)
     return {
-        "machines": args.machines, "register_s": registered_seconds(log), "ready_s": ready_s,
-        "cpu_share": share, "cpu_share_per_1000": share / (args.machines / 1000),
-        "window_s": t1 - t0, "up_after_window": up_after, "agent_rss_mib": rss / (1 << 20),
+        "machines": args.machines,
+        "register_s": registered_seconds(log),
+        "ready_s": ready_s,
+        "cpu_share": share,
+        "cpu_share_per_1000": share / (args.machines / 1000),
+        "window_s": t1 - t0,
+        "up_after_window": up_after,
+        "agent_rss_mib": rss / (1 << 20),
     }
 
 
@@ -102,11 +129,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-hollow-") as tmp:
         r = run(args, Path(tmp))
     print(f"hollow agent, {r['machines']} machines, 3 replicas, heartbeat {args.heartbeat} s")
-    print(f"  registration: {r['register_s']:.2f} s in the agent, {r['ready_s']:.2f} s "
-          "from spawn to all machines up")
-    print(f"  steady CPU: {100 * r['cpu_share']:.1f}% of a core over {r['window_s']:.1f} s "
-          f"= {100 * r['cpu_share_per_1000']:.2f}% per 1,000 machines; "
-          f"{r['up_after_window']} up after the window; RSS {r['agent_rss_mib']:.0f} MiB")
+    print(
+        f"  registration: {r['register_s']:.2f} s in the agent, {r['ready_s']:.2f} s "
+        "from spawn to all machines up"
+    )
+    print(
+        f"  steady CPU: {100 * r['cpu_share']:.1f}% of a core over {r['window_s']:.1f} s "
+        f"= {100 * r['cpu_share_per_1000']:.2f}% per 1,000 machines; "
+        f"{r['up_after_window']} up after the window; RSS {r['agent_rss_mib']:.0f} MiB"
+    )
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
 
 

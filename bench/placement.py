@@ -40,10 +40,20 @@ MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
 
 async def register(client: StoreClient, machines: int) -> None:
     for start in range(0, machines, REGISTER_BATCH):
-        await client.request("POST", "/v1/agents/register", {"machines": [
-            {"id": f"m{i}", "capacity": {"cpu": "32", "memory": "128Gi"},
-             "domain": f"rack-{i % 40}"}
-            for i in range(start, min(machines, start + REGISTER_BATCH))]})
+        await client.request(
+            "POST",
+            "/v1/agents/register",
+            {
+                "machines": [
+                    {
+                        "id": f"m{i}",
+                        "capacity": {"cpu": "32", "memory": "128Gi"},
+                        "domain": f"rack-{i % 40}",
+                    }
+                    for i in range(start, min(machines, start + REGISTER_BATCH))
+                ]
+            },
+        )
 
 
 def job_plan(tasks: int, jobs: int, mixed: bool) -> list[tuple[str, str, int]]:
@@ -64,14 +74,21 @@ def job_plan(tasks: int, jobs: int, mixed: bool) -> list[tuple[str, str, int]]:
 
 async def submit(client: StoreClient, plan: list[tuple[str, str, int]]) -> None:
     async def one(job: str, kind: str, size: int) -> None:
-        spec = {"name": job, "owner": "bench", "scheduler": kind, "tasks": size,
-                "resources": {"cpu": "1", "memory": "2Gi"}}
+        spec = {
+            "name": job,
+            "owner": "bench",
+            "scheduler": kind,
+            "tasks": size,
+            "resources": {"cpu": "1", "memory": "2Gi"},
+        }
         try:  # the command id makes a retried POST apply once; a lost answer may still 409
-            await client.request("POST", "/v1/jobs",
-                                 {"job": job, "spec": spec, "id": secrets.token_hex(12)})
+            await client.request(
+                "POST", "/v1/jobs", {"job": job, "spec": spec, "id": secrets.token_hex(12)}
+            )
         except ApiError as exc:
             if exc.body.code != "job_exists":
                 raise
+
     async with trio.open_nursery() as nursery:
         for job, kind, size in plan:
             nursery.start_soon(one, job, kind, size)
@@ -97,27 +114,54 @@ async def wait_reporting(client: StoreClient, names: list[str], timeout_s: float
             await trio.sleep(0.1)
 
 
-def start_scheduler(cluster: LocalCluster, logs: Path, kind: str, name: str,
-                    *args: str) -> subprocess.Popen[bytes]:
+def start_scheduler(
+    cluster: LocalCluster, logs: Path, kind: str, name: str, *args: str
+) -> subprocess.Popen[bytes]:
     with open(logs / f"{name}.log", "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "schedulers", "--kind", kind, "--name", name,
-             "--addr", ",".join(cluster.api), "--token", cluster.token,
-             "--report-period", "1", *args],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "schedulers",
+                "--kind",
+                kind,
+                "--name",
+                name,
+                "--addr",
+                ",".join(cluster.api),
+                "--token",
+                cluster.token,
+                "--report-period",
+                "1",
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
-def phase(base: Path, machines: int, tasks: int, jobs: int,
-          schedulers: list[tuple[str, str, tuple[str, ...]]], mixed: bool,
-          timeout_s: float) -> dict[str, Any]:
+def phase(
+    base: Path,
+    machines: int,
+    tasks: int,
+    jobs: int,
+    schedulers: list[tuple[str, str, tuple[str, ...]]],
+    mixed: bool,
+    timeout_s: float,
+) -> dict[str, Any]:
     """One store, `schedulers` processes, `tasks` tasks: the measured run."""
     logs = base / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
-    with LocalCluster(base / "store", machine="cellstore.cell:CellMachine",
-                      extra={"extensions": ["cellstore.cell:endpoints"]}) as cluster:
+    with LocalCluster(
+        base / "store",
+        machine="cellstore.cell:CellMachine",
+        extra={"extensions": ["cellstore.cell:endpoints"]},
+    ) as cluster:
         try:
+
             async def run() -> dict[str, Any]:
                 async with StoreClient(cluster.api, cluster.token) as client:
                     began = time.perf_counter()
@@ -134,30 +178,40 @@ def phase(base: Path, machines: int, tasks: int, jobs: int,
                     elapsed = time.perf_counter() - began
                     stop_processes(procs)
                     final = await client.request("GET", "/v1/cell")
-                    return {"register_s": registered, "submit_s": submitted,
-                            "elapsed_s": elapsed, "placements_per_s": tasks / elapsed,
-                            "version": summary["version"],
-                            "schedulers": {s["name"]: s["figures"] for s in final["schedulers"]}}
+                    return {
+                        "register_s": registered,
+                        "submit_s": submitted,
+                        "elapsed_s": elapsed,
+                        "placements_per_s": tasks / elapsed,
+                        "version": summary["version"],
+                        "schedulers": {s["name"]: s["figures"] for s in final["schedulers"]},
+                    }
+
             return trio.run(run)
         finally:
             stop_processes(procs)
 
 
 def describe(title: str, result: dict[str, Any]) -> None:
-    print(f"{title}: {result['placements_per_s']:.0f} placements/s "
-          f"({result['elapsed_s']:.2f} s; register {result['register_s']:.2f} s, "
-          f"submit {result['submit_s']:.2f} s, log version {result['version']})")
+    print(
+        f"{title}: {result['placements_per_s']:.0f} placements/s "
+        f"({result['elapsed_s']:.2f} s; register {result['register_s']:.2f} s, "
+        f"submit {result['submit_s']:.2f} s, log version {result['version']})"
+    )
     for name, f in sorted(result["schedulers"].items()):
-        print(f"  {name:12} txns {f.get('transactions', 0):5.0f}  "
-              f"accepted {f.get('claims_accepted', 0):7.0f}  "
-              f"rejected {f.get('claims_rejected', 0):6.0f}  "
-              f"conflict_fraction {f.get('conflict_fraction', 0):.3f}  "
-              f"busyness {f.get('busyness', 0):.2f}  "
-              f"decision p50 {1000 * f.get('decision_seconds.p50', 0):.0f} ms  "
-              f"busy/commit/catch-up {f.get('busy_seconds', 0):.1f}/"
-              f"{f.get('commit_seconds', 0):.1f}/{f.get('catchup_seconds', 0):.1f} s")
-        reasons = {k.split(".", 1)[1]: int(v) for k, v in f.items()
-                   if k.startswith("conflicts_by_reason.")}
+        print(
+            f"  {name:12} txns {f.get('transactions', 0):5.0f}  "
+            f"accepted {f.get('claims_accepted', 0):7.0f}  "
+            f"rejected {f.get('claims_rejected', 0):6.0f}  "
+            f"conflict_fraction {f.get('conflict_fraction', 0):.3f}  "
+            f"busyness {f.get('busyness', 0):.2f}  "
+            f"decision p50 {1000 * f.get('decision_seconds.p50', 0):.0f} ms  "
+            f"busy/commit/catch-up {f.get('busy_seconds', 0):.1f}/"
+            f"{f.get('commit_seconds', 0):.1f}/{f.get('catchup_seconds', 0):.1f} s"
+        )
+        reasons = {
+            k.split(".", 1)[1]: int(v) for k, v in f.items() if k.startswith("conflicts_by_reason.")
+        }
         if reasons:
             print(f"  {'':12} rejected by reason: {reasons}")
 
@@ -174,28 +228,49 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["OMEGA_HEARTBEAT_TIMEOUT"] = "86400"  # machines have no agents
     claims = ("--max-claims", str(args.max_claims))
-    batch = [("batch", f"batch-{i}", (*claims, *(() if args.unsharded else ("--shard", f"{i}/2"))))
-             for i in range(2)]
+    batch = [
+        ("batch", f"batch-{i}", (*claims, *(() if args.unsharded else ("--shard", f"{i}/2"))))
+        for i in range(2)
+    ]
     omega = [("service", "service", claims), *batch, ("best-effort", "best-effort", claims)]
     with tempfile.TemporaryDirectory(prefix="bench-placement-") as tmp:
         base = Path(tmp)
-        mixed = phase(base / "omega", args.machines, args.tasks, args.jobs, omega, True,
-                      args.timeout)
+        mixed = phase(
+            base / "omega", args.machines, args.tasks, args.jobs, omega, True, args.timeout
+        )
         describe(f"4 schedulers, {args.tasks} tasks on {args.machines} machines", mixed)
         baseline = None
         if not args.no_baseline:
-            baseline = phase(base / "baseline", args.machines, args.tasks, args.jobs,
-                             [("batch", "baseline", claims)], False, args.timeout)
+            baseline = phase(
+                base / "baseline",
+                args.machines,
+                args.tasks,
+                args.jobs,
+                [("batch", "baseline", claims)],
+                False,
+                args.timeout,
+            )
             describe("baseline, 1 batch scheduler", baseline)
-    print(json.dumps({
-        "bench": "placement", "machines": args.machines, "tasks": args.tasks, "jobs": args.jobs,
-        "placements_per_s": round(mixed["placements_per_s"], 1),
-        "baseline_placements_per_s": round(baseline["placements_per_s"], 1) if baseline else None,
-        "elapsed_s": round(mixed["elapsed_s"], 3),
-        "conflict_fraction": {n: f.get("conflict_fraction", 0.0)
-                              for n, f in sorted(mixed["schedulers"].items())},
-        "target_placements_per_s": 3750,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "placement",
+                "machines": args.machines,
+                "tasks": args.tasks,
+                "jobs": args.jobs,
+                "placements_per_s": round(mixed["placements_per_s"], 1),
+                "baseline_placements_per_s": round(baseline["placements_per_s"], 1)
+                if baseline
+                else None,
+                "elapsed_s": round(mixed["elapsed_s"], 3),
+                "conflict_fraction": {
+                    n: f.get("conflict_fraction", 0.0)
+                    for n, f in sorted(mixed["schedulers"].items())
+                },
+                "target_placements_per_s": 3750,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ import structlog
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.soak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=None, help="default: random, printed")
     p.add_argument("--dir", type=Path, default=None, help="data dirs and logs (default: tmp)")
@@ -50,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.dir or Path(tempfile.mkdtemp(prefix="omega-soak-"))
     base.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    run = run_scenario(base, seed, args.minutes * 60.0,
-                       say=lambda line: print(line, flush=True))
+    run = run_scenario(base, seed, args.minutes * 60.0, say=lambda line: print(line, flush=True))
     fig = run.report.figures
     lost = fig.get("lost", 0)
     checks = fig.get("invariant_checks", 0)
@@ -59,11 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"operations acknowledged: {fig.get('acknowledged')} {fig.get('acknowledged_by_kind')}")
     print(f"unacknowledged (gave up, outcome unknown): {run.unacknowledged}")
     print(f"faults injected: {run.faults}")
-    print(f"partition probes: {[(p.replica, p.outcome) for p in run.probes]}; "
-          f"acks by the majority while cut: {run.majority_acks}; probes committed after "
-          f"the heal (allowed: never acknowledged): {fig.get('probes_committed_after_heal')}")
-    print(f"commands replayed: {fig.get('commands')}; invariant checks passed: {checks} "
-          f"(of which whole-cell: {fig.get('full_invariant_checks')})")
+    print(
+        f"partition probes: {[(p.replica, p.outcome) for p in run.probes]}; "
+        f"acks by the majority while cut: {run.majority_acks}; probes committed after "
+        f"the heal (allowed: never acknowledged): {fig.get('probes_committed_after_heal')}"
+    )
+    print(
+        f"commands replayed: {fig.get('commands')}; invariant checks passed: {checks} "
+        f"(of which whole-cell: {fig.get('full_invariant_checks')})"
+    )
     print(f"commits by scheduler: {fig.get('commits_by_scheduler')}")
     print(f"jobs by state: {fig.get('jobs_by_state')}")
     print(f"secret leaks in logs: {run.leaks}")
@@ -72,10 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ERROR {error}")
     for i, status in fig.get("replica_status", {}).items():
         print(f"  replica {i} at the end: {status}")
-    print(orjson.dumps({
-        "acknowledged": fig.get("acknowledged", 0), "faults": run.faults, "checks": checks,
-        "lost": lost, "errors": len(run.report.errors) + len(run.leaks), "seed": seed,
-        "wall_s": round(time.monotonic() - started, 1)}).decode())
+    print(
+        orjson.dumps(
+            {
+                "acknowledged": fig.get("acknowledged", 0),
+                "faults": run.faults,
+                "checks": checks,
+                "lost": lost,
+                "errors": len(run.report.errors) + len(run.leaks),
+                "seed": seed,
+                "wall_s": round(time.monotonic() - started, 1),
+            }
+        ).decode()
+    )
     return 0 if not run.report.errors and not run.leaks and lost == 0 else 1
 
 

@@ -55,11 +55,21 @@ def raw_node(index: int, ports: list[int], directory: Path, seconds: float, wind
 
     addresses = [f"127.0.0.1:{p}" for p in ports]
     # The store's own Raft settings, so the baseline differs only in what is applied.
-    conf = syncobj_conf(ReplicaConfig(
-        id=f"raw{index}", api_host="127.0.0.1", api_port=0, raft_host="127.0.0.1",
-        raft_port=ports[index], peers_raft=tuple(addresses), peers_api=tuple(addresses),
-        data_dir=directory / f"raw-{index}", token="unused", secret="bench-secret",
-        machine_class=object))
+    conf = syncobj_conf(
+        ReplicaConfig(
+            id=f"raw{index}",
+            api_host="127.0.0.1",
+            api_port=0,
+            raft_host="127.0.0.1",
+            raft_port=ports[index],
+            peers_raft=tuple(addresses),
+            peers_api=tuple(addresses),
+            data_dir=directory / f"raw-{index}",
+            token="unused",
+            secret="bench-secret",
+            machine_class=object,
+        )
+    )
     (directory / f"raw-{index}").mkdir(exist_ok=True)
     conf.autoTick = True
     node = Noop(addresses[index], [a for i, a in enumerate(addresses) if i != index], conf)
@@ -93,11 +103,25 @@ def measure_raw(seconds: float, window: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "bench.store", "--raw-node", str(i),
-                 "--raw-ports", ",".join(map(str, ports)), "--raw-dir", tmp,
-                 "--raw-seconds", str(seconds), "--raw-window", str(window)],
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.store",
+                    "--raw-node",
+                    str(i),
+                    "--raw-ports",
+                    ",".join(map(str, ports)),
+                    "--raw-dir",
+                    tmp,
+                    "--raw-seconds",
+                    str(seconds),
+                    "--raw-window",
+                    str(window),
+                ],
                 stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True)
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             for i in range(3)
         ]
         try:
@@ -115,21 +139,37 @@ def measure_raw(seconds: float, window: int) -> float:
 
 
 def commit_command(claims: list[list]) -> dict:
-    return {"type": "commit", "id": secrets.token_hex(8),
-            "txn": {"scheduler": "bench", "claims": claims}}
+    return {
+        "type": "commit",
+        "id": secrets.token_hex(8),
+        "txn": {"scheduler": "bench", "claims": claims},
+    }
 
 
 async def setup_cell(client: StoreClient, tasks: int) -> list[str]:
-    machines = [{"id": f"m{i}", "capacity": {"cpu": 64, "memory": "256Gi"},
-                 "domain": f"rack-{i % 20}"} for i in range(MACHINES)]
+    machines = [
+        {"id": f"m{i}", "capacity": {"cpu": 64, "memory": "256Gi"}, "domain": f"rack-{i % 20}"}
+        for i in range(MACHINES)
+    ]
     await client.request("POST", "/v1/agents/register", {"machines": machines})
     ids = []
     for j in range(0, tasks, 10_000):
         size = min(10_000, tasks - j)
         job = f"bench-{j // 10_000}"
-        await client.request("POST", "/v1/jobs", {"job": job, "spec": {
-            "name": job, "owner": "bench", "scheduler": "batch", "tasks": size,
-            "resources": {"cpu": "10m", "memory": "1Mi"}}})
+        await client.request(
+            "POST",
+            "/v1/jobs",
+            {
+                "job": job,
+                "spec": {
+                    "name": job,
+                    "owner": "bench",
+                    "scheduler": "batch",
+                    "tasks": size,
+                    "resources": {"cpu": "10m", "memory": "1Mi"},
+                },
+            },
+        )
         ids.extend(f"{job}.{i}" for i in range(size))
     return ids
 
@@ -162,26 +202,37 @@ async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict
 
         def take(n: int) -> list[str]:
             nonlocal cursor
-            chunk = ids[cursor:cursor + n]
+            chunk = ids[cursor : cursor + n]
             cursor += n
             return chunk
 
         machine = iter(range(10**9))
-        one = [commit_command([[t, f"m{next(machine) % MACHINES}", 0, []]])
-               for t in take(args.txns)]
+        one = [
+            commit_command([[t, f"m{next(machine) % MACHINES}", 0, []]]) for t in take(args.txns)
+        ]
         seconds = await pump(client, one, args.in_flight, 250)
         figures["txn_per_s"] = len(one) / seconds
 
-        hundred = [commit_command([[t, f"m{next(machine) % MACHINES}", 0, []]
-                                   for t in take(100)]) for _ in range(args.claim_txns)]
+        hundred = [
+            commit_command([[t, f"m{next(machine) % MACHINES}", 0, []] for t in take(100)])
+            for _ in range(args.claim_txns)
+        ]
         seconds = await pump(client, hundred, max(8, args.in_flight // 100), 4)
         figures["claims_per_s"] = len(hundred) * 100 / seconds
 
         latencies = []
         for task in take(args.latency):
             began = time.perf_counter()
-            await client.request("POST", "/v1/transactions", {"txn": {
-                "scheduler": "bench", "claims": [[task, f"m{next(machine) % MACHINES}", 0, []]]}})
+            await client.request(
+                "POST",
+                "/v1/transactions",
+                {
+                    "txn": {
+                        "scheduler": "bench",
+                        "claims": [[task, f"m{next(machine) % MACHINES}", 0, []]],
+                    }
+                },
+            )
             latencies.append((time.perf_counter() - began) * 1000)
         latencies.sort()
         figures["commit_p50_ms"] = statistics.median(latencies)
@@ -191,10 +242,17 @@ async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict
         spare = take(200)
         killed = time.monotonic()
         cluster.kill(leader)
-        async with StoreClient([a for i, a in enumerate(cluster.api) if i != leader],
-                               cluster.token, retry_deadline_s=60, timeout_s=2.0) as survivor:
-            await survivor.request("POST", "/v1/transactions", {"txn": {
-                "scheduler": "bench", "claims": [[spare[0], "m0", 0, []]]}})
+        async with StoreClient(
+            [a for i, a in enumerate(cluster.api) if i != leader],
+            cluster.token,
+            retry_deadline_s=60,
+            timeout_s=2.0,
+        ) as survivor:
+            await survivor.request(
+                "POST",
+                "/v1/transactions",
+                {"txn": {"scheduler": "bench", "claims": [[spare[0], "m0", 0, []]]}},
+            )
         figures["failover_s"] = time.monotonic() - killed
     return figures
 
@@ -212,28 +270,48 @@ def main() -> None:
     parser.add_argument("--raw-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_node is not None:
-        raw_node(args.raw_node, [int(p) for p in args.raw_ports.split(",")], Path(args.raw_dir),
-                 args.raw_seconds, args.raw_window)
+        raw_node(
+            args.raw_node,
+            [int(p) for p in args.raw_ports.split(",")],
+            Path(args.raw_dir),
+            args.raw_seconds,
+            args.raw_window,
+        )
         return
 
     raw = measure_raw(args.raw_seconds, args.raw_window)
     print(f"raw pysyncobj no-ops: {raw:,.0f} ops/s ({args.raw_window} in flight)")
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(
-        Path(tmp), machine="cellstore.cell:CellMachine",
-        extra={"extensions": ["cellstore.cell:endpoints"]},
-    ) as cluster:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCluster(
+            Path(tmp),
+            machine="cellstore.cell:CellMachine",
+            extra={"extensions": ["cellstore.cell:endpoints"]},
+        ) as cluster,
+    ):
         figures = trio.run(measure_store, cluster, args)
-    print(f"1-claim transactions: {figures['txn_per_s']:,.0f} txn/s "
-          f"({figures['txn_per_s'] / raw:.2f} of raw)")
+    print(
+        f"1-claim transactions: {figures['txn_per_s']:,.0f} txn/s "
+        f"({figures['txn_per_s'] / raw:.2f} of raw)"
+    )
     print(f"100-claim transactions: {figures['claims_per_s']:,.0f} claims/s")
-    print(f"commit latency: p50 {figures['commit_p50_ms']:.2f} ms, "
-          f"p99 {figures['commit_p99_ms']:.2f} ms")
+    print(
+        f"commit latency: p50 {figures['commit_p50_ms']:.2f} ms, "
+        f"p99 {figures['commit_p99_ms']:.2f} ms"
+    )
     print(f"failover: {figures['failover_s']:.2f} s from leader SIGKILL to an accepted write")
-    print(json.dumps({"raw_ops_per_s": round(raw), "txn_per_s": round(figures["txn_per_s"]),
-                      "claims_per_s": round(figures["claims_per_s"]),
-                      "commit_p50_ms": round(figures["commit_p50_ms"], 2),
-                      "commit_p99_ms": round(figures["commit_p99_ms"], 2),
-                      "failover_s": round(figures["failover_s"], 2)}))
+    print(
+        json.dumps(
+            {
+                "raw_ops_per_s": round(raw),
+                "txn_per_s": round(figures["txn_per_s"]),
+                "claims_per_s": round(figures["claims_per_s"]),
+                "commit_p50_ms": round(figures["commit_p50_ms"], 2),
+                "commit_p99_ms": round(figures["commit_p99_ms"], 2),
+                "failover_s": round(figures["failover_s"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ def check(cell: CellState) -> None:
     for task in cell.tasks.values():
         if task.state in ACTIVE_STATES:
             if task.machine not in cell.machines:
-                raise InvariantViolation(f"task {task.id} is active on unknown machine {task.machine}")
+                raise InvariantViolation(
+                    f"task {task.id} is active on unknown machine {task.machine}"
+                )
             holders[task.machine].add(task.id)
             _add_task(sums[task.machine], task)
             if not task.best_effort:
@@ -41,7 +43,9 @@ def check(cell: CellState) -> None:
         _check_machine(machine, sums[machine.id])
     for key, usage in owners.items():
         if cell.owner_usage.get(key, [0, 0]) != usage:
-            raise InvariantViolation(f"owner usage {key} is {cell.owner_usage.get(key)}, tasks say {usage}")
+            raise InvariantViolation(
+                f"owner usage {key} is {cell.owner_usage.get(key)}, tasks say {usage}"
+            )
     for job in cell.jobs.values():
         counts: dict[str, int] = {}
         for task in cell.job_tasks(job):
@@ -81,8 +85,14 @@ def _add_task(row: list[int], task: Task) -> None:
 
 
 def _check_machine(machine: Machine, row: list[int]) -> None:
-    kept = [machine.used_cpu, machine.used_memory, machine.reserved_cpu,
-            machine.reserved_memory, machine.be_cpu, machine.be_memory]
+    kept = [
+        machine.used_cpu,
+        machine.used_memory,
+        machine.reserved_cpu,
+        machine.reserved_memory,
+        machine.be_cpu,
+        machine.be_memory,
+    ]
     if row != kept:
         raise InvariantViolation(f"machine {machine.id} sums {kept} but its tasks add to {row}")
     if row[0] > machine.cpu or row[1] > machine.memory:

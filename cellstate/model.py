@@ -90,16 +90,26 @@ TERMINAL_STATES = frozenset({TaskState.EXITED, TaskState.FAILED, TaskState.KILLE
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset({TaskState.ASSIGNED, TaskState.KILLED}),
     TaskState.ASSIGNED: frozenset(
-        {TaskState.STARTING, TaskState.RUNNING, TaskState.EXITED, TaskState.FAILED,
-         TaskState.KILLED, TaskState.PENDING}
+        {
+            TaskState.STARTING,
+            TaskState.RUNNING,
+            TaskState.EXITED,
+            TaskState.FAILED,
+            TaskState.KILLED,
+            TaskState.PENDING,
+        }
     ),
     TaskState.STARTING: frozenset(
-        {TaskState.RUNNING, TaskState.EXITED, TaskState.FAILED, TaskState.KILLED,
-         TaskState.PENDING}
+        {TaskState.RUNNING, TaskState.EXITED, TaskState.FAILED, TaskState.KILLED, TaskState.PENDING}
     ),
     TaskState.RUNNING: frozenset(
-        {TaskState.STARTING, TaskState.EXITED, TaskState.FAILED, TaskState.KILLED,
-         TaskState.PENDING}
+        {
+            TaskState.STARTING,
+            TaskState.EXITED,
+            TaskState.FAILED,
+            TaskState.KILLED,
+            TaskState.PENDING,
+        }
     ),
     TaskState.EXITED: frozenset(),
     TaskState.FAILED: frozenset(),
@@ -108,10 +118,10 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 
 
 class JobState(enum.StrEnum):
-    PENDING = "pending"      # no task placed yet
-    RUNNING = "running"      # some task placed or running
-    DONE = "done"            # every task finished (exited 0)
-    FAILED = "failed"        # every task finished, some failed or exited non-zero
+    PENDING = "pending"  # no task placed yet
+    RUNNING = "running"  # some task placed or running
+    DONE = "done"  # every task finished (exited 0)
+    FAILED = "failed"  # every task finished, some failed or exited non-zero
     KILLED = "killed"
 
 
@@ -159,7 +169,9 @@ def _labels(instance: Any, attribute: attrs.Attribute, value: dict[str, str]) ->
         if not isinstance(key, str) or not LABEL_KEY_RE.match(key):
             raise FieldError(attribute.name, f"key {key!r} must match {LABEL_KEY_RE.pattern}")
         if not isinstance(item, str) or len(item) > 256:
-            raise FieldError(f"{attribute.name}.{key}", "must be a string of at most 256 characters")
+            raise FieldError(
+                f"{attribute.name}.{key}", "must be a string of at most 256 characters"
+            )
 
 
 def _sorted_dict(value: dict[str, str]) -> dict[str, str]:

@@ -32,10 +32,26 @@ from cellstate.wire import internal
 FORMAT = 1
 
 _TASK_FIELDS = (
-    "state", "machine", "incarnation", "spec_version", "priority", "cpu", "memory",
-    "submitted_at", "placed_at", "started_at", "finished_at", "exit_code", "reason",
-    "restarts", "evictions", "usage_cpu", "usage_memory", "reserved_cpu",
-    "reserved_memory", "usage_at",
+    "state",
+    "machine",
+    "incarnation",
+    "spec_version",
+    "priority",
+    "cpu",
+    "memory",
+    "submitted_at",
+    "placed_at",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "reason",
+    "restarts",
+    "evictions",
+    "usage_cpu",
+    "usage_memory",
+    "reserved_cpu",
+    "reserved_memory",
+    "usage_at",
 )
 
 
@@ -87,22 +103,34 @@ def load(data: bytes | str) -> CellState:
     cell.now = doc["now"]
     for mid, cpu, memory, labels, domain, state, seqnum, heartbeat in doc["machines"]:
         machine = Machine(
-            id=mid, index=len(cell.machine_list), cpu=cpu, memory=memory, labels=labels,
-            domain=domain, state=MachineState(state), seqnum=seqnum, last_heartbeat=heartbeat,
+            id=mid,
+            index=len(cell.machine_list),
+            cpu=cpu,
+            memory=memory,
+            labels=labels,
+            domain=domain,
+            state=MachineState(state),
+            seqnum=seqnum,
+            last_heartbeat=heartbeat,
         )
         cell.machines[mid] = machine
         cell.machine_list.append(machine)
     for jid, spec_doc, submitted_at, spec_version, killed, rows in doc["jobs"]:
         spec = internal.structure(spec_doc, JobSpec)
-        job = Job(id=jid, spec=spec, submitted_at=submitted_at, spec_version=spec_version,
-                  killed=killed)
+        job = Job(
+            id=jid, spec=spec, submitted_at=submitted_at, spec_version=spec_version, killed=killed
+        )
         cell.jobs[jid] = job
         for index, row in enumerate(rows):
             values = dict(zip(_TASK_FIELDS, row, strict=True))
             values["state"] = TaskState(values["state"])
             task = Task(
-                id=task_id(jid, index), job=jid, owner=spec.owner, index=index,
-                best_effort=spec.band == 0, **values,
+                id=task_id(jid, index),
+                job=jid,
+                owner=spec.owner,
+                index=index,
+                best_effort=spec.band == 0,
+                **values,
             )
             cell.tasks[task.id] = task
             _account(cell, job, task)

@@ -156,8 +156,12 @@ class CellState:
             machine = self.machines.get(spec.id)
             if machine is None:
                 machine = Machine(
-                    id=spec.id, index=len(self.machine_list), cpu=spec.capacity.cpu,
-                    memory=spec.capacity.memory, labels=dict(spec.labels), domain=spec.domain,
+                    id=spec.id,
+                    index=len(self.machine_list),
+                    cpu=spec.capacity.cpu,
+                    memory=spec.capacity.memory,
+                    labels=dict(spec.labels),
+                    domain=spec.domain,
                     last_heartbeat=at,
                 )
                 self.machines[spec.id] = machine
@@ -233,8 +237,15 @@ class CellState:
         for index in range(spec.tasks):
             tid = task_id(job.id, index)
             tasks[tid] = Task(
-                id=tid, job=job.id, owner=spec.owner, index=index, priority=spec.priority,
-                best_effort=best_effort, cpu=cpu, memory=memory, submitted_at=cmd.at,
+                id=tid,
+                job=job.id,
+                owner=spec.owner,
+                index=index,
+                priority=spec.priority,
+                best_effort=best_effort,
+                cpu=cpu,
+                memory=memory,
+                submitted_at=cmd.at,
             )
         self.pending_jobs[job.id] = None
         events.append(JobSubmitted(job.id))
@@ -262,7 +273,9 @@ class CellState:
 
     def _set_quota(self, cmd: SetQuota, events: list[Event]) -> Result:
         if not OWNER_RE.match(cmd.owner):
-            return Error("invalid_owner", f"owner {cmd.owner!r} must match {OWNER_RE.pattern}", "owner")
+            return Error(
+                "invalid_owner", f"owner {cmd.owner!r} must match {OWNER_RE.pattern}", "owner"
+            )
         if cmd.band is Band.BEST_EFFORT:
             return Error(
                 "quota_unlimited_band", "the best-effort band has no quota: it is unlimited", "band"
@@ -279,7 +292,8 @@ class CellState:
         jobs = self.pending_jobs
         kept = {job: why for job, why in sorted(cmd.explanations.items()) if job in jobs}
         self.schedulers[cmd.name] = ReportScheduler(
-            cmd.name, cmd.kind, dict(sorted(cmd.figures.items())), kept, cmd.at)
+            cmd.name, cmd.kind, dict(sorted(cmd.figures.items())), kept, cmd.at
+        )
         return Ok()
 
     # -- agents' reports ----------------------------------------------------------

@@ -15,18 +15,29 @@ from cellstate.state import CellState
 
 
 def resources(cpu: int, memory: int) -> dict[str, Any]:
-    return {"cpu": format_cpu(cpu), "memory": format_memory(memory),
-            "cpu_milli": cpu, "memory_bytes": memory}
+    return {
+        "cpu": format_cpu(cpu),
+        "memory": format_memory(memory),
+        "cpu_milli": cpu,
+        "memory_bytes": memory,
+    }
 
 
 def job_view(cell: CellState, job: Job) -> dict[str, Any]:
     spec = job.spec
     counts = {str(state): n for state, n in sorted(job.counts.items()) if n}
     return {
-        "id": job.id, "name": spec.name, "scheduler": str(spec.scheduler),
-        "priority": spec.priority, "state": str(job.state), "tasks": counts,
-        "owner": spec.owner, "band": spec.band.label, "size": spec.tasks,
-        "submitted_at": job.submitted_at, "gang": spec.gang,
+        "id": job.id,
+        "name": spec.name,
+        "scheduler": str(spec.scheduler),
+        "priority": spec.priority,
+        "state": str(job.state),
+        "tasks": counts,
+        "owner": spec.owner,
+        "band": spec.band.label,
+        "size": spec.tasks,
+        "submitted_at": job.submitted_at,
+        "gang": spec.gang,
         "resources": resources(spec.resources.cpu, spec.resources.memory),
         "command": list(spec.command),
     }
@@ -34,11 +45,19 @@ def job_view(cell: CellState, job: Job) -> dict[str, Any]:
 
 def task_view(task: Task) -> dict[str, Any]:
     return {
-        "id": task.id, "job": task.job, "state": str(task.state), "machine": task.machine,
-        "incarnation": task.incarnation, "priority": task.priority,
-        "exit_code": task.exit_code, "reason": task.reason, "restarts": task.restarts,
-        "evictions": task.evictions, "submitted_at": task.submitted_at,
-        "placed_at": task.placed_at, "started_at": task.started_at,
+        "id": task.id,
+        "job": task.job,
+        "state": str(task.state),
+        "machine": task.machine,
+        "incarnation": task.incarnation,
+        "priority": task.priority,
+        "exit_code": task.exit_code,
+        "reason": task.reason,
+        "restarts": task.restarts,
+        "evictions": task.evictions,
+        "submitted_at": task.submitted_at,
+        "placed_at": task.placed_at,
+        "started_at": task.started_at,
         "finished_at": task.finished_at,
         "usage": resources(task.usage_cpu, task.usage_memory) if task.usage_at else None,
     }
@@ -46,24 +65,36 @@ def task_view(task: Task) -> dict[str, Any]:
 
 def machine_view(machine: Machine) -> dict[str, Any]:
     return {
-        "id": machine.id, "state": str(machine.state),
+        "id": machine.id,
+        "state": str(machine.state),
         "capacity": resources(machine.cpu, machine.memory),
-        "used": resources(machine.used_cpu + machine.be_cpu,
-                          machine.used_memory + machine.be_memory),
-        "domain": machine.domain, "labels": dict(machine.labels),
-        "tasks": len(machine.tasks), "seqnum": machine.seqnum,
+        "used": resources(
+            machine.used_cpu + machine.be_cpu, machine.used_memory + machine.be_memory
+        ),
+        "domain": machine.domain,
+        "labels": dict(machine.labels),
+        "tasks": len(machine.tasks),
+        "seqnum": machine.seqnum,
         "reserved": resources(machine.reserved_cpu, machine.reserved_memory),
         "last_heartbeat": machine.last_heartbeat,
     }
 
 
 def list_jobs(cell: CellState, state: str | None = None) -> list[dict[str, Any]]:
-    return [job_view(cell, job) for job in cell.jobs.values()
-            if state is None or str(job.state) == state]
+    return [
+        job_view(cell, job)
+        for job in cell.jobs.values()
+        if state is None or str(job.state) == state
+    ]
 
 
-def list_tasks(cell: CellState, job: str | None = None, state: str | None = None,
-               machine: str | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+def list_tasks(
+    cell: CellState,
+    job: str | None = None,
+    state: str | None = None,
+    machine: str | None = None,
+    limit: int = 100_000,
+) -> list[dict[str, Any]]:
     if job is not None:
         found = cell.jobs.get(job)
         source = cell.job_tasks(found) if found else iter(())
@@ -97,11 +128,19 @@ def cell_summary(cell: CellState) -> dict[str, Any]:
     for machine in cell.machine_list:
         machines[str(machine.state)] = machines.get(str(machine.state), 0) + 1
     return {
-        "version": cell.version, "now": cell.now, "jobs": len(cell.jobs), "tasks": tasks,
+        "version": cell.version,
+        "now": cell.now,
+        "jobs": len(cell.jobs),
+        "tasks": tasks,
         "machines": machines,
         "schedulers": [
-            {"name": r.name, "kind": str(r.kind), "figures": r.figures, "reported_at": r.at,
-             "blocked": len(r.explanations)}
+            {
+                "name": r.name,
+                "kind": str(r.kind),
+                "figures": r.figures,
+                "reported_at": r.at,
+                "blocked": len(r.explanations),
+            }
             for r in cell.schedulers.values()
         ],
     }
@@ -114,12 +153,16 @@ def explain(cell: CellState, target: str) -> dict[str, Any] | None:
     if job is None:
         return None
     task = cell.tasks.get(target)
-    accounts = {r.name: r.explanations[job_id] for r in cell.schedulers.values()
-                if job_id in r.explanations}
+    accounts = {
+        r.name: r.explanations[job_id] for r in cell.schedulers.values() if job_id in r.explanations
+    }
     pending = [t.id for t in cell.pending_tasks(job)]
     active = sum(1 for t in cell.job_tasks(job) if t.state in ACTIVE_STATES)
     return {
-        "job": job_view(cell, job), "task": task_view(task) if task else None,
-        "pending": len(pending), "active": active, "schedulers": accounts,
+        "job": job_view(cell, job),
+        "task": task_view(task) if task else None,
+        "pending": len(pending),
+        "active": active,
+        "schedulers": accounts,
         "waiting": bool(pending) and (task is None or task.state is TaskState.PENDING),
     }

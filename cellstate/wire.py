@@ -61,8 +61,16 @@ from cellstate.model import (
 from cellstate.resources import Resources, UnitError, parse_cpu, parse_memory
 
 MAX_BODY_BYTES = 8 << 20
-_ENUMS = (Band, SchedulerClass, MachineState, TaskState, RestartPolicy, TxnMode, ConflictMode,
-          ReportedState)
+_ENUMS = (
+    Band,
+    SchedulerClass,
+    MachineState,
+    TaskState,
+    RestartPolicy,
+    TxnMode,
+    ConflictMode,
+    ReportedState,
+)
 
 _COMMAND_TAGS = {cls: name for name, cls in COMMAND_TYPES.items()}
 _RESULT_TAGS = {Ok: "ok", Error: "error", CommitResult: "commit", Stale: "stale"}
@@ -191,17 +199,23 @@ def _make(edge: bool) -> cattrs.Converter:
     conv.register_unstructure_hook(Claim, _claim_to_wire)
     conv.register_structure_hook(Claim, _claim_from_wire)
     if edge:
-        for kind, hook in ((int, _strict_int), (float, _strict_float), (str, _strict_str),
-                           (bool, _strict_bool)):
+        for kind, hook in (
+            (int, _strict_int),
+            (float, _strict_float),
+            (str, _strict_str),
+            (bool, _strict_bool),
+        ):
             conv.register_structure_hook(kind, hook)
+
         def objects_only(cl: type) -> Any:
             inner = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=True)
             fields = ", ".join(a.name for a in attrs.fields(cl))
 
             def structure(value: Any, _: type) -> Any:
                 if not isinstance(value, dict):
-                    raise TypeError(f"expected an object with fields {fields}, "
-                                    f"got {_describe(value)}")
+                    raise TypeError(
+                        f"expected an object with fields {fields}, got {_describe(value)}"
+                    )
                 return inner(value, cl)
 
             return structure
@@ -233,9 +247,7 @@ def _make(edge: bool) -> cattrs.Converter:
         conv.register_structure_hook(
             Resources, lambda v, _: Resources(cpu=int(v["cpu"][:-1]), memory=v["memory"])
         )
-    configure_tagged_union(
-        Command, conv, tag_generator=_COMMAND_TAGS.__getitem__, tag_name="type"
-    )
+    configure_tagged_union(Command, conv, tag_generator=_COMMAND_TAGS.__getitem__, tag_name="type")
     configure_tagged_union(Result, conv, tag_generator=_RESULT_TAGS.__getitem__, tag_name="type")
     configure_tagged_union(Event, conv, tag_generator=_EVENT_TAGS.__getitem__, tag_name="type")
     return conv
@@ -268,8 +280,9 @@ def _check_envelope(data: Any, path: str) -> None:
         raise SpecError("invalid", f"a command is a JSON object, got {_describe(data)}", path)
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in COMMAND_TYPES:
-        raise SpecError("invalid", f"type {kind!r} is not a command: use one of {allowed}",
-                        f"{path}.type")
+        raise SpecError(
+            "invalid", f"type {kind!r} is not a command: use one of {allowed}", f"{path}.type"
+        )
 
 
 def _first_error(exc: BaseException, path: str) -> tuple[str, str]:

@@ -136,8 +136,12 @@ def parse_commands(request: Request, machine_class: Any = None) -> list[bytes]:
         try:
             encoded.append(canonical(command, f"$.commands[{i}]"))
         except ValueError as exc:  # the machine's edge refused it
-            raise ApiError(400, getattr(exc, "code", "invalid"), getattr(exc, "message", str(exc)),
-                           getattr(exc, "field", f"commands[{i}]")) from None
+            raise ApiError(
+                400,
+                getattr(exc, "code", "invalid"),
+                getattr(exc, "message", str(exc)),
+                getattr(exc, "field", f"commands[{i}]"),
+            ) from None
     return encoded
 
 

@@ -96,8 +96,11 @@ async def commit_one(replica: Replica, document: dict[str, Any]) -> Response:
     status = 200
     if answer["result"].get("type") == "error":
         error = answer["result"]
-        status = 409 if error["code"] in ("job_exists",) else (
-            404 if error["code"].endswith("_unknown") else 400)
+        status = (
+            409
+            if error["code"] in ("job_exists",)
+            else (404 if error["code"].endswith("_unknown") else 400)
+        )
         raise ApiError(status, error["code"], error["message"], error.get("field"))
     return Response.json(answer, status, replica.leader_headers())
 
@@ -130,6 +133,7 @@ def endpoints(router: Router, replica: Replica) -> None:
     def command_endpoint(kind: str):
         async def handler(request: Request) -> Response:
             return await commit_one(replica, typed(kind, body(request)))
+
         return handler
 
     async def read(fn) -> Response:
@@ -139,11 +143,13 @@ def endpoints(router: Router, replica: Replica) -> None:
     async def jobs(request: Request) -> Response:
         job_id = request.query.get("id")
         if job_id:
+
             def one(cell: CellState) -> Any:
                 job = cell.jobs.get(job_id[0])
                 if job is None:
                     raise ApiError(404, "job_unknown", f"no job {job_id[0]!r}", "id")
                 return cell_views.job_view(cell, job)
+
             return await read(one)
         state = _one(request, "state")
         return await read(lambda cell: {"jobs": cell_views.list_jobs(cell, state)})
@@ -151,16 +157,19 @@ def endpoints(router: Router, replica: Replica) -> None:
     async def tasks(request: Request) -> Response:
         task_id = _one(request, "id")
         if task_id:
+
             def one(cell: CellState) -> Any:
                 task = cell.tasks.get(task_id)
                 if task is None:
                     raise ApiError(404, "task_unknown", f"no task {task_id!r}", "id")
                 return cell_views.task_view(task)
+
             return await read(one)
         job, state, machine = _one(request, "job"), _one(request, "state"), _one(request, "machine")
         limit = request.query_int("limit", 100_000)
-        return await read(lambda cell: {
-            "tasks": cell_views.list_tasks(cell, job, state, machine, limit)})
+        return await read(
+            lambda cell: {"tasks": cell_views.list_tasks(cell, job, state, machine, limit)}
+        )
 
     async def machines(request: Request) -> Response:
         return await read(lambda cell: {"machines": cell_views.list_machines(cell)})
@@ -178,6 +187,7 @@ def endpoints(router: Router, replica: Replica) -> None:
             if found is None:
                 raise ApiError(404, "job_unknown", f"no job or task {target!r}", "target")
             return found
+
         return await read(account)
 
     router.add("POST", "/v1/jobs", submit)
@@ -210,8 +220,10 @@ def _job_id(spec: Any) -> str:
 
 
 def _overdue(machine: CellMachine, deadline: float) -> bool:
-    return any(m.state is not MachineState.DOWN and m.last_heartbeat < deadline
-               for m in machine.cell.machine_list)
+    return any(
+        m.state is not MachineState.DOWN and m.last_heartbeat < deadline
+        for m in machine.cell.machine_list
+    )
 
 
 async def expire_heartbeats(replica: Replica, period_s: float = 1.0) -> None:
@@ -226,8 +238,11 @@ async def expire_heartbeats(replica: Replica, period_s: float = 1.0) -> None:
         # Only log a decision when there is one to take: an idle cell's log stays still.
         if not await replica.read(functools.partial(_overdue, deadline=now - timeout)):
             continue
-        command = orjson.dumps(internal.unstructure(
-            ExpireHeartbeats(timeout=timeout, at=now, id=secrets.token_hex(12)), Command))
+        command = orjson.dumps(
+            internal.unstructure(
+                ExpireHeartbeats(timeout=timeout, at=now, id=secrets.token_hex(12)), Command
+            )
+        )
         try:
             await replica.commit([command])
         except ApiError as exc:

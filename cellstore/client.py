@@ -290,14 +290,21 @@ def _parse_watch_line(msg: dict[str, Any], next_version: int) -> WatchBatch | No
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     """`--addr` and `--token`, defaulting to OMEGA_ADDR and OMEGA_TOKEN."""
-    parser.add_argument("--addr", default=os.environ.get("OMEGA_ADDR", ""),
-                        help="comma-separated replica API addresses (env OMEGA_ADDR)")
-    parser.add_argument("--token", default=os.environ.get("OMEGA_TOKEN", ""),
-                        help="API bearer token (env OMEGA_TOKEN)")
+    parser.add_argument(
+        "--addr",
+        default=os.environ.get("OMEGA_ADDR", ""),
+        help="comma-separated replica API addresses (env OMEGA_ADDR)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("OMEGA_TOKEN", ""),
+        help="API bearer token (env OMEGA_TOKEN)",
+    )
 
 
-def store_from_arguments(parser: argparse.ArgumentParser,
-                         args: argparse.Namespace) -> tuple[tuple[str, ...], str]:
+def store_from_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[tuple[str, ...], str]:
     """The replica addresses and token given to a component; exits with a usage
     error naming what is missing."""
     addresses = tuple(a.strip() for a in args.addr.split(",") if a.strip())

@@ -30,8 +30,11 @@ class LocalCopy:
     between the old and new versions are not known, so consumers resync).
     """
 
-    def __init__(self, on_events: EventSink | None = None,
-                 on_reset: Callable[[CellState], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_events: EventSink | None = None,
+        on_reset: Callable[[CellState], None] | None = None,
+    ) -> None:
         self.cell = CellState()
         self._on_events = on_events
         self._on_reset = on_reset
@@ -41,8 +44,9 @@ class LocalCopy:
     def version(self) -> int:
         return self.cell.version
 
-    async def follow(self, client: StoreClient, *,
-                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def follow(
+        self, client: StoreClient, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Apply the feed forever; `task_status.started()` once caught up with the
         store's version at the time of the call."""
         target = (await client.status()).get("version", 0)

@@ -61,8 +61,10 @@ from cellstore.errors import ApiError
 from cellstore.testing import LocalCluster, free_ports
 from schedulers.process import LiveScheduler, SchedulerConfig
 
-CELL = {"machine": "cellstore.cell:CellMachine",
-        "extra": {"extensions": ["cellstore.cell:endpoints"], "commit_timeout_s": 3.0}}
+CELL = {
+    "machine": "cellstore.cell:CellMachine",
+    "extra": {"extensions": ["cellstore.cell:endpoints"], "commit_timeout_s": 3.0},
+}
 IDENTITY_HOST = "127.0.0.2"
 PROXY_HOST = "127.0.0.1"
 
@@ -108,7 +110,8 @@ class RaftProxies:
             for pair, (listen, target) in self.routes.items():
                 listeners = await trio.open_tcp_listeners(listen, host=PROXY_HOST)
                 nursery.start_soon(
-                    trio.serve_listeners, partial(self._forward, pair, target), listeners)
+                    trio.serve_listeners, partial(self._forward, pair, target), listeners
+                )
             self._ready.set()
             await self._stop.wait()
             nursery.cancel_scope.cancel()
@@ -176,8 +179,12 @@ class ProxiedCluster(LocalCluster):
         super().__init__(base_dir, n, **kwargs)
         ports = [int(a.rsplit(":", 1)[1]) for a in self.raft_addresses]
         self.identity = [f"{IDENTITY_HOST}:{p}" for p in ports]
-        pairs = [(a, b) for a in range(n) for b in range(n)
-                 if a != b and self.identity[a] > self.identity[b]]
+        pairs = [
+            (a, b)
+            for a in range(n)
+            for b in range(n)
+            if a != b and self.identity[a] > self.identity[b]
+        ]
         taken = {int(a.rsplit(":", 1)[1]) for a in [*self.api, *self.raft_addresses]}
         listen = free_ports(len(pairs))
         while taken & set(listen):  # free_ports released the cluster's ports: avoid them
@@ -223,8 +230,12 @@ class ProxiedCluster(LocalCluster):
         among = self.alive() if among is None else among
         sts = {i: self.status(i) for i in among}
         for i, s in sts.items():
-            if s and s["is_leader"] and s["ready"] and all(
-                    o is not None and o["leader"]["api"] == self.api[i] for o in sts.values()):
+            if (
+                s
+                and s["is_leader"]
+                and s["ready"]
+                and all(o is not None and o["leader"]["api"] == self.api[i] for o in sts.values())
+            ):
                 return i
         return None
 
@@ -251,15 +262,31 @@ class SchedulerProcs:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> None:
-        env = {**os.environ, "OMEGA_ADDR": ",".join(self.cluster.api),
-               "OMEGA_TOKEN": self.cluster.token}
+        env = {
+            **os.environ,
+            "OMEGA_ADDR": ",".join(self.cluster.api),
+            "OMEGA_TOKEN": self.cluster.token,
+        }
         log = self.cluster.base_dir / f"scheduler-{name}.log"
         with open(log, "ab") as out:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "schedulers", "--kind", "batch", "--name", name,
-                 "--report-period", "1"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "schedulers",
+                    "--kind",
+                    "batch",
+                    "--name",
+                    name,
+                    "--report-period",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
 
     def start_all(self) -> None:
         for name in self.names:
@@ -335,8 +362,9 @@ class FeedRecorder:
                 n = self.cluster.n
                 url = f"http://{self.cluster.api[index]}/v1/watch"
                 try:
-                    async with http.stream("GET", url, params={"from": self.version + 1},
-                                           headers=auth) as resp:
+                    async with http.stream(
+                        "GET", url, params={"from": self.version + 1}, headers=auth
+                    ) as resp:
                         if resp.status_code == 200:
                             async for line in resp.aiter_lines():
                                 if line and not self._take(orjson.loads(line), refused, index, n):
@@ -369,8 +397,7 @@ class FeedRecorder:
                 await trio.sleep(0.05)
 
 
-JOB_SPEC = {"owner": "alice", "scheduler": "batch", "resources": {"cpu": "500m",
-                                                                  "memory": "512Mi"}}
+JOB_SPEC = {"owner": "alice", "scheduler": "batch", "resources": {"cpu": "500m", "memory": "512Mi"}}
 HUGE_SPEC = {"owner": "alice", "scheduler": "batch", "resources": {"cpu": 64, "memory": "1Gi"}}
 
 
@@ -380,8 +407,14 @@ class Workload:
     Run `run(nursery)` style: `await nursery.start(workload.run)`; call `stop_writes()` to end
     submissions and kills (agent and scheduler keep going so placed work finishes)."""
 
-    def __init__(self, cluster: LocalCluster, seed: int, *, machines: int = 16,
-                 submit_interval_s: float = 0.06) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        seed: int,
+        *,
+        machines: int = 16,
+        submit_interval_s: float = 0.06,
+    ) -> None:
         self.cluster = cluster
         self.rng = random.Random(seed)
         self.tag = f"s{seed}"
@@ -398,11 +431,13 @@ class Workload:
         return f"{self.tag}-{kind}-{self._n}-{secrets.token_hex(3)}"
 
     def client(self) -> StoreClient:
-        return StoreClient(self.cluster.api, self.cluster.token, timeout_s=5.0,
-                           retry_deadline_s=60.0)
+        return StoreClient(
+            self.cluster.api, self.cluster.token, timeout_s=5.0, retry_deadline_s=60.0
+        )
 
-    async def _send(self, client: StoreClient, kind: str, key: Any, path: str,
-                    body: dict[str, Any]) -> Any:
+    async def _send(
+        self, client: StoreClient, kind: str, key: Any, path: str, body: dict[str, Any]
+    ) -> Any:
         try:
             answer = await client.request("POST", path, body)
         except (ApiError, StoreUnavailable) as exc:
@@ -412,9 +447,13 @@ class Workload:
         return answer["result"]
 
     async def setup(self, client: StoreClient) -> None:
-        body = {"id": self._id("register"), "machines": [
-            {"id": f"m{i}", "capacity": {"cpu": 8, "memory": "16Gi"}, "domain": f"d{i % 4}"}
-            for i in range(self.machines)]}
+        body = {
+            "id": self._id("register"),
+            "machines": [
+                {"id": f"m{i}", "capacity": {"cpu": 8, "memory": "16Gi"}, "domain": f"d{i % 4}"}
+                for i in range(self.machines)
+            ],
+        }
         await self._send(client, "register", self.machines, "/v1/agents/register", body)
 
     async def submitter(self, client: StoreClient) -> None:
@@ -423,11 +462,19 @@ class Workload:
             n += 1
             job = f"{self.tag}-j{n}"
             huge = self.rng.random() < 0.02
-            spec = {**(HUGE_SPEC if huge else JOB_SPEC), "name": "huge" if huge else "w",
-                    "tasks": self.rng.randint(1, 4)}
+            spec = {
+                **(HUGE_SPEC if huge else JOB_SPEC),
+                "name": "huge" if huge else "w",
+                "tasks": self.rng.randint(1, 4),
+            }
             self.submitted.append(job)
-            await self._send(client, "submit", job, "/v1/jobs",
-                             {"job": job, "id": self._id("submit"), "spec": spec})
+            await self._send(
+                client,
+                "submit",
+                job,
+                "/v1/jobs",
+                {"job": job, "id": self._id("submit"), "spec": spec},
+            )
             await trio.sleep(self.submit_interval_s)
 
     async def killer(self, client: StoreClient) -> None:
@@ -436,8 +483,9 @@ class Workload:
             done = [a.key for a in self.acks if a.kind == "submit"]
             if done:
                 job = self.rng.choice(done[-50:])
-                await self._send(client, "kill", job, "/v1/jobs/kill",
-                                 {"job": job, "id": self._id("kill")})
+                await self._send(
+                    client, "kill", job, "/v1/jobs/kill", {"job": job, "id": self._id("kill")}
+                )
 
     async def agent(self, client: StoreClient, copy: LocalCopy) -> None:
         """Report assigned tasks running, and running ones exited after a while."""
@@ -451,8 +499,7 @@ class Workload:
                 if task.state not in ACTIVE_STATES:
                     continue
                 key = (task.id, task.incarnation)
-                base = {"task": task.id, "machine": task.machine,
-                        "incarnation": task.incarnation}
+                base = {"task": task.id, "machine": task.machine, "incarnation": task.incarnation}
                 if task.state is TaskState.ASSIGNED:
                     reports.append({**base, "state": "running"})
                 elif task.state is TaskState.RUNNING:
@@ -461,18 +508,28 @@ class Workload:
                         reports.append({**base, "state": "exited", "exit_code": 0})
             if reports:
                 body = {"id": self._id("report"), "reports": reports[:200]}
-                await self._send(client, "report", len(body["reports"]),
-                                 "/v1/agents/report", body)
+                await self._send(client, "report", len(body["reports"]), "/v1/agents/report", body)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        async with self.client() as client, self.client() as sched_client, \
-                self.client() as agent_client, trio.open_nursery() as nursery:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with (
+            self.client() as client,
+            self.client() as sched_client,
+            self.client() as agent_client,
+            trio.open_nursery() as nursery,
+        ):
             await self.setup(client)
             scheduler = RecordingScheduler(
-                SchedulerConfig(self.cluster.api, self.cluster.token, "batch",
-                                name="recorded", report_period_s=1.0, seed=self.rng.random()),
-                sched_client, self)
+                SchedulerConfig(
+                    self.cluster.api,
+                    self.cluster.token,
+                    "batch",
+                    name="recorded",
+                    report_period_s=1.0,
+                    seed=self.rng.random(),
+                ),
+                sched_client,
+                self,
+            )
             await nursery.start(scheduler.run)
             copy = LocalCopy()
             await nursery.start(copy.follow, agent_client)
@@ -495,8 +552,10 @@ class RecordingScheduler(LiveScheduler):
         self.workload = workload
 
     async def commit(self, decision: Any) -> int | None:
-        body = {"txn": internal.unstructure(decision.transaction),
-                "id": self.workload._id("commit")}
+        body = {
+            "txn": internal.unstructure(decision.transaction),
+            "id": self.workload._id("commit"),
+        }
         try:
             answer = await self.client.request("POST", "/v1/transactions", body)
         except (ApiError, StoreUnavailable) as exc:
@@ -512,17 +571,21 @@ class RecordingScheduler(LiveScheduler):
 
 # -- faults -----------------------------------------------------------------------------------
 
-FAULT_KINDS = ("leader_kill", "follower_kill", "partition_leader", "full_restart",
-               "scheduler_kill")
+FAULT_KINDS = ("leader_kill", "follower_kill", "partition_leader", "full_restart", "scheduler_kill")
 
 
 class Faults:
     """Injects faults into a `ProxiedCluster` (blocking calls run in worker threads) and
     records what it did: `counts` per kind, `probes` sent to partitioned leaders, `log`."""
 
-    def __init__(self, cluster: ProxiedCluster, schedulers: SchedulerProcs | None,
-                 workload: Workload, rng: random.Random, say: Callable[[str], None] = print
-                 ) -> None:
+    def __init__(
+        self,
+        cluster: ProxiedCluster,
+        schedulers: SchedulerProcs | None,
+        workload: Workload,
+        rng: random.Random,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.cluster = cluster
         self.schedulers = schedulers
         self.workload = workload
@@ -591,8 +654,10 @@ class Faults:
                 await trio.sleep(0.05)
         gained = len(self.workload.acks) - acks_before
         self.majority_acks.append(gained)
-        self.say(f"partition: old leader r{old} probe {probe.outcome}; new leader r{new}; "
-                 f"{gained} acks by the majority")
+        self.say(
+            f"partition: old leader r{old} probe {probe.outcome}; new leader r{new}; "
+            f"{gained} acks by the majority"
+        )
         status = await self._sync(c.status, new, 5.0)
         if status is None:  # the majority's leader did not answer: the probe cannot be judged
             raise RuntimeError(f"new leader r{new} did not answer /v1/status before the heal")
@@ -603,8 +668,16 @@ class Faults:
     async def _probe(self, replica: int) -> Probe:
         """Submit a job straight to `replica`'s API (no client failover)."""
         pid = f"probe-{secrets.token_hex(6)}"
-        body = {"commands": [{"type": "submit_job", "id": pid, "job": pid,
-                              "spec": {**JOB_SPEC, "name": "probe", "tasks": 1}}]}
+        body = {
+            "commands": [
+                {
+                    "type": "submit_job",
+                    "id": pid,
+                    "job": pid,
+                    "spec": {**JOB_SPEC, "name": "probe", "tasks": 1},
+                }
+            ]
+        }
         url = f"http://{self.cluster.api[replica]}/v1/commands"
         auth = {"authorization": f"Bearer {self.cluster.token}"}
         try:
@@ -639,8 +712,9 @@ class Report:
 FULL_CHECK_EVERY = 100
 
 
-def replay(commands: list[tuple[int, Any]], base: bytes | None, report: Report
-           ) -> tuple[CellState, dict[str, tuple[int, Any, tuple[Any, ...]]]]:
+def replay(
+    commands: list[tuple[int, Any]], base: bytes | None, report: Report
+) -> tuple[CellState, dict[str, tuple[int, Any, tuple[Any, ...]]]]:
     """Apply the feed to a fresh cell (or `base`). After every command the machines it
     changed are recounted from their tasks (capacity, sums, single placement); every
     `FULL_CHECK_EVERY` commands and at the end, every invariant over the whole cell. Returns
@@ -675,8 +749,13 @@ def replay(commands: list[tuple[int, Any]], base: bytes | None, report: Report
     return cell, applied
 
 
-def check(recorder: FeedRecorder, acks: list[Ack], snapshots: dict[int, tuple[int, bytes]],
-          probes: list[Probe], submitted: list[str]) -> Report:
+def check(
+    recorder: FeedRecorder,
+    acks: list[Ack],
+    snapshots: dict[int, tuple[int, bytes]],
+    probes: list[Probe],
+    submitted: list[str],
+) -> Report:
     """Hold the run against its history (see the module docstring)."""
     report = Report()
     if recorder.gaps or recorder.base is not None:
@@ -703,24 +782,34 @@ def check(recorder: FeedRecorder, acks: list[Ack], snapshots: dict[int, tuple[in
         if probe.id in applied:
             version = applied[probe.id][0]
             if version <= probe.cut_version:
-                report.fail(f"probe {probe.id} sent to cut-off replica {probe.replica} was "
-                            f"committed at version {version}, while the partition held "
-                            f"(majority at {probe.cut_version} before the heal)")
+                report.fail(
+                    f"probe {probe.id} sent to cut-off replica {probe.replica} was "
+                    f"committed at version {version}, while the partition held "
+                    f"(majority at {probe.cut_version} before the heal)"
+                )
             else:
                 committed_after_heal += 1
     report.figures["probes_committed_after_heal"] = committed_after_heal
     _check_jobs(cell, submitted, report)
-    report.figures["commits_by_scheduler"] = dict(Counter(
-        doc["txn"]["scheduler"] for _, doc in commands if doc.get("type") == "commit"))
+    report.figures["commits_by_scheduler"] = dict(
+        Counter(doc["txn"]["scheduler"] for _, doc in commands if doc.get("type") == "commit")
+    )
     report.figures.update(
-        commands=len(commands), version=cell.version, acknowledged=len(acks),
+        commands=len(commands),
+        version=cell.version,
+        acknowledged=len(acks),
         acknowledged_by_kind=dict(Counter(a.kind for a in acks)),
-        jobs_by_state=dict(Counter(str(j.state) for j in cell.jobs.values())))
+        jobs_by_state=dict(Counter(str(j.state) for j in cell.jobs.values())),
+    )
     return report
 
 
-def _check_acks(cell: CellState, applied: dict[str, tuple[int, Any, tuple[Any, ...]]],
-                acks: list[Ack], report: Report) -> None:
+def _check_acks(
+    cell: CellState,
+    applied: dict[str, tuple[int, Any, tuple[Any, ...]]],
+    acks: list[Ack],
+    report: Report,
+) -> None:
     seen = Counter(a.id for a in acks)
     for cid, n in seen.items():
         if n > 1:
@@ -744,8 +833,9 @@ def _check_acks(cell: CellState, applied: dict[str, tuple[int, Any, tuple[Any, .
             report.fail(f"acknowledged kill of {ack.key} did not stick")
         if ack.kind == "commit":
             rejected = {r["task"] for r in result.get("rejected", ())}
-            placed = {(e.task, e.machine): e.incarnation for e in events
-                      if isinstance(e, TaskPlaced)}
+            placed = {
+                (e.task, e.machine): e.incarnation for e in events if isinstance(e, TaskPlaced)
+            }
             for task_id, machine in ack.key:
                 if task_id in rejected:
                     continue
@@ -754,10 +844,12 @@ def _check_acks(cell: CellState, applied: dict[str, tuple[int, Any, tuple[Any, .
                     report.fail(f"accepted claim {task_id}->{machine} ({ack.id}) not placed")
                     continue
                 task = cell.tasks[task_id]
-                moved_on = (task.incarnation > incarnation or task.state in TERMINAL_STATES)
+                moved_on = task.incarnation > incarnation or task.state in TERMINAL_STATES
                 if not moved_on and (task.machine != machine or task.state not in ACTIVE_STATES):
-                    report.fail(f"accepted claim {task_id}->{machine} lost: now {task.state} "
-                                f"on {task.machine}")
+                    report.fail(
+                        f"accepted claim {task_id}->{machine} lost: now {task.state} "
+                        f"on {task.machine}"
+                    )
         if report.failures > failures:
             lost += 1
     report.figures["lost"] = lost
@@ -774,7 +866,8 @@ def _check_jobs(cell: CellState, submitted: list[str], report: Report) -> None:
     if unexplained:
         report.fail(f"{len(unexplained)} jobs pending without explanation: {unexplained[:5]}")
     report.figures["pending_explained"] = sum(
-        1 for j in cell.jobs.values() if j.id in explained and not j.killed)
+        1 for j in cell.jobs.values() if j.id in explained and not j.killed
+    )
 
 
 # -- running it all -------------------------------------------------------------------------
@@ -810,8 +903,9 @@ async def settle(workload: Workload, timeout: float = 30.0) -> None:
 async def _unexplained(client: StoreClient) -> list[str]:
     """Jobs not killed, with pending tasks and no scheduler's explanation."""
     jobs = await client.request("GET", "/v1/jobs")
-    waiting = [j["id"] for j in jobs["jobs"]
-               if j["tasks"].get("pending") and j["state"] != "killed"]
+    waiting = [
+        j["id"] for j in jobs["jobs"] if j["tasks"].get("pending") and j["state"] != "killed"
+    ]
     unexplained = []
     for job in waiting:
         found = await client.request("GET", f"/v1/explain?target={job}")
@@ -820,8 +914,9 @@ async def _unexplained(client: StoreClient) -> list[str]:
     return unexplained
 
 
-def final_snapshots(cluster: LocalCluster, timeout: float = 60.0
-                    ) -> tuple[dict[int, tuple[int, bytes]], dict[int, Any]]:
+def final_snapshots(
+    cluster: LocalCluster, timeout: float = 60.0
+) -> tuple[dict[int, tuple[int, bytes]], dict[int, Any]]:
     """Every replica's snapshot once all have reached one version (the log is still), and
     each replica's last `/v1/status` (so a replica that never caught up can be told apart:
     its Raft indexes against the leader's)."""
@@ -842,8 +937,14 @@ def final_snapshots(cluster: LocalCluster, timeout: float = 60.0
         time.sleep(0.2)
 
 
-CI_SCHEDULE = ("leader_kill", "partition_leader", "leader_kill", "scheduler_kill",
-               "full_restart", "leader_kill")
+CI_SCHEDULE = (
+    "leader_kill",
+    "partition_leader",
+    "leader_kill",
+    "scheduler_kill",
+    "full_restart",
+    "leader_kill",
+)
 
 
 @attrs.define
@@ -860,8 +961,9 @@ class Run:
     wall_s: float
 
 
-def fault_plan(seed: int, duration_s: float, schedule: tuple[str, ...] | None
-               ) -> list[tuple[float, str]]:
+def fault_plan(
+    seed: int, duration_s: float, schedule: tuple[str, ...] | None
+) -> list[tuple[float, str]]:
     """(start offset s, kind) for every fault, from the seed alone. With `schedule`, its
     faults in order, spread over the run; otherwise random kinds until `duration_s`."""
     rng = random.Random(seed)
@@ -872,17 +974,27 @@ def fault_plan(seed: int, duration_s: float, schedule: tuple[str, ...] | None
             plan.append((t, kind))
             t += gap * rng.uniform(0.6, 1.0)
         return plan
-    weights = {"leader_kill": 3, "follower_kill": 2, "partition_leader": 2,
-               "full_restart": 1, "scheduler_kill": 2}
+    weights = {
+        "leader_kill": 3,
+        "follower_kill": 2,
+        "partition_leader": 2,
+        "full_restart": 1,
+        "scheduler_kill": 2,
+    }
     while t < duration_s - 3.0:
         plan.append((t, rng.choices(list(weights), list(weights.values()))[0]))
         t += rng.uniform(3.0, 8.0)
     return plan
 
 
-def run_scenario(base_dir: Path, seed: int, duration_s: float, *,
-                 schedule: tuple[str, ...] | None = None,
-                 say: Callable[[str], None] = print) -> Run:
+def run_scenario(
+    base_dir: Path,
+    seed: int,
+    duration_s: float,
+    *,
+    schedule: tuple[str, ...] | None = None,
+    say: Callable[[str], None] = print,
+) -> Run:
     """Start a proxied cell, two scheduler processes and the workload; inject the seeded
     faults for `duration_s`; settle; check. Every process is killed by pid on the way out."""
     started = time.monotonic()
@@ -905,14 +1017,34 @@ def run_scenario(base_dir: Path, seed: int, duration_s: float, *,
             report.fail(f"replicas {missing} did not answer at the end")
         if missing or len({v for v, _ in snapshots.values()}) > 1:
             report.figures["replica_status"] = {
-                i: {k: (s or {}).get(k) for k in ("version", "term", "is_leader", "commit_index",
-                                                  "last_applied_index", "log_entries", "leader")}
-                for i, s in statuses.items()}
+                i: {
+                    k: (s or {}).get(k)
+                    for k in (
+                        "version",
+                        "term",
+                        "is_leader",
+                        "commit_index",
+                        "last_applied_index",
+                        "log_entries",
+                        "leader",
+                    )
+                }
+                for i, s in statuses.items()
+            }
         logs = sorted(base_dir.glob("replica-*/replica.log")) + sorted(
-            base_dir.glob("scheduler-*.log"))
+            base_dir.glob("scheduler-*.log")
+        )
         leaks = secret_leaks(logs, [cluster.token, cluster.secret])
-    return Run(seed, report, dict(faults.counts), faults.probes, faults.majority_acks,
-               dict(workload.unacknowledged), leaks, time.monotonic() - started)
+    return Run(
+        seed,
+        report,
+        dict(faults.counts),
+        faults.probes,
+        faults.majority_acks,
+        dict(workload.unacknowledged),
+        leaks,
+        time.monotonic() - started,
+    )
 
 
 async def _monitor(cluster: LocalCluster, path: Path, period_s: float = 2.0) -> None:
@@ -930,9 +1062,16 @@ async def _monitor(cluster: LocalCluster, path: Path, period_s: float = 2.0) -> 
             await trio.sleep(period_s)
 
 
-async def _drive(cluster: ProxiedCluster, scheds: SchedulerProcs, workload: Workload,
-                 recorder: FeedRecorder, faults: Faults, plan: list[tuple[float, str]],
-                 duration_s: float, say: Callable[[str], None]) -> None:
+async def _drive(
+    cluster: ProxiedCluster,
+    scheds: SchedulerProcs,
+    workload: Workload,
+    recorder: FeedRecorder,
+    faults: Faults,
+    plan: list[tuple[float, str]],
+    duration_s: float,
+    say: Callable[[str], None],
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(recorder.run)
         nursery.start_soon(_monitor, cluster, cluster.base_dir / "monitor.ndjson")
@@ -940,8 +1079,10 @@ async def _drive(cluster: ProxiedCluster, scheds: SchedulerProcs, workload: Work
         t0 = trio.current_time()
         for offset, kind in plan:
             await trio.sleep_until(t0 + offset)
-            say(f"t={trio.current_time() - t0:5.1f}s fault {kind} "
-                f"(acks so far {len(workload.acks)})")
+            say(
+                f"t={trio.current_time() - t0:5.1f}s fault {kind} "
+                f"(acks so far {len(workload.acks)})"
+            )
             await faults.inject(kind)
         await trio.sleep_until(t0 + duration_s)
         workload.stop_writes()

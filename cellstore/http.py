@@ -217,9 +217,16 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-async def serve_router(router: Router, token: str, host: str = "127.0.0.1", port: int = 0, *,
-                       max_body_bytes: int = 1 << 16, name: str = "http",
-                       task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_router(
+    router: Router,
+    token: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_body_bytes: int = 1 << 16,
+    name: str = "http",
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve `router` under the bearer `token` on host:port (0: any free port) with
     hypercorn's trio worker until cancelled; `task_status.started("host:port")`."""
     from hypercorn.config import Config as HypercornConfig
@@ -237,5 +244,8 @@ async def serve_router(router: Router, token: str, host: str = "127.0.0.1", port
             structlog.get_logger("cellstore.http").info("serving", what=name, address=address)
             task_status.started(address)
 
-    await serve(AsgiApp(router, token, max_body_bytes), config,  # type: ignore[arg-type]
-                task_status=_Started())
+    await serve(
+        AsgiApp(router, token, max_body_bytes),
+        config,  # type: ignore[arg-type]
+        task_status=_Started(),
+    )

@@ -31,17 +31,21 @@ from omega.specfile import SpecFileError, load_spec
 
 app = typer.Typer(
     help="omega-cell: an Omega-style shared-state cluster scheduler.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
 )
-bench_app = typer.Typer(help="Benchmarks: conflict experiments in virtual time.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: conflict experiments in virtual time.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 console = Console()
 errors = Console(stderr=True)
 
-Addr = Annotated[str, typer.Option("--addr", envvar="OMEGA_ADDR",
-                                   help="Replica URLs, comma-separated.")]
+Addr = Annotated[
+    str, typer.Option("--addr", envvar="OMEGA_ADDR", help="Replica URLs, comma-separated.")
+]
 Token = Annotated[str, typer.Option("--token", envvar="OMEGA_TOKEN", help="API bearer token.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -78,7 +82,8 @@ def call(addr: str, token: str, fn: Callable[[StoreClient], Any]) -> Any:
 
 def pick(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     return {field: record.get(field) for field in fields} | {
-        k: v for k, v in record.items() if k not in fields}
+        k: v for k, v in record.items() if k not in fields
+    }
 
 
 def emit_json(value: Any) -> None:
@@ -95,12 +100,14 @@ def counts_text(counts: dict[str, int]) -> str:
 @app.command()
 def up(
     data_dir: Annotated[Path, typer.Option(help="Where the cell keeps its state.")] = Path(
-        "omega-data"),
+        "omega-data"
+    ),
     replicas: Annotated[int, typer.Option(min=1, max=7, help="Store replicas.")] = 3,
     agents: Annotated[int, typer.Option(min=0, max=64, help="Real agents.")] = 4,
     hollow: Annotated[int, typer.Option(min=0, max=100_000, help="Hollow machines.")] = 0,
     schedulers: Annotated[str, typer.Option(help="Scheduler kinds to run.")] = (
-        "service,batch,best-effort"),
+        "service,batch,best-effort"
+    ),
     submit: Annotated[list[Path], typer.Option(help="Job spec to submit once ready.")] = [],  # noqa: B006
 ) -> None:
     """Start a whole local cell and supervise it until Ctrl-C."""
@@ -121,8 +128,13 @@ def up(
 @app.command()
 def store(
     id: Annotated[int, typer.Option("--id", help="This replica's index in --peer.")],
-    peer: Annotated[list[str], typer.Option(help="Every replica as API_HOST:PORT/RAFT_HOST:PORT, "
-                                            "in the same order on every replica.")],
+    peer: Annotated[
+        list[str],
+        typer.Option(
+            help="Every replica as API_HOST:PORT/RAFT_HOST:PORT, "
+            "in the same order on every replica."
+        ),
+    ],
     data_dir: Annotated[Path, typer.Option(help="Journal and snapshots.")],
     token_file: Annotated[Path, typer.Option(help="File holding the API token.")],
     secret_file: Annotated[Path, typer.Option(help="File holding the Raft secret.")],
@@ -139,14 +151,22 @@ def store(
     if not 0 <= id < len(pairs):
         fail(f"--id {id}: must index one of the {len(pairs)} --peer values", 2)
     api, raft = pairs[id]
-    config = ReplicaConfig.from_json({
-        "id": f"r{id}", "api_host": api.rsplit(":", 1)[0], "api_port": int(api.rsplit(":", 1)[1]),
-        "raft_host": raft.rsplit(":", 1)[0], "raft_port": int(raft.rsplit(":", 1)[1]),
-        "peers_raft": [r for _, r in pairs], "peers_api": [a for a, _ in pairs],
-        "data_dir": str(data_dir), "token": token_file.read_text().strip(),
-        "secret": secret_file.read_text().strip(),
-        "machine": "cellstore.cell:CellMachine", "extensions": ["cellstore.cell:endpoints"],
-    })
+    config = ReplicaConfig.from_json(
+        {
+            "id": f"r{id}",
+            "api_host": api.rsplit(":", 1)[0],
+            "api_port": int(api.rsplit(":", 1)[1]),
+            "raft_host": raft.rsplit(":", 1)[0],
+            "raft_port": int(raft.rsplit(":", 1)[1]),
+            "peers_raft": [r for _, r in pairs],
+            "peers_api": [a for a, _ in pairs],
+            "data_dir": str(data_dir),
+            "token": token_file.read_text().strip(),
+            "secret": secret_file.read_text().strip(),
+            "machine": "cellstore.cell:CellMachine",
+            "extensions": ["cellstore.cell:endpoints"],
+        }
+    )
     run_replica(config)
 
 
@@ -172,9 +192,12 @@ def agent(ctx: typer.Context) -> None:
 @app.command()
 def submit(
     file: Annotated[Path, typer.Argument(help="Job spec: YAML, TOML or JSON.")],
-    addr: Addr = "", token: Token = "",
+    addr: Addr = "",
+    token: Token = "",
     job_id: Annotated[str, typer.Option("--id", help="Job id (default: name-<random>).")] = "",
-    wait: Annotated[bool, typer.Option(help="Show progress until every task runs or ends.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Show progress until every task runs or ends.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 300.0,
     as_json: AsJson = False,
 ) -> None:
@@ -199,15 +222,22 @@ def submit(
 
 def wait_for_job(addr: str, token: str, job: str, size: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         bar = progress.add_task(f"{job}", total=size)
         while True:
             view = call(addr, token, lambda c: c.request("GET", f"/v1/jobs?id={job}"))
             counts = view["tasks"]
             settled = sum(counts.get(s, 0) for s in ("running", "exited", "failed", "killed"))
-            progress.update(bar, completed=settled,
-                            description=f"{job} {view['state']} {counts_text(counts)}")
+            progress.update(
+                bar, completed=settled, description=f"{job} {view['state']} {counts_text(counts)}"
+            )
             if view["state"] in ("done", "failed", "killed") or settled >= size:
                 break
             if time.monotonic() > deadline:
@@ -218,8 +248,12 @@ def wait_for_job(addr: str, token: str, job: str, size: int, timeout: float) -> 
 
 
 @app.command()
-def jobs(addr: Addr = "", token: Token = "", as_json: AsJson = False,
-         state: Annotated[str, typer.Option(help="Only jobs in this state.")] = "") -> None:
+def jobs(
+    addr: Addr = "",
+    token: Token = "",
+    as_json: AsJson = False,
+    state: Annotated[str, typer.Option(help="Only jobs in this state.")] = "",
+) -> None:
     """List jobs."""
     path = "/v1/jobs" + (f"?state={state}" if state else "")
     found = call(addr, token, lambda c: c.request("GET", path))["jobs"]
@@ -228,14 +262,24 @@ def jobs(addr: Addr = "", token: Token = "", as_json: AsJson = False,
         return
     table = Table("id", "name", "scheduler", "priority", "state", "tasks")
     for j in found:
-        table.add_row(j["id"], j["name"], j["scheduler"], str(j["priority"]), j["state"],
-                      counts_text(j["tasks"]))
+        table.add_row(
+            j["id"],
+            j["name"],
+            j["scheduler"],
+            str(j["priority"]),
+            j["state"],
+            counts_text(j["tasks"]),
+        )
     console.print(table)
 
 
 @app.command()
-def job(job_id: Annotated[str, typer.Argument(help="Job id.")], addr: Addr = "",
-        token: Token = "", as_json: AsJson = False) -> None:
+def job(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    addr: Addr = "",
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
     """Show one job."""
     found = call(addr, token, lambda c: c.request("GET", f"/v1/jobs?id={job_id}"))
     if as_json:
@@ -246,9 +290,13 @@ def job(job_id: Annotated[str, typer.Argument(help="Job id.")], addr: Addr = "",
 
 
 @app.command()
-def tasks(addr: Addr = "", token: Token = "", as_json: AsJson = False,
-          job: Annotated[str, typer.Option(help="Only this job's tasks.")] = "",
-          state: Annotated[str, typer.Option(help="Only tasks in this state.")] = "") -> None:
+def tasks(
+    addr: Addr = "",
+    token: Token = "",
+    as_json: AsJson = False,
+    job: Annotated[str, typer.Option(help="Only this job's tasks.")] = "",
+    state: Annotated[str, typer.Option(help="Only tasks in this state.")] = "",
+) -> None:
     """List tasks."""
     query = "&".join(f"{k}={v}" for k, v in (("job", job), ("state", state)) if v)
     found = call(addr, token, lambda c: c.request("GET", "/v1/tasks?" + query))["tasks"]
@@ -257,8 +305,15 @@ def tasks(addr: Addr = "", token: Token = "", as_json: AsJson = False,
         return
     table = Table("id", "job", "state", "machine", "incarnation", "exit", "reason")
     for t in found:
-        table.add_row(t["id"], t["job"], t["state"], t["machine"] or "-", str(t["incarnation"]),
-                      "-" if t["exit_code"] is None else str(t["exit_code"]), t["reason"] or "")
+        table.add_row(
+            t["id"],
+            t["job"],
+            t["state"],
+            t["machine"] or "-",
+            str(t["incarnation"]),
+            "-" if t["exit_code"] is None else str(t["exit_code"]),
+            t["reason"] or "",
+        )
     console.print(table)
 
 
@@ -271,50 +326,67 @@ def nodes(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
         return
     table = Table("id", "state", "cpu used/cap", "memory used/cap", "tasks", "domain")
     for m in found:
-        table.add_row(m["id"], m["state"], f"{m['used']['cpu']}/{m['capacity']['cpu']}",
-                      f"{m['used']['memory']}/{m['capacity']['memory']}", str(m["tasks"]),
-                      m["domain"])
+        table.add_row(
+            m["id"],
+            m["state"],
+            f"{m['used']['cpu']}/{m['capacity']['cpu']}",
+            f"{m['used']['memory']}/{m['capacity']['memory']}",
+            str(m["tasks"]),
+            m["domain"],
+        )
     console.print(table)
 
 
 @app.command()
-def kill(job_id: Annotated[str, typer.Argument(help="Job id.")], addr: Addr = "",
-         token: Token = "") -> None:
+def kill(
+    job_id: Annotated[str, typer.Argument(help="Job id.")], addr: Addr = "", token: Token = ""
+) -> None:
     """Kill a job: its tasks are stopped (SIGTERM, then SIGKILL after the grace period)."""
     call(addr, token, lambda c: c.request("POST", "/v1/jobs/kill", {"job": job_id}))
     console.print(f"killed job [bold]{job_id}[/bold]")
 
 
 @app.command()
-def explain(target: Annotated[str, typer.Argument(help="Job or task id.")], addr: Addr = "",
-            token: Token = "", as_json: AsJson = False) -> None:
+def explain(
+    target: Annotated[str, typer.Argument(help="Job or task id.")],
+    addr: Addr = "",
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
     """Why a job or task is pending: machines considered, filtered, exhausted, conflicts."""
     found = call(addr, token, lambda c: c.request("GET", f"/v1/explain?target={target}"))
     if as_json:
         emit_json(found)
         return
     job_view = found["job"]
-    console.print(f"job [bold]{job_view['id']}[/bold] {job_view['state']}: "
-                  f"{counts_text(job_view['tasks'])}")
+    console.print(
+        f"job [bold]{job_view['id']}[/bold] {job_view['state']}: {counts_text(job_view['tasks'])}"
+    )
     if found["task"]:
         task = found["task"]
-        console.print(f"task {task['id']} {task['state']} on {task['machine'] or '-'}"
-                      + (f" ({task['reason']})" if task["reason"] else ""))
+        console.print(
+            f"task {task['id']} {task['state']} on {task['machine'] or '-'}"
+            + (f" ({task['reason']})" if task["reason"] else "")
+        )
     if not found["pending"]:
         console.print("nothing pending")
     elif not found["schedulers"]:
-        console.print(f"{found['pending']} tasks pending; no scheduler has reported on them yet "
-                      f"(is a {job_view['scheduler']} scheduler running?)")
+        console.print(
+            f"{found['pending']} tasks pending; no scheduler has reported on them yet "
+            f"(is a {job_view['scheduler']} scheduler running?)"
+        )
     for name, account in found["schedulers"].items():
         console.print(f"[bold]{name}[/bold]: {account}")
 
 
 @app.command()
-def logs(task_id: Annotated[str, typer.Argument(help="Task id.")], addr: Addr = "",
-         token: Token = "",
-         stream: Annotated[str, typer.Option(help="stdout or stderr.")] = "stdout",
-         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
-         ) -> None:
+def logs(
+    task_id: Annotated[str, typer.Argument(help="Task id.")],
+    addr: Addr = "",
+    token: Token = "",
+    stream: Annotated[str, typer.Option(help="stdout or stderr.")] = "stdout",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+) -> None:
     """Print a task's captured output, fetched from the agent that runs it."""
     if stream not in ("stdout", "stderr"):
         fail(f"--stream {stream!r}: use stdout or stderr", 2)
@@ -334,9 +406,17 @@ def logs(task_id: Annotated[str, typer.Argument(help="Task id.")], addr: Addr = 
     headers = {"authorization": f"Bearer {token}"}
     while True:
         try:
-            resp = httpx.get(f"http://{agent_addr}/v1/logs", headers=headers, timeout=10, params={
-                "task": task_id, "incarnation": task["incarnation"], "stream": stream,
-                "offset": offset})
+            resp = httpx.get(
+                f"http://{agent_addr}/v1/logs",
+                headers=headers,
+                timeout=10,
+                params={
+                    "task": task_id,
+                    "incarnation": task["incarnation"],
+                    "stream": stream,
+                    "offset": offset,
+                },
+            )
         except httpx.HTTPError as exc:
             fail(f"agent {agent_addr} did not answer: {exc}")
         if resp.status_code != 200:
@@ -364,11 +444,18 @@ def _status(client_addr: str, token: str) -> dict[str, Any]:
         return replicas, summary
 
     replicas, summary = call(client_addr, token, gather)
-    leader = next((r["leader"]["api"] for r in replicas
-                   if (r.get("leader") or {}).get("api")), None)
-    return {"replicas": replicas, "leader": leader, "schedulers": summary["schedulers"],
-            "agents": summary["machines"], "version": summary["version"],
-            "tasks": summary["tasks"], "jobs": summary["jobs"]}
+    leader = next(
+        (r["leader"]["api"] for r in replicas if (r.get("leader") or {}).get("api")), None
+    )
+    return {
+        "replicas": replicas,
+        "leader": leader,
+        "schedulers": summary["schedulers"],
+        "agents": summary["machines"],
+        "version": summary["version"],
+        "tasks": summary["tasks"],
+        "jobs": summary["jobs"],
+    }
 
 
 @app.command()
@@ -389,27 +476,42 @@ def status_tables(found: dict[str, Any]) -> Table:
             replicas.add_row("?", r["address"], "[red]unreachable[/red]", "", "")
             continue
         role = "leader" if r.get("is_leader") else "follower"
-        replicas.add_row(str(r.get("replica")), str(r.get("api")), role,
-                         str(r.get("term")), str(r.get("version")))
-    scheds = Table("scheduler", "kind", "txns", "conflict fraction", "busyness", "blocked",
-                   title="schedulers")
+        replicas.add_row(
+            str(r.get("replica")),
+            str(r.get("api")),
+            role,
+            str(r.get("term")),
+            str(r.get("version")),
+        )
+    scheds = Table(
+        "scheduler", "kind", "txns", "conflict fraction", "busyness", "blocked", title="schedulers"
+    )
     for s in found["schedulers"]:
         f = s["figures"]
-        scheds.add_row(s["name"], s["kind"], f"{f.get('transactions', 0):.0f}",
-                       f"{f.get('conflict_fraction', 0):.3f}", f"{f.get('busyness', 0):.3f}",
-                       str(s["blocked"]))
+        scheds.add_row(
+            s["name"],
+            s["kind"],
+            f"{f.get('transactions', 0):.0f}",
+            f"{f.get('conflict_fraction', 0):.3f}",
+            f"{f.get('busyness', 0):.3f}",
+            str(s["blocked"]),
+        )
     outer.add_row(replicas)
     outer.add_row(scheds)
-    outer.add_row(f"machines: {counts_text(found['agents'])}   jobs: {found['jobs']}   "
-                  f"tasks: {counts_text(found['tasks'])}   version: {found['version']}")
+    outer.add_row(
+        f"machines: {counts_text(found['agents'])}   jobs: {found['jobs']}   "
+        f"tasks: {counts_text(found['tasks'])}   version: {found['version']}"
+    )
     return outer
 
 
 @app.command()
-def top(addr: Addr = "", token: Token = "",
-        interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
-        iterations: Annotated[int, typer.Option(help="Stop after N refreshes (0: never).")] = 0,
-        ) -> None:
+def top(
+    addr: Addr = "",
+    token: Token = "",
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    iterations: Annotated[int, typer.Option(help="Stop after N refreshes (0: never).")] = 0,
+) -> None:
     """A live view of the cell that refreshes until Ctrl-C."""
     count = 0
     with Live(console=console, refresh_per_second=4) as live:
@@ -421,8 +523,9 @@ def top(addr: Addr = "", token: Token = "",
             time.sleep(interval)
 
 
-@bench_app.command("conflicts", context_settings={"allow_extra_args": True,
-                                                  "ignore_unknown_options": True})
+@bench_app.command(
+    "conflicts", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def bench_conflicts(ctx: typer.Context) -> None:
     """Omega's conflict experiments in virtual time: tjob, batch-load, shards, modes,
     monolithic, sampling (`omega bench conflicts tjob --out DIR`)."""

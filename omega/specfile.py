@@ -46,7 +46,12 @@ def read_document(path: Path) -> Any:
             return tomllib.loads(raw.decode())
         if suffix == ".json":
             return json.loads(raw)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (
+        yaml.YAMLError,
+        tomllib.TOMLDecodeError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+    ) as exc:
         raise SpecFileError(path, f"is not valid {suffix[1:].upper()}: {exc}") from None
     raise SpecFileError(path, f"unknown format {suffix!r}: use .yaml, .yml, .toml or .json")
 

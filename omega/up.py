@@ -93,8 +93,10 @@ def prepare(data_dir: Path, replicas: int) -> CellLayout:
             )
     else:
         ports = _free_ports(2 * replicas)
-        saved = {"api": [f"127.0.0.1:{p}" for p in ports[:replicas]],
-                 "raft": [f"127.0.0.1:{p}" for p in ports[replicas:]]}
+        saved = {
+            "api": [f"127.0.0.1:{p}" for p in ports[:replicas]],
+            "raft": [f"127.0.0.1:{p}" for p in ports[replicas:]],
+        }
         layout_file.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2))
     layout = CellLayout(data_dir, token, secret, tuple(saved["api"]), tuple(saved["raft"]))
     for i in range(replicas):
@@ -111,11 +113,18 @@ def write_replica_config(layout: CellLayout, i: int) -> Path:
     api_host, api_port = layout.api[i].rsplit(":", 1)
     raft_host, raft_port = layout.raft[i].rsplit(":", 1)
     config = {
-        "id": f"r{i}", "api_host": api_host, "api_port": int(api_port),
-        "raft_host": raft_host, "raft_port": int(raft_port),
-        "peers_raft": list(layout.raft), "peers_api": list(layout.api),
-        "data_dir": str(directory), "token": layout.token, "secret": layout.secret,
-        "machine": "cellstore.cell:CellMachine", "extensions": ["cellstore.cell:endpoints"],
+        "id": f"r{i}",
+        "api_host": api_host,
+        "api_port": int(api_port),
+        "raft_host": raft_host,
+        "raft_port": int(raft_port),
+        "peers_raft": list(layout.raft),
+        "peers_api": list(layout.api),
+        "data_dir": str(directory),
+        "token": layout.token,
+        "secret": layout.secret,
+        "machine": "cellstore.cell:CellMachine",
+        "extensions": ["cellstore.cell:endpoints"],
     }
     path = directory / "replica.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -129,41 +138,93 @@ def plan_parts(layout: CellLayout, schedulers: list[str], agents: int, hollow: i
     logs = layout.data_dir / "logs"
     logs.mkdir(exist_ok=True)
     parts = [
-        Part(f"replica-{i}", (python, "-m", "cellstore", "--config",
-                              str(layout.data_dir / f"replica-{i}" / "replica.json")),
-             logs / f"replica-{i}.log")
+        Part(
+            f"replica-{i}",
+            (
+                python,
+                "-m",
+                "cellstore",
+                "--config",
+                str(layout.data_dir / f"replica-{i}" / "replica.json"),
+            ),
+            logs / f"replica-{i}.log",
+        )
         for i in range(len(layout.api))
     ]
     for kind in schedulers:
-        parts.append(Part(f"scheduler-{kind}", (python, "-m", "schedulers", "--kind", kind,
-                                                "--name", kind), logs / f"scheduler-{kind}.log"))
+        parts.append(
+            Part(
+                f"scheduler-{kind}",
+                (python, "-m", "schedulers", "--kind", kind, "--name", kind),
+                logs / f"scheduler-{kind}.log",
+            )
+        )
     cpus = psutil.cpu_count() or 1
     memory = psutil.virtual_memory().total // max(1, agents)
     for i in range(agents):
         name = f"agent-{i}"
-        parts.append(Part(name, (
-            python, "-m", "agents", "--name", name, "--cpu", str(cpus), "--memory", str(memory),
-            "--domain", f"rack-{i % 2}", "--work-dir", str(layout.data_dir / "agents" / name),
-            # As root, tasks run as nobody: the data dir (0700) is out of their reach.
-            *(("--task-user", "nobody") if os.geteuid() == 0 else ()),
-        ), logs / f"{name}.log"))
+        parts.append(
+            Part(
+                name,
+                (
+                    python,
+                    "-m",
+                    "agents",
+                    "--name",
+                    name,
+                    "--cpu",
+                    str(cpus),
+                    "--memory",
+                    str(memory),
+                    "--domain",
+                    f"rack-{i % 2}",
+                    "--work-dir",
+                    str(layout.data_dir / "agents" / name),
+                    # As root, tasks run as nobody: the data dir (0700) is out of their reach.
+                    *(("--task-user", "nobody") if os.geteuid() == 0 else ()),
+                ),
+                logs / f"{name}.log",
+            )
+        )
     if hollow:
-        parts.append(Part("agent-hollow", (
-            python, "-m", "agents", "--name", "hollow", "--hollow", str(hollow),
-            "--work-dir", str(layout.data_dir / "agents" / "hollow"),
-        ), logs / "agent-hollow.log"))
+        parts.append(
+            Part(
+                "agent-hollow",
+                (
+                    python,
+                    "-m",
+                    "agents",
+                    "--name",
+                    "hollow",
+                    "--hollow",
+                    str(hollow),
+                    "--work-dir",
+                    str(layout.data_dir / "agents" / "hollow"),
+                ),
+                logs / "agent-hollow.log",
+            )
+        )
     return parts
 
 
 async def supervise(part: Part, layout: CellLayout, stopping: trio.Event) -> None:
     """Run `part`, restarting it with back-off if it dies, until `stopping`."""
-    env = {**os.environ, "OMEGA_ADDR": layout.addr, "OMEGA_TOKEN": layout.token,
-           "PYTHONUNBUFFERED": "1", **dict(part.env)}
+    env = {
+        **os.environ,
+        "OMEGA_ADDR": layout.addr,
+        "OMEGA_TOKEN": layout.token,
+        "PYTHONUNBUFFERED": "1",
+        **dict(part.env),
+    }
     delay = 0.5
     while not stopping.is_set():
         with open(part.log, "ab") as out:
             process = await trio.lowlevel.open_process(
-                list(part.argv), stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env,
+                list(part.argv),
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                env=env,
                 start_new_session=True,
             )
         log.info("part_started", part=part.name, pid=process.pid)
@@ -194,8 +255,9 @@ async def _terminate(process: trio.Process) -> None:
         await process.wait()
 
 
-async def wait_ready(layout: CellLayout, machines: int, schedulers: int,
-                     timeout_s: float = 90.0) -> dict[str, Any]:
+async def wait_ready(
+    layout: CellLayout, machines: int, schedulers: int, timeout_s: float = 90.0
+) -> dict[str, Any]:
     """Poll the store until it has a leader, `machines` up and `schedulers` reporting."""
     headers = {"authorization": f"Bearer {layout.token}"}
     deadline = trio.current_time() + timeout_s
@@ -227,13 +289,22 @@ async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
         for path in specs:
             spec = load_spec(path)
             job = f"{spec.name}-{secrets.token_hex(3)}"
-            await client.request("POST", "/v1/jobs", {
-                "job": job, "spec": internal.unstructure(spec), "id": secrets.token_hex(12)})
+            await client.request(
+                "POST",
+                "/v1/jobs",
+                {"job": job, "spec": internal.unstructure(spec), "id": secrets.token_hex(12)},
+            )
             print(f"submitted {path} as job {job}", flush=True)
 
 
-async def run_cell(data_dir: Path, replicas: int, agents: int, hollow: int,
-                   schedulers: list[str], specs: list[Path] | None = None) -> None:
+async def run_cell(
+    data_dir: Path,
+    replicas: int,
+    agents: int,
+    hollow: int,
+    schedulers: list[str],
+    specs: list[Path] | None = None,
+) -> None:
     layout = prepare(data_dir, replicas)
     parts = plan_parts(layout, schedulers, agents, hollow)
     stopping = trio.Event()
@@ -257,8 +328,11 @@ async def run_cell(data_dir: Path, replicas: int, agents: int, hollow: int,
             print(f"error: {exc}; see the logs in {data_dir / 'logs'}", file=sys.stderr, flush=True)
             stopping.set()
             raise SystemExit(1) from None
-        print(f"cell ready: {replicas} replicas, {len(schedulers)} schedulers, "
-              f"{agents} agents{f', {hollow} hollow machines' if hollow else ''}; "
-              f"source {data_dir / 'env'} to use it", flush=True)
+        print(
+            f"cell ready: {replicas} replicas, {len(schedulers)} schedulers, "
+            f"{agents} agents{f', {hollow} hollow machines' if hollow else ''}; "
+            f"source {data_dir / 'env'} to use it",
+            flush=True,
+        )
         if specs:
             await submit_specs(layout, specs)

@@ -15,6 +15,14 @@ from schedulers.stack import Stack, stack_for
 from schedulers.table import MachineTable, table_for
 
 __all__ = [
-    "Decision", "Explanation", "JobMetric", "MachineTable", "SchedulerCore",
-    "SchedulerFigures", "Stack", "shard_of", "stack_for", "table_for",
+    "Decision",
+    "Explanation",
+    "JobMetric",
+    "MachineTable",
+    "SchedulerCore",
+    "SchedulerFigures",
+    "Stack",
+    "shard_of",
+    "stack_for",
+    "table_for",
 ]

@@ -25,26 +25,44 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m schedulers", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m schedulers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--kind", required=True, choices=[str(k) for k in SchedulerClass])
     add_store_arguments(p)
     p.add_argument("--name", default="", help="scheduler name (default: kind[-IofN])")
     p.add_argument("--shard", type=parse_shard, default=None, help="I/N: take only shard I")
     p.add_argument("--mode", default=str(TxnMode.INCREMENTAL), choices=[str(m) for m in TxnMode])
-    p.add_argument("--conflicts", default=str(ConflictMode.FINE),
-                   choices=[str(m) for m in ConflictMode])
-    p.add_argument("--think-job", type=float, default=0.0, metavar="S",
-                   help="extra think time per job considered (seconds)")
-    p.add_argument("--think-task", type=float, default=0.0, metavar="S",
-                   help="extra think time per task claimed (seconds)")
+    p.add_argument(
+        "--conflicts", default=str(ConflictMode.FINE), choices=[str(m) for m in ConflictMode]
+    )
+    p.add_argument(
+        "--think-job",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="extra think time per job considered (seconds)",
+    )
+    p.add_argument(
+        "--think-task",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="extra think time per task claimed (seconds)",
+    )
     p.add_argument("--no-sampling", action="store_true", help="evaluate every machine")
     p.add_argument("--max-attempts", type=int, default=1000)
     p.add_argument("--max-claims", type=int, default=1000, help="claims per transaction")
     p.add_argument("--report-period", type=float, default=2.0, metavar="S")
     p.add_argument("--seed", type=int, default=None, help="default: a hash of the name")
-    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
-                   help="serve GET /v1/metrics (the figures and explanations) there")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve GET /v1/metrics (the figures and explanations) there",
+    )
     return p
 
 
@@ -53,11 +71,21 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
     args = parser.parse_args(argv)
     addresses, token = store_from_arguments(parser, args)
     return SchedulerConfig(
-        addresses=addresses, token=token, kind=args.kind, name=args.name,
-        shard=args.shard, mode=args.mode, conflicts=args.conflicts,
-        think_job_s=args.think_job, think_task_s=args.think_task,
-        sampling=not args.no_sampling, max_attempts=args.max_attempts, metrics=args.metrics,
-        max_claims=args.max_claims, report_period_s=args.report_period, seed=args.seed,
+        addresses=addresses,
+        token=token,
+        kind=args.kind,
+        name=args.name,
+        shard=args.shard,
+        mode=args.mode,
+        conflicts=args.conflicts,
+        think_job_s=args.think_job,
+        think_task_s=args.think_task,
+        sampling=not args.no_sampling,
+        max_attempts=args.max_attempts,
+        metrics=args.metrics,
+        max_claims=args.max_claims,
+        report_period_s=args.report_period,
+        seed=args.seed,
     )
 
 

@@ -20,8 +20,9 @@ from schedulers.table import MachineTable
 class DecisionContext:
     """Per-decision scratch state over a synced `MachineTable`."""
 
-    def __init__(self, cell: CellState, table: MachineTable, rng: random.Random,
-                 sampling: bool) -> None:
+    def __init__(
+        self, cell: CellState, table: MachineTable, rng: random.Random, sampling: bool
+    ) -> None:
         self.cell = cell
         self.table = table
         self.sampling = sampling
@@ -55,14 +56,16 @@ class DecisionContext:
         if not best_effort:
             return self.free_frac
         if self.be_free_frac is None:
-            self.be_free_frac = (self.be_free_cpu * self.inv_cap_cpu
-                                 + self.be_free_mem * self.inv_cap_mem)
+            self.be_free_frac = (
+                self.be_free_cpu * self.inv_cap_cpu + self.be_free_mem * self.inv_cap_mem
+            )
         return self.be_free_frac
 
     # -- taking and giving back ----------------------------------------------------
 
-    def take(self, rows: np.ndarray, counts: np.ndarray, cpu: int, memory: int,
-             best_effort: bool) -> None:
+    def take(
+        self, rows: np.ndarray, counts: np.ndarray, cpu: int, memory: int, best_effort: bool
+    ) -> None:
         """Subtract `counts[i]` tasks of (`cpu`, `memory`) from machine `rows[i]`
         (rows unique). Regular tasks reserve their limit, so they shrink the
         best-effort room too."""
@@ -84,18 +87,31 @@ class DecisionContext:
             self.evicted.add(victim.id)
             self.free_cpu[row] += victim.cpu
             self.free_mem[row] += victim.memory
-            self.free_frac[row] += (victim.cpu * self.inv_cap_cpu[row]
-                                    + victim.memory * self.inv_cap_mem[row])
+            self.free_frac[row] += (
+                victim.cpu * self.inv_cap_cpu[row] + victim.memory * self.inv_cap_mem[row]
+            )
             self.be_free_cpu[row] += victim.reserved_cpu
             self.be_free_mem[row] += victim.reserved_memory
         self.be_free_frac = None
 
     def save(self) -> tuple:
         """A restore point (for gang jobs that turn out not to fit whole)."""
-        return (self.free_cpu.copy(), self.free_mem.copy(), self.be_free_cpu.copy(),
-                self.be_free_mem.copy(), self.free_frac.copy(), set(self.evicted))
+        return (
+            self.free_cpu.copy(),
+            self.free_mem.copy(),
+            self.be_free_cpu.copy(),
+            self.be_free_mem.copy(),
+            self.free_frac.copy(),
+            set(self.evicted),
+        )
 
     def restore(self, saved: tuple) -> None:
-        (self.free_cpu, self.free_mem, self.be_free_cpu, self.be_free_mem,
-         self.free_frac, self.evicted) = saved
+        (
+            self.free_cpu,
+            self.free_mem,
+            self.be_free_cpu,
+            self.be_free_mem,
+            self.free_frac,
+            self.evicted,
+        ) = saved
         self.be_free_frac = None

@@ -79,12 +79,20 @@ def shard_of(job_id: str, shards: int) -> int:
 class SchedulerCore:
     """A scheduler's decision logic; see the module docstring."""
 
-    def __init__(self, name: str, kind: SchedulerClass, *, rng: random.Random,
-                 mode: TxnMode = TxnMode.INCREMENTAL,
-                 conflicts: ConflictMode = ConflictMode.FINE,
-                 shard: tuple[int, int] | None = None,
-                 sampling: bool = True, max_attempts: int = 1000,
-                 max_claims: int = 1000, max_jobs: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: SchedulerClass,
+        *,
+        rng: random.Random,
+        mode: TxnMode = TxnMode.INCREMENTAL,
+        conflicts: ConflictMode = ConflictMode.FINE,
+        shard: tuple[int, int] | None = None,
+        sampling: bool = True,
+        max_attempts: int = 1000,
+        max_claims: int = 1000,
+        max_jobs: int | None = None,
+    ) -> None:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
         if max_claims < 1 or max_attempts < 1:
@@ -105,7 +113,7 @@ class SchedulerCore:
         self.figures = SchedulerFigures()
         self.attempts: dict[str, int] = {}
         self.parked: dict[str, str] = {}
-        self._stalled: dict[str, int] = {}          # job -> table generation
+        self._stalled: dict[str, int] = {}  # job -> table generation
         self._conflicts: dict[str, dict[str, int]] = {}
         self._last: dict[str, JobMetric] = {}
         self._seen: set[str] = set()
@@ -125,8 +133,7 @@ class SchedulerCore:
         found = []
         for jid in cell.pending_jobs:
             job = jobs[jid]
-            if (job.killed or jid in parked or stalled.get(jid) == generation
-                    or not self.owns(job)):
+            if job.killed or jid in parked or stalled.get(jid) == generation or not self.owns(job):
                 continue
             found.append(job)
         found.sort(key=lambda j: (-j.spec.priority, j.submitted_at, j.id))
@@ -204,8 +211,9 @@ class SchedulerCore:
 
     # -- learning from the store ---------------------------------------------------
 
-    def on_result(self, cell: CellState, decision: Decision, result: CommitResult,
-                  now: float) -> None:
+    def on_result(
+        self, cell: CellState, decision: Decision, result: CommitResult, now: float
+    ) -> None:
         """Count the verdicts of `decision`'s transaction and settle its jobs.
 
         Jobs with every task claimed and accepted are placed (their wait is
@@ -241,8 +249,11 @@ class SchedulerCore:
                 self.attempts.pop(jid, None)
                 continue
             reasons = lost.get(jid)
-            reason = (max(sorted(reasons), key=lambda r: reasons[r]) if reasons
-                      else decision.explanations[jid].unplaced_reason or "no_room")
+            reason = (
+                max(sorted(reasons), key=lambda r: reasons[r])
+                if reasons
+                else decision.explanations[jid].unplaced_reason or "no_room"
+            )
             self._maybe_park(jid, reason)
 
     def _placed_fully(self, cell: CellState, jid: str, now: float) -> None:
@@ -274,9 +285,12 @@ class SchedulerCore:
         job = cell.jobs.get(job_id)
         known = job is not None and self.owns(job)
         return Explanation(
-            job=job_id, scheduler=self.name, known=known,
+            job=job_id,
+            scheduler=self.name,
+            known=known,
             pending_tasks=job.counts.get(PENDING, 0) if job is not None else 0,
-            attempts=self.attempts.get(job_id, 0), parked=self.parked.get(job_id),
+            attempts=self.attempts.get(job_id, 0),
+            parked=self.parked.get(job_id),
             conflicts=dict(sorted(self._conflicts.get(job_id, {}).items())),
             last=self._last.get(job_id),
         )

@@ -67,15 +67,19 @@ class Explanation:
         if self.last is not None:
             m = self.last
             reasons = {**m.filtered, **m.exhausted}
-            detail = ", ".join(f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            detail = ", ".join(
+                f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])
+            )
             parts.append(
                 f"{m.machines_feasible}/{m.machines_evaluated} machines fit"
                 + (f" ({detail})" if detail else "")
                 + f", {m.machines_scored} scored, placed {m.placed}/{m.wanted}"
             )
         if self.conflicts:
-            parts.append("conflicts lost: " + ", ".join(
-                f"{v} {k}" for k, v in sorted(self.conflicts.items())))
+            parts.append(
+                "conflicts lost: "
+                + ", ".join(f"{v} {k}" for k, v in sorted(self.conflicts.items()))
+            )
         if self.parked:
             parts.append(f"parked: {self.parked}")
         return "; ".join(parts)

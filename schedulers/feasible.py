@@ -39,8 +39,13 @@ def job_rows(ctx: DecisionContext, job: Job) -> np.ndarray:
     if rows is None:
         machines = ctx.cell.machines
         rows = ctx.job_rows[job.id] = np.asarray(
-            [machines[t.machine].index for t in ctx.cell.job_tasks(job)
-             if t.state in ACTIVE_STATES and t.machine is not None], dtype=np.intp)
+            [
+                machines[t.machine].index
+                for t in ctx.cell.job_tasks(job)
+                if t.state in ACTIVE_STATES and t.machine is not None
+            ],
+            dtype=np.intp,
+        )
     return rows
 
 
@@ -85,8 +90,13 @@ class ResourceFit:
         yield INSUFFICIENT_MEMORY, free_mem >= resources.memory
 
 
-def feasible(filters: tuple[Filter, ...], ctx: DecisionContext, job: Job,
-             metric: JobMetric, alive: np.ndarray | None = None) -> np.ndarray:
+def feasible(
+    filters: tuple[Filter, ...],
+    ctx: DecisionContext,
+    job: Job,
+    metric: JobMetric,
+    alive: np.ndarray | None = None,
+) -> np.ndarray:
     """Run `filters` in order over the machines in `alive` (default: all);
     return the mask of machines passing all of them and charge each removed
     machine to its first failing reason in `metric`."""

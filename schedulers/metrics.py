@@ -31,8 +31,14 @@ def _percentiles(samples: list[float]) -> dict[str, float | int]:
         return {"n": 0}
     data = np.asarray(samples, dtype=np.float64)
     p50, p90, p99 = np.percentile(data, [50, 90, 99])
-    return {"n": len(samples), "mean": float(data.mean()), "p50": float(p50),
-            "p90": float(p90), "p99": float(p99), "max": float(data.max())}
+    return {
+        "n": len(samples),
+        "mean": float(data.mean()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(data.max()),
+    }
 
 
 @attrs.define(slots=True)

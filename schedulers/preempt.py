@@ -34,16 +34,26 @@ def preemptible(ctx: DecisionContext, row: int, band: int) -> list[Task]:
     found = []
     for tid in ctx.machines[row].tasks:
         task = tasks[tid]
-        if (not task.best_effort and task.priority // 100 < limit
-                and task.state in ACTIVE_STATES and tid not in ctx.evicted):
+        if (
+            not task.best_effort
+            and task.priority // 100 < limit
+            and task.state in ACTIVE_STATES
+            and tid not in ctx.evicted
+        ):
             found.append(task)
-    found.sort(key=lambda t: (t.priority, -(t.cpu * ctx.inv_cap_cpu[row]
-                                           + t.memory * ctx.inv_cap_mem[row]), t.id))
+    found.sort(
+        key=lambda t: (
+            t.priority,
+            -(t.cpu * ctx.inv_cap_cpu[row] + t.memory * ctx.inv_cap_mem[row]),
+            t.id,
+        )
+    )
     return found
 
 
-def victims_on(ctx: DecisionContext, row: int, band: int, cpu: int,
-               memory: int) -> tuple[tuple, list[Task]] | None:
+def victims_on(
+    ctx: DecisionContext, row: int, band: int, cpu: int, memory: int
+) -> tuple[tuple, list[Task]] | None:
     """The cheapest victim set on machine `row` that makes room for one task of
     (`cpu`, `memory`), with its cost; None if even all preemptible tasks won't do."""
     need_cpu = cpu - int(ctx.free_cpu[row])
@@ -70,8 +80,9 @@ def victims_on(ctx: DecisionContext, row: int, band: int, cpu: int,
     return cost, chosen
 
 
-def choose(ctx: DecisionContext, rows: np.ndarray, band: int, cpu: int,
-           memory: int) -> tuple[int, list[Task]] | None:
+def choose(
+    ctx: DecisionContext, rows: np.ndarray, band: int, cpu: int, memory: int
+) -> tuple[int, list[Task]] | None:
     """Among candidate `rows` (machines passing every filter but resources),
     the machine and victims of least preemption cost; None if none can make room."""
     if band <= 0:

@@ -91,9 +91,15 @@ class SchedulerConfig:
 
     def core(self) -> SchedulerCore:
         return SchedulerCore(
-            self.name, self.kind, rng=random.Random(self.seed), mode=self.mode,
-            conflicts=self.conflicts, shard=self.shard, sampling=self.sampling,
-            max_attempts=self.max_attempts, max_claims=self.max_claims,
+            self.name,
+            self.kind,
+            rng=random.Random(self.seed),
+            mode=self.mode,
+            conflicts=self.conflicts,
+            shard=self.shard,
+            sampling=self.sampling,
+            max_attempts=self.max_attempts,
+            max_claims=self.max_claims,
         )
 
 
@@ -106,10 +112,11 @@ class LiveScheduler:
         self.core = config.core()
         self.copy = LocalCopy()
         self.started = time.monotonic()
-        self.commit_s = 0.0    # waiting for POST /v1/transactions answers
-        self.catchup_s = 0.0   # waiting for the copy to reach a result's version
+        self.commit_s = 0.0  # waiting for POST /v1/transactions answers
+        self.catchup_s = 0.0  # waiting for the copy to reach a result's version
         self.log = structlog.get_logger("schedulers.process").bind(
-            scheduler=config.name, kind=str(config.kind))
+            scheduler=config.name, kind=str(config.kind)
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Follow the store, decide and report until cancelled; `started()` once the
@@ -117,14 +124,25 @@ class LiveScheduler:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.copy.follow, self.client)
-                self.log.info("scheduler_started", version=self.copy.version,
-                              seed=self.config.seed, shard=self.config.shard)
+                self.log.info(
+                    "scheduler_started",
+                    version=self.copy.version,
+                    seed=self.config.seed,
+                    shard=self.config.shard,
+                )
                 nursery.start_soon(self.report_loop)
                 if self.config.metrics:
                     host, port = self.config.metrics.rsplit(":", 1)
-                    await nursery.start(functools.partial(
-                        serve_router, self.metrics_router(), self.config.token, host, int(port),
-                        name="metrics"))
+                    await nursery.start(
+                        functools.partial(
+                            serve_router,
+                            self.metrics_router(),
+                            self.config.token,
+                            host,
+                            int(port),
+                            name="metrics",
+                        )
+                    )
                 task_status.started()
                 await self.decide_loop()
         finally:
@@ -157,8 +175,10 @@ class LiveScheduler:
         decision = core.decide(self.copy.cell, time.time())
         elapsed = time.perf_counter() - start
         if decision is not None:
-            think = (config.think_job_s * len(decision.explanations)
-                     + config.think_task_s * decision.tasks)
+            think = (
+                config.think_job_s * len(decision.explanations)
+                + config.think_task_s * decision.tasks
+            )
             if think > 0:
                 await trio.sleep(think)
                 elapsed += think
@@ -180,9 +200,14 @@ class LiveScheduler:
         result = internal.structure(answer["result"], Result)
         self.core.on_result(self.copy.cell, decision, result, time.time())
         if result.rejected or result.preempted:
-            self.log.debug("committed", version=answer["version"], claims=decision.tasks,
-                           accepted=result.accepted, rejected=len(result.rejected),
-                           preempted=len(result.preempted))
+            self.log.debug(
+                "committed",
+                version=answer["version"],
+                claims=decision.tasks,
+                accepted=result.accepted,
+                rejected=len(result.rejected),
+                preempted=len(result.preempted),
+            )
         return int(answer["version"])
 
     # -- reporting -----------------------------------------------------------------
@@ -193,8 +218,12 @@ class LiveScheduler:
             await self.report()
 
     async def report(self) -> None:
-        body = {"name": self.config.name, "kind": str(self.config.kind),
-                "figures": self.figures(), "explanations": self.explanations()}
+        body = {
+            "name": self.config.name,
+            "kind": str(self.config.kind),
+            "figures": self.figures(),
+            "explanations": self.explanations(),
+        }
         try:
             await self.client.request("POST", "/v1/schedulers/report", body)
         except (ApiError, StoreUnavailable) as exc:
@@ -229,18 +258,27 @@ class LiveScheduler:
         router = Router()
 
         async def metrics(request: Request) -> Response:
-            return Response.json({"name": self.config.name, "kind": str(self.config.kind),
-                                  "figures": self.figures(),
-                                  "explanations": self.explanations()})
+            return Response.json(
+                {
+                    "name": self.config.name,
+                    "kind": str(self.config.kind),
+                    "figures": self.figures(),
+                    "explanations": self.explanations(),
+                }
+            )
 
         router.add("GET", "/v1/metrics", metrics)
         return router
 
     def summary(self) -> dict[str, Any]:
         f = self.core.figures
-        return {"transactions": f.transactions, "claims_accepted": f.claims_accepted,
-                "conflict_fraction": round(f.conflict_fraction, 4),
-                "busy_s": round(f.busy_seconds, 3), "version": self.copy.version}
+        return {
+            "transactions": f.transactions,
+            "claims_accepted": f.claims_accepted,
+            "conflict_fraction": round(f.conflict_fraction, 4),
+            "busy_s": round(f.busy_seconds, 3),
+            "version": self.copy.version,
+        }
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -255,11 +293,14 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-async def run_scheduler(config: SchedulerConfig, *,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_scheduler(
+    config: SchedulerConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run one scheduler until cancelled, or until SIGTERM/SIGINT (then return)."""
-    async with StoreClient(config.addresses, config.token) as client, \
-            trio.open_nursery() as nursery:
+    async with (
+        StoreClient(config.addresses, config.token) as client,
+        trio.open_nursery() as nursery,
+    ):
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         await nursery.start(LiveScheduler(config, client).run)
         task_status.started()
@@ -269,7 +310,8 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             structlog.get_logger("schedulers.process").info(
-                "scheduler_signal", signal=signal.Signals(signum).name)
+                "scheduler_signal", signal=signal.Signals(signum).name
+            )
             scope.cancel()
             return
 

@@ -20,11 +20,13 @@ from cellstate import Job
 from schedulers.context import DecisionContext
 
 
-def best_fit(ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int,
-             best_effort: bool) -> np.ndarray:
+def best_fit(
+    ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int, best_effort: bool
+) -> np.ndarray:
     """Free share left on each machine in `rows` after one task; lower packs tighter."""
-    return (ctx.frac(best_effort)[rows] - cpu * ctx.inv_cap_cpu[rows]
-            - memory * ctx.inv_cap_mem[rows])
+    return (
+        ctx.frac(best_effort)[rows] - cpu * ctx.inv_cap_cpu[rows] - memory * ctx.inv_cap_mem[rows]
+    )
 
 
 def task_share(ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int) -> np.ndarray:
@@ -32,8 +34,14 @@ def task_share(ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int) ->
     return cpu * ctx.inv_cap_cpu[rows] + memory * ctx.inv_cap_mem[rows]
 
 
-def fits(ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int,
-         best_effort: bool, at_most_one: bool) -> np.ndarray:
+def fits(
+    ctx: DecisionContext,
+    rows: np.ndarray,
+    cpu: int,
+    memory: int,
+    best_effort: bool,
+    at_most_one: bool,
+) -> np.ndarray:
     """How many tasks of (`cpu`, `memory`) each machine in `rows` can still take."""
     free_cpu, free_mem = ctx.free(best_effort)
     count = np.minimum(free_cpu[rows] // cpu, free_mem[rows] // memory)

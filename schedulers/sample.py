@@ -17,8 +17,8 @@ import numpy as np
 
 from schedulers.context import DecisionContext
 
-SAMPLE_MIN = 32       # machines scored at least, however few tasks are wanted
-SAMPLE_PER_TASK = 2   # ... and this many per task wanted
+SAMPLE_MIN = 32  # machines scored at least, however few tasks are wanted
+SAMPLE_PER_TASK = 2  # ... and this many per task wanted
 
 
 def sample_size(wanted: int) -> int:

@@ -17,8 +17,9 @@ import heapq
 import numpy as np
 
 
-def pack(rows: np.ndarray, fit: np.ndarray, score: np.ndarray,
-         wanted: int) -> tuple[np.ndarray, np.ndarray]:
+def pack(
+    rows: np.ndarray, fit: np.ndarray, score: np.ndarray, wanted: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Best-fit `wanted` tasks over candidate `rows` (with `fit` tasks of room
     and `score` each); return (chosen rows, tasks per row), at most `wanted`
     tasks in all. Ties keep the candidates' order (see the cut below)."""
@@ -41,9 +42,17 @@ def pack(rows: np.ndarray, fit: np.ndarray, score: np.ndarray,
     return rows[order[:k]], counts
 
 
-def spread(rows: np.ndarray, fit: np.ndarray, score: np.ndarray, step: np.ndarray,
-           codes: np.ndarray, load: dict[int, int], on_machine: np.ndarray,
-           domain_rank: dict[int, float], wanted: int) -> list[int]:
+def spread(
+    rows: np.ndarray,
+    fit: np.ndarray,
+    score: np.ndarray,
+    step: np.ndarray,
+    codes: np.ndarray,
+    load: dict[int, int],
+    on_machine: np.ndarray,
+    domain_rank: dict[int, float],
+    wanted: int,
+) -> list[int]:
     """Choose a machine per task, balancing over domains then machines.
 
     `codes[i]` is the spread domain of candidate `rows[i]`, `load` the job's
@@ -72,7 +81,7 @@ def spread(rows: np.ndarray, fit: np.ndarray, score: np.ndarray, step: np.ndarra
     codes_l = sorted_codes.tolist()
 
     heaps: dict[int, list[tuple[int, float, int]]] = {}
-    nxt: dict[int, int] = {}       # position of the next unread machine in the run
+    nxt: dict[int, int] = {}  # position of the next unread machine in the run
     end: dict[int, int] = {}
     frontier: dict[int, int] = {}  # the run's machine now in the heap
     domains = []

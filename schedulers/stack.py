@@ -57,8 +57,9 @@ class Stack:
     spread: bool = False
     preempt: bool = False
 
-    def place(self, ctx: DecisionContext, job: Job, tasks: list[Task],
-              metric: JobMetric) -> list[Claim]:
+    def place(
+        self, ctx: DecisionContext, job: Job, tasks: list[Task], metric: JobMetric
+    ) -> list[Claim]:
         """Claims for as many of `tasks` (pending tasks of `job`) as fit; for a
         gang job, claims for all of them or none."""
         spec = job.spec
@@ -98,7 +99,8 @@ class Stack:
         if len(chosen) < wanted:
             reasons = {**metric.filtered, **metric.exhausted}
             metric.unplaced_reason = (
-                max(sorted(reasons), key=lambda r: reasons[r]) if reasons else NO_ROOM)
+                max(sorted(reasons), key=lambda r: reasons[r]) if reasons else NO_ROOM
+            )
             if saved is not None:
                 ctx.restore(saved)
                 return []
@@ -110,8 +112,9 @@ class Stack:
             claims.append(Claim(task.id, machine.id, machine.seqnum, lost))
         return claims
 
-    def _select(self, ctx: DecisionContext, job: Job, rows: np.ndarray, wanted: int,
-                metric: JobMetric) -> list[int]:
+    def _select(
+        self, ctx: DecisionContext, job: Job, rows: np.ndarray, wanted: int, metric: JobMetric
+    ) -> list[int]:
         spec = job.spec
         cpu, memory = spec.resources.cpu, spec.resources.memory
         be, one = self.best_effort, spec.anti_affinity
@@ -128,8 +131,17 @@ class Stack:
             domain_rank = {int(c): ctx.rng.random() for c in np.unique(codes[cand]).tolist()}
             on_machine = np.zeros(ctx.n, dtype=np.int64)
             np.add.at(on_machine, placed, 1)
-            chosen = spread(cand, fit, score, task_share(ctx, cand, cpu, memory), codes[cand],
-                            domain_load(codes, placed), on_machine[cand], domain_rank, wanted)
+            chosen = spread(
+                cand,
+                fit,
+                score,
+                task_share(ctx, cand, cpu, memory),
+                codes[cand],
+                domain_load(codes, placed),
+                on_machine[cand],
+                domain_rank,
+                wanted,
+            )
             if chosen:
                 uniq, counts = np.unique(np.asarray(chosen), return_counts=True)
                 ctx.take(uniq, counts, cpu, memory, be)

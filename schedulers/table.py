@@ -32,7 +32,13 @@ import numpy as np
 from cellstate import CellState, Machine, MachineState
 
 _INT_COLUMNS = (
-    "cap_cpu", "cap_mem", "free_cpu", "free_mem", "be_free_cpu", "be_free_mem", "seqnum",
+    "cap_cpu",
+    "cap_mem",
+    "free_cpu",
+    "free_mem",
+    "be_free_cpu",
+    "be_free_mem",
+    "seqnum",
 )
 MISSING = -1  # label code of a machine without the label
 
@@ -59,8 +65,8 @@ class MachineTable:
     def __init__(self) -> None:
         self.n = 0
         self._size = 0
-        self.generation = 0          # bumped by every sync that changed a row
-        self.rows_refreshed = 0      # total row refreshes, for tests and figures
+        self.generation = 0  # bumped by every sync that changed a row
+        self.rows_refreshed = 0  # total row refreshes, for tests and figures
         self.domains = LabelColumn(0)
         self._labels: dict[str, LabelColumn] = {}
         self.up = np.zeros(0, dtype=bool)
@@ -112,9 +118,11 @@ class MachineTable:
         self.free_cpu[idx] = cap_cpu - np.fromiter((m.used_cpu for m in ms), np.int64, len(ms))
         self.free_mem[idx] = cap_mem - np.fromiter((m.used_memory for m in ms), np.int64, len(ms))
         self.be_free_cpu[idx] = cap_cpu - np.fromiter(
-            (m.reserved_cpu + m.be_cpu for m in ms), np.int64, len(ms))
+            (m.reserved_cpu + m.be_cpu for m in ms), np.int64, len(ms)
+        )
         self.be_free_mem[idx] = cap_mem - np.fromiter(
-            (m.reserved_memory + m.be_memory for m in ms), np.int64, len(ms))
+            (m.reserved_memory + m.be_memory for m in ms), np.int64, len(ms)
+        )
         self.seqnum[idx] = np.fromiter((m.seqnum for m in ms), np.int64, len(ms))
         up = MachineState.UP
         self.up[idx] = np.fromiter((m.state is up for m in ms), bool, len(ms))
@@ -125,8 +133,9 @@ class MachineTable:
             ]
         self.inv_cap_cpu[idx] = 1.0 / cap_cpu
         self.inv_cap_mem[idx] = 1.0 / cap_mem
-        self.free_frac[idx] = (self.free_cpu[idx] * self.inv_cap_cpu[idx]
-                               + self.free_mem[idx] * self.inv_cap_mem[idx])
+        self.free_frac[idx] = (
+            self.free_cpu[idx] * self.inv_cap_cpu[idx] + self.free_mem[idx] * self.inv_cap_mem[idx]
+        )
         self.rows_refreshed += len(rows)
         self.generation += 1
         return len(rows)

@@ -23,8 +23,13 @@ GI = 1 << 30
 _ids = itertools.count()
 
 
-def cell_with(machines: int = 2, cpu: int = 4000, memory: int = 8 * GI, domains: int = 1,
-              labels: dict[str, str] | None = None) -> CellState:
+def cell_with(
+    machines: int = 2,
+    cpu: int = 4000,
+    memory: int = 8 * GI,
+    domains: int = 1,
+    labels: dict[str, str] | None = None,
+) -> CellState:
     cell = CellState()
     specs = tuple(
         MachineSpec(f"m{i}", Resources(cpu, memory), labels=labels or {}, domain=f"d{i % domains}")
@@ -34,23 +39,50 @@ def cell_with(machines: int = 2, cpu: int = 4000, memory: int = 8 * GI, domains:
     return cell
 
 
-def submit(cell: CellState, job: str, tasks: int = 1, cpu: int = 1000, memory: int = GI,
-           scheduler: SchedulerClass = SchedulerClass.BATCH, at: float = 2.0, **spec) -> None:
-    outcome = cell.apply(SubmitJob(job, JobSpec(
-        name=job, owner=spec.pop("owner", "alice"), scheduler=scheduler,
-        resources=Resources(cpu, memory), tasks=tasks, **spec), at=at))
+def submit(
+    cell: CellState,
+    job: str,
+    tasks: int = 1,
+    cpu: int = 1000,
+    memory: int = GI,
+    scheduler: SchedulerClass = SchedulerClass.BATCH,
+    at: float = 2.0,
+    **spec,
+) -> None:
+    outcome = cell.apply(
+        SubmitJob(
+            job,
+            JobSpec(
+                name=job,
+                owner=spec.pop("owner", "alice"),
+                scheduler=scheduler,
+                resources=Resources(cpu, memory),
+                tasks=tasks,
+                **spec,
+            ),
+            at=at,
+        )
+    )
     assert type(outcome.result).__name__ == "Ok", outcome.result
 
 
-def commit(cell: CellState, *claims: tuple, mode: TxnMode = TxnMode.INCREMENTAL,
-           conflicts: ConflictMode = ConflictMode.FINE, at: float = 3.0):
+def commit(
+    cell: CellState,
+    *claims: tuple,
+    mode: TxnMode = TxnMode.INCREMENTAL,
+    conflicts: ConflictMode = ConflictMode.FINE,
+    at: float = 3.0,
+):
     """Commit claims given as (task, machine[, seqnum[, victims]]); seqnum defaults
     to the machine's current one."""
     built = []
     for claim in claims:
         task, machine, *rest = claim
-        seqnum = rest[0] if rest and rest[0] is not None else (
-            cell.machines[machine].seqnum if machine in cell.machines else 0)
+        seqnum = (
+            rest[0]
+            if rest and rest[0] is not None
+            else (cell.machines[machine].seqnum if machine in cell.machines else 0)
+        )
         victims = tuple(rest[1]) if len(rest) > 1 else ()
         built.append(Claim(task, machine, seqnum, victims))
     txn = Transaction("test", tuple(built), cell.version, mode, conflicts)

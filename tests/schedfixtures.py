@@ -9,13 +9,15 @@ from cellstate import CellState, Commit, CommitResult, SchedulerClass
 from schedulers import Decision, SchedulerCore
 
 
-def core(kind: SchedulerClass = SchedulerClass.BATCH, name: str | None = None,
-         seed: int = 7, **options) -> SchedulerCore:
+def core(
+    kind: SchedulerClass = SchedulerClass.BATCH, name: str | None = None, seed: int = 7, **options
+) -> SchedulerCore:
     return SchedulerCore(name or kind.value, kind, rng=random.Random(seed), **options)
 
 
-def step(sched: SchedulerCore, cell: CellState, now: float = 5.0
-         ) -> tuple[Decision | None, CommitResult | None]:
+def step(
+    sched: SchedulerCore, cell: CellState, now: float = 5.0
+) -> tuple[Decision | None, CommitResult | None]:
     """One decision, committed to and applied by `cell`, its result reported."""
     decision = sched.decide(cell, now)
     if decision is None:
@@ -33,5 +35,6 @@ def placements(cell: CellState, job: str) -> Counter:
 
 
 def domains(cell: CellState, job: str) -> Counter:
-    return Counter(cell.machines[m].domain for m, n in placements(cell, job).items()
-                   for _ in range(n))
+    return Counter(
+        cell.machines[m].domain for m, n in placements(cell, job).items() for _ in range(n)
+    )

@@ -21,8 +21,12 @@ def run_hollow(body, **kwargs) -> list[tuple[float, TaskReport]]:
         timers = TimerHeap()
         async with trio.open_nursery() as nursery:
             await nursery.start(timers.run)
-            ex = HollowExecutor(machine="h1", timers=timers,
-                                report=lambda r: seen.append((trio.current_time(), r)), **kwargs)
+            ex = HollowExecutor(
+                machine="h1",
+                timers=timers,
+                report=lambda r: seen.append((trio.current_time(), r)),
+                **kwargs,
+            )
             await body(ex)
             nursery.cancel_scope.cancel()
 
@@ -32,8 +36,9 @@ def run_hollow(body, **kwargs) -> list[tuple[float, TaskReport]]:
 
 def test_task_runs_for_its_duration() -> None:
     async def body(ex: HollowExecutor) -> None:
-        ex.start("j.0", 1, TaskSpec(argv=(), duration=5.0, cpu_millicores=1000,
-                                    memory_bytes=1 << 30))
+        ex.start(
+            "j.0", 1, TaskSpec(argv=(), duration=5.0, cpu_millicores=1000, memory_bytes=1 << 30)
+        )
         await trio.sleep(1)
         assert ex.running() == [("j.0", 1)]
         (usage,) = ex.usage()
@@ -59,7 +64,10 @@ def test_task_without_duration_runs_until_stopped() -> None:
 
     seen = run_hollow(body)
     assert [r.state for _, r in seen] == [
-        ReportedState.STARTING, ReportedState.RUNNING, ReportedState.FAILED]
+        ReportedState.STARTING,
+        ReportedState.RUNNING,
+        ReportedState.FAILED,
+    ]
     assert seen[-1][0] == 3600.0 and seen[-1][1].reason == "stopped:preempted"
 
 

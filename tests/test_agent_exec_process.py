@@ -124,8 +124,11 @@ def test_probe_prefers_cgroups_here_and_says_why(limits: LimitsMode) -> None:
     # Below our own cgroup, never beside it.
     own = Path("/proc/self/cgroup").read_text()
     if limits.kind is LimitKind.CGROUP_V1:
-        mine = next(line.split(":", 2)[2] for line in own.splitlines()
-                    if "memory" in line.split(":")[1].split(","))
+        mine = next(
+            line.split(":", 2)[2]
+            for line in own.splitlines()
+            if "memory" in line.split(":")[1].split(",")
+        )
         assert str(limits.memory_dir).startswith(f"/sys/fs/cgroup/memory{mine}".rstrip("/"))
 
 
@@ -133,22 +136,30 @@ def test_command_runs_output_captured_exit_code_reported(limits, tmp_path: Path)
     rec = Recorder()
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
-            ex.start("job.0", 1, TaskSpec(
-                argv=script("""
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start(
+                "job.0",
+                1,
+                TaskSpec(
+                    argv=script("""
                     import os, sys
                     print("hello", os.environ["OMEGA_TASK_ID"], os.environ["OMEGA_INCARNATION"],
                           os.environ["GREETING"], os.getcwd())
                     print("oops", file=sys.stderr)
                     sys.exit(3)
                 """),
-                env={"GREETING": "hi"}, cpu_millicores=500, memory_bytes=256 << 20,
-            ))
+                    env={"GREETING": "hi"},
+                    cpu_millicores=500,
+                    memory_bytes=256 << 20,
+                ),
+            )
             final = await rec.wait_final("job.0")
             assert ex.running() == []
         assert [r.state for r in rec.of("job.0")] == [
-            ReportedState.STARTING, ReportedState.RUNNING, ReportedState.EXITED]
+            ReportedState.STARTING,
+            ReportedState.RUNNING,
+            ReportedState.EXITED,
+        ]
         assert final.exit_code == 3 and final.machine == "m1" and final.incarnation == 1
 
     trio.run(main)
@@ -162,8 +173,7 @@ def test_start_error_is_reported(limits, tmp_path: Path) -> None:
     rec = Recorder()
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
             ex.start("job.0", 1, TaskSpec(argv=("/nonexistent/omega-binary",)))
             final = await rec.wait_final("job.0")
         assert final.state is ReportedState.FAILED
@@ -179,10 +189,12 @@ def test_task_runs_inside_its_cgroups_with_limits(limits, tmp_path: Path) -> Non
     rec = Recorder()
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
-            ex.start("job.0", 2, TaskSpec(
-                argv=script("""
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start(
+                "job.0",
+                2,
+                TaskSpec(
+                    argv=script("""
                     cgs = dict(l.split(":", 2)[1:] for l in open("/proc/self/cgroup").read().splitlines())
                     mem = "/sys/fs/cgroup/memory" + cgs["memory"].strip()
                     cpu = "/sys/fs/cgroup/cpu" + cgs["cpu"].strip()
@@ -190,8 +202,10 @@ def test_task_runs_inside_its_cgroups_with_limits(limits, tmp_path: Path) -> Non
                     print(open(mem + "/memory.limit_in_bytes").read().strip())
                     print(open(cpu + "/cpu.cfs_quota_us").read().strip())
                 """),
-                cpu_millicores=250, memory_bytes=100 << 20,
-            ))
+                    cpu_millicores=250,
+                    memory_bytes=100 << 20,
+                ),
+            )
             final = await rec.wait_final("job.0")
             assert final.exit_code == 0
 
@@ -210,10 +224,12 @@ def test_stop_sends_sigterm_then_sigkill_after_grace(limits, tmp_path: Path) -> 
     child_pid_file = tmp_path / "child.pid"
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
-            ex.start("svc.0", 1, TaskSpec(
-                argv=script(f"""
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start(
+                "svc.0",
+                1,
+                TaskSpec(
+                    argv=script(f"""
                     import signal, subprocess, sys, time
                     def on_term(signum, frame):
                         open({str(marker)!r}, "w").write("term")  # and keep running
@@ -224,8 +240,9 @@ def test_stop_sends_sigterm_then_sigkill_after_grace(limits, tmp_path: Path) -> 
                     while True:
                         time.sleep(0.05)
                 """),
-                grace_period=1.0,
-            ))
+                    grace_period=1.0,
+                ),
+            )
             await wait_file(task_dir(tmp_path, "svc.0", 1) / "stdout")
             state = json.loads((task_dir(tmp_path, "svc.0", 1) / "state.json").read_text())
             assert state["pid"] == state["pgid"] == os.getpgid(state["pid"])
@@ -248,12 +265,15 @@ def test_stop_of_a_task_that_obeys_sigterm_is_quick(limits, tmp_path: Path) -> N
     rec = Recorder()
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
-            ex.start("svc.0", 1, TaskSpec(
-                argv=script("import time; print('ready', flush=True); time.sleep(60)"),
-                grace_period=30.0,
-            ))
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start(
+                "svc.0",
+                1,
+                TaskSpec(
+                    argv=script("import time; print('ready', flush=True); time.sleep(60)"),
+                    grace_period=30.0,
+                ),
+            )
             await wait_file(task_dir(tmp_path, "svc.0", 1) / "stdout")
             with trio.fail_after(5):
                 await ex.stop("svc.0", 1, "preempted")
@@ -269,15 +289,18 @@ def test_memory_hog_under_64mib_is_oom_killed(limits, tmp_path: Path) -> None:
     rec = Recorder()
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
-            ex.start("hog.0", 1, TaskSpec(
-                argv=script("""
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start(
+                "hog.0",
+                1,
+                TaskSpec(
+                    argv=script("""
                     chunks = [bytearray(1 << 20) for _ in range(200)]  # 200 MiB, touched
                     print("survived", len(chunks))
                 """),
-                memory_bytes=64 << 20,
-            ))
+                    memory_bytes=64 << 20,
+                ),
+            )
             final = await rec.wait_final("hog.0")
         assert final.state is ReportedState.FAILED
         assert final.reason == "oom"
@@ -297,10 +320,8 @@ def test_rlimit_fallback_limits_memory_when_cgroups_are_off(rlimits, tmp_path: P
     """
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=rlimits,
-                                 report=rec) as ex:
-            spec = TaskSpec(argv=(*script(probe), "200"), memory_bytes=64 << 20,
-                            cpu_millicores=500)
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=rlimits, report=rec) as ex:
+            spec = TaskSpec(argv=(*script(probe), "200"), memory_bytes=64 << 20, cpu_millicores=500)
             ex.start("hog.0", 1, spec)
             ex.start("ok.0", 1, attrs_evolve(spec, argv=(*script(probe), "16")))
             hog = await rec.wait_final("hog.0")
@@ -325,14 +346,25 @@ def test_on_failure_restarts_with_exponential_backoff(limits, tmp_path: Path) ->
     rec = Recorder(timeout=math.inf)
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec,
-                                 backoff=Backoff(initial=1.0, factor=2.0, maximum=60.0)) as ex:
-            ex.start("svc.0", 7, TaskSpec(argv=script("import sys; sys.exit(2)"),
-                                          restart=RestartPolicy.ON_FAILURE))
+        async with open_executor(
+            machine="m1",
+            work_dir=tmp_path,
+            limits=limits,
+            report=rec,
+            backoff=Backoff(initial=1.0, factor=2.0, maximum=60.0),
+        ) as ex:
+            ex.start(
+                "svc.0",
+                7,
+                TaskSpec(argv=script("import sys; sys.exit(2)"), restart=RestartPolicy.ON_FAILURE),
+            )
             await rec.wait_state("svc.0", ReportedState.RUNNING, count=4)
             await ex.stop("svc.0", 7, "done")
-        runs = [t for r, t in zip(rec.reports, rec.times, strict=True)
-                if r.state is ReportedState.RUNNING]
+        runs = [
+            t
+            for r, t in zip(rec.reports, rec.times, strict=True)
+            if r.state is ReportedState.RUNNING
+        ]
         gaps = [b - a for a, b in itertools.pairwise(runs)]
         # Virtual time: each gap is the back-off (the process itself takes ~0 virtual time).
         assert [round(g, 1) for g in gaps[:3]] == [1.0, 2.0, 4.0]
@@ -347,15 +379,20 @@ def test_never_does_not_restart(limits, tmp_path: Path) -> None:
     rec = Recorder(timeout=math.inf)
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
-            ex.start("b.0", 1, TaskSpec(argv=script("import sys; sys.exit(1)"),
-                                        restart=RestartPolicy.NEVER))
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start(
+                "b.0",
+                1,
+                TaskSpec(argv=script("import sys; sys.exit(1)"), restart=RestartPolicy.NEVER),
+            )
             final = await rec.wait_final("b.0")
             await trio.sleep(5)  # virtual: nothing more happens
         assert final.exit_code == 1
         assert [r.state for r in rec.of("b.0")] == [
-            ReportedState.STARTING, ReportedState.RUNNING, ReportedState.EXITED]
+            ReportedState.STARTING,
+            ReportedState.RUNNING,
+            ReportedState.EXITED,
+        ]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -364,8 +401,7 @@ def test_on_failure_does_not_restart_a_success(limits, tmp_path: Path) -> None:
     rec = Recorder(timeout=math.inf)
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
             ex.start("b.0", 1, TaskSpec(argv=script("pass"), restart=RestartPolicy.ON_FAILURE))
             final = await rec.wait_final("b.0")
         assert final.state is ReportedState.EXITED and final.exit_code == 0
@@ -379,17 +415,22 @@ def test_usage_reports_cpu_and_memory(limits, tmp_path: Path) -> None:
     rec = Recorder()
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits,
-                                 report=rec) as ex:
-            ex.start("spin.0", 1, TaskSpec(
-                argv=script("""
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start(
+                "spin.0",
+                1,
+                TaskSpec(
+                    argv=script("""
                     data = bytearray(50 << 20)
                     print("ready", flush=True)
                     while True:
                         pass
                 """),
-                cpu_millicores=500, memory_bytes=256 << 20, grace_period=0.5,
-            ))
+                    cpu_millicores=500,
+                    memory_bytes=256 << 20,
+                    grace_period=0.5,
+                ),
+            )
             await wait_file(task_dir(tmp_path, "spin.0", 1) / "stdout")
             ex.usage()
             await trio.sleep(1.5)
@@ -407,18 +448,25 @@ def test_usage_reports_cpu_and_memory(limits, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_recover_adopts_live_tasks_and_cleans_dead_ones(limits, tmp_path: Path) -> None:
     rec = Recorder()
-    sleeper = TaskSpec(argv=script("import time; print('up', flush=True); time.sleep(120)"),
-                       grace_period=1.0, memory_bytes=128 << 20, cpu_millicores=200)
+    sleeper = TaskSpec(
+        argv=script("import time; print('up', flush=True); time.sleep(120)"),
+        grace_period=1.0,
+        memory_bytes=128 << 20,
+        cpu_millicores=200,
+    )
 
     async def first_agent() -> dict[str, dict]:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec,
-                                 detach_on_exit=True) as ex:
+        async with open_executor(
+            machine="m1", work_dir=tmp_path, limits=limits, report=rec, detach_on_exit=True
+        ) as ex:
             for task in ("live.0", "dead.0", "stopme.0"):
                 ex.start(task, 1, sleeper)
             for task in ("live.0", "dead.0", "stopme.0"):
                 await wait_file(task_dir(tmp_path, task, 1) / "stdout")
-        return {t: json.loads((task_dir(tmp_path, t, 1) / "state.json").read_text())
-                for t in ("live.0", "dead.0", "stopme.0")}
+        return {
+            t: json.loads((task_dir(tmp_path, t, 1) / "state.json").read_text())
+            for t in ("live.0", "dead.0", "stopme.0")
+        }
 
     states = trio.run(first_agent)
     # The agent is gone; its tasks are not. One of them dies meanwhile.
@@ -446,7 +494,10 @@ def _recover_and_adopt(limits, tmp_path: Path, states: dict, sleeper: TaskSpec) 
 
     found = {r.task: r for r in recover(tmp_path)}
     assert found["live.0"].adopted and found["stopme.0"].adopted
-    assert not found["dead.0"].adopted and found["dead.0"].note in {"process gone", "process exited"}
+    assert not found["dead.0"].adopted and found["dead.0"].note in {
+        "process gone",
+        "process exited",
+    }
     assert not (task_dir(tmp_path, "dead.0", 1) / "state.json").exists()
     for path in states["dead.0"]["cgroups"]:
         assert not Path(path).exists()
@@ -455,12 +506,12 @@ def _recover_and_adopt(limits, tmp_path: Path, states: dict, sleeper: TaskSpec) 
     rec2 = Recorder()
 
     async def second_agent() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec2,
-                                 poll_interval=0.05) as ex:
+        async with open_executor(
+            machine="m1", work_dir=tmp_path, limits=limits, report=rec2, poll_interval=0.05
+        ) as ex:
             assert ex.adopt(found["live.0"]) and ex.adopt(found["stopme.0"])
             await rec2.wait_state("live.0", ReportedState.RUNNING)
-            assert {(u.task, u.incarnation) for u in ex.usage()} == {
-                ("live.0", 1), ("stopme.0", 1)}
+            assert {(u.task, u.incarnation) for u in ex.usage()} == {("live.0", 1), ("stopme.0", 1)}
             os.kill(found["live.0"].pid, signal.SIGTERM)  # dies on its own
             live = await rec2.wait_final("live.0")
             assert live.state is ReportedState.FAILED and live.reason == "signal:SIGTERM"
@@ -480,10 +531,14 @@ def test_recover_without_adopting_kills_survivors(limits, tmp_path: Path) -> Non
     rec = Recorder()
 
     async def first_agent() -> dict:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec,
-                                 detach_on_exit=True) as ex:
-            ex.start("x.0", 3, TaskSpec(argv=script(
-                "import time; print('up', flush=True); time.sleep(120)")))
+        async with open_executor(
+            machine="m1", work_dir=tmp_path, limits=limits, report=rec, detach_on_exit=True
+        ) as ex:
+            ex.start(
+                "x.0",
+                3,
+                TaskSpec(argv=script("import time; print('up', flush=True); time.sleep(120)")),
+            )
             await wait_file(task_dir(tmp_path, "x.0", 3) / "stdout")
         return json.loads((task_dir(tmp_path, "x.0", 3) / "state.json").read_text())
 
@@ -511,22 +566,37 @@ def test_task_user_cannot_read_private_files_and_stays_in_its_cgroup(limits, tmp
     rec = Recorder()
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=work, limits=limits, report=rec,
-                                 task_user="nobody") as ex:
-            ex.start("peek.0", 1, TaskSpec(argv=as_nobody(f"""
+        async with open_executor(
+            machine="m1", work_dir=work, limits=limits, report=rec, task_user="nobody"
+        ) as ex:
+            ex.start(
+                "peek.0",
+                1,
+                TaskSpec(
+                    argv=as_nobody(f"""
                 import os
                 print("uid", os.getuid())
                 open("own-file", "w").write("a task may write its own directory")
                 try:
-                    print(open({str(store / 'token')!r}).read())
+                    print(open({str(store / "token")!r}).read())
                 except PermissionError:
                     print("denied")
-            """), memory_bytes=64 << 20))
+            """),
+                    memory_bytes=64 << 20,
+                ),
+            )
             await rec.wait_final("peek.0")
             if limits.kind is not LimitKind.RLIMIT:
-                ex.start("hog.0", 1, TaskSpec(argv=as_nobody("""
+                ex.start(
+                    "hog.0",
+                    1,
+                    TaskSpec(
+                        argv=as_nobody("""
                     chunks = [bytearray(1 << 20) for _ in range(200)]
-                """), memory_bytes=64 << 20))
+                """),
+                        memory_bytes=64 << 20,
+                    ),
+                )
                 hog = await rec.wait_final("hog.0")
                 assert (hog.state, hog.reason) == (ReportedState.FAILED, "oom")
 

@@ -18,11 +18,15 @@ N = 10_000
 
 def test_hollow_agent_runs_10000_machines_and_a_10000_task_job(tmp_path: Path) -> None:
     with LiveCell(tmp_path, heartbeat_timeout=6.0) as cell:
-        name = cell.start_agent("h", "--hollow", str(N), "--cpu", "4", "--memory", "8Gi",
-                                heartbeat=1.0)
-        up = cell.wait(f"{N} machines up", lambda: (
-            (s := cell.api("GET", "/v1/cell"))["machines"].get("up", 0) == N and s),
-            timeout=120, machine=name)
+        name = cell.start_agent(
+            "h", "--hollow", str(N), "--cpu", "4", "--memory", "8Gi", heartbeat=1.0
+        )
+        up = cell.wait(
+            f"{N} machines up",
+            lambda: (s := cell.api("GET", "/v1/cell"))["machines"].get("up", 0) == N and s,
+            timeout=120,
+            machine=name,
+        )
         assert up["machines"].get("up") == N
         machines = sorted(cell.machines())
         assert machines[0] == f"{name}-0000" and machines[-1] == f"{name}-9999"
@@ -32,9 +36,14 @@ def test_hollow_agent_runs_10000_machines_and_a_10000_task_job(tmp_path: Path) -
         step = 2_500
         for start in range(0, N, step):
             cell.place([(f"{job}.{i}", machines[i]) for i in range(start, start + step)])
-        done = cell.wait("job done", lambda: (
-            (j := cell.api("GET", f"/v1/jobs?id={job}"))["state"] in ("done", "failed") and j),
-            timeout=120, machine=name)
+        done = cell.wait(
+            "job done",
+            lambda: (
+                (j := cell.api("GET", f"/v1/jobs?id={job}"))["state"] in ("done", "failed") and j
+            ),
+            timeout=120,
+            machine=name,
+        )
         elapsed = time.monotonic() - began
         assert done["state"] == "done", done
         assert done["tasks"].get("exited") == N, done

@@ -40,8 +40,11 @@ class LiveCell:
     def __init__(self, base: Path, heartbeat_timeout: float = 2.0) -> None:
         self.base = base
         self.heartbeat_timeout = heartbeat_timeout
-        self.cluster = LocalCluster(base / "store", machine="cellstore.cell:CellMachine",
-                                    extra={"extensions": ["cellstore.cell:endpoints"]})
+        self.cluster = LocalCluster(
+            base / "store",
+            machine="cellstore.cell:CellMachine",
+            extra={"extensions": ["cellstore.cell:endpoints"]},
+        )
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.work_dirs: dict[str, Path] = {}
         self.prefix = uuid.uuid4().hex[:6]
@@ -75,11 +78,28 @@ class LiveCell:
         work.mkdir(parents=True, exist_ok=True)
         with open(work.parent / f"{machine}.log", "ab") as out:
             self.agents[machine] = subprocess.Popen(
-                [PY, "-m", "agents", "--name", machine, "--addr", ",".join(self.cluster.api),
-                 f"--token={self.cluster.token}", "--work-dir", str(work),
-                 "--heartbeat", str(heartbeat), "--usage", "1", *args],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    PY,
+                    "-m",
+                    "agents",
+                    "--name",
+                    machine,
+                    "--addr",
+                    ",".join(self.cluster.api),
+                    f"--token={self.cluster.token}",
+                    "--work-dir",
+                    str(work),
+                    "--heartbeat",
+                    str(heartbeat),
+                    "--usage",
+                    "1",
+                    *args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return machine
 
     def kill_agent(self, machine: str, sig: int = signal.SIGKILL) -> None:
@@ -112,19 +132,31 @@ class LiveCell:
         async def call() -> Any:
             async with StoreClient(self.cluster.api, self.cluster.token) as client:
                 return await client.request(method, path, body)
+
         return trio.run(call)
 
-    def submit(self, name: str, command: list[str], tasks: int = 1, memory: str = "256Mi",
-               **extra: Any) -> str:
+    def submit(
+        self, name: str, command: list[str], tasks: int = 1, memory: str = "256Mi", **extra: Any
+    ) -> str:
         job = f"{name}-{self.prefix}"
-        spec = {"name": job, "owner": "test", "scheduler": "batch", "tasks": tasks,
-                "resources": {"cpu": "100m", "memory": memory}, "command": command, **extra}
+        spec = {
+            "name": job,
+            "owner": "test",
+            "scheduler": "batch",
+            "tasks": tasks,
+            "resources": {"cpu": "100m", "memory": memory},
+            "command": command,
+            **extra,
+        }
         self.api("POST", "/v1/jobs", {"job": job, "spec": spec})
         return job
 
     def place(self, claims: list[tuple[str, str]]) -> dict[str, Any]:
-        answer = self.api("POST", "/v1/transactions", {"txn": {
-            "scheduler": "test", "claims": [[t, m, 0, []] for t, m in claims]}})
+        answer = self.api(
+            "POST",
+            "/v1/transactions",
+            {"txn": {"scheduler": "test", "claims": [[t, m, 0, []] for t, m in claims]}},
+        )
         assert answer["result"]["type"] == "commit", answer
         assert not answer["result"]["rejected"], answer
         return answer
@@ -135,8 +167,9 @@ class LiveCell:
     def machines(self) -> dict[str, dict[str, Any]]:
         return {m["id"]: m for m in self.api("GET", "/v1/machines")["machines"]}
 
-    def wait(self, what: str, check: Callable[[], Any], timeout: float = 30.0,
-             machine: str | None = None) -> Any:
+    def wait(
+        self, what: str, check: Callable[[], Any], timeout: float = 30.0, machine: str | None = None
+    ) -> Any:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -151,19 +184,32 @@ class LiveCell:
         raise AssertionError(f"timed out waiting for {what}\n{logs[-4000:]}")
 
     def wait_up(self, machine: str, timeout: float = 30.0) -> dict[str, Any]:
-        return self.wait(f"{machine} up", lambda: (
-            (m := self.machines().get(machine)) and m["state"] == "up" and m), timeout, machine)
+        return self.wait(
+            f"{machine} up",
+            lambda: (m := self.machines().get(machine)) and m["state"] == "up" and m,
+            timeout,
+            machine,
+        )
 
-    def wait_task(self, task: str, pred: Callable[[dict[str, Any]], bool],
-                  timeout: float = 30.0, machine: str | None = None) -> dict[str, Any]:
-        return self.wait(f"task {task}", lambda: (t := self.task(task)) and pred(t) and t,
-                         timeout, machine)
+    def wait_task(
+        self,
+        task: str,
+        pred: Callable[[dict[str, Any]], bool],
+        timeout: float = 30.0,
+        machine: str | None = None,
+    ) -> dict[str, Any]:
+        return self.wait(
+            f"task {task}", lambda: (t := self.task(task)) and pred(t) and t, timeout, machine
+        )
 
     def logs(self, machine: str, task: str, incarnation: int, stream: str = "stdout") -> str:
         address = self.machines()[machine]["labels"]["omega.agent"]
-        resp = httpx.get(f"http://{address}/v1/logs", timeout=10,
-                         headers={"authorization": f"Bearer {self.cluster.token}"},
-                         params={"task": task, "incarnation": incarnation, "stream": stream})
+        resp = httpx.get(
+            f"http://{address}/v1/logs",
+            timeout=10,
+            headers={"authorization": f"Bearer {self.cluster.token}"},
+            params={"task": task, "incarnation": incarnation, "stream": stream},
+        )
         assert resp.status_code == 200, resp.text
         return resp.text
 
@@ -186,18 +232,33 @@ def test_task_runs_exit_code_and_logs(cell: LiveCell) -> None:
     info = cell.wait_up(m)
     assert info["labels"]["zone"] == "z1" and info["domain"] == "rack-1"
     assert ":" in info["labels"]["omega.agent"]
-    job = cell.submit("exit3", [PY, "-c", "import sys; print('hello from', sys.argv[0]);"
-                                "print('oops', file=sys.stderr); sys.exit(3)"])
+    job = cell.submit(
+        "exit3",
+        [
+            PY,
+            "-c",
+            "import sys; print('hello from', sys.argv[0]);"
+            "print('oops', file=sys.stderr); sys.exit(3)",
+        ],
+    )
     cell.place([(f"{job}.0", m)])
     task = cell.wait_task(f"{job}.0", lambda t: t["state"] in ("exited", "failed"), machine=m)
     assert (task["state"], task["exit_code"]) == ("exited", 3), task
     assert cell.logs(m, f"{job}.0", 0) == "hello from -c\n"
     assert cell.logs(m, f"{job}.0", 0, "stderr") == "oops\n"
     # `omega logs` finds the agent through the machine's `omega.agent` label.
-    env = {**os.environ, "OMEGA_ADDR": ",".join(cell.cluster.api),
-           "OMEGA_TOKEN": cell.cluster.token}
-    printed = subprocess.run([PY, "-m", "omega", "logs", f"{job}.0", "--stream", "stderr"],
-                             env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "OMEGA_ADDR": ",".join(cell.cluster.api),
+        "OMEGA_TOKEN": cell.cluster.token,
+    }
+    printed = subprocess.run(
+        [PY, "-m", "omega", "logs", f"{job}.0", "--stream", "stderr"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (printed.returncode, printed.stdout) == (0, "oops\n"), printed.stderr
     # A second job on the same agent also runs: the agent keeps following the cell.
     ok = cell.submit("ok", [PY, "-c", "pass"])
@@ -319,9 +380,19 @@ HOG = "x = bytearray(200 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nprin
 def test_memory_hog_is_stopped_at_its_limit_and_reported_oom(cell: LiveCell) -> None:
     a = cell.start_agent("a")
     cell.wait_up(a)
-    limits = cell.wait("limits line", lambda: next(
-        (json.loads(line) for line in cell.agent_log(a).splitlines()
-         if '"limits"' in line and line.startswith("{")), None), 20, a)
+    limits = cell.wait(
+        "limits line",
+        lambda: next(
+            (
+                json.loads(line)
+                for line in cell.agent_log(a).splitlines()
+                if '"limits"' in line and line.startswith("{")
+            ),
+            None,
+        ),
+        20,
+        a,
+    )
     if limits["kind"] == "rlimit":
         pytest.skip(f"no writable cgroup here: {limits['why']}")
     job = cell.submit("hog", [PY, "-c", HOG], memory="64Mi")

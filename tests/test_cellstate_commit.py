@@ -55,10 +55,13 @@ def test_accepts_a_claim_that_fits_and_places_the_task():
     cell.check_invariants()
 
 
-@pytest.mark.parametrize("cpu,memory,reason", [
-    (5000, GI, "insufficient:cpu"),
-    (1000, 9 * GI, "insufficient:memory"),
-])
+@pytest.mark.parametrize(
+    "cpu,memory,reason",
+    [
+        (5000, GI, "insufficient:cpu"),
+        (1000, 9 * GI, "insufficient:memory"),
+    ],
+)
 def test_insufficient_names_the_dimension(cpu, memory, reason):
     cell = cell_with()
     submit(cell, "a", cpu=cpu, memory=memory)
@@ -98,7 +101,8 @@ def test_coarse_rejects_a_changed_machine_that_fine_accepts():
     submit(fine, "a", tasks=2)
     commit(fine, ("a.0", "m0"))
     assert reasons(commit(cell, ("a.1", "m0", seen), conflicts=ConflictMode.COARSE)) == {
-        "a.1": "machine_changed"}
+        "a.1": "machine_changed"
+    }
     assert commit(fine, ("a.1", "m0", seen), conflicts=ConflictMode.FINE).result.accepted == 1
 
 
@@ -163,9 +167,11 @@ def test_production_and_equal_bands_are_never_victims():
     submit(cell, "mon", scheduler=SchedulerClass.SERVICE, priority=300, cpu=3000)
     submit(cell, "b2", cpu=1000)
     assert reasons(commit(cell, ("mon.0", "m0", None, ["prod.0"]))) == {
-        "mon.0": "victim_not_preemptible"}
+        "mon.0": "victim_not_preemptible"
+    }
     assert reasons(commit(cell, ("b2.0", "m0", None, ["peer.0"]))) == {
-        "b2.0": "victim_not_preemptible"}
+        "b2.0": "victim_not_preemptible"
+    }
     assert reasons(commit(cell, ("b2.0", "m0", None, ["ghost.0"]))) == {"b2.0": "victim_gone"}
 
 
@@ -205,9 +211,16 @@ def test_task_reports_walk_legal_transitions_and_flag_stale_incarnations():
     commit(cell, ("a.0", "m0"), ("a.1", "m0"))
     report = lambda task, state, **kw: TaskReport(task, "m0", 0, state, **kw)  # noqa: E731
     cell.apply(ReportTasks((report("a.0", ReportedState.RUNNING),), at=4.0))
-    out = cell.apply(ReportTasks((report("a.0", ReportedState.EXITED, exit_code=0),
-                                  report("a.1", ReportedState.FAILED, reason="oom"),
-                                  TaskReport("a.1", "m1", 0, ReportedState.RUNNING)), at=5.0))
+    out = cell.apply(
+        ReportTasks(
+            (
+                report("a.0", ReportedState.EXITED, exit_code=0),
+                report("a.1", ReportedState.FAILED, reason="oom"),
+                TaskReport("a.1", "m1", 0, ReportedState.RUNNING),
+            ),
+            at=5.0,
+        )
+    )
     assert out.result == Stale(tasks=("a.1",))
     assert cell.tasks["a.0"].state is TaskState.EXITED
     assert cell.tasks["a.1"].state is TaskState.FAILED and cell.tasks["a.1"].reason == "oom"
@@ -249,6 +262,7 @@ def test_duplicate_command_ids_apply_once():
     cell = cell_with()
     submit(cell, "a", tasks=2)
     from cellstate import Claim, Commit, Transaction
+
     cmd = Commit(Transaction("s", (Claim("a.0", "m0", 0),)), at=3.0, id="retry-me")
     first = cell.apply(cmd)
     second = cell.apply(cmd)

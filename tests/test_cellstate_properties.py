@@ -65,8 +65,9 @@ class CellMachine(RuleBasedStateMachine):
         self.jobs = 0
         self.views: list[dict[str, int]] = [{}]  # seqnums as schedulers saw them
         self.states: dict[str, TaskState] = {}
-        specs = tuple(MachineSpec(f"m{i}", Resources(4000, 4 * GI), domain=f"d{i % 2}")
-                      for i in range(3))
+        specs = tuple(
+            MachineSpec(f"m{i}", Resources(4000, 4 * GI), domain=f"d{i % 2}") for i in range(3)
+        )
         self.apply(RegisterMachines(specs, at=self.at))
 
     def apply(self, command):
@@ -75,9 +76,7 @@ class CellMachine(RuleBasedStateMachine):
         outcome = self.cell.apply(command)
         self.twin.apply(command)
         result = outcome.result
-        if isinstance(result, Error) or (
-            isinstance(result, CommitResult) and result.accepted == 0
-        ):
+        if isinstance(result, Error) or (isinstance(result, CommitResult) and result.accepted == 0):
             assert essence(self.cell) == before, f"{command} changed state but returned {result}"
         return outcome
 
@@ -93,27 +92,35 @@ class CellMachine(RuleBasedStateMachine):
         n = data.draw(st.integers(1, 2))
         base = data.draw(st.sampled_from([0, len(self.cell.machines)]))
         cpu = data.draw(st.sampled_from([2000, 4000, 6000]))
-        specs = tuple(MachineSpec(f"m{base + i}", Resources(cpu, 4 * GI), domain=f"d{i % 2}")
-                      for i in range(n))
+        specs = tuple(
+            MachineSpec(f"m{base + i}", Resources(cpu, 4 * GI), domain=f"d{i % 2}")
+            for i in range(n)
+        )
         self.apply(RegisterMachines(specs, at=self.at))
 
     def op_submit(self, data):
         self.jobs += 1
         kind = data.draw(st.sampled_from(list(SchedulerClass)))
         spec = JobSpec(
-            name=f"j{self.jobs}", owner=data.draw(st.sampled_from(["alice", "bob"])),
-            scheduler=kind, resources=Resources(data.draw(st.sampled_from([500, 1000, 1500])),
-                                                GI // 2),
-            tasks=data.draw(st.integers(1, 4)), gang=data.draw(st.booleans()),
-            anti_affinity=data.draw(st.booleans()))
+            name=f"j{self.jobs}",
+            owner=data.draw(st.sampled_from(["alice", "bob"])),
+            scheduler=kind,
+            resources=Resources(data.draw(st.sampled_from([500, 1000, 1500])), GI // 2),
+            tasks=data.draw(st.integers(1, 4)),
+            gang=data.draw(st.booleans()),
+            anti_affinity=data.draw(st.booleans()),
+        )
         self.apply(SubmitJob(f"j{self.jobs}", spec, at=self.at, id=f"submit-{self.jobs}"))
 
     def op_view(self, data):
         self.views.append({m.id: m.seqnum for m in self.cell.machine_list})
 
     def op_commit(self, data):
-        pending = sorted(t.id for jid in self.cell.pending_jobs
-                         for t in self.cell.pending_tasks(self.cell.jobs[jid]))
+        pending = sorted(
+            t.id
+            for jid in self.cell.pending_jobs
+            for t in self.cell.pending_tasks(self.cell.jobs[jid])
+        )
         if not pending:
             return self.op_submit(data)
         view = data.draw(st.sampled_from(self.views[-3:]))
@@ -125,10 +132,16 @@ class CellMachine(RuleBasedStateMachine):
         for tid in chosen:
             mid = data.draw(st.sampled_from([*machines, *machines, "ghost"]))
             victims: tuple[str, ...] = ()
-            if mid in self.cell.machines and self.cell.machines[mid].tasks and data.draw(
-                    st.booleans()):
-                victims = tuple(data.draw(st.lists(
-                    st.sampled_from(sorted(self.cell.machines[mid].tasks)), max_size=2)))
+            if (
+                mid in self.cell.machines
+                and self.cell.machines[mid].tasks
+                and data.draw(st.booleans())
+            ):
+                victims = tuple(
+                    data.draw(
+                        st.lists(st.sampled_from(sorted(self.cell.machines[mid].tasks)), max_size=2)
+                    )
+                )
             seqnum = view.get(mid, 0) if conflicts is ConflictMode.COARSE else 0
             claims.append(Claim(tid, mid, seqnum, victims))
         txn = Transaction("prop", tuple(claims), self.cell.version, mode, conflicts)
@@ -142,8 +155,9 @@ class CellMachine(RuleBasedStateMachine):
         state = data.draw(st.sampled_from(list(ReportedState)))
         incarnation = task.incarnation - data.draw(st.sampled_from([0, 0, 0, 1]))
         code = data.draw(st.sampled_from([0, 1])) if state is ReportedState.EXITED else None
-        self.apply(ReportTasks((TaskReport(task.id, task.machine, incarnation, state, code),),
-                               at=self.at))
+        self.apply(
+            ReportTasks((TaskReport(task.id, task.machine, incarnation, state, code),), at=self.at)
+        )
 
     def op_usage(self, data):
         task = self.draw_active(data)
@@ -151,13 +165,28 @@ class CellMachine(RuleBasedStateMachine):
             return
         fraction = data.draw(st.sampled_from([0.05, 0.5, 1.0]))
         self.clock += 200.0  # let reservations decay
-        self.apply(ReportUsage((TaskUsage(task.id, task.incarnation,
-                                          max(1, int(task.cpu * fraction)),
-                                          max(1, int(task.memory * fraction))),), at=self.at))
+        self.apply(
+            ReportUsage(
+                (
+                    TaskUsage(
+                        task.id,
+                        task.incarnation,
+                        max(1, int(task.cpu * fraction)),
+                        max(1, int(task.memory * fraction)),
+                    ),
+                ),
+                at=self.at,
+            )
+        )
 
     def op_machine_state(self, data):
-        self.apply(SetMachineState(data.draw(st.sampled_from(sorted(self.cell.machines))),
-                                   data.draw(st.sampled_from(list(MachineState))), at=self.at))
+        self.apply(
+            SetMachineState(
+                data.draw(st.sampled_from(sorted(self.cell.machines))),
+                data.draw(st.sampled_from(list(MachineState))),
+                at=self.at,
+            )
+        )
 
     def op_heartbeats(self, data):
         machines = sorted(self.cell.machines)
@@ -167,8 +196,9 @@ class CellMachine(RuleBasedStateMachine):
         self.apply(ExpireHeartbeats(timeout=20.0, at=self.at))
 
     def op_kill(self, data):
-        self.apply(KillJob(data.draw(st.sampled_from(sorted(self.cell.jobs) or ["none"])),
-                           at=self.at))
+        self.apply(
+            KillJob(data.draw(st.sampled_from(sorted(self.cell.jobs) or ["none"])), at=self.at)
+        )
 
     def op_quota(self, data):
         cpu = data.draw(st.sampled_from([1000, 3000, None]))
@@ -178,8 +208,14 @@ class CellMachine(RuleBasedStateMachine):
 
     # Weighted so that most steps commit, report and evict, which is where
     # the promises are at risk.
-    OPS = (["commit"] * 8 + ["submit"] * 3 + ["report"] * 4 + ["usage"] * 2 + ["view"] * 2
-           + ["register", "machine_state", "heartbeats", "kill", "quota"])
+    OPS = (
+        ["commit"] * 8
+        + ["submit"] * 3
+        + ["report"] * 4
+        + ["usage"] * 2
+        + ["view"] * 2
+        + ["register", "machine_state", "heartbeats", "kill", "quota"]
+    )
 
     @rule(data=st.data())
     def step(self, data):
@@ -212,6 +248,8 @@ class CellMachine(RuleBasedStateMachine):
 
 TestCellProperties = CellMachine.TestCase
 TestCellProperties.settings = settings(
-    max_examples=120, stateful_step_count=50, deadline=None,
+    max_examples=120,
+    stateful_step_count=50,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -21,18 +21,33 @@ from cellstate.commands import Command
 from cellstate.resources import UnitError
 from cellstate.wire import decode_command, encode_command, parse, parse_json
 
-BASE = {"name": "web", "owner": "alice", "scheduler": "service",
-        "resources": {"cpu": "500m", "memory": "256Mi"}}
+BASE = {
+    "name": "web",
+    "owner": "alice",
+    "scheduler": "service",
+    "resources": {"cpu": "500m", "memory": "256Mi"},
+}
 
 
-@pytest.mark.parametrize("text,milli", [("500m", 500), ("0.5", 500), (2, 2000), (0.25, 250),
-                                        ("1.5", 1500), ("1000m", 1000)])
+@pytest.mark.parametrize(
+    "text,milli",
+    [("500m", 500), ("0.5", 500), (2, 2000), (0.25, 250), ("1.5", 1500), ("1000m", 1000)],
+)
 def test_cpu_units(text, milli):
     assert parse_cpu(text) == milli
 
 
-@pytest.mark.parametrize("text,size", [("256Mi", 256 << 20), ("1Gi", 1 << 30), ("1G", 10**9),
-                                       ("1.5Gi", 3 << 29), (4096, 4096), ("512k", 512_000)])
+@pytest.mark.parametrize(
+    "text,size",
+    [
+        ("256Mi", 256 << 20),
+        ("1Gi", 1 << 30),
+        ("1G", 10**9),
+        ("1.5Gi", 3 << 29),
+        (4096, 4096),
+        ("512k", 512_000),
+    ],
+)
 def test_memory_units(text, size):
     assert parse_memory(text) == size
 
@@ -50,21 +65,28 @@ def test_spec_defaults_and_band_names():
     assert parse(BASE, JobSpec).priority == 200
 
 
-@pytest.mark.parametrize("patch,field,words", [
-    ({"tasks": 0}, "$.tasks", "1..100000"),
-    ({"tasks": 10**9}, "$.tasks", "1..100000"),
-    ({"tasks": "3"}, "$.tasks", "expected an integer"),
-    ({"scheduler": "gpu"}, "$.scheduler", "service, batch, best-effort"),
-    ({"priority": "gold"}, "$", "best-effort, batch, production, monitoring"),
-    ({"priority": 7}, "$.priority", "best-effort band"),
-    ({"resources": {"cpu": "-1", "memory": "1Gi"}}, "$.resources.cpu", "not a quantity"),
-    ({"resources": {"cpu": 1, "memory": 0}}, "$.resources.memory", "greater than zero"),
-    ({"resources": {"cpu": 1, "memory": 1, "gpu": 1}}, "$.resources", "allowed are cpu, memory"),
-    ({"colour": "red"}, "$", "unknown field colour"),
-    ({"name": "Bad Name"}, "$.name", "must match"),
-    ({"labels": {"k": 5}}, "$.labels['k']", "expected a string"),
-    ({"restart": "sometimes"}, "$.restart", "never, on-failure, always"),
-])
+@pytest.mark.parametrize(
+    "patch,field,words",
+    [
+        ({"tasks": 0}, "$.tasks", "1..100000"),
+        ({"tasks": 10**9}, "$.tasks", "1..100000"),
+        ({"tasks": "3"}, "$.tasks", "expected an integer"),
+        ({"scheduler": "gpu"}, "$.scheduler", "service, batch, best-effort"),
+        ({"priority": "gold"}, "$", "best-effort, batch, production, monitoring"),
+        ({"priority": 7}, "$.priority", "best-effort band"),
+        ({"resources": {"cpu": "-1", "memory": "1Gi"}}, "$.resources.cpu", "not a quantity"),
+        ({"resources": {"cpu": 1, "memory": 0}}, "$.resources.memory", "greater than zero"),
+        (
+            {"resources": {"cpu": 1, "memory": 1, "gpu": 1}},
+            "$.resources",
+            "allowed are cpu, memory",
+        ),
+        ({"colour": "red"}, "$", "unknown field colour"),
+        ({"name": "Bad Name"}, "$.name", "must match"),
+        ({"labels": {"k": 5}}, "$.labels['k']", "expected a string"),
+        ({"restart": "sometimes"}, "$.restart", "never, on-failure, always"),
+    ],
+)
 def test_spec_errors_name_the_field_and_what_is_allowed(patch, field, words):
     with pytest.raises(SpecError) as caught:
         parse(BASE | patch, JobSpec)
@@ -85,8 +107,17 @@ def test_commands_round_trip_on_the_internal_wire():
     spec = parse(BASE | {"tasks": 3, "env": {"Z": "1", "A": "2"}}, JobSpec)
     for command in (
         SubmitJob("web", spec, at=1.5, id="x"),
-        Commit(Transaction("s", (Claim("web.0", "m0", 3, ("v.1",)),), 7,
-                           TxnMode.ALL_OR_NOTHING, ConflictMode.COARSE), at=2.0, id="y"),
+        Commit(
+            Transaction(
+                "s",
+                (Claim("web.0", "m0", 3, ("v.1",)),),
+                7,
+                TxnMode.ALL_OR_NOTHING,
+                ConflictMode.COARSE,
+            ),
+            at=2.0,
+            id="y",
+        ),
     ):
         blob = encode_command(command)
         assert decode_command(blob) == command

@@ -37,8 +37,13 @@ class Cell:
         env = {**os.environ, "OMEGA_HEARTBEAT_TIMEOUT": "10"}
         self.proc = subprocess.Popen(
             [*OMEGA, "up", "--data-dir", str(self.data_dir), "--agents", "2"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
@@ -52,8 +57,7 @@ class Cell:
             if line.startswith("cell ready"):
                 return
         self.stop()
-        raise AssertionError("omega up never became ready:\n" + "".join(self.output)
-                             + self.logs())
+        raise AssertionError("omega up never became ready:\n" + "".join(self.output) + self.logs())
 
     def logs(self) -> str:
         out = []
@@ -61,12 +65,22 @@ class Cell:
             out.append(f"--- {path.name}\n" + path.read_text()[-2000:])
         return "\n".join(out)
 
-    def omega(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        result = subprocess.run([*OMEGA, *args], cwd=ROOT, env={**os.environ, **self.env},
-                                capture_output=True, text=True, timeout=timeout)
+    def omega(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [*OMEGA, *args],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"omega {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}\n{self.logs()}")
+            raise AssertionError(
+                f"omega {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}\n{self.logs()}"
+            )
         return result
 
     def json(self, *args: str):
@@ -109,8 +123,9 @@ def test_a_newcomer_runs_every_example_and_the_cell_survives_a_restart(cell):
     for example in ("batch-squares", "gang-train", "web-service", "best-effort-filler"):
         out = cell.omega("submit", f"examples/{example}.yaml", "--json")
         submitted[example] = json.loads(out.stdout)["id"]
-        cell.omega("submit", f"examples/{example}.yaml", "--wait", "--id",
-                   submitted[example] + "-w")
+        cell.omega(
+            "submit", f"examples/{example}.yaml", "--wait", "--id", submitted[example] + "-w"
+        )
     jobs = {j["id"]: j for j in cell.json("jobs")}
     for job_id in submitted.values():
         assert set(jobs[job_id]) >= {"id", "name", "scheduler", "priority", "state", "tasks"}
@@ -142,8 +157,9 @@ def test_a_newcomer_runs_every_example_and_the_cell_survives_a_restart(cell):
         time.sleep(1)
 
     nodes = cell.json("nodes")
-    assert len(nodes) == 2 and all(set(n) >= {"id", "state", "capacity", "used", "domain",
-                                              "labels"} for n in nodes)
+    assert len(nodes) == 2 and all(
+        set(n) >= {"id", "state", "capacity", "used", "domain", "labels"} for n in nodes
+    )
     status = cell.json("status")
     assert set(status) >= {"replicas", "leader", "schedulers", "agents"}
     assert status["leader"] and len(status["replicas"]) == 3

@@ -39,8 +39,12 @@ def test_faults_lose_no_acknowledged_operation(tmp_path):
     run = run_scenario(tmp_path, seed, 30.0, schedule=CI_SCHEDULE, say=lines.append)
     summary = f"seed {seed}\n" + "\n".join(lines) + f"\n{run.report.figures}"
     assert run.report.errors == [], summary + "\n" + "\n".join(run.report.errors)
-    assert run.faults == {"leader_kill": 3, "partition_leader": 1, "scheduler_kill": 1,
-                          "full_restart": 1}, summary
+    assert run.faults == {
+        "leader_kill": 3,
+        "partition_leader": 1,
+        "scheduler_kill": 1,
+        "full_restart": 1,
+    }, summary
     # The cut-off leader never acknowledged its write; the majority carried on meanwhile.
     assert run.probes and all(not p.outcome.startswith("200") for p in run.probes), run.probes
     assert all(gained >= 5 for gained in run.majority_acks), summary
@@ -59,8 +63,9 @@ class _Intruder(SyncObj):
 
     def __init__(self, peers: list[str], password: str) -> None:
         self.applied = 0
-        conf = SyncObjConf(password=password, dynamicMembershipChange=False,
-                           appendEntriesUseBatch=False)
+        conf = SyncObjConf(
+            password=password, dynamicMembershipChange=False, appendEntriesUseBatch=False
+        )
         super().__init__(None, peers, conf)
 
     @replicated
@@ -88,8 +93,9 @@ def test_raft_port_refuses_peer_without_the_secret(tmp_path):
 
         async def write(n: int) -> None:
             async with StoreClient(cluster.api, cluster.token) as client:
-                await client.commands([{"id": f"c{n}-{i}", "op": "add", "key": "k", "delta": 1}
-                                       for i in range(20)])
+                await client.commands(
+                    [{"id": f"c{n}-{i}", "op": "add", "key": "k", "delta": 1} for i in range(20)]
+                )
 
         trio.run(write, 0)
         leader = cluster.wait_for_leader()

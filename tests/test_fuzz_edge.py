@@ -25,23 +25,37 @@ from cellstore.cell import CellMachine
 from cellstore.testing import LocalCluster
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
     | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
-VALID_SPEC = {"name": "web", "owner": "alice", "scheduler": "service", "tasks": 3,
-              "resources": {"cpu": "500m", "memory": "256Mi"}, "command": ["true"]}
+VALID_SPEC = {
+    "name": "web",
+    "owner": "alice",
+    "scheduler": "service",
+    "tasks": 3,
+    "resources": {"cpu": "500m", "memory": "256Mi"},
+    "command": ["true"],
+}
 VALID_COMMANDS = [
     {"type": "submit_job", "job": "web-1", "spec": VALID_SPEC},
     {"type": "kill_job", "job": "web-1"},
     {"type": "commit", "txn": {"scheduler": "s", "claims": [["web-1.0", "m0", 0, []]]}},
-    {"type": "register_machines", "machines": [
-        {"id": "m0", "capacity": {"cpu": 4, "memory": "8Gi"}, "domain": "d0"}]},
-    {"type": "report_tasks", "reports": [
-        {"task": "web-1.0", "machine": "m0", "incarnation": 0, "state": "running"}]},
+    {
+        "type": "register_machines",
+        "machines": [{"id": "m0", "capacity": {"cpu": 4, "memory": "8Gi"}, "domain": "d0"}],
+    },
+    {
+        "type": "report_tasks",
+        "reports": [{"task": "web-1.0", "machine": "m0", "incarnation": 0, "state": "running"}],
+    },
     {"type": "heartbeat", "machines": ["m0"]},
 ]
 
@@ -73,7 +87,10 @@ def must_be_refused_cleanly(fn, document) -> None:
     try:
         fn(document)
     except SpecError as exc:
-        assert (exc.message and exc.field is not None) or exc.code in ("malformed_json", "too_large")
+        assert (exc.message and exc.field is not None) or exc.code in (
+            "malformed_json",
+            "too_large",
+        )
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -107,16 +124,28 @@ def test_deep_nesting_and_unicode_names_are_refused_cleanly():
     deep: object = []
     for _ in range(10_000):
         deep = [deep]
-    must_be_refused_cleanly(lambda b: parse_json(b, JobSpec), orjson.dumps({"a": 1})[:-1] + b"[" * 5000)
+    must_be_refused_cleanly(
+        lambda b: parse_json(b, JobSpec), orjson.dumps({"a": 1})[:-1] + b"[" * 5000
+    )
     must_be_refused_cleanly(CellMachine.canonical, {"type": "kill_job", "job": "ŵéb\u0000"})
     with pytest.raises(SpecError) as caught:
         parse({**VALID_SPEC, "name": "wéb"}, JobSpec)
     assert caught.value.field == "$.name"
 
 
-WRITE_ENDPOINTS = ["/v1/jobs", "/v1/jobs/kill", "/v1/transactions", "/v1/agents/register",
-                   "/v1/agents/heartbeat", "/v1/agents/report", "/v1/agents/usage",
-                   "/v1/schedulers/report", "/v1/commands", "/v1/quotas", "/v1/machines/state"]
+WRITE_ENDPOINTS = [
+    "/v1/jobs",
+    "/v1/jobs/kill",
+    "/v1/transactions",
+    "/v1/agents/register",
+    "/v1/agents/heartbeat",
+    "/v1/agents/report",
+    "/v1/agents/usage",
+    "/v1/schedulers/report",
+    "/v1/commands",
+    "/v1/quotas",
+    "/v1/machines/state",
+]
 
 
 @pytest.mark.slow
@@ -139,8 +168,11 @@ def test_fuzzed_http_bodies_get_4xx_and_change_nothing(tmp_path: Path, monkeypat
         bodies.append((endpoint, body))
 
     collect()
-    with LocalCluster(tmp_path, machine="cellstore.cell:CellMachine",
-                      extra={"extensions": ["cellstore.cell:endpoints"]}) as cluster:
+    with LocalCluster(
+        tmp_path,
+        machine="cellstore.cell:CellMachine",
+        extra={"extensions": ["cellstore.cell:endpoints"]},
+    ) as cluster:
         base = f"http://{cluster.api[0]}"
         auth = {"authorization": f"Bearer {cluster.token}"}
         with httpx.Client(timeout=15) as http:

@@ -36,58 +36,88 @@ BIG_KEYS = 40  # ~4.8 MB of incompressible values: a snapshot of ~75 chunks of 6
 
 
 def test_clamp_keeps_unmatched_messages_from_advancing_the_commit_index():
-    chunk = {"type": "append_entries", "term": 3, "commit_index": 90,
-             "serialized": (b"x" * 10, True, False)}
+    chunk = {
+        "type": "append_entries",
+        "term": 3,
+        "commit_index": 90,
+        "serialized": (b"x" * 10, True, False),
+    }
     clamp_unverified_commit(chunk, 40)
     assert chunk["commit_index"] == 40
     busy = {"type": "append_entries", "term": 3, "commit_index": 90, "serialized": None}
     clamp_unverified_commit(busy, 40)
     assert busy["commit_index"] == 40
-    last = {"type": "append_entries", "term": 3, "commit_index": 90,
-            "serialized": (b"", False, True)}
+    last = {
+        "type": "append_entries",
+        "term": 3,
+        "commit_index": 90,
+        "serialized": (b"", False, True),
+    }
     clamp_unverified_commit(last, 40)
     assert last["commit_index"] == 90  # installing the snapshot replaces the log
-    matched = {"type": "append_entries", "term": 3, "commit_index": 90, "prevLogIdx": 70,
-               "prevLogTerm": 3, "entries": []}
+    matched = {
+        "type": "append_entries",
+        "term": 3,
+        "commit_index": 90,
+        "prevLogIdx": 70,
+        "prevLogTerm": 3,
+        "entries": [],
+    }
     clamp_unverified_commit(matched, 40)
     assert matched["commit_index"] == 90
 
 
-def _post(cluster: ProxiedCluster, i: int, commands: list[dict], timeout: float = 15.0
-          ) -> httpx.Response:
-    return httpx.post(f"http://{cluster.api[i]}/v1/commands",
-                      content=orjson.dumps({"commands": commands}), timeout=timeout,
-                      headers={"authorization": f"Bearer {cluster.token}"})
+def _post(
+    cluster: ProxiedCluster, i: int, commands: list[dict], timeout: float = 15.0
+) -> httpx.Response:
+    return httpx.post(
+        f"http://{cluster.api[i]}/v1/commands",
+        content=orjson.dumps({"commands": commands}),
+        timeout=timeout,
+        headers={"authorization": f"Bearer {cluster.token}"},
+    )
 
 
 def _put(key: str, value: str) -> dict:
     return {"id": f"put-{key}", "op": "put", "key": key, "value": value}
 
 
-async def _watch(cluster: ProxiedCluster, i: int, from_version: int, seen: list[str],
-                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _watch(
+    cluster: ProxiedCluster,
+    i: int,
+    from_version: int,
+    seen: list[str],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Every command replica i's feed shows from `from_version` on, as its key."""
     auth = {"authorization": f"Bearer {cluster.token}"}
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0)) as http, \
-            http.stream("GET", f"http://{cluster.api[i]}/v1/watch",
-                        params={"from": from_version}, headers=auth) as resp:
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0)) as http,
+        http.stream(
+            "GET", f"http://{cluster.api[i]}/v1/watch", params={"from": from_version}, headers=auth
+        ) as resp,
+    ):
         assert resp.status_code == 200
         task_status.started()
         async for line in resp.aiter_lines():
             if line:
                 for _, command in orjson.loads(line).get("commands", ()):
-                    seen.append(orjson.loads(command)["key"] if isinstance(command, str)
-                                else command["key"])
+                    seen.append(
+                        orjson.loads(command)["key"] if isinstance(command, str) else command["key"]
+                    )
 
 
 def test_cut_off_leader_never_applies_its_uncommitted_tail(tmp_path):
     raft = {"compaction_min_entries": 20, "compaction_min_time_s": 3600.0}
-    with ProxiedCluster(tmp_path, machine="cellstore.testing:KVMachine",
-                        extra={"commit_timeout_s": 2.0}, raft=raft) as cluster:
-        big = [_put(f"big-{k}", base64.b64encode(os.urandom(VALUE_BYTES)).decode())
-               for k in range(BIG_KEYS)]
+    with ProxiedCluster(
+        tmp_path, machine="cellstore.testing:KVMachine", extra={"commit_timeout_s": 2.0}, raft=raft
+    ) as cluster:
+        big = [
+            _put(f"big-{k}", base64.b64encode(os.urandom(VALUE_BYTES)).decode())
+            for k in range(BIG_KEYS)
+        ]
         for start in range(0, BIG_KEYS, 10):
-            assert _post(cluster, cluster.wait_leader(), big[start:start + 10]).status_code == 200
+            assert _post(cluster, cluster.wait_leader(), big[start : start + 10]).status_code == 200
         old = cluster.wait_leader()
         cluster.partition(old)
         stale = [_put(f"stale-{k}", "never committed") for k in range(50)]
@@ -126,8 +156,9 @@ def test_cut_off_leader_never_applies_its_uncommitted_tail(tmp_path):
 
 def test_old_leader_replaces_a_stale_tail_longer_than_a_batch(tmp_path):
     raft = {"compaction_min_entries": 1_000_000, "compaction_min_time_s": 3600.0}
-    with ProxiedCluster(tmp_path, machine="cellstore.testing:KVMachine",
-                        extra={"commit_timeout_s": 2.0}, raft=raft) as cluster:
+    with ProxiedCluster(
+        tmp_path, machine="cellstore.testing:KVMachine", extra={"commit_timeout_s": 2.0}, raft=raft
+    ) as cluster:
         old = cluster.wait_leader()
         cluster.partition(old)
         stale = [_put(f"stale-{k}", "x" * 3000) for k in range(40)]  # ~2 append batches

@@ -35,8 +35,11 @@ class LiveCell:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.cluster = LocalCluster(base / "store", machine="cellstore.cell:CellMachine",
-                                    extra={"extensions": ["cellstore.cell:endpoints"]})
+        self.cluster = LocalCluster(
+            base / "store",
+            machine="cellstore.cell:CellMachine",
+            extra={"extensions": ["cellstore.cell:endpoints"]},
+        )
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> LiveCell:
@@ -56,17 +59,42 @@ class LiveCell:
         async def call() -> Any:
             async with StoreClient(self.cluster.api, self.cluster.token) as client:
                 return await client.request(method, path, body)
+
         return trio.run(call)
 
     def register(self, n: int, cpu: str = "4", memory: str = "8Gi", domains: int = 2) -> None:
-        self.api("POST", "/v1/agents/register", {"machines": [
-            {"id": f"m{i}", "capacity": {"cpu": cpu, "memory": memory}, "domain": f"d{i % domains}"}
-            for i in range(n)]})
+        self.api(
+            "POST",
+            "/v1/agents/register",
+            {
+                "machines": [
+                    {
+                        "id": f"m{i}",
+                        "capacity": {"cpu": cpu, "memory": memory},
+                        "domain": f"d{i % domains}",
+                    }
+                    for i in range(n)
+                ]
+            },
+        )
 
-    def submit(self, name: str, scheduler: str, tasks: int, cpu: str = "1",
-               memory: str = "1Gi", **extra: Any) -> str:
-        spec = {"name": name, "owner": "test", "scheduler": scheduler, "tasks": tasks,
-                "resources": {"cpu": cpu, "memory": memory}, **extra}
+    def submit(
+        self,
+        name: str,
+        scheduler: str,
+        tasks: int,
+        cpu: str = "1",
+        memory: str = "1Gi",
+        **extra: Any,
+    ) -> str:
+        spec = {
+            "name": name,
+            "owner": "test",
+            "scheduler": scheduler,
+            "tasks": tasks,
+            "resources": {"cpu": cpu, "memory": memory},
+            **extra,
+        }
         self.api("POST", "/v1/jobs", {"job": name, "spec": spec})
         return name
 
@@ -90,11 +118,27 @@ class LiveCell:
     def scheduler(self, kind: str, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.base / f"sched-{name}.log", "ab")  # noqa: SIM115 - held by the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "schedulers", "--kind", kind, "--name", name,
-             "--addr", ",".join(self.cluster.api), "--token", self.cluster.token,
-             "--report-period", "0.3", *args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "schedulers",
+                "--kind",
+                kind,
+                "--name",
+                name,
+                "--addr",
+                ",".join(self.cluster.api),
+                "--token",
+                self.cluster.token,
+                "--report-period",
+                "0.3",
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self.procs.append(proc)
         return proc
@@ -143,6 +187,7 @@ def test_two_batch_schedulers_race_conflict_and_never_overcommit(live: LiveCell)
     def reported() -> bool:
         a, b = live.figures("batch-a"), live.figures("batch-b")
         return a.get("claims_accepted", 0) + b.get("claims_accepted", 0) == 32
+
     wait(reported, 10, "final figures")
     a, b = live.figures("batch-a"), live.figures("batch-b")
     assert a["conflicted_transactions"] + b["conflicted_transactions"] > 0
@@ -181,6 +226,7 @@ def test_gang_is_placed_whole_or_not_at_all(live: LiveCell) -> None:
 
     def explained() -> str:
         return live.api("GET", f"/v1/explain?target={too_big}")["schedulers"].get("batch", "")
+
     wait(lambda: "placed 0/20" in explained(), 10, "the big gang explained")
     assert live.counts(too_big) == {"pending": 20}
     assert live.cell().jobs[too_big].counts.get("assigned", 0) == 0
@@ -198,8 +244,13 @@ def test_best_effort_uses_reclaimed_resources_and_yields(live: LiveCell) -> None
     web_tasks = live.tasks(web)
 
     def usage(cpu: int) -> dict[str, Any]:
-        return {"usages": [{"task": t["id"], "incarnation": t["incarnation"], "cpu": cpu,
-                            "memory": GIB} for t in web_tasks]}
+        return {
+            "usages": [
+                {"task": t["id"], "incarnation": t["incarnation"], "cpu": cpu, "memory": GIB}
+                for t in web_tasks
+            ]
+        }
+
     # The first report on a task decays its reservation at once: 500m + 10% margin.
     live.api("POST", "/v1/agents/usage", usage(500))
     wait(lambda: assigned(live.counts(be)) == 1, 20, "best-effort on reclaimed resources")
@@ -212,8 +263,7 @@ def test_best_effort_uses_reclaimed_resources_and_yields(live: LiveCell) -> None
     assert all(m.reserved_cpu == m.cpu for m in cell.machines.values())
 
 
-def test_scheduler_killed_and_restarted_resumes_without_double_placement(
-        live: LiveCell) -> None:
+def test_scheduler_killed_and_restarted_resumes_without_double_placement(live: LiveCell) -> None:
     live.register(16)  # 64 cpu
     args = ("--max-claims", "5", "--think-task", "0.02")
     first = live.scheduler("batch", "batch", *args)
@@ -232,7 +282,8 @@ def test_scheduler_killed_and_restarted_resumes_without_double_placement(
 
 
 def test_scheduler_serves_its_figures_and_explanations_on_its_metrics_endpoint(
-        live: LiveCell) -> None:
+    live: LiveCell,
+) -> None:
     from cellstore.testing import free_ports
 
     live.register(2, cpu="1")

@@ -54,9 +54,15 @@ def test_service_spreads_across_failure_domains():
 
 def test_service_spreads_by_label_key():
     cell = cell_with(machines=0)
-    cell.apply(RegisterMachines(tuple(
-        MachineSpec(f"m{i}", Resources(16000, 8 * GI), labels={"zone": f"z{i % 2}"})
-        for i in range(8)), at=1.0))
+    cell.apply(
+        RegisterMachines(
+            tuple(
+                MachineSpec(f"m{i}", Resources(16000, 8 * GI), labels={"zone": f"z{i % 2}"})
+                for i in range(8)
+            ),
+            at=1.0,
+        )
+    )
     submit(cell, "web", tasks=4, cpu=500, scheduler=SERVICE, spread="zone")
     step(core(SERVICE), cell)
     zones = [cell.machines[m].labels["zone"] for m in placements(cell, "web")]
@@ -65,9 +71,17 @@ def test_service_spreads_by_label_key():
 
 def test_constraints_filter_with_counted_reasons():
     cell = cell_with(machines=0)
-    cell.apply(RegisterMachines(tuple(
-        MachineSpec(f"m{i}", Resources(4000, 8 * GI), labels={"disk": "ssd" if i < 2 else "hdd"})
-        for i in range(5)), at=1.0))
+    cell.apply(
+        RegisterMachines(
+            tuple(
+                MachineSpec(
+                    f"m{i}", Resources(4000, 8 * GI), labels={"disk": "ssd" if i < 2 else "hdd"}
+                )
+                for i in range(5)
+            ),
+            at=1.0,
+        )
+    )
     cell.apply(SetMachineState("m0", MachineState.DOWN, at=1.5))
     submit(cell, "db", tasks=2, cpu=1000, constraints={"disk": "ssd"})
     sched = core(BATCH)
@@ -99,10 +113,15 @@ def test_anti_affinity_one_task_per_machine_and_reasons():
 
 def test_insufficient_resources_counted_per_dimension():
     cell = cell_with(machines=0)
-    cell.apply(RegisterMachines((
-        MachineSpec("small-cpu", Resources(500, 64 * GI)),
-        MachineSpec("small-mem", Resources(64000, GI // 2)),
-    ), at=1.0))
+    cell.apply(
+        RegisterMachines(
+            (
+                MachineSpec("small-cpu", Resources(500, 64 * GI)),
+                MachineSpec("small-mem", Resources(64000, GI // 2)),
+            ),
+            at=1.0,
+        )
+    )
     submit(cell, "big", tasks=1, cpu=1000, memory=GI)
     sched = core(BATCH)
     assert sched.decide(cell, 5.0) is None

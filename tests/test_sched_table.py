@@ -51,9 +51,15 @@ def test_new_machines_append_rows_and_labels_stay_current():
     table.sync(cell)
     column = table.labels(cell, "disk")
     assert list(column.codes[:3]) == [column.vocab["ssd"]] * 3
-    cell.apply(RegisterMachines(tuple(
-        MachineSpec(f"n{i}", Resources(2000, GI), labels={"disk": "hdd"}, domain="far")
-        for i in range(40)), at=5.0))
+    cell.apply(
+        RegisterMachines(
+            tuple(
+                MachineSpec(f"n{i}", Resources(2000, GI), labels={"disk": "hdd"}, domain="far")
+                for i in range(40)
+            ),
+            at=5.0,
+        )
+    )
     cell.apply(RegisterMachines((MachineSpec("m1", Resources(4000, 8 * GI)),), at=6.0))
     assert table.sync(cell) == 41  # 40 new rows and m1's relabel
     _assert_matches(table, cell)

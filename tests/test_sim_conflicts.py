@@ -44,8 +44,13 @@ GI = 1 << 30
 ACTIVE = (TaskState.ASSIGNED, TaskState.STARTING, TaskState.RUNNING)
 
 
-def _commit(cell: CellState, claims: list[Claim], at: float, mode=TxnMode.INCREMENTAL,
-            conflicts=ConflictMode.FINE):
+def _commit(
+    cell: CellState,
+    claims: list[Claim],
+    at: float,
+    mode=TxnMode.INCREMENTAL,
+    conflicts=ConflictMode.FINE,
+):
     txn = Transaction("t", tuple(claims), cell.version, mode, conflicts)
     return cell.apply(Commit(txn, at=at)).result
 
@@ -56,8 +61,10 @@ def _random_placements(data, cell: CellState, at: float, label: str) -> None:
         return
     chosen = data.draw(st.lists(st.sampled_from(pending), max_size=6, unique=True), label=label)
     names = [m.id for m in cell.machine_list]
-    claims = [Claim(tid, m := data.draw(st.sampled_from(names)), cell.machines[m].seqnum)
-              for tid in chosen]
+    claims = [
+        Claim(tid, m := data.draw(st.sampled_from(names)), cell.machines[m].seqnum)
+        for tid in chosen
+    ]
     if claims:
         _commit(cell, claims, at)
 
@@ -65,19 +72,41 @@ def _random_placements(data, cell: CellState, at: float, label: str) -> None:
 def _build(data) -> tuple[CellState, dict[str, int], dict[str, list[str]]]:
     cell = CellState()
     machines = data.draw(st.integers(1, 4), label="machines")
-    cell.apply(RegisterMachines(tuple(
-        MachineSpec(f"m{i}", Resources(data.draw(st.sampled_from([2000, 4000, 8000])),
-                                       data.draw(st.sampled_from([4, 8, 16])) * GI),
-                    domain=f"d{i % 2}")
-        for i in range(machines)), at=1.0))
+    cell.apply(
+        RegisterMachines(
+            tuple(
+                MachineSpec(
+                    f"m{i}",
+                    Resources(
+                        data.draw(st.sampled_from([2000, 4000, 8000])),
+                        data.draw(st.sampled_from([4, 8, 16])) * GI,
+                    ),
+                    domain=f"d{i % 2}",
+                )
+                for i in range(machines)
+            ),
+            at=1.0,
+        )
+    )
     for j in range(data.draw(st.integers(1, 4), label="jobs")):
         kind = data.draw(st.sampled_from([SchedulerClass.BATCH, SchedulerClass.SERVICE]))
-        cell.apply(SubmitJob(f"j{j}", JobSpec(
-            name=f"j{j}", owner=data.draw(st.sampled_from(["alice", "bob"])), scheduler=kind,
-            resources=Resources(data.draw(st.sampled_from([500, 1000, 2000, 3000])),
-                                data.draw(st.sampled_from([1, 2, 4])) * GI),
-            tasks=data.draw(st.integers(1, 4)),
-            anti_affinity=data.draw(st.booleans())), at=2.0))
+        cell.apply(
+            SubmitJob(
+                f"j{j}",
+                JobSpec(
+                    name=f"j{j}",
+                    owner=data.draw(st.sampled_from(["alice", "bob"])),
+                    scheduler=kind,
+                    resources=Resources(
+                        data.draw(st.sampled_from([500, 1000, 2000, 3000])),
+                        data.draw(st.sampled_from([1, 2, 4])) * GI,
+                    ),
+                    tasks=data.draw(st.integers(1, 4)),
+                    anti_affinity=data.draw(st.booleans()),
+                ),
+                at=2.0,
+            )
+        )
     _random_placements(data, cell, 3.0, "placed before the read")
     # The scheduler reads here: one version, every machine's seqnum and tasks.
     seen = {m.id: m.seqnum for m in cell.machine_list}
@@ -85,12 +114,26 @@ def _build(data) -> tuple[CellState, dict[str, int], dict[str, list[str]]]:
     # The cell moves on: more placements, some exits, maybe a kill.
     _random_placements(data, cell, 4.0, "placed after the read")
     active = sorted(t.id for t in cell.tasks.values() if t.state in ACTIVE)
-    exits = data.draw(st.lists(st.sampled_from(active), max_size=3, unique=True)
-                      if active else st.just([]), label="exits")
+    exits = data.draw(
+        st.lists(st.sampled_from(active), max_size=3, unique=True) if active else st.just([]),
+        label="exits",
+    )
     if exits:
-        cell.apply(ReportTasks(tuple(
-            TaskReport(tid, cell.tasks[tid].machine, cell.tasks[tid].incarnation,
-                       ReportedState.EXITED, 0) for tid in exits), at=5.0))
+        cell.apply(
+            ReportTasks(
+                tuple(
+                    TaskReport(
+                        tid,
+                        cell.tasks[tid].machine,
+                        cell.tasks[tid].incarnation,
+                        ReportedState.EXITED,
+                        0,
+                    )
+                    for tid in exits
+                ),
+                at=5.0,
+            )
+        )
     if data.draw(st.booleans(), label="kill a job"):
         cell.apply(KillJob(data.draw(st.sampled_from(sorted(cell.jobs))), at=5.5))
     return cell, seen, on
@@ -105,8 +148,11 @@ def test_coarse_rejects_every_claim_fine_rejects(data):
     claims = []
     for _ in range(data.draw(st.integers(1, 8), label="claims")):
         machine = data.draw(st.sampled_from(names))
-        victims = tuple(data.draw(st.lists(st.sampled_from(on[machine]), max_size=2,
-                                           unique=True))) if on[machine] else ()
+        victims = (
+            tuple(data.draw(st.lists(st.sampled_from(on[machine]), max_size=2, unique=True)))
+            if on[machine]
+            else ()
+        )
         claims.append(Claim(data.draw(st.sampled_from(tasks)), machine, seen[machine], victims))
     mode = data.draw(st.sampled_from(list(TxnMode)), label="mode")
     fine_cell = CellState.restore(cell.snapshot())
@@ -123,13 +169,29 @@ def test_coarse_rejects_every_claim_fine_rejects(data):
 def test_quota_lets_coarse_accept_what_fine_rejects():
     """The exception: quota couples claims on different machines."""
     cell = CellState()
-    cell.apply(RegisterMachines((MachineSpec("m0", Resources(4000, 8 * GI)),
-                                 MachineSpec("m1", Resources(4000, 8 * GI))), at=1.0))
+    cell.apply(
+        RegisterMachines(
+            (
+                MachineSpec("m0", Resources(4000, 8 * GI)),
+                MachineSpec("m1", Resources(4000, 8 * GI)),
+            ),
+            at=1.0,
+        )
+    )
     cell.apply(SetQuota("alice", Band.BATCH, Resources(1000, 8 * GI), at=1.0))
     for job in ("a", "b", "c"):
-        cell.apply(SubmitJob(job, JobSpec(name=job, owner="bob" if job == "c" else "alice",
-                                          scheduler=SchedulerClass.BATCH,
-                                          resources=Resources(1000, GI)), at=2.0))
+        cell.apply(
+            SubmitJob(
+                job,
+                JobSpec(
+                    name=job,
+                    owner="bob" if job == "c" else "alice",
+                    scheduler=SchedulerClass.BATCH,
+                    resources=Resources(1000, GI),
+                ),
+                at=2.0,
+            )
+        )
     seen = {m.id: m.seqnum for m in cell.machine_list}
     # After the read, m0 changes (bob's task lands there), m1 does not.
     _commit(cell, [Claim("c.0", "m0", seen["m0"])], 3.0)

@@ -45,8 +45,7 @@ def test_presets_load_and_sample_within_bounds():
 
 def test_one_scheduler_never_conflicts():
     workload = tiny_workload(machines=10, batch_mean=8.0, prefill=0.5)
-    result = simulate(workload, [SchedulerSetup("batch", SchedulerClass.BATCH)],
-                      days=0.03, seed=3)
+    result = simulate(workload, [SchedulerSetup("batch", SchedulerClass.BATCH)], days=0.03, seed=3)
     batch = _row(result, "batch")
     assert batch["transactions"] > 50
     assert batch["conflicted"] == 0 and batch["claims_rejected"] == 0
@@ -57,24 +56,36 @@ def _one_slot_cell(periods: int, t_batch: float, t_service: float):
     """One machine with room for exactly one task; one batch and one service job
     arrive together every 100 s; tasks run 10 s."""
     whole = {"dist": "constant", "value": 4.0}
-    job = {"interarrival": {"dist": "constant", "value": 100.0},
-           "tasks": 1, "duration": 10.0, "cpu": whole, "memory_gib": 1.0}
-    workload = parse({
-        "cell": {"machines": 1, "cpu": 4.0, "memory_gib": 16.0, "domains": 1},
-        "schedulers": {"batch": {"t_job": t_batch, "t_task": 0.0},
-                       "service": {"t_job": t_service, "t_task": 0.0}},
-        "jobs": {"batch": job, "service": job},
-    })
-    return simulate(workload, omega_schedulers(workload),
-                    days=(periods * 100.0 + 50.0) / DAY, seed=1)
+    job = {
+        "interarrival": {"dist": "constant", "value": 100.0},
+        "tasks": 1,
+        "duration": 10.0,
+        "cpu": whole,
+        "memory_gib": 1.0,
+    }
+    workload = parse(
+        {
+            "cell": {"machines": 1, "cpu": 4.0, "memory_gib": 16.0, "domains": 1},
+            "schedulers": {
+                "batch": {"t_job": t_batch, "t_task": 0.0},
+                "service": {"t_job": t_service, "t_task": 0.0},
+            },
+            "jobs": {"batch": job, "service": job},
+        }
+    )
+    return simulate(
+        workload, omega_schedulers(workload), days=(periods * 100.0 + 50.0) / DAY, seed=1
+    )
 
 
-@pytest.mark.parametrize(("t_batch", "t_service", "loser", "winner"), [
-    (0.1, 0.5, "service", "batch"),
-    (0.5, 0.1, "batch", "service"),
-])
-def test_two_schedulers_on_one_machine_conflict_once_per_arrival(t_batch, t_service, loser,
-                                                                 winner):
+@pytest.mark.parametrize(
+    ("t_batch", "t_service", "loser", "winner"),
+    [
+        (0.1, 0.5, "service", "batch"),
+        (0.5, 0.1, "batch", "service"),
+    ],
+)
+def test_two_schedulers_on_one_machine_conflict_once_per_arrival(t_batch, t_service, loser, winner):
     # Each period both schedulers decide against the empty machine at once; the
     # faster commits first and wins; the slower one's claim no longer fits, so
     # it conflicts exactly once, then places its task after the winner's exits
@@ -94,15 +105,22 @@ def test_two_schedulers_on_one_machine_conflict_once_per_arrival(t_batch, t_serv
 
 def test_coarse_conflicts_at_least_as_often_as_fine_on_average():
     # Service jobs arrive often and think for 2 s, so batch commits meanwhile.
-    workload = tiny_workload(machines=16, batch_mean=10.0, service_mean=10.0, prefill=0.2,
-                             service_duration=30.0).with_think("service", t_job=2.0)
+    workload = tiny_workload(
+        machines=16, batch_mean=10.0, service_mean=10.0, prefill=0.2, service_duration=30.0
+    ).with_think("service", t_job=2.0)
     fine, coarse = [], []
     for seed in range(1, 6):
         for conflicts, out in ((ConflictMode.FINE, fine), (ConflictMode.COARSE, coarse)):
-            result = simulate(workload, omega_schedulers(workload, conflicts=conflicts),
-                              days=0.01, seed=seed)
-            out.append(sum(r["conflicted"] for r in result.rows
-                           if not str(r["scheduler"]).startswith("class:")))
+            result = simulate(
+                workload, omega_schedulers(workload, conflicts=conflicts), days=0.01, seed=seed
+            )
+            out.append(
+                sum(
+                    r["conflicted"]
+                    for r in result.rows
+                    if not str(r["scheduler"]).startswith("class:")
+                )
+            )
     assert sum(coarse) > 0
     assert np.mean(coarse) >= np.mean(fine)
 
@@ -123,9 +141,30 @@ def test_same_seed_same_csv_across_hash_seeds(tmp_path):
         out = tmp_path / f"h{hash_seed}"
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
         subprocess.run(
-            [sys.executable, "-m", "bench.sim", "tjob", "--preset", "A", "--machines", "40",
-             "--days", "0.02", "--seed", "3", "--values", "0.1,10", "--out", str(out)],
-            check=True, cwd=ROOT, env=env, capture_output=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "bench.sim",
+                "tjob",
+                "--preset",
+                "A",
+                "--machines",
+                "40",
+                "--days",
+                "0.02",
+                "--seed",
+                "3",
+                "--values",
+                "0.1,10",
+                "--out",
+                str(out),
+            ],
+            check=True,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
         outputs.append((out / "tjob.csv").read_bytes())
     assert outputs[0] == outputs[1]
 

@@ -12,8 +12,23 @@ from bench.sim.__main__ import main
 
 @pytest.mark.slow
 def test_live_table_has_both_schedulers_with_live_transactions(tmp_path, capsys):
-    main(["live", "--preset", "B", "--seconds", "10", "--machines", "100",
-          "--rate", "1000", "--seed", "1", "--out", str(tmp_path)])
+    main(
+        [
+            "live",
+            "--preset",
+            "B",
+            "--seconds",
+            "10",
+            "--machines",
+            "100",
+            "--rate",
+            "1000",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary["bench"] == "sim.live"

@@ -75,8 +75,8 @@ def test_busyness_is_the_median_of_daily_values():
     tally = m.scheduler("s", "batch")
     # day 0: 0.1 of the day; day 1: 0.5; day 2: 0.2; an interval across midnight
     tally.add_busy(0.0, 0.1 * DAY)
-    tally.add_busy(1.5 * DAY, 2.0 * DAY)          # all of it in day 1
-    tally.add_busy(2.9 * DAY, 3.1 * DAY)          # 0.1 in day 2, 0.1 in day 3 (out of run)
+    tally.add_busy(1.5 * DAY, 2.0 * DAY)  # all of it in day 1
+    tally.add_busy(2.9 * DAY, 3.1 * DAY)  # 0.1 in day 2, 0.1 in day 3 (out of run)
     tally.add_busy(2.0 * DAY, 2.1 * DAY)
     days = busyness(tally.busy_days, 3 * DAY)
     assert days == pytest.approx([0.1, 0.5, 0.2])

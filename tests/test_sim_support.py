@@ -34,11 +34,19 @@ class StandInDecision:
 
 
 class StandInCore:
-    def __init__(self, name: str, kind: SchedulerClass, *, rng: random.Random,
-                 mode: TxnMode = TxnMode.INCREMENTAL,
-                 conflicts: ConflictMode = ConflictMode.FINE,
-                 shard: tuple[int, int] | None = None, sampling: bool = True,
-                 max_attempts: int = 1000, max_claims: int = 1000) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: SchedulerClass,
+        *,
+        rng: random.Random,
+        mode: TxnMode = TxnMode.INCREMENTAL,
+        conflicts: ConflictMode = ConflictMode.FINE,
+        shard: tuple[int, int] | None = None,
+        sampling: bool = True,
+        max_attempts: int = 1000,
+        max_claims: int = 1000,
+    ) -> None:
         self.name, self.kind, self.rng = name, kind, rng
         self.mode, self.conflicts, self.shard = mode, conflicts, shard
         self.max_attempts = max_attempts
@@ -80,8 +88,9 @@ class StandInCore:
         txn = Transaction(self.name, tuple(claims), cell.version, self.mode, self.conflicts)
         return StandInDecision(txn, (job.id,), len(claims))
 
-    def on_result(self, cell: CellState, decision: StandInDecision, result: CommitResult,
-                  now: float) -> None:
+    def on_result(
+        self, cell: CellState, decision: StandInDecision, result: CommitResult, now: float
+    ) -> None:
         claims = len(decision.transaction.claims)
         if claims:
             self.figures.transactions += 1
@@ -97,35 +106,62 @@ class StandInCore:
 
 
 def standin_factory(setup, rng, max_attempts):
-    return StandInCore(setup.name, setup.kind, rng=rng, mode=setup.mode,
-                       conflicts=setup.conflicts, shard=setup.shard, sampling=setup.sampling,
-                       max_attempts=max_attempts)
+    return StandInCore(
+        setup.name,
+        setup.kind,
+        rng=rng,
+        mode=setup.mode,
+        conflicts=setup.conflicts,
+        shard=setup.shard,
+        sampling=setup.sampling,
+        max_attempts=max_attempts,
+    )
 
 
-def tiny_workload(machines: int = 20, batch_mean: float = 10.0, service_mean: float = 300.0,
-                  prefill: float = 0.3, t_job: float = 0.1, t_task: float = 0.005,
-                  service_duration: float = 1800.0):
-    return parse({
-        "name": "tiny",
-        "cell": {"machines": machines, "cpu": 4.0, "memory_gib": 16.0, "domains": 4,
-                 "prefill_utilisation": prefill, "prefill_job_tasks": 5},
-        "schedulers": {"batch": {"t_job": t_job, "t_task": t_task},
-                       "service": {"t_job": t_job, "t_task": t_task}},
-        "jobs": {
-            "batch": {
-                "interarrival": {"dist": "exponential", "mean": batch_mean},
-                "tasks": {"dist": "lognormal", "median": 3, "sigma": 1.0, "min": 1, "max": 30},
-                "duration": {"dist": "lognormal", "median": 60, "sigma": 1.0, "min": 1},
-                "cpu": {"dist": "lognormal", "median": 0.3, "sigma": 0.5, "max": 2},
-                "memory_gib": {"dist": "lognormal", "median": 0.5, "sigma": 0.5, "max": 4},
+def tiny_workload(
+    machines: int = 20,
+    batch_mean: float = 10.0,
+    service_mean: float = 300.0,
+    prefill: float = 0.3,
+    t_job: float = 0.1,
+    t_task: float = 0.005,
+    service_duration: float = 1800.0,
+):
+    return parse(
+        {
+            "name": "tiny",
+            "cell": {
+                "machines": machines,
+                "cpu": 4.0,
+                "memory_gib": 16.0,
+                "domains": 4,
+                "prefill_utilisation": prefill,
+                "prefill_job_tasks": 5,
             },
-            "service": {
-                "interarrival": {"dist": "exponential", "mean": service_mean},
-                "tasks": {"dist": "lognormal", "median": 2, "sigma": 1.0, "min": 1, "max": 20},
-                "duration": {"dist": "lognormal", "median": service_duration, "sigma": 1.0,
-                             "min": 10},
-                "cpu": {"dist": "lognormal", "median": 0.5, "sigma": 0.5, "max": 2},
-                "memory_gib": {"dist": "lognormal", "median": 1.0, "sigma": 0.5, "max": 4},
+            "schedulers": {
+                "batch": {"t_job": t_job, "t_task": t_task},
+                "service": {"t_job": t_job, "t_task": t_task},
             },
-        },
-    })
+            "jobs": {
+                "batch": {
+                    "interarrival": {"dist": "exponential", "mean": batch_mean},
+                    "tasks": {"dist": "lognormal", "median": 3, "sigma": 1.0, "min": 1, "max": 30},
+                    "duration": {"dist": "lognormal", "median": 60, "sigma": 1.0, "min": 1},
+                    "cpu": {"dist": "lognormal", "median": 0.3, "sigma": 0.5, "max": 2},
+                    "memory_gib": {"dist": "lognormal", "median": 0.5, "sigma": 0.5, "max": 4},
+                },
+                "service": {
+                    "interarrival": {"dist": "exponential", "mean": service_mean},
+                    "tasks": {"dist": "lognormal", "median": 2, "sigma": 1.0, "min": 1, "max": 20},
+                    "duration": {
+                        "dist": "lognormal",
+                        "median": service_duration,
+                        "sigma": 1.0,
+                        "min": 10,
+                    },
+                    "cpu": {"dist": "lognormal", "median": 0.5, "sigma": 0.5, "max": 2},
+                    "memory_gib": {"dist": "lognormal", "median": 1.0, "sigma": 0.5, "max": 4},
+                },
+            },
+        }
+    )

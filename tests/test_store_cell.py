@@ -24,8 +24,10 @@ from cellstore.testing import LocalCluster
 
 pytestmark = pytest.mark.slow
 
-CELL = {"machine": "cellstore.cell:CellMachine",
-        "extra": {"extensions": ["cellstore.cell:endpoints"]}}
+CELL = {
+    "machine": "cellstore.cell:CellMachine",
+    "extra": {"extensions": ["cellstore.cell:endpoints"]},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -40,17 +42,38 @@ def cell_cluster(tmp_path: Path) -> LocalCluster:
 
 
 async def seed(client: StoreClient, machines: int = 20, tasks: int = 2000) -> None:
-    await client.request("POST", "/v1/agents/register", {"machines": [
-        {"id": f"m{i}", "capacity": {"cpu": 64, "memory": "64Gi"}, "domain": f"d{i % 3}"}
-        for i in range(machines)]})
-    await client.request("POST", "/v1/jobs", {"job": "load", "spec": {
-        "name": "load", "owner": "alice", "scheduler": "batch", "tasks": tasks,
-        "resources": {"cpu": "10m", "memory": "1Mi"}}})
+    await client.request(
+        "POST",
+        "/v1/agents/register",
+        {
+            "machines": [
+                {"id": f"m{i}", "capacity": {"cpu": 64, "memory": "64Gi"}, "domain": f"d{i % 3}"}
+                for i in range(machines)
+            ]
+        },
+    )
+    await client.request(
+        "POST",
+        "/v1/jobs",
+        {
+            "job": "load",
+            "spec": {
+                "name": "load",
+                "owner": "alice",
+                "scheduler": "batch",
+                "tasks": tasks,
+                "resources": {"cpu": "10m", "memory": "1Mi"},
+            },
+        },
+    )
 
 
 def commit(task: str, machine: str) -> dict:
-    return {"type": "commit", "id": secrets.token_hex(8),
-            "txn": {"scheduler": "test", "claims": [[task, machine, 0, []]]}}
+    return {
+        "type": "commit",
+        "id": secrets.token_hex(8),
+        "txn": {"scheduler": "test", "claims": [[task, machine, 0, []]]},
+    }
 
 
 def test_leader_kill_under_load_loses_no_acknowledged_commit(tmp_path):
@@ -128,19 +151,36 @@ def oversized_status(address: str, token: str) -> int:
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             b"POST /v1/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 16777216\r\n\r\n"
-            + b'{"commands": [')
+            b"Authorization: Bearer "
+            + token.encode()
+            + b"\r\nContent-Length: 16777216\r\n\r\n"
+            + b'{"commands": ['
+        )
         status_line = sock.makefile("rb").readline()
     return int(status_line.split()[1])
 
 
-ENDPOINTS = [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("POST", "/v1/jobs/kill"),
-             ("GET", "/v1/tasks"), ("GET", "/v1/machines"), ("POST", "/v1/transactions"),
-             ("POST", "/v1/agents/register"), ("POST", "/v1/agents/heartbeat"),
-             ("POST", "/v1/agents/report"), ("POST", "/v1/agents/usage"),
-             ("POST", "/v1/schedulers/report"), ("GET", "/v1/cell"), ("GET", "/v1/explain"),
-             ("POST", "/v1/commands"), ("GET", "/v1/status"), ("GET", "/v1/watch"),
-             ("GET", "/v1/snapshot"), ("POST", "/v1/quotas"), ("POST", "/v1/machines/state")]
+ENDPOINTS = [
+    ("GET", "/v1/jobs"),
+    ("POST", "/v1/jobs"),
+    ("POST", "/v1/jobs/kill"),
+    ("GET", "/v1/tasks"),
+    ("GET", "/v1/machines"),
+    ("POST", "/v1/transactions"),
+    ("POST", "/v1/agents/register"),
+    ("POST", "/v1/agents/heartbeat"),
+    ("POST", "/v1/agents/report"),
+    ("POST", "/v1/agents/usage"),
+    ("POST", "/v1/schedulers/report"),
+    ("GET", "/v1/cell"),
+    ("GET", "/v1/explain"),
+    ("POST", "/v1/commands"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/watch"),
+    ("GET", "/v1/snapshot"),
+    ("POST", "/v1/quotas"),
+    ("POST", "/v1/machines/state"),
+]
 
 
 def test_every_endpoint_refuses_missing_or_wrong_token_and_bad_bodies_name_the_field(tmp_path):
@@ -155,14 +195,28 @@ def test_every_endpoint_refuses_missing_or_wrong_token_and_bad_bodies_name_the_f
             before = http.get(base + "/v1/snapshot", headers=auth).content
             cases = [
                 ("/v1/jobs", b"{nope", None),
-                ("/v1/jobs", b'{"spec": {"name": "x", "owner": "a", "scheduler": "batch",'
-                             b' "tasks": -1, "resources": {"cpu": 1, "memory": 1}}}', "$.spec.tasks"),
-                ("/v1/jobs", b'{"spec": {"name": "x", "owner": "a", "scheduler": "gpu",'
-                             b' "resources": {"cpu": 1, "memory": 1}}}', "$.spec.scheduler"),
-                ("/v1/transactions", b'{"txn": {"scheduler": "s", "claims": [["t", "m", "x", []]]}}',
-                 "$.txn.claims[0]"),
-                ("/v1/agents/register", b'{"machines": [{"id": "m", "capacity": {"cpu": "lots",'
-                                        b' "memory": 1}}]}', "$.machines[0].capacity.cpu"),
+                (
+                    "/v1/jobs",
+                    b'{"spec": {"name": "x", "owner": "a", "scheduler": "batch",'
+                    b' "tasks": -1, "resources": {"cpu": 1, "memory": 1}}}',
+                    "$.spec.tasks",
+                ),
+                (
+                    "/v1/jobs",
+                    b'{"spec": {"name": "x", "owner": "a", "scheduler": "gpu",'
+                    b' "resources": {"cpu": 1, "memory": 1}}}',
+                    "$.spec.scheduler",
+                ),
+                (
+                    "/v1/transactions",
+                    b'{"txn": {"scheduler": "s", "claims": [["t", "m", "x", []]]}}',
+                    "$.txn.claims[0]",
+                ),
+                (
+                    "/v1/agents/register",
+                    b'{"machines": [{"id": "m", "capacity": {"cpu": "lots", "memory": 1}}]}',
+                    "$.machines[0].capacity.cpu",
+                ),
                 ("/v1/commands", b'{"commands": [{"type": "drop_table"}]}', "$.commands[0].type"),
                 ("/v1/jobs/kill", b'{"job": 5}', "$.job"),
             ]

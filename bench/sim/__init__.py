@@ -17,6 +17,14 @@ from bench.sim.experiments import EXPERIMENTS, run_experiment
 from bench.sim.workload import Workload, WorkloadError, load
 
 __all__ = [
-    "EXPERIMENTS", "SchedulerSetup", "SimResult", "Simulation", "Workload", "WorkloadError",
-    "load", "omega_schedulers", "run_experiment", "simulate",
+    "EXPERIMENTS",
+    "SchedulerSetup",
+    "SimResult",
+    "Simulation",
+    "Workload",
+    "WorkloadError",
+    "load",
+    "omega_schedulers",
+    "run_experiment",
+    "simulate",
 ]

@@ -44,8 +44,10 @@ def perf(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - began
     for row in result.rows:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    print(f"cell build + prefill {built:.1f}s; {args.days:g} simulated days of "
-          f"{workload.machines} machines ({workload.name}) in {wall:.1f}s wall; {result.stats}")
+    print(
+        f"cell build + prefill {built:.1f}s; {args.days:g} simulated days of "
+        f"{workload.machines} machines ({workload.name}) in {wall:.1f}s wall; {result.stats}"
+    )
     if profiler:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "perf.prof"
@@ -53,32 +55,52 @@ def perf(args: argparse.Namespace) -> dict:
         stats = pstats.Stats(profiler, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(40)
-    return {"bench": "sim.perf", "preset": workload.name, "machines": workload.machines,
-            "days": args.days, "seed": args.seed, "wall_s": round(wall, 2), **result.stats}
+    return {
+        "bench": "sim.perf",
+        "preset": workload.name,
+        "machines": workload.machines,
+        "days": args.days,
+        "seed": args.seed,
+        "wall_s": round(wall, 2),
+        **result.stats,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.sim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sim", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("experiment", choices=[*EXPERIMENTS, "perf", "live"])
     parser.add_argument("--preset", default="B", help="A, B, C or a TOML file")
     parser.add_argument("--days", type=float, default=1.0, help="simulated days per run")
-    parser.add_argument("--machines", type=int, default=None,
-                        help="cell size (arrival rates scale with it)")
+    parser.add_argument(
+        "--machines", type=int, default=None, help="cell size (arrival rates scale with it)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--values", default=None, help="sweep points, comma-separated")
     parser.add_argument("--profile", action="store_true", help="perf: run under cProfile")
-    parser.add_argument("--seconds", type=float, default=60.0,
-                        help="live: wall-clock (and simulated) seconds")
-    parser.add_argument("--rate", type=float, default=1.0,
-                        help="live: arrival-rate multiplier on top of --machines scaling")
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="live: wall-clock (and simulated) seconds"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help="live: arrival-rate multiplier on top of --machines scaling",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.experiment == "live" and args.machines is None:
         args.machines = 1000
-    span = f"seconds={args.seconds:g} rate={args.rate:g}" if args.experiment == "live" \
+    span = (
+        f"seconds={args.seconds:g} rate={args.rate:g}"
+        if args.experiment == "live"
         else f"days={args.days:g}"
-    print(f"seed={args.seed} preset={args.preset} {span} "
-          f"machines={args.machines or 'preset'}", flush=True)
+    )
+    print(
+        f"seed={args.seed} preset={args.preset} {span} machines={args.machines or 'preset'}",
+        flush=True,
+    )
     if args.experiment == "perf":
         summary = perf(args)
     elif args.experiment == "live":
@@ -90,12 +112,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.values:
             options["values"] = _values(args.values)
         began = time.perf_counter()
-        path = run_experiment(args.experiment, preset=args.preset, days=args.days,
-                              machines=args.machines, seed=args.seed, out=args.out, **options)
+        path = run_experiment(
+            args.experiment,
+            preset=args.preset,
+            days=args.days,
+            machines=args.machines,
+            seed=args.seed,
+            out=args.out,
+            **options,
+        )
         print(path.read_text())
-        summary = {"bench": f"sim.{args.experiment}", "csv": str(path),
-                   "png": str(path.with_suffix(".png")), "seed": args.seed,
-                   "wall_s": round(time.perf_counter() - began, 2)}
+        summary = {
+            "bench": f"sim.{args.experiment}",
+            "csv": str(path),
+            "png": str(path.with_suffix(".png")),
+            "seed": args.seed,
+            "wall_s": round(time.perf_counter() - began, 2),
+        }
     print(json.dumps(summary))
 
 

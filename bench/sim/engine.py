@@ -94,14 +94,21 @@ def real_core(setup: SchedulerSetup, rng: random.Random, max_attempts: int) -> A
     from schedulers.core import SchedulerCore
 
     return SchedulerCore(
-        setup.name, setup.kind, rng=rng, mode=setup.mode, conflicts=setup.conflicts,
-        shard=setup.shard, sampling=setup.sampling, max_attempts=max_attempts,
+        setup.name,
+        setup.kind,
+        rng=rng,
+        mode=setup.mode,
+        conflicts=setup.conflicts,
+        shard=setup.shard,
+        sampling=setup.sampling,
+        max_attempts=max_attempts,
         max_jobs=setup.max_jobs,
     )
 
 
-def omega_schedulers(workload: Workload, batch_shards: int = 1, **options: Any
-                     ) -> list[SchedulerSetup]:
+def omega_schedulers(
+    workload: Workload, batch_shards: int = 1, **options: Any
+) -> list[SchedulerSetup]:
     """The paper's Omega setup: one service scheduler and `batch_shards` batch ones,
     each with the workload's decision times; `options` go to every setup."""
     t_job, t_task = workload.think_time("service")
@@ -111,7 +118,8 @@ def omega_schedulers(workload: Workload, batch_shards: int = 1, **options: Any
         name = "batch" if batch_shards == 1 else f"batch-{i}"
         shard = None if batch_shards == 1 else (i, batch_shards)
         setups.append(
-            SchedulerSetup(name, SchedulerClass.BATCH, t_job, t_task, shard=shard, **options))
+            SchedulerSetup(name, SchedulerClass.BATCH, t_job, t_task, shard=shard, **options)
+        )
     return setups
 
 
@@ -136,9 +144,17 @@ class SimResult:
 class Simulation:
     """One run: a workload, a set of schedulers, a seed; `run()` returns figures."""
 
-    def __init__(self, workload: Workload, schedulers: Sequence[SchedulerSetup], *,
-                 days: float = 1.0, seed: int = 1, core_factory: CoreFactory | None = None,
-                 retry_delay: float = 1.0, max_attempts: int = 1000) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        schedulers: Sequence[SchedulerSetup],
+        *,
+        days: float = 1.0,
+        seed: int = 1,
+        core_factory: CoreFactory | None = None,
+        retry_delay: float = 1.0,
+        max_attempts: int = 1000,
+    ) -> None:
         self.workload = workload
         self.end = days * DAY
         self.seed = seed
@@ -147,8 +163,9 @@ class Simulation:
         self.metrics = Metrics()
         seeds = np.random.SeedSequence(seed)
         class_seeds, core_seed, cell_seed = seeds.spawn(3)
-        self.class_rngs = [np.random.default_rng(s)
-                           for s in class_seeds.spawn(len(workload.classes))]
+        self.class_rngs = [
+            np.random.default_rng(s) for s in class_seeds.spawn(len(workload.classes))
+        ]
         self.cell_rng = np.random.default_rng(cell_seed)
         core_rng = random.Random(int(core_seed.generate_state(1)[0]))
         factory = core_factory or real_core
@@ -175,8 +192,14 @@ class Simulation:
         self._ids = itertools.count()
         self._job_ids = {c.name: itertools.count() for c in workload.classes}
         self.now = 0.0
-        self.stats = {"decisions": 0, "commits": 0, "events": 0, "tasks_submitted": 0,
-                      "tasks_placed": 0, "tasks_ended": 0}
+        self.stats = {
+            "decisions": 0,
+            "commits": 0,
+            "events": 0,
+            "tasks_submitted": 0,
+            "tasks_placed": 0,
+            "tasks_ended": 0,
+        }
 
     # -- setting up --------------------------------------------------------------
 
@@ -196,11 +219,14 @@ class Simulation:
         for type_index, (mtype, count) in enumerate(zip(wl.machine_types, counts, strict=True)):
             for _ in range(int(count)):
                 i = len(specs)
-                specs.append(MachineSpec(
-                    f"m{i}", Resources(round(mtype.cpu * 1000),
-                                       round(mtype.memory * GIB)),
-                    labels={"type": f"t{type_index}"} if len(wl.machine_types) > 1 else {},
-                    domain=f"d{i % wl.domains}"))
+                specs.append(
+                    MachineSpec(
+                        f"m{i}",
+                        Resources(round(mtype.cpu * 1000), round(mtype.memory * GIB)),
+                        labels={"type": f"t{type_index}"} if len(wl.machine_types) > 1 else {},
+                        domain=f"d{i % wl.domains}",
+                    )
+                )
         self.cell.apply(RegisterMachines(tuple(specs), at=0.0, id=self._cid()))
         if wl.prefill > 0:
             self._prefill()
@@ -241,11 +267,19 @@ class Simulation:
             if claims:
                 # Submitted with exactly the tasks that found room: no leftovers
                 # for the service scheduler.
-                spec = JobSpec(name=job, owner=OWNER, scheduler=SchedulerClass.SERVICE,
-                               resources=Resources(cpu, memory), tasks=len(claims))
+                spec = JobSpec(
+                    name=job,
+                    owner=OWNER,
+                    scheduler=SchedulerClass.SERVICE,
+                    resources=Resources(cpu, memory),
+                    tasks=len(claims),
+                )
                 cell.apply(SubmitJob(job, spec, at=0.0, id=self._cid()))
-                result = cell.apply(Commit(Transaction("prefill", tuple(claims), cell.version),
-                                           at=0.0, id=self._cid())).result
+                result = cell.apply(
+                    Commit(
+                        Transaction("prefill", tuple(claims), cell.version), at=0.0, id=self._cid()
+                    )
+                ).result
                 self._report_running([c for c in claims], result, 0.0)
 
     # -- the loop ---------------------------------------------------------------
@@ -299,8 +333,14 @@ class Simulation:
         memory = max(1, round(job_class.memory.sample(rng) * GIB))
         kind = SchedulerClass(job_class.name)
         job = f"{job_class.name[0]}{next(self._job_ids[job_class.name])}"
-        spec = JobSpec(name=job, owner=OWNER, scheduler=kind, resources=Resources(cpu, memory),
-                       tasks=tasks, duration=duration)
+        spec = JobSpec(
+            name=job,
+            owner=OWNER,
+            scheduler=kind,
+            resources=Resources(cpu, memory),
+            tasks=tasks,
+            duration=duration,
+        )
         self.cell.apply(SubmitJob(job, spec, at=at, id=self._cid()))
         self.metrics.submitted(job, job_class.name, at, tasks)
         self.stats["tasks_submitted"] += tasks
@@ -327,8 +367,7 @@ class Simulation:
             self.stats["decisions"] += 1
             considered = getattr(decision, "explanations", None) or decision.jobs
             self._first_attempts(setup.name, considered, at)
-            self.metrics.attempt(setup.name, considered, at,
-                                 len(decision.transaction.claims))
+            self.metrics.attempt(setup.name, considered, at, len(decision.transaction.claims))
             # The paper's t_job + t_task * tasks, once per job the decision considered.
             think = setup.t_job * len(considered) + setup.t_task * decision.tasks
             thread.busy = True
@@ -391,12 +430,14 @@ class Simulation:
             if claim.task in rejected:
                 continue
             task = tasks[claim.task]
-            running.append(TaskReport(task.id, claim.machine, task.incarnation,
-                                      ReportedState.RUNNING))
+            running.append(
+                TaskReport(task.id, claim.machine, task.incarnation, ReportedState.RUNNING)
+            )
             duration = jobs[task.job].spec.duration
             if duration is not None:
                 ends.setdefault(task.job, []).append(
-                    TaskReport(task.id, claim.machine, task.incarnation, exited, 0))
+                    TaskReport(task.id, claim.machine, task.incarnation, exited, 0)
+                )
         if not running:
             return
         self.stats["tasks_placed"] += len(running)
@@ -414,8 +455,9 @@ class Simulation:
                 self._wake_later(thread, at)
 
 
-def simulate(workload: Workload, schedulers: Sequence[SchedulerSetup] | None = None,
-             **options: Any) -> SimResult:
+def simulate(
+    workload: Workload, schedulers: Sequence[SchedulerSetup] | None = None, **options: Any
+) -> SimResult:
     """Run one simulation; `schedulers` defaults to the paper's Omega setup."""
     if schedulers is None:
         schedulers = omega_schedulers(workload)

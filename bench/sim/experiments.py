@@ -38,11 +38,28 @@ from cellstate import ConflictMode, SchedulerClass, TxnMode
 
 RUN_COLUMNS = ("experiment", "preset", "machines", "days", "seed", "variant", "x")
 METRIC_COLUMNS = (
-    "scheduler", "kind", "jobs", "jobs_attempted", "jobs_fully_placed", "jobs_abandoned",
-    "wait_first_mean", "wait_first_p90", "wait_full_mean", "wait_full_p90",
-    "busyness_median_daily", "busyness_mean", "attempts", "attempts_no_claims",
-    "transactions", "conflicted", "conflict_fraction", "claims", "claims_rejected",
-    "core_conflict_fraction", "core_claim_conflict_fraction", "preemptions",
+    "scheduler",
+    "kind",
+    "jobs",
+    "jobs_attempted",
+    "jobs_fully_placed",
+    "jobs_abandoned",
+    "wait_first_mean",
+    "wait_first_p90",
+    "wait_full_mean",
+    "wait_full_p90",
+    "busyness_median_daily",
+    "busyness_mean",
+    "attempts",
+    "attempts_no_claims",
+    "transactions",
+    "conflicted",
+    "conflict_fraction",
+    "claims",
+    "claims_rejected",
+    "core_conflict_fraction",
+    "core_claim_conflict_fraction",
+    "preemptions",
 )
 COLUMNS = RUN_COLUMNS + METRIC_COLUMNS
 
@@ -59,33 +76,49 @@ class Context:
     rows: list[dict[str, object]] = attrs.field(factory=list)
     timings: list[tuple[str, float, float]] = attrs.field(factory=list)
 
-    def run(self, variant: str, x: object, workload: Workload,
-            schedulers: Sequence[SchedulerSetup]) -> list[dict[str, object]]:
+    def run(
+        self, variant: str, x: object, workload: Workload, schedulers: Sequence[SchedulerSetup]
+    ) -> list[dict[str, object]]:
         """Run one simulation and keep its rows (printing a progress line)."""
         began = time.perf_counter()
-        sim = Simulation(workload, schedulers, days=self.days, seed=self.seed,
-                         core_factory=self.core_factory)
+        sim = Simulation(
+            workload, schedulers, days=self.days, seed=self.seed, core_factory=self.core_factory
+        )
         result = sim.run()
         wall = time.perf_counter() - began
         self.timings.append((f"{variant} {x}", wall, self.days))
-        run = {"experiment": self.name, "preset": self.preset, "machines": workload.machines,
-               "days": self.days, "seed": self.seed, "variant": variant, "x": x}
+        run = {
+            "experiment": self.name,
+            "preset": self.preset,
+            "machines": workload.machines,
+            "days": self.days,
+            "seed": self.seed,
+            "variant": variant,
+            "x": x,
+        }
         rows = []
         for row in result.rows:
             figures = result.figures.get(row["scheduler"], {})
-            row = {**run, **row,
-                   "core_conflict_fraction": figures.get("conflict_fraction", math.nan),
-                   "core_claim_conflict_fraction": figures.get("claim_conflict_fraction",
-                                                               math.nan),
-                   "preemptions": figures.get("preemptions", 0)}
+            row = {
+                **run,
+                **row,
+                "core_conflict_fraction": figures.get("conflict_fraction", math.nan),
+                "core_claim_conflict_fraction": figures.get("claim_conflict_fraction", math.nan),
+                "preemptions": figures.get("preemptions", 0),
+            }
             rows.append(row)
         self.rows.extend(rows)
         summary = " ".join(
             f"{r['scheduler']}: busy={fmt(r['busyness_mean'])} "
             f"wait={fmt(r['wait_first_mean'])}s conflicts={fmt(r['conflict_fraction'])}"
-            for r in rows if not str(r["scheduler"]).startswith("class:"))
-        print(f"[{self.name}] {variant} x={x} ({wall:.1f}s wall, "
-              f"{result.stats['events']} events) {summary}", flush=True)
+            for r in rows
+            if not str(r["scheduler"]).startswith("class:")
+        )
+        print(
+            f"[{self.name}] {variant} x={x} ({wall:.1f}s wall, "
+            f"{result.stats['events']} events) {summary}",
+            flush=True,
+        )
         return rows
 
     def write(self, plot: Callable[[Context, Path], None] | None = None) -> Path:
@@ -103,8 +136,11 @@ class Context:
 
 
 def _pick(rows: list[dict], scheduler: str, variant: str | None = None) -> list[dict]:
-    return [r for r in rows if r["scheduler"] == scheduler
-            and (variant is None or r["variant"] == variant)]
+    return [
+        r
+        for r in rows
+        if r["scheduler"] == scheduler and (variant is None or r["variant"] == variant)
+    ]
 
 
 # -- experiments ---------------------------------------------------------------------
@@ -118,15 +154,19 @@ def tjob(ctx: Context, values: Sequence[float] | None = None) -> Path:
     return ctx.write(_plot_sweep("t_job(service) [s]", ("service", "batch"), log_x=True))
 
 
-def batch_load(ctx: Context, values: Sequence[float] | None = None,
-               saturation: float = 0.95) -> Path:
+def batch_load(
+    ctx: Context, values: Sequence[float] | None = None, saturation: float = 0.95
+) -> Path:
     """Multiply the batch arrival rate until the batch scheduler saturates."""
     for multiplier in values or (1, 2, 4, 8, 16, 32, 64):
         workload = ctx.workload.with_rate("batch", multiplier)
         rows = ctx.run("omega", multiplier, workload, omega_schedulers(workload))
         batch = _pick(rows, "batch")[0]
-        if (batch["busyness_mean"] >= saturation or batch["jobs_abandoned"]
-                or batch["jobs_attempted"] < batch["jobs"]):
+        if (
+            batch["busyness_mean"] >= saturation
+            or batch["jobs_abandoned"]
+            or batch["jobs_attempted"] < batch["jobs"]
+        ):
             break
     return ctx.write(_plot_sweep("batch load (x lambda_batch)", ("batch", "service"), log_x=True))
 
@@ -136,8 +176,9 @@ def shards(ctx: Context, values: Sequence[int] | None = None, load: float = 8.0)
     workload = ctx.workload.with_rate("batch", load)
     for count in values or (1, 2, 4, 8, 16, 32):
         ctx.run("omega", count, workload, omega_schedulers(workload, batch_shards=count))
-    return ctx.write(_plot_sweep("batch schedulers (shards)", ("class:batch", "service"),
-                                 log_x=True))
+    return ctx.write(
+        _plot_sweep("batch schedulers (shards)", ("class:batch", "service"), log_x=True)
+    )
 
 
 MODES = tuple(
@@ -152,8 +193,9 @@ def modes(ctx: Context, values: Sequence[float] | None = None) -> Path:
     for t_job in values or (1.0,):
         workload = ctx.workload.with_think("service", t_job=t_job)
         for variant, conflicts, mode in MODES:
-            ctx.run(variant, t_job, workload,
-                    omega_schedulers(workload, conflicts=conflicts, mode=mode))
+            ctx.run(
+                variant, t_job, workload, omega_schedulers(workload, conflicts=conflicts, mode=mode)
+            )
     return ctx.write(_plot_variants(("service", "batch")))
 
 
@@ -164,14 +206,19 @@ def monolithic(ctx: Context, values: Sequence[float] | None = None) -> Path:
         ctx.run("omega", t_job, workload, omega_schedulers(workload))
         b_job, b_task = workload.think_time("batch")
         s_job, s_task = workload.think_time("service")
-        single = [SchedulerSetup("service", SchedulerClass.SERVICE, s_job, s_task, thread="mono"),
-                  SchedulerSetup("batch", SchedulerClass.BATCH, s_job, s_task, thread="mono")]
+        single = [
+            SchedulerSetup("service", SchedulerClass.SERVICE, s_job, s_task, thread="mono"),
+            SchedulerSetup("batch", SchedulerClass.BATCH, s_job, s_task, thread="mono"),
+        ]
         ctx.run("single-path", t_job, workload, single)
-        multi = [SchedulerSetup("service", SchedulerClass.SERVICE, s_job, s_task, thread="mono"),
-                 SchedulerSetup("batch", SchedulerClass.BATCH, b_job, b_task, thread="mono")]
+        multi = [
+            SchedulerSetup("service", SchedulerClass.SERVICE, s_job, s_task, thread="mono"),
+            SchedulerSetup("batch", SchedulerClass.BATCH, b_job, b_task, thread="mono"),
+        ]
         ctx.run("multi-path", t_job, workload, multi)
-    return ctx.write(_plot_sweep("t_job(service) [s]", ("batch", "service"), log_x=True,
-                                 by_variant=True))
+    return ctx.write(
+        _plot_sweep("t_job(service) [s]", ("batch", "service"), log_x=True, by_variant=True)
+    )
 
 
 def sampling(ctx: Context, values: Sequence[int] | None = None, load: float = 4.0) -> Path:
@@ -179,21 +226,36 @@ def sampling(ctx: Context, values: Sequence[int] | None = None, load: float = 4.
     workload = ctx.workload.with_rate("batch", load)
     for count in values or (1, 4):
         for variant, on in (("sampling", True), ("best-fit", False)):
-            ctx.run(variant, count, workload,
-                    omega_schedulers(workload, batch_shards=count, sampling=on))
-    return ctx.write(_plot_sweep("batch schedulers", ("class:batch", "service"),
-                                 by_variant=True))
+            ctx.run(
+                variant,
+                count,
+                workload,
+                omega_schedulers(workload, batch_shards=count, sampling=on),
+            )
+    return ctx.write(_plot_sweep("batch schedulers", ("class:batch", "service"), by_variant=True))
 
 
 EXPERIMENTS: dict[str, Callable[..., Path]] = {
-    "tjob": tjob, "batch-load": batch_load, "shards": shards, "modes": modes,
-    "monolithic": monolithic, "sampling": sampling,
+    "tjob": tjob,
+    "batch-load": batch_load,
+    "shards": shards,
+    "modes": modes,
+    "monolithic": monolithic,
+    "sampling": sampling,
 }
 
 
-def run_experiment(name: str, *, preset: str = "B", days: float = 1.0,
-                   machines: int | None = None, seed: int = 1, out: str | Path = "out/sim",
-                   core_factory: Any = None, **options: Any) -> Path:
+def run_experiment(
+    name: str,
+    *,
+    preset: str = "B",
+    days: float = 1.0,
+    machines: int | None = None,
+    seed: int = 1,
+    out: str | Path = "out/sim",
+    core_factory: Any = None,
+    **options: Any,
+) -> Path:
     """Run experiment `name` (see `EXPERIMENTS`); return the path of its CSV."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; one of {', '.join(EXPERIMENTS)}")
@@ -206,8 +268,11 @@ def run_experiment(name: str, *, preset: str = "B", days: float = 1.0,
 
 # -- plots -----------------------------------------------------------------------------
 
-_PANELS = (("busyness_mean", "scheduler busyness"), ("wait_first_mean", "mean job wait [s]"),
-           ("conflict_fraction", "conflict fraction"))
+_PANELS = (
+    ("busyness_mean", "scheduler busyness"),
+    ("wait_first_mean", "mean job wait [s]"),
+    ("conflict_fraction", "conflict fraction"),
+)
 
 
 def _pyplot():
@@ -219,8 +284,9 @@ def _pyplot():
     return plt
 
 
-def _plot_sweep(xlabel: str, schedulers: Sequence[str], log_x: bool = False,
-                by_variant: bool = False):
+def _plot_sweep(
+    xlabel: str, schedulers: Sequence[str], log_x: bool = False, by_variant: bool = False
+):
     def plot(ctx: Context, path: Path) -> None:
         plt = _pyplot()
         fig, axes = plt.subplots(1, len(_PANELS), figsize=(15, 4))
@@ -246,8 +312,10 @@ def _plot_sweep(xlabel: str, schedulers: Sequence[str], log_x: bool = False,
 def _finish(plt: Any, fig: Any, axes: Any, ctx: Context, path: Path) -> None:
     """Legend, a title naming the run, and the PNG."""
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{ctx.name} ({ctx.preset}, {ctx.workload.machines} machines, "
-                 f"{ctx.days:g} days, seed {ctx.seed})")
+    fig.suptitle(
+        f"{ctx.name} ({ctx.preset}, {ctx.workload.machines} machines, "
+        f"{ctx.days:g} days, seed {ctx.seed})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -265,8 +333,7 @@ def _plot_variants(schedulers: Sequence[str]):
                 for variant in variants:
                     rows = _pick(ctx.rows, scheduler, variant)
                     ys.append(float(rows[0][column]) if rows else math.nan)
-                ax.bar([i + k * width for i in range(len(variants))], ys, width,
-                       label=scheduler)
+                ax.bar([i + k * width for i in range(len(variants))], ys, width, label=scheduler)
             ax.set_xticks([i + width * (len(schedulers) - 1) / 2 for i in range(len(variants))])
             ax.set_xticklabels(variants, rotation=20, fontsize=8)
             ax.set_title(title)

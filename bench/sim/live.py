@@ -44,8 +44,14 @@ from bench.sim.workload import GIB, Workload, load
 from cellstate import JobSpec, Resources, SchedulerClass
 
 SCHEDULERS = ("service", "batch")
-COLUMNS = ("transactions", "conflict_fraction", "busyness", "jobs", "jobs_placed",
-           "wait_first_placed_mean")
+COLUMNS = (
+    "transactions",
+    "conflict_fraction",
+    "busyness",
+    "jobs",
+    "jobs_placed",
+    "wait_first_placed_mean",
+)
 
 
 @attrs.frozen(slots=True)
@@ -76,16 +82,23 @@ def arrivals(workload: Workload, seconds: float, seed: int) -> list[Arrival]:
             memory = max(1, round(job_class.memory.sample(rng) * GIB))
             job = f"{job_class.name[0]}{count}"
             count += 1
-            spec = JobSpec(name=job, owner=OWNER, scheduler=SchedulerClass(job_class.name),
-                           resources=Resources(cpu, memory), tasks=tasks, duration=duration)
+            spec = JobSpec(
+                name=job,
+                owner=OWNER,
+                scheduler=SchedulerClass(job_class.name),
+                resources=Resources(cpu, memory),
+                tasks=tasks,
+                duration=duration,
+            )
             out.append(Arrival(at, job, spec))
             at = following
     out.sort(key=lambda a: (a.at, a.job))
     return out
 
 
-def first_placement_waits(tasks: list[dict[str, Any]], kind_of: dict[str, str]
-                          ) -> dict[str, list[float]]:
+def first_placement_waits(
+    tasks: list[dict[str, Any]], kind_of: dict[str, str]
+) -> dict[str, list[float]]:
     """Per job class, each job's wait from submission to its first task's placement."""
     submitted: dict[str, float] = {}
     placed: dict[str, float] = {}
@@ -113,8 +126,10 @@ def simulated(workload: Workload, seconds: float, seed: int) -> dict[str, dict[s
     sim = Simulation(workload, omega_schedulers(workload), days=seconds / DAY, seed=seed)
     result = sim.run()
     kind_of = {job: str(j.spec.scheduler) for job, j in sim.cell.jobs.items()}
-    tasks = [{"job": t.job, "submitted_at": t.submitted_at, "placed_at": t.placed_at}
-             for t in sim.cell.tasks.values()]
+    tasks = [
+        {"job": t.job, "submitted_at": t.submitted_at, "placed_at": t.placed_at}
+        for t in sim.cell.tasks.values()
+    ]
     waits = first_placement_waits(tasks, kind_of)
     counts = _counts(kind_of)
     rows = {}
@@ -169,14 +184,20 @@ class _Cell:
 
 def _spawn(argv: list[str], log: Path, procs: list[subprocess.Popen]) -> subprocess.Popen:
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     procs.append(proc)
     return proc
 
 
-def live(workload: Workload, jobs: list[Arrival], seconds: float, base: Path,
-         log=print) -> dict[str, dict[str, Any]]:
+def live(
+    workload: Workload, jobs: list[Arrival], seconds: float, base: Path, log=print
+) -> dict[str, dict[str, Any]]:
     import trio
 
     from cellstate.wire import internal
@@ -185,28 +206,60 @@ def live(workload: Workload, jobs: list[Arrival], seconds: float, base: Path,
 
     mtype = workload.machine_types[0]
     procs: list[subprocess.Popen] = []
-    with LocalCluster(base / "store", machine="cellstore.cell:CellMachine",
-                      extra={"extensions": ["cellstore.cell:endpoints"]}) as cluster:
+    with LocalCluster(
+        base / "store",
+        machine="cellstore.cell:CellMachine",
+        extra={"extensions": ["cellstore.cell:endpoints"]},
+    ) as cluster:
         cell = _Cell(cluster.api, cluster.token)
         store = ["--addr", ",".join(cluster.api), f"--token={cluster.token}"]
         try:
             began = time.monotonic()
-            agent = _spawn(["-m", "agents", "--name", "hollow", "--hollow", str(workload.machines),
-                            "--cpu", f"{round(mtype.cpu * 1000)}m",
-                            "--memory", f"{round(mtype.memory * 1024)}Mi",
-                            "--work-dir", str(base / "agent"), *store],
-                           base / "agent.log", procs)
+            agent = _spawn(
+                [
+                    "-m",
+                    "agents",
+                    "--name",
+                    "hollow",
+                    "--hollow",
+                    str(workload.machines),
+                    "--cpu",
+                    f"{round(mtype.cpu * 1000)}m",
+                    "--memory",
+                    f"{round(mtype.memory * 1024)}Mi",
+                    "--work-dir",
+                    str(base / "agent"),
+                    *store,
+                ],
+                base / "agent.log",
+                procs,
+            )
             while _up(cell) < workload.machines:
                 if agent.poll() is not None or time.monotonic() - began > 120:
                     raise RuntimeError(f"hollow agent not ready; see {base / 'agent.log'}")
                 time.sleep(0.2)
-            log(f"live: {workload.machines} hollow machines up in "
-                f"{time.monotonic() - began:.1f}s")
+            log(f"live: {workload.machines} hollow machines up in {time.monotonic() - began:.1f}s")
             for name in SCHEDULERS:
                 t_job, t_task = workload.think_time(name)
-                _spawn(["-m", "schedulers", "--kind", name, "--name", name,
-                        "--think-job", str(t_job), "--think-task", str(t_task),
-                        "--report-period", "0.5", *store], base / f"{name}.log", procs)
+                _spawn(
+                    [
+                        "-m",
+                        "schedulers",
+                        "--kind",
+                        name,
+                        "--name",
+                        name,
+                        "--think-job",
+                        str(t_job),
+                        "--think-task",
+                        str(t_task),
+                        "--report-period",
+                        "0.5",
+                        *store,
+                    ],
+                    base / f"{name}.log",
+                    procs,
+                )
             began = time.monotonic()
             while {s["name"] for s in _cell_summary(cell).get("schedulers", [])} < set(SCHEDULERS):
                 if any(p.poll() is not None for p in procs) or time.monotonic() - began > 60:
@@ -218,8 +271,11 @@ def live(workload: Workload, jobs: list[Arrival], seconds: float, base: Path,
                     start = trio.current_time()
                     for arrival in jobs:
                         await trio.sleep_until(start + arrival.at)
-                        body = {"job": arrival.job, "spec": internal.unstructure(arrival.spec),
-                                "id": f"live-{arrival.job}"}
+                        body = {
+                            "job": arrival.job,
+                            "spec": internal.unstructure(arrival.spec),
+                            "id": f"live-{arrival.job}",
+                        }
                         await client.request("POST", "/v1/jobs", body)
                     await trio.sleep_until(start + seconds)
 
@@ -295,8 +351,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     header = ["scheduler", *(f"{side}_{c}" for c in COLUMNS for side in ("sim", "live"))]
     cells = [header] + [[_fmt(r[h]) for h in header] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True))
-                     for line in cells)
+    return "\n".join(
+        "  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) for line in cells
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -310,12 +367,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sim_rows = simulated(workload, args.seconds, args.seed)
     rows = table(sim_rows, live_rows)
     print(render(rows))
-    path = args.out / f"live_{workload.name}_{workload.machines}m_{args.seconds:g}s_seed{args.seed}.csv"
+    path = (
+        args.out
+        / f"live_{workload.name}_{workload.machines}m_{args.seconds:g}s_seed{args.seed}.csv"
+    )
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows([{k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()}
-                          for r in rows])
-    return {"bench": "sim.live", "csv": str(path), "preset": workload.name,
-            "machines": workload.machines, "seconds": args.seconds, "rate": args.rate,
-            "seed": args.seed, "jobs": len(jobs), "live_wall_s": round(live_wall, 2)}
+        writer.writerows(
+            [{k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+        )
+    return {
+        "bench": "sim.live",
+        "csv": str(path),
+        "preset": workload.name,
+        "machines": workload.machines,
+        "seconds": args.seconds,
+        "rate": args.rate,
+        "seed": args.seed,
+        "jobs": len(jobs),
+        "live_wall_s": round(live_wall, 2),
+    }

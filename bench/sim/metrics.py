@@ -30,8 +30,17 @@ DAY = 86_400.0
 class SchedulerTally:
     """What one scheduler did: attempts, transactions, claims, busy time per day."""
 
-    __slots__ = ("attempts", "busy_days", "claims", "claims_rejected", "conflicted", "kind",
-                 "name", "no_claim_attempts", "transactions")
+    __slots__ = (
+        "attempts",
+        "busy_days",
+        "claims",
+        "claims_rejected",
+        "conflicted",
+        "kind",
+        "name",
+        "no_claim_attempts",
+        "transactions",
+    )
 
     def __init__(self, name: str, kind: str) -> None:
         self.name = name
@@ -57,8 +66,15 @@ class SchedulerTally:
 
 
 class JobRecord:
-    __slots__ = ("abandoned", "first_attempt", "fully_placed", "kind", "scheduler",
-                 "submitted", "tasks")
+    __slots__ = (
+        "abandoned",
+        "first_attempt",
+        "fully_placed",
+        "kind",
+        "scheduler",
+        "submitted",
+        "tasks",
+    )
 
     def __init__(self, kind: str, submitted: float, tasks: int) -> None:
         self.kind = kind
@@ -135,8 +151,9 @@ class Metrics:
         for tally in self.schedulers.values():
             jobs = [r for r in self.jobs.values() if r.scheduler == tally.name]
             rows.append(self._row(tally.name, tally.kind, [tally], jobs, run_time))
-        kinds = sorted({t.kind for t in self.schedulers.values()}
-                       | {r.kind for r in self.jobs.values()})
+        kinds = sorted(
+            {t.kind for t in self.schedulers.values()} | {r.kind for r in self.jobs.values()}
+        )
         for kind in kinds:
             tallies = [t for t in self.schedulers.values() if t.kind == kind]
             jobs = [r for r in self.jobs.values() if r.kind == kind]
@@ -144,8 +161,9 @@ class Metrics:
         return rows
 
     @staticmethod
-    def _row(name: str, kind: str, tallies: list[SchedulerTally], jobs: list[JobRecord],
-             run_time: float) -> dict[str, object]:
+    def _row(
+        name: str, kind: str, tallies: list[SchedulerTally], jobs: list[JobRecord], run_time: float
+    ) -> dict[str, object]:
         transactions = sum(t.transactions for t in tallies)
         conflicted = sum(t.conflicted for t in tallies)
         successful = transactions - conflicted

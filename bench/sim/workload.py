@@ -69,8 +69,10 @@ class Distribution:
             if len(values) != len(weights) or not values or min(weights) < 0:
                 raise WorkloadError(f"{where}: values and weights must be equal, non-empty lists")
         return cls(
-            kind, tuple(sorted((k, _freeze(v)) for k, v in params.items())),
-            float(table.get("min", -math.inf)), float(table.get("max", math.inf)),
+            kind,
+            tuple(sorted((k, _freeze(v)) for k, v in params.items())),
+            float(table.get("min", -math.inf)),
+            float(table.get("max", math.inf)),
         )
 
     def param(self, name: str) -> Any:
@@ -89,7 +91,9 @@ class Distribution:
             value = float(rng.uniform(p["low"], p["high"]))
         else:
             weights = np.asarray(p["weights"], dtype=float)
-            value = float(rng.choice(np.asarray(p["values"], dtype=float), p=weights / weights.sum()))
+            value = float(
+                rng.choice(np.asarray(p["values"], dtype=float), p=weights / weights.sum())
+            )
         return min(self.high, max(self.low, value))
 
     def mean(self) -> float:
@@ -112,7 +116,8 @@ class Distribution:
         scale = {"value", "mean", "median", "low", "high", "values"}
         params = tuple(
             (k, tuple(x * factor for x in v) if k == "values" else v * factor)
-            if k in scale else (k, v)
+            if k in scale
+            else (k, v)
             for k, v in self.params
         )
         return Distribution(self.kind, params, self.low * factor, self.high * factor)
@@ -136,18 +141,18 @@ class JobClass:
     """One class of jobs (the paper's batch or service workload)."""
 
     name: str
-    interarrival: Distribution     # seconds between submissions
-    tasks: Distribution            # tasks per job
-    duration: Distribution         # seconds a task runs (one value per job)
-    cpu: Distribution              # cores per task
-    memory: Distribution           # GiB per task
+    interarrival: Distribution  # seconds between submissions
+    tasks: Distribution  # tasks per job
+    duration: Distribution  # seconds a task runs (one value per job)
+    cpu: Distribution  # cores per task
+    memory: Distribution  # GiB per task
 
 
 @attrs.frozen(slots=True)
 class MachineType:
     share: float
-    cpu: float        # cores
-    memory: float     # GiB
+    cpu: float  # cores
+    memory: float  # GiB
 
 
 @attrs.frozen(slots=True)
@@ -156,7 +161,7 @@ class Workload:
     machines: int
     machine_types: tuple[MachineType, ...]
     domains: int
-    prefill: float                 # target share of cpu held by long-running service tasks
+    prefill: float  # target share of cpu held by long-running service tasks
     prefill_job_tasks: int
     classes: tuple[JobClass, ...]
     think: tuple[tuple[str, float, float], ...]  # (class, t_job, t_task)
@@ -177,7 +182,8 @@ class Workload:
         """The same workload with class `name` arriving `multiplier` times as often."""
         classes = tuple(
             attrs.evolve(c, interarrival=c.interarrival.scaled(1.0 / multiplier))
-            if c.name == name else c
+            if c.name == name
+            else c
             for c in self.classes
         )
         return attrs.evolve(self, classes=classes)
@@ -190,10 +196,14 @@ class Workload:
             scaled = scaled.with_rate(job_class.name, factor)
         return scaled
 
-    def with_think(self, name: str, t_job: float | None = None,
-                   t_task: float | None = None) -> Workload:
+    def with_think(
+        self, name: str, t_job: float | None = None, t_task: float | None = None
+    ) -> Workload:
         base_job, base_task = self.think_time(name)
-        think = (*tuple(item for item in self.think if item[0] != name), (name, base_job if t_job is None else t_job, base_task if t_task is None else t_task))
+        think = (
+            *tuple(item for item in self.think if item[0] != name),
+            (name, base_job if t_job is None else t_job, base_task if t_task is None else t_task),
+        )
         return attrs.evolve(self, think=tuple(sorted(think)))
 
 
@@ -219,23 +229,30 @@ def parse(doc: Mapping[str, Any], name: str = "workload") -> Workload:
             MachineType(float(t["share"]), float(t["cpu"]), float(t["memory_gib"])) for t in types
         )
     else:
-        machine_types = (MachineType(1.0, float(cell.get("cpu", 4.0)),
-                                     float(cell.get("memory_gib", 16.0))),)
+        machine_types = (
+            MachineType(1.0, float(cell.get("cpu", 4.0)), float(cell.get("memory_gib", 16.0))),
+        )
     classes = []
     for cls in CLASSES:
         table = doc.get("jobs", {}).get(cls)
         if table is None:
             continue
         where = f"jobs.{cls}"
-        classes.append(JobClass(
-            cls,
-            *(Distribution.parse(f"{where}.{field}", table.get(field))
-              for field in ("interarrival", "tasks", "duration", "cpu", "memory_gib")),
-        ))
-    think = tuple(sorted(
-        (cls, float(t.get("t_job", 0.1)), float(t.get("t_task", 0.005)))
-        for cls, t in doc.get("schedulers", {}).items()
-    ))
+        classes.append(
+            JobClass(
+                cls,
+                *(
+                    Distribution.parse(f"{where}.{field}", table.get(field))
+                    for field in ("interarrival", "tasks", "duration", "cpu", "memory_gib")
+                ),
+            )
+        )
+    think = tuple(
+        sorted(
+            (cls, float(t.get("t_job", 0.1)), float(t.get("t_task", 0.005)))
+            for cls, t in doc.get("schedulers", {}).items()
+        )
+    )
     return Workload(
         name=str(doc.get("name", name)),
         machines=int(cell.get("machines", 1000)),
