@@ -1,7 +1,9 @@
 """Checks of the promises `CellState` keeps, for tests, fault suites and replay.
 
-`check` recomputes every running sum from the tasks themselves and compares;
-it raises `InvariantViolation` naming the first broken promise.
+`check` recounts every machine's books and every owner's quota taken from the
+tasks themselves with a fresh `Ledger`, compares them with what the cell kept,
+and checks the ledger's rules per dimension; it raises `InvariantViolation`
+naming the first broken promise.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from cellstate.ledger import Account, Ledger
 from cellstate.model import ACTIVE_STATES, Machine, Task, TaskState
 
 if TYPE_CHECKING:
@@ -20,9 +23,9 @@ class InvariantViolation(AssertionError):
 
 
 def check(cell: CellState) -> None:
-    sums: dict[str, list[int]] = {mid: [0] * 6 for mid in cell.machines}
+    recount = Ledger()
+    accounts = {mid: Account(m.account.capacity) for mid, m in cell.machines.items()}
     holders: dict[str, set[str]] = {mid: set() for mid in cell.machines}
-    owners: dict[tuple[str, int], list[int]] = {}
     for task in cell.tasks.values():
         if task.state in ACTIVE_STATES:
             if task.machine not in cell.machines:
@@ -30,22 +33,17 @@ def check(cell: CellState) -> None:
                     f"task {task.id} is active on unknown machine {task.machine}"
                 )
             holders[task.machine].add(task.id)
-            _add_task(sums[task.machine], task)
-            if not task.best_effort:
-                usage = owners.setdefault((task.owner, task.priority // 100), [0, 0])
-                usage[0] += task.cpu
-                usage[1] += task.memory
+            _check_task(task)
+            recount.add(task, accounts[task.machine])
         elif task.state is TaskState.PENDING and task.machine is not None:
             raise InvariantViolation(f"pending task {task.id} names machine {task.machine}")
     for machine in cell.machine_list:
         if set(machine.tasks) != holders[machine.id]:
             raise InvariantViolation(f"machine {machine.id} task set disagrees with the tasks")
-        _check_machine(machine, sums[machine.id])
-    for key, usage in owners.items():
-        if cell.owner_usage.get(key, [0, 0]) != usage:
-            raise InvariantViolation(
-                f"owner usage {key} is {cell.owner_usage.get(key)}, tasks say {usage}"
-            )
+        _check_machine(machine, accounts[machine.id])
+    kept, counted = cell.ledger.usage(), recount.usage()
+    if kept != counted:
+        raise InvariantViolation(f"quota taken is {kept}, tasks say {counted}")
     for job in cell.jobs.values():
         counts: dict[str, int] = {}
         for task in cell.job_tasks(job):
@@ -60,44 +58,42 @@ def check_machines(cell: CellState, machine_ids: Iterable[str]) -> None:
     """`check`'s machine promises for the given machines only, recounted from the tasks each
     one holds: cheap enough to run after every command on the machines it changed (replay),
     with a full `check` now and then for everything else."""
+    recount = Ledger()
     for mid in machine_ids:
         machine = cell.machines[mid]
-        row = [0] * 6
+        account = Account(machine.account.capacity)
         for tid in machine.tasks:
             task = cell.tasks.get(tid)
             if task is None or task.state not in ACTIVE_STATES or task.machine != mid:
                 raise InvariantViolation(f"machine {mid} holds {tid}, which is not active on it")
-            _add_task(row, task)
-        _check_machine(machine, row)
+            _check_task(task)
+            recount.add(task, account)
+        _check_machine(machine, account)
 
 
-def _add_task(row: list[int], task: Task) -> None:
-    """Add an active task to a machine's recount: limits and reservations of regular tasks,
-    then best-effort cpu and memory (the order of `_check_machine`'s `kept`)."""
+def _check_task(task: Task) -> None:
+    """An active task's reservation lies between zero and its limit in every dimension."""
     if task.best_effort:
-        row[4] += task.cpu
-        row[5] += task.memory
-    else:
-        row[0] += task.cpu
-        row[1] += task.memory
-        row[2] += task.reserved_cpu
-        row[3] += task.reserved_memory
-
-
-def _check_machine(machine: Machine, row: list[int]) -> None:
-    kept = [
-        machine.used_cpu,
-        machine.used_memory,
-        machine.reserved_cpu,
-        machine.reserved_memory,
-        machine.be_cpu,
-        machine.be_memory,
-    ]
-    if row != kept:
-        raise InvariantViolation(f"machine {machine.id} sums {kept} but its tasks add to {row}")
-    if row[0] > machine.cpu or row[1] > machine.memory:
-        raise InvariantViolation(f"machine {machine.id} over capacity: limits {row[:2]}")
-    if row[2] + row[4] > machine.cpu or row[3] + row[5] > machine.memory:
+        if task.reserved:
+            raise InvariantViolation(f"best-effort task {task.id} reserves {task.reserved}")
+        return
+    for dim, amount in task.reserved.items():
+        if not 0 <= amount <= task.demand.get(dim, 0):
+            raise InvariantViolation(
+                f"task {task.id} reserves {amount} {dim}; its limit is {task.demand.get(dim, 0)}"
+            )
+    if task.reserved.keys() != task.demand.keys():
         raise InvariantViolation(
-            f"machine {machine.id} over capacity: reservations {row[2:4]} + best-effort {row[4:]}"
+            f"task {task.id} reserves in {sorted(task.reserved)}, demands {sorted(task.demand)}"
         )
+
+
+def _check_machine(machine: Machine, counted: Account) -> None:
+    kept = machine.account.books()
+    if kept != counted.books():
+        raise InvariantViolation(
+            f"machine {machine.id} books {kept} but its tasks add to {counted.books()}"
+        )
+    breach = counted.breach()
+    if breach is not None:
+        raise InvariantViolation(f"machine {machine.id} over capacity: {breach}")

@@ -15,7 +15,8 @@ from typing import Any
 
 import attrs
 
-from cellstate.resources import Resources
+from cellstate.ledger import EMPTY, Account
+from cellstate.resources import REQUIRED, Resources
 
 MAX_TASKS_PER_JOB = 100_000
 MAX_LABELS = 64
@@ -209,6 +210,15 @@ def _non_negative(instance: Any, attribute: attrs.Attribute, value: float | None
         raise FieldError(attribute.name, f"must be >= 0, got {value}")
 
 
+def _required_dimensions(what: str):
+    def check(instance: Any, attribute: attrs.Attribute, value: Resources) -> None:
+        for dim in REQUIRED:
+            if not value.get(dim):
+                raise FieldError(f"{attribute.name}.{dim}", f"is required: every {what} has some")
+
+    return check
+
+
 # -- specs ------------------------------------------------------------------------
 
 
@@ -217,7 +227,7 @@ class MachineSpec:
     """What an agent registers: a machine's identity, capacity and placement facts."""
 
     id: str = attrs.field(validator=_match(NAME_RE, "machine id"))
-    capacity: Resources
+    capacity: Resources = attrs.field(validator=_required_dimensions("machine"))
     labels: dict[str, str] = attrs.field(factory=dict, converter=_sorted_dict, validator=_labels)
     domain: str = attrs.field(default="default", validator=_match(NAME_RE, "failure domain"))
 
@@ -229,7 +239,7 @@ class JobSpec:
     name: str = attrs.field(validator=_match(NAME_RE, "job name"))
     owner: str = attrs.field(validator=_match(OWNER_RE, "owner"))
     scheduler: SchedulerClass
-    resources: Resources
+    resources: Resources = attrs.field(validator=_required_dimensions("task"))
     tasks: int = attrs.field(default=1)
     priority: int = attrs.field(default=-1)
     command: tuple[str, ...] = attrs.field(default=(), validator=_argv)
@@ -275,24 +285,22 @@ class JobSpec:
 class Machine:
     id: str
     index: int
-    cpu: int
-    memory: int
+    # The machine's books (capacity, and what its tasks use, reserve and hold
+    # as best-effort), kept by the ledger; derived from the tasks on load.
+    account: Account
     labels: dict[str, str]
     domain: str
     state: MachineState = MachineState.UP
+    # The state an operator set (draining or down), kept through an agent's
+    # re-registration; None when the operator last set it up, or never did.
+    operator_state: MachineState | None = None
     seqnum: int = 0
     last_heartbeat: float = 0.0
-    # Derived from the tasks on the machine; kept as running sums for speed.
-    # `used_*` are the limits of tasks above best-effort, `reserved_*` their
-    # reservations (Borg's usage-plus-margin), `be_*` the limits of best-effort
-    # tasks, which live on what reservations leave over.
-    used_cpu: int = 0
-    used_memory: int = 0
-    reserved_cpu: int = 0
-    reserved_memory: int = 0
-    be_cpu: int = 0
-    be_memory: int = 0
     tasks: dict[str, None] = attrs.field(factory=dict)
+
+    @property
+    def capacity(self) -> Resources:
+        return Resources.of(self.account.capacity)
 
 
 @attrs.define(slots=True, eq=False)
@@ -327,8 +335,8 @@ class Task:
     index: int
     priority: int
     best_effort: bool
-    cpu: int
-    memory: int
+    # The job spec's `resources.amounts` (shared, never written through).
+    demand: dict[str, int]
     spec_version: int = 1
     state: TaskState = TaskState.PENDING
     machine: str | None = None
@@ -341,11 +349,27 @@ class Task:
     reason: str | None = None
     restarts: int = 0
     evictions: int = 0
-    usage_cpu: int = 0
-    usage_memory: int = 0
-    reserved_cpu: int = 0
-    reserved_memory: int = 0
+    # Measured usage in the reclaimable dimensions, as last reported.
+    usage: dict[str, int] = attrs.field(factory=dict)
+    # What the ledger books as this task's reservation while it is placed
+    # (regular tasks only): replaced on change, never mutated.
+    reserved: dict[str, int] = attrs.field(default=EMPTY)
     usage_at: float = 0.0
+    band: Band = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.band = Band.of(self.priority)
+
+
+@attrs.frozen(slots=True)
+class CellConfig:
+    """Constants of the cell's rules; part of the state, so every copy agrees."""
+
+    # Borg-style reservation: usage plus a margin, decaying from the limit.
+    reservation_margin: float = 0.1
+    reservation_decay_s: float = 300.0
+    # How many command ids are remembered for idempotent retries.
+    dedup_window: int = 20_000
 
 
 def task_id(job: str, index: int) -> str:

@@ -1,26 +1,40 @@
-"""Resource vectors and the human units people write them in.
+"""Resource vectors over named dimensions, and the human units people write them in.
 
-A resource vector has one integer per dimension: cpu in millicores and memory
-in bytes. Integers keep arithmetic exact, so every replica and every scheduler
-copy agrees to the byte on what fits. People write `500m`, `0.5` or `2` for
-cpu and `256Mi`, `1Gi`, `1.5G` or a byte count for memory; `parse_cpu` and
-`parse_memory` turn those into integers and name what they refuse.
+A resource vector maps dimension names to integers: cpu in millicores, memory
+and disk in bytes, and any number of countable devices (`gpu`, `fpga`, any
+name matching `DEVICE_RE`) as counts. Integers keep arithmetic exact, so every
+replica and every scheduler copy agrees to the byte on what fits.
+
+`DIMENSIONS` is the one table of the cell's named dimensions: how each is
+parsed and printed, its bound, and whether it is *reclaimable*. cpu and memory
+are: best-effort tasks may run on what other tasks reserve but do not use
+(Borg's reclamation). Every other dimension, disk and devices alike, is held
+exclusively: never reclaimed, never overcommitted. Adding a dimension is one
+entry here; the ledger, the wire format and the schedulers' table all iterate
+over vectors and this table.
+
+People write `500m`, `0.5` or `2` for cpu, `256Mi`, `1Gi`, `1.5G` or a byte
+count for memory and disk, and a whole number for devices; the parsers turn
+those into integers and name what they refuse.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import attrs
 
-DIMENSIONS: tuple[str, ...] = ("cpu", "memory")
-
 # Larger than any machine we model (1M cores, 1 PiB), small enough to keep
 # sums of a whole cell far from float-lossy territory in numpy.
 MAX_CPU_MILLI = 1_000_000_000
 MAX_MEMORY_BYTES = 1 << 50
+MAX_DISK_BYTES = MAX_MEMORY_BYTES
+MAX_DEVICES = 1 << 20
+MAX_DEVICE_KINDS = 32
+DEVICE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 _MEMORY_SUFFIXES = {
     "": 1,
@@ -90,6 +104,23 @@ def parse_memory(value: Any) -> int:
     return _bounded("memory", value, int(amount), MAX_MEMORY_BYTES)
 
 
+def parse_disk(value: Any) -> int:
+    """Return bytes of disk, written as memory is (`10Gi`, `500M`, a byte count)."""
+    try:
+        return parse_memory(value)
+    except UnitError as exc:
+        raise UnitError(str(exc).replace("memory", "disk", 1)) from None
+
+
+def parse_count(value: Any, name: str = "device") -> int:
+    """Return a whole number of devices: `2` or `'2'`."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if type(value) is not int:
+        raise UnitError(f"{name} {value!r} is not a count: use a whole number of devices, e.g. 2")
+    return _bounded(name, value, value, MAX_DEVICES)
+
+
 def _bounded(dimension: str, raw: Any, amount: int, limit: int) -> int:
     if amount <= 0:
         raise UnitError(f"{dimension} {raw!r} must be greater than zero")
@@ -98,31 +129,19 @@ def _bounded(dimension: str, raw: Any, amount: int, limit: int) -> int:
     return amount
 
 
-def _positive(bound: int):
-    def check(instance: Any, attribute: attrs.Attribute, value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{attribute.name} must be an integer, got {value!r}")
-        if not 0 < value <= bound:
-            raise UnitError(f"{attribute.name} must be in 1..{bound}, got {value}")
-
-    return check
-
-
 @attrs.frozen(slots=True)
-class Resources:
-    """A resource vector: cpu in millicores, memory in bytes, both positive."""
+class Dimension:
+    """One named resource dimension: how it is read and printed, and its rules."""
 
-    cpu: int = attrs.field(validator=_positive(MAX_CPU_MILLI))
-    memory: int = attrs.field(validator=_positive(MAX_MEMORY_BYTES))
-
-    def as_tuple(self) -> tuple[int, int]:
-        return (self.cpu, self.memory)
-
-    def fits_in(self, other: Resources) -> bool:
-        return self.cpu <= other.cpu and self.memory <= other.memory
-
-    def human(self) -> str:
-        return f"cpu={format_cpu(self.cpu)} memory={format_memory(self.memory)}"
+    name: str
+    parse: Callable[[Any], int]
+    format: Callable[[int], str]
+    limit: int
+    # Reclaimable dimensions lend what regular tasks reserve but do not use to
+    # best-effort tasks; all others are held exclusively.
+    reclaimable: bool = False
+    # The unit of the integer, as read models name it (`cpu_milli`, `memory_bytes`).
+    unit: str = "count"
 
 
 def format_cpu(milli: int) -> str:
@@ -137,3 +156,104 @@ def format_memory(size: int) -> str:
         if size >= unit:
             return f"{size / unit:.1f}{suffix}"
     return str(size)
+
+
+DIMENSIONS: dict[str, Dimension] = {
+    "cpu": Dimension("cpu", parse_cpu, format_cpu, MAX_CPU_MILLI, True, "milli"),
+    "memory": Dimension("memory", parse_memory, format_memory, MAX_MEMORY_BYTES, True, "bytes"),
+    "disk": Dimension("disk", parse_disk, format_memory, MAX_DISK_BYTES, False, "bytes"),
+}
+RECLAIMABLE: frozenset[str] = frozenset(d.name for d in DIMENSIONS.values() if d.reclaimable)
+# Dimensions every job and every machine must state (the rest default to none).
+REQUIRED = ("cpu", "memory")
+
+
+def dimension(name: str) -> Dimension:
+    """The named dimension; any other name matching `DEVICE_RE` is a countable device.
+
+    Raises UnitError for a name that is neither."""
+    known = DIMENSIONS.get(name)
+    if known is not None:
+        return known
+    if not isinstance(name, str) or not DEVICE_RE.match(name):
+        raise UnitError(
+            f"{name!r} is not a resource: use {', '.join(DIMENSIONS)}, or a device name "
+            f"matching {DEVICE_RE.pattern} (e.g. gpu)"
+        )
+    return Dimension(name, lambda v, n=name: parse_count(v, n), str, MAX_DEVICES)
+
+
+def _order(name: str) -> tuple[int, str]:
+    # Named dimensions in table order, then devices by name: one canonical
+    # order, so equal vectors serialise to equal bytes.
+    return (list(DIMENSIONS).index(name), "") if name in DIMENSIONS else (len(DIMENSIONS), name)
+
+
+@attrs.frozen(slots=True, init=False)
+class Resources:
+    """A resource vector: a positive integer per dimension it names, none for the rest.
+
+    `Resources(500, 256 << 20, gpu=1)` or `Resources.of({"cpu": 500, ...})`.
+    `amounts` holds only positive entries, in canonical order; never mutate it
+    (the cell shares it between a job's tasks)."""
+
+    amounts: dict[str, int]
+
+    def __init__(self, cpu: int = 0, memory: int = 0, disk: int = 0, **devices: int) -> None:
+        raw = {"cpu": cpu, "memory": memory, "disk": disk, **devices}
+        self.__attrs_init__(_canonical(raw))
+
+    @classmethod
+    def of(cls, amounts: Mapping[str, int]) -> Resources:
+        """A vector from a mapping of dimension name to integer amount."""
+        made = object.__new__(cls)
+        made.__attrs_init__(_canonical(amounts))
+        return made
+
+    @property
+    def cpu(self) -> int:
+        return self.amounts.get("cpu", 0)
+
+    @property
+    def memory(self) -> int:
+        return self.amounts.get("memory", 0)
+
+    @property
+    def disk(self) -> int:
+        return self.amounts.get("disk", 0)
+
+    def get(self, name: str) -> int:
+        return self.amounts.get(name, 0)
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        return iter(self.amounts.items())
+
+    def devices(self) -> dict[str, int]:
+        return {k: v for k, v in self.amounts.items() if k not in DIMENSIONS}
+
+    def fits_in(self, other: Resources) -> bool:
+        return all(amount <= other.get(name) for name, amount in self.amounts.items())
+
+    def human(self) -> str:
+        return " ".join(f"{name}={format_amount(name, v)}" for name, v in self.amounts.items())
+
+
+def _canonical(raw: Mapping[str, Any]) -> dict[str, int]:
+    if len(raw) > len(DIMENSIONS) + MAX_DEVICE_KINDS:
+        raise UnitError(f"at most {MAX_DEVICE_KINDS} kinds of device")
+    out = {}
+    for name, amount in raw.items():
+        dim = dimension(name)
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise TypeError(f"{name} must be an integer, got {amount!r}")
+        if not 0 <= amount <= dim.limit:
+            raise UnitError(f"{name} must be in 0..{dim.limit}, got {amount}")
+        if amount:
+            out[name] = amount
+    return dict(sorted(out.items(), key=lambda item: _order(item[0])))
+
+
+def format_amount(name: str, amount: int) -> str:
+    """An amount of dimension `name` as people write it (`500m`, `2Gi`, `2`)."""
+    known = DIMENSIONS.get(name)
+    return known.format(amount) if known is not None else str(amount)

@@ -1,23 +1,30 @@
 """The cell state's own serialised form: compact, versioned, canonical.
 
 A snapshot holds only what cannot be derived (machines, jobs with their tasks,
-quotas, the window of remembered command ids); running sums such as a
-machine's claimed resources are rebuilt on load, then checked. Records are
-written as positional rows in a fixed order, so that the same state always
+quotas, the window of remembered command ids); every machine's books and every
+owner's quota taken are recounted on load by the ledger, then checked. Records
+are written as positional rows in a fixed order, so that the same state always
 gives the same bytes: `dump(load(b)) == b`, and two copies fed the same
 commands can be compared byte for byte.
+
+Format 2 writes resource vectors as `{dimension: amount}` objects (cpu, memory,
+disk, devices). Format 1, written before there were more than two dimensions
+(cpu and memory as two columns), still loads: a data dir of the previous
+release comes back with every acknowledged job, task and machine.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cellstate.commands import ReportScheduler, Result
+from cellstate.ledger import EMPTY, Account
 from cellstate.model import (
     ACTIVE_STATES,
     TERMINAL_STATES,
+    CellConfig,
     Job,
     JobSpec,
     Machine,
@@ -26,12 +33,37 @@ from cellstate.model import (
     TaskState,
     task_id,
 )
-from cellstate.state import PENDING, CellConfig, CellState
 from cellstate.wire import internal
 
-FORMAT = 1
+if TYPE_CHECKING:
+    from cellstate.state import CellState
 
+FORMAT = 2
+READS = (1, 2)
+
+# Task columns, in row order. A task's demand is its job spec's resources and
+# is not written; `usage` and `reserved` are vectors (reserved only while the
+# task is placed and its reservation differs from its demand, else null).
 _TASK_FIELDS = (
+    "state",
+    "machine",
+    "incarnation",
+    "spec_version",
+    "priority",
+    "submitted_at",
+    "placed_at",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "reason",
+    "restarts",
+    "evictions",
+    "usage",
+    "reserved",
+    "usage_at",
+)
+# Format 1's columns: cpu and memory spelt out for limits, usage and reservation.
+_TASK_FIELDS_1 = (
     "state",
     "machine",
     "incarnation",
@@ -67,7 +99,16 @@ def dump(cell: CellState) -> bytes:
         "now": cell.now,
         "config": [config.reservation_margin, config.reservation_decay_s, config.dedup_window],
         "machines": [
-            [m.id, m.cpu, m.memory, m.labels, m.domain, m.state.value, m.seqnum, m.last_heartbeat]
+            [
+                m.id,
+                m.account.capacity,
+                m.labels,
+                m.domain,
+                m.state.value,
+                m.seqnum,
+                m.last_heartbeat,
+                m.operator_state,
+            ]
             for m in cell.machine_list
         ],
         "jobs": [
@@ -77,11 +118,11 @@ def dump(cell: CellState) -> bytes:
                 job.submitted_at,
                 job.spec_version,
                 job.killed,
-                [[getattr(t, f) for f in _TASK_FIELDS] for t in cell.job_tasks(job)],
+                [_task_row(t) for t in cell.job_tasks(job)],
             ]
             for job in cell.jobs.values()
         ],
-        "quotas": [[owner, band, cpu, mem] for (owner, band), (cpu, mem) in cell.quotas.items()],
+        "quotas": [[owner, band, limit] for (owner, band), limit in cell.ledger.limits.items()],
         "schedulers": [
             internal.unstructure(report, ReportScheduler) for report in cell.schedulers.values()
         ],
@@ -93,62 +134,107 @@ def dump(cell: CellState) -> bytes:
     return orjson.dumps(doc)
 
 
+def _task_row(task: Task) -> list[Any]:
+    row = [getattr(task, f) for f in _TASK_FIELDS]
+    row[-3] = task.usage or None
+    row[-2] = None if not task.reserved or task.reserved == task.demand else task.reserved
+    return row
+
+
 def load(data: bytes | str) -> CellState:
+    from cellstate.state import CellState
+
+    return CellState.restore(data if isinstance(data, bytes) else data.encode())
+
+
+def load_into(cell: CellState, data: bytes | str) -> None:
+    """Fill the empty `cell` from snapshot `data` (either format)."""
     doc: dict[str, Any] = orjson.loads(data)
-    if doc.get("format") != FORMAT:
-        raise SnapshotError(f"snapshot format {doc.get('format')!r}; this build reads {FORMAT}")
+    form = doc.get("format")
+    if form not in READS:
+        raise SnapshotError(f"snapshot format {form!r}; this build reads {READS}")
     margin, decay, window = doc["config"]
-    cell = CellState(CellConfig(margin, decay, window))
+    cell.config = CellConfig(margin, decay, window)
     cell.version = doc["version"]
     cell.now = doc["now"]
-    for mid, cpu, memory, labels, domain, state, seqnum, heartbeat in doc["machines"]:
+    for row in doc["machines"]:
+        if form == 1:
+            mid, cpu, memory, labels, domain, state, seqnum, heartbeat = row
+            capacity, operator_state = {"cpu": cpu, "memory": memory}, None
+        else:
+            mid, capacity, labels, domain, state, seqnum, heartbeat, operator_state = row
         machine = Machine(
             id=mid,
             index=len(cell.machine_list),
-            cpu=cpu,
-            memory=memory,
+            account=Account(capacity),
             labels=labels,
             domain=domain,
             state=MachineState(state),
+            operator_state=None if operator_state is None else MachineState(operator_state),
             seqnum=seqnum,
             last_heartbeat=heartbeat,
         )
         cell.machines[mid] = machine
         cell.machine_list.append(machine)
+    task_row = _task_values if form == 2 else _task_values_1
     for jid, spec_doc, submitted_at, spec_version, killed, rows in doc["jobs"]:
         spec = internal.structure(spec_doc, JobSpec)
         job = Job(
             id=jid, spec=spec, submitted_at=submitted_at, spec_version=spec_version, killed=killed
         )
         cell.jobs[jid] = job
+        demand = spec.resources.amounts
         for index, row in enumerate(rows):
-            values = dict(zip(_TASK_FIELDS, row, strict=True))
-            values["state"] = TaskState(values["state"])
             task = Task(
                 id=task_id(jid, index),
                 job=jid,
                 owner=spec.owner,
                 index=index,
                 best_effort=spec.band == 0,
-                **values,
+                demand=demand,
+                **task_row(row, demand),
             )
             cell.tasks[task.id] = task
             _account(cell, job, task)
-    for owner, band, cpu, memory in doc["quotas"]:
-        cell.quotas[(owner, band)] = (cpu, memory)
+    for owner, band, *limit in doc["quotas"]:
+        amounts = {"cpu": limit[0], "memory": limit[1]} if form == 1 else limit[0]
+        cell.ledger.set_limit((owner, band), amounts)
     for report in doc["schedulers"]:
         structured = internal.structure(report, ReportScheduler)
         cell.schedulers[structured.name] = structured
     for cid, version, result in doc["recent"]:
         cell.recent[cid] = (version, internal.structure(result, Result))
-    return cell
+
+
+def _task_values(row: list[Any], demand: dict[str, int]) -> dict[str, Any]:
+    values = dict(zip(_TASK_FIELDS, row, strict=True))
+    values["state"] = TaskState(values["state"])
+    values["usage"] = values["usage"] or {}
+    placed = values["state"] in ACTIVE_STATES
+    values["reserved"] = (values["reserved"] or demand) if placed else EMPTY
+    return values
+
+
+def _task_values_1(row: list[Any], demand: dict[str, int]) -> dict[str, Any]:
+    old = dict(zip(_TASK_FIELDS_1, row, strict=True))
+    values = {k: v for k, v in old.items() if k in _TASK_FIELDS}
+    values["state"] = TaskState(old["state"])
+    values["usage"] = (
+        {"cpu": old["usage_cpu"], "memory": old["usage_memory"]} if old["usage_at"] else {}
+    )
+    if values["state"] in ACTIVE_STATES:
+        reserved = {**demand, "cpu": old["reserved_cpu"], "memory": old["reserved_memory"]}
+        values["reserved"] = demand if reserved == demand else reserved
+    else:
+        values["reserved"] = EMPTY
+    return values
 
 
 def _account(cell: CellState, job: Job, task: Task) -> None:
     """Rebuild the running sums a live cell keeps for `task`."""
     state = task.state
     job.counts[state] = job.counts.get(state, 0) + 1
-    if state is PENDING:
+    if state is TaskState.PENDING:
         cell.pending_jobs[job.id] = None
     elif state in TERMINAL_STATES and (
         state is TaskState.FAILED or (state is TaskState.EXITED and task.exit_code)
@@ -159,13 +245,5 @@ def _account(cell: CellState, job: Job, task: Task) -> None:
     machine = cell.machines[task.machine]  # type: ignore[index]
     machine.tasks[task.id] = None
     if task.best_effort:
-        machine.be_cpu += task.cpu
-        machine.be_memory += task.memory
-        return
-    machine.used_cpu += task.cpu
-    machine.used_memory += task.memory
-    machine.reserved_cpu += task.reserved_cpu
-    machine.reserved_memory += task.reserved_memory
-    usage = cell.owner_usage.setdefault((task.owner, task.priority // 100), [0, 0])
-    usage[0] += task.cpu
-    usage[1] += task.memory
+        task.reserved = EMPTY
+    cell.ledger.add(task, machine.account)

@@ -23,9 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import attrs
-
-from cellstate import commit as _commit
+from cellstate import invariants, snapshot
 from cellstate.commands import (
     Command,
     Commit,
@@ -50,8 +48,11 @@ from cellstate.commands import (
     Stale,
     SubmitJob,
     TaskEvicted,
+    TaskPlaced,
     TaskStateChanged,
 )
+from cellstate.commit import accepted
+from cellstate.ledger import EMPTY, Account, Ledger
 from cellstate.model import (
     ACTIVE_STATES,
     NAME_RE,
@@ -59,26 +60,18 @@ from cellstate.model import (
     TERMINAL_STATES,
     TRANSITIONS,
     Band,
+    CellConfig,
+    CommitResult,
     Job,
     Machine,
     MachineState,
+    Rejection,
     Task,
     TaskState,
     task_id,
 )
 
 PENDING = TaskState.PENDING
-
-
-@attrs.frozen(slots=True)
-class CellConfig:
-    """Constants of the cell's rules; part of the state, so every copy agrees."""
-
-    # Borg-style reservation: usage plus a margin, decaying from the limit.
-    reservation_margin: float = 0.1
-    reservation_decay_s: float = 300.0
-    # How many command ids are remembered for idempotent retries.
-    dedup_window: int = 20_000
 
 
 class CellState:
@@ -96,10 +89,11 @@ class CellState:
         self.machine_list: list[Machine] = []
         self.jobs: dict[str, Job] = {}
         self.tasks: dict[str, Task] = {}
-        self.quotas: dict[tuple[str, int], tuple[int, int]] = {}
         self.schedulers: dict[str, ReportScheduler] = {}
+        # Quota set and taken per owner and band; machines' books are on each
+        # `Machine.account`. Quota limits are serialised, the rest derived.
+        self.ledger = Ledger()
         # Derived (rebuilt on restore, never serialised):
-        self.owner_usage: dict[tuple[str, int], list[int]] = {}
         self.pending_jobs: dict[str, None] = {}
         self.recent: dict[str, tuple[int, Result]] = {}
         # Machines whose seqnum moved since the owner of this copy last
@@ -142,15 +136,18 @@ class CellState:
                 return Error("duplicate_machine", f"machine {spec.id!r} appears twice", field)
             seen.add(spec.id)
             known = self.machines.get(spec.id)
-            if known is not None and (
-                spec.capacity.cpu < known.used_cpu or spec.capacity.memory < known.used_memory
-            ):
-                return Error(
-                    "capacity_below_claims",
-                    f"machine {spec.id!r} capacity {spec.capacity.human()} is below what its "
-                    "tasks claim; drain it first",
-                    f"{field}.capacity",
-                )
+            if known is not None:
+                shrunk = known.account.copy()
+                shrunk.capacity = spec.capacity.amounts
+                # Best-effort tasks on reclaimed cpu and memory are shed below;
+                # anything else held beyond the new capacity has nowhere to go.
+                if (breach := shrunk.breach(squeeze=True)) is not None:
+                    return Error(
+                        "capacity_below_claims",
+                        f"machine {spec.id!r} capacity {spec.capacity.human()} is below what "
+                        f"its tasks hold ({breach}); drain it first",
+                        f"{field}.capacity",
+                    )
         at = cmd.at
         for spec in cmd.machines:
             machine = self.machines.get(spec.id)
@@ -158,8 +155,7 @@ class CellState:
                 machine = Machine(
                     id=spec.id,
                     index=len(self.machine_list),
-                    cpu=spec.capacity.cpu,
-                    memory=spec.capacity.memory,
+                    account=Account(spec.capacity.amounts),
                     labels=dict(spec.labels),
                     domain=spec.domain,
                     last_heartbeat=at,
@@ -167,11 +163,13 @@ class CellState:
                 self.machines[spec.id] = machine
                 self.machine_list.append(machine)
             else:
-                machine.cpu = spec.capacity.cpu
-                machine.memory = spec.capacity.memory
+                machine.account.capacity = spec.capacity.amounts
                 machine.labels = dict(spec.labels)
                 machine.domain = spec.domain
-                machine.state = MachineState.UP
+                # An agent's restart re-registers its machine: that brings back
+                # a machine marked down for silence, not one an operator drained
+                # or took down.
+                machine.state = machine.operator_state or MachineState.UP
                 machine.last_heartbeat = at
             self._touch(machine)
             events.append(MachineChanged(machine.id, machine.state))
@@ -182,6 +180,7 @@ class CellState:
         machine = self.machines.get(cmd.machine)
         if machine is None:
             return Error("machine_unknown", f"no machine {cmd.machine!r}", "machine")
+        machine.operator_state = None if cmd.state is MachineState.UP else cmd.state
         if machine.state == cmd.state:
             return Ok()
         if cmd.state is MachineState.DOWN:
@@ -198,7 +197,10 @@ class CellState:
         machines = self.machines
         for mid in cmd.machines:
             machine = machines.get(mid)
-            if machine is None or machine.state is MachineState.DOWN:
+            if machine is None or (
+                machine.state is MachineState.DOWN and machine.operator_state is None
+            ):
+                # Unknown, or marked down for silence: the agent must register again.
                 stale.append(mid)
             else:
                 machine.last_heartbeat = cmd.at
@@ -233,7 +235,7 @@ class CellState:
         self.jobs[job.id] = job
         tasks = self.tasks
         best_effort = spec.band is Band.BEST_EFFORT
-        cpu, memory = spec.resources.cpu, spec.resources.memory
+        demand = spec.resources.amounts
         for index in range(spec.tasks):
             tid = task_id(job.id, index)
             tasks[tid] = Task(
@@ -243,8 +245,7 @@ class CellState:
                 index=index,
                 priority=spec.priority,
                 best_effort=best_effort,
-                cpu=cpu,
-                memory=memory,
+                demand=demand,
                 submitted_at=cmd.at,
             )
         self.pending_jobs[job.id] = None
@@ -280,11 +281,9 @@ class CellState:
             return Error(
                 "quota_unlimited_band", "the best-effort band has no quota: it is unlimited", "band"
             )
-        key = (cmd.owner, int(cmd.band))
-        if cmd.limit is None:
-            self.quotas.pop(key, None)
-        else:
-            self.quotas[key] = (cmd.limit.cpu, cmd.limit.memory)
+        self.ledger.set_limit(
+            (cmd.owner, cmd.band), None if cmd.limit is None else cmd.limit.amounts
+        )
         return Ok()
 
     def _report_scheduler(self, cmd: ReportScheduler, events: list[Event]) -> Result:
@@ -353,20 +352,21 @@ class CellState:
                 stale.append(usage.task)
                 continue
             elapsed = max(0.0, cmd.at - task.usage_at) if task.usage_at else decay_s
-            task.usage_cpu, task.usage_memory = usage.cpu, usage.memory
+            measured = {"cpu": usage.cpu, "memory": usage.memory}
+            task.usage = measured
             task.usage_at = cmd.at
             if task.best_effort:
                 continue
-            cpu = _reservation(task.cpu, usage.cpu, task.reserved_cpu, margin, elapsed, decay_s)
-            memory = _reservation(
-                task.memory, usage.memory, task.reserved_memory, margin, elapsed, decay_s
-            )
-            if (cpu, memory) == (task.reserved_cpu, task.reserved_memory):
+            reserved = dict(task.reserved)
+            for dim, used in measured.items():
+                limit = task.demand.get(dim, 0)
+                reserved[dim] = _reservation(
+                    limit, used, task.reserved.get(dim, 0), margin, elapsed, decay_s
+                )
+            if reserved == task.reserved:
                 continue
             machine = self.machines[task.machine]  # type: ignore[index]
-            machine.reserved_cpu += cpu - task.reserved_cpu
-            machine.reserved_memory += memory - task.reserved_memory
-            task.reserved_cpu, task.reserved_memory = cpu, memory
+            self.ledger.reserve(task, machine.account, reserved)
             self._touch(machine)
             self._squeeze_best_effort(machine, events)
         return Stale(tasks=tuple(stale)) if stale else Ok()
@@ -374,7 +374,22 @@ class CellState:
     # -- transactions -------------------------------------------------------------
 
     def _commit(self, cmd: Commit, events: list[Event]) -> Result:
-        return _commit.apply_transaction(self, cmd.txn, cmd.at, events)
+        rejected: list[Rejection] = []
+        preempted: list[str] = []
+        touched: dict[str, Machine] = {}
+        placed = 0
+        for task, machine, victims in accepted(self, cmd.txn, rejected):
+            placed += 1
+            for victim in victims:
+                self._evict(victim, "preempted", events)
+                preempted.append(victim.id)
+            self._place(task, machine, cmd.at)
+            events.append(TaskPlaced(task.id, machine.id, task.incarnation))
+            if not task.best_effort:
+                touched[machine.id] = machine
+        for machine in touched.values():
+            preempted.extend(self._squeeze_best_effort(machine, events))
+        return CommitResult(placed, tuple(rejected), tuple(preempted))
 
     # -- the few primitives every change goes through ----------------------------
 
@@ -397,26 +412,11 @@ class CellState:
             del self.pending_jobs[job.id]
 
     def _place(self, task: Task, machine: Machine, at: float) -> None:
-        cpu, memory = task.cpu, task.memory
-        if task.best_effort:
-            machine.be_cpu += cpu
-            machine.be_memory += memory
-        else:
-            machine.used_cpu += cpu
-            machine.used_memory += memory
-            machine.reserved_cpu += cpu
-            machine.reserved_memory += memory
-            task.reserved_cpu, task.reserved_memory = cpu, memory
-            usage = self.owner_usage.get(key := (task.owner, task.priority // 100))
-            if usage is None:
-                self.owner_usage[key] = [cpu, memory]
-            else:
-                usage[0] += cpu
-                usage[1] += memory
+        if not task.best_effort:
+            task.reserved = task.demand
+        self.ledger.add(task, machine.account)
         machine.tasks[task.id] = None
-        machine.seqnum += 1
-        if self.changed_machines is not None:
-            self.changed_machines.add(machine.id)
+        self._touch(machine)
         task.machine = machine.id
         task.placed_at = at
         self._move(task, self.jobs[task.job], TaskState.ASSIGNED)
@@ -424,18 +424,8 @@ class CellState:
     def _release(self, task: Task) -> Machine:
         """Take an active task's claim off its machine; the caller sets its state."""
         machine = self.machines[task.machine]  # type: ignore[index]
-        if task.best_effort:
-            machine.be_cpu -= task.cpu
-            machine.be_memory -= task.memory
-        else:
-            machine.used_cpu -= task.cpu
-            machine.used_memory -= task.memory
-            machine.reserved_cpu -= task.reserved_cpu
-            machine.reserved_memory -= task.reserved_memory
-            task.reserved_cpu = task.reserved_memory = 0
-            usage = self.owner_usage[(task.owner, task.priority // 100)]
-            usage[0] -= task.cpu
-            usage[1] -= task.memory
+        self.ledger.remove(task, machine.account)
+        task.reserved = EMPTY
         del machine.tasks[task.id]
         self._touch(machine)
         return machine
@@ -450,25 +440,25 @@ class CellState:
         task.evictions += 1
         task.reason = reason
         task.placed_at = task.started_at = None
-        task.usage_cpu = task.usage_memory = 0
+        task.usage = {}
         task.usage_at = 0.0
         self._move(task, self.jobs[task.job], PENDING)
 
-    def _squeeze_best_effort(self, machine: Machine, events: list[Event]) -> None:
-        """Preempt best-effort tasks while reservations plus best-effort limits
-        exceed capacity: the reclaimed resources were wanted back. Lowest
+    def _squeeze_best_effort(self, machine: Machine, events: list[Event]) -> list[str]:
+        """Preempt best-effort tasks while the machine is overcommitted (the
+        reclaimed resources were wanted back); return their ids. Lowest
         priority first, then the most recently placed, so that every copy picks
         the same victims whatever order it learnt the tasks in."""
-        while (
-            machine.reserved_cpu + machine.be_cpu > machine.cpu
-            or machine.reserved_memory + machine.be_memory > machine.memory
-        ):
+        squeezed = []
+        while machine.account.overcommitted():
             tasks = self.tasks
             victim = min(
                 (tasks[tid] for tid in machine.tasks if tasks[tid].best_effort),
                 key=lambda t: (t.priority, -(t.placed_at or 0.0), _reverse(t.id)),
             )
             self._evict(victim, "preempted", events)
+            squeezed.append(victim.id)
+        return squeezed
 
     # -- reading ------------------------------------------------------------------
 
@@ -486,20 +476,16 @@ class CellState:
     # -- snapshots ----------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        from cellstate.snapshot import dump
-
-        return dump(self)
+        return snapshot.dump(self)
 
     @classmethod
     def restore(cls, data: bytes) -> CellState:
-        from cellstate.snapshot import load
-
-        return load(data)
+        cell = cls()
+        snapshot.load_into(cell, data)
+        return cell
 
     def check_invariants(self) -> None:
-        from cellstate.invariants import check
-
-        check(self)
+        invariants.check(self)
 
 
 def _reverse(text: str) -> tuple[int, ...]:
@@ -511,10 +497,12 @@ def _reservation(
 ) -> int:
     """Borg's reservation: usage plus a safety margin, never above the limit;
     it rises at once and decays towards its target over `decay_s`."""
-    target = min(limit, usage + int(limit * margin))
+    # Clamped to 0..limit whatever the report said: the edge refuses absurd
+    # reports, and the ledger must hold even for a log written before it did.
+    target = max(0, min(limit, usage + int(limit * margin)))
     if target >= current:
         return target
-    return max(target, current - int(limit * min(1.0, elapsed / decay_s)))
+    return min(limit, max(target, current - int(limit * min(1.0, elapsed / decay_s))))
 
 
 _REPORTED = {

@@ -7,20 +7,30 @@ machines `id,state,capacity,used,domain,labels`. Extra fields may follow.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cellstate.model import ACTIVE_STATES, Job, Machine, Task, TaskState
-from cellstate.resources import format_cpu, format_memory
+from cellstate.resources import DIMENSIONS, REQUIRED, format_amount
 from cellstate.state import CellState
 
 
-def resources(cpu: int, memory: int) -> dict[str, Any]:
-    return {
-        "cpu": format_cpu(cpu),
-        "memory": format_memory(memory),
-        "cpu_milli": cpu,
-        "memory_bytes": memory,
-    }
+def resources(amounts: Mapping[str, int]) -> dict[str, Any]:
+    """A vector as people read it (`"cpu": "500m"`) and as scripts do
+    (`"cpu_milli": 500`, `"memory_bytes"`, `"disk_bytes"`; devices as counts).
+    cpu and memory are always present, other dimensions only where non-zero."""
+    out: dict[str, Any] = {}
+    for dim in (*REQUIRED, *(d for d in amounts if d not in REQUIRED)):
+        amount = amounts.get(dim, 0)
+        if dim not in REQUIRED and not amount:
+            continue
+        known = DIMENSIONS.get(dim)
+        if known is None:
+            out[dim] = amount
+        else:
+            out[dim] = format_amount(dim, amount)
+            out[f"{dim}_{known.unit}"] = amount
+    return out
 
 
 def job_view(cell: CellState, job: Job) -> dict[str, Any]:
@@ -38,7 +48,7 @@ def job_view(cell: CellState, job: Job) -> dict[str, Any]:
         "size": spec.tasks,
         "submitted_at": job.submitted_at,
         "gang": spec.gang,
-        "resources": resources(spec.resources.cpu, spec.resources.memory),
+        "resources": resources(spec.resources.amounts),
         "command": list(spec.command),
     }
 
@@ -59,23 +69,26 @@ def task_view(task: Task) -> dict[str, Any]:
         "placed_at": task.placed_at,
         "started_at": task.started_at,
         "finished_at": task.finished_at,
-        "usage": resources(task.usage_cpu, task.usage_memory) if task.usage_at else None,
+        "usage": resources(task.usage) if task.usage_at else None,
     }
 
 
+def _sum(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {dim: a.get(dim, 0) + b.get(dim, 0) for dim in (*a, *(d for d in b if d not in a))}
+
+
 def machine_view(machine: Machine) -> dict[str, Any]:
+    account = machine.account
     return {
         "id": machine.id,
         "state": str(machine.state),
-        "capacity": resources(machine.cpu, machine.memory),
-        "used": resources(
-            machine.used_cpu + machine.be_cpu, machine.used_memory + machine.be_memory
-        ),
+        "capacity": resources(account.capacity),
+        "used": resources(_sum(account.used, account.best_effort)),
         "domain": machine.domain,
         "labels": dict(machine.labels),
         "tasks": len(machine.tasks),
         "seqnum": machine.seqnum,
-        "reserved": resources(machine.reserved_cpu, machine.reserved_memory),
+        "reserved": resources(account.reserved),
         "last_heartbeat": machine.last_heartbeat,
     }
 

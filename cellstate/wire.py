@@ -43,6 +43,7 @@ from cellstate.commands import (
     TaskEvicted,
     TaskPlaced,
     TaskStateChanged,
+    TaskUsage,
 )
 from cellstate.model import (
     BAND_NAMES,
@@ -58,7 +59,13 @@ from cellstate.model import (
     TaskState,
     TxnMode,
 )
-from cellstate.resources import Resources, UnitError, parse_cpu, parse_memory
+from cellstate.resources import (
+    MAX_CPU_MILLI,
+    MAX_MEMORY_BYTES,
+    Resources,
+    UnitError,
+    dimension,
+)
 
 MAX_BODY_BYTES = 8 << 20
 _ENUMS = (
@@ -131,19 +138,46 @@ def _describe(value: Any) -> str:
 
 def _human_resources(value: Any, _: type) -> Resources:
     if not isinstance(value, dict):
-        raise TypeError(f"expected a mapping with cpu and memory, got {_describe(value)}")
-    extra = set(value) - {"cpu", "memory"}
-    if extra:
-        raise ValueError(f"unknown resource {sorted(extra)[0]!r}: allowed are cpu, memory")
+        raise TypeError(
+            f"expected a mapping of resource to amount (cpu, memory, disk, devices such as "
+            f"gpu), got {_describe(value)}"
+        )
     amounts = {}
-    for name, parse_unit in (("cpu", parse_cpu), ("memory", parse_memory)):
-        if name not in value:
-            raise FieldError(name, "is required")
+    for name, raw in value.items():
         try:
-            amounts[name] = parse_unit(value[name])
+            amounts[name] = dimension(name).parse(raw)
         except UnitError as exc:
-            raise FieldError(name, str(exc)) from None
-    return Resources(**amounts)
+            raise FieldError(str(name), str(exc)) from None
+    try:
+        return Resources.of(amounts)
+    except UnitError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _resources_to_wire(resources: Resources) -> dict[str, Any]:
+    # cpu is written as millicores with its unit ("500m"): a bare number in a
+    # spec means cores, so the canonical form must not be a bare number.
+    out: dict[str, Any] = dict(resources.amounts)
+    if "cpu" in out:
+        out["cpu"] = f"{out['cpu']}m"
+    return out
+
+
+def _resources_from_wire(value: dict[str, Any], _: type) -> Resources:
+    amounts = dict(value)
+    if "cpu" in amounts:
+        amounts["cpu"] = int(amounts["cpu"][:-1])
+    return Resources.of(amounts)
+
+
+def _checked_usage(usage: TaskUsage) -> TaskUsage:
+    """A usage report from an agent: measured amounts are never negative nor
+    beyond what any machine could have."""
+    for name, bound in (("cpu", MAX_CPU_MILLI), ("memory", MAX_MEMORY_BYTES)):
+        amount = getattr(usage, name)
+        if not 0 <= amount <= bound:
+            raise FieldError(name, f"{amount} is out of range: a measured {name} is 0..{bound}")
+    return usage
 
 
 def _strict_enum(cls: type[enum.Enum]):
@@ -195,7 +229,7 @@ def _make(edge: bool) -> cattrs.Converter:
     conv = make_converter(detailed_validation=edge, forbid_extra_keys=edge)
     # cpu is written as millicores with its unit ("500m"): a bare number in a
     # spec means cores, so the canonical form must not be a bare number.
-    conv.register_unstructure_hook(Resources, lambda r: {"cpu": f"{r.cpu}m", "memory": r.memory})
+    conv.register_unstructure_hook(Resources, _resources_to_wire)
     conv.register_unstructure_hook(Claim, _claim_to_wire)
     conv.register_structure_hook(Claim, _claim_from_wire)
     if edge:
@@ -222,6 +256,10 @@ def _make(edge: bool) -> cattrs.Converter:
 
         conv.register_structure_hook_factory(attrs.has, objects_only)
         conv.register_structure_hook(Resources, _human_resources)
+        plain_usage = objects_only(TaskUsage)
+        conv.register_structure_hook(
+            TaskUsage, lambda v, _: _checked_usage(plain_usage(v, TaskUsage))
+        )
         for kind in _ENUMS:
             conv.register_structure_hook(kind, _strict_enum(kind))
         spec_hook = objects_only(JobSpec)
@@ -244,9 +282,7 @@ def _make(edge: bool) -> cattrs.Converter:
 
         conv.register_structure_hook(JobSpec, structure_spec)
     else:
-        conv.register_structure_hook(
-            Resources, lambda v, _: Resources(cpu=int(v["cpu"][:-1]), memory=v["memory"])
-        )
+        conv.register_structure_hook(Resources, _resources_from_wire)
     configure_tagged_union(Command, conv, tag_generator=_COMMAND_TAGS.__getitem__, tag_name="type")
     configure_tagged_union(Result, conv, tag_generator=_RESULT_TAGS.__getitem__, tag_name="type")
     configure_tagged_union(Event, conv, tag_generator=_EVENT_TAGS.__getitem__, tag_name="type")

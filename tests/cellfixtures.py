@@ -29,10 +29,13 @@ def cell_with(
     memory: int = 8 * GI,
     domains: int = 1,
     labels: dict[str, str] | None = None,
+    extra: dict[str, int] | None = None,
 ) -> CellState:
+    """A cell of `machines` alike machines; `extra` adds dimensions (disk, devices)."""
     cell = CellState()
+    capacity = Resources(cpu, memory, **(extra or {}))
     specs = tuple(
-        MachineSpec(f"m{i}", Resources(cpu, memory), labels=labels or {}, domain=f"d{i % domains}")
+        MachineSpec(f"m{i}", capacity, labels=labels or {}, domain=f"d{i % domains}")
         for i in range(machines)
     )
     cell.apply(RegisterMachines(specs, at=1.0))
@@ -47,6 +50,7 @@ def submit(
     memory: int = GI,
     scheduler: SchedulerClass = SchedulerClass.BATCH,
     at: float = 2.0,
+    extra: dict[str, int] | None = None,
     **spec,
 ) -> None:
     outcome = cell.apply(
@@ -56,7 +60,7 @@ def submit(
                 name=job,
                 owner=spec.pop("owner", "alice"),
                 scheduler=scheduler,
-                resources=Resources(cpu, memory),
+                resources=Resources(cpu, memory, **(extra or {})),
                 tasks=tasks,
                 **spec,
             ),

@@ -51,7 +51,7 @@ def test_accepts_a_claim_that_fits_and_places_the_task():
     assert out.result == CommitResult(accepted=1)
     task = cell.tasks["a.0"]
     assert (task.state, task.machine) == (TaskState.ASSIGNED, "m0")
-    assert cell.machines["m0"].used_cpu == 1000
+    assert cell.machines["m0"].account.used["cpu"] == 1000
     cell.check_invariants()
 
 
@@ -172,7 +172,11 @@ def test_production_and_equal_bands_are_never_victims():
     assert reasons(commit(cell, ("b2.0", "m0", None, ["peer.0"]))) == {
         "b2.0": "victim_not_preemptible"
     }
-    assert reasons(commit(cell, ("b2.0", "m0", None, ["ghost.0"]))) == {"b2.0": "victim_gone"}
+    # A victim that is not there frees nothing: under fine detection the claim
+    # is judged on fit alone, under coarse the machine is not what was read.
+    assert reasons(commit(cell, ("b2.0", "m0", None, ["ghost.0"]))) == {"b2.0": "insufficient:cpu"}
+    coarse = commit(cell, ("b2.0", "m0", None, ["ghost.0"]), conflicts=ConflictMode.COARSE)
+    assert reasons(coarse) == {"b2.0": "victim_gone"}
 
 
 def test_quota_per_owner_and_band_and_unlimited_lowest_band():
@@ -195,7 +199,7 @@ def test_best_effort_runs_on_reclaimed_resources_and_is_squeezed_out():
     assert reasons(commit(cell, ("be.0", "m0"))) == {"be.0": "insufficient:cpu"}
     # The service task uses far less than its limit: its reservation decays.
     cell.apply(ReportUsage((TaskUsage("svc.0", 0, 500, GI),), at=1000.0))
-    assert cell.machines["m0"].reserved_cpu < 3000
+    assert cell.machines["m0"].account.reserved["cpu"] < 3000
     assert commit(cell, ("be.0", "m0")).result.accepted == 1
     cell.check_invariants()
     # Usage climbs back: the reservation grows at once and best-effort goes.
@@ -224,7 +228,7 @@ def test_task_reports_walk_legal_transitions_and_flag_stale_incarnations():
     assert out.result == Stale(tasks=("a.1",))
     assert cell.tasks["a.0"].state is TaskState.EXITED
     assert cell.tasks["a.1"].state is TaskState.FAILED and cell.tasks["a.1"].reason == "oom"
-    assert cell.machines["m0"].used_cpu == 0
+    assert cell.machines["m0"].account.used["cpu"] == 0
     assert cell.jobs["a"].state.value == "failed"
     # A report after the end changes nothing; one claiming a run is stale.
     again = cell.apply(ReportTasks((report("a.0", ReportedState.RUNNING),), at=6.0))
@@ -252,7 +256,7 @@ def test_kill_job_releases_claims_and_is_idempotent():
     out = cell.apply(KillJob("a", at=4.0))
     assert TaskEvicted("a.0", "m0", 0, "killed") in out.events
     assert {t.state for t in cell.tasks.values()} == {TaskState.KILLED}
-    assert cell.machines["m0"].used_cpu == 0
+    assert cell.machines["m0"].account.used["cpu"] == 0
     assert cell.apply(KillJob("a", at=5.0)).events == ()
     missing = cell.apply(KillJob("nope"))
     assert isinstance(missing.result, Error) and missing.result.code == "job_unknown"
@@ -290,14 +294,15 @@ def test_check_machines_recounts_changed_machines_from_their_tasks():
     assert changed == {"m0"}
     check_machines(cell, changed)  # holds for an honest cell
     machine = cell.machines["m0"]
-    machine.used_cpu -= 1000  # a running sum that drifted from its tasks
-    with pytest.raises(InvariantViolation, match="sums"):
+    machine.account.used["cpu"] -= 1000  # a running sum that drifted from its tasks
+    with pytest.raises(InvariantViolation, match="books"):
         check_machines(cell, ["m0"])
-    machine.used_cpu += 1000
-    machine.cpu = 1500  # now the tasks it holds exceed it
+    machine.account.used["cpu"] += 1000
+    capacity = machine.account.capacity
+    machine.account.capacity = {**capacity, "cpu": 1500}  # now its tasks exceed it
     with pytest.raises(InvariantViolation, match="over capacity"):
         check_machines(cell, ["m0"])
-    machine.cpu = 4000
+    machine.account.capacity = capacity
     cell.tasks["j.1"].machine = "m1"  # held by m0, but says it runs elsewhere
     with pytest.raises(InvariantViolation, match="not active on it"):
         check_machines(cell, ["m0"])

@@ -2,10 +2,16 @@
 
 Each step applies one random command (including transactions built against a
 stale view of the cell, as a competing scheduler would) to two twin cells and
-checks: invariants hold (no machine over capacity, a task on at most one
-machine), task states moved only along legal transitions, a refused command or
-a failed all-or-nothing transaction changed nothing, and the twins are
-byte-identical.
+checks: invariants hold in every dimension (cpu, memory, disk and devices: no
+machine over capacity, every reservation between zero and its limit, a task on
+at most one machine), task states moved only along legal transitions, a
+refused command or a failed all-or-nothing transaction changed nothing, and
+the twins are byte-identical. It also holds the commit protocol's loose ends
+of issue 13: every claim gets exactly one verdict (duplicates included), a
+fine-grained claim is never refused for a victim that left, every task the
+commit evicted is in its `preempted` list, a re-registered machine keeps the
+state an operator gave it, and absurd usage reports (which the edge refuses,
+but an old log may hold) never drive a reservation out of range.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from cellstate import (
     Transaction,
     TxnMode,
 )
+from cellstate.commands import TaskEvicted
 from cellstate.model import TRANSITIONS
 
 GI = 1 << 30
@@ -65,8 +72,10 @@ class CellMachine(RuleBasedStateMachine):
         self.jobs = 0
         self.views: list[dict[str, int]] = [{}]  # seqnums as schedulers saw them
         self.states: dict[str, TaskState] = {}
+        self.operator: dict[str, MachineState] = {}  # states operators set, UP excluded
         specs = tuple(
-            MachineSpec(f"m{i}", Resources(4000, 4 * GI), domain=f"d{i % 2}") for i in range(3)
+            MachineSpec(f"m{i}", Resources(4000, 4 * GI, 8 * GI, gpu=i), domain=f"d{i % 2}")
+            for i in range(3)
         )
         self.apply(RegisterMachines(specs, at=self.at))
 
@@ -92,11 +101,17 @@ class CellMachine(RuleBasedStateMachine):
         n = data.draw(st.integers(1, 2))
         base = data.draw(st.sampled_from([0, len(self.cell.machines)]))
         cpu = data.draw(st.sampled_from([2000, 4000, 6000]))
+        gpu = data.draw(st.sampled_from([0, 1, 2]))
+        disk = data.draw(st.sampled_from([0, 2 * GI, 8 * GI]))
         specs = tuple(
-            MachineSpec(f"m{base + i}", Resources(cpu, 4 * GI), domain=f"d{i % 2}")
+            MachineSpec(f"m{base + i}", Resources(cpu, 4 * GI, disk, gpu=gpu), domain=f"d{i % 2}")
             for i in range(n)
         )
-        self.apply(RegisterMachines(specs, at=self.at))
+        outcome = self.apply(RegisterMachines(specs, at=self.at))
+        if not isinstance(outcome.result, Error):
+            for spec in specs:
+                expected = self.operator.get(spec.id, MachineState.UP)
+                assert self.cell.machines[spec.id].state is expected, spec.id
 
     def op_submit(self, data):
         self.jobs += 1
@@ -105,7 +120,12 @@ class CellMachine(RuleBasedStateMachine):
             name=f"j{self.jobs}",
             owner=data.draw(st.sampled_from(["alice", "bob"])),
             scheduler=kind,
-            resources=Resources(data.draw(st.sampled_from([500, 1000, 1500])), GI // 2),
+            resources=Resources(
+                data.draw(st.sampled_from([500, 1000, 1500])),
+                GI // 2,
+                data.draw(st.sampled_from([0, 0, GI, 3 * GI])),
+                gpu=data.draw(st.sampled_from([0, 0, 1, 2])),
+            ),
             tasks=data.draw(st.integers(1, 4)),
             gang=data.draw(st.booleans()),
             anti_affinity=data.draw(st.booleans()),
@@ -145,7 +165,14 @@ class CellMachine(RuleBasedStateMachine):
             seqnum = view.get(mid, 0) if conflicts is ConflictMode.COARSE else 0
             claims.append(Claim(tid, mid, seqnum, victims))
         txn = Transaction("prop", tuple(claims), self.cell.version, mode, conflicts)
-        self.apply(Commit(txn, at=self.at))
+        outcome = self.apply(Commit(txn, at=self.at))
+        result = outcome.result
+        assert isinstance(result, CommitResult)
+        assert result.accepted + len(result.rejected) == len(claims), "a claim has no verdict"
+        if conflicts is ConflictMode.FINE:
+            assert all(r.reason != "victim_gone" for r in result.rejected), result
+        evicted = [e.task for e in outcome.events if isinstance(e, TaskEvicted)]
+        assert sorted(evicted) == sorted(result.preempted), (evicted, result.preempted)
         self.op_view(data)
 
     def op_report(self, data):
@@ -163,30 +190,26 @@ class CellMachine(RuleBasedStateMachine):
         task = self.draw_active(data)
         if task is None:
             return
-        fraction = data.draw(st.sampled_from([0.05, 0.5, 1.0]))
+        # Absurd fractions stand for reports a log written before the edge
+        # refused them may still replay.
+        fraction = data.draw(st.sampled_from([0.05, 0.5, 1.0, -3.0, 50.0]))
         self.clock += 200.0  # let reservations decay
-        self.apply(
-            ReportUsage(
-                (
-                    TaskUsage(
-                        task.id,
-                        task.incarnation,
-                        max(1, int(task.cpu * fraction)),
-                        max(1, int(task.memory * fraction)),
-                    ),
-                ),
-                at=self.at,
-            )
+        usage = TaskUsage(
+            task.id,
+            task.incarnation,
+            int(task.demand["cpu"] * fraction) or 1,
+            int(task.demand["memory"] * fraction) or 1,
         )
+        self.apply(ReportUsage((usage,), at=self.at))
 
     def op_machine_state(self, data):
-        self.apply(
-            SetMachineState(
-                data.draw(st.sampled_from(sorted(self.cell.machines))),
-                data.draw(st.sampled_from(list(MachineState))),
-                at=self.at,
-            )
-        )
+        machine = data.draw(st.sampled_from(sorted(self.cell.machines)))
+        state = data.draw(st.sampled_from(list(MachineState)))
+        self.apply(SetMachineState(machine, state, at=self.at))
+        if state is MachineState.UP:
+            self.operator.pop(machine, None)
+        else:
+            self.operator[machine] = state
 
     def op_heartbeats(self, data):
         machines = sorted(self.cell.machines)
@@ -201,8 +224,9 @@ class CellMachine(RuleBasedStateMachine):
         )
 
     def op_quota(self, data):
-        cpu = data.draw(st.sampled_from([1000, 3000, None]))
-        limit = Resources(cpu, 64 * GI) if cpu else None
+        cpu = data.draw(st.sampled_from([1000, 3000, 0, None]))
+        gpu = data.draw(st.sampled_from([0, 1, 3]))
+        limit = Resources(cpu, 64 * GI if cpu else 0, gpu=gpu) if cpu is not None else None
         owner = data.draw(st.sampled_from(["alice", "bob"]))
         self.apply(SetQuota(owner, Band.BATCH, limit, at=self.at))
 

@@ -1,0 +1,48 @@
+"""The one vocabulary of reasons: why a claim was refused, or a machine filtered out.
+
+The commit protocol answers with these codes, the schedulers' feasibility
+filters count machines by them, and `omega explain` prints them, so a reason
+given before a commit and a rejection after it read the same (the Kubernetes
+scheduling framework's lesson: "0/5 machines fit: 3 insufficient:cpu").
+
+Codes with a parameter name it after a colon: `constraint:<label key>`,
+`insufficient:<dimension>` (the machine has some of it, not enough free),
+`no_capacity:<dimension>` (the machine has none of it at all, e.g. no gpu),
+`quota_exceeded:<dimension>`.
+"""
+
+from __future__ import annotations
+
+TASK_UNKNOWN = "task_unknown"
+TASK_NOT_PENDING = "task_not_pending"
+# A transaction named the same task in an earlier claim; that claim has its own verdict.
+DUPLICATE_CLAIM = "duplicate_claim"
+MACHINE_UNKNOWN = "machine_unknown"
+MACHINE_NOT_UP = "machine_not_up"
+MACHINE_CHANGED = "machine_changed"
+ANTI_AFFINITY = "anti_affinity"
+VICTIM_GONE = "victim_gone"
+VICTIM_NOT_PREEMPTIBLE = "victim_not_preemptible"
+# A claim of a failed all-or-nothing transaction that was itself acceptable.
+ABORTED = "aborted"
+
+
+def constraint(key: str) -> str:
+    return f"constraint:{key}"
+
+
+def insufficient(dimension: str) -> str:
+    return f"insufficient:{dimension}"
+
+
+def no_capacity(dimension: str) -> str:
+    return f"no_capacity:{dimension}"
+
+
+def quota_exceeded(dimension: str) -> str:
+    return f"quota_exceeded:{dimension}"
+
+
+def short(dimension: str, capacity: int) -> str:
+    """The reason a machine of `capacity` in `dimension` cannot take a demand."""
+    return no_capacity(dimension) if capacity == 0 else insufficient(dimension)

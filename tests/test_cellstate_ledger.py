@@ -1,0 +1,240 @@
+"""The ledger through the cell: disk and devices, quota per dimension, and the
+commit protocol's loose ends of issue 13.
+
+The five loose-end tests each failed against the cell state before the ledger
+(commit 523456b), as their docstrings say; the property test in
+`test_cellstate_properties.py` covers the same five at random.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cellstate import (
+    Band,
+    CommitResult,
+    ConflictMode,
+    ExpireHeartbeats,
+    Heartbeat,
+    MachineSpec,
+    MachineState,
+    Ok,
+    RegisterMachines,
+    ReportedState,
+    ReportTasks,
+    ReportUsage,
+    Resources,
+    SchedulerClass,
+    SetMachineState,
+    SetQuota,
+    SpecError,
+    TaskReport,
+    TaskState,
+    TaskUsage,
+    TxnMode,
+)
+from cellstate.commands import Command
+from cellstate.invariants import InvariantViolation
+from cellstate.wire import parse
+from tests.cellfixtures import GI, cell_with, commit, submit
+
+
+def reasons(outcome) -> dict[str, str]:
+    assert isinstance(outcome.result, CommitResult)
+    return {r.task: r.reason for r in outcome.result.rejected}
+
+
+# -- loose end 1: a victim that already left ------------------------------------
+
+
+def test_fine_claim_whose_victim_left_is_judged_on_fit_alone():
+    """Before: refused `victim_gone` although the machine had room again."""
+    cell = cell_with(machines=1)
+    submit(cell, "batch", cpu=3000)
+    commit(cell, ("batch.0", "m0"))
+    seen = cell.machines["m0"].seqnum
+    submit(cell, "svc", scheduler=SchedulerClass.SERVICE, cpu=2000)
+    # The batch task exits after the service scheduler chose it as a victim.
+    cell.apply(ReportTasks((TaskReport("batch.0", "m0", 0, ReportedState.EXITED, 0),), at=4.0))
+    coarse = commit(cell, ("svc.0", "m0", seen, ["batch.0"]), conflicts=ConflictMode.COARSE)
+    assert reasons(coarse) == {"svc.0": "machine_changed"}
+    fine = commit(cell, ("svc.0", "m0", seen, ["batch.0"]))
+    assert fine.result == CommitResult(accepted=1)
+    assert cell.tasks["batch.0"].state is TaskState.EXITED  # not evicted a second time
+    cell.check_invariants()
+
+
+# -- loose end 2: absurd usage reports ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "usage,field",
+    [
+        ({"task": "a.0", "incarnation": 0, "cpu": -500, "memory": 1}, "$.usages[0].cpu"),
+        ({"task": "a.0", "incarnation": 0, "cpu": 1, "memory": 1 << 60}, "$.usages[0].memory"),
+    ],
+)
+def test_usage_reports_out_of_range_are_refused_at_the_edge(usage, field):
+    """Before: accepted, and a negative report drove reservations below zero."""
+    with pytest.raises(SpecError) as caught:
+        parse({"type": "report_usage", "usages": [usage]}, Command)
+    assert caught.value.field == field
+    assert "out of range" in caught.value.message
+
+
+def test_reservations_stay_within_zero_and_the_limit_whatever_a_log_says():
+    """Before: two negative reports took the service task's reservation below
+    zero, and a best-effort task was then placed beyond the machine's capacity."""
+    cell = cell_with(machines=1)
+    submit(cell, "svc", scheduler=SchedulerClass.SERVICE, cpu=3000, memory=4 * GI)
+    commit(cell, ("svc.0", "m0"))
+    for at in (400.0, 500.0, 600.0):
+        cell.apply(ReportUsage((TaskUsage("svc.0", 0, -10_000, -(4 * GI)),), at=at))
+    reserved = cell.tasks["svc.0"].reserved
+    assert 0 <= reserved["cpu"] <= 3000 and 0 <= reserved["memory"] <= 4 * GI
+    submit(cell, "be", scheduler=SchedulerClass.BEST_EFFORT, tasks=2, cpu=4000, memory=GI)
+    # The whole machine is reclaimable (reservation zero), and not one millicore more.
+    assert reasons(commit(cell, ("be.0", "m0"))) == {}
+    submit(cell, "be-more", scheduler=SchedulerClass.BEST_EFFORT, cpu=100, memory=GI)
+    assert reasons(commit(cell, ("be-more.0", "m0"))) == {"be-more.0": "insufficient:cpu"}
+    cell.check_invariants()
+
+
+def test_invariants_refuse_a_reservation_outside_zero_and_the_limit():
+    """Before: the checker summed the same numbers and never looked at their range."""
+    cell = cell_with(machines=1)
+    submit(cell, "a")
+    commit(cell, ("a.0", "m0"))
+    task, account = cell.tasks["a.0"], cell.machines["m0"].account
+    cell.ledger.reserve(task, account, {"cpu": -1, "memory": GI})
+    with pytest.raises(InvariantViolation, match="reserves -1 cpu"):
+        cell.check_invariants()
+
+
+# -- loose end 3: re-registration keeps an operator's word -------------------------
+
+
+@pytest.mark.parametrize("state", [MachineState.DRAINING, MachineState.DOWN])
+def test_reregistering_keeps_the_state_an_operator_set(state):
+    """Before: an agent's restart set the machine back to `up`."""
+    cell = cell_with(machines=1)
+    cell.apply(SetMachineState("m0", state, at=2.0))
+    again = RegisterMachines((MachineSpec("m0", Resources(4000, 8 * GI)),), at=3.0)
+    cell.apply(again)
+    assert cell.machines["m0"].state is state
+    # Its agent keeps heartbeating without being told to register again.
+    assert cell.apply(Heartbeat(("m0",), at=4.0)).result == Ok()
+    cell.apply(SetMachineState("m0", MachineState.UP, at=5.0))
+    cell.apply(again)
+    assert cell.machines["m0"].state is MachineState.UP
+
+
+def test_reregistering_brings_back_a_machine_marked_down_for_silence():
+    cell = cell_with(machines=1)
+    cell.apply(ExpireHeartbeats(timeout=10.0, at=30.0))
+    assert cell.machines["m0"].state is MachineState.DOWN
+    cell.apply(RegisterMachines((MachineSpec("m0", Resources(4000, 8 * GI)),), at=31.0))
+    assert cell.machines["m0"].state is MachineState.UP
+
+
+# -- loose end 4: squeezed best-effort tasks are reported --------------------------
+
+
+@pytest.mark.parametrize("mode", list(TxnMode))
+def test_best_effort_squeezed_by_a_commit_is_in_its_preempted_list(mode):
+    """Before: the squeezed task was evicted but missing from `preempted`."""
+    cell = cell_with(machines=1)
+    submit(cell, "svc", scheduler=SchedulerClass.SERVICE, cpu=2000, memory=2 * GI)
+    commit(cell, ("svc.0", "m0"))
+    cell.apply(ReportUsage((TaskUsage("svc.0", 0, 100, GI // 8),), at=1000.0))
+    submit(cell, "be", scheduler=SchedulerClass.BEST_EFFORT, cpu=3000, memory=GI)
+    assert commit(cell, ("be.0", "m0")).result.accepted == 1
+    submit(cell, "more", scheduler=SchedulerClass.SERVICE, cpu=2000, memory=GI)
+    out = commit(cell, ("more.0", "m0"), mode=mode)
+    assert out.result.accepted == 1
+    assert out.result.preempted == ("be.0",)
+    assert cell.tasks["be.0"].state is TaskState.PENDING
+    cell.check_invariants()
+
+
+# -- loose end 5: one task named twice -----------------------------------------------
+
+
+def test_a_task_named_twice_gets_a_verdict_for_every_claim():
+    """Before: all-or-nothing answered one rejection for two claims."""
+    cell = cell_with(machines=2)
+    submit(cell, "a", tasks=2)
+    gang = commit(cell, ("a.0", "m0"), ("a.1", "m0"), ("a.0", "m1"), mode=TxnMode.ALL_OR_NOTHING)
+    verdicts = [(r.task, r.machine, r.reason) for r in gang.result.rejected]
+    assert gang.result.accepted == 0
+    assert sorted(verdicts) == [
+        ("a.0", "m0", "aborted"),
+        ("a.0", "m1", "duplicate_claim"),
+        ("a.1", "m0", "aborted"),
+    ]
+    one_by_one = commit(cell, ("a.0", "m0"), ("a.0", "m1"))
+    assert one_by_one.result.accepted == 1
+    assert [(r.machine, r.reason) for r in one_by_one.result.rejected] == [
+        ("m1", "duplicate_claim")
+    ]
+    assert cell.tasks["a.0"].machine == "m0"
+
+
+# -- disk and devices ------------------------------------------------------------------
+
+
+def test_devices_are_counted_and_never_overcommitted():
+    cell = cell_with(machines=2, extra={"gpu": 2})
+    cell.apply(RegisterMachines((MachineSpec("plain", Resources(4000, 8 * GI)),), at=1.5))
+    submit(cell, "train", tasks=3, cpu=500, extra={"gpu": 1})
+    out = commit(cell, ("train.0", "m0"), ("train.1", "m0"), ("train.2", "m0"))
+    assert reasons(out) == {"train.2": "insufficient:gpu"}
+    assert reasons(commit(cell, ("train.2", "plain"))) == {"train.2": "no_capacity:gpu"}
+    assert cell.machines["m0"].account.used["gpu"] == 2
+    cell.apply(ReportTasks((TaskReport("train.0", "m0", 0, ReportedState.EXITED, 0),), at=4.0))
+    assert commit(cell, ("train.2", "m0")).result.accepted == 1
+    cell.check_invariants()
+
+
+def test_best_effort_never_takes_a_device_or_disk_another_task_holds():
+    cell = cell_with(machines=1, extra={"gpu": 1, "disk": 10 * GI})
+    submit(cell, "svc", scheduler=SchedulerClass.SERVICE, cpu=1000, extra={"gpu": 1})
+    submit(cell, "be", scheduler=SchedulerClass.BEST_EFFORT, cpu=100, extra={"gpu": 1})
+    submit(cell, "be-disk", scheduler=SchedulerClass.BEST_EFFORT, cpu=100, extra={"disk": 6 * GI})
+    submit(cell, "disk", cpu=100, extra={"disk": 6 * GI})
+    commit(cell, ("svc.0", "m0"))
+    # The service task uses no gpu at all: a device is never lent out.
+    cell.apply(ReportUsage((TaskUsage("svc.0", 0, 10, 1),), at=1000.0))
+    assert reasons(commit(cell, ("be.0", "m0"))) == {"be.0": "insufficient:gpu"}
+    # Disk a best-effort task holds is held: a regular task cannot squeeze it.
+    assert commit(cell, ("be-disk.0", "m0")).result.accepted == 1
+    assert reasons(commit(cell, ("disk.0", "m0"))) == {"disk.0": "insufficient:disk"}
+    cell.check_invariants()
+
+
+def test_quota_is_per_dimension_and_names_the_one_exceeded():
+    cell = cell_with(machines=2, extra={"gpu": 4})
+    cell.apply(SetQuota("alice", Band.BATCH, Resources(gpu=3), at=1.5))
+    submit(cell, "a", tasks=2, cpu=500, extra={"gpu": 2})
+    submit(cell, "cpu-only", tasks=4, cpu=3000)
+    out = commit(cell, ("a.0", "m0"), ("a.1", "m1"))
+    assert reasons(out) == {"a.1": "quota_exceeded:gpu"}
+    # cpu is not named by the quota: unlimited.
+    placed = commit(cell, ("cpu-only.0", "m0"), ("cpu-only.1", "m1"))
+    assert placed.result.accepted == 2
+    assert cell.ledger.usage()[("alice", Band.BATCH)] == {
+        "cpu": 6500,
+        "gpu": 2,
+        "memory": 3 * GI,
+    }
+    cell.check_invariants()
+
+
+def test_a_machine_cannot_shrink_below_the_devices_its_tasks_hold():
+    cell = cell_with(machines=1, extra={"gpu": 2})
+    submit(cell, "a", tasks=2, cpu=500, extra={"gpu": 1})
+    commit(cell, ("a.0", "m0"), ("a.1", "m0"))
+    out = cell.apply(RegisterMachines((MachineSpec("m0", Resources(4000, 8 * GI, gpu=1)),)))
+    assert out.result.code == "capacity_below_claims"
+    assert "gpu" in out.result.message
+    assert cell.machines["m0"].account.capacity["gpu"] == 2
