@@ -14,6 +14,7 @@ import argparse
 from agents.agent import AgentConfig
 from agents.agent import main as run
 from agents.limits import LimitKind
+from cellstate.resources import UnitError, parse_declaration
 from cellstore.client import add_store_arguments, store_from_arguments
 
 
@@ -22,6 +23,17 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"label {text!r}: expected KEY=VALUE")
     return key, value
+
+
+def _resource(text: str) -> tuple[str, int]:
+    """`NAME=AMOUNT` for any dimension but cpu and memory: `disk=100Gi`, `gpu=2`."""
+    try:
+        name, amount = parse_declaration(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(f"resource {text!r}: {exc}") from None
+    if name in ("cpu", "memory"):
+        raise argparse.ArgumentTypeError(f"resource {text!r}: use --{name} for {name}")
+    return name, amount
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", required=True, help="task directories and state files")
     p.add_argument("--cpu", default=None, help="capacity, e.g. 4 or 3500m (default: host's)")
     p.add_argument("--memory", default=None, help="capacity, e.g. 8Gi (default: host's)")
+    p.add_argument(
+        "--resource",
+        action="append",
+        type=_resource,
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="declare disk or a countable device, e.g. gpu=2 or disk=100Gi (repeatable)",
+    )
     p.add_argument("--label", action="append", type=_label, default=[], metavar="K=V")
     p.add_argument("--domain", default="default", help="failure domain (hollow: a prefix)")
     p.add_argument("--hollow", type=int, default=0, metavar="N", help="simulate N machines")
@@ -77,6 +97,7 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
             name=args.name,
             work_dir=args.work_dir,
             labels=dict(args.label),
+            resources=dict(args.resource),
             domain=args.domain,
             hollow=args.hollow,
             heartbeat_s=args.heartbeat,

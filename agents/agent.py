@@ -91,7 +91,8 @@ def _bytes(value: int | str) -> int:
 class AgentConfig:
     """What one agent process needs. `cpu` is millicores and `memory` bytes
     (strings such as "4", "500m" or "8Gi" are parsed); both default to the
-    host's. With `hollow=N` the agent stands in for N machines named
+    host's. `resources` declares the machine's other dimensions, disk in bytes
+    and countable devices (`{"gpu": 2}`); none by default. With `hollow=N` the agent stands in for N machines named
     `<name>-0000`..., each with this capacity, in domains `<domain>-<i//100>`."""
 
     addresses: tuple[str, ...] = attrs.field(converter=tuple)
@@ -100,6 +101,7 @@ class AgentConfig:
     work_dir: Path = attrs.field(converter=Path)
     cpu: int = attrs.field(factory=_host_cpu, converter=_millicores)
     memory: int = attrs.field(factory=_host_memory, converter=_bytes)
+    resources: Mapping[str, int] = attrs.field(factory=dict, converter=dict)
     labels: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     domain: str = "default"
     hollow: int = 0
@@ -185,7 +187,11 @@ class Agent:
             domain = f"{domain}-{index // 100}"
         return {
             "id": machine,
-            "capacity": {"cpu": format_cpu(self.config.cpu), "memory": self.config.memory},
+            "capacity": {
+                "cpu": format_cpu(self.config.cpu),
+                "memory": self.config.memory,
+                **self.config.resources,
+            },
             "labels": self.labels,
             "domain": domain,
         }

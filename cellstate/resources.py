@@ -183,6 +183,15 @@ def dimension(name: str) -> Dimension:
     return Dimension(name, lambda v, n=name: parse_count(v, n), str, MAX_DEVICES)
 
 
+def parse_declaration(text: str) -> tuple[str, int]:
+    """`NAME=AMOUNT` as a machine declares one of its dimensions (`gpu=2`,
+    `disk=100Gi`); raises UnitError naming what is wrong."""
+    name, sep, amount = text.partition("=")
+    if not sep or not name:
+        raise UnitError(f"{text!r} is not NAME=AMOUNT, e.g. gpu=2 or disk=100Gi")
+    return name, dimension(name).parse(amount)
+
+
 def _order(name: str) -> tuple[int, str]:
     # Named dimensions in table order, then devices by name: one canonical
     # order, so equal vectors serialise to equal bytes.

@@ -141,12 +141,6 @@ def _task_row(task: Task) -> list[Any]:
     return row
 
 
-def load(data: bytes | str) -> CellState:
-    from cellstate.state import CellState
-
-    return CellState.restore(data if isinstance(data, bytes) else data.encode())
-
-
 def load_into(cell: CellState, data: bytes | str) -> None:
     """Fill the empty `cell` from snapshot `data` (either format)."""
     doc: dict[str, Any] = orjson.loads(data)

@@ -109,9 +109,21 @@ def up(
         "service,batch,best-effort"
     ),
     submit: Annotated[list[Path], typer.Option(help="Job spec to submit once ready.")] = [],  # noqa: B006
+    resource: Annotated[
+        list[str],
+        typer.Option(help="Give every machine disk or a device, e.g. gpu=2 (repeatable)."),
+    ] = [],  # noqa: B006
 ) -> None:
     """Start a whole local cell and supervise it until Ctrl-C."""
+    from cellstate.resources import UnitError, parse_declaration
     from omega.up import run_cell
+
+    for text in resource:
+        try:
+            if parse_declaration(text)[0] in ("cpu", "memory"):
+                fail(f"--resource {text!r}: cpu and memory are the host's, shared by agents", 2)
+        except UnitError as exc:
+            fail(f"--resource {text!r}: {exc}", 2)
 
     for path in submit:
         try:
@@ -122,7 +134,7 @@ def up(
     for kind in kinds:
         if kind not in ("service", "batch", "best-effort"):
             fail(f"--schedulers: {kind!r} is not a kind; use service, batch, best-effort", 2)
-    trio.run(run_cell, data_dir.resolve(), replicas, agents, hollow, kinds, submit)
+    trio.run(run_cell, data_dir.resolve(), replicas, agents, hollow, kinds, submit, resource)
 
 
 @app.command()
@@ -324,13 +336,20 @@ def nodes(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
     if as_json:
         emit_json([pick(m, NODE_FIELDS) for m in found])
         return
-    table = Table("id", "state", "cpu used/cap", "memory used/cap", "tasks", "domain")
+    table = Table("id", "state", "cpu used/cap", "memory used/cap", "other", "tasks", "domain")
     for m in found:
+        used, capacity = m["used"], m["capacity"]
+        other = [
+            f"{dim} {used.get(dim, 0)}/{amount}"
+            for dim, amount in capacity.items()
+            if dim not in ("cpu", "memory") and not dim.endswith(("_milli", "_bytes"))
+        ]
         table.add_row(
             m["id"],
             m["state"],
-            f"{m['used']['cpu']}/{m['capacity']['cpu']}",
-            f"{m['used']['memory']}/{m['capacity']['memory']}",
+            f"{used['cpu']}/{capacity['cpu']}",
+            f"{used['memory']}/{capacity['memory']}",
+            " ".join(other) or "-",
             str(m["tasks"]),
             m["domain"],
         )

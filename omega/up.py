@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,13 @@ def write_replica_config(layout: CellLayout, i: int) -> Path:
     return path
 
 
-def plan_parts(layout: CellLayout, schedulers: list[str], agents: int, hollow: int) -> list[Part]:
+def plan_parts(
+    layout: CellLayout,
+    schedulers: list[str],
+    agents: int,
+    hollow: int,
+    resources: Sequence[str] = (),
+) -> list[Part]:
     python = sys.executable
     logs = layout.data_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -159,6 +166,8 @@ def plan_parts(layout: CellLayout, schedulers: list[str], agents: int, hollow: i
                 logs / f"scheduler-{kind}.log",
             )
         )
+    # Disk and devices each machine declares (`--resource gpu=2`).
+    declared = [arg for text in resources for arg in ("--resource", text)]
     cpus = psutil.cpu_count() or 1
     memory = psutil.virtual_memory().total // max(1, agents)
     for i in range(agents):
@@ -178,6 +187,7 @@ def plan_parts(layout: CellLayout, schedulers: list[str], agents: int, hollow: i
                     str(memory),
                     "--domain",
                     f"rack-{i % 2}",
+                    *declared,
                     "--work-dir",
                     str(layout.data_dir / "agents" / name),
                     # As root, tasks run as nobody: the data dir (0700) is out of their reach.
@@ -200,6 +210,7 @@ def plan_parts(layout: CellLayout, schedulers: list[str], agents: int, hollow: i
                     str(hollow),
                     "--work-dir",
                     str(layout.data_dir / "agents" / "hollow"),
+                    *declared,
                 ),
                 logs / "agent-hollow.log",
             )
@@ -304,9 +315,10 @@ async def run_cell(
     hollow: int,
     schedulers: list[str],
     specs: list[Path] | None = None,
+    resources: Sequence[str] = (),
 ) -> None:
     layout = prepare(data_dir, replicas)
-    parts = plan_parts(layout, schedulers, agents, hollow)
+    parts = plan_parts(layout, schedulers, agents, hollow, resources)
     stopping = trio.Event()
     print(f"OMEGA_ADDR={layout.addr}", flush=True)
     print(f"OMEGA_TOKEN={layout.token}", flush=True)
