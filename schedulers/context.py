@@ -1,20 +1,31 @@
 """The state of one decision: local free resources, randomness, claims so far.
 
 A decision places many tasks before the store sees any of them, so each
-placement is subtracted from *local* copies of the table's free columns and
-later placements (of the same job or of later jobs) see what earlier ones
-took. Preemption victims chosen in this decision add their resources back
-and are remembered so no later claim names them again.
+placement is subtracted from *local* copies of the table's `free` and
+`be_free` arrays (every dimension at once) and later placements (of the same
+job or of later jobs) see what earlier ones took. The books move as the
+ledger's would:
+- a regular task takes its limit from the regular room and, as it reserves
+  its limit until usage is reported, from the best-effort room too;
+- a best-effort task takes its limit from the best-effort room and, in the
+  exclusive dimensions (disk, devices), from the regular room too: what it
+  holds there is held, not lent.
+Preemption victims chosen in this decision give back their limits (regular
+room) and reservations (best-effort room), and are remembered so no later
+claim names them again.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 import numpy as np
 
 from cellstate import CellState, Machine, Task
 from schedulers.table import MachineTable
+
+Saved = tuple[np.ndarray, np.ndarray, np.ndarray, set[str]]
 
 
 class DecisionContext:
@@ -32,86 +43,78 @@ class DecisionContext:
         self.np_rng = np.random.default_rng(rng.getrandbits(64))
         n = table.n
         self.n = n
-        self.free_cpu = table.free_cpu[:n].copy()
-        self.free_mem = table.free_mem[:n].copy()
-        self.be_free_cpu = table.be_free_cpu[:n].copy()
-        self.be_free_mem = table.be_free_mem[:n].copy()
+        # Column-major like the table: a dimension's column is contiguous.
+        self.free = table.free[:n].copy(order="F")
+        self.be_free = table.be_free[:n].copy(order="F")
         self.free_frac = table.free_frac[:n].copy()
         self.be_free_frac: np.ndarray | None = None  # built on first best-effort use
-        self.inv_cap_cpu = table.inv_cap_cpu[:n]
-        self.inv_cap_mem = table.inv_cap_mem[:n]
+        self.capacity = table.capacity[:n]
+        self.inv_cap = table.inv_cap[:n]
+        self.exclusive = table.exclusive
         self.evicted: set[str] = set()
         self.job_rows: dict[str, np.ndarray] = {}  # job -> rows of its active tasks
         self.machines: list[Machine] = cell.machine_list
 
     # -- views by resource class -------------------------------------------------
 
-    def free(self, best_effort: bool) -> tuple[np.ndarray, np.ndarray]:
-        if best_effort:
-            return self.be_free_cpu, self.be_free_mem
-        return self.free_cpu, self.free_mem
+    def room(self, best_effort: bool) -> np.ndarray:
+        """Room per machine and dimension (rows, dims) for one more task of the class."""
+        return self.be_free if best_effort else self.free
 
     def frac(self, best_effort: bool) -> np.ndarray:
-        """Free share per machine (cpu share + memory share) of the resource class."""
+        """Free share per machine of the resource class, summed over its dimensions."""
         if not best_effort:
             return self.free_frac
         if self.be_free_frac is None:
-            self.be_free_frac = (
-                self.be_free_cpu * self.inv_cap_cpu + self.be_free_mem * self.inv_cap_mem
-            )
+            self.be_free_frac = (self.be_free * self.inv_cap).sum(axis=1)
         return self.be_free_frac
+
+    def vector(self, amounts: Mapping[str, int]) -> np.ndarray | None:
+        """`amounts` over the table's dimensions; None if no machine has one of them."""
+        return self.table.vector(amounts)
 
     # -- taking and giving back ----------------------------------------------------
 
     def take(
-        self, rows: np.ndarray, counts: np.ndarray, cpu: int, memory: int, best_effort: bool
+        self, rows: np.ndarray, counts: np.ndarray, demand: np.ndarray, best_effort: bool
     ) -> None:
-        """Subtract `counts[i]` tasks of (`cpu`, `memory`) from machine `rows[i]`
-        (rows unique). Regular tasks reserve their limit, so they shrink the
-        best-effort room too."""
-        dcpu = counts * cpu
-        dmem = counts * memory
-        dfrac = dcpu * self.inv_cap_cpu[rows] + dmem * self.inv_cap_mem[rows]
-        if not best_effort:
-            self.free_cpu[rows] -= dcpu
-            self.free_mem[rows] -= dmem
-            self.free_frac[rows] -= dfrac
-        self.be_free_cpu[rows] -= dcpu
-        self.be_free_mem[rows] -= dmem
-        if self.be_free_frac is not None:
-            self.be_free_frac[rows] -= dfrac
+        """Subtract `counts[i]` tasks of `demand` (a `vector`) from machine
+        `rows[i]` (rows unique), in both rooms as the module docstring says."""
+        exclusive = self.exclusive
+        be_frac = self.be_free_frac
+        for j in np.flatnonzero(demand).tolist():
+            taken = counts * demand[j]
+            share = taken * self.inv_cap[:, j][rows]
+            self.be_free[:, j][rows] -= taken
+            if be_frac is not None:
+                be_frac[rows] -= share
+            if not best_effort or exclusive[j]:
+                self.free[:, j][rows] -= taken
+                self.free_frac[rows] -= share
 
     def release(self, row: int, victims: list[Task]) -> None:
         """Give back what `victims` (regular tasks on machine `row`) hold."""
+        index = self.table.dim_index
+        inv_cap = self.inv_cap[row]
         for victim in victims:
             self.evicted.add(victim.id)
-            self.free_cpu[row] += victim.cpu
-            self.free_mem[row] += victim.memory
-            self.free_frac[row] += (
-                victim.cpu * self.inv_cap_cpu[row] + victim.memory * self.inv_cap_mem[row]
-            )
-            self.be_free_cpu[row] += victim.reserved_cpu
-            self.be_free_mem[row] += victim.reserved_memory
+            for dim, amount in victim.demand.items():
+                j = index[dim]
+                self.free[row, j] += amount
+                self.free_frac[row] += amount * inv_cap[j]
+            for dim, amount in victim.reserved.items():
+                self.be_free[row, index[dim]] += amount
         self.be_free_frac = None
 
-    def save(self) -> tuple:
+    def save(self) -> Saved:
         """A restore point (for gang jobs that turn out not to fit whole)."""
         return (
-            self.free_cpu.copy(),
-            self.free_mem.copy(),
-            self.be_free_cpu.copy(),
-            self.be_free_mem.copy(),
+            self.free.copy(order="F"),
+            self.be_free.copy(order="F"),
             self.free_frac.copy(),
             set(self.evicted),
         )
 
-    def restore(self, saved: tuple) -> None:
-        (
-            self.free_cpu,
-            self.free_mem,
-            self.be_free_cpu,
-            self.be_free_mem,
-            self.free_frac,
-            self.evicted,
-        ) = saved
+    def restore(self, saved: Saved) -> None:
+        self.free, self.be_free, self.free_frac, self.evicted = saved
         self.be_free_frac = None

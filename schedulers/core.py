@@ -157,7 +157,7 @@ class SchedulerCore:
         band_jobs: list[Job] = []
         band = None
         for job in [*jobs, None]:
-            job_band = None if job is None else job.spec.priority // 100
+            job_band = None if job is None else job.spec.band
             if band_jobs and job_band != band:
                 budget = _round_robin(band_jobs, budget, allotted)
                 band_jobs = []

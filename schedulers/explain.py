@@ -2,11 +2,12 @@
 
 `JobMetric` is Nomad's `AllocMetric` for one job in one decision: how many
 machines were evaluated, how many each feasibility filter removed (by the
-reason words of `cellstate.commit`: `machine_not_up`, `constraint:<key>`,
+reason codes of `cellstate.reasons`: `machine_not_up`, `constraint:<key>`,
 `anti_affinity`), how many were exhausted on which dimension
-(`insufficient:cpu`, `insufficient:memory`), how many were scored, how many
-tasks were placed and how many needed preemption. The policy fills it in as it
-decides; there is no second code path that recomputes it.
+(`insufficient:<dim>`: too little free; `no_capacity:<dim>`: none at all, as
+for a job asking for a device no machine has), how many were scored, how many
+tasks were placed and how many needed preemption. The policy fills it in as
+it decides; there is no second code path that recomputes it.
 
 `Explanation` is what `SchedulerCore.explain` returns and `omega explain`
 prints: the last decision's metric plus what the core knows across decisions
@@ -19,7 +20,10 @@ from typing import Any
 
 import attrs
 
-FILTER_REASONS_ORDER = ("machine_not_up", "anti_affinity")
+from cellstate import reasons
+
+# Reasons that say a machine lacks resources, rather than that a rule excludes it.
+_EXHAUSTED = (reasons.insufficient(""), reasons.no_capacity(""))
 
 
 @attrs.define(slots=True)
@@ -39,7 +43,7 @@ class JobMetric:
 
     def count(self, reason: str, machines: int) -> None:
         if machines:
-            bucket = self.exhausted if reason.startswith("insufficient:") else self.filtered
+            bucket = self.exhausted if reason.startswith(_EXHAUSTED) else self.filtered
             bucket[reason] = bucket.get(reason, 0) + machines
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,15 +70,15 @@ class Explanation:
         parts = [f"job {self.job}: {self.pending_tasks} pending, {self.attempts} attempts"]
         if self.last is not None:
             m = self.last
-            reasons = {**m.filtered, **m.exhausted}
+            removed = {**m.filtered, **m.exhausted}
             detail = ", ".join(
-                f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])
+                f"{v} {k}" for k, v in sorted(removed.items(), key=lambda kv: -kv[1])
             )
             parts.append(
                 f"{m.machines_feasible}/{m.machines_evaluated} machines fit"
-                + (f" ({detail})" if detail else "")
-                + f", {m.machines_scored} scored, placed {m.placed}/{m.wanted}"
+                + (f": {detail}" if detail else "")
             )
+            parts.append(f"{m.machines_scored} scored, placed {m.placed}/{m.wanted}")
         if self.conflicts:
             parts.append(
                 "conflicts lost: "

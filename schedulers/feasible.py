@@ -2,11 +2,12 @@
 
 Each filter looks at the whole machine table at once and yields
 `(reason, ok_mask)` pairs; `feasible` runs a chain of them and charges every
-machine to the *first* reason that removes it, in the words the commit
-protocol uses (`machine_not_up`, `constraint:<key>`, `anti_affinity`,
-`insufficient:cpu`, `insufficient:memory`), so an explanation before a
-commit and a rejection after it read the same. Adding a policy means adding a
-filter to a stack, not editing a loop.
+machine to the *first* reason that removes it. Reasons are the codes of
+`cellstate.reasons`, the words the commit protocol answers with
+(`machine_not_up`, `constraint:<key>`, `anti_affinity`, and per resource
+dimension `no_capacity:<dim>` or `insufficient:<dim>`), so an explanation
+before a commit and a rejection after it read the same. Adding a policy means
+adding a filter to a stack, not editing a loop.
 """
 
 from __future__ import annotations
@@ -16,14 +17,10 @@ from typing import Protocol
 
 import numpy as np
 
-from cellstate import ACTIVE_STATES, Job
+from cellstate import ACTIVE_STATES, Job, reasons
+from cellstate.resources import REQUIRED
 from schedulers.context import DecisionContext
 from schedulers.explain import JobMetric
-
-MACHINE_NOT_UP = "machine_not_up"
-ANTI_AFFINITY = "anti_affinity"
-INSUFFICIENT_CPU = "insufficient:cpu"
-INSUFFICIENT_MEMORY = "insufficient:memory"
 
 
 class Filter(Protocol):
@@ -53,7 +50,7 @@ class MachineUp:
     """Only machines in state `up` take new tasks."""
 
     def masks(self, ctx: DecisionContext, job: Job) -> Iterator[tuple[str, np.ndarray]]:
-        yield MACHINE_NOT_UP, ctx.table.up[: ctx.n]
+        yield reasons.MACHINE_NOT_UP, ctx.table.up[: ctx.n]
 
 
 class LabelConstraints:
@@ -63,7 +60,7 @@ class LabelConstraints:
         for key, value in job.spec.constraints.items():
             column = ctx.table.labels(ctx.cell, key)
             code = column.vocab.get(value, -2)
-            yield f"constraint:{key}", column.codes[: ctx.n] == code
+            yield reasons.constraint(key), column.codes[: ctx.n] == code
 
 
 class JobAntiAffinity:
@@ -73,21 +70,37 @@ class JobAntiAffinity:
         if job.spec.anti_affinity:
             mask = np.ones(ctx.n, dtype=bool)
             mask[job_rows(ctx, job)] = False
-            yield ANTI_AFFINITY, mask
+            yield reasons.ANTI_AFFINITY, mask
 
 
 class ResourceFit:
-    """Every resource dimension must have room for one task: regular tasks on
-    capacity minus limits, best-effort tasks on reclaimed resources."""
+    """Every dimension the job demands must have room for one task: regular
+    tasks in the regular room, best-effort tasks in the best-effort room (see
+    `cellstate.ledger` for both). Machines with none of a demanded dimension
+    are charged to `no_capacity:<dim>` (as `reasons.short` does), before any
+    room is compared: no amount of waiting or preempting gives them a gpu, so
+    that is the reason worth telling. The rest, with some of a dimension but
+    too little free, are charged to `insufficient:<dim>`."""
 
     def __init__(self, best_effort: bool) -> None:
         self.best_effort = best_effort
 
     def masks(self, ctx: DecisionContext, job: Job) -> Iterator[tuple[str, np.ndarray]]:
-        free_cpu, free_mem = ctx.free(self.best_effort)
-        resources = job.spec.resources
-        yield INSUFFICIENT_CPU, free_cpu >= resources.cpu
-        yield INSUFFICIENT_MEMORY, free_mem >= resources.memory
+        demand = job.spec.resources.amounts
+        index = ctx.table.dim_index
+        for dim in demand:
+            if dim in REQUIRED:  # every machine has some cpu and memory
+                continue
+            j = index.get(dim)
+            if j is None:  # no machine in the cell declares it
+                yield reasons.no_capacity(dim), np.zeros(ctx.n, dtype=bool)
+            else:
+                yield reasons.no_capacity(dim), ctx.capacity[:, j] > 0
+        room = ctx.room(self.best_effort)
+        for dim, amount in demand.items():
+            j = index.get(dim)
+            if j is not None:
+                yield reasons.insufficient(dim), room[:, j] >= amount
 
 
 def feasible(

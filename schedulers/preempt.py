@@ -3,98 +3,117 @@
 Only tasks in a strictly lower band than the placing task, and never in the
 production band or above (`cellstate.model.NON_PREEMPTIBLE`), may be victims;
 the store checks the same rule at commit. Best-effort tasks hold no regular
-resources (they live on reclaimed ones and the store sheds them itself), so
-victims are regular tasks only.
+resources in cpu and memory (they live on reclaimed ones and the store sheds
+them itself), so victims are regular tasks only.
 
-On each candidate machine the victims are taken lowest priority first, the
-largest first within a priority (fewer tasks), until the task fits; victims
-that turn out unneeded are then dropped again, highest priority first. The
-preemption cost of a machine is (highest victim priority, number of victims,
-victims' total share of the machine); the machine with the least cost wins.
-Candidates are a sample of the machines that pass every filter but resources,
-so the work is bounded however large the cell.
+Room is counted per dimension: on a machine, a task needs `demand - free` in
+each dimension it demands (nothing where that is not positive), and each
+victim gains back its limit in every dimension. Only machines whose capacity
+covers the demand in every demanded dimension are candidates: no victim set
+could make room on the others. Victims are taken lowest priority first, the
+largest first within a priority (fewer tasks), until every need is met;
+victims that turn out unneeded are then dropped again, highest priority
+first. The preemption cost of a machine is (highest victim priority, number
+of victims, victims' total share of the machine, summed over dimensions); the
+machine with the least cost wins. Candidates are a sample of the machines
+that pass every filter but resources, so the work is bounded however large
+the cell.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from cellstate import ACTIVE_STATES, Task
-from cellstate.model import NON_PREEMPTIBLE as NON_PREEMPTIBLE_BAND
+from cellstate import ACTIVE_STATES, Band, Task
+from cellstate.model import NON_PREEMPTIBLE
 from schedulers.context import DecisionContext
 
 PREEMPT_SAMPLE = 64  # machines examined for victims per task
 
 
-def preemptible(ctx: DecisionContext, row: int, band: int) -> list[Task]:
+def _share(ctx: DecisionContext, row: int, amounts: Mapping[str, int]) -> float:
+    """The share of machine `row` that `amounts` is, summed over dimensions."""
+    index, inv_cap = ctx.table.dim_index, ctx.inv_cap[row]
+    return float(sum(amount * inv_cap[index[dim]] for dim, amount in amounts.items()))
+
+
+def preemptible(ctx: DecisionContext, row: int, band: Band) -> list[Task]:
     """Regular tasks on machine `row` that a task of `band` may preempt, not
     already chosen as victims in this decision, cheapest to lose first."""
-    limit = min(band, NON_PREEMPTIBLE_BAND)
+    limit = min(band, NON_PREEMPTIBLE)
     tasks = ctx.cell.tasks
     found = []
     for tid in ctx.machines[row].tasks:
         task = tasks[tid]
         if (
             not task.best_effort
-            and task.priority // 100 < limit
+            and task.band < limit
             and task.state in ACTIVE_STATES
             and tid not in ctx.evicted
         ):
             found.append(task)
-    found.sort(
-        key=lambda t: (
-            t.priority,
-            -(t.cpu * ctx.inv_cap_cpu[row] + t.memory * ctx.inv_cap_mem[row]),
-            t.id,
-        )
-    )
+    found.sort(key=lambda t: (t.priority, -_share(ctx, row, t.demand), t.id))
     return found
 
 
 def victims_on(
-    ctx: DecisionContext, row: int, band: int, cpu: int, memory: int
+    ctx: DecisionContext, row: int, band: Band, demand: Mapping[str, int]
 ) -> tuple[tuple, list[Task]] | None:
     """The cheapest victim set on machine `row` that makes room for one task of
-    (`cpu`, `memory`), with its cost; None if even all preemptible tasks won't do."""
-    need_cpu = cpu - int(ctx.free_cpu[row])
-    need_mem = memory - int(ctx.free_mem[row])
-    if need_cpu <= 0 and need_mem <= 0:
+    `demand`, with its cost; None if even all preemptible tasks won't do."""
+    index, free = ctx.table.dim_index, ctx.free[row]
+    need = {
+        dim: short
+        for dim, amount in demand.items()
+        if (short := amount - int(free[index[dim]])) > 0
+    }
+    if not need:
         return (0, 0, 0.0), []
+    got = dict.fromkeys(need, 0)
+
+    def enough() -> bool:
+        return all(got[dim] >= short for dim, short in need.items())
+
     chosen: list[Task] = []
-    got_cpu = got_mem = 0
     for task in preemptible(ctx, row, band):
-        if got_cpu >= need_cpu and got_mem >= need_mem:
+        if enough():
             break
         chosen.append(task)
-        got_cpu += task.cpu
-        got_mem += task.memory
-    if got_cpu < need_cpu or got_mem < need_mem:
+        for dim in need:
+            got[dim] += task.demand.get(dim, 0)
+    if not enough():
         return None
     for task in sorted(chosen, key=lambda t: -t.priority):
-        if got_cpu - task.cpu >= need_cpu and got_mem - task.memory >= need_mem:
+        if all(got[dim] - task.demand.get(dim, 0) >= short for dim, short in need.items()):
             chosen.remove(task)
-            got_cpu -= task.cpu
-            got_mem -= task.memory
-    share = float(got_cpu * ctx.inv_cap_cpu[row] + got_mem * ctx.inv_cap_mem[row])
+            for dim in need:
+                got[dim] -= task.demand.get(dim, 0)
+    share = sum(_share(ctx, row, t.demand) for t in chosen)
     cost = (max(t.priority for t in chosen), len(chosen), share)
     return cost, chosen
 
 
 def choose(
-    ctx: DecisionContext, rows: np.ndarray, band: int, cpu: int, memory: int
+    ctx: DecisionContext, rows: np.ndarray, band: Band, demand: Mapping[str, int]
 ) -> tuple[int, list[Task]] | None:
     """Among candidate `rows` (machines passing every filter but resources),
     the machine and victims of least preemption cost; None if none can make room."""
-    if band <= 0:
+    if band <= Band.BEST_EFFORT:
         return None
-    rows = rows[(ctx.table.cap_cpu[rows] >= cpu) & (ctx.table.cap_mem[rows] >= memory)]
+    vector = ctx.vector(demand)
+    if vector is None:  # a dimension no machine has: no victim frees it
+        return None
+    demanded = np.flatnonzero(vector)
+    rows = rows[(ctx.capacity[rows][:, demanded] >= vector[demanded]).all(axis=1)]
     if ctx.sampling and rows.size > PREEMPT_SAMPLE:
         rows = rows[ctx.np_rng.choice(rows.size, size=PREEMPT_SAMPLE, replace=False)]
     elif rows.size > PREEMPT_SAMPLE * 4:
         rows = rows[: PREEMPT_SAMPLE * 4]
     best: tuple[tuple, int, list[Task]] | None = None
     for row in rows.tolist():
-        found = victims_on(ctx, row, band, cpu, memory)
+        found = victims_on(ctx, row, band, demand)
         if found is not None and (best is None or found[0] < best[0]):
             best = (found[0], row, found[1])
     if best is None:

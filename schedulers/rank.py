@@ -1,11 +1,15 @@
 """Scorers: how good a feasible machine is for a task; lower is better.
 
-All scorers are vectorised over an array of table rows.
-- `best_fit`: the free share left after the task (cpu share + memory share);
-  the tightest machine wins, which packs (Borg's best fit). Built from the
-  table's per-row `free_frac`, so nothing is recomputed for machines that did
-  not change beyond one multiply-add.
-- `fits`: how many tasks of one job a machine can still take.
+All scorers are vectorised over an array of table rows and take the task's
+demand as a vector over the table's dimensions (`DecisionContext.vector`).
+Shares are summed over every dimension a machine has; a dimension it has
+none of contributes nothing (`inv_cap` is 0 there).
+- `best_fit`: the free share left after the task; the tightest machine wins,
+  which packs (Borg's best fit). Built from the table's per-row `free_frac`,
+  so nothing is recomputed for machines that did not change beyond one
+  product with the demand.
+- `fits`: how many tasks of one job a machine can still take, the least over
+  the dimensions the job demands.
 - `spread_codes` / `domain_load`: which spread domain each machine is in
   (`spec.spread` label, else the failure domain) and how many of the job's
   tasks each domain already holds; the spread selector balances on these.
@@ -20,31 +24,38 @@ from cellstate import Job
 from schedulers.context import DecisionContext
 
 
+def task_share(ctx: DecisionContext, rows: np.ndarray, demand: np.ndarray) -> np.ndarray:
+    """The share one task takes of each machine (the step of `best_fit` per task)."""
+    inv_cap = ctx.inv_cap
+    share = np.zeros(rows.size, dtype=np.float64)
+    # One dimension at a time: a column gather is far cheaper than a 2-D one.
+    for j in np.flatnonzero(demand).tolist():
+        share += inv_cap[:, j][rows] * demand[j]
+    return share
+
+
 def best_fit(
-    ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int, best_effort: bool
+    ctx: DecisionContext, rows: np.ndarray, demand: np.ndarray, best_effort: bool
 ) -> np.ndarray:
     """Free share left on each machine in `rows` after one task; lower packs tighter."""
-    return (
-        ctx.frac(best_effort)[rows] - cpu * ctx.inv_cap_cpu[rows] - memory * ctx.inv_cap_mem[rows]
-    )
-
-
-def task_share(ctx: DecisionContext, rows: np.ndarray, cpu: int, memory: int) -> np.ndarray:
-    """The share one task takes of each machine (the step of `best_fit` per task)."""
-    return cpu * ctx.inv_cap_cpu[rows] + memory * ctx.inv_cap_mem[rows]
+    return ctx.frac(best_effort)[rows] - task_share(ctx, rows, demand)
 
 
 def fits(
     ctx: DecisionContext,
     rows: np.ndarray,
-    cpu: int,
-    memory: int,
+    demand: np.ndarray,
     best_effort: bool,
     at_most_one: bool,
 ) -> np.ndarray:
-    """How many tasks of (`cpu`, `memory`) each machine in `rows` can still take."""
-    free_cpu, free_mem = ctx.free(best_effort)
-    count = np.minimum(free_cpu[rows] // cpu, free_mem[rows] // memory)
+    """How many tasks of `demand` each machine in `rows` can still take: the
+    least, over the dimensions demanded, of room // demand. (Every job demands
+    cpu and memory, so there is always one.)"""
+    room = ctx.room(best_effort)
+    first, *rest = np.flatnonzero(demand).tolist()
+    count = room[:, first][rows] // demand[first]
+    for j in rest:
+        np.minimum(count, room[:, j][rows] // demand[j], out=count)
     if at_most_one:
         np.minimum(count, 1, out=count)
     return count

@@ -7,7 +7,8 @@ optionally preemption (`preempt`). `Stack.place` runs them for the pending
 tasks of one job and returns its claims:
 
 1. static filters (machine up, label constraints, anti-affinity), then the
-   resource fit per dimension, counted by reason into the job's metric;
+   resource fit per dimension the job demands (cpu, memory, disk, devices),
+   counted by reason into the job's metric;
 2. a sample of the feasible machines is scored (all of them if the sample
    lacks room, or with sampling off), and the selector picks machines,
    at most one task per machine under anti-affinity;
@@ -63,7 +64,6 @@ class Stack:
         """Claims for as many of `tasks` (pending tasks of `job`) as fit; for a
         gang job, claims for all of them or none."""
         spec = job.spec
-        cpu, memory = spec.resources.cpu, spec.resources.memory
         wanted = len(tasks)
         metric.wanted += wanted
         metric.machines_evaluated += ctx.n
@@ -75,21 +75,23 @@ class Stack:
         metric.machines_feasible += int(rows.size)
 
         chosen: list[int] = []
-        if rows.size:
-            chosen = self._select(ctx, job, rows, wanted, metric)
+        # Feasible rows exist only if every demanded dimension has a column.
+        demand = ctx.vector(spec.resources.amounts)
+        if rows.size and demand is not None:
+            chosen = self._select(ctx, job, rows, demand, wanted, metric)
         victims: list[tuple[str, ...]] = [()] * len(chosen)
 
         if self.preempt and len(chosen) < wanted:
             open_rows = np.flatnonzero(static & ~ok)
             if spec.anti_affinity and chosen:
                 open_rows = np.setdiff1d(open_rows, np.asarray(chosen), assume_unique=False)
-            while len(chosen) < wanted and open_rows.size:
-                found = preempt.choose(ctx, open_rows, spec.priority // 100, cpu, memory)
+            while len(chosen) < wanted and open_rows.size and demand is not None:
+                found = preempt.choose(ctx, open_rows, spec.band, spec.resources.amounts)
                 if found is None:
                     break
                 row, lost = found
                 ctx.release(row, lost)
-                ctx.take(np.asarray([row]), np.asarray([1]), cpu, memory, self.best_effort)
+                ctx.take(np.asarray([row]), np.asarray([1]), demand, self.best_effort)
                 chosen.append(row)
                 victims.append(tuple(t.id for t in lost))
                 metric.preempting += 1
@@ -113,18 +115,23 @@ class Stack:
         return claims
 
     def _select(
-        self, ctx: DecisionContext, job: Job, rows: np.ndarray, wanted: int, metric: JobMetric
+        self,
+        ctx: DecisionContext,
+        job: Job,
+        rows: np.ndarray,
+        demand: np.ndarray,
+        wanted: int,
+        metric: JobMetric,
     ) -> list[int]:
         spec = job.spec
-        cpu, memory = spec.resources.cpu, spec.resources.memory
         be, one = self.best_effort, spec.anti_affinity
         cand = candidates(ctx, rows, wanted)
-        fit = fits(ctx, cand, cpu, memory, be, one)
+        fit = fits(ctx, cand, demand, be, one)
         if cand.size < rows.size and int(fit.sum()) < wanted:
             cand = rows
-            fit = fits(ctx, cand, cpu, memory, be, one)
+            fit = fits(ctx, cand, demand, be, one)
         metric.machines_scored += int(cand.size)
-        score = best_fit(ctx, cand, cpu, memory, be)
+        score = best_fit(ctx, cand, demand, be)
         if self.spread:
             codes = spread_codes(ctx, job)
             placed = job_rows(ctx, job)
@@ -135,7 +142,7 @@ class Stack:
                 cand,
                 fit,
                 score,
-                task_share(ctx, cand, cpu, memory),
+                task_share(ctx, cand, demand),
                 codes[cand],
                 domain_load(codes, placed),
                 on_machine[cand],
@@ -144,11 +151,11 @@ class Stack:
             )
             if chosen:
                 uniq, counts = np.unique(np.asarray(chosen), return_counts=True)
-                ctx.take(uniq, counts, cpu, memory, be)
+                ctx.take(uniq, counts, demand, be)
             return chosen
         sel, counts = pack(cand, fit, score, wanted)
         if sel.size:
-            ctx.take(sel, counts, cpu, memory, be)
+            ctx.take(sel, counts, demand, be)
         return np.repeat(sel, counts).tolist()
 
 

@@ -10,14 +10,27 @@ The table describes the cell, not a scheduler, so every `SchedulerCore`
 deciding against one `CellState` object shares one table (`table_for`): two
 cores on one copy must not steal each other's change notices.
 
-Columns (int64 unless noted; cpu in millicores, memory in bytes):
-- `cap_cpu`, `cap_mem`: capacity;
-- `free_cpu`, `free_mem`: free for regular tasks, capacity minus limits;
-- `be_free_cpu`, `be_free_mem`: free for best-effort, capacity minus
-  reservations minus best-effort limits (Borg's reclaimed resources);
-- `up` (bool), `domain` (int32 code into `domains`), `seqnum`;
-- `free_frac` (float64): `free_cpu/cap_cpu + free_mem/cap_mem`, the
-  task-independent part of the best-fit score, refreshed with its row.
+Resources mirror each machine's ledger `Account` column by column. `dims`
+lists the table's dimensions (cpu and memory first, then disk and devices in
+the order machines declaring them appeared; a new one grows every 2-D array
+by a column of zeros, which is right for the machines that have none of it),
+and `dim_index` maps a name to its column. Per row and dimension (int64,
+shape `(rows, len(dims))`, in the units of `cellstate.resources`; stored
+column-major, as policy reads one dimension over many machines at a time):
+- `capacity`: what the machine declares;
+- `free`: room for one more regular task, `Account.free(dim, False)`:
+  capacity minus limits, minus best-effort limits in exclusive dimensions;
+- `be_free`: room for one more best-effort task, `Account.free(dim, True)`:
+  capacity minus reservations minus best-effort limits (Borg's reclaimed
+  resources in cpu and memory; in the others a reservation is the limit).
+The fit rules are `cellstate.ledger`'s; the refresh evaluates `Account.free`
+over whole arrays rather than per row and dimension (for speed), and a test
+holds the two equal. Per row besides:
+- `inv_cap` (float64, 2-D): `1/capacity`, 0 where the machine has none, so a
+  dimension a machine lacks adds nothing to its scores;
+- `free_frac` (float64): `sum(free * inv_cap)`, the task-independent part of
+  the best-fit score, refreshed with its row;
+- `up` (bool), `domain` (int32 code into `domains`), `seqnum`.
 Label columns (`labels(key)`) are built on first use and then kept current by
 the same row refreshes.
 """
@@ -25,21 +38,14 @@ the same row refreshes.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from cellstate import CellState, Machine, MachineState
+from cellstate.resources import RECLAIMABLE, REQUIRED
 
-_INT_COLUMNS = (
-    "cap_cpu",
-    "cap_mem",
-    "free_cpu",
-    "free_mem",
-    "be_free_cpu",
-    "be_free_mem",
-    "seqnum",
-)
+_DIM_COLUMNS = ("capacity", "free", "be_free")
 MISSING = -1  # label code of a machine without the label
 
 
@@ -67,22 +73,24 @@ class MachineTable:
         self._size = 0
         self.generation = 0  # bumped by every sync that changed a row
         self.rows_refreshed = 0  # total row refreshes, for tests and figures
+        self.dims: list[str] = []
+        self.dim_index: dict[str, int] = {}
+        # Per column: held exclusively (best-effort tasks count against
+        # regular room there), as opposed to reclaimable.
+        self.exclusive = np.zeros(0, dtype=bool)
         self.domains = LabelColumn(0)
         self._labels: dict[str, LabelColumn] = {}
         self.up = np.zeros(0, dtype=bool)
+        self.seqnum = np.zeros(0, dtype=np.int64)
         self.free_frac = np.zeros(0, dtype=np.float64)
-        self.inv_cap_cpu = np.zeros(0, dtype=np.float64)
-        self.inv_cap_mem = np.zeros(0, dtype=np.float64)
-        for name in _INT_COLUMNS:
-            setattr(self, name, np.zeros(0, dtype=np.int64))
-        # Column attributes, declared for type checkers.
-        self.cap_cpu: np.ndarray
-        self.cap_mem: np.ndarray
-        self.free_cpu: np.ndarray
-        self.free_mem: np.ndarray
-        self.be_free_cpu: np.ndarray
-        self.be_free_mem: np.ndarray
-        self.seqnum: np.ndarray
+        self.capacity = np.zeros((0, 0), dtype=np.int64, order="F")
+        self.free = np.zeros((0, 0), dtype=np.int64, order="F")
+        self.be_free = np.zeros((0, 0), dtype=np.int64, order="F")
+        self.inv_cap = np.zeros((0, 0), dtype=np.float64, order="F")
+        # The capacity mapping each row was last read from.
+        self._capacity_of: list[Mapping[str, int] | None] = []
+        for dim in REQUIRED:
+            self._add_dim(dim)
 
     # -- keeping current --------------------------------------------------------
 
@@ -110,19 +118,29 @@ class MachineTable:
         if not rows:
             return 0
         ms = [machines[i] for i in rows]
+        accounts = [m.account for m in ms]
+        # A machine's capacity changes only when it re-registers, and then the
+        # ledger holds a new mapping (vectors are replaced, never written
+        # through): read capacity, its inverse and new dimensions only then.
+        seen = self._capacity_of
+        moved = [i for i, a in zip(rows, accounts, strict=True) if seen[i] is not a.capacity]
+        if moved:
+            self._read_capacity(moved, [machines[i].account.capacity for i in moved])
+        dims = self.dims
         idx = np.asarray(rows, dtype=np.intp)
-        cap_cpu = np.fromiter((m.cpu for m in ms), np.int64, len(ms))
-        cap_mem = np.fromiter((m.memory for m in ms), np.int64, len(ms))
-        self.cap_cpu[idx] = cap_cpu
-        self.cap_mem[idx] = cap_mem
-        self.free_cpu[idx] = cap_cpu - np.fromiter((m.used_cpu for m in ms), np.int64, len(ms))
-        self.free_mem[idx] = cap_mem - np.fromiter((m.used_memory for m in ms), np.int64, len(ms))
-        self.be_free_cpu[idx] = cap_cpu - np.fromiter(
-            (m.reserved_cpu + m.be_cpu for m in ms), np.int64, len(ms)
-        )
-        self.be_free_mem[idx] = cap_mem - np.fromiter(
-            (m.reserved_memory + m.be_memory for m in ms), np.int64, len(ms)
-        )
+        capacity = self.capacity[idx]
+        used = _matrix([a.used for a in accounts], dims)
+        reserved = _matrix([a.reserved for a in accounts], dims)
+        held = [a.best_effort for a in accounts]
+        # Most machines hold no best-effort task; skip reading their empty books.
+        best_effort = _matrix(held, dims) if any(held) else 0
+        # `Account.free` over whole arrays: calling it per row, dimension and
+        # class would more than double the cost of a refresh (bench.decide).
+        # `test_sched_table` holds the two equal on every row and dimension.
+        free = capacity - used - best_effort * self.exclusive
+        self.free[idx] = free
+        self.be_free[idx] = capacity - reserved - best_effort
+        self.free_frac[idx] = (free * self.inv_cap[idx]).sum(axis=1)
         self.seqnum[idx] = np.fromiter((m.seqnum for m in ms), np.int64, len(ms))
         up = MachineState.UP
         self.up[idx] = np.fromiter((m.state is up for m in ms), bool, len(ms))
@@ -131,14 +149,37 @@ class MachineTable:
             column.codes[idx] = [
                 MISSING if (v := m.labels.get(key)) is None else column.code(v) for m in ms
             ]
-        self.inv_cap_cpu[idx] = 1.0 / cap_cpu
-        self.inv_cap_mem[idx] = 1.0 / cap_mem
-        self.free_frac[idx] = (
-            self.free_cpu[idx] * self.inv_cap_cpu[idx] + self.free_mem[idx] * self.inv_cap_mem[idx]
-        )
         self.rows_refreshed += len(rows)
         self.generation += 1
         return len(rows)
+
+    def _read_capacity(self, rows: list[int], capacities: list[Mapping[str, int]]) -> None:
+        """Store the capacity (and its inverse) of `rows`, adding a column for
+        any dimension the table has not seen yet."""
+        index = self.dim_index
+        for capacity in capacities:
+            for dim in capacity:
+                if dim not in index:
+                    self._add_dim(dim)
+        idx = np.asarray(rows, dtype=np.intp)
+        capacity = _matrix(capacities, self.dims)
+        self.capacity[idx] = capacity
+        with np.errstate(divide="ignore"):
+            self.inv_cap[idx] = np.where(capacity > 0, 1.0 / capacity, 0.0)
+        for row, mapping in zip(rows, capacities, strict=True):
+            self._capacity_of[row] = mapping
+
+    def _add_dim(self, dim: str) -> None:
+        """Append a column for `dim`: zeros, as every machine not yet refreshed
+        with it has none of it."""
+        self.dim_index[dim] = len(self.dims)
+        self.dims.append(dim)
+        self.exclusive = np.append(self.exclusive, dim not in RECLAIMABLE)
+        for name in (*_DIM_COLUMNS, "inv_cap"):
+            old = getattr(self, name)
+            new = np.zeros((old.shape[0], old.shape[1] + 1), dtype=old.dtype, order="F")
+            new[:, :-1] = old
+            setattr(self, name, new)
 
     def _resize(self, n: int, reset: bool = False) -> None:
         if n <= self._size and not reset:
@@ -147,16 +188,17 @@ class MachineTable:
         keep = 0 if reset else self.n
 
         def grow(old: np.ndarray, dtype, fill=0) -> np.ndarray:
-            new = np.full(size, fill, dtype=dtype)
+            new = np.full((size, *old.shape[1:]), fill, dtype=dtype, order="F")
             new[:keep] = old[:keep]
             return new
 
-        for name in _INT_COLUMNS:
+        for name in _DIM_COLUMNS:
             setattr(self, name, grow(getattr(self, name), np.int64))
+        self.inv_cap = grow(self.inv_cap, np.float64)
+        self.seqnum = grow(self.seqnum, np.int64)
         self.up = grow(self.up, bool, False)
         self.free_frac = grow(self.free_frac, np.float64)
-        self.inv_cap_cpu = grow(self.inv_cap_cpu, np.float64)
-        self.inv_cap_mem = grow(self.inv_cap_mem, np.float64)
+        self._capacity_of = self._capacity_of[:keep] + [None] * (size - keep)
         if reset:
             self.domains = LabelColumn(size)
             self._labels = {}
@@ -180,9 +222,31 @@ class MachineTable:
             self._labels[key] = column
         return column
 
-    def view(self, name: str) -> np.ndarray:
-        """Column `name` cut to the live rows (a view, not a copy)."""
-        return getattr(self, name)[: self.n]
+    def view(self, name: str, dim: str | None = None) -> np.ndarray:
+        """Column `name` cut to the live rows (a view, not a copy); for the
+        per-dimension arrays, `dim` picks one dimension's column."""
+        array = getattr(self, name)[: self.n]
+        return array if dim is None else array[:, self.dim_index[dim]]
+
+    def vector(self, amounts: Mapping[str, int]) -> np.ndarray | None:
+        """`amounts` as a row over `dims`; None if it names a dimension no
+        machine in the table has (nothing can fit it)."""
+        row = np.zeros(len(self.dims), dtype=np.int64)
+        index = self.dim_index
+        for dim, amount in amounts.items():
+            j = index.get(dim)
+            if j is None:
+                return None
+            row[j] = amount
+        return row
+
+
+def _matrix(vectors: list[Mapping[str, int]], dims: list[str]) -> np.ndarray:
+    """The dict vectors as an int64 array of shape (len(vectors), len(dims))."""
+    out = np.empty((len(vectors), len(dims)), dtype=np.int64)
+    for j, dim in enumerate(dims):
+        out[:, j] = [vector.get(dim, 0) for vector in vectors]
+    return out
 
 
 _TABLES: weakref.WeakKeyDictionary[CellState, MachineTable] = weakref.WeakKeyDictionary()

@@ -182,7 +182,7 @@ def test_two_batch_schedulers_race_conflict_and_never_overcommit(live: LiveCell)
     wait(lambda: assigned(live.counts(job)) == 32, 20, "32 tasks assigned")
     cell = live.cell()
     assert sum(len(m.tasks) for m in cell.machines.values()) == 32
-    assert all(m.used_cpu == m.cpu for m in cell.machines.values())
+    assert all(m.account.used["cpu"] == m.account.capacity["cpu"] for m in cell.machines.values())
 
     def reported() -> bool:
         a, b = live.figures("batch-a"), live.figures("batch-b")
@@ -212,7 +212,7 @@ def test_service_preempts_batch_but_never_production(live: LiveCell) -> None:
     batch_tasks = live.tasks(batch)
     assert sum(t["evictions"] for t in batch_tasks) == 4
     assert sum(t["state"] == "pending" for t in batch_tasks) == 4
-    assert all(m.used_cpu == m.cpu for m in cell.machines.values())
+    assert all(m.account.used["cpu"] == m.account.capacity["cpu"] for m in cell.machines.values())
     wait(lambda: live.figures("service").get("preemptions", 0) == 4, 10, "preemptions reported")
 
 
@@ -260,7 +260,9 @@ def test_best_effort_uses_reclaimed_resources_and_yields(live: LiveCell) -> None
     assert task["evictions"] == 1 and task["state"] == "pending"
     assert all(t["state"] == "assigned" and t["evictions"] == 0 for t in live.tasks(web))
     cell = live.cell()
-    assert all(m.reserved_cpu == m.cpu for m in cell.machines.values())
+    assert all(
+        m.account.reserved["cpu"] == m.account.capacity["cpu"] for m in cell.machines.values()
+    )
 
 
 def test_scheduler_killed_and_restarted_resumes_without_double_placement(live: LiveCell) -> None:

@@ -209,7 +209,7 @@ def test_best_effort_uses_only_reclaimed_resources():
     _decision, result = step(sched, cell, now=8.0)
     assert result.accepted == 2
     machine = cell.machines["m0"]
-    assert machine.be_cpu == 2000 and machine.used_cpu == 4000
+    assert machine.account.best_effort["cpu"] == 2000 and machine.account.used["cpu"] == 4000
 
 
 def test_regular_placement_accounts_for_earlier_jobs_in_same_decision():

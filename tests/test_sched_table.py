@@ -19,11 +19,16 @@ from tests.schedfixtures import core, step
 
 
 def _assert_matches(table: MachineTable, cell: CellState) -> None:
+    """Every row and dimension of the table equals what the ledger says."""
     ms = cell.machine_list
     assert table.n == len(ms)
-    assert list(table.view("free_cpu")) == [m.cpu - m.used_cpu for m in ms]
-    assert list(table.view("free_mem")) == [m.memory - m.used_memory for m in ms]
-    assert list(table.view("be_free_cpu")) == [m.cpu - m.reserved_cpu - m.be_cpu for m in ms]
+    for dim in table.dims:
+        capacity = [m.account.capacity.get(dim, 0) for m in ms]
+        assert list(table.view("capacity", dim)) == capacity, dim
+        assert list(table.view("free", dim)) == [m.account.free(dim, False) for m in ms], dim
+        assert list(table.view("be_free", dim)) == [m.account.free(dim, True) for m in ms], dim
+    for m in ms:  # a dimension the table lacks is one no machine has
+        assert set(m.account.capacity) <= set(table.dims)
     assert list(table.view("seqnum")) == [m.seqnum for m in ms]
     assert list(table.view("up")) == [m.state is MachineState.UP for m in ms]
 
@@ -87,3 +92,64 @@ def test_restored_copy_rebuilds_its_table():
     copy = CellState.restore(cell.snapshot())
     table = table_for(copy)
     assert table.n == 3 and np.all(table.view("up"))
+
+
+def test_a_gpu_machine_grows_a_gpu_column():
+    cell = cell_with(machines=3)
+    table = MachineTable()
+    table.sync(cell)
+    assert table.dims == ["cpu", "memory"]
+    assert table.capacity.shape[1] == 2
+    cell.apply(
+        RegisterMachines(
+            (
+                MachineSpec("g0", Resources(8000, 16 * GI, gpu=2)),
+                MachineSpec("d0", Resources(8000, 16 * GI, disk=100 * GI, fpga=1)),
+            ),
+            at=5.0,
+        )
+    )
+    assert table.sync(cell) == 2
+    assert table.dims == ["cpu", "memory", "gpu", "disk", "fpga"]
+    assert table.dim_index["gpu"] == 2
+    assert table.capacity.shape[1] == table.free.shape[1] == table.be_free.shape[1] == 5
+    assert list(table.view("capacity", "gpu")) == [0, 0, 0, 2, 0]
+    assert list(table.view("free", "disk")) == [0, 0, 0, 0, 100 * GI]
+    # Only cpu and memory are lent to best-effort tasks.
+    assert list(table.exclusive) == [False, False, True, True, True]
+    _assert_matches(table, cell)
+
+
+def test_table_follows_the_ledger_on_every_dimension_and_class():
+    """Regular and best-effort tasks over cpu, memory, disk and gpu: after each
+    step every row equals `Account.free` of both classes."""
+    cell = cell_with(machines=4, extra={"disk": 100 * GI, "gpu": 2})
+    table = MachineTable()
+    table.sync(cell)
+    submit(cell, "reg", tasks=2, extra={"disk": 30 * GI, "gpu": 1})
+    commit(cell, ("reg.0", "m0"), ("reg.1", "m1"))
+    table.sync(cell)
+    _assert_matches(table, cell)
+    submit(cell, "be", tasks=2, scheduler=SchedulerClass.BEST_EFFORT, extra={"gpu": 1})
+    submit(cell, "be2", tasks=1, scheduler=SchedulerClass.BEST_EFFORT, extra={"disk": GI})
+    commit(cell, ("be.0", "m2"), ("be.1", "m0"), ("be2.0", "m0"))
+    table.sync(cell)
+    _assert_matches(table, cell)
+    # A best-effort gpu and disk are held: the regular room shrinks too.
+    gpu, disk = table.dim_index["gpu"], table.dim_index["disk"]
+    assert table.free[0, gpu] == 0 and table.be_free[0, gpu] == 0
+    assert table.free[0, disk] == 100 * GI - 30 * GI - GI
+    assert table.free[2, gpu] == 1
+
+
+def test_rows_keep_their_capacity_until_the_machine_reregisters():
+    cell = cell_with(machines=2)
+    table = MachineTable()
+    table.sync(cell)
+    cell.apply(RegisterMachines((MachineSpec("m1", Resources(2000, GI, gpu=4)),), at=5.0))
+    assert table.sync(cell) == 1
+    assert list(table.view("capacity", "cpu")) == [4000, 2000]
+    assert list(table.view("capacity", "gpu")) == [0, 4]
+    assert table.inv_cap[1, table.dim_index["gpu"]] == 0.25
+    assert table.inv_cap[0, table.dim_index["gpu"]] == 0.0
+    _assert_matches(table, cell)

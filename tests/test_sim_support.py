@@ -74,14 +74,13 @@ class StandInCore:
         if not jobs:
             return None
         job = cell.jobs[jobs[0]]
-        free = {m.id: [m.cpu - m.used_cpu, m.memory - m.used_memory] for m in cell.machine_list}
+        free = {m.id: m.account.copy() for m in cell.machine_list}
         claims = []
         for task in cell.pending_tasks(job):
             for m in cell.machine_list:
                 room = free[m.id]
-                if room[0] >= task.cpu and room[1] >= task.memory:
-                    room[0] -= task.cpu
-                    room[1] -= task.memory
+                if room.shortfall(task.demand, task.best_effort) is None:
+                    room.add(task.demand, task.demand, task.best_effort)
                     claims.append(Claim(task.id, m.id, m.seqnum))
                     break
         self.figures.decisions += 1

@@ -241,6 +241,7 @@ class Simulation:
         rng = self.cell_rng
         order = rng.permutation(len(cell.machine_list))
         machines = [cell.machine_list[i] for i in order]
+        capacity = [m.account.capacity for m in machines]
         used_cpu = [0] * len(machines)
         used_mem = [0] * len(machines)
         cursor = 0
@@ -254,8 +255,8 @@ class Simulation:
             for index in range(wl.prefill_job_tasks):
                 # Next machine (in a seeded random order) with room under the target.
                 while cursor < len(machines) and (
-                    used_cpu[cursor] + cpu > machines[cursor].cpu * wl.prefill
-                    or used_mem[cursor] + memory > machines[cursor].memory
+                    used_cpu[cursor] + cpu > capacity[cursor]["cpu"] * wl.prefill
+                    or used_mem[cursor] + memory > capacity[cursor]["memory"]
                 ):
                     cursor += 1
                 if cursor >= len(machines):
