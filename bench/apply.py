@@ -3,8 +3,11 @@
 A 10,000-machine cell takes transactions of `--claims` claims each, built the
 way a scheduler builds them (against the current version, machines chosen at
 random), and applies them in fine and in coarse mode. Only `apply` is timed.
+With `--dimensions 4` (the default) machines and tasks carry cpu, memory, disk
+and a device (gpu), so every claim is counted in four dimensions by the
+ledger; `--dimensions 2` is cpu and memory alone.
 
-    python -m bench.apply [--machines 10000] [--claims 100] [--total 200000]
+    python -m bench.apply [--machines 10000] [--claims 100] [--total 200000] [--dimensions 4]
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from cellstate import (
 )
 
 
-def build_cell(machines: int, total: int, job_size: int) -> CellState:
+def build_cell(machines: int, total: int, job_size: int, dimensions: int = 4) -> CellState:
+    extra = {"disk": 4 << 40, "gpu": 64} if dimensions == 4 else {}
+    demand = {"disk": 1 << 30, "gpu": 1} if dimensions == 4 else {}
     cell = CellState()
     cell.apply(
         RegisterMachines(
             tuple(
-                MachineSpec(f"m{i}", Resources(64_000, 256 << 30), domain=f"rack-{i % 40}")
+                MachineSpec(f"m{i}", Resources(64_000, 256 << 30, **extra), domain=f"rack-{i % 40}")
                 for i in range(machines)
             ),
             at=0.0,
@@ -45,16 +50,18 @@ def build_cell(machines: int, total: int, job_size: int) -> CellState:
             name=f"job{j}",
             owner="bench",
             scheduler=SchedulerClass.BATCH,
-            resources=Resources(100, 128 << 20),
+            resources=Resources(100, 128 << 20, **demand),
             tasks=job_size,
         )
         cell.apply(SubmitJob(f"job{j}", spec, at=1.0))
     return cell
 
 
-def run(mode: ConflictMode, machines: int, claims: int, total: int, seed: int) -> dict:
+def run(
+    mode: ConflictMode, machines: int, claims: int, total: int, seed: int, dimensions: int
+) -> dict:
     rng = random.Random(seed)
-    cell = build_cell(machines, total, job_size=10_000)
+    cell = build_cell(machines, total, job_size=10_000, dimensions=dimensions)
     names = [m.id for m in cell.machine_list]
     pending = [t.id for t in cell.tasks.values()]
     applied = accepted = 0
@@ -88,10 +95,11 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=100, help="claims per transaction")
     parser.add_argument("--total", type=int, default=200_000, help="claims per mode")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dimensions", type=int, choices=(2, 4), default=4)
     args = parser.parse_args()
     figures = {}
     for mode in (ConflictMode.FINE, ConflictMode.COARSE):
-        result = run(mode, args.machines, args.claims, args.total, args.seed)
+        result = run(mode, args.machines, args.claims, args.total, args.seed, args.dimensions)
         figures[mode.value] = result
         print(
             f"{mode.value:>6}: {result['claims']:,} claims ({result['accepted']:,} accepted) "
@@ -102,6 +110,7 @@ def main() -> None:
             {
                 "machines": args.machines,
                 "claims_per_txn": args.claims,
+                "dimensions": args.dimensions,
                 "claims_per_s_fine": round(figures["fine"]["claims_per_s"]),
                 "claims_per_s_coarse": round(figures["coarse"]["claims_per_s"]),
             }

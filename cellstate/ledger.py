@@ -64,21 +64,34 @@ class Account:
         self, demand: Mapping[str, int], reserved: Mapping[str, int], best_effort: bool
     ) -> None:
         """Book one task: its limits, and for a regular task its reservation."""
+        # Loops written out: this runs for every placement in the cell.
         if best_effort:
-            _add(self.best_effort, demand, 1)
-        else:
-            _add(self.used, demand, 1)
-            _add(self.reserved, reserved, 1)
+            be = self.best_effort
+            for dim, amount in demand.items():
+                be[dim] = be.get(dim, 0) + amount
+            return
+        used = self.used
+        for dim, amount in demand.items():
+            used[dim] = used.get(dim, 0) + amount
+        held = self.reserved
+        for dim, amount in reserved.items():
+            held[dim] = held.get(dim, 0) + amount
 
     def remove(
         self, demand: Mapping[str, int], reserved: Mapping[str, int], best_effort: bool
     ) -> None:
         """Take back exactly what `add` booked for the same task."""
         if best_effort:
-            _add(self.best_effort, demand, -1)
-        else:
-            _add(self.used, demand, -1)
-            _add(self.reserved, reserved, -1)
+            be = self.best_effort
+            for dim, amount in demand.items():
+                be[dim] = be.get(dim, 0) - amount
+            return
+        used = self.used
+        for dim, amount in demand.items():
+            used[dim] = used.get(dim, 0) - amount
+        held = self.reserved
+        for dim, amount in reserved.items():
+            held[dim] = held.get(dim, 0) - amount
 
     def shortfall(
         self, demand: Mapping[str, int], best_effort: bool, delta: Account | None = None
@@ -110,16 +123,12 @@ class Account:
                 return dim
         return None
 
-    def refusal(
-        self, demand: Mapping[str, int], best_effort: bool, delta: Account | None = None
-    ) -> str | None:
-        """`shortfall` as a reason code (`insufficient:<dim>` or `no_capacity:<dim>`)."""
-        dim = self.shortfall(demand, best_effort, delta)
-        return None if dim is None else reasons.short(dim, self.capacity.get(dim, 0))
-
     def overcommitted(self) -> bool:
         """Reservations plus best-effort limits exceed capacity in a reclaimable dimension."""
-        capacity, reserved, be = self.capacity, self.reserved, self.best_effort
+        be = self.best_effort
+        if not be:
+            return False
+        capacity, reserved = self.capacity, self.reserved
         return any(
             reserved.get(dim, 0) + be.get(dim, 0) > capacity.get(dim, 0) for dim in RECLAIMABLE
         )
@@ -189,7 +198,8 @@ class Ledger:
             if taken is None:
                 self.taken[key] = dict(task.demand)
             else:
-                _add(taken, task.demand, 1)
+                for dim, amount in task.demand.items():
+                    taken[dim] = taken.get(dim, 0) + amount
 
     def remove(self, task: Task, account: Account) -> None:
         account.remove(task.demand, task.reserved, task.best_effort)
@@ -212,9 +222,11 @@ class Ledger:
     ) -> str | None:
         """Why one task may not be placed on the machine of `account` now (with
         `delta` and `pending` not yet applied on top); None if it may."""
-        reason = account.refusal(task.demand, task.best_effort, delta)
-        if reason is not None or not self.limits or task.best_effort:
-            return reason
+        dim = account.shortfall(task.demand, task.best_effort, delta)
+        if dim is not None:
+            return reasons.short(dim, account.capacity.get(dim, 0))
+        if not self.limits or task.best_effort:
+            return None
         key = (task.owner, task.band)
         limit = self.limits.get(key)
         if limit is None:
