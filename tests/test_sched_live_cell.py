@@ -62,7 +62,9 @@ class LiveCell:
 
         return trio.run(call)
 
-    def register(self, n: int, cpu: str = "4", memory: str = "8Gi", domains: int = 2) -> None:
+    def register(
+        self, n: int, cpu: str = "4", memory: str = "8Gi", domains: int = 2, **devices: Any
+    ) -> None:
         self.api(
             "POST",
             "/v1/agents/register",
@@ -70,7 +72,7 @@ class LiveCell:
                 "machines": [
                     {
                         "id": f"m{i}",
-                        "capacity": {"cpu": cpu, "memory": memory},
+                        "capacity": {"cpu": cpu, "memory": memory, **devices},
                         "domain": f"d{i % domains}",
                     }
                     for i in range(n)
@@ -85,6 +87,7 @@ class LiveCell:
         tasks: int,
         cpu: str = "1",
         memory: str = "1Gi",
+        devices: dict[str, Any] | None = None,
         **extra: Any,
     ) -> str:
         spec = {
@@ -92,7 +95,7 @@ class LiveCell:
             "owner": "test",
             "scheduler": scheduler,
             "tasks": tasks,
-            "resources": {"cpu": cpu, "memory": memory},
+            "resources": {"cpu": cpu, "memory": memory, **(devices or {})},
             **extra,
         }
         self.api("POST", "/v1/jobs", {"job": name, "spec": spec})
@@ -309,3 +312,29 @@ def test_scheduler_serves_its_figures_and_explanations_on_its_metrics_endpoint(
     assert {"transactions", "conflict_fraction", "busyness"} <= set(body["figures"])
     assert "insufficient:cpu" in body["explanations"]["huge"]
     assert httpx.get(url, timeout=2).status_code == 401
+
+
+def test_devices_bound_placements_and_a_missing_one_is_explained(live: LiveCell) -> None:
+    """One gpu machine of two: a job of 3 x gpu:1 gets 2 tasks on it, the third
+    stays pending as `insufficient:gpu`, and a job asking for an fpga, which no
+    machine has, is explained as `no_capacity:fpga` on every machine."""
+    live.register(1, gpu=2)
+    live.api(
+        "POST",
+        "/v1/agents/register",
+        {"machines": [{"id": "plain", "capacity": {"cpu": "4", "memory": "8Gi"}}]},
+    )
+    live.scheduler("batch", "batch")
+    train = live.submit("train", "batch", 3, devices={"gpu": 1})
+    odd = live.submit("odd", "batch", 1, devices={"fpga": "1"})
+    wait(lambda: assigned(live.counts(train)) == 2, 20, "two gpu tasks placed")
+
+    def explained(job: str) -> str:
+        return live.api("GET", f"/v1/explain?target={job}")["schedulers"].get("batch", "")
+
+    wait(lambda: "no_capacity:fpga" in explained(odd), 10, "the fpga job explained")
+    assert "0/2 machines fit: 2 no_capacity:fpga" in explained(odd)
+    wait(lambda: "insufficient:gpu" in explained(train), 10, "the third gpu task explained")
+    assert "1 no_capacity:gpu" in explained(train)
+    assert {t["machine"] for t in live.tasks(train) if t["machine"]} == {"m0"}
+    assert live.counts(train).get("pending") == 1 and live.counts(odd) == {"pending": 1}
