@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from cellstore.testing import LocalCluster
+from harness.cluster import LocalCluster
 
 
 def machines_up(cluster: LocalCluster) -> int:

@@ -32,7 +32,7 @@ import trio
 
 from cellstore.client import StoreClient
 from cellstore.errors import ApiError
-from cellstore.testing import LocalCluster, stop_processes
+from harness.cluster import LocalCluster, stop_processes
 
 REGISTER_BATCH = 1000
 MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))

@@ -3,7 +3,7 @@
     python -m bench.soak --minutes 2 [--seed S] [--dir D]
 
 Runs a three-replica cell behind cuttable Raft proxies, two `python -m schedulers` processes
-and the recorded workload of `cellstore.faults` (submissions, kills, an in-process scheduler,
+and the recorded workload of `harness.faults` (submissions, kills, an in-process scheduler,
 agent reports), injecting leader kills, follower kills, leader partitions, full restarts and
 scheduler kills on a schedule drawn from the seed (printed first; the same seed gives the same
 schedule of faults). Then it replays the whole feed from version 1, recounting the machines each
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
-    from cellstore.faults import run_scenario
+    from harness.faults import run_scenario
 
     base = args.dir or Path(tempfile.mkdtemp(prefix="omega-soak-"))
     base.mkdir(parents=True, exist_ok=True)

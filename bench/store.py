@@ -30,7 +30,7 @@ from pathlib import Path
 import trio
 
 from cellstore.client import StoreClient
-from cellstore.testing import LocalCluster, free_ports
+from harness.cluster import LocalCluster, free_ports
 
 MACHINES = 1000
 

@@ -2,8 +2,8 @@
 
 A replica is a pysyncobj Raft member (`raft`) wrapping a `Machine` (`machine`), with an HTTP/JSON
 API on trio (`http`, `api`, `server`), a watch feed of applied commands (`feed`) and the
-trio-to-Raft seam (`gateway`). `client` is the trio client; `testing` has a toy machine and a
-process harness.
+trio-to-Raft seam (`gateway`). `client` is the trio client. The toy machine and the process
+harness used by the tests live outside the product, in `harness/`.
 """
 
 from cellstore.api import Replica

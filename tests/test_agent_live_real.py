@@ -27,7 +27,7 @@ import pytest
 import trio
 
 from cellstore.client import StoreClient
-from cellstore.testing import LocalCluster
+from harness.cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ One run (~30 s of faults) of three replicas whose Raft links go through cuttable
 real scheduler processes and an in-process recorded one competing, submissions, kills and
 agent reports; faults: leader SIGKILLs (restarted), a partition of the leader (its write must
 not be acknowledged while the majority elects and carries on), a full restart of all three
-from their data dirs, a scheduler SIGKILLed and restarted. Then `cellstore.faults.check`
+from their data dirs, a scheduler SIGKILLed and restarted. Then `harness.faults.check`
 replays the whole feed from version 1 (the machines each command changed recounted after it,
 every invariant every 100 commands and at the end) and holds every acknowledgement and every
 replica's snapshot against it. Separately: the Raft port ignores a
@@ -21,8 +21,8 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from cellstore.client import StoreClient
-from cellstore.faults import CI_SCHEDULE, run_scenario
-from cellstore.testing import LocalCluster
+from harness.cluster import LocalCluster
+from harness.faults import CI_SCHEDULE, run_scenario
 
 pytestmark = pytest.mark.slow
 

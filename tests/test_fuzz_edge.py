@@ -22,7 +22,7 @@ from cellstate import JobSpec, SpecError
 from cellstate.commands import COMMAND_TYPES
 from cellstate.wire import decode_command, parse, parse_json
 from cellstore.cell import CellMachine
-from cellstore.testing import LocalCluster
+from harness.cluster import LocalCluster
 
 json_values = st.recursive(
     st.none()

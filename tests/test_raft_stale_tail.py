@@ -26,8 +26,8 @@ import orjson
 import pytest
 import trio
 
-from cellstore.faults import ProxiedCluster
 from cellstore.raft import clamp_unverified_commit
+from harness.faults import ProxiedCluster
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ async def _watch(
 def test_cut_off_leader_never_applies_its_uncommitted_tail(tmp_path):
     raft = {"compaction_min_entries": 20, "compaction_min_time_s": 3600.0}
     with ProxiedCluster(
-        tmp_path, machine="cellstore.testing:KVMachine", extra={"commit_timeout_s": 2.0}, raft=raft
+        tmp_path, machine="harness.cluster:KVMachine", extra={"commit_timeout_s": 2.0}, raft=raft
     ) as cluster:
         big = [
             _put(f"big-{k}", base64.b64encode(os.urandom(VALUE_BYTES)).decode())
@@ -157,7 +157,7 @@ def test_cut_off_leader_never_applies_its_uncommitted_tail(tmp_path):
 def test_old_leader_replaces_a_stale_tail_longer_than_a_batch(tmp_path):
     raft = {"compaction_min_entries": 1_000_000, "compaction_min_time_s": 3600.0}
     with ProxiedCluster(
-        tmp_path, machine="cellstore.testing:KVMachine", extra={"commit_timeout_s": 2.0}, raft=raft
+        tmp_path, machine="harness.cluster:KVMachine", extra={"commit_timeout_s": 2.0}, raft=raft
     ) as cluster:
         old = cluster.wait_leader()
         cluster.partition(old)

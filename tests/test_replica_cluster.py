@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from cellstore.client import StoreClient, StoreUnavailable
-from cellstore.testing import LocalCluster
+from harness.cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 

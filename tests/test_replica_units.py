@@ -17,7 +17,7 @@ from cellstore.config import RaftTuning, ReplicaConfig
 from cellstore.feed import AppliedFeed
 from cellstore.machine import MachineBox
 from cellstore.server import serve_replica
-from cellstore.testing import KVMachine, free_ports
+from harness.cluster import KVMachine, free_ports
 
 
 def put(cid: str, key: str = "k", value: object = 1) -> bytes:

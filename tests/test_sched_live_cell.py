@@ -23,7 +23,7 @@ import trio
 
 from cellstate import CellState
 from cellstore.client import StoreClient
-from cellstore.testing import LocalCluster
+from harness.cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 
@@ -289,7 +289,7 @@ def test_scheduler_killed_and_restarted_resumes_without_double_placement(live: L
 def test_scheduler_serves_its_figures_and_explanations_on_its_metrics_endpoint(
     live: LiveCell,
 ) -> None:
-    from cellstore.testing import free_ports
+    from harness.cluster import free_ports
 
     live.register(2, cpu="1")
     port = free_ports(1)[0]

@@ -20,7 +20,7 @@ import trio
 from cellstate import CellState, TaskState
 from cellstore.client import StoreClient
 from cellstore.copy import LocalCopy
-from cellstore.testing import LocalCluster
+from harness.cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 

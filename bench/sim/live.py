@@ -202,7 +202,7 @@ def live(
 
     from cellstate.wire import internal
     from cellstore.client import StoreClient
-    from cellstore.testing import LocalCluster, stop_processes
+    from harness.cluster import LocalCluster, stop_processes
 
     mtype = workload.machine_types[0]
     procs: list[subprocess.Popen] = []

@@ -1,4 +1,4 @@
-"""Test support: a toy deterministic machine and a harness running real replica processes.
+"""The local cluster: real replica processes on 127.0.0.1, and a toy machine to run in them.
 
 `KVMachine` is a tiny key/value + counter machine implementing the `Machine` contract, with
 command-id deduplication as the real cell state has. `LocalCluster` starts N replica processes
@@ -116,7 +116,7 @@ class LocalCluster:
         base_dir: Path,
         n: int = 3,
         *,
-        machine: str = "cellstore.testing:KVMachine",
+        machine: str = "harness.cluster:KVMachine",
         raft: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:

@@ -58,7 +58,7 @@ from cellstate.wire import encode_result, internal
 from cellstore.client import StoreClient, StoreUnavailable
 from cellstore.copy import LocalCopy
 from cellstore.errors import ApiError
-from cellstore.testing import LocalCluster, free_ports
+from harness.cluster import LocalCluster, free_ports
 from schedulers.process import LiveScheduler, SchedulerConfig
 
 CELL = {
