@@ -6,11 +6,11 @@ Three pieces, used by `tests/test_faults_cell.py` and `bench/soak.py`:
   trio TCP forwarders in a thread of the test process, so a test can cut one replica off from
   both others (both directions) while its HTTP API stays reachable, and heal it later.
 * `Workload` drives the cell over HTTP: job submissions and kills with explicit ids, an
-  in-process scheduler (the very `LiveScheduler` the scheduler process runs) whose commits are
-  recorded, agent-style task reports, plus real `python -m schedulers` processes competing
-  with it. It records every acknowledged operation (`Ack`) and the whole applied-command feed
-  (`FeedRecorder`), and `Faults` injects leader/follower kills, partitions, full restarts and
-  scheduler kills from a seeded schedule.
+  in-process scheduler (the very `LiveScheduler` the scheduler process runs, given a
+  `RecordingCommitter`) whose commits are recorded, agent-style task reports, plus real
+  `python -m schedulers` processes competing with it. It records every acknowledged
+  operation (`Ack`) and the whole applied-command feed (`FeedRecorder`), and `Faults` injects
+  leader/follower kills, partitions, full restarts and scheduler kills from a seeded schedule.
 * `check` replays the recorded feed from version 1 into a fresh `CellState`, recounting the
   machines each command changed after every command (every invariant every 100 commands and
   at the end), and holds every acknowledgement, every replica's snapshot and every job's fate
@@ -50,8 +50,8 @@ import httpx
 import orjson
 import trio
 
-from cellstate import CellState, TaskState
-from cellstate.commands import Command, Result, TaskPlaced
+from cellstate import CellState, TaskState, Transaction
+from cellstate.commands import Command, TaskPlaced
 from cellstate.invariants import check_machines
 from cellstate.model import ACTIVE_STATES, TERMINAL_STATES
 from cellstate.wire import encode_result, internal
@@ -59,6 +59,7 @@ from cellstore.client import StoreClient, StoreUnavailable
 from cellstore.copy import LocalCopy
 from cellstore.errors import ApiError
 from harness.cluster import LocalCluster, free_ports
+from schedulers.committer import Committed, Committer, StoreCommitter
 from schedulers.process import LiveScheduler, SchedulerConfig
 
 CELL = {
@@ -518,7 +519,7 @@ class Workload:
             trio.open_nursery() as nursery,
         ):
             await self.setup(client)
-            scheduler = RecordingScheduler(
+            scheduler = LiveScheduler(
                 SchedulerConfig(
                     self.cluster.api,
                     self.cluster.token,
@@ -528,7 +529,7 @@ class Workload:
                     seed=self.rng.random(),
                 ),
                 sched_client,
-                self,
+                RecordingCommitter(StoreCommitter(sched_client), self),
             )
             await nursery.start(scheduler.run)
             copy = LocalCopy()
@@ -544,29 +545,25 @@ class Workload:
         self.writes_open = False
 
 
-class RecordingScheduler(LiveScheduler):
-    """The scheduler process's `LiveScheduler`, its acknowledged commits recorded as `Ack`s."""
+@attrs.frozen
+class RecordingCommitter:
+    """A `Committer` for the ordinary `LiveScheduler`: commits through `inner` and records
+    each acknowledged commit in `workload` as an `Ack` (the claims it sent, the result that
+    came back, as the log encodes it), each unacknowledged one by its error."""
 
-    def __init__(self, config: SchedulerConfig, client: StoreClient, workload: Workload) -> None:
-        super().__init__(config, client)
-        self.workload = workload
+    inner: Committer
+    workload: Workload
 
-    async def commit(self, decision: Any) -> int | None:
-        body = {
-            "txn": internal.unstructure(decision.transaction),
-            "id": self.workload._id("commit"),
-        }
+    async def commit(self, transaction: Transaction, command_id: str) -> Committed:
         try:
-            answer = await self.client.request("POST", "/v1/transactions", body)
+            committed = await self.inner.commit(transaction, command_id)
         except (ApiError, StoreUnavailable) as exc:
             self.workload.unacknowledged[f"commit:{type(exc).__name__}"] += 1
-            await trio.sleep(0.2)
-            return None
-        claims = [(c.task, c.machine) for c in decision.transaction.claims]
-        self.workload.acks.append(Ack(body["id"], "commit", claims, answer["result"]))
-        result = internal.structure(answer["result"], Result)
-        self.core.on_result(self.copy.cell, decision, result, time.time())
-        return int(answer["version"])
+            raise
+        claims = [(c.task, c.machine) for c in transaction.claims]
+        result = orjson.loads(encode_result(committed.result))
+        self.workload.acks.append(Ack(command_id, "commit", claims, result))
+        return committed
 
 
 # -- faults -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ report loop and the decision loop. The decision loop is the core's contract
         if the core has work in the copy:
             decision = core.decide(copy.cell, now)        # timed: busy
             sleep(t_job * jobs + t_task * tasks)          # optional think time: busy
-            POST /v1/transactions                          # one Raft entry
+            committer.commit(transaction)                  # one Raft entry
             core.on_result(copy.cell, decision, result, now)
             await copy.wait_for(result version)            # see our own claims
         else:
@@ -46,12 +46,11 @@ import structlog
 import trio
 
 from cellstate import ConflictMode, SchedulerClass, TxnMode
-from cellstate.commands import Result
-from cellstate.wire import internal
 from cellstore.client import StoreClient, StoreUnavailable
 from cellstore.copy import LocalCopy
 from cellstore.errors import ApiError
 from cellstore.http import Request, Response, Router, serve_router
+from schedulers.committer import Committer, StoreCommitter
 from schedulers.core import Decision, SchedulerCore
 
 MAX_EXPLANATIONS = 1000  # jobs explained per report, to bound the command's size
@@ -104,15 +103,21 @@ class SchedulerConfig:
 
 
 class LiveScheduler:
-    """One running scheduler: its core, its copy and its client."""
+    """One running scheduler: its core, its copy, its client and its committer.
 
-    def __init__(self, config: SchedulerConfig, client: StoreClient) -> None:
+    `committer` defaults to committing through `client`; a harness passes one that records
+    (see `schedulers.committer`)."""
+
+    def __init__(
+        self, config: SchedulerConfig, client: StoreClient, committer: Committer | None = None
+    ) -> None:
         self.config = config
         self.client = client
+        self.committer = committer if committer is not None else StoreCommitter(client)
         self.core = config.core()
         self.copy = LocalCopy()
         self.started = time.monotonic()
-        self.commit_s = 0.0  # waiting for POST /v1/transactions answers
+        self.commit_s = 0.0  # waiting for the committer's answers
         self.catchup_s = 0.0  # waiting for the copy to reach a result's version
         self.log = structlog.get_logger("schedulers.process").bind(
             scheduler=config.name, kind=str(config.kind)
@@ -186,29 +191,28 @@ class LiveScheduler:
         return decision
 
     async def commit(self, decision: Decision) -> int | None:
-        """Commit `decision`'s transaction and hand the result to the core; the
-        version to wait for, or None if the store refused or was unreachable."""
-        body = {"txn": internal.unstructure(decision.transaction), "id": secrets.token_hex(12)}
+        """Commit `decision`'s transaction through the committer and hand the result to the
+        core; the version to wait for, or None if the store refused or was unreachable."""
         start = time.perf_counter()
         try:
-            answer = await self.client.request("POST", "/v1/transactions", body)
+            committed = await self.committer.commit(decision.transaction, secrets.token_hex(12))
             self.commit_s += time.perf_counter() - start
         except (ApiError, StoreUnavailable) as exc:
             self.log.warning("commit_failed", error=str(exc), claims=decision.tasks)
             await trio.sleep(0.2)
             return None
-        result = internal.structure(answer["result"], Result)
+        result = committed.result
         self.core.on_result(self.copy.cell, decision, result, time.time())
         if result.rejected or result.preempted:
             self.log.debug(
                 "committed",
-                version=answer["version"],
+                version=committed.version,
                 claims=decision.tasks,
                 accepted=result.accepted,
                 rejected=len(result.rejected),
                 preempted=len(result.preempted),
             )
-        return int(answer["version"])
+        return committed.version
 
     # -- reporting -----------------------------------------------------------------
 

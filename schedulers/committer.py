@@ -1,0 +1,52 @@
+"""How a live scheduler commits: the `Committer` seam between its decision loop and the store.
+
+A `LiveScheduler` decides against its local copy, then hands each decision's transaction to a
+`Committer` and learns what the store made of it. That one call is the only write the decision
+loop makes, so it is the seam a harness needs: the fault suite wraps the real committer to
+record what was sent and what came back, and runs the ordinary `LiveScheduler` around it, as
+Nomad's test harness stands in for its `Planner`. Everything else about the scheduler (the
+copy it follows, its reports) goes through the store client unchanged.
+
+The command id is the caller's: a retried send carries the same id, so the store applies the
+transaction once, and a recorder sees the id the log will hold.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from cellstate import Transaction
+from cellstate.commands import Result
+from cellstate.wire import internal
+from cellstore.client import StoreClient
+
+
+@attrs.frozen(slots=True)
+class Committed:
+    """The store's answer to one committed transaction: the version its command was applied
+    at, and its result (accepted, rejected and preempted claims, or an error)."""
+
+    version: int
+    result: Result
+
+
+class Committer(Protocol):
+    async def commit(self, transaction: Transaction, command_id: str) -> Committed:
+        """Commit `transaction` as command `command_id` and return what the store applied.
+        Raises `ApiError` if the store refused the command and `StoreUnavailable` if no
+        replica acknowledged it (the outcome is then unknown)."""
+        ...
+
+
+@attrs.frozen(slots=True)
+class StoreCommitter:
+    """The real `Committer`: one `POST /v1/transactions` through the store client."""
+
+    client: StoreClient
+
+    async def commit(self, transaction: Transaction, command_id: str) -> Committed:
+        body = {"txn": internal.unstructure(transaction), "id": command_id}
+        answer = await self.client.request("POST", "/v1/transactions", body)
+        return Committed(int(answer["version"]), internal.structure(answer["result"], Result))
