@@ -30,7 +30,8 @@ from pathlib import Path
 import trio
 
 from cellstore.client import StoreClient
-from harness.cluster import LocalCluster, free_ports
+from cellstore.config import free_ports
+from harness.cluster import LocalCluster
 
 MACHINES = 1000
 

@@ -1,9 +1,15 @@
-"""The replica's configuration: one frozen value built by the CLI and passed to `run_replica`."""
+"""The replica's configuration: one frozen value built by the CLI and passed to `run_replica`.
+
+`replica_document` is the one place a replica's config document (the JSON file `python -m
+cellstore --config` reads) is built from the cell's address lists, for `omega up`, `omega
+store` and the test harness alike; `free_ports` picks the ports of a cell on one host.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,55 @@ def import_object(path: str) -> Any:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports the kernel considers free now on `host` (all held open together, so
+    they differ; free only until someone else binds them)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def replica_document(
+    index: int,
+    peers_api: Sequence[str],
+    peers_raft: Sequence[str],
+    /,
+    *,
+    data_dir: Path | str,
+    token: str,
+    secret: str,
+    machine: str,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The config document of replica `index` of a cell whose replicas have the API addresses
+    `peers_api` and the Raft addresses `peers_raft` (`HOST:PORT`, index for index, as this
+    replica names its peers; it binds to its own). `machine` is an import path; `fields` sets
+    any other `ReplicaConfig` field (`extensions`, `raft` tuning, `commit_timeout_s`, ...)."""
+    api_host, api_port = peers_api[index].rsplit(":", 1)
+    raft_host, raft_port = peers_raft[index].rsplit(":", 1)
+    return {
+        "id": f"r{index}",
+        "api_host": api_host,
+        "api_port": int(api_port),
+        "raft_host": raft_host,
+        "raft_port": int(raft_port),
+        "peers_raft": list(peers_raft),
+        "peers_api": list(peers_api),
+        "data_dir": str(data_dir),
+        "token": token,
+        "secret": secret,
+        "machine": machine,
+        **fields,
+    }
 
 
 @attrs.frozen(kw_only=True)

@@ -13,7 +13,6 @@ import ctypes
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ from typing import Any
 
 import httpx
 import orjson
+
+from cellstore.config import free_ports, replica_document
 
 
 class KVMachine:
@@ -94,20 +95,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports the kernel considers free now on 127.0.0.1."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class LocalCluster:
     """N replica processes of `machine` under `base_dir`. Use as a context manager."""
 
@@ -146,24 +133,23 @@ class LocalCluster:
     def data_dir(self, i: int) -> Path:
         return self.base_dir / f"replica-{i}"
 
+    def raft_peers(self, i: int) -> list[str]:
+        """The Raft addresses replica i binds to and calls its peers at, index for index
+        (everywhere the same here; a proxied cluster gives each replica its own view)."""
+        return self.raft_addresses
+
     def config(self, i: int) -> dict[str, Any]:
-        host, port = self.api[i].rsplit(":", 1)
-        rhost, rport = self.raft_addresses[i].rsplit(":", 1)
-        return {
-            "id": f"r{i}",
-            "api_host": host,
-            "api_port": int(port),
-            "raft_host": rhost,
-            "raft_port": int(rport),
-            "peers_raft": self.raft_addresses,
-            "peers_api": self.api,
-            "data_dir": str(self.data_dir(i)),
-            "token": self.token,
-            "secret": self.secret,
-            "machine": self._machine,
-            "raft": self._raft,
+        return replica_document(
+            i,
+            self.api,
+            self.raft_peers(i),
+            data_dir=self.data_dir(i),
+            token=self.token,
+            secret=self.secret,
+            machine=self._machine,
+            raft=self._raft,
             **self._extra,
-        }
+        )
 
     def start(self) -> None:
         for i in range(self.n):

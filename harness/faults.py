@@ -56,9 +56,10 @@ from cellstate.invariants import check_machines
 from cellstate.model import ACTIVE_STATES, TERMINAL_STATES
 from cellstate.wire import encode_result, internal
 from cellstore.client import StoreClient, StoreUnavailable
+from cellstore.config import free_ports
 from cellstore.copy import LocalCopy
 from cellstore.errors import ApiError
-from harness.cluster import LocalCluster, free_ports
+from harness.cluster import LocalCluster
 from schedulers.committer import Committed, Committer, StoreCommitter
 from schedulers.process import LiveScheduler, SchedulerConfig
 
@@ -194,17 +195,15 @@ class ProxiedCluster(LocalCluster):
         self.proxies = RaftProxies({p: (self.proxy_port[p], ports[p[1]]) for p in pairs})
         self.partitioned: set[int] = set()
 
-    def config(self, i: int) -> dict[str, Any]:
-        cfg = super().config(i)
-        peers = []
-        for j in range(self.n):
-            if (i, j) in self.proxy_port:
-                peers.append(f"{PROXY_HOST}:{self.proxy_port[(i, j)]}")
-            else:
-                peers.append(self.identity[j])
-        cfg["raft_host"] = IDENTITY_HOST
-        cfg["peers_raft"] = peers
-        return cfg
+    def raft_peers(self, i: int) -> list[str]:
+        """Replica i's own identity, and each peer under the address i reaches it by: the
+        peer's identity if i accepts from it, else the proxy for the pair (module docstring)."""
+        return [
+            f"{PROXY_HOST}:{self.proxy_port[(i, j)]}"
+            if (i, j) in self.proxy_port
+            else self.identity[j]
+            for j in range(self.n)
+        ]
 
     def start(self) -> None:
         if self.proxies._thread is None:

@@ -152,7 +152,7 @@ def store(
     secret_file: Annotated[Path, typer.Option(help="File holding the Raft secret.")],
 ) -> None:
     """Run one store replica (a multi-host cell runs one per host)."""
-    from cellstore.config import ReplicaConfig
+    from cellstore.config import ReplicaConfig, replica_document
     from cellstore.server import run_replica
 
     pairs = []
@@ -162,22 +162,17 @@ def store(
         pairs.append(item.split("/", 1))
     if not 0 <= id < len(pairs):
         fail(f"--id {id}: must index one of the {len(pairs)} --peer values", 2)
-    api, raft = pairs[id]
     config = ReplicaConfig.from_json(
-        {
-            "id": f"r{id}",
-            "api_host": api.rsplit(":", 1)[0],
-            "api_port": int(api.rsplit(":", 1)[1]),
-            "raft_host": raft.rsplit(":", 1)[0],
-            "raft_port": int(raft.rsplit(":", 1)[1]),
-            "peers_raft": [r for _, r in pairs],
-            "peers_api": [a for a, _ in pairs],
-            "data_dir": str(data_dir),
-            "token": token_file.read_text().strip(),
-            "secret": secret_file.read_text().strip(),
-            "machine": "cellstore.cell:CellMachine",
-            "extensions": ["cellstore.cell:endpoints"],
-        }
+        replica_document(
+            id,
+            [api for api, _ in pairs],
+            [raft for _, raft in pairs],
+            data_dir=data_dir,
+            token=token_file.read_text().strip(),
+            secret=secret_file.read_text().strip(),
+            machine="cellstore.cell:CellMachine",
+            extensions=["cellstore.cell:endpoints"],
+        )
     )
     run_replica(config)
 

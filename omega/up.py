@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,8 @@ import orjson
 import psutil
 import structlog
 import trio
+
+from cellstore.config import free_ports, replica_document
 
 log = structlog.get_logger("omega.up")
 
@@ -65,19 +66,6 @@ def _secret_file(path: Path) -> str:
     return value
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(n):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def prepare(data_dir: Path, replicas: int) -> CellLayout:
     """Create or reopen a cell's data dir: secrets, ports and replica configs."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +81,7 @@ def prepare(data_dir: Path, replicas: int) -> CellLayout:
                 f"--replicas {replicas} would change its membership"
             )
     else:
-        ports = _free_ports(2 * replicas)
+        ports = free_ports(2 * replicas)
         saved = {
             "api": [f"127.0.0.1:{p}" for p in ports[:replicas]],
             "raft": [f"127.0.0.1:{p}" for p in ports[replicas:]],
@@ -111,22 +99,16 @@ def prepare(data_dir: Path, replicas: int) -> CellLayout:
 def write_replica_config(layout: CellLayout, i: int) -> Path:
     directory = layout.data_dir / f"replica-{i}"
     directory.mkdir(exist_ok=True)
-    api_host, api_port = layout.api[i].rsplit(":", 1)
-    raft_host, raft_port = layout.raft[i].rsplit(":", 1)
-    config = {
-        "id": f"r{i}",
-        "api_host": api_host,
-        "api_port": int(api_port),
-        "raft_host": raft_host,
-        "raft_port": int(raft_port),
-        "peers_raft": list(layout.raft),
-        "peers_api": list(layout.api),
-        "data_dir": str(directory),
-        "token": layout.token,
-        "secret": layout.secret,
-        "machine": "cellstore.cell:CellMachine",
-        "extensions": ["cellstore.cell:endpoints"],
-    }
+    config = replica_document(
+        i,
+        layout.api,
+        layout.raft,
+        data_dir=directory,
+        token=layout.token,
+        secret=layout.secret,
+        machine="cellstore.cell:CellMachine",
+        extensions=["cellstore.cell:endpoints"],
+    )
     path = directory / "replica.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:

@@ -13,11 +13,11 @@ import orjson
 import pytest
 import trio
 
-from cellstore.config import RaftTuning, ReplicaConfig
+from cellstore.config import RaftTuning, ReplicaConfig, free_ports
 from cellstore.feed import AppliedFeed
 from cellstore.machine import MachineBox
 from cellstore.server import serve_replica
-from harness.cluster import KVMachine, free_ports
+from harness.cluster import KVMachine
 
 
 def put(cid: str, key: str = "k", value: object = 1) -> bytes:

@@ -289,7 +289,7 @@ def test_scheduler_killed_and_restarted_resumes_without_double_placement(live: L
 def test_scheduler_serves_its_figures_and_explanations_on_its_metrics_endpoint(
     live: LiveCell,
 ) -> None:
-    from harness.cluster import free_ports
+    from cellstore.config import free_ports
 
     live.register(2, cpu="1")
     port = free_ports(1)[0]
