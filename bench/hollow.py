@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from harness.cluster import LocalCluster
+from harness.cluster import LocalCluster, cell_options
 
 
 def machines_up(cluster: LocalCluster) -> int:
@@ -50,12 +50,8 @@ def registered_seconds(log: Path) -> float | None:
 
 
 def run(args: argparse.Namespace, base: Path) -> dict:
-    os.environ.setdefault("OMEGA_HEARTBEAT_TIMEOUT", str(max(10.0, 5 * args.heartbeat)))
-    with LocalCluster(
-        base / "store",
-        machine="cellstore.cell:CellMachine",
-        extra={"extensions": ["cellstore.cell:endpoints"]},
-    ) as cluster:
+    timeout = max(10.0, 5 * args.heartbeat)
+    with LocalCluster(base / "store", **cell_options(heartbeat_timeout_s=timeout)) as cluster:
         log = base / "agent.log"
         began = time.monotonic()
         with open(log, "wb") as out:

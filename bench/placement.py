@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import trio
 
 from cellstore.client import StoreClient
 from cellstore.errors import ApiError
-from harness.cluster import LocalCluster, stop_processes
+from harness.cluster import LocalCluster, cell_options, stop_processes
 
 REGISTER_BATCH = 1000
 MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
@@ -155,11 +154,8 @@ def phase(
     logs = base / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
-    with LocalCluster(
-        base / "store",
-        machine="cellstore.cell:CellMachine",
-        extra={"extensions": ["cellstore.cell:endpoints"]},
-    ) as cluster:
+    # The machines have no agents: a day-long heartbeat timeout keeps them up.
+    with LocalCluster(base / "store", **cell_options(heartbeat_timeout_s=86400.0)) as cluster:
         try:
 
             async def run() -> dict[str, Any]:
@@ -226,7 +222,6 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
-    os.environ["OMEGA_HEARTBEAT_TIMEOUT"] = "86400"  # machines have no agents
     claims = ("--max-claims", str(args.max_claims))
     batch = [
         ("batch", f"batch-{i}", (*claims, *(() if args.unsharded else ("--shard", f"{i}/2"))))

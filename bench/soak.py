@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import signal
 import sys
@@ -41,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     print(f"soak seed {seed} minutes {args.minutes}", flush=True)
-    # Machines are registered without agents heartbeating: keep them up.
-    os.environ.setdefault("OMEGA_HEARTBEAT_TIMEOUT", "3600")
     # SIGTERM unwinds like Ctrl-C, so every replica and scheduler is killed by pid on the way
     # out (replicas restarted from worker threads cannot be tied to us by PDEATHSIG).
     signal.signal(signal.SIGTERM, signal.default_int_handler)

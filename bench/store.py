@@ -31,7 +31,7 @@ import trio
 
 from cellstore.client import StoreClient
 from cellstore.config import free_ports
-from harness.cluster import LocalCluster
+from harness.cluster import LocalCluster, cell_options
 
 MACHINES = 1000
 
@@ -284,11 +284,7 @@ def main() -> None:
     print(f"raw pysyncobj no-ops: {raw:,.0f} ops/s ({args.raw_window} in flight)")
     with (
         tempfile.TemporaryDirectory() as tmp,
-        LocalCluster(
-            Path(tmp),
-            machine="cellstore.cell:CellMachine",
-            extra={"extensions": ["cellstore.cell:endpoints"]},
-        ) as cluster,
+        LocalCluster(Path(tmp), **cell_options()) as cluster,
     ):
         figures = trio.run(measure_store, cluster, args)
     print(

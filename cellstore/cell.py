@@ -13,13 +13,14 @@ Typed endpoints (added by `endpoints`, all under the bearer token):
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
 - `POST /v1/schedulers/report` a scheduler's figures and explanations
 - `GET /v1/cell` summary; `GET /v1/explain?target=JOB|TASK`
-The leader also issues `ExpireHeartbeats` every second (`heartbeat_timeout_s`).
+The leader also issues `ExpireHeartbeats` every second for machines silent longer than
+`heartbeat_timeout_s`, an argument of `endpoints` set in the replica's config document
+(`replica_fields`), so every replica of a cell is told the same timeout at start-up.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 import time
 from typing import Any
@@ -39,7 +40,18 @@ from cellstore.http import Request, Response, Router
 
 log = structlog.get_logger("cellstore.cell")
 
-HEARTBEAT_TIMEOUT_S = float(os.environ.get("OMEGA_HEARTBEAT_TIMEOUT", "10"))
+DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+
+
+def replica_fields(heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> dict[str, Any]:
+    """The fields of a replica config document (`cellstore.config.replica_document`) that make
+    a generic replica serve the cell: its machine, and its endpoints with their settings."""
+    return {
+        "machine": "cellstore.cell:CellMachine",
+        "extensions": [
+            {"use": "cellstore.cell:endpoints", "heartbeat_timeout_s": heartbeat_timeout_s}
+        ],
+    }
 
 
 class CellMachine:
@@ -105,8 +117,11 @@ async def commit_one(replica: Replica, document: dict[str, Any]) -> Response:
     return Response.json(answer, status, replica.leader_headers())
 
 
-def endpoints(router: Router, replica: Replica) -> None:
-    """Register the cell's typed endpoints and the leader's heartbeat-expiry timer."""
+def endpoints(
+    router: Router, replica: Replica, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+) -> None:
+    """Register the cell's typed endpoints and the leader's heartbeat-expiry timer, which marks
+    down machines silent for `heartbeat_timeout_s`."""
 
     def body(request: Request) -> dict[str, Any]:
         data = request.json()
@@ -205,7 +220,7 @@ def endpoints(router: Router, replica: Replica) -> None:
     router.add("POST", "/v1/schedulers/report", command_endpoint("report_scheduler"))
     router.add("GET", "/v1/cell", summary)
     router.add("GET", "/v1/explain", explain)
-    replica.background.append(lambda: expire_heartbeats(replica))
+    replica.background.append(lambda: expire_heartbeats(replica, heartbeat_timeout_s))
 
 
 def _one(request: Request, name: str) -> str | None:
@@ -226,10 +241,9 @@ def _overdue(machine: CellMachine, deadline: float) -> bool:
     )
 
 
-async def expire_heartbeats(replica: Replica, period_s: float = 1.0) -> None:
-    """On the leader, mark down machines silent for the heartbeat timeout. The
+async def expire_heartbeats(replica: Replica, timeout: float, period_s: float = 1.0) -> None:
+    """On the leader, mark down machines silent for `timeout` seconds. The
     decision is a command in the log, so every replica takes the same one."""
-    timeout = HEARTBEAT_TIMEOUT_S
     while True:
         await trio.sleep(period_s)
         if not replica.raft.raft_status()["is_leader"]:

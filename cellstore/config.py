@@ -7,6 +7,7 @@ store` and the test harness alike; `free_ports` picks the ports of a cell on one
 
 from __future__ import annotations
 
+import functools
 import importlib
 import socket
 from collections.abc import Callable, Sequence
@@ -141,11 +142,21 @@ class ReplicaConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ReplicaConfig:
         """Build from a plain dict (the `python -m cellstore --config FILE` format);
-        `machine` is an import path `"module:Class"`."""
+        `machine` is an import path `"module:Class"`; each of `extensions` is one too, or
+        `{"use": "module:function", **keyword_arguments}` to pass it settings."""
         data = dict(data)
         machine_class = import_object(data.pop("machine"))
         raft = RaftTuning(**data.pop("raft", {}))
-        data["extensions"] = tuple(import_object(p) for p in data.pop("extensions", ()))
+        data["extensions"] = tuple(_extension(e) for e in data.pop("extensions", ()))
         data["peers_raft"] = tuple(data["peers_raft"])
         data["peers_api"] = tuple(data["peers_api"])
         return cls(machine_class=machine_class, raft=raft, **data)
+
+
+def _extension(entry: str | dict[str, Any]) -> Callable[..., None]:
+    """An extension named by its import path, or `{"use": path, **keywords}`: the extension
+    with those keyword arguments bound (how a service takes its settings from the config)."""
+    if isinstance(entry, str):
+        return import_object(entry)
+    keywords = dict(entry)
+    return functools.partial(import_object(keywords.pop("use")), **keywords)

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
+from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
 from cellstore.config import free_ports, replica_document
 
 
@@ -93,6 +94,16 @@ def _die_with_parent() -> None:
     test runner killed hard (e.g. by a timeout) leaves no replica behind."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def cell_options(
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S, **extra: Any
+) -> dict[str, Any]:
+    """`LocalCluster` keyword arguments for a cluster of the cell rather than the toy machine:
+    the cell's machine and endpoints, machines marked down after `heartbeat_timeout_s` without
+    a heartbeat (long, for tests whose machines have no agent), `extra` other config fields."""
+    fields = replica_fields(heartbeat_timeout_s)
+    return {"machine": fields.pop("machine"), "extra": {**fields, **extra}}
 
 
 class LocalCluster:

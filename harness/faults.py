@@ -59,14 +59,12 @@ from cellstore.client import StoreClient, StoreUnavailable
 from cellstore.config import free_ports
 from cellstore.copy import LocalCopy
 from cellstore.errors import ApiError
-from harness.cluster import LocalCluster
+from harness.cluster import LocalCluster, cell_options
 from schedulers.committer import Committed, Committer, StoreCommitter
 from schedulers.process import LiveScheduler, SchedulerConfig
 
-CELL = {
-    "machine": "cellstore.cell:CellMachine",
-    "extra": {"extensions": ["cellstore.cell:endpoints"], "commit_timeout_s": 3.0},
-}
+# The workload registers machines that no agent heartbeats: they must stay up.
+CELL = cell_options(heartbeat_timeout_s=3600.0, commit_timeout_s=3.0)
 IDENTITY_HOST = "127.0.0.2"
 PROXY_HOST = "127.0.0.1"
 

@@ -113,6 +113,9 @@ def up(
         list[str],
         typer.Option(help="Give every machine disk or a device, e.g. gpu=2 (repeatable)."),
     ] = [],  # noqa: B006
+    heartbeat_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds without a heartbeat before a machine is down.")
+    ] = 10.0,
 ) -> None:
     """Start a whole local cell and supervise it until Ctrl-C."""
     from cellstate.resources import UnitError, parse_declaration
@@ -134,7 +137,17 @@ def up(
     for kind in kinds:
         if kind not in ("service", "batch", "best-effort"):
             fail(f"--schedulers: {kind!r} is not a kind; use service, batch, best-effort", 2)
-    trio.run(run_cell, data_dir.resolve(), replicas, agents, hollow, kinds, submit, resource)
+    trio.run(
+        run_cell,
+        data_dir.resolve(),
+        replicas,
+        agents,
+        hollow,
+        kinds,
+        submit,
+        heartbeat_timeout,
+        resource,
+    )
 
 
 @app.command()
@@ -150,8 +163,12 @@ def store(
     data_dir: Annotated[Path, typer.Option(help="Journal and snapshots.")],
     token_file: Annotated[Path, typer.Option(help="File holding the API token.")],
     secret_file: Annotated[Path, typer.Option(help="File holding the Raft secret.")],
+    heartbeat_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds without a heartbeat before a machine is down.")
+    ] = 10.0,
 ) -> None:
     """Run one store replica (a multi-host cell runs one per host)."""
+    from cellstore.cell import replica_fields
     from cellstore.config import ReplicaConfig, replica_document
     from cellstore.server import run_replica
 
@@ -170,8 +187,7 @@ def store(
             data_dir=data_dir,
             token=token_file.read_text().strip(),
             secret=secret_file.read_text().strip(),
-            machine="cellstore.cell:CellMachine",
-            extensions=["cellstore.cell:endpoints"],
+            **replica_fields(heartbeat_timeout),
         )
     )
     run_replica(config)

@@ -26,6 +26,7 @@ import psutil
 import structlog
 import trio
 
+from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
 from cellstore.config import free_ports, replica_document
 
 log = structlog.get_logger("omega.up")
@@ -66,8 +67,11 @@ def _secret_file(path: Path) -> str:
     return value
 
 
-def prepare(data_dir: Path, replicas: int) -> CellLayout:
-    """Create or reopen a cell's data dir: secrets, ports and replica configs."""
+def prepare(
+    data_dir: Path, replicas: int, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+) -> CellLayout:
+    """Create or reopen a cell's data dir: secrets, ports and replica configs (rewritten on
+    every start, so settings such as the heartbeat timeout follow the command line)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     token = _secret_file(data_dir / "token")
@@ -89,14 +93,16 @@ def prepare(data_dir: Path, replicas: int) -> CellLayout:
         layout_file.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2))
     layout = CellLayout(data_dir, token, secret, tuple(saved["api"]), tuple(saved["raft"]))
     for i in range(replicas):
-        write_replica_config(layout, i)
+        write_replica_config(layout, i, heartbeat_timeout_s)
     env = data_dir / "env"
     env.write_text(f"export OMEGA_ADDR={layout.addr}\nexport OMEGA_TOKEN={token}\n")
     os.chmod(env, 0o600)
     return layout
 
 
-def write_replica_config(layout: CellLayout, i: int) -> Path:
+def write_replica_config(
+    layout: CellLayout, i: int, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+) -> Path:
     directory = layout.data_dir / f"replica-{i}"
     directory.mkdir(exist_ok=True)
     config = replica_document(
@@ -106,8 +112,7 @@ def write_replica_config(layout: CellLayout, i: int) -> Path:
         data_dir=directory,
         token=layout.token,
         secret=layout.secret,
-        machine="cellstore.cell:CellMachine",
-        extensions=["cellstore.cell:endpoints"],
+        **replica_fields(heartbeat_timeout_s),
     )
     path = directory / "replica.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -297,9 +302,10 @@ async def run_cell(
     hollow: int,
     schedulers: list[str],
     specs: list[Path] | None = None,
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
     resources: Sequence[str] = (),
 ) -> None:
-    layout = prepare(data_dir, replicas)
+    layout = prepare(data_dir, replicas, heartbeat_timeout_s)
     parts = plan_parts(layout, schedulers, agents, hollow, resources)
     stopping = trio.Event()
     print(f"OMEGA_ADDR={layout.addr}", flush=True)

@@ -1,7 +1,7 @@
 """Agent processes (`python -m agents`) against a real 3-replica store.
 
 Tasks are placed by committing transactions directly (no scheduler). The
-replicas run with `OMEGA_HEARTBEAT_TIMEOUT=2` and the agents heartbeat every
+replicas mark a machine down after 2 s without a heartbeat and the agents heartbeat every
 0.5 s. Teardown kills every process it started by pid: replicas, agents, and
 the tasks of agents killed with SIGKILL (found through their state files and
 their `OMEGA_MACHINE` environment, machine names being unique per test).
@@ -27,7 +27,7 @@ import pytest
 import trio
 
 from cellstore.client import StoreClient
-from harness.cluster import LocalCluster
+from harness.cluster import LocalCluster, cell_options
 
 pytestmark = pytest.mark.slow
 
@@ -41,24 +41,14 @@ class LiveCell:
         self.base = base
         self.heartbeat_timeout = heartbeat_timeout
         self.cluster = LocalCluster(
-            base / "store",
-            machine="cellstore.cell:CellMachine",
-            extra={"extensions": ["cellstore.cell:endpoints"]},
+            base / "store", **cell_options(heartbeat_timeout_s=heartbeat_timeout)
         )
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.work_dirs: dict[str, Path] = {}
         self.prefix = uuid.uuid4().hex[:6]
 
     def __enter__(self) -> LiveCell:
-        old = os.environ.get("OMEGA_HEARTBEAT_TIMEOUT")
-        os.environ["OMEGA_HEARTBEAT_TIMEOUT"] = str(self.heartbeat_timeout)
-        try:
-            self.cluster.__enter__()
-        finally:
-            if old is None:
-                os.environ.pop("OMEGA_HEARTBEAT_TIMEOUT", None)
-            else:
-                os.environ["OMEGA_HEARTBEAT_TIMEOUT"] = old
+        self.cluster.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -34,9 +34,18 @@ class Cell:
         self.output: list[str] = []
 
     def start(self, timeout: float = 120.0) -> None:
-        env = {**os.environ, "OMEGA_HEARTBEAT_TIMEOUT": "10"}
+        env = {**os.environ}
         self.proc = subprocess.Popen(
-            [*OMEGA, "up", "--data-dir", str(self.data_dir), "--agents", "2"],
+            [
+                *OMEGA,
+                "up",
+                "--data-dir",
+                str(self.data_dir),
+                "--agents",
+                "2",
+                "--heartbeat-timeout",
+                "10",
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -27,12 +27,6 @@ from harness.faults import CI_SCHEDULE, run_scenario
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def quiet_heartbeats(monkeypatch):
-    # The workload's machines have no agent heartbeating: keep them up.
-    monkeypatch.setenv("OMEGA_HEARTBEAT_TIMEOUT", "3600")
-
-
 def test_faults_lose_no_acknowledged_operation(tmp_path):
     seed = int(os.environ.get("OMEGA_FAULT_SEED", "8"))
     lines: list[str] = []

@@ -22,7 +22,7 @@ from cellstate import JobSpec, SpecError
 from cellstate.commands import COMMAND_TYPES
 from cellstate.wire import decode_command, parse, parse_json
 from cellstore.cell import CellMachine
-from harness.cluster import LocalCluster
+from harness.cluster import LocalCluster, cell_options
 
 json_values = st.recursive(
     st.none()
@@ -149,8 +149,7 @@ WRITE_ENDPOINTS = [
 
 
 @pytest.mark.slow
-def test_fuzzed_http_bodies_get_4xx_and_change_nothing(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("OMEGA_HEARTBEAT_TIMEOUT", "3600")
+def test_fuzzed_http_bodies_get_4xx_and_change_nothing(tmp_path: Path):
     bodies = []
 
     @settings(max_examples=300, deadline=None, database=None)
@@ -168,11 +167,8 @@ def test_fuzzed_http_bodies_get_4xx_and_change_nothing(tmp_path: Path, monkeypat
         bodies.append((endpoint, body))
 
     collect()
-    with LocalCluster(
-        tmp_path,
-        machine="cellstore.cell:CellMachine",
-        extra={"extensions": ["cellstore.cell:endpoints"]},
-    ) as cluster:
+    # Fuzzed registrations have no agent: a timeout that never fires keeps the log the test's.
+    with LocalCluster(tmp_path, **cell_options(heartbeat_timeout_s=3600.0)) as cluster:
         base = f"http://{cluster.api[0]}"
         auth = {"authorization": f"Bearer {cluster.token}"}
         with httpx.Client(timeout=15) as http:

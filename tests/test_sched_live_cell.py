@@ -23,7 +23,7 @@ import trio
 
 from cellstate import CellState
 from cellstore.client import StoreClient
-from harness.cluster import LocalCluster
+from harness.cluster import LocalCluster, cell_options
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +35,8 @@ class LiveCell:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.cluster = LocalCluster(
-            base / "store",
-            machine="cellstore.cell:CellMachine",
-            extra={"extensions": ["cellstore.cell:endpoints"]},
-        )
+        # API-registered machines have no agent: keep them up.
+        self.cluster = LocalCluster(base / "store", **cell_options(heartbeat_timeout_s=3600.0))
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> LiveCell:
@@ -166,8 +163,7 @@ def wait(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.fixture
-def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("OMEGA_HEARTBEAT_TIMEOUT", "3600")  # API-registered machines stay up
+def live(tmp_path: Path):
     with LiveCell(tmp_path) as cell:
         yield cell
 

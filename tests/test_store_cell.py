@@ -20,21 +20,13 @@ import trio
 from cellstate import CellState, TaskState
 from cellstore.client import StoreClient
 from cellstore.copy import LocalCopy
-from harness.cluster import LocalCluster
+from harness.cluster import LocalCluster, cell_options
 
 pytestmark = pytest.mark.slow
 
-CELL = {
-    "machine": "cellstore.cell:CellMachine",
-    "extra": {"extensions": ["cellstore.cell:endpoints"]},
-}
-
-
-@pytest.fixture(autouse=True)
-def quiet_heartbeats(monkeypatch):
-    # These tests register machines without agents; keep them up so the only
-    # commands in the log are the test's own.
-    monkeypatch.setenv("OMEGA_HEARTBEAT_TIMEOUT", "3600")
+# These tests register machines without agents; keep them up so the only
+# commands in the log are the test's own.
+CELL = cell_options(heartbeat_timeout_s=3600.0)
 
 
 def cell_cluster(tmp_path: Path) -> LocalCluster:

@@ -202,15 +202,11 @@ def live(
 
     from cellstate.wire import internal
     from cellstore.client import StoreClient
-    from harness.cluster import LocalCluster, stop_processes
+    from harness.cluster import LocalCluster, cell_options, stop_processes
 
     mtype = workload.machine_types[0]
     procs: list[subprocess.Popen] = []
-    with LocalCluster(
-        base / "store",
-        machine="cellstore.cell:CellMachine",
-        extra={"extensions": ["cellstore.cell:endpoints"]},
-    ) as cluster:
+    with LocalCluster(base / "store", **cell_options()) as cluster:
         cell = _Cell(cluster.api, cluster.token)
         store = ["--addr", ",".join(cluster.api), f"--token={cluster.token}"]
         try:
