@@ -106,6 +106,16 @@ def cell_options(
     return {"machine": fields.pop("machine"), "extra": {**fields, **extra}}
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def _with_repository_on_path(env: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+    """`env` with the repository root first on PYTHONPATH: `harness` is not installed, and a
+    replica running the toy machine must import it whatever directory the test runs from."""
+    paths = [str(REPOSITORY), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 class LocalCluster:
     """N replica processes of `machine` under `base_dir`. Use as a context manager."""
 
@@ -178,6 +188,7 @@ class LocalCluster:
         with open(d / "replica.log", "ab") as out:
             self.procs[i] = subprocess.Popen(
                 [sys.executable, "-m", "cellstore", "--config", str(cfg)],
+                env=_with_repository_on_path(os.environ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
