@@ -209,6 +209,21 @@ def test_every_endpoint_refuses_missing_or_wrong_token_and_bad_bodies_name_the_f
                     b'{"machines": [{"id": "m", "capacity": {"cpu": "lots", "memory": 1}}]}',
                     "$.machines[0].capacity.cpu",
                 ),
+                (
+                    "/v1/agents/register",
+                    b'{"machines": [{"id": "m", "capacity": {"cpu": 1, "memory": 1, "gpu": -2}}]}',
+                    "$.machines[0].capacity.gpu",
+                ),
+                (
+                    "/v1/agents/usage",
+                    b'{"usages": [{"task": "t.0", "incarnation": 0, "cpu": -5, "memory": 1}]}',
+                    "$.usages[0].cpu",
+                ),
+                (
+                    "/v1/agents/usage",
+                    b'{"usages": [{"task": "t.0", "incarnation": 0, "cpu": 1, "memory": 1152921504606846976}]}',
+                    "$.usages[0].memory",
+                ),
                 ("/v1/commands", b'{"commands": [{"type": "drop_table"}]}', "$.commands[0].type"),
                 ("/v1/jobs/kill", b'{"job": 5}', "$.job"),
             ]
