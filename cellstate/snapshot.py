@@ -62,23 +62,12 @@ _TASK_FIELDS = (
     "reserved",
     "usage_at",
 )
-# Format 1's columns: cpu and memory spelt out for limits, usage and reservation.
+# Format 1's columns: limits, usage and reservation as cpu and memory columns.
 _TASK_FIELDS_1 = (
-    "state",
-    "machine",
-    "incarnation",
-    "spec_version",
-    "priority",
+    *_TASK_FIELDS[:5],
     "cpu",
     "memory",
-    "submitted_at",
-    "placed_at",
-    "started_at",
-    "finished_at",
-    "exit_code",
-    "reason",
-    "restarts",
-    "evictions",
+    *_TASK_FIELDS[5:13],
     "usage_cpu",
     "usage_memory",
     "reserved_cpu",
@@ -154,7 +143,10 @@ def load_into(cell: CellState, data: bytes | str) -> None:
     for row in doc["machines"]:
         if form == 1:
             mid, cpu, memory, labels, domain, state, seqnum, heartbeat = row
-            capacity, operator_state = {"cpu": cpu, "memory": memory}, None
+            capacity = {"cpu": cpu, "memory": memory}
+            # Format 1 kept no operator state, but only an operator could drain a machine
+            # then; a down one may have been marked so for silence, so it stays unmarked.
+            operator_state = state if state == MachineState.DRAINING else None
         else:
             mid, capacity, labels, domain, state, seqnum, heartbeat, operator_state = row
         machine = Machine(

@@ -8,6 +8,7 @@ from cellstate import (
     CellState,
     Claim,
     Commit,
+    CommitResult,
     ConflictMode,
     JobSpec,
     MachineSpec,
@@ -91,3 +92,9 @@ def commit(
         built.append(Claim(task, machine, seqnum, victims))
     txn = Transaction("test", tuple(built), cell.version, mode, conflicts)
     return cell.apply(Commit(txn, at=at, id=f"c{next(_ids)}"))
+
+
+def reasons(outcome) -> dict[str, str]:
+    """A commit's rejections as {task: reason}."""
+    assert isinstance(outcome.result, CommitResult)
+    return {r.task: r.reason for r in outcome.result.rejected}

@@ -29,12 +29,7 @@ from cellstate import (
     TxnMode,
 )
 from cellstate.invariants import InvariantViolation, check_machines
-from tests.cellfixtures import GI, cell_with, commit, submit
-
-
-def reasons(outcome) -> dict[str, str]:
-    assert isinstance(outcome.result, CommitResult)
-    return {r.task: r.reason for r in outcome.result.rejected}
+from tests.cellfixtures import GI, cell_with, commit, reasons, submit
 
 
 def essence(cell) -> dict:

@@ -36,13 +36,7 @@ from cellstate import (
 from cellstate.commands import Command
 from cellstate.invariants import InvariantViolation
 from cellstate.wire import parse
-from tests.cellfixtures import GI, cell_with, commit, submit
-
-
-def reasons(outcome) -> dict[str, str]:
-    assert isinstance(outcome.result, CommitResult)
-    return {r.task: r.reason for r in outcome.result.rejected}
-
+from tests.cellfixtures import GI, cell_with, commit, reasons, submit
 
 # -- loose end 1: a victim that already left ------------------------------------
 
