@@ -7,7 +7,10 @@ one decision, with sampling on and off. Every decision is committed and
 applied, so the next one sees a changed cell (and the table refreshes the
 changed rows). Only `decide` is timed (table refresh included).
 
-    python -m bench.decide [--machines 10000] [--claims 1000] [--decisions 20]
+With `--devices` machines also declare disk and gpus and every task asks for
+some of both: four dimensions instead of two, as `bench.apply` counts.
+
+    python -m bench.decide [--machines 10000] [--claims 1000] [--decisions 20] [--devices]
 """
 
 from __future__ import annotations
@@ -29,13 +32,18 @@ from cellstate import (
 )
 from schedulers import SchedulerCore
 
+# With --devices: what each machine adds, and what each task asks of it.
+MACHINE_DEVICES = {"disk": 1 << 40, "gpu": 8}
+TASK_DEVICES = {"disk": 10 << 30, "gpu": 1}
 
-def build_cell(machines: int) -> CellState:
+
+def build_cell(machines: int, devices: bool = False) -> CellState:
     cell = CellState()
+    extra = MACHINE_DEVICES if devices else {}
     cell.apply(
         RegisterMachines(
             tuple(
-                MachineSpec(f"m{i}", Resources(32_000, 128 << 30), domain=f"rack-{i % 40}")
+                MachineSpec(f"m{i}", Resources(32_000, 128 << 30, **extra), domain=f"rack-{i % 40}")
                 for i in range(machines)
             ),
             at=0.0,
@@ -52,8 +60,10 @@ def run(
     job_tasks: int,
     sampling: bool,
     seed: int,
+    devices: bool = False,
 ) -> dict:
-    cell = build_cell(machines)
+    cell = build_cell(machines, devices)
+    demand = Resources(250, 512 << 20, **(TASK_DEVICES if devices else {}))
     per_decision = max(1, claims // job_tasks)
     core = SchedulerCore(
         kind.value, kind, rng=random.Random(seed), sampling=sampling, max_claims=claims
@@ -67,7 +77,7 @@ def run(
                 name=f"job{d}-{j}",
                 owner="bench",
                 scheduler=kind,
-                resources=Resources(250, 512 << 20),
+                resources=demand,
                 tasks=job_tasks,
                 anti_affinity=kind is SchedulerClass.SERVICE,
             )
@@ -99,10 +109,14 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=20)
     parser.add_argument("--job-tasks", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--devices", action="store_true", help="machines and tasks also have disk and gpus"
+    )
     args = parser.parse_args()
     figures: dict = {
         "machines": args.machines,
         "claims_per_decision": args.claims,
+        "dimensions": 4 if args.devices else 2,
         "seed": args.seed,
     }
     for kind in (SchedulerClass.BATCH, SchedulerClass.SERVICE):
@@ -116,9 +130,11 @@ def main() -> None:
                 args.job_tasks,
                 sampling,
                 args.seed,
+                args.devices,
             )
     print(
-        f"decide on {args.machines} machines, {args.claims} tasks/decision: "
+        f"decide on {args.machines} machines, {figures['dimensions']} dimensions, "
+        f"{args.claims} tasks/decision: "
         + "; ".join(
             f"{k} {v['ms_per_decision']:.2f} ms ({v['placements_per_s']:,.0f} placements/s)"
             for k, v in figures.items()

@@ -64,34 +64,30 @@ class Account:
         self, demand: Mapping[str, int], reserved: Mapping[str, int], best_effort: bool
     ) -> None:
         """Book one task: its limits, and for a regular task its reservation."""
-        # Loops written out: this runs for every placement in the cell.
-        if best_effort:
-            be = self.best_effort
-            for dim, amount in demand.items():
-                be[dim] = be.get(dim, 0) + amount
-            return
-        used = self.used
-        for dim, amount in demand.items():
-            used[dim] = used.get(dim, 0) + amount
-        held = self.reserved
-        for dim, amount in reserved.items():
-            held[dim] = held.get(dim, 0) + amount
+        self._book(demand, reserved, best_effort, 1)
 
     def remove(
         self, demand: Mapping[str, int], reserved: Mapping[str, int], best_effort: bool
     ) -> None:
         """Take back exactly what `add` booked for the same task."""
+        self._book(demand, reserved, best_effort, -1)
+
+    def _book(
+        self, demand: Mapping[str, int], reserved: Mapping[str, int], best_effort: bool, sign: int
+    ) -> None:
+        # Loops written out, not a helper per vector: this runs for every
+        # placement and release in the cell.
         if best_effort:
             be = self.best_effort
             for dim, amount in demand.items():
-                be[dim] = be.get(dim, 0) - amount
+                be[dim] = be.get(dim, 0) + sign * amount
             return
         used = self.used
         for dim, amount in demand.items():
-            used[dim] = used.get(dim, 0) - amount
+            used[dim] = used.get(dim, 0) + sign * amount
         held = self.reserved
         for dim, amount in reserved.items():
-            held[dim] = held.get(dim, 0) - amount
+            held[dim] = held.get(dim, 0) + sign * amount
 
     def shortfall(
         self, demand: Mapping[str, int], best_effort: bool, delta: Account | None = None

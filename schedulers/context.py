@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from cellstate import CellState, Machine, Task
-from schedulers.table import MachineTable
+from schedulers.table import Demand, MachineTable
 
 Saved = tuple[np.ndarray, np.ndarray, np.ndarray, set[str]]
 
@@ -69,21 +69,20 @@ class DecisionContext:
             self.be_free_frac = (self.be_free * self.inv_cap).sum(axis=1)
         return self.be_free_frac
 
-    def vector(self, amounts: Mapping[str, int]) -> np.ndarray | None:
-        """`amounts` over the table's dimensions; None if no machine has one of them."""
-        return self.table.vector(amounts)
+    def demand(self, amounts: Mapping[str, int]) -> Demand | None:
+        """`amounts` as the table's (column, amount) pairs; None if no machine
+        has one of its dimensions."""
+        return self.table.demand(amounts)
 
     # -- taking and giving back ----------------------------------------------------
 
-    def take(
-        self, rows: np.ndarray, counts: np.ndarray, demand: np.ndarray, best_effort: bool
-    ) -> None:
-        """Subtract `counts[i]` tasks of `demand` (a `vector`) from machine
-        `rows[i]` (rows unique), in both rooms as the module docstring says."""
+    def take(self, rows: np.ndarray, counts: np.ndarray, demand: Demand, best_effort: bool) -> None:
+        """Subtract `counts[i]` tasks of `demand` from machine `rows[i]` (rows
+        unique), in both rooms as the module docstring says."""
         exclusive = self.exclusive
         be_frac = self.be_free_frac
-        for j in np.flatnonzero(demand).tolist():
-            taken = counts * demand[j]
+        for j, amount in demand:
+            taken = counts * amount
             share = taken * self.inv_cap[:, j][rows]
             self.be_free[:, j][rows] -= taken
             if be_frac is not None:

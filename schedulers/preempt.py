@@ -102,11 +102,11 @@ def choose(
     the machine and victims of least preemption cost; None if none can make room."""
     if band <= Band.BEST_EFFORT:
         return None
-    vector = ctx.vector(demand)
-    if vector is None:  # a dimension no machine has: no victim frees it
+    pairs = ctx.demand(demand)
+    if pairs is None:  # a dimension no machine has: no victim frees it
         return None
-    demanded = np.flatnonzero(vector)
-    rows = rows[(ctx.capacity[rows][:, demanded] >= vector[demanded]).all(axis=1)]
+    for j, amount in pairs:
+        rows = rows[ctx.capacity[:, j][rows] >= amount]
     if ctx.sampling and rows.size > PREEMPT_SAMPLE:
         rows = rows[ctx.np_rng.choice(rows.size, size=PREEMPT_SAMPLE, replace=False)]
     elif rows.size > PREEMPT_SAMPLE * 4:

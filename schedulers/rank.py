@@ -1,7 +1,7 @@
 """Scorers: how good a feasible machine is for a task; lower is better.
 
 All scorers are vectorised over an array of table rows and take the task's
-demand as a vector over the table's dimensions (`DecisionContext.vector`).
+demand as the table's (column, amount) pairs (`DecisionContext.demand`).
 Shares are summed over every dimension a machine has; a dimension it has
 none of contributes nothing (`inv_cap` is 0 there).
 - `best_fit`: the free share left after the task; the tightest machine wins,
@@ -22,20 +22,21 @@ import numpy as np
 
 from cellstate import Job
 from schedulers.context import DecisionContext
+from schedulers.table import Demand
 
 
-def task_share(ctx: DecisionContext, rows: np.ndarray, demand: np.ndarray) -> np.ndarray:
+def task_share(ctx: DecisionContext, rows: np.ndarray, demand: Demand) -> np.ndarray:
     """The share one task takes of each machine (the step of `best_fit` per task)."""
     inv_cap = ctx.inv_cap
-    share = np.zeros(rows.size, dtype=np.float64)
-    # One dimension at a time: a column gather is far cheaper than a 2-D one.
-    for j in np.flatnonzero(demand).tolist():
-        share += inv_cap[:, j][rows] * demand[j]
+    (j, amount), *rest = demand
+    share = inv_cap[:, j][rows] * amount
+    for j, amount in rest:
+        share += inv_cap[:, j][rows] * amount
     return share
 
 
 def best_fit(
-    ctx: DecisionContext, rows: np.ndarray, demand: np.ndarray, best_effort: bool
+    ctx: DecisionContext, rows: np.ndarray, demand: Demand, best_effort: bool
 ) -> np.ndarray:
     """Free share left on each machine in `rows` after one task; lower packs tighter."""
     return ctx.frac(best_effort)[rows] - task_share(ctx, rows, demand)
@@ -44,7 +45,7 @@ def best_fit(
 def fits(
     ctx: DecisionContext,
     rows: np.ndarray,
-    demand: np.ndarray,
+    demand: Demand,
     best_effort: bool,
     at_most_one: bool,
 ) -> np.ndarray:
@@ -52,10 +53,10 @@ def fits(
     least, over the dimensions demanded, of room // demand. (Every job demands
     cpu and memory, so there is always one.)"""
     room = ctx.room(best_effort)
-    first, *rest = np.flatnonzero(demand).tolist()
-    count = room[:, first][rows] // demand[first]
-    for j in rest:
-        np.minimum(count, room[:, j][rows] // demand[j], out=count)
+    (j, amount), *rest = demand
+    count = room[:, j][rows] // amount
+    for j, amount in rest:
+        np.minimum(count, room[:, j][rows] // amount, out=count)
     if at_most_one:
         np.minimum(count, 1, out=count)
     return count

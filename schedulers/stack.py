@@ -45,6 +45,7 @@ from schedulers.feasible import (
 from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_share
 from schedulers.sample import candidates
 from schedulers.select import pack, spread
+from schedulers.table import Demand
 
 NO_ROOM = "no_room"
 
@@ -76,7 +77,7 @@ class Stack:
 
         chosen: list[int] = []
         # Feasible rows exist only if every demanded dimension has a column.
-        demand = ctx.vector(spec.resources.amounts)
+        demand = ctx.demand(spec.resources.amounts)
         if rows.size and demand is not None:
             chosen = self._select(ctx, job, rows, demand, wanted, metric)
         victims: list[tuple[str, ...]] = [()] * len(chosen)
@@ -119,7 +120,7 @@ class Stack:
         ctx: DecisionContext,
         job: Job,
         rows: np.ndarray,
-        demand: np.ndarray,
+        demand: Demand,
         wanted: int,
         metric: JobMetric,
     ) -> list[int]:

@@ -46,6 +46,10 @@ from cellstate import CellState, Machine, MachineState
 from cellstate.resources import RECLAIMABLE, REQUIRED
 
 _DIM_COLUMNS = ("capacity", "free", "be_free")
+# A task's demand over the table: (column, amount) per dimension it asks for.
+# Policy reads one column at a time (a column gather is far cheaper than a
+# gather of whole rows), and only the dimensions a task names.
+Demand = list[tuple[int, int]]
 MISSING = -1  # label code of a machine without the label
 
 
@@ -228,17 +232,17 @@ class MachineTable:
         array = getattr(self, name)[: self.n]
         return array if dim is None else array[:, self.dim_index[dim]]
 
-    def vector(self, amounts: Mapping[str, int]) -> np.ndarray | None:
-        """`amounts` as a row over `dims`; None if it names a dimension no
-        machine in the table has (nothing can fit it)."""
-        row = np.zeros(len(self.dims), dtype=np.int64)
+    def demand(self, amounts: Mapping[str, int]) -> Demand | None:
+        """`amounts` as (column, amount) pairs; None if it names a dimension
+        no machine in the table has (nothing can fit it)."""
         index = self.dim_index
+        pairs = []
         for dim, amount in amounts.items():
             j = index.get(dim)
             if j is None:
                 return None
-            row[j] = amount
-        return row
+            pairs.append((j, amount))
+        return pairs
 
 
 def _matrix(vectors: list[Mapping[str, int]], dims: list[str]) -> np.ndarray:

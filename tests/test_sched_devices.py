@@ -148,7 +148,7 @@ def test_context_take_moves_both_rooms_as_the_ledger_does():
     table = table_for(cell)
     ctx = DecisionContext(cell, table, random.Random(1), sampling=False)
     gpu, disk, cpu = (table.dim_index[d] for d in ("gpu", "disk", "cpu"))
-    demand = ctx.vector({"cpu": 1000, "memory": GI, "disk": GI, "gpu": 1})
+    demand = ctx.demand({"cpu": 1000, "memory": GI, "disk": GI, "gpu": 1})
     rows, counts = np.asarray([0]), np.asarray([2])
     saved = ctx.save()
     # A regular task reserves its limit: both rooms shrink in every dimension.
@@ -172,7 +172,7 @@ def test_scores_ignore_dimensions_a_machine_lacks():
     )  # same cpu and memory as g0
     table = table_for(cell)
     ctx = DecisionContext(cell, table, random.Random(1), sampling=False)
-    demand = ctx.vector({"cpu": 1000, "memory": GI})
+    demand = ctx.demand({"cpu": 1000, "memory": GI})
     score = best_fit(ctx, np.asarray([0, 1]), demand, False)
     assert score[1] - score[0] == 1.0  # g0's two free gpus: a whole free share
     submit(cell, "cpu-only", tasks=1)
