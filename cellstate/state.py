@@ -8,9 +8,15 @@ same commands in the same order give byte-identical snapshots everywhere.
 Every applied command bumps `version` (duplicates and refusals too, so that
 the version is the position in the log) and yields the events it caused.
 
+Every resource is counted by the ledger (`ledger`): the state books and
+unbooks tasks with it, and only the state writes. The commit protocol
+(`commit`) judges transactions and hands back what to apply.
+
 Invariants kept by every command (`check_invariants` verifies them):
-- per machine and dimension, limits of non-best-effort tasks <= capacity, and
-  their reservations plus best-effort limits <= capacity;
+- per machine and dimension (cpu, memory, disk, devices), limits of
+  non-best-effort tasks <= capacity, and their reservations plus best-effort
+  limits <= capacity, which makes devices and disk exclusive;
+- every reservation lies between zero and its task's limit;
 - a task is active (assigned, starting, running) on exactly the machine it
   names, and on no other;
 - task states only move along `model.TRANSITIONS`;
