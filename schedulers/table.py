@@ -68,6 +68,14 @@ class LabelColumn:
             code = self.vocab[value] = len(self.vocab)
         return code
 
+    def codes_of(self, values: list[str]) -> list[int]:
+        """`code` of each value; a plain lookup while no value is new."""
+        vocab = self.vocab
+        try:
+            return [vocab[value] for value in values]
+        except KeyError:
+            return [self.code(value) for value in values]
+
 
 class MachineTable:
     """Numpy columns over `cell.machine_list`; see the module docstring."""
@@ -145,10 +153,10 @@ class MachineTable:
         self.free[idx] = free
         self.be_free[idx] = capacity - reserved - best_effort
         self.free_frac[idx] = (free * self.inv_cap[idx]).sum(axis=1)
-        self.seqnum[idx] = np.fromiter((m.seqnum for m in ms), np.int64, len(ms))
+        self.seqnum[idx] = [m.seqnum for m in ms]
         up = MachineState.UP
-        self.up[idx] = np.fromiter((m.state is up for m in ms), bool, len(ms))
-        self.domains.codes[idx] = [self.domains.code(m.domain) for m in ms]
+        self.up[idx] = [m.state is up for m in ms]
+        self.domains.codes[idx] = self.domains.codes_of([m.domain for m in ms])
         for key, column in self._labels.items():
             column.codes[idx] = [
                 MISSING if (v := m.labels.get(key)) is None else column.code(v) for m in ms
