@@ -1,0 +1,329 @@
+"""A data dir written by the release before the ledger change loads with every acknowledged
+fact intact (issue 13, "Snapshots stay loadable").
+
+`tests/fixtures/datadir-v1/` holds three replicas' data dirs written by commit 523456b (cpu and
+memory only, snapshot format 1), each a full dump (`raft.dump`) plus a journal tail of commands
+applied after it, and `expected.json`, the facts the old cell's API acknowledged.
+`tests/fixtures/make_datadir_v1.py` says how they were made.
+
+Raft addresses: the dump and journal hold no address that matters. The old replicas' Raft
+addresses appear only as the vote in `raft.journal.meta` (a vote for a node that no longer
+exists, in a term every replica leaves at its first election) and as the member list inside
+`raft.dump`, which pysyncobj reads only with dynamic membership (off in this store). So the
+live test starts the replicas on fresh free ports with their own token and secret, which keeps
+it parallel-safe; the fixture's own `replica.json` is checked to still parse.
+
+The fast tests read the files as pysyncobj does (gzip'd pickle; `MachineBox` holds the cell's
+snapshot bytes) and replay the journal tail through the current `CellMachine`; the slow one
+starts three real replicas of the current code on a copy and asks their HTTP API.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pysyncobj import pickle as raft_pickle
+from pysyncobj.journal import FileJournal
+
+from cellstate import CellState, views
+from cellstore.cell import CellMachine
+from cellstore.config import ReplicaConfig
+from cellstore.machine import MachineBox
+from harness.cluster import LocalCluster, cell_options
+
+FIXTURE = Path(__file__).parent / "fixtures" / "datadir-v1"
+EXPECTED: dict[str, Any] = json.loads((FIXTURE / "expected.json").read_text())
+REPLICAS = 3
+RAFT_FILES = ("raft.dump", "raft.journal", "raft.journal.meta")
+REGULAR = 0  # pysyncobj's _COMMAND_TYPE.REGULAR: an `apply_command` call
+
+
+# -- reading the files as a replica does ---------------------------------------------------------
+
+
+def read_dump(data_dir: Path) -> tuple[bytes, int]:
+    """The cell snapshot inside `raft.dump` and the Raft index it was taken at."""
+    with gzip.open(data_dir / "raft.dump") as f:
+        state, last_entry, _before_last, _members = raft_pickle.load(f)
+    box = state["_box"]
+    assert isinstance(box, MachineBox) and box.pending is not None
+    return box.pending, last_entry[1]
+
+
+def journal_tail(data_dir: Path, after: int) -> list[bytes]:
+    """The committed commands past Raft index `after`, as the replica applies them."""
+    meta = raft_pickle.loads((data_dir / "raft.journal.meta").read_bytes())
+    journal = FileJournal(str(data_dir / "raft.journal"))
+    try:
+        entries = [journal[i] for i in range(len(journal))]
+    finally:
+        journal._destroy()
+    commands = []
+    for command, index, _term in entries:
+        if after < index <= meta["raftCommitIndex"] and command[0] == REGULAR:
+            _func, (text,) = raft_pickle.loads(command[1:])
+            commands.append(text.encode())
+    return commands
+
+
+def replayed(data_dir: Path) -> CellMachine:
+    """What replica `data_dir` holds after a restart: its dump, then its journal tail."""
+    snapshot, index = read_dump(data_dir)
+    machine = CellMachine.restore(snapshot)
+    for command in journal_tail(data_dir, index):
+        result = orjson.loads(machine.apply_encoded(command))["result"]
+        assert result["type"] != "error" or result["code"] != "undecodable", result
+    return machine
+
+
+# -- the facts -----------------------------------------------------------------------------------
+
+
+def specs_and_quotas(snapshot: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Job specs as the snapshot writes them, and the quotas as the ledger holds them."""
+    doc = orjson.loads(snapshot)
+    specs = {row[0]: row[1] for row in doc["jobs"]}
+    quotas = []
+    for (owner, band), limit in CellState.restore(snapshot).ledger.limits.items():
+        rest = {dim: n for dim, n in limit.items() if dim not in ("cpu", "memory") and n}
+        assert not rest, (owner, band, rest)
+        quotas.append(
+            {
+                "owner": owner,
+                "band": int(band),
+                "cpu_milli": limit["cpu"],
+                "memory_bytes": limit["memory"],
+            }
+        )
+    return specs, quotas
+
+
+def assert_same(kind: str, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+    """Every record of `old` is in `new` with every field of it equal (new ones may have
+    more fields: views grew other dimensions, shown only where non-zero)."""
+    found = {r["id"]: r for r in new}
+    assert sorted(found) == sorted(r["id"] for r in old), kind
+    for record in old:
+        now = found[record["id"]]
+        for field, value in record.items():
+            if field != "spec":
+                assert now[field] == value, (kind, record["id"], field, now[field], value)
+
+
+def assert_facts(
+    jobs: list[dict[str, Any]],
+    tasks: list[dict[str, Any]],
+    machines: list[dict[str, Any]],
+    snapshot: bytes,
+) -> None:
+    assert_same("job", EXPECTED["jobs"], jobs)
+    assert_same("task", EXPECTED["tasks"], tasks)
+    assert_same("machine", EXPECTED["machines"], machines)
+    specs, quotas = specs_and_quotas(snapshot)
+    for job in EXPECTED["jobs"]:
+        for field, value in job["spec"].items():
+            assert specs[job["id"]][field] == value, (job["id"], field)
+    key = lambda q: (q["owner"], q["band"])  # noqa: E731
+    assert sorted(quotas, key=key) == sorted(EXPECTED["quotas"], key=key)
+    draining = [m["id"] for m in machines if m["state"] == "draining"]
+    assert draining == ["m3"]
+
+
+def test_fixture_holds_a_format_1_dump_and_a_journal_tail_on_every_replica() -> None:
+    for i in range(REPLICAS):
+        data_dir = FIXTURE / f"replica-{i}"
+        snapshot, index = read_dump(data_dir)
+        assert orjson.loads(snapshot)["format"] == 1
+        assert len(journal_tail(data_dir, index)) >= 10, "the tail must hold commands"
+    total = sum(f.stat().st_size for f in FIXTURE.rglob("*") if f.is_file())
+    assert total < 200_000
+
+
+@pytest.mark.parametrize("replica", range(REPLICAS))
+def test_old_dump_restores_checks_and_rewrites_as_stable_format_2(replica: int) -> None:
+    snapshot, _ = read_dump(FIXTURE / f"replica-{replica}")
+    cell = CellState.restore(snapshot)
+    cell.check_invariants()
+    upgraded = cell.snapshot()
+    assert orjson.loads(upgraded)["format"] == 2
+    again = CellState.restore(upgraded)
+    again.check_invariants()
+    assert again.snapshot() == upgraded
+
+
+def test_dump_plus_journal_replayed_by_current_code_keeps_every_fact() -> None:
+    snapshots = set()
+    for i in range(REPLICAS):
+        cell = replayed(FIXTURE / f"replica-{i}").cell
+        cell.check_invariants()
+        assert cell.version == EXPECTED["version"]
+        snapshot = cell.snapshot()
+        assert_facts(
+            views.list_jobs(cell), views.list_tasks(cell), views.list_machines(cell), snapshot
+        )
+        snapshots.add(snapshot)
+    assert len(snapshots) == 1, "replicas came back different"
+
+
+def register_again(machine: dict[str, Any]) -> dict[str, Any]:
+    """What an agent sends when it restarts: its machine's registration, as the API takes it."""
+    capacity = machine["capacity"]
+    return {
+        "id": machine["id"],
+        "capacity": {"cpu": capacity["cpu"], "memory": capacity["memory"]},
+        "domain": machine["domain"],
+        "labels": machine["labels"],
+    }
+
+
+def test_drain_set_before_the_upgrade_survives_an_agent_restart() -> None:
+    # m3 was drained before every replica's dump: only the format-1 snapshot says so.
+    m3 = next(m for m in EXPECTED["machines"] if m["id"] == "m3")
+    for i in range(REPLICAS):
+        machine = replayed(FIXTURE / f"replica-{i}")
+        command = {"type": "register_machines", "machines": [register_again(m3)]}
+        machine.apply_encoded(CellMachine.canonical(command))
+        assert machine.cell.machines["m3"].state == "draining"
+        machine.cell.check_invariants()
+
+
+def test_fixture_replica_config_still_parses() -> None:
+    for i in range(REPLICAS):
+        document = json.loads((FIXTURE / f"replica-{i}" / "replica.json").read_text())
+        config = ReplicaConfig.from_json(
+            {**document, "token": "t", "secret": "s", "data_dir": "/nonexistent"}
+        )
+        assert config.machine_class is CellMachine
+        assert config.raft.compaction_min_entries == 30
+
+
+# -- the live upgrade ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def upgraded_cell(tmp_path: Path):
+    for i in range(REPLICAS):
+        (tmp_path / f"replica-{i}").mkdir()
+        for name in RAFT_FILES:
+            shutil.copy(FIXTURE / f"replica-{i}" / name, tmp_path / f"replica-{i}" / name)
+    # The fixture's machines last sent a heartbeat when it was written; without agents here,
+    # they must not be marked down for silence.
+    options = cell_options(heartbeat_timeout_s=1e12)
+    with LocalCluster(
+        tmp_path, REPLICAS, raft={"compaction_min_entries": 30}, **options
+    ) as cluster:
+        yield cluster
+
+
+class Api:
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.http = httpx.Client(timeout=10, headers={"authorization": f"Bearer {cluster.token}"})
+
+    def url(self, path: str, replica: int | None = None) -> str:
+        i = self.cluster.wait_for_leader() if replica is None else replica
+        return f"http://{self.cluster.api[i]}{path}"
+
+    def get(self, path: str, replica: int | None = None) -> Any:
+        resp = self.http.get(self.url(path, replica))
+        assert resp.status_code == 200, (path, resp.text)
+        return resp.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = self.http.post(self.url(path), json=body)
+        assert resp.status_code == 200, (path, body, resp.text)
+        return resp.json()["result"]
+
+
+def settled_snapshots(cluster: LocalCluster) -> bytes:
+    """Every replica's snapshot once all have applied the leader's version; all equal."""
+    top = cluster.status(cluster.wait_for_leader())["version"]
+    cluster.wait_for_version(top, list(range(REPLICAS)))
+    snapshots = {cluster.snapshot(i)[1] for i in range(REPLICAS)}
+    assert len(snapshots) == 1, "replicas differ"
+    return snapshots.pop()
+
+
+def dump_format(data_dir: Path) -> int | None:
+    try:
+        return orjson.loads(read_dump(data_dir)[0])["format"]
+    except (OSError, EOFError):
+        return None
+
+
+@pytest.mark.slow
+def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
+    upgraded_cell: LocalCluster,
+) -> None:
+    cluster, api = upgraded_cell, Api(upgraded_cell)
+    cluster.wait_for_version(EXPECTED["version"], list(range(REPLICAS)))
+    snapshot = settled_snapshots(cluster)
+    assert orjson.loads(snapshot)["format"] == 2
+    assert CellState.restore(snapshot).version == EXPECTED["version"]
+    CellState.restore(snapshot).check_invariants()
+    for i in range(REPLICAS):  # every replica answers with the same facts
+        assert_facts(
+            api.get("/v1/jobs", i)["jobs"],
+            api.get("/v1/tasks", i)["tasks"],
+            api.get("/v1/machines", i)["machines"],
+            snapshot,
+        )
+
+    # It takes new writes: a job, claims onto old machines, a report.
+    submitted = api.post(
+        "/v1/jobs",
+        {
+            "job": "after",
+            "spec": {
+                "name": "after",
+                "owner": "erin",
+                "scheduler": "batch",
+                "tasks": 2,
+                "resources": {"cpu": "500m", "memory": "512Mi"},
+            },
+        },
+    )
+    assert submitted["type"] == "ok", submitted
+    txn = {
+        "scheduler": "upgrade-test",
+        "claims": [["after.0", "m1", 0, []], ["late.1", "m4", 0, []]],
+    }
+    result = api.post("/v1/transactions", {"txn": txn})
+    assert (result["accepted"], result["rejected"]) == (2, []), result
+    refused = api.post("/v1/transactions", {"txn": {**txn, "claims": [["after.1", "m3", 0, []]]}})
+    assert [r["reason"] for r in refused["rejected"]] == ["machine_not_up"], refused
+    report = {"task": "after.0", "machine": "m1", "incarnation": 0, "state": "running"}
+    assert api.post("/v1/agents/report", {"reports": [report]})["type"] == "ok"
+
+    # An agent restart re-registers its machine: the operator's drain, set before the
+    # upgrade, holds (issue 13, loose end 3).
+    m3 = next(m for m in EXPECTED["machines"] if m["id"] == "m3")
+    assert api.post("/v1/agents/register", {"machines": [register_again(m3)]})["type"] == "ok"
+    assert {m["id"]: m["state"] for m in api.get("/v1/machines")["machines"]}["m3"] == "draining"
+
+    tasks = {t["id"]: t for t in api.get("/v1/tasks")["tasks"]}
+    assert (tasks["after.0"]["state"], tasks["after.0"]["machine"]) == ("running", "m1")
+    assert (tasks["late.1"]["state"], tasks["late.1"]["machine"]) == ("assigned", "m4")
+    before = settled_snapshots(cluster)
+    CellState.restore(before).check_invariants()
+
+    # Enough commands for every replica to compact: its dump is then written in format 2,
+    # and a full restart from it comes back byte for byte.
+    data_dirs = [cluster.data_dir(i) for i in range(REPLICAS)]
+    deadline = time.monotonic() + 60
+    while any(dump_format(d) != 2 for d in data_dirs):
+        assert time.monotonic() < deadline, [dump_format(d) for d in data_dirs]
+        api.post("/v1/agents/heartbeat", {"machines": ["m0"]})
+    before = settled_snapshots(cluster)
+    for i in range(REPLICAS):
+        cluster.stop(i)
+    cluster.start()
+    assert settled_snapshots(cluster) == before
