@@ -131,6 +131,17 @@ class ExpireHeartbeats:
 
 
 @attrs.frozen(slots=True)
+class RaiseRules:
+    """Apply the cell's rules of `rules` (see `model.RULES`) from this point of
+    the log on. The leader issues it once every replica runs a release that
+    knows those rules; a log replayed from before it keeps the old rules."""
+
+    rules: int
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
 class SetQuota:
     """Set (or with `limit=None`, clear) an owner's quota in one priority band."""
 
@@ -167,6 +178,7 @@ Command = (
     | ExpireHeartbeats
     | SetQuota
     | ReportScheduler
+    | RaiseRules
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -181,6 +193,7 @@ COMMAND_TYPES: dict[str, type] = {
     "expire_heartbeats": ExpireHeartbeats,
     "set_quota": SetQuota,
     "report_scheduler": ReportScheduler,
+    "raise_rules": RaiseRules,
 }
 
 # -- results ----------------------------------------------------------------------

@@ -190,7 +190,7 @@ def _victims(
             or (overlay is not None and vid in overlay.evicted)
             or victim in victims
         ):
-            if coarse:
+            if coarse or cell.rules < 2:
                 return [], reasons.VICTIM_GONE
             continue
         if victim.band >= task.band or victim.band >= NON_PREEMPTIBLE:
@@ -210,9 +210,11 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
     # Sequence numbers as the scheduler read them: before this txn's own claims.
     seqnums: dict[str, int] = {}
     named: set[str] = set()
+    # Rules 1 judged a repeated task like any other claim (see `_rules_1_verdicts`).
+    dedup = cell.rules >= 2
     if txn.mode is TxnMode.INCREMENTAL:
         for claim in txn.claims:
-            if claim.task in named:
+            if dedup and claim.task in named:
                 rejected.append(Rejection(claim.task, claim.machine, reasons.DUPLICATE_CLAIM))
                 continue
             named.add(claim.task)
@@ -229,7 +231,7 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
     plan: list[Placement] = []
     verdicts: list[str | None] = []
     for claim in txn.claims:
-        if claim.task in named:
+        if dedup and claim.task in named:
             verdicts.append(reasons.DUPLICATE_CLAIM)
             continue
         named.add(claim.task)
@@ -239,7 +241,24 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
             overlay.take(task, machine, victims)  # type: ignore[arg-type]
             plan.append((task, machine, victims))  # type: ignore[arg-type]
     if len(plan) < len(txn.claims):
+        if not dedup:
+            rejected.extend(_rules_1_verdicts(txn, verdicts))
+            return
         for claim, reason in zip(txn.claims, verdicts, strict=True):
             rejected.append(Rejection(claim.task, claim.machine, reason or reasons.ABORTED))
         return
     yield from plan
+
+
+def _rules_1_verdicts(txn: Transaction, verdicts: list[str | None]) -> list[Rejection]:
+    """A failed all-or-nothing transaction's answer as rules 1 gave it: the
+    refused claims, then `aborted` for the claims of tasks not refused, so
+    that a task named twice could go without a verdict."""
+    refused = [
+        Rejection(c.task, c.machine, r) for c, r in zip(txn.claims, verdicts, strict=True) if r
+    ]
+    failed = {r.task for r in refused}
+    aborted = [
+        Rejection(c.task, c.machine, reasons.ABORTED) for c in txn.claims if c.task not in failed
+    ]
+    return refused + aborted

@@ -18,6 +18,18 @@ import attrs
 from cellstate.ledger import EMPTY, Account
 from cellstate.resources import REQUIRED, Resources
 
+# The cell's rules: how commands are judged. A release that changes what a
+# command does (not only what it may say) raises RULES, keeps the old
+# behaviour under the old number, and switches at a `RaiseRules` command in
+# the log, so replicas that rebuild from dumps cut at different points of an
+# old log still reach the same state.
+# 1: the release before the ledger (523456b).
+# 2: a fine-grained claim ignores victims that left; a transaction naming a
+#    task twice gets `duplicate_claim`; re-registering keeps an operator's
+#    drain or down; squeezed best-effort tasks are reported preempted;
+#    reservations are clamped to 0..limit.
+RULES = 2
+FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
 MAX_LABELS = 64
 MAX_COMMAND_ARGS = 256

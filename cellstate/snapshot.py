@@ -7,10 +7,11 @@ are written as positional rows in a fixed order, so that the same state always
 gives the same bytes: `dump(load(b)) == b`, and two copies fed the same
 commands can be compared byte for byte.
 
-Format 2 writes resource vectors as `{dimension: amount}` objects (cpu, memory,
-disk, devices). Format 1, written before there were more than two dimensions
-(cpu and memory as two columns), still loads: a data dir of the previous
-release comes back with every acknowledged job, task and machine.
+Format 2 writes the cell's rules (`model.RULES`) and resource vectors as
+`{dimension: amount}` objects (cpu, memory, disk, devices). Format 1, written
+before there were more than two dimensions (cpu and memory as two columns)
+and always under rules 1, still loads: a data dir of the previous release
+comes back with every acknowledged job, task and machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cellstate.commands import ReportScheduler, Result
 from cellstate.ledger import EMPTY, Account
 from cellstate.model import (
     ACTIVE_STATES,
+    FIRST_RULES,
     TERMINAL_STATES,
     CellConfig,
     Job,
@@ -84,6 +86,7 @@ def dump(cell: CellState) -> bytes:
     config = cell.config
     doc = {
         "format": FORMAT,
+        "rules": cell.rules,
         "version": cell.version,
         "now": cell.now,
         "config": [config.reservation_margin, config.reservation_decay_s, config.dedup_window],
@@ -140,13 +143,14 @@ def load_into(cell: CellState, data: bytes | str) -> None:
     cell.config = CellConfig(margin, decay, window)
     cell.version = doc["version"]
     cell.now = doc["now"]
+    cell.rules = doc.get("rules", FIRST_RULES) if form == 2 else FIRST_RULES
     for row in doc["machines"]:
         if form == 1:
             mid, cpu, memory, labels, domain, state, seqnum, heartbeat = row
-            capacity = {"cpu": cpu, "memory": memory}
-            # Format 1 kept no operator state, but only an operator could drain a machine
-            # then; a down one may have been marked so for silence, so it stays unmarked.
-            operator_state = state if state == MachineState.DRAINING else None
+            # Format 1 was written under rules 1, which kept no operator state; a replica
+            # replaying the same log under rules 1 keeps none either, and `RaiseRules`
+            # derives it for both alike.
+            capacity, operator_state = {"cpu": cpu, "memory": memory}, None
         else:
             mid, capacity, labels, domain, state, seqnum, heartbeat, operator_state = row
         machine = Machine(

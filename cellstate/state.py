@@ -43,6 +43,7 @@ from cellstate.commands import (
     MachineChanged,
     Ok,
     Outcome,
+    RaiseRules,
     RegisterMachines,
     ReportedState,
     ReportScheduler,
@@ -63,6 +64,7 @@ from cellstate.model import (
     ACTIVE_STATES,
     NAME_RE,
     OWNER_RE,
+    RULES,
     TERMINAL_STATES,
     TRANSITIONS,
     Band,
@@ -87,8 +89,12 @@ class CellState:
     breaks every promise above.
     """
 
-    def __init__(self, config: CellConfig | None = None) -> None:
+    def __init__(self, config: CellConfig | None = None, rules: int = RULES) -> None:
+        """A new, empty cell judging commands by `rules` (`model.RULES`): the
+        current ones by default; a replica or copy that replays a log from its
+        start begins at `FIRST_RULES` and follows the log's `RaiseRules`."""
         self.config = config or CellConfig()
+        self.rules = rules
         self.version = 0
         self.now = 0.0
         self.machines: dict[str, Machine] = {}
@@ -175,7 +181,11 @@ class CellState:
                 # An agent's restart re-registers its machine: that brings back
                 # a machine marked down for silence, not one an operator drained
                 # or took down.
-                machine.state = machine.operator_state or MachineState.UP
+                machine.state = (
+                    machine.operator_state or MachineState.UP
+                    if self.rules >= 2
+                    else MachineState.UP
+                )
                 machine.last_heartbeat = at
             self._touch(machine)
             events.append(MachineChanged(machine.id, machine.state))
@@ -186,7 +196,8 @@ class CellState:
         machine = self.machines.get(cmd.machine)
         if machine is None:
             return Error("machine_unknown", f"no machine {cmd.machine!r}", "machine")
-        machine.operator_state = None if cmd.state is MachineState.UP else cmd.state
+        if self.rules >= 2:
+            machine.operator_state = None if cmd.state is MachineState.UP else cmd.state
         if machine.state == cmd.state:
             return Ok()
         if cmd.state is MachineState.DOWN:
@@ -204,7 +215,8 @@ class CellState:
         for mid in cmd.machines:
             machine = machines.get(mid)
             if machine is None or (
-                machine.state is MachineState.DOWN and machine.operator_state is None
+                machine.state is MachineState.DOWN
+                and (machine.operator_state is None or self.rules < 2)
             ):
                 # Unknown, or marked down for silence: the agent must register again.
                 stale.append(mid)
@@ -292,6 +304,41 @@ class CellState:
         )
         return Ok()
 
+    def _raise_rules(self, cmd: RaiseRules, events: list[Event]) -> Result:
+        if not self.rules <= cmd.rules <= RULES:
+            return Error(
+                "rules_unknown",
+                f"rules {cmd.rules} are not in {self.rules}..{RULES} (this cell's to this build's)",
+                "rules",
+            )
+        if self.rules < 2 <= cmd.rules:
+            self._enter_rules_2(events)
+        self.rules = cmd.rules
+        return Ok()
+
+    def _enter_rules_2(self, events: list[Event]) -> None:
+        """What rules 2 keep that rules 1 did not record: a draining machine was
+        drained by an operator (nothing else drains), and reservations lie in
+        0..limit (an old log may have driven them out)."""
+        for machine in self.machine_list:
+            if machine.state is MachineState.DRAINING:
+                machine.operator_state = MachineState.DRAINING
+            clamped_any = False
+            for tid in machine.tasks:
+                task = self.tasks[tid]
+                if task.best_effort:
+                    continue
+                clamped = {
+                    dim: max(0, min(task.demand.get(dim, 0), amount))
+                    for dim, amount in task.reserved.items()
+                }
+                if clamped != task.reserved:
+                    self.ledger.reserve(task, machine.account, clamped)
+                    clamped_any = True
+            if clamped_any:
+                self._touch(machine)
+                self._squeeze_best_effort(machine, events)
+
     def _report_scheduler(self, cmd: ReportScheduler, events: list[Event]) -> Result:
         # Only explanations of jobs still waiting are worth keeping.
         jobs = self.pending_jobs
@@ -348,6 +395,7 @@ class CellState:
         stale = []
         margin = self.config.reservation_margin
         decay_s = self.config.reservation_decay_s
+        clamp = self.rules >= 2
         for usage in cmd.usages:
             task = self.tasks.get(usage.task)
             if (
@@ -367,7 +415,7 @@ class CellState:
             for dim, used in measured.items():
                 limit = task.demand.get(dim, 0)
                 reserved[dim] = _reservation(
-                    limit, used, task.reserved.get(dim, 0), margin, elapsed, decay_s
+                    limit, used, task.reserved.get(dim, 0), margin, elapsed, decay_s, clamp
                 )
             if reserved == task.reserved:
                 continue
@@ -394,7 +442,9 @@ class CellState:
             if not task.best_effort:
                 touched[machine.id] = machine
         for machine in touched.values():
-            preempted.extend(self._squeeze_best_effort(machine, events))
+            squeezed = self._squeeze_best_effort(machine, events)
+            if self.rules >= 2:
+                preempted.extend(squeezed)
         return CommitResult(placed, tuple(rejected), tuple(preempted))
 
     # -- the few primitives every change goes through ----------------------------
@@ -499,16 +549,25 @@ def _reverse(text: str) -> tuple[int, ...]:
 
 
 def _reservation(
-    limit: int, usage: int, current: int, margin: float, elapsed: float, decay_s: float
+    limit: int,
+    usage: int,
+    current: int,
+    margin: float,
+    elapsed: float,
+    decay_s: float,
+    clamp: bool = True,
 ) -> int:
     """Borg's reservation: usage plus a safety margin, never above the limit;
     it rises at once and decays towards its target over `decay_s`."""
-    # Clamped to 0..limit whatever the report said: the edge refuses absurd
-    # reports, and the ledger must hold even for a log written before it did.
-    target = max(0, min(limit, usage + int(limit * margin)))
+    target = min(limit, usage + int(limit * margin))
+    if clamp:
+        # Within 0..limit whatever the report said (rules 2): the edge refuses
+        # absurd reports, and the ledger must hold even for an old log's.
+        target = max(0, target)
     if target >= current:
         return target
-    return min(limit, max(target, current - int(limit * min(1.0, elapsed / decay_s))))
+    reserved = max(target, current - int(limit * min(1.0, elapsed / decay_s)))
+    return min(limit, reserved) if clamp else reserved
 
 
 _REPORTED = {
@@ -531,4 +590,5 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     ExpireHeartbeats: CellState._expire_heartbeats,
     SetQuota: CellState._set_quota,
     ReportScheduler: CellState._report_scheduler,
+    RaiseRules: CellState._raise_rules,
 }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import secrets
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
@@ -32,7 +33,8 @@ import trio
 
 from cellstate import CellState, ExpireHeartbeats, MachineState, SpecError
 from cellstate import views as cell_views
-from cellstate.commands import Command, Error
+from cellstate.commands import Command, Error, RaiseRules
+from cellstate.model import FIRST_RULES, RULES
 from cellstate.wire import decode_command, encode_result, internal, parse
 from cellstore.api import Replica
 from cellstore.errors import ApiError
@@ -58,7 +60,9 @@ class CellMachine:
     """`CellState` driven by wire-encoded commands (see `cellstore.machine.Machine`)."""
 
     def __init__(self, cell: CellState | None = None) -> None:
-        self.cell = cell or CellState()
+        # A log replayed from its start is judged by the rules it began under;
+        # its own `RaiseRules` commands bring it up to date.
+        self.cell = cell or CellState(rules=FIRST_RULES)
 
     @property
     def version(self) -> int:
@@ -221,6 +225,7 @@ def endpoints(
     router.add("GET", "/v1/cell", summary)
     router.add("GET", "/v1/explain", explain)
     replica.background.append(lambda: expire_heartbeats(replica, heartbeat_timeout_s))
+    replica.background.append(lambda: raise_rules(replica))
 
 
 def _one(request: Request, name: str) -> str | None:
@@ -241,23 +246,51 @@ def _overdue(machine: CellMachine, deadline: float) -> bool:
     )
 
 
-async def expire_heartbeats(replica: Replica, timeout: float, period_s: float = 1.0) -> None:
-    """On the leader, mark down machines silent for `timeout` seconds. The
-    decision is a command in the log, so every replica takes the same one."""
+async def leader_duty(
+    replica: Replica,
+    name: str,
+    due: Callable[[CellMachine, float], bool],
+    command: Callable[[float], Command],
+    period_s: float = 1.0,
+) -> None:
+    """On the leader, every `period_s`, commit `command(now)` when `due(state, now)`.
+
+    The decision is a command in the log, so every replica takes the same one;
+    and only a decision that is due is logged, so an idle cell's log stays still."""
     while True:
         await trio.sleep(period_s)
         if not replica.raft.raft_status()["is_leader"]:
             continue
         now = time.time()
-        # Only log a decision when there is one to take: an idle cell's log stays still.
-        if not await replica.read(functools.partial(_overdue, deadline=now - timeout)):
+        if not await replica.read(functools.partial(due, now=now)):
             continue
-        command = orjson.dumps(
-            internal.unstructure(
-                ExpireHeartbeats(timeout=timeout, at=now, id=secrets.token_hex(12)), Command
-            )
-        )
+        encoded = orjson.dumps(internal.unstructure(command(now), Command))
         try:
-            await replica.commit([command])
+            await replica.commit([encoded])
         except ApiError as exc:
-            log.info("expire_heartbeats_not_committed", reason=exc.body.message)
+            log.info("leader_duty_not_committed", duty=name, reason=exc.body.message)
+
+
+def expire_heartbeats(
+    replica: Replica, timeout: float, period_s: float = 1.0
+) -> Coroutine[Any, Any, None]:
+    """Mark down machines silent for `timeout` seconds."""
+    return leader_duty(
+        replica,
+        "expire_heartbeats",
+        lambda machine, now: _overdue(machine, now - timeout),
+        lambda now: ExpireHeartbeats(timeout=timeout, at=now, id=secrets.token_hex(12)),
+        period_s,
+    )
+
+
+def raise_rules(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, None]:
+    """Bring a cell whose log began under older rules (`model.RULES`) to this build's.
+    Upgrades are whole-cell restarts: every replica runs this build when it does."""
+    return leader_duty(
+        replica,
+        "raise_rules",
+        lambda machine, now: machine.cell.rules < RULES,
+        lambda now: RaiseRules(RULES, at=now, id=secrets.token_hex(12)),
+        period_s,
+    )

@@ -14,6 +14,7 @@ import trio
 
 from cellstate import CellState, Event
 from cellstate.commands import Command
+from cellstate.model import FIRST_RULES
 from cellstate.wire import internal
 from cellstore.client import StoreClient
 
@@ -35,7 +36,8 @@ class LocalCopy:
         on_events: EventSink | None = None,
         on_reset: Callable[[CellState], None] | None = None,
     ) -> None:
-        self.cell = CellState()
+        # The feed replays the log from its start, under the rules it began with.
+        self.cell = CellState(rules=FIRST_RULES)
         self._on_events = on_events
         self._on_reset = on_reset
         self._changed = trio.Event()

@@ -34,6 +34,7 @@ from pysyncobj import pickle as raft_pickle
 from pysyncobj.journal import FileJournal
 
 from cellstate import CellState, views
+from cellstate.model import FIRST_RULES, RULES
 from cellstore.cell import CellMachine
 from cellstore.config import ReplicaConfig
 from cellstore.machine import MachineBox
@@ -186,11 +187,15 @@ def register_again(machine: dict[str, Any]) -> dict[str, Any]:
 
 def test_drain_set_before_the_upgrade_survives_an_agent_restart() -> None:
     # m3 was drained before every replica's dump: only the format-1 snapshot says so.
+    # The old log is judged by the old rules until the leader raises them; from then
+    # on a drain outlives an agent's restart.
     m3 = next(m for m in EXPECTED["machines"] if m["id"] == "m3")
+    register = {"type": "register_machines", "machines": [register_again(m3)]}
     for i in range(REPLICAS):
         machine = replayed(FIXTURE / f"replica-{i}")
-        command = {"type": "register_machines", "machines": [register_again(m3)]}
-        machine.apply_encoded(CellMachine.canonical(command))
+        assert machine.cell.rules == FIRST_RULES
+        machine.apply_encoded(CellMachine.canonical({"type": "raise_rules", "rules": RULES}))
+        machine.apply_encoded(CellMachine.canonical(register))
         assert machine.cell.machines["m3"].state == "draining"
         machine.cell.check_invariants()
 
@@ -264,11 +269,14 @@ def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
     upgraded_cell: LocalCluster,
 ) -> None:
     cluster, api = upgraded_cell, Api(upgraded_cell)
-    cluster.wait_for_version(EXPECTED["version"], list(range(REPLICAS)))
+    # The new leader's first act is to raise the old log's rules to this build's: one
+    # command past the old release's last.
+    cluster.wait_for_version(EXPECTED["version"] + 1, list(range(REPLICAS)))
     snapshot = settled_snapshots(cluster)
     assert orjson.loads(snapshot)["format"] == 2
-    assert CellState.restore(snapshot).version == EXPECTED["version"]
-    CellState.restore(snapshot).check_invariants()
+    restored = CellState.restore(snapshot)
+    assert (restored.version, restored.rules) == (EXPECTED["version"] + 1, RULES)
+    restored.check_invariants()
     for i in range(REPLICAS):  # every replica answers with the same facts
         assert_facts(
             api.get("/v1/jobs", i)["jobs"],
