@@ -12,10 +12,14 @@ import pytest
 
 from cellstate import (
     Band,
+    CellState,
+    Claim,
+    Commit,
     CommitResult,
     ConflictMode,
     ExpireHeartbeats,
     Heartbeat,
+    JobSpec,
     KillJob,
     MachineSpec,
     MachineState,
@@ -29,12 +33,14 @@ from cellstate import (
     SetMachineState,
     SetQuota,
     SpecError,
+    SubmitJob,
     TaskReport,
     TaskState,
     TaskUsage,
+    Transaction,
     TxnMode,
 )
-from cellstate.commands import Command
+from cellstate.commands import Command, RaiseRules
 from cellstate.invariants import InvariantViolation
 from cellstate.wire import parse
 from tests.cellfixtures import GI, cell_with, commit, reasons, submit
@@ -241,8 +247,6 @@ def test_a_machine_cannot_shrink_below_the_devices_its_tasks_hold():
 def _old_log() -> list:
     """Commands of a cell that began under rules 1 and was raised to rules 2 midway:
     each loose end's command appears on both sides of `RaiseRules`."""
-    from cellstate import Claim, Commit, JobSpec, SubmitJob, Transaction
-    from cellstate.commands import RaiseRules
 
     def job(name: str, cpu: int, scheduler=SchedulerClass.BATCH, tasks: int = 1) -> SubmitJob:
         spec = JobSpec(name, "alice", scheduler, Resources(cpu, GI), tasks=tasks)
@@ -285,10 +289,6 @@ def _old_log() -> list:
 
 
 def test_rules_1_judge_an_old_log_as_the_old_release_did_and_rules_2_as_this_one():
-    from cellstate import CellState
-
-    from cellstate.commands import RaiseRules
-
     cell = CellState(rules=1)
     answers = []
     for command in _old_log():
@@ -311,8 +311,6 @@ def test_rules_1_judge_an_old_log_as_the_old_release_did_and_rules_2_as_this_one
 def test_replicas_rebuilt_from_any_point_of_an_old_log_agree():
     """A replica restores its last dump and replays the rest of its journal: wherever
     the dump was cut, before, across or after `RaiseRules`, it must reach the same bytes."""
-    from cellstate import CellState
-
     log = _old_log()
     whole = CellState(rules=1)
     for command in log:
