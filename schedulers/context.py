@@ -2,8 +2,8 @@
 
 A decision places many tasks before the store sees any of them, so each
 placement is subtracted from *local* copies of the table's `free` and
-`be_free` arrays (every dimension at once) and later placements (of the same
-job or of later jobs) see what earlier ones took. The books move as the
+`be_free` arrays (in each column the task's demand names) and later
+placements (of the same job or of later jobs) see what earlier ones took. The books move as the
 ledger's would:
 - a regular task takes its limit from the regular room and, as it reserves
   its limit until usage is reported, from the best-effort room too;
