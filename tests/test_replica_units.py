@@ -153,7 +153,10 @@ def test_compaction_dump_holds_the_machine_snapshot(tmp_path: Path) -> None:
     # Nothing but the machine (and pysyncobj's own code-version int) is persisted.
     assert set(dump[0]) == {"_box", "_SyncObj__enabledCodeVersion"}
     restored = KVMachine.restore(box.pending)
-    assert restored.data["n"] == restored.version > 20
+    # A consistent cut of the 50 commands: where it falls depends on when pysyncobj's log
+    # (its own entries counted) passed 20 entries, which varies with load (18 seen in CI).
+    assert restored.data["n"] == restored.version
+    assert 0 < restored.version <= 50
 
 
 @pytest.mark.parametrize("query", ["from=0", "from=-3"])
