@@ -21,7 +21,6 @@ The leader also issues `ExpireHeartbeats` every second for machines silent longe
 from __future__ import annotations
 
 import functools
-import secrets
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -39,6 +38,7 @@ from cellstate.wire import decode_command, encode_result, internal, parse
 from cellstore.api import Replica
 from cellstore.errors import ApiError
 from cellstore.http import Request, Response, Router
+from cellstore.ids import new_command_id, new_job_id
 
 log = structlog.get_logger("cellstore.cell")
 
@@ -90,7 +90,7 @@ class CellMachine:
         if isinstance(document, dict) and "at" in document:
             document = {k: v for k, v in document.items() if k != "at"}
         command = parse(document, Command, path)
-        command = attrs.evolve(command, at=time.time(), id=command.id or secrets.token_hex(12))
+        command = attrs.evolve(command, at=time.time(), id=command.id or new_command_id())
         return orjson.dumps(internal.unstructure(command, Command))
 
 
@@ -234,9 +234,7 @@ def _one(request: Request, name: str) -> str | None:
 
 
 def _job_id(spec: Any) -> str:
-    name = spec.get("name") if isinstance(spec, dict) else None
-    base = name if isinstance(name, str) and name else "job"
-    return f"{base[:50]}-{secrets.token_hex(3)}"
+    return new_job_id(spec.get("name") if isinstance(spec, dict) else None)
 
 
 def _overdue(machine: CellMachine, deadline: float) -> bool:
@@ -279,7 +277,7 @@ def expire_heartbeats(
         replica,
         "expire_heartbeats",
         lambda machine, now: _overdue(machine, now - timeout),
-        lambda now: ExpireHeartbeats(timeout=timeout, at=now, id=secrets.token_hex(12)),
+        lambda now: ExpireHeartbeats(timeout=timeout, at=now, id=new_command_id()),
         period_s,
     )
 
@@ -291,6 +289,6 @@ def raise_rules(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, 
         replica,
         "raise_rules",
         lambda machine, now: machine.cell.rules < RULES,
-        lambda now: RaiseRules(RULES, at=now, id=secrets.token_hex(12)),
+        lambda now: RaiseRules(RULES, at=now, id=new_command_id()),
         period_s,
     )

@@ -1,0 +1,787 @@
+"""The typed client of a cell: every operation of the cell's API as one method, and the only
+place outside the server's route table that knows a route.
+
+Writes take `cellstate` values and answer them: `commit(txn)` sends a `Transaction` and returns
+`Applied[CommitResult]` (the result and the store version that holds it), `report_tasks`
+returns `Applied[Stale | Ok]`, and so on; each builds the command and sends it to the route
+that `WRITE_ROUTES` names for its type. Every write carries a command id (minted by
+`cellstore.ids` unless the caller passes one to keep across its own retries), so a retried
+request is applied once. Reads answer the cell's read models (`cellstate.views`), JSON
+documents whose field names are a public contract (`omega ... --json` prints them); they are
+typed here as `TypedDict`s. Every failure, whether the cell refused (`job_unknown`, `invalid`
+with the offending field, ...) or no replica answered (`unavailable`), is raised as one
+`CellError` carrying code, message and field.
+
+There are two faces on one client, and they share everything but the transport: `_Calls`
+builds each request (method, route, query, body) and decodes each answer; `CellClient` runs
+them on trio through the generic `StoreClient` (leader following, retries, keep-alive, the
+watch feed), for schedulers, agents and benchmarks; `SyncCellClient` runs them blocking over
+the standard library's `http.client`, for the `omega` command. The sync face exists because a
+CLI read pays for every import before it answers: trio and httpx alone cost more than the whole
+150 ms budget of `omega jobs`. So this module imports neither at the top, nor `cellstate`'s
+converters (the read path never decodes a command result): those come in with the first call
+that needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+from urllib.parse import urlencode
+
+import attrs
+import orjson
+
+from cellstore.ids import new_command_id, new_job_id
+
+if TYPE_CHECKING:
+    import http.client
+
+    from cellstate import (
+        Band,
+        CommitResult,
+        JobSpec,
+        MachineSpec,
+        MachineState,
+        Ok,
+        Resources,
+        SchedulerClass,
+        Stale,
+        TaskReport,
+        TaskUsage,
+        Transaction,
+    )
+    from cellstate.commands import Command
+    from cellstore.client import StoreClient, WatchBatch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+# Each command's route: the cell's typed endpoints (`cellstore.cell.endpoints`) take the
+# command's own fields as their body.
+WRITE_ROUTES: dict[str, str] = {
+    "SubmitJob": "/v1/jobs",
+    "KillJob": "/v1/jobs/kill",
+    "Commit": "/v1/transactions",
+    "RegisterMachines": "/v1/agents/register",
+    "Heartbeat": "/v1/agents/heartbeat",
+    "ReportTasks": "/v1/agents/report",
+    "ReportUsage": "/v1/agents/usage",
+    "SetMachineState": "/v1/machines/state",
+    "SetQuota": "/v1/quotas",
+    "ReportScheduler": "/v1/schedulers/report",
+}
+JOBS = "/v1/jobs"
+TASKS = "/v1/tasks"
+MACHINES = "/v1/machines"
+CELL = "/v1/cell"
+EXPLAIN = "/v1/explain"
+STATUS = "/v1/status"
+AGENT_LOGS = "/v1/logs"  # served by each agent (`agents.logserver`), not by the replicas
+
+
+class CellError(Exception):
+    """What any call of the client raises. `code` is the cell's error code (`job_unknown`,
+    `invalid`, `job_exists`, ...) or `unavailable` when no replica answered in time; `field` is
+    the JSON path of the offending input when there is one; `status` the HTTP status, if any."""
+
+    def __init__(
+        self, code: str, message: str, field: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}" + (f" ({field})" if field else ""))
+        self.code = code
+        self.message = message
+        self.field = field
+        self.status = status
+
+
+@attrs.frozen(slots=True)
+class Applied(Generic[R]):
+    """A write the cell applied: its result, and the store version that holds it (wait for
+    that version in a local copy to see the write)."""
+
+    version: int
+    result: R
+
+
+@attrs.frozen(slots=True)
+class Submitted:
+    """A submitted job: the id it was given and the version of the submission."""
+
+    job: str
+    version: int
+
+
+# -- read models (field names are `cellstate.views`'s public contract) --------------------
+
+
+class ResourceView(TypedDict):
+    cpu: str
+    memory: str
+    cpu_milli: int
+    memory_bytes: int
+
+
+class JobView(TypedDict):
+    id: str
+    name: str
+    scheduler: str
+    priority: int
+    state: str
+    tasks: dict[str, int]  # count per task state
+    owner: str
+    band: str
+    size: int
+    submitted_at: float
+    gang: bool
+    resources: ResourceView
+    command: list[str]
+
+
+class TaskView(TypedDict):
+    id: str
+    job: str
+    state: str
+    machine: str | None
+    incarnation: int
+    priority: int
+    exit_code: int | None
+    reason: str | None
+    restarts: int
+    evictions: int
+    submitted_at: float
+    placed_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    usage: ResourceView | None
+
+
+class MachineView(TypedDict):
+    id: str
+    state: str
+    capacity: ResourceView
+    used: ResourceView
+    domain: str
+    labels: dict[str, str]
+    tasks: int
+    seqnum: int
+    reserved: ResourceView
+    last_heartbeat: float
+
+
+class SchedulerSummary(TypedDict):
+    name: str
+    kind: str
+    figures: dict[str, float]
+    reported_at: float
+    blocked: int
+
+
+class CellSummary(TypedDict):
+    version: int
+    now: float
+    jobs: int
+    tasks: dict[str, int]
+    machines: dict[str, int]
+    schedulers: list[SchedulerSummary]
+
+
+class Explanation(TypedDict):
+    job: JobView
+    task: TaskView | None
+    pending: int
+    active: int
+    schedulers: dict[str, str]
+    waiting: bool
+
+
+class ReplicaStatus(TypedDict, total=False):
+    """One replica's own account (`cellstore.api.status`); `error` instead when unreachable."""
+
+    replica: str
+    api: str
+    leader: dict[str, str | None]
+    is_leader: bool
+    ready: bool
+    term: int
+    version: int
+    address: str
+    error: str
+
+
+# -- requests, built and decoded once for both faces ----------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Call(Generic[T]):
+    """One request and how to read its answer. `leader` marks a write: it goes to the replica
+    believed to lead; reads go to whichever replica is preferred."""
+
+    method: str
+    path: str
+    decode: Callable[[Any], T]
+    body: Any = None
+    leader: bool = False
+
+    def with_query(self, **params: object) -> Call[T]:
+        query = urlencode({k: v for k, v in params.items() if v is not None and v != ""})
+        return attrs.evolve(self, path=f"{self.path}?{query}") if query else self
+
+
+def _key(name: str) -> Callable[[Any], Any]:
+    return lambda answer: answer[name]
+
+
+def _same(answer: Any) -> Any:
+    return answer
+
+
+class _Calls:
+    """Every operation as a `Call`; the faces only run them."""
+
+    @staticmethod
+    def write(command: Command, decode: Callable[[Any], R] | None = None) -> Call[Applied[Any]]:
+        from cellstate.commands import Result
+        from cellstate.wire import internal
+
+        route = WRITE_ROUTES.get(type(command).__name__)
+        if route is None:
+            raise TypeError(f"{type(command).__name__} is not a command a client may send")
+        body = internal.unstructure(command, type(command))
+
+        def applied(answer: Any) -> Applied[Any]:
+            result = internal.structure(answer["result"], Result)
+            return Applied(int(answer["version"]), decode(result) if decode else result)
+
+        return Call("POST", route, applied, body, leader=True)
+
+    @staticmethod
+    def submit(spec: JobSpec, job: str | None, id: str | None) -> Call[Submitted]:
+        from cellstate import SubmitJob
+
+        chosen = job or new_job_id(spec.name)
+        write = _Calls.write(SubmitJob(chosen, spec, id=id or new_command_id()))
+        return attrs.evolve(write, decode=lambda a: Submitted(chosen, write.decode(a).version))
+
+    @staticmethod
+    def kill(job: str, id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import KillJob
+
+        return _Calls.write(KillJob(job, id=id or new_command_id()))
+
+    @staticmethod
+    def commit(txn: Transaction, id: str | None) -> Call[Applied[CommitResult]]:
+        from cellstate import Commit, CommitResult
+
+        return _Calls.write(Commit(txn, id=id or new_command_id()), _expect(CommitResult))
+
+    @staticmethod
+    def register_machines(machines: Sequence[MachineSpec], id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import RegisterMachines
+
+        return _Calls.write(RegisterMachines(tuple(machines), id=id or new_command_id()))
+
+    @staticmethod
+    def heartbeat(machines: Sequence[str], id: str | None) -> Call[Applied[Stale | Ok]]:
+        from cellstate import Heartbeat
+
+        return _Calls.write(Heartbeat(tuple(machines), id=id or new_command_id()))
+
+    @staticmethod
+    def report_tasks(reports: Sequence[TaskReport], id: str | None) -> Call[Applied[Stale | Ok]]:
+        from cellstate import ReportTasks
+
+        return _Calls.write(ReportTasks(tuple(reports), id=id or new_command_id()))
+
+    @staticmethod
+    def report_usage(usages: Sequence[TaskUsage], id: str | None) -> Call[Applied[Stale | Ok]]:
+        from cellstate import ReportUsage
+
+        return _Calls.write(ReportUsage(tuple(usages), id=id or new_command_id()))
+
+    @staticmethod
+    def set_machine_state(machine: str, state: MachineState, id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import SetMachineState
+
+        return _Calls.write(SetMachineState(machine, state, id=id or new_command_id()))
+
+    @staticmethod
+    def set_quota(
+        owner: str, band: Band, limit: Resources | None, id: str | None
+    ) -> Call[Applied[Ok]]:
+        from cellstate import SetQuota
+
+        return _Calls.write(SetQuota(owner, band, limit, id=id or new_command_id()))
+
+    @staticmethod
+    def report_scheduler(
+        name: str,
+        kind: SchedulerClass,
+        figures: Mapping[str, float],
+        explanations: Mapping[str, str],
+        id: str | None,
+    ) -> Call[Applied[Ok]]:
+        from cellstate import ReportScheduler
+
+        command = ReportScheduler(
+            name, kind, dict(figures), dict(explanations), id=id or new_command_id()
+        )
+        return _Calls.write(command)
+
+    # reads: the cell's read models, decoded as they are
+
+    @staticmethod
+    def job(job: str) -> Call[JobView]:
+        return Call("GET", JOBS, _same).with_query(id=job)
+
+    @staticmethod
+    def jobs(state: str | None) -> Call[list[JobView]]:
+        return Call("GET", JOBS, _key("jobs")).with_query(state=state)
+
+    @staticmethod
+    def task(task: str) -> Call[TaskView]:
+        return Call("GET", TASKS, _same).with_query(id=task)
+
+    @staticmethod
+    def tasks(
+        job: str | None, state: str | None, machine: str | None, limit: int | None
+    ) -> Call[list[TaskView]]:
+        return Call("GET", TASKS, _key("tasks")).with_query(
+            job=job, state=state, machine=machine, limit=limit
+        )
+
+    @staticmethod
+    def machines() -> Call[list[MachineView]]:
+        return Call("GET", MACHINES, _key("machines"))
+
+    @staticmethod
+    def summary() -> Call[CellSummary]:
+        return Call("GET", CELL, _same)
+
+    @staticmethod
+    def explain(target: str) -> Call[Explanation]:
+        return Call("GET", EXPLAIN, _same).with_query(target=target)
+
+    @staticmethod
+    def status() -> Call[ReplicaStatus]:
+        return Call("GET", STATUS, _same)
+
+
+def _expect(cls: type[T]) -> Callable[[Any], T]:
+    def check(result: Any) -> T:
+        if not isinstance(result, cls):
+            raise CellError("unexpected_result", f"expected {cls.__name__}, got {result!r}")
+        return result
+
+    return check
+
+
+def _error_from(status: int, document: Any, text: str) -> CellError:
+    err = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(err, dict):
+        return CellError("http_error", f"HTTP {status}: {text[:200]}", None, status)
+    return CellError(
+        err.get("code", "http_error"), err.get("message", text[:200]), err.get("field"), status
+    )
+
+
+# -- the async face ------------------------------------------------------------------------
+
+
+class CellClient:
+    """The cell's operations on trio, over a `StoreClient` (which follows the leader and
+    retries). Use `async with CellClient.connect(addresses, token) as cell:`, or wrap a store
+    client you already hold with `CellClient(store)`."""
+
+    def __init__(self, store: StoreClient) -> None:
+        self.store = store
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls, addresses: Sequence[str], token: str, **options: Any
+    ) -> AsyncIterator[CellClient]:
+        """A client over a new `StoreClient(addresses, token, **options)`, closed on exit."""
+        from cellstore.client import StoreClient
+
+        async with StoreClient(addresses, token, **options) as store:
+            yield cls(store)
+
+    async def _run(self, call: Call[T]) -> T:
+        from cellstore.client import StoreUnavailable
+        from cellstore.errors import ApiError
+
+        try:
+            answer = await self.store.request(call.method, call.path, call.body)
+        except ApiError as exc:
+            body = exc.body
+            raise CellError(body.code, body.message, body.field, exc.status) from None
+        except StoreUnavailable as exc:
+            raise CellError("unavailable", str(exc)) from None
+        return call.decode(answer)
+
+    # writes
+
+    async def submit(
+        self, spec: JobSpec, job: str | None = None, *, id: str | None = None
+    ) -> Submitted:
+        """Submit a job of `spec`, as `job` or as a fresh `NAME-xxxxxx` id."""
+        return await self._run(_Calls.submit(spec, job, id))
+
+    async def kill(self, job: str, *, id: str | None = None) -> Applied[Ok]:
+        return await self._run(_Calls.kill(job, id))
+
+    async def commit(self, txn: Transaction, *, id: str | None = None) -> Applied[CommitResult]:
+        """Commit one transaction (one Raft entry): the claim-by-claim verdict."""
+        return await self._run(_Calls.commit(txn, id))
+
+    async def register_machines(
+        self, machines: Sequence[MachineSpec], *, id: str | None = None
+    ) -> Applied[Ok]:
+        return await self._run(_Calls.register_machines(machines, id))
+
+    async def heartbeat(
+        self, machines: Sequence[str], *, id: str | None = None
+    ) -> Applied[Stale | Ok]:
+        """`Stale.machines` are unknown or down in the cell: register them again."""
+        return await self._run(_Calls.heartbeat(machines, id))
+
+    async def report_tasks(
+        self, reports: Sequence[TaskReport], *, id: str | None = None
+    ) -> Applied[Stale | Ok]:
+        """`Stale.tasks` no longer run where they were reported: stop them."""
+        return await self._run(_Calls.report_tasks(reports, id))
+
+    async def report_usage(
+        self, usages: Sequence[TaskUsage], *, id: str | None = None
+    ) -> Applied[Stale | Ok]:
+        return await self._run(_Calls.report_usage(usages, id))
+
+    async def set_machine_state(
+        self, machine: str, state: MachineState, *, id: str | None = None
+    ) -> Applied[Ok]:
+        return await self._run(_Calls.set_machine_state(machine, state, id))
+
+    async def set_quota(
+        self, owner: str, band: Band, limit: Resources | None, *, id: str | None = None
+    ) -> Applied[Ok]:
+        return await self._run(_Calls.set_quota(owner, band, limit, id))
+
+    async def report_scheduler(
+        self,
+        name: str,
+        kind: SchedulerClass,
+        figures: Mapping[str, float],
+        explanations: Mapping[str, str],
+        *,
+        id: str | None = None,
+    ) -> Applied[Ok]:
+        return await self._run(_Calls.report_scheduler(name, kind, figures, explanations, id))
+
+    # reads
+
+    async def job(self, job: str) -> JobView:
+        return await self._run(_Calls.job(job))
+
+    async def jobs(self, state: str | None = None) -> list[JobView]:
+        return await self._run(_Calls.jobs(state))
+
+    async def task(self, task: str) -> TaskView:
+        return await self._run(_Calls.task(task))
+
+    async def tasks(
+        self,
+        job: str | None = None,
+        state: str | None = None,
+        machine: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskView]:
+        return await self._run(_Calls.tasks(job, state, machine, limit))
+
+    async def machines(self) -> list[MachineView]:
+        return await self._run(_Calls.machines())
+
+    async def summary(self) -> CellSummary:
+        return await self._run(_Calls.summary())
+
+    async def explain(self, target: str) -> Explanation:
+        """Why a job or task is where it is (`target` is a job or task id)."""
+        return await self._run(_Calls.explain(target))
+
+    async def status(self, address: str | None = None) -> ReplicaStatus:
+        """The status of the replica at `address`, or of whichever replica answers."""
+        if address is None:
+            return await self._run(_Calls.status())
+        import httpx
+
+        from cellstore.errors import ApiError
+
+        try:
+            return await self.store.status(address)
+        except ApiError as exc:
+            raise CellError(exc.body.code, exc.body.message, exc.body.field, exc.status) from None
+        except httpx.HTTPError as exc:
+            raise CellError("unavailable", f"{address}: {exc!r}") from None
+
+    async def watch(self, from_version: int = 1) -> AsyncIterator[WatchBatch]:
+        """The cell's log from `from_version` on, forever, across failovers: batches of
+        `(version, command)` in the log's own form, for a `LocalCopy` to apply."""
+        async for batch in self.store.watch(from_version):
+            yield batch
+
+
+# -- the blocking face ----------------------------------------------------------------------
+
+
+class _BlockingTransport:
+    """HTTP/1.1 with keep-alive to each replica, standard library only. A write goes to the
+    replica that `x-omega-leader` last named; a connection error, a timeout or a 5xx moves on
+    to the next replica and retries (the same bytes) with capped back-off until the deadline."""
+
+    def __init__(
+        self, addresses: Sequence[str], token: str, timeout_s: float, retry_deadline_s: float
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one replica address is needed")
+        urls = [a if "://" in a else f"http://{a}" for a in addresses]
+        self._targets = [tuple(u.split("://", 1)) for u in urls]
+        self._addresses = [host for _, host in self._targets]
+        self._headers = {"authorization": f"Bearer {token}"}
+        self._timeout_s = timeout_s
+        self._retry_deadline_s = retry_deadline_s
+        self._connections: dict[int, http.client.HTTPConnection] = {}
+        self._preferred = 0
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+
+    def _connection(self, index: int) -> http.client.HTTPConnection:
+        import http.client
+
+        connection = self._connections.get(index)
+        if connection is None:
+            scheme, host = self._targets[index]
+            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            connection = cls(host.rstrip("/"), timeout=self._timeout_s)
+            self._connections[index] = connection
+        return connection
+
+    def _drop(self, index: int) -> None:
+        connection = self._connections.pop(index, None)
+        if connection is not None:
+            connection.close()
+
+    def request(self, method: str, path: str, body: Any, *, leader: bool) -> Any:
+        import http.client
+
+        raw = orjson.dumps(body) if body is not None else None
+        headers = dict(self._headers)
+        if raw is not None:
+            headers["content-type"] = "application/json"
+        deadline = time.monotonic() + self._retry_deadline_s
+        delay = 0.02
+        last: str = ""
+        while True:
+            index = self._preferred
+            try:
+                status, content, reported_leader = self._exchange(index, method, path, raw, headers)
+                if leader and reported_leader in self._addresses:
+                    self._preferred = self._addresses.index(reported_leader)
+                if status not in RETRYABLE_STATUS:
+                    return _decoded(status, content)
+                last = f"HTTP {status} from {self._addresses[index]}"
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(index)
+                last = f"{self._addresses[index]}: {exc!r}"
+            self._preferred = (index + 1) % len(self._targets)
+            if time.monotonic() > deadline:
+                raise CellError("unavailable", f"{method} {path}: no replica answered: {last}")
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 0.5)
+
+    def _exchange(
+        self, index: int, method: str, path: str, raw: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes, str | None]:
+        connection = self._connection(index)
+        connection.request(method, path, body=raw, headers=headers)
+        response = connection.getresponse()
+        content = response.read()
+        return response.status, content, response.getheader("x-omega-leader")
+
+    def get_from(self, index: int, path: str) -> Any:
+        """One GET from one replica, no retry: a replica's own account of itself."""
+        import http.client
+
+        try:
+            status, content, _ = self._exchange(index, "GET", path, None, dict(self._headers))
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop(index)
+            raise CellError("unavailable", f"{self._addresses[index]}: {exc!r}") from None
+        return _decoded(status, content)
+
+    def index_of(self, address: str) -> int:
+        host = address.split("://", 1)[-1].rstrip("/")
+        if host not in self._addresses:
+            raise CellError("invalid", f"{address!r} is not one of {self._addresses}", "address")
+        return self._addresses.index(host)
+
+
+def _decoded(status: int, content: bytes) -> Any:
+    try:
+        document = orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        document = None
+    if status >= 400:
+        raise _error_from(status, document, content.decode(errors="replace"))
+    return document
+
+
+class SyncCellClient:
+    """The same operations, blocking, for the `omega` command (see the module's docstring).
+    Use `with SyncCellClient(addresses, token) as cell:`."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        token: str,
+        *,
+        timeout_s: float = 15.0,
+        retry_deadline_s: float = 15.0,
+    ) -> None:
+        self._token = token
+        self._timeout_s = timeout_s
+        self._transport = _BlockingTransport(addresses, token, timeout_s, retry_deadline_s)
+
+    def __enter__(self) -> SyncCellClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def _run(self, call: Call[T]) -> T:
+        answer = self._transport.request(call.method, call.path, call.body, leader=call.leader)
+        return call.decode(answer)
+
+    # writes
+
+    def submit(self, spec: JobSpec, job: str | None = None, *, id: str | None = None) -> Submitted:
+        return self._run(_Calls.submit(spec, job, id))
+
+    def kill(self, job: str, *, id: str | None = None) -> Applied[Ok]:
+        return self._run(_Calls.kill(job, id))
+
+    def commit(self, txn: Transaction, *, id: str | None = None) -> Applied[CommitResult]:
+        return self._run(_Calls.commit(txn, id))
+
+    def register_machines(
+        self, machines: Sequence[MachineSpec], *, id: str | None = None
+    ) -> Applied[Ok]:
+        return self._run(_Calls.register_machines(machines, id))
+
+    def heartbeat(self, machines: Sequence[str], *, id: str | None = None) -> Applied[Stale | Ok]:
+        return self._run(_Calls.heartbeat(machines, id))
+
+    def report_tasks(
+        self, reports: Sequence[TaskReport], *, id: str | None = None
+    ) -> Applied[Stale | Ok]:
+        return self._run(_Calls.report_tasks(reports, id))
+
+    def report_usage(
+        self, usages: Sequence[TaskUsage], *, id: str | None = None
+    ) -> Applied[Stale | Ok]:
+        return self._run(_Calls.report_usage(usages, id))
+
+    def set_machine_state(
+        self, machine: str, state: MachineState, *, id: str | None = None
+    ) -> Applied[Ok]:
+        return self._run(_Calls.set_machine_state(machine, state, id))
+
+    def set_quota(
+        self, owner: str, band: Band, limit: Resources | None, *, id: str | None = None
+    ) -> Applied[Ok]:
+        return self._run(_Calls.set_quota(owner, band, limit, id))
+
+    # reads
+
+    def job(self, job: str) -> JobView:
+        return self._run(_Calls.job(job))
+
+    def jobs(self, state: str | None = None) -> list[JobView]:
+        return self._run(_Calls.jobs(state))
+
+    def task(self, task: str) -> TaskView:
+        return self._run(_Calls.task(task))
+
+    def tasks(
+        self,
+        job: str | None = None,
+        state: str | None = None,
+        machine: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskView]:
+        return self._run(_Calls.tasks(job, state, machine, limit))
+
+    def machines(self) -> list[MachineView]:
+        return self._run(_Calls.machines())
+
+    def summary(self) -> CellSummary:
+        return self._run(_Calls.summary())
+
+    def explain(self, target: str) -> Explanation:
+        return self._run(_Calls.explain(target))
+
+    def status(self, address: str | None = None) -> ReplicaStatus:
+        if address is None:
+            return self._run(_Calls.status())
+        return self._transport.get_from(self._transport.index_of(address), STATUS)
+
+    def agent_logs(
+        self, agent: str, task: str, incarnation: int, stream: str, offset: int
+    ) -> bytes:
+        """A chunk of a task's captured `stream` from `offset`, read from the agent at
+        `agent` (HOST:PORT, its machine's `omega.agent` label) with this client's token."""
+        import http.client
+
+        query = urlencode(
+            {"task": task, "incarnation": incarnation, "stream": stream, "offset": offset}
+        )
+        connection = http.client.HTTPConnection(agent, timeout=self._timeout_s)
+        try:
+            connection.request(
+                "GET", f"{AGENT_LOGS}?{query}", headers={"authorization": f"Bearer {self._token}"}
+            )
+            response = connection.getresponse()
+            content = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise CellError("unavailable", f"agent {agent} did not answer: {exc!r}") from None
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise _error_from(response.status, _loads_or_none(content), content.decode("replace"))
+        return content
+
+
+def _loads_or_none(content: bytes) -> Any:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def each_status(cell: SyncCellClient, addresses: Sequence[str]) -> Iterator[ReplicaStatus]:
+    """Every replica's own status, or `{"address", "error"}` for one that does not answer."""
+    for address in addresses:
+        try:
+            yield cell.status(address)
+        except CellError as exc:
+            yield {"address": address, "error": str(exc)}
