@@ -9,25 +9,23 @@ stable JSON for scripts. Errors name what is wrong and exit non-zero.
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import httpx
-import trio
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from cellstore.client import StoreClient, StoreUnavailable
-from cellstore.errors import ApiError
-from omega.specfile import SpecFileError, load_spec
+from cellstore.cellclient import CellError, SyncCellClient, each_status
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+# A read command (`omega jobs --json`) must start and answer in well under 150 ms, so this
+# module imports only what every command needs: typer and the blocking cell client. Rich,
+# trio, spec files and the parts' own modules are imported inside the commands that use them.
 
 app = typer.Typer(
     help="omega-cell: an Omega-style shared-state cluster scheduler.",
@@ -40,8 +38,28 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 
-console = Console()
-errors = Console(stderr=True)
+
+def console() -> Console:
+    """Standard output for people; made on first use (rich costs ~30 ms to import)."""
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console()
+    return _console
+
+
+def errors() -> Console:
+    global _errors
+    if _errors is None:
+        from rich.console import Console
+
+        _errors = Console(stderr=True)
+    return _errors
+
+
+_console: Console | None = None
+_errors: Console | None = None
 
 Addr = Annotated[
     str, typer.Option("--addr", envvar="OMEGA_ADDR", help="Replica URLs, comma-separated.")
@@ -54,30 +72,28 @@ TASK_FIELDS = ("id", "job", "state", "machine")
 NODE_FIELDS = ("id", "state", "capacity", "used", "domain", "labels")
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
+    from rich.markup import escape
+
     # One unwrapped line, so scripts and grep see the whole message.
-    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    errors().print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def call(addr: str, token: str, fn: Callable[[StoreClient], Any]) -> Any:
-    """Run `fn(client)` against the cell; turn its errors into messages and exits."""
+def call(addr: str, token: str, fn: Callable[[SyncCellClient], Any]) -> Any:
+    """Run `fn(cell)` against the cell; turn its errors into messages and exits."""
     if not addr:
         fail("no cell address: pass --addr or set OMEGA_ADDR (source DATA_DIR/env)", 2)
     if not token:
         fail("no token: pass --token or set OMEGA_TOKEN (source DATA_DIR/env)", 2)
-
-    async def run() -> Any:
-        async with StoreClient(addr.split(","), token, retry_deadline_s=15.0) as client:
-            return await fn(client)
-
     try:
-        return trio.run(run)
-    except ApiError as exc:
-        where = f" ({exc.body.field})" if exc.body.field else ""
-        fail(f"{exc.body.code}: {exc.body.message}{where}")
-    except StoreUnavailable as exc:
-        fail(f"no replica answered: {exc}")
+        with SyncCellClient(addr.split(","), token, retry_deadline_s=15.0) as cell:
+            return fn(cell)
+    except CellError as exc:
+        if exc.code == "unavailable":
+            fail(f"no replica answered: {exc.message}")
+        where = f" ({exc.field})" if exc.field else ""
+        fail(f"{exc.code}: {exc.message}{where}")
 
 
 def pick(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
@@ -118,7 +134,10 @@ def up(
     ] = 10.0,
 ) -> None:
     """Start a whole local cell and supervise it until Ctrl-C."""
+    import trio
+
     from cellstate.resources import UnitError, parse_declaration
+    from omega.specfile import SpecFileError, load_spec
     from omega.up import run_cell
 
     for text in resource:
@@ -225,37 +244,43 @@ def submit(
     as_json: AsJson = False,
 ) -> None:
     """Submit a job from a spec file."""
-    from cellstate.wire import internal
+    from omega.specfile import SpecFileError, load_spec
 
     try:
         spec = load_spec(file)
     except SpecFileError as exc:
         fail(str(exc), 2)
-    # The id is chosen here, once, so that a retried request submits one job.
-    created = job_id or f"{spec.name}-{secrets.token_hex(3)}"
-    body = {"job": created, "spec": internal.unstructure(spec), "id": secrets.token_hex(12)}
-    answer = call(addr, token, lambda c: c.request("POST", "/v1/jobs", body))
+    # The client chooses the job id once, so that a retried request submits one job.
+    submitted = call(addr, token, lambda cell: cell.submit(spec, job_id or None))
     if as_json:
-        emit_json({"id": created, "version": answer["version"]})
+        emit_json({"id": submitted.job, "version": submitted.version})
     else:
-        console.print(f"submitted job [bold]{created}[/bold] ({spec.tasks} tasks)")
+        console().print(f"submitted job [bold]{submitted.job}[/bold] ({spec.tasks} tasks)")
     if wait:
-        wait_for_job(addr, token, created, spec.tasks, timeout)
+        wait_for_job(addr, token, submitted.job, spec.tasks, timeout)
 
 
 def wait_for_job(addr: str, token: str, job: str, size: int, timeout: float) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     deadline = time.monotonic() + timeout
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=console(),
         transient=False,
     ) as progress:
         bar = progress.add_task(f"{job}", total=size)
         while True:
-            view = call(addr, token, lambda c: c.request("GET", f"/v1/jobs?id={job}"))
+            view = call(addr, token, lambda cell: cell.job(job))
             counts = view["tasks"]
             settled = sum(counts.get(s, 0) for s in ("running", "exited", "failed", "killed"))
             progress.update(
@@ -278,11 +303,12 @@ def jobs(
     state: Annotated[str, typer.Option(help="Only jobs in this state.")] = "",
 ) -> None:
     """List jobs."""
-    path = "/v1/jobs" + (f"?state={state}" if state else "")
-    found = call(addr, token, lambda c: c.request("GET", path))["jobs"]
+    found = call(addr, token, lambda cell: cell.jobs(state or None))
     if as_json:
         emit_json([pick(j, JOB_FIELDS) for j in found])
         return
+    from rich.table import Table
+
     table = Table("id", "name", "scheduler", "priority", "state", "tasks")
     for j in found:
         table.add_row(
@@ -293,7 +319,7 @@ def jobs(
             j["state"],
             counts_text(j["tasks"]),
         )
-    console.print(table)
+    console().print(table)
 
 
 @app.command()
@@ -304,12 +330,12 @@ def job(
     as_json: AsJson = False,
 ) -> None:
     """Show one job."""
-    found = call(addr, token, lambda c: c.request("GET", f"/v1/jobs?id={job_id}"))
+    found = call(addr, token, lambda cell: cell.job(job_id))
     if as_json:
         emit_json(pick(found, JOB_FIELDS))
         return
     for key, value in pick(found, JOB_FIELDS).items():
-        console.print(f"[bold]{key:>12}[/bold] {counts_text(value) if key == 'tasks' else value}")
+        console().print(f"[bold]{key:>12}[/bold] {counts_text(value) if key == 'tasks' else value}")
 
 
 @app.command()
@@ -321,11 +347,12 @@ def tasks(
     state: Annotated[str, typer.Option(help="Only tasks in this state.")] = "",
 ) -> None:
     """List tasks."""
-    query = "&".join(f"{k}={v}" for k, v in (("job", job), ("state", state)) if v)
-    found = call(addr, token, lambda c: c.request("GET", "/v1/tasks?" + query))["tasks"]
+    found = call(addr, token, lambda cell: cell.tasks(job=job or None, state=state or None))
     if as_json:
         emit_json([pick(t, TASK_FIELDS) for t in found])
         return
+    from rich.table import Table
+
     table = Table("id", "job", "state", "machine", "incarnation", "exit", "reason")
     for t in found:
         table.add_row(
@@ -337,16 +364,18 @@ def tasks(
             "-" if t["exit_code"] is None else str(t["exit_code"]),
             t["reason"] or "",
         )
-    console.print(table)
+    console().print(table)
 
 
 @app.command()
 def nodes(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
     """List machines."""
-    found = call(addr, token, lambda c: c.request("GET", "/v1/machines"))["machines"]
+    found = call(addr, token, lambda cell: cell.machines())
     if as_json:
         emit_json([pick(m, NODE_FIELDS) for m in found])
         return
+    from rich.table import Table
+
     table = Table("id", "state", "cpu used/cap", "memory used/cap", "other", "tasks", "domain")
     for m in found:
         used, capacity = m["used"], m["capacity"]
@@ -364,7 +393,7 @@ def nodes(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
             str(m["tasks"]),
             m["domain"],
         )
-    console.print(table)
+    console().print(table)
 
 
 @app.command()
@@ -372,8 +401,8 @@ def kill(
     job_id: Annotated[str, typer.Argument(help="Job id.")], addr: Addr = "", token: Token = ""
 ) -> None:
     """Kill a job: its tasks are stopped (SIGTERM, then SIGKILL after the grace period)."""
-    call(addr, token, lambda c: c.request("POST", "/v1/jobs/kill", {"job": job_id}))
-    console.print(f"killed job [bold]{job_id}[/bold]")
+    call(addr, token, lambda cell: cell.kill(job_id))
+    console().print(f"killed job [bold]{job_id}[/bold]")
 
 
 @app.command()
@@ -384,29 +413,29 @@ def explain(
     as_json: AsJson = False,
 ) -> None:
     """Why a job or task is pending: machines considered, filtered, exhausted, conflicts."""
-    found = call(addr, token, lambda c: c.request("GET", f"/v1/explain?target={target}"))
+    found = call(addr, token, lambda cell: cell.explain(target))
     if as_json:
         emit_json(found)
         return
     job_view = found["job"]
-    console.print(
+    console().print(
         f"job [bold]{job_view['id']}[/bold] {job_view['state']}: {counts_text(job_view['tasks'])}"
     )
     if found["task"]:
         task = found["task"]
-        console.print(
+        console().print(
             f"task {task['id']} {task['state']} on {task['machine'] or '-'}"
             + (f" ({task['reason']})" if task["reason"] else "")
         )
     if not found["pending"]:
-        console.print("nothing pending")
+        console().print("nothing pending")
     elif not found["schedulers"]:
-        console.print(
+        console().print(
             f"{found['pending']} tasks pending; no scheduler has reported on them yet "
             f"(is a {job_view['scheduler']} scheduler running?)"
         )
     for name, account in found["schedulers"].items():
-        console.print(f"[bold]{name}[/bold]: {account}")
+        console().print(f"[bold]{name}[/bold]: {account}")
 
 
 @app.command()
@@ -421,10 +450,8 @@ def logs(
     if stream not in ("stdout", "stderr"):
         fail(f"--stream {stream!r}: use stdout or stderr", 2)
 
-    async def locate(client: StoreClient) -> Any:
-        task = await client.request("GET", f"/v1/tasks?id={task_id}")
-        machines = (await client.request("GET", "/v1/machines"))["machines"]
-        return task, {m["id"]: m for m in machines}
+    def locate(cell: SyncCellClient) -> Any:
+        return cell.task(task_id), {m["id"]: m for m in cell.machines()}
 
     task, machines = call(addr, token, locate)
     if task["machine"] is None:
@@ -433,45 +460,25 @@ def logs(
     if not agent_addr:
         fail(f"machine {task['machine']} has no agent address to fetch logs from")
     offset = 0
-    headers = {"authorization": f"Bearer {token}"}
-    while True:
-        try:
-            resp = httpx.get(
-                f"http://{agent_addr}/v1/logs",
-                headers=headers,
-                timeout=10,
-                params={
-                    "task": task_id,
-                    "incarnation": task["incarnation"],
-                    "stream": stream,
-                    "offset": offset,
-                },
-            )
-        except httpx.HTTPError as exc:
-            fail(f"agent {agent_addr} did not answer: {exc}")
-        if resp.status_code != 200:
-            fail(f"agent {agent_addr}: {resp.text}")
-        chunk = resp.content
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.flush()
-        offset += len(chunk)
-        if not follow:
-            return
-        time.sleep(1.0)
+    with SyncCellClient(addr.split(","), token) as cell:
+        while True:
+            try:
+                chunk = cell.agent_logs(agent_addr, task_id, task["incarnation"], stream, offset)
+            except CellError as exc:
+                fail(exc.message if exc.code == "unavailable" else f"agent {agent_addr}: {exc}")
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            offset += len(chunk)
+            if not follow:
+                return
+            time.sleep(1.0)
 
 
 def _status(client_addr: str, token: str) -> dict[str, Any]:
     addresses = client_addr.split(",")
 
-    async def gather(client: StoreClient) -> Any:
-        replicas = []
-        for address in addresses:
-            try:
-                replicas.append(await client.status(address.split("://")[-1]))
-            except (ApiError, httpx.HTTPError) as exc:
-                replicas.append({"address": address, "error": str(exc)})
-        summary = await client.request("GET", "/v1/cell")
-        return replicas, summary
+    def gather(cell: SyncCellClient) -> Any:
+        return list(each_status(cell, addresses)), cell.summary()
 
     replicas, summary = call(client_addr, token, gather)
     leader = next(
@@ -495,10 +502,12 @@ def status(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
     if as_json:
         emit_json(found)
         return
-    console.print(status_tables(found))
+    console().print(status_tables(found))
 
 
 def status_tables(found: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     outer = Table.grid(padding=1)
     replicas = Table("replica", "address", "role", "term", "version", title="store")
     for r in found["replicas"]:
@@ -543,8 +552,10 @@ def top(
     iterations: Annotated[int, typer.Option(help="Stop after N refreshes (0: never).")] = 0,
 ) -> None:
     """A live view of the cell that refreshes until Ctrl-C."""
+    from rich.live import Live
+
     count = 0
-    with Live(console=console, refresh_per_second=4) as live:
+    with Live(console=console(), refresh_per_second=4) as live:
         while True:
             live.update(status_tables(_status(addr, token)))
             count += 1

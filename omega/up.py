@@ -17,10 +17,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
-import httpx
 import orjson
 import psutil
 import structlog
@@ -28,6 +27,9 @@ import trio
 
 from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
 from cellstore.config import free_ports, replica_document
+
+if TYPE_CHECKING:
+    from cellstore.cellclient import CellSummary
 
 log = structlog.get_logger("omega.up")
 
@@ -255,44 +257,37 @@ async def _terminate(process: trio.Process) -> None:
 
 async def wait_ready(
     layout: CellLayout, machines: int, schedulers: int, timeout_s: float = 90.0
-) -> dict[str, Any]:
+) -> CellSummary:
     """Poll the store until it has a leader, `machines` up and `schedulers` reporting."""
-    headers = {"authorization": f"Bearer {layout.token}"}
+    from cellstore.cellclient import CellError, SyncCellClient
+
     deadline = trio.current_time() + timeout_s
-    summary: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=2.0) as http:
+    summary: CellSummary | None = None
+    # The blocking client, in a thread: it retries quietly, where the trio one logs every
+    # refused connection of replicas still starting. Each poll gives up after 2 s.
+    with SyncCellClient(layout.api, layout.token, timeout_s=2.0, retry_deadline_s=2.0) as cell:
         while trio.current_time() < deadline:
-            for address in layout.api:
-                try:
-                    resp = await http.get(f"http://{address}/v1/cell", headers=headers)
-                except httpx.HTTPError:
-                    continue
-                if resp.status_code == 200:
-                    summary = resp.json()
-                    up = summary["machines"].get("up", 0)
-                    if up >= machines and len(summary["schedulers"]) >= schedulers:
-                        return summary
-                    break
+            try:
+                summary = await trio.to_thread.run_sync(cell.summary)
+            except CellError:
+                await trio.sleep(0.25)
+                continue
+            up = summary["machines"].get("up", 0)
+            if up >= machines and len(summary["schedulers"]) >= schedulers:
+                return summary
             await trio.sleep(0.25)
     raise TimeoutError(f"cell not ready after {timeout_s:.0f} s: last summary {summary}")
 
 
 async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
     """Submit job spec files to the cell (what `omega up --submit` does once ready)."""
-    from cellstate.wire import internal
-    from cellstore.client import StoreClient
+    from cellstore.cellclient import CellClient
     from omega.specfile import load_spec
 
-    async with StoreClient(list(layout.api), layout.token) as client:
+    async with CellClient.connect(layout.api, layout.token) as cell:
         for path in specs:
-            spec = load_spec(path)
-            job = f"{spec.name}-{secrets.token_hex(3)}"
-            await client.request(
-                "POST",
-                "/v1/jobs",
-                {"job": job, "spec": internal.unstructure(spec), "id": secrets.token_hex(12)},
-            )
-            print(f"submitted {path} as job {job}", flush=True)
+            submitted = await cell.submit(load_spec(path))
+            print(f"submitted {path} as job {submitted.job}", flush=True)
 
 
 async def run_cell(
