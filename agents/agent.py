@@ -34,18 +34,17 @@ tasks, unless `detach`, which leaves them for the next agent's `recover`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
-import secrets
 import signal
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import psutil
 import structlog
 import trio
@@ -53,14 +52,14 @@ import trio
 from agents.executor import RecoveredTask, open_executor, recover
 from agents.hollow import HollowExecutor, TimerHeap
 from agents.limits import LimitKind, probe_limits, release_agent_cgroups
-from agents.task import ReportedState, TaskKey, TaskReport, TaskSpec, TaskUsage
-from cellstate import CellState, Event
+from agents.task import ReportedState, TaskKey, TaskReport, TaskSpec
+from cellstate import CellState, Event, Ok, Stale
 from cellstate.commands import MachineChanged, TaskEvicted, TaskPlaced
-from cellstate.model import MachineState
-from cellstate.resources import format_cpu, parse_cpu, parse_memory
-from cellstore.client import StoreClient, StoreUnavailable
+from cellstate.model import MachineSpec, MachineState
+from cellstate.resources import Resources, parse_cpu, parse_memory
+from cellstore.cellclient import Applied, CellClient, CellError
 from cellstore.copy import LocalCopy
-from cellstore.errors import ApiError
+from cellstore.ids import new_command_id
 
 log = structlog.get_logger("agents.agent")
 
@@ -126,25 +125,16 @@ class AgentConfig:
         return [f"{self.name}-{i:0{width}d}" for i in range(self.hollow)]
 
 
-def _report_json(report: TaskReport) -> dict[str, Any]:
-    reason = report.reason[:MAX_REASON] if report.reason else report.reason
-    return {
-        "task": report.task,
-        "machine": report.machine,
-        "incarnation": report.incarnation,
-        "state": str(report.state),
-        "exit_code": report.exit_code,
-        "reason": reason,
-    }
+def _bounded(report: TaskReport) -> TaskReport:
+    """The report with its reason cut to what the cell accepts."""
+    if report.reason and len(report.reason) > MAX_REASON:
+        return attrs.evolve(report, reason=report.reason[:MAX_REASON])
+    return report
 
 
-def _usage_json(usage: TaskUsage) -> dict[str, Any]:
-    return {
-        "task": usage.task,
-        "incarnation": usage.incarnation,
-        "cpu": usage.cpu,
-        "memory": usage.memory,
-    }
+def _stale_tasks(applied: Applied[Any] | None) -> set[str]:
+    """The tasks a report answer calls stale (no longer placed where reported)."""
+    return set(applied.result.tasks) if applied and isinstance(applied.result, Stale) else set()
 
 
 def _local_address_towards(address: str) -> str:
@@ -159,7 +149,7 @@ def _local_address_towards(address: str) -> str:
 class Agent:
     """The state of one running agent; built and run by `run_agent`."""
 
-    def __init__(self, config: AgentConfig, client: StoreClient) -> None:
+    def __init__(self, config: AgentConfig, client: CellClient) -> None:
         self.config = config
         self.client = client
         self.machines = config.machine_ids()
@@ -181,20 +171,14 @@ class Agent:
 
     # -- machines ------------------------------------------------------------------------
 
-    def machine_spec(self, machine: str, index: int) -> dict[str, Any]:
+    def machine_spec(self, machine: str, index: int) -> MachineSpec:
         domain = self.config.domain
         if self.config.hollow:
             domain = f"{domain}-{index // 100}"
-        return {
-            "id": machine,
-            "capacity": {
-                "cpu": format_cpu(self.config.cpu),
-                "memory": self.config.memory,
-                **self.config.resources,
-            },
-            "labels": self.labels,
-            "domain": domain,
-        }
+        capacity = Resources.of(
+            {"cpu": self.config.cpu, "memory": self.config.memory, **self.config.resources}
+        )
+        return MachineSpec(machine, capacity, labels=self.labels, domain=domain)
 
     async def register(self, machines: Sequence[str]) -> int:
         """Register `machines` (batched); the store version of the last batch."""
@@ -205,12 +189,12 @@ class Agent:
         for start in range(0, len(machines), step):
             batch = [self.machine_spec(m, index[m]) for m in machines[start : start + step]]
             answer = await self._send_until_acked(
-                "/v1/agents/register", {"machines": batch, "id": secrets.token_hex(12)}
+                "register", functools.partial(self.client.register_machines, batch)
             )
             if answer is not None:
-                version = max(version, answer["version"])
-                if answer["result"].get("type") != "ok":
-                    self._log.error("register_refused", result=answer["result"])
+                version = max(version, answer.version)
+                if not isinstance(answer.result, Ok):
+                    self._log.error("register_refused", result=repr(answer.result))
         self._log.info(
             "agent_registered",
             count=len(machines),
@@ -228,16 +212,12 @@ class Agent:
                 await self._poke.wait()
             self._poke = trio.Event()
             try:
-                answer = await self.client.request(
-                    "POST",
-                    "/v1/agents/heartbeat",
-                    {"machines": body_ids, "id": secrets.token_hex(12)},
-                )
-            except (StoreUnavailable, ApiError, httpx.HTTPError) as exc:
+                answer = await self.client.heartbeat(body_ids)
+            except CellError as exc:
                 self._log.warning("heartbeat_failed", error=repr(exc)[:300])
                 continue
             self.sent["heartbeats"] += 1
-            stale = answer["result"].get("machines") or []
+            stale = answer.result.machines if isinstance(answer.result, Stale) else ()
             if stale:
                 await self.rejoin(stale)
 
@@ -332,15 +312,15 @@ class Agent:
                 batch, self._outbox = self._outbox[:step], self._outbox[step:]
                 self._sending = True
                 try:
+                    reports = [_bounded(r) for r in batch]
                     answer = await self._send_until_acked(
-                        "/v1/agents/report",
-                        {"reports": [_report_json(r) for r in batch], "id": secrets.token_hex(12)},
+                        "report", functools.partial(self.client.report_tasks, reports)
                     )
                 finally:
                     self._sending = False
                 self.sent["reports"] += len(batch)
                 self.sent["report_requests"] += 1
-                stale = set((answer or {}).get("result", {}).get("tasks") or ())
+                stale = _stale_tasks(answer)
                 if stale:
                     self._stop_stale(
                         [
@@ -361,12 +341,12 @@ class Agent:
             step = self.config.report_batch
             for start in range(0, len(samples), step):
                 batch = samples[start : start + step]
+                usages = [u for _, u in batch]
                 answer = await self._send_until_acked(
-                    "/v1/agents/usage",
-                    {"usages": [_usage_json(u) for _, u in batch], "id": secrets.token_hex(12)},
+                    "usage", functools.partial(self.client.report_usage, usages)
                 )
                 self.sent["usage_requests"] += 1
-                stale = set((answer or {}).get("result", {}).get("tasks") or ())
+                stale = _stale_tasks(answer)
                 if stale:
                     self._stop_stale(
                         [(m, u.task, u.incarnation) for m, u in batch if u.task in stale]
@@ -381,24 +361,25 @@ class Agent:
         if running:
             self._log.info("stale_tasks_stopped", count=running)
 
-    async def _send_until_acked(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """POST `body` until the store answers; the same bytes (and command id)
-        each time. None if the store refused it (a 4xx: retrying cannot help)."""
+    async def _send_until_acked(
+        self, what: str, send: Callable[..., Awaitable[Applied[Any]]]
+    ) -> Applied[Any] | None:
+        """`send(id=...)` until the cell answers, with the same command id each time, so
+        the cell applies it once. None if the cell refused it (a 4xx: retrying cannot help)."""
+        command_id = new_command_id()
         delay = 0.2
         while True:
             try:
-                return await self.client.request("POST", path, body)
-            except ApiError as exc:
-                if exc.status < 500:
+                return await send(id=command_id)
+            except CellError as exc:
+                if exc.status is not None and exc.status < 500:
                     self._log.error(
-                        "request_refused", path=path, code=exc.body.code, message=exc.body.message
+                        "request_refused", what=what, code=exc.code, message=exc.message
                     )
                     return None
-                error: Exception = exc
-            except (StoreUnavailable, httpx.HTTPError) as exc:
                 error = exc
             self._log.warning(
-                "request_retry_later", path=path, error=repr(error)[:300], delay=delay
+                "request_retry_later", what=what, error=repr(error)[:300], delay=delay
             )
             await trio.sleep(delay * self._random.uniform(0.5, 1.0))
             delay = min(delay * 2, 5.0)
@@ -512,7 +493,7 @@ async def run_agent(
     caught up with the cell and reconciled. It returns after
     `agent.request_stop()` (tasks stopped unless `config.detach`); if
     cancelled instead, its tasks keep running for the next agent's `recover`."""
-    async with StoreClient(config.addresses, config.token) as client:
+    async with CellClient.connect(config.addresses, config.token) as client:
         await Agent(config, client).run(task_status=task_status)
 
 

@@ -81,7 +81,8 @@ TASKS = "/v1/tasks"
 MACHINES = "/v1/machines"
 CELL = "/v1/cell"
 EXPLAIN = "/v1/explain"
-STATUS = "/v1/status"
+READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN)
+STATUS = "/v1/status"  # the store's own (`cellstore.client.STATUS`): importing it brings httpx
 AGENT_LOGS = "/v1/logs"  # served by each agent (`agents.logserver`), not by the replicas
 
 
@@ -413,6 +414,8 @@ class CellClient:
             yield cls(store)
 
     async def _run(self, call: Call[T]) -> T:
+        import httpx
+
         from cellstore.client import StoreUnavailable
         from cellstore.errors import ApiError
 
@@ -421,8 +424,8 @@ class CellClient:
         except ApiError as exc:
             body = exc.body
             raise CellError(body.code, body.message, body.field, exc.status) from None
-        except StoreUnavailable as exc:
-            raise CellError("unavailable", str(exc)) from None
+        except (StoreUnavailable, httpx.HTTPError) as exc:
+            raise CellError("unavailable", f"{call.method} {call.path}: {exc}") from None
         return call.decode(answer)
 
     # writes

@@ -55,12 +55,13 @@ from cellstate.commands import Command, TaskPlaced
 from cellstate.invariants import check_machines
 from cellstate.model import ACTIVE_STATES, TERMINAL_STATES
 from cellstate.wire import encode_result, internal
+from cellstore.cellclient import CellClient, CellError
 from cellstore.client import StoreClient, StoreUnavailable
 from cellstore.config import free_ports
 from cellstore.copy import LocalCopy
 from cellstore.errors import ApiError
 from harness.cluster import LocalCluster, cell_options
-from schedulers.committer import Committed, Committer, StoreCommitter
+from schedulers.committer import CellCommitter, Committed, Committer
 from schedulers.process import LiveScheduler, SchedulerConfig
 
 # The workload registers machines that no agent heartbeats: they must stay up.
@@ -525,8 +526,8 @@ class Workload:
                     report_period_s=1.0,
                     seed=self.rng.random(),
                 ),
-                sched_client,
-                RecordingCommitter(StoreCommitter(sched_client), self),
+                CellClient(sched_client),
+                RecordingCommitter(CellCommitter(CellClient(sched_client)), self),
             )
             await nursery.start(scheduler.run)
             copy = LocalCopy()
@@ -554,8 +555,8 @@ class RecordingCommitter:
     async def commit(self, transaction: Transaction, command_id: str) -> Committed:
         try:
             committed = await self.inner.commit(transaction, command_id)
-        except (ApiError, StoreUnavailable) as exc:
-            self.workload.unacknowledged[f"commit:{type(exc).__name__}"] += 1
+        except CellError as exc:
+            self.workload.unacknowledged[f"commit:{exc.code}"] += 1
             raise
         claims = [(c.task, c.machine) for c in transaction.claims]
         result = orjson.loads(encode_result(committed.result))

@@ -5,7 +5,7 @@ A `LiveScheduler` decides against its local copy, then hands each decision's tra
 loop makes, so it is the seam a harness needs: the fault suite wraps the real committer to
 record what was sent and what came back, and runs the ordinary `LiveScheduler` around it, as
 Nomad's test harness stands in for its `Planner`. Everything else about the scheduler (the
-copy it follows, its reports) goes through the store client unchanged.
+copy it follows, its reports) goes through the cell client unchanged.
 
 The command id is the caller's: a retried send carries the same id, so the store applies the
 transaction once, and a recorder sees the id the log will hold.
@@ -19,8 +19,7 @@ import attrs
 
 from cellstate import Transaction
 from cellstate.commands import Result
-from cellstate.wire import internal
-from cellstore.client import StoreClient
+from cellstore.cellclient import CellClient
 
 
 @attrs.frozen(slots=True)
@@ -35,18 +34,17 @@ class Committed:
 class Committer(Protocol):
     async def commit(self, transaction: Transaction, command_id: str) -> Committed:
         """Commit `transaction` as command `command_id` and return what the store applied.
-        Raises `ApiError` if the store refused the command and `StoreUnavailable` if no
-        replica acknowledged it (the outcome is then unknown)."""
+        Raises `CellError`: with code `unavailable` if no replica acknowledged it (the outcome
+        is then unknown), with the cell's code if the cell refused it."""
         ...
 
 
 @attrs.frozen(slots=True)
-class StoreCommitter:
-    """The real `Committer`: one `POST /v1/transactions` through the store client."""
+class CellCommitter:
+    """The real `Committer`: one commit through the typed cell client."""
 
-    client: StoreClient
+    client: CellClient
 
     async def commit(self, transaction: Transaction, command_id: str) -> Committed:
-        body = {"txn": internal.unstructure(transaction), "id": command_id}
-        answer = await self.client.request("POST", "/v1/transactions", body)
-        return Committed(int(answer["version"]), internal.structure(answer["result"], Result))
+        applied = await self.client.commit(transaction, id=command_id)
+        return Committed(applied.version, applied.result)

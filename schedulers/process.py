@@ -20,7 +20,7 @@ tasks (rejected as `task_not_pending`) and the same capacity again.
 
 Every `report_period_s` the process posts its figures (flattened to numbers)
 and an explanation of every job it owns that is still pending or parked to
-`POST /v1/schedulers/report`, so `omega status` / `omega explain` read them
+the cell (`report_scheduler`), so `omega status` / `omega explain` read them
 from any replica.
 
 Commit ids are fresh random tokens (not from the seeded generator): a
@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import math
 import random
-import secrets
 import signal
 import time
 import zlib
@@ -46,11 +45,11 @@ import structlog
 import trio
 
 from cellstate import ConflictMode, SchedulerClass, TxnMode
-from cellstore.client import StoreClient, StoreUnavailable
+from cellstore.cellclient import CellClient, CellError
 from cellstore.copy import LocalCopy
-from cellstore.errors import ApiError
 from cellstore.http import Request, Response, Router, serve_router
-from schedulers.committer import Committer, StoreCommitter
+from cellstore.ids import new_command_id
+from schedulers.committer import CellCommitter, Committer
 from schedulers.core import Decision, SchedulerCore
 
 MAX_EXPLANATIONS = 1000  # jobs explained per report, to bound the command's size
@@ -109,11 +108,11 @@ class LiveScheduler:
     (see `schedulers.committer`)."""
 
     def __init__(
-        self, config: SchedulerConfig, client: StoreClient, committer: Committer | None = None
+        self, config: SchedulerConfig, client: CellClient, committer: Committer | None = None
     ) -> None:
         self.config = config
         self.client = client
-        self.committer = committer if committer is not None else StoreCommitter(client)
+        self.committer = committer if committer is not None else CellCommitter(client)
         self.core = config.core()
         self.copy = LocalCopy()
         self.started = time.monotonic()
@@ -195,9 +194,9 @@ class LiveScheduler:
         core; the version to wait for, or None if the store refused or was unreachable."""
         start = time.perf_counter()
         try:
-            committed = await self.committer.commit(decision.transaction, secrets.token_hex(12))
+            committed = await self.committer.commit(decision.transaction, new_command_id())
             self.commit_s += time.perf_counter() - start
-        except (ApiError, StoreUnavailable) as exc:
+        except CellError as exc:
             self.log.warning("commit_failed", error=str(exc), claims=decision.tasks)
             await trio.sleep(0.2)
             return None
@@ -222,15 +221,11 @@ class LiveScheduler:
             await self.report()
 
     async def report(self) -> None:
-        body = {
-            "name": self.config.name,
-            "kind": str(self.config.kind),
-            "figures": self.figures(),
-            "explanations": self.explanations(),
-        }
         try:
-            await self.client.request("POST", "/v1/schedulers/report", body)
-        except (ApiError, StoreUnavailable) as exc:
+            await self.client.report_scheduler(
+                self.config.name, self.config.kind, self.figures(), self.explanations()
+            )
+        except CellError as exc:
             self.log.warning("report_failed", error=str(exc))
 
     def figures(self) -> dict[str, float]:
@@ -302,7 +297,7 @@ async def run_scheduler(
 ) -> None:
     """Run one scheduler until cancelled, or until SIGTERM/SIGINT (then return)."""
     async with (
-        StoreClient(config.addresses, config.token) as client,
+        CellClient.connect(config.addresses, config.token) as client,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
