@@ -5,7 +5,7 @@ registered through the API in batches, then one service, two batch (shards 0/2
 and 1/2, or both unsharded with `--unsharded`) and one best-effort scheduler
 process place `--tasks` tasks submitted as `--jobs` jobs (20% service, 60%
 batch, 20% best-effort). The clock runs from the first submission to the
-moment `GET /v1/cell` counts every task assigned. Then the same on a fresh
+moment the cell's summary counts every task assigned. Then the same on a fresh
 store with a single batch scheduler (every job batch): the baseline.
 
 Schedulers are started and caught up before the jobs arrive, so process start
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -29,29 +28,22 @@ from typing import Any
 
 import trio
 
-from cellstore.client import StoreClient
-from cellstore.errors import ApiError
+from cellstate import JobSpec, MachineSpec, Resources, SchedulerClass, parse_cpu, parse_memory
+from cellstore.cellclient import CellClient, CellError, CellSummary
 from harness.cluster import LocalCluster, cell_options, stop_processes
 
 REGISTER_BATCH = 1000
 MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
 
 
-async def register(client: StoreClient, machines: int) -> None:
+async def register(client: CellClient, machines: int) -> None:
+    capacity = Resources(parse_cpu("32"), parse_memory("128Gi"))
     for start in range(0, machines, REGISTER_BATCH):
-        await client.request(
-            "POST",
-            "/v1/agents/register",
-            {
-                "machines": [
-                    {
-                        "id": f"m{i}",
-                        "capacity": {"cpu": "32", "memory": "128Gi"},
-                        "domain": f"rack-{i % 40}",
-                    }
-                    for i in range(start, min(machines, start + REGISTER_BATCH))
-                ]
-            },
+        await client.register_machines(
+            [
+                MachineSpec(f"m{i}", capacity, domain=f"rack-{i % 40}")
+                for i in range(start, min(machines, start + REGISTER_BATCH))
+            ]
         )
 
 
@@ -71,21 +63,15 @@ def job_plan(tasks: int, jobs: int, mixed: bool) -> list[tuple[str, str, int]]:
     return plan
 
 
-async def submit(client: StoreClient, plan: list[tuple[str, str, int]]) -> None:
+async def submit(client: CellClient, plan: list[tuple[str, str, int]]) -> None:
+    resources = Resources(parse_cpu("1"), parse_memory("2Gi"))
+
     async def one(job: str, kind: str, size: int) -> None:
-        spec = {
-            "name": job,
-            "owner": "bench",
-            "scheduler": kind,
-            "tasks": size,
-            "resources": {"cpu": "1", "memory": "2Gi"},
-        }
-        try:  # the command id makes a retried POST apply once; a lost answer may still 409
-            await client.request(
-                "POST", "/v1/jobs", {"job": job, "spec": spec, "id": secrets.token_hex(12)}
-            )
-        except ApiError as exc:
-            if exc.body.code != "job_exists":
+        spec = JobSpec(job, "bench", SchedulerClass(kind), resources, tasks=size)
+        try:  # the command id makes a retried request apply once; a lost answer may still 409
+            await client.submit(spec, job)
+        except CellError as exc:
+            if exc.code != "job_exists":
                 raise
 
     async with trio.open_nursery() as nursery:
@@ -93,10 +79,10 @@ async def submit(client: StoreClient, plan: list[tuple[str, str, int]]) -> None:
             nursery.start_soon(one, job, kind, size)
 
 
-async def wait_assigned(client: StoreClient, total: int, timeout_s: float) -> dict[str, Any]:
+async def wait_assigned(client: CellClient, total: int, timeout_s: float) -> CellSummary:
     deadline = trio.current_time() + timeout_s
     while True:
-        summary = await client.request("GET", "/v1/cell")
+        summary = await client.summary()
         if summary["tasks"].get("assigned", 0) >= total:
             return summary
         if trio.current_time() > deadline:
@@ -104,10 +90,10 @@ async def wait_assigned(client: StoreClient, total: int, timeout_s: float) -> di
         await trio.sleep(0.05)
 
 
-async def wait_reporting(client: StoreClient, names: list[str], timeout_s: float = 120) -> None:
+async def wait_reporting(client: CellClient, names: list[str], timeout_s: float = 120) -> None:
     with trio.fail_after(timeout_s):
         while True:
-            summary = await client.request("GET", "/v1/cell")
+            summary = await client.summary()
             if set(names) <= {s["name"] for s in summary["schedulers"]}:
                 return
             await trio.sleep(0.1)
@@ -159,7 +145,7 @@ def phase(
         try:
 
             async def run() -> dict[str, Any]:
-                async with StoreClient(cluster.api, cluster.token) as client:
+                async with CellClient.connect(cluster.api, cluster.token) as client:
                     began = time.perf_counter()
                     await register(client, machines)
                     registered = time.perf_counter() - began
@@ -173,7 +159,7 @@ def phase(
                     summary = await wait_assigned(client, tasks, timeout_s)
                     elapsed = time.perf_counter() - began
                     stop_processes(procs)
-                    final = await client.request("GET", "/v1/cell")
+                    final = await client.summary()
                     return {
                         "register_s": registered,
                         "submit_s": submitted,

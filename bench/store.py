@@ -29,6 +29,17 @@ from pathlib import Path
 
 import trio
 
+from cellstate import (
+    Claim,
+    JobSpec,
+    MachineSpec,
+    Resources,
+    SchedulerClass,
+    Transaction,
+    parse_cpu,
+    parse_memory,
+)
+from cellstore.cellclient import CellClient
 from cellstore.client import StoreClient
 from cellstore.config import free_ports
 from harness.cluster import LocalCluster, cell_options
@@ -147,32 +158,23 @@ def commit_command(claims: list[list]) -> dict:
     }
 
 
-async def setup_cell(client: StoreClient, tasks: int) -> list[str]:
-    machines = [
-        {"id": f"m{i}", "capacity": {"cpu": 64, "memory": "256Gi"}, "domain": f"rack-{i % 20}"}
-        for i in range(MACHINES)
-    ]
-    await client.request("POST", "/v1/agents/register", {"machines": machines})
+async def setup_cell(cell: CellClient, tasks: int) -> list[str]:
+    capacity = Resources(parse_cpu(64), parse_memory("256Gi"))
+    await cell.register_machines(
+        [MachineSpec(f"m{i}", capacity, domain=f"rack-{i % 20}") for i in range(MACHINES)]
+    )
     ids = []
+    small = Resources(parse_cpu("10m"), parse_memory("1Mi"))
     for j in range(0, tasks, 10_000):
         size = min(10_000, tasks - j)
         job = f"bench-{j // 10_000}"
-        await client.request(
-            "POST",
-            "/v1/jobs",
-            {
-                "job": job,
-                "spec": {
-                    "name": job,
-                    "owner": "bench",
-                    "scheduler": "batch",
-                    "tasks": size,
-                    "resources": {"cpu": "10m", "memory": "1Mi"},
-                },
-            },
-        )
+        await cell.submit(JobSpec(job, "bench", SchedulerClass.BATCH, small, tasks=size), job)
         ids.extend(f"{job}.{i}" for i in range(size))
     return ids
+
+
+def one_claim(task: str, machine: str) -> Transaction:
+    return Transaction("bench", (Claim(task, machine),))
 
 
 async def pump(client: StoreClient, commands: list[dict], in_flight: int, batch: int) -> float:
@@ -198,7 +200,8 @@ async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict
     figures: dict[str, float] = {}
     total = args.txns + args.claim_txns * 100 + args.latency + 1000
     async with StoreClient(cluster.api, cluster.token, retry_deadline_s=60) as client:
-        ids = await setup_cell(client, total)
+        cell = CellClient(client)
+        ids = await setup_cell(cell, total)
         cursor = 0
 
         def take(n: int) -> list[str]:
@@ -224,16 +227,7 @@ async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict
         latencies = []
         for task in take(args.latency):
             began = time.perf_counter()
-            await client.request(
-                "POST",
-                "/v1/transactions",
-                {
-                    "txn": {
-                        "scheduler": "bench",
-                        "claims": [[task, f"m{next(machine) % MACHINES}", 0, []]],
-                    }
-                },
-            )
+            await cell.commit(one_claim(task, f"m{next(machine) % MACHINES}"))
             latencies.append((time.perf_counter() - began) * 1000)
         latencies.sort()
         figures["commit_p50_ms"] = statistics.median(latencies)
@@ -243,17 +237,13 @@ async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict
         spare = take(200)
         killed = time.monotonic()
         cluster.kill(leader)
-        async with StoreClient(
+        async with CellClient.connect(
             [a for i, a in enumerate(cluster.api) if i != leader],
             cluster.token,
             retry_deadline_s=60,
             timeout_s=2.0,
         ) as survivor:
-            await survivor.request(
-                "POST",
-                "/v1/transactions",
-                {"txn": {"scheduler": "bench", "claims": [[spare[0], "m0", 0, []]]}},
-            )
+            await survivor.commit(one_claim(spare[0], "m0"))
         figures["failover_s"] = time.monotonic() - killed
     return figures
 

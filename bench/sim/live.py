@@ -33,15 +33,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import httpx
 import numpy as np
 
 from bench.sim.engine import DAY, OWNER, Simulation, omega_schedulers
 from bench.sim.workload import GIB, Workload, load
 from cellstate import JobSpec, Resources, SchedulerClass
+
+if TYPE_CHECKING:
+    from cellstore.cellclient import SyncCellClient
 
 SCHEDULERS = ("service", "batch")
 COLUMNS = (
@@ -158,30 +160,6 @@ def _counts(kind_of: dict[str, str]) -> dict[str, int]:
 # -- the live run --------------------------------------------------------------------------
 
 
-class _Cell:
-    """Blocking HTTP to any replica of the cell (reads follow whichever answers)."""
-
-    def __init__(self, api: list[str], token: str) -> None:
-        self.api = api
-        self.headers = {"authorization": f"Bearer {token}"}
-        self.http = httpx.Client(timeout=10)
-
-    def get(self, path: str) -> Any:
-        last: Exception | None = None
-        for address in self.api:
-            try:
-                resp = self.http.get(f"http://{address}{path}", headers=self.headers)
-            except httpx.HTTPError as exc:
-                last = exc
-                continue
-            if resp.status_code == 200:
-                return resp.json()
-        raise RuntimeError(f"GET {path} failed on every replica: {last}")
-
-    def close(self) -> None:
-        self.http.close()
-
-
 def _spawn(argv: list[str], log: Path, procs: list[subprocess.Popen]) -> subprocess.Popen:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -200,14 +178,13 @@ def live(
 ) -> dict[str, dict[str, Any]]:
     import trio
 
-    from cellstate.wire import internal
-    from cellstore.client import StoreClient
+    from cellstore.cellclient import CellClient, SyncCellClient
     from harness.cluster import LocalCluster, cell_options, stop_processes
 
     mtype = workload.machine_types[0]
     procs: list[subprocess.Popen] = []
     with LocalCluster(base / "store", **cell_options()) as cluster:
-        cell = _Cell(cluster.api, cluster.token)
+        cell = SyncCellClient(cluster.api, cluster.token, timeout_s=10.0)
         store = ["--addr", ",".join(cluster.api), f"--token={cluster.token}"]
         try:
             began = time.monotonic()
@@ -257,29 +234,24 @@ def live(
                     procs,
                 )
             began = time.monotonic()
-            while {s["name"] for s in _cell_summary(cell).get("schedulers", [])} < set(SCHEDULERS):
+            while {s["name"] for s in cell.summary()["schedulers"]} < set(SCHEDULERS):
                 if any(p.poll() is not None for p in procs) or time.monotonic() - began > 60:
                     raise RuntimeError(f"schedulers did not report; see {base}/*.log")
                 time.sleep(0.2)
 
             async def submit_all() -> None:
-                async with StoreClient(cluster.api, cluster.token) as client:
+                async with CellClient.connect(cluster.api, cluster.token) as client:
                     start = trio.current_time()
                     for arrival in jobs:
                         await trio.sleep_until(start + arrival.at)
-                        body = {
-                            "job": arrival.job,
-                            "spec": internal.unstructure(arrival.spec),
-                            "id": f"live-{arrival.job}",
-                        }
-                        await client.request("POST", "/v1/jobs", body)
+                        await client.submit(arrival.spec, arrival.job, id=f"live-{arrival.job}")
                     await trio.sleep_until(start + seconds)
 
             log(f"live: submitting {len(jobs)} jobs over {seconds:g}s")
             trio.run(submit_all)
             time.sleep(1.5)  # let the schedulers' last reports (every 0.5 s) land
-            summary = _cell_summary(cell)
-            tasks = cell.get("/v1/tasks")["tasks"]
+            summary = cell.summary()
+            tasks = cell.tasks()
         finally:
             stop_processes(procs, grace_s=5.0)
             cell.close()
@@ -287,7 +259,7 @@ def live(
     waits = first_placement_waits(tasks, kind_of)
     counts = _counts(kind_of)
     rows = {}
-    for report in summary.get("schedulers", []):
+    for report in summary["schedulers"]:
         name, fig = report["name"], report.get("figures", {})
         if name not in SCHEDULERS:
             continue
@@ -302,14 +274,12 @@ def live(
     return rows
 
 
-def _cell_summary(cell: _Cell) -> dict[str, Any]:
-    return cell.get("/v1/cell")
+def _up(cell: SyncCellClient) -> int:
+    from cellstore.cellclient import CellError
 
-
-def _up(cell: _Cell) -> int:
     try:
-        return int(_cell_summary(cell)["machines"].get("up", 0))
-    except RuntimeError:
+        return int(cell.summary()["machines"].get("up", 0))
+    except CellError:
         return 0
 
 
