@@ -29,6 +29,13 @@ log = structlog.get_logger("cellstore.client")
 
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 
+# The generic store's own endpoints (`cellstore.api`); a machine's typed ones are its client's.
+COMMANDS = "/v1/commands"
+STATUS = "/v1/status"
+SNAPSHOT = "/v1/snapshot"
+WATCH = "/v1/watch"
+ROUTES = (("POST", COMMANDS), ("GET", STATUS), ("GET", SNAPSHOT), ("GET", WATCH))
+
 
 class StoreUnavailable(Exception):
     """No replica gave an answer before the retry deadline."""
@@ -103,7 +110,7 @@ class StoreClient:
         while pending:
             body = b'{"commands":[' + b",".join(encoded[i] for i in pending) + b"]}"
             try:
-                data = await self._send("POST", "/v1/commands", body, deadline, partial_ok=True)
+                data = await self._send("POST", COMMANDS, body, deadline, partial_ok=True)
                 for i, result in zip(pending, data["results"], strict=True):
                     results[i] = result
                 return results
@@ -137,11 +144,11 @@ class StoreClient:
     async def status(self, address: str | None = None) -> dict[str, Any]:
         """`GET /v1/status` of `address`, or of any replica that answers."""
         if address is not None:
-            resp = await self._http.get(self._url_of(address) + "/v1/status", headers=self._auth)
+            resp = await self._http.get(self._url_of(address) + STATUS, headers=self._auth)
             return self._decode(resp)
         return await self._send(
             "GET",
-            "/v1/status",
+            STATUS,
             None,
             trio.current_time() + self._retry_deadline_s,
             prefer_leader=False,
@@ -149,7 +156,7 @@ class StoreClient:
 
     async def snapshot(self, address: str) -> tuple[int, bytes]:
         """`GET /v1/snapshot` of one replica: (version, snapshot bytes)."""
-        resp = await self._http.get(self._url_of(address) + "/v1/snapshot", headers=self._auth)
+        resp = await self._http.get(self._url_of(address) + SNAPSHOT, headers=self._auth)
         if resp.status_code != 200:
             self._decode(resp)
         return int(resp.headers["x-omega-version"]), resp.content
@@ -167,7 +174,7 @@ class StoreClient:
             pool=self._watch_idle_timeout_s,
         )
         while True:
-            url = self._urls[index] + "/v1/watch"
+            url = self._urls[index] + WATCH
             try:
                 async with self._http.stream(
                     "GET", url, params={"from": next_version}, headers=self._auth, timeout=timeout

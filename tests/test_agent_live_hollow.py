@@ -17,13 +17,14 @@ N = 10_000
 
 
 def test_hollow_agent_runs_10000_machines_and_a_10000_task_job(tmp_path: Path) -> None:
-    with LiveCell(tmp_path, heartbeat_timeout=6.0) as cell:
+    with LiveCell(tmp_path, heartbeat_timeout=6.0) as cell, cell.client() as client:
+        summary = client.summary
         name = cell.start_agent(
             "h", "--hollow", str(N), "--cpu", "4", "--memory", "8Gi", heartbeat=1.0
         )
         up = cell.wait(
             f"{N} machines up",
-            lambda: (s := cell.api("GET", "/v1/cell"))["machines"].get("up", 0) == N and s,
+            lambda: (s := summary())["machines"].get("up", 0) == N and s,
             timeout=120,
             machine=name,
         )
@@ -38,9 +39,7 @@ def test_hollow_agent_runs_10000_machines_and_a_10000_task_job(tmp_path: Path) -
             cell.place([(f"{job}.{i}", machines[i]) for i in range(start, start + step)])
         done = cell.wait(
             "job done",
-            lambda: (
-                (j := cell.api("GET", f"/v1/jobs?id={job}"))["state"] in ("done", "failed") and j
-            ),
+            lambda: (j := client.job(job))["state"] in ("done", "failed") and j,
             timeout=120,
             machine=name,
         )
@@ -48,5 +47,5 @@ def test_hollow_agent_runs_10000_machines_and_a_10000_task_job(tmp_path: Path) -
         assert done["state"] == "done", done
         assert done["tasks"].get("exited") == N, done
         # Heartbeats kept every machine up well past the timeout.
-        assert cell.api("GET", "/v1/cell")["machines"].get("up") == N
+        assert summary()["machines"].get("up") == N
         print(f"10,000 hollow tasks placed and done in {elapsed:.1f} s")

@@ -24,9 +24,10 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-import trio
 
-from cellstore.client import StoreClient
+from cellstate import Claim, CommitResult, JobSpec, Transaction
+from cellstate.wire import parse
+from cellstore.cellclient import Applied, MachineView, SyncCellClient, TaskView
 from harness.cluster import LocalCluster, cell_options
 
 pytestmark = pytest.mark.slow
@@ -118,12 +119,8 @@ class LiveCell:
 
     # -- API ---------------------------------------------------------------------
 
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        async def call() -> Any:
-            async with StoreClient(self.cluster.api, self.cluster.token) as client:
-                return await client.request(method, path, body)
-
-        return trio.run(call)
+    def client(self) -> SyncCellClient:
+        return SyncCellClient(self.cluster.api, self.cluster.token)
 
     def submit(
         self, name: str, command: list[str], tasks: int = 1, memory: str = "256Mi", **extra: Any
@@ -138,24 +135,23 @@ class LiveCell:
             "command": command,
             **extra,
         }
-        self.api("POST", "/v1/jobs", {"job": job, "spec": spec})
-        return job
+        with self.client() as cell:
+            return cell.submit(parse(spec, JobSpec), job).job
 
-    def place(self, claims: list[tuple[str, str]]) -> dict[str, Any]:
-        answer = self.api(
-            "POST",
-            "/v1/transactions",
-            {"txn": {"scheduler": "test", "claims": [[t, m, 0, []] for t, m in claims]}},
-        )
-        assert answer["result"]["type"] == "commit", answer
-        assert not answer["result"]["rejected"], answer
-        return answer
+    def place(self, claims: list[tuple[str, str]]) -> Applied[CommitResult]:
+        txn = Transaction("test", tuple(Claim(t, m) for t, m in claims))
+        with self.client() as cell:
+            committed = cell.commit(txn)
+        assert not committed.result.rejected, committed
+        return committed
 
-    def task(self, task: str) -> dict[str, Any]:
-        return self.api("GET", f"/v1/tasks?id={task}")
+    def task(self, task: str) -> TaskView:
+        with self.client() as cell:
+            return cell.task(task)
 
-    def machines(self) -> dict[str, dict[str, Any]]:
-        return {m["id"]: m for m in self.api("GET", "/v1/machines")["machines"]}
+    def machines(self) -> dict[str, MachineView]:
+        with self.client() as cell:
+            return {m["id"]: m for m in cell.machines()}
 
     def wait(
         self, what: str, check: Callable[[], Any], timeout: float = 30.0, machine: str | None = None
@@ -278,7 +274,8 @@ def test_kill_sends_sigterm_then_sigkill_after_grace(cell: LiveCell) -> None:
     pid = int(out.split()[1])
     assert _alive(pid)
     killed_at = time.time()
-    cell.api("POST", "/v1/jobs/kill", {"job": job})
+    with cell.client() as client:
+        client.kill(job)
     cell.wait("SIGTERM recorded", lambda: "got SIGTERM" in cell.logs(m, f"{job}.0", 0), 10, m)
     assert _alive(pid), "SIGTERM must not kill it: it ignores SIGTERM"
     cell.wait("process gone", lambda: not _alive(pid), 15, m)

@@ -14,6 +14,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from cellstore.testing import LocalCluster
 
 from cellstate import (
     Claim,
@@ -32,7 +33,6 @@ from cellstate import (
 )
 from cellstate.commands import ReportedState
 from cellstore.cellclient import CellClient, CellError, SyncCellClient
-from cellstore.testing import LocalCluster
 
 pytestmark = pytest.mark.slow
 

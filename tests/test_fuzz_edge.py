@@ -22,6 +22,8 @@ from cellstate import JobSpec, SpecError
 from cellstate.commands import COMMAND_TYPES
 from cellstate.wire import decode_command, parse, parse_json
 from cellstore.cell import CellMachine
+from cellstore.cellclient import WRITE_ROUTES
+from cellstore.client import COMMANDS, SNAPSHOT
 from harness.cluster import LocalCluster, cell_options
 
 json_values = st.recursive(
@@ -133,19 +135,7 @@ def test_deep_nesting_and_unicode_names_are_refused_cleanly():
     assert caught.value.field == "$.name"
 
 
-WRITE_ENDPOINTS = [
-    "/v1/jobs",
-    "/v1/jobs/kill",
-    "/v1/transactions",
-    "/v1/agents/register",
-    "/v1/agents/heartbeat",
-    "/v1/agents/report",
-    "/v1/agents/usage",
-    "/v1/schedulers/report",
-    "/v1/commands",
-    "/v1/quotas",
-    "/v1/machines/state",
-]
+WRITE_ENDPOINTS = [COMMANDS, *WRITE_ROUTES.values()]
 
 
 @pytest.mark.slow
@@ -178,7 +168,7 @@ def test_fuzzed_http_bodies_get_4xx_and_change_nothing(tmp_path: Path):
                 if resp.status_code >= 400:
                     assert resp.json()["error"]["message"]
             assert cluster.alive() == [0, 1, 2]
-            cell = CellMachine.restore(http.get(base + "/v1/snapshot", headers=auth).content).cell
+            cell = CellMachine.restore(http.get(base + SNAPSHOT, headers=auth).content).cell
             # Mutants that happened to be valid may have registered machines or
             # submitted jobs; the promise is that the state is consistent.
             cell.check_invariants()

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import trio
 
+from cellstore.client import COMMANDS, STATUS, WATCH
 from cellstore.config import RaftTuning, ReplicaConfig, free_ports
 from cellstore.feed import AppliedFeed
 from cellstore.machine import MachineBox
@@ -98,7 +99,7 @@ AUTH = {"authorization": "Bearer tok-123"}
 
 async def commit(http: httpx.AsyncClient, commands: list[dict]) -> httpx.Response:
     while True:  # the single node elects itself within ~0.5 s
-        resp = await http.post("/v1/commands", json={"commands": commands}, headers=AUTH)
+        resp = await http.post(COMMANDS, json={"commands": commands}, headers=AUTH)
         if resp.status_code != 503:
             return resp
         await trio.sleep(0.05)
@@ -109,27 +110,27 @@ def test_http_edge_auth_limits_and_validation(tmp_path: Path) -> None:
 
     async def body(http: httpx.AsyncClient) -> None:
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "tok-123"}):
-            resp = await http.get("/v1/status", headers=headers)
+            resp = await http.get(STATUS, headers=headers)
             assert resp.status_code == 401
             assert resp.json()["error"]["code"] == "unauthorized"
-        resp = await http.post("/v1/commands", content=b'{"commands": [', headers=AUTH)
+        resp = await http.post(COMMANDS, content=b'{"commands": [', headers=AUTH)
         assert resp.status_code == 400
         err = resp.json()["error"]
         assert err["code"] == "malformed_json" and err["field"] == "body" and err["message"]
-        resp = await http.post("/v1/commands", json={"commands": [1]}, headers=AUTH)
+        resp = await http.post(COMMANDS, json={"commands": [1]}, headers=AUTH)
         assert resp.status_code == 400 and resp.json()["error"]["field"] == "commands[0]"
-        resp = await http.post("/v1/commands", json={"cmds": []}, headers=AUTH)
+        resp = await http.post(COMMANDS, json={"cmds": []}, headers=AUTH)
         assert resp.status_code == 400 and resp.json()["error"]["field"] == "commands"
-        resp = await http.post("/v1/commands", content=b"x" * 5000, headers=AUTH)
+        resp = await http.post(COMMANDS, content=b"x" * 5000, headers=AUTH)
         assert resp.status_code == 413
-        resp = await http.get("/v1/watch?from=abc", headers=AUTH)
+        resp = await http.get(WATCH + "?from=abc", headers=AUTH)
         assert resp.status_code == 400 and resp.json()["error"]["field"] == "from"
         assert (await http.get("/v1/nothing", headers=AUTH)).status_code == 404
-        assert (await http.get("/v1/commands", headers=AUTH)).status_code == 405
+        assert (await http.get(COMMANDS, headers=AUTH)).status_code == 405
         resp = await commit(http, [{"id": "a", "op": "put", "key": "k", "value": 7}])
         assert resp.status_code == 200
         assert resp.json()["results"][0]["value"] == 7
-        status = (await http.get("/v1/status", headers=AUTH)).json()
+        status = (await http.get(STATUS, headers=AUTH)).json()
         assert status["is_leader"] and status["version"] == 1
 
     run_with_replica(config, body)
@@ -162,7 +163,7 @@ def test_compaction_dump_holds_the_machine_snapshot(tmp_path: Path) -> None:
 @pytest.mark.parametrize("query", ["from=0", "from=-3"])
 def test_watch_rejects_bad_from(tmp_path: Path, query: str) -> None:
     async def body(http: httpx.AsyncClient) -> None:
-        resp = await http.get(f"/v1/watch?{query}", headers=AUTH)
+        resp = await http.get(f"{WATCH}?{query}", headers=AUTH)
         assert resp.status_code == 400 and resp.json()["error"]["field"] == "from"
 
     run_with_replica(single_config(tmp_path), body)

@@ -19,10 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-import trio
 
-from cellstate import CellState
-from cellstore.client import StoreClient
+from cellstate import CellState, JobSpec, MachineSpec
+from cellstate.commands import TaskUsage
+from cellstate.wire import parse
+from cellstore.cellclient import CellSummary, SyncCellClient, TaskView
 from harness.cluster import LocalCluster, cell_options
 
 pytestmark = pytest.mark.slow
@@ -52,30 +53,22 @@ class LiveCell:
 
     # -- API ---------------------------------------------------------------------
 
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        async def call() -> Any:
-            async with StoreClient(self.cluster.api, self.cluster.token) as client:
-                return await client.request(method, path, body)
-
-        return trio.run(call)
+    def client(self) -> SyncCellClient:
+        return SyncCellClient(self.cluster.api, self.cluster.token)
 
     def register(
         self, n: int, cpu: str = "4", memory: str = "8Gi", domains: int = 2, **devices: Any
     ) -> None:
-        self.api(
-            "POST",
-            "/v1/agents/register",
+        machines = [
             {
-                "machines": [
-                    {
-                        "id": f"m{i}",
-                        "capacity": {"cpu": cpu, "memory": memory, **devices},
-                        "domain": f"d{i % domains}",
-                    }
-                    for i in range(n)
-                ]
-            },
-        )
+                "id": f"m{i}",
+                "capacity": {"cpu": cpu, "memory": memory, **devices},
+                "domain": f"d{i % domains}",
+            }
+            for i in range(n)
+        ]
+        with self.client() as cell:
+            cell.register_machines([parse(m, MachineSpec) for m in machines])
 
     def submit(
         self,
@@ -95,17 +88,20 @@ class LiveCell:
             "resources": {"cpu": cpu, "memory": memory, **(devices or {})},
             **extra,
         }
-        self.api("POST", "/v1/jobs", {"job": name, "spec": spec})
-        return name
+        with self.client() as cell:
+            return cell.submit(parse(spec, JobSpec), name).job
 
-    def tasks(self, job: str) -> list[dict[str, Any]]:
-        return self.api("GET", f"/v1/tasks?job={job}")["tasks"]
+    def tasks(self, job: str) -> list[TaskView]:
+        with self.client() as cell:
+            return cell.tasks(job=job)
 
     def counts(self, job: str) -> dict[str, int]:
-        return self.api("GET", f"/v1/jobs?id={job}")["tasks"]
+        with self.client() as cell:
+            return cell.job(job)["tasks"]
 
-    def summary(self) -> dict[str, Any]:
-        return self.api("GET", "/v1/cell")
+    def summary(self) -> CellSummary:
+        with self.client() as cell:
+            return cell.summary()
 
     def cell(self) -> CellState:
         _, data = self.cluster.snapshot(self.cluster.wait_for_leader())
@@ -224,7 +220,8 @@ def test_gang_is_placed_whole_or_not_at_all(live: LiveCell) -> None:
     wait(lambda: assigned(live.counts(fits)) == 12, 20, "the gang that fits")
 
     def explained() -> str:
-        return live.api("GET", f"/v1/explain?target={too_big}")["schedulers"].get("batch", "")
+        with live.client() as cell:
+            return cell.explain(too_big)["schedulers"].get("batch", "")
 
     wait(lambda: "placed 0/20" in explained(), 10, "the big gang explained")
     assert live.counts(too_big) == {"pending": 20}
@@ -242,19 +239,15 @@ def test_best_effort_uses_reclaimed_resources_and_yields(live: LiveCell) -> None
     assert live.counts(be) == {"pending": 1}  # nothing reclaimed yet
     web_tasks = live.tasks(web)
 
-    def usage(cpu: int) -> dict[str, Any]:
-        return {
-            "usages": [
-                {"task": t["id"], "incarnation": t["incarnation"], "cpu": cpu, "memory": GIB}
-                for t in web_tasks
-            ]
-        }
+    def usage(cpu: int) -> None:
+        with live.client() as cell:
+            cell.report_usage([TaskUsage(t["id"], t["incarnation"], cpu, GIB) for t in web_tasks])
 
     # The first report on a task decays its reservation at once: 500m + 10% margin.
-    live.api("POST", "/v1/agents/usage", usage(500))
+    usage(500)
     wait(lambda: assigned(live.counts(be)) == 1, 20, "best-effort on reclaimed resources")
     live.cell()
-    live.api("POST", "/v1/agents/usage", usage(4000))  # the owners want it all back
+    usage(4000)  # the owners want it all back
     (task,) = live.tasks(be)
     assert task["evictions"] == 1 and task["state"] == "pending"
     assert all(t["state"] == "assigned" and t["evictions"] == 0 for t in live.tasks(web))
@@ -315,18 +308,17 @@ def test_devices_bound_placements_and_a_missing_one_is_explained(live: LiveCell)
     stays pending as `insufficient:gpu`, and a job asking for an fpga, which no
     machine has, is explained as `no_capacity:fpga` on every machine."""
     live.register(1, gpu=2)
-    live.api(
-        "POST",
-        "/v1/agents/register",
-        {"machines": [{"id": "plain", "capacity": {"cpu": "4", "memory": "8Gi"}}]},
-    )
+    plain = parse({"id": "plain", "capacity": {"cpu": "4", "memory": "8Gi"}}, MachineSpec)
+    with live.client() as cell:
+        cell.register_machines([plain])
     live.scheduler("batch", "batch")
     train = live.submit("train", "batch", 3, devices={"gpu": 1})
     odd = live.submit("odd", "batch", 1, devices={"fpga": "1"})
     wait(lambda: assigned(live.counts(train)) == 2, 20, "two gpu tasks placed")
 
     def explained(job: str) -> str:
-        return live.api("GET", f"/v1/explain?target={job}")["schedulers"].get("batch", "")
+        with live.client() as cell:
+            return cell.explain(job)["schedulers"].get("batch", "")
 
     wait(lambda: "no_capacity:fpga" in explained(odd), 10, "the fpga job explained")
     assert "0/2 machines fit: 2 no_capacity:fpga" in explained(odd)

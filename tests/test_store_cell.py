@@ -17,8 +17,19 @@ import httpx
 import pytest
 import trio
 
-from cellstate import CellState, TaskState
-from cellstore.client import StoreClient
+from cellstate import (
+    CellState,
+    JobSpec,
+    MachineSpec,
+    Resources,
+    SchedulerClass,
+    TaskState,
+    parse_cpu,
+    parse_memory,
+)
+from cellstore.cellclient import READ_ROUTES, WRITE_ROUTES, CellClient
+from cellstore.client import COMMANDS, SNAPSHOT, StoreClient
+from cellstore.client import ROUTES as STORE_ROUTES
 from cellstore.copy import LocalCopy
 from harness.cluster import LocalCluster, cell_options
 
@@ -34,30 +45,13 @@ def cell_cluster(tmp_path: Path) -> LocalCluster:
 
 
 async def seed(client: StoreClient, machines: int = 20, tasks: int = 2000) -> None:
-    await client.request(
-        "POST",
-        "/v1/agents/register",
-        {
-            "machines": [
-                {"id": f"m{i}", "capacity": {"cpu": 64, "memory": "64Gi"}, "domain": f"d{i % 3}"}
-                for i in range(machines)
-            ]
-        },
+    cell = CellClient(client)
+    capacity = Resources(parse_cpu(64), parse_memory("64Gi"))
+    await cell.register_machines(
+        [MachineSpec(f"m{i}", capacity, domain=f"d{i % 3}") for i in range(machines)]
     )
-    await client.request(
-        "POST",
-        "/v1/jobs",
-        {
-            "job": "load",
-            "spec": {
-                "name": "load",
-                "owner": "alice",
-                "scheduler": "batch",
-                "tasks": tasks,
-                "resources": {"cpu": "10m", "memory": "1Mi"},
-            },
-        },
-    )
+    small = Resources(parse_cpu("10m"), parse_memory("1Mi"))
+    await cell.submit(JobSpec("load", "alice", SchedulerClass.BATCH, small, tasks=tasks), "load")
 
 
 def commit(task: str, machine: str) -> dict:
@@ -114,7 +108,7 @@ def test_full_restart_and_watch_copy_are_byte_identical(tmp_path):
             async with StoreClient(cluster.api, cluster.token) as client:
                 await seed(client, tasks=600)
                 await client.commands([commit(f"load.{i}", f"m{i % 20}") for i in range(600)])
-                await client.request("POST", "/v1/jobs/kill", {"job": "load"})
+                await CellClient(client).kill("load")
                 copy = LocalCopy()
                 async with trio.open_nursery() as nursery:
                     await nursery.start(copy.follow, client)
@@ -152,26 +146,11 @@ def oversized_status(address: str, token: str) -> int:
     return int(status_line.split()[1])
 
 
+# Every endpoint a replica of the cell serves: the store's own and the cell's typed ones.
 ENDPOINTS = [
-    ("GET", "/v1/jobs"),
-    ("POST", "/v1/jobs"),
-    ("POST", "/v1/jobs/kill"),
-    ("GET", "/v1/tasks"),
-    ("GET", "/v1/machines"),
-    ("POST", "/v1/transactions"),
-    ("POST", "/v1/agents/register"),
-    ("POST", "/v1/agents/heartbeat"),
-    ("POST", "/v1/agents/report"),
-    ("POST", "/v1/agents/usage"),
-    ("POST", "/v1/schedulers/report"),
-    ("GET", "/v1/cell"),
-    ("GET", "/v1/explain"),
-    ("POST", "/v1/commands"),
-    ("GET", "/v1/status"),
-    ("GET", "/v1/watch"),
-    ("GET", "/v1/snapshot"),
-    ("POST", "/v1/quotas"),
-    ("POST", "/v1/machines/state"),
+    *STORE_ROUTES,
+    *(("POST", path) for path in WRITE_ROUTES.values()),
+    *(("GET", path) for path in READ_ROUTES),
 ]
 
 
@@ -184,48 +163,48 @@ def test_every_endpoint_refuses_missing_or_wrong_token_and_bad_bodies_name_the_f
                     resp = http.request(method, base + path, headers=headers, content=b"{}")
                     assert resp.status_code == 401, (method, path, resp.text)
             auth = {"authorization": f"Bearer {cluster.token}"}
-            before = http.get(base + "/v1/snapshot", headers=auth).content
+            before = http.get(base + SNAPSHOT, headers=auth).content
             cases = [
-                ("/v1/jobs", b"{nope", None),
+                (WRITE_ROUTES["SubmitJob"], b"{nope", None),
                 (
-                    "/v1/jobs",
+                    WRITE_ROUTES["SubmitJob"],
                     b'{"spec": {"name": "x", "owner": "a", "scheduler": "batch",'
                     b' "tasks": -1, "resources": {"cpu": 1, "memory": 1}}}',
                     "$.spec.tasks",
                 ),
                 (
-                    "/v1/jobs",
+                    WRITE_ROUTES["SubmitJob"],
                     b'{"spec": {"name": "x", "owner": "a", "scheduler": "gpu",'
                     b' "resources": {"cpu": 1, "memory": 1}}}',
                     "$.spec.scheduler",
                 ),
                 (
-                    "/v1/transactions",
+                    WRITE_ROUTES["Commit"],
                     b'{"txn": {"scheduler": "s", "claims": [["t", "m", "x", []]]}}',
                     "$.txn.claims[0]",
                 ),
                 (
-                    "/v1/agents/register",
+                    WRITE_ROUTES["RegisterMachines"],
                     b'{"machines": [{"id": "m", "capacity": {"cpu": "lots", "memory": 1}}]}',
                     "$.machines[0].capacity.cpu",
                 ),
                 (
-                    "/v1/agents/register",
+                    WRITE_ROUTES["RegisterMachines"],
                     b'{"machines": [{"id": "m", "capacity": {"cpu": 1, "memory": 1, "gpu": -2}}]}',
                     "$.machines[0].capacity.gpu",
                 ),
                 (
-                    "/v1/agents/usage",
+                    WRITE_ROUTES["ReportUsage"],
                     b'{"usages": [{"task": "t.0", "incarnation": 0, "cpu": -5, "memory": 1}]}',
                     "$.usages[0].cpu",
                 ),
                 (
-                    "/v1/agents/usage",
+                    WRITE_ROUTES["ReportUsage"],
                     b'{"usages": [{"task": "t.0", "incarnation": 0, "cpu": 1, "memory": 1152921504606846976}]}',
                     "$.usages[0].memory",
                 ),
-                ("/v1/commands", b'{"commands": [{"type": "drop_table"}]}', "$.commands[0].type"),
-                ("/v1/jobs/kill", b'{"job": 5}', "$.job"),
+                (COMMANDS, b'{"commands": [{"type": "drop_table"}]}', "$.commands[0].type"),
+                (WRITE_ROUTES["KillJob"], b'{"job": 5}', "$.job"),
             ]
             for path, body, field in cases:
                 resp = http.post(base + path, headers=auth, content=body)
@@ -235,7 +214,7 @@ def test_every_endpoint_refuses_missing_or_wrong_token_and_bad_bodies_name_the_f
                 if field is not None:
                     assert error["field"] == field, (path, error)
             assert oversized_status(cluster.api[0], cluster.token) == 413
-            after = http.get(base + "/v1/snapshot", headers=auth).content
+            after = http.get(base + SNAPSHOT, headers=auth).content
             strip = CellState.restore
             assert strip(after).jobs == {} and strip(before).jobs == {}
             assert strip(after).machines == {} and strip(after).tasks == {}
