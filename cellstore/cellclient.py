@@ -15,12 +15,13 @@ with the offending field, ...) or no replica answered (`unavailable`), is raised
 There are two faces on one client, and they share everything but the transport: `_Calls`
 builds each request (method, route, query, body) and decodes each answer; `CellClient` runs
 them on trio through the generic `StoreClient` (leader following, retries, keep-alive, the
-watch feed), for schedulers, agents and benchmarks; `SyncCellClient` runs them blocking over
-the standard library's `http.client`, for the `omega` command. The sync face exists because a
-CLI read pays for every import before it answers: trio and httpx alone cost more than the whole
-150 ms budget of `omega jobs`. So this module imports neither at the top, nor `cellstate`'s
-converters (the read path never decodes a command result): those come in with the first call
-that needs them.
+watch feed), for schedulers, agents and benchmarks; `SyncCellClient` runs them blocking over a
+small keep-alive HTTP/1.1 exchange on a socket (`_BlockingTransport`, with the same leader
+following and retries), for the `omega` command. The blocking face exists because a CLI read
+pays for every import before it answers: trio and httpx alone cost more than the whole 150 ms
+budget of `omega jobs`. So this module imports at the top only what a read needs (no trio,
+httpx, attrs, orjson, http.client, nor `cellstate`'s converters); the rest comes in with the
+first call that needs it.
 """
 
 from __future__ import annotations
@@ -29,17 +30,12 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypedDict, TypeVar
 from urllib.parse import urlencode
 
-import attrs
-import orjson
-
-from cellstore.ids import new_command_id, new_job_id
+from cellstore import ids
 
 if TYPE_CHECKING:
-    import http.client
-
     from cellstate import (
         Band,
         CommitResult,
@@ -101,8 +97,11 @@ class CellError(Exception):
         self.status = status
 
 
-@attrs.frozen(slots=True)
-class Applied(Generic[R]):
+# The value records here are NamedTuples, not the attrs classes used elsewhere: immutable and
+# typed all the same, and importing attrs would cost a read command ~20 ms of its 150.
+
+
+class Applied(NamedTuple, Generic[R]):
     """A write the cell applied: its result, and the store version that holds it (wait for
     that version in a local copy to see the write)."""
 
@@ -110,8 +109,7 @@ class Applied(Generic[R]):
     result: R
 
 
-@attrs.frozen(slots=True)
-class Submitted:
+class Submitted(NamedTuple):
     """A submitted job: the id it was given and the version of the submission."""
 
     job: str
@@ -218,8 +216,7 @@ class ReplicaStatus(TypedDict, total=False):
 # -- requests, built and decoded once for both faces ----------------------------------------
 
 
-@attrs.frozen(slots=True)
-class Call(Generic[T]):
+class Call(NamedTuple, Generic[T]):
     """One request and how to read its answer. `leader` marks a write: it goes to the replica
     believed to lead; reads go to whichever replica is preferred."""
 
@@ -231,7 +228,7 @@ class Call(Generic[T]):
 
     def with_query(self, **params: object) -> Call[T]:
         query = urlencode({k: v for k, v in params.items() if v is not None and v != ""})
-        return attrs.evolve(self, path=f"{self.path}?{query}") if query else self
+        return self._replace(path=f"{self.path}?{query}") if query else self
 
 
 def _key(name: str) -> Callable[[Any], Any]:
@@ -265,51 +262,51 @@ class _Calls:
     def submit(spec: JobSpec, job: str | None, id: str | None) -> Call[Submitted]:
         from cellstate import SubmitJob
 
-        chosen = job or new_job_id(spec.name)
-        write = _Calls.write(SubmitJob(chosen, spec, id=id or new_command_id()))
-        return attrs.evolve(write, decode=lambda a: Submitted(chosen, write.decode(a).version))
+        chosen = job or ids.new_job_id(spec.name)
+        write = _Calls.write(SubmitJob(chosen, spec, id=id or ids.new_command_id()))
+        return write._replace(decode=lambda a: Submitted(chosen, write.decode(a).version))
 
     @staticmethod
     def kill(job: str, id: str | None) -> Call[Applied[Ok]]:
         from cellstate import KillJob
 
-        return _Calls.write(KillJob(job, id=id or new_command_id()))
+        return _Calls.write(KillJob(job, id=id or ids.new_command_id()))
 
     @staticmethod
     def commit(txn: Transaction, id: str | None) -> Call[Applied[CommitResult]]:
         from cellstate import Commit, CommitResult
 
-        return _Calls.write(Commit(txn, id=id or new_command_id()), _expect(CommitResult))
+        return _Calls.write(Commit(txn, id=id or ids.new_command_id()), _expect(CommitResult))
 
     @staticmethod
     def register_machines(machines: Sequence[MachineSpec], id: str | None) -> Call[Applied[Ok]]:
         from cellstate import RegisterMachines
 
-        return _Calls.write(RegisterMachines(tuple(machines), id=id or new_command_id()))
+        return _Calls.write(RegisterMachines(tuple(machines), id=id or ids.new_command_id()))
 
     @staticmethod
     def heartbeat(machines: Sequence[str], id: str | None) -> Call[Applied[Stale | Ok]]:
         from cellstate import Heartbeat
 
-        return _Calls.write(Heartbeat(tuple(machines), id=id or new_command_id()))
+        return _Calls.write(Heartbeat(tuple(machines), id=id or ids.new_command_id()))
 
     @staticmethod
     def report_tasks(reports: Sequence[TaskReport], id: str | None) -> Call[Applied[Stale | Ok]]:
         from cellstate import ReportTasks
 
-        return _Calls.write(ReportTasks(tuple(reports), id=id or new_command_id()))
+        return _Calls.write(ReportTasks(tuple(reports), id=id or ids.new_command_id()))
 
     @staticmethod
     def report_usage(usages: Sequence[TaskUsage], id: str | None) -> Call[Applied[Stale | Ok]]:
         from cellstate import ReportUsage
 
-        return _Calls.write(ReportUsage(tuple(usages), id=id or new_command_id()))
+        return _Calls.write(ReportUsage(tuple(usages), id=id or ids.new_command_id()))
 
     @staticmethod
     def set_machine_state(machine: str, state: MachineState, id: str | None) -> Call[Applied[Ok]]:
         from cellstate import SetMachineState
 
-        return _Calls.write(SetMachineState(machine, state, id=id or new_command_id()))
+        return _Calls.write(SetMachineState(machine, state, id=id or ids.new_command_id()))
 
     @staticmethod
     def set_quota(
@@ -317,7 +314,7 @@ class _Calls:
     ) -> Call[Applied[Ok]]:
         from cellstate import SetQuota
 
-        return _Calls.write(SetQuota(owner, band, limit, id=id or new_command_id()))
+        return _Calls.write(SetQuota(owner, band, limit, id=id or ids.new_command_id()))
 
     @staticmethod
     def report_scheduler(
@@ -330,7 +327,7 @@ class _Calls:
         from cellstate import ReportScheduler
 
         command = ReportScheduler(
-            name, kind, dict(figures), dict(explanations), id=id or new_command_id()
+            name, kind, dict(figures), dict(explanations), id=id or ids.new_command_id()
         )
         return _Calls.write(command)
 
@@ -541,10 +538,75 @@ class CellClient:
 # -- the blocking face ----------------------------------------------------------------------
 
 
+class _Connection:
+    """One HTTP/1.1 connection, kept alive between requests. The standard library's
+    `http.client` would do, but importing it (with `email` and `ssl`) costs a read command
+    ~20 ms; the replicas' answers are simple (a status, headers, a sized body), and so is this."""
+
+    def __init__(self, scheme: str, host: str, timeout_s: float) -> None:
+        import socket
+
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise CellError("invalid", f"address {host!r} is not HOST:PORT", "address")
+        self.host = host
+        self.sock = socket.create_connection((name.strip("[]"), int(port)), timeout=timeout_s)
+        if scheme == "https":
+            import ssl
+
+            context = ssl.create_default_context()
+            self.sock = context.wrap_socket(self.sock, server_hostname=name.strip("[]"))
+        self.reader = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def exchange(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, dict[str, str], bytes, bool]:
+        """Send one request; (status, lower-cased headers, body, whether to keep the
+        connection). Raises OSError if the connection fails or the answer is malformed."""
+        lines = [f"{method} {target} HTTP/1.1", f"host: {self.host}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body is not None:
+            lines.append(f"content-length: {len(body)}")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        status_line = self.reader.readline(65537)
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            raise ConnectionError(f"{self.host}: not an HTTP answer: {status_line[:80]!r}")
+        answer: dict[str, str] = {}
+        while (line := self.reader.readline(65537)) not in (b"\r\n", b"\n", b""):
+            key, _, value = line.decode("latin-1").partition(":")
+            answer[key.strip().lower()] = value.strip()
+        keep = parts[0] == b"HTTP/1.1" and answer.get("connection", "").lower() != "close"
+        if "content-length" in answer:
+            size = int(answer["content-length"])
+            content = self.reader.read(size)
+            if len(content) != size:
+                raise ConnectionError(f"{self.host}: answer cut at {len(content)} of {size} bytes")
+        elif answer.get("transfer-encoding", "").lower() == "chunked":
+            content = self._chunked()
+        else:
+            content, keep = self.reader.read(), False
+        return int(parts[1]), answer, content, keep
+
+    def _chunked(self) -> bytes:
+        chunks = []
+        while size := int(self.reader.readline(65537).split(b";")[0].strip() or b"0", 16):
+            chunks.append(self.reader.read(size))
+            self.reader.readline(65537)
+        while self.reader.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return b"".join(chunks)
+
+
 class _BlockingTransport:
-    """HTTP/1.1 with keep-alive to each replica, standard library only. A write goes to the
-    replica that `x-omega-leader` last named; a connection error, a timeout or a 5xx moves on
-    to the next replica and retries (the same bytes) with capped back-off until the deadline."""
+    """HTTP/1.1 with keep-alive to each replica, JSON by the standard library (orjson's import
+    costs a read command more than it saves on one answer). A write goes to the replica that
+    `x-omega-leader` last named; a connection error, a timeout or a 5xx moves on to the next
+    replica and retries (the same bytes) with capped back-off until the deadline."""
 
     def __init__(
         self, addresses: Sequence[str], token: str, timeout_s: float, retry_deadline_s: float
@@ -552,12 +614,14 @@ class _BlockingTransport:
         if not addresses:
             raise ValueError("at least one replica address is needed")
         urls = [a if "://" in a else f"http://{a}" for a in addresses]
-        self._targets = [tuple(u.split("://", 1)) for u in urls]
+        self._targets = [
+            (scheme, host.rstrip("/")) for scheme, host in (u.split("://", 1) for u in urls)
+        ]
         self._addresses = [host for _, host in self._targets]
         self._headers = {"authorization": f"Bearer {token}"}
         self._timeout_s = timeout_s
         self._retry_deadline_s = retry_deadline_s
-        self._connections: dict[int, http.client.HTTPConnection] = {}
+        self._connections: dict[int, _Connection] = {}
         self._preferred = 0
 
     def close(self) -> None:
@@ -565,16 +629,24 @@ class _BlockingTransport:
             connection.close()
         self._connections.clear()
 
-    def _connection(self, index: int) -> http.client.HTTPConnection:
-        import http.client
-
+    def _exchange(
+        self, index: int, method: str, path: str, body: bytes | None
+    ) -> tuple[int, dict[str, str], bytes]:
         connection = self._connections.get(index)
         if connection is None:
             scheme, host = self._targets[index]
-            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            connection = cls(host.rstrip("/"), timeout=self._timeout_s)
-            self._connections[index] = connection
-        return connection
+            connection = self._connections[index] = _Connection(scheme, host, self._timeout_s)
+        headers = dict(self._headers)
+        if body is not None:
+            headers["content-type"] = "application/json"
+        try:
+            status, answer, content, keep = connection.exchange(method, path, headers, body)
+        except (OSError, ValueError):
+            self._drop(index)
+            raise
+        if not keep:
+            self._drop(index)
+        return status, answer, content
 
     def _drop(self, index: int) -> None:
         connection = self._connections.pop(index, None)
@@ -582,26 +654,23 @@ class _BlockingTransport:
             connection.close()
 
     def request(self, method: str, path: str, body: Any, *, leader: bool) -> Any:
-        import http.client
+        import json
 
-        raw = orjson.dumps(body) if body is not None else None
-        headers = dict(self._headers)
-        if raw is not None:
-            headers["content-type"] = "application/json"
+        raw = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         deadline = time.monotonic() + self._retry_deadline_s
         delay = 0.02
         last: str = ""
         while True:
             index = self._preferred
             try:
-                status, content, reported_leader = self._exchange(index, method, path, raw, headers)
+                status, answer, content = self._exchange(index, method, path, raw)
+                reported_leader = answer.get("x-omega-leader")
                 if leader and reported_leader in self._addresses:
                     self._preferred = self._addresses.index(reported_leader)
                 if status not in RETRYABLE_STATUS:
                     return _decoded(status, content)
                 last = f"HTTP {status} from {self._addresses[index]}"
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(index)
+            except (OSError, ValueError) as exc:
                 last = f"{self._addresses[index]}: {exc!r}"
             self._preferred = (index + 1) % len(self._targets)
             if time.monotonic() > deadline:
@@ -609,23 +678,11 @@ class _BlockingTransport:
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 0.5)
 
-    def _exchange(
-        self, index: int, method: str, path: str, raw: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, bytes, str | None]:
-        connection = self._connection(index)
-        connection.request(method, path, body=raw, headers=headers)
-        response = connection.getresponse()
-        content = response.read()
-        return response.status, content, response.getheader("x-omega-leader")
-
     def get_from(self, index: int, path: str) -> Any:
         """One GET from one replica, no retry: a replica's own account of itself."""
-        import http.client
-
         try:
-            status, content, _ = self._exchange(index, "GET", path, None, dict(self._headers))
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop(index)
+            status, _, content = self._exchange(index, "GET", path, None)
+        except (OSError, ValueError) as exc:
             raise CellError("unavailable", f"{self._addresses[index]}: {exc!r}") from None
         return _decoded(status, content)
 
@@ -636,11 +693,17 @@ class _BlockingTransport:
         return self._addresses.index(host)
 
 
-def _decoded(status: int, content: bytes) -> Any:
+def _loads_or_none(content: bytes) -> Any:
+    import json
+
     try:
-        document = orjson.loads(content) if content else None
-    except orjson.JSONDecodeError:
-        document = None
+        return json.loads(content) if content else None
+    except ValueError:
+        return None
+
+
+def _decoded(status: int, content: bytes) -> Any:
+    document = _loads_or_none(content)
     if status >= 400:
         raise _error_from(status, document, content.decode(errors="replace"))
     return document
@@ -753,32 +816,23 @@ class SyncCellClient:
     ) -> bytes:
         """A chunk of a task's captured `stream` from `offset`, read from the agent at
         `agent` (HOST:PORT, its machine's `omega.agent` label) with this client's token."""
-        import http.client
-
         query = urlencode(
             {"task": task, "incarnation": incarnation, "stream": stream, "offset": offset}
         )
-        connection = http.client.HTTPConnection(agent, timeout=self._timeout_s)
+        headers = {"authorization": f"Bearer {self._token}"}
         try:
-            connection.request(
-                "GET", f"{AGENT_LOGS}?{query}", headers={"authorization": f"Bearer {self._token}"}
-            )
-            response = connection.getresponse()
-            content = response.read()
-        except (OSError, http.client.HTTPException) as exc:
+            connection = _Connection("http", agent, self._timeout_s)
+            try:
+                status, _, content, _ = connection.exchange(
+                    "GET", f"{AGENT_LOGS}?{query}", headers, None
+                )
+            finally:
+                connection.close()
+        except (OSError, ValueError) as exc:
             raise CellError("unavailable", f"agent {agent} did not answer: {exc!r}") from None
-        finally:
-            connection.close()
-        if response.status != 200:
-            raise _error_from(response.status, _loads_or_none(content), content.decode("replace"))
+        if status != 200:
+            raise _error_from(status, _loads_or_none(content), content.decode("replace"))
         return content
-
-
-def _loads_or_none(content: bytes) -> Any:
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def each_status(cell: SyncCellClient, addresses: Sequence[str]) -> Iterator[ReplicaStatus]:

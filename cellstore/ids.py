@@ -8,17 +8,19 @@ of its previous life (the cell state itself never draws them, it only compares t
 
 from __future__ import annotations
 
-import secrets
-
 JOB_NAME_PREFIX = 50  # characters of the job's name kept in its id
 
 
 def new_job_id(name: str | None) -> str:
     """`NAME-xxxxxx`: the job's name (or `job`) and six random hex digits."""
+    import secrets  # here, not at the top: a read-only `omega` command never mints an id
+
     base = name if isinstance(name, str) and name else "job"
     return f"{base[:JOB_NAME_PREFIX]}-{secrets.token_hex(3)}"
 
 
 def new_command_id() -> str:
     """A fresh id for one command, kept across its retries."""
+    import secrets
+
     return secrets.token_hex(12)
