@@ -119,11 +119,16 @@ class Submitted(NamedTuple):
 # -- read models (field names are `cellstate.views`'s public contract) --------------------
 
 
-class ResourceView(TypedDict):
+class ResourceView(TypedDict, total=False):
+    """A resource vector as `cellstate.views.resources` shows it: cpu and memory always, disk
+    where non-zero, and each device by its own name with its count (`"gpu": 2`)."""
+
     cpu: str
     memory: str
     cpu_milli: int
     memory_bytes: int
+    disk: str
+    disk_bytes: int
 
 
 class JobView(TypedDict):
