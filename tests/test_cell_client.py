@@ -14,7 +14,6 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from cellstore.testing import LocalCluster
 
 from cellstate import (
     Claim,
@@ -33,22 +32,14 @@ from cellstate import (
 )
 from cellstate.commands import ReportedState
 from cellstore.cellclient import CellClient, CellError, SyncCellClient
+from harness.cluster import LocalCluster, cell_options
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def quiet_heartbeats(monkeypatch):
-    # Machines here have no agent; keep them up so the log holds only the test's commands.
-    monkeypatch.setenv("OMEGA_HEARTBEAT_TIMEOUT", "3600")
-
-
 def cluster_in(tmp_path: Path) -> LocalCluster:
-    return LocalCluster(
-        tmp_path,
-        machine="cellstore.cell:CellMachine",
-        extra={"extensions": ["cellstore.cell:endpoints"]},
-    )
+    # Machines here have no agent; keep them up so the log holds only the test's commands.
+    return LocalCluster(tmp_path, **cell_options(heartbeat_timeout_s=3600))
 
 
 def resources(cpu: str, memory: str) -> Resources:
