@@ -3,8 +3,9 @@
 A user types `omega jobs` and waits for the whole of it: interpreter start, imports, the
 request and the printing. So each read command (`jobs`, `tasks`, `nodes`, `status`, all with
 `--json`) runs as a subprocess, `--runs` times, against a local cell that `omega up` starts
-(3 replicas, one batch scheduler, `--hollow` hollow machines, one job placed on them), and the
-median wall time of each is what counts: the target is at most 150 ms on a 2-core machine.
+(3 replicas, one batch scheduler, `--hollow` hollow machines, one job placed on them;
+`harness.upcell` drives it), and the median wall time of each is what counts: the target is
+at most 150 ms on a 2-core machine.
 
     python -m bench.cli [--runs 10] [--hollow 20]
 """
@@ -13,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OMEGA = (sys.executable, "-m", "omega")
+from harness.upcell import Cell, up_cell
+
 READS = (
     ("jobs", ("jobs", "--json")),
     ("tasks", ("tasks", "--json")),
@@ -40,74 +37,7 @@ resources: {cpu: 100m, memory: 16Mi}
 """
 
 
-class UpCell:
-    """`omega up` as a child process, ready once it prints `cell ready`; stopped by SIGTERM
-    to its process group, so the replicas, the scheduler and the agent go with it."""
-
-    def __init__(self, data_dir: Path, hollow: int) -> None:
-        self.data_dir = data_dir
-        self.hollow = hollow
-        self.env: dict[str, str] = {}
-        self.proc: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> UpCell:
-        argv = [
-            *OMEGA,
-            "up",
-            "--data-dir",
-            str(self.data_dir),
-            "--agents",
-            "0",
-            "--hollow",
-            str(self.hollow),
-            "--schedulers",
-            "batch",
-        ]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        seen = []
-        for line in self.proc.stdout:
-            seen.append(line)
-            if line.startswith(("OMEGA_ADDR=", "OMEGA_TOKEN=")):
-                key, value = line.strip().split("=", 1)
-                self.env[key] = value
-            if line.startswith("cell ready"):
-                return self
-        self.__exit__()
-        raise SystemExit("omega up never became ready:\n" + "".join(seen))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def omega(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*OMEGA, *args],
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if result.returncode != 0:
-            raise SystemExit(f"omega {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result
-
-
-def populate(cell: UpCell, spec_dir: Path, timeout_s: float = 60.0) -> None:
+def populate(cell: Cell, spec_dir: Path, timeout_s: float = 60.0) -> None:
     """Submit one job and wait until its tasks are placed, so every read has rows to print."""
     spec = spec_dir / "bench-cli.yaml"
     spec.write_text(JOB_SPEC)
@@ -121,7 +51,7 @@ def populate(cell: UpCell, spec_dir: Path, timeout_s: float = 60.0) -> None:
     raise SystemExit("the bench job's tasks were never placed")
 
 
-def time_reads(cell: UpCell, runs: int) -> dict[str, list[float]]:
+def time_reads(cell: Cell, runs: int) -> dict[str, list[float]]:
     """Wall milliseconds of each read command, `runs` times, interleaved so that a passing
     burst of background load does not land on one command only."""
     times: dict[str, list[float]] = {name: [] for name, _ in READS}
@@ -140,10 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs {args.runs}: must be at least 1")
+    up_args = ("--agents", "0", "--hollow", str(args.hollow), "--schedulers", "batch")
     with (
         tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp,
-        UpCell(Path(tmp) / "cell", args.hollow) as cell,
+        up_cell(Path(tmp) / "cell", *up_args) as cell,
     ):
+        cell.start()
         populate(cell, Path(tmp))
         times = time_reads(cell, args.runs)
     medians = {name: statistics.median(values) for name, values in times.items()}
