@@ -27,7 +27,6 @@ first call that needs it.
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypedDict, TypeVar
@@ -680,6 +679,8 @@ class _BlockingTransport:
             self._preferred = (index + 1) % len(self._targets)
             if time.monotonic() > deadline:
                 raise CellError("unavailable", f"{method} {path}: no replica answered: {last}")
+            import random  # only on a retry: its import is 5 ms of a read command's start
+
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 0.5)
 
