@@ -9,6 +9,7 @@ leader through a failover and say `unavailable` when nothing answers.
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 import attrs
@@ -157,3 +158,35 @@ def test_sync_face_says_unavailable_when_no_replica_answers():
     ):
         cell.jobs()
     assert refused.value.code == "unavailable" and address in refused.value.message
+
+
+def serve_once(answers: list[bytes]) -> tuple[str, threading.Thread]:
+    """A socket that answers each request on one connection with the next raw bytes of
+    `answers` (closing after the last): the HTTP forms the replicas do not send today."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        with listener, listener.accept()[0] as conn, conn.makefile("rb") as reader:
+            for answer in answers:
+                while reader.readline() not in (b"\r\n", b""):
+                    pass  # the request: a GET, so headers only
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return f"127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+def test_blocking_transport_reads_chunked_and_close_delimited_answers():
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b'7\r\n{"jobs"\r\n5\r\n: []}\r\n0\r\n\r\n'
+    )
+    refused = b'HTTP/1.0 404 Not Found\r\n\r\n{"error": {"code": "job_unknown", "message": "no"}}'
+    address, thread = serve_once([chunked, refused])
+    with SyncCellClient([address], "token", retry_deadline_s=1.0) as cell:
+        assert cell.jobs() == []  # the keep-alive connection then serves the next request
+        with pytest.raises(CellError) as unknown:
+            cell.job("x")
+    thread.join(5)
+    assert (unknown.value.code, unknown.value.status) == ("job_unknown", 404)
