@@ -27,15 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from pysyncobj import pickle as raft_pickle
 from pysyncobj.journal import FileJournal
 
-from cellstate import CellState, views
+from cellstate import CellState, Claim, JobSpec, MachineSpec, Ok, TaskReport, Transaction, views
+from cellstate.commands import ReportedState
 from cellstate.model import FIRST_RULES, RULES
+from cellstate.wire import parse
 from cellstore.cell import CellMachine
+from cellstore.cellclient import SyncCellClient
 from cellstore.config import ReplicaConfig
 from cellstore.machine import MachineBox
 from harness.cluster import LocalCluster, cell_options
@@ -228,24 +230,10 @@ def upgraded_cell(tmp_path: Path):
         yield cluster
 
 
-class Api:
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.http = httpx.Client(timeout=10, headers={"authorization": f"Bearer {cluster.token}"})
-
-    def url(self, path: str, replica: int | None = None) -> str:
-        i = self.cluster.wait_for_leader() if replica is None else replica
-        return f"http://{self.cluster.api[i]}{path}"
-
-    def get(self, path: str, replica: int | None = None) -> Any:
-        resp = self.http.get(self.url(path, replica))
-        assert resp.status_code == 200, (path, resp.text)
-        return resp.json()
-
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp = self.http.post(self.url(path), json=body)
-        assert resp.status_code == 200, (path, body, resp.text)
-        return resp.json()["result"]
+def client(cluster: LocalCluster, replica: int | None = None) -> SyncCellClient:
+    """The typed client to the cell, or to one replica only (to read what that one says)."""
+    addresses = cluster.api if replica is None else [cluster.api[replica]]
+    return SyncCellClient(addresses, cluster.token, timeout_s=10.0)
 
 
 def settled_snapshots(cluster: LocalCluster) -> bytes:
@@ -268,7 +256,7 @@ def dump_format(data_dir: Path) -> int | None:
 def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
     upgraded_cell: LocalCluster,
 ) -> None:
-    cluster, api = upgraded_cell, Api(upgraded_cell)
+    cluster = upgraded_cell
     # The new leader's first act is to raise the old log's rules to this build's: one
     # command past the old release's last.
     cluster.wait_for_version(EXPECTED["version"] + 1, list(range(REPLICAS)))
@@ -278,46 +266,35 @@ def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
     assert (restored.version, restored.rules) == (EXPECTED["version"] + 1, RULES)
     restored.check_invariants()
     for i in range(REPLICAS):  # every replica answers with the same facts
-        assert_facts(
-            api.get("/v1/jobs", i)["jobs"],
-            api.get("/v1/tasks", i)["tasks"],
-            api.get("/v1/machines", i)["machines"],
-            snapshot,
-        )
+        with client(cluster, i) as one:
+            assert_facts(one.jobs(), one.tasks(), one.machines(), snapshot)
 
     # It takes new writes: a job, claims onto old machines, a report.
-    submitted = api.post(
-        "/v1/jobs",
-        {
-            "job": "after",
-            "spec": {
-                "name": "after",
-                "owner": "erin",
-                "scheduler": "batch",
-                "tasks": 2,
-                "resources": {"cpu": "500m", "memory": "512Mi"},
-            },
-        },
-    )
-    assert submitted["type"] == "ok", submitted
-    txn = {
-        "scheduler": "upgrade-test",
-        "claims": [["after.0", "m1", 0, []], ["late.1", "m4", 0, []]],
+    cell = client(cluster)
+    spec = {
+        "name": "after",
+        "owner": "erin",
+        "scheduler": "batch",
+        "tasks": 2,
+        "resources": {"cpu": "500m", "memory": "512Mi"},
     }
-    result = api.post("/v1/transactions", {"txn": txn})
-    assert (result["accepted"], result["rejected"]) == (2, []), result
-    refused = api.post("/v1/transactions", {"txn": {**txn, "claims": [["after.1", "m3", 0, []]]}})
-    assert [r["reason"] for r in refused["rejected"]] == ["machine_not_up"], refused
-    report = {"task": "after.0", "machine": "m1", "incarnation": 0, "state": "running"}
-    assert api.post("/v1/agents/report", {"reports": [report]})["type"] == "ok"
+    assert cell.submit(parse(spec, JobSpec), "after").job == "after"
+    claims = (Claim("after.0", "m1"), Claim("late.1", "m4"))
+    result = cell.commit(Transaction("upgrade-test", claims)).result
+    assert (result.accepted, result.rejected) == (2, ()), result
+    refused = cell.commit(Transaction("upgrade-test", (Claim("after.1", "m3"),))).result
+    assert [r.reason for r in refused.rejected] == ["machine_not_up"], refused
+    report = TaskReport("after.0", "m1", 0, ReportedState.RUNNING)
+    assert isinstance(cell.report_tasks([report]).result, Ok)
 
     # An agent restart re-registers its machine: the operator's drain, set before the
     # upgrade, holds (issue 13, loose end 3).
     m3 = next(m for m in EXPECTED["machines"] if m["id"] == "m3")
-    assert api.post("/v1/agents/register", {"machines": [register_again(m3)]})["type"] == "ok"
-    assert {m["id"]: m["state"] for m in api.get("/v1/machines")["machines"]}["m3"] == "draining"
+    again = parse(register_again(m3), MachineSpec)
+    assert isinstance(cell.register_machines([again]).result, Ok)
+    assert {m["id"]: m["state"] for m in cell.machines()}["m3"] == "draining"
 
-    tasks = {t["id"]: t for t in api.get("/v1/tasks")["tasks"]}
+    tasks = {t["id"]: t for t in cell.tasks()}
     assert (tasks["after.0"]["state"], tasks["after.0"]["machine"]) == ("running", "m1")
     assert (tasks["late.1"]["state"], tasks["late.1"]["machine"]) == ("assigned", "m4")
     before = settled_snapshots(cluster)
@@ -329,7 +306,8 @@ def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
     deadline = time.monotonic() + 60
     while any(dump_format(d) != 2 for d in data_dirs):
         assert time.monotonic() < deadline, [dump_format(d) for d in data_dirs]
-        api.post("/v1/agents/heartbeat", {"machines": ["m0"]})
+        cell.heartbeat(["m0"])
+    cell.close()
     before = settled_snapshots(cluster)
     for i in range(REPLICAS):
         cluster.stop(i)
