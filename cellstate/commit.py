@@ -106,12 +106,12 @@ class _Overlay:
         self.jobs_on.setdefault(machine.id, set()).add(task.job)
         delta = self.deltas.get(machine.id)
         if delta is None:
-            delta = self.deltas[machine.id] = Account(machine.account.capacity)
+            delta = self.deltas[machine.id] = Account.delta()
         for victim in victims:
             self.evicted.add(victim.id)
             self.pending.remove(victim, delta)
         # A placed regular task reserves its whole demand.
-        self.pending.add(task, delta, reserved=task.demand)
+        self.pending.add(task, delta, reserved=task.need.whole)
 
 
 def _validate(
@@ -157,9 +157,10 @@ def _validate(
         if reason is not None:
             return reason, task, machine, []
         if victims:
-            delta = delta.copy() if delta is not None else Account(machine.account.capacity)
+            delta = delta.copy() if delta is not None else Account.delta()
+            scratch = Ledger()  # victims' quota is not the claim's concern
             for victim in victims:
-                delta.remove(victim.demand, victim.reserved, victim.best_effort)
+                scratch.remove(victim, delta)
     reason = cell.ledger.refusal(
         task, machine.account, delta, overlay.pending if overlay is not None else None
     )
@@ -222,7 +223,7 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
             if reason is not None:
                 rejected.append(Rejection(claim.task, claim.machine, reason))
                 continue
-            if machine.id not in seqnums:  # type: ignore[union-attr]
+            if coarse and machine.id not in seqnums:  # type: ignore[union-attr]
                 seqnums[machine.id] = machine.seqnum  # type: ignore[union-attr]
             yield task, machine, victims  # type: ignore[misc]
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from cellstate.ledger import Account, Ledger
+from cellstate.ledger import Account, Ledger, pack
 from cellstate.model import ACTIVE_STATES, Machine, Task, TaskState
 
 if TYPE_CHECKING:
@@ -85,6 +85,10 @@ def _check_task(task: Task) -> None:
             raise InvariantViolation(
                 f"task {task.id} reserves {amount} {dim}; its limit is {task.demand.get(dim, 0)}"
             )
+    if task.reserved_packed != pack(task.reserved):
+        raise InvariantViolation(
+            f"task {task.id} packed reservation disagrees with {task.reserved}"
+        )
     if task.reserved.keys() != task.demand.keys():
         raise InvariantViolation(
             f"task {task.id} reserves in {sorted(task.reserved)}, demands {sorted(task.demand)}"

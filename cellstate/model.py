@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from cellstate.ledger import EMPTY, Account
+from cellstate.ledger import EMPTY, Account, Need
 from cellstate.resources import REQUIRED, Resources
 
 # The cell's rules: how commands are judged. A release that changes what a
@@ -347,8 +347,10 @@ class Task:
     index: int
     priority: int
     best_effort: bool
-    # The job spec's `resources.amounts` (shared, never written through).
+    # The job spec's `resources.amounts` (shared, never written through), and
+    # the same packed for the ledger (shared by the job's tasks).
     demand: dict[str, int]
+    need: Need
     spec_version: int = 1
     state: TaskState = TaskState.PENDING
     machine: str | None = None
@@ -366,6 +368,7 @@ class Task:
     # What the ledger books as this task's reservation while it is placed
     # (regular tasks only): replaced on change, never mutated.
     reserved: dict[str, int] = attrs.field(default=EMPTY)
+    reserved_packed: int = 0
     usage_at: float = 0.0
     band: Band = attrs.field(init=False)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from cellstate.commands import ReportScheduler, Result
-from cellstate.ledger import EMPTY, Account
+from cellstate.ledger import EMPTY, Account, Need, pack
 from cellstate.model import (
     ACTIVE_STATES,
     FIRST_RULES,
@@ -174,6 +174,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
         )
         cell.jobs[jid] = job
         demand = spec.resources.amounts
+        need = Need(demand)
         for index, row in enumerate(rows):
             task = Task(
                 id=task_id(jid, index),
@@ -182,6 +183,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
                 index=index,
                 best_effort=spec.band == 0,
                 demand=demand,
+                need=need,
                 **task_row(row, demand),
             )
             cell.tasks[task.id] = task
@@ -236,4 +238,8 @@ def _account(cell: CellState, job: Job, task: Task) -> None:
     machine.tasks[task.id] = None
     if task.best_effort:
         task.reserved = EMPTY
+    else:
+        task.reserved_packed = (
+            task.need.whole if task.reserved is task.demand else pack(task.reserved)
+        )
     cell.ledger.add(task, machine.account)

@@ -59,7 +59,7 @@ from cellstate.commands import (
     TaskStateChanged,
 )
 from cellstate.commit import accepted
-from cellstate.ledger import EMPTY, Account, Ledger
+from cellstate.ledger import EMPTY, Account, Ledger, Need
 from cellstate.model import (
     ACTIVE_STATES,
     NAME_RE,
@@ -150,7 +150,7 @@ class CellState:
             known = self.machines.get(spec.id)
             if known is not None:
                 shrunk = known.account.copy()
-                shrunk.capacity = spec.capacity.amounts
+                shrunk.resize(spec.capacity.amounts)
                 # Best-effort tasks on reclaimed cpu and memory are shed below;
                 # anything else held beyond the new capacity has nowhere to go.
                 if (breach := shrunk.breach(squeeze=True)) is not None:
@@ -175,7 +175,7 @@ class CellState:
                 self.machines[spec.id] = machine
                 self.machine_list.append(machine)
             else:
-                machine.account.capacity = spec.capacity.amounts
+                machine.account.resize(spec.capacity.amounts)
                 machine.labels = dict(spec.labels)
                 machine.domain = spec.domain
                 # An agent's restart re-registers its machine: that brings back
@@ -254,6 +254,7 @@ class CellState:
         tasks = self.tasks
         best_effort = spec.band is Band.BEST_EFFORT
         demand = spec.resources.amounts
+        need = Need(demand)
         for index in range(spec.tasks):
             tid = task_id(job.id, index)
             tasks[tid] = Task(
@@ -264,6 +265,7 @@ class CellState:
                 priority=spec.priority,
                 best_effort=best_effort,
                 demand=demand,
+                need=need,
                 submitted_at=cmd.at,
             )
         self.pending_jobs[job.id] = None
@@ -439,7 +441,8 @@ class CellState:
                 preempted.append(victim.id)
             self._place(task, machine, cmd.at)
             events.append(TaskPlaced(task.id, machine.id, task.incarnation))
-            if not task.best_effort:
+            # Only a machine holding best-effort tasks can be overcommitted.
+            if not task.best_effort and machine.account.be_packed:
                 touched[machine.id] = machine
         for machine in touched.values():
             squeezed = self._squeeze_best_effort(machine, events)
@@ -469,10 +472,13 @@ class CellState:
 
     def _place(self, task: Task, machine: Machine, at: float) -> None:
         if not task.best_effort:
-            task.reserved = task.demand
+            task.reserved, task.reserved_packed = task.demand, task.need.whole
         self.ledger.add(task, machine.account)
         machine.tasks[task.id] = None
-        self._touch(machine)
+        # `_touch`, written out: this is the commit's hot path.
+        machine.seqnum += 1
+        if self.changed_machines is not None:
+            self.changed_machines.add(machine.id)
         task.machine = machine.id
         task.placed_at = at
         self._move(task, self.jobs[task.job], TaskState.ASSIGNED)
@@ -481,7 +487,7 @@ class CellState:
         """Take an active task's claim off its machine; the caller sets its state."""
         machine = self.machines[task.machine]  # type: ignore[index]
         self.ledger.remove(task, machine.account)
-        task.reserved = EMPTY
+        task.reserved, task.reserved_packed = EMPTY, 0
         del machine.tasks[task.id]
         self._touch(machine)
         return machine

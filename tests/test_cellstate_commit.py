@@ -29,6 +29,7 @@ from cellstate import (
     TxnMode,
 )
 from cellstate.invariants import InvariantViolation, check_machines
+from cellstate.ledger import pack
 from tests.cellfixtures import GI, cell_with, commit, reasons, submit
 
 
@@ -289,15 +290,16 @@ def test_check_machines_recounts_changed_machines_from_their_tasks():
     assert changed == {"m0"}
     check_machines(cell, changed)  # holds for an honest cell
     machine = cell.machines["m0"]
-    machine.account.used["cpu"] -= 1000  # a running sum that drifted from its tasks
+    drift = pack({"cpu": 1000})
+    machine.account.used_packed -= drift  # a running sum that drifted from its tasks
     with pytest.raises(InvariantViolation, match="books"):
         check_machines(cell, ["m0"])
-    machine.account.used["cpu"] += 1000
+    machine.account.used_packed += drift
     capacity = machine.account.capacity
-    machine.account.capacity = {**capacity, "cpu": 1500}  # now its tasks exceed it
+    machine.account.resize({**capacity, "cpu": 1500})  # now its tasks exceed it
     with pytest.raises(InvariantViolation, match="over capacity"):
         check_machines(cell, ["m0"])
-    machine.account.capacity = capacity
+    machine.account.resize(capacity)
     cell.tasks["j.1"].machine = "m1"  # held by m0, but says it runs elsewhere
     with pytest.raises(InvariantViolation, match="not active on it"):
         check_machines(cell, ["m0"])
