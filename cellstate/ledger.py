@@ -177,6 +177,18 @@ class Account:
             return 0
         return _field(self.be_room if best_effort else self.room, dim)
 
+    def rooms(self) -> tuple[Vector, Vector]:
+        """`free` of every declared dimension for a regular and for a best-effort
+        task, decoded in one pass (the schedulers' table reads a row with it)."""
+        room, be_room = self.room, self.be_room
+        regular: Vector = {}
+        be: Vector = {}
+        for dim in self.capacity:
+            shift = FIELD_BITS * _SLOTS[dim]
+            regular[dim] = ((room >> shift) & _FIELD_MASK) - BIAS
+            be[dim] = ((be_room >> shift) & _FIELD_MASK) - BIAS
+        return regular, be
+
     @property
     def used(self) -> Vector:
         return unpack(self.used_packed, self.capacity)

@@ -25,6 +25,9 @@ VICTIM_GONE = "victim_gone"
 VICTIM_NOT_PREEMPTIBLE = "victim_not_preemptible"
 # A claim of a failed all-or-nothing transaction that was itself acceptable.
 ABORTED = "aborted"
+# A scheduler found room for fewer tasks than it wanted, no machine being
+# charged to any other reason (e.g. every feasible machine filled up).
+NO_ROOM = "no_room"
 
 
 def constraint(key: str) -> str:

@@ -45,6 +45,7 @@ from cellstate import (
     TaskState,
     Transaction,
     TxnMode,
+    reasons,
 )
 from schedulers.context import DecisionContext
 from schedulers.explain import Explanation, JobMetric
@@ -202,7 +203,7 @@ class SchedulerCore:
                 claimed_jobs.append(jid)
                 gang = gang or job.spec.gang
             else:
-                self._maybe_park(jid, metric.unplaced_reason or "no_room")
+                self._maybe_park(jid, metric.unplaced_reason or reasons.NO_ROOM)
         if not claims:
             return None
         mode = TxnMode.ALL_OR_NOTHING if gang else self.mode
@@ -248,11 +249,11 @@ class SchedulerCore:
                 # budget, not for luck. Progress is not a failed attempt.
                 self.attempts.pop(jid, None)
                 continue
-            reasons = lost.get(jid)
+            conflicts = lost.get(jid)
             reason = (
-                max(sorted(reasons), key=lambda r: reasons[r])
-                if reasons
-                else decision.explanations[jid].unplaced_reason or "no_room"
+                max(sorted(conflicts), key=lambda r: conflicts[r])
+                if conflicts
+                else decision.explanations[jid].unplaced_reason or reasons.NO_ROOM
             )
             self._maybe_park(jid, reason)
 

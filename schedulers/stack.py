@@ -29,7 +29,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from cellstate import Claim, Job, SchedulerClass, Task
+from cellstate import Claim, Job, SchedulerClass, Task, reasons
 from schedulers import preempt
 from schedulers.context import DecisionContext
 from schedulers.explain import JobMetric
@@ -46,8 +46,6 @@ from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_shar
 from schedulers.sample import candidates
 from schedulers.select import pack, spread
 from schedulers.table import Demand
-
-NO_ROOM = "no_room"
 
 
 @attrs.frozen
@@ -100,9 +98,9 @@ class Stack:
                     open_rows = open_rows[open_rows != row]
 
         if len(chosen) < wanted:
-            reasons = {**metric.filtered, **metric.exhausted}
+            counted = {**metric.filtered, **metric.exhausted}
             metric.unplaced_reason = (
-                max(sorted(reasons), key=lambda r: reasons[r]) if reasons else NO_ROOM
+                max(sorted(counted), key=lambda r: counted[r]) if counted else reasons.NO_ROOM
             )
             if saved is not None:
                 ctx.restore(saved)

@@ -23,9 +23,9 @@ column-major, as policy reads one dimension over many machines at a time):
 - `be_free`: room for one more best-effort task, `Account.free(dim, True)`:
   capacity minus reservations minus best-effort limits (Borg's reclaimed
   resources in cpu and memory; in the others a reservation is the limit).
-The fit rules are `cellstate.ledger`'s; the refresh evaluates `Account.free`
-over whole arrays rather than per row and dimension (for speed), and a test
-holds the two equal. Per row besides:
+The fit rules are `cellstate.ledger`'s alone: a refresh copies each changed
+row's rooms as the ledger decodes them (`Account.rooms`), and a test holds
+the table equal to `Account.free` on every row and dimension. Per row besides:
 - `inv_cap` (float64, 2-D): `1/capacity`, 0 where the machine has none, so a
   dimension a machine lacks adds nothing to its scores;
 - `free_frac` (float64): `sum(free * inv_cap)`, the task-independent part of
@@ -140,18 +140,10 @@ class MachineTable:
             self._read_capacity(moved, [machines[i].account.capacity for i in moved])
         dims = self.dims
         idx = np.asarray(rows, dtype=np.intp)
-        capacity = self.capacity[idx]
-        used = _matrix([a.used for a in accounts], dims)
-        reserved = _matrix([a.reserved for a in accounts], dims)
-        held = [a.best_effort for a in accounts]
-        # Most machines hold no best-effort task; skip reading their empty books.
-        best_effort = _matrix(held, dims) if any(held) else 0
-        # `Account.free` over whole arrays: calling it per row, dimension and
-        # class would more than double the cost of a refresh (bench.decide).
-        # `test_sched_table` holds the two equal on every row and dimension.
-        free = capacity - used - best_effort * self.exclusive
+        rooms = [a.rooms() for a in accounts]
+        free = _matrix([regular for regular, _ in rooms], dims)
         self.free[idx] = free
-        self.be_free[idx] = capacity - reserved - best_effort
+        self.be_free[idx] = _matrix([be for _, be in rooms], dims)
         self.free_frac[idx] = (free * self.inv_cap[idx]).sum(axis=1)
         self.seqnum[idx] = [m.seqnum for m in ms]
         up = MachineState.UP
