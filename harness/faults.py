@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,16 +50,25 @@ import httpx
 import orjson
 import trio
 
-from cellstate import CellState, TaskState, Transaction
+from cellstate import (
+    CellState,
+    JobSpec,
+    MachineSpec,
+    Ok,
+    ReportedState,
+    Resources,
+    TaskReport,
+    TaskState,
+    Transaction,
+)
 from cellstate.commands import Command, TaskPlaced
 from cellstate.invariants import check_machines
 from cellstate.model import ACTIVE_STATES, TERMINAL_STATES
-from cellstate.wire import encode_result, internal
-from cellstore.cellclient import CellClient, CellError
-from cellstore.client import StoreClient, StoreUnavailable
+from cellstate.wire import encode_result, internal, parse
+from cellstore.cellclient import Applied, CellClient, CellError
+from cellstore.client import COMMANDS, StoreClient
 from cellstore.config import free_ports
 from cellstore.copy import LocalCopy
-from cellstore.errors import ApiError
 from harness.cluster import LocalCluster, cell_options
 from schedulers.committer import CellCommitter, Committed, Committer
 from schedulers.process import LiveScheduler, SchedulerConfig
@@ -434,59 +443,57 @@ class Workload:
             self.cluster.api, self.cluster.token, timeout_s=5.0, retry_deadline_s=60.0
         )
 
-    async def _send(
-        self, client: StoreClient, kind: str, key: Any, path: str, body: dict[str, Any]
-    ) -> Any:
+    async def _send(self, kind: str, key: Any, cid: str, write: Awaitable[Any]) -> Any:
+        """Await one write through the typed client; record it as acknowledged (with its
+        result as the log encodes it) or count it unacknowledged by its error code."""
         try:
-            answer = await client.request("POST", path, body)
-        except (ApiError, StoreUnavailable) as exc:
-            self.unacknowledged[f"{kind}:{type(exc).__name__}"] += 1
+            done = await write
+        except CellError as exc:
+            self.unacknowledged[f"{kind}:{exc.code}"] += 1
             return None
-        self.acks.append(Ack(body["id"], kind, key, answer["result"]))
-        return answer["result"]
+        # A submission answers with its job and version; the log holds an `ok` for it.
+        result = done.result if isinstance(done, Applied) else Ok()
+        encoded = orjson.loads(encode_result(result))
+        self.acks.append(Ack(cid, kind, key, encoded))
+        return encoded
 
-    async def setup(self, client: StoreClient) -> None:
-        body = {
-            "id": self._id("register"),
-            "machines": [
-                {"id": f"m{i}", "capacity": {"cpu": 8, "memory": "16Gi"}, "domain": f"d{i % 4}"}
-                for i in range(self.machines)
-            ],
-        }
-        await self._send(client, "register", self.machines, "/v1/agents/register", body)
+    async def setup(self, cell: CellClient) -> None:
+        machines = [
+            MachineSpec(f"m{i}", Resources(8000, 16 << 30), domain=f"d{i % 4}")
+            for i in range(self.machines)
+        ]
+        cid = self._id("register")
+        await self._send("register", self.machines, cid, cell.register_machines(machines, id=cid))
 
-    async def submitter(self, client: StoreClient) -> None:
+    async def submitter(self, cell: CellClient) -> None:
         n = 0
         while self.writes_open:
             n += 1
             job = f"{self.tag}-j{n}"
             huge = self.rng.random() < 0.02
-            spec = {
-                **(HUGE_SPEC if huge else JOB_SPEC),
-                "name": "huge" if huge else "w",
-                "tasks": self.rng.randint(1, 4),
-            }
-            self.submitted.append(job)
-            await self._send(
-                client,
-                "submit",
-                job,
-                "/v1/jobs",
-                {"job": job, "id": self._id("submit"), "spec": spec},
+            spec = parse(
+                {
+                    **(HUGE_SPEC if huge else JOB_SPEC),
+                    "name": "huge" if huge else "w",
+                    "tasks": self.rng.randint(1, 4),
+                },
+                JobSpec,
             )
+            self.submitted.append(job)
+            cid = self._id("submit")
+            await self._send("submit", job, cid, cell.submit(spec, job, id=cid))
             await trio.sleep(self.submit_interval_s)
 
-    async def killer(self, client: StoreClient) -> None:
+    async def killer(self, cell: CellClient) -> None:
         while self.writes_open:
             await trio.sleep(self.rng.uniform(0.3, 1.0))
             done = [a.key for a in self.acks if a.kind == "submit"]
             if done:
                 job = self.rng.choice(done[-50:])
-                await self._send(
-                    client, "kill", job, "/v1/jobs/kill", {"job": job, "id": self._id("kill")}
-                )
+                cid = self._id("kill")
+                await self._send("kill", job, cid, cell.kill(job, id=cid))
 
-    async def agent(self, client: StoreClient, copy: LocalCopy) -> None:
+    async def agent(self, cell: CellClient, copy: LocalCopy) -> None:
         """Report assigned tasks running, and running ones exited after a while."""
         rng = random.Random(self.rng.random())
         running_since: dict[tuple[str, int], float] = {}
@@ -495,19 +502,25 @@ class Workload:
             now = trio.current_time()
             reports = []
             for task in list(copy.cell.tasks.values()):
-                if task.state not in ACTIVE_STATES:
+                if task.state not in ACTIVE_STATES or task.machine is None:
                     continue
                 key = (task.id, task.incarnation)
-                base = {"task": task.id, "machine": task.machine, "incarnation": task.incarnation}
                 if task.state is TaskState.ASSIGNED:
-                    reports.append({**base, "state": "running"})
+                    reports.append(
+                        TaskReport(task.id, task.machine, task.incarnation, ReportedState.RUNNING)
+                    )
                 elif task.state is TaskState.RUNNING:
                     since = running_since.setdefault(key, now)
                     if now - since > rng.uniform(0.3, 2.0):
-                        reports.append({**base, "state": "exited", "exit_code": 0})
+                        reports.append(
+                            TaskReport(
+                                task.id, task.machine, task.incarnation, ReportedState.EXITED, 0
+                            )
+                        )
             if reports:
-                body = {"id": self._id("report"), "reports": reports[:200]}
-                await self._send(client, "report", len(body["reports"]), "/v1/agents/report", body)
+                batch = reports[:200]
+                cid = self._id("report")
+                await self._send("report", len(batch), cid, cell.report_tasks(batch, id=cid))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with (
@@ -516,7 +529,7 @@ class Workload:
             self.client() as agent_client,
             trio.open_nursery() as nursery,
         ):
-            await self.setup(client)
+            await self.setup(CellClient(client))
             scheduler = LiveScheduler(
                 SchedulerConfig(
                     self.cluster.api,
@@ -532,10 +545,10 @@ class Workload:
             await nursery.start(scheduler.run)
             copy = LocalCopy()
             await nursery.start(copy.follow, agent_client)
-            nursery.start_soon(self.agent, agent_client, copy)
-            nursery.start_soon(self.submitter, client)
+            nursery.start_soon(self.agent, CellClient(agent_client), copy)
+            nursery.start_soon(self.submitter, CellClient(client))
             async with self.client() as kill_client:
-                nursery.start_soon(self.killer, kill_client)
+                nursery.start_soon(self.killer, CellClient(kill_client))
                 task_status.started()
                 await trio.sleep_forever()
 
@@ -673,7 +686,7 @@ class Faults:
                 }
             ]
         }
-        url = f"http://{self.cluster.api[replica]}/v1/commands"
+        url = f"http://{self.cluster.api[replica]}{COMMANDS}"
         auth = {"authorization": f"Bearer {self.cluster.token}"}
         try:
             async with httpx.AsyncClient(timeout=6.0) as http:
@@ -884,26 +897,26 @@ async def settle(workload: Workload, timeout: float = 30.0) -> None:
     every job with pending tasks carries a scheduler's explanation (schedulers report every
     couple of seconds, so a job submitted last may not have one yet)."""
     with trio.move_on_after(timeout):
-        async with workload.client() as client:
+        async with workload.client() as store:
+            cell = CellClient(store)
             while True:
                 await trio.sleep(0.5)
-                assigned = await client.request("GET", "/v1/tasks?state=assigned&limit=1")
-                running = await client.request("GET", "/v1/tasks?state=running&limit=1")
-                if assigned["tasks"] or running["tasks"]:
+                assigned = await cell.tasks(state="assigned", limit=1)
+                running = await cell.tasks(state="running", limit=1)
+                if assigned or running:
                     continue
-                if not await _unexplained(client):
+                if not await _unexplained(cell):
                     return
 
 
-async def _unexplained(client: StoreClient) -> list[str]:
+async def _unexplained(cell: CellClient) -> list[str]:
     """Jobs not killed, with pending tasks and no scheduler's explanation."""
-    jobs = await client.request("GET", "/v1/jobs")
     waiting = [
-        j["id"] for j in jobs["jobs"] if j["tasks"].get("pending") and j["state"] != "killed"
+        j["id"] for j in await cell.jobs() if j["tasks"].get("pending") and j["state"] != "killed"
     ]
     unexplained = []
     for job in waiting:
-        found = await client.request("GET", f"/v1/explain?target={job}")
+        found = await cell.explain(job)
         if not found.get("schedulers"):
             unexplained.append(job)
     return unexplained
