@@ -570,6 +570,6 @@ def top(
 def bench_conflicts(ctx: typer.Context) -> None:
     """Omega's conflict experiments in virtual time: tjob, batch-load, shards, modes,
     monolithic, sampling (`omega bench conflicts tjob --out DIR`)."""
-    from bench.sim.__main__ import main
+    from cellsim.__main__ import main
 
     main(ctx.args)

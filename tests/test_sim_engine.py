@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.sim.engine import SchedulerSetup, Simulation, omega_schedulers, simulate
-from bench.sim.experiments import run_experiment
-from bench.sim.workload import PRESETS, Distribution, load, parse
+from cellsim.engine import SchedulerSetup, Simulation, omega_schedulers, simulate
+from cellsim.experiments import run_experiment
+from cellsim.workload import PRESETS, Distribution, load, parse
 from cellstate import ConflictMode, SchedulerClass
 from tests.test_sim_support import tiny_workload
 
@@ -144,7 +144,7 @@ def test_same_seed_same_csv_across_hash_seeds(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "bench.sim",
+                "cellsim",
                 "tjob",
                 "--preset",
                 "A",

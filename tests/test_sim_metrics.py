@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.sim.metrics import DAY, Metrics, busyness, percentile
+from cellsim.metrics import DAY, Metrics, busyness, percentile
 
 
 def trace() -> Metrics:

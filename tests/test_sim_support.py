@@ -12,7 +12,7 @@ import random
 
 import attrs
 
-from bench.sim.workload import parse
+from cellsim.workload import parse
 from cellstate import (
     CellState,
     Claim,

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
-from bench.sim.engine import DAY, OWNER, Simulation, omega_schedulers
-from bench.sim.workload import GIB, Workload, load
+from cellsim.engine import DAY, OWNER, Simulation, omega_schedulers
+from cellsim.workload import GIB, Workload, load
 from cellstate import JobSpec, Resources, SchedulerClass
 
 if TYPE_CHECKING:

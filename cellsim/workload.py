@@ -1,6 +1,6 @@
 """Workloads for the simulator: the cell, the job classes and their distributions.
 
-A workload is read from a small TOML file (see `bench/presets/`), in the shape
+A workload is read from a small TOML file (see `cellsim/presets/`), in the shape
 of the Omega paper's lightweight simulator (EuroSys 2013, section 4): per job
 class (batch, service), an interarrival-time distribution, and per job the
 number of tasks, the task duration and the per-task cpu and memory, each drawn
@@ -34,7 +34,7 @@ import attrs
 import numpy as np
 
 GIB = 1 << 30
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
+PRESETS = Path(__file__).resolve().parent / "presets"
 CLASSES = ("batch", "service")
 
 

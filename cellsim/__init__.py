@@ -5,16 +5,16 @@ It drives the real `cellstate.CellState` and the real
 the paper's lightweight simulator, and measures job wait time, scheduler
 busyness and conflict fraction the paper's way.
 
-    python -m bench.sim tjob --preset B --days 1 --out out/sim
+    python -m cellsim tjob --preset B --days 1 --out out/sim
 
 Modules: `workload` (TOML presets and distributions), `engine` (the event
 loop), `metrics` (the paper's definitions), `experiments` (the sweeps, CSV and
 plots), `__main__` (the command line).
 """
 
-from bench.sim.engine import SchedulerSetup, SimResult, Simulation, omega_schedulers, simulate
-from bench.sim.experiments import EXPERIMENTS, run_experiment
-from bench.sim.workload import Workload, WorkloadError, load
+from cellsim.engine import SchedulerSetup, SimResult, Simulation, omega_schedulers, simulate
+from cellsim.experiments import EXPERIMENTS, run_experiment
+from cellsim.workload import Workload, WorkloadError, load
 
 __all__ = [
     "EXPERIMENTS",

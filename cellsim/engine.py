@@ -41,8 +41,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from bench.sim.metrics import Metrics
-from bench.sim.workload import GIB, Workload
+from cellsim.metrics import Metrics
+from cellsim.workload import GIB, Workload
 from cellstate import (
     CellState,
     Claim,

@@ -32,8 +32,8 @@ from typing import Any
 
 import attrs
 
-from bench.sim.engine import SchedulerSetup, Simulation, fmt, omega_schedulers
-from bench.sim.workload import Workload, load
+from cellsim.engine import SchedulerSetup, Simulation, fmt, omega_schedulers
+from cellsim.workload import Workload, load
 from cellstate import ConflictMode, SchedulerClass, TxnMode
 
 RUN_COLUMNS = ("experiment", "preset", "machines", "days", "seed", "variant", "x")

@@ -1,4 +1,4 @@
-"""Command line: `python -m bench.sim <experiment> [options] --out DIR`.
+"""Command line: `python -m cellsim <experiment> [options] --out DIR`.
 
 Runs one experiment (or `perf`: one simulated run timed and profiled), prints
 a line per run and a summary, and, last, one JSON line with the CSV's path.
@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.sim.engine import Simulation, omega_schedulers
-from bench.sim.experiments import EXPERIMENTS, run_experiment
-from bench.sim.workload import load
+from cellsim.engine import Simulation, omega_schedulers
+from cellsim.experiments import EXPERIMENTS, run_experiment
+from cellsim.workload import load
 
 
 def _values(text: str | None) -> list[float] | None:
@@ -67,9 +67,7 @@ def perf(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sim", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m cellsim", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=[*EXPERIMENTS, "perf", "live"])
     parser.add_argument("--preset", default="B", help="A, B, C or a TOML file")
     parser.add_argument("--days", type=float, default=1.0, help="simulated days per run")
