@@ -13,6 +13,7 @@ import json
 import pstats
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from cellsim.engine import Simulation, omega_schedulers
@@ -26,7 +27,7 @@ def _values(text: str | None) -> list[float] | None:
     return [float(v) if "." in v or "e" in v else int(v) for v in text.split(",")]
 
 
-def perf(args: argparse.Namespace) -> dict:
+def perf(args: argparse.Namespace) -> dict[str, object]:
     """Time one run of the Omega setup; with --profile, show where time goes."""
     workload = load(args.preset)
     if args.machines and args.machines != workload.machines:
@@ -66,9 +67,13 @@ def perf(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cellsim", description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=[*EXPERIMENTS, "perf", "live"])
+def parser(
+    prog: str = "python -m cellsim", experiments: Sequence[str] = ()
+) -> argparse.ArgumentParser:
+    """The command line's options; `experiments` adds choices a caller runs itself
+    (`python -m bench.sim` adds `live`, which needs a real cell)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", choices=[*EXPERIMENTS, "perf", *experiments])
     parser.add_argument("--preset", default="B", help="A, B, C or a TOML file")
     parser.add_argument("--days", type=float, default=1.0, help="simulated days per run")
     parser.add_argument(
@@ -77,57 +82,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--values", default=None, help="sweep points, comma-separated")
     parser.add_argument("--profile", action="store_true", help="perf: run under cProfile")
-    parser.add_argument(
-        "--seconds", type=float, default=60.0, help="live: wall-clock (and simulated) seconds"
-    )
-    parser.add_argument(
-        "--rate",
-        type=float,
-        default=1.0,
-        help="live: arrival-rate multiplier on top of --machines scaling",
-    )
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if args.experiment == "live" and args.machines is None:
-        args.machines = 1000
-    span = (
-        f"seconds={args.seconds:g} rate={args.rate:g}"
-        if args.experiment == "live"
-        else f"days={args.days:g}"
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    """Run `args.experiment` (an experiment or `perf`) and return its JSON summary."""
+    if args.experiment == "perf":
+        return perf(args)
+    options = {}
+    if args.values:
+        options["values"] = _values(args.values)
+    began = time.perf_counter()
+    path = run_experiment(
+        args.experiment,
+        preset=args.preset,
+        days=args.days,
+        machines=args.machines,
+        seed=args.seed,
+        out=args.out,
+        **options,
     )
+    print(path.read_text())
+    return {
+        "bench": f"sim.{args.experiment}",
+        "csv": str(path),
+        "png": str(path.with_suffix(".png")),
+        "seed": args.seed,
+        "wall_s": round(time.perf_counter() - began, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     print(
-        f"seed={args.seed} preset={args.preset} {span} machines={args.machines or 'preset'}",
+        f"seed={args.seed} preset={args.preset} days={args.days:g} "
+        f"machines={args.machines or 'preset'}",
         flush=True,
     )
-    if args.experiment == "perf":
-        summary = perf(args)
-    elif args.experiment == "live":
-        from bench.sim.live import run as run_live
-
-        summary = run_live(args)
-    else:
-        options = {}
-        if args.values:
-            options["values"] = _values(args.values)
-        began = time.perf_counter()
-        path = run_experiment(
-            args.experiment,
-            preset=args.preset,
-            days=args.days,
-            machines=args.machines,
-            seed=args.seed,
-            out=args.out,
-            **options,
-        )
-        print(path.read_text())
-        summary = {
-            "bench": f"sim.{args.experiment}",
-            "csv": str(path),
-            "png": str(path.with_suffix(".png")),
-            "seed": args.seed,
-            "wall_s": round(time.perf_counter() - began, 2),
-        }
-    print(json.dumps(summary))
+    print(json.dumps(run(args)))
 
 
 if __name__ == "__main__":

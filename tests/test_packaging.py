@@ -16,7 +16,9 @@ from pathlib import Path
 from setuptools import find_namespace_packages
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT = ("cellstate", "cellstore", "schedulers", "agents", "omega")
+PRODUCT = ("cellstate", "cellstore", "schedulers", "agents", "cellsim", "omega")
+# Developer tools and the test harness: they run from a checkout, on top of the product.
+NOT_SHIPPED = ("harness", "bench", "tests")
 
 
 def shipped_packages() -> list[str]:
@@ -30,16 +32,25 @@ def shipped_packages() -> list[str]:
     )
 
 
-def test_wheel_ships_the_product_and_no_harness_module() -> None:
+def test_wheel_ships_the_product_and_no_harness_or_bench_module() -> None:
     packages = shipped_packages()
-    assert not [p for p in packages if p == "harness" or p.startswith("harness.")], packages
-    assert not [p for p in packages if p == "tests" or p.startswith("tests.")], packages
+    assert not [p for p in packages if p.split(".")[0] in NOT_SHIPPED], packages
     assert set(PRODUCT) <= {p.split(".")[0] for p in packages}, packages
 
 
-def test_no_product_module_imports_the_harness() -> None:
-    """The harness is not installed: a product module importing it would fail in a wheel
-    install. (`bench` starts local clusters with it and runs from a checkout, like the tests.)"""
+def test_wheel_ships_the_simulator_presets() -> None:
+    """`omega bench conflicts --preset B` reads `cellsim/presets/*.toml` from the installed
+    package: data files go into a wheel only when `package-data` names them."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["cellsim"]
+    presets = {p.name for pattern in patterns for p in (ROOT / "cellsim").glob(pattern)}
+    assert {"cluster_a.toml", "cluster_b.toml", "cluster_c.toml"} <= presets, presets
+
+
+def test_no_product_module_imports_the_harness_or_bench() -> None:
+    """Neither is installed: a product module importing one would fail in a wheel install.
+    (`bench` starts local clusters with the harness and runs from a checkout, like the tests.)
+    `lint-imports` checks the whole layering; this keeps the wheel's promise in the suite."""
     offenders = []
     for package in PRODUCT:
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -50,6 +61,6 @@ def test_no_product_module_imports_the_harness() -> None:
                     names = [node.module or ""]
                 else:
                     continue
-                if any(n == "harness" or n.startswith("harness.") for n in names):
+                if any(n.split(".")[0] in NOT_SHIPPED for n in names):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cellsim.__main__ import main
+from bench.sim.__main__ import main
 
 
 @pytest.mark.slow
