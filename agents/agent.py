@@ -86,6 +86,11 @@ def _bytes(value: int | str) -> int:
     return parse_memory(value) if isinstance(value, str) else int(value)
 
 
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    # A named converter, not `tuple`: a type checker reads its argument type as `__init__`'s.
+    return tuple(values)
+
+
 @attrs.frozen
 class AgentConfig:
     """What one agent process needs. `cpu` is millicores and `memory` bytes
@@ -94,7 +99,7 @@ class AgentConfig:
     and countable devices (`{"gpu": 2}`); none by default. With `hollow=N` the agent stands in for N machines named
     `<name>-0000`..., each with this capacity, in domains `<domain>-<i//100>`."""
 
-    addresses: tuple[str, ...] = attrs.field(converter=tuple)
+    addresses: tuple[str, ...] = attrs.field(converter=_strings)
     token: str
     name: str
     work_dir: Path = attrs.field(converter=Path)

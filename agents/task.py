@@ -9,7 +9,7 @@ for instance a trio memory channel's `send_nowait`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -40,6 +40,14 @@ def task_dir_name(task: str, incarnation: int) -> str:
     return f"{safe}.{incarnation}"
 
 
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+def _environment(env: Mapping[str, str]) -> dict[str, str]:
+    return dict(env)
+
+
 @attrs.frozen
 class TaskSpec:
     """How to run one task: command, environment, limits, stop grace, restarts.
@@ -47,8 +55,10 @@ class TaskSpec:
     `duration` is used only by the hollow executor (None: runs until stopped).
     """
 
-    argv: tuple[str, ...] = attrs.field(converter=tuple)
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    # Named converters, not `tuple`/`dict`: a type checker reads a converter's argument type
+    # as the field's `__init__` type, and the builtins' are generic.
+    argv: tuple[str, ...] = attrs.field(converter=_strings)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_environment)
     cpu_millicores: int = 0
     memory_bytes: int = 0
     grace_period: float = 10.0

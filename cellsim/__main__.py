@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cellsim.engine import Simulation, omega_schedulers
 from cellsim.experiments import EXPERIMENTS, run_experiment
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     """Run `args.experiment` (an experiment or `perf`) and return its JSON summary."""
     if args.experiment == "perf":
         return perf(args)
-    options = {}
+    options: dict[str, Any] = {}  # the experiment's own keywords (`values`)
     if args.values:
         options["values"] = _values(args.values)
     began = time.perf_counter()

@@ -20,6 +20,7 @@ those into integers and name what they refuse.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
@@ -180,7 +181,7 @@ def dimension(name: str) -> Dimension:
             f"{name!r} is not a resource: use {', '.join(DIMENSIONS)}, or a device name "
             f"matching {DEVICE_RE.pattern} (e.g. gpu)"
         )
-    return Dimension(name, lambda v, n=name: parse_count(v, n), str, MAX_DEVICES)
+    return Dimension(name, functools.partial(parse_count, name=name), str, MAX_DEVICES)
 
 
 def parse_declaration(text: str) -> tuple[str, int]:

@@ -35,7 +35,7 @@ from cellstate.model import (
     TaskState,
     task_id,
 )
-from cellstate.wire import internal
+from cellstate.wire import RESULT, internal
 
 if TYPE_CHECKING:
     from cellstate.state import CellState
@@ -195,7 +195,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
         structured = internal.structure(report, ReportScheduler)
         cell.schedulers[structured.name] = structured
     for cid, version, result in doc["recent"]:
-        cell.recent[cid] = (version, internal.structure(result, Result))
+        cell.recent[cid] = (version, internal.structure(result, RESULT))
 
 
 def _task_values(row: list[Any], demand: dict[str, int]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import enum
 import shlex
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import attrs
 import cattrs
@@ -180,7 +181,7 @@ def _checked_usage(usage: TaskUsage) -> TaskUsage:
     return usage
 
 
-def _strict_enum(cls: type[enum.Enum]):
+def _strict_enum(cls: type[enum.Enum]) -> Callable[[Any, type], Any]:
     allowed = ", ".join(str(member.value) for member in cls)
 
     def structure(value: Any, _: type) -> Any:
@@ -233,16 +234,19 @@ def _make(edge: bool) -> cattrs.Converter:
     conv.register_unstructure_hook(Claim, _claim_to_wire)
     conv.register_structure_hook(Claim, _claim_from_wire)
     if edge:
-        for kind, hook in (
+        scalar_hooks: tuple[tuple[type, Callable[[Any, type], Any]], ...] = (
             (int, _strict_int),
             (float, _strict_float),
             (str, _strict_str),
             (bool, _strict_bool),
-        ):
-            conv.register_structure_hook(kind, hook)
+        )
+        for scalar, hook in scalar_hooks:
+            conv.register_structure_hook(scalar, hook)
 
         def objects_only(cl: type) -> Any:
-            inner = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=True)
+            inner: Callable[[Any, type], Any] = make_dict_structure_fn(
+                cl, conv, _cattrs_forbid_extra_keys=True
+            )
             fields = ", ".join(a.name for a in attrs.fields(cl))
 
             def structure(value: Any, _: type) -> Any:
@@ -361,13 +365,19 @@ def parse_json(body: bytes, cls: Any) -> Any:
 
 # -- inside the cell ---------------------------------------------------------------
 
+# The unions as `structure` targets. cattrs structures a union through its tagged-union hook,
+# but to a type checker a union alias is a value of `types.UnionType`, not a `type[T]` (until
+# PEP 747's TypeForm): the casts name the union `structure` returns.
+COMMAND = cast("type[Command]", Command)
+RESULT = cast("type[Result]", Result)
+
 
 def encode_command(command: Command) -> bytes:
     return orjson.dumps(internal.unstructure(command, Command))
 
 
 def decode_command(data: bytes | str) -> Command:
-    return internal.structure(orjson.loads(data), Command)
+    return internal.structure(orjson.loads(data), COMMAND)
 
 
 def encode_result(result: Result) -> bytes:
@@ -375,7 +385,7 @@ def encode_result(result: Result) -> bytes:
 
 
 def decode_result(data: bytes | str) -> Result:
-    return internal.structure(orjson.loads(data), Result)
+    return internal.structure(orjson.loads(data), RESULT)
 
 
 def outcome_to_json(outcome: Outcome) -> dict[str, Any]:

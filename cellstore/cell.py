@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import orjson
@@ -39,6 +39,7 @@ from cellstore.api import Replica
 from cellstore.errors import ApiError
 from cellstore.http import Request, Response, Router
 from cellstore.ids import new_command_id, new_job_id
+from cellstore.machine import Machine
 
 log = structlog.get_logger("cellstore.cell")
 
@@ -156,7 +157,7 @@ def endpoints(
         return handler
 
     async def read(fn) -> Response:
-        data = await replica.read(lambda machine: fn(machine.cell))
+        data = await replica.read(lambda machine: fn(_cell_machine(machine).cell))
         return Response.json(data, 200, replica.leader_headers())
 
     async def jobs(request: Request) -> Response:
@@ -228,6 +229,16 @@ def endpoints(
     replica.background.append(lambda: raise_rules(replica))
 
 
+def _cell_machine(machine: Machine) -> CellMachine:
+    """A replica's machine as the cell's: these endpoints and duties are mounted only on
+    replicas built from `cell_options`, whose machine is `CellMachine`."""
+    return cast(CellMachine, machine)
+
+
+def _is_due(due: Callable[[CellMachine, float], bool], machine: Machine, now: float) -> bool:
+    return due(_cell_machine(machine), now)
+
+
 def _one(request: Request, name: str) -> str | None:
     values = request.query.get(name)
     return values[0] if values else None
@@ -260,7 +271,7 @@ async def leader_duty(
         if not replica.raft.raft_status()["is_leader"]:
             continue
         now = time.time()
-        if not await replica.read(functools.partial(due, now=now)):
+        if not await replica.read(functools.partial(_is_due, due, now=now)):
             continue
         encoded = orjson.dumps(internal.unstructure(command(now), Command))
         try:

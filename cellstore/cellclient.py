@@ -248,8 +248,7 @@ class _Calls:
 
     @staticmethod
     def write(command: Command, decode: Callable[[Any], R] | None = None) -> Call[Applied[Any]]:
-        from cellstate.commands import Result
-        from cellstate.wire import internal
+        from cellstate.wire import RESULT, internal
 
         route = WRITE_ROUTES.get(type(command).__name__)
         if route is None:
@@ -257,7 +256,7 @@ class _Calls:
         body = internal.unstructure(command, type(command))
 
         def applied(answer: Any) -> Applied[Any]:
-            result = internal.structure(answer["result"], Result)
+            result = internal.structure(answer["result"], RESULT)
             return Applied(int(answer["version"]), decode(result) if decode else result)
 
         return Call("POST", route, applied, body, leader=True)
@@ -268,7 +267,11 @@ class _Calls:
 
         chosen = job or ids.new_job_id(spec.name)
         write = _Calls.write(SubmitJob(chosen, spec, id=id or ids.new_command_id()))
-        return write._replace(decode=lambda a: Submitted(chosen, write.decode(a).version))
+
+        def submitted(answer: Any) -> Submitted:
+            return Submitted(chosen, write.decode(answer).version)
+
+        return Call(write.method, write.path, submitted, write.body, leader=True)
 
     @staticmethod
     def kill(job: str, id: str | None) -> Call[Applied[Ok]]:
@@ -526,7 +529,7 @@ class CellClient:
         from cellstore.errors import ApiError
 
         try:
-            return await self.store.status(address)
+            return _Calls.status().decode(await self.store.status(address))
         except ApiError as exc:
             raise CellError(exc.body.code, exc.body.message, exc.body.field, exc.status) from None
         except httpx.HTTPError as exc:

@@ -13,9 +13,8 @@ import structlog
 import trio
 
 from cellstate import CellState, Event
-from cellstate.commands import Command
 from cellstate.model import FIRST_RULES
-from cellstate.wire import internal
+from cellstate.wire import COMMAND, internal
 from cellstore.client import StoreClient
 
 log = structlog.get_logger("cellstore.copy")
@@ -74,7 +73,7 @@ class LocalCopy:
         cell = self.cell
         structure = internal.structure
         for version, document in commands:
-            outcome = cell.apply(structure(document, Command))
+            outcome = cell.apply(structure(document, COMMAND))
             if outcome.version != version:  # pragma: no cover - a broken feed
                 raise RuntimeError(f"copy diverged: applied {outcome.version}, feed said {version}")
             if self._on_events is not None and outcome.events:

@@ -176,7 +176,7 @@ class ReplicatedMachine(SyncObj):
         `clamp_unverified_commit` and `_drop_conflicting_tail` (see each). The library has no
         hook for this, so the transport's one callback is re-pointed and two private members
         are used; that is why `pysyncobj` is pinned to that exact version."""
-        transport = self._SyncObj__transport  # type: ignore[attr-defined]
+        transport = self._SyncObj__transport
         deliver = transport._onMessageReceivedCallback
 
         def guarded(node: Any, message: Any) -> None:
@@ -207,9 +207,9 @@ class ReplicatedMachine(SyncObj):
         prev = message["prevLogIdx"]
         if prev <= max(self.raftCommitIndex, self.raftLastApplied):
             return
-        found = self._SyncObj__getEntries(prev, 1)  # type: ignore[attr-defined]
+        found = self._SyncObj__getEntries(prev, 1)
         if found and found[0][2] != message["prevLogTerm"]:
-            self._SyncObj__deleteEntriesFrom(prev)  # type: ignore[attr-defined]
+            self._SyncObj__deleteEntriesFrom(prev)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -268,13 +268,14 @@ async def wait_ready(
     with SyncCellClient(layout.api, layout.token, timeout_s=2.0, retry_deadline_s=2.0) as cell:
         while trio.current_time() < deadline:
             try:
-                summary = await trio.to_thread.run_sync(cell.summary)
+                current = await trio.to_thread.run_sync(cell.summary)
             except CellError:
                 await trio.sleep(0.25)
                 continue
-            up = summary["machines"].get("up", 0)
-            if up >= machines and len(summary["schedulers"]) >= schedulers:
-                return summary
+            summary = current
+            up = current["machines"].get("up", 0)
+            if up >= machines and len(current["schedulers"]) >= schedulers:
+                return current
             await trio.sleep(0.25)
     raise TimeoutError(f"cell not ready after {timeout_s:.0f} s: last summary {summary}")
 

@@ -17,18 +17,18 @@ from typing import Protocol
 
 import attrs
 
-from cellstate import Transaction
-from cellstate.commands import Result
+from cellstate import CommitResult, Transaction
 from cellstore.cellclient import CellClient
 
 
 @attrs.frozen(slots=True)
 class Committed:
     """The store's answer to one committed transaction: the version its command was applied
-    at, and its result (accepted, rejected and preempted claims, or an error)."""
+    at, and its result: the claims accepted, rejected (with reasons) and preempted. A refused
+    commit is a `CellError`, not a result."""
 
     version: int
-    result: Result
+    result: CommitResult
 
 
 class Committer(Protocol):

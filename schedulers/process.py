@@ -38,6 +38,7 @@ import random
 import signal
 import time
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -60,11 +61,16 @@ def default_seed(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
+def _addresses(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class SchedulerConfig:
     """Everything one scheduler process needs; see `python -m schedulers -h`."""
 
-    addresses: tuple[str, ...] = attrs.field(converter=tuple)
+    # A named converter, not `tuple`: a type checker reads its argument type as `__init__`'s.
+    addresses: tuple[str, ...] = attrs.field(converter=_addresses)
     token: str
     kind: SchedulerClass = attrs.field(converter=SchedulerClass)
     name: str = ""

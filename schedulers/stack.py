@@ -108,9 +108,9 @@ class Stack:
         metric.placed += len(chosen)
         machines = ctx.machines
         claims = []
-        for task, row, lost in zip(tasks, chosen, victims, strict=False):
+        for task, row, evicts in zip(tasks, chosen, victims, strict=False):
             machine = machines[row]
-            claims.append(Claim(task.id, machine.id, machine.seqnum, lost))
+            claims.append(Claim(task.id, machine.id, machine.seqnum, evicts))
         return claims
 
     def _select(

@@ -38,7 +38,7 @@ the same row refreshes.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -161,8 +161,8 @@ class MachineTable:
         """Store the capacity (and its inverse) of `rows`, adding a column for
         any dimension the table has not seen yet."""
         index = self.dim_index
-        for capacity in capacities:
-            for dim in capacity:
+        for vector in capacities:
+            for dim in vector:
                 if dim not in index:
                     self._add_dim(dim)
         idx = np.asarray(rows, dtype=np.intp)
@@ -245,7 +245,7 @@ class MachineTable:
         return pairs
 
 
-def _matrix(vectors: list[Mapping[str, int]], dims: list[str]) -> np.ndarray:
+def _matrix(vectors: Sequence[Mapping[str, int]], dims: list[str]) -> np.ndarray:
     """The dict vectors as an int64 array of shape (len(vectors), len(dims))."""
     out = np.empty((len(vectors), len(dims)), dtype=np.int64)
     for j, dim in enumerate(dims):
