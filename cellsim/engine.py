@@ -35,7 +35,7 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -61,6 +61,8 @@ from cellstate import (
     Transaction,
     TxnMode,
 )
+from schedulers.contract import Core, CoreDecision
+from schedulers.core import SchedulerCore
 
 DAY = 86_400.0
 OWNER = "sim"
@@ -86,13 +88,14 @@ class SchedulerSetup:
     max_jobs: int | None = 1
 
 
-CoreFactory = Callable[[SchedulerSetup, random.Random, int], Any]
+# A core of any decision type: the engine hands each core back only the decisions it made,
+# which Python's types cannot say of a mixed collection, hence `Any` for the decision type.
+AnyCore = Core[Any]
+CoreFactory = Callable[[SchedulerSetup, random.Random, int], AnyCore]
 
 
-def real_core(setup: SchedulerSetup, rng: random.Random, max_attempts: int) -> Any:
+def real_core(setup: SchedulerSetup, rng: random.Random, max_attempts: int) -> SchedulerCore:
     """Build the real `schedulers.core.SchedulerCore` for `setup`."""
-    from schedulers.core import SchedulerCore
-
     return SchedulerCore(
         setup.name,
         setup.kind,
@@ -123,14 +126,24 @@ def omega_schedulers(
     return setups
 
 
+@attrs.frozen(slots=True)
+class _Pending:
+    """A decision being thought about: whose, since when."""
+
+    setup: SchedulerSetup
+    core: AnyCore
+    started: float
+    decision: CoreDecision
+
+
 class _Thread:
     __slots__ = ("busy", "cores", "next_core", "pending", "waking")
 
     def __init__(self) -> None:
-        self.cores: list[tuple[SchedulerSetup, Any]] = []
+        self.cores: list[tuple[SchedulerSetup, AnyCore]] = []
         self.next_core = 0
         self.busy = False
-        self.pending: tuple | None = None
+        self.pending: _Pending | None = None
         self.waking: float | None = None
 
 
@@ -172,7 +185,7 @@ class Simulation:
         self.threads: list[_Thread] = []
         by_name: dict[str, _Thread] = {}
         self.kind_threads: dict[str, list[_Thread]] = {}
-        self.cores: dict[str, Any] = {}
+        self.cores: dict[str, AnyCore] = {}
         for setup in schedulers:
             core = factory(setup, random.Random(core_rng.getrandbits(64)), max_attempts)
             self.cores[setup.name] = core
@@ -215,7 +228,7 @@ class Simulation:
         shares = np.array([t.share for t in wl.machine_types], dtype=float)
         counts = np.floor(shares / shares.sum() * wl.machines).astype(int)
         counts[0] += wl.machines - counts.sum()
-        specs = []
+        specs: list[MachineSpec] = []
         for type_index, (mtype, count) in enumerate(zip(wl.machine_types, counts, strict=True)):
             for _ in range(int(count)):
                 i = len(specs)
@@ -276,12 +289,8 @@ class Simulation:
                     tasks=len(claims),
                 )
                 cell.apply(SubmitJob(job, spec, at=0.0, id=self._cid()))
-                result = cell.apply(
-                    Commit(
-                        Transaction("prefill", tuple(claims), cell.version), at=0.0, id=self._cid()
-                    )
-                ).result
-                self._report_running([c for c in claims], result, 0.0)
+                txn = Transaction("prefill", tuple(claims), cell.version)
+                self._report_running(claims, self._commit_txn(txn, 0.0), 0.0)
 
     # -- the loop ---------------------------------------------------------------
 
@@ -312,11 +321,10 @@ class Simulation:
         # Decisions still thinking at the end: count their busy time up to the end.
         for thread in self.threads:
             if thread.pending is not None:
-                setup, _, started, _ = thread.pending
-                self.metrics.busy(setup.name, started, end)
+                self.metrics.busy(thread.pending.setup.name, thread.pending.started, end)
         for core in self.cores.values():
             # Parked after `max_attempts` attempts: the paper's abandoned jobs.
-            for job in getattr(core.figures, "blocked", {}):
+            for job in core.figures.blocked:
                 self.metrics.abandon(job)
         return SimResult(
             rows=self.metrics.rows(end),
@@ -362,23 +370,23 @@ class Simulation:
             decision = core.decide(cell, at)
             if decision is None:
                 # Considered jobs, found no room: attempts without a transaction.
-                self._first_attempts(setup.name, getattr(core, "attempts", ()), at)
+                self._first_attempts(setup.name, core.attempts, at)
                 continue
             thread.next_core = (thread.next_core + step + 1) % len(cores)
             self.stats["decisions"] += 1
-            considered = getattr(decision, "explanations", None) or decision.jobs
+            considered = decision.considered
             self._first_attempts(setup.name, considered, at)
             self.metrics.attempt(setup.name, considered, at, len(decision.transaction.claims))
             # The paper's t_job + t_task * tasks, once per job the decision considered.
             think = setup.t_job * len(considered) + setup.t_task * decision.tasks
             thread.busy = True
-            thread.pending = (setup, core, at, decision)
+            thread.pending = _Pending(setup, core, at, decision)
             self._push(at + think, _DONE, thread)
             return
         if wanted:
             self._wake_later(thread, at)
 
-    def _first_attempts(self, scheduler: str, jobs, at: float) -> None:
+    def _first_attempts(self, scheduler: str, jobs: Iterable[str], at: float) -> None:
         first = self.metrics.first_attempt
         for job in jobs:
             first(scheduler, job, at)
@@ -389,7 +397,14 @@ class Simulation:
             self._push(thread.waking, _WAKE, thread)
 
     def _commit(self, thread: _Thread, at: float) -> None:
-        setup, core, started, decision = thread.pending
+        pending = thread.pending
+        assert pending is not None, "a _DONE event is pushed only with its pending decision"
+        setup, core, started, decision = (
+            pending.setup,
+            pending.core,
+            pending.started,
+            pending.decision,
+        )
         thread.pending = None
         thread.busy = False
         think = at - started
@@ -397,7 +412,7 @@ class Simulation:
         core.figures.add_busy(think)
         claims = decision.transaction.claims
         if claims:
-            result = self.cell.apply(Commit(decision.transaction, at=at, id=self._cid())).result
+            result = self._commit_txn(decision.transaction, at)
             self.stats["commits"] += 1
         else:
             result = CommitResult()
@@ -419,13 +434,21 @@ class Simulation:
             # Nothing fitted: wait for room (or a new job) instead of spinning.
             self._wake_later(thread, at)
 
+    def _commit_txn(self, txn: Transaction, at: float) -> CommitResult:
+        result = self.cell.apply(Commit(txn, at=at, id=self._cid())).result
+        if not isinstance(result, CommitResult):
+            # A well-formed transaction always gets a verdict per claim; anything else is a
+            # bug in the simulator's setup, not a conflict to count.
+            raise RuntimeError(f"the cell refused a simulated commit: {result!r}")
+        return result
+
     def _report_running(self, claims: Sequence[Claim], result: CommitResult, at: float) -> None:
         """Report accepted tasks running now, and schedule their exit per job."""
         rejected = {r.task for r in result.rejected} if result.rejected else ()
         tasks = self.cell.tasks
         jobs = self.cell.jobs
         running = []
-        ends: dict[str, list[TaskReport]] = {}
+        ends: dict[str, tuple[float, list[TaskReport]]] = {}
         exited = ReportedState.EXITED
         for claim in claims:
             if claim.task in rejected:
@@ -436,15 +459,15 @@ class Simulation:
             )
             duration = jobs[task.job].spec.duration
             if duration is not None:
-                ends.setdefault(task.job, []).append(
+                ends.setdefault(task.job, (duration, []))[1].append(
                     TaskReport(task.id, claim.machine, task.incarnation, exited, 0)
                 )
         if not running:
             return
         self.stats["tasks_placed"] += len(running)
         self.cell.apply(ReportTasks(tuple(running), at=at, id=self._cid()))
-        for job, reports in ends.items():
-            self._push(at + jobs[job].spec.duration, _END, tuple(reports))
+        for duration, reports in ends.values():
+            self._push(at + duration, _END, tuple(reports))
 
     def _end_tasks(self, reports: tuple[TaskReport, ...], at: float) -> None:
         self.stats["tasks_ended"] += len(reports)

@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from cellsim.engine import SchedulerSetup, Simulation, fmt, omega_schedulers
+from cellsim.engine import CoreFactory, SchedulerSetup, Simulation, fmt, omega_schedulers
 from cellsim.workload import Workload, load
 from cellstate import ConflictMode, SchedulerClass, TxnMode
 
@@ -72,7 +72,7 @@ class Context:
     days: float
     seed: int
     out: Path
-    core_factory: Any
+    core_factory: CoreFactory | None
     rows: list[dict[str, object]] = attrs.field(factory=list)
     timings: list[tuple[str, float, float]] = attrs.field(factory=list)
 
@@ -98,7 +98,7 @@ class Context:
         }
         rows = []
         for row in result.rows:
-            figures = result.figures.get(row["scheduler"], {})
+            figures = result.figures.get(str(row["scheduler"]), {})
             row = {
                 **run,
                 **row,
@@ -135,7 +135,7 @@ class Context:
         return path
 
 
-def _pick(rows: list[dict], scheduler: str, variant: str | None = None) -> list[dict]:
+def _pick(rows: list[dict], scheduler: str, variant: object = None) -> list[dict]:
     return [
         r
         for r in rows
@@ -253,7 +253,7 @@ def run_experiment(
     machines: int | None = None,
     seed: int = 1,
     out: str | Path = "out/sim",
-    core_factory: Any = None,
+    core_factory: CoreFactory | None = None,
     **options: Any,
 ) -> Path:
     """Run experiment `name` (see `EXPERIMENTS`); return the path of its CSV."""

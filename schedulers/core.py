@@ -71,6 +71,11 @@ class Decision:
     explanations: dict[str, JobMetric]
     unclaimed: dict[str, int] = attrs.field(factory=dict)
 
+    @property
+    def considered(self) -> tuple[str, ...]:
+        """Every job considered (`schedulers.contract.CoreDecision`)."""
+        return tuple(self.explanations) or self.jobs
+
 
 def shard_of(job_id: str, shards: int) -> int:
     """The shard a job belongs to: a stable hash, the same in every process."""
@@ -78,7 +83,8 @@ def shard_of(job_id: str, shards: int) -> int:
 
 
 class SchedulerCore:
-    """A scheduler's decision logic; see the module docstring."""
+    """A scheduler's decision logic; see the module docstring. Satisfies
+    `schedulers.contract.Core[Decision]`."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Helpers for the simulator tests: small workloads, and a minimal stand-in core.
 
-The stand-in implements the `schedulers.core.SchedulerCore` contract with the
+The stand-in satisfies `schedulers.contract.Core`, as `SchedulerCore` does, with the
 simplest policy (one job per decision, first machine with room per task, in
 machine order) so that some tests have answers computable by hand. The
 simulator itself always runs the real core unless a test passes this one.
@@ -12,6 +12,7 @@ import random
 
 import attrs
 
+from cellsim.engine import SchedulerSetup
 from cellsim.workload import parse
 from cellstate import (
     CellState,
@@ -31,6 +32,10 @@ class StandInDecision:
     transaction: Transaction
     jobs: tuple[str, ...]
     tasks: int
+
+    @property
+    def considered(self) -> tuple[str, ...]:
+        return self.jobs
 
 
 class StandInCore:
@@ -104,7 +109,7 @@ class StandInCore:
                 self.figures.blocked[job] = "abandoned"
 
 
-def standin_factory(setup, rng, max_attempts):
+def standin_factory(setup: SchedulerSetup, rng: random.Random, max_attempts: int) -> StandInCore:
     return StandInCore(
         setup.name,
         setup.kind,
