@@ -42,7 +42,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import attrs
 import psutil
@@ -52,7 +52,7 @@ import trio
 from agents.executor import RecoveredTask, open_executor, recover
 from agents.hollow import HollowExecutor, TimerHeap
 from agents.limits import LimitKind, probe_limits, release_agent_cgroups
-from agents.task import ReportedState, TaskKey, TaskReport, TaskSpec
+from agents.task import ReportedState, TaskExecutor, TaskKey, TaskReport, TaskSpec
 from cellstate import CellState, Event, Ok, Stale
 from cellstate.commands import MachineChanged, TaskEvicted, TaskPlaced
 from cellstate.model import MachineSpec, MachineState
@@ -137,7 +137,10 @@ def _bounded(report: TaskReport) -> TaskReport:
     return report
 
 
-def _stale_tasks(applied: Applied[Any] | None) -> set[str]:
+R = TypeVar("R")
+
+
+def _stale_tasks(applied: Applied[Stale | Ok] | None) -> set[str]:
     """The tasks a report answer calls stale (no longer placed where reported)."""
     return set(applied.result.tasks) if applied and isinstance(applied.result, Stale) else set()
 
@@ -160,7 +163,7 @@ class Agent:
         self.machines = config.machine_ids()
         self._mine = frozenset(self.machines)
         self.labels = dict(config.labels)
-        self.executors: dict[str, Any] = {}
+        self.executors: dict[str, TaskExecutor] = {}
         self.copy = LocalCopy(on_events=self._on_events, on_reset=self._on_reset)
         self.ready = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -367,8 +370,8 @@ class Agent:
             self._log.info("stale_tasks_stopped", count=running)
 
     async def _send_until_acked(
-        self, what: str, send: Callable[..., Awaitable[Applied[Any]]]
-    ) -> Applied[Any] | None:
+        self, what: str, send: Callable[..., Awaitable[Applied[R]]]
+    ) -> Applied[R] | None:
         """`send(id=...)` until the cell answers, with the same command id each time, so
         the cell applies it once. None if the cell refused it (a 4xx: retrying cannot help)."""
         command_id = new_command_id()

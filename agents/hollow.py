@@ -98,7 +98,7 @@ class _HollowRun:
 
 
 class HollowExecutor:
-    """Same public surface as `agents.executor.Executor`; runs nothing."""
+    """A `agents.task.TaskExecutor`, as `agents.executor.Executor` is; runs nothing."""
 
     def __init__(
         self,
@@ -116,7 +116,7 @@ class HollowExecutor:
         self._report_fn = report
         self._runs: dict[TaskKey, _HollowRun] = {}
 
-    # -- public API (mirrors Executor) ---------------------------------------------------
+    # -- public API (`TaskExecutor`) ------------------------------------------------------
 
     def start(self, task: str, incarnation: int, spec: TaskSpec) -> bool:
         key = (task, incarnation)

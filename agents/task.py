@@ -3,23 +3,30 @@
 `TaskSpec` is the slice of a `JobSpec` that matters on the machine; `Backoff`
 is the restart delay policy; `Reporter` is how an executor tells the agent
 loop about state changes (a plain callable taking a `cellstate` `TaskReport`,
-for instance a trio memory channel's `send_nowait`).
+for instance a trio memory channel's `send_nowait`); `TaskExecutor` is what the
+agent loop asks of an executor, real (`agents.executor.Executor`) or hollow
+(`agents.hollow.HollowExecutor`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
 from cellstate.commands import ReportedState, TaskReport, TaskUsage
 from cellstate.model import JobSpec, RestartPolicy
 
+if TYPE_CHECKING:
+    from agents.executor import RecoveredTask
+
 __all__ = [
     "Backoff",
     "ReportedState",
     "Reporter",
+    "TaskExecutor",
     "TaskKey",
     "TaskReport",
     "TaskSpec",
@@ -32,6 +39,33 @@ Reporter = Callable[[TaskReport], None]
 TaskKey = tuple[str, int]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class TaskExecutor(Protocol):
+    """Runs task incarnations on one machine and reports their states through its
+    `Reporter`; every method is called from trio. `agents.executor.Executor` runs real
+    processes, `agents.hollow.HollowExecutor` simulated ones: the agent loop drives both
+    through this interface alone."""
+
+    def start(self, task: str, incarnation: int, spec: TaskSpec) -> bool:
+        """Start `task`/`incarnation`; False if it already runs here (harmless)."""
+        ...
+
+    def adopt(self, recovered: RecoveredTask) -> bool:
+        """Take over a task a previous agent process left running; False if it cannot."""
+        ...
+
+    async def stop(self, task: str, incarnation: int, reason: str = "stopped") -> bool:
+        """Stop it (with its grace period); False if it was not running here."""
+        ...
+
+    async def stop_all(self, reason: str = "agent shutdown") -> None: ...
+
+    def running(self) -> list[TaskKey]: ...
+
+    def usage(self) -> list[TaskUsage]:
+        """The latest usage sample of every running task."""
+        ...
 
 
 def task_dir_name(task: str, incarnation: int) -> str:
