@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -80,7 +80,10 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def call(addr: str, token: str, fn: Callable[[SyncCellClient], Any]) -> Any:
+T = TypeVar("T")
+
+
+def call(addr: str, token: str, fn: Callable[[SyncCellClient], T]) -> T:
     """Run `fn(cell)` against the cell; turn its errors into messages and exits."""
     if not addr:
         fail("no cell address: pass --addr or set OMEGA_ADDR (source DATA_DIR/env)", 2)
@@ -96,7 +99,7 @@ def call(addr: str, token: str, fn: Callable[[SyncCellClient], Any]) -> Any:
         fail(f"{exc.code}: {exc.message}{where}")
 
 
-def pick(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+def pick(record: Mapping[str, object], fields: tuple[str, ...]) -> dict[str, object]:
     return {field: record.get(field) for field in fields} | {
         k: v for k, v in record.items() if k not in fields
     }
@@ -335,7 +338,8 @@ def job(
         emit_json(pick(found, JOB_FIELDS))
         return
     for key, value in pick(found, JOB_FIELDS).items():
-        console().print(f"[bold]{key:>12}[/bold] {counts_text(value) if key == 'tasks' else value}")
+        shown = counts_text(found["tasks"]) if key == "tasks" else value
+        console().print(f"[bold]{key:>12}[/bold] {shown}")
 
 
 @app.command()
