@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -367,7 +368,7 @@ class Task:
     usage: dict[str, int] = attrs.field(factory=dict)
     # What the ledger books as this task's reservation while it is placed
     # (regular tasks only): replaced on change, never mutated.
-    reserved: dict[str, int] = attrs.field(default=EMPTY)
+    reserved: Mapping[str, int] = attrs.field(default=EMPTY)
     reserved_packed: int = 0
     usage_at: float = 0.0
     band: Band = attrs.field(init=False)
