@@ -261,7 +261,11 @@ class Ledger:
             return
         account.used_packed += whole
         account.room -= whole
-        account.be_room -= sign * (task.reserved_packed if reserved is None else reserved)
+        held = task.reserved_packed if reserved is None else reserved
+        if sign == 1:
+            account.be_room -= held
+        else:
+            account.be_room += held
         key = (task.owner, task.band)
         self.taken[key] = self.taken.get(key, 0) + whole
 
