@@ -142,6 +142,7 @@ def cell_summary(cell: CellState) -> dict[str, Any]:
         machines[str(machine.state)] = machines.get(str(machine.state), 0) + 1
     return {
         "version": cell.version,
+        "rules": cell.rules,
         "now": cell.now,
         "jobs": len(cell.jobs),
         "tasks": tasks,

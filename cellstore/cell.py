@@ -262,22 +262,24 @@ async def leader_duty(
     command: Callable[[float], Command],
     period_s: float = 1.0,
 ) -> None:
-    """On the leader, every `period_s`, commit `command(now)` when `due(state, now)`.
+    """On the leader, at once and then every `period_s`, commit `command(now)` when
+    `due(state, now)`.
 
     The decision is a command in the log, so every replica takes the same one;
     and only a decision that is due is logged, so an idle cell's log stays still."""
     while True:
-        await trio.sleep(period_s)
-        if not replica.raft.raft_status()["is_leader"]:
-            continue
+        # Checked at once, then every period: a new leader raises old rules before
+        # most clients have found it.
         now = time.time()
-        if not await replica.read(functools.partial(_is_due, due, now=now)):
-            continue
-        encoded = orjson.dumps(internal.unstructure(command(now), Command))
-        try:
-            await replica.commit([encoded])
-        except ApiError as exc:
-            log.info("leader_duty_not_committed", duty=name, reason=exc.body.message)
+        if replica.raft.raft_status()["is_leader"] and await replica.read(
+            functools.partial(_is_due, due, now=now)
+        ):
+            encoded = orjson.dumps(internal.unstructure(command(now), Command))
+            try:
+                await replica.commit([encoded])
+            except ApiError as exc:
+                log.info("leader_duty_not_committed", duty=name, reason=exc.body.message)
+        await trio.sleep(period_s)
 
 
 def expire_heartbeats(

@@ -187,6 +187,7 @@ class SchedulerSummary(TypedDict):
 
 class CellSummary(TypedDict):
     version: int
+    rules: int
     now: float
     jobs: int
     tasks: dict[str, int]

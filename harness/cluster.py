@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,27 @@ def cell_options(
     the cell's machine and endpoints, machines marked down after `heartbeat_timeout_s` without
     a heartbeat (long, for tests whose machines have no agent), `extra` other config fields."""
     fields = replica_fields(heartbeat_timeout_s)
-    return {"machine": fields.pop("machine"), "extra": {**fields, **extra}}
+    return {
+        "machine": fields.pop("machine"),
+        "extra": {**fields, **extra},
+        "ready": _rules_current,
+    }
+
+
+def _rules_current(cluster: LocalCluster) -> bool:
+    """The cell's leader has raised the log's rules to this build's: its first command
+    (`raise_rules`), so that tests counting versions or comparing snapshots start after it."""
+    from cellstate.model import RULES
+
+    try:
+        resp = httpx.get(
+            f"http://{cluster.api[cluster.wait_for_leader()]}/v1/cell",
+            timeout=2,
+            headers={"authorization": f"Bearer {cluster.token}"},
+        )
+    except httpx.HTTPError:
+        return False
+    return resp.status_code == 200 and resp.json().get("rules") == RULES
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -127,8 +148,11 @@ class LocalCluster:
         machine: str = "harness.cluster:KVMachine",
         raft: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        ready: Callable[[LocalCluster], bool] | None = None,
     ) -> None:
+        """`ready`, if given, is what `start` waits for once a leader is agreed."""
         self.base_dir = Path(base_dir)
+        self._ready = ready
         self.n = n
         self.token = secrets.token_urlsafe(24)
         self.secret = secrets.token_urlsafe(24)
@@ -172,10 +196,15 @@ class LocalCluster:
             **self._extra,
         )
 
-    def start(self) -> None:
+    def start(self, timeout: float = 20.0) -> None:
         for i in range(self.n):
             self.start_replica(i)
         self.wait_for_leader()
+        deadline = time.monotonic() + timeout
+        while self._ready is not None and not self._ready(self):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not ready within {timeout}s")
+            time.sleep(0.05)
 
     def start_replica(self, i: int) -> None:
         assert self.procs[i] is None or self.procs[i].poll() is not None, "already running"
