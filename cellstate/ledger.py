@@ -97,7 +97,9 @@ def _field(biased: int, dim: str) -> int:
 
 def unpack(packed: int, dims: Iterable[str]) -> Vector:
     """The amounts of `dims` in a packed vector (any sign)."""
-    dims = [dim for dim in dims if slot(dim) >= 0]  # every field assigned before biasing
+    dims = list(dims)
+    for dim in dims:
+        slot(dim)  # assign every field before reading the bias over all of them
     biased = packed + _ALL_BIAS[0]
     return {dim: _field(biased, dim) for dim in dims}
 
