@@ -81,7 +81,11 @@ class ReportedState(enum.StrEnum):
 
 @attrs.frozen(slots=True)
 class TaskReport:
-    """An agent's word on one incarnation of a task it runs on `machine`."""
+    """An agent's word on one incarnation of a task it runs on `machine`.
+
+    `healthy` is the verdict of the job's health check on a running task (None:
+    not judged, or no check); a running report with a new verdict is news even
+    when the state is unchanged. Absent in logs written before checks: None."""
 
     task: str
     machine: str
@@ -89,6 +93,7 @@ class TaskReport:
     state: ReportedState
     exit_code: int | None = None
     reason: str | None = None
+    healthy: bool | None = None
 
 
 @attrs.frozen(slots=True)
@@ -271,7 +276,25 @@ class TaskEvicted:
     reason: str
 
 
-Event = MachineChanged | JobSubmitted | JobKilled | TaskPlaced | TaskStateChanged | TaskEvicted
+@attrs.frozen(slots=True)
+class TaskHealthChanged:
+    """A running incarnation's health check verdict changed (None: not judged)."""
+
+    task: str
+    machine: str | None
+    incarnation: int
+    healthy: bool | None
+
+
+Event = (
+    MachineChanged
+    | JobSubmitted
+    | JobKilled
+    | TaskPlaced
+    | TaskStateChanged
+    | TaskEvicted
+    | TaskHealthChanged
+)
 
 
 @attrs.frozen(slots=True)

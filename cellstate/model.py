@@ -234,6 +234,69 @@ def _required_dimensions(what: str):
 
 # -- specs ------------------------------------------------------------------------
 
+CHECK_KINDS = ("exec", "http", "tcp")
+MIN_CHECK_INTERVAL = 0.1
+MAX_CHECK_SECONDS = 3600.0
+MAX_CHECK_FAILURES = 100
+
+
+def _check_seconds(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not MIN_CHECK_INTERVAL <= value <= MAX_CHECK_SECONDS:
+        raise FieldError(
+            attribute.name,
+            f"{value} is out of range: use {MIN_CHECK_INTERVAL}..{MAX_CHECK_SECONDS:g} seconds",
+        )
+
+
+@attrs.frozen(slots=True)
+class HealthCheck:
+    """How an agent judges whether a running task is healthy: exactly one of
+    `exec` (a command run in the task's directory with its environment; exit 0
+    passes), `http` (a GET of this path on the task's port; 2xx or 3xx passes)
+    or `tcp` (a connection to the task's port is accepted). A task declares its
+    port by writing it to the file named by `$OMEGA_PORT_FILE`. The check runs
+    every `interval` seconds, each try bounded by `timeout`; `failures` failed
+    tries in a row make the task unhealthy (its restart policy then acts)."""
+
+    exec: tuple[str, ...] | None = attrs.field(default=None)
+    http: str | None = None
+    tcp: bool = False
+    interval: float = attrs.field(default=10.0, validator=_check_seconds)
+    timeout: float = attrs.field(default=5.0, validator=_check_seconds)
+    failures: int = 3
+
+    def __attrs_post_init__(self) -> None:
+        given = [
+            kind
+            for kind, value in (("exec", self.exec), ("http", self.http), ("tcp", self.tcp))
+            if value
+        ]
+        if len(given) != 1:
+            # Field "": the error is the check's as a whole (`$.check: ...`).
+            raise FieldError(
+                "",
+                f"give exactly one of {', '.join(CHECK_KINDS)}"
+                + (f" (got {', '.join(given)})" if given else ""),
+            )
+        if self.exec is not None:
+            _argv(self, attrs.fields(HealthCheck).exec, self.exec)
+        if self.http is not None and (not self.http.startswith("/") or len(self.http) > 1024):
+            raise FieldError(
+                "http", f"{self.http!r} is not a path: give one starting with '/' (e.g. /healthz)"
+            )
+        if self.timeout > self.interval:
+            raise FieldError(
+                "timeout", f"{self.timeout} is longer than the interval ({self.interval})"
+            )
+        if not 1 <= self.failures <= MAX_CHECK_FAILURES:
+            raise FieldError(
+                "failures", f"{self.failures} is out of range: use 1..{MAX_CHECK_FAILURES}"
+            )
+
+    @property
+    def kind(self) -> str:
+        return "exec" if self.exec else "http" if self.http else "tcp"
+
 
 @attrs.frozen(slots=True)
 class MachineSpec:
@@ -267,6 +330,8 @@ class JobSpec:
     restart: RestartPolicy = RestartPolicy.NEVER
     grace_period: float = attrs.field(default=10.0, validator=_non_negative)
     duration: float | None = attrs.field(default=None, validator=_non_negative)
+    # Run by the agent on every running task; None: tasks are never judged.
+    check: HealthCheck | None = None
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.tasks <= MAX_TASKS_PER_JOB:
@@ -371,6 +436,9 @@ class Task:
     reserved: Mapping[str, int] = attrs.field(default=EMPTY)
     reserved_packed: int = 0
     usage_at: float = 0.0
+    # The agent's last word on the running incarnation's health check; None
+    # when the job has no check or this run has not been judged yet.
+    healthy: bool | None = None
     band: Band = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

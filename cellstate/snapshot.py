@@ -7,6 +7,10 @@ are written as positional rows in a fixed order, so that the same state always
 gives the same bytes: `dump(load(b)) == b`, and two copies fed the same
 commands can be compared byte for byte.
 
+A task's `healthy` (the agent's health check verdict) is state like any
+other column; rows without it (format 1, and format 2 before checks) load
+with None.
+
 Format 2 writes the cell's rules (`model.RULES`) and resource vectors as
 `{dimension: amount}` objects (cpu, memory, disk, devices). Format 1, written
 before there were more than two dimensions (cpu and memory as two columns)
@@ -63,7 +67,9 @@ _TASK_FIELDS = (
     "usage",
     "reserved",
     "usage_at",
+    "healthy",
 )
+_USAGE, _RESERVED = _TASK_FIELDS.index("usage"), _TASK_FIELDS.index("reserved")
 # Format 1's columns: limits, usage and reservation as cpu and memory columns.
 _TASK_FIELDS_1 = (
     *_TASK_FIELDS[:5],
@@ -128,8 +134,8 @@ def dump(cell: CellState) -> bytes:
 
 def _task_row(task: Task) -> list[Any]:
     row = [getattr(task, f) for f in _TASK_FIELDS]
-    row[-3] = task.usage or None
-    row[-2] = None if not task.reserved or task.reserved == task.demand else task.reserved
+    row[_USAGE] = task.usage or None
+    row[_RESERVED] = None if not task.reserved or task.reserved == task.demand else task.reserved
     return row
 
 
@@ -199,7 +205,9 @@ def load_into(cell: CellState, data: bytes | str) -> None:
 
 
 def _task_values(row: list[Any], demand: dict[str, int]) -> dict[str, Any]:
-    values = dict(zip(_TASK_FIELDS, row, strict=True))
+    # A format 2 row written before health checks lacks the last column.
+    fields = _TASK_FIELDS if len(row) == len(_TASK_FIELDS) else _TASK_FIELDS[:-1]
+    values = dict(zip(fields, row, strict=True))
     values["state"] = TaskState(values["state"])
     values["usage"] = values["usage"] or {}
     placed = values["state"] in ACTIVE_STATES

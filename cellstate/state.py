@@ -55,6 +55,7 @@ from cellstate.commands import (
     Stale,
     SubmitJob,
     TaskEvicted,
+    TaskHealthChanged,
     TaskPlaced,
     TaskStateChanged,
 )
@@ -366,6 +367,8 @@ class CellState:
             state = task.state
             new = _REPORTED[report.state]
             if state is new:
+                if new is TaskState.RUNNING:
+                    self._judge(task, report.healthy, events)
                 continue  # a retried report
             if state not in ACTIVE_STATES:
                 # A late exit of a killed task is news to nobody; anything else
@@ -380,6 +383,9 @@ class CellState:
             assert new in TRANSITIONS[state], (state, new)
             if new is TaskState.STARTING and state is TaskState.RUNNING:
                 task.restarts += 1
+            if new is TaskState.STARTING:
+                # A (re)start is a new run: nobody has judged it yet.
+                self._judge(task, None, events, reset=True)
             if new is TaskState.RUNNING and task.started_at is None:
                 task.started_at = cmd.at
             if new in TERMINAL_STATES:
@@ -391,7 +397,22 @@ class CellState:
                     job.failures += 1
             self._move(task, job, new)
             events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
+            if new is TaskState.RUNNING:
+                self._judge(task, report.healthy, events)
         return Stale(tasks=tuple(stale)) if stale else Ok()
+
+    def _judge(
+        self, task: Task, healthy: bool | None, events: list[Event], reset: bool = False
+    ) -> None:
+        """Take an agent's health verdict on `task` (None says nothing, unless
+        `reset`). A task whose job has no check is never judged: its health
+        stays None whatever an agent claims."""
+        if healthy is None and not reset:
+            return
+        if self.jobs[task.job].spec.check is None or task.healthy is healthy:
+            return
+        task.healthy = healthy
+        events.append(TaskHealthChanged(task.id, task.machine, task.incarnation, healthy))
 
     def _report_usage(self, cmd: ReportUsage, events: list[Event]) -> Result:
         stale = []
@@ -481,6 +502,7 @@ class CellState:
             self.changed_machines.add(machine.id)
         task.machine = machine.id
         task.placed_at = at
+        task.healthy = None
         self._move(task, self.jobs[task.job], TaskState.ASSIGNED)
 
     def _release(self, task: Task) -> Machine:
@@ -502,6 +524,7 @@ class CellState:
         task.evictions += 1
         task.reason = reason
         task.placed_at = task.started_at = None
+        task.healthy = None
         task.usage = {}
         task.usage_at = 0.0
         self._move(task, self.jobs[task.job], PENDING)

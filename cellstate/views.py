@@ -1,8 +1,9 @@
 """Read models of a cell: the JSON shapes the API serves and the CLI prints.
 
 Field names here are a public contract (`omega ... --json` prints them):
-jobs `id,name,scheduler,priority,state,tasks`; tasks `id,job,state,machine`;
-machines `id,state,capacity,used,domain,labels`. Extra fields may follow.
+jobs `id,name,scheduler,priority,state,tasks`; tasks `id,job,state,machine`,
+`version`, `healthy`; machines `id,state,capacity,used,domain,labels`. Extra
+fields may follow.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def task_view(task: Task) -> dict[str, Any]:
         "started_at": task.started_at,
         "finished_at": task.finished_at,
         "usage": resources(task.usage) if task.usage_at else None,
+        # The job spec version this task runs, and its health check verdict
+        # (true, false, or null when its job has no check or it is not judged yet).
+        "version": task.spec_version,
+        "healthy": task.healthy,
     }
 
 

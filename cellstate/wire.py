@@ -42,6 +42,7 @@ from cellstate.commands import (
     Result,
     Stale,
     TaskEvicted,
+    TaskHealthChanged,
     TaskPlaced,
     TaskStateChanged,
     TaskUsage,
@@ -53,6 +54,7 @@ from cellstate.model import (
     CommitResult,
     ConflictMode,
     FieldError,
+    HealthCheck,
     JobSpec,
     MachineState,
     RestartPolicy,
@@ -89,6 +91,7 @@ _EVENT_TAGS = {
     TaskPlaced: "task_placed",
     TaskStateChanged: "task_state_changed",
     TaskEvicted: "task_evicted",
+    TaskHealthChanged: "task_health_changed",
 }
 
 
@@ -285,6 +288,16 @@ def _make(edge: bool) -> cattrs.Converter:
             return spec_hook(value, JobSpec)
 
         conv.register_structure_hook(JobSpec, structure_spec)
+        check_hook = objects_only(HealthCheck)
+
+        def structure_check(value: Any, _: type) -> HealthCheck:
+            # A string command is split as a shell would (as a job's `command`),
+            # never iterated into one-character arguments.
+            if isinstance(value, dict) and isinstance(value.get("exec"), str):
+                value = {**value, "exec": shlex.split(value["exec"])}
+            return check_hook(value, HealthCheck)
+
+        conv.register_structure_hook(HealthCheck, structure_check)
     else:
         conv.register_structure_hook(Resources, _resources_from_wire)
     configure_tagged_union(Command, conv, tag_generator=_COMMAND_TAGS.__getitem__, tag_name="type")
@@ -340,7 +353,9 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
         for inner in exc.exceptions:
             return _first_error(inner, path)
     if isinstance(exc, FieldError):
-        return f"{path}.{exc.field}", str(exc)
+        # An empty field is the record's own rule across its fields (a check's
+        # "exactly one of exec, http, tcp"): the path is the record's.
+        return (f"{path}.{exc.field}" if exc.field else path), str(exc)
     if isinstance(exc, KeyError):
         return path, f"required field {exc.args[0]!r} is missing"
     if isinstance(exc, cattrs.BaseValidationError):

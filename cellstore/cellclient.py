@@ -162,6 +162,8 @@ class TaskView(TypedDict):
     started_at: float | None
     finished_at: float | None
     usage: ResourceView | None
+    version: int
+    healthy: bool | None
 
 
 class MachineView(TypedDict):

@@ -99,6 +99,11 @@ def call(addr: str, token: str, fn: Callable[[SyncCellClient], T]) -> T:
         fail(f"{exc.code}: {exc.message}{where}")
 
 
+def health_text(healthy: bool | None) -> str:
+    """A task's health as the table shows it: `-` when it has no check or no verdict yet."""
+    return "-" if healthy is None else "healthy" if healthy else "unhealthy"
+
+
 def pick(record: Mapping[str, object], fields: tuple[str, ...]) -> dict[str, object]:
     return {field: record.get(field) for field in fields} | {
         k: v for k, v in record.items() if k not in fields
@@ -357,12 +362,13 @@ def tasks(
         return
     from rich.table import Table
 
-    table = Table("id", "job", "state", "machine", "incarnation", "exit", "reason")
+    table = Table("id", "job", "state", "health", "machine", "incarnation", "exit", "reason")
     for t in found:
         table.add_row(
             t["id"],
             t["job"],
             t["state"],
+            health_text(t.get("healthy")),
             t["machine"] or "-",
             str(t["incarnation"]),
             "-" if t["exit_code"] is None else str(t["exit_code"]),

@@ -10,8 +10,10 @@ the twins are byte-identical. It also holds the commit protocol's loose ends
 of issue 13: every claim gets exactly one verdict (duplicates included), a
 fine-grained claim is never refused for a victim that left, every task the
 commit evicted is in its `preempted` list, a re-registered machine keeps the
-state an operator gave it, and absurd usage reports (which the edge refuses,
-but an old log may hold) never drive a reservation out of range.
+state an operator gave it, a task's health is taken only from a running
+report of its current incarnation (and forgotten on restart or eviction), and
+absurd usage reports (which the edge refuses, but an old log may hold) never
+drive a reservation out of range.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from cellstate import (
 )
 from cellstate.commands import TaskEvicted
 from cellstate.model import TRANSITIONS
+from cellstate.model import HealthCheck as TaskCheck  # hypothesis has a HealthCheck
 
 GI = 1 << 30
 
@@ -129,6 +132,7 @@ class CellMachine(RuleBasedStateMachine):
             tasks=data.draw(st.integers(1, 4)),
             gang=data.draw(st.booleans()),
             anti_affinity=data.draw(st.booleans()),
+            check=data.draw(st.sampled_from([None, TaskCheck(tcp=True)])),
         )
         self.apply(SubmitJob(f"j{self.jobs}", spec, at=self.at, id=f"submit-{self.jobs}"))
 
@@ -182,9 +186,20 @@ class CellMachine(RuleBasedStateMachine):
         state = data.draw(st.sampled_from(list(ReportedState)))
         incarnation = task.incarnation - data.draw(st.sampled_from([0, 0, 0, 1]))
         code = data.draw(st.sampled_from([0, 1])) if state is ReportedState.EXITED else None
-        self.apply(
-            ReportTasks((TaskReport(task.id, task.machine, incarnation, state, code),), at=self.at)
-        )
+        healthy = data.draw(st.sampled_from([None, True, False]))
+        before = task.healthy, task.state, task.incarnation
+        report = TaskReport(task.id, task.machine, incarnation, state, code, healthy=healthy)
+        self.apply(ReportTasks((report,), at=self.at))
+        # Health comes only from a running report on the current incarnation, of
+        # a job with a check; a (re)start or an eviction forgets it.
+        if self.cell.jobs[task.job].spec.check is None:
+            assert task.healthy is None
+        elif incarnation != before[2]:
+            assert task.healthy is before[0]
+        elif task.state is TaskState.RUNNING and healthy is not None:
+            assert task.healthy is healthy
+        elif task.state in (TaskState.STARTING, TaskState.PENDING) and task.state is not before[1]:
+            assert task.healthy is None
 
     def op_usage(self, data):
         task = self.draw_active(data)

@@ -8,10 +8,14 @@ from cellstate import (
     Claim,
     Commit,
     ConflictMode,
+    HealthCheck,
     JobSpec,
+    ReportedState,
+    ReportTasks,
     SchedulerClass,
     SpecError,
     SubmitJob,
+    TaskReport,
     Transaction,
     TxnMode,
     parse_cpu,
@@ -125,3 +129,52 @@ def test_commands_round_trip_on_the_internal_wire():
         blob = encode_command(command)
         assert decode_command(blob) == command
         assert parse_json(blob, Command) == command
+
+
+def test_health_checks_parse_with_defaults():
+    http = parse(BASE | {"check": {"http": "/healthz"}}, JobSpec).check
+    assert http == HealthCheck(http="/healthz", interval=10.0, timeout=5.0, failures=3)
+    assert http.kind == "http"
+    run = parse(BASE | {"check": {"exec": "test -f ready", "interval": 2, "timeout": 1}}, JobSpec)
+    assert run.check == HealthCheck(exec=("test", "-f", "ready"), interval=2.0, timeout=1.0)
+    tcp = parse(BASE | {"check": {"tcp": True, "failures": 1}}, JobSpec).check
+    assert tcp is not None and tcp.kind == "tcp" and tcp.failures == 1
+    assert parse(BASE, JobSpec).check is None
+
+
+@pytest.mark.parametrize(
+    "check,field,words",
+    [
+        ({}, "$.check", "give exactly one of exec, http, tcp"),
+        ({"http": "/a", "tcp": True}, "$.check", "give exactly one of exec, http, tcp"),
+        ({"tcp": False}, "$.check", "give exactly one of exec, http, tcp"),
+        ({"exec": []}, "$.check", "give exactly one of exec, http, tcp"),
+        ({"http": "healthz"}, "$.check.http", "starting with '/'"),
+        ({"tcp": "yes"}, "$.check.tcp", "expected true or false"),
+        ({"exec": [1]}, "$.check.exec[0]", "expected a string"),
+        ({"tcp": True, "interval": 0}, "$.check.interval", "0.1..3600 seconds"),
+        ({"tcp": True, "timeout": 20}, "$.check.timeout", "longer than the interval"),
+        ({"tcp": True, "failures": 0}, "$.check.failures", "1..100"),
+        ({"tcp": True, "port": 80}, "$.check", "unknown field port"),
+        ("curl localhost", "$.check", "expected an object with fields exec, http, tcp"),
+    ],
+)
+def test_health_check_errors_name_the_field_and_what_is_allowed(check, field, words):
+    with pytest.raises(SpecError) as caught:
+        parse(BASE | {"check": check}, JobSpec)
+    assert caught.value.field == field
+    assert words in caught.value.message
+
+
+def test_task_reports_carry_health_and_old_reports_still_decode():
+    report = ReportTasks((TaskReport("web.0", "m0", 1, ReportedState.RUNNING, healthy=False),))
+    blob = encode_command(report)
+    assert decode_command(blob) == report
+    assert parse_json(blob, Command) == report
+    # A report logged before health checks has no `healthy`: it decodes as None.
+    old = b'{"type":"report_tasks","reports":[{"task":"web.0","machine":"m0","incarnation":1,"state":"running"}]}'
+    decoded = decode_command(old)
+    assert isinstance(decoded, ReportTasks) and decoded.reports[0].healthy is None
+    with pytest.raises(SpecError) as caught:
+        parse_json(old.replace(b'"running"', b'"running","healthy":"yes"'), Command)
+    assert caught.value.field == "$.reports[0].healthy"
