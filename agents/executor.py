@@ -10,6 +10,18 @@ reports through the `Reporter`:
 
 A restart in place (policy on-failure/always) reports `starting` again (with
 the reason in `reason`) after an exponential back-off measured on trio's clock.
+
+Health. A task whose job has a check is probed (`agents.health`) from when it
+runs, every `interval`, in the same nursery as its process wait, so a probe
+never blocks the agent loop and dies with the run it judges. The verdict is
+reported as a `running` report with `healthy` set, only when it changes: True
+on a passing probe, False after `failures` failed probes in a row. An
+unhealthy task is killed as a stop is (SIGTERM, grace, SIGKILL) and its run
+ends `failed` with reason `unhealthy`, which its restart policy then treats as
+any failure: on-failure and always restart it after the back-off, never
+leaves it failed. Every task gets `$OMEGA_PORT_FILE` (`port` in its
+directory, emptied before each run) to declare the port http and tcp checks
+use.
 `stop` sends SIGTERM to the process group, waits the grace period, then
 SIGKILLs the group; a stopped task's final report carries
 `reason="stopped:<why> (<how it ended>)"`, e.g. `stopped:preempted (signal:SIGKILL)`,
@@ -46,6 +58,7 @@ import psutil
 import structlog
 import trio
 
+from agents.health import PORT_FILE, probe
 from agents.limits import LimitKind, LimitsMode, TaskLimits
 from agents.task import (
     Backoff,
@@ -58,6 +71,7 @@ from agents.task import (
     should_restart,
     task_dir_name,
 )
+from cellstate.model import HealthCheck
 
 log = structlog.get_logger("agents.executor")
 
@@ -106,6 +120,8 @@ class _Run:
     done: trio.Event = attrs.field(factory=trio.Event)
     backoff_scope: trio.CancelScope | None = None
     cpu_sample: tuple[float, float] | None = None  # (monotonic time, cpu seconds)
+    # Set when the current run failed its health check and is being killed.
+    unhealthy: bool = False
 
     @property
     def key(self) -> TaskKey:
@@ -251,6 +267,11 @@ class Executor:
                     recovered = None
                 else:
                     outcome = await self._run_once(run)
+                if run.unhealthy:
+                    # However the kill ended it (even a clean exit on SIGTERM),
+                    # a run killed for its health is a failure.
+                    run.unhealthy = False
+                    outcome = Outcome(ReportedState.FAILED, None, "unhealthy", outcome.ran_for)
                 if run.stop_reason is not None:
                     detail = outcome.reason or f"exit:{outcome.exit_code}"
                     outcome = attrs.evolve(outcome, reason=f"stopped:{run.stop_reason} ({detail})")
@@ -320,13 +341,10 @@ class Executor:
             limits = TaskLimits.create(self.limits, name, spec.cpu_millicores, spec.memory_bytes)
         except OSError as e:
             return Outcome(ReportedState.FAILED, None, f"start_error: limits: {e}")
-        env = {
-            "PATH": os.environ.get("PATH", DEFAULT_PATH),
-            **spec.env,
-            "OMEGA_TASK_ID": run.task,
-            "OMEGA_INCARNATION": str(run.incarnation),
-            "OMEGA_MACHINE": self.machine,
-        }
+        env = self._task_env(run)
+        # A port left by the previous run is not this run's.
+        with contextlib.suppress(FileNotFoundError):
+            (run.dir / PORT_FILE).unlink()
         try:
             with open(run.dir / "stdout", "ab") as out, open(run.dir / "stderr", "ab") as err:
                 process = await trio.lowlevel.open_process(
@@ -354,6 +372,8 @@ class Executor:
         self._report(run, ReportedState.RUNNING)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._enforce_stop, run)
+            if spec.check is not None:
+                nursery.start_soon(self._watch_health, run, spec.check)
             returncode = await process.wait()
             nursery.cancel_scope.cancel()
         return await self._finish(run, returncode, trio.current_time() - started)
@@ -366,6 +386,8 @@ class Executor:
         returncode: int | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._enforce_stop, run)
+            if run.spec.check is not None:
+                nursery.start_soon(self._watch_health, run, run.spec.check)
             while True:
                 returncode = _try_reap(run.pid)
                 if returncode is not None or not _same_process(run.pid, run.create_time):
@@ -376,6 +398,11 @@ class Executor:
 
     async def _enforce_stop(self, run: _Run) -> None:
         await run.stop_requested.wait()
+        await self._terminate(run)
+
+    async def _terminate(self, run: _Run) -> None:
+        """SIGTERM the task's group, SIGKILL it and its cgroup after the grace
+        period; cancelled (by the run's nursery) as soon as the leader exits."""
         assert run.pid is not None
         _killpg(run.pid, signal.SIGTERM)
         await trio.sleep(run.spec.grace_period)
@@ -385,6 +412,36 @@ class Executor:
         _killpg(run.pid, signal.SIGKILL)
         if run.limits is not None:
             run.limits.kill_all(signal.SIGKILL)
+
+    async def _watch_health(self, run: _Run, check: HealthCheck) -> None:
+        """Probe the running task every `interval` until its run ends (the run's
+        nursery cancels this); report each change of verdict, and kill the task
+        once it fails `failures` probes in a row."""
+        env = self._task_env(run)
+        preexec = self._probe_preexec()
+        healthy: bool | None = None
+        misses = 0
+        while True:
+            passed = await probe(check, run.dir, env, preexec)
+            if passed is not None:
+                misses = 0 if passed else misses + 1
+            verdict = True if passed else False if misses >= check.failures else healthy
+            if verdict is not healthy:
+                healthy = verdict
+                self._log.info(
+                    "task_health",
+                    task=run.task,
+                    incarnation=run.incarnation,
+                    check=check.kind,
+                    healthy=healthy,
+                    misses=misses,
+                )
+                self._report(run, ReportedState.RUNNING, healthy=healthy)
+            if healthy is False:
+                run.unhealthy = True
+                await self._terminate(run)
+                return
+            await trio.sleep(check.interval)
 
     async def _finish(self, run: _Run, returncode: int | None, ran_for: float) -> Outcome:
         """Kill what is left of the task, remove its cgroups, classify its end."""
@@ -428,10 +485,36 @@ class Executor:
         state: ReportedState,
         exit_code: int | None = None,
         reason: str | None = None,
+        healthy: bool | None = None,
     ) -> None:
         self._report_fn(
-            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason)
+            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason, healthy)
         )
+
+    def _task_env(self, run: _Run) -> dict[str, str]:
+        """What a task (and its exec check) finds in its environment."""
+        return {
+            "PATH": os.environ.get("PATH", DEFAULT_PATH),
+            **run.spec.env,
+            "OMEGA_TASK_ID": run.task,
+            "OMEGA_INCARNATION": str(run.incarnation),
+            "OMEGA_MACHINE": self.machine,
+            "OMEGA_PORT_FILE": str(run.dir / PORT_FILE),
+        }
+
+    def _probe_preexec(self) -> Callable[[], None] | None:
+        """An exec check runs as the task's user, as the task does (no cgroup:
+        a check is the agent's work, not the task's)."""
+        if self._task_ids is None:
+            return None
+        uid, gid = self._task_ids
+
+        def preexec() -> None:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+
+        return preexec
 
     def _write_state(self, run: _Run) -> None:
         assert run.pid is not None

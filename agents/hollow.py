@@ -1,9 +1,10 @@
 """The hollow executor: the executor's interface with no processes behind it.
 
-A hollow task reports `starting` when started, `running` after `start_delay`,
-and `exited(0)` after its spec's `duration` (None: it runs until stopped), all
-on trio's clock, so a `MockClock` drives it in tests and one process can stand
-in for thousands of machines in benchmarks. Restart policy `always` starts it
+A hollow task reports `starting` when started, `running` after `start_delay`
+(and healthy, if its job has a check), and `exited(0)` after its spec's
+`duration` (None: it runs until stopped), all on trio's clock, so a
+`MockClock` drives it in tests and one process can stand in for thousands of
+machines in benchmarks. Restart policy `always` starts it
 again after the back-off's initial delay; hollow tasks never fail by
 themselves. Usage is synthetic: a fixed, per-task fraction of the request.
 
@@ -170,7 +171,8 @@ class HollowExecutor:
 
     def _on_running(self, run: _HollowRun) -> None:
         run.running = True
-        self._report(run, ReportedState.RUNNING)
+        # A simulated task passes its simulated check the moment it runs.
+        self._report(run, ReportedState.RUNNING, healthy=True if run.spec.check else None)
         if run.spec.duration is None:
             run.timer = None
         else:
@@ -192,7 +194,8 @@ class HollowExecutor:
         state: ReportedState,
         exit_code: int | None = None,
         reason: str | None = None,
+        healthy: bool | None = None,
     ) -> None:
         self._report_fn(
-            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason)
+            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason, healthy)
         )

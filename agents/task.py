@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 from cellstate.commands import ReportedState, TaskReport, TaskUsage
-from cellstate.model import JobSpec, RestartPolicy
+from cellstate.model import HealthCheck, JobSpec, RestartPolicy
+from cellstate.wire import internal
 
 if TYPE_CHECKING:
     from agents.executor import RecoveredTask
@@ -84,7 +85,8 @@ def _environment(env: Mapping[str, str]) -> dict[str, str]:
 
 @attrs.frozen
 class TaskSpec:
-    """How to run one task: command, environment, limits, stop grace, restarts.
+    """How to run one task: command, environment, limits, stop grace, restarts,
+    and the health check the agent runs on it while it runs.
 
     `duration` is used only by the hollow executor (None: runs until stopped).
     """
@@ -98,6 +100,7 @@ class TaskSpec:
     grace_period: float = 10.0
     restart: RestartPolicy = attrs.field(default=RestartPolicy.NEVER, converter=RestartPolicy)
     duration: float | None = None
+    check: HealthCheck | None = None
 
     @classmethod
     def from_job(cls, job: JobSpec) -> TaskSpec:
@@ -109,6 +112,7 @@ class TaskSpec:
             grace_period=job.grace_period,
             restart=job.restart,
             duration=job.duration,
+            check=job.check,
         )
 
     def to_json(self) -> dict:
@@ -120,11 +124,17 @@ class TaskSpec:
             "grace_period": self.grace_period,
             "restart": str(self.restart),
             "duration": self.duration,
+            "check": None if self.check is None else internal.unstructure(self.check, HealthCheck),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> TaskSpec:
-        return cls(**data)
+        # State files written before checks have no "check".
+        check = data.get("check")
+        return cls(
+            **{k: v for k, v in data.items() if k != "check"},
+            check=None if check is None else internal.structure(check, HealthCheck),
+        )
 
 
 @attrs.frozen
@@ -145,7 +155,8 @@ class Backoff:
 
 
 def should_restart(policy: RestartPolicy, state: ReportedState, exit_code: int | None) -> bool:
-    """Whether a task that ended with (`state`, `exit_code`) runs again in place."""
+    """Whether a task that ended with (`state`, `exit_code`) runs again in place.
+    A task killed for failing its health check ended `failed`: a failure."""
     if policy is RestartPolicy.ALWAYS:
         return True
     if policy is RestartPolicy.ON_FAILURE:

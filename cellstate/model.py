@@ -238,6 +238,7 @@ CHECK_KINDS = ("exec", "http", "tcp")
 MIN_CHECK_INTERVAL = 0.1
 MAX_CHECK_SECONDS = 3600.0
 MAX_CHECK_FAILURES = 100
+_HTTP_PATH_RE = re.compile(r"^/[!-~]{0,1023}$")
 
 
 def _check_seconds(instance: Any, attribute: attrs.Attribute, value: float) -> None:
@@ -280,9 +281,11 @@ class HealthCheck:
             )
         if self.exec is not None:
             _argv(self, attrs.fields(HealthCheck).exec, self.exec)
-        if self.http is not None and (not self.http.startswith("/") or len(self.http) > 1024):
+        if self.http is not None and not _HTTP_PATH_RE.match(self.http):
             raise FieldError(
-                "http", f"{self.http!r} is not a path: give one starting with '/' (e.g. /healthz)"
+                "http",
+                f"{self.http!r} is not a path: give one starting with '/' (e.g. /healthz), "
+                "of printable ASCII without spaces, at most 1024 characters",
             )
         if self.timeout > self.interval:
             raise FieldError(

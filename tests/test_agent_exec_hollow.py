@@ -9,7 +9,7 @@ import trio.testing
 
 from agents.hollow import HollowExecutor, TimerHeap
 from agents.task import ReportedState, TaskReport, TaskSpec
-from cellstate.model import RestartPolicy
+from cellstate.model import HealthCheck, RestartPolicy
 
 
 def run_hollow(body, **kwargs) -> list[tuple[float, TaskReport]]:
@@ -110,3 +110,15 @@ def test_many_tasks_finish_at_their_own_times() -> None:
     assert all(abs(exits[t] - d) < 1e-6 for t, d in durations.items())
     times = [t for t, r in seen if r.state is ReportedState.EXITED]
     assert times == sorted(times)
+
+
+def test_task_with_a_check_reports_healthy_once_running() -> None:
+    async def body(ex: HollowExecutor) -> None:
+        ex.start("w.0", 1, TaskSpec(argv=(), check=HealthCheck(http="/healthz")))
+        ex.start("b.0", 1, TaskSpec(argv=()))
+        await trio.sleep(1)
+
+    seen = run_hollow(body, start_delay=0.5)
+    running = {r.task: r for _, r in seen if r.state is ReportedState.RUNNING}
+    assert running["w.0"].healthy is True
+    assert running["b.0"].healthy is None  # no check: never judged
