@@ -19,9 +19,9 @@ on a passing probe, False after `failures` failed probes in a row. An
 unhealthy task is killed as a stop is (SIGTERM, grace, SIGKILL) and its run
 ends `failed` with reason `unhealthy`, which its restart policy then treats as
 any failure: on-failure and always restart it after the back-off, never
-leaves it failed. Every task gets `$OMEGA_PORT_FILE` (`port` in its
-directory, emptied before each run) to declare the port http and tcp checks
-use.
+leaves it failed. Every task gets `$OMEGA_PORT_FILE` (`port`, a path relative
+to the task's directory where it starts; removed before each run) to declare
+the port http and tcp checks use.
 `stop` sends SIGTERM to the process group, waits the grace period, then
 SIGKILLs the group; a stopped task's final report carries
 `reason="stopped:<why> (<how it ended>)"`, e.g. `stopped:preempted (signal:SIGKILL)`,
@@ -499,7 +499,10 @@ class Executor:
             "OMEGA_TASK_ID": run.task,
             "OMEGA_INCARNATION": str(run.incarnation),
             "OMEGA_MACHINE": self.machine,
-            "OMEGA_PORT_FILE": str(run.dir / PORT_FILE),
+            # Relative to the directory the task starts in, its own: when tasks
+            # run as another user, the agent's private work dir above it cannot
+            # be traversed, so an absolute path would not open.
+            "OMEGA_PORT_FILE": PORT_FILE,
         }
 
     def _probe_preexec(self) -> Callable[[], None] | None:

@@ -8,7 +8,8 @@ A check (`cellstate.model.HealthCheck`) is exactly one of:
 - `tcp`: a connection to 127.0.0.1 on the task's port is accepted.
 
 A task declares its port by writing it (decimal, nothing else needed) to the
-file the agent names in `$OMEGA_PORT_FILE`, `port` in the task's directory.
+file the agent names in `$OMEGA_PORT_FILE`: `port`, relative to the task's
+directory, which is where the task starts.
 Until that file holds a port, an http or tcp probe says None: the task is not
 healthy *yet*, which is not a failure (a server still starting is not broken).
 

@@ -1,0 +1,54 @@
+"""Health checks end to end: the example web service through real replicas, a
+real service scheduler and real agents running its real servers (`omega up`).
+Each task binds a port the OS picks, declares it in `$OMEGA_PORT_FILE`, and
+the agent's http check on `/healthz` judges it; `omega tasks --json` then
+shows every task running, healthy and on its job's spec version, and the
+table shows the health column."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from harness.upcell import up_cell
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 90.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_the_example_web_service_runs_healthy(tmp_path):
+    with up_cell(tmp_path / "cell") as cell:
+        cell.start()
+        job = cell.json("submit", "examples/web-service.yaml")["id"]
+
+        def all_healthy() -> list[dict] | None:
+            tasks = cell.json("tasks", "--job", job)
+            ok = len(tasks) == 3 and all(
+                t["state"] == "running" and t["healthy"] is True for t in tasks
+            )
+            return tasks if ok else None
+
+        tasks = wait_for("three running, healthy tasks", all_healthy)
+        assert isinstance(tasks, list)
+        assert all(t["version"] == 1 and t["restarts"] == 0 for t in tasks), tasks
+        table = cell.omega("tasks", "--job", job).stdout
+        assert "health" in table and table.count("healthy") >= 3, table
+
+        # A job without a check has no health: null, not false.
+        other = cell.json("submit", "examples/batch-squares.yaml")["id"]
+        wait_for(
+            "a batch task placed",
+            lambda: any(t["machine"] for t in cell.json("tasks", "--job", other)),
+        )
+        assert {t["healthy"] for t in cell.json("tasks", "--job", other)} == {None}
