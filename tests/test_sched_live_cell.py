@@ -145,17 +145,30 @@ class LiveCell:
                 return report["figures"]
         return {}
 
-    def wait_reporting(self, *names: str, timeout: float = 15.0) -> None:
-        wait(lambda: all(self.figures(n) for n in names), timeout, f"reports from {names}")
+    def wait_reporting(self, *names: str) -> None:
+        wait(lambda: all(self.figures(n) for n in names), f"reports from {names}", self)
+
+    def scheduler_logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self.base.glob("sched-*.log"))
+        )
 
 
-def wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+# How long to wait for an event before calling it lost. A bound, not a speed: every wait
+# returns as soon as its event happens, and a loaded 2-core CI machine starting several
+# cells at once can take many seconds to start a scheduler process.
+PATIENCE_S = 90.0
+
+
+def wait(predicate, what: str, live: LiveCell | None = None) -> None:
+    deadline = time.monotonic() + PATIENCE_S
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    logs = live.scheduler_logs() if live is not None else ""
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
 @pytest.fixture
@@ -174,7 +187,7 @@ def test_two_batch_schedulers_race_conflict_and_never_overcommit(live: LiveCell)
         live.scheduler("batch", name, "--max-claims", "8", "--think-task", "0.01")
     live.wait_reporting("batch-a", "batch-b")
     job = live.submit("race", "batch", 32)  # both wake on the same command
-    wait(lambda: assigned(live.counts(job)) == 32, 20, "32 tasks assigned")
+    wait(lambda: assigned(live.counts(job)) == 32, "32 tasks assigned", live)
     cell = live.cell()
     assert sum(len(m.tasks) for m in cell.machines.values()) == 32
     assert all(m.account.used["cpu"] == m.account.capacity["cpu"] for m in cell.machines.values())
@@ -183,7 +196,7 @@ def test_two_batch_schedulers_race_conflict_and_never_overcommit(live: LiveCell)
         a, b = live.figures("batch-a"), live.figures("batch-b")
         return a.get("claims_accepted", 0) + b.get("claims_accepted", 0) == 32
 
-    wait(reported, 10, "final figures")
+    wait(reported, "final figures", live)
     a, b = live.figures("batch-a"), live.figures("batch-b")
     assert a["conflicted_transactions"] + b["conflicted_transactions"] > 0
     assert a["claims_rejected"] + b["claims_rejected"] > 0
@@ -195,12 +208,12 @@ def test_service_preempts_batch_but_never_production(live: LiveCell) -> None:
     live.scheduler("service", "service")
     live.scheduler("batch", "batch", "--max-attempts", "3")
     prod = live.submit("prod", "service", 4)
-    wait(lambda: assigned(live.counts(prod)) == 4, 20, "prod placed")
+    wait(lambda: assigned(live.counts(prod)) == 4, "prod placed", live)
     batch = live.submit("fill", "batch", 12)
-    wait(lambda: assigned(live.counts(batch)) == 12, 20, "batch fills the cell")
+    wait(lambda: assigned(live.counts(batch)) == 12, "batch fills the cell", live)
     before = {t["id"]: (t["machine"], t["incarnation"]) for t in live.tasks(prod)}
     late = live.submit("late", "service", 4)
-    wait(lambda: assigned(live.counts(late)) == 4, 20, "late service job placed")
+    wait(lambda: assigned(live.counts(late)) == 4, "late service job placed", live)
     cell = live.cell()
     assert {t["id"]: (t["machine"], t["incarnation"]) for t in live.tasks(prod)} == before
     assert all(t["evictions"] == 0 for t in live.tasks(prod))
@@ -208,7 +221,7 @@ def test_service_preempts_batch_but_never_production(live: LiveCell) -> None:
     assert sum(t["evictions"] for t in batch_tasks) == 4
     assert sum(t["state"] == "pending" for t in batch_tasks) == 4
     assert all(m.account.used["cpu"] == m.account.capacity["cpu"] for m in cell.machines.values())
-    wait(lambda: live.figures("service").get("preemptions", 0) == 4, 10, "preemptions reported")
+    wait(lambda: live.figures("service").get("preemptions", 0) == 4, "preemptions reported", live)
 
 
 def test_gang_is_placed_whole_or_not_at_all(live: LiveCell) -> None:
@@ -217,13 +230,13 @@ def test_gang_is_placed_whole_or_not_at_all(live: LiveCell) -> None:
     live.wait_reporting("batch")
     too_big = live.submit("toobig", "batch", 20, gang=True)
     fits = live.submit("fits", "batch", 12, gang=True)
-    wait(lambda: assigned(live.counts(fits)) == 12, 20, "the gang that fits")
+    wait(lambda: assigned(live.counts(fits)) == 12, "the gang that fits", live)
 
     def explained() -> str:
         with live.client() as cell:
             return cell.explain(too_big)["schedulers"].get("batch", "")
 
-    wait(lambda: "placed 0/20" in explained(), 10, "the big gang explained")
+    wait(lambda: "placed 0/20" in explained(), "the big gang explained", live)
     assert live.counts(too_big) == {"pending": 20}
     assert live.cell().jobs[too_big].counts.get("assigned", 0) == 0
 
@@ -233,7 +246,7 @@ def test_best_effort_uses_reclaimed_resources_and_yields(live: LiveCell) -> None
     live.scheduler("service", "service")
     live.scheduler("best-effort", "be")
     web = live.submit("web", "service", 2, cpu="4", memory="4Gi")
-    wait(lambda: assigned(live.counts(web)) == 2, 20, "service fills the cell")
+    wait(lambda: assigned(live.counts(web)) == 2, "service fills the cell", live)
     be = live.submit("scavenger", "best-effort", 1, cpu="2", memory="1Gi")
     time.sleep(1.0)
     assert live.counts(be) == {"pending": 1}  # nothing reclaimed yet
@@ -245,7 +258,7 @@ def test_best_effort_uses_reclaimed_resources_and_yields(live: LiveCell) -> None
 
     # The first report on a task decays its reservation at once: 500m + 10% margin.
     usage(500)
-    wait(lambda: assigned(live.counts(be)) == 1, 20, "best-effort on reclaimed resources")
+    wait(lambda: assigned(live.counts(be)) == 1, "best-effort on reclaimed resources", live)
     live.cell()
     usage(4000)  # the owners want it all back
     (task,) = live.tasks(be)
@@ -262,13 +275,13 @@ def test_scheduler_killed_and_restarted_resumes_without_double_placement(live: L
     args = ("--max-claims", "5", "--think-task", "0.02")
     first = live.scheduler("batch", "batch", *args)
     job = live.submit("work", "batch", 60)
-    wait(lambda: assigned(live.counts(job)) >= 10, 20, "some tasks placed")
+    wait(lambda: assigned(live.counts(job)) >= 10, "some tasks placed", live)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(10)
     mid = assigned(live.counts(job))
     assert 10 <= mid < 60
     live.scheduler("batch", "batch", *args)
-    wait(lambda: assigned(live.counts(job)) == 60, 30, "every task placed after restart")
+    wait(lambda: assigned(live.counts(job)) == 60, "every task placed after restart", live)
     cell = live.cell()
     holders = [tid for m in cell.machines.values() for tid in m.tasks]
     assert len(holders) == len(set(holders)) == 60
@@ -295,7 +308,7 @@ def test_scheduler_serves_its_figures_and_explanations_on_its_metrics_endpoint(
             return None
         return body if body["figures"].get("claims_accepted", 0) >= 2 else None
 
-    wait(lambda: answered() is not None, 20, "metrics with accepted claims")
+    wait(lambda: answered() is not None, "metrics with accepted claims", live)
     body = answered()
     assert body["name"] == "metered" and body["kind"] == "batch"
     assert {"transactions", "conflict_fraction", "busyness"} <= set(body["figures"])
@@ -314,15 +327,15 @@ def test_devices_bound_placements_and_a_missing_one_is_explained(live: LiveCell)
     live.scheduler("batch", "batch")
     train = live.submit("train", "batch", 3, devices={"gpu": 1})
     odd = live.submit("odd", "batch", 1, devices={"fpga": "1"})
-    wait(lambda: assigned(live.counts(train)) == 2, 20, "two gpu tasks placed")
+    wait(lambda: assigned(live.counts(train)) == 2, "two gpu tasks placed", live)
 
     def explained(job: str) -> str:
         with live.client() as cell:
             return cell.explain(job)["schedulers"].get("batch", "")
 
-    wait(lambda: "no_capacity:fpga" in explained(odd), 10, "the fpga job explained")
+    wait(lambda: "no_capacity:fpga" in explained(odd), "the fpga job explained", live)
     assert "0/2 machines fit: 2 no_capacity:fpga" in explained(odd)
-    wait(lambda: "insufficient:gpu" in explained(train), 10, "the third gpu task explained")
+    wait(lambda: "insufficient:gpu" in explained(train), "the third gpu task explained", live)
     assert "1 no_capacity:gpu" in explained(train)
     assert {t["machine"] for t in live.tasks(train) if t["machine"]} == {"m0"}
     assert live.counts(train).get("pending") == 1 and live.counts(odd) == {"pending": 1}
