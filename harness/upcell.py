@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -125,3 +125,15 @@ def up_cell(data_dir: Path, *args: str) -> Iterator[Cell]:
             cmdline = " ".join(proc.info["cmdline"] or [])
             if str(started.data_dir) in cmdline:
                 proc.kill()
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 90.0) -> object:
+    """Poll `check` until it returns something true, and return that; fail naming `what`
+    after `timeout` (a bound for a loaded CI machine, not a speed: it returns at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)

@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
 
 import psutil
 import pytest
 
-from harness.upcell import up_cell
+from harness.upcell import up_cell, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def by_state(cell, job: str) -> dict[str, list[dict]]:

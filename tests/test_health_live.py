@@ -7,24 +7,11 @@ table shows the health column."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 
-from harness.upcell import up_cell
+from harness.upcell import up_cell, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 90.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_the_example_web_service_runs_healthy(tmp_path):
