@@ -64,8 +64,8 @@ from agents.task import (
     Backoff,
     ReportedState,
     Reporter,
+    ReportingExecutor,
     TaskKey,
-    TaskReport,
     TaskSpec,
     TaskUsage,
     should_restart,
@@ -143,7 +143,7 @@ def _killpg(pgid: int, sig: int) -> bool:
         return False
 
 
-class Executor:
+class Executor(ReportingExecutor):
     """Runs task incarnations on one machine. Build it with `open_executor`
     (or pass a nursery you own); all methods must be called from trio."""
 
@@ -478,18 +478,6 @@ class Executor:
         return outcome
 
     # -- helpers -------------------------------------------------------------------------
-
-    def _report(
-        self,
-        run: _Run,
-        state: ReportedState,
-        exit_code: int | None = None,
-        reason: str | None = None,
-        healthy: bool | None = None,
-    ) -> None:
-        self._report_fn(
-            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason, healthy)
-        )
 
     def _task_env(self, run: _Run) -> dict[str, str]:
         """What a task (and its exec check) finds in its environment."""

@@ -29,8 +29,8 @@ from agents.task import (
     Backoff,
     ReportedState,
     Reporter,
+    ReportingExecutor,
     TaskKey,
-    TaskReport,
     TaskSpec,
     TaskUsage,
 )
@@ -98,7 +98,7 @@ class _HollowRun:
     usage_fraction: float = 0.5
 
 
-class HollowExecutor:
+class HollowExecutor(ReportingExecutor):
     """A `agents.task.TaskExecutor`, as `agents.executor.Executor` is; runs nothing."""
 
     def __init__(
@@ -187,15 +187,3 @@ class HollowExecutor:
         self._runs.pop((run.task, run.incarnation), None)
         run.timer = None
         self._report(run, ReportedState.EXITED, 0)
-
-    def _report(
-        self,
-        run: _HollowRun,
-        state: ReportedState,
-        exit_code: int | None = None,
-        reason: str | None = None,
-        healthy: bool | None = None,
-    ) -> None:
-        self._report_fn(
-            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason, healthy)
-        )

@@ -27,6 +27,7 @@ __all__ = [
     "Backoff",
     "ReportedState",
     "Reporter",
+    "ReportingExecutor",
     "TaskExecutor",
     "TaskKey",
     "TaskReport",
@@ -162,3 +163,28 @@ def should_restart(policy: RestartPolicy, state: ReportedState, exit_code: int |
     if policy is RestartPolicy.ON_FAILURE:
         return not (state is ReportedState.EXITED and exit_code == 0)
     return False
+
+
+class _Incarnation(Protocol):
+    task: str
+    incarnation: int
+
+
+class ReportingExecutor:
+    """What the real and the hollow executor share: how a run's news reaches the agent
+    loop, as a `TaskReport` from this executor's machine."""
+
+    machine: str
+    _report_fn: Reporter
+
+    def _report(
+        self,
+        run: _Incarnation,
+        state: ReportedState,
+        exit_code: int | None = None,
+        reason: str | None = None,
+        healthy: bool | None = None,
+    ) -> None:
+        self._report_fn(
+            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason, healthy)
+        )
