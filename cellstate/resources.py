@@ -34,7 +34,10 @@ MAX_CPU_MILLI = 1_000_000_000
 MAX_MEMORY_BYTES = 1 << 50
 MAX_DISK_BYTES = MAX_MEMORY_BYTES
 MAX_DEVICES = 1 << 20
-MAX_DEVICE_KINDS = 32
+MAX_DEVICE_KINDS = 32  # in one vector
+# In one cell, across machines, jobs and quotas: the ledger gives every kind a
+# field of its packed vectors, so their number bounds the vectors' width.
+MAX_CELL_DEVICE_KINDS = 64
 DEVICE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 _MEMORY_SUFFIXES = {

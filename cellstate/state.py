@@ -79,6 +79,7 @@ from cellstate.model import (
     TaskState,
     task_id,
 )
+from cellstate.resources import MAX_CELL_DEVICE_KINDS, Resources
 
 PENDING = TaskState.PENDING
 
@@ -107,6 +108,8 @@ class CellState:
         # `Machine.account`. Quota limits are serialised, the rest derived.
         self.ledger = Ledger()
         # Derived (rebuilt on restore, never serialised):
+        # Device names the cell's machines, jobs and quotas use (`MAX_CELL_DEVICE_KINDS`).
+        self.device_kinds: set[str] = set()
         self.pending_jobs: dict[str, None] = {}
         self.recent: dict[str, tuple[int, Result]] = {}
         # Machines whose seqnum moved since the owner of this copy last
@@ -161,6 +164,9 @@ class CellState:
                         f"its tasks hold ({breach}); drain it first",
                         f"{field}.capacity",
                     )
+        refused = self._admit_devices([spec.capacity for spec in cmd.machines], "machines")
+        if refused is not None:
+            return refused
         at = cmd.at
         for spec in cmd.machines:
             machine = self.machines.get(spec.id)
@@ -250,6 +256,9 @@ class CellState:
                 return Ok()  # a retried submit of the same job
             return Error("job_exists", f"job {cmd.job!r} exists with another spec", "job")
         spec = cmd.spec
+        refused = self._admit_devices([spec.resources], "spec.resources")
+        if refused is not None:
+            return refused
         job = Job(id=cmd.job, spec=spec, submitted_at=cmd.at, counts={PENDING: spec.tasks})
         self.jobs[job.id] = job
         tasks = self.tasks
@@ -302,10 +311,30 @@ class CellState:
             return Error(
                 "quota_unlimited_band", "the best-effort band has no quota: it is unlimited", "band"
             )
+        if cmd.limit is not None:
+            refused = self._admit_devices([cmd.limit], "limit")
+            if refused is not None:
+                return refused
         self.ledger.set_limit(
             (cmd.owner, cmd.band), None if cmd.limit is None else cmd.limit.amounts
         )
         return Ok()
+
+    def _admit_devices(self, vectors: list[Resources], field: str) -> Error | None:
+        """Record the device kinds `vectors` name, or refuse them (changing nothing) if
+        the cell would know more than `MAX_CELL_DEVICE_KINDS`."""
+        new = {dim for vector in vectors for dim in vector.devices()} - self.device_kinds
+        if not new:
+            return None
+        if len(self.device_kinds) + len(new) > MAX_CELL_DEVICE_KINDS:
+            return Error(
+                "too_many_device_kinds",
+                f"device kinds {sorted(new)} would make {len(self.device_kinds) + len(new)} "
+                f"in this cell; at most {MAX_CELL_DEVICE_KINDS}",
+                field,
+            )
+        self.device_kinds |= new
+        return None
 
     def _raise_rules(self, cmd: RaiseRules, events: list[Event]) -> Result:
         if not self.rules <= cmd.rules <= RULES:

@@ -8,6 +8,7 @@ The five loose-end tests each failed against the cell state before the ledger
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from cellstate import (
@@ -323,3 +324,37 @@ def test_replicas_rebuilt_from_any_point_of_an_old_log_agree():
         for command in log[cut:]:
             rebuilt.apply(command)
         assert rebuilt.snapshot() == whole.snapshot(), f"diverged when cut at {cut}"
+
+
+def test_a_cell_knows_a_bounded_number_of_device_kinds():
+    """Each device kind widens every packed vector by a field: a cell refuses the one
+    kind too many, whoever names it, and changes nothing."""
+    from cellstate.resources import MAX_CELL_DEVICE_KINDS, MAX_DEVICE_KINDS
+
+    cell = cell_with(machines=0)
+    kinds = [f"dev{i}" for i in range(MAX_CELL_DEVICE_KINDS)]
+    for start in range(0, len(kinds), MAX_DEVICE_KINDS):
+        batch = {name: 1 for name in kinds[start : start + MAX_DEVICE_KINDS]}
+        spec = MachineSpec(f"m{start}", Resources(4000, 8 * GI, **batch))
+        assert cell.apply(RegisterMachines((spec,), at=1.0)).result == Ok()
+
+    def essence() -> dict:
+        doc = orjson.loads(cell.snapshot())
+        del doc["version"], doc["now"], doc["recent"]
+        return doc
+
+    before = essence()
+    one_more = Resources(4000, 8 * GI, extra=1)
+    refused = cell.apply(RegisterMachines((MachineSpec("late", one_more),), at=2.0)).result
+    assert (refused.code, refused.field) == ("too_many_device_kinds", "machines")
+    refused = cell.apply(SetQuota("alice", Band.BATCH, Resources(extra=1), at=2.0)).result
+    assert (refused.code, refused.field) == ("too_many_device_kinds", "limit")
+    spec = JobSpec("j", "alice", SchedulerClass.BATCH, Resources(100, GI, extra=1))
+    refused = cell.apply(SubmitJob("j", spec, at=2.0)).result
+    assert (refused.code, refused.field) == ("too_many_device_kinds", "spec.resources")
+    assert essence() == before  # three refusals changed nothing
+    # Kinds already known are fine, and a restored cell knows the same ones.
+    spec = JobSpec("k", "alice", SchedulerClass.BATCH, Resources(100, GI, dev7=1))
+    assert cell.apply(SubmitJob("k", spec, at=3.0)).result == Ok()
+    assert CellState.restore(cell.snapshot()).device_kinds == cell.device_kinds
+    assert len(cell.device_kinds) == MAX_CELL_DEVICE_KINDS
