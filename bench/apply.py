@@ -5,7 +5,8 @@ way a scheduler builds them (against the current version, machines chosen at
 random), and applies them in fine and in coarse mode. Only `apply` is timed.
 With `--dimensions 4` (the default) machines and tasks carry cpu, memory, disk
 and a device (gpu), so every claim is counted in four dimensions by the
-ledger; `--dimensions 2` is cpu and memory alone.
+ledger; `--dimensions 2` is cpu and memory alone. `--replica` applies as a
+store replica does, building no events (nobody reads a replica's events).
 
     python -m bench.apply [--machines 10000] [--claims 100] [--total 200000] [--dimensions 4]
 """
@@ -58,10 +59,17 @@ def build_cell(machines: int, total: int, job_size: int, dimensions: int = 4) ->
 
 
 def run(
-    mode: ConflictMode, machines: int, claims: int, total: int, seed: int, dimensions: int
+    mode: ConflictMode,
+    machines: int,
+    claims: int,
+    total: int,
+    seed: int,
+    dimensions: int,
+    replica: bool = False,
 ) -> dict:
     rng = random.Random(seed)
     cell = build_cell(machines, total, job_size=10_000, dimensions=dimensions)
+    cell.keep_events = not replica
     names = [m.id for m in cell.machine_list]
     pending = [t.id for t in cell.tasks.values()]
     applied = accepted = 0
@@ -96,10 +104,13 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=200_000, help="claims per mode")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dimensions", type=int, choices=(2, 4), default=4)
+    parser.add_argument("--replica", action="store_true", help="build no events, as a replica")
     args = parser.parse_args()
     figures = {}
     for mode in (ConflictMode.FINE, ConflictMode.COARSE):
-        result = run(mode, args.machines, args.claims, args.total, args.seed, args.dimensions)
+        result = run(
+            mode, args.machines, args.claims, args.total, args.seed, args.dimensions, args.replica
+        )
         figures[mode.value] = result
         print(
             f"{mode.value:>6}: {result['claims']:,} claims ({result['accepted']:,} accepted) "
@@ -111,6 +122,7 @@ def main() -> None:
                 "machines": args.machines,
                 "claims_per_txn": args.claims,
                 "dimensions": args.dimensions,
+                "replica": args.replica,
                 "claims_per_s_fine": round(figures["fine"]["claims_per_s"]),
                 "claims_per_s_coarse": round(figures["coarse"]["claims_per_s"]),
             }

@@ -97,6 +97,9 @@ class CellState:
         start begins at `FIRST_RULES` and follows the log's `RaiseRules`."""
         self.config = config or CellConfig()
         self.rules = rules
+        # False where nobody reads events (a replica answers results; its watchers
+        # replay commands): `apply` then answers none, and commits skip building them.
+        self.keep_events = True
         self.version = 0
         self.now = 0.0
         self.machines: dict[str, Machine] = {}
@@ -140,7 +143,7 @@ class CellState:
             recent[cid] = (self.version, result)
             if len(recent) > self.config.dedup_window:
                 del recent[next(iter(recent))]
-        return Outcome(self.version, result, tuple(events))
+        return Outcome(self.version, result, tuple(events) if self.keep_events else ())
 
     # -- machines ---------------------------------------------------------------
 
@@ -484,13 +487,15 @@ class CellState:
         preempted: list[str] = []
         touched: dict[str, Machine] = {}
         placed = 0
+        keep_events = self.keep_events
         for task, machine, victims in accepted(self, cmd.txn, rejected):
             placed += 1
             for victim in victims:
                 self._evict(victim, "preempted", events)
                 preempted.append(victim.id)
             self._place(task, machine, cmd.at)
-            events.append(TaskPlaced(task.id, machine.id, task.incarnation))
+            if keep_events:
+                events.append(TaskPlaced(task.id, machine.id, task.incarnation))
             # Only a machine holding best-effort tasks can be overcommitted.
             if not task.best_effort and machine.account.be_packed:
                 touched[machine.id] = machine

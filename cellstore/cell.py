@@ -64,6 +64,8 @@ class CellMachine:
         # A log replayed from its start is judged by the rules it began under;
         # its own `RaiseRules` commands bring it up to date.
         self.cell = cell or CellState(rules=FIRST_RULES)
+        # A replica answers results; its watchers replay commands, not events.
+        self.cell.keep_events = False
 
     @property
     def version(self) -> int:
