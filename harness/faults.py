@@ -63,7 +63,7 @@ from cellstate import (
 )
 from cellstate.commands import Command, TaskPlaced
 from cellstate.invariants import check_machines
-from cellstate.model import ACTIVE_STATES, TERMINAL_STATES
+from cellstate.model import ACTIVE_STATES, FIRST_RULES, TERMINAL_STATES
 from cellstate.wire import encode_result, internal, parse
 from cellstore.cellclient import Applied, CellClient, CellError
 from cellstore.client import COMMANDS, StoreClient
@@ -727,7 +727,8 @@ def replay(
     changed are recounted from their tasks (capacity, sums, single placement); every
     `FULL_CHECK_EVERY` commands and at the end, every invariant over the whole cell. Returns
     the cell and, per command id applied (not deduplicated), (version, result JSON, events)."""
-    cell = CellState.restore(base) if base is not None else CellState()
+    # A log replayed from its start is judged by the rules it began under, as replicas do.
+    cell = CellState.restore(base) if base is not None else CellState(rules=FIRST_RULES)
     cell.changed_machines = changed = set()
     applied: dict[str, tuple[int, Any, tuple[Any, ...]]] = {}
     checks = full = 0
