@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import trio
 
 from cellstate import JobSpec, MachineSpec, Resources, SchedulerClass, parse_cpu, parse_memory
 from cellstore.cellclient import CellClient, CellError, CellSummary
-from harness.cluster import LocalCluster, cell_options, stop_processes
+from harness.cluster import LocalCluster, cell_options, start_scheduler, stop_processes
 
 REGISTER_BATCH = 1000
 MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
@@ -99,34 +98,6 @@ async def wait_reporting(client: CellClient, names: list[str], timeout_s: float 
             await trio.sleep(0.1)
 
 
-def start_scheduler(
-    cluster: LocalCluster, logs: Path, kind: str, name: str, *args: str
-) -> subprocess.Popen[bytes]:
-    with open(logs / f"{name}.log", "ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "schedulers",
-                "--kind",
-                kind,
-                "--name",
-                name,
-                "--addr",
-                ",".join(cluster.api),
-                "--token",
-                cluster.token,
-                "--report-period",
-                "1",
-                *args,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
 def phase(
     base: Path,
     machines: int,
@@ -150,7 +121,17 @@ def phase(
                     await register(client, machines)
                     registered = time.perf_counter() - began
                     for kind, name, args in schedulers:
-                        procs.append(start_scheduler(cluster, logs, kind, name, *args))
+                        procs.append(
+                            start_scheduler(
+                                cluster,
+                                logs / f"{name}.log",
+                                kind,
+                                name,
+                                "--report-period",
+                                "1",
+                                *args,
+                            )
+                        )
                     await wait_reporting(client, [name for _, name, _ in schedulers])
                     plan = job_plan(tasks, jobs, mixed)
                     began = time.perf_counter()

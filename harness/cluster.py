@@ -324,3 +324,32 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) 
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(grace_s)
+
+
+def start_scheduler(
+    cluster: LocalCluster, log: Path, kind: str, name: str, *args: str
+) -> subprocess.Popen[bytes]:
+    """A scheduler process (`python -m schedulers`) of `kind` named `name` against
+    `cluster`, its output appended to `log`; `args` are more of its options. The caller
+    stops it by pid."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "schedulers",
+                "--kind",
+                kind,
+                "--name",
+                name,
+                "--addr",
+                ",".join(cluster.api),
+                "--token",
+                cluster.token,
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from cellstate import CellState, JobSpec, MachineSpec
 from cellstate.commands import TaskUsage
 from cellstate.wire import parse
 from cellstore.cellclient import CellSummary, SyncCellClient, TaskView
-from harness.cluster import LocalCluster, cell_options
+from harness.cluster import LocalCluster, cell_options, start_scheduler
 
 pytestmark = pytest.mark.slow
 
@@ -112,30 +111,15 @@ class LiveCell:
     # -- schedulers --------------------------------------------------------------
 
     def scheduler(self, kind: str, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.base / f"sched-{name}.log", "ab")  # noqa: SIM115 - held by the child
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "schedulers",
-                "--kind",
-                kind,
-                "--name",
-                name,
-                "--addr",
-                ",".join(self.cluster.api),
-                "--token",
-                self.cluster.token,
-                "--report-period",
-                "0.3",
-                *args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+        proc = start_scheduler(
+            self.cluster,
+            self.base / f"sched-{name}.log",
+            kind,
+            name,
+            "--report-period",
+            "0.3",
+            *args,
         )
-        log.close()
         self.procs.append(proc)
         return proc
 
