@@ -75,16 +75,22 @@ class Cell:
         return "\n".join(out)
 
     def omega(
-        self, *args: str, check: bool = True, timeout: float = 120
+        self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [*OMEGA, *args],
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        try:
+            result = subprocess.run(
+                [*OMEGA, *args],
+                cwd=ROOT,
+                env={**os.environ, **self.env},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(
+                f"omega {' '.join(args)} still running after {timeout} s:\n"
+                f"{exc.stdout!r}\n{exc.stderr!r}\n{self.logs()}"
+            ) from None
         if check and result.returncode != 0:
             raise AssertionError(
                 f"omega {' '.join(args)} failed ({result.returncode}):\n"
