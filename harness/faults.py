@@ -36,7 +36,6 @@ import random
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -69,7 +68,7 @@ from cellstore.cellclient import Applied, CellClient, CellError
 from cellstore.client import COMMANDS, StoreClient
 from cellstore.config import free_ports
 from cellstore.copy import LocalCopy
-from harness.cluster import LocalCluster, cell_options
+from harness.cluster import LocalCluster, cell_options, start_scheduler
 from schedulers.committer import CellCommitter, Committed, Committer
 from schedulers.process import LiveScheduler, SchedulerConfig
 
@@ -270,31 +269,8 @@ class SchedulerProcs:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> None:
-        env = {
-            **os.environ,
-            "OMEGA_ADDR": ",".join(self.cluster.api),
-            "OMEGA_TOKEN": self.cluster.token,
-        }
         log = self.cluster.base_dir / f"scheduler-{name}.log"
-        with open(log, "ab") as out:
-            self.procs[name] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "schedulers",
-                    "--kind",
-                    "batch",
-                    "--name",
-                    name,
-                    "--report-period",
-                    "1",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
+        self.procs[name] = start_scheduler(self.cluster, log, "batch", name, "--report-period", "1")
 
     def start_all(self) -> None:
         for name in self.names:
