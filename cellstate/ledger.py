@@ -120,9 +120,6 @@ class Need:
         self.mask = _mask(amounts)
 
 
-NO_NEED = Need(EMPTY)
-
-
 class Account:
     """One machine's books; see the module docstring.
 

@@ -379,10 +379,6 @@ class Machine:
     last_heartbeat: float = 0.0
     tasks: dict[str, None] = attrs.field(factory=dict)
 
-    @property
-    def capacity(self) -> Resources:
-        return Resources.of(self.account.capacity)
-
 
 @attrs.define(slots=True, eq=False)
 class Job:

@@ -244,9 +244,6 @@ class Resources:
     def devices(self) -> dict[str, int]:
         return {k: v for k, v in self.amounts.items() if k not in DIMENSIONS}
 
-    def fits_in(self, other: Resources) -> bool:
-        return all(amount <= other.get(name) for name, amount in self.amounts.items())
-
     def human(self) -> str:
         return " ".join(f"{name}={format_amount(name, v)}" for name, v in self.amounts.items())
 
