@@ -32,7 +32,8 @@ Two transaction modes:
 
 Claims in one transaction see each other: two claims on one machine must fit
 together. A transaction that names one task in two claims gets its later
-claims refused `duplicate_claim`; every claim gets exactly one verdict. For the coarse rule the sequence number a claim is compared with is
+claims refused `duplicate_claim`; every claim gets exactly one verdict.
+For the coarse rule the sequence number a claim is compared with is
 the machine's number before this transaction touched it, since a scheduler
 reads all its claims from one version.
 
@@ -40,7 +41,8 @@ Reason codes come from `reasons`, the vocabulary `omega explain` and the
 schedulers' filters share: `task_unknown`, `task_not_pending`,
 `duplicate_claim`, `machine_unknown`, `machine_not_up`, `machine_changed`,
 `constraint:<label>`, `anti_affinity`, `insufficient:<dimension>`,
-`no_capacity:<dimension>`, `victim_gone` (coarse only),
+`no_capacity:<dimension>`, `victim_gone` (coarse only, and any mode under
+the cell's rules 1, see `model.RULES`),
 `victim_not_preemptible`, `quota_exceeded:<dimension>`, `aborted`.
 
 What fits is the ledger's rule (`ledger`): best-effort tasks live on
