@@ -19,6 +19,7 @@ from cellstate.model import (
     JobSpec,
     MachineSpec,
     MachineState,
+    RolloutState,
     SchedulerClass,
     TaskState,
     Transaction,
@@ -40,10 +41,15 @@ class RegisterMachines:
 
 @attrs.frozen(slots=True)
 class SetMachineState:
+    """An operator's word on a machine. Draining, with `deadline` seconds: its
+    tasks move elsewhere within their budgets, and whatever is still on it
+    that long after `at` is evicted (rules 3)."""
+
     machine: str
     state: MachineState
     at: float = 0.0
     id: str = ""
+    deadline: float | None = None
 
 
 @attrs.frozen(slots=True)
@@ -57,6 +63,60 @@ class SubmitJob:
 @attrs.frozen(slots=True)
 class KillJob:
     job: str
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class UpdateJob:
+    """Make `spec` the job's next version. If what its tasks run changed, the
+    job's scheduler rolls the placed tasks over to it (`UpdatePolicy`); if only
+    its size did, it scales. A spec equal to the current one changes nothing."""
+
+    job: str
+    spec: JobSpec
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class RevertJob:
+    """Make the spec of an earlier `version` the job's next version."""
+
+    job: str
+    version: int
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class ScaleJob:
+    """Run `tasks` tasks of the job (a new version of the same shape)."""
+
+    job: str
+    tasks: int
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class PromoteJob:
+    """Let a canary update go on to replace the rest of the job's tasks."""
+
+    job: str
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class EndRollout:
+    """The owning scheduler's verdict on the job's update to `version`:
+    `succeeded` (every task runs it, healthy) or `failed` (with `reason`)."""
+
+    job: str
+    version: int
+    state: RolloutState
+    reason: str = ""
     at: float = 0.0
     id: str = ""
 
@@ -184,6 +244,11 @@ Command = (
     | SetQuota
     | ReportScheduler
     | RaiseRules
+    | UpdateJob
+    | RevertJob
+    | ScaleJob
+    | PromoteJob
+    | EndRollout
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -199,6 +264,11 @@ COMMAND_TYPES: dict[str, type] = {
     "set_quota": SetQuota,
     "report_scheduler": ReportScheduler,
     "raise_rules": RaiseRules,
+    "update_job": UpdateJob,
+    "revert_job": RevertJob,
+    "scale_job": ScaleJob,
+    "promote_job": PromoteJob,
+    "end_rollout": EndRollout,
 }
 
 # -- results ----------------------------------------------------------------------
@@ -251,6 +321,24 @@ class JobKilled:
 
 
 @attrs.frozen(slots=True)
+class JobUpdated:
+    """The job has a new spec version (an update, a revert or a scale)."""
+
+    job: str
+    version: int
+
+
+@attrs.frozen(slots=True)
+class RolloutChanged:
+    """The job's update to `version` started, was promoted, or ended."""
+
+    job: str
+    version: int
+    state: RolloutState
+    reason: str = ""
+
+
+@attrs.frozen(slots=True)
 class TaskPlaced:
     task: str
     machine: str
@@ -294,6 +382,8 @@ Event = (
     | TaskStateChanged
     | TaskEvicted
     | TaskHealthChanged
+    | JobUpdated
+    | RolloutChanged
 )
 
 

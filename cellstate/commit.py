@@ -74,6 +74,8 @@ from cellstate.model import (
     ConflictMode,
     MachineState,
     Rejection,
+    Stop,
+    StopReason,
     TaskState,
     Transaction,
     TxnMode,
@@ -84,27 +86,34 @@ if TYPE_CHECKING:
     from cellstate.state import CellState
 
 PENDING = TaskState.PENDING
+RUNNING = TaskState.RUNNING
 UP = MachineState.UP
-Placement = tuple["Task", "Machine", list["Task"]]
+# What to apply: the task (a replacement not yet in the cell when the last
+# item, the task it replaces, is given), its machine, and the victims.
+Placement = tuple["Task", "Machine", list["Task"], "Task | None"]
+# The rules that first check disruption budgets (`model.RULES`).
+BUDGET_RULES = 3
 
 
 class _Overlay:
     """What earlier claims of one all-or-nothing transaction would take, so that
     later claims are judged as if those had applied."""
 
-    __slots__ = ("claimed", "deltas", "evicted", "jobs_on", "pending")
+    __slots__ = ("claimed", "deltas", "evicted", "jobs_on", "lost", "pending")
 
     def __init__(self) -> None:
         self.claimed: set[str] = set()
         self.evicted: set[str] = set()
+        # job id -> its available tasks that earlier claims stop
+        self.lost: dict[str, int] = {}
         # machine id -> jobs with a task claimed onto it (for anti-affinity)
         self.jobs_on: dict[str, set[str]] = {}
         # machine id -> the change to its books; owners' quota in `pending`
         self.deltas: dict[str, Account] = {}
         self.pending = Ledger()
 
-    def take(self, task: Task, machine: Machine, victims: list[Task]) -> None:
-        self.claimed.add(task.id)
+    def take(self, task: Task, machine: Machine, victims: list[Task], claimed: str) -> None:
+        self.claimed.add(claimed)
         self.jobs_on.setdefault(machine.id, set()).add(task.job)
         delta = self.deltas.get(machine.id)
         if delta is None:
@@ -124,11 +133,18 @@ def _validate(
     overlay: _Overlay | None,
 ) -> tuple[str | None, Task | None, Machine | None, list[Task]]:
     """Judge one claim against the latest state (plus `overlay`); return the
-    reason it is rejected (None if accepted), its task, machine and victims."""
+    reason it is rejected (None if accepted), its task (for a replacement, the
+    new task, not yet in the cell), machine and victims."""
     task = cell.tasks.get(claim.task)
     if task is None:
         return reasons.TASK_UNKNOWN, None, None, []
-    if task.state is not PENDING or (overlay is not None and task.id in overlay.claimed):
+    if overlay is not None and task.id in overlay.claimed:
+        return reasons.TASK_NOT_PENDING, task, None, []
+    if claim.replace:
+        if cell.rules < BUDGET_RULES or not cell.replaceable(task):
+            return reasons.NOT_REPLACEABLE, task, None, []
+        task = cell.successor(task)
+    elif task.state is not PENDING:
         return reasons.TASK_NOT_PENDING, task, None, []
     machine = cell.machines.get(claim.machine)
     if machine is None:
@@ -156,6 +172,8 @@ def _validate(
     victims: list[Task] = []
     if claim.victims:
         victims, reason = _victims(cell, claim, task, machine, coarse, overlay)
+        if reason is None and cell.rules >= BUDGET_RULES:
+            reason = _budget(cell, victims, overlay.lost if overlay is not None else {})
         if reason is not None:
             return reason, task, machine, []
         if victims:
@@ -186,6 +204,12 @@ def _victims(
     victims: list[Task] = []
     for vid in claim.victims:
         victim = cell.tasks.get(vid)
+        if claim.replace and vid == claim.task and victim is not None:
+            # The replaced task itself, stopped first: same job, any band.
+            if victim.machine != machine.id or victim in victims:
+                return [], reasons.VICTIM_GONE
+            victims.append(victim)
+            continue
         if (
             victim is None
             or victim.machine != machine.id
@@ -200,6 +224,63 @@ def _victims(
             return [], reasons.VICTIM_NOT_PREEMPTIBLE
         victims.append(victim)
     return victims, None
+
+
+def _budget(cell: CellState, stopped: list[Task], lost: dict[str, int]) -> str | None:
+    """`budget_exceeded` if stopping `stopped` would leave a job fewer running,
+    healthy tasks than its size less its `max_unavailable`; otherwise count
+    them in `lost` (what earlier claims of the transaction stop) and pass.
+
+    Only a task that counts as available is a loss: stopping one that is
+    pending, starting or unhealthy disrupts nothing."""
+    counted: dict[str, int] = {}
+    for task in stopped:
+        if task.healthy_at is None:
+            continue
+        job = cell.jobs[task.job]
+        budget = job.spec.max_unavailable
+        if budget is None:
+            continue
+        n = counted.get(job.id, lost.get(job.id, 0)) + 1
+        if job.available - n < job.spec.tasks - budget:
+            return reasons.BUDGET_EXCEEDED
+        counted[job.id] = n
+    lost.update(counted)
+    return None
+
+
+def judge_stops(
+    cell: CellState, txn: Transaction, rejected: list[Rejection], aborted: bool
+) -> Iterator[tuple[Task, Stop]]:
+    """Judge `txn`'s stops after its claims applied; yield each task to stop
+    (the caller stops it before asking for the next) and append a `Rejection`
+    for each refused. A stop is justified by its reason: `replaced` needs the
+    task's replacement running and healthy, `scaled` an index beyond the job's
+    size; and it must fit the job's budget. An all-or-nothing transaction whose
+    claims failed stops nothing."""
+    for stop in txn.stops:
+        reason = reasons.ABORTED if aborted else _stop_refusal(cell, stop)
+        if reason is not None:
+            rejected.append(Rejection(stop.task, "", reason))
+            continue
+        yield cell.tasks[stop.task], stop
+
+
+def _stop_refusal(cell: CellState, stop: Stop) -> str | None:
+    task = cell.tasks.get(stop.task)
+    if task is None:
+        return reasons.TASK_UNKNOWN
+    if cell.rules < BUDGET_RULES:
+        return reasons.STOP_UNJUSTIFIED
+    if task.state is not PENDING and task.state not in ACTIVE_STATES:
+        return reasons.TASK_FINISHED
+    if stop.reason is StopReason.REPLACED:
+        successor = cell.tasks.get(task.replaced_by) if task.replaced_by else None
+        if successor is None or successor.healthy_at is None:
+            return reasons.STOP_UNJUSTIFIED
+    elif task.index < cell.jobs[task.job].spec.tasks:
+        return reasons.STOP_UNJUSTIFIED
+    return _budget(cell, [task], {})
 
 
 def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> Iterator[Placement]:
@@ -227,7 +308,8 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
                 continue
             if coarse and machine.id not in seqnums:  # type: ignore[union-attr]
                 seqnums[machine.id] = machine.seqnum  # type: ignore[union-attr]
-            yield task, machine, victims  # type: ignore[misc]
+            old = cell.tasks[claim.task] if claim.replace else None
+            yield task, machine, victims, old  # type: ignore[misc]
         return
 
     overlay = _Overlay()
@@ -241,8 +323,9 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
         reason, task, machine, victims = _validate(cell, claim, coarse, seqnums, overlay)
         verdicts.append(reason)
         if reason is None:
-            overlay.take(task, machine, victims)  # type: ignore[arg-type]
-            plan.append((task, machine, victims))  # type: ignore[arg-type]
+            old = cell.tasks[claim.task] if claim.replace else None
+            overlay.take(task, machine, victims, claim.task)  # type: ignore[arg-type]
+            plan.append((task, machine, victims, old))  # type: ignore[arg-type]
     if len(plan) < len(txn.claims):
         if not dedup:
             rejected.extend(_rules_1_verdicts(txn, verdicts))

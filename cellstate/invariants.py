@@ -47,10 +47,25 @@ def check(cell: CellState) -> None:
         raise InvariantViolation(f"quota taken is {kept}, tasks say {counted}")
     for job in cell.jobs.values():
         counts: dict[str, int] = {}
+        available = 0
         for task in cell.job_tasks(job):
             counts[task.state] = counts.get(task.state, 0) + 1
+            if task.job != job.id:
+                raise InvariantViolation(f"job {job.id} lists task {task.id} of {task.job}")
+            ok = task.state is TaskState.RUNNING and (task.healthy is True or not task.checked)
+            if ok != (task.healthy_at is not None):
+                raise InvariantViolation(f"task {task.id} healthy_at disagrees with its state")
+            available += ok
+        if available != job.available:
+            raise InvariantViolation(
+                f"job {job.id} counts {job.available} available tasks, tasks say {available}"
+            )
         if {k: v for k, v in job.counts.items() if v} != counts:
             raise InvariantViolation(f"job {job.id} counts {job.counts} but tasks say {counts}")
+        # A job may stay listed after it settled by itself (a task beyond its
+        # size exited); one with work must be listed.
+        if cell.rules >= 3 and job.id not in cell.unsettled and not cell.settled(job):
+            raise InvariantViolation(f"job {job.id} has lifecycle work but is not unsettled")
         if (job.id in cell.pending_jobs) != bool(counts.get(TaskState.PENDING)):
             raise InvariantViolation(f"job {job.id} pending index is wrong")
 

@@ -29,7 +29,10 @@ from cellstate.resources import REQUIRED, Resources
 #    task twice gets `duplicate_claim`; re-registering keeps an operator's
 #    drain or down; squeezed best-effort tasks are reported preempted;
 #    reservations are clamped to 0..limit.
-RULES = 2
+# 3: jobs change while they run (versions, updates, scale, drain); a
+#    transaction that would stop a task its job cannot spare is refused
+#    `budget_exceeded`; a drain's deadline evicts what is left.
+RULES = 3
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
 MAX_LABELS = 64
@@ -301,6 +304,76 @@ class HealthCheck:
         return "exec" if self.exec else "http" if self.http else "tcp"
 
 
+MAX_UPDATE_SECONDS = 86_400.0
+
+
+def _update_seconds(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 <= value <= MAX_UPDATE_SECONDS:
+        raise FieldError(
+            attribute.name, f"{value} is out of range: use 0..{MAX_UPDATE_SECONDS:g} seconds"
+        )
+
+
+@attrs.frozen(slots=True)
+class UpdatePolicy:
+    """How a job's running tasks move to a new spec version (Nomad's update
+    block), and how many of them the job can spare at once.
+
+    At most `max_parallel` replacements are in flight at a time; each new
+    task must be healthy (running, and passing its check if it has one) for
+    `min_healthy_time` to count as done, and within `healthy_deadline` of its
+    placement, or the update fails; an update that completes no task for
+    `progress_deadline` fails too. With `canary: N`, N new tasks run beside
+    the old ones until the job is promoted (by hand, or once they are healthy
+    with `auto_promote`). With `auto_revert`, a failed update rolls the job
+    back to its last version that completed an update.
+
+    `max_unavailable` is the job's disruption budget (default `max_parallel`):
+    how many of its tasks may be not running-and-healthy when a transaction
+    stops one, checked by the store at commit for updates, scale-downs,
+    drains and preemptions alike."""
+
+    max_parallel: int = 1
+    min_healthy_time: float = attrs.field(default=10.0, validator=_update_seconds)
+    healthy_deadline: float = attrs.field(default=300.0, validator=_update_seconds)
+    progress_deadline: float = attrs.field(default=600.0, validator=_update_seconds)
+    canary: int = 0
+    auto_promote: bool = False
+    auto_revert: bool = False
+    max_unavailable: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.max_parallel <= MAX_TASKS_PER_JOB:
+            raise FieldError(
+                "max_parallel",
+                f"{self.max_parallel} is out of range: use 1..{MAX_TASKS_PER_JOB} "
+                "(an update replaces at least one task at a time)",
+            )
+        if not 0 <= self.canary <= MAX_TASKS_PER_JOB:
+            raise FieldError("canary", f"{self.canary} is out of range: use 0..{MAX_TASKS_PER_JOB}")
+        if self.max_unavailable is not None and not 0 <= self.max_unavailable <= MAX_TASKS_PER_JOB:
+            raise FieldError(
+                "max_unavailable",
+                f"{self.max_unavailable} is out of range: use 0..{MAX_TASKS_PER_JOB}",
+            )
+        if self.healthy_deadline <= self.min_healthy_time:
+            raise FieldError(
+                "healthy_deadline",
+                f"{self.healthy_deadline} must be longer than min_healthy_time "
+                f"({self.min_healthy_time})",
+            )
+        if self.progress_deadline < self.healthy_deadline:
+            raise FieldError(
+                "progress_deadline",
+                f"{self.progress_deadline} must be at least healthy_deadline "
+                f"({self.healthy_deadline})",
+            )
+
+    @property
+    def budget(self) -> int:
+        return self.max_parallel if self.max_unavailable is None else self.max_unavailable
+
+
 @attrs.frozen(slots=True)
 class MachineSpec:
     """What an agent registers: a machine's identity, capacity and placement facts."""
@@ -335,6 +408,9 @@ class JobSpec:
     duration: float | None = attrs.field(default=None, validator=_non_negative)
     # Run by the agent on every running task; None: tasks are never judged.
     check: HealthCheck | None = None
+    # How running tasks move to a new version; None: one at a time, with
+    # the defaults, and no disruption budget (any number may be stopped).
+    update: UpdatePolicy | None = None
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.tasks <= MAX_TASKS_PER_JOB:
@@ -358,6 +434,49 @@ class JobSpec:
     def band(self) -> Band:
         return Band.of(self.priority)
 
+    @property
+    def max_unavailable(self) -> int | None:
+        """The job's disruption budget; None: unlimited (no update block)."""
+        return None if self.update is None else self.update.budget
+
+    @property
+    def policy(self) -> UpdatePolicy:
+        return self.update or DEFAULT_UPDATE
+
+    def shape(self) -> JobSpec:
+        """What a task runs, without how many run or how they are updated: two
+        versions of one shape need no rollout between them."""
+        return attrs.evolve(self, tasks=1, update=None)
+
+
+DEFAULT_UPDATE = UpdatePolicy()
+
+
+class RolloutState(enum.StrEnum):
+    CANARY = "canary"  # canaries placed beside the old tasks, awaiting promotion
+    ROLLING = "rolling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"  # a newer version came before it ended
+    REVERTED = "reverted"  # failed, and the job rolled back (a new version)
+
+
+ROLLOUT_ACTIVE = frozenset({RolloutState.CANARY, RolloutState.ROLLING})
+
+
+@attrs.define(slots=True, eq=False)
+class Rollout:
+    """One update of a job's tasks to `version`, from `previous`."""
+
+    version: int
+    previous: int
+    state: RolloutState
+    started_at: float
+    updated_at: float
+    reason: str = ""
+    # The version the job was reverted to when this rollout failed.
+    reverted_to: int | None = None
+
 
 # -- records owned by the cell state ----------------------------------------------
 
@@ -378,6 +497,8 @@ class Machine:
     seqnum: int = 0
     last_heartbeat: float = 0.0
     tasks: dict[str, None] = attrs.field(factory=dict)
+    # When a drain evicts whatever is still on the machine; None: never.
+    drain_deadline: float | None = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -390,6 +511,44 @@ class Job:
     # Count of tasks per state; a job's state is derived from it.
     counts: dict[str, int] = attrs.field(factory=dict)
     failures: int = 0
+    # Every spec version, oldest first: `versions[v - 1]` is version v.
+    versions: list[JobSpec] = attrs.field(factory=list)
+    # When each version was made.
+    version_times: list[float] = attrs.field(factory=list)
+    # The job's tasks, replaced and scaled-away ones included, in creation order.
+    task_ids: dict[str, None] = attrs.field(factory=dict)
+    # Tasks created after submission (replacements, scale-ups), for their ids.
+    serial: int = 0
+    # Derived: tasks running and healthy (or running with no check), and per
+    # version the first version of the same shape (`JobSpec.shape`).
+    available: int = 0
+    shapes: list[int] = attrs.field(factory=list)
+    # The last version whose rollout completed (the first, at submission).
+    stable_version: int = 1
+    rollouts: list[Rollout] = attrs.field(factory=list)
+
+    @property
+    def rollout(self) -> Rollout | None:
+        """The update in progress, if any."""
+        last = self.rollouts[-1] if self.rollouts else None
+        return last if last is not None and last.state in ROLLOUT_ACTIVE else None
+
+    def add_version(self, spec: JobSpec, at: float) -> None:
+        shape = spec.shape()
+        first = next(
+            (v for v, old in enumerate(self.versions, 1) if old.shape() == shape),
+            len(self.versions) + 1,
+        )
+        self.versions.append(spec)
+        self.version_times.append(at)
+        self.shapes.append(first)
+        self.spec = spec
+        self.spec_version = len(self.versions)
+
+    def current(self, task: Task) -> bool:
+        """Whether `task` runs what the job's current version runs."""
+        shapes = self.shapes
+        return shapes[task.spec_version - 1] == shapes[-1]
 
     @property
     def state(self) -> JobState:
@@ -438,6 +597,14 @@ class Task:
     # The agent's last word on the running incarnation's health check; None
     # when the job has no check or this run has not been judged yet.
     healthy: bool | None = None
+    # Whether this task's spec version has a check (else running is healthy).
+    checked: bool = False
+    # Since when it has been running and healthy; None while it is not.
+    healthy_at: float | None = None
+    # The task this one was placed to replace (an update or a drain), and the
+    # task that replaces this one.
+    replaces: str | None = None
+    replaced_by: str | None = None
     band: Band = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -455,8 +622,11 @@ class CellConfig:
     dedup_window: int = 20_000
 
 
-def task_id(job: str, index: int) -> str:
-    return f"{job}.{index}"
+def task_id(job: str, index: int, serial: int = 0) -> str:
+    """A task's id: `job.index` for the tasks a job is submitted with, and
+    `job.index.serial` for those made later (replacements, scale-ups), so that
+    a replacement can run beside the task it replaces."""
+    return f"{job}.{index}.{serial}" if serial else f"{job}.{index}"
 
 
 # -- transactions -----------------------------------------------------------------
@@ -471,6 +641,24 @@ class Claim:
     machine: str
     seqnum: int = 0
     victims: tuple[str, ...] = ()
+    # Place a new task of the job's current version in place of `task` (a
+    # placed task being updated or drained) instead of placing `task` itself.
+    # `task` keeps running until a `Stop` retires it, unless it is among the
+    # victims (stop first, where only its own machine has room).
+    replace: bool = False
+
+
+class StopReason(enum.StrEnum):
+    REPLACED = "replaced"  # its replacement runs
+    SCALED = "scaled"  # its index is beyond the job's size
+
+
+@attrs.frozen(slots=True)
+class Stop:
+    """A scheduler's request to stop a task for good (it is killed with `reason`)."""
+
+    task: str
+    reason: StopReason
 
 
 @attrs.frozen(slots=True)
@@ -480,6 +668,8 @@ class Transaction:
     base_version: int = 0
     mode: TxnMode = TxnMode.INCREMENTAL
     conflicts: ConflictMode = ConflictMode.FINE
+    # Judged after the claims, each on its own (`Rejection.machine` is "").
+    stops: tuple[Stop, ...] = ()
 
 
 @attrs.frozen(slots=True)

@@ -23,6 +23,17 @@ MACHINE_CHANGED = "machine_changed"
 ANTI_AFFINITY = "anti_affinity"
 VICTIM_GONE = "victim_gone"
 VICTIM_NOT_PREEMPTIBLE = "victim_not_preemptible"
+# Stopping the task would leave its job more tasks unavailable than its
+# `max_unavailable` allows.
+BUDGET_EXCEEDED = "budget_exceeded"
+# A replacement claim for a task that is not placed, is already replaced, or
+# already runs its job's current version.
+NOT_REPLACEABLE = "not_replaceable"
+# A stop of a task that has no running replacement (`replaced`) or whose
+# index is within its job's size (`scaled`).
+STOP_UNJUSTIFIED = "stop_unjustified"
+# A stop of a task that has already ended.
+TASK_FINISHED = "task_finished"
 # A claim of a failed all-or-nothing transaction that was itself acceptable.
 ABORTED = "aborted"
 # A scheduler found room for fewer tasks than it wanted, no machine being

@@ -11,6 +11,12 @@ A task's `healthy` (the agent's health check verdict) is state like any
 other column; rows without it (format 1, and format 2 before checks) load
 with None.
 
+Format 3 (rules 3) writes every spec version of a job with when it was
+made, its rollouts, and each task's id and index (a job's tasks are no
+longer one per index: a replacement runs beside the task it replaces), the
+time a task became healthy and what it replaces; a machine's drain deadline.
+Format 2 loads as jobs of one version with a task per index.
+
 Format 2 writes the cell's rules (`model.RULES`) and resource vectors as
 `{dimension: amount}` objects (cpu, memory, disk, devices). Format 1, written
 before there were more than two dimensions (cpu and memory as two columns)
@@ -35,6 +41,8 @@ from cellstate.model import (
     JobSpec,
     Machine,
     MachineState,
+    Rollout,
+    RolloutState,
     Task,
     TaskState,
     task_id,
@@ -45,8 +53,8 @@ from cellstate.wire import RESULT, internal
 if TYPE_CHECKING:
     from cellstate.state import CellState
 
-FORMAT = 2
-READS = (1, 2)
+FORMAT = 3
+READS = (1, 2, 3)
 
 # Task columns, in row order. A task's demand is its job spec's resources and
 # is not written; `usage` and `reserved` are vectors (reserved only while the
@@ -107,17 +115,20 @@ def dump(cell: CellState) -> bytes:
                 m.seqnum,
                 m.last_heartbeat,
                 m.operator_state,
+                m.drain_deadline,
             ]
             for m in cell.machine_list
         ],
         "jobs": [
             [
                 job.id,
-                internal.unstructure(job.spec, JobSpec),
-                job.submitted_at,
-                job.spec_version,
+                [internal.unstructure(spec, JobSpec) for spec in job.versions],
+                job.version_times,
                 job.killed,
-                [_task_row(t) for t in cell.job_tasks(job)],
+                job.stable_version,
+                job.serial,
+                [_rollout_row(r) for r in job.rollouts],
+                [_task_row(job, t) for t in cell.job_tasks(job)],
             ]
             for job in cell.jobs.values()
         ],
@@ -133,11 +144,25 @@ def dump(cell: CellState) -> bytes:
     return orjson.dumps(doc)
 
 
-def _task_row(task: Task) -> list[Any]:
+def _task_row(job: Job, task: Task) -> list[Any]:
     row = [getattr(task, f) for f in _TASK_FIELDS]
     row[_USAGE] = task.usage or None
     row[_RESERVED] = None if not task.reserved or task.reserved == task.demand else task.reserved
-    return row
+    # The id only where it is not the submitted task's `job.index`.
+    tid = None if task.id == task_id(job.id, task.index) else task.id
+    return [tid, task.index, *row, task.healthy_at, task.replaces, task.replaced_by]
+
+
+def _rollout_row(r: Rollout) -> list[Any]:
+    return [
+        r.version,
+        r.previous,
+        r.state.value,
+        r.started_at,
+        r.updated_at,
+        r.reason,
+        r.reverted_to,
+    ]
 
 
 def load_into(cell: CellState, data: bytes | str) -> None:
@@ -150,16 +175,20 @@ def load_into(cell: CellState, data: bytes | str) -> None:
     cell.config = CellConfig(margin, decay, window)
     cell.version = doc["version"]
     cell.now = doc["now"]
-    cell.rules = doc.get("rules", FIRST_RULES) if form == 2 else FIRST_RULES
+    cell.rules = doc.get("rules", FIRST_RULES) if form >= 2 else FIRST_RULES
     for row in doc["machines"]:
+        drain_deadline = None
         if form == 1:
             mid, cpu, memory, labels, domain, state, seqnum, heartbeat = row
             # Format 1 was written under rules 1, which kept no operator state; a replica
             # replaying the same log under rules 1 keeps none either, and `RaiseRules`
             # derives it for both alike.
             capacity, operator_state = {"cpu": cpu, "memory": memory}, None
-        else:
+        elif form == 2:
             mid, capacity, labels, domain, state, seqnum, heartbeat, operator_state = row
+        else:
+            mid, capacity, labels, domain, state, seqnum, heartbeat, operator_state = row[:8]
+            drain_deadline = row[8]
         machine = Machine(
             id=mid,
             index=len(cell.machine_list),
@@ -170,31 +199,17 @@ def load_into(cell: CellState, data: bytes | str) -> None:
             operator_state=None if operator_state is None else MachineState(operator_state),
             seqnum=seqnum,
             last_heartbeat=heartbeat,
+            drain_deadline=drain_deadline,
         )
         cell.machines[mid] = machine
         cell.machine_list.append(machine)
-    task_row = _task_values if form == 2 else _task_values_1
-    for jid, spec_doc, submitted_at, spec_version, killed, rows in doc["jobs"]:
-        spec = internal.structure(spec_doc, JobSpec)
-        job = Job(
-            id=jid, spec=spec, submitted_at=submitted_at, spec_version=spec_version, killed=killed
-        )
-        cell.jobs[jid] = job
-        demand = spec.resources.amounts
-        need = Need(demand)
-        for index, row in enumerate(rows):
-            task = Task(
-                id=task_id(jid, index),
-                job=jid,
-                owner=spec.owner,
-                index=index,
-                best_effort=spec.band == 0,
-                demand=demand,
-                need=need,
-                **task_row(row, demand),
-            )
-            cell.tasks[task.id] = task
-            _account(cell, job, task)
+    for row in doc["jobs"]:
+        if form == 3:
+            _load_job(cell, row)
+        else:
+            _load_job_2(cell, row, _task_values if form == 2 else _task_values_1)
+    if cell.rules >= 3:
+        cell.unsettled = {jid: None for jid, job in cell.jobs.items() if not cell.settled(job)}
     for owner, band, *limit in doc["quotas"]:
         amounts = {"cpu": limit[0], "memory": limit[1]} if form == 1 else limit[0]
         cell.ledger.set_limit((owner, band), amounts)
@@ -213,6 +228,79 @@ def load_into(cell: CellState, data: bytes | str) -> None:
         cell.schedulers[structured.name] = structured
     for cid, version, result in doc["recent"]:
         cell.recent[cid] = (version, internal.structure(result, RESULT))
+
+
+def _load_job(cell: CellState, row: list[Any]) -> None:
+    jid, spec_docs, times, killed, stable, serial, rollouts, task_rows = row
+    specs = [internal.structure(doc, JobSpec) for doc in spec_docs]
+    job = Job(id=jid, spec=specs[-1], submitted_at=times[0], killed=killed)
+    for spec, at in zip(specs, times, strict=True):
+        job.add_version(spec, at)
+    job.stable_version, job.serial = stable, serial
+    for version, previous, state, started, updated, reason, reverted_to in rollouts:
+        job.rollouts.append(
+            Rollout(version, previous, RolloutState(state), started, updated, reason, reverted_to)
+        )
+    cell.jobs[jid] = job
+    # Tasks of one version share its demand and packed need.
+    needs: dict[int, Need] = {}
+    for tid, index, *values, healthy_at, replaces, replaced_by in task_rows:
+        fields = _task_values(values, {})
+        spec = specs[fields["spec_version"] - 1]
+        demand = spec.resources.amounts
+        need = needs.get(fields["spec_version"])
+        if need is None:
+            need = needs[fields["spec_version"]] = Need(demand)
+        if fields["reserved"] is EMPTY or not fields["reserved"]:
+            fields["reserved"] = demand if fields["state"] in ACTIVE_STATES else EMPTY
+        task = Task(
+            id=tid or task_id(jid, index),
+            job=jid,
+            owner=spec.owner,
+            index=index,
+            best_effort=fields["priority"] < 100,
+            demand=demand,
+            need=need,
+            checked=spec.check is not None,
+            healthy_at=healthy_at,
+            replaces=replaces,
+            replaced_by=replaced_by,
+            **fields,
+        )
+        cell.tasks[task.id] = task
+        job.task_ids[task.id] = None
+        _account(cell, job, task)
+
+
+def _load_job_2(cell: CellState, row: list[Any], task_row: Any) -> None:
+    """A job of format 1 or 2: one spec version, a task per index."""
+    jid, spec_doc, submitted_at, _version_1, killed, rows = row
+    spec = internal.structure(spec_doc, JobSpec)
+    job = Job(id=jid, spec=spec, submitted_at=submitted_at, killed=killed)
+    job.add_version(spec, submitted_at)
+    cell.jobs[jid] = job
+    demand = spec.resources.amounts
+    need = Need(demand)
+    checked = spec.check is not None
+    for index, values in enumerate(rows):
+        task = Task(
+            id=task_id(jid, index),
+            job=jid,
+            owner=spec.owner,
+            index=index,
+            best_effort=spec.band == 0,
+            demand=demand,
+            need=need,
+            checked=checked,
+            **task_row(values, demand),
+        )
+        # Written before health mattered to budgets: running and healthy (or
+        # unchecked) since it started.
+        if task.state is TaskState.RUNNING and (task.healthy or not checked):
+            task.healthy_at = task.started_at or 0.0
+        cell.tasks[task.id] = task
+        job.task_ids[task.id] = None
+        _account(cell, job, task)
 
 
 def _task_values(row: list[Any], demand: dict[str, int]) -> dict[str, Any]:
@@ -245,6 +333,8 @@ def _account(cell: CellState, job: Job, task: Task) -> None:
     """Rebuild the running sums a live cell keeps for `task`."""
     state = task.state
     job.counts[state] = job.counts.get(state, 0) + 1
+    if task.healthy_at is not None:
+        job.available += 1
     if state is TaskState.PENDING:
         cell.pending_jobs[job.id] = None
     elif state in TERMINAL_STATES and (

@@ -29,20 +29,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
+
 from cellstate import invariants, snapshot
 from cellstate.commands import (
     Command,
     Commit,
+    EndRollout,
     Error,
     Event,
     ExpireHeartbeats,
     Heartbeat,
     JobKilled,
     JobSubmitted,
+    JobUpdated,
     KillJob,
     MachineChanged,
     Ok,
     Outcome,
+    PromoteJob,
     RaiseRules,
     RegisterMachines,
     ReportedState,
@@ -50,6 +55,9 @@ from cellstate.commands import (
     ReportTasks,
     ReportUsage,
     Result,
+    RevertJob,
+    RolloutChanged,
+    ScaleJob,
     SetMachineState,
     SetQuota,
     Stale,
@@ -58,11 +66,13 @@ from cellstate.commands import (
     TaskHealthChanged,
     TaskPlaced,
     TaskStateChanged,
+    UpdateJob,
 )
-from cellstate.commit import accepted
+from cellstate.commit import accepted, judge_stops
 from cellstate.ledger import EMPTY, Account, Ledger, Need
 from cellstate.model import (
     ACTIVE_STATES,
+    MAX_TASKS_PER_JOB,
     NAME_RE,
     OWNER_RE,
     RULES,
@@ -72,16 +82,25 @@ from cellstate.model import (
     CellConfig,
     CommitResult,
     Job,
+    JobSpec,
     Machine,
     MachineState,
     Rejection,
+    Rollout,
+    RolloutState,
     Task,
     TaskState,
+    TxnMode,
     task_id,
 )
 from cellstate.resources import MAX_CELL_DEVICE_KINDS, Resources
 
 PENDING = TaskState.PENDING
+RUNNING = TaskState.RUNNING
+KILLED = TaskState.KILLED
+TERMINAL = TERMINAL_STATES
+# The rules that first know jobs that change while they run (`model.RULES`).
+LIFECYCLE_RULES = 3
 
 
 class CellState:
@@ -114,6 +133,12 @@ class CellState:
         # Device names the cell's machines, jobs and quotas use (`MAX_CELL_DEVICE_KINDS`).
         self.device_kinds: set[str] = set()
         self.pending_jobs: dict[str, None] = {}
+        # Jobs with lifecycle work for their scheduler: an update in progress,
+        # placed tasks beyond their size, replaced tasks still running, tasks on
+        # draining machines (`settled`).
+        self.unsettled: dict[str, None] = {}
+        # Per job, its current demand packed for the ledger (shared by new tasks).
+        self.needs: dict[str, tuple[dict[str, int], Need]] = {}
         self.recent: dict[str, tuple[int, Result]] = {}
         # Machines whose seqnum moved since the owner of this copy last
         # drained the set; None until someone asks (schedulers do).
@@ -206,10 +231,25 @@ class CellState:
         machine = self.machines.get(cmd.machine)
         if machine is None:
             return Error("machine_unknown", f"no machine {cmd.machine!r}", "machine")
+        if cmd.deadline is not None:
+            if cmd.state is not MachineState.DRAINING:
+                return Error(
+                    "invalid", f"a deadline is for draining, not for {cmd.state}", "deadline"
+                )
+            if not 0 <= cmd.deadline <= 30 * 86_400:
+                return Error(
+                    "invalid", f"{cmd.deadline} is out of range: use 0..2592000 s", "deadline"
+                )
+            if self.rules < LIFECYCLE_RULES:
+                return _too_old(self.rules)
+        if self.rules >= LIFECYCLE_RULES:
+            deadline = None if cmd.deadline is None else cmd.at + cmd.deadline
+            machine.drain_deadline = deadline if cmd.state is MachineState.DRAINING else None
         if self.rules >= 2:
             machine.operator_state = None if cmd.state is MachineState.UP else cmd.state
         if machine.state == cmd.state:
             return Ok()
+        jobs = {self.tasks[tid].job for tid in machine.tasks}
         if cmd.state is MachineState.DOWN:
             self._machine_down(machine, events)
         else:
@@ -217,6 +257,9 @@ class CellState:
             machine.last_heartbeat = cmd.at
             self._touch(machine)
             events.append(MachineChanged(machine.id, machine.state))
+        if self.rules >= LIFECYCLE_RULES:
+            for jid in sorted(jobs):
+                self._review(self.jobs[jid])
         return Ok()
 
     def _heartbeat(self, cmd: Heartbeat, events: list[Event]) -> Result:
@@ -239,14 +282,35 @@ class CellState:
         for machine in self.machine_list:
             if machine.state is not MachineState.DOWN and machine.last_heartbeat < deadline:
                 self._machine_down(machine, events)
+        if self.rules >= LIFECYCLE_RULES:
+            self._end_drains(cmd.at, events)
         return Ok()
+
+    def _end_drains(self, at: float, events: list[Event]) -> None:
+        """Evict whatever is still on a draining machine past its deadline (the
+        leader's periodic `ExpireHeartbeats` carries the clock): the operator
+        asked for it by a time, budgets or not."""
+        for machine in self.machine_list:
+            due = machine.drain_deadline
+            if due is None or due > at:
+                continue
+            machine.drain_deadline = None
+            jobs = {self.tasks[tid].job for tid in machine.tasks}
+            for tid in sorted(machine.tasks):
+                self._evict(self.tasks[tid], "drained", events)
+            for jid in sorted(jobs):
+                self._review(self.jobs[jid])
 
     def _machine_down(self, machine: Machine, events: list[Event]) -> None:
         machine.state = MachineState.DOWN
         self._touch(machine)
         events.append(MachineChanged(machine.id, machine.state))
+        jobs = {self.tasks[tid].job for tid in machine.tasks}
         for tid in sorted(machine.tasks):
             self._evict(self.tasks[tid], "lost", events)
+        if self.rules >= LIFECYCLE_RULES:
+            for jid in sorted(jobs):
+                self._review(self.jobs[jid])
 
     # -- jobs -------------------------------------------------------------------
 
@@ -263,11 +327,14 @@ class CellState:
         if refused is not None:
             return refused
         job = Job(id=cmd.job, spec=spec, submitted_at=cmd.at, counts={PENDING: spec.tasks})
+        job.add_version(spec, cmd.at)
         self.jobs[job.id] = job
         tasks = self.tasks
+        task_ids = job.task_ids
         best_effort = spec.band is Band.BEST_EFFORT
         demand = spec.resources.amounts
         need = Need(demand)
+        checked = spec.check is not None
         for index in range(spec.tasks):
             tid = task_id(job.id, index)
             tasks[tid] = Task(
@@ -280,7 +347,9 @@ class CellState:
                 demand=demand,
                 need=need,
                 submitted_at=cmd.at,
+                checked=checked,
             )
+            task_ids[tid] = None
         self.pending_jobs[job.id] = None
         events.append(JobSubmitted(job.id))
         return Ok()
@@ -303,7 +372,296 @@ class CellState:
             task.finished_at = cmd.at
             task.reason = "killed"
         events.append(JobKilled(job.id))
+        self.unsettled.pop(job.id, None)
         return Ok()
+
+    # -- changing running jobs (rules 3) -------------------------------------------
+
+    def _changeable(self, jid: str) -> Job | Error:
+        if self.rules < LIFECYCLE_RULES:
+            return _too_old(self.rules)
+        job = self.jobs.get(jid)
+        if job is None:
+            return Error("job_unknown", f"no job {jid!r}", "job")
+        if job.killed:
+            return Error("job_killed", f"job {jid!r} was killed; submit it anew", "job")
+        return job
+
+    def _update_job(self, cmd: UpdateJob, events: list[Event]) -> Result:
+        job = self._changeable(cmd.job)
+        if isinstance(job, Error):
+            return job
+        spec, old = cmd.spec, job.spec
+        if spec.scheduler != old.scheduler:
+            return Error(
+                "scheduler_changed",
+                f"{spec.scheduler} is not this job's scheduler class ({old.scheduler}); "
+                "a job keeps its class for life: submit a new job instead",
+                "spec.scheduler",
+            )
+        if spec.owner != old.owner:
+            return Error(
+                "owner_changed",
+                f"{spec.owner!r} is not this job's owner ({old.owner!r}); a job keeps its owner",
+                "spec.owner",
+            )
+        if spec == old:
+            return Ok()  # nothing to change, or a retried update
+        refused = self._admit_devices([spec.resources], "spec.resources")
+        if refused is not None:
+            return refused
+        self._new_version(job, spec, cmd.at, events)
+        return Ok()
+
+    def _revert_job(self, cmd: RevertJob, events: list[Event]) -> Result:
+        job = self._changeable(cmd.job)
+        if isinstance(job, Error):
+            return job
+        if not 1 <= cmd.version <= job.spec_version:
+            return Error(
+                "version_unknown",
+                f"job {job.id!r} has versions 1..{job.spec_version}, not {cmd.version}",
+                "version",
+            )
+        # A revert undoes a change of what runs, not a scale: the size stays.
+        spec = attrs.evolve(job.versions[cmd.version - 1], tasks=job.spec.tasks)
+        if spec != job.spec:
+            self._new_version(job, spec, cmd.at, events)
+        return Ok()
+
+    def _scale_job(self, cmd: ScaleJob, events: list[Event]) -> Result:
+        job = self._changeable(cmd.job)
+        if isinstance(job, Error):
+            return job
+        if not 1 <= cmd.tasks <= MAX_TASKS_PER_JOB:
+            return Error(
+                "invalid", f"{cmd.tasks} is out of range: use 1..{MAX_TASKS_PER_JOB}", "tasks"
+            )
+        if cmd.tasks != job.spec.tasks:
+            self._new_version(job, attrs.evolve(job.spec, tasks=cmd.tasks), cmd.at, events)
+        return Ok()
+
+    def _promote_job(self, cmd: PromoteJob, events: list[Event]) -> Result:
+        job = self._changeable(cmd.job)
+        if isinstance(job, Error):
+            return job
+        rollout = job.rollout
+        if rollout is None or rollout.state is not RolloutState.CANARY:
+            what = "no update in progress" if rollout is None else f"its update is {rollout.state}"
+            return Error("no_canary", f"job {job.id!r} has no canary to promote: {what}", "job")
+        self._rollout_to(job, rollout, RolloutState.ROLLING, cmd.at, "promoted", events)
+        return Ok()
+
+    def _end_rollout(self, cmd: EndRollout, events: list[Event]) -> Result:
+        job = self._changeable(cmd.job)
+        if isinstance(job, Error):
+            return job
+        rollout = job.rollout
+        if rollout is None or rollout.version != cmd.version:
+            return Error(
+                "rollout_unknown",
+                f"job {job.id!r} has no update to version {cmd.version} in progress",
+                "version",
+            )
+        if cmd.state is RolloutState.SUCCEEDED:
+            self._rollout_to(job, rollout, cmd.state, cmd.at, cmd.reason, events)
+            job.stable_version = job.spec_version
+            self._review(job)
+            return Ok()
+        if cmd.state is not RolloutState.FAILED:
+            return Error(
+                "invalid", f"{cmd.state} is not a verdict: use succeeded or failed", "state"
+            )
+        stable = job.stable_version
+        if job.spec.policy.auto_revert and job.shapes[stable - 1] != job.shapes[-1]:
+            self._rollout_to(job, rollout, RolloutState.REVERTED, cmd.at, cmd.reason, events)
+            self._new_version(
+                job, attrs.evolve(job.versions[stable - 1], tasks=job.spec.tasks), cmd.at, events
+            )
+            rollout.reverted_to = job.spec_version
+        else:
+            self._rollout_to(job, rollout, RolloutState.FAILED, cmd.at, cmd.reason, events)
+        self._review(job)
+        return Ok()
+
+    def _rollout_to(
+        self,
+        job: Job,
+        rollout: Rollout,
+        state: RolloutState,
+        at: float,
+        reason: str,
+        events: list[Event],
+    ) -> None:
+        rollout.state = state
+        rollout.updated_at = at
+        rollout.reason = reason
+        events.append(RolloutChanged(job.id, rollout.version, state, reason))
+
+    def _new_version(self, job: Job, spec: JobSpec, at: float, events: list[Event]) -> None:
+        """Make `spec` the job's next version; retarget its pending tasks, size it,
+        and start a rollout if placed tasks run another shape."""
+        job.add_version(spec, at)
+        events.append(JobUpdated(job.id, job.spec_version))
+        for task in self.job_tasks(job):
+            if task.state is PENDING:
+                self._retarget(task, job)
+        self._resize(job, at, events)
+        active = job.rollout
+        outdated = any(
+            t.state in ACTIVE_STATES and not job.current(t) and t.replaced_by is None
+            for t in self.job_tasks(job)
+        )
+        if active is not None and (outdated or job.shapes[active.version - 1] != job.shapes[-1]):
+            self._rollout_to(
+                job, active, RolloutState.SUPERSEDED, at, f"version {job.spec_version}", events
+            )
+            active = None
+        if active is not None:
+            self._review(job)
+            return  # a scale during an update: the update goes on
+        if outdated:
+            canary = job.spec.policy.canary
+            rollout = Rollout(
+                version=job.spec_version,
+                previous=job.stable_version,
+                state=RolloutState.CANARY if canary else RolloutState.ROLLING,
+                started_at=at,
+                updated_at=at,
+            )
+            job.rollouts.append(rollout)
+            events.append(RolloutChanged(job.id, rollout.version, rollout.state))
+        else:
+            # Nothing placed runs another shape: this version is complete already.
+            job.stable_version = job.spec_version
+        self._review(job)
+
+    def _retarget(self, task: Task, job: Job) -> None:
+        """Make an unplaced task one of the job's current version."""
+        spec = job.spec
+        task.spec_version = job.spec_version
+        if task.demand is not spec.resources.amounts:
+            task.demand = spec.resources.amounts
+            task.need = self._need_of(job)
+        task.priority = spec.priority
+        task.band = spec.band
+        task.best_effort = spec.band is Band.BEST_EFFORT
+        task.checked = spec.check is not None
+
+    def _need_of(self, job: Job) -> Need:
+        # Tasks of one version share one packed `Need`.
+        amounts = job.spec.resources.amounts
+        cached = self.needs.get(job.id)
+        if cached is None or cached[0] is not amounts:
+            cached = self.needs[job.id] = (amounts, Need(amounts))
+        return cached[1]
+
+    def _resize(self, job: Job, at: float, events: list[Event]) -> None:
+        """Give every index below the job's size a task, and kill the pending
+        tasks beyond it; placed ones beyond it are the scheduler's to stop
+        (`Stop` with reason `scaled`), within the job's budget."""
+        size = job.spec.tasks
+        held: set[int] = set()
+        for task in list(self.job_tasks(job)):
+            if task.state is KILLED:
+                continue
+            if task.index >= size and task.state is PENDING:
+                self._retire(task, "scaled", at, events)
+                continue
+            held.add(task.index)
+        for index in range(size):
+            if index not in held:
+                self._new_task(job, index, at)
+
+    def _new_task(self, job: Job, index: int, at: float) -> Task:
+        tid = task_id(job.id, index)
+        if tid in self.tasks:
+            job.serial += 1
+            tid = task_id(job.id, index, job.serial)
+        spec = job.spec
+        task = Task(
+            id=tid,
+            job=job.id,
+            owner=spec.owner,
+            index=index,
+            priority=spec.priority,
+            best_effort=spec.band is Band.BEST_EFFORT,
+            demand=spec.resources.amounts,
+            need=self._need_of(job),
+            spec_version=job.spec_version,
+            submitted_at=at,
+            checked=spec.check is not None,
+        )
+        self.tasks[tid] = task
+        job.task_ids[tid] = None
+        job.counts[PENDING] = job.counts.get(PENDING, 0) + 1
+        self.pending_jobs[job.id] = None
+        return task
+
+    def successor(self, old: Task) -> Task:
+        """The task that would replace `old`: its index, its job's current
+        version; not yet part of the cell (the commit protocol judges it)."""
+        job = self.jobs[old.job]
+        spec = job.spec
+        return Task(
+            id="",
+            job=job.id,
+            owner=spec.owner,
+            index=old.index,
+            priority=spec.priority,
+            best_effort=spec.band is Band.BEST_EFFORT,
+            demand=spec.resources.amounts,
+            need=self._need_of(job),
+            spec_version=job.spec_version,
+            checked=spec.check is not None,
+        )
+
+    def replaceable(self, task: Task) -> bool:
+        """Whether a claim may place a replacement for `task`: it is placed, not
+        replaced yet, and runs an old shape or sits on a draining machine."""
+        if task.state not in ACTIVE_STATES:
+            return False
+        job = self.jobs[task.job]
+        if job.killed or task.index >= job.spec.tasks:
+            return False
+        if task.replaced_by is not None and self.tasks[task.replaced_by].state not in TERMINAL:
+            return False
+        machine = self.machines[task.machine]  # type: ignore[index]
+        return not job.current(task) or machine.state is MachineState.DRAINING
+
+    def settled(self, job: Job) -> bool:
+        """Whether `job` has no lifecycle work: no update in progress, nothing
+        placed beyond its size, no replaced task still running, nothing on a
+        draining machine."""
+        if job.killed:
+            return True
+        if job.rollout is not None:
+            return False
+        size, tasks, machines = job.spec.tasks, self.tasks, self.machines
+        for tid in job.task_ids:
+            task = tasks[tid]
+            if task.state not in ACTIVE_STATES:
+                continue
+            if task.index >= size or task.replaced_by is not None:
+                return False
+            if machines[task.machine].state is MachineState.DRAINING:  # type: ignore[index]
+                return False
+        return True
+
+    def _review(self, job: Job) -> None:
+        if self.settled(job):
+            self.unsettled.pop(job.id, None)
+        else:
+            self.unsettled[job.id] = None
+
+    def _retire(self, task: Task, reason: str, at: float, events: list[Event]) -> None:
+        """Stop a task for good: its index is served by another task, or gone."""
+        if task.state in ACTIVE_STATES:
+            machine = self._release(task)
+            events.append(TaskEvicted(task.id, machine.id, task.incarnation, reason))
+        self._move(task, self.jobs[task.job], KILLED)
+        task.finished_at = at
+        task.reason = reason
 
     def _set_quota(self, cmd: SetQuota, events: list[Event]) -> Result:
         if not OWNER_RE.match(cmd.owner):
@@ -441,9 +799,10 @@ class CellState:
         stays None whatever an agent claims."""
         if healthy is None and not reset:
             return
-        if self.jobs[task.job].spec.check is None or task.healthy is healthy:
+        if not task.checked or task.healthy is healthy:
             return
         task.healthy = healthy
+        self._availability(task, self.jobs[task.job])
         events.append(TaskHealthChanged(task.id, task.machine, task.incarnation, healthy))
 
     def _report_usage(self, cmd: ReportUsage, events: list[Event]) -> Result:
@@ -488,11 +847,19 @@ class CellState:
         touched: dict[str, Machine] = {}
         placed = 0
         keep_events = self.keep_events
-        for task, machine, victims in accepted(self, cmd.txn, rejected):
+        reviews: dict[str, None] = {}
+        for task, machine, victims, old in accepted(self, cmd.txn, rejected):
             placed += 1
             for victim in victims:
+                if victim is old:
+                    # Stop first: its replacement needs the room it holds.
+                    self._retire(victim, "replaced", cmd.at, events)
+                    continue
                 self._evict(victim, "preempted", events)
                 preempted.append(victim.id)
+            if old is not None:
+                task = self._adopt(task, old, cmd.at)
+                reviews[task.job] = None
             self._place(task, machine, cmd.at)
             if keep_events:
                 events.append(TaskPlaced(task.id, machine.id, task.incarnation))
@@ -503,7 +870,29 @@ class CellState:
             squeezed = self._squeeze_best_effort(machine, events)
             if self.rules >= 2:
                 preempted.extend(squeezed)
+        if cmd.txn.stops:
+            aborted = len(rejected) > 0 and cmd.txn.mode is TxnMode.ALL_OR_NOTHING
+            for task, stop in judge_stops(self, cmd.txn, rejected, aborted):
+                self._retire(task, stop.reason, cmd.at, events)
+                reviews[task.job] = None
+        for jid in reviews:
+            self._review(self.jobs[jid])
         return CommitResult(placed, tuple(rejected), tuple(preempted))
+
+    def _adopt(self, new: Task, old: Task, at: float) -> Task:
+        """Make `new` (a `successor` the commit protocol accepted) a task of the
+        cell, pending, as `old`'s replacement."""
+        job = self.jobs[old.job]
+        job.serial += 1
+        new.id = task_id(job.id, new.index, job.serial)
+        new.submitted_at = at
+        new.replaces = old.id
+        old.replaced_by = new.id
+        self.tasks[new.id] = new
+        job.task_ids[new.id] = None
+        job.counts[PENDING] = job.counts.get(PENDING, 0) + 1
+        self.pending_jobs[job.id] = None
+        return new
 
     # -- the few primitives every change goes through ----------------------------
 
@@ -524,6 +913,21 @@ class CellState:
             self.pending_jobs[job.id] = None
         elif old is PENDING and counts[PENDING] == 0:
             del self.pending_jobs[job.id]
+        if old is RUNNING or new is RUNNING:
+            self._availability(task, job)
+
+    def _availability(self, task: Task, job: Job) -> None:
+        """Keep `job.available` and `task.healthy_at` in step with whether the task
+        is running and healthy (or running with no check to judge it)."""
+        ok = task.state is RUNNING and (task.healthy is True or not task.checked)
+        if ok == (task.healthy_at is not None):
+            return
+        if ok:
+            job.available += 1
+            task.healthy_at = self.now
+        else:
+            job.available -= 1
+            task.healthy_at = None
 
     def _place(self, task: Task, machine: Machine, at: float) -> None:
         if not task.best_effort:
@@ -550,7 +954,13 @@ class CellState:
 
     def _evict(self, task: Task, reason: str, events: list[Event]) -> None:
         """Take a placed task off its machine and make it pending again as a new
-        incarnation (preempted or lost)."""
+        incarnation (preempted or lost); one that a replacement already serves
+        is retired instead, and one of an old version comes back as the
+        current version."""
+        job = self.jobs[task.job]
+        if task.replaced_by is not None and self.tasks[task.replaced_by].state not in TERMINAL:
+            self._retire(task, "replaced", self.now, events)
+            return
         machine = self._release(task)
         events.append(TaskEvicted(task.id, machine.id, task.incarnation, reason))
         task.machine = None
@@ -561,7 +971,9 @@ class CellState:
         task.healthy = None
         task.usage = {}
         task.usage_at = 0.0
-        self._move(task, self.jobs[task.job], PENDING)
+        self._move(task, job, PENDING)
+        if task.spec_version != job.spec_version:
+            self._retarget(task, job)
 
     def _squeeze_best_effort(self, machine: Machine, events: list[Event]) -> list[str]:
         """Preempt best-effort tasks while the machine is overcommitted (the
@@ -582,9 +994,10 @@ class CellState:
     # -- reading ------------------------------------------------------------------
 
     def job_tasks(self, job: Job) -> Iterator[Task]:
+        """Every task of the job, replaced and scaled-away ones included."""
         tasks = self.tasks
-        for index in range(job.spec.tasks):
-            yield tasks[task_id(job.id, index)]
+        for tid in job.task_ids:
+            yield tasks[tid]
 
     def pending_tasks(self, job: Job) -> Iterator[Task]:
         if job.counts.get(PENDING, 0):
@@ -605,6 +1018,15 @@ class CellState:
 
     def check_invariants(self) -> None:
         invariants.check(self)
+
+
+def _too_old(rules: int) -> Error:
+    return Error(
+        "rules_too_old",
+        f"this cell still judges by rules {rules}; jobs change while they run from rules "
+        f"{LIFECYCLE_RULES}, which its leader raises once every replica runs this release: "
+        "retry in a moment",
+    )
 
 
 def _reverse(text: str) -> tuple[int, ...]:
@@ -654,4 +1076,9 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     SetQuota: CellState._set_quota,
     ReportScheduler: CellState._report_scheduler,
     RaiseRules: CellState._raise_rules,
+    UpdateJob: CellState._update_job,
+    RevertJob: CellState._revert_job,
+    ScaleJob: CellState._scale_job,
+    PromoteJob: CellState._promote_job,
+    EndRollout: CellState._end_rollout,
 }

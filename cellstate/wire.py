@@ -35,11 +35,13 @@ from cellstate.commands import (
     Event,
     JobKilled,
     JobSubmitted,
+    JobUpdated,
     MachineChanged,
     Ok,
     Outcome,
     ReportedState,
     Result,
+    RolloutChanged,
     Stale,
     TaskEvicted,
     TaskHealthChanged,
@@ -58,7 +60,9 @@ from cellstate.model import (
     JobSpec,
     MachineState,
     RestartPolicy,
+    RolloutState,
     SchedulerClass,
+    StopReason,
     TaskState,
     TxnMode,
 )
@@ -80,6 +84,8 @@ _ENUMS = (
     TxnMode,
     ConflictMode,
     ReportedState,
+    RolloutState,
+    StopReason,
 )
 
 _COMMAND_TAGS = {cls: name for name, cls in COMMAND_TYPES.items()}
@@ -92,6 +98,8 @@ _EVENT_TAGS = {
     TaskStateChanged: "task_state_changed",
     TaskEvicted: "task_evicted",
     TaskHealthChanged: "task_health_changed",
+    JobUpdated: "job_updated",
+    RolloutChanged: "rollout_changed",
 }
 
 
@@ -204,16 +212,20 @@ def _strict_enum(cls: type[enum.Enum]) -> Callable[[Any, type], Any]:
 
 
 def _claim_from_wire(value: Any, _: type) -> Claim:
+    replace: Any = False
     if isinstance(value, list | tuple):
-        if len(value) != 4:
-            raise ValueError("a claim is [task, machine, seqnum, victims]")
-        task, machine, seqnum, victims = value
+        if len(value) not in (4, 5):
+            raise ValueError("a claim is [task, machine, seqnum, victims] or [..., replace]")
+        task, machine, seqnum, victims = value[:4]
+        if len(value) == 5:
+            replace = value[4]
     elif isinstance(value, dict):
-        extra = set(value) - {"task", "machine", "seqnum", "victims"}
+        extra = set(value) - {"task", "machine", "seqnum", "victims", "replace"}
         if extra:
             raise ValueError(f"unknown claim field {sorted(extra)[0]!r}")
         task, machine = value.get("task"), value.get("machine")
         seqnum, victims = value.get("seqnum", 0), value.get("victims", [])
+        replace = value.get("replace", False)
     else:
         raise TypeError(f"expected a claim, got {_describe(value)}")
     if type(task) is not str or type(machine) is not str:
@@ -222,11 +234,17 @@ def _claim_from_wire(value: Any, _: type) -> Claim:
         raise TypeError("claim seqnum must be an integer")
     if not isinstance(victims, list | tuple) or any(type(v) is not str for v in victims):
         raise TypeError("claim victims must be a list of task ids")
-    return Claim(task, machine, seqnum, tuple(victims))
+    if type(replace) is not bool:
+        raise TypeError("claim replace must be true or false")
+    return Claim(task, machine, seqnum, tuple(victims), replace)
 
 
 def _claim_to_wire(claim: Claim) -> list[Any]:
-    return [claim.task, claim.machine, claim.seqnum, list(claim.victims)]
+    # A plain claim keeps the four columns it had before replacements existed.
+    row = [claim.task, claim.machine, claim.seqnum, list(claim.victims)]
+    if claim.replace:
+        row.append(True)
+    return row
 
 
 def _make(edge: bool) -> cattrs.Converter:

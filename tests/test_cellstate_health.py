@@ -126,9 +126,16 @@ def test_format_2_rows_written_before_checks_load_with_health_unknown():
 
     cell = running_cell()
     doc = orjson.loads(cell.snapshot())
+    # Written as format 2 was, before checks: one spec, rows without the
+    # columns of format 3 (id, index, healthy_at, replaces, replaced_by) and
+    # without `healthy`.
+    doc["format"] = 2
+    doc["machines"] = [row[:8] for row in doc["machines"]]
+    doc["jobs"] = [
+        [jid, specs[-1], times[0], 1, killed, [row[2:-4] for row in rows]]
+        for jid, specs, times, killed, _stable, _serial, _rollouts, rows in doc["jobs"]
+    ]
     for job in doc["jobs"]:
-        for row in job[5]:
-            row.pop()  # drop the `healthy` column
         job[1].pop("check", None)
     back = CellState.restore(orjson.dumps(doc))
     assert all(t.healthy is None for t in back.tasks.values())

@@ -33,9 +33,10 @@ from pysyncobj import pickle as raft_pickle
 from pysyncobj.journal import FileJournal
 
 from cellstate import CellState, Claim, JobSpec, MachineSpec, Ok, TaskReport, Transaction, views
+from cellstate import snapshot as snapshot_format
 from cellstate.commands import ReportedState
 from cellstate.model import FIRST_RULES, RULES
-from cellstate.wire import parse
+from cellstate.wire import parse, to_json
 from cellstore.cell import CellMachine
 from cellstore.cellclient import SyncCellClient
 from cellstore.config import ReplicaConfig
@@ -92,10 +93,10 @@ def replayed(data_dir: Path) -> CellMachine:
 
 def specs_and_quotas(snapshot: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Job specs as the snapshot writes them, and the quotas as the ledger holds them."""
-    doc = orjson.loads(snapshot)
-    specs = {row[0]: row[1] for row in doc["jobs"]}
+    cell = CellState.restore(snapshot)
+    specs = {jid: to_json(job.spec, JobSpec) for jid, job in cell.jobs.items()}
     quotas = []
-    for (owner, band), limit in CellState.restore(snapshot).ledger.limits.items():
+    for (owner, band), limit in cell.ledger.limits.items():
         rest = {dim: n for dim, n in limit.items() if dim not in ("cpu", "memory") and n}
         assert not rest, (owner, band, rest)
         quotas.append(
@@ -151,12 +152,12 @@ def test_fixture_holds_a_format_1_dump_and_a_journal_tail_on_every_replica() -> 
 
 
 @pytest.mark.parametrize("replica", range(REPLICAS))
-def test_old_dump_restores_checks_and_rewrites_as_stable_format_2(replica: int) -> None:
+def test_old_dump_restores_checks_and_rewrites_as_stable_current_format(replica: int) -> None:
     snapshot, _ = read_dump(FIXTURE / f"replica-{replica}")
     cell = CellState.restore(snapshot)
     cell.check_invariants()
     upgraded = cell.snapshot()
-    assert orjson.loads(upgraded)["format"] == 2
+    assert orjson.loads(upgraded)["format"] == snapshot_format.FORMAT
     again = CellState.restore(upgraded)
     again.check_invariants()
     assert again.snapshot() == upgraded
@@ -261,7 +262,7 @@ def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
     # command past the old release's last.
     cluster.wait_for_version(EXPECTED["version"] + 1, list(range(REPLICAS)))
     snapshot = settled_snapshots(cluster)
-    assert orjson.loads(snapshot)["format"] == 2
+    assert orjson.loads(snapshot)["format"] == snapshot_format.FORMAT
     restored = CellState.restore(snapshot)
     assert (restored.version, restored.rules) == (EXPECTED["version"] + 1, RULES)
     restored.check_invariants()
@@ -304,7 +305,7 @@ def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
     # and a full restart from it comes back byte for byte.
     data_dirs = [cluster.data_dir(i) for i in range(REPLICAS)]
     deadline = time.monotonic() + 60
-    while any(dump_format(d) != 2 for d in data_dirs):
+    while any(dump_format(d) != snapshot_format.FORMAT for d in data_dirs):
         assert time.monotonic() < deadline, [dump_format(d) for d in data_dirs]
         cell.heartbeat(["m0"])
     cell.close()
