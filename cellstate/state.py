@@ -706,6 +706,9 @@ class CellState:
             )
         if self.rules < 2 <= cmd.rules:
             self._enter_rules_2(events)
+        if self.rules < LIFECYCLE_RULES <= cmd.rules:
+            # Tasks on machines drained before rules 3 are now the schedulers' to move.
+            self.unsettled = {jid: None for jid, job in self.jobs.items() if not self.settled(job)}
         self.rules = cmd.rules
         return Ok()
 
