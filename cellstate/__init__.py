@@ -70,6 +70,7 @@ from cellstate.model import (
     Transaction,
     TxnMode,
     UpdatePolicy,
+    Verdict,
     task_id,
 )
 from cellstate.resources import Resources, parse_cpu, parse_memory
@@ -142,6 +143,7 @@ __all__ = [
     "TxnMode",
     "UpdateJob",
     "UpdatePolicy",
+    "Verdict",
     "parse_cpu",
     "parse_memory",
     "task_id",

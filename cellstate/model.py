@@ -662,6 +662,17 @@ class Stop:
 
 
 @attrs.frozen(slots=True)
+class Verdict:
+    """The owning scheduler's word on a job's update to `version`: `succeeded`,
+    `failed` (with `reason`), or `rolling` (its canaries are healthy: promote)."""
+
+    job: str
+    version: int
+    state: RolloutState
+    reason: str = ""
+
+
+@attrs.frozen(slots=True)
 class Transaction:
     scheduler: str
     claims: tuple[Claim, ...]
@@ -670,6 +681,8 @@ class Transaction:
     conflicts: ConflictMode = ConflictMode.FINE
     # Judged after the claims, each on its own (`Rejection.machine` is "").
     stops: tuple[Stop, ...] = ()
+    # Applied last; a refused one is a `Rejection` naming the job.
+    verdicts: tuple[Verdict, ...] = ()
 
 
 @attrs.frozen(slots=True)

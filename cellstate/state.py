@@ -456,31 +456,50 @@ class CellState:
         job = self._changeable(cmd.job)
         if isinstance(job, Error):
             return job
+        return self._verdict(job, cmd.version, cmd.state, cmd.reason, cmd.at, events)
+
+    def _verdict(
+        self,
+        job: Job,
+        version: int,
+        state: RolloutState,
+        reason: str,
+        at: float,
+        events: list[Event],
+    ) -> Result:
+        """Take the owning scheduler's verdict on the job's update to `version`."""
         rollout = job.rollout
-        if rollout is None or rollout.version != cmd.version:
+        if rollout is None or rollout.version != version:
             return Error(
                 "rollout_unknown",
-                f"job {job.id!r} has no update to version {cmd.version} in progress",
+                f"job {job.id!r} has no update to version {version} in progress",
                 "version",
             )
-        if cmd.state is RolloutState.SUCCEEDED:
-            self._rollout_to(job, rollout, cmd.state, cmd.at, cmd.reason, events)
+        if state is RolloutState.ROLLING:
+            if rollout.state is not RolloutState.CANARY:
+                return Error("no_canary", f"job {job.id!r} has no canary to promote", "state")
+            self._rollout_to(job, rollout, state, at, reason or "canaries healthy", events)
+            return Ok()
+        if state is RolloutState.SUCCEEDED:
+            self._rollout_to(job, rollout, state, at, reason, events)
             job.stable_version = job.spec_version
             self._review(job)
             return Ok()
-        if cmd.state is not RolloutState.FAILED:
+        if state is not RolloutState.FAILED:
             return Error(
-                "invalid", f"{cmd.state} is not a verdict: use succeeded or failed", "state"
+                "invalid",
+                f"{state} is not a verdict: use succeeded, failed or rolling (promote)",
+                "state",
             )
         stable = job.stable_version
         if job.spec.policy.auto_revert and job.shapes[stable - 1] != job.shapes[-1]:
-            self._rollout_to(job, rollout, RolloutState.REVERTED, cmd.at, cmd.reason, events)
+            self._rollout_to(job, rollout, RolloutState.REVERTED, at, reason, events)
             self._new_version(
-                job, attrs.evolve(job.versions[stable - 1], tasks=job.spec.tasks), cmd.at, events
+                job, attrs.evolve(job.versions[stable - 1], tasks=job.spec.tasks), at, events
             )
             rollout.reverted_to = job.spec_version
         else:
-            self._rollout_to(job, rollout, RolloutState.FAILED, cmd.at, cmd.reason, events)
+            self._rollout_to(job, rollout, RolloutState.FAILED, at, reason, events)
         self._review(job)
         return Ok()
 
@@ -503,9 +522,22 @@ class CellState:
         and start a rollout if placed tasks run another shape."""
         job.add_version(spec, at)
         events.append(JobUpdated(job.id, job.spec_version))
-        for task in self.job_tasks(job):
+        for task in list(self.job_tasks(job)):
             if task.state is PENDING:
                 self._retarget(task, job)
+            # A replacement in flight that runs another shape than the new version
+            # is abandoned while the task it replaces still runs: that one is
+            # kept (a revert) or replaced anew, never both.
+            old = self.tasks[task.replaces] if task.replaces is not None else None
+            if (
+                old is not None
+                and old.replaced_by == task.id
+                and old.state in ACTIVE_STATES
+                and task.state not in TERMINAL
+                and not job.current(task)
+            ):
+                self._retire(task, "superseded", at, events)
+                old.replaced_by = None
         self._resize(job, at, events)
         active = job.rollout
         outdated = any(
@@ -880,6 +912,17 @@ class CellState:
                 reviews[task.job] = None
         for jid in reviews:
             self._review(self.jobs[jid])
+        for verdict in cmd.txn.verdicts:
+            found = self._changeable(verdict.job)
+            answer = (
+                found
+                if isinstance(found, Error)
+                else self._verdict(
+                    found, verdict.version, verdict.state, verdict.reason, cmd.at, events
+                )
+            )
+            if isinstance(answer, Error):
+                rejected.append(Rejection(verdict.job, "", answer.code))
         return CommitResult(placed, tuple(rejected), tuple(preempted))
 
     def _adopt(self, new: Task, old: Task, at: float) -> Task:

@@ -42,11 +42,14 @@ from cellstate import (
     ConflictMode,
     Job,
     SchedulerClass,
+    Stop,
     TaskState,
     Transaction,
     TxnMode,
+    Verdict,
     reasons,
 )
+from schedulers import lifecycle
 from schedulers.context import DecisionContext
 from schedulers.explain import Explanation, JobMetric
 from schedulers.metrics import SchedulerFigures
@@ -146,9 +149,14 @@ class SchedulerCore:
         found.sort(key=lambda j: (-j.spec.priority, j.submitted_at, j.id))
         return found
 
+    def changing(self, cell: CellState) -> list[Job]:
+        """This core's jobs with lifecycle work (`schedulers.lifecycle`)."""
+        jobs = cell.jobs
+        return [jobs[jid] for jid in cell.unsettled if self.owns(jobs[jid])]
+
     def has_work(self, cell: CellState) -> bool:
         """Whether `decide` could find something to try now."""
-        return bool(self._eligible(cell, table_for(cell).generation))
+        return bool(self._eligible(cell, table_for(cell).generation) or self.changing(cell))
 
     # -- deciding ------------------------------------------------------------------
 
@@ -183,7 +191,8 @@ class SchedulerCore:
         """
         table = table_for(cell)
         jobs = self._eligible(cell, table.generation)
-        if not jobs:
+        changing = self.changing(cell)
+        if not jobs and not changing:
             return None
         self.figures.decisions += 1
         ctx = DecisionContext(cell, table, self.rng, self.sampling)
@@ -192,7 +201,7 @@ class SchedulerCore:
         metrics: dict[str, JobMetric] = {}
         unclaimed: dict[str, int] = {}
         gang = False
-        for job, count in self._allot(jobs):
+        for job, count in self._allot(jobs) if jobs else ():
             jid = job.id
             if jid not in self._seen:
                 self._seen.add(jid)
@@ -210,10 +219,26 @@ class SchedulerCore:
                 gang = gang or job.spec.gang
             else:
                 self._maybe_park(jid, metric.unplaced_reason or reasons.NO_ROOM)
-        if not claims:
+        stops: list[Stop] = []
+        verdicts: list[Verdict] = []
+        # A gang goes alone (all or nothing): lifecycle work waits a decision.
+        for job in changing if not gang else ():
+            plan = lifecycle.plan(cell, ctx, self.stack, job, now)
+            claims.extend(plan.claims)
+            stops.extend(plan.stops)
+            verdicts.extend(plan.verdicts)
+        if not claims and not stops and not verdicts:
             return None
         mode = TxnMode.ALL_OR_NOTHING if gang else self.mode
-        txn = Transaction(self.name, tuple(claims), cell.version, mode, self.conflicts)
+        txn = Transaction(
+            self.name,
+            tuple(claims),
+            cell.version,
+            mode,
+            self.conflicts,
+            stops=tuple(stops),
+            verdicts=tuple(verdicts),
+        )
         return Decision(txn, tuple(claimed_jobs), len(claims), metrics, unclaimed)
 
     # -- learning from the store ---------------------------------------------------
@@ -239,7 +264,8 @@ class SchedulerCore:
         for rejection in result.rejected:
             reason = rejection.reason
             f.conflicts_by_reason[reason] = f.conflicts_by_reason.get(reason, 0) + 1
-            jid = rejection.task.rsplit(".", 1)[0]
+            task = cell.tasks.get(rejection.task)
+            jid = task.job if task is not None else rejection.task
             by_job = lost.setdefault(jid, {})
             by_job[reason] = by_job.get(reason, 0) + 1
             total = self._conflicts.setdefault(jid, {})

@@ -54,6 +54,8 @@ from schedulers.committer import CellCommitter, Committer
 from schedulers.core import Decision, SchedulerCore
 
 MAX_EXPLANATIONS = 1000  # jobs explained per report, to bound the command's size
+# How often a scheduler with lifecycle work looks again when nothing changed.
+LIFECYCLE_TICK_S = 0.25
 
 
 def default_seed(name: str) -> int:
@@ -170,7 +172,10 @@ class LiveScheduler:
                 continue
             decision = await self.decide()
             if decision is None:
-                await copy.changed()
+                # Lifecycle work waits on time too (a replacement healthy for
+                # long enough, a deadline), not only on the cell changing.
+                with trio.move_on_after(LIFECYCLE_TICK_S if core.changing(copy.cell) else math.inf):
+                    await copy.changed()
                 continue
             version = await self.commit(decision)
             if version is not None:
@@ -208,6 +213,10 @@ class LiveScheduler:
             return None
         result = committed.result
         self.core.on_result(self.copy.cell, decision, result, time.time())
+        if not decision.jobs and result.rejected:
+            # Only lifecycle work, refused (a budget, a conflict): it is tried
+            # again from the next state, not in a tight loop.
+            await trio.sleep(LIFECYCLE_TICK_S)
         if result.rejected or result.preempted:
             self.log.debug(
                 "committed",
