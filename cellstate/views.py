@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cellstate.model import ACTIVE_STATES, Job, Machine, Task, TaskState
+from cellstate.model import ACTIVE_STATES, Job, JobSpec, Machine, Rollout, Task, TaskState
 from cellstate.resources import DIMENSIONS, REQUIRED, format_amount
 from cellstate.state import CellState
+from cellstate.wire import to_json
 
 
 def resources(amounts: Mapping[str, int]) -> dict[str, Any]:
@@ -51,7 +52,79 @@ def job_view(cell: CellState, job: Job) -> dict[str, Any]:
         "gang": spec.gang,
         "resources": resources(spec.resources.amounts),
         "command": list(spec.command),
+        "version": job.spec_version,
+        "stable_version": job.stable_version,
+        "available": job.available,
+        "max_unavailable": spec.max_unavailable,
+        "rollout": rollout_view(cell, job, job.rollouts[-1]) if job.rollouts else None,
     }
+
+
+def rollout_view(cell: CellState, job: Job, rollout: Rollout) -> dict[str, Any]:
+    size = job.spec.tasks
+    current = sum(
+        1
+        for t in cell.job_tasks(job)
+        if t.index < size
+        and t.state in ACTIVE_STATES
+        and t.replaced_by is None
+        and job.shapes[t.spec_version - 1] == job.shapes[rollout.version - 1]
+    )
+    return {
+        "version": rollout.version,
+        "previous": rollout.previous,
+        "state": str(rollout.state),
+        "started_at": rollout.started_at,
+        "updated_at": rollout.updated_at,
+        "reason": rollout.reason,
+        "reverted_to": rollout.reverted_to,
+        "current": current,
+        "size": size,
+    }
+
+
+def history(cell: CellState, job: Job) -> dict[str, Any]:
+    """Every version of a job with what changed from the one before, and its updates."""
+    versions = []
+    previous: dict[str, Any] = {}
+    for number, (spec, made_at) in enumerate(zip(job.versions, job.version_times, strict=True), 1):
+        doc = to_json(spec, JobSpec)
+        versions.append(
+            {
+                "version": number,
+                "made_at": made_at,
+                "spec": doc,
+                "changes": spec_diff(previous, doc) if number > 1 else [],
+            }
+        )
+        previous = doc
+    return {
+        "job": job.id,
+        "version": job.spec_version,
+        "stable_version": job.stable_version,
+        "versions": versions,
+        "rollouts": [rollout_view(cell, job, r) for r in job.rollouts],
+    }
+
+
+def spec_diff(old: Mapping[str, Any], new: Mapping[str, Any], path: str = "") -> list[str]:
+    """What changed between two specs as written, one readable line per field:
+    `command: ['serve'] -> ['serve', '--v2']`, `update.max_parallel: 1 -> 2`."""
+    lines = []
+    for key in sorted({*old, *new}):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        name = f"{path}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            lines.extend(spec_diff(a, b, f"{name}."))
+        elif key not in old:
+            lines.append(f"{name}: added {b!r}")
+        elif key not in new:
+            lines.append(f"{name}: removed (was {a!r})")
+        else:
+            lines.append(f"{name}: {a!r} -> {b!r}")
+    return lines
 
 
 def task_view(task: Task) -> dict[str, Any]:
@@ -75,6 +148,9 @@ def task_view(task: Task) -> dict[str, Any]:
         # (true, false, or null when its job has no check or it is not judged yet).
         "version": task.spec_version,
         "healthy": task.healthy,
+        "index": task.index,
+        "replaces": task.replaces,
+        "replaced_by": task.replaced_by,
     }
 
 
@@ -95,6 +171,7 @@ def machine_view(machine: Machine) -> dict[str, Any]:
         "seqnum": machine.seqnum,
         "reserved": resources(account.reserved),
         "last_heartbeat": machine.last_heartbeat,
+        "drain_deadline": machine.drain_deadline,
     }
 
 
@@ -167,11 +244,11 @@ def cell_summary(cell: CellState) -> dict[str, Any]:
 
 def explain(cell: CellState, target: str) -> dict[str, Any] | None:
     """Why a job or task is where it is: its state, and each scheduler's account."""
-    job_id = target if target in cell.jobs else target.rsplit(".", 1)[0]
+    task = cell.tasks.get(target)
+    job_id = target if target in cell.jobs or task is None else task.job
     job = cell.jobs.get(job_id)
     if job is None:
         return None
-    task = cell.tasks.get(target)
     accounts = {
         r.name: r.explanations[job_id] for r in cell.schedulers.values() if job_id in r.explanations
     }

@@ -176,6 +176,19 @@ def endpoints(
         state = _one(request, "state")
         return await read(lambda cell: {"jobs": cell_views.list_jobs(cell, state)})
 
+    async def history(request: Request) -> Response:
+        job_id = _one(request, "id")
+        if not job_id:
+            raise ApiError(400, "invalid", "id (a job id) is required", "id")
+
+        def versions(cell: CellState) -> Any:
+            job = cell.jobs.get(job_id)
+            if job is None:
+                raise ApiError(404, "job_unknown", f"no job {job_id!r}", "id")
+            return cell_views.history(cell, job)
+
+        return await read(versions)
+
     async def tasks(request: Request) -> Response:
         task_id = _one(request, "id")
         if task_id:
@@ -215,6 +228,11 @@ def endpoints(
     router.add("POST", "/v1/jobs", submit)
     router.add("GET", "/v1/jobs", jobs)
     router.add("POST", "/v1/jobs/kill", kill)
+    router.add("POST", "/v1/jobs/update", command_endpoint("update_job"))
+    router.add("POST", "/v1/jobs/revert", command_endpoint("revert_job"))
+    router.add("POST", "/v1/jobs/scale", command_endpoint("scale_job"))
+    router.add("POST", "/v1/jobs/promote", command_endpoint("promote_job"))
+    router.add("GET", "/v1/jobs/history", history)
     router.add("GET", "/v1/tasks", tasks)
     router.add("GET", "/v1/machines", machines)
     router.add("POST", "/v1/transactions", transaction)
@@ -257,6 +275,13 @@ def _overdue(machine: CellMachine, deadline: float) -> bool:
     )
 
 
+def _drain_due(machine: CellMachine, now: float) -> bool:
+    """Whether a drain's deadline has passed (`ExpireHeartbeats` ends it)."""
+    return any(
+        m.drain_deadline is not None and m.drain_deadline <= now for m in machine.cell.machine_list
+    )
+
+
 async def leader_duty(
     replica: Replica,
     name: str,
@@ -291,7 +316,7 @@ def expire_heartbeats(
     return leader_duty(
         replica,
         "expire_heartbeats",
-        lambda machine, now: _overdue(machine, now - timeout),
+        lambda machine, now: _overdue(machine, now - timeout) or _drain_due(machine, now),
         lambda now: ExpireHeartbeats(timeout=timeout, at=now, id=new_command_id()),
         period_s,
     )

@@ -62,6 +62,10 @@ RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 WRITE_ROUTES: dict[str, str] = {
     "SubmitJob": "/v1/jobs",
     "KillJob": "/v1/jobs/kill",
+    "UpdateJob": "/v1/jobs/update",
+    "RevertJob": "/v1/jobs/revert",
+    "ScaleJob": "/v1/jobs/scale",
+    "PromoteJob": "/v1/jobs/promote",
     "Commit": "/v1/transactions",
     "RegisterMachines": "/v1/agents/register",
     "Heartbeat": "/v1/agents/heartbeat",
@@ -72,6 +76,8 @@ WRITE_ROUTES: dict[str, str] = {
     "ReportScheduler": "/v1/schedulers/report",
 }
 JOBS = "/v1/jobs"
+HISTORY = "/v1/jobs/history"
+SNAPSHOT = "/v1/snapshot"  # the store's own (`cellstore.client.SNAPSHOT`)
 TASKS = "/v1/tasks"
 MACHINES = "/v1/machines"
 CELL = "/v1/cell"
@@ -144,6 +150,38 @@ class JobView(TypedDict):
     gang: bool
     resources: ResourceView
     command: list[str]
+    version: int  # the spec version tasks are placed at
+    stable_version: int  # the last version whose update completed
+    available: int  # tasks running and healthy (or running, unchecked)
+    max_unavailable: int | None  # the disruption budget; None: unlimited
+    rollout: RolloutView | None  # the last update, finished or not
+
+
+class RolloutView(TypedDict):
+    version: int
+    previous: int
+    state: str  # canary, rolling, succeeded, failed, reverted, superseded
+    started_at: float
+    updated_at: float
+    reason: str
+    reverted_to: int | None
+    current: int  # tasks within the size running the update's version
+    size: int
+
+
+class VersionView(TypedDict):
+    version: int
+    made_at: float
+    spec: dict[str, Any]
+    changes: list[str]  # what changed from the version before, one line each
+
+
+class HistoryView(TypedDict):
+    job: str
+    version: int
+    stable_version: int
+    versions: list[VersionView]
+    rollouts: list[RolloutView]
 
 
 class TaskView(TypedDict):
@@ -164,6 +202,9 @@ class TaskView(TypedDict):
     usage: ResourceView | None
     version: int
     healthy: bool | None
+    index: int
+    replaces: str | None
+    replaced_by: str | None
 
 
 class MachineView(TypedDict):
@@ -177,6 +218,7 @@ class MachineView(TypedDict):
     seqnum: int
     reserved: ResourceView
     last_heartbeat: float
+    drain_deadline: float | None
 
 
 class SchedulerSummary(TypedDict):
@@ -283,6 +325,30 @@ class _Calls:
         return _Calls.write(KillJob(job, id=id or ids.new_command_id()))
 
     @staticmethod
+    def update(job: str, spec: JobSpec, id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import UpdateJob
+
+        return _Calls.write(UpdateJob(job, spec, id=id or ids.new_command_id()))
+
+    @staticmethod
+    def revert(job: str, version: int, id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import RevertJob
+
+        return _Calls.write(RevertJob(job, version, id=id or ids.new_command_id()))
+
+    @staticmethod
+    def scale(job: str, tasks: int, id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import ScaleJob
+
+        return _Calls.write(ScaleJob(job, tasks, id=id or ids.new_command_id()))
+
+    @staticmethod
+    def promote(job: str, id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import PromoteJob
+
+        return _Calls.write(PromoteJob(job, id=id or ids.new_command_id()))
+
+    @staticmethod
     def commit(txn: Transaction, id: str | None) -> Call[Applied[CommitResult]]:
         from cellstate import Commit, CommitResult
 
@@ -313,10 +379,14 @@ class _Calls:
         return _Calls.write(ReportUsage(tuple(usages), id=id or ids.new_command_id()))
 
     @staticmethod
-    def set_machine_state(machine: str, state: MachineState, id: str | None) -> Call[Applied[Ok]]:
+    def set_machine_state(
+        machine: str, state: MachineState, deadline: float | None, id: str | None
+    ) -> Call[Applied[Ok]]:
         from cellstate import SetMachineState
 
-        return _Calls.write(SetMachineState(machine, state, id=id or ids.new_command_id()))
+        return _Calls.write(
+            SetMachineState(machine, state, id=id or ids.new_command_id(), deadline=deadline)
+        )
 
     @staticmethod
     def set_quota(
@@ -346,6 +416,10 @@ class _Calls:
     @staticmethod
     def job(job: str) -> Call[JobView]:
         return Call("GET", JOBS, _same).with_query(id=job)
+
+    @staticmethod
+    def history(job: str) -> Call[HistoryView]:
+        return Call("GET", HISTORY, _same).with_query(id=job)
 
     @staticmethod
     def jobs(state: str | None) -> Call[list[JobView]]:
@@ -443,6 +517,22 @@ class CellClient:
         """Submit a job of `spec`, as `job` or as a fresh `NAME-xxxxxx` id."""
         return await self._run(_Calls.submit(spec, job, id))
 
+    async def update(self, job: str, spec: JobSpec, *, id: str | None = None) -> Applied[Ok]:
+        """Make `spec` the job's next version (a rollout if what runs changed)."""
+        return await self._run(_Calls.update(job, spec, id))
+
+    async def revert(self, job: str, version: int, *, id: str | None = None) -> Applied[Ok]:
+        return await self._run(_Calls.revert(job, version, id))
+
+    async def scale(self, job: str, tasks: int, *, id: str | None = None) -> Applied[Ok]:
+        return await self._run(_Calls.scale(job, tasks, id))
+
+    async def promote(self, job: str, *, id: str | None = None) -> Applied[Ok]:
+        return await self._run(_Calls.promote(job, id))
+
+    async def history(self, job: str) -> HistoryView:
+        return await self._run(_Calls.history(job))
+
     async def kill(self, job: str, *, id: str | None = None) -> Applied[Ok]:
         return await self._run(_Calls.kill(job, id))
 
@@ -473,9 +563,14 @@ class CellClient:
         return await self._run(_Calls.report_usage(usages, id))
 
     async def set_machine_state(
-        self, machine: str, state: MachineState, *, id: str | None = None
+        self,
+        machine: str,
+        state: MachineState,
+        *,
+        deadline: float | None = None,
+        id: str | None = None,
     ) -> Applied[Ok]:
-        return await self._run(_Calls.set_machine_state(machine, state, id))
+        return await self._run(_Calls.set_machine_state(machine, state, deadline, id))
 
     async def set_quota(
         self, owner: str, band: Band, limit: Resources | None, *, id: str | None = None
@@ -750,10 +845,33 @@ class SyncCellClient:
         answer = self._transport.request(call.method, call.path, call.body, leader=call.leader)
         return call.decode(answer)
 
+    def snapshot(self) -> bytes:
+        """The cell state's snapshot from the preferred replica, for `CellState.restore`
+        (what-if plans run the real scheduler core on it)."""
+        import json
+
+        document = self._transport.request("GET", SNAPSHOT, None, leader=False)
+        return json.dumps(document, separators=(",", ":")).encode()
+
     # writes
 
     def submit(self, spec: JobSpec, job: str | None = None, *, id: str | None = None) -> Submitted:
         return self._run(_Calls.submit(spec, job, id))
+
+    def update(self, job: str, spec: JobSpec, *, id: str | None = None) -> Applied[Ok]:
+        return self._run(_Calls.update(job, spec, id))
+
+    def revert(self, job: str, version: int, *, id: str | None = None) -> Applied[Ok]:
+        return self._run(_Calls.revert(job, version, id))
+
+    def scale(self, job: str, tasks: int, *, id: str | None = None) -> Applied[Ok]:
+        return self._run(_Calls.scale(job, tasks, id))
+
+    def promote(self, job: str, *, id: str | None = None) -> Applied[Ok]:
+        return self._run(_Calls.promote(job, id))
+
+    def history(self, job: str) -> HistoryView:
+        return self._run(_Calls.history(job))
 
     def kill(self, job: str, *, id: str | None = None) -> Applied[Ok]:
         return self._run(_Calls.kill(job, id))
@@ -780,9 +898,14 @@ class SyncCellClient:
         return self._run(_Calls.report_usage(usages, id))
 
     def set_machine_state(
-        self, machine: str, state: MachineState, *, id: str | None = None
+        self,
+        machine: str,
+        state: MachineState,
+        *,
+        deadline: float | None = None,
+        id: str | None = None,
     ) -> Applied[Ok]:
-        return self._run(_Calls.set_machine_state(machine, state, id))
+        return self._run(_Calls.set_machine_state(machine, state, deadline, id))
 
     def set_quota(
         self, owner: str, band: Band, limit: Resources | None, *, id: str | None = None

@@ -583,3 +583,7 @@ def bench_conflicts(ctx: typer.Context) -> None:
     from cellsim.__main__ import main
 
     main(ctx.args)
+
+
+# Commands that change running work live in their own module; importing it registers them.
+from omega import lifecycle as _lifecycle  # noqa: E402, F401

@@ -1,0 +1,145 @@
+"""Changing a running job end to end: real replicas, a real service scheduler,
+real agents running the example's real HTTP servers (`omega up`), driven with
+the `omega` CLI. A checker follows the store's watch feed and replays every
+command into its own cell state, so the budget is checked at every version of
+the cell, not at the moments a poll happens to look."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+import yaml
+
+from cellstate import CellState
+from cellstate.model import FIRST_RULES
+from cellstate.wire import COMMAND, internal
+from cellstore.cellclient import CellClient
+from harness.upcell import up_cell, wait_for
+
+pytestmark = pytest.mark.slow
+EXAMPLE = Path(__file__).parent.parent / "examples" / "web-rolling.yaml"
+
+
+class BudgetChecker:
+    """Replays the watch feed; while `measuring`, records the most tasks of `job`
+    not running-and-healthy at any version of the cell."""
+
+    def __init__(self, addr: str, token: str, job: str) -> None:
+        self.addr, self.token, self.job = addr.split(","), token, job
+        self.measuring = False
+        self.worst = 0
+        self.versions = 0
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BudgetChecker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._follow)
+        except BaseException as exc:  # surfaced by the test
+            self.failure = exc
+
+    async def _follow(self) -> None:
+        cell = CellState(rules=FIRST_RULES)
+        cell.keep_events = False
+        async with CellClient.connect(self.addr, self.token) as client:
+            async for batch in client.watch(1):
+                if batch.snapshot is not None:
+                    cell = CellState.restore(batch.snapshot)
+                    cell.keep_events = False
+                for _, command in batch.commands:
+                    cell.apply(internal.structure(command, COMMAND))
+                    self.versions += 1
+                    job = cell.jobs.get(self.job)
+                    if job is not None and self.measuring:
+                        self.worst = max(self.worst, job.spec.tasks - job.available)
+                if self.stop.is_set():
+                    return
+
+
+def spec_file(tmp_path: Path, name: str, **env: str) -> str:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["env"] = {**doc["env"], **env}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_rolling_update_auto_revert_and_scale_keep_the_budget(tmp_path):
+    with up_cell(tmp_path / "cell", "--agents", "3") as cell:
+        cell.start()
+        submitted = cell.json("submit", str(EXAMPLE), "--id", "web")
+        assert submitted["id"] == "web"
+
+        def available() -> int:
+            return cell.json("job", "web")["available"]
+
+        wait_for("six healthy tasks", lambda: available() == 6)
+        with BudgetChecker(cell.env["OMEGA_ADDR"], cell.env["OMEGA_TOKEN"], "web") as checker:
+            wait_for("the checker caught up", lambda: checker.versions > 0)
+            checker.measuring = True
+
+            # v1 -> v2: two at a time, every task ends on v2.
+            out = cell.omega("update", "web", spec_file(tmp_path, "v2", VERSION="v2"), "--wait")
+            assert "succeeded" in out.stdout, out.stdout
+            tasks = [t for t in cell.json("tasks", "--job", "web") if t["state"] == "running"]
+            assert len(tasks) == 6 and {t["version"] for t in tasks} == {2}, tasks
+            assert all(t["healthy"] is True for t in tasks)
+
+            # A broken v3: its update fails, the job returns to v2's spec.
+            broken = spec_file(tmp_path, "v3", VERSION="v3", BROKEN="1")
+            out = cell.omega("update", "web", broken, "--wait", check=False)
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert "reverted to version 4" in out.stderr, out.stderr
+            job = cell.json("job", "web")
+            assert job["version"] == 4 and job["stable_version"] == 4
+            wait_for("six healthy tasks again", lambda: available() == 6)
+            history = cell.json("history", "web")
+            assert [r["state"] for r in history["rollouts"]] == ["succeeded", "reverted"]
+            assert "env.VERSION: 'v1' -> 'v2'" in history["versions"][1]["changes"]
+            assert not any(
+                t["version"] == 3 and t["state"] == "running"
+                for t in cell.json("tasks", "--job", "web")
+            )
+
+            # Scale down within the budget, highest index first.
+            cell.omega("scale", "web", "3")
+            wait_for(
+                "three tasks left",
+                lambda: (
+                    sorted(
+                        t["index"]
+                        for t in cell.json("tasks", "--job", "web")
+                        if t["state"] == "running"
+                    )
+                    == [0, 1, 2]
+                ),
+            )
+            assert checker.failure is None, checker.failure
+            assert checker.worst <= 2, checker.worst
+
+        # Bad input changes nothing and names what is wrong.
+        bad = cell.omega("scale", "web", "0", check=False)
+        assert bad.returncode == 2 and "tasks" in bad.stderr
+        gone = cell.omega("update", "nope", str(EXAMPLE), check=False)
+        assert gone.returncode == 1 and "job_unknown" in gone.stderr
+        other = yaml.safe_load(EXAMPLE.read_text())
+        other.update(scheduler="batch", priority="batch")
+        path = tmp_path / "batch.yaml"
+        path.write_text(yaml.safe_dump(other))
+        changed = cell.omega("update", "web", str(path), check=False)
+        assert changed.returncode == 1 and "spec.scheduler" in changed.stderr
+        drain = cell.omega("drain", "no-such-machine", check=False)
+        assert drain.returncode == 1 and "machine_unknown" in drain.stderr
+        assert cell.json("job", "web")["version"] == 5
