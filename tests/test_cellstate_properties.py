@@ -18,6 +18,7 @@ drive a reservation out of range.
 
 from __future__ import annotations
 
+import attrs
 import orjson
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -31,6 +32,7 @@ from cellstate import (
     Commit,
     CommitResult,
     ConflictMode,
+    EndRollout,
     Error,
     ExpireHeartbeats,
     Heartbeat,
@@ -38,20 +40,28 @@ from cellstate import (
     KillJob,
     MachineSpec,
     MachineState,
+    PromoteJob,
     RegisterMachines,
     ReportedState,
     ReportTasks,
     ReportUsage,
     Resources,
+    RevertJob,
+    RolloutState,
+    ScaleJob,
     SchedulerClass,
     SetMachineState,
     SetQuota,
+    Stop,
+    StopReason,
     SubmitJob,
     TaskReport,
     TaskState,
     TaskUsage,
     Transaction,
     TxnMode,
+    UpdateJob,
+    UpdatePolicy,
 )
 from cellstate.commands import TaskEvicted
 from cellstate.model import TRANSITIONS
@@ -85,12 +95,37 @@ class CellMachine(RuleBasedStateMachine):
     def apply(self, command):
         self.clock += 1.0
         before = essence(self.cell)
+        floors = self.budget_floors() if isinstance(command, Commit) else {}
         outcome = self.cell.apply(command)
         self.twin.apply(command)
         result = outcome.result
-        if isinstance(result, Error) or (isinstance(result, CommitResult) and result.accepted == 0):
+        refused = isinstance(result, Error) or (
+            isinstance(result, CommitResult)
+            and result.accepted == 0
+            and len(result.rejected)
+            == len(command.txn.claims) + len(command.txn.stops) + len(command.txn.verdicts)
+        )
+        if refused:
             assert essence(self.cell) == before, f"{command} changed state but returned {result}"
+        # No transaction takes a job that was within its budget out of it.
+        for jid, floor in floors.items():
+            job = self.cell.jobs[jid]
+            assert job.available >= floor, f"{jid}: {job.available} available < {floor}"
         return outcome
+
+    def budget_floors(self) -> dict[str, int]:
+        """Per job with a budget, now within it: the fewest available tasks it may
+        be left with. Best-effort jobs live on reclaimed room: their squeeze is
+        not a disruption any budget covers."""
+        floors = {}
+        for job in self.cell.jobs.values():
+            budget = job.spec.max_unavailable
+            if budget is None or job.killed or job.spec.band == 0:
+                continue
+            floor = job.spec.tasks - budget
+            if job.available >= floor:
+                floors[job.id] = floor
+        return floors
 
     @property
     def at(self) -> float:
@@ -133,6 +168,11 @@ class CellMachine(RuleBasedStateMachine):
             gang=data.draw(st.booleans()),
             anti_affinity=data.draw(st.booleans()),
             check=data.draw(st.sampled_from([None, TaskCheck(tcp=True)])),
+            update=data.draw(
+                st.sampled_from(
+                    [None, UpdatePolicy(max_parallel=1), UpdatePolicy(max_parallel=2, canary=1)]
+                )
+            ),
         )
         self.apply(SubmitJob(f"j{self.jobs}", spec, at=self.at, id=f"submit-{self.jobs}"))
 
@@ -168,14 +208,44 @@ class CellMachine(RuleBasedStateMachine):
                 )
             seqnum = view.get(mid, 0) if conflicts is ConflictMode.COARSE else 0
             claims.append(Claim(tid, mid, seqnum, victims))
-        txn = Transaction("prop", tuple(claims), self.cell.version, mode, conflicts)
+        # Replacements of placed tasks (beside, or in place stopping it first).
+        replaceable = sorted(t.id for t in self.cell.tasks.values() if self.cell.replaceable(t))
+        for _ in range(data.draw(st.integers(0, 3))):
+            old = (
+                self.cell.tasks[data.draw(st.sampled_from(replaceable))]
+                if replaceable and data.draw(st.integers(0, 3))
+                else self.draw_active(data)
+            )
+            if old is None:
+                break
+            mid = data.draw(st.sampled_from([*machines, old.machine]))
+            victims = (old.id,) if mid == old.machine and data.draw(st.booleans()) else ()
+            seqnum = view.get(mid, 0) if conflicts is ConflictMode.COARSE else 0
+            claims.append(Claim(old.id, mid, seqnum, victims, replace=True))
+        stops = []
+        replaced = sorted(t.id for t in self.cell.tasks.values() if t.replaced_by is not None)
+        for _ in range(data.draw(st.integers(0, 2))):
+            task = (
+                self.cell.tasks[data.draw(st.sampled_from(replaced))]
+                if replaced and data.draw(st.booleans())
+                else self.draw_active(data)
+            )
+            if task is not None:
+                stops.append(Stop(task.id, data.draw(st.sampled_from(list(StopReason)))))
+        txn = Transaction(
+            "prop", tuple(claims), self.cell.version, mode, conflicts, stops=tuple(stops)
+        )
         outcome = self.apply(Commit(txn, at=self.at))
         result = outcome.result
         assert isinstance(result, CommitResult)
-        assert result.accepted + len(result.rejected) == len(claims), "a claim has no verdict"
+        verdicts = result.accepted + sum(1 for r in result.rejected if r.machine)
+        assert verdicts == len(claims), "a claim has no verdict"
         if conflicts is ConflictMode.FINE:
             assert all(r.reason != "victim_gone" for r in result.rejected), result
-        evicted = [e.task for e in outcome.events if isinstance(e, TaskEvicted)]
+        # Stops and replacements retire tasks (reason `replaced`, `scaled`): no preemption.
+        evicted = [
+            e.task for e in outcome.events if isinstance(e, TaskEvicted) and e.reason == "preempted"
+        ]
         assert sorted(evicted) == sorted(result.preempted), (evicted, result.preempted)
         self.op_view(data)
 
@@ -236,6 +306,43 @@ class CellMachine(RuleBasedStateMachine):
         self.clock += 30.0
         self.apply(ExpireHeartbeats(timeout=20.0, at=self.at))
 
+    def draw_job(self, data):
+        live = sorted(jid for jid, job in self.cell.jobs.items() if not job.killed)
+        return self.cell.jobs[data.draw(st.sampled_from(live))] if live else None
+
+    def op_update(self, data):
+        job = self.draw_job(data)
+        if job is None:
+            return
+        spec = attrs.evolve(
+            job.spec,
+            command=("v", str(data.draw(st.integers(0, 3)))),
+            tasks=data.draw(st.sampled_from([job.spec.tasks, job.spec.tasks, 1, 5])),
+        )
+        self.apply(UpdateJob(job.id, spec, at=self.at))
+
+    def op_lifecycle(self, data):
+        job = self.draw_job(data)
+        if job is None:
+            return
+        what = data.draw(st.sampled_from(["scale", "revert", "promote", "verdict", "drain"]))
+        if what == "scale":
+            self.apply(ScaleJob(job.id, data.draw(st.integers(0, 5)), at=self.at))
+        elif what == "revert":
+            self.apply(RevertJob(job.id, data.draw(st.integers(1, 3)), at=self.at))
+        elif what == "promote":
+            self.apply(PromoteJob(job.id, at=self.at))
+        elif what == "verdict":
+            state = data.draw(st.sampled_from([RolloutState.SUCCEEDED, RolloutState.FAILED]))
+            version = job.rollout.version if job.rollout else job.spec_version
+            self.apply(EndRollout(job.id, version, state, at=self.at))
+        else:
+            machine = data.draw(st.sampled_from(sorted(self.cell.machines)))
+            deadline = data.draw(st.sampled_from([None, 0.0, 50.0]))
+            out = self.apply(SetMachineState(machine, MachineState.DRAINING, self.at, "", deadline))
+            if not isinstance(out.result, Error):
+                self.operator[machine] = MachineState.DRAINING
+
     def op_kill(self, data):
         self.apply(
             KillJob(data.draw(st.sampled_from(sorted(self.cell.jobs) or ["none"])), at=self.at)
@@ -256,6 +363,7 @@ class CellMachine(RuleBasedStateMachine):
         + ["report"] * 4
         + ["usage"] * 3
         + ["view"] * 2
+        + ["update", "lifecycle", "lifecycle"]
         + ["register", "machine_state", "heartbeats", "kill", "quota"]
     )
 
