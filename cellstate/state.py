@@ -541,7 +541,7 @@ class CellState:
         self._resize(job, at, events)
         active = job.rollout
         outdated = any(
-            t.state in ACTIVE_STATES and not job.current(t) and t.replaced_by is None
+            t.state in ACTIVE_STATES and not job.current(t) and self.replacement(t) is None
             for t in self.job_tasks(job)
         )
         if active is not None and (outdated or job.shapes[active.version - 1] != job.shapes[-1]):
@@ -648,6 +648,13 @@ class CellState:
             checked=spec.check is not None,
         )
 
+    def replacement(self, task: Task) -> Task | None:
+        """The live task that replaces `task`, if any (one that ended does not)."""
+        if task.replaced_by is None:
+            return None
+        successor = self.tasks[task.replaced_by]
+        return None if successor.state in TERMINAL else successor
+
     def replaceable(self, task: Task) -> bool:
         """Whether a claim may place a replacement for `task`: it is placed, not
         replaced yet, and runs an old shape or sits on a draining machine."""
@@ -656,7 +663,7 @@ class CellState:
         job = self.jobs[task.job]
         if job.killed or task.index >= job.spec.tasks:
             return False
-        if task.replaced_by is not None and self.tasks[task.replaced_by].state not in TERMINAL:
+        if self.replacement(task) is not None:
             return False
         machine = self.machines[task.machine]  # type: ignore[index]
         return not job.current(task) or machine.state is MachineState.DRAINING
@@ -674,7 +681,9 @@ class CellState:
             task = tasks[tid]
             if task.state not in ACTIVE_STATES:
                 continue
-            if task.index >= size or task.replaced_by is not None:
+            if task.index >= size:
+                return False
+            if self.replacement(task) is not None:
                 return False
             if machines[task.machine].state is MachineState.DRAINING:  # type: ignore[index]
                 return False
@@ -1004,9 +1013,14 @@ class CellState:
         is retired instead, and one of an old version comes back as the
         current version."""
         job = self.jobs[task.job]
-        if task.replaced_by is not None and self.tasks[task.replaced_by].state not in TERMINAL:
+        if self.replacement(task) is not None:
             self._retire(task, "replaced", self.now, events)
             return
+        if task.index >= job.spec.tasks and self.rules >= LIFECYCLE_RULES:
+            # Beyond its job's size (a scale-down not yet done): nothing to come back for.
+            self._retire(task, "scaled", self.now, events)
+            return
+        task.replaced_by = None  # its replacement ended: it is the index's task again
         machine = self._release(task)
         events.append(TaskEvicted(task.id, machine.id, task.incarnation, reason))
         task.machine = None

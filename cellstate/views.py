@@ -67,7 +67,7 @@ def rollout_view(cell: CellState, job: Job, rollout: Rollout) -> dict[str, Any]:
         for t in cell.job_tasks(job)
         if t.index < size
         and t.state in ACTIVE_STATES
-        and t.replaced_by is None
+        and cell.replacement(t) is None
         and job.shapes[t.spec_version - 1] == job.shapes[rollout.version - 1]
     )
     return {

@@ -184,7 +184,7 @@ def _verdicts(
     serving = [t for t in tasks if t.index < size]
     if (
         all(
-            job.current(t) and t.state in ACTIVE_STATES and t.replaced_by is None and done(t)
+            job.current(t) and t.state in ACTIVE_STATES and cell.replacement(t) is None and done(t)
             for t in serving
         )
         and len({t.index for t in serving}) == size
