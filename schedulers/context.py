@@ -17,6 +17,7 @@ claim names them again.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 
@@ -25,7 +26,7 @@ import numpy as np
 from cellstate import CellState, Machine, Task
 from schedulers.table import Demand, MachineTable
 
-Saved = tuple[np.ndarray, np.ndarray, np.ndarray, set[str]]
+Saved = tuple[np.ndarray, np.ndarray, np.ndarray, set[str], dict[str, int]]
 
 
 class DecisionContext:
@@ -52,6 +53,9 @@ class DecisionContext:
         self.inv_cap = table.inv_cap[:n]
         self.exclusive = table.exclusive
         self.evicted: set[str] = set()
+        # Per job, its available tasks this decision's victims take: the store
+        # refuses a claim that takes more than its budget spares (`spare`).
+        self.spent: dict[str, int] = {}
         self.job_rows: dict[str, np.ndarray] = {}  # job -> rows of its active tasks
         self.machines: list[Machine] = cell.machine_list
 
@@ -97,6 +101,8 @@ class DecisionContext:
         inv_cap = self.inv_cap[row]
         for victim in victims:
             self.evicted.add(victim.id)
+            if victim.healthy_at is not None:
+                self.spent[victim.job] = self.spent.get(victim.job, 0) + 1
             for dim, amount in victim.demand.items():
                 j = index[dim]
                 self.free[row, j] += amount
@@ -112,8 +118,18 @@ class DecisionContext:
             self.be_free.copy(order="F"),
             self.free_frac.copy(),
             set(self.evicted),
+            dict(self.spent),
         )
 
     def restore(self, saved: Saved) -> None:
-        self.free, self.be_free, self.free_frac, self.evicted = saved
+        self.free, self.be_free, self.free_frac, self.evicted, self.spent = saved
         self.be_free_frac = None
+
+    def spare(self, job_id: str) -> float:
+        """How many more of the job's available tasks its budget lets this decision
+        stop (`max_unavailable`; unlimited without one)."""
+        job = self.cell.jobs[job_id]
+        budget = job.spec.max_unavailable
+        if budget is None:
+            return math.inf
+        return job.available - (job.spec.tasks - budget) - self.spent.get(job_id, 0)

@@ -11,7 +11,8 @@ each dimension it demands (nothing where that is not positive), and each
 victim gains back its limit in every dimension. Only machines whose capacity
 covers the demand in every demanded dimension are candidates: no victim set
 could make room on the others. Victims are taken lowest priority first, the
-largest first within a priority (fewer tasks), until every need is met;
+largest first within a priority (fewer tasks), until every need is met,
+passing over tasks whose job's disruption budget cannot spare them;
 victims that turn out unneeded are then dropped again, highest priority
 first. The preemption cost of a machine is (highest victim priority, number
 of victims, victims' total share of the machine, summed over dimensions); the
@@ -77,9 +78,15 @@ def victims_on(
         return all(got[dim] >= short for dim, short in need.items())
 
     chosen: list[Task] = []
+    taken: dict[str, int] = {}  # per job, available tasks chosen here
     for task in preemptible(ctx, row, band):
         if enough():
             break
+        if task.healthy_at is not None:
+            # The store refuses what the victim's job cannot spare (`budget_exceeded`).
+            if ctx.spare(task.job) - taken.get(task.job, 0) < 1:
+                continue
+            taken[task.job] = taken.get(task.job, 0) + 1
         chosen.append(task)
         for dim in need:
             got[dim] += task.demand.get(dim, 0)

@@ -6,66 +6,16 @@ the cell, not at the moments a poll happens to look."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
-import trio
 import yaml
 
-from cellstate import CellState
-from cellstate.model import FIRST_RULES
-from cellstate.wire import COMMAND, internal
-from cellstore.cellclient import CellClient
+from harness.budget import BudgetChecker
 from harness.upcell import up_cell, wait_for
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).parent.parent / "examples" / "web-rolling.yaml"
-
-
-class BudgetChecker:
-    """Replays the watch feed; while `measuring`, records the most tasks of `job`
-    not running-and-healthy at any version of the cell."""
-
-    def __init__(self, addr: str, token: str, job: str) -> None:
-        self.addr, self.token, self.job = addr.split(","), token, job
-        self.measuring = False
-        self.worst = 0
-        self.versions = 0
-        self.stop = threading.Event()
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BudgetChecker:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._follow)
-        except BaseException as exc:  # surfaced by the test
-            self.failure = exc
-
-    async def _follow(self) -> None:
-        cell = CellState(rules=FIRST_RULES)
-        cell.keep_events = False
-        async with CellClient.connect(self.addr, self.token) as client:
-            async for batch in client.watch(1):
-                if batch.snapshot is not None:
-                    cell = CellState.restore(batch.snapshot)
-                    cell.keep_events = False
-                for _, command in batch.commands:
-                    cell.apply(internal.structure(command, COMMAND))
-                    self.versions += 1
-                    job = cell.jobs.get(self.job)
-                    if job is not None and self.measuring:
-                        self.worst = max(self.worst, job.spec.tasks - job.available)
-                if self.stop.is_set():
-                    return
 
 
 def spec_file(tmp_path: Path, name: str, **env: str) -> str:

@@ -181,3 +181,23 @@ def test_an_update_without_room_to_surge_replaces_in_place():
     run.until(lambda: run.rollout_state(2) is RolloutState.SUCCEEDED)
     assert {t.spec_version for t in run.live()} == {2}
     assert run.worst <= 2
+
+
+def test_preemption_passes_over_victims_whose_budget_is_spent():
+    from tests.cellfixtures import commit
+
+    cell = cell_with(machines=1, cpu=4000)
+    submit(cell, "low", tasks=4, cpu=1000, update=UpdatePolicy(max_parallel=1))
+    commit(cell, *((f"low.{i}", "m0") for i in range(4)))
+    for i in range(4):
+        task = cell.tasks[f"low.{i}"]
+        reports = tuple(
+            TaskReport(task.id, "m0", 0, state)
+            for state in (ReportedState.STARTING, ReportedState.RUNNING)
+        )
+        cell.apply(ReportTasks(reports, at=5.0))
+    submit(cell, "prod", tasks=1, cpu=2000, scheduler=SchedulerClass.SERVICE)
+    sched = core(SchedulerClass.SERVICE)
+    # Two victims are needed and the budget spares one: no claim is worth sending.
+    assert sched.decide(cell, 6.0) is None
+    assert cell.jobs["low"].available == 4

@@ -1,0 +1,67 @@
+"""A disruption-budget checker that follows a live cell's watch feed.
+
+It replays every command the store applied into a cell state of its own (the
+same pure code the replicas run), so a job's budget is checked at every
+version of the cell, not at the moments a poll happens to look.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import trio
+
+from cellstate import CellState
+from cellstate.model import FIRST_RULES
+from cellstate.wire import COMMAND, internal
+from cellstore.cellclient import CellClient
+
+
+class BudgetChecker:
+    """Replays the watch feed; while `measuring`, records the most tasks of `job`
+    not running-and-healthy at any version of the cell."""
+
+    def __init__(self, addr: str, token: str, job: str) -> None:
+        self.addr, self.token, self.job = addr.split(","), token, job
+        self.measuring = False
+        self.worst = 0
+        self.versions = 0
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BudgetChecker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._follow)
+        except BaseException as exc:  # surfaced by the test
+            self.failure = exc
+
+    async def _follow(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch)
+            while not self.stop.is_set():
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
+        cell = CellState(rules=FIRST_RULES)
+        cell.keep_events = False
+        async with CellClient.connect(self.addr, self.token) as client:
+            async for batch in client.watch(1):
+                if batch.snapshot is not None:
+                    cell = CellState.restore(batch.snapshot)
+                    cell.keep_events = False
+                for _, command in batch.commands:
+                    cell.apply(internal.structure(command, COMMAND))
+                    self.versions += 1
+                    job = cell.jobs.get(self.job)
+                    if job is not None and self.measuring:
+                        self.worst = max(self.worst, job.spec.tasks - job.available)
