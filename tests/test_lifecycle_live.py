@@ -26,7 +26,7 @@ def spec_file(tmp_path: Path, name: str, **env: str) -> str:
     return str(path)
 
 
-def test_rolling_update_auto_revert_and_scale_keep_the_budget(tmp_path):
+def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
     with up_cell(tmp_path / "cell", "--agents", "3") as cell:
         cell.start()
         submitted = cell.json("submit", str(EXAMPLE), "--id", "web")
@@ -63,7 +63,39 @@ def test_rolling_update_auto_revert_and_scale_keep_the_budget(tmp_path):
                 for t in cell.json("tasks", "--job", "web")
             )
 
-            # Scale down within the budget, highest index first.
+            # A canary update waits for `omega promote`; --plan commits nothing.
+            canary = yaml.safe_load(EXAMPLE.read_text())
+            canary["env"] = {"VERSION": "v5"}
+            canary["update"]["canary"] = 1
+            path = tmp_path / "v5.yaml"
+            path.write_text(yaml.safe_dump(canary))
+            plan = cell.json("update", "web", str(path), "--plan")
+            assert "env.VERSION: 'v2' -> 'v5'" in plan["changes"], plan
+            assert plan["claims"] and cell.json("job", "web")["version"] == 4
+            cell.omega("update", "web", str(path))
+            wait_for(
+                "one healthy canary",
+                lambda: (
+                    sum(
+                        t["version"] == 5 and t["healthy"] is True
+                        for t in cell.json("tasks", "--job", "web")
+                    )
+                    == 1
+                ),
+            )
+            assert cell.json("job", "web")["rollout"]["state"] == "canary"
+            assert sum(t["state"] == "running" for t in cell.json("tasks", "--job", "web")) == 7
+            cell.omega("promote", "web")
+            wait_for(
+                "the canary update done",
+                lambda: cell.json("job", "web")["rollout"]["state"] == "succeeded",
+            )
+
+            # Scale up, then down within the budget, highest index first.
+            checker.measuring = False  # new tasks are missing until they run, not disrupted
+            cell.omega("scale", "web", "10")
+            wait_for("ten healthy tasks", lambda: available() == 10)
+            checker.measuring = True
             cell.omega("scale", "web", "3")
             wait_for(
                 "three tasks left",
@@ -92,4 +124,21 @@ def test_rolling_update_auto_revert_and_scale_keep_the_budget(tmp_path):
         assert changed.returncode == 1 and "spec.scheduler" in changed.stderr
         drain = cell.omega("drain", "no-such-machine", check=False)
         assert drain.returncode == 1 and "machine_unknown" in drain.stderr
-        assert cell.json("job", "web")["version"] == 5
+        assert cell.json("job", "web")["version"] == 7
+
+        # A drain with a deadline: tasks move (replacement first), the rest is evicted.
+        machine = next(t["machine"] for t in cell.json("tasks", "--job", "web") if t["machine"])
+        cell.omega("drain", machine, "--deadline", "30")
+        wait_for(
+            "the drained machine empty",
+            lambda: (
+                not any(
+                    t["machine"] == machine and t["state"] == "running"
+                    for t in cell.json("tasks", "--job", "web")
+                )
+            ),
+        )
+        assert next(n for n in cell.json("nodes") if n["id"] == machine)["state"] == "draining"
+        wait_for("three healthy tasks elsewhere", lambda: available() == 3)
+        cell.omega("drain", machine, "--undo")
+        assert next(n for n in cell.json("nodes") if n["id"] == machine)["state"] == "up"
