@@ -344,7 +344,13 @@ def job(
         return
     for key, value in pick(found, JOB_FIELDS).items():
         shown = counts_text(found["tasks"]) if key == "tasks" else value
-        console().print(f"[bold]{key:>12}[/bold] {shown}")
+        if key == "rollout" and isinstance(value, dict):
+            why = f" ({value['reason']})" if value["reason"] else ""
+            shown = (
+                f"v{value['version']} from v{value['previous']} {value['state']}: "
+                f"{value['current']}/{value['size']} tasks on it{why}"
+            )
+        console().print(f"[bold]{key:>12}[/bold] {shown}", highlight=False)
 
 
 @app.command()
