@@ -96,6 +96,7 @@ from cellstate.model import (
 from cellstate.resources import MAX_CELL_DEVICE_KINDS, Resources
 
 PENDING = TaskState.PENDING
+ASSIGNED = TaskState.ASSIGNED
 RUNNING = TaskState.RUNNING
 KILLED = TaskState.KILLED
 TERMINAL = TERMINAL_STATES
@@ -985,6 +986,7 @@ class CellState:
             task.healthy_at = None
 
     def _place(self, task: Task, machine: Machine, at: float) -> None:
+        """Put a pending task on `machine`: the state's half of an accepted claim."""
         if not task.best_effort:
             task.reserved, task.reserved_packed = task.demand, task.need.whole
         self.ledger.add(task, machine.account)
@@ -996,7 +998,15 @@ class CellState:
         task.machine = machine.id
         task.placed_at = at
         task.healthy = None
-        self._move(task, self.jobs[task.job], TaskState.ASSIGNED)
+        # `_move` from pending to assigned, written out likewise (neither state
+        # is running, so availability does not change).
+        job = self.jobs[task.job]
+        counts = job.counts
+        counts[PENDING] -= 1
+        counts[ASSIGNED] = counts.get(ASSIGNED, 0) + 1
+        task.state = ASSIGNED
+        if not counts[PENDING]:
+            del self.pending_jobs[job.id]
 
     def _release(self, task: Task) -> Machine:
         """Take an active task's claim off its machine; the caller sets its state."""
