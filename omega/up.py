@@ -2,7 +2,11 @@
 
 It starts the store replicas, one scheduler of each kind and the agents as
 child processes, restarts any that dies, and on SIGINT or SIGTERM stops them
-all (SIGTERM, then SIGKILL after a grace period). Everything lives in the data
+all (SIGTERM, then SIGKILL after a grace period). No child outlives it, however
+it ends (`omega.children`): each is armed to get SIGTERM when the supervisor
+dies, even by SIGKILL; and a closed output pipe (`omega up | tee log`, then
+Ctrl-C, which kills `tee` first) is a request to stop, not a crash that
+strands them. Everything lives in the data
 directory: the token and the Raft secret (mode 0600), the ports chosen on the
 first start (so a restart brings back the same cell at the same addresses),
 each part's log, and `env`, shell exports for the client commands.
@@ -17,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import attrs
 import orjson
@@ -27,6 +31,7 @@ import trio
 
 from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
 from cellstore.config import free_ports, replica_document
+from omega import children
 
 if TYPE_CHECKING:
     from cellstore.cellclient import CellSummary
@@ -219,19 +224,17 @@ async def supervise(part: Part, layout: CellLayout, stopping: trio.Event) -> Non
     delay = 0.5
     while not stopping.is_set():
         with open(part.log, "ab") as out:
-            process = await trio.lowlevel.open_process(
-                list(part.argv),
-                stdout=out,
-                stderr=out,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
+            process = children.spawn(list(part.argv), stdout=out, env=env)
         log.info("part_started", part=part.name, pid=process.pid)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_request, process, stopping)
-            code = await process.wait()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_request, process, stopping)
+                code = await children.wait(process)
+                nursery.cancel_scope.cancel()
+        finally:
+            # Cancelled from outside (the supervisor failing): stop the child all the same.
+            with trio.CancelScope(shield=True):
+                await _terminate(process)
         if stopping.is_set():
             return
         log.warning("part_exited", part=part.name, code=code, restart_in_s=delay)
@@ -239,20 +242,31 @@ async def supervise(part: Part, layout: CellLayout, stopping: trio.Event) -> Non
         delay = min(delay * 2, 30.0)
 
 
-async def _stop_on_request(process: trio.Process, stopping: trio.Event) -> None:
+async def _stop_on_request(process: subprocess.Popen[bytes], stopping: trio.Event) -> None:
     await stopping.wait()
     await _terminate(process)
 
 
-async def _terminate(process: trio.Process) -> None:
-    if process.returncode is not None:
+async def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
     with trio.move_on_after(STOP_GRACE_S):
-        await process.wait()
-    if process.returncode is None:
+        await children.wait(process)
+    if process.poll() is None:
         process.kill()
-        await process.wait()
+        await children.wait(process)
+
+
+def say(line: str, stream: TextIO | None = None) -> None:
+    """Print a line for the person running `omega up`; a closed pipe loses the line, and
+    nothing else (the watcher of the pipe turns it into a stop)."""
+    out = stream or sys.stdout
+    try:
+        print(line, file=out, flush=True)
+    except (BrokenPipeError, ValueError):
+        # Python would report the lost flush again at exit, and logs would die of it too.
+        children.silence_closed_outputs()
 
 
 async def wait_ready(
@@ -288,7 +302,7 @@ async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
     async with CellClient.connect(layout.api, layout.token) as cell:
         for path in specs:
             submitted = await cell.submit(load_spec(path))
-            print(f"submitted {path} as job {submitted.job}", flush=True)
+            say(f"submitted {path} as job {submitted.job}")
 
 
 async def run_cell(
@@ -304,31 +318,47 @@ async def run_cell(
     layout = prepare(data_dir, replicas, heartbeat_timeout_s)
     parts = plan_parts(layout, schedulers, agents, hollow, resources)
     stopping = trio.Event()
-    print(f"OMEGA_ADDR={layout.addr}", flush=True)
-    print(f"OMEGA_TOKEN={layout.token}", flush=True)
+    say(f"OMEGA_ADDR={layout.addr}")
+    say(f"OMEGA_TOKEN={layout.token}")
     async with trio.open_nursery() as nursery:
         for part in parts:
             nursery.start_soon(supervise, part, layout, stopping)
 
-        async def on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    print("stopping cell", flush=True)
-                    stopping.set()
-                    return
-
-        nursery.start_soon(on_signal)
+        nursery.start_soon(watch_for_stop, stopping)
         try:
             await wait_ready(layout, agents + hollow, len(schedulers))
         except TimeoutError as exc:
-            print(f"error: {exc}; see the logs in {data_dir / 'logs'}", file=sys.stderr, flush=True)
+            say(f"error: {exc}; see the logs in {data_dir / 'logs'}", sys.stderr)
             stopping.set()
             raise SystemExit(1) from None
-        print(
+        say(
             f"cell ready: {replicas} replicas, {len(schedulers)} schedulers, "
             f"{agents} agents{f', {hollow} hollow machines' if hollow else ''}; "
-            f"source {data_dir / 'env'} to use it",
-            flush=True,
+            f"source {data_dir / 'env'} to use it"
         )
         if specs:
             await submit_specs(layout, specs)
+
+
+async def watch_for_stop(stopping: trio.Event) -> None:
+    """Set `stopping` on SIGINT, SIGTERM or a closed output pipe; return once it is set."""
+
+    async def on_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                # Stop first, then say so: the pipe we print to may be gone already.
+                stopping.set()
+                say("stopping cell")
+                return
+
+    async def on_output_closed() -> None:
+        await children.output_closed(sys.stdout)
+        children.silence_closed_outputs()
+        log.warning("output_closed_stopping")
+        stopping.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(on_signal)
+        nursery.start_soon(on_output_closed)
+        await stopping.wait()
+        nursery.cancel_scope.cancel()
