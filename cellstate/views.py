@@ -1,7 +1,7 @@
 """Read models of a cell: the JSON shapes the API serves and the CLI prints.
 
 Field names here are a public contract (`omega ... --json` prints them):
-jobs `id,name,scheduler,priority,state,tasks`; tasks `id,job,state,machine`,
+jobs `id,name,scheduler,priority,state,tasks`, `labels`; tasks `id,job,state,machine`,
 `version`, `healthy`; machines `id,state,capacity,used,domain,labels`. Extra
 fields may follow.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cellstate.model import ACTIVE_STATES, Job, JobSpec, Machine, Rollout, Task, TaskState
+from cellstate.model import ACTIVE_STATES, Band, Job, JobSpec, Machine, Rollout, Task, TaskState
 from cellstate.resources import DIMENSIONS, REQUIRED, format_amount
 from cellstate.state import CellState
 from cellstate.wire import to_json
@@ -57,6 +57,7 @@ def job_view(cell: CellState, job: Job) -> dict[str, Any]:
         "available": job.available,
         "max_unavailable": spec.max_unavailable,
         "rollout": rollout_view(cell, job, job.rollouts[-1]) if job.rollouts else None,
+        "labels": dict(spec.labels),
     }
 
 
@@ -212,6 +213,22 @@ def list_tasks(
 
 def list_machines(cell: CellState) -> list[dict[str, Any]]:
     return [machine_view(m) for m in cell.machine_list]
+
+
+def list_quotas(cell: CellState) -> list[dict[str, Any]]:
+    """Every owner and band with a quota set or quota taken: the limit (null: unlimited)
+    and what its regular tasks take."""
+    limits, taken = cell.ledger.limits, cell.ledger.usage()
+    return [
+        {
+            "owner": owner,
+            "band": Band(band).label,
+            "limit": resources(limits[key]) if key in limits else None,
+            "taken": resources(taken.get(key, {})),
+        }
+        for key in sorted({*limits, *taken})
+        for owner, band in (key,)
+    ]
 
 
 def cell_summary(cell: CellState) -> dict[str, Any]:

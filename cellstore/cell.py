@@ -8,7 +8,8 @@ the Raft log, so the log only ever holds well-typed commands.
 
 Typed endpoints (added by `endpoints`, all under the bearer token):
 - `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`
-- `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`, `GET /v1/machines`
+- `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`, `GET /v1/machines`,
+  `GET /v1/quotas`
 - `POST /v1/transactions` `{"txn": {...}}` commit one transaction
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
 - `POST /v1/schedulers/report` a scheduler's figures and explanations
@@ -209,6 +210,9 @@ def endpoints(
     async def machines(request: Request) -> Response:
         return await read(lambda cell: {"machines": cell_views.list_machines(cell)})
 
+    async def quotas(request: Request) -> Response:
+        return await read(lambda cell: {"quotas": cell_views.list_quotas(cell)})
+
     async def summary(request: Request) -> Response:
         return await read(cell_views.cell_summary)
 
@@ -242,6 +246,7 @@ def endpoints(
     router.add("POST", "/v1/agents/usage", command_endpoint("report_usage"))
     router.add("POST", "/v1/machines/state", command_endpoint("set_machine_state"))
     router.add("POST", "/v1/quotas", command_endpoint("set_quota"))
+    router.add("GET", "/v1/quotas", quotas)
     router.add("POST", "/v1/schedulers/report", command_endpoint("report_scheduler"))
     router.add("GET", "/v1/cell", summary)
     router.add("GET", "/v1/explain", explain)

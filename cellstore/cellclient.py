@@ -82,7 +82,8 @@ TASKS = "/v1/tasks"
 MACHINES = "/v1/machines"
 CELL = "/v1/cell"
 EXPLAIN = "/v1/explain"
-READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN)
+QUOTAS = "/v1/quotas"
+READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, QUOTAS)
 STATUS = "/v1/status"  # the store's own (`cellstore.client.STATUS`): importing it brings httpx
 AGENT_LOGS = "/v1/logs"  # served by each agent (`agents.logserver`), not by the replicas
 
@@ -155,6 +156,7 @@ class JobView(TypedDict):
     available: int  # tasks running and healthy (or running, unchecked)
     max_unavailable: int | None  # the disruption budget; None: unlimited
     rollout: RolloutView | None  # the last update, finished or not
+    labels: dict[str, str]
 
 
 class RolloutView(TypedDict):
@@ -219,6 +221,13 @@ class MachineView(TypedDict):
     reserved: ResourceView
     last_heartbeat: float
     drain_deadline: float | None
+
+
+class QuotaView(TypedDict):
+    owner: str
+    band: str
+    limit: ResourceView | None  # None: unlimited
+    taken: ResourceView
 
 
 class SchedulerSummary(TypedDict):
@@ -446,6 +455,10 @@ class _Calls:
         return Call("GET", CELL, _same)
 
     @staticmethod
+    def quotas() -> Call[list[QuotaView]]:
+        return Call("GET", QUOTAS, _key("quotas"))
+
+    @staticmethod
     def explain(target: str) -> Call[Explanation]:
         return Call("GET", EXPLAIN, _same).with_query(target=target)
 
@@ -613,6 +626,9 @@ class CellClient:
 
     async def summary(self) -> CellSummary:
         return await self._run(_Calls.summary())
+
+    async def quotas(self) -> list[QuotaView]:
+        return await self._run(_Calls.quotas())
 
     async def explain(self, target: str) -> Explanation:
         """Why a job or task is where it is (`target` is a job or task id)."""
@@ -937,6 +953,9 @@ class SyncCellClient:
 
     def summary(self) -> CellSummary:
         return self._run(_Calls.summary())
+
+    def quotas(self) -> list[QuotaView]:
+        return self._run(_Calls.quotas())
 
     def explain(self, target: str) -> Explanation:
         return self._run(_Calls.explain(target))

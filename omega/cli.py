@@ -66,10 +66,20 @@ Addr = Annotated[
 ]
 Token = Annotated[str, typer.Option("--token", envvar="OMEGA_TOKEN", help="API bearer token.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+LabelSelector = Annotated[
+    str,
+    typer.Option(
+        "--selector",
+        "-l",
+        help="Labels to match, kubectl style: 'team=ml,env!=prod', 'zone in (a,b)', '!spot'.",
+    ),
+]
 
 JOB_FIELDS = ("id", "name", "scheduler", "priority", "state", "tasks")
 TASK_FIELDS = ("id", "job", "state", "machine")
 NODE_FIELDS = ("id", "state", "capacity", "used", "domain", "labels")
+# `omega submit --wait` on a job no machine can take: told apart from a failed job (1).
+EXIT_BLOCKED = 2
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -104,6 +114,18 @@ def health_text(healthy: bool | None) -> str:
     return "-" if healthy is None else "healthy" if healthy else "unhealthy"
 
 
+def selecting(text: str) -> Callable[[Mapping[str, str]], bool]:
+    """The predicate of a `-l` selector; exits 2 naming what does not parse."""
+    if not text.strip():
+        return lambda labels: True
+    from omega.selectors import SelectorError, parse
+
+    try:
+        return parse(text)
+    except SelectorError as exc:
+        fail(f"-l: {exc}", 2)
+
+
 def pick(record: Mapping[str, object], fields: tuple[str, ...]) -> dict[str, object]:
     return {field: record.get(field) for field in fields} | {
         k: v for k, v in record.items() if k not in fields
@@ -116,6 +138,10 @@ def emit_json(value: Any) -> None:
 
 def counts_text(counts: dict[str, int]) -> str:
     return " ".join(f"{state}={n}" for state, n in counts.items()) or "-"
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items() if not k.startswith("omega.")) or "-"
 
 
 # -- running the parts ---------------------------------------------------------
@@ -220,17 +246,22 @@ def store(
     run_replica(config)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# `--help` is passed through to the part's own parser, which knows its flags.
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
 def scheduler(ctx: typer.Context) -> None:
-    """Run one scheduler process (flags: `omega scheduler -h`)."""
+    """Run one scheduler process (`omega scheduler --help` lists its flags)."""
     from schedulers.__main__ import main
 
     main(ctx.args)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
 def agent(ctx: typer.Context) -> None:
-    """Run one agent for a machine, or many hollow ones (flags: `omega agent -h`)."""
+    """Run one agent for a machine, or many hollow ones (`omega agent --help` lists its
+    flags)."""
     from agents.__main__ import main
 
     main(ctx.args)
@@ -249,6 +280,14 @@ def submit(
         bool, typer.Option(help="Show progress until every task runs or ends.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 300.0,
+    blocked_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="With --wait: fail once a scheduler has explained why tasks cannot be "
+            "placed and they stayed pending this many seconds.",
+        ),
+    ] = 5.0,
     as_json: AsJson = False,
 ) -> None:
     """Submit a job from a spec file."""
@@ -265,42 +304,9 @@ def submit(
     else:
         console().print(f"submitted job [bold]{submitted.job}[/bold] ({spec.tasks} tasks)")
     if wait:
-        wait_for_job(addr, token, submitted.job, spec.tasks, timeout)
+        from omega.waiting import wait_for_job
 
-
-def wait_for_job(addr: str, token: str, job: str, size: int, timeout: float) -> None:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    deadline = time.monotonic() + timeout
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console(),
-        transient=False,
-    ) as progress:
-        bar = progress.add_task(f"{job}", total=size)
-        while True:
-            view = call(addr, token, lambda cell: cell.job(job))
-            counts = view["tasks"]
-            settled = sum(counts.get(s, 0) for s in ("running", "exited", "failed", "killed"))
-            progress.update(
-                bar, completed=settled, description=f"{job} {view['state']} {counts_text(counts)}"
-            )
-            if view["state"] in ("done", "failed", "killed") or settled >= size:
-                break
-            if time.monotonic() > deadline:
-                fail(f"job {job} not settled after {timeout:.0f} s: {counts_text(counts)}")
-            time.sleep(0.3)
-    if view["state"] in ("failed", "killed"):
-        fail(f"job {job} {view['state']}: {counts_text(view['tasks'])}")
+        wait_for_job(addr, token, submitted.job, spec.tasks, timeout, blocked_timeout)
 
 
 @app.command()
@@ -309,15 +315,19 @@ def jobs(
     token: Token = "",
     as_json: AsJson = False,
     state: Annotated[str, typer.Option(help="Only jobs in this state.")] = "",
+    selector: LabelSelector = "",
 ) -> None:
     """List jobs."""
-    found = call(addr, token, lambda cell: cell.jobs(state or None))
+    matches = selecting(selector)
+    found = [
+        j for j in call(addr, token, lambda cell: cell.jobs(state or None)) if matches(j["labels"])
+    ]
     if as_json:
         emit_json([pick(j, JOB_FIELDS) for j in found])
         return
     from rich.table import Table
 
-    table = Table("id", "name", "scheduler", "priority", "state", "tasks")
+    table = Table("id", "name", "scheduler", "priority", "state", "tasks", "labels")
     for j in found:
         table.add_row(
             j["id"],
@@ -326,6 +336,7 @@ def jobs(
             str(j["priority"]),
             j["state"],
             counts_text(j["tasks"]),
+            labels_text(j["labels"]),
         )
     console().print(table)
 
@@ -360,9 +371,21 @@ def tasks(
     as_json: AsJson = False,
     job: Annotated[str, typer.Option(help="Only this job's tasks.")] = "",
     state: Annotated[str, typer.Option(help="Only tasks in this state.")] = "",
+    selector: Annotated[
+        str, typer.Option("--selector", "-l", help="Only tasks of jobs whose labels match.")
+    ] = "",
 ) -> None:
     """List tasks."""
-    found = call(addr, token, lambda cell: cell.tasks(job=job or None, state=state or None))
+    if selector:
+        matches = selecting(selector)
+
+        def chosen(cell: SyncCellClient) -> Any:
+            jobs = {j["id"] for j in cell.jobs() if matches(j["labels"])}
+            return [t for t in cell.tasks(job=job or None, state=state or None) if t["job"] in jobs]
+
+        found = call(addr, token, chosen)
+    else:
+        found = call(addr, token, lambda cell: cell.tasks(job=job or None, state=state or None))
     if as_json:
         emit_json([pick(t, TASK_FIELDS) for t in found])
         return
@@ -384,41 +407,80 @@ def tasks(
 
 
 @app.command()
-def nodes(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
-    """List machines."""
-    found = call(addr, token, lambda cell: cell.machines())
+def nodes(
+    addr: Addr = "", token: Token = "", as_json: AsJson = False, selector: LabelSelector = ""
+) -> None:
+    """List machines: state, used/capacity of each resource, tasks, domain, labels."""
+    matches = selecting(selector)
+    found = [m for m in call(addr, token, lambda cell: cell.machines()) if matches(m["labels"])]
     if as_json:
         emit_json([pick(m, NODE_FIELDS) for m in found])
         return
     from rich.table import Table
 
-    table = Table("id", "state", "cpu used/cap", "memory used/cap", "other", "tasks", "domain")
+    from omega.units import dimensions, used_of
+
+    table = Table(
+        "id", "state", "cpu used/cap", "memory used/cap", "other", "tasks", "domain", "labels"
+    )
     for m in found:
         used, capacity = m["used"], m["capacity"]
         other = [
-            f"{dim} {used.get(dim, 0)}/{amount}"
-            for dim, amount in capacity.items()
-            if dim not in ("cpu", "memory") and not dim.endswith(("_milli", "_bytes"))
+            f"{dim} {used_of(used, capacity, dim)}"
+            for dim in dimensions(capacity)
+            if dim not in ("cpu", "memory")
         ]
         table.add_row(
             m["id"],
             m["state"],
-            f"{used['cpu']}/{capacity['cpu']}",
-            f"{used['memory']}/{capacity['memory']}",
+            used_of(used, capacity, "cpu"),
+            used_of(used, capacity, "memory"),
             " ".join(other) or "-",
             str(m["tasks"]),
             m["domain"],
+            labels_text(m["labels"]),
         )
     console().print(table)
 
 
 @app.command()
 def kill(
-    job_id: Annotated[str, typer.Argument(help="Job id.")], addr: Addr = "", token: Token = ""
+    job_id: Annotated[str, typer.Argument(help="Job id (or -l to choose jobs by label).")] = "",
+    addr: Addr = "",
+    token: Token = "",
+    selector: Annotated[
+        str, typer.Option("--selector", "-l", help="Kill every live job whose labels match.")
+    ] = "",
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Kill more than one job without asking.")
+    ] = False,
 ) -> None:
     """Kill a job: its tasks are stopped (SIGTERM, then SIGKILL after the grace period)."""
-    call(addr, token, lambda cell: cell.kill(job_id))
-    console().print(f"killed job [bold]{job_id}[/bold]")
+    if bool(job_id) == bool(selector):
+        fail("name one job id, or choose jobs with -l SELECTOR", 2)
+    if job_id:
+        targets = [job_id]
+    else:
+        matches = selecting(selector)
+        live = call(addr, token, lambda cell: cell.jobs())
+        targets = [
+            j["id"]
+            for j in live
+            if matches(j["labels"]) and j["state"] not in ("done", "failed", "killed")
+        ]
+        if not targets:
+            fail(f"no live job matches -l {selector!r}")
+        if len(targets) > 1 and not yes:
+            console().print(f"{len(targets)} jobs match: {' '.join(targets)}")
+            if not typer.confirm(f"kill all {len(targets)}?", default=False):
+                fail("nothing killed", 1)
+
+    def kill_all(cell: SyncCellClient) -> None:
+        for target in targets:
+            cell.kill(target)
+            console().print(f"killed job [bold]{target}[/bold]")
+
+    call(addr, token, kill_all)
 
 
 @app.command()
@@ -591,5 +653,7 @@ def bench_conflicts(ctx: typer.Context) -> None:
     main(ctx.args)
 
 
-# Commands that change running work live in their own module; importing it registers them.
+# Commands kept in their own modules, registered on `app` when they are imported (last, so
+# that they find this module's helpers defined): changing running work, and the cell's settings.
+from omega import admin as _admin  # noqa: E402, F401
 from omega import lifecycle as _lifecycle  # noqa: E402, F401

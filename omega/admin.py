@@ -1,0 +1,105 @@
+"""`omega quota get|set` and `omega node state`: the cell's settings that were reachable only
+over raw HTTP, as commands with errors that name the argument.
+
+Registered onto the `omega` app by `omega.cli`; like it, this module imports only what
+every command needs, the rest inside the commands.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail
+
+quota_app = typer.Typer(help="Quota per owner and priority band.", no_args_is_help=True)
+node_app = typer.Typer(help="Change a machine.", no_args_is_help=True)
+app.add_typer(quota_app, name="quota")
+app.add_typer(node_app, name="node")
+
+BANDS = ("monitoring", "production", "batch")
+MACHINE_STATES = ("up", "draining", "down")
+
+
+@quota_app.command("get")
+def quota_get(
+    addr: Addr = "",
+    token: Token = "",
+    as_json: AsJson = False,
+    owner: Annotated[str, typer.Option(help="Only this owner's quotas.")] = "",
+) -> None:
+    """Each owner's quota per band (limit, or unlimited) and what its tasks take."""
+    found = [q for q in call(addr, token, lambda cell: cell.quotas()) if owner in ("", q["owner"])]
+    if as_json:
+        emit_json(found)
+        return
+    from rich.table import Table
+
+    from omega.units import dimensions, human
+
+    table = Table("owner", "band", "taken/limit")
+    for q in found:
+        limit, taken = q["limit"], q["taken"]
+        dims = dimensions(limit) if limit is not None else dimensions(taken)
+        shown = [
+            f"{dim} {human(taken, dim)}/{human(limit, dim) if limit is not None else 'unlimited'}"
+            for dim in dims
+        ]
+        table.add_row(q["owner"], q["band"], "  ".join(shown) or "-")
+    console().print(table)
+
+
+@quota_app.command("set")
+def quota_set(
+    owner: Annotated[str, typer.Argument(help="The owner, as job specs name it.")],
+    band: Annotated[str, typer.Argument(help="monitoring, production or batch.")],
+    limits: Annotated[
+        list[str] | None,
+        typer.Argument(help="NAME=AMOUNT per dimension: cpu=64 memory=128Gi gpu=4."),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the quota: unlimited.")] = False,
+    addr: Addr = "",
+    token: Token = "",
+) -> None:
+    """Set an owner's quota in one band (a dimension not named is unlimited)."""
+    from cellstate import Band, Resources
+    from cellstate.resources import UnitError, parse_declaration
+
+    if band not in BANDS:
+        fail(
+            f"band {band!r}: use one of {', '.join(BANDS)} (best-effort has no quota: "
+            "it is unlimited)",
+            2,
+        )
+    if clear == bool(limits):
+        fail("give limits (cpu=64 memory=128Gi ...) or --clear, not both or neither", 2)
+    amounts: dict[str, int] = {}
+    for text in limits or ():
+        try:
+            name, amount = parse_declaration(text)
+        except UnitError as exc:
+            fail(f"limit {text!r}: {exc}", 2)
+        amounts[name] = amount
+    limit = None if clear else Resources.of(amounts)
+    chosen = Band[band.upper()]
+    call(addr, token, lambda cell: cell.set_quota(owner, chosen, limit))
+    told = "unlimited" if limit is None else " ".join(limits or ())
+    console().print(f"quota of [bold]{owner}[/bold] in {band}: {told}")
+
+
+@node_app.command("state")
+def node_state(
+    machine: Annotated[str, typer.Argument(help="Machine id.")],
+    state: Annotated[str, typer.Argument(help="up, draining or down.")],
+    addr: Addr = "",
+    token: Token = "",
+) -> None:
+    """Set a machine's state: `draining` takes no new tasks, `down` loses its tasks (they are
+    rescheduled), `up` takes work again."""
+    from cellstate import MachineState
+
+    if state not in MACHINE_STATES:
+        fail(f"state {state!r}: use one of {', '.join(MACHINE_STATES)}", 2)
+    call(addr, token, lambda cell: cell.set_machine_state(machine, MachineState(state)))
+    console().print(f"machine [bold]{machine}[/bold] is {state}")
