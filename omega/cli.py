@@ -656,4 +656,5 @@ def bench_conflicts(ctx: typer.Context) -> None:
 # Commands kept in their own modules, registered on `app` when they are imported (last, so
 # that they find this module's helpers defined): changing running work, and the cell's settings.
 from omega import admin as _admin  # noqa: E402, F401
+from omega import events as _events  # noqa: E402, F401
 from omega import lifecycle as _lifecycle  # noqa: E402, F401

@@ -1,0 +1,181 @@
+"""`omega events`: the cell's change feed as readable, timestamped events.
+
+There is no second history: this follows the store's watch feed from its
+start, applies each command to a `CellState` of its own (the one the replicas
+run) and renders the events that state yields, with what the command adds
+(which scheduler placed a task, which claim preempted it). A feed that begins
+with a snapshot (the log was compacted) has no events before it; the first
+line says so. Without `--follow` the command stops once it has caught up with
+the version the cell had when it started.
+
+`describe` is the whole rendering, a pure function of the state after the
+command, the command and one event; the console's event list uses the same words.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from omega.cli import Addr, AsJson, Token, app, fail
+
+if TYPE_CHECKING:
+    from cellstate import CellState, Event
+    from cellstate.commands import Command
+
+
+def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
+    """One event as a record: `kind`, `job`, `task`, `machine` (each None when it does not
+    apply) and `message`, the line a person reads."""
+    from cellstate import (
+        Commit,
+        JobKilled,
+        JobSubmitted,
+        MachineChanged,
+        TaskEvicted,
+        TaskHealthChanged,
+        TaskPlaced,
+        TaskStateChanged,
+    )
+
+    job: str | None = None
+    task: str | None = None
+    machine: str | None = None
+    if isinstance(event, MachineChanged):
+        kind, machine = "machine", event.machine
+        message = f"machine {machine} {event.state}"
+    elif isinstance(event, JobSubmitted):
+        kind, job = "submitted", event.job
+        found = cell.jobs.get(job)
+        size = f" ({found.spec.tasks} tasks, {found.spec.scheduler})" if found else ""
+        message = f"job {job} submitted{size}"
+    elif isinstance(event, JobKilled):
+        kind, job = "killed", event.job
+        message = f"job {job} killed"
+    elif isinstance(event, TaskPlaced):
+        kind, task, machine = "placed", event.task, event.machine
+        by = f" by {command.txn.scheduler}" if isinstance(command, Commit) else ""
+        message = f"task {task} placed on {machine}{by}"
+    elif isinstance(event, TaskStateChanged):
+        kind, task, machine = str(event.state), event.task, event.machine
+        message = f"task {task} {event.state}" + (f" on {machine}" if machine else "")
+        found_task = cell.tasks.get(task)
+        if found_task is not None and str(event.state) in ("exited", "failed"):
+            if found_task.exit_code is not None:
+                message += f" with code {found_task.exit_code}"
+            if found_task.reason:
+                message += f" ({found_task.reason})"
+    elif isinstance(event, TaskEvicted):
+        kind, task, machine = event.reason, event.task, event.machine
+        message = f"task {task} {event.reason} on {machine}"
+        if event.reason == "preempted" and isinstance(command, Commit):
+            claim = next((c for c in command.txn.claims if event.task in c.victims), None)
+            message += f" by {claim.task} of {command.txn.scheduler}" if claim else ""
+    elif isinstance(event, TaskHealthChanged):
+        kind, task, machine = "health", event.task, event.machine
+        verdict = {True: "healthy", False: "unhealthy", None: "not judged"}[event.healthy]
+        message = f"task {task} {verdict}"
+    else:  # pragma: no cover - a new event kind renders plainly until it has words
+        kind, message = type(event).__name__, repr(event)
+    if task is not None and job is None:
+        owner = cell.tasks.get(task)
+        job = owner.job if owner is not None else task.rsplit(".", 1)[0]
+    return {"kind": kind, "job": job, "task": task, "machine": machine, "message": message}
+
+
+def stamp(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+async def follow_events(
+    addresses: list[str],
+    token: str,
+    emit: Callable[[dict[str, Any]], None],
+    *,
+    follow: bool,
+    keep: Callable[[dict[str, Any]], bool] = lambda record: True,
+) -> None:
+    """Feed every event of the cell, from its log's start, to `emit` as a record with
+    `version` and `at` (ISO time); return once caught up unless `follow`."""
+    from cellstate import CellState
+    from cellstate.model import FIRST_RULES
+    from cellstate.wire import COMMAND, internal
+    from cellstore.cellclient import CellClient
+
+    async with CellClient.connect(addresses, token) as client:
+        target = (await client.status()).get("version", 0)
+        cell = CellState(rules=FIRST_RULES)
+        if target == 0 and not follow:
+            return
+        async for batch in client.watch(1):
+            if batch.snapshot is not None:
+                cell = CellState.restore(batch.snapshot)
+                emit(
+                    {
+                        "version": cell.version,
+                        "at": stamp(cell.now),
+                        "kind": "snapshot",
+                        "job": None,
+                        "task": None,
+                        "machine": None,
+                        "message": f"the log before version {cell.version} was compacted: "
+                        "no events before it",
+                    }
+                )
+            for version, document in batch.commands:
+                command = internal.structure(document, COMMAND)
+                outcome = cell.apply(command)
+                for event in outcome.events:
+                    record = {"version": version, "at": stamp(command.at)}
+                    record |= describe(cell, command, event)
+                    if keep(record):
+                        emit(record)
+            if not follow and cell.version >= target:
+                return
+
+
+@app.command()
+def events(
+    addr: Addr = "",
+    token: Token = "",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+    job: Annotated[str, typer.Option(help="Only this job's events.")] = "",
+    machine: Annotated[str, typer.Option(help="Only this machine's events.")] = "",
+    as_json: AsJson = False,
+) -> None:
+    """The change feed as events: jobs submitted and killed, tasks placed, started, exited
+    with their code, preempted (by whom), lost; machines up, draining, down."""
+    import sys
+
+    import trio
+
+    from cellstore.cellclient import CellError
+
+    if not addr or not token:
+        fail("no cell address or token: pass --addr/--token or source DATA_DIR/env", 2)
+
+    def keep(record: dict[str, Any]) -> bool:
+        return (not job or record["job"] == job) and (not machine or record["machine"] == machine)
+
+    def emit(record: dict[str, Any]) -> None:
+        if as_json:
+            sys.stdout.write(_json_line(record))
+        else:
+            sys.stdout.write(f"{record['at']}  v{record['version']:<6} {record['message']}\n")
+        sys.stdout.flush()
+
+    try:
+        trio.run(lambda: follow_events(addr.split(","), token, emit, follow=follow, keep=keep))
+    except CellError as exc:
+        fail(f"{exc.code}: {exc.message}")
+    except KeyboardInterrupt:
+        pass
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record, separators=(",", ":")) + "\n"
