@@ -5,8 +5,9 @@ One agent process speaks for one real machine, or for `hollow` simulated ones
 
 - Registration. All machines are registered (hollow: in batches of
   `register_batch`) before anything else; a real agent also serves its tasks'
-  captured output (`agents.logserver`) and publishes that address as the
-  machine label `omega.agent`, where `omega logs` finds it.
+  captured output and its metrics (`agents.logserver`, `agents.prometheus`) and
+  publishes that address as the machine label `omega.agent`, where `omega logs`
+  finds it.
 - Heartbeats. Every `heartbeat_s`, one request names every machine. A `stale`
   answer lists machines the cell has marked down meanwhile: they are
   registered again, and once the copy has caught up with that registration the
@@ -40,6 +41,7 @@ import os
 import random
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -52,6 +54,7 @@ import trio
 from agents.executor import RecoveredTask, open_executor, recover
 from agents.hollow import HollowExecutor, TimerHeap
 from agents.limits import LimitKind, probe_limits, release_agent_cgroups
+from agents.prometheus import AgentMetrics
 from agents.task import ReportedState, TaskExecutor, TaskKey, TaskReport, TaskSpec
 from cellstate import CellState, Event, Ok, Stale
 from cellstate.commands import MachineChanged, TaskEvicted, TaskPlaced
@@ -176,6 +179,8 @@ class Agent:
         self._random = random.Random(config.seed)
         self._log = log.bind(agent=config.name, machines=len(self.machines))
         self.sent = {"reports": 0, "report_requests": 0, "heartbeats": 0, "usage_requests": 0}
+        self.metrics = AgentMetrics()
+        self.metrics.watch(self)
 
     # -- machines ------------------------------------------------------------------------
 
@@ -307,6 +312,7 @@ class Agent:
         """The executors' `Reporter`: queue a report for the next batch."""
         if report.state in FINAL_STATES:
             self._finished[report.machine].add((report.task, report.incarnation))
+        self.metrics.reported(report)
         self._outbox.append(report)
         self._outbox_ready.set()
 
@@ -376,9 +382,12 @@ class Agent:
         the cell applies it once. None if the cell refused it (a 4xx: retrying cannot help)."""
         command_id = new_command_id()
         delay = 0.2
+        began = time.perf_counter()
         while True:
             try:
-                return await send(id=command_id)
+                answer = await send(id=command_id)
+                self.metrics.request_seconds.labels(what).observe(time.perf_counter() - began)
+                return answer
             except CellError as exc:
                 if exc.status is not None and exc.status < 500:
                     self._log.error(
@@ -461,7 +470,9 @@ class Agent:
                 from agents.logserver import serve_logs
 
                 host = config.logs_host or _local_address_towards(config.addresses[0])
-                address = await nursery.start(serve_logs, config.work_dir, config.token, host)
+                address = await nursery.start(
+                    serve_logs, config.work_dir, config.token, host, 0, self.metrics.registry
+                )
                 self.labels[AGENT_LABEL] = address
             nursery.start_soon(self.report_loop)
             await self.register(self.machines)

@@ -10,6 +10,7 @@ hypercorn's trio worker, in the agent's nursery.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -17,6 +18,10 @@ import trio
 from agents.task import task_dir_name
 from cellstore.errors import ApiError
 from cellstore.http import Request, Response, Router, serve_router
+from cellstore.metrics import metrics_endpoint
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = structlog.get_logger("agents.logserver")
 
@@ -44,8 +49,10 @@ def read_chunk(work_dir: Path, task: str, incarnation: int, stream: str, offset:
         ) from None
 
 
-def build_router(work_dir: Path) -> Router:
+def build_router(work_dir: Path, registry: CollectorRegistry | None = None) -> Router:
     router = Router()
+    if registry is not None:
+        metrics_endpoint(router, registry)
 
     async def logs(request: Request) -> Response:
         task = (request.query.get("task") or [""])[0]
@@ -68,11 +75,12 @@ async def serve_logs(
     token: str,
     host: str = "127.0.0.1",
     port: int = 0,
+    registry: CollectorRegistry | None = None,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `/v1/logs` on host:port (0: any free port) until cancelled;
-    `task_status.started("host:port")` with the bound address."""
+    """Serve `/v1/logs` (and `/metrics` from `registry`, if given) on host:port (0: any free
+    port) until cancelled; `task_status.started("host:port")` with the bound address."""
     await serve_router(
-        build_router(work_dir), token, host, port, name="logs", task_status=task_status
+        build_router(work_dir, registry), token, host, port, name="logs", task_status=task_status
     )

@@ -14,6 +14,7 @@ Endpoints (all need `Authorization: Bearer <token>`):
   `{"snapshot": <base64>, "encoding": "base64", "version": N}` and commands from N+1 on;
   `{"heartbeat": true, "version": N}` after a second without commands.
 * `GET /v1/snapshot`: the machine's snapshot bytes, its version in `x-omega-version`.
+* `GET /metrics`: Prometheus text format (`cellstore.metrics`).
 
 Typed endpoints are added by extensions (`ReplicaConfig.extensions`): functions
 `extension(router, replica)` that call `router.add(method, path, handler)`; handlers validate
@@ -38,6 +39,7 @@ from cellstore.feed import AppliedFeed
 from cellstore.gateway import CommandGateway, CommitFailure
 from cellstore.http import Request, Response, Router, StreamResponse
 from cellstore.machine import Machine
+from cellstore.metrics import ReplicaMetrics, metrics_endpoint
 from cellstore.raft import ReplicatedMachine
 
 log = structlog.get_logger("cellstore.api")
@@ -56,6 +58,8 @@ class Replica:
         self.raft = raft
         self.feed = feed
         self.gateway = CommandGateway(raft, config.commit_timeout_s, config.max_in_flight)
+        self.metrics = ReplicaMetrics()
+        self.metrics.watch(self)
         self.applied_per_s = 0.0
         self.apply_us_mean = 0.0
         # Coroutines that extensions want run for the replica's lifetime.
@@ -63,12 +67,15 @@ class Replica:
 
     async def commit_raw(self, commands: list[bytes]) -> list[bytes | CommitFailure]:
         """Replicate wire-encoded commands; per command its result bytes or a failure."""
-        return await self.gateway.submit(commands)
+        started = time.perf_counter()
+        results = await self.gateway.submit(commands)
+        self.metrics.observe_commit(started)
+        return results
 
     async def commit(self, commands: list[bytes]) -> list[bytes]:
         """Replicate wire-encoded commands; their result bytes in order. Raises `ApiError` 503
         `not_committed` (retryable, same commands) if any was not acknowledged."""
-        results = await self.gateway.submit(commands)
+        results = await self.commit_raw(commands)
         failed = [(i, r.reason) for i, r in enumerate(results) if isinstance(r, CommitFailure)]
         if failed:
             raise not_committed(results, failed)
@@ -182,6 +189,7 @@ def build_router(replica: Replica) -> Router:
     router.add("GET", "/v1/status", get_status)
     router.add("GET", "/v1/snapshot", get_snapshot)
     router.add("GET", "/v1/watch", get_watch)
+    metrics_endpoint(router, replica.metrics.registry)
     return router
 
 

@@ -11,6 +11,7 @@ route table `Router` that endpoints register in. Nothing from a client is ever u
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -130,14 +131,25 @@ class Router:
     def paths(self) -> list[tuple[str, str]]:
         return sorted(self._routes)
 
+    def known(self, path: str) -> str:
+        """`path` if some route serves it, else `other`: a label of bounded cardinality."""
+        return path if any(p == path for _, p in self._routes) else "other"
+
+
+# Told of every answered request: route (`Router.known`), method, status, seconds.
+Observer = Callable[[str, str, int, float], None]
+
 
 class AsgiApp:
     """The ASGI application: auth, limits, routing, error rendering."""
 
-    def __init__(self, router: Router, token: str, max_body_bytes: int) -> None:
+    def __init__(
+        self, router: Router, token: str, max_body_bytes: int, observe: Observer | None = None
+    ) -> None:
         self._router = router
         self._token = f"Bearer {token}".encode()
         self._max_body = max_body_bytes
+        self._observe = observe
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -147,6 +159,7 @@ class AsgiApp:
             return
         if scope["type"] != "http":
             return
+        started = time.perf_counter()
         try:
             response = await self._handle(scope, receive)
         except ApiError as exc:
@@ -155,6 +168,9 @@ class AsgiApp:
             log.exception("handler_failed", path=scope.get("path"))
             err = ApiError(500, "internal", "internal error")
             response = Response.json(err.to_json(), 500)
+        if self._observe is not None:
+            route = self._router.known(scope["path"])
+            self._observe(route, scope["method"], response.status, time.perf_counter() - started)
         if isinstance(response, StreamResponse):
             await _send_stream(response, receive, send)
         else:

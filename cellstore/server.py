@@ -44,7 +44,7 @@ async def serve_replica(
     router = build_router(replica)
     for extension in config.extensions:
         extension(router, replica)
-    app = AsgiApp(router, config.token, config.max_body_bytes)
+    app = AsgiApp(router, config.token, config.max_body_bytes, replica.metrics.observe_request)
 
     hc = HypercornConfig()
     hc.bind = [config.api_address]

@@ -128,6 +128,19 @@ def write_replica_config(
     return path
 
 
+def write_metrics_targets(layout: CellLayout, schedulers: Sequence[str]) -> Path:
+    """`DATA_DIR/metrics.json`: where Prometheus scrapes this cell (its `file_sd_configs`
+    form), replicas and schedulers; each agent serves `/metrics` at its machine's
+    `omega.agent` label. All under the cell's bearer token."""
+    path = layout.data_dir / "metrics.json"
+    targets = [
+        {"targets": list(layout.api), "labels": {"part": "replica"}},
+        {"targets": list(schedulers), "labels": {"part": "scheduler"}},
+    ]
+    path.write_bytes(orjson.dumps(targets, option=orjson.OPT_INDENT_2))
+    return path
+
+
 def plan_parts(
     layout: CellLayout,
     schedulers: list[str],
@@ -152,14 +165,26 @@ def plan_parts(
         )
         for i in range(len(layout.api))
     ]
-    for kind in schedulers:
+    metrics_ports = free_ports(len(schedulers))
+    for kind, port in zip(schedulers, metrics_ports, strict=True):
         parts.append(
             Part(
                 f"scheduler-{kind}",
-                (python, "-m", "schedulers", "--kind", kind, "--name", kind),
+                (
+                    python,
+                    "-m",
+                    "schedulers",
+                    "--kind",
+                    kind,
+                    "--name",
+                    kind,
+                    "--metrics",
+                    f"127.0.0.1:{port}",
+                ),
                 logs / f"scheduler-{kind}.log",
             )
         )
+    write_metrics_targets(layout, [f"127.0.0.1:{p}" for p in metrics_ports])
     # Disk and devices each machine declares (`--resource gpu=2`).
     declared = [arg for text in resources for arg in ("--resource", text)]
     cpus = psutil.cpu_count() or 1

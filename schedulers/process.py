@@ -50,8 +50,10 @@ from cellstore.cellclient import CellClient, CellError
 from cellstore.copy import LocalCopy
 from cellstore.http import Request, Response, Router, serve_router
 from cellstore.ids import new_command_id
+from cellstore.metrics import metrics_endpoint
 from schedulers.committer import CellCommitter, Committer
 from schedulers.core import Decision, SchedulerCore
+from schedulers.prometheus import registry_of
 
 MAX_EXPLANATIONS = 1000  # jobs explained per report, to bound the command's size
 # How often a scheduler with lifecycle work looks again when nothing changed.
@@ -268,7 +270,8 @@ class LiveScheduler:
 
     def metrics_router(self) -> Router:
         """`GET /v1/metrics`: this scheduler's figures and explanations, the same
-        report it posts to the store, read straight from the process."""
+        report it posts to the store, read straight from the process; `GET /metrics`:
+        the same figures for Prometheus (`schedulers.prometheus`)."""
         router = Router()
 
         async def metrics(request: Request) -> Response:
@@ -282,6 +285,7 @@ class LiveScheduler:
             )
 
         router.add("GET", "/v1/metrics", metrics)
+        metrics_endpoint(router, registry_of(self))
         return router
 
     def summary(self) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""A live scheduler's figures in Prometheus form, read from the process at each scrape.
+
+Served at `GET /metrics` next to `GET /v1/metrics` (the same figures as JSON) when the
+scheduler runs with `--metrics HOST:PORT`. Every series carries `scheduler` (its name) and
+`kind`. Counters: `omega_scheduler_transactions_total`, `..._conflicted_transactions_total`,
+`..._claims_attempted_total`, `..._claims_accepted_total`, `..._preemptions_total`,
+`..._conflicts_total{reason}` (claims rejected by the store, by its reason code). Gauges:
+`..._conflict_fraction`, `..._busyness`, `..._pending_tasks` (pending tasks of jobs it owns,
+in its copy), `..._blocked_jobs`, `..._version` (its copy's). Histogram:
+`omega_scheduler_decision_seconds` (one sample per decision). The figures themselves are
+counted once, in `schedulers.metrics`; this only renders them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from cellstate import TaskState
+from cellstore.metrics import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from schedulers.process import LiveScheduler
+
+
+class SchedulerCollector(Collector):
+    def __init__(self, scheduler: LiveScheduler) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        live = self.scheduler
+        figures = live.core.figures
+        names = ["scheduler", "kind"]
+        values = [live.config.name, str(live.config.kind)]
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(f"omega_scheduler_{name}", doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(f"omega_scheduler_{name}", doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
+        yield counter("transactions", "Transactions whose result came back.", figures.transactions)
+        yield counter(
+            "conflicted_transactions",
+            "Transactions with at least one claim rejected.",
+            figures.conflicted_transactions,
+        )
+        yield counter("claims_attempted", "Claims sent.", figures.claims_attempted)
+        yield counter("claims_accepted", "Claims accepted.", figures.claims_accepted)
+        yield counter("preemptions", "Tasks preempted by its claims.", figures.preemptions)
+        conflicts = CounterMetricFamily(
+            "omega_scheduler_conflicts",
+            "Claims rejected by the store, by reason.",
+            labels=[*names, "reason"],
+        )
+        for reason, n in sorted(figures.conflicts_by_reason.items()):
+            conflicts.add_metric([*values, reason], n)
+        yield conflicts
+        yield gauge(
+            "conflict_fraction",
+            "Conflicted over successful transactions (the Omega paper's).",
+            figures.conflict_fraction,
+        )
+        yield gauge("busyness", "Share of time spent deciding.", live.figures()["busyness"])
+        yield gauge("pending_tasks", "Pending tasks of the jobs it owns.", _pending(live))
+        yield gauge("blocked_jobs", "Jobs parked with an explanation.", len(figures.blocked))
+        yield gauge("version", "Its copy's cell version.", live.copy.version)
+        yield _histogram(
+            "omega_scheduler_decision_seconds",
+            "Time per decision.",
+            names,
+            values,
+            figures.decision_seconds,
+        )
+
+
+def _pending(live: LiveScheduler) -> int:
+    cell, core = live.copy.cell, live.core
+    total = 0
+    for job_id in cell.pending_jobs:
+        job = cell.jobs[job_id]
+        if not job.killed and core.owns(job):
+            total += job.counts.get(TaskState.PENDING, 0)
+    return total
+
+
+def _histogram(
+    name: str, doc: str, names: list[str], values: list[str], samples: list[float]
+) -> HistogramMetricFamily:
+    """A histogram of `samples` in `LATENCY_BUCKETS`, built at scrape."""
+    ordered = sorted(samples)
+    buckets = [(str(b), bisect.bisect_right(ordered, b)) for b in LATENCY_BUCKETS]
+    buckets.append(("+Inf", len(ordered)))
+    family = HistogramMetricFamily(name, doc, labels=names)
+    family.add_metric(values, buckets, sum(ordered))
+    return family
+
+
+def registry_of(scheduler: LiveScheduler) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SchedulerCollector(scheduler))
+    return registry
