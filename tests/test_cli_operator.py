@@ -1,0 +1,194 @@
+"""The operator's commands against a real cell (`omega up`: replica, schedulers, agents in
+processes), used only through `omega` and, for metrics, as Prometheus scrapes them.
+
+- `submit --wait` fails early, naming the constraint, once a scheduler explained it;
+- `nodes` shows human units; labels and `-l` selectors on jobs, tasks, nodes, kill;
+- `quota get/set` and `node state` with errors that name the argument;
+- `events` from the change feed; `/metrics` on a replica, a scheduler and an agent,
+  parsed by prometheus-client's own parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.upcell import up_cell, wait_for
+
+pytestmark = pytest.mark.slow
+
+SPEC = """\
+name: {name}
+scheduler: batch
+tasks: 2
+resources: {{cpu: 100m, memory: 16Mi}}
+command: ["sh", "-c", "{shell}"]
+labels: {labels}
+grace_period: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory):
+    data = tmp_path_factory.mktemp("operator")
+    with up_cell(data / "cell", "--replicas", "1", "--agents", "2") as started:
+        started.start()
+        yield started
+
+
+def spec(cell, name: str, labels: str, shell: str = "exit 0") -> str:
+    path = cell.data_dir.parent / f"{name}.yaml"
+    path.write_text(SPEC.format(name=name, labels=labels, shell=shell))
+    return str(path)
+
+
+def test_submit_wait_fails_early_naming_the_constraint(cell):
+    began = time.monotonic()
+    out = cell.omega(
+        "submit", "examples/unplaceable.yaml", "--wait", "--blocked-timeout", "3", check=False
+    )
+    took = time.monotonic() - began
+    assert out.returncode == 2, out
+    assert "Placement failures" in out.stdout, out.stdout
+    assert "constraint:accel" in out.stderr and "cannot be placed" in out.stderr, out.stderr
+    # Before: it waited its whole --timeout (300 s) and said only `pending=1`.
+    assert took < 60, took
+
+
+def test_nodes_show_human_units(cell):
+    table = cell.omega("nodes").stdout
+    memory = re.findall(r"\b\d+(?:\.\d)?(?:Ki|Mi|Gi|Ti)?/(\S+)", table)
+    assert memory, table
+    assert not re.search(r"\d{5,}Ki", table), table  # before: 64Mi/6171023Ki
+    assert re.search(r"/\d+(\.\d)?Gi", table), table
+
+
+def test_labels_and_selectors_choose_jobs_tasks_and_nodes(cell):
+    ml = cell.json("submit", spec(cell, "ml-train", "{team: ml, env: dev}"))["id"]
+    prod = cell.json("submit", spec(cell, "ml-serve", "{team: ml, env: prod}"))["id"]
+    web = cell.json("submit", spec(cell, "web", "{team: web}"))["id"]
+    chosen = {j["id"] for j in cell.json("jobs", "-l", "team=ml,env!=prod")}
+    assert chosen == {ml}
+    assert {j["id"] for j in cell.json("jobs", "-l", "team in (ml,web),!env")} == {web}
+    assert {j["id"] for j in cell.json("jobs", "-l", "team")} >= {ml, prod, web}
+    assert cell.json("jobs", "--json", "-l", "team=ml")[0]["labels"]["team"] == "ml"
+    tasks = cell.json("tasks", "-l", "env=prod")
+    assert {t["job"] for t in tasks} == {prod} and len(tasks) == 2
+    every = cell.json("nodes")
+    assert len(cell.json("nodes", "-l", "omega.agent")) == len(every) == 2
+    assert cell.json("nodes", "-l", "!omega.agent") == []
+    bad = cell.omega("jobs", "-l", "team=ml,=x", check=False)
+    assert bad.returncode == 2 and "cannot read '=x'" in bad.stderr, bad.stderr
+
+
+def test_kill_by_selector_asks_before_killing_several(cell):
+    one = cell.json("submit", spec(cell, "sleepy-a", "{group: sleepy}", "sleep 600"))["id"]
+    two = cell.json("submit", spec(cell, "sleepy-b", "{group: sleepy}", "sleep 600"))["id"]
+    refused = cell.omega("kill", "-l", "group=sleepy", check=False)  # no terminal: answers no
+    assert refused.returncode == 1 and "2 jobs match" in refused.stdout, refused
+    assert "killed" not in {cell.json("job", j)["state"] for j in (one, two)}
+    cell.omega("kill", "-l", "group=sleepy", "--yes")
+    assert {cell.json("job", j)["state"] for j in (one, two)} == {"killed"}
+
+
+def test_quota_and_machine_state_from_the_cli(cell):
+    cell.omega("quota", "set", "team-a", "batch", "cpu=2", "memory=1.5Gi")
+    quotas = {(q["owner"], q["band"]): q for q in cell.json("quota", "get")}
+    assert quotas[("team-a", "batch")]["limit"]["cpu_milli"] == 2000
+    assert quotas[("team-a", "batch")]["limit"]["memory_bytes"] == 3 << 29
+    assert "1.5Gi" in cell.omega("quota", "get", "--owner", "team-a").stdout
+    bad_band = cell.omega("quota", "set", "team-a", "gold", "cpu=1", check=False)
+    assert bad_band.returncode == 2 and "band 'gold'" in bad_band.stderr
+    bad_amount = cell.omega("quota", "set", "team-a", "batch", "cpu=lots", check=False)
+    assert bad_amount.returncode == 2 and "limit 'cpu=lots'" in bad_amount.stderr
+    cell.omega("quota", "set", "team-a", "batch", "--clear")
+    assert ("team-a", "batch") not in {(q["owner"], q["band"]) for q in cell.json("quota", "get")}
+
+    machine = cell.json("nodes")[0]["id"]
+    cell.omega("node", "state", machine, "draining")
+    assert {m["id"]: m["state"] for m in cell.json("nodes")}[machine] == "draining"
+    cell.omega("node", "state", machine, "up")
+    wrong = cell.omega("node", "state", machine, "sleeping", check=False)
+    assert wrong.returncode == 2 and "state 'sleeping'" in wrong.stderr
+    unknown = cell.omega("node", "state", "no-such-machine", "up", check=False)
+    assert unknown.returncode == 1 and "no-such-machine" in unknown.stderr, unknown.stderr
+
+
+def test_events_tell_a_jobs_story(cell):
+    job = cell.json("submit", spec(cell, "story", "{}", "exit 3"))["id"]
+    wait_for("the job to end", lambda: cell.json("job", job)["state"] in ("done", "failed"))
+    lines = cell.omega("events", "--job", job).stdout.splitlines()
+    text = "\n".join(lines)
+    assert f"job {job} submitted (2 tasks, batch)" in text, text
+    assert re.search(rf"task {re.escape(job)}\.0 placed on agent-\d by batch", text), text
+    assert re.search(rf"task {re.escape(job)}\.1 (exited|failed) on agent-\d with code 3", text)
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00  v\d+", x) for x in lines)
+    records = [json.loads(x) for x in cell.omega("events", "--json").stdout.splitlines()]
+    assert {"machine"} <= {r["kind"] for r in records}
+    assert all(
+        set(r) >= {"version", "at", "kind", "job", "task", "machine", "message"} for r in records
+    )
+    assert [r["version"] for r in records] == sorted(r["version"] for r in records)
+
+
+def scrape(address: str, token: str) -> dict[str, list]:
+    url = f"http://{address}/metrics"
+    assert httpx.get(url, timeout=10).status_code == 401  # the bearer token, as everywhere
+    answer = httpx.get(url, headers={"authorization": f"Bearer {token}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {f.name: f.samples for f in text_string_to_metric_families(answer.text)}
+
+
+def value(families: dict[str, list], name: str, **labels: str) -> float:
+    """The first sample named `name` (or `name_total`) whose labels include `labels`."""
+    for samples in families.values():
+        for sample in samples:
+            if sample.name in (name, f"{name}_total") and labels.items() <= sample.labels.items():
+                return sample.value
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_metrics_on_replica_scheduler_and_agent(cell):
+    token = cell.env["OMEGA_TOKEN"]
+    job = cell.json("submit", spec(cell, "measured", "{}"))["id"]
+    wait_for("the job to end", lambda: cell.json("job", job)["state"] in ("done", "failed"))
+    targets = json.loads((cell.data_dir / "metrics.json").read_text())
+    parts = {group["labels"]["part"]: group["targets"] for group in targets}
+
+    replica = scrape(parts["replica"][0], token)
+    assert value(replica, "omega_replica_raft_leader") == 1
+    assert value(replica, "omega_replica_raft_term") >= 1
+    assert value(replica, "omega_replica_version") >= value(replica, "omega_replica_raft_term")
+    assert value(replica, "omega_replica_raft_applied_index") > 0
+    assert value(replica, "omega_replica_watchers") >= 3  # schedulers and agents follow it
+    assert value(replica, "omega_replica_requests", route="/v1/jobs", method="POST", code="200")
+    assert value(replica, "omega_replica_commit_seconds_count") > 0
+
+    by_kind = {}
+    for address in parts["scheduler"]:
+        families = scrape(address, token)
+        kind = families["omega_scheduler_transactions"][0].labels["kind"]
+        by_kind[kind] = families
+    batch = by_kind["batch"]
+    assert value(batch, "omega_scheduler_transactions") >= 1
+    assert value(batch, "omega_scheduler_claims_accepted") >= 2
+    assert 0 <= value(batch, "omega_scheduler_busyness") <= 1
+    assert value(batch, "omega_scheduler_decision_seconds_count") >= 1
+    assert "omega_scheduler_conflicts" in batch and "omega_scheduler_pending_tasks" in batch
+
+    machines = cell.json("nodes")
+    agent = scrape(machines[0]["labels"]["omega.agent"], token)
+    assert value(agent, "omega_agent_machines") == 1
+    assert "omega_agent_tasks" in agent and "omega_agent_oom_kills" in agent
+    assert value(agent, "omega_agent_request_seconds_count", what="register") >= 1
+
+
+def test_part_commands_list_their_real_flags(cell):
+    assert "--kind" in cell.omega("scheduler", "--help").stdout
+    assert "--work-dir" in cell.omega("agent", "--help").stdout
