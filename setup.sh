@@ -10,6 +10,16 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 case "${1:-test}" in
   test)
+    # The console's browser test drives Debian's chromium (Playwright's own browser download
+    # is not reachable from every machine); install it where we may.
+    if [ ! -x /usr/bin/chromium ]; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+      else
+        echo "setup.sh: the browser test needs Debian's chromium: apt-get install chromium" >&2
+      fi
+    fi
     # Cheap checks first (seconds together), each failing the run: lint, format, types, the
     # import layering (pyproject.toml's [tool.importlinter]), then the suite.
     .venv/bin/ruff check .

@@ -104,12 +104,21 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], Handler] = {}
+        self._public: set[tuple[str, str]] = set()
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Handler, *, public: bool = False) -> None:
+        """Route `method path` to `handler`. `public` routes are served without the bearer
+        token: only for what holds no secret and changes nothing (a web console's static
+        assets, which sign in with the token themselves)."""
         key = (method.upper(), path)
         if key in self._routes:
             raise ValueError(f"route {method} {path} already registered")
         self._routes[key] = handler
+        if public:
+            self._public.add(key)
+
+    def is_public(self, method: str, path: str) -> bool:
+        return (method, path) in self._public
 
     def route(self, method: str, path: str) -> Callable[[Handler], Handler]:
         """Decorator form of `add`."""
@@ -194,7 +203,8 @@ class AsgiApp:
                 auth = v
             else:
                 headers[k.decode("latin-1")] = v.decode("latin-1")
-        if not hmac.compare_digest(auth, self._token):
+        public = self._router.is_public(scope["method"], scope["path"])
+        if not public and not hmac.compare_digest(auth, self._token):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token", "authorization")
         handler = self._router.resolve(scope["method"], scope["path"])
         length = headers.get("content-length")

@@ -219,11 +219,15 @@ def store(
     heartbeat_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds without a heartbeat before a machine is down.")
     ] = 10.0,
+    console: Annotated[
+        bool, typer.Option(help="Serve the web console at /ui (signed in with the token).")
+    ] = True,
 ) -> None:
     """Run one store replica (a multi-host cell runs one per host)."""
     from cellstore.cell import replica_fields
     from cellstore.config import ReplicaConfig, replica_document
     from cellstore.server import run_replica
+    from omega.console import with_console
 
     pairs = []
     for item in peer:
@@ -240,7 +244,7 @@ def store(
             data_dir=data_dir,
             token=token_file.read_text().strip(),
             secret=secret_file.read_text().strip(),
-            **replica_fields(heartbeat_timeout),
+            **(with_console if console else dict)(replica_fields(heartbeat_timeout)),
         )
     )
     run_replica(config)

@@ -32,6 +32,7 @@ import trio
 from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
 from cellstore.config import free_ports, replica_document
 from omega import children
+from omega.console import with_console
 
 if TYPE_CHECKING:
     from cellstore.cellclient import CellSummary
@@ -119,7 +120,7 @@ def write_replica_config(
         data_dir=directory,
         token=layout.token,
         secret=layout.secret,
-        **replica_fields(heartbeat_timeout_s),
+        **with_console(replica_fields(heartbeat_timeout_s)),
     )
     path = directory / "replica.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -359,7 +360,7 @@ async def run_cell(
         say(
             f"cell ready: {replicas} replicas, {len(schedulers)} schedulers, "
             f"{agents} agents{f', {hollow} hollow machines' if hollow else ''}; "
-            f"source {data_dir / 'env'} to use it"
+            f"source {data_dir / 'env'} to use it; console at http://{layout.api[0]}/ui"
         )
         if specs:
             await submit_specs(layout, specs)

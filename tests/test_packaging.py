@@ -47,6 +47,18 @@ def test_wheel_ships_the_simulator_presets() -> None:
     assert {"cluster_a.toml", "cluster_b.toml", "cluster_c.toml"} <= presets, presets
 
 
+def test_wheel_ships_the_console_assets() -> None:
+    """The web console is served from the installed package (no CDN): its page, script and
+    style must be package data."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["omega.console"]
+    assets = {p.name for pattern in patterns for p in (ROOT / "omega" / "console").glob(pattern)}
+    assert {"index.html", "app.js", "app.css"} <= assets, assets
+    for name in ("index.html", "app.js", "app.css"):
+        text = (ROOT / "omega" / "console" / "static" / name).read_text()
+        assert "http://" not in text and "https://" not in text, f"{name} loads from elsewhere"
+
+
 def test_no_product_module_imports_the_harness_or_bench() -> None:
     """Neither is installed: a product module importing one would fail in a wheel install.
     (`bench` starts local clusters with the harness and runs from a checkout, like the tests.)

@@ -1,0 +1,510 @@
+// The omega-cell console (see omega/console/__init__.py). No framework and no build step:
+// each page is a function that reads the cell's read models and returns HTML; the watch
+// feed says when to read them again.
+"use strict";
+
+const TOKEN_KEY = "omega.token";
+const HISTORY_POINTS = 90; // scheduler figures kept for the sparklines (one per refresh)
+const FEED_KEPT = 500; // commands kept for the events page and a job's recent changes
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY) || "",
+  version: 0,
+  feed: [], // [{version, at, type, text, doc}], newest last
+  history: {}, // scheduler name -> [{busyness, conflict}]
+  following: null, // AbortController of the watch stream
+  refreshTimer: null,
+  rendering: false,
+  again: false,
+};
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => ({
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
+  })[c]);
+}
+
+class CellError extends Error {
+  constructor(error) {
+    super(`${error.code}: ${error.message}${error.field ? ` (${error.field})` : ""}`);
+    this.code = error.code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { authorization: `Bearer ${state.token}` };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new CellError((data && data.error) || { code: `http_${response.status}`, message: response.statusText });
+  }
+  return data;
+}
+
+// -- quantities, as the CLI prints them (omega/units.py) --------------------------------
+
+function short(value) {
+  return value < 100 ? value.toFixed(1).replace(/\.0$/, "") : value.toFixed(0);
+}
+
+function humanBytes(size) {
+  for (const [suffix, unit] of [["Ti", 2 ** 40], ["Gi", 2 ** 30], ["Mi", 2 ** 20], ["Ki", 2 ** 10]]) {
+    if (size >= unit) return short(size / unit) + suffix;
+  }
+  return String(size);
+}
+
+function amount(view, dim) {
+  if (dim === "cpu") return view.cpu_milli || 0;
+  if (`${dim}_bytes` in view || dim === "memory" || dim === "disk") return view[`${dim}_bytes`] || 0;
+  return view[dim] || 0;
+}
+
+function human(view, dim) {
+  const n = amount(view, dim);
+  if (dim === "cpu") return n > 0 && n < 1000 ? `${n}m` : short(n / 1000);
+  if (`${dim}_bytes` in view || dim === "memory" || dim === "disk") return humanBytes(n);
+  return String(n);
+}
+
+function dimensions(view) {
+  return Object.keys(view).filter((d) => !d.endsWith("_milli") && !d.endsWith("_bytes"));
+}
+
+function counts(tasks, job) {
+  const parts = Object.entries(tasks).map(([s, n]) =>
+    `<a href="#/job/${encodeURIComponent(job)}" class="state ${esc(s)}">${esc(s)}=${n}</a>`);
+  return parts.join(" ") || "-";
+}
+
+function labels(map) {
+  const shown = Object.entries(map || {}).filter(([k]) => !k.startsWith("omega."));
+  return shown.map(([k, v]) => `<span class="label">${esc(k)}=${esc(v)}</span>`).join(" ") || "-";
+}
+
+function heat(fraction) {
+  const f = Math.max(0, Math.min(1, fraction));
+  return `hsl(${Math.round(120 * (1 - f))}, 65%, ${Math.round(88 - 30 * f)}%)`;
+}
+
+function ink(fraction) {
+  const f = Math.max(0, Math.min(1, fraction));
+  return `hsl(${Math.round(120 * (1 - f))}, 60%, 38%)`;
+}
+
+function when(seconds) {
+  return seconds ? new Date(seconds * 1000).toISOString().replace("T", " ").slice(0, 19) : "-";
+}
+
+function spark(points, key) {
+  if (points.length < 2) return "";
+  const w = 120, h = 24, top = Math.max(1e-9, ...points.map((p) => p[key]));
+  const xy = points.map((p, i) =>
+    `${(i * w / (points.length - 1)).toFixed(1)},${(h - (p[key] / top) * (h - 2) - 1).toFixed(1)}`);
+  return `<svg class="spark" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}"><polyline points="${xy.join(" ")}"/></svg>`;
+}
+
+// -- pages ---------------------------------------------------------------------------
+
+async function cellPage() {
+  const [summary, machines] = await Promise.all([api("GET", "/v1/cell"), api("GET", "/v1/machines")]);
+  for (const s of summary.schedulers) {
+    const points = (state.history[s.name] ||= []);
+    points.push({ busyness: s.figures.busyness || 0, conflict: s.figures.conflict_fraction || 0 });
+    if (points.length > HISTORY_POINTS) points.shift();
+  }
+  const domains = {};
+  for (const m of machines.machines) (domains[m.domain] ||= []).push(m);
+  const dims = [...new Set(machines.machines.flatMap((m) => dimensions(m.capacity)))];
+  const tiles = Object.keys(domains).sort().map((domain) => `
+    <section class="domain"><h3>failure domain ${esc(domain)} <small>${domains[domain].length} machines</small></h3>
+      <div class="tiles">${domains[domain].map((m) => tile(m, dims)).join("")}</div>
+    </section>`).join("");
+  const schedulers = summary.schedulers.map((s) => {
+    const f = s.figures, points = state.history[s.name] || [];
+    return `<tr data-scheduler="${esc(s.name)}"><td>${esc(s.name)}</td><td>${esc(s.kind)}</td>
+      <td class="num">${Math.round(f.transactions || 0)}</td>
+      <td class="num">${(f.conflict_fraction || 0).toFixed(3)}</td><td>${spark(points, "conflict")}</td>
+      <td class="num">${(f.busyness || 0).toFixed(3)}</td><td>${spark(points, "busyness")}</td>
+      <td class="num"><a href="#/jobs?state=pending">${s.blocked}</a></td></tr>`;
+  }).join("");
+  const taskCounts = Object.entries(summary.tasks).filter(([, n]) => n).map(([s, n]) => `<span class="state ${esc(s)}">${esc(s)}=${n}</span>`).join(" ");
+  const machineCounts = Object.entries(summary.machines).map(([s, n]) => `${esc(s)}=${n}`).join(" ");
+  return `
+    <h2>Cell <small>version ${summary.version}</small></h2>
+    <p class="summary">jobs: <a href="#/jobs">${summary.jobs}</a> &nbsp; tasks: ${taskCounts || "-"} &nbsp; machines: ${machineCounts || "-"}</p>
+    <h3>Machines <small>colour: the most used dimension</small></h3>${tiles || "<p>No machines yet.</p>"}
+    <h3>Schedulers</h3>
+    <table class="grid" id="schedulers"><thead><tr><th>scheduler</th><th>kind</th><th>txns</th>
+      <th>conflict fraction</th><th></th><th>busyness</th><th></th><th>blocked</th></tr></thead>
+      <tbody>${schedulers || `<tr><td colspan="8">No scheduler has reported.</td></tr>`}</tbody></table>`;
+}
+
+function tile(m, dims) {
+  let worst = 0;
+  const bars = dims.map((dim) => {
+    const cap = amount(m.capacity, dim);
+    if (!cap) return "";
+    const used = amount(m.used, dim), f = used / cap;
+    worst = Math.max(worst, f);
+    return `<div class="bar" title="${esc(dim)} ${human(m.used, dim)}/${human(m.capacity, dim)}">
+      <span class="dim">${esc(dim)}</span><span class="track"><span class="fill" style="width:${(100 * Math.min(1, f)).toFixed(1)}%;background:${ink(f)}"></span></span>
+      <span class="amt">${human(m.used, dim)}/${human(m.capacity, dim)}</span></div>`;
+  }).join("");
+  const look = m.state === "up" ? `background:${heat(worst)}` : "";
+  return `<a class="tile ${esc(m.state)}" href="#/machine/${encodeURIComponent(m.id)}" data-machine="${esc(m.id)}" style="${look}">
+    <div class="tile-head"><b>${esc(m.id)}</b><span class="state ${esc(m.state)}">${esc(m.state)}</span></div>
+    ${bars}<div class="tile-foot">${m.tasks} tasks</div></a>`;
+}
+
+const EXAMPLE_SPEC = {
+  name: "hello", scheduler: "batch", tasks: 3,
+  resources: { cpu: "100m", memory: "16Mi" },
+  command: ["sh", "-c", "echo hello; sleep 30"],
+  labels: { team: "console" },
+};
+
+async function jobsPage(query) {
+  const wanted = query.get("state");
+  const jobs = (await api("GET", `/v1/jobs${wanted ? `?state=${encodeURIComponent(wanted)}` : ""}`)).jobs;
+  jobs.sort((a, b) => b.submitted_at - a.submitted_at);
+  const rows = jobs.map((j) => `<tr data-job="${esc(j.id)}">
+      <td><a href="#/job/${encodeURIComponent(j.id)}">${esc(j.id)}</a></td><td>${esc(j.scheduler)}</td>
+      <td class="num">${j.priority}</td><td class="state ${esc(j.state)}">${esc(j.state)}</td>
+      <td>${counts(j.tasks, j.id)}</td><td>${labels(j.labels)}</td><td>${when(j.submitted_at)}</td>
+      <td>${["done", "failed", "killed"].includes(j.state) ? "" : `<button class="kill" data-kill="${esc(j.id)}">Kill</button>`}</td></tr>`).join("");
+  return `
+    <h2>Jobs${wanted ? ` <small>${esc(wanted)}</small>` : ""}</h2>
+    <table class="grid" id="jobs"><thead><tr><th>id</th><th>scheduler</th><th>priority</th><th>state</th>
+      <th>tasks</th><th>labels</th><th>submitted</th><th></th></tr></thead>
+      <tbody>${rows || `<tr><td colspan="8">No jobs.</td></tr>`}</tbody></table>
+    <p class="note">Rolling updates, their progress and scaling are not in the cell yet; this page will show them when they are.</p>
+    <details id="submit-box" ${jobs.length ? "" : "open"}><summary>Submit a job</summary>
+      <form id="submit-form" class="stack">
+        <label>Job spec (JSON, the fields of a spec file: see examples/)<textarea id="spec" rows="10" spellcheck="false"></textarea></label>
+        <label>Job id (optional) <input id="job-id" placeholder="name-xxxxxx"></label>
+        <button type="submit">Submit</button> <span id="submit-error" class="error"></span>
+      </form></details>`;
+}
+
+async function jobPage(id) {
+  const [why, tasks] = await Promise.all([
+    api("GET", `/v1/explain?target=${encodeURIComponent(id)}`),
+    api("GET", `/v1/tasks?job=${encodeURIComponent(id)}`),
+  ]);
+  const j = why.job;
+  const rows = tasks.tasks.map((t) => `<tr data-task="${esc(t.id)}"><td>${esc(t.id)}</td>
+      <td class="state ${esc(t.state)}">${esc(t.state)}</td>
+      <td>${t.healthy === null ? "-" : t.healthy ? "healthy" : "unhealthy"}</td>
+      <td>${t.machine ? `<a href="#/machine/${encodeURIComponent(t.machine)}">${esc(t.machine)}</a>` : "-"}</td>
+      <td class="num">${t.incarnation}</td><td class="num">${t.version}</td>
+      <td class="num">${t.exit_code ?? "-"}</td><td>${esc(t.reason || "")}</td></tr>`).join("");
+  let explanation = "";
+  if (why.pending) {
+    const accounts = Object.entries(why.schedulers);
+    explanation = `<section id="explanation" class="explain"><h3>Why ${why.pending} tasks are pending</h3>${
+      accounts.length
+        ? accounts.map(([name, text]) => `<p><b>${esc(name)}</b>: ${esc(text)}</p>`).join("")
+        : `<p>No scheduler has reported on this job yet (is a ${esc(j.scheduler)} scheduler running?)</p>`}</section>`;
+  }
+  const recent = state.feed.filter((e) => e.text.includes(id)).slice(-20).reverse();
+  const killable = !["done", "failed", "killed"].includes(j.state);
+  return `
+    <h2>Job ${esc(j.id)} <span class="state ${esc(j.state)}" id="job-state">${esc(j.state)}</span>
+      ${killable ? `<button class="kill" data-kill="${esc(j.id)}">Kill</button>` : ""}</h2>
+    <dl class="facts">
+      <dt>scheduler</dt><dd>${esc(j.scheduler)}</dd><dt>priority</dt><dd>${j.priority} (${esc(j.band)})</dd>
+      <dt>owner</dt><dd>${esc(j.owner)}</dd><dt>tasks</dt><dd>${counts(j.tasks, j.id)}</dd>
+      <dt>each task</dt><dd>${dimensions(j.resources).map((d) => `${esc(d)} ${human(j.resources, d)}`).join(", ")}</dd>
+      <dt>command</dt><dd><code>${esc(j.command.join(" "))}</code></dd>
+      <dt>labels</dt><dd>${labels(j.labels)}</dd><dt>submitted</dt><dd>${when(j.submitted_at)}</dd>
+    </dl>
+    ${explanation}
+    <h3>Tasks</h3>
+    <table class="grid" id="tasks"><thead><tr><th>task</th><th>state</th><th>health</th><th>machine</th>
+      <th>incarnation</th><th>version</th><th>exit</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>
+    <h3>History</h3>
+    <p class="note">Spec versions and update history are not in the cell yet. Changes seen by this page:</p>
+    ${feedTable(recent)}`;
+}
+
+async function machinePage(id) {
+  const [machines, tasks] = await Promise.all([
+    api("GET", "/v1/machines"), api("GET", `/v1/tasks?machine=${encodeURIComponent(id)}`),
+  ]);
+  const m = machines.machines.find((x) => x.id === id);
+  if (!m) return `<h2>Machine ${esc(id)}</h2><p class="error">No machine ${esc(id)} in this cell.</p>`;
+  const rows = tasks.tasks.map((t) => `<tr data-task="${esc(t.id)}"><td>${esc(t.id)}</td>
+      <td><a href="#/job/${encodeURIComponent(t.job)}">${esc(t.job)}</a></td>
+      <td class="state ${esc(t.state)}">${esc(t.state)}</td><td class="num">${t.incarnation}</td>
+      <td>${t.usage ? `cpu ${human(t.usage, "cpu")}, memory ${human(t.usage, "memory")}` : "-"}</td></tr>`).join("");
+  const buttons = ["up", "draining", "down"].filter((s) => s !== m.state)
+    .map((s) => `<button data-machine-state="${s}">Set ${s}</button>`).join(" ");
+  return `
+    <h2>Machine ${esc(m.id)} <span class="state ${esc(m.state)}" id="machine-state">${esc(m.state)}</span></h2>
+    <p>${buttons} <span class="note">draining: takes no new tasks; down: its tasks are lost and placed elsewhere.</span></p>
+    <div class="tiles">${tile(m, dimensions(m.capacity))}</div>
+    <dl class="facts"><dt>failure domain</dt><dd>${esc(m.domain)}</dd><dt>labels</dt><dd>${labels(m.labels)}</dd>
+      <dt>reserved</dt><dd>${dimensions(m.reserved).map((d) => `${esc(d)} ${human(m.reserved, d)}`).join(", ")}</dd>
+      <dt>last heartbeat</dt><dd>${when(m.last_heartbeat)}</dd></dl>
+    <h3>Tasks <small>${m.tasks}</small></h3>
+    <table class="grid" id="tasks"><thead><tr><th>task</th><th>job</th><th>state</th><th>incarnation</th>
+      <th>usage</th></tr></thead><tbody>${rows || `<tr><td colspan="5">No tasks.</td></tr>`}</tbody></table>`;
+}
+
+async function eventsPage() {
+  return `<h2>Events <small>the change feed since this page opened</small></h2>
+    ${feedTable(state.feed.slice().reverse())}
+    <p class="note"><code>omega events</code> prints the whole history, rendered task by task.</p>`;
+}
+
+function feedTable(entries) {
+  const rows = entries.map((e) => `<tr><td class="num">${e.version}</td><td>${when(e.at)}</td>
+    <td>${esc(e.type)}</td><td>${esc(e.text)}</td></tr>`).join("");
+  return `<table class="grid feed"><thead><tr><th>version</th><th>time</th><th>command</th><th></th></tr></thead>
+    <tbody>${rows || `<tr><td colspan="4">Nothing yet.</td></tr>`}</tbody></table>`;
+}
+
+// What a command says, in a line (the CLI's `omega events` renders the events it causes).
+function describe(doc) {
+  switch (doc.type) {
+    case "submit_job": return `job ${doc.job} submitted (${doc.spec.tasks ?? 1} tasks, ${doc.spec.scheduler})`;
+    case "kill_job": return `job ${doc.job} killed`;
+    case "commit": {
+      // Claims travel compact, as [task, machine, seqnum, victims]; whether the store
+      // accepted each shows in the tasks' states, not here.
+      const claims = (doc.txn.claims || []).map((c) => (Array.isArray(c) ? c : [c.task, c.machine]));
+      return `${doc.txn.scheduler} claims ${claims.map(([task, machine]) => `${task} on ${machine}`).join(", ")}`;
+    }
+    case "report_tasks": return (doc.reports || []).map((r) =>
+      `task ${r.task} ${r.state}${r.exit_code != null ? ` code ${r.exit_code}` : ""}${r.reason ? ` (${r.reason})` : ""}`).join("; ");
+    case "set_machine_state": return `machine ${doc.machine} ${doc.state}`;
+    case "register_machines": return `machines registered: ${(doc.machines || []).map((m) => m.id).join(", ")}`;
+    case "expire_heartbeats": return "machines silent too long marked down";
+    case "set_quota": return `quota of ${doc.owner}`;
+    default: return "";
+  }
+}
+
+const QUIET = new Set(["heartbeat", "report_usage", "report_scheduler", "raise_rules"]);
+
+// -- the watch feed ------------------------------------------------------------------
+
+async function follow() {
+  if (state.following) state.following.abort();
+  const control = (state.following = new AbortController());
+  const live = $("#live");
+  while (!control.signal.aborted) {
+    try {
+      const response = await fetch(`/v1/watch?from=${state.version + 1}`, {
+        headers: { authorization: `Bearer ${state.token}` }, signal: control.signal,
+      });
+      if (!response.ok) throw new Error(`watch: HTTP ${response.status}`);
+      live.textContent = "live"; live.className = "live on";
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let newline;
+        while ((newline = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, newline);
+          buffer = buffer.slice(newline + 1);
+          if (line.trim()) take(JSON.parse(line));
+        }
+      }
+    } catch (error) {
+      if (control.signal.aborted) return;
+      live.textContent = "reconnecting"; live.className = "live off";
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+function take(line) {
+  if (line.snapshot !== undefined) {
+    state.version = line.version;
+    refreshSoon();
+    return;
+  }
+  if (!line.commands) return;
+  let changed = false;
+  for (const [version, doc] of line.commands) {
+    state.version = version;
+    if (QUIET.has(doc.type)) {
+      // Schedulers' figures and explanations arrive in their reports: the pages that show them.
+      if (doc.type === "report_scheduler" && ["cell", "job"].includes(currentPage())) changed = true;
+      continue;
+    }
+    changed = true;
+    state.feed.push({ version, at: doc.at, type: doc.type, text: describe(doc), doc });
+  }
+  if (state.feed.length > FEED_KEPT) state.feed.splice(0, state.feed.length - FEED_KEPT);
+  $("#live").dataset.version = state.version;
+  if (changed) refreshSoon();
+}
+
+function refreshSoon() {
+  if (state.refreshTimer) return;
+  state.refreshTimer = setTimeout(() => { state.refreshTimer = null; render(); }, 250);
+}
+
+// -- routing and actions -------------------------------------------------------------
+
+function currentPage() {
+  return (location.hash.replace(/^#\//, "").split(/[/?]/)[0]) || "cell";
+}
+
+async function render() {
+  if (!state.token) { signIn(); return; }
+  if (state.rendering) { state.again = true; return; }
+  state.rendering = true;
+  const [path, search] = location.hash.replace(/^#\//, "").split("?");
+  const [page, ...rest] = path.split("/");
+  const arg = decodeURIComponent(rest.join("/"));
+  const query = new URLSearchParams(search || "");
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("here", a.dataset.page === (page || "cell"));
+  const main = $("#main");
+  try {
+    const html = page === "jobs" ? await jobsPage(query)
+      : page === "job" ? await jobPage(arg)
+      : page === "machine" ? await machinePage(arg)
+      : page === "events" ? await eventsPage()
+      : await cellPage();
+    keepForm(main, () => { main.innerHTML = html; });
+  } catch (error) {
+    if (error.code === "unauthorized") { signOut("The token was refused; sign in again."); return; }
+    main.innerHTML = `<p class="error" id="page-error">${esc(error.message)}</p>`;
+  } finally {
+    state.rendering = false;
+    if (state.again) { state.again = false; refreshSoon(); }
+  }
+}
+
+// A live refresh must not wipe what someone is typing in the submit form.
+function keepForm(main, replace) {
+  const spec = $("#spec", main), id = $("#job-id", main), box = $("#submit-box", main);
+  const kept = spec ? { spec: spec.value, id: id.value, open: box.open, focus: document.activeElement?.id } : null;
+  replace();
+  const spec2 = $("#spec", main);
+  if (!spec2) return;
+  if (kept) {
+    spec2.value = kept.spec; $("#job-id", main).value = kept.id; $("#submit-box", main).open = kept.open;
+    if (kept.focus) document.getElementById(kept.focus)?.focus();
+  } else {
+    spec2.value = JSON.stringify(EXAMPLE_SPEC, null, 2);
+  }
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const error = $("#submit-error");
+  error.textContent = "";
+  let spec;
+  try {
+    spec = JSON.parse($("#spec").value);
+  } catch (e) {
+    error.textContent = `The spec is not JSON: ${e.message}`;
+    return;
+  }
+  if (spec && typeof spec === "object" && !spec.owner) spec.owner = "console";
+  const body = { spec };
+  const id = $("#job-id").value.trim();
+  if (id) body.job = id;
+  try {
+    await api("POST", "/v1/jobs", body);
+    const job = id || (await newest(spec.name));
+    location.hash = `#/job/${encodeURIComponent(job)}`;
+  } catch (e) {
+    error.textContent = e.message;
+  }
+}
+
+async function newest(name) {
+  const jobs = (await api("GET", "/v1/jobs")).jobs.filter((j) => j.name === name);
+  jobs.sort((a, b) => b.submitted_at - a.submitted_at);
+  return jobs.length ? jobs[0].id : "";
+}
+
+async function act(target) {
+  try {
+    if (target.dataset.kill) {
+      const job = target.dataset.kill;
+      if (!confirm(`Kill job ${job}? Its tasks are stopped.`)) return;
+      await api("POST", "/v1/jobs/kill", { job });
+    } else if (target.dataset.machineState) {
+      const machine = decodeURIComponent(location.hash.split("/")[2] || "");
+      await api("POST", "/v1/machines/state", { machine, state: target.dataset.machineState });
+    }
+    refreshSoon();
+  } catch (e) {
+    alert(e.message);
+  }
+}
+
+function signIn(message = "") {
+  $("#nav").hidden = $("#signout").hidden = $("#live").hidden = true;
+  $("#main").innerHTML = `
+    <form id="signin" class="signin stack">
+      <h2>Sign in to the cell</h2>
+      <label>Token <input id="token" type="password" autocomplete="current-password"
+        placeholder="OMEGA_TOKEN (in DATA_DIR/env)"></label>
+      <button type="submit">Sign in</button>
+      <p class="error" id="signin-error">${esc(message)}</p>
+    </form>`;
+  $("#token").focus();
+}
+
+async function trySignIn(event) {
+  event.preventDefault();
+  state.token = $("#token").value.trim();
+  try {
+    const summary = await api("GET", "/v1/cell");
+    sessionStorage.setItem(TOKEN_KEY, state.token);
+    start(summary.version);
+  } catch (e) {
+    state.token = "";
+    $("#signin-error").textContent = e.code === "unauthorized" ? "That token is not this cell's." : e.message;
+  }
+}
+
+function signOut(message = "") {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.token = "";
+  if (state.following) state.following.abort();
+  signIn(message);
+}
+
+function start(version) {
+  state.version = version;
+  $("#nav").hidden = $("#signout").hidden = $("#live").hidden = false;
+  follow();
+  render();
+}
+
+document.addEventListener("submit", (event) => {
+  if (event.target.id === "signin") trySignIn(event);
+  else if (event.target.id === "submit-form") submitJob(event);
+});
+document.addEventListener("click", (event) => {
+  const target = event.target.closest("button[data-kill], button[data-machine-state]");
+  if (target) act(target);
+});
+$("#signout").addEventListener("click", () => signOut());
+window.addEventListener("hashchange", render);
+
+(async () => {
+  if (!state.token) { signIn(); return; }
+  try {
+    start((await api("GET", "/v1/cell")).version);
+  } catch (e) {
+    signOut(e.code === "unauthorized" ? "" : e.message);
+  }
+})();
