@@ -53,7 +53,7 @@ import trio
 
 from agents.executor import RecoveredTask, open_executor, recover
 from agents.hollow import HollowExecutor, TimerHeap
-from agents.limits import LimitKind, probe_limits, release_agent_cgroups
+from agents.limits import LimitKind, cgroup_name, probe_limits, release_agent_cgroups
 from agents.prometheus import AgentMetrics
 from agents.task import ReportedState, TaskExecutor, TaskKey, TaskReport, TaskSpec
 from cellstate import CellState, Event, Ok, Stale
@@ -453,7 +453,7 @@ class Agent:
                     )
             else:
                 config.work_dir.mkdir(parents=True, exist_ok=True)
-                mode = probe_limits(config.name, force=config.limits)
+                mode = probe_limits(cgroup_name(config.name, config.work_dir), force=config.limits)
                 stack.callback(release_agent_cgroups, mode)
                 self._log.info("limits", kind=str(mode.kind), why=mode.describe())
                 recovered = await trio.to_thread.run_sync(recover, config.work_dir)

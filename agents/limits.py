@@ -15,7 +15,7 @@ mechanism that works, recording why in a `LimitsMode`:
    allocations fail and exits by itself, and is reported by its exit code.
 
 Per-task cgroups live *below the cgroup the agent itself is in*, as
-`<own cgroup>/omega/<agent>/<task>.<incarnation>`, so that an agent never
+`<own cgroup>/omega/<agent>-<work dir digest>/<task>.<incarnation>`, so that an agent never
 touches hierarchies it was not given. A task joins its cgroups from the child
 between fork and exec (`TaskLimits.preexec`), so nothing it allocates is ever
 charged elsewhere. `TaskLimits.remove` kills what is left in the cgroup and
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import os
 import resource
 import signal
@@ -115,6 +116,16 @@ def _join(mount: _Mount, own_path: str) -> Path:
 def _write(path: Path, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
+
+
+def cgroup_name(agent: str, work_dir: Path) -> str:
+    """The agent's cgroup directory name: its name and a digest of its work dir. Two cells on
+    one host both have an `agent-0`; sharing one directory, the first to stop removed it under
+    the other's tasks (`start_error: limits: No such file or directory`). The work dir is the
+    agent's identity across restarts (`recover` reads it), so the name stays the same for the
+    agent that comes back to it."""
+    digest = hashlib.sha1(str(Path(work_dir).resolve()).encode()).hexdigest()[:10]
+    return f"{agent}-{digest}"
 
 
 def _agent_dir(base: Path, agent: str) -> Path:

@@ -605,3 +605,18 @@ def test_task_user_cannot_read_private_files_and_stays_in_its_cgroup(limits, tmp
     out = (task_dir(work, "peek.0", 1) / "stdout").read_text().split()
     assert out == ["uid", "65534", "denied"], out
     assert rec.final("peek.0").exit_code == 0
+
+
+def test_agents_of_the_same_name_on_one_host_get_their_own_cgroups(tmp_path, monkeypatch):
+    """Two cells on one host each have an `agent-0`. They shared one cgroup directory, and
+    the first to stop removed it under the other's tasks, which then failed to start
+    (`start_error: limits: [Errno 2] No such file or directory: .../omega/agent-0/...`; seen
+    in the suite with two `omega up` cells at once). The work dir tells them apart, and stays
+    the agent's name across its restarts, which `recover` relies on."""
+    from agents.limits import cgroup_name
+
+    one, two = tmp_path / "cell-a" / "agent-0", tmp_path / "cell-b" / "agent-0"
+    assert cgroup_name("agent-0", one) != cgroup_name("agent-0", two)
+    assert cgroup_name("agent-0", one).startswith("agent-0-")
+    monkeypatch.chdir(tmp_path)
+    assert cgroup_name("agent-0", Path("cell-a/agent-0")) == cgroup_name("agent-0", one)
