@@ -52,7 +52,14 @@ def test_sigkilled_omega_up_leaves_nothing_running(tmp_path):
     with up_cell(tmp_path / "cell", *SMALL) as cell:
         cell.start()
         job = cell.json("submit", str(spec))["id"]
-        wait_for("the task to run", lambda: cell.json("tasks", "--job", job, "--state", "running"))
+        try:
+            wait_for(
+                "the task to run", lambda: cell.json("tasks", "--job", job, "--state", "running")
+            )
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: {cell.json('tasks', '--job', job)}\n{cell.logs()}"
+            ) from None
         assert cell.proc is not None
         started = descendants(cell.proc.pid)
         # replica, scheduler, agent, and the agent's task
