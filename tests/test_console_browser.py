@@ -4,7 +4,8 @@ the screen.
 
 Sign in (a wrong token is refused), see the cell's machines as tiles by failure domain and
 its schedulers, submit a job from the console and watch its tasks go to running without a
-reload, read why an unplaceable job is pending, set a machine draining, kill a job. A
+reload, scale it, update its spec and revert it, each a new version in its history, read
+why an unplaceable job is pending, set a machine draining, kill a job. A
 screenshot of each page is saved (`OMEGA_CONSOLE_SHOTS=DIR` keeps them, e.g. for the README).
 """
 
@@ -120,6 +121,27 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         )
         assert page.evaluate("window.__same_page") is True
         assert page.locator("#tasks a[href^='#/machine/']").count() == 3
+
+        # Scale from the console: a new version of the job, in its history.
+        page.fill("#scale-tasks", "2")
+        page.click("#scale-form button")
+        page.wait_for_selector("#history tr[data-version='2']")
+        assert "tasks" in page.inner_text("#history tr[data-version='2']")
+        page.wait_for_function(
+            "document.querySelectorAll('#tasks td.state.running').length == 2", timeout=WAIT_MS
+        )
+        assert cell.json("job", "console-web")["size"] == 2
+
+        # Update the spec from the console, then revert to the version before.
+        page.click("#update-box summary")
+        current = json.loads(page.input_value("#update-spec"))
+        assert current["tasks"] == 2
+        page.fill("#update-spec", json.dumps({**current, "command": ["sleep", "121"]}))
+        page.click("#update-form button")
+        page.wait_for_selector("#history tr[data-version='3']:has-text('command')")
+        page.click("#history button[data-revert='2']")
+        page.wait_for_selector("#history tr[data-version='4']")
+        assert cell.json("history", "console-web")["version"] == 4
         page.screenshot(path=str(shots / "console-job.png"), full_page=True)
 
         # An unplaceable job: the scheduler's explanation, on the job's page.
@@ -133,13 +155,14 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         page.wait_for_selector(".tile[data-machine]")
         page.wait_for_timeout(2500)  # a few scheduler reports, for the sparklines
         page.screenshot(path=str(shots / "console-cell.png"), full_page=True)
-        busy = page.locator(".tile[data-machine]").filter(has_text="3 tasks")
-        busy.first.click()
+        running = cell.json("tasks", "--job", "console-web", "--state", "running")
+        machine = running[0]["machine"]
+        page.click(f".tile[data-machine='{machine}']")
         page.wait_for_selector("#machine-state:has-text('up')")
-        assert page.locator("#tasks tr[data-task]").count() == 3
+        on_it = sum(t["machine"] == machine for t in running)
+        assert page.locator("#tasks tr[data-task^='console-web.']").count() == on_it
         page.click("button[data-machine-state=draining]")
         page.wait_for_selector("#machine-state:has-text('draining')")
-        machine = page.inner_text("h2").split()[1]
         assert {m["id"]: m["state"] for m in cell.json("nodes")}[machine] == "draining"
 
         # Kill from the console (it asks first); the page follows the job to killed.

@@ -176,14 +176,14 @@ async function jobsPage(query) {
   const rows = jobs.map((j) => `<tr data-job="${esc(j.id)}">
       <td><a href="#/job/${encodeURIComponent(j.id)}">${esc(j.id)}</a></td><td>${esc(j.scheduler)}</td>
       <td class="num">${j.priority}</td><td class="state ${esc(j.state)}">${esc(j.state)}</td>
-      <td>${counts(j.tasks, j.id)}</td><td>${labels(j.labels)}</td><td>${when(j.submitted_at)}</td>
+      <td>${counts(j.tasks, j.id)}</td><td class="num">${j.version ?? "-"}</td><td>${rollout(j.rollout)}</td>
+      <td>${labels(j.labels)}</td><td>${when(j.submitted_at)}</td>
       <td>${["done", "failed", "killed"].includes(j.state) ? "" : `<button class="kill" data-kill="${esc(j.id)}">Kill</button>`}</td></tr>`).join("");
   return `
     <h2>Jobs${wanted ? ` <small>${esc(wanted)}</small>` : ""}</h2>
     <table class="grid" id="jobs"><thead><tr><th>id</th><th>scheduler</th><th>priority</th><th>state</th>
-      <th>tasks</th><th>labels</th><th>submitted</th><th></th></tr></thead>
-      <tbody>${rows || `<tr><td colspan="8">No jobs.</td></tr>`}</tbody></table>
-    <p class="note">Rolling updates, their progress and scaling are not in the cell yet; this page will show them when they are.</p>
+      <th>tasks</th><th>version</th><th>update</th><th>labels</th><th>submitted</th><th></th></tr></thead>
+      <tbody>${rows || `<tr><td colspan="10">No jobs.</td></tr>`}</tbody></table>
     <details id="submit-box" ${jobs.length ? "" : "open"}><summary>Submit a job</summary>
       <form id="submit-form" class="stack">
         <label>Job spec (JSON, the fields of a spec file: see examples/)<textarea id="spec" rows="10" spellcheck="false"></textarea></label>
@@ -192,10 +192,19 @@ async function jobsPage(query) {
       </form></details>`;
 }
 
+// An update's progress, as `omega history` words it: state, tasks on the new version.
+function rollout(r) {
+  if (!r) return "-";
+  const active = r.state === "canary" || r.state === "rolling";
+  return `<span class="rollout ${esc(r.state)}">v${r.previous}→v${r.version} ${esc(r.state)}${
+    active ? ` ${r.current}/${r.size}` : ""}</span>`;
+}
+
 async function jobPage(id) {
-  const [why, tasks] = await Promise.all([
+  const [why, tasks, history] = await Promise.all([
     api("GET", `/v1/explain?target=${encodeURIComponent(id)}`),
     api("GET", `/v1/tasks?job=${encodeURIComponent(id)}`),
+    api("GET", `/v1/jobs/history?id=${encodeURIComponent(id)}`),
   ]);
   const j = why.job;
   const rows = tasks.tasks.map((t) => `<tr data-task="${esc(t.id)}"><td>${esc(t.id)}</td>
@@ -213,6 +222,7 @@ async function jobPage(id) {
         : `<p>No scheduler has reported on this job yet (is a ${esc(j.scheduler)} scheduler running?)</p>`}</section>`;
   }
   const recent = state.feed.filter((e) => e.text.includes(id)).slice(-20).reverse();
+  state.currentSpec = history.versions.length ? history.versions[history.versions.length - 1].spec : null;
   const killable = !["done", "failed", "killed"].includes(j.state);
   return `
     <h2>Job ${esc(j.id)} <span class="state ${esc(j.state)}" id="job-state">${esc(j.state)}</span>
@@ -223,13 +233,21 @@ async function jobPage(id) {
       <dt>each task</dt><dd>${dimensions(j.resources).map((d) => `${esc(d)} ${human(j.resources, d)}`).join(", ")}</dd>
       <dt>command</dt><dd><code>${esc(j.command.join(" "))}</code></dd>
       <dt>labels</dt><dd>${labels(j.labels)}</dd><dt>submitted</dt><dd>${when(j.submitted_at)}</dd>
+      <dt>version</dt><dd>${j.version} (stable ${j.stable_version}); update: ${rollout(j.rollout)}</dd>
+      <dt>available</dt><dd>${j.available} of ${j.size}${j.max_unavailable != null ? `; at most ${j.max_unavailable} unavailable` : ""}</dd>
     </dl>
+    ${killable ? `<form id="scale-form" class="inline">Scale to <input id="scale-tasks" type="number" min="1" value="${j.size}"> tasks <button type="submit">Scale</button> <span id="scale-error" class="error"></span>
+      ${j.rollout && j.rollout.state === "canary" ? `<button type="button" data-promote="${esc(j.id)}">Promote the canary</button>` : ""}</form>
+    <details id="update-box"><summary>Update the spec (a new version, rolled out by its scheduler)</summary>
+      <form id="update-form" class="stack"><textarea id="update-spec" rows="10" spellcheck="false"></textarea>
+        <button type="submit">Update</button> <span id="update-error" class="error"></span></form></details>` : ""}
     ${explanation}
     <h3>Tasks</h3>
     <table class="grid" id="tasks"><thead><tr><th>task</th><th>state</th><th>health</th><th>machine</th>
       <th>incarnation</th><th>version</th><th>exit</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>
-    <h3>History</h3>
-    <p class="note">Spec versions and update history are not in the cell yet. Changes seen by this page:</p>
+    <h3>History <small>version ${history.version}, stable ${history.stable_version}</small></h3>
+    ${versionsTable(history)}
+    <h3>Changes seen by this page</h3>
     ${feedTable(recent)}`;
 }
 
@@ -263,6 +281,18 @@ async function eventsPage() {
     <p class="note"><code>omega events</code> prints the whole history, rendered task by task.</p>`;
 }
 
+function versionsTable(history) {
+  const rollouts = {};
+  for (const r of history.rollouts) rollouts[r.version] = r;
+  const rows = history.versions.slice().reverse().map((v) => `<tr data-version="${v.version}">
+    <td class="num">${v.version}</td><td>${when(v.made_at)}</td>
+    <td>${v.changes.length ? v.changes.map(esc).join("<br>") : "submitted"}</td>
+    <td>${rollout(rollouts[v.version])}</td>
+    <td>${v.version !== history.version ? `<button data-revert="${v.version}">Revert to v${v.version}</button>` : ""}</td></tr>`).join("");
+  return `<table class="grid" id="history"><thead><tr><th>version</th><th>made</th><th>changes</th><th>update</th><th></th></tr></thead>
+    <tbody>${rows}</tbody></table>`;
+}
+
 function feedTable(entries) {
   const rows = entries.map((e) => `<tr><td class="num">${e.version}</td><td>${when(e.at)}</td>
     <td>${esc(e.type)}</td><td>${esc(e.text)}</td></tr>`).join("");
@@ -275,6 +305,10 @@ function describe(doc) {
   switch (doc.type) {
     case "submit_job": return `job ${doc.job} submitted (${doc.spec.tasks ?? 1} tasks, ${doc.spec.scheduler})`;
     case "kill_job": return `job ${doc.job} killed`;
+    case "update_job": return `job ${doc.job} updated`;
+    case "scale_job": return `job ${doc.job} scaled to ${doc.tasks} tasks`;
+    case "revert_job": return `job ${doc.job} reverted to version ${doc.version}`;
+    case "promote_job": return `job ${doc.job} canary promoted`;
     case "commit": {
       // Claims travel compact, as [task, machine, seqnum, victims]; whether the store
       // accepted each shows in the tasks' states, not here.
@@ -388,19 +422,26 @@ async function render() {
   }
 }
 
-// A live refresh must not wipe what someone is typing in the submit form.
+// A live refresh of the same page must not wipe what someone is typing or has opened.
 function keepForm(main, replace) {
-  const spec = $("#spec", main), id = $("#job-id", main), box = $("#submit-box", main);
-  const kept = spec ? { spec: spec.value, id: id.value, open: box.open, focus: document.activeElement?.id } : null;
+  const samePage = main.dataset.page === location.hash;
+  const values = {}, open = {};
+  for (const el of main.querySelectorAll("input[id], textarea[id]")) values[el.id] = el.value;
+  for (const el of main.querySelectorAll("details[id]")) open[el.id] = el.open;
+  const focus = document.activeElement?.id;
   replace();
-  const spec2 = $("#spec", main);
-  if (!spec2) return;
-  if (kept) {
-    spec2.value = kept.spec; $("#job-id", main).value = kept.id; $("#submit-box", main).open = kept.open;
-    if (kept.focus) document.getElementById(kept.focus)?.focus();
-  } else {
-    spec2.value = JSON.stringify(EXAMPLE_SPEC, null, 2);
+  main.dataset.page = location.hash;
+  if (samePage) {
+    for (const [id, value] of Object.entries(values)) { const el = document.getElementById(id); if (el) el.value = value; }
+    for (const [id, isOpen] of Object.entries(open)) {
+      const el = document.getElementById(id);
+      // Reopened by the refresh, not the user: its toggle handler must leave the text be.
+      if (el && isOpen) { el.dataset.restored = "1"; el.open = true; }
+    }
+    if (focus) document.getElementById(focus)?.focus();
   }
+  const spec = $("#spec", main);
+  if (spec && !spec.value) spec.value = JSON.stringify(EXAMPLE_SPEC, null, 2);
 }
 
 async function submitJob(event) {
@@ -439,6 +480,11 @@ async function act(target) {
       const job = target.dataset.kill;
       if (!confirm(`Kill job ${job}? Its tasks are stopped.`)) return;
       await api("POST", "/v1/jobs/kill", { job });
+    } else if (target.dataset.revert) {
+      const job = decodeURIComponent(location.hash.split("/")[2] || "");
+      await api("POST", "/v1/jobs/revert", { job, version: Number(target.dataset.revert) });
+    } else if (target.dataset.promote) {
+      await api("POST", "/v1/jobs/promote", { job: target.dataset.promote });
     } else if (target.dataset.machineState) {
       const machine = decodeURIComponent(location.hash.split("/")[2] || "");
       await api("POST", "/v1/machines/state", { machine, state: target.dataset.machineState });
@@ -489,14 +535,59 @@ function start(version) {
   render();
 }
 
+async function updateJob(event) {
+  event.preventDefault();
+  const job = decodeURIComponent(location.hash.split("/")[2] || "");
+  const error = $("#update-error");
+  error.textContent = "";
+  let spec;
+  try {
+    spec = JSON.parse($("#update-spec").value);
+  } catch (e) {
+    error.textContent = `The spec is not JSON: ${e.message}`;
+    return;
+  }
+  try {
+    await api("POST", "/v1/jobs/update", { job, spec });
+    $("#update-spec").value = "";
+    $("#update-box").open = false;
+    refreshSoon();
+  } catch (e) {
+    error.textContent = e.message;
+  }
+}
+
+async function scaleJob(event) {
+  event.preventDefault();
+  const job = decodeURIComponent(location.hash.split("/")[2] || "");
+  const tasks = Number($("#scale-tasks").value);
+  try {
+    await api("POST", "/v1/jobs/scale", { job, tasks });
+    refreshSoon();
+  } catch (e) {
+    $("#scale-error").textContent = e.message;
+  }
+}
+
 document.addEventListener("submit", (event) => {
   if (event.target.id === "signin") trySignIn(event);
   else if (event.target.id === "submit-form") submitJob(event);
+  else if (event.target.id === "scale-form") scaleJob(event);
+  else if (event.target.id === "update-form") updateJob(event);
 });
 document.addEventListener("click", (event) => {
-  const target = event.target.closest("button[data-kill], button[data-machine-state]");
+  const target = event.target.closest(
+    "button[data-kill], button[data-machine-state], button[data-revert], button[data-promote]");
   if (target) act(target);
 });
+// Opening the update form starts from the job's current spec (read when it opens, so not a
+// version that a live refresh has since replaced).
+document.addEventListener("toggle", (event) => {
+  if (event.target.id !== "update-box") return;
+  if (event.target.dataset.restored) { delete event.target.dataset.restored; return; }
+  const area = $("#update-spec");
+  area.value = event.target.open && state.currentSpec ? JSON.stringify(state.currentSpec, null, 2) : "";
+}, true);
 $("#signout").addEventListener("click", () => signOut());
 window.addEventListener("hashchange", render);
 
