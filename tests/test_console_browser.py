@@ -134,6 +134,7 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
 
         # Update the spec from the console, then revert to the version before.
         page.click("#update-box summary")
+        page.wait_for_function("document.querySelector('#update-spec').value.startsWith('{')")
         current = json.loads(page.input_value("#update-spec"))
         assert current["tasks"] == 2
         page.fill("#update-spec", json.dumps({**current, "command": ["sleep", "121"]}))

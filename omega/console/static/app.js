@@ -583,9 +583,9 @@ document.addEventListener("click", (event) => {
 // Opening the update form starts from the job's current spec (read when it opens, so not a
 // version that a live refresh has since replaced).
 document.addEventListener("toggle", (event) => {
-  if (event.target.id !== "update-box") return;
+  if (event.target.id !== "update-box" || !event.target.isConnected) return;
   if (event.target.dataset.restored) { delete event.target.dataset.restored; return; }
-  const area = $("#update-spec");
+  const area = $("#update-spec", event.target);
   area.value = event.target.open && state.currentSpec ? JSON.stringify(state.currentSpec, null, 2) : "";
 }, true);
 $("#signout").addEventListener("click", () => signOut());
