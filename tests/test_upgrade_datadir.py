@@ -1,10 +1,14 @@
-"""A data dir written by the release before the ledger change loads with every acknowledged
-fact intact (issue 13, "Snapshots stay loadable").
+"""A data dir written by an earlier release loads with every acknowledged fact intact (issue
+13, "Snapshots stay loadable"). Every test runs for each release's fixture:
 
-`tests/fixtures/datadir-v1/` holds three replicas' data dirs written by commit 523456b (cpu and
-memory only, snapshot format 1), each a full dump (`raft.dump`) plus a journal tail of commands
-applied after it, and `expected.json`, the facts the old cell's API acknowledged.
-`tests/fixtures/make_datadir_v1.py` says how they were made.
+- `tests/fixtures/datadir-v1/`: written by commit 523456b, the release before the ledger change
+  (cpu and memory only, snapshot format 1, rules 1);
+- `tests/fixtures/datadir-v2/`: written by commit 0bc4c3f, the release before jobs had versions
+  (disk and devices, health checks, snapshot format 2, rules 2).
+
+Each holds three replicas' data dirs, each a full dump (`raft.dump`) plus a journal tail of
+commands applied after it, and `expected.json`, the facts the old cell's API acknowledged.
+`tests/fixtures/make_datadir_v{1,2}.py` say how they were made.
 
 Raft addresses: the dump and journal hold no address that matters. The old replicas' Raft
 addresses appear only as the vote in `raft.journal.meta` (a vote for a node that no longer
@@ -20,10 +24,12 @@ starts three real replicas of the current code on a copy and asks their HTTP API
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +49,43 @@ from cellstore.config import ReplicaConfig
 from cellstore.machine import MachineBox
 from harness.cluster import LocalCluster, cell_options
 
-FIXTURE = Path(__file__).parent / "fixtures" / "datadir-v1"
-EXPECTED: dict[str, Any] = json.loads((FIXTURE / "expected.json").read_text())
 REPLICAS = 3
 RAFT_FILES = ("raft.dump", "raft.journal", "raft.journal.meta")
 REGULAR = 0  # pysyncobj's _COMMAND_TYPE.REGULAR: an `apply_command` call
+
+
+@dataclass(frozen=True)
+class Release:
+    """One earlier release's fixture: where it is, what it wrote, what its API acknowledged."""
+
+    name: str
+    format: int  # of the snapshot inside every `raft.dump`
+    rules: int  # the cell's rules when it was written
+
+    @property
+    def path(self) -> Path:
+        return Path(__file__).parent / "fixtures" / f"datadir-{self.name}"
+
+    @functools.cached_property
+    def expected(self) -> dict[str, Any]:
+        return json.loads((self.path / "expected.json").read_text())
+
+    def quotas(self) -> dict[tuple[str, int], dict[str, int]]:
+        """The acknowledged quota limits as resource vectors (v1 wrote cpu and memory columns)."""
+        return {
+            (q["owner"], q["band"]): (
+                q["limit"] if "limit" in q else {"cpu": q["cpu_milli"], "memory": q["memory_bytes"]}
+            )
+            for q in self.expected["quotas"]
+        }
+
+
+RELEASES = (Release("v1", format=1, rules=FIRST_RULES), Release("v2", format=2, rules=2))
+
+
+@pytest.fixture(params=RELEASES, ids=[r.name for r in RELEASES])
+def old(request: pytest.FixtureRequest) -> Release:
+    return request.param
 
 
 # -- reading the files as a replica does ---------------------------------------------------------
@@ -91,22 +129,17 @@ def replayed(data_dir: Path) -> CellMachine:
 # -- the facts -----------------------------------------------------------------------------------
 
 
-def specs_and_quotas(snapshot: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Job specs as the snapshot writes them, and the quotas as the ledger holds them."""
+def specs_and_quotas(
+    snapshot: bytes,
+) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, int]]]:
+    """Job specs as the snapshot writes them, and the quotas as the ledger holds them (the
+    dimensions it holds at zero left out, as the old releases wrote them)."""
     cell = CellState.restore(snapshot)
     specs = {jid: to_json(job.spec, JobSpec) for jid, job in cell.jobs.items()}
-    quotas = []
-    for (owner, band), limit in cell.ledger.limits.items():
-        rest = {dim: n for dim, n in limit.items() if dim not in ("cpu", "memory") and n}
-        assert not rest, (owner, band, rest)
-        quotas.append(
-            {
-                "owner": owner,
-                "band": int(band),
-                "cpu_milli": limit["cpu"],
-                "memory_bytes": limit["memory"],
-            }
-        )
+    quotas = {
+        (owner, int(band)): {dim: n for dim, n in limit.items() if n}
+        for (owner, band), limit in cell.ledger.limits.items()
+    }
     return specs, quotas
 
 
@@ -123,37 +156,42 @@ def assert_same(kind: str, old: list[dict[str, Any]], new: list[dict[str, Any]])
 
 
 def assert_facts(
+    old: Release,
     jobs: list[dict[str, Any]],
     tasks: list[dict[str, Any]],
     machines: list[dict[str, Any]],
     snapshot: bytes,
 ) -> None:
-    assert_same("job", EXPECTED["jobs"], jobs)
-    assert_same("task", EXPECTED["tasks"], tasks)
-    assert_same("machine", EXPECTED["machines"], machines)
+    expected = old.expected
+    assert_same("job", expected["jobs"], jobs)
+    assert_same("task", expected["tasks"], tasks)
+    assert_same("machine", expected["machines"], machines)
     specs, quotas = specs_and_quotas(snapshot)
-    for job in EXPECTED["jobs"]:
+    for job in expected["jobs"]:
         for field, value in job["spec"].items():
             assert specs[job["id"]][field] == value, (job["id"], field)
-    key = lambda q: (q["owner"], q["band"])  # noqa: E731
-    assert sorted(quotas, key=key) == sorted(EXPECTED["quotas"], key=key)
+    assert quotas == old.quotas()
     draining = [m["id"] for m in machines if m["state"] == "draining"]
     assert draining == ["m3"]
 
 
-def test_fixture_holds_a_format_1_dump_and_a_journal_tail_on_every_replica() -> None:
+def test_fixture_holds_an_old_format_dump_and_a_journal_tail_on_every_replica(
+    old: Release,
+) -> None:
     for i in range(REPLICAS):
-        data_dir = FIXTURE / f"replica-{i}"
+        data_dir = old.path / f"replica-{i}"
         snapshot, index = read_dump(data_dir)
-        assert orjson.loads(snapshot)["format"] == 1
+        assert orjson.loads(snapshot)["format"] == old.format
         assert len(journal_tail(data_dir, index)) >= 10, "the tail must hold commands"
-    total = sum(f.stat().st_size for f in FIXTURE.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in old.path.rglob("*") if f.is_file())
     assert total < 200_000
 
 
 @pytest.mark.parametrize("replica", range(REPLICAS))
-def test_old_dump_restores_checks_and_rewrites_as_stable_current_format(replica: int) -> None:
-    snapshot, _ = read_dump(FIXTURE / f"replica-{replica}")
+def test_old_dump_restores_checks_and_rewrites_as_stable_current_format(
+    old: Release, replica: int
+) -> None:
+    snapshot, _ = read_dump(old.path / f"replica-{replica}")
     cell = CellState.restore(snapshot)
     cell.check_invariants()
     upgraded = cell.snapshot()
@@ -163,49 +201,72 @@ def test_old_dump_restores_checks_and_rewrites_as_stable_current_format(replica:
     assert again.snapshot() == upgraded
 
 
-def test_dump_plus_journal_replayed_by_current_code_keeps_every_fact() -> None:
+def test_dump_plus_journal_replayed_by_current_code_keeps_every_fact(old: Release) -> None:
     snapshots = set()
     for i in range(REPLICAS):
-        cell = replayed(FIXTURE / f"replica-{i}").cell
+        cell = replayed(old.path / f"replica-{i}").cell
         cell.check_invariants()
-        assert cell.version == EXPECTED["version"]
+        assert (cell.version, cell.rules) == (old.expected["version"], old.rules)
         snapshot = cell.snapshot()
         assert_facts(
-            views.list_jobs(cell), views.list_tasks(cell), views.list_machines(cell), snapshot
+            old, views.list_jobs(cell), views.list_tasks(cell), views.list_machines(cell), snapshot
         )
         snapshots.add(snapshot)
     assert len(snapshots) == 1, "replicas came back different"
 
 
+def test_rules_raised_to_current_keep_every_fact(old: Release) -> None:
+    # What the new leader's first command does to the replayed cell: the facts hold under
+    # this build's rules, and the state it leaves round-trips through the current format.
+    raise_rules = CellMachine.canonical({"type": "raise_rules", "rules": RULES})
+    for i in range(REPLICAS):
+        machine = replayed(old.path / f"replica-{i}")
+        result = orjson.loads(machine.apply_encoded(raise_rules))["result"]
+        assert result["type"] == "ok", result
+        cell = machine.cell
+        assert cell.rules == RULES
+        cell.check_invariants()
+        snapshot = cell.snapshot()
+        assert_facts(
+            old, views.list_jobs(cell), views.list_tasks(cell), views.list_machines(cell), snapshot
+        )
+        assert CellState.restore(snapshot).snapshot() == snapshot
+
+
 def register_again(machine: dict[str, Any]) -> dict[str, Any]:
-    """What an agent sends when it restarts: its machine's registration, as the API takes it."""
+    """What an agent sends when it restarts: its machine's registration, as the API takes it
+    (the view's capacity in people's units: cpu, memory, disk and devices by name)."""
     capacity = machine["capacity"]
     return {
         "id": machine["id"],
-        "capacity": {"cpu": capacity["cpu"], "memory": capacity["memory"]},
+        "capacity": {
+            dim: amount
+            for dim, amount in capacity.items()
+            if not dim.endswith(("_milli", "_bytes"))
+        },
         "domain": machine["domain"],
         "labels": machine["labels"],
     }
 
 
-def test_drain_set_before_the_upgrade_survives_an_agent_restart() -> None:
-    # m3 was drained before every replica's dump: only the format-1 snapshot says so.
+def test_drain_set_before_the_upgrade_survives_an_agent_restart(old: Release) -> None:
+    # m3 was drained before every replica's dump: only the old snapshot says so.
     # The old log is judged by the old rules until the leader raises them; from then
     # on a drain outlives an agent's restart.
-    m3 = next(m for m in EXPECTED["machines"] if m["id"] == "m3")
+    m3 = next(m for m in old.expected["machines"] if m["id"] == "m3")
     register = {"type": "register_machines", "machines": [register_again(m3)]}
     for i in range(REPLICAS):
-        machine = replayed(FIXTURE / f"replica-{i}")
-        assert machine.cell.rules == FIRST_RULES
+        machine = replayed(old.path / f"replica-{i}")
+        assert machine.cell.rules == old.rules
         machine.apply_encoded(CellMachine.canonical({"type": "raise_rules", "rules": RULES}))
         machine.apply_encoded(CellMachine.canonical(register))
         assert machine.cell.machines["m3"].state == "draining"
         machine.cell.check_invariants()
 
 
-def test_fixture_replica_config_still_parses() -> None:
+def test_fixture_replica_config_still_parses(old: Release) -> None:
     for i in range(REPLICAS):
-        document = json.loads((FIXTURE / f"replica-{i}" / "replica.json").read_text())
+        document = json.loads((old.path / f"replica-{i}" / "replica.json").read_text())
         config = ReplicaConfig.from_json(
             {**document, "token": "t", "secret": "s", "data_dir": "/nonexistent"}
         )
@@ -217,11 +278,11 @@ def test_fixture_replica_config_still_parses() -> None:
 
 
 @pytest.fixture
-def upgraded_cell(tmp_path: Path):
+def upgraded_cell(old: Release, tmp_path: Path):
     for i in range(REPLICAS):
         (tmp_path / f"replica-{i}").mkdir()
         for name in RAFT_FILES:
-            shutil.copy(FIXTURE / f"replica-{i}" / name, tmp_path / f"replica-{i}" / name)
+            shutil.copy(old.path / f"replica-{i}" / name, tmp_path / f"replica-{i}" / name)
     # The fixture's machines last sent a heartbeat when it was written; without agents here,
     # they must not be marked down for silence.
     options = cell_options(heartbeat_timeout_s=1e12)
@@ -255,20 +316,21 @@ def dump_format(data_dir: Path) -> int | None:
 
 @pytest.mark.slow
 def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
-    upgraded_cell: LocalCluster,
+    old: Release, upgraded_cell: LocalCluster
 ) -> None:
     cluster = upgraded_cell
+    expected = old.expected
     # The new leader's first act is to raise the old log's rules to this build's: one
     # command past the old release's last.
-    cluster.wait_for_version(EXPECTED["version"] + 1, list(range(REPLICAS)))
+    cluster.wait_for_version(expected["version"] + 1, list(range(REPLICAS)))
     snapshot = settled_snapshots(cluster)
     assert orjson.loads(snapshot)["format"] == snapshot_format.FORMAT
     restored = CellState.restore(snapshot)
-    assert (restored.version, restored.rules) == (EXPECTED["version"] + 1, RULES)
+    assert (restored.version, restored.rules) == (expected["version"] + 1, RULES)
     restored.check_invariants()
     for i in range(REPLICAS):  # every replica answers with the same facts
         with client(cluster, i) as one:
-            assert_facts(one.jobs(), one.tasks(), one.machines(), snapshot)
+            assert_facts(old, one.jobs(), one.tasks(), one.machines(), snapshot)
 
     # It takes new writes: a job, claims onto old machines, a report.
     cell = client(cluster)
@@ -290,7 +352,7 @@ def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
 
     # An agent restart re-registers its machine: the operator's drain, set before the
     # upgrade, holds (issue 13, loose end 3).
-    m3 = next(m for m in EXPECTED["machines"] if m["id"] == "m3")
+    m3 = next(m for m in expected["machines"] if m["id"] == "m3")
     again = parse(register_again(m3), MachineSpec)
     assert isinstance(cell.register_machines([again]).result, Ok)
     assert {m["id"]: m["state"] for m in cell.machines()}["m3"] == "draining"
@@ -301,7 +363,8 @@ def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
     before = settled_snapshots(cluster)
     CellState.restore(before).check_invariants()
 
-    # Enough commands for every replica to compact: its dump is then written in format 2,
+    # Enough commands for every replica to compact: its dump is then written in this build's
+    # format,
     # and a full restart from it comes back byte for byte.
     data_dirs = [cluster.data_dir(i) for i in range(REPLICAS)]
     deadline = time.monotonic() + 60
