@@ -980,7 +980,10 @@ class CellState:
             return
         if ok:
             job.available += 1
-            task.healthy_at = self.now
+            # Rules 1 and 2 kept no time of becoming healthy, and their snapshots load it
+            # as the start (`snapshot._load_job_2`): the same here, or an upgraded replica
+            # replaying an old tail would disagree with one whose old dump came after it.
+            task.healthy_at = self.now if self.rules >= LIFECYCLE_RULES else task.started_at or 0.0
         else:
             job.available -= 1
             task.healthy_at = None

@@ -38,7 +38,20 @@ import pytest
 from pysyncobj import pickle as raft_pickle
 from pysyncobj.journal import FileJournal
 
-from cellstate import CellState, Claim, JobSpec, MachineSpec, Ok, TaskReport, Transaction, views
+from cellstate import (
+    CellState,
+    Claim,
+    Commit,
+    JobSpec,
+    MachineSpec,
+    Ok,
+    RegisterMachines,
+    ReportTasks,
+    SubmitJob,
+    TaskReport,
+    Transaction,
+    views,
+)
 from cellstate import snapshot as snapshot_format
 from cellstate.commands import ReportedState
 from cellstate.model import FIRST_RULES, RULES
@@ -213,6 +226,48 @@ def test_dump_plus_journal_replayed_by_current_code_keeps_every_fact(old: Releas
         )
         snapshots.add(snapshot)
     assert len(snapshots) == 1, "replicas came back different"
+
+
+def test_a_replica_that_dumped_last_comes_back_as_one_that_replays_its_tail() -> None:
+    """Where a replica's dump falls in the log must not matter: the old leader's own
+    snapshot at the end (what a replica that compacted last would load) restores to the
+    very state the others reach by replaying their tails. v2's fixture keeps that
+    snapshot (`final.snapshot`); v1's was written before this check."""
+    v2 = next(r for r in RELEASES if r.name == "v2")
+    final = CellState.restore((v2.path / "final.snapshot").read_bytes())
+    final.check_invariants()
+    for i in range(REPLICAS):
+        cell = replayed(v2.path / f"replica-{i}").cell
+        assert cell.snapshot() == final.snapshot(), f"replica {i}"
+
+
+@pytest.mark.parametrize(("rules", "healthy_since"), [(2, 4.0), (RULES, 9.0)])
+def test_under_old_rules_a_task_is_healthy_since_its_start_as_old_snapshots_load_it(
+    rules: int, healthy_since: float
+) -> None:
+    """A checked task started at 4 and judged healthy at 9. Formats 1 and 2 keep no time
+    of becoming healthy and load it as the start, so a cell replaying the same commands
+    under those rules must say the start too. It said 9, and the v2 test above found two
+    upgraded replicas disagreeing (web.1, judged healthy in the journal tail). Under rules
+    3 the time is the verdict's, which the schedulers' `min_healthy_time` counts from."""
+    cell = CellState(rules=rules)
+    machine = {"id": "m0", "capacity": {"cpu": 4, "memory": "8Gi"}}
+    spec = {
+        "name": "web",
+        "owner": "alice",
+        "scheduler": "service",
+        "resources": {"cpu": 1, "memory": "1Gi"},
+        "check": {"tcp": True},
+    }
+    cell.apply(RegisterMachines((parse(machine, MachineSpec),), at=1.0))
+    cell.apply(SubmitJob("web", parse(spec, JobSpec), at=2.0))
+    cell.apply(Commit(Transaction("s", (Claim("web.0", "m0"),)), at=3.0))
+    cell.apply(ReportTasks((TaskReport("web.0", "m0", 0, ReportedState.RUNNING),), at=4.0))
+    assert cell.tasks["web.0"].healthy_at is None  # running, not judged yet
+    judged = TaskReport("web.0", "m0", 0, ReportedState.RUNNING, healthy=True)
+    cell.apply(ReportTasks((judged,), at=9.0))
+    assert cell.tasks["web.0"].healthy_at == healthy_since
+    assert CellState.restore(cell.snapshot()).snapshot() == cell.snapshot()
 
 
 def test_rules_raised_to_current_keep_every_fact(old: Release) -> None:
