@@ -1026,12 +1026,12 @@ class CellState:
         is retired instead, and one of an old version comes back as the
         current version."""
         job = self.jobs[task.job]
-        if self.replacement(task) is not None:
-            self._retire(task, "replaced", self.now, events)
-            return
-        if task.index >= job.spec.tasks and self.rules >= LIFECYCLE_RULES:
+        if self.replacement(task) is not None or (
             # Beyond its job's size (a scale-down not yet done): nothing to come back for.
-            self._retire(task, "scaled", self.now, events)
+            task.index >= job.spec.tasks and self.rules >= LIFECYCLE_RULES
+        ):
+            # It ends here, for the reason it was evicted (preempted, lost, drained).
+            self._retire(task, reason, self.now, events)
             return
         task.replaced_by = None  # its replacement ended: it is the index's task again
         machine = self._release(task)

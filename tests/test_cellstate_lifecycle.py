@@ -268,7 +268,7 @@ def test_a_replaced_task_that_is_lost_does_not_come_back():
     txn(cell, Claim("web.0", "m1", cell.machines["m1"].seqnum, replace=True))
     cell.apply(SetMachineState("m0", MachineState.DOWN, at=12.0))
     old = cell.tasks["web.0"]
-    assert (old.state, old.reason) == (TaskState.KILLED, "replaced")
+    assert (old.state, old.reason) == (TaskState.KILLED, "lost")
     # A lost old-version task without a replacement comes back as the current version.
     lost = cell.tasks["web.1"]
     cell.apply(SetMachineState("m1", MachineState.DOWN, at=13.0))
