@@ -45,6 +45,13 @@ schedulers' filters share: `task_unknown`, `task_not_pending`,
 the cell's rules 1, see `model.RULES`),
 `victim_not_preemptible`, `quota_exceeded:<dimension>`, `aborted`.
 
+Under rules 4 a refused claim also says what it lost to: the cell version
+and the actor (a scheduler's name for a commit; `agent`, `operator`,
+`expiry`... for other commands) of the last change to its machine
+(`Machine.changed`, `Rejection.by`/`at`). With `insufficient:<dimension>`
+that names the rival, when, and the dimension it took; with
+`machine_changed`, the change that moved the sequence number.
+
 What fits is the ledger's rule (`ledger`): best-effort tasks live on
 reclaimed resources, counting against capacity minus the *reservations* of
 other tasks in cpu and memory, and devices and disk are never shared. After
@@ -304,7 +311,7 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
             named.add(claim.task)
             reason, task, machine, victims = _validate(cell, claim, coarse, seqnums, None)
             if reason is not None:
-                rejected.append(Rejection(claim.task, claim.machine, reason))
+                rejected.append(_rejection(claim, reason, machine))
                 continue
             if coarse and machine.id not in seqnums:  # type: ignore[union-attr]
                 seqnums[machine.id] = machine.seqnum  # type: ignore[union-attr]
@@ -315,13 +322,17 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
     overlay = _Overlay()
     plan: list[Placement] = []
     verdicts: list[str | None] = []
+    # The machine each refused claim was judged on, for what it lost to.
+    judged: list[Machine | None] = []
     for claim in txn.claims:
         if dedup and claim.task in named:
             verdicts.append(reasons.DUPLICATE_CLAIM)
+            judged.append(None)
             continue
         named.add(claim.task)
         reason, task, machine, victims = _validate(cell, claim, coarse, seqnums, overlay)
         verdicts.append(reason)
+        judged.append(machine)
         if reason is None:
             old = cell.tasks[claim.task] if claim.replace else None
             overlay.take(task, machine, victims, claim.task)  # type: ignore[arg-type]
@@ -330,10 +341,24 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
         if not dedup:
             rejected.extend(_rules_1_verdicts(txn, verdicts))
             return
-        for claim, reason in zip(txn.claims, verdicts, strict=True):
-            rejected.append(Rejection(claim.task, claim.machine, reason or reasons.ABORTED))
+        for claim, reason, machine in zip(txn.claims, verdicts, judged, strict=True):
+            # An aborted claim lost to its own transaction, not to the machine.
+            rejected.append(
+                _rejection(claim, reason, machine)
+                if reason
+                else Rejection(claim.task, claim.machine, reasons.ABORTED)
+            )
         return
     yield from plan
+
+
+def _rejection(claim: Claim, reason: str, machine: Machine | None) -> Rejection:
+    """A refused claim, naming the last change to its machine (the version and
+    who made it), if the machine is known and the cell records changes."""
+    changed = machine.changed if machine is not None else None
+    if changed is None:
+        return Rejection(claim.task, claim.machine, reason)
+    return Rejection(claim.task, claim.machine, reason, changed[1], changed[0])
 
 
 def _rules_1_verdicts(txn: Transaction, verdicts: list[str | None]) -> list[Rejection]:

@@ -32,7 +32,9 @@ from cellstate.resources import REQUIRED, Resources
 # 3: jobs change while they run (versions, updates, scale, drain); a
 #    transaction that would stop a task its job cannot spare is refused
 #    `budget_exceeded`; a drain's deadline evicts what is left.
-RULES = 3
+# 4: every machine records the version and actor of its last change, and a
+#    rejected claim names them (`Machine.changed`, `Rejection.by`/`at`).
+RULES = 4
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
 MAX_LABELS = 64
@@ -497,6 +499,11 @@ class Machine:
     seqnum: int = 0
     last_heartbeat: float = 0.0
     tasks: dict[str, None] = attrs.field(factory=dict)
+    # The cell version and the actor that last moved `seqnum`: a commit's
+    # scheduler, or `agent`, `operator`, `expiry`... (`state.ACTORS`). A
+    # rejected claim names them as what it lost to. One tuple, set whole, so
+    # the commit's hot path pays one store. None: not since rules 4.
+    changed: tuple[int, str] | None = None
     # When a drain evicts whatever is still on the machine; None: never.
     drain_deadline: float | None = None
 
@@ -687,9 +694,18 @@ class Transaction:
 
 @attrs.frozen(slots=True)
 class Rejection:
+    """A refused claim (or stop, or verdict) and why. For a claim on a known
+    machine, also what it lost to: who last changed the machine (`by`: a
+    scheduler's name, or `agent`, `operator`, `expiry`...) and at which cell
+    version (`at`); None when the machine is unknown, the claim was only
+    `aborted`, or the change predates rules 4.
+    The dimension of a fit conflict is in the reason (`insufficient:cpu`)."""
+
     task: str
     machine: str
     reason: str
+    by: str | None = None
+    at: int | None = None
 
 
 @attrs.frozen(slots=True)

@@ -15,6 +15,9 @@ Format 3 (rules 3) writes every spec version of a job with when it was
 made, its rollouts, and each task's id and index (a job's tasks are no
 longer one per index: a replacement runs beside the task it replaces), the
 time a task became healthy and what it replaces; a machine's drain deadline.
+Under rules 4 a machine row ends with one more column, `[version, actor]`
+of its last change (`Machine.changed`), written only when known: rows
+without it (older format-3 snapshots) load with None and dump as they were.
 Format 2 loads as jobs of one version with a task per index.
 
 Format 2 writes the cell's rules (`model.RULES`) and resource vectors as
@@ -105,20 +108,7 @@ def dump(cell: CellState) -> bytes:
         "version": cell.version,
         "now": cell.now,
         "config": [config.reservation_margin, config.reservation_decay_s, config.dedup_window],
-        "machines": [
-            [
-                m.id,
-                m.account.capacity,
-                m.labels,
-                m.domain,
-                m.state.value,
-                m.seqnum,
-                m.last_heartbeat,
-                m.operator_state,
-                m.drain_deadline,
-            ]
-            for m in cell.machine_list
-        ],
+        "machines": [_machine_row(m) for m in cell.machine_list],
         "jobs": [
             [
                 job.id,
@@ -142,6 +132,23 @@ def dump(cell: CellState) -> bytes:
         ],
     }
     return orjson.dumps(doc)
+
+
+def _machine_row(m: Machine) -> list[Any]:
+    row = [
+        m.id,
+        m.account.capacity,
+        m.labels,
+        m.domain,
+        m.state.value,
+        m.seqnum,
+        m.last_heartbeat,
+        m.operator_state,
+        m.drain_deadline,
+    ]
+    if m.changed is not None:
+        row.append(list(m.changed))
+    return row
 
 
 def _task_row(job: Job, task: Task) -> list[Any]:
@@ -177,7 +184,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
     cell.now = doc["now"]
     cell.rules = doc.get("rules", FIRST_RULES) if form >= 2 else FIRST_RULES
     for row in doc["machines"]:
-        drain_deadline = None
+        drain_deadline = changed = None
         if form == 1:
             mid, cpu, memory, labels, domain, state, seqnum, heartbeat = row
             # Format 1 was written under rules 1, which kept no operator state; a replica
@@ -189,6 +196,8 @@ def load_into(cell: CellState, data: bytes | str) -> None:
         else:
             mid, capacity, labels, domain, state, seqnum, heartbeat, operator_state = row[:8]
             drain_deadline = row[8]
+            if len(row) > 9:
+                changed = (row[9][0], row[9][1])
         machine = Machine(
             id=mid,
             index=len(cell.machine_list),
@@ -200,6 +209,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
             seqnum=seqnum,
             last_heartbeat=heartbeat,
             drain_deadline=drain_deadline,
+            changed=changed,
         )
         cell.machines[mid] = machine
         cell.machine_list.append(machine)

@@ -102,6 +102,8 @@ KILLED = TaskState.KILLED
 TERMINAL = TERMINAL_STATES
 # The rules that first know jobs that change while they run (`model.RULES`).
 LIFECYCLE_RULES = 3
+# The rules that first record who last changed each machine (`Machine.changed`).
+ATTRIBUTION_RULES = 4
 
 
 class CellState:
@@ -144,6 +146,9 @@ class CellState:
         # Machines whose seqnum moved since the owner of this copy last
         # drained the set; None until someone asks (schedulers do).
         self.changed_machines: set[str] | None = None
+        # What the command being applied stamps on each machine it changes
+        # (`Machine.changed`); None before rules 4. Set by `apply`.
+        self.stamp: tuple[int, str] | None = None
 
     # -- applying commands ----------------------------------------------------
 
@@ -154,6 +159,9 @@ class CellState:
         applied returns an `Error` and changes nothing but the version.
         """
         self.version += 1
+        if self.rules >= ATTRIBUTION_RULES:
+            actor = command.txn.scheduler if isinstance(command, Commit) else ACTORS[type(command)]
+            self.stamp = (self.version, actor)
         at = command.at
         if at > self.now:
             self.now = at
@@ -954,6 +962,7 @@ class CellState:
 
     def _touch(self, machine: Machine) -> None:
         machine.seqnum += 1
+        machine.changed = self.stamp
         if self.changed_machines is not None:
             self.changed_machines.add(machine.id)
 
@@ -996,6 +1005,7 @@ class CellState:
         machine.tasks[task.id] = None
         # `_touch`, written out: this is the commit's hot path.
         machine.seqnum += 1
+        machine.changed = self.stamp
         if self.changed_machines is not None:
             self.changed_machines.add(machine.id)
         task.machine = machine.id
@@ -1134,6 +1144,27 @@ _REPORTED = {
     ReportedState.EXITED: TaskState.EXITED,
     ReportedState.FAILED: TaskState.FAILED,
     ReportedState.LOST: PENDING,
+}
+
+# Who a command's changes to a machine are attributed to (a `Commit`'s are its
+# scheduler's): what a claim that conflicted with them is told it lost to.
+ACTORS: dict[type, str] = {
+    RegisterMachines: "agent",
+    ReportTasks: "agent",
+    ReportUsage: "agent",
+    Heartbeat: "agent",
+    SetMachineState: "operator",
+    SubmitJob: "operator",
+    KillJob: "operator",
+    SetQuota: "operator",
+    UpdateJob: "operator",
+    RevertJob: "operator",
+    ScaleJob: "operator",
+    PromoteJob: "operator",
+    ExpireHeartbeats: "expiry",
+    ReportScheduler: "scheduler",
+    EndRollout: "scheduler",
+    RaiseRules: "rules",
 }
 
 _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {

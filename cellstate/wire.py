@@ -24,7 +24,7 @@ from typing import Any, cast
 import attrs
 import cattrs
 import orjson
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.preconf.orjson import make_converter
 from cattrs.strategies import configure_tagged_union
 
@@ -59,6 +59,7 @@ from cellstate.model import (
     HealthCheck,
     JobSpec,
     MachineState,
+    Rejection,
     RestartPolicy,
     RolloutState,
     SchedulerClass,
@@ -254,6 +255,12 @@ def _make(edge: bool) -> cattrs.Converter:
     conv.register_unstructure_hook(Resources, _resources_to_wire)
     conv.register_unstructure_hook(Claim, _claim_to_wire)
     conv.register_structure_hook(Claim, _claim_from_wire)
+    # What a rejection lost to is written only when known, so results of
+    # cells before rules 4 keep their bytes and their size; results without
+    # it decode with None.
+    conv.register_unstructure_hook(
+        Rejection, make_dict_unstructure_fn(Rejection, conv, _cattrs_omit_if_default=True)
+    )
     if edge:
         scalar_hooks: tuple[tuple[type, Callable[[Any, type], Any]], ...] = (
             (int, _strict_int),
