@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import tempfile
 import time
@@ -166,7 +167,7 @@ def describe(title: str, result: dict[str, Any]) -> None:
             f"  {name:12} txns {f.get('transactions', 0):5.0f}  "
             f"accepted {f.get('claims_accepted', 0):7.0f}  "
             f"rejected {f.get('claims_rejected', 0):6.0f}  "
-            f"conflict_fraction {f.get('conflict_fraction', 0):.3f}  "
+            f"conflict_fraction {f.get('conflict_fraction', math.nan):.3f}  "
             f"busyness {f.get('busyness', 0):.2f}  "
             f"decision p50 {1000 * f.get('decision_seconds.p50', 0):.0f} ms  "
             f"busy/commit/catch-up {f.get('busy_seconds', 0):.1f}/"
@@ -226,8 +227,7 @@ def main() -> None:
                 else None,
                 "elapsed_s": round(mixed["elapsed_s"], 3),
                 "conflict_fraction": {
-                    n: f.get("conflict_fraction", 0.0)
-                    for n, f in sorted(mixed["schedulers"].items())
+                    n: f.get("conflict_fraction") for n, f in sorted(mixed["schedulers"].items())
                 },
                 "target_placements_per_s": 3750,
             }

@@ -57,6 +57,7 @@ METRIC_COLUMNS = (
     "conflict_fraction",
     "claims",
     "claims_rejected",
+    "claim_conflict_fraction",
     "core_conflict_fraction",
     "core_claim_conflict_fraction",
     "preemptions",

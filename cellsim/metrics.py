@@ -11,8 +11,11 @@ Google's open-source cluster-scheduler-simulator):
   median of the daily values (and the overall mean);
 - **conflict fraction**: conflicted transactions per successful transaction,
   where a transaction is a commit with at least one claim, it is conflicted if
-  any of its claims was rejected, and successful otherwise; attempts that found
-  no room submit no transaction and count in neither;
+  any of its claims was rejected, and successful (conflict-free) otherwise;
+  attempts that found no room submit no transaction and count in neither. It
+  can exceed 1. Computed by `schedulers.metrics.conflict_fraction`, the
+  function the live schedulers use; the share of claims rejected is
+  `claim_conflict_fraction`, a different figure;
 - **abandoned jobs**: jobs given up after the maximum number of attempts.
 
 Every figure is computed from plain counters and lists kept in insertion order,
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+
+from schedulers.metrics import claim_conflict_fraction, conflict_fraction
 
 DAY = 86_400.0
 
@@ -166,7 +171,8 @@ class Metrics:
     ) -> dict[str, object]:
         transactions = sum(t.transactions for t in tallies)
         conflicted = sum(t.conflicted for t in tallies)
-        successful = transactions - conflicted
+        claims = sum(t.claims for t in tallies)
+        claims_rejected = sum(t.claims_rejected for t in tallies)
         first = [r.first_attempt - r.submitted for r in jobs if r.first_attempt is not None]
         full = [r.fully_placed - r.submitted for r in jobs if r.fully_placed is not None]
         daily = [busyness(t.busy_days, run_time) for t in tallies]
@@ -187,9 +193,10 @@ class Metrics:
             "attempts_no_claims": sum(t.no_claim_attempts for t in tallies),
             "transactions": transactions,
             "conflicted": conflicted,
-            "conflict_fraction": conflicted / successful if successful else math.nan,
-            "claims": sum(t.claims for t in tallies),
-            "claims_rejected": sum(t.claims_rejected for t in tallies),
+            "conflict_fraction": conflict_fraction(conflicted, transactions - conflicted),
+            "claims": claims,
+            "claims_rejected": claims_rejected,
+            "claim_conflict_fraction": claim_conflict_fraction(claims_rejected, claims),
         }
 
 

@@ -269,6 +269,7 @@ def explain(cell: CellState, target: str) -> dict[str, Any] | None:
     accounts = {
         r.name: r.explanations[job_id] for r in cell.schedulers.values() if job_id in r.explanations
     }
+    conflicts = {r.name: conflicts_view(r.figures) for r in cell.schedulers.values()}
     pending = [t.id for t in cell.pending_tasks(job)]
     active = sum(1 for t in cell.job_tasks(job) if t.state in ACTIVE_STATES)
     return {
@@ -277,5 +278,20 @@ def explain(cell: CellState, target: str) -> dict[str, Any] | None:
         "pending": len(pending),
         "active": active,
         "schedulers": accounts,
+        "conflicts": {name: c for name, c in conflicts.items() if c["by_rival"]},
         "waiting": bool(pending) and (task is None or task.state is TaskState.PENDING),
     }
+
+
+# Where a scheduler's flat figures keep its conflicts (`schedulers.metrics`).
+_CONFLICT_KEYS = (("by_rival", "conflicts_by_rival."), ("hot_machines", "hot_machines."))
+
+
+def conflicts_view(figures: dict[str, float]) -> dict[str, dict[str, int]]:
+    """A scheduler's rejected claims by who they lost to and on its hottest
+    machines, read back from the flat figures it reports, largest first."""
+    out: dict[str, dict[str, int]] = {}
+    for name, prefix in _CONFLICT_KEYS:
+        found = {k[len(prefix) :]: int(v) for k, v in figures.items() if k.startswith(prefix)}
+        out[name] = dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
+    return out

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NotRequired, TypedDict, TypeVar
 from urllib.parse import urlencode
 
 from cellstore import ids
@@ -254,6 +254,9 @@ class Explanation(TypedDict):
     pending: int
     active: int
     schedulers: dict[str, str]
+    # Per scheduler, its rejected claims by rival and its hottest machines
+    # (`cellstate.views.conflicts_view`); absent from replicas before it.
+    conflicts: NotRequired[dict[str, dict[str, dict[str, int]]]]
     waiting: bool
 
 

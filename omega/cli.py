@@ -518,6 +518,11 @@ def explain(
         )
     for name, account in found["schedulers"].items():
         console().print(f"[bold]{name}[/bold]: {account}")
+    for name, lost in found.get("conflicts", {}).items():
+        console().print(
+            f"[bold]{name}[/bold] conflicts lost to: {_top(lost['by_rival'], 5)}; "
+            f"hottest machines: {_top(lost['hot_machines'], 5)}"
+        )
 
 
 @app.command()
@@ -604,18 +609,34 @@ def status_tables(found: dict[str, Any]) -> Table:
             str(r.get("term")),
             str(r.get("version")),
         )
+    from cellstate.views import conflicts_view
+
+    # Conflict fraction: conflicted per conflict-free transaction (the Omega
+    # paper's, `schedulers.metrics`); "-" while none was conflict-free.
     scheds = Table(
-        "scheduler", "kind", "txns", "conflict fraction", "busyness", "blocked", title="schedulers"
+        "scheduler",
+        "kind",
+        "txns",
+        "conflict fraction",
+        "busyness",
+        "blocked",
+        "lost to",
+        "hot machines",
+        title="schedulers",
     )
     for s in found["schedulers"]:
         f = s["figures"]
+        fraction = f.get("conflict_fraction")
+        conflicts = conflicts_view(f)
         scheds.add_row(
             s["name"],
             s["kind"],
             f"{f.get('transactions', 0):.0f}",
-            f"{f.get('conflict_fraction', 0):.3f}",
+            "-" if fraction is None else f"{fraction:.3f}",
             f"{f.get('busyness', 0):.3f}",
             str(s["blocked"]),
+            _top(conflicts["by_rival"]),
+            _top(conflicts["hot_machines"]),
         )
     outer.add_row(replicas)
     outer.add_row(scheds)
@@ -624,6 +645,11 @@ def status_tables(found: dict[str, Any]) -> Table:
         f"tasks: {counts_text(found['tasks'])}   version: {found['version']}"
     )
     return outer
+
+
+def _top(counts: dict[str, int], n: int = 3) -> str:
+    """`batch-2 12, agent 3`: the first `n` of counts already ranked."""
+    return ", ".join(f"{k} {v}" for k, v in list(counts.items())[:n]) or "-"
 
 
 @app.command()

@@ -125,6 +125,7 @@ class SchedulerCore:
         self.parked: dict[str, str] = {}
         self._stalled: dict[str, int] = {}  # job -> table generation
         self._conflicts: dict[str, dict[str, int]] = {}
+        self._rivals: dict[str, dict[str, int]] = {}  # job -> who its claims lost to
         self._last: dict[str, JobMetric] = {}
         self._seen: set[str] = set()
         self._placed: set[str] = set()
@@ -258,18 +259,30 @@ class SchedulerCore:
         f.preemptions += len(result.preempted)
         if result.accepted:
             f.successful_transactions += 1
-        if result.rejected:
-            f.conflicted_transactions += 1
+        if decision.tasks:  # only transactions with claims count, as in the simulator
+            if result.rejected:
+                f.conflicted_transactions += 1
+            else:
+                f.conflict_free_transactions += 1
         lost: dict[str, dict[str, int]] = {}
         for rejection in result.rejected:
             reason = rejection.reason
             f.conflicts_by_reason[reason] = f.conflicts_by_reason.get(reason, 0) + 1
+            if rejection.by is not None:
+                rival = f.conflicts_by_rival
+                rival[rejection.by] = rival.get(rejection.by, 0) + 1
+            if rejection.machine:
+                hot = f.conflicts_by_machine
+                hot[rejection.machine] = hot.get(rejection.machine, 0) + 1
             task = cell.tasks.get(rejection.task)
             jid = task.job if task is not None else rejection.task
             by_job = lost.setdefault(jid, {})
             by_job[reason] = by_job.get(reason, 0) + 1
             total = self._conflicts.setdefault(jid, {})
             total[reason] = total.get(reason, 0) + 1
+            if rejection.by is not None:
+                rivals = self._rivals.setdefault(jid, {})
+                rivals[rejection.by] = rivals.get(rejection.by, 0) + 1
         for jid in decision.explanations:
             if jid in lost:
                 self._stalled.pop(jid, None)  # conflicts are worth a fresh look
@@ -314,7 +327,7 @@ class SchedulerCore:
 
     def explain(self, cell: CellState, job_id: str) -> Explanation:
         """What this core knows of `job_id`: its last decision's metric, attempts,
-        conflicts lost by reason and why it is parked."""
+        conflicts lost by reason and to whom, and why it is parked."""
         job = cell.jobs.get(job_id)
         known = job is not None and self.owns(job)
         return Explanation(
@@ -325,6 +338,7 @@ class SchedulerCore:
             attempts=self.attempts.get(job_id, 0),
             parked=self.parked.get(job_id),
             conflicts=dict(sorted(self._conflicts.get(job_id, {}).items())),
+            lost_to=dict(sorted(self._rivals.get(job_id, {}).items())),
             last=self._last.get(job_id),
         )
 

@@ -61,6 +61,8 @@ class Explanation:
     attempts: int = 0
     parked: str | None = None
     conflicts: dict[str, int] = attrs.field(factory=dict)
+    # Rejected claims by who last changed the machine (`Rejection.by`).
+    lost_to: dict[str, int] = attrs.field(factory=dict)
     last: JobMetric | None = None
 
     def summary(self) -> str:
@@ -83,6 +85,7 @@ class Explanation:
             parts.append(
                 "conflicts lost: "
                 + ", ".join(f"{v} {k}" for k, v in sorted(self.conflicts.items()))
+                + (" to " + _counts(self.lost_to) if self.lost_to else "")
             )
         if self.parked:
             parts.append(f"parked: {self.parked}")
@@ -92,3 +95,9 @@ class Explanation:
         data = attrs.asdict(self, recurse=False)
         data["last"] = self.last.as_dict() if self.last is not None else None
         return data
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """`batch-2 x3, agent x1`: largest first."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{k} x{v}" for k, v in ranked)

@@ -3,13 +3,23 @@
 Definitions (per scheduler, over its lifetime):
 - `transactions`: transactions whose result came back (`on_result` calls).
 - `successful_transactions`: transactions with at least one claim accepted.
-- `conflicted_transactions`: transactions with at least one claim rejected
-  (for any reason, `aborted` included).
-- `conflict_fraction` = conflicted_transactions / successful_transactions
-  (0 when there is no successful one). This is the Omega paper's "mean number
-  of conflicts per successful transaction" counted per transaction, so it can
-  exceed 1 when most transactions fail entirely.
-- `claim_conflict_fraction` = claims rejected / claims attempted.
+- `conflicted_transactions`: transactions with at least one claim that came
+  back with any rejection (`aborted` included); `conflict_free_transactions`:
+  those with claims and none. A transaction without claims (only stops or
+  verdicts) is neither, as in the simulator.
+- `conflict_fraction` = conflicted / conflict-free transactions
+  (`conflict_fraction`, the one definition live and simulated figures share):
+  the Omega paper's "mean number of conflicts per successful transaction",
+  where successful means conflict-free (Schwarzkopf et al., EuroSys 2013,
+  section 4; Google's cluster-scheduler-simulator counts the same way). It can
+  exceed 1: 3 conflicted and 2 conflict-free give 1.5. Not a number (and
+  left out of the flat figures) while no transaction was conflict-free.
+- `claim_conflict_fraction` = claims rejected / claims attempted: a share of
+  claims, at most 1, a different figure under its own name.
+- `conflicts_by_rival`: rejected claims by who they lost to (`Rejection.by`:
+  a scheduler's name, this one's own included, or `agent`, `operator`...);
+  `conflicts_by_machine`: rejected claims per machine, of which `as_dict`
+  shows the `HOT_MACHINES` hottest as `hot_machines`.
 - `busy_seconds`: decision time the caller reports through `add_busy`; busyness
   is busy_seconds over the caller's elapsed (virtual or real) time.
 - `decision_seconds`: one sample per `add_busy` call (p50/p90/p99 in `as_dict`).
@@ -20,10 +30,33 @@ Definitions (per scheduler, over its lifetime):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
 import numpy as np
+
+# How many of the machines with the most rejected claims the figures name.
+HOT_MACHINES = 5
+
+
+def conflict_fraction(conflicted: int, conflict_free: int) -> float:
+    """The Omega paper's conflict fraction: conflicted transactions per
+    conflict-free one (so it can exceed 1); nan while none was conflict-free.
+
+    Live schedulers (`SchedulerFigures`) and the simulator (`cellsim.metrics`)
+    both call this, so their figures mean the same thing."""
+    return conflicted / conflict_free if conflict_free else math.nan
+
+
+def claim_conflict_fraction(rejected: int, attempted: int) -> float:
+    """Rejected claims per claim attempted (at most 1); nan with no claims."""
+    return rejected / attempted if attempted else math.nan
+
+
+def hottest(counts: dict[str, int], n: int = HOT_MACHINES) -> dict[str, int]:
+    """The `n` largest counts, largest first (ties by name, so copies agree)."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
 
 def _percentiles(samples: list[float]) -> dict[str, float | int]:
@@ -49,10 +82,13 @@ class SchedulerFigures:
     transactions: int = 0
     successful_transactions: int = 0
     conflicted_transactions: int = 0
+    conflict_free_transactions: int = 0
     claims_attempted: int = 0
     claims_accepted: int = 0
     preemptions: int = 0
     conflicts_by_reason: dict[str, int] = attrs.field(factory=dict)
+    conflicts_by_rival: dict[str, int] = attrs.field(factory=dict)
+    conflicts_by_machine: dict[str, int] = attrs.field(factory=dict)
     busy_seconds: float = 0.0
     decision_seconds: list[float] = attrs.field(factory=list)
     wait_first_attempt: list[float] = attrs.field(factory=list)
@@ -65,15 +101,11 @@ class SchedulerFigures:
 
     @property
     def conflict_fraction(self) -> float:
-        if not self.successful_transactions:
-            return 0.0
-        return self.conflicted_transactions / self.successful_transactions
+        return conflict_fraction(self.conflicted_transactions, self.conflict_free_transactions)
 
     @property
     def claim_conflict_fraction(self) -> float:
-        if not self.claims_attempted:
-            return 0.0
-        return self.claims_rejected / self.claims_attempted
+        return claim_conflict_fraction(self.claims_rejected, self.claims_attempted)
 
     def add_busy(self, seconds: float) -> None:
         """Record one decision's duration (wall or modelled); adds to busyness."""
@@ -87,6 +119,7 @@ class SchedulerFigures:
             "transactions": self.transactions,
             "successful_transactions": self.successful_transactions,
             "conflicted_transactions": self.conflicted_transactions,
+            "conflict_free_transactions": self.conflict_free_transactions,
             "conflict_fraction": self.conflict_fraction,
             "claims_attempted": self.claims_attempted,
             "claims_accepted": self.claims_accepted,
@@ -94,6 +127,8 @@ class SchedulerFigures:
             "claim_conflict_fraction": self.claim_conflict_fraction,
             "preemptions": self.preemptions,
             "conflicts_by_reason": dict(sorted(self.conflicts_by_reason.items())),
+            "conflicts_by_rival": dict(sorted(self.conflicts_by_rival.items())),
+            "hot_machines": hottest(self.conflicts_by_machine),
             "busy_seconds": self.busy_seconds,
             "decision_seconds": _percentiles(self.decision_seconds),
             "wait_first_attempt_s": _percentiles(self.wait_first_attempt),

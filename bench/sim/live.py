@@ -17,8 +17,9 @@ does; `--rate` multiplies every class's arrival rate on top (small cells and
 short runs otherwise see almost no jobs). Both runs start from an empty cell
 (no prefill), since the live cell has none.
 
-Per scheduler the table shows transactions, conflict fraction (conflicted /
-successful transactions), busyness, and the mean wait from a job's submission
+Per scheduler the table shows transactions, conflict fraction (conflicted
+per conflict-free transaction, `schedulers.metrics.conflict_fraction` on both
+sides), busyness, and the mean wait from a job's submission
 to its first task's placement (both computed from the cell's tasks, the same
 way for both runs). Every process started here is killed by pid at the end.
 """
