@@ -77,9 +77,10 @@ def commit(
     mode: TxnMode = TxnMode.INCREMENTAL,
     conflicts: ConflictMode = ConflictMode.FINE,
     at: float = 3.0,
+    scheduler: str = "test",
 ):
-    """Commit claims given as (task, machine[, seqnum[, victims]]); seqnum defaults
-    to the machine's current one."""
+    """Commit claims given as (task, machine[, seqnum[, victims]]) as `scheduler`;
+    seqnum defaults to the machine's current one."""
     built = []
     for claim in claims:
         task, machine, *rest = claim
@@ -90,7 +91,7 @@ def commit(
         )
         victims = tuple(rest[1]) if len(rest) > 1 else ()
         built.append(Claim(task, machine, seqnum, victims))
-    txn = Transaction("test", tuple(built), cell.version, mode, conflicts)
+    txn = Transaction(scheduler, tuple(built), cell.version, mode, conflicts)
     return cell.apply(Commit(txn, at=at, id=f"c{next(_ids)}"))
 
 
