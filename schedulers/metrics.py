@@ -12,8 +12,9 @@ Definitions (per scheduler, over its lifetime):
   the Omega paper's "mean number of conflicts per successful transaction",
   where successful means conflict-free (Schwarzkopf et al., EuroSys 2013,
   section 4; Google's cluster-scheduler-simulator counts the same way). It can
-  exceed 1: 3 conflicted and 2 conflict-free give 1.5. Not a number (and
-  left out of the flat figures) while no transaction was conflict-free.
+  exceed 1: 3 conflicted and 2 conflict-free give 1.5. 0 before any
+  conflict; not a number (and left out of the flat figures) when there were
+  conflicts and no conflict-free transaction yet.
 - `claim_conflict_fraction` = claims rejected / claims attempted: a share of
   claims, at most 1, a different figure under its own name.
 - `conflicts_by_rival`: rejected claims by who they lost to (`Rejection.by`:
@@ -42,10 +43,13 @@ HOT_MACHINES = 5
 
 def conflict_fraction(conflicted: int, conflict_free: int) -> float:
     """The Omega paper's conflict fraction: conflicted transactions per
-    conflict-free one (so it can exceed 1); nan while none was conflict-free.
+    conflict-free one (so it can exceed 1). 0 with no conflict at all; nan
+    when there were conflicts and no conflict-free transaction (unbounded).
 
     Live schedulers (`SchedulerFigures`) and the simulator (`cellsim.metrics`)
     both call this, so their figures mean the same thing."""
+    if not conflicted:
+        return 0.0
     return conflicted / conflict_free if conflict_free else math.nan
 
 

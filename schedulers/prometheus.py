@@ -3,9 +3,14 @@
 Served at `GET /metrics` next to `GET /v1/metrics` (the same figures as JSON) when the
 scheduler runs with `--metrics HOST:PORT`. Every series carries `scheduler` (its name) and
 `kind`. Counters: `omega_scheduler_transactions_total`, `..._conflicted_transactions_total`,
-`..._claims_attempted_total`, `..._claims_accepted_total`, `..._preemptions_total`,
-`..._conflicts_total{reason}` (claims rejected by the store, by its reason code). Gauges:
-`..._conflict_fraction`, `..._busyness`, `..._pending_tasks` (pending tasks of jobs it owns,
+`..._conflict_free_transactions_total`, `..._claims_attempted_total`,
+`..._claims_accepted_total`, `..._preemptions_total`, `..._conflicts_total{reason}` (claims
+rejected by the store, by its reason code), `..._conflicts_by_rival_total{rival}` (by who
+last changed the machine: a scheduler's name, `agent`, `operator`...). Gauges:
+`..._conflict_fraction` (conflicted per conflict-free transaction, the Omega paper's; NaN
+while every transaction conflicted), `..._claim_conflict_fraction` (rejected per claim),
+`..._hot_machine_conflicts{machine}` (rejected claims on its hottest machines),
+`..._busyness`, `..._pending_tasks` (pending tasks of jobs it owns,
 in its copy), `..._blocked_jobs`, `..._version` (its copy's). Histogram:
 `omega_scheduler_decision_seconds` (one sample per decision). The figures themselves are
 counted once, in `schedulers.metrics`; this only renders them.
@@ -28,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from cellstate import TaskState
 from cellstore.metrics import LATENCY_BUCKETS
+from schedulers.metrics import HOT_MACHINES, hottest
 
 if TYPE_CHECKING:
     from schedulers.process import LiveScheduler
@@ -56,8 +62,13 @@ class SchedulerCollector(Collector):
         yield counter("transactions", "Transactions whose result came back.", figures.transactions)
         yield counter(
             "conflicted_transactions",
-            "Transactions with at least one claim rejected.",
+            "Transactions with claims and at least one rejection.",
             figures.conflicted_transactions,
+        )
+        yield counter(
+            "conflict_free_transactions",
+            "Transactions with claims and no rejection.",
+            figures.conflict_free_transactions,
         )
         yield counter("claims_attempted", "Claims sent.", figures.claims_attempted)
         yield counter("claims_accepted", "Claims accepted.", figures.claims_accepted)
@@ -70,10 +81,31 @@ class SchedulerCollector(Collector):
         for reason, n in sorted(figures.conflicts_by_reason.items()):
             conflicts.add_metric([*values, reason], n)
         yield conflicts
+        rivals = CounterMetricFamily(
+            "omega_scheduler_conflicts_by_rival",
+            "Claims rejected, by who last changed the machine.",
+            labels=[*names, "rival"],
+        )
+        for rival, n in sorted(figures.conflicts_by_rival.items()):
+            rivals.add_metric([*values, rival], n)
+        yield rivals
+        hot = GaugeMetricFamily(
+            "omega_scheduler_hot_machine_conflicts",
+            f"Claims rejected on its {HOT_MACHINES} hottest machines.",
+            labels=[*names, "machine"],
+        )
+        for machine, n in hottest(figures.conflicts_by_machine).items():
+            hot.add_metric([*values, machine], n)
+        yield hot
         yield gauge(
             "conflict_fraction",
-            "Conflicted over successful transactions (the Omega paper's).",
+            "Conflicted per conflict-free transaction (the Omega paper's).",
             figures.conflict_fraction,
+        )
+        yield gauge(
+            "claim_conflict_fraction",
+            "Claims rejected per claim sent.",
+            figures.claim_conflict_fraction,
         )
         yield gauge("busyness", "Share of time spent deciding.", live.figures()["busyness"])
         yield gauge("pending_tasks", "Pending tasks of the jobs it owns.", _pending(live))

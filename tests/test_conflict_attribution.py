@@ -53,8 +53,8 @@ from tests.test_sim_support import tiny_workload
 
 def test_conflict_fraction_is_conflicted_per_conflict_free_and_can_exceed_one():
     assert conflict_fraction(3, 2) == 1.5
-    assert conflict_fraction(0, 4) == 0.0
-    assert math.isnan(conflict_fraction(2, 0))  # undefined, not 0: nothing got through
+    assert conflict_fraction(0, 4) == conflict_fraction(0, 0) == 0.0
+    assert math.isnan(conflict_fraction(2, 0))  # unbounded, not 0: nothing got through
 
 
 def test_live_figures_use_the_papers_definition_not_the_claim_share():
@@ -289,3 +289,30 @@ def test_a_lone_scheduler_never_conflicts():
     sched = core()
     step(sched, cell)
     assert sched.figures.conflict_fraction == 0.0
+
+
+def test_prometheus_shows_conflicts_by_rival_and_hot_machines():
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from schedulers.prometheus import registry_of
+
+    figures = SchedulerFigures(
+        transactions=5, conflicted_transactions=3, conflict_free_transactions=2
+    )
+    figures.conflicts_by_rival.update({"batch-2": 2, "agent": 1})
+    figures.conflicts_by_machine.update({f"m{i}": i for i in range(8)})
+    live = SimpleNamespace(
+        core=SimpleNamespace(figures=figures),
+        config=SimpleNamespace(name="service", kind="service"),
+        figures=lambda: {"busyness": 0.5},
+        copy=SimpleNamespace(cell=CellState(), version=7),
+    )
+    text = generate_latest(registry_of(live)).decode()  # type: ignore[arg-type]
+    assert 'omega_scheduler_conflict_fraction{kind="service",scheduler="service"} 1.5' in text
+    assert (
+        'conflicts_by_rival_total{kind="service",rival="batch-2",scheduler="service"} 2.0' in text
+    )
+    hot = [line for line in text.splitlines() if line.startswith("omega_scheduler_hot_machine")]
+    assert len(hot) == schedulers.metrics.HOT_MACHINES and 'machine="m7"' in hot[0]

@@ -50,7 +50,7 @@ def test_competing_cores_conflict_in_coarse_mode_and_never_overcommit():
     # The losing job is retried against the refreshed state and placed.
     _decision, result = step(two, cell, now=6.0)
     assert result.accepted == 20
-    assert two.figures.conflict_fraction == 1.0  # 1 conflicted / 1 successful
+    assert two.figures.conflict_fraction == 1.0  # 1 conflicted / 1 conflict-free
 
 
 def test_fine_mode_accepts_what_still_fits():
