@@ -129,7 +129,7 @@ async function cellPage() {
     const f = s.figures, points = state.history[s.name] || [];
     return `<tr data-scheduler="${esc(s.name)}"><td>${esc(s.name)}</td><td>${esc(s.kind)}</td>
       <td class="num">${Math.round(f.transactions || 0)}</td>
-      <td class="num">${(f.conflict_fraction || 0).toFixed(3)}</td><td>${spark(points, "conflict")}</td>
+      <td class="num">${f.conflict_fraction === undefined ? "-" : f.conflict_fraction.toFixed(3)}</td><td>${spark(points, "conflict")}</td>
       <td class="num">${(f.busyness || 0).toFixed(3)}</td><td>${spark(points, "busyness")}</td>
       <td class="num"><a href="#/jobs?state=pending">${s.blocked}</a></td></tr>`;
   }).join("");
