@@ -1,4 +1,4 @@
-"""Command line: `python -m cellsim <experiment> [options] --out DIR`.
+"""Command line: `python -m cellsim <experiment> [options] --out DIR` (= `omega bench conflicts`).
 
 Runs one experiment (or `perf`: one simulated run timed and profiled), prints
 a line per run and a summary, and, last, one JSON line with the CSV's path.
@@ -14,18 +14,12 @@ import pstats
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cellsim.engine import Simulation, omega_schedulers
-from cellsim.experiments import EXPERIMENTS, run_experiment
+from cellsim.experiments import run_experiment
+from cellsim.options import add_to_argparse
 from cellsim.workload import load
-
-
-def _values(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    return [float(v) if "." in v or "e" in v else int(v) for v in text.split(",")]
 
 
 def perf(args: argparse.Namespace) -> dict[str, object]:
@@ -71,29 +65,27 @@ def perf(args: argparse.Namespace) -> dict[str, object]:
 def parser(
     prog: str = "python -m cellsim", experiments: Sequence[str] = ()
 ) -> argparse.ArgumentParser:
-    """The command line's options; `experiments` adds choices a caller runs itself
-    (`python -m bench.sim` adds `live`, which needs a real cell)."""
+    """The command line's options (`cellsim.options.FLAGS`, which `omega bench conflicts`
+    shares); `experiments` adds choices a caller runs itself (`python -m bench.sim` adds
+    `live`, which needs a real cell)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=[*EXPERIMENTS, "perf", *experiments])
-    parser.add_argument("--preset", default="B", help="A, B, C or a TOML file")
-    parser.add_argument("--days", type=float, default=1.0, help="simulated days per run")
-    parser.add_argument(
-        "--machines", type=int, default=None, help="cell size (arrival rates scale with it)"
-    )
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--values", default=None, help="sweep points, comma-separated")
-    parser.add_argument("--profile", action="store_true", help="perf: run under cProfile")
-    parser.add_argument("--out", type=Path, required=True)
+    add_to_argparse(parser, experiments)
     return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Run `args.experiment` (an experiment or `perf`) and return its JSON summary."""
     if args.experiment == "perf":
+        if args.plot or args.values or args.batch_schedulers:
+            _usage("perf: one run, no sweep: --plot, --values and --batch-schedulers do not apply")
         return perf(args)
-    options: dict[str, Any] = {}  # the experiment's own keywords (`values`)
+    options: dict[str, Any] = {}  # the experiment's own keywords
     if args.values:
-        options["values"] = _values(args.values)
+        options["values"] = args.values
+    if args.batch_schedulers:
+        if args.experiment != "tjob":
+            _usage(f"--batch-schedulers: only tjob takes it, not {args.experiment}")
+        options["batch_schedulers"] = args.batch_schedulers
     began = time.perf_counter()
     path = run_experiment(
         args.experiment,
@@ -102,6 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         machines=args.machines,
         seed=args.seed,
         out=args.out,
+        plot=args.plot,
         **options,
     )
     print(path.read_text())
@@ -109,13 +102,24 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "bench": f"sim.{args.experiment}",
         "csv": str(path),
         "png": str(path.with_suffix(".png")),
+        **({"plot": str(args.plot)} if args.plot else {}),
         "seed": args.seed,
         "wall_s": round(time.perf_counter() - began, 2),
     }
 
 
+def _usage(message: str) -> NoReturn:
+    """A combination of options that cannot run: a usage error, exit 2 (as a bad value)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    report(parser().parse_args(argv))
+
+
+def report(args: argparse.Namespace) -> None:
+    """Print the seed line, run, and print the JSON summary last (both command lines)."""
     print(
         f"seed={args.seed} preset={args.preset} days={args.days:g} "
         f"machines={args.machines or 'preset'}",

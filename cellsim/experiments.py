@@ -74,6 +74,7 @@ class Context:
     seed: int
     out: Path
     core_factory: CoreFactory | None
+    plot: Path | None = None  # also draw `paper_figure` of the rows here
     rows: list[dict[str, object]] = attrs.field(factory=list)
     timings: list[tuple[str, float, float]] = attrs.field(factory=list)
 
@@ -133,6 +134,8 @@ class Context:
         path.write_text(buffer.getvalue())
         if plot is not None and self.rows:
             plot(self, self.out / f"{self.name}.png")
+        if self.plot is not None and self.rows:
+            paper_figure(self, self.plot)
         return path
 
 
@@ -147,12 +150,20 @@ def _pick(rows: list[dict], scheduler: str, variant: object = None) -> list[dict
 # -- experiments ---------------------------------------------------------------------
 
 
-def tjob(ctx: Context, values: Sequence[float] | None = None) -> Path:
-    """Sweep the service scheduler's t_job (paper: 0.01 s .. 100 s)."""
-    for t_job in values or (0.01, 0.1, 1.0, 10.0, 100.0):
-        workload = ctx.workload.with_think("service", t_job=t_job)
-        ctx.run("omega", t_job, workload, omega_schedulers(workload))
-    return ctx.write(_plot_sweep("t_job(service) [s]", ("service", "batch"), log_x=True))
+def tjob(
+    ctx: Context, values: Sequence[float] | None = None, batch_schedulers: Sequence[int] = (1,)
+) -> Path:
+    """Sweep the service scheduler's t_job (paper: 0.01 s .. 100 s), once per number of
+    batch schedulers (the paper's lines for 1..32 batch schedulers)."""
+    for count in batch_schedulers:
+        # One batch scheduler keeps the variant `omega`, so the default CSV is unchanged.
+        variant = "omega" if tuple(batch_schedulers) == (1,) else f"{count} batch"
+        for t_job in values or (0.01, 0.1, 1.0, 10.0, 100.0):
+            workload = ctx.workload.with_think("service", t_job=t_job)
+            ctx.run(variant, t_job, workload, omega_schedulers(workload, batch_shards=count))
+    return ctx.write(
+        _plot_sweep("t_job(service) [s]", ("service", "class:batch"), log_x=True, by_variant=True)
+    )
 
 
 def batch_load(
@@ -255,15 +266,26 @@ def run_experiment(
     seed: int = 1,
     out: str | Path = "out/sim",
     core_factory: CoreFactory | None = None,
+    plot: str | Path | None = None,
     **options: Any,
 ) -> Path:
-    """Run experiment `name` (see `EXPERIMENTS`); return the path of its CSV."""
+    """Run experiment `name` (see `EXPERIMENTS`); return the path of its CSV. With `plot`,
+    also draw `paper_figure` of the CSV's rows to that PNG."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; one of {', '.join(EXPERIMENTS)}")
     workload = load(preset)
     if machines is not None and machines != workload.machines:
         workload = workload.with_machines(machines)
-    ctx = Context(name, workload, workload.name, days, seed, Path(out), core_factory)
+    ctx = Context(
+        name,
+        workload,
+        workload.name,
+        days,
+        seed,
+        Path(out),
+        core_factory,
+        Path(plot) if plot is not None else None,
+    )
     return EXPERIMENTS[name](ctx, **options)
 
 
@@ -341,3 +363,44 @@ def _plot_variants(schedulers: Sequence[str]):
         _finish(plt, fig, axes, ctx, path)
 
     return plot
+
+
+# The x axis of each experiment's sweep, for `paper_figure`.
+_SWEEP_AXES = {
+    "tjob": ("t_job(service) [s]", True),
+    "batch-load": ("batch load (x lambda_batch)", True),
+    "shards": ("batch schedulers", True),
+    "modes": ("t_job(service) [s]", True),
+    "monolithic": ("t_job(service) [s]", True),
+    "sampling": ("batch schedulers", False),
+}
+
+
+def paper_figure(ctx: Context, path: Path) -> None:
+    """The Omega paper's figure shape (Figs 5-8): conflict fraction and median daily
+    busyness of the service and batch schedulers against the sweep (t_job for `tjob`,
+    `modes`, `monolithic`), one line per variant: per conflict mode (`modes --values`), per
+    number of batch schedulers (`tjob --batch-schedulers`), per scheduler architecture.
+    Drawn from `ctx.rows`, the rows the CSV holds."""
+    plt = _pyplot()
+    xlabel, log_x = _SWEEP_AXES.get(ctx.name, ("x", False))
+    panels = (("conflict_fraction", "conflict fraction"), ("busyness_median_daily", "busyness"))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    variants = list(dict.fromkeys(r["variant"] for r in ctx.rows))
+    for column, (scheduler, kind) in enumerate((("service", "service"), ("class:batch", "batch"))):
+        for row, (metric, label) in enumerate(panels):
+            ax = axes[row][column]
+            for variant in variants:
+                rows = sorted(_pick(ctx.rows, scheduler, variant), key=lambda r: float(r["x"]))
+                ys = [float(r[metric]) for r in rows]
+                ax.plot([float(r["x"]) for r in rows], ys, marker="o", label=str(variant))
+            ax.set_title(f"{kind} scheduler: {label}")
+            ax.set_ylabel(label)
+            if row == len(panels) - 1:
+                ax.set_xlabel(xlabel)
+            if log_x:
+                ax.set_xscale("log")
+            if metric == "busyness_median_daily":
+                ax.set_ylim(0, 1.05)
+            ax.grid(True, alpha=0.3)
+    _finish(plt, fig, axes[0], ctx, path)

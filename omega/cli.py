@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from cellsim import options as _cellsim_options
 from cellstore.cellclient import CellError, SyncCellClient, each_status
 
 if TYPE_CHECKING:
@@ -672,15 +673,23 @@ def top(
             time.sleep(interval)
 
 
-@bench_app.command(
-    "conflicts", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def bench_conflicts(ctx: typer.Context) -> None:
-    """Omega's conflict experiments in virtual time: tjob, batch-load, shards, modes,
-    monolithic, sampling (`omega bench conflicts tjob --out DIR`)."""
-    from cellsim.__main__ import main
+def _bench_conflicts(args: Any) -> None:
+    # The engine and matplotlib load here, when the command runs, not when `omega` starts.
+    from cellsim.__main__ import report
 
-    main(ctx.args)
+    report(args)
+
+
+# Typed options from `cellsim.options`, the table `python -m cellsim` parses with too, so the
+# two command lines take the same flags and reject the same values (exit 2, naming them).
+# That module is light: building this command costs `omega jobs` no simulator import.
+bench_app.command(
+    "conflicts",
+    help="Omega's conflict experiments in virtual time (the paper's section 4): one CSV per "
+    "experiment, its PNG, and with --plot the paper's figure shape. "
+    "Example: omega bench conflicts tjob --preset B --days 1 --out out/sim --plot tjob.png"
+    "\n\n" + _cellsim_options.experiments_help(),
+)(_cellsim_options.typer_command(_bench_conflicts))
 
 
 # Commands kept in their own modules, registered on `app` when they are imported (last, so
