@@ -186,13 +186,27 @@ class Heartbeat:
 
 
 @attrs.frozen(slots=True)
+class SilentMachine:
+    """A machine the leader found silent, and the heartbeat stamp it last saw on it."""
+
+    machine: str
+    last_heartbeat: float
+
+
+@attrs.frozen(slots=True)
 class ExpireHeartbeats:
-    """Mark down every machine not heard from for `timeout` seconds before `at`.
-    The leader issues it on a timer; the decision is taken inside the log."""
+    """Mark down machines the leader found silent.
+
+    With `silent`, exactly the machines named, each only if its heartbeat stamp is still the
+    one the leader saw (a heartbeat committed in between keeps it up). The leader times the
+    silence on its own monotonic clock from when it took over, so neither a failover nor a
+    skewed clock can make a healthy machine look silent (`cellstore.cell`). Without it (logs
+    written before), every machine not heard from for `timeout` seconds before `at`."""
 
     timeout: float
     at: float = 0.0
     id: str = ""
+    silent: tuple[SilentMachine, ...] | None = None
 
 
 @attrs.frozen(slots=True)

@@ -287,6 +287,16 @@ class CellState:
         return Stale(machines=tuple(stale)) if stale else Ok()
 
     def _expire_heartbeats(self, cmd: ExpireHeartbeats, events: list[Event]) -> Result:
+        if cmd.silent is not None:
+            for silent in cmd.silent:
+                machine = self.machines.get(silent.machine)
+                if (
+                    machine is not None
+                    and machine.state is not MachineState.DOWN
+                    and machine.last_heartbeat == silent.last_heartbeat
+                ):
+                    self._machine_down(machine, events)
+            return Ok()
         deadline = cmd.at - cmd.timeout
         for machine in self.machine_list:
             if machine.state is not MachineState.DOWN and machine.last_heartbeat < deadline:

@@ -21,6 +21,7 @@ from cellstate import (
     SchedulerClass,
     SetMachineState,
     SetQuota,
+    SilentMachine,
     Stale,
     TaskEvicted,
     TaskReport,
@@ -242,6 +243,26 @@ def test_heartbeat_expiry_marks_machines_down_and_tasks_lost():
     assert TaskEvicted("a.1", "m1", 0, "lost") in out.events
     assert cell.tasks["a.1"].state is TaskState.PENDING
     assert cell.apply(Heartbeat(("m1",), at=26.0)).result == Stale(machines=("m1",))
+    cell.check_invariants()
+
+
+def test_expiry_naming_silent_machines_spares_one_heard_from_since():
+    """The leader names the machines it timed as silent with the stamp it saw; a heartbeat
+    committed before the expiry (its stamp from any replica's clock) keeps a machine up, and
+    `at` far ahead of every stamp (a leader whose clock runs fast) marks nothing down itself."""
+    cell = cell_with()
+    submit(cell, "a", tasks=2)
+    commit(cell, ("a.0", "m0"), ("a.1", "m1"))
+    cell.apply(Heartbeat(("m0", "m1"), at=20.0))
+    cell.apply(Heartbeat(("m0",), at=19.5))  # stamped by a replica whose clock runs behind
+    silent = (SilentMachine("m0", 20.0), SilentMachine("m1", 20.0))
+    out = cell.apply(ExpireHeartbeats(timeout=10.0, at=1000.0, silent=silent))
+    assert cell.machines["m0"].state is MachineState.UP
+    assert cell.machines["m1"].state is MachineState.DOWN
+    assert TaskEvicted("a.1", "m1", 0, "lost") in out.events
+    assert cell.tasks["a.0"].state is not TaskState.PENDING
+    assert cell.apply(ExpireHeartbeats(timeout=10.0, at=1e6, silent=())).events == ()
+    assert cell.machines["m0"].state is MachineState.UP
     cell.check_invariants()
 
 
