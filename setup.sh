@@ -3,8 +3,24 @@
 #   ./setup.sh test   -> ruff, ruff format --check, mypy, lint-imports, then the whole test
 #                        suite (what CI runs)
 #   ./setup.sh demo   -> a local cell doing real work
+#   ./setup.sh host   -> only the Debian packages the fault tests use (test does this first)
 set -euo pipefail
 cd "$(dirname "$0")"
+
+# The fault tests build a cell across network namespaces (iproute2: ip, tc netem) and skew a
+# replica's clock (faketime). As root with apt-get (CI), install what is missing; elsewhere
+# those tests say why and skip.
+host_packages() {
+  local need=()
+  command -v faketime >/dev/null || need+=(faketime)
+  { command -v ip && command -v tc; } >/dev/null || need+=(iproute2)
+  if ((${#need[@]})) && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+}
+if [ "${1:-test}" = host ]; then host_packages; exit 0; fi
+if [ "${1:-test}" = test ]; then host_packages; fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
@@ -29,5 +45,5 @@ case "${1:-test}" in
     exec .venv/bin/python -m pytest -n 2 -q ;;
   demo) exec .venv/bin/omega up --data-dir omega-data \
           --submit examples/web-service.yaml --submit examples/batch-squares.yaml ;;
-  *) echo "usage: ./setup.sh test|demo" >&2; exit 2 ;;
+  *) echo "usage: ./setup.sh test|demo|host" >&2; exit 2 ;;
 esac

@@ -296,11 +296,11 @@ class CellState:
                     and machine.last_heartbeat == silent.last_heartbeat
                 ):
                     self._machine_down(machine, events)
-            return Ok()
-        deadline = cmd.at - cmd.timeout
-        for machine in self.machine_list:
-            if machine.state is not MachineState.DOWN and machine.last_heartbeat < deadline:
-                self._machine_down(machine, events)
+        else:
+            deadline = cmd.at - cmd.timeout
+            for machine in self.machine_list:
+                if machine.state is not MachineState.DOWN and machine.last_heartbeat < deadline:
+                    self._machine_down(machine, events)
         if self.rules >= LIFECYCLE_RULES:
             self._end_drains(cmd.at, events)
         return Ok()

@@ -17,13 +17,21 @@ Typed endpoints (added by `endpoints`, all under the bearer token):
 The leader also issues `ExpireHeartbeats` every second for machines silent longer than
 `heartbeat_timeout_s`, an argument of `endpoints` set in the replica's config document
 (`replica_fields`), so every replica of a cell is told the same timeout at start-up.
+
+Silence is timed by the leader alone, on its own monotonic clock (`SilenceClock`), never by
+comparing its wall clock with heartbeat stamps: a heartbeat's `at` comes from the clock of
+whichever replica took the request, and a new leader whose clock runs 30 s ahead would
+otherwise find every machine 30 s late (issue #19). A new leader starts every machine's timer
+when it takes over (Nomad resets every node's heartbeat deadline the same way), so a failover
+slower than the timeout costs no healthy machine either. The command names each machine with
+the stamp the leader last saw on it, and the state machine spares one whose stamp moved since.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
 import attrs
@@ -31,7 +39,7 @@ import orjson
 import structlog
 import trio
 
-from cellstate import CellState, ExpireHeartbeats, MachineState, SpecError
+from cellstate import CellState, ExpireHeartbeats, MachineState, SilentMachine, SpecError
 from cellstate import views as cell_views
 from cellstate.commands import Command, Error, RaiseRules
 from cellstate.model import FIRST_RULES, RULES
@@ -273,11 +281,53 @@ def _job_id(spec: Any) -> str:
     return new_job_id(spec.get("name") if isinstance(spec, dict) else None)
 
 
-def _overdue(machine: CellMachine, deadline: float) -> bool:
-    return any(
-        m.state is not MachineState.DOWN and m.last_heartbeat < deadline
-        for m in machine.cell.machine_list
-    )
+class SilenceClock:
+    """How long each machine has been silent, as one leader measures it.
+
+    Per machine, the heartbeat stamp last seen and when (this replica's monotonic clock) it
+    was first seen: a stamp that moves, whatever clock wrote it, is a heartbeat. Timers start
+    when this replica takes over in a term, so a machine is silent only after a whole timeout
+    under one leader, measured by that leader's clock."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._term: int | None = None
+        self._seen: dict[str, tuple[float, float]] = {}
+
+    def silent(
+        self, term: int | None, stamps: Iterable[tuple[str, float]], now: float
+    ) -> tuple[SilentMachine, ...]:
+        """The machines silent for the timeout at monotonic time `now`, with their stamps.
+
+        `term` is the Raft term this replica leads in, None when it does not lead (it forgets
+        everything: a later takeover starts afresh); `stamps` is `(machine, last heartbeat)`
+        for every machine that is not down."""
+        if term != self._term:
+            self._term = term
+            self._seen = {}
+        if term is None:
+            return ()
+        seen, now_seen = self._seen, {}
+        found = []
+        for machine, stamp in stamps:
+            prior = seen.get(machine)
+            since = prior[1] if prior is not None and prior[0] == stamp else now
+            now_seen[machine] = (stamp, since)
+            if now - since >= self.timeout_s:
+                found.append(SilentMachine(machine, stamp))
+        self._seen = now_seen
+        return tuple(found)
+
+
+def _expiry_view(machine: Machine, now: float) -> tuple[list[tuple[str, float]], bool]:
+    """The heartbeat stamp of every machine not down, and whether a drain is due at `now`."""
+    cell_machine = _cell_machine(machine)
+    stamps = [
+        (m.id, m.last_heartbeat)
+        for m in cell_machine.cell.machine_list
+        if m.state is not MachineState.DOWN
+    ]
+    return stamps, _drain_due(cell_machine, now)
 
 
 def _drain_due(machine: CellMachine, now: float) -> bool:
@@ -314,17 +364,30 @@ async def leader_duty(
         await trio.sleep(period_s)
 
 
-def expire_heartbeats(
-    replica: Replica, timeout: float, period_s: float = 1.0
-) -> Coroutine[Any, Any, None]:
-    """Mark down machines silent for `timeout` seconds."""
-    return leader_duty(
-        replica,
-        "expire_heartbeats",
-        lambda machine, now: _overdue(machine, now - timeout) or _drain_due(machine, now),
-        lambda now: ExpireHeartbeats(timeout=timeout, at=now, id=new_command_id()),
-        period_s,
-    )
+async def expire_heartbeats(replica: Replica, timeout: float, period_s: float = 1.0) -> None:
+    """On the leader, every `period_s`, mark down machines silent for `timeout` seconds by
+    this leader's own clock since it took over (`SilenceClock`); the same command ends the
+    drains whose deadline has passed."""
+    clock = SilenceClock(timeout)
+    while True:
+        status = replica.raft.raft_status()
+        term = status["term"] if status["is_leader"] else None
+        now = time.time()
+        stamps, drains_due = (
+            await replica.read(functools.partial(_expiry_view, now=now))
+            if term is not None
+            else ((), False)
+        )
+        silent = clock.silent(term, stamps, time.monotonic())
+        if silent or drains_due:
+            command = ExpireHeartbeats(timeout=timeout, at=now, id=new_command_id(), silent=silent)
+            if silent:
+                log.info("machines_silent", term=term, machines=[s.machine for s in silent][:20])
+            try:
+                await replica.commit([orjson.dumps(internal.unstructure(command, Command))])
+            except ApiError as exc:
+                log.info("expire_heartbeats_not_committed", reason=exc.body.message)
+        await trio.sleep(period_s)
 
 
 def raise_rules(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, None]:

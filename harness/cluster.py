@@ -163,6 +163,9 @@ class LocalCluster:
         self._raft = raft or {}
         self._extra = extra or {}
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
+        # Replica i's command line starts with `wrappers[i]`, if set: `faketime -f +30s` for a
+        # skewed clock, `ip netns exec NAME` for a replica on a host of its own.
+        self.wrappers: dict[int, list[str]] = {}
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -216,7 +219,14 @@ class LocalCluster:
             f.write(orjson.dumps(self.config(i)))
         with open(d / "replica.log", "ab") as out:
             self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "cellstore", "--config", str(cfg)],
+                [
+                    *self.wrappers.get(i, ()),
+                    sys.executable,
+                    "-m",
+                    "cellstore",
+                    "--config",
+                    str(cfg),
+                ],
                 env=_with_repository_on_path(os.environ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
