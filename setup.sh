@@ -7,13 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# The fault tests build a cell across network namespaces (iproute2: ip, tc netem) and skew a
-# replica's clock (faketime). As root with apt-get (CI), install what is missing; elsewhere
-# those tests say why and skip.
+# The fault tests build a cell across network namespaces (iproute2), cut and degrade links
+# with nftables rules (this kernel has no netem), and skew a replica's clock (faketime). As
+# root with apt-get (CI), install what is missing; elsewhere those tests say why and skip.
 host_packages() {
   local need=()
   command -v faketime >/dev/null || need+=(faketime)
-  { command -v ip && command -v tc; } >/dev/null || need+=(iproute2)
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v nft >/dev/null || need+=(nftables)
   if ((${#need[@]})) && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"

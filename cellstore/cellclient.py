@@ -84,6 +84,7 @@ CELL = "/v1/cell"
 EXPLAIN = "/v1/explain"
 QUOTAS = "/v1/quotas"
 READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, QUOTAS)
+CONNECT_TIMEOUT_S = 1.0  # as `StoreClient`'s
 STATUS = "/v1/status"  # the store's own (`cellstore.client.STATUS`): importing it brings httpx
 AGENT_LOGS = "/v1/logs"  # served by each agent (`agents.logserver`), not by the replicas
 
@@ -674,7 +675,12 @@ class _Connection:
         if not name or not port.isdigit():
             raise CellError("invalid", f"address {host!r} is not HOST:PORT", "address")
         self.host = host
-        self.sock = socket.create_connection((name.strip("[]"), int(port)), timeout=timeout_s)
+        # A host behind a link that drops packets never refuses: waiting the whole request
+        # timeout for a SYN that gets no answer is what made a write take 17 s (issue #19).
+        self.sock = socket.create_connection(
+            (name.strip("[]"), int(port)), timeout=min(timeout_s, CONNECT_TIMEOUT_S)
+        )
+        self.sock.settimeout(timeout_s)
         if scheme == "https":
             import ssl
 
@@ -687,15 +693,24 @@ class _Connection:
         self.sock.close()
 
     def exchange(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        abandon: Callable[[], str | None] | None = None,
     ) -> tuple[int, dict[str, str], bytes, bool]:
         """Send one request; (status, lower-cased headers, body, whether to keep the
-        connection). Raises OSError if the connection fails or the answer is malformed."""
+        connection). Raises OSError if the connection fails or the answer is malformed, or
+        when `abandon()`, asked every half second from the first second of waiting on,
+        returns a reason to stop waiting."""
         lines = [f"{method} {target} HTTP/1.1", f"host: {self.host}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if body is not None:
             lines.append(f"content-length: {len(body)}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        if abandon is not None:
+            self._wait_for_answer(abandon)
         status_line = self.reader.readline(65537)
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
@@ -715,6 +730,24 @@ class _Connection:
         else:
             content, keep = self.reader.read(), False
         return int(parts[1]), answer, content, keep
+
+    def _wait_for_answer(self, abandon: Callable[[], str | None]) -> None:
+        """Block until the answer starts (the previous one was read whole, so the reader holds
+        nothing), asking `abandon` while it does not; TimeoutError past the socket timeout."""
+        import select
+
+        from cellstore.leader import PROBE_AFTER_S, PROBE_PERIOD_S
+
+        timeout = self.sock.gettimeout() or 15.0
+        waited, step = 0.0, PROBE_AFTER_S
+        while not select.select([self.sock], [], [], min(step, timeout - waited))[0]:
+            waited += min(step, timeout - waited)
+            if waited >= timeout:
+                raise TimeoutError(f"{self.host}: no answer in {timeout:.0f} s")
+            reason = abandon()
+            if reason is not None:
+                raise ConnectionError(f"{self.host}: {reason}")
+            step = PROBE_PERIOD_S
 
     def _chunked(self) -> bytes:
         chunks = []
@@ -764,13 +797,43 @@ class _BlockingTransport:
         if body is not None:
             headers["content-type"] = "application/json"
         try:
-            status, answer, content, keep = connection.exchange(method, path, headers, body)
+            status, answer, content, keep = connection.exchange(
+                method, path, headers, body, lambda: self._leader_elsewhere(index)
+            )
         except (OSError, ValueError):
             self._drop(index)
             raise
         if not keep:
             self._drop(index)
         return status, answer, content
+
+    def _leader_elsewhere(self, index: int) -> str | None:
+        """While replica `index` keeps us waiting: if it is silent and another names a leader
+        (`cellstore.leader`), prefer that leader and say why we stop waiting."""
+        import json
+
+        from cellstore.leader import PROBE_TIMEOUT_S, leader_elsewhere
+
+        answers: dict[str, dict[str, Any] | None] = {}
+        for i, (scheme, host) in enumerate(self._targets):
+            answers[host] = None
+            try:
+                probe = _Connection(scheme, host, PROBE_TIMEOUT_S)
+                try:
+                    status, _, content, _ = probe.exchange("GET", STATUS, self._headers, None)
+                finally:
+                    probe.close()
+                if status == 200:
+                    answers[host] = json.loads(content)
+            except (OSError, ValueError, CellError):
+                pass
+            if i == index and answers[host] is not None:
+                return None  # it answers: the request is slow, not lost
+        leader = leader_elsewhere(self._addresses[index], answers)
+        if leader is None or leader not in self._addresses:
+            return None
+        self._preferred = self._addresses.index(leader)
+        return f"silent, and {leader} leads"
 
     def _drop(self, index: int) -> None:
         connection = self._connections.pop(index, None)
@@ -796,7 +859,8 @@ class _BlockingTransport:
                 last = f"HTTP {status} from {self._addresses[index]}"
             except (OSError, ValueError) as exc:
                 last = f"{self._addresses[index]}: {exc!r}"
-            self._preferred = (index + 1) % len(self._targets)
+            if self._preferred == index:  # else a probe found the leader
+                self._preferred = (index + 1) % len(self._targets)
             if time.monotonic() > deadline:
                 raise CellError("unavailable", f"{method} {path}: no replica answered: {last}")
             import random  # only on a retry: its import is 5 ms of a read command's start

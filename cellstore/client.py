@@ -2,7 +2,10 @@
 
 It sends writes to the replica it believes leads (learnt from `x-omega-leader`), and on a
 connection error, a timeout, a 5xx or a `not_committed` answer it moves on to the next replica
-and retries after a capped exponential back-off, until `retry_deadline_s`. A retry resends the
+and retries after a capped exponential back-off, until `retry_deadline_s`. A request unanswered
+after a second is watched: once the replica waited on is silent and another names a leader, it
+is abandoned for that leader (`cellstore.leader`), so a leader cut off by a link that drops
+packets costs about an election, not the request timeout. A retry resends the
 same command bytes (the ids inside are the client's, never re-invented): for `commands()` only
 the commands whose outcome is unknown are resent. `watch()` reconnects to any replica and
 resumes after the last version it yielded, so the consumer sees no gap and no duplicate.
@@ -24,6 +27,7 @@ import structlog
 import trio
 
 from cellstore.errors import ApiError
+from cellstore.leader import PROBE_AFTER_S, PROBE_PERIOD_S, PROBE_TIMEOUT_S, leader_elsewhere
 
 log = structlog.get_logger("cellstore.client")
 
@@ -54,6 +58,10 @@ class WatchBatch:
 
 class _Retryable(Exception):
     pass
+
+
+class _LeaderMoved(_Retryable):
+    """The replica waited on fell silent and another leads: retry there, not at the next."""
 
 
 class StoreClient:
@@ -237,7 +245,7 @@ class StoreClient:
         while True:
             url = self._urls[self._preferred] + path
             try:
-                resp = await self._http.request(method, url, content=body, headers=headers)
+                resp = await self._watched(self._preferred, method, url, body, headers)
                 if prefer_leader:
                     self._follow_leader(resp)
                 if resp.status_code in RETRYABLE_STATUS and not (
@@ -248,11 +256,61 @@ class StoreClient:
             except (httpx.TransportError, _Retryable) as exc:
                 last_error = exc
                 log.info("request_retry", url=url, error=repr(exc))
-            self._rotate()
+                if not isinstance(exc, _LeaderMoved):
+                    self._rotate()
             if trio.current_time() > deadline:
                 raise StoreUnavailable(f"{method} {path}: no replica answered: {last_error!r}")
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._backoff[1])
+
+    async def _watched(
+        self, index: int, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> httpx.Response:
+        """The request to replica `index`, abandoned (`_Retryable`, the preferred replica set
+        to the new leader) if that replica falls silent while another names a leader."""
+        moved: list[str] = []
+        failed: list[Exception] = []
+        resp: httpx.Response | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_leader, index, moved, nursery.cancel_scope)
+            try:
+                resp = await self._http.request(method, url, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                failed.append(exc)
+            nursery.cancel_scope.cancel()
+        if moved:
+            self._preferred = self._addresses.index(moved[0])
+            raise _LeaderMoved(f"{url}: silent, and {moved[0]} leads")
+        if failed:
+            raise failed[0]
+        assert resp is not None
+        return resp
+
+    async def _watch_leader(self, index: int, moved: list[str], scope: trio.CancelScope) -> None:
+        await trio.sleep(PROBE_AFTER_S)
+        while True:
+            answers: dict[str, dict[str, Any] | None] = {}
+            async with trio.open_nursery() as nursery:
+                for address in self._addresses:
+                    nursery.start_soon(self._probe, address, answers)
+            leader = leader_elsewhere(self._addresses[index], answers)
+            if leader is not None and leader in self._addresses:
+                log.info("request_abandoned", replica=self._addresses[index], leader=leader)
+                moved.append(leader)
+                scope.cancel()
+                return
+            await trio.sleep(PROBE_PERIOD_S)
+
+    async def _probe(self, address: str, answers: dict[str, dict[str, Any] | None]) -> None:
+        answers[address] = None
+        try:
+            resp = await self._http.get(
+                self._url_of(address) + STATUS, headers=self._auth, timeout=PROBE_TIMEOUT_S
+            )
+            if resp.status_code == 200:
+                answers[address] = resp.json()
+        except (httpx.HTTPError, ValueError):
+            pass
 
     @staticmethod
     def _decode(resp: httpx.Response) -> Any:

@@ -95,6 +95,9 @@ class RaftTuning:
     compaction_min_entries: int = 5000
     compaction_min_time_s: float = 300.0
     commands_queue_size: int = 100_000
+    # Ask peers before raising the term for an election (`cellstore.raft`): a replica cut off
+    # and back cannot depose a healthy leader. Off only to show what it prevents.
+    pre_vote: bool = True
 
 
 @attrs.frozen(kw_only=True)

@@ -36,6 +36,23 @@ its own unmatched log tail while a snapshot is sent to it (`clamp_unverified_com
 a conflicting tail at once, so catching up by appends cannot livelock (`_drop_conflicting_tail`).
 Both act on incoming messages before pysyncobj sees them.
 
+Two guards pysyncobj lacks, for partitions that drop packets rather than reset connections
+(issue #19; pinned by `tests/test_netns_partitions.py`):
+* Pre-vote (Raft thesis §9.6, as etcd enables it). pysyncobj starts an election, raising its
+  term, whenever its timer fires while it believes itself connected, and a TCP connection into
+  a dead link looks connected for many seconds: a cut-off replica raised its term 3 -> 33 and,
+  on heal, its vote requests deposed the healthy leader. Here the timer first asks the peers
+  whether they would vote (`pre_vote`, with the term it would take and its log's end); a peer
+  says yes only if it has not heard from a leader within the minimum election timeout and
+  the log is as up to date as its own, and answering changes nothing on it. Only with a
+  majority's yes does pysyncobj's own election run. Our messages ride pysyncobj's encrypted
+  transport and are consumed before pysyncobj sees them.
+* Check-quorum is pysyncobj's `leaderFallbackTimeout` (a leader that has heard from no
+  majority for that long steps down). What it lacks is telling the clients: commands the
+  leader appended and was waiting on would hang until the gateway's timeout. On stepping down
+  they are failed at once (`leader_changed`: outcome unknown, the client resends them unchanged
+  to the new leader, and the command ids make that safe).
+
 Threads: pysyncobj applies entries on the tick thread. `apply_command` takes `state_lock` so the
 API can read a consistent (snapshot, version) pair from another thread, and hands
 (version, command, result) to the `AppliedSink` (the watch feed) under the same lock.
@@ -52,6 +69,8 @@ from typing import Any, Protocol
 import orjson
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as raft_clock
+from pysyncobj.syncobj import _RAFT_STATE
 
 from cellstore.config import ReplicaConfig
 from cellstore.machine import Machine, MachineBox, MachineClass
@@ -92,7 +111,9 @@ class ApplyStats:
         self.apply_seconds = 0.0
 
 
-def syncobj_conf(config: ReplicaConfig) -> SyncObjConf:
+def syncobj_conf(
+    config: ReplicaConfig, on_state_changed: Callable[[int, int], None] | None = None
+) -> SyncObjConf:
     """The pysyncobj configuration for a replica (see the module docstring for why)."""
     t = config.raft
     data_dir = config.data_dir
@@ -120,6 +141,7 @@ def syncobj_conf(config: ReplicaConfig) -> SyncObjConf:
         bindRetryTime=0.2,
         maxBindRetries=25,
         commandsWaitLeader=True,
+        onStateChanged=on_state_changed,
     )
 
 
@@ -148,6 +170,8 @@ def clamp_unverified_commit(message: dict[str, Any], own_commit_index: int) -> N
 class ReplicatedMachine(SyncObj):
     """A Raft member replicating one `Machine`. Start with `start()`, stop with `stop()`."""
 
+    _SyncObj__raftElectionDeadline: float  # pysyncobj's election timer (monotonic)
+
     def __init__(
         self,
         config: ReplicaConfig,
@@ -165,9 +189,14 @@ class ReplicatedMachine(SyncObj):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = log.bind(replica=config.id)
+        self._pre_vote = config.raft.pre_vote
+        self._election_min_s = config.raft.election_min_s
+        self._heard_leader_at = 0.0  # `raft_clock`; when an append_entries of our term came
+        self._pre_vote_round: tuple[int, set[Any]] | None = None  # (term asked for, yes-sayers)
+        self._election_won_pre_vote = False
         os.makedirs(config.data_dir, exist_ok=True)
         others = [p for p in config.peers_raft if p != config.raft_address]
-        super().__init__(config.raft_address, others, syncobj_conf(config))
+        super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))
         self._guard_raft_messages()
         # The one persisted attribute (see module docstring).
         self._box = MachineBox(self.machine_class())
@@ -182,9 +211,18 @@ class ReplicatedMachine(SyncObj):
         deliver = transport._onMessageReceivedCallback
 
         def guarded(node: Any, message: Any) -> None:
-            if isinstance(message, dict) and message.get("type") == "append_entries":
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "append_entries":
+                if message.get("term", -1) >= self.raftCurrentTerm:
+                    self._heard_leader_at = raft_clock()
                 clamp_unverified_commit(message, self.raftCommitIndex)
                 self._drop_conflicting_tail(message)
+            elif kind == "pre_vote":
+                self._answer_pre_vote(node, message)
+                return
+            elif kind == "pre_vote_response":
+                self._count_pre_vote(node, message)
+                return
             deliver(node, message)
 
         transport.setOnMessageReceivedCallback(guarded)
@@ -213,6 +251,78 @@ class ReplicatedMachine(SyncObj):
         if found and found[0][2] != message["prevLogTerm"]:
             self._SyncObj__deleteEntriesFrom(prev)
 
+    # -- pre-vote and stepping down (see the module docstring) ---------------------------------
+
+    def _hold_election_for_pre_vote(self) -> None:
+        """Before each tick: if pysyncobj's election timer has fired, and no pre-vote has been
+        won for it, re-arm the timer and ask the peers instead (on the tick thread)."""
+        if not self._pre_vote or self._SyncObj__raftState == _RAFT_STATE.LEADER:
+            self._pre_vote_round = None
+            return
+        now = raft_clock()  # pysyncobj's timers' clock: not time.monotonic's (off by ~0.25 s here)
+        if self._SyncObj__raftElectionDeadline >= now:
+            return
+        others = self._SyncObj__otherNodes
+        if self._election_won_pre_vote or not others or self._SyncObj__transferInProgress:
+            self._election_won_pre_vote = False
+            return  # pysyncobj runs the election on this tick
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        term = self.raftCurrentTerm + 1
+        self._pre_vote_round = (term, set())
+        ask = {
+            "type": "pre_vote",
+            "term": term,
+            "last_log_index": self._SyncObj__getCurrentLogIndex(),
+            "last_log_term": self._SyncObj__getCurrentLogTerm(),
+        }
+        transport = self._SyncObj__transport
+        for node in others:
+            transport.send(node, ask)
+
+    def _answer_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
+        """Would we vote for this candidate? Yes only if it asks for a term above ours, no
+        leader has been heard from lately (nor is this replica one), and its log is at least
+        as up to date as ours. Nothing here changes."""
+        mine = (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex())
+        theirs = (message.get("last_log_term", -1), message.get("last_log_index", -1))
+        granted = (
+            message.get("term", -1) > self.raftCurrentTerm
+            and self._SyncObj__raftState != _RAFT_STATE.LEADER
+            and raft_clock() - self._heard_leader_at >= self._election_min_s
+            and theirs >= mine
+        )
+        if granted:
+            self._log.info("pre_vote_granted", term=message.get("term"), to=str(node))
+        self._SyncObj__transport.send(
+            node, {"type": "pre_vote_response", "term": message.get("term"), "granted": granted}
+        )
+
+    def _count_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
+        current = self._pre_vote_round
+        if current is None or not message.get("granted"):
+            return
+        term, yes = current
+        if message.get("term") != term or term != self.raftCurrentTerm + 1:
+            return  # an answer to an older round, or our term moved on since
+        yes.add(node)
+        if len(yes) + 1 > (len(self._SyncObj__otherNodes) + 1) / 2:
+            self._pre_vote_round = None
+            self._election_won_pre_vote = True
+            self._SyncObj__raftElectionDeadline = 0.0
+            self._log.info("pre_vote_won", term=term)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        """On the tick thread: when this replica stops leading, fail what it was waiting to
+        commit, so clients resend to the new leader at once instead of timing out."""
+        if old != _RAFT_STATE.LEADER or new == _RAFT_STATE.LEADER:
+            return
+        waiting = self._SyncObj__commandsWaitingCommit
+        pending = [callback for entries in waiting.values() for _, callback in entries]
+        waiting.clear()
+        self._log.info("stepped_down", term=self.raftCurrentTerm, failed_in_flight=len(pending))
+        for callback in pending:
+            callback(None, FAIL_REASON.LEADER_CHANGED)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -232,6 +342,7 @@ class ReplicatedMachine(SyncObj):
         try:
             while not self._stopping.is_set():
                 try:
+                    self._hold_election_for_pre_vote()
                     self.doTick(self._tick_period)
                 except Exception:
                     self._log.exception("raft_tick_failed")

@@ -1,6 +1,7 @@
 """Stand-ins for separate hosts on one machine: a skewed clock per process (libfaketime), and
 network namespaces joined by a bridge (`Hosts`), each process of a cell on an address of its
-own, links that drop packets silently (netem) instead of TCP proxies that reset them.
+own, with links that drop packets silently (nftables rules in the host) instead of TCP proxies
+that reset them.
 
 Everything here is built by the test that uses it and torn down by it, by name and by pid:
 namespace names carry a random suffix, so tests run in parallel; a namespace's processes are
@@ -44,9 +45,9 @@ def netns_unavailable() -> str | None:
     """Why network namespaces cannot be made here, or None if they can."""
     if os.geteuid() != 0:
         return "network namespaces need root (CI runs as root)"
-    for tool in ("ip", "tc"):
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
         if shutil.which(tool) is None:
-            return f"{tool} is missing: install Debian's iproute2 (./setup.sh host)"
+            return f"{tool} is missing: install Debian's {package} (./setup.sh host)"
     probe = f"omega-probe-{secrets.token_hex(3)}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
@@ -61,19 +62,33 @@ def _run(*args: str) -> None:
         raise RuntimeError(f"{' '.join(args)}: {done.stderr.strip()}")
 
 
+def _unused_subnet() -> str:
+    """A /24 of the benchmarking range 198.18.0.0/15 (RFC 2544) that no route here uses."""
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    for _ in range(64):
+        n = secrets.randbelow(512)
+        prefix = f"198.{18 + n // 256}.{n % 256}"
+        if f"{prefix}.0/24" not in routes:
+            return prefix
+    raise RuntimeError("no free /24 in 198.18.0.0/15")
+
+
 class Hosts:
     """`n` hosts, each a network namespace with one veth on a bridge that lives in a namespace
-    of its own (nothing is added to the test runner's namespace). Host i has address
-    10.<net>.0.<i+1>/24; `exec_prefix(i)` runs a command there. Use as a context manager."""
+    of its own. Host i has the address `addresses[i]`; `exec_prefix(i)` runs a command there.
+    The test runner joins the bridge too (`runner_address`, one veth whose other end is in the
+    switch), so a test talks to every host without entering one; links are cut on the hosts'
+    side only. Deleting the switch removes that veth. Use as a context manager."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.tag = secrets.token_hex(3)
-        # A /24 per run keeps parallel tests' namespaces apart even if a name were reused.
-        self.net = int(self.tag[:2], 16) % 250 + 1
         self.switch = f"om-{self.tag}-sw"
         self.names = [f"om-{self.tag}-h{i}" for i in range(n)]
-        self.addresses = [f"10.{self.net}.0.{i + 1}" for i in range(n)]
+        self.runner_link = f"om-{self.tag}"
+        self.subnet = ""
+        self.addresses: list[str] = []
+        self.runner_address = ""
         self._made: list[str] = []
         self._pids: set[int] = set()
 
@@ -89,11 +104,19 @@ class Hosts:
         self.close()
 
     def _build(self) -> None:
+        self.subnet = _unused_subnet()
+        self.addresses = [f"{self.subnet}.{i + 1}" for i in range(self.n)]
+        self.runner_address = f"{self.subnet}.254"
         sw = self.switch
         _run("ip", "netns", "add", sw)
         self._made.append(sw)
         _run("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
         _run("ip", "-n", sw, "link", "set", "br0", "up")
+        _run("ip", "-n", sw, "link", "add", "runner", "type", "veth", "peer", self.runner_link)
+        _run("ip", "-n", sw, "link", "set", self.runner_link, "netns", str(os.getpid()))
+        _run("ip", "-n", sw, "link", "set", "runner", "master", "br0", "up")
+        _run("ip", "addr", "add", f"{self.runner_address}/24", "dev", self.runner_link)
+        _run("ip", "link", "set", self.runner_link, "up")
         for i, name in enumerate(self.names):
             _run("ip", "netns", "add", name)
             self._made.append(name)
@@ -119,25 +142,34 @@ class Hosts:
     def cut(self, i: int, *, inbound: bool = True, outbound: bool = True) -> None:
         """Drop host i's packets silently, both ways or one: no reset, no ICMP, as a pulled
         cable or a dead switch port looks to its peers."""
-        if outbound:
-            self.netem(i, "loss", "100%")
         if inbound:
-            self._qdisc(self.switch, f"p{i}", "netem", "loss", "100%")
+            self._rule(i, "input", 'iifname "eth0" drop')
+        if outbound:
+            self._rule(i, "output", 'oifname "eth0" drop')
+
+    def lose(self, i: int, percent: int) -> None:
+        """Drop `percent`% of what host i sends and receives, at random."""
+        for chain, side in (("input", "iifname"), ("output", "oifname")):
+            self._rule(i, chain, f'{side} "eth0" numgen random mod 100 < {percent} drop')
 
     def heal(self, i: int) -> None:
-        """Undo `cut` and `netem` on host i's link."""
-        for ns, dev in ((self.names[i], "eth0"), (self.switch, f"p{i}")):
-            subprocess.run(
-                ["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"],
-                capture_output=True,
-            )
+        """Undo every `cut` and `lose` on host i."""
+        subprocess.run(
+            [*self.exec_prefix(i), "nft", "delete", "table", "inet", "omega"], capture_output=True
+        )
 
-    def netem(self, i: int, *args: str) -> None:
-        """Shape what host i sends with `tc netem` (`"delay", "50ms"`, `"loss", "5%"`)."""
-        self._qdisc(self.names[i], "eth0", "netem", *args)
-
-    def _qdisc(self, ns: str, dev: str, *args: str) -> None:
-        _run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", *args)
+    def _rule(self, i: int, chain: str, rule: str) -> None:
+        # nftables, not tc netem: the kernels this runs on may lack netem (the CI VM's does).
+        script = (
+            "add table inet omega\n"
+            f"add chain inet omega {chain} {{ type filter hook {chain} priority 0 ; }}\n"
+            f"add rule inet omega {chain} {rule}\n"
+        )
+        done = subprocess.run(
+            [*self.exec_prefix(i), "nft", "-f", "-"], input=script, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"nft on {self.names[i]}: {done.stderr.strip()}")
 
     # -- teardown ------------------------------------------------------------------------------
 
@@ -154,3 +186,5 @@ class Hosts:
         for name in reversed(self._made):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self._made.clear()
+        # Gone with the switch, unless the switch was never made whole.
+        subprocess.run(["ip", "link", "del", self.runner_link], capture_output=True)
