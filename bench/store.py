@@ -9,8 +9,12 @@ All figures come from one run on this machine:
 - `claims_per_s`: claims/s committed in 100-claim transactions.
 - `commit_p50_ms`, `commit_p99_ms`: one transaction at a time, request to answer.
 - `failover_s`: SIGKILL of the leader to the first accepted write.
+- with `--fsync`, a second cell whose replicas sync their journals before acknowledging
+  (`cellstore.durability`) is measured the same way: `fsync_txn_per_s`, `fsync_claims_per_s`,
+  `fsync_commit_p50_ms`, `fsync_commit_p99_ms`, and `fsync_syncs_per_commit` (journal syncs
+  of the leader per sequential commit).
 
-    python -m bench.store [--txns 20000] [--claim-txns 500] [--in-flight 2000]
+    python -m bench.store [--txns 20000] [--claim-txns 500] [--in-flight 2000] [--fsync]
 """
 
 from __future__ import annotations
@@ -225,6 +229,7 @@ async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict
         figures["claims_per_s"] = len(hundred) * 100 / seconds
 
         latencies = []
+        syncs_before = sum((cluster.status(i) or {}).get("journal_syncs", 0) for i in range(3))
         for task in take(args.latency):
             began = time.perf_counter()
             await cell.commit(one_claim(task, f"m{next(machine) % MACHINES}"))
@@ -232,8 +237,14 @@ async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict
         latencies.sort()
         figures["commit_p50_ms"] = statistics.median(latencies)
         figures["commit_p99_ms"] = latencies[int(len(latencies) * 0.99) - 1]
+        syncs = sum((cluster.status(i) or {}).get("journal_syncs", 0) for i in range(3))
+        figures["syncs_per_commit"] = (syncs - syncs_before) / 3 / len(latencies)
 
         leader = next(i for i in range(3) if (cluster.status(i) or {}).get("is_leader"))
+        if args.no_failover:
+            syncs = [(cluster.status(i) or {}).get("journal_syncs", 0) for i in range(3)]
+            figures["leader_syncs"] = syncs[leader]
+            return figures
         spare = take(200)
         killed = time.monotonic()
         cluster.kill(leader)
@@ -256,6 +267,9 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=2000)
     parser.add_argument("--raw-seconds", type=float, default=8.0)
     parser.add_argument("--raw-window", type=int, default=1000)
+    parser.add_argument(
+        "--fsync", action="store_true", help="also measure a cell that syncs its journals"
+    )
     parser.add_argument("--raw-node", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--raw-ports", default="", help=argparse.SUPPRESS)
     parser.add_argument("--raw-dir", default="", help=argparse.SUPPRESS)
@@ -276,7 +290,16 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         LocalCluster(Path(tmp), **cell_options()) as cluster,
     ):
+        args.no_failover = False
         figures = trio.run(measure_store, cluster, args)
+    synced: dict[str, float] = {}
+    if args.fsync:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            LocalCluster(Path(tmp), **cell_options(fsync=True)) as cluster,
+        ):
+            args.no_failover = True
+            synced = trio.run(measure_store, cluster, args)
     print(
         f"1-claim transactions: {figures['txn_per_s']:,.0f} txn/s "
         f"({figures['txn_per_s'] / raw:.2f} of raw)"
@@ -287,18 +310,29 @@ def main() -> None:
         f"p99 {figures['commit_p99_ms']:.2f} ms"
     )
     print(f"failover: {figures['failover_s']:.2f} s from leader SIGKILL to an accepted write")
-    print(
-        json.dumps(
-            {
-                "raw_ops_per_s": round(raw),
-                "txn_per_s": round(figures["txn_per_s"]),
-                "claims_per_s": round(figures["claims_per_s"]),
-                "commit_p50_ms": round(figures["commit_p50_ms"], 2),
-                "commit_p99_ms": round(figures["commit_p99_ms"], 2),
-                "failover_s": round(figures["failover_s"], 2),
-            }
+    summary = {
+        "raw_ops_per_s": round(raw),
+        "txn_per_s": round(figures["txn_per_s"]),
+        "claims_per_s": round(figures["claims_per_s"]),
+        "commit_p50_ms": round(figures["commit_p50_ms"], 2),
+        "commit_p99_ms": round(figures["commit_p99_ms"], 2),
+        "failover_s": round(figures["failover_s"], 2),
+    }
+    if synced:
+        print(
+            f"with fsync: {synced['txn_per_s']:,.0f} txn/s, "
+            f"{synced['claims_per_s']:,.0f} claims/s, commit p50 "
+            f"{synced['commit_p50_ms']:.2f} ms, p99 {synced['commit_p99_ms']:.2f} ms, "
+            f"{synced['syncs_per_commit']:.1f} journal syncs per replica per commit"
         )
-    )
+        summary |= {
+            "fsync_txn_per_s": round(synced["txn_per_s"]),
+            "fsync_claims_per_s": round(synced["claims_per_s"]),
+            "fsync_commit_p50_ms": round(synced["commit_p50_ms"], 2),
+            "fsync_commit_p99_ms": round(synced["commit_p99_ms"], 2),
+            "fsync_syncs_per_commit": round(synced["syncs_per_commit"], 2),
+        }
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -218,6 +218,8 @@ def status(replica: Replica) -> dict[str, Any]:
             "last": last,
         },
         "commands_in_flight": replica.gateway.in_flight,
+        "fsync": cfg.fsync,
+        "journal_syncs": replica.raft.journal_syncs(),
         "applied_per_s": round(replica.applied_per_s, 1),
         "apply_us_mean": round(replica.apply_us_mean, 2),
     }

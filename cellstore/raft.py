@@ -53,6 +53,9 @@ Two guards pysyncobj lacks, for partitions that drop packets rather than reset c
   they are failed at once (`leader_changed`: outcome unknown, the client resends them unchanged
   to the new leader, and the command ids make that safe).
 
+Durability: with `ReplicaConfig.fsync` the journal, the term and vote, and the dump are synced
+before anything that depends on them is acknowledged (`cellstore.durability`).
+
 Threads: pysyncobj applies entries on the tick thread. `apply_command` takes `state_lock` so the
 API can read a consistent (snapshot, version) pair from another thread, and hands
 (version, command, result) to the `AppliedSink` (the watch feed) under the same lock.
@@ -73,6 +76,7 @@ from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.syncobj import _RAFT_STATE
 
 from cellstore.config import ReplicaConfig
+from cellstore.durability import DurableJournal
 from cellstore.machine import Machine, MachineBox, MachineClass
 
 log = structlog.get_logger("cellstore.raft")
@@ -194,10 +198,14 @@ class ReplicatedMachine(SyncObj):
         self._heard_leader_at = 0.0  # `raft_clock`; when an append_entries of our term came
         self._pre_vote_round: tuple[int, set[Any]] | None = None  # (term asked for, yes-sayers)
         self._election_won_pre_vote = False
+        self._durable: DurableJournal | None = None  # set once the journal exists (below)
         os.makedirs(config.data_dir, exist_ok=True)
         others = [p for p in config.peers_raft if p != config.raft_address]
         super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))
         self._guard_raft_messages()
+        if config.fsync:
+            self._durable = DurableJournal(self, config.data_dir)
+            self._sync_before_acknowledging()
         # The one persisted attribute (see module docstring).
         self._box = MachineBox(self.machine_class())
         self._box_seen = self._box
@@ -226,6 +234,21 @@ class ReplicatedMachine(SyncObj):
             deliver(node, message)
 
         transport.setOnMessageReceivedCallback(guarded)
+
+    def _sync_before_acknowledging(self) -> None:
+        """With `fsync` on, a follower's acknowledgement of entries leaves only once they are
+        on disk (`cellstore.durability`; the leader's side is the sync before each tick)."""
+        transport = self._SyncObj__transport
+        send = transport.send
+        durable = self._durable
+        assert durable is not None
+
+        def synced_send(node: Any, message: Any) -> Any:
+            if isinstance(message, dict) and message.get("type") == "next_node_idx":
+                durable.sync()
+            return send(node, message)
+
+        transport.send = synced_send
 
     def _drop_conflicting_tail(self, message: dict[str, Any]) -> None:
         """Delete this follower's log from `prevLogIdx` on when its entry there has another
@@ -343,6 +366,8 @@ class ReplicatedMachine(SyncObj):
             while not self._stopping.is_set():
                 try:
                     self._hold_election_for_pre_vote()
+                    if self._durable is not None:
+                        self._durable.sync()  # what this leader appended, before it counts it
                     self.doTick(self._tick_period)
                 except Exception:
                     self._log.exception("raft_tick_failed")
@@ -409,6 +434,10 @@ class ReplicatedMachine(SyncObj):
             return box.machine.version  # a racy read of one int, without the lock
         with self.state_lock:
             return self._live_machine_locked().version
+
+    def journal_syncs(self) -> int:
+        """How many times the journal was synced (0 unless `fsync` is on); racy, for figures."""
+        return self._durable.syncs if self._durable is not None else 0
 
     def raft_status(self) -> dict[str, Any]:
         """Leader (Raft address), term, commit index, role: cheap, racy reads of Raft state."""
