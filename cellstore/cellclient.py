@@ -808,14 +808,24 @@ class _BlockingTransport:
         return status, answer, content
 
     def _leader_elsewhere(self, index: int) -> str | None:
-        """While replica `index` keeps us waiting: if it is silent and another names a leader
-        (`cellstore.leader`), prefer that leader and say why we stop waiting."""
+        """While replica `index` keeps us waiting: if it cannot be connected to and another
+        names a leader (`cellstore.leader`), prefer that leader and say why we stop waiting."""
         import json
+        import socket
 
         from cellstore.leader import PROBE_TIMEOUT_S, leader_elsewhere
 
+        target = self._addresses[index]
+        name, _, port = target.rpartition(":")
+        try:
+            socket.create_connection((name.strip("[]"), int(port)), PROBE_TIMEOUT_S).close()
+            return None  # it can be reached: the request is slow, not lost
+        except (OSError, ValueError):
+            pass
         answers: dict[str, dict[str, Any] | None] = {}
-        for i, (scheme, host) in enumerate(self._targets):
+        for scheme, host in self._targets:
+            if host == target:
+                continue
             answers[host] = None
             try:
                 probe = _Connection(scheme, host, PROBE_TIMEOUT_S)
@@ -827,13 +837,11 @@ class _BlockingTransport:
                     answers[host] = json.loads(content)
             except (OSError, ValueError, CellError):
                 pass
-            if i == index and answers[host] is not None:
-                return None  # it answers: the request is slow, not lost
-        leader = leader_elsewhere(self._addresses[index], answers)
+        leader = leader_elsewhere(target, False, answers)
         if leader is None or leader not in self._addresses:
             return None
         self._preferred = self._addresses.index(leader)
-        return f"silent, and {leader} leads"
+        return f"unreachable, and {leader} leads"
 
     def _drop(self, index: int) -> None:
         connection = self._connections.pop(index, None)

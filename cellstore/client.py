@@ -280,7 +280,7 @@ class StoreClient:
             nursery.cancel_scope.cancel()
         if moved:
             self._preferred = self._addresses.index(moved[0])
-            raise _LeaderMoved(f"{url}: silent, and {moved[0]} leads")
+            raise _LeaderMoved(f"{url}: unreachable, and {moved[0]} leads")
         if failed:
             raise failed[0]
         assert resp is not None
@@ -288,18 +288,33 @@ class StoreClient:
 
     async def _watch_leader(self, index: int, moved: list[str], scope: trio.CancelScope) -> None:
         await trio.sleep(PROBE_AFTER_S)
+        target = self._addresses[index]
         while True:
             answers: dict[str, dict[str, Any] | None] = {}
+            reachable: list[bool] = []
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._connects, target, reachable)
                 for address in self._addresses:
-                    nursery.start_soon(self._probe, address, answers)
-            leader = leader_elsewhere(self._addresses[index], answers)
+                    if address != target:
+                        nursery.start_soon(self._probe, address, answers)
+            leader = leader_elsewhere(target, bool(reachable), answers)
             if leader is not None and leader in self._addresses:
                 log.info("request_abandoned", replica=self._addresses[index], leader=leader)
                 moved.append(leader)
                 scope.cancel()
                 return
             await trio.sleep(PROBE_PERIOD_S)
+
+    async def _connects(self, address: str, reachable: list[bool]) -> None:
+        """Append True if a new TCP connection to `address` opens within the probe timeout."""
+        host, _, port = address.rpartition(":")
+        with trio.move_on_after(PROBE_TIMEOUT_S):
+            try:
+                stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+            except OSError:
+                return
+            await stream.aclose()
+            reachable.append(True)
 
     async def _probe(self, address: str, answers: dict[str, dict[str, Any] | None]) -> None:
         answers[address] = None

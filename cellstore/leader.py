@@ -2,10 +2,12 @@
 
 A leader cut off by a link that drops packets neither answers nor resets the connection: a
 client waiting on it would wait out its whole request timeout. Both clients (`StoreClient` and
-the blocking transport of `SyncCellClient`) ask the other replicas once a request has waited
-`PROBE_AFTER_S`, and give up on the one they wait for as soon as it is silent and a peer names
-another leader. The request is then resent there unchanged: the command ids inside make that
-safe, as every retry is.
+the blocking transport of `SyncCellClient`) look around once a request has waited
+`PROBE_AFTER_S`: they try a new TCP connection to the replica they wait on, and ask the others
+for their status. They give up on that replica only if it cannot even be connected to (a busy
+replica's kernel still completes the handshake: slowness is never taken for a partition) and
+another replica names a leader that is not it. The request is then resent to that leader
+unchanged: the command ids inside make that safe, as every retry is.
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# A healthy replica answers a write in milliseconds. Probing costs a few status requests, and
-# a false alarm nothing worse: a replica is abandoned only if it does not answer its own probe
-# and the others name a leader that is not it (a slow leader is named by its peers).
+# A healthy replica answers a write in milliseconds; probing costs a connection attempt and a
+# few status requests per request that waits longer.
 PROBE_AFTER_S = 0.5
 PROBE_PERIOD_S = 0.25
 PROBE_TIMEOUT_S = 0.3
 
 
-def leader_elsewhere(target: str, answers: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+def leader_elsewhere(
+    target: str, reachable: bool, answers: Mapping[str, Mapping[str, Any] | None]
+) -> str | None:
     """The API address of the leader named by the answering replica with the highest term, if
-    `target` (the replica waited on) did not answer and the leader named is another; else
-    None. `answers` maps each replica's API address to its `GET /v1/status`, None if silent."""
-    if answers.get(target) is not None:
+    `target` (the replica waited on) could not be connected to (`reachable` False) and the
+    leader named is another; else None. `answers` maps replicas' API addresses to their
+    `GET /v1/status`, None where there was no answer."""
+    if reachable:
         return None
     best: tuple[int, str] | None = None
     for status in answers.values():
