@@ -199,6 +199,8 @@ class ReplicatedMachine(SyncObj):
         self._pre_vote_round: tuple[int, set[Any]] | None = None  # (term asked for, yes-sayers)
         self._election_won_pre_vote = False
         self._durable: DurableJournal | None = None  # set once the journal exists (below)
+        self._held_acks: list[tuple[Any, Any]] = []  # fsync: acknowledgements not yet sent
+        self._send_unheld: Callable[[Any, Any], Any] = lambda node, message: None
         os.makedirs(config.data_dir, exist_ok=True)
         others = [p for p in config.peers_raft if p != config.raft_address]
         super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))
@@ -236,19 +238,31 @@ class ReplicatedMachine(SyncObj):
         transport.setOnMessageReceivedCallback(guarded)
 
     def _sync_before_acknowledging(self) -> None:
-        """With `fsync` on, a follower's acknowledgement of entries leaves only once they are
-        on disk (`cellstore.durability`; the leader's side is the sync before each tick)."""
+        """With `fsync` on, a follower's acknowledgements of entries are held back until the
+        end of the tick, then sent after one sync (`cellstore.durability`): one sync per tick,
+        not per entry, as a leader sends one append per command. (The leader's side is the
+        sync before each tick.)"""
         transport = self._SyncObj__transport
         send = transport.send
-        durable = self._durable
-        assert durable is not None
+        held = self._held_acks
 
-        def synced_send(node: Any, message: Any) -> Any:
+        def held_send(node: Any, message: Any) -> Any:
             if isinstance(message, dict) and message.get("type") == "next_node_idx":
-                durable.sync()
+                held.append((node, message))
+                return True
             return send(node, message)
 
-        transport.send = synced_send
+        transport.send = held_send
+        self._send_unheld = send
+
+    def _release_acks(self) -> None:
+        """Sync what the tick wrote, then send the acknowledgements held back meanwhile."""
+        durable = self._durable
+        assert durable is not None
+        durable.sync()
+        held, self._held_acks[:] = list(self._held_acks), []
+        for node, message in held:
+            self._send_unheld(node, message)
 
     def _drop_conflicting_tail(self, message: dict[str, Any]) -> None:
         """Delete this follower's log from `prevLogIdx` on when its entry there has another
@@ -369,6 +383,8 @@ class ReplicatedMachine(SyncObj):
                     if self._durable is not None:
                         self._durable.sync()  # what this leader appended, before it counts it
                     self.doTick(self._tick_period)
+                    if self._durable is not None:
+                        self._release_acks()
                 except Exception:
                     self._log.exception("raft_tick_failed")
                     time.sleep(self._tick_period)
