@@ -223,6 +223,13 @@ def store(
     console: Annotated[
         bool, typer.Option(help="Serve the web console at /ui (signed in with the token).")
     ] = True,
+    fsync: Annotated[
+        bool,
+        typer.Option(
+            help="Sync the journal to disk before acknowledging a write: it then survives "
+            "power loss on every host (README, 'What acknowledged promises')."
+        ),
+    ] = False,
 ) -> None:
     """Run one store replica (a multi-host cell runs one per host)."""
     from cellstore.cell import replica_fields
@@ -245,6 +252,7 @@ def store(
             data_dir=data_dir,
             token=token_file.read_text().strip(),
             secret=secret_file.read_text().strip(),
+            fsync=fsync,
             **(with_console if console else dict)(replica_fields(heartbeat_timeout)),
         )
     )
