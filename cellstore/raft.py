@@ -53,6 +53,9 @@ Two guards pysyncobj lacks, for partitions that drop packets rather than reset c
   they are failed at once (`leader_changed`: outcome unknown, the client resends them unchanged
   to the new leader, and the command ids make that safe).
 
+Damage: the data dir is checked before pysyncobj opens it, and every command goes into the log
+sealed with its checksum (`cellstore.datadir`).
+
 Durability: with `ReplicaConfig.fsync` the journal, the term and vote, and the dump are synced
 before anything that depends on them is acknowledged (`cellstore.durability`).
 
@@ -76,6 +79,7 @@ from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.syncobj import _RAFT_STATE
 
 from cellstore.config import ReplicaConfig
+from cellstore.datadir import DamagedEntry, check_data_dir, seal, unseal
 from cellstore.durability import DurableJournal
 from cellstore.machine import Machine, MachineBox, MachineClass
 
@@ -202,6 +206,7 @@ class ReplicatedMachine(SyncObj):
         self._held_acks: list[tuple[Any, Any]] = []  # fsync: acknowledgements not yet sent
         self._send_unheld: Callable[[Any, Any], Any] = lambda node, message: None
         os.makedirs(config.data_dir, exist_ok=True)
+        check_data_dir(config.data_dir)  # DamagedDataDir: refused before pysyncobj reads it
         others = [p for p in config.peers_raft if p != config.raft_address]
         super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))
         self._guard_raft_messages()
@@ -395,8 +400,13 @@ class ReplicatedMachine(SyncObj):
 
     @replicated
     def apply_command(self, command: str) -> bytes:
-        """Apply one wire-encoded command (runs on the Raft thread on every replica)."""
-        encoded = command.encode()
+        """Apply one sealed, wire-encoded command (runs on the Raft thread on every replica).
+        One whose checksum fails is never applied: the replica exits (`cellstore.datadir`)."""
+        try:
+            encoded = unseal(command).encode()
+        except DamagedEntry as exc:
+            self._log.critical("damaged_log_entry", error=str(exc))
+            os._exit(3)
         with self.state_lock:
             machine = self._live_machine_locked()
             started = time.perf_counter()
@@ -416,7 +426,7 @@ class ReplicatedMachine(SyncObj):
         """Queue one command for replication without blocking; `callback(result, reason)` runs
         on the Raft thread once it is applied here (reason 0) or has failed (reason != 0). It
         may also run synchronously, on the caller's thread, if the queue is full."""
-        self.apply_command(command.decode(), callback=callback)
+        self.apply_command(seal(command.decode()), callback=callback)
 
     # -- reads ---------------------------------------------------------------------------------
 

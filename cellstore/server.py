@@ -15,6 +15,7 @@ from hypercorn.trio import serve
 
 from cellstore.api import Replica, build_router
 from cellstore.config import ReplicaConfig
+from cellstore.datadir import DamagedDataDir
 from cellstore.feed import AppliedFeed
 from cellstore.http import AsgiApp
 from cellstore.logs import configure_json_logging
@@ -24,10 +25,15 @@ log = structlog.get_logger("cellstore.server")
 
 
 def run_replica(config: ReplicaConfig, *, configure_logging: bool = True) -> None:
-    """Run one replica until SIGINT or SIGTERM. Logs JSON to stderr."""
+    """Run one replica until SIGINT or SIGTERM. Logs JSON to stderr. A damaged data dir
+    (`cellstore.datadir`) is logged and ends the process with status 3, serving nothing."""
     if configure_logging:
         configure_json_logging()
-    trio.run(serve_replica, config)
+    try:
+        trio.run(serve_replica, config)
+    except DamagedDataDir as exc:
+        log.critical("data_dir_damaged", replica=config.id, error=str(exc))
+        raise SystemExit(3) from None
 
 
 async def serve_replica(
