@@ -163,8 +163,8 @@ class LocalCluster:
         self._raft = raft or {}
         self._extra = extra or {}
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
-        # Replica i's command line starts with `wrappers[i]`, if set: `faketime -f +30s` for a
-        # skewed clock, `ip netns exec NAME` for a replica on a host of its own.
+        # Replica i's command line starts with `wrappers[i]`, if set: `hosts.skewed_clock` for
+        # a skewed clock, `ip netns exec NAME` for a replica on a host of its own.
         self.wrappers: dict[int, list[str]] = {}
 
     def __enter__(self) -> LocalCluster:
@@ -219,14 +219,7 @@ class LocalCluster:
             f.write(orjson.dumps(self.config(i)))
         with open(d / "replica.log", "ab") as out:
             self.procs[i] = subprocess.Popen(
-                [
-                    *self.wrappers.get(i, ()),
-                    sys.executable,
-                    "-m",
-                    "cellstore",
-                    "--config",
-                    str(cfg),
-                ],
+                [*self.wrappers.get(i, ()), *self.replica_command(i, cfg)],
                 env=_with_repository_on_path(os.environ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -234,6 +227,11 @@ class LocalCluster:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if _parent_death_is_process_death() else None,
             )
+
+    def replica_command(self, i: int, config_file: Path) -> list[str]:
+        """The command line that runs replica i from its config document (written to
+        `config_file`, mode 0600, before each start)."""
+        return [sys.executable, "-m", "cellstore", "--config", str(config_file)]
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to replica i's process (by pid) and reap it if it was SIGKILL."""
