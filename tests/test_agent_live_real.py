@@ -319,21 +319,25 @@ def test_sigkilled_agent_is_marked_down_and_its_tasks_move(cell: LiveCell) -> No
     assert cell.task(tid)["state"] == "running" and cell.task(tid)["machine"] == b
 
 
-def test_restarted_agent_adopts_its_running_task(cell: LiveCell) -> None:
-    a = cell.start_agent("a")
-    cell.wait_up(a)
-    job = cell.submit("adopt", LONG)
-    tid = f"{job}.0"
-    cell.place([(tid, a)])
-    cell.wait_task(tid, lambda t: t["state"] == "running", machine=a)
-    pid = json.loads(next(cell.work_dirs[a].glob("tasks/*/state.json")).read_text())["pid"]
-    cell.kill_agent(a)
-    cell.start_agent("a")  # back within the heartbeat timeout
-    cell.wait("adopted", lambda: "recovered" in cell.agent_log(a), 20, a)
-    time.sleep(3)  # longer than the heartbeat timeout
-    task = cell.task(tid)
-    assert (task["state"], task["machine"], task["incarnation"]) == ("running", a, 0), task
-    assert _alive(pid)
+def test_restarted_agent_adopts_its_running_task(tmp_path: Path) -> None:
+    # A restart (a new Python process, recovery, registration) takes ~2 s on a loaded 2-core
+    # CI machine: the 2 s timeout of the other tests made "back within the timeout" a race.
+    with LiveCell(tmp_path, heartbeat_timeout=6.0) as cell:
+        a = cell.start_agent("a")
+        cell.wait_up(a)
+        job = cell.submit("adopt", LONG)
+        tid = f"{job}.0"
+        cell.place([(tid, a)])
+        cell.wait_task(tid, lambda t: t["state"] == "running", machine=a)
+        pid = json.loads(next(cell.work_dirs[a].glob("tasks/*/state.json")).read_text())["pid"]
+        cell.kill_agent(a)
+        cell.start_agent("a")  # back within the heartbeat timeout
+        cell.wait("adopted", lambda: "recovered" in cell.agent_log(a), 20, a)
+        time.sleep(7)  # longer than the heartbeat timeout
+        task = cell.task(tid)
+        assert (task["state"], task["machine"], task["incarnation"]) == ("running", a, 0), task
+        assert cell.machines()[a]["state"] == "up"
+        assert _alive(pid)
 
 
 def test_tasks_survive_store_leader_failover(cell: LiveCell) -> None:
