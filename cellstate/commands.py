@@ -232,6 +232,17 @@ class SetQuota:
 
 
 @attrs.frozen(slots=True)
+class SetWeights:
+    """Set owners' fair-share weights (rules 5): each scheduler orders pending jobs
+    within a band by their owner's dominant share divided by its weight. An owner
+    not named keeps its weight; 1 is every owner's default, so setting 1 forgets it."""
+
+    weights: dict[str, float]
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
 class ReportScheduler:
     """A scheduler's own figures and its explanation of every job it could not
     place, kept in the cell so that `omega status` and `omega explain` can read
@@ -263,6 +274,7 @@ Command = (
     | ScaleJob
     | PromoteJob
     | EndRollout
+    | SetWeights
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -283,6 +295,7 @@ COMMAND_TYPES: dict[str, type] = {
     "scale_job": ScaleJob,
     "promote_job": PromoteJob,
     "end_rollout": EndRollout,
+    "set_weights": SetWeights,
 }
 
 # -- results ----------------------------------------------------------------------

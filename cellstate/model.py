@@ -34,7 +34,10 @@ from cellstate.resources import REQUIRED, Resources
 #    `budget_exceeded`; a drain's deadline evicts what is left.
 # 4: every machine records the version and actor of its last change, and a
 #    rejected claim names them (`Machine.changed`, `Rejection.by`/`at`).
-RULES = 4
+# 5: owners have fair-share weights (`SetWeights`; refused under older rules,
+#    which an older release cannot decode).
+RULES = 5
+MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
 MAX_LABELS = 64

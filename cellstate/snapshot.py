@@ -18,6 +18,9 @@ time a task became healthy and what it replaces; a machine's drain deadline.
 Under rules 4 a machine row ends with one more column, `[version, actor]`
 of its last change (`Machine.changed`), written only when known: rows
 without it (older format-3 snapshots) load with None and dump as they were.
+Under rules 5 a snapshot may end with `weights`, `[[owner, weight], ...]`
+sorted by owner, written only when some owner's weight is not 1: older
+snapshots lack it and dump as they were.
 Format 2 loads as jobs of one version with a task per index.
 
 Format 2 writes the cell's rules (`model.RULES`) and resource vectors as
@@ -131,6 +134,9 @@ def dump(cell: CellState) -> bytes:
             for cid, (version, result) in cell.recent.items()
         ],
     }
+    # Last and only when set (rules 5), so a snapshot without weights dumps as it was.
+    if cell.weights:
+        doc["weights"] = sorted(cell.weights.items())
     return orjson.dumps(doc)
 
 
@@ -238,6 +244,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
         cell.schedulers[structured.name] = structured
     for cid, version, result in doc["recent"]:
         cell.recent[cid] = (version, internal.structure(result, RESULT))
+    cell.weights = {owner: weight for owner, weight in doc.get("weights", ())}
 
 
 def _load_job(cell: CellState, row: list[Any]) -> None:

@@ -60,6 +60,7 @@ from cellstate.commands import (
     ScaleJob,
     SetMachineState,
     SetQuota,
+    SetWeights,
     Stale,
     SubmitJob,
     TaskEvicted,
@@ -73,6 +74,7 @@ from cellstate.ledger import EMPTY, Account, Ledger, Need
 from cellstate.model import (
     ACTIVE_STATES,
     MAX_TASKS_PER_JOB,
+    MAX_WEIGHT,
     NAME_RE,
     OWNER_RE,
     RULES,
@@ -104,6 +106,8 @@ TERMINAL = TERMINAL_STATES
 LIFECYCLE_RULES = 3
 # The rules that first record who last changed each machine (`Machine.changed`).
 ATTRIBUTION_RULES = 4
+# The rules that first know owners' fair-share weights (`SetWeights`).
+FAIR_RULES = 5
 
 
 class CellState:
@@ -132,6 +136,8 @@ class CellState:
         # Quota set and taken per owner and band; machines' books are on each
         # `Machine.account`. Quota limits are serialised, the rest derived.
         self.ledger = Ledger()
+        # Owners' fair-share weights (rules 5); an owner not here weighs 1.
+        self.weights: dict[str, float] = {}
         # Derived (rebuilt on restore, never serialised):
         # Device names the cell's machines, jobs and quotas use (`MAX_CELL_DEVICE_KINDS`).
         self.device_kinds: set[str] = set()
@@ -741,6 +747,38 @@ class CellState:
         )
         return Ok()
 
+    def _set_weights(self, cmd: SetWeights, events: list[Event]) -> Result:
+        if self.rules < FAIR_RULES:
+            return Error(
+                "rules_too_old",
+                f"weights need rules {FAIR_RULES}; this cell runs rules {self.rules}",
+                "weights",
+            )
+        if not cmd.weights:
+            return Error("invalid", "name at least one owner's weight", "weights")
+        # Judged whole before any is kept: a refused command changes nothing.
+        for owner, weight in cmd.weights.items():
+            if not OWNER_RE.match(owner):
+                return Error(
+                    "invalid_owner",
+                    f"owner {owner!r} must match {OWNER_RE.pattern}",
+                    f"weights.{owner}",
+                )
+            # `not <` also refuses NaN.
+            if not 0 < weight <= MAX_WEIGHT:
+                return Error(
+                    "invalid_weight",
+                    f"weight {weight!r} of owner {owner!r} must be above 0 and at most "
+                    f"{MAX_WEIGHT:g}",
+                    f"weights.{owner}",
+                )
+        for owner, weight in cmd.weights.items():
+            if weight == 1:
+                self.weights.pop(owner, None)
+            else:
+                self.weights[owner] = float(weight)
+        return Ok()
+
     def _admit_devices(self, vectors: list[Resources], field: str) -> Error | None:
         """Record the device kinds `vectors` name, or refuse them (changing nothing) if
         the cell would know more than `MAX_CELL_DEVICE_KINDS`."""
@@ -1167,6 +1205,7 @@ ACTORS: dict[type, str] = {
     SubmitJob: "operator",
     KillJob: "operator",
     SetQuota: "operator",
+    SetWeights: "operator",
     UpdateJob: "operator",
     RevertJob: "operator",
     ScaleJob: "operator",
@@ -1188,6 +1227,7 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     Heartbeat: CellState._heartbeat,
     ExpireHeartbeats: CellState._expire_heartbeats,
     SetQuota: CellState._set_quota,
+    SetWeights: CellState._set_weights,
     ReportScheduler: CellState._report_scheduler,
     RaiseRules: CellState._raise_rules,
     UpdateJob: CellState._update_job,

@@ -231,6 +231,17 @@ def list_quotas(cell: CellState) -> list[dict[str, Any]]:
     ]
 
 
+def list_weights(cell: CellState) -> list[dict[str, Any]]:
+    """Every owner with a weight set or regular tasks placed: its weight, dominant
+    share and weighted share (`cellstate.fairshare`)."""
+    from cellstate.fairshare import shares
+
+    return [
+        {"owner": owner, "weight": weight, "share": share, "weighted_share": share / weight}
+        for owner, (weight, share) in shares(cell).items()
+    ]
+
+
 def cell_summary(cell: CellState) -> dict[str, Any]:
     tasks: dict[str, int] = {}
     for job in cell.jobs.values():

@@ -9,7 +9,7 @@ the Raft log, so the log only ever holds well-typed commands.
 Typed endpoints (added by `endpoints`, all under the bearer token):
 - `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`
 - `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`, `GET /v1/machines`,
-  `GET /v1/quotas`
+  `GET /v1/quotas`, `GET /v1/weights` (fair-share weights and shares; `POST` sets them)
 - `POST /v1/transactions` `{"txn": {...}}` commit one transaction
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
 - `POST /v1/schedulers/report` a scheduler's figures and explanations
@@ -221,6 +221,9 @@ def endpoints(
     async def quotas(request: Request) -> Response:
         return await read(lambda cell: {"quotas": cell_views.list_quotas(cell)})
 
+    async def weights(request: Request) -> Response:
+        return await read(lambda cell: {"weights": cell_views.list_weights(cell)})
+
     async def summary(request: Request) -> Response:
         return await read(cell_views.cell_summary)
 
@@ -255,6 +258,8 @@ def endpoints(
     router.add("POST", "/v1/machines/state", command_endpoint("set_machine_state"))
     router.add("POST", "/v1/quotas", command_endpoint("set_quota"))
     router.add("GET", "/v1/quotas", quotas)
+    router.add("POST", "/v1/weights", command_endpoint("set_weights"))
+    router.add("GET", "/v1/weights", weights)
     router.add("POST", "/v1/schedulers/report", command_endpoint("report_scheduler"))
     router.add("GET", "/v1/cell", summary)
     router.add("GET", "/v1/explain", explain)

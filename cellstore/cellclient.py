@@ -73,6 +73,7 @@ WRITE_ROUTES: dict[str, str] = {
     "ReportUsage": "/v1/agents/usage",
     "SetMachineState": "/v1/machines/state",
     "SetQuota": "/v1/quotas",
+    "SetWeights": "/v1/weights",
     "ReportScheduler": "/v1/schedulers/report",
 }
 JOBS = "/v1/jobs"
@@ -83,7 +84,8 @@ MACHINES = "/v1/machines"
 CELL = "/v1/cell"
 EXPLAIN = "/v1/explain"
 QUOTAS = "/v1/quotas"
-READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, QUOTAS)
+WEIGHTS = "/v1/weights"
+READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, QUOTAS, WEIGHTS)
 CONNECT_TIMEOUT_S = 1.0  # as `StoreClient`'s
 STATUS = "/v1/status"  # the store's own (`cellstore.client.STATUS`): importing it brings httpx
 AGENT_LOGS = "/v1/logs"  # served by each agent (`agents.logserver`), not by the replicas
@@ -229,6 +231,13 @@ class QuotaView(TypedDict):
     band: str
     limit: ResourceView | None  # None: unlimited
     taken: ResourceView
+
+
+class WeightView(TypedDict):
+    owner: str
+    weight: float
+    share: float  # dominant share: max over dimensions of held / cell capacity
+    weighted_share: float  # share / weight: what schedulers order by
 
 
 class SchedulerSummary(TypedDict):
@@ -410,6 +419,12 @@ class _Calls:
         return _Calls.write(SetQuota(owner, band, limit, id=id or ids.new_command_id()))
 
     @staticmethod
+    def set_weights(weights: Mapping[str, float], id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import SetWeights
+
+        return _Calls.write(SetWeights(dict(weights), id=id or ids.new_command_id()))
+
+    @staticmethod
     def report_scheduler(
         name: str,
         kind: SchedulerClass,
@@ -461,6 +476,10 @@ class _Calls:
     @staticmethod
     def quotas() -> Call[list[QuotaView]]:
         return Call("GET", QUOTAS, _key("quotas"))
+
+    @staticmethod
+    def weights() -> Call[list[WeightView]]:
+        return Call("GET", WEIGHTS, _key("weights"))
 
     @staticmethod
     def explain(target: str) -> Call[Explanation]:
@@ -594,6 +613,12 @@ class CellClient:
     ) -> Applied[Ok]:
         return await self._run(_Calls.set_quota(owner, band, limit, id))
 
+    async def set_weights(
+        self, weights: Mapping[str, float], *, id: str | None = None
+    ) -> Applied[Ok]:
+        """Set owners' fair-share weights (others keep theirs); all or none."""
+        return await self._run(_Calls.set_weights(weights, id))
+
     async def report_scheduler(
         self,
         name: str,
@@ -633,6 +658,10 @@ class CellClient:
 
     async def quotas(self) -> list[QuotaView]:
         return await self._run(_Calls.quotas())
+
+    async def weights(self) -> list[WeightView]:
+        """Owners' fair-share weights and dominant shares."""
+        return await self._run(_Calls.weights())
 
     async def explain(self, target: str) -> Explanation:
         """Why a job or task is where it is (`target` is a job or task id)."""
@@ -1003,6 +1032,10 @@ class SyncCellClient:
     ) -> Applied[Ok]:
         return self._run(_Calls.set_quota(owner, band, limit, id))
 
+    def set_weights(self, weights: Mapping[str, float], *, id: str | None = None) -> Applied[Ok]:
+        """Set owners' fair-share weights (others keep theirs); all or none."""
+        return self._run(_Calls.set_weights(weights, id))
+
     # reads
 
     def job(self, job: str) -> JobView:
@@ -1031,6 +1064,10 @@ class SyncCellClient:
 
     def quotas(self) -> list[QuotaView]:
         return self._run(_Calls.quotas())
+
+    def weights(self) -> list[WeightView]:
+        """Owners' fair-share weights and dominant shares."""
+        return self._run(_Calls.weights())
 
     def explain(self, target: str) -> Explanation:
         return self._run(_Calls.explain(target))

@@ -704,4 +704,5 @@ bench_app.command(
 # that they find this module's helpers defined): changing running work, and the cell's settings.
 from omega import admin as _admin  # noqa: E402, F401
 from omega import events as _events  # noqa: E402, F401
+from omega import fairshare as _fairshare  # noqa: E402, F401
 from omega import lifecycle as _lifecycle  # noqa: E402, F401

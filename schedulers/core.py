@@ -16,7 +16,9 @@ decision), and the cell is read, never changed.
 Which work a core takes: pending jobs of its scheduler class and its shard
 (`zlib.crc32(job id) % n == i`), not killed, not parked, ordered by
 (-priority, submission time, job id), highest band first; within a band the
-claim budget (`max_claims`) is shared round-robin across jobs. A gang job goes
+claim budget (`max_claims`) is shared round-robin across jobs, or, when the
+band holds jobs of several owners, by the owners' weighted dominant shares
+(weighted DRF, `schedulers.fairshare`) and round-robin within an owner. A gang job goes
 whole and alone, in an all-or-nothing transaction.
 
 Attempts and parking: every decision that considers a job is one attempt,
@@ -49,12 +51,14 @@ from cellstate import (
     Verdict,
     reasons,
 )
+from cellstate.fairshare import owner_usage
 from schedulers import lifecycle
 from schedulers.context import DecisionContext
 from schedulers.explain import Explanation, JobMetric
+from schedulers.fairshare import Shares, fair_fill
 from schedulers.metrics import SchedulerFigures
 from schedulers.stack import stack_for
-from schedulers.table import table_for
+from schedulers.table import MachineTable, table_for
 
 PENDING = TaskState.PENDING
 
@@ -161,8 +165,12 @@ class SchedulerCore:
 
     # -- deciding ------------------------------------------------------------------
 
-    def _allot(self, jobs: list[Job]) -> list[tuple[Job, int]]:
-        """How many pending tasks of which jobs this decision takes."""
+    def _allot(
+        self, jobs: list[Job], cell: CellState, table: MachineTable
+    ) -> list[tuple[Job, int]]:
+        """How many pending tasks of which jobs this decision takes: bands in
+        order; within a band of several owners by weighted DRF
+        (`schedulers.fairshare`), of one owner round-robin across its jobs."""
         first = jobs[0]
         if first.spec.gang:
             return [(first, first.counts.get(PENDING, 0))]
@@ -172,10 +180,15 @@ class SchedulerCore:
         allotted: list[tuple[Job, int]] = []
         band_jobs: list[Job] = []
         band = None
+        shares: Shares | None = None
         for job in [*jobs, None]:
             job_band = None if job is None else job.spec.band
             if band_jobs and job_band != band:
-                budget = _round_robin(band_jobs, budget, allotted)
+                if len({j.spec.owner for j in band_jobs}) > 1:
+                    shares = shares or self._shares(cell, table)
+                    budget = fair_fill(band_jobs, budget, shares, allotted)
+                else:
+                    budget = _round_robin(band_jobs, budget, allotted)
                 band_jobs = []
                 if budget == 0:
                     break
@@ -183,6 +196,24 @@ class SchedulerCore:
                 band = job_band
                 band_jobs.append(job)
         return allotted
+
+    def _shares(self, cell: CellState, table: MachineTable) -> Shares:
+        """Owners' shares as this copy sees them, with what is free in total on
+        machines that are up as the bound (none for a preempting stack)."""
+        up = table.up[: table.n]
+        capacity = table.capacity[: table.n][up].sum(axis=0)
+        free = None
+        if not self.stack.preempt:
+            rooms = table.be_free if self.stack.best_effort else table.free
+            free = dict(
+                zip(table.dims, (int(x) for x in rooms[: table.n][up].sum(axis=0)), strict=True)
+            )
+        return Shares(
+            owner_usage(cell),
+            dict(zip(table.dims, (int(x) for x in capacity), strict=True)),
+            cell.weights,
+            free,
+        )
 
     def decide(self, cell: CellState, now: float) -> Decision | None:
         """Build one transaction against `cell`; None if there is nothing to claim.
@@ -202,7 +233,7 @@ class SchedulerCore:
         metrics: dict[str, JobMetric] = {}
         unclaimed: dict[str, int] = {}
         gang = False
-        for job, count in self._allot(jobs) if jobs else ():
+        for job, count in self._allot(jobs, cell, table) if jobs else ():
             jid = job.id
             if jid not in self._seen:
                 self._seen.add(jid)
