@@ -15,6 +15,7 @@ import attrs
 
 from cellstate.model import (
     Band,
+    Claim,
     CommitResult,
     JobSpec,
     MachineSpec,
@@ -56,6 +57,33 @@ class SetMachineState:
 class SubmitJob:
     job: str
     spec: JobSpec
+    at: float = 0.0
+    id: str = ""
+
+
+@attrs.frozen(slots=True)
+class SubmitPlan:
+    """Submit `job` and place it exactly as a plan read the cell (rules 5):
+    `omega plan` ran the real scheduler core on a snapshot and recorded each
+    claim with the sequence number of its machine; `omega submit --plan` sends
+    them back. One command, so one log entry, does both or neither:
+
+    - if any claimed machine's sequence number moved since the plan read it,
+      the whole command is refused `plan_stale`, naming those machines, and
+      nothing is submitted;
+    - otherwise the job is submitted and its claims committed all-or-nothing
+      under the coarse rule; if one is refused (quota, which spans machines),
+      the submission is taken back too and the command is refused
+      `plan_refused` with the claims' reasons.
+
+    Why not `SubmitJob` then a coarse all-or-nothing `Commit`: between two log
+    entries the job's scheduler may place its pending tasks itself, and a stale
+    plan would leave a job submitted without its plan. Tasks the plan did not
+    place stay pending for the job's scheduler, as after any submission."""
+
+    job: str
+    spec: JobSpec
+    claims: tuple[Claim, ...]
     at: float = 0.0
     id: str = ""
 
@@ -275,6 +303,7 @@ Command = (
     | PromoteJob
     | EndRollout
     | SetWeights
+    | SubmitPlan
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -296,6 +325,7 @@ COMMAND_TYPES: dict[str, type] = {
     "promote_job": PromoteJob,
     "end_rollout": EndRollout,
     "set_weights": SetWeights,
+    "submit_plan": SubmitPlan,
 }
 
 # -- results ----------------------------------------------------------------------

@@ -34,8 +34,9 @@ from cellstate.resources import REQUIRED, Resources
 #    `budget_exceeded`; a drain's deadline evicts what is left.
 # 4: every machine records the version and actor of its last change, and a
 #    rejected claim names them (`Machine.changed`, `Rejection.by`/`at`).
-# 5: owners have fair-share weights (`SetWeights`; refused under older rules,
-#    which an older release cannot decode).
+# 5: owners have fair-share weights (`SetWeights`), and a job may be submitted
+#    with the placements a plan read (`SubmitPlan`); both are refused under
+#    older rules, whose releases cannot decode them.
 RULES = 5
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1

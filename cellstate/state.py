@@ -63,6 +63,7 @@ from cellstate.commands import (
     SetWeights,
     Stale,
     SubmitJob,
+    SubmitPlan,
     TaskEvicted,
     TaskHealthChanged,
     TaskPlaced,
@@ -83,6 +84,7 @@ from cellstate.model import (
     Band,
     CellConfig,
     CommitResult,
+    ConflictMode,
     Job,
     JobSpec,
     Machine,
@@ -92,6 +94,7 @@ from cellstate.model import (
     RolloutState,
     Task,
     TaskState,
+    Transaction,
     TxnMode,
     task_id,
 )
@@ -378,6 +381,78 @@ class CellState:
         self.pending_jobs[job.id] = None
         events.append(JobSubmitted(job.id))
         return Ok()
+
+    def _submit_plan(self, cmd: SubmitPlan, events: list[Event]) -> Result:
+        """See `SubmitPlan`: both or neither."""
+        if self.rules < FAIR_RULES:
+            return Error(
+                "rules_too_old",
+                f"planned submissions need rules {FAIR_RULES}; this cell runs rules {self.rules}",
+                "claims",
+            )
+        if cmd.job in self.jobs:
+            return Error("job_exists", f"job {cmd.job!r} exists; plan again", "job")
+        mine = {task_id(cmd.job, i) for i in range(cmd.spec.tasks)}
+        moved = []
+        for i, claim in enumerate(cmd.claims):
+            if claim.task not in mine or claim.replace:
+                return Error(
+                    "invalid", f"claim of {claim.task!r} is not of job {cmd.job!r}", f"claims[{i}]"
+                )
+            machine = self.machines.get(claim.machine)
+            if machine is None:
+                moved.append(f"{claim.machine} (gone)")
+            elif machine.seqnum != claim.seqnum:
+                by = (
+                    f" by {machine.changed[1]} at version {machine.changed[0]}"
+                    if machine.changed
+                    else ""
+                )
+                moved.append(f"{machine.id} (seqnum {claim.seqnum} -> {machine.seqnum}{by})")
+        if moved:
+            unique = list(dict.fromkeys(moved))
+            return Error(
+                "plan_stale",
+                f"machines changed since the plan: {', '.join(unique)}; nothing was submitted",
+                "claims",
+            )
+        kinds = set(self.device_kinds)
+        submitted: list[Event] = []
+        result = self._submit_job(SubmitJob(cmd.job, cmd.spec, cmd.at, cmd.id), submitted)
+        if not isinstance(result, Ok):
+            return result
+        if not cmd.claims:
+            events.extend(submitted)
+            return CommitResult()
+        txn = Transaction(
+            "plan", cmd.claims, self.version, TxnMode.ALL_OR_NOTHING, ConflictMode.COARSE
+        )
+        placed: list[Event] = []
+        committed = self._commit(Commit(txn, cmd.at, cmd.id), placed)
+        assert isinstance(committed, CommitResult)
+        if committed.rejected:
+            self._unsubmit(self.jobs[cmd.job])
+            self.device_kinds = kinds
+            why = sorted(
+                {f"{r.reason} on {r.machine}" for r in committed.rejected if r.reason != "aborted"}
+            )
+            return Error(
+                "plan_refused",
+                f"the plan's claims were refused ({'; '.join(why)}); nothing was submitted",
+                "claims",
+            )
+        events.extend(submitted)
+        events.extend(placed)
+        return committed
+
+    def _unsubmit(self, job: Job) -> None:
+        """Take back a submission that placed nothing (`_submit_plan`)."""
+        for tid in job.task_ids:
+            del self.tasks[tid]
+        del self.jobs[job.id]
+        self.pending_jobs.pop(job.id, None)
+        self.unsettled.pop(job.id, None)
+        self.needs.pop(job.id, None)
 
     def _kill_job(self, cmd: KillJob, events: list[Event]) -> Result:
         job = self.jobs.get(cmd.job)
@@ -1206,6 +1281,7 @@ ACTORS: dict[type, str] = {
     KillJob: "operator",
     SetQuota: "operator",
     SetWeights: "operator",
+    SubmitPlan: "plan",
     UpdateJob: "operator",
     RevertJob: "operator",
     ScaleJob: "operator",
@@ -1228,6 +1304,7 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     ExpireHeartbeats: CellState._expire_heartbeats,
     SetQuota: CellState._set_quota,
     SetWeights: CellState._set_weights,
+    SubmitPlan: CellState._submit_plan,
     ReportScheduler: CellState._report_scheduler,
     RaiseRules: CellState._raise_rules,
     UpdateJob: CellState._update_job,

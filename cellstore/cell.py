@@ -7,7 +7,8 @@ clock and an id if it has none, and re-encoded canonically before it enters
 the Raft log, so the log only ever holds well-typed commands.
 
 Typed endpoints (added by `endpoints`, all under the bearer token):
-- `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`
+- `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`;
+  `POST /v1/jobs/planned` `{"job", "spec", "claims"}` submit placed as planned, or nothing
 - `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`, `GET /v1/machines`,
   `GET /v1/quotas`, `GET /v1/weights` (fair-share weights and shares; `POST` sets them)
 - `POST /v1/transactions` `{"txn": {...}}` commit one transaction
@@ -126,7 +127,7 @@ async def commit_one(replica: Replica, document: dict[str, Any]) -> Response:
         error = answer["result"]
         status = (
             409
-            if error["code"] in ("job_exists",)
+            if error["code"] in ("job_exists", "plan_stale", "plan_refused")
             else (404 if error["code"].endswith("_unknown") else 400)
         )
         raise ApiError(status, error["code"], error["message"], error.get("field"))
@@ -243,6 +244,7 @@ def endpoints(
     router.add("POST", "/v1/jobs", submit)
     router.add("GET", "/v1/jobs", jobs)
     router.add("POST", "/v1/jobs/kill", kill)
+    router.add("POST", "/v1/jobs/planned", command_endpoint("submit_plan"))
     router.add("POST", "/v1/jobs/update", command_endpoint("update_job"))
     router.add("POST", "/v1/jobs/revert", command_endpoint("revert_job"))
     router.add("POST", "/v1/jobs/scale", command_endpoint("scale_job"))

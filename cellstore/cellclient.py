@@ -37,6 +37,7 @@ from cellstore import ids
 if TYPE_CHECKING:
     from cellstate import (
         Band,
+        Claim,
         CommitResult,
         JobSpec,
         MachineSpec,
@@ -61,6 +62,7 @@ RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 # command's own fields as their body.
 WRITE_ROUTES: dict[str, str] = {
     "SubmitJob": "/v1/jobs",
+    "SubmitPlan": "/v1/jobs/planned",
     "KillJob": "/v1/jobs/kill",
     "UpdateJob": "/v1/jobs/update",
     "RevertJob": "/v1/jobs/revert",
@@ -341,6 +343,15 @@ class _Calls:
         return Call(write.method, write.path, submitted, write.body, leader=True)
 
     @staticmethod
+    def submit_plan(
+        job: str, spec: JobSpec, claims: Sequence[Claim], id: str | None
+    ) -> Call[Applied[CommitResult]]:
+        from cellstate import CommitResult, SubmitPlan
+
+        command = SubmitPlan(job, spec, tuple(claims), id=id or ids.new_command_id())
+        return _Calls.write(command, _expect(CommitResult))
+
+    @staticmethod
     def kill(job: str, id: str | None) -> Call[Applied[Ok]]:
         from cellstate import KillJob
 
@@ -552,6 +563,13 @@ class CellClient:
     ) -> Submitted:
         """Submit a job of `spec`, as `job` or as a fresh `NAME-xxxxxx` id."""
         return await self._run(_Calls.submit(spec, job, id))
+
+    async def submit_plan(
+        self, job: str, spec: JobSpec, claims: Sequence[Claim], *, id: str | None = None
+    ) -> Applied[CommitResult]:
+        """Submit `job` placed by `claims` if none of their machines changed since
+        their seqnums, else nothing (`cellstate.SubmitPlan`)."""
+        return await self._run(_Calls.submit_plan(job, spec, claims, id))
 
     async def update(self, job: str, spec: JobSpec, *, id: str | None = None) -> Applied[Ok]:
         """Make `spec` the job's next version (a rollout if what runs changed)."""
@@ -998,6 +1016,13 @@ class SyncCellClient:
 
     def commit(self, txn: Transaction, *, id: str | None = None) -> Applied[CommitResult]:
         return self._run(_Calls.commit(txn, id))
+
+    def submit_plan(
+        self, job: str, spec: JobSpec, claims: Sequence[Claim], *, id: str | None = None
+    ) -> Applied[CommitResult]:
+        """Submit `job` placed by `claims` if none of their machines changed since
+        their seqnums, else nothing (`cellstate.SubmitPlan`)."""
+        return self._run(_Calls.submit_plan(job, spec, claims, id))
 
     def register_machines(
         self, machines: Sequence[MachineSpec], *, id: str | None = None

@@ -302,6 +302,14 @@ def submit(
         ),
     ] = 5.0,
     as_json: AsJson = False,
+    plan_token: Annotated[
+        str,
+        typer.Option(
+            "--plan",
+            help="A token from `omega plan FILE`: place the job exactly as planned, or "
+            "submit nothing if a planned machine changed since.",
+        ),
+    ] = "",
 ) -> None:
     """Submit a job from a spec file."""
     from omega.specfile import SpecFileError, load_spec
@@ -310,6 +318,15 @@ def submit(
         spec = load_spec(file)
     except SpecFileError as exc:
         fail(str(exc), 2)
+    if plan_token:
+        from omega.plan import submit_planned
+
+        planned = submit_planned(addr, token, spec, plan_token, job_id)
+        if wait:
+            from omega.waiting import wait_for_job
+
+            wait_for_job(addr, token, planned, spec.tasks, timeout, blocked_timeout)
+        return
     # The client chooses the job id once, so that a retried request submits one job.
     submitted = call(addr, token, lambda cell: cell.submit(spec, job_id or None))
     if as_json:
@@ -706,3 +723,4 @@ from omega import admin as _admin  # noqa: E402, F401
 from omega import events as _events  # noqa: E402, F401
 from omega import fairshare as _fairshare  # noqa: E402, F401
 from omega import lifecycle as _lifecycle  # noqa: E402, F401
+from omega import plan as _plan  # noqa: E402, F401
