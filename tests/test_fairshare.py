@@ -83,6 +83,8 @@ def _flood(weights: dict[str, float]) -> tuple[CellState, dict[str, int]]:
 
 
 def test_an_owner_flooding_the_cell_no_longer_starves_another():
+    """Before weighted DRF the budget went round-robin across jobs in submission order
+    and the first placed filled the cell: team-a took all 80 slots, team-b none."""
     _, placed = _flood({})
     assert placed == {"team-a": 40, "team-b": 40}
     cell, placed = _flood({"team-a": 3})

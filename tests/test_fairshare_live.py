@@ -69,6 +69,8 @@ def test_weights_split_freed_room_3_to_1(tmp_path):
             lambda: (p := placed()).get("flood-a", 0) + p.get("flood-b", 0) == SLOTS and p,
         )
         assert got["flood-a"] == 3 * SLOTS // 4 and got["flood-b"] == SLOTS // 4, got
+        shown = cell.omega("weights", "get").stdout
+        assert "team-a" in shown and "75.0%" in shown and "25.0%" in shown, shown
         shares = {w["owner"]: w for w in cell.json("weights", "get")}
         assert shares["team-a"]["weighted_share"] == pytest.approx(
             shares["team-b"]["weighted_share"], rel=0.1
