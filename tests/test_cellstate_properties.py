@@ -52,9 +52,11 @@ from cellstate import (
     SchedulerClass,
     SetMachineState,
     SetQuota,
+    SetWeights,
     Stop,
     StopReason,
     SubmitJob,
+    SubmitPlan,
     TaskReport,
     TaskState,
     TaskUsage,
@@ -100,7 +102,8 @@ class CellMachine(RuleBasedStateMachine):
         self.twin.apply(command)
         result = outcome.result
         refused = isinstance(result, Error) or (
-            isinstance(result, CommitResult)
+            isinstance(command, Commit)
+            and isinstance(result, CommitResult)
             and result.accepted == 0
             and len(result.rejected)
             == len(command.txn.claims) + len(command.txn.stops) + len(command.txn.verdicts)
@@ -355,6 +358,31 @@ class CellMachine(RuleBasedStateMachine):
         owner = data.draw(st.sampled_from(["alice", "bob"]))
         self.apply(SetQuota(owner, Band.BATCH, limit, at=self.at))
 
+    def op_weights(self, data):
+        owner = data.draw(st.sampled_from(["alice", "bob", "Bad Owner"]))
+        weight = data.draw(st.sampled_from([0.5, 1.0, 3.0, 0.0, -2.0]))
+        self.apply(SetWeights({owner: weight}, at=self.at))
+
+    def op_plan(self, data):
+        """A planned submission: claims read at the machine's seqnum or a stale one;
+        refused whole (nothing submitted, `apply` checks) or placed whole."""
+        self.jobs += 1
+        jid = f"j{self.jobs}"
+        tasks = data.draw(st.integers(1, 3))
+        spec = JobSpec(
+            name=jid,
+            owner=data.draw(st.sampled_from(["alice", "bob"])),
+            scheduler=SchedulerClass.BATCH,
+            resources=Resources(data.draw(st.sampled_from([500, 1500, 4000])), GI // 2),
+            tasks=tasks,
+        )
+        claims = []
+        for index in range(data.draw(st.integers(0, tasks))):
+            machine = self.cell.machines[data.draw(st.sampled_from(sorted(self.cell.machines)))]
+            stale = data.draw(st.sampled_from([0, 0, 0, 1]))
+            claims.append(Claim(f"{jid}.{index}", machine.id, machine.seqnum - stale))
+        self.apply(SubmitPlan(jid, spec, tuple(claims), at=self.at, id=f"plan-{self.jobs}"))
+
     # Weighted so that most steps commit, report and evict, which is where
     # the promises are at risk.
     OPS = (
@@ -364,7 +392,7 @@ class CellMachine(RuleBasedStateMachine):
         + ["usage"] * 3
         + ["view"] * 2
         + ["update", "lifecycle", "lifecycle"]
-        + ["register", "machine_state", "heartbeats", "kill", "quota"]
+        + ["register", "machine_state", "heartbeats", "kill", "quota", "weights", "plan"]
     )
 
     @rule(data=st.data())
