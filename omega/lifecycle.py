@@ -178,7 +178,8 @@ def promote(
     console().print(f"job [bold]{job}[/bold] promoted")
 
 
-@app.command()
+# A negative count is an argument to refuse by name, not an unknown option.
+@app.command(context_settings={"ignore_unknown_options": True})
 def scale(
     job: Annotated[str, typer.Argument(help="The job.")],
     tasks: Annotated[int, typer.Argument(help="How many tasks it should run.")],

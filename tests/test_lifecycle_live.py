@@ -112,8 +112,9 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
             assert checker.worst <= 2, checker.worst
 
         # Bad input changes nothing and names what is wrong.
-        bad = cell.omega("scale", "web", "0", check=False)
-        assert bad.returncode == 2 and "tasks" in bad.stderr
+        for count in ("0", "-1"):
+            bad = cell.omega("scale", "web", count, check=False)
+            assert bad.returncode == 2 and f"tasks: {count} is out of range" in bad.stderr
         gone = cell.omega("update", "nope", str(EXAMPLE), check=False)
         assert gone.returncode == 1 and "job_unknown" in gone.stderr
         other = yaml.safe_load(EXAMPLE.read_text())
