@@ -465,6 +465,7 @@ class Agent:
                         report=self.report,
                         detach_on_exit=config.detach,
                         task_user=config.task_user,
+                        on_probe=self.metrics.probed,
                     )
                 )
                 from agents.logserver import serve_logs

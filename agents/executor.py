@@ -158,8 +158,12 @@ class Executor(ReportingExecutor):
         backoff: Backoff | None = None,
         poll_interval: float = 0.5,
         task_user: str | None = None,
+        on_probe: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.machine = machine
+        # Told of every health-check probe's verdict (its kind, passed): the
+        # agent's metrics count failed probes, not only unhealthy tasks.
+        self._on_probe = on_probe
         self.work_dir = Path(work_dir)
         # Tasks run as this user when set (the agent must be root): a task then
         # cannot read the agent's or the store's private files.
@@ -423,6 +427,8 @@ class Executor(ReportingExecutor):
         misses = 0
         while True:
             passed = await probe(check, run.dir, env, preexec)
+            if passed is not None and self._on_probe is not None:
+                self._on_probe(check.kind, passed)
             if passed is not None:
                 misses = 0 if passed else misses + 1
             verdict = True if passed else False if misses >= check.failures else healthy
@@ -692,6 +698,7 @@ async def open_executor(
     poll_interval: float = 0.5,
     detach_on_exit: bool = False,
     task_user: str | None = None,
+    on_probe: Callable[[str, bool], None] | None = None,
 ) -> AsyncIterator[Executor]:
     """An `Executor` whose supervisors live in a nursery owned by this context.
 
@@ -710,6 +717,7 @@ async def open_executor(
             backoff=backoff,
             poll_interval=poll_interval,
             task_user=task_user,
+            on_probe=on_probe,
         )
         try:
             yield executor

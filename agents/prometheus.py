@@ -5,7 +5,8 @@ Gauges read at scrape from the agent's copy of the cell: `omega_agent_tasks{stat
 tasks placed on its machines by state, and `omega_agent_machines`. Counted as the agent's
 executors report: `omega_agent_task_failures_total{reason}` (`oom`, `signal`, `unhealthy`,
 `start_error`, ...: the reason code before any `:` detail), `omega_agent_oom_kills_total`,
-`omega_agent_unhealthy_total` (running tasks whose health check verdict turned false).
+`omega_agent_unhealthy_total` (running tasks whose health check verdict turned false),
+`omega_agent_check_probes_total{kind,result}` (every health-check probe: `passed`, `failed`).
 `omega_agent_request_seconds{what}`: time from a report, heartbeat, usage or register batch
 to the cell's acknowledgement, retries included.
 """
@@ -43,6 +44,12 @@ class AgentMetrics:
             "Running tasks whose health check verdict turned false.",
             registry=self.registry,
         )
+        self.probes = Counter(
+            "omega_agent_check_probes",
+            "Health-check probes run on tasks, by kind and result.",
+            ["kind", "result"],
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "omega_agent_request_seconds",
             "Time until the cell acknowledged a batch, retries included.",
@@ -53,6 +60,9 @@ class AgentMetrics:
 
     def watch(self, agent: Agent) -> None:
         self.registry.register(_TaskGauges(agent))
+
+    def probed(self, kind: str, passed: bool) -> None:
+        self.probes.labels(kind, "passed" if passed else "failed").inc()
 
     def reported(self, report: TaskReport) -> None:
         if report.state is ReportedState.FAILED:

@@ -121,14 +121,23 @@ def test_failing_exec_check_kills_and_restarts_on_failure(limits, tmp_path: Path
 def test_failing_check_with_restart_never_ends_failed_unhealthy(limits, tmp_path: Path):
     rec = Recorder()
     check = HealthCheck(exec=("/bin/false",), interval=0.2, timeout=0.2, failures=3)
+    probes: list[tuple[str, bool]] = []
 
     async def main() -> None:
-        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+        async with open_executor(
+            machine="m1",
+            work_dir=tmp_path,
+            limits=limits,
+            report=rec,
+            on_probe=lambda kind, passed: probes.append((kind, passed)),
+        ) as ex:
             ex.start("svc.0", 1, TaskSpec(argv=FOREVER, grace_period=1.0, check=check))
             final = await rec.wait_final("svc.0")
             assert final.state is ReportedState.FAILED and final.reason == "unhealthy"
             assert ex.running() == []
         assert verdicts(rec, "svc.0") == [False]
+        # Every failed probe is told, not only the verdict they add up to.
+        assert probes == [("exec", False)] * 3
 
     trio.run(main)
 
