@@ -259,7 +259,7 @@ class CellState:
                     "invalid", f"{cmd.deadline} is out of range: use 0..2592000 s", "deadline"
                 )
             if self.rules < LIFECYCLE_RULES:
-                return _too_old(self.rules)
+                return _too_old(self.rules, LIFECYCLE_RULES, "drain deadlines", "deadline")
         if self.rules >= LIFECYCLE_RULES:
             deadline = None if cmd.deadline is None else cmd.at + cmd.deadline
             machine.drain_deadline = deadline if cmd.state is MachineState.DRAINING else None
@@ -385,11 +385,7 @@ class CellState:
     def _submit_plan(self, cmd: SubmitPlan, events: list[Event]) -> Result:
         """See `SubmitPlan`: both or neither."""
         if self.rules < FAIR_RULES:
-            return Error(
-                "rules_too_old",
-                f"planned submissions need rules {FAIR_RULES}; this cell runs rules {self.rules}",
-                "claims",
-            )
+            return _too_old(self.rules, FAIR_RULES, "planned submissions", "claims")
         if cmd.job in self.jobs:
             return Error("job_exists", f"job {cmd.job!r} exists; plan again", "job")
         mine = {task_id(cmd.job, i) for i in range(cmd.spec.tasks)}
@@ -479,7 +475,7 @@ class CellState:
 
     def _changeable(self, jid: str) -> Job | Error:
         if self.rules < LIFECYCLE_RULES:
-            return _too_old(self.rules)
+            return _too_old(self.rules, LIFECYCLE_RULES, "jobs that change while they run")
         job = self.jobs.get(jid)
         if job is None:
             return Error("job_unknown", f"no job {jid!r}", "job")
@@ -710,9 +706,16 @@ class CellState:
         if tid in self.tasks:
             job.serial += 1
             tid = task_id(job.id, index, job.serial)
+        task = self._task_of(job, index)
+        task.id, task.submitted_at = tid, at
+        self._enlist(job, task)
+        return task
+
+    def _task_of(self, job: Job, index: int) -> Task:
+        """A task of the job's current version at `index`, not yet part of the cell."""
         spec = job.spec
-        task = Task(
-            id=tid,
+        return Task(
+            id="",
             job=job.id,
             owner=spec.owner,
             index=index,
@@ -721,32 +724,20 @@ class CellState:
             demand=spec.resources.amounts,
             need=self._need_of(job),
             spec_version=job.spec_version,
-            submitted_at=at,
             checked=spec.check is not None,
         )
-        self.tasks[tid] = task
-        job.task_ids[tid] = None
+
+    def _enlist(self, job: Job, task: Task) -> None:
+        """Make a new pending task, with its id, one of the cell's."""
+        self.tasks[task.id] = task
+        job.task_ids[task.id] = None
         job.counts[PENDING] = job.counts.get(PENDING, 0) + 1
         self.pending_jobs[job.id] = None
-        return task
 
     def successor(self, old: Task) -> Task:
         """The task that would replace `old`: its index, its job's current
         version; not yet part of the cell (the commit protocol judges it)."""
-        job = self.jobs[old.job]
-        spec = job.spec
-        return Task(
-            id="",
-            job=job.id,
-            owner=spec.owner,
-            index=old.index,
-            priority=spec.priority,
-            best_effort=spec.band is Band.BEST_EFFORT,
-            demand=spec.resources.amounts,
-            need=self._need_of(job),
-            spec_version=job.spec_version,
-            checked=spec.check is not None,
-        )
+        return self._task_of(self.jobs[old.job], old.index)
 
     def replacement(self, task: Task) -> Task | None:
         """The live task that replaces `task`, if any (one that ended does not)."""
@@ -824,11 +815,7 @@ class CellState:
 
     def _set_weights(self, cmd: SetWeights, events: list[Event]) -> Result:
         if self.rules < FAIR_RULES:
-            return Error(
-                "rules_too_old",
-                f"weights need rules {FAIR_RULES}; this cell runs rules {self.rules}",
-                "weights",
-            )
+            return _too_old(self.rules, FAIR_RULES, "weights", "weights")
         if not cmd.weights:
             return Error("invalid", "name at least one owner's weight", "weights")
         # Judged whole before any is kept: a refused command changes nothing.
@@ -1075,10 +1062,7 @@ class CellState:
         new.submitted_at = at
         new.replaces = old.id
         old.replaced_by = new.id
-        self.tasks[new.id] = new
-        job.task_ids[new.id] = None
-        job.counts[PENDING] = job.counts.get(PENDING, 0) + 1
-        self.pending_jobs[job.id] = None
+        self._enlist(job, new)
         return new
 
     # -- the few primitives every change goes through ----------------------------
@@ -1226,12 +1210,12 @@ class CellState:
         invariants.check(self)
 
 
-def _too_old(rules: int) -> Error:
+def _too_old(rules: int, needed: int, what: str, field: str | None = None) -> Error:
     return Error(
         "rules_too_old",
-        f"this cell still judges by rules {rules}; jobs change while they run from rules "
-        f"{LIFECYCLE_RULES}, which its leader raises once every replica runs this release: "
-        "retry in a moment",
+        f"{what} need rules {needed}; this cell still judges by rules {rules}, which its "
+        "leader raises once every replica runs this release: retry in a moment",
+        field,
     )
 
 
