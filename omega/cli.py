@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from cellstate import JobSpec
+
 # A read command (`omega jobs --json`) must start and answer in well under 150 ms, so this
 # module imports only what every command needs: typer and the blocking cell client. Rich,
 # trio, spec files and the parts' own modules are imported inside the commands that use them.
@@ -92,6 +94,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 T = TypeVar("T")
+
+
+def spec_or_exit(file: Path) -> JobSpec:
+    """The job spec in `file`, or exit 2 naming what is wrong with it."""
+    from omega.specfile import SpecFileError, load_spec
+
+    try:
+        return load_spec(file)
+    except SpecFileError as exc:
+        fail(str(exc), 2)
 
 
 def call(addr: str, token: str, fn: Callable[[SyncCellClient], T]) -> T:
@@ -312,12 +324,7 @@ def submit(
     ] = "",
 ) -> None:
     """Submit a job from a spec file."""
-    from omega.specfile import SpecFileError, load_spec
-
-    try:
-        spec = load_spec(file)
-    except SpecFileError as exc:
-        fail(str(exc), 2)
+    spec = spec_or_exit(file)
     if plan_token:
         from omega.plan import submit_planned
 

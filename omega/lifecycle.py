@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail
+from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail, spec_or_exit
 
 if TYPE_CHECKING:
     from cellstate import JobSpec
@@ -45,12 +45,7 @@ def update(
     as_json: AsJson = False,
 ) -> None:
     """Roll a job over to a new spec version, a few tasks at a time."""
-    from omega.specfile import SpecFileError, load_spec
-
-    try:
-        spec = load_spec(file)
-    except SpecFileError as exc:
-        fail(str(exc), 2)
+    spec = spec_or_exit(file)
     if plan:
         show_plan(addr, token, job, spec, as_json)
         return

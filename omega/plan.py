@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail
+from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail, spec_or_exit
 
 if TYPE_CHECKING:
     from cellstate import Claim, JobSpec
@@ -145,12 +145,8 @@ def plan(
     where, whom they would preempt, what filtered the rest; and a token for
     `omega submit FILE --plan TOKEN`, which commits exactly that placement or nothing."""
     from cellstore.ids import new_job_id
-    from omega.specfile import SpecFileError, load_spec
 
-    try:
-        spec = load_spec(file)
-    except SpecFileError as exc:
-        fail(str(exc), 2)
+    spec = spec_or_exit(file)
     job = job_id or new_job_id(spec.name)
     found = make_plan(call(addr, token, lambda cell: cell.snapshot()), spec, job)
     if "error" in found:
