@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=1000)
     p.add_argument("--max-claims", type=int, default=1000, help="claims per transaction")
     p.add_argument("--report-period", type=float, default=2.0, metavar="S")
+    p.add_argument(
+        "--avoidance",
+        default="on",
+        choices=["on", "off"],
+        help="conflict avoidance: try this scheduler's partition of the machines first, "
+        "rest machines that just conflicted (default: on)",
+    )
     p.add_argument("--seed", type=int, default=None, help="default: a hash of the name")
     p.add_argument(
         "--metrics",
@@ -86,6 +93,7 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
         max_claims=args.max_claims,
         report_period_s=args.report_period,
         seed=args.seed,
+        avoidance=args.avoidance == "on",
     )
 
 

@@ -33,11 +33,19 @@ class DecisionContext:
     """Per-decision scratch state over a synced `MachineTable`."""
 
     def __init__(
-        self, cell: CellState, table: MachineTable, rng: random.Random, sampling: bool
+        self,
+        cell: CellState,
+        table: MachineTable,
+        rng: random.Random,
+        sampling: bool,
+        tiers: np.ndarray | None = None,
     ) -> None:
         self.cell = cell
         self.table = table
         self.sampling = sampling
+        # Per row, the order in which machines are tried (`schedulers.avoid`);
+        # None: all alike.
+        self.tiers = tiers
         self.rng = rng
         # One numpy generator per decision, seeded from the injected rng, so a
         # seed reproduces every choice.

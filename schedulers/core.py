@@ -28,6 +28,10 @@ changes (so an idle cell does not spin). Once a job reaches `max_attempts`
 attempts with tasks still unplaced, it is parked ("blocked") with the reason
 of its last failure; `unpark` brings it back. Tasks whose claims conflicted
 stay pending in the cell and are simply taken again by later decisions.
+
+Conflict avoidance (`avoidance`, `schedulers.avoid`; off unless given, as in
+the simulator's paper models): the core tries the machines of its own
+partition first and rests machines on which it just lost a conflict.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from cellstate import (
 )
 from cellstate.fairshare import owner_usage
 from schedulers import lifecycle
+from schedulers.avoid import Avoidance, Avoider
 from schedulers.context import DecisionContext
 from schedulers.explain import Explanation, JobMetric
 from schedulers.fairshare import Shares, fair_fill
@@ -106,6 +111,7 @@ class SchedulerCore:
         max_attempts: int = 1000,
         max_claims: int = 1000,
         max_jobs: int | None = None,
+        avoidance: Avoidance | None = None,
     ) -> None:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
@@ -124,6 +130,7 @@ class SchedulerCore:
         # live schedulers batch many jobs into one commit for throughput.
         self.max_jobs = max_jobs
         self.stack = stack_for(self.kind)
+        self.avoider = None if avoidance is None else Avoider(name, avoidance)
         self.figures = SchedulerFigures()
         self.attempts: dict[str, int] = {}
         self.parked: dict[str, str] = {}
@@ -227,7 +234,8 @@ class SchedulerCore:
         if not jobs and not changing:
             return None
         self.figures.decisions += 1
-        ctx = DecisionContext(cell, table, self.rng, self.sampling)
+        tiers = None if self.avoider is None else self.avoider.tiers(cell, table, now)
+        ctx = DecisionContext(cell, table, self.rng, self.sampling, tiers)
         claims = []
         claimed_jobs: list[str] = []
         metrics: dict[str, JobMetric] = {}
@@ -295,6 +303,8 @@ class SchedulerCore:
                 f.conflicted_transactions += 1
             else:
                 f.conflict_free_transactions += 1
+        if self.avoider is not None:
+            self.avoider.learn(result, now)
         lost: dict[str, dict[str, int]] = {}
         for rejection in result.rejected:
             reason = rejection.reason

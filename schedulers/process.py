@@ -51,6 +51,7 @@ from cellstore.copy import LocalCopy
 from cellstore.http import Request, Response, Router, serve_router
 from cellstore.ids import new_command_id
 from cellstore.metrics import metrics_endpoint
+from schedulers.avoid import Avoidance
 from schedulers.committer import CellCommitter, Committer
 from schedulers.core import Decision, SchedulerCore
 from schedulers.prometheus import registry_of
@@ -88,6 +89,8 @@ class SchedulerConfig:
     max_claims: int = 1000
     report_period_s: float = 2.0
     seed: int | None = None
+    # Conflict avoidance (`schedulers.avoid`): partitions and cooling, or neither.
+    avoidance: bool = True
     metrics: str | None = None  # HOST:PORT to serve GET /v1/metrics on
 
     def __attrs_post_init__(self) -> None:
@@ -108,6 +111,7 @@ class SchedulerConfig:
             sampling=self.sampling,
             max_attempts=self.max_attempts,
             max_claims=self.max_claims,
+            avoidance=Avoidance() if self.avoidance else None,
         )
 
 

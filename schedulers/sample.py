@@ -9,12 +9,17 @@ injected `random.Random`), so a seed reproduces every choice.
 
 With sampling off (`SchedulerCore(sampling=False)`) every feasible machine is
 scored: plain best fit, for the experiments that compare the two.
+
+With conflict avoidance (`schedulers.avoid`) the sample is drawn from the
+scheduler's preferred machines while it has any feasible: sampling the whole
+cell would bring the rivals' half-filled machines back into every sample.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from schedulers.avoid import PREFERRED
 from schedulers.context import DecisionContext
 
 SAMPLE_MIN = 32  # machines scored at least, however few tasks are wanted
@@ -28,8 +33,13 @@ def sample_size(wanted: int) -> int:
 def candidates(ctx: DecisionContext, rows: np.ndarray, wanted: int) -> np.ndarray:
     """The rows to score for `wanted` tasks: all of `rows` with sampling off or
     when there are few, else a random sample of `sample_size(wanted)` of them
-    in random order (so equal scores break ties at random)."""
+    in random order (so equal scores break ties at random). With avoidance
+    tiers, only the preferred ones among `rows` (all of `rows` if none is)."""
     size = sample_size(wanted)
+    if ctx.tiers is not None:
+        preferred = rows[ctx.tiers[rows] == PREFERRED]
+        if preferred.size:
+            rows = preferred
     if not ctx.sampling or rows.size <= size:
         return rows
     return rows[ctx.np_rng.choice(rows.size, size=size, replace=False)]
