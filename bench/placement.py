@@ -8,11 +8,19 @@ batch, 20% best-effort). The clock runs from the first submission to the
 moment the cell's summary counts every task assigned. Then the same on a fresh
 store with a single batch scheduler (every job batch): the baseline.
 
+`--avoidance both` (the default) runs the four schedulers twice, on fresh
+stores, first with conflict avoidance off and then on (`schedulers.avoid`,
+the schedulers' `--avoidance`), so one run prints before and after; `off` or
+`on` runs one of them. Each phase also reports how well the cell is packed at
+the end: how many machines hold tasks and their mean cpu and memory
+utilisation (what they hold over what they have).
+
 Schedulers are started and caught up before the jobs arrive, so process start
 and copy catch-up are not measured. Registered machines have no agents, so
 the replicas run with a long heartbeat timeout.
 
     python -m bench.placement [--machines 10000] [--tasks 100000] [--jobs 100]
+                              [--avoidance both|off|on]
 """
 
 from __future__ import annotations
@@ -90,6 +98,22 @@ async def wait_assigned(client: CellClient, total: int, timeout_s: float) -> Cel
         await trio.sleep(0.05)
 
 
+async def packing(client: CellClient) -> dict[str, float]:
+    """Machines holding tasks, and their mean cpu and memory utilisation."""
+    held = [m for m in await client.machines() if m["tasks"]]
+    if not held:
+        return {"machines_used": 0, "cpu_utilisation": 0.0, "memory_utilisation": 0.0}
+
+    def mean(dim: str) -> float:
+        return sum(m["used"][dim] / m["capacity"][dim] for m in held) / len(held)  # type: ignore[literal-required]
+
+    return {
+        "machines_used": len(held),
+        "cpu_utilisation": mean("cpu_milli"),
+        "memory_utilisation": mean("memory_bytes"),
+    }
+
+
 async def wait_reporting(client: CellClient, names: list[str], timeout_s: float = 120) -> None:
     with trio.fail_after(timeout_s):
         while True:
@@ -142,7 +166,9 @@ def phase(
                     elapsed = time.perf_counter() - began
                     stop_processes(procs)
                     final = await client.summary()
+                    packed = await packing(client)
                     return {
+                        **packed,
                         "register_s": registered,
                         "submit_s": submitted,
                         "elapsed_s": elapsed,
@@ -161,6 +187,11 @@ def describe(title: str, result: dict[str, Any]) -> None:
         f"{title}: {result['placements_per_s']:.0f} placements/s "
         f"({result['elapsed_s']:.2f} s; register {result['register_s']:.2f} s, "
         f"submit {result['submit_s']:.2f} s, log version {result['version']})"
+    )
+    print(
+        f"  packing: {result['machines_used']} machines hold tasks, mean utilisation "
+        f"cpu {100 * result['cpu_utilisation']:.1f}%, "
+        f"memory {100 * result['memory_utilisation']:.1f}%"
     )
     for name, f in sorted(result["schedulers"].items()):
         print(
@@ -189,19 +220,47 @@ def main() -> None:
     parser.add_argument("--unsharded", action="store_true", help="two unsharded batch schedulers")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--avoidance",
+        default="both",
+        choices=["both", "off", "on"],
+        help="the four schedulers' conflict avoidance: off then on (both), or one",
+    )
     args = parser.parse_args()
     claims = ("--max-claims", str(args.max_claims))
-    batch = [
-        ("batch", f"batch-{i}", (*claims, *(() if args.unsharded else ("--shard", f"{i}/2"))))
-        for i in range(2)
-    ]
-    omega = [("service", "service", claims), *batch, ("best-effort", "best-effort", claims)]
+    settings = ["off", "on"] if args.avoidance == "both" else [args.avoidance]
+    phases: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-placement-") as tmp:
         base = Path(tmp)
-        mixed = phase(
-            base / "omega", args.machines, args.tasks, args.jobs, omega, True, args.timeout
-        )
-        describe(f"4 schedulers, {args.tasks} tasks on {args.machines} machines", mixed)
+        for avoidance in settings:
+            flags = (*claims, "--avoidance", avoidance)
+            batch = [
+                (
+                    "batch",
+                    f"batch-{i}",
+                    (*flags, *(() if args.unsharded else ("--shard", f"{i}/2"))),
+                )
+                for i in range(2)
+            ]
+            omega = [
+                ("service", "service", flags),
+                *batch,
+                ("best-effort", "best-effort", flags),
+            ]
+            phases[avoidance] = mixed = phase(
+                base / f"omega-{avoidance}",
+                args.machines,
+                args.tasks,
+                args.jobs,
+                omega,
+                True,
+                args.timeout,
+            )
+            describe(
+                f"4 schedulers, avoidance {avoidance}, {args.tasks} tasks on "
+                f"{args.machines} machines",
+                mixed,
+            )
         baseline = None
         if not args.no_baseline:
             baseline = phase(
@@ -221,18 +280,26 @@ def main() -> None:
                 "machines": args.machines,
                 "tasks": args.tasks,
                 "jobs": args.jobs,
-                "placements_per_s": round(mixed["placements_per_s"], 1),
-                "baseline_placements_per_s": round(baseline["placements_per_s"], 1)
-                if baseline
-                else None,
-                "elapsed_s": round(mixed["elapsed_s"], 3),
-                "conflict_fraction": {
-                    n: f.get("conflict_fraction") for n, f in sorted(mixed["schedulers"].items())
-                },
+                "avoidance": {name: summary(result) for name, result in phases.items()},
+                "baseline": summary(baseline) if baseline else None,
                 "target_placements_per_s": 3750,
             }
         )
     )
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """One phase's figures for the JSON line."""
+    return {
+        "placements_per_s": round(result["placements_per_s"], 1),
+        "elapsed_s": round(result["elapsed_s"], 3),
+        "conflict_fraction": {
+            n: f.get("conflict_fraction") for n, f in sorted(result["schedulers"].items())
+        },
+        "machines_used": result["machines_used"],
+        "cpu_utilisation": round(result["cpu_utilisation"], 4),
+        "memory_utilisation": round(result["memory_utilisation"], 4),
+    }
 
 
 if __name__ == "__main__":
