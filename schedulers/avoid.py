@@ -15,7 +15,7 @@ randomness of their own, so the simulator replays them from its seed):
   (`CellState.schedulers`, reported within `RIVAL_STALE_S` of the cell's own
   clock, `CellState.now`, so no two clocks are compared) and this
   one split the machines by rendezvous hashing: a machine belongs to the
-  scheduler with the highest `crc32(scheduler/machine)`. Every copy at the
+  scheduler with the highest hashed weight of (scheduler, machine). Every copy at the
   same version computes the same split, so rivals' first choices are
   disjoint; when a scheduler joins or stops reporting only its share of
   machines moves. Partitions are a preference, not a fence: the stack scores
@@ -74,14 +74,27 @@ def rivals(cell: CellState, me: str) -> tuple[str, ...]:
 
 def owners(machine_ids: list[str], names: tuple[str, ...]) -> np.ndarray:
     """Per machine, the index in `names` of the scheduler it belongs to by
-    rendezvous hashing (highest `crc32("scheduler/machine")`, ties to the
-    first name)."""
+    rendezvous hashing: the highest weight `mix(crc32(name) << 32 | crc32(machine))`
+    (ties to the first name). crc32 is stable across processes, unlike `hash`;
+    being linear, it is mixed before weights are compared, or they correlate."""
     crc = zlib.crc32
-    weights = np.empty((len(names), len(machine_ids)), dtype=np.int64)
+    machines = np.fromiter((crc(m.encode()) for m in machine_ids), np.uint64, len(machine_ids))
+    weights = np.empty((len(names), len(machine_ids)), dtype=np.uint64)
     for k, name in enumerate(names):
-        prefix = f"{name}/".encode()
-        weights[k] = [crc(prefix + m.encode()) for m in machine_ids]
+        weights[k] = _mix(machines | np.uint64(crc(name.encode()) << 32))
     return np.argmax(weights, axis=0)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit."""
+    x = x.copy()
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
 
 
 class Avoider:
