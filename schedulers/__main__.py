@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--avoidance",
         default="on",
         choices=["on", "off"],
-        help="conflict avoidance: try this scheduler's partition of the machines first, "
-        "rest machines that just conflicted (default: on)",
+        help="conflict avoidance: score every machine of this scheduler's partition "
+        "(not a random sample; --no-sampling is then moot) before the others', "
+        "and rest machines that just conflicted (default: on)",
     )
     p.add_argument("--seed", type=int, default=None, help="default: a hash of the name")
     p.add_argument(

@@ -10,9 +10,10 @@ injected `random.Random`), so a seed reproduces every choice.
 With sampling off (`SchedulerCore(sampling=False)`) every feasible machine is
 scored: plain best fit, for the experiments that compare the two.
 
-With conflict avoidance (`schedulers.avoid`) the sample is drawn from the
-scheduler's preferred machines while it has any feasible: sampling the whole
-cell would bring the rivals' half-filled machines back into every sample.
+With conflict avoidance (`schedulers.avoid`) there is no sample: every
+feasible machine of the scheduler's preferred partition is scored (all of
+`rows` if none of them is preferred). The partitions keep rivals apart, and a
+sample of the whole cell would bring their half-filled machines back.
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ def candidates(ctx: DecisionContext, rows: np.ndarray, wanted: int) -> np.ndarra
     """The rows to score for `wanted` tasks: all of `rows` with sampling off or
     when there are few, else a random sample of `sample_size(wanted)` of them
     in random order (so equal scores break ties at random). With avoidance
-    tiers, only the preferred ones among `rows` (all of `rows` if none is)."""
-    size = sample_size(wanted)
+    tiers, the preferred ones among `rows` (all of `rows` if none is)."""
     if ctx.tiers is not None:
         preferred = rows[ctx.tiers[rows] == PREFERRED]
-        if preferred.size:
-            rows = preferred
+        return preferred if preferred.size else rows
+    size = sample_size(wanted)
     if not ctx.sampling or rows.size <= size:
         return rows
     return rows[ctx.np_rng.choice(rows.size, size=size, replace=False)]

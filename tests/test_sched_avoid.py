@@ -12,7 +12,7 @@ import pytest
 from cellstate import CellState, Commit, ReportScheduler, SchedulerClass
 from schedulers.avoid import Avoidance, owners, rivals
 from schedulers.core import shard_of
-from tests.cellfixtures import cell_with, commit, submit
+from tests.cellfixtures import GI, cell_with, commit, submit
 from tests.schedfixtures import core, placements, step
 
 BATCH = SchedulerClass.BATCH
@@ -166,3 +166,16 @@ def test_same_seed_same_decisions_with_avoidance():
 def test_cooling_window_must_be_a_number_of_seconds():
     with pytest.raises(ValueError, match=r"cool_s -1\.0: must be a number of seconds >= 0"):
         Avoidance(cool_s=-1.0)
+
+
+def test_a_spreading_service_reuses_the_machines_it_half_filled():
+    # With a random sample a small spread job saw a few of 400 machines and
+    # opened new ones; scoring its whole partition, best fit finds its own.
+    cell = cell_with(machines=400, cpu=32000, memory=128 * GI, domains=4)
+    sched = core(SchedulerClass.SERVICE, "service", avoidance=Avoidance())
+    for job in ("web", "api"):
+        submit(cell, job, tasks=20, cpu=1000, scheduler=SchedulerClass.SERVICE)
+        _, result = step(sched, cell)
+        assert result.accepted == 20
+    assert set(placements(cell, "api")) == set(placements(cell, "web"))
+    assert len(placements(cell, "web")) == 20
