@@ -113,6 +113,21 @@ class Avoider:
         self.cooled: dict[str, float] = {}  # machine id -> cooled until
         self._names: tuple[str, ...] = ()
         self._owner = np.zeros(0, dtype=np.int64)
+        # Per row, whether the machine is in this scheduler's own share (at the
+        # last `tiers`); None: every machine is (no rival, or partitions off).
+        self.mine: np.ndarray | None = None
+
+    def share(self, n: int) -> int:
+        """How many of the first `n` machines are this scheduler's own."""
+        return n if self.mine is None else int(np.count_nonzero(self.mine[:n]))
+
+    def outside(self, cell: CellState, machines: list[str]) -> int:
+        """How many of `machines` (claimed, repeats counted) lie outside its share."""
+        mine = self.mine
+        if mine is None:
+            return 0
+        index = cell.machines
+        return sum(1 for m in machines if not mine[index[m].index])
 
     def learn(self, result: CommitResult, now: float) -> None:
         """Cool every machine on which a claim of `result` lost a fit conflict."""
@@ -127,6 +142,7 @@ class Avoider:
         """Per table row, `PREFERRED`, `OTHER` or `COOLED`."""
         n = table.n
         tier = np.zeros(n, dtype=np.int8)
+        self.mine = None
         if self.policy.partition:
             names = rivals(cell, self.name)
             if len(names) > 1:
@@ -134,8 +150,8 @@ class Avoider:
                 if names != self._names or self._owner.size != n:
                     self._owner = owners([m.id for m in machines], names)
                     self._names = names
-                mine = names.index(self.name)
-                tier = np.where(self._owner == mine, PREFERRED, OTHER).astype(np.int8)
+                self.mine = self._owner == names.index(self.name)
+                tier = np.where(self.mine, PREFERRED, OTHER).astype(np.int8)
         if self.cooled:
             self.cooled = {m: t for m, t in self.cooled.items() if t > now}
             rows = [cell.machines[m].index for m in self.cooled if m in cell.machines]

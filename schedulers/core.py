@@ -269,6 +269,9 @@ class SchedulerCore:
             verdicts.extend(plan.verdicts)
         if not claims and not stops and not verdicts:
             return None
+        if self.avoider is not None:
+            self.figures.partition_machines = self.avoider.share(table.n)
+            self.figures.claims_spilled += self.avoider.outside(cell, [c.machine for c in claims])
         mode = TxnMode.ALL_OR_NOTHING if gang else self.mode
         txn = Transaction(
             self.name,

@@ -96,6 +96,7 @@ def test_a_full_partition_spills_over_to_the_rivals_machines():
     _, result = step(sched, cell)
     assert result.accepted == 4 * len(mine)
     assert set(placements(cell, "fits")) == set(mine)
+    assert (sched.figures.partition_machines, sched.figures.claims_spilled) == (len(mine), 0)
     # batch-a's machines are full: the next job spills over to batch-b's, and
     # best fit still fills one machine before it starts another.
     submit(cell, "more", tasks=6, cpu=1000)
@@ -104,6 +105,7 @@ def test_a_full_partition_spills_over_to_the_rivals_machines():
     spilled = placements(cell, "more")
     assert not set(spilled) & set(mine)
     assert sorted(spilled.values()) == [2, 4]
+    assert sched.figures.claims_spilled == 6
 
 
 def test_a_machine_that_lost_a_conflict_is_tried_last_then_returns():

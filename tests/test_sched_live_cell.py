@@ -216,8 +216,10 @@ def test_two_batch_schedulers_with_avoidance_keep_to_their_partitions(live: Live
         return sum(live.figures(n).get("claims_accepted", 0) for n in names) == 32
 
     wait(reported, "final figures", live)
-    for name in names:
-        assert live.figures(name)["claims_rejected"] == 0
+    for k, name in enumerate(names):
+        figures = live.figures(name)
+        assert figures["claims_rejected"] == figures["claims_spilled"] == 0
+        assert figures["partition_machines"] == int((owner == k).sum())
 
 
 def test_service_preempts_batch_but_never_production(live: LiveCell) -> None:
