@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--avoidance",
         default="on",
         choices=["on", "off"],
-        help="conflict avoidance: score every machine of this scheduler's partition "
-        "(not a random sample; --no-sampling is then moot) before the others', "
+        help="conflict avoidance: place on this scheduler's partition of the machines "
+        "(its used machines and a sample of its empty ones) before the others', "
         "and rest machines that just conflicted (default: on)",
     )
     p.add_argument("--seed", type=int, default=None, help="default: a hash of the name")

@@ -30,12 +30,9 @@ randomness of their own, so the simulator replays them from its seed):
 `tiers` returns, per table row, the order in which machines are tried:
 `PREFERRED`, then `OTHER`, then `COOLED`; the stack turns it into a score
 penalty large enough to make (tier, best-fit score) lexicographic. With
-avoidance a scheduler scores every preferred machine rather than a random
-sample of the cell (`sample`): the partitions keep rivals apart, which is
-what sampling was for, and a small sample hides the machines the scheduler
-itself half filled, so best fit kept opening new ones (a service job spread
-50 tasks over a 100-machine sample of 10,000: 7,000 machines held 20,000
-tasks).
+avoidance a scheduler scores every machine of its partition that holds
+something and a sample of the empty ones, not a sample of the whole cell
+(`sample` says why).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ class Stack:
     ) -> list[int]:
         spec = job.spec
         be, one = self.best_effort, spec.anti_affinity
-        cand = candidates(ctx, rows, wanted)
+        cand = candidates(ctx, rows, wanted, be)
         fit = fits(ctx, cand, demand, be, one)
         if cand.size < rows.size and int(fit.sum()) < wanted:
             cand = rows
