@@ -6,7 +6,8 @@ and 1/2, or both unsharded with `--unsharded`) and one best-effort scheduler
 process place `--tasks` tasks submitted as `--jobs` jobs (20% service, 60%
 batch, 20% best-effort). The clock runs from the first submission to the
 moment the cell's summary counts every task assigned. Then the same on a fresh
-store with a single batch scheduler (every job batch): the baseline.
+store with a single batch scheduler (every job batch) with avoidance off, the
+policy before avoidance existed: the baseline.
 
 `--avoidance both` (the default) runs the four schedulers twice, on fresh
 stores, first with conflict avoidance off and then on (`schedulers.avoid`,
@@ -269,11 +270,12 @@ def main() -> None:
                 args.machines,
                 args.tasks,
                 args.jobs,
-                [("batch", "baseline", claims)],
+                # The policy as it was before avoidance: the unchanged yardstick.
+                [("batch", "baseline", (*claims, "--avoidance", "off"))],
                 False,
                 args.timeout,
             )
-            describe("baseline, 1 batch scheduler", baseline)
+            describe("baseline, 1 batch scheduler, avoidance off", baseline)
     print(
         json.dumps(
             {
