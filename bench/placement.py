@@ -42,6 +42,7 @@ from cellstore.cellclient import CellClient, CellError, CellSummary
 from harness.cluster import LocalCluster, cell_options, start_scheduler, stop_processes
 
 REGISTER_BATCH = 1000
+SUBMIT_ATTEMPTS = 5  # per job, when the store answers `unavailable`
 MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
 
 
@@ -77,11 +78,18 @@ async def submit(client: CellClient, plan: list[tuple[str, str, int]]) -> None:
 
     async def one(job: str, kind: str, size: int) -> None:
         spec = JobSpec(job, "bench", SchedulerClass(kind), resources, tasks=size)
-        try:  # the command id makes a retried request apply once; a lost answer may still 409
-            await client.submit(spec, job)
-        except CellError as exc:
-            if exc.code != "job_exists":
-                raise
+        for attempt in range(SUBMIT_ATTEMPTS):
+            try:  # the command id makes a retried request apply once; a lost answer may 409
+                await client.submit(spec, job)
+                return
+            except CellError as exc:
+                if exc.code == "job_exists":
+                    return
+                # A store starved of CPU by other work can give up on a request;
+                # the run is worth more than that one answer.
+                if exc.code != "unavailable" or attempt == SUBMIT_ATTEMPTS - 1:
+                    raise
+                await trio.sleep(1.0)
 
     async with trio.open_nursery() as nursery:
         for job, kind, size in plan:
