@@ -106,6 +106,7 @@ class SchedulerCore:
         max_attempts: int = 1000,
         max_claims: int = 1000,
         max_jobs: int | None = None,
+        policy: str = "real",
     ) -> None:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
@@ -123,7 +124,7 @@ class SchedulerCore:
         # The Omega paper's model decides one job per transaction (max_jobs=1);
         # live schedulers batch many jobs into one commit for throughput.
         self.max_jobs = max_jobs
-        self.stack = stack_for(self.kind)
+        self.stack = stack_for(self.kind, policy)
         self.figures = SchedulerFigures()
         self.attempts: dict[str, int] = {}
         self.parked: dict[str, str] = {}
