@@ -27,7 +27,8 @@ def perf(args: argparse.Namespace) -> dict[str, object]:
     workload = load(args.preset)
     if args.machines and args.machines != workload.machines:
         workload = workload.with_machines(args.machines)
-    sim = Simulation(workload, omega_schedulers(workload), days=args.days, seed=args.seed)
+    setups = omega_schedulers(workload, model=args.model)
+    sim = Simulation(workload, setups, days=args.days, seed=args.seed)
     began = time.perf_counter()
     sim.build_cell()
     built = time.perf_counter() - began
@@ -42,7 +43,8 @@ def perf(args: argparse.Namespace) -> dict[str, object]:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     print(
         f"cell build + prefill {built:.1f}s; {args.days:g} simulated days of "
-        f"{workload.machines} machines ({workload.name}) in {wall:.1f}s wall; {result.stats}"
+        f"{workload.machines} machines ({workload.name}, model {args.model}) in {wall:.1f}s "
+        f"wall; {result.stats}"
     )
     if profiler:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,7 @@ def perf(args: argparse.Namespace) -> dict[str, object]:
         "bench": "sim.perf",
         "preset": workload.name,
         "machines": workload.machines,
+        "model": args.model,
         "days": args.days,
         "seed": args.seed,
         "wall_s": round(wall, 2),
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         seed=args.seed,
         out=args.out,
         plot=args.plot,
+        model=args.model,
         **options,
     )
     print(path.read_text())
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 def report(args: argparse.Namespace) -> None:
     """Print the seed line, run, and print the JSON summary last (both command lines)."""
     print(
-        f"seed={args.seed} preset={args.preset} days={args.days:g} "
+        f"seed={args.seed} preset={args.preset} model={args.model} days={args.days:g} "
         f"machines={args.machines or 'preset'}",
         flush=True,
     )

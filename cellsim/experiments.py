@@ -36,7 +36,7 @@ from cellsim.engine import CoreFactory, SchedulerSetup, Simulation, fmt, omega_s
 from cellsim.workload import Workload, load
 from cellstate import ConflictMode, SchedulerClass, TxnMode
 
-RUN_COLUMNS = ("experiment", "preset", "machines", "days", "seed", "variant", "x")
+RUN_COLUMNS = ("experiment", "preset", "machines", "days", "seed", "variant", "x", "model")
 METRIC_COLUMNS = (
     "scheduler",
     "kind",
@@ -75,6 +75,7 @@ class Context:
     out: Path
     core_factory: CoreFactory | None
     plot: Path | None = None  # also draw `paper_figure` of the rows here
+    model: str = "real"  # every scheduler's transaction model (`SchedulerSetup.model`)
     rows: list[dict[str, object]] = attrs.field(factory=list)
     timings: list[tuple[str, float, float]] = attrs.field(factory=list)
 
@@ -83,6 +84,8 @@ class Context:
     ) -> list[dict[str, object]]:
         """Run one simulation and keep its rows (printing a progress line)."""
         began = time.perf_counter()
+        if self.model != "real":
+            schedulers = [attrs.evolve(s, model=self.model) for s in schedulers]
         sim = Simulation(
             workload, schedulers, days=self.days, seed=self.seed, core_factory=self.core_factory
         )
@@ -92,6 +95,7 @@ class Context:
         run = {
             "experiment": self.name,
             "preset": self.preset,
+            "model": self.model,
             "machines": workload.machines,
             "days": self.days,
             "seed": self.seed,
@@ -267,6 +271,7 @@ def run_experiment(
     out: str | Path = "out/sim",
     core_factory: CoreFactory | None = None,
     plot: str | Path | None = None,
+    model: str = "real",
     **options: Any,
 ) -> Path:
     """Run experiment `name` (see `EXPERIMENTS`); return the path of its CSV. With `plot`,
@@ -285,6 +290,7 @@ def run_experiment(
         Path(out),
         core_factory,
         Path(plot) if plot is not None else None,
+        model,
     )
     return EXPERIMENTS[name](ctx, **options)
 
