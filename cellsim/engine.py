@@ -14,8 +14,8 @@ the paper's decision-time model (Omega, EuroSys 2013, section 4):
 
 Deciding at sync time and committing after the think time is the same as
 deciding on a private copy that goes stale during the think time, without
-copying the cell. Placed tasks are reported running at once (one batched
-`ReportTasks`), and exited with code 0 after their job's duration.
+copying the cell. Placed tasks are reported exited with code 0 after their job's
+duration (one batched `ReportTasks` per job).
 
 A decision that claims nothing (no room) submits no transaction; the
 scheduler then waits `retry_delay` seconds (1 s, as in Google's simulator) or
@@ -571,29 +571,28 @@ class Simulation:
         return result
 
     def _report_running(self, claims: Sequence[Claim], result: CommitResult, at: float) -> None:
-        """Report accepted tasks running now, and schedule their exit per job."""
+        """Schedule the exit of the accepted tasks, per job.
+
+        A placed task stays `assigned` until it exits (a legal move): a report that it
+        runs would change no figure here (no job has a disruption budget or a health
+        check) and cost as much as the exit itself."""
         rejected = {r.task for r in result.rejected} if result.rejected else ()
         tasks = self.cell.tasks
         jobs = self.cell.jobs
-        running = []
+        placed = 0
         ends: dict[str, tuple[float, list[TaskReport]]] = {}
         exited = ReportedState.EXITED
         for claim in claims:
             if claim.task in rejected:
                 continue
+            placed += 1
             task = tasks[claim.task]
-            running.append(
-                TaskReport(task.id, claim.machine, task.incarnation, ReportedState.RUNNING)
-            )
             duration = jobs[task.job].spec.duration
             if duration is not None:
                 ends.setdefault(task.job, (duration, []))[1].append(
                     TaskReport(task.id, claim.machine, task.incarnation, exited, 0)
                 )
-        if not running:
-            return
-        self.stats["tasks_placed"] += len(running)
-        self.cell.apply(ReportTasks(tuple(running), at=at, id=self._cid()))
+        self.stats["tasks_placed"] += placed
         for duration, reports in ends.values():
             self._push(at + duration, _END, tuple(reports))
 
