@@ -79,8 +79,11 @@ def parser(
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Run `args.experiment` (an experiment or `perf`) and return its JSON summary."""
     if args.experiment == "perf":
-        if args.plot or args.values or args.batch_schedulers:
-            _usage("perf: one run, no sweep: --plot, --values and --batch-schedulers do not apply")
+        if args.plot or args.values or args.batch_schedulers or args.jobs or args.cluster:
+            _usage(
+                "perf: one run, no sweep: --plot, --values, --batch-schedulers, --jobs and "
+                "--cluster do not apply"
+            )
         return perf(args)
     options: dict[str, Any] = {}  # the experiment's own keywords
     if args.values:
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         out=args.out,
         plot=args.plot,
         model=args.model,
+        jobs=args.jobs,
+        cluster=args.cluster,
         **options,
     )
     print(path.read_text())

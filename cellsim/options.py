@@ -85,6 +85,14 @@ def model(text: str) -> str:
     return text
 
 
+def address(text: str) -> str:
+    """A Dask scheduler's address: `tcp://HOST:PORT` (or `HOST:PORT`)."""
+    host, _, port = text.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadValue(f"{text!r} is not allowed: a Dask scheduler's address, tcp://HOST:PORT")
+    return text if text.startswith("tcp://") else f"tcp://{text}"
+
+
 def positive_float(text: str | float) -> float:
     try:
         value = float(text)
@@ -220,6 +228,20 @@ FLAGS: tuple[Flag, ...] = (
         "the sweep, a line per mode / number of batch schedulers) from the CSV's rows",
         "FILE.png",
         png,
+    ),
+    Flag(
+        "jobs",
+        "local processes to run the sweep's points in [default: one per core; 1: this "
+        "process]; the CSV is the same whichever runs them",
+        "N",
+        positive_int,
+    ),
+    Flag(
+        "cluster",
+        "run the sweep's points on an existing Dask distributed cluster (its scheduler's "
+        "address; workers need this package installed)",
+        "tcp://HOST:PORT",
+        address,
     ),
     Flag("profile", "perf: run under cProfile and print where the time goes"),
 )
