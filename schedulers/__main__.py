@@ -24,6 +24,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: a whole number of 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m schedulers",
@@ -55,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sampling", action="store_true", help="evaluate every machine")
     p.add_argument("--max-attempts", type=int, default=1000)
     p.add_argument("--max-claims", type=int, default=1000, help="claims per transaction")
+    p.add_argument(
+        "--max-jobs",
+        type=_at_least_one,
+        default=None,
+        metavar="N",
+        help="jobs per transaction (default: any)",
+    )
+    p.add_argument(
+        "--model",
+        default="real",
+        choices=["real", "paper"],
+        help="transaction model: paper is the Omega paper's (one job per transaction, random "
+        "fit, think time per unscheduled task, re-queued after 1 s, abandoned after 1,000 "
+        "attempts or 100 that placed nothing)",
+    )
     p.add_argument("--report-period", type=float, default=2.0, metavar="S")
     p.add_argument("--seed", type=int, default=None, help="default: a hash of the name")
     p.add_argument(
@@ -84,6 +109,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
         max_attempts=args.max_attempts,
         metrics=args.metrics,
         max_claims=args.max_claims,
+        max_jobs=args.max_jobs,
+        model=args.model,
         report_period_s=args.report_period,
         seed=args.seed,
     )
