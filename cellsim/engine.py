@@ -234,6 +234,8 @@ class Simulation:
         self.seed = seed
         self.retry_delay = retry_delay
         self.cell = CellState()
+        # Nobody reads a simulated cell's events (the cores read the cell itself).
+        self.cell.keep_events = False
         self.metrics = Metrics()
         seeds = np.random.SeedSequence(seed)
         class_seeds, core_seed, cell_seed = seeds.spawn(3)

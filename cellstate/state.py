@@ -127,7 +127,8 @@ class CellState:
         self.config = config or CellConfig()
         self.rules = rules
         # False where nobody reads events (a replica answers results; its watchers
-        # replay commands): `apply` then answers none, and commits skip building them.
+        # replay commands; the simulator reads the cell): `apply` then answers none,
+        # and commits and task reports skip building them.
         self.keep_events = True
         self.version = 0
         self.now = 0.0
@@ -908,6 +909,7 @@ class CellState:
 
     def _report_tasks(self, cmd: ReportTasks, events: list[Event]) -> Result:
         stale = []
+        keep_events = self.keep_events
         for report in cmd.reports:
             task = self.tasks.get(report.task)
             if (
@@ -949,7 +951,8 @@ class CellState:
                 if new is TaskState.FAILED or report.exit_code:
                     job.failures += 1
             self._move(task, job, new)
-            events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
+            if keep_events:
+                events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
             if new is TaskState.RUNNING:
                 self._judge(task, report.healthy, events)
         return Stale(tasks=tuple(stale)) if stale else Ok()
