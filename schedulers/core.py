@@ -330,7 +330,10 @@ class SchedulerCore:
         recorded once); jobs still short after `max_attempts` are parked.
         """
         f = self.figures
-        f.transactions += 1
+        txn = decision.transaction
+        if txn.claims or txn.stops or txn.verdicts:
+            # (The paper model's attempt that found no room commits nothing.)
+            f.transactions += 1
         f.claims_attempted += decision.tasks
         f.claims_accepted += result.accepted
         f.preemptions += len(result.preempted)

@@ -57,6 +57,7 @@ def test_think_time_counts_unscheduled_tasks_and_a_stuck_job_is_abandoned_after_
     figures = result.figures["batch"]
     assert abs(figures["busy_seconds"] - (0.8 + 100 * 0.4)) < 1e-6
     assert figures["claims_accepted"] == 4
+    assert figures["transactions"] == batch["transactions"] == 1  # attempts without claims: none
 
 
 def test_a_job_with_tasks_left_goes_to_the_back_of_the_queue_after_1_s():
