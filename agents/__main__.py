@@ -16,6 +16,7 @@ from agents.agent import main as run
 from agents.limits import LimitKind
 from cellstate.resources import UnitError, parse_declaration
 from cellstore.client import add_store_arguments, store_from_arguments
+from cellstore.heap import tune_for_large_heaps
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -115,7 +116,9 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(config_from_args(argv))
+    config = config_from_args(argv)
+    tune_for_large_heaps()  # it holds a whole copy of the cell (`cellstore.heap`)
+    run(config)
 
 
 if __name__ == "__main__":

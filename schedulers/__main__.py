@@ -10,6 +10,7 @@ import argparse
 
 from cellstate import ConflictMode, SchedulerClass, TxnMode
 from cellstore.client import add_store_arguments, store_from_arguments
+from cellstore.heap import tune_for_large_heaps
 from schedulers.process import SchedulerConfig
 from schedulers.process import main as run
 
@@ -117,7 +118,9 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(config_from_args(argv))
+    config = config_from_args(argv)
+    tune_for_large_heaps()  # it holds a whole copy of the cell (`cellstore.heap`)
+    run(config)
 
 
 if __name__ == "__main__":
