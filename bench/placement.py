@@ -28,11 +28,13 @@ from typing import Any
 
 import trio
 
+from bench import scale
 from cellstate import JobSpec, MachineSpec, Resources, SchedulerClass, parse_cpu, parse_memory
 from cellstore.cellclient import CellClient, CellError, CellSummary
 from harness.cluster import LocalCluster, cell_options, start_scheduler, stop_processes
 
 REGISTER_BATCH = 1000
+SUBMIT_IN_FLIGHT = 16
 MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
 
 
@@ -74,9 +76,17 @@ async def submit(client: CellClient, plan: list[tuple[str, str, int]]) -> None:
             if exc.code != "job_exists":
                 raise
 
+    # A few submissions in flight, as a client script would: each waits only for its own
+    # commit, and the schedulers start on the first jobs while the rest arrive.
+    limit = trio.CapacityLimiter(SUBMIT_IN_FLIGHT)
+
+    async def limited(job: str, kind: str, size: int) -> None:
+        async with limit:
+            await one(job, kind, size)
+
     async with trio.open_nursery() as nursery:
         for job, kind, size in plan:
-            nursery.start_soon(one, job, kind, size)
+            nursery.start_soon(limited, job, kind, size)
 
 
 async def wait_assigned(client: CellClient, total: int, timeout_s: float) -> CellSummary:
@@ -107,8 +117,10 @@ def phase(
     schedulers: list[tuple[str, str, tuple[str, ...]]],
     mixed: bool,
     timeout_s: float,
+    measure_scale: bool = False,
 ) -> dict[str, Any]:
-    """One store, `schedulers` processes, `tasks` tasks: the measured run."""
+    """One store, `schedulers` processes, `tasks` tasks: the measured run; with
+    `measure_scale`, then what the filled cell costs (`bench.scale`)."""
     logs = base / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -140,9 +152,26 @@ def phase(
                     submitted = time.perf_counter() - began
                     summary = await wait_assigned(client, tasks, timeout_s)
                     elapsed = time.perf_counter() - began
+                    names = [name for _, name, _ in schedulers]
+                    used = scale.processes(cluster, dict(zip(names, procs, strict=True)))
                     stop_processes(procs)
                     final = await client.summary()
+                    figures = None
+                    if measure_scale:
+                        figures = {
+                            **used,
+                            "snapshot": await trio.to_thread.run_sync(
+                                scale.snapshot_figures, cluster
+                            ),
+                            "new_scheduler_load_s": await trio.to_thread.run_sync(
+                                scale.new_scheduler_load, cluster, logs
+                            ),
+                            "restart": await trio.to_thread.run_sync(
+                                scale.restart_catch_up, cluster
+                            ),
+                        }
                     return {
+                        "scale": figures,
                         "register_s": registered,
                         "submit_s": submitted,
                         "elapsed_s": elapsed,
@@ -199,9 +228,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-placement-") as tmp:
         base = Path(tmp)
         mixed = phase(
-            base / "omega", args.machines, args.tasks, args.jobs, omega, True, args.timeout
+            base / "omega", args.machines, args.tasks, args.jobs, omega, True, args.timeout, True
         )
         describe(f"4 schedulers, {args.tasks} tasks on {args.machines} machines", mixed)
+        scale.describe(mixed["scale"])
         baseline = None
         if not args.no_baseline:
             baseline = phase(
@@ -230,6 +260,14 @@ def main() -> None:
                     n: f.get("conflict_fraction") for n, f in sorted(mixed["schedulers"].items())
                 },
                 "target_placements_per_s": 3750,
+                "peak_rss_bytes": mixed["scale"]["peak_rss_bytes"],
+                "cpu_seconds": {
+                    k: round(v, 1) for k, v in mixed["scale"]["cpu_seconds"].items() if v
+                },
+                "snapshot_bytes": mixed["scale"]["snapshot"]["snapshot_bytes"],
+                "dump_bytes": mixed["scale"]["snapshot"]["dump_bytes"],
+                "replica_catch_up_s": round(mixed["scale"]["restart"]["seconds"], 3),
+                "new_scheduler_load_s": round(mixed["scale"]["new_scheduler_load_s"], 3),
             }
         )
     )
