@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default="default", help="failure domain (hollow: a prefix)")
     p.add_argument("--hollow", type=int, default=0, metavar="N", help="simulate N machines")
     p.add_argument("--heartbeat", type=float, default=2.0, metavar="S")
+    p.add_argument(
+        "--register-batch",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="machines registered per request (hollow agents register many)",
+    )
     p.add_argument("--usage", type=float, default=5.0, metavar="S")
     p.add_argument(
         "--limits",
@@ -102,6 +109,7 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
             domain=args.domain,
             hollow=args.hollow,
             heartbeat_s=args.heartbeat,
+            register_batch=args.register_batch,
             usage_s=args.usage,
             seed=args.seed,
             detach=args.detach,
