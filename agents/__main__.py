@@ -16,6 +16,7 @@ from agents.agent import main as run
 from agents.limits import LimitKind
 from cellstate.resources import UnitError, parse_declaration
 from cellstore.client import add_store_arguments, store_from_arguments
+from cellstore.heap import tune_for_large_heaps
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -59,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default="default", help="failure domain (hollow: a prefix)")
     p.add_argument("--hollow", type=int, default=0, metavar="N", help="simulate N machines")
     p.add_argument("--heartbeat", type=float, default=2.0, metavar="S")
+    p.add_argument(
+        "--register-batch",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="machines registered per request (hollow agents register many)",
+    )
     p.add_argument("--usage", type=float, default=5.0, metavar="S")
     p.add_argument(
         "--limits",
@@ -101,6 +109,7 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
             domain=args.domain,
             hollow=args.hollow,
             heartbeat_s=args.heartbeat,
+            register_batch=args.register_batch,
             usage_s=args.usage,
             seed=args.seed,
             detach=args.detach,
@@ -115,7 +124,9 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(config_from_args(argv))
+    config = config_from_args(argv)
+    tune_for_large_heaps()  # it holds a whole copy of the cell (`cellstore.heap`)
+    run(config)
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ class AgentConfig:
         None  # address to serve logs on (default: the one that reaches the store)
     )
     hollow_start_delay: float = 0.0
-    register_batch: int = 2000
+    register_batch: int = attrs.field(default=2000, validator=attrs.validators.ge(1))
     report_batch: int = 20000
     batch_delay_s: float = 0.05
 
@@ -165,6 +165,9 @@ class Agent:
         self.client = client
         self.machines = config.machine_ids()
         self._mine = frozenset(self.machines)
+        # The machines the cell has acknowledged, in order: heartbeats name these only, and
+        # start while the rest are still being registered.
+        self._registered: dict[str, None] = {}
         self.labels = dict(config.labels)
         self.executors: dict[str, TaskExecutor] = {}
         self.copy = LocalCopy(on_events=self._on_events, on_reset=self._on_reset)
@@ -205,6 +208,7 @@ class Agent:
                 "register", functools.partial(self.client.register_machines, batch)
             )
             if answer is not None:
+                self._registered.update(dict.fromkeys(spec.id for spec in batch))
                 version = max(version, answer.version)
                 if not isinstance(answer.result, Ok):
                     self._log.error("register_refused", result=repr(answer.result))
@@ -217,13 +221,19 @@ class Agent:
         return version
 
     async def heartbeat_loop(self) -> None:
-        """One heartbeat for all machines every `heartbeat_s`; re-register stale ones."""
+        """One heartbeat for all registered machines every `heartbeat_s`; re-register stale
+        ones. It runs from the start: 100,000 machines take half a minute to register, and
+        the first ones would be marked down for silence before the last were in."""
         period = self.config.heartbeat_s
-        body_ids = list(self.machines)
+        body_ids: list[str] = []
         while True:
             with trio.move_on_after(period):
                 await self._poke.wait()
             self._poke = trio.Event()
+            if len(body_ids) != len(self._registered):
+                body_ids = list(self._registered)
+            if not body_ids:
+                continue
             try:
                 answer = await self.client.heartbeat(body_ids)
             except CellError as exc:
@@ -476,8 +486,8 @@ class Agent:
                 )
                 self.labels[AGENT_LABEL] = address
             nursery.start_soon(self.report_loop)
-            await self.register(self.machines)
             nursery.start_soon(self.heartbeat_loop)
+            await self.register(self.machines)
             await nursery.start(self.copy.follow, self.client)
             # No await from here to `ready.set()`: the copy stays at this version.
             self.take_over(recovered)

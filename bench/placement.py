@@ -37,12 +37,14 @@ from typing import Any
 
 import trio
 
+from bench import scale
 from cellstate import JobSpec, MachineSpec, Resources, SchedulerClass, parse_cpu, parse_memory
 from cellstore.cellclient import CellClient, CellError, CellSummary
 from harness.cluster import LocalCluster, cell_options, start_scheduler, stop_processes
 
 REGISTER_BATCH = 1000
 SUBMIT_ATTEMPTS = 5  # per job, when the store answers `unavailable`
+SUBMIT_IN_FLIGHT = 16
 MIX = (("service", 0.2), ("batch", 0.6), ("best-effort", 0.2))
 
 
@@ -91,9 +93,17 @@ async def submit(client: CellClient, plan: list[tuple[str, str, int]]) -> None:
                     raise
                 await trio.sleep(1.0)
 
+    # A few submissions in flight, as a client script would: each waits only for its own
+    # commit, and the schedulers start on the first jobs while the rest arrive.
+    limit = trio.CapacityLimiter(SUBMIT_IN_FLIGHT)
+
+    async def limited(job: str, kind: str, size: int) -> None:
+        async with limit:
+            await one(job, kind, size)
+
     async with trio.open_nursery() as nursery:
         for job, kind, size in plan:
-            nursery.start_soon(one, job, kind, size)
+            nursery.start_soon(limited, job, kind, size)
 
 
 async def wait_assigned(client: CellClient, total: int, timeout_s: float) -> CellSummary:
@@ -104,7 +114,9 @@ async def wait_assigned(client: CellClient, total: int, timeout_s: float) -> Cel
             return summary
         if trio.current_time() > deadline:
             raise TimeoutError(f"only {summary['tasks']} after {timeout_s}s")
-        await trio.sleep(0.05)
+        # Each summary walks every machine on the replica: polling it faster than this
+        # took CPU from the run it measures, at 0.2 s of resolution.
+        await trio.sleep(0.2)
 
 
 async def packing(client: CellClient) -> dict[str, float]:
@@ -140,8 +152,10 @@ def phase(
     schedulers: list[tuple[str, str, tuple[str, ...]]],
     mixed: bool,
     timeout_s: float,
+    measure_scale: bool = False,
 ) -> dict[str, Any]:
-    """One store, `schedulers` processes, `tasks` tasks: the measured run."""
+    """One store, `schedulers` processes, `tasks` tasks: the measured run; with
+    `measure_scale`, then what the filled cell costs (`bench.scale`)."""
     logs = base / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -173,11 +187,28 @@ def phase(
                     submitted = time.perf_counter() - began
                     summary = await wait_assigned(client, tasks, timeout_s)
                     elapsed = time.perf_counter() - began
+                    names = [name for _, name, _ in schedulers]
+                    used = scale.processes(cluster, dict(zip(names, procs, strict=True)))
                     stop_processes(procs)
                     final = await client.summary()
+                    figures = None
+                    if measure_scale:
+                        figures = {
+                            **used,
+                            "snapshot": await trio.to_thread.run_sync(
+                                scale.snapshot_figures, cluster
+                            ),
+                            "new_scheduler_load_s": await trio.to_thread.run_sync(
+                                scale.new_scheduler_load, cluster, logs
+                            ),
+                            "restart": await trio.to_thread.run_sync(
+                                scale.restart_catch_up, cluster
+                            ),
+                        }
                     packed = await packing(client)
                     return {
                         **packed,
+                        "scale": figures,
                         "register_s": registered,
                         "submit_s": submitted,
                         "elapsed_s": elapsed,
@@ -265,12 +296,15 @@ def main() -> None:
                 omega,
                 True,
                 args.timeout,
+                # What the filled cell costs, measured once, after the last phase.
+                avoidance == settings[-1],
             )
             describe(
                 f"4 schedulers, avoidance {avoidance}, {args.tasks} tasks on "
                 f"{args.machines} machines",
                 mixed,
             )
+        scale.describe(mixed["scale"])
         baseline = None
         if not args.no_baseline:
             baseline = phase(
@@ -294,6 +328,14 @@ def main() -> None:
                 "avoidance": {name: summary(result) for name, result in phases.items()},
                 "baseline": summary(baseline) if baseline else None,
                 "target_placements_per_s": 3750,
+                "peak_rss_bytes": mixed["scale"]["peak_rss_bytes"],
+                "cpu_seconds": {
+                    k: round(v, 1) for k, v in mixed["scale"]["cpu_seconds"].items() if v
+                },
+                "snapshot_bytes": mixed["scale"]["snapshot"]["snapshot_bytes"],
+                "dump_bytes": mixed["scale"]["snapshot"]["dump_bytes"],
+                "replica_catch_up_s": round(mixed["scale"]["restart"]["seconds"], 3),
+                "new_scheduler_load_s": round(mixed["scale"]["new_scheduler_load_s"], 3),
             }
         )
     )

@@ -27,7 +27,8 @@ def perf(args: argparse.Namespace) -> dict[str, object]:
     workload = load(args.preset)
     if args.machines and args.machines != workload.machines:
         workload = workload.with_machines(args.machines)
-    sim = Simulation(workload, omega_schedulers(workload), days=args.days, seed=args.seed)
+    setups = omega_schedulers(workload, model=args.model)
+    sim = Simulation(workload, setups, days=args.days, seed=args.seed)
     began = time.perf_counter()
     sim.build_cell()
     built = time.perf_counter() - began
@@ -42,7 +43,8 @@ def perf(args: argparse.Namespace) -> dict[str, object]:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     print(
         f"cell build + prefill {built:.1f}s; {args.days:g} simulated days of "
-        f"{workload.machines} machines ({workload.name}) in {wall:.1f}s wall; {result.stats}"
+        f"{workload.machines} machines ({workload.name}, model {args.model}) in {wall:.1f}s "
+        f"wall; {result.stats}"
     )
     if profiler:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,7 @@ def perf(args: argparse.Namespace) -> dict[str, object]:
         "bench": "sim.perf",
         "preset": workload.name,
         "machines": workload.machines,
+        "model": args.model,
         "days": args.days,
         "seed": args.seed,
         "wall_s": round(wall, 2),
@@ -76,8 +79,11 @@ def parser(
 def run(args: argparse.Namespace) -> dict[str, object]:
     """Run `args.experiment` (an experiment or `perf`) and return its JSON summary."""
     if args.experiment == "perf":
-        if args.plot or args.values or args.batch_schedulers:
-            _usage("perf: one run, no sweep: --plot, --values and --batch-schedulers do not apply")
+        if args.plot or args.values or args.batch_schedulers or args.jobs or args.cluster:
+            _usage(
+                "perf: one run, no sweep: --plot, --values, --batch-schedulers, --jobs and "
+                "--cluster do not apply"
+            )
         return perf(args)
     options: dict[str, Any] = {}  # the experiment's own keywords
     if args.values:
@@ -95,6 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         seed=args.seed,
         out=args.out,
         plot=args.plot,
+        model=args.model,
+        jobs=args.jobs,
+        cluster=args.cluster,
         **options,
     )
     print(path.read_text())
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 def report(args: argparse.Namespace) -> None:
     """Print the seed line, run, and print the JSON summary last (both command lines)."""
     print(
-        f"seed={args.seed} preset={args.preset} days={args.days:g} "
+        f"seed={args.seed} preset={args.preset} model={args.model} days={args.days:g} "
         f"machines={args.machines or 'preset'}",
         flush=True,
     )

@@ -14,8 +14,8 @@ the paper's decision-time model (Omega, EuroSys 2013, section 4):
 
 Deciding at sync time and committing after the think time is the same as
 deciding on a private copy that goes stale during the think time, without
-copying the cell. Placed tasks are reported running at once (one batched
-`ReportTasks`), and exited with code 0 after their job's duration.
+copying the cell. Placed tasks are reported exited with code 0 after their job's
+duration (one batched `ReportTasks` per job).
 
 A decision that claims nothing (no room) submits no transaction; the
 scheduler then waits `retry_delay` seconds (1 s, as in Google's simulator) or
@@ -23,6 +23,14 @@ for a new job of its own, whichever comes first, rather than spinning on an
 unchanged cell. A *thread* runs one or more cores one decision at a time:
 Omega gives each core its own thread; the monolithic baseline puts every
 core on one thread, so decisions are serialised and never conflict.
+
+With `SchedulerSetup(model="paper")` a core runs the Omega paper's transaction model
+(`schedulers.core.PaperModel`: one job per transaction, random fit, re-queued after
+1 s, abandoned after 1,000 attempts or 100 that placed nothing), its think time is
+`t_job + t_task * unscheduled tasks` (placed or not, every attempt pays it), and under
+coarse conflict detection the sequence numbers compared are the paper's, which only
+claims move (`_ClaimSeqnums`): the cell's own move on every change to a machine, a
+task's exit included, which the paper's simulator does not count as a conflict.
 
 Determinism: events are ordered by (time, sequence number); ids come from
 counters; randomness from generators seeded from the run's seed; no wall
@@ -52,6 +60,7 @@ from cellstate import (
     JobSpec,
     MachineSpec,
     RegisterMachines,
+    Rejection,
     ReportedState,
     ReportTasks,
     Resources,
@@ -60,9 +69,10 @@ from cellstate import (
     TaskReport,
     Transaction,
     TxnMode,
+    reasons,
 )
 from schedulers.contract import Core, CoreDecision
-from schedulers.core import SchedulerCore
+from schedulers.core import PaperModel, SchedulerCore
 
 DAY = 86_400.0
 OWNER = "sim"
@@ -86,6 +96,7 @@ class SchedulerSetup:
     thread: str | None = None
     # The paper's schedulers decide one job per transaction.
     max_jobs: int | None = 1
+    model: str = "real"  # or "paper": the Omega paper's transaction model (module docstring)
 
 
 # A core of any decision type: the engine hands each core back only the decisions it made,
@@ -106,6 +117,7 @@ def real_core(setup: SchedulerSetup, rng: random.Random, max_attempts: int) -> S
         sampling=setup.sampling,
         max_attempts=max_attempts,
         max_jobs=setup.max_jobs,
+        paper=PaperModel(max_attempts=max_attempts) if setup.model == "paper" else None,
     )
 
 
@@ -134,6 +146,55 @@ class _Pending:
     core: AnyCore
     started: float
     decision: CoreDecision
+    seen: dict[str, int] | None = None  # paper coarse: claim seqnums the decision read
+
+
+class _ClaimSeqnums:
+    """The paper's coarse sequence numbers: per machine, moved by accepted claims only,
+    with the scheduler whose claim moved it last (what a refused claim lost to)."""
+
+    def __init__(self) -> None:
+        self.seqnum: dict[str, int] = {}
+        self.by: dict[str, str] = {}
+
+    def read(self, claims: Sequence[Claim]) -> dict[str, int]:
+        get = self.seqnum.get
+        return {c.machine: get(c.machine, 0) for c in claims}
+
+    def judge(
+        self, txn: Transaction, seen: dict[str, int]
+    ) -> tuple[Transaction, tuple[Rejection, ...]]:
+        """Refuse the claims whose machine a claim moved since `seen` (all of them, the
+        rest `aborted`, for an all-or-nothing transaction); the rest go to the cell
+        under the fine rule, which it checks anyway."""
+        get = self.seqnum.get
+        moved = [c for c in txn.claims if get(c.machine, 0) != seen[c.machine]]
+        fine = attrs.evolve(txn, conflicts=ConflictMode.FINE)
+        if not moved:
+            return fine, ()
+        refused = tuple(
+            Rejection(c.task, c.machine, reasons.MACHINE_CHANGED, self.by.get(c.machine))
+            for c in moved
+        )
+        if txn.mode is TxnMode.ALL_OR_NOTHING:
+            gone = {c.task for c in moved}
+            aborted = tuple(
+                Rejection(c.task, c.machine, reasons.ABORTED)
+                for c in txn.claims
+                if c.task not in gone
+            )
+            return attrs.evolve(fine, claims=()), refused + aborted
+        gone = {c.task for c in moved}
+        return attrs.evolve(
+            fine, claims=tuple(c for c in txn.claims if c.task not in gone)
+        ), refused
+
+    def claimed(self, scheduler: str, claims: Sequence[Claim], result: CommitResult) -> None:
+        rejected = {r.task for r in result.rejected}
+        for claim in claims:
+            if claim.task not in rejected:
+                self.seqnum[claim.machine] = self.seqnum.get(claim.machine, 0) + 1
+                self.by[claim.machine] = scheduler
 
 
 class _Thread:
@@ -173,6 +234,8 @@ class Simulation:
         self.seed = seed
         self.retry_delay = retry_delay
         self.cell = CellState()
+        # Nobody reads a simulated cell's events (the cores read the cell itself).
+        self.cell.keep_events = False
         self.metrics = Metrics()
         seeds = np.random.SeedSequence(seed)
         class_seeds, core_seed, cell_seed = seeds.spawn(3)
@@ -205,6 +268,7 @@ class Simulation:
         self._ids = itertools.count()
         self._job_ids = {c.name: itertools.count() for c in workload.classes}
         self.now = 0.0
+        self.claim_seqnums = _ClaimSeqnums()
         self.stats = {
             "decisions": 0,
             "commits": 0,
@@ -243,6 +307,43 @@ class Simulation:
         self.cell.apply(RegisterMachines(tuple(specs), at=0.0, id=self._cid()))
         if wl.prefill > 0:
             self._prefill()
+        if wl.prefill_jobs:
+            self._prefill_jobs()
+
+    def _prefill_jobs(self) -> None:
+        """Place the workload's prefill jobs directly, each task on a machine drawn at
+        random among those with room (as Google's simulator places its prefill)."""
+        cell = self.cell
+        rng = self.cell_rng
+        machines = cell.machine_list
+        free = np.array(
+            [[m.account.capacity["cpu"], m.account.capacity["memory"]] for m in machines]
+        )
+        for number, prefill in enumerate(self.workload.prefill_jobs):
+            cpu = max(1, round(prefill.cpu * 1000))
+            memory = max(1, round(prefill.memory * GIB))
+            job = f"q{number}"
+            claims = []
+            for index in range(prefill.tasks):
+                room = np.flatnonzero((free[:, 0] >= cpu) & (free[:, 1] >= memory))
+                if room.size == 0:
+                    break
+                row = int(room[rng.integers(room.size)])
+                free[row] -= (cpu, memory)
+                claims.append(Claim(f"{job}.{index}", machines[row].id, machines[row].seqnum))
+            if not claims:
+                continue
+            spec = JobSpec(
+                name=job,
+                owner=OWNER,
+                scheduler=SchedulerClass.SERVICE,
+                resources=Resources(cpu, memory),
+                tasks=len(claims),
+                duration=prefill.duration,
+            )
+            cell.apply(SubmitJob(job, spec, at=0.0, id=self._cid()))
+            txn = Transaction("prefill", tuple(claims), cell.version)
+            self._report_running(claims, self._commit_txn(txn, 0.0), 0.0)
 
     def _prefill(self) -> None:
         """Fill each machine's cpu to about `prefill` with service tasks that never
@@ -377,24 +478,37 @@ class Simulation:
             considered = decision.considered
             self._first_attempts(setup.name, considered, at)
             self.metrics.attempt(setup.name, considered, at, len(decision.transaction.claims))
-            # The paper's t_job + t_task * tasks, once per job the decision considered.
-            think = setup.t_job * len(considered) + setup.t_task * decision.tasks
+            # The paper's t_job + t_task * tasks, once per job the decision considered;
+            # in its own model, tasks are every unscheduled one the job had, placed or not.
+            tasks = decision.unscheduled if setup.model == "paper" else decision.tasks
+            think = setup.t_job * len(considered) + setup.t_task * tasks
+            seen = None
+            if setup.model == "paper" and decision.transaction.conflicts is ConflictMode.COARSE:
+                seen = self.claim_seqnums.read(decision.transaction.claims)
             thread.busy = True
-            thread.pending = _Pending(setup, core, at, decision)
+            thread.pending = _Pending(setup, core, at, decision, seen)
             self._push(at + think, _DONE, thread)
             return
         if wanted:
-            self._wake_later(thread, at)
+            self._wake_later(thread, at, thread)
 
     def _first_attempts(self, scheduler: str, jobs: Iterable[str], at: float) -> None:
         first = self.metrics.first_attempt
         for job in jobs:
             first(scheduler, job, at)
 
-    def _wake_later(self, thread: _Thread, at: float) -> None:
-        if thread.waking is None:
-            thread.waking = at + self.retry_delay
-            self._push(thread.waking, _WAKE, thread)
+    def _wake_later(self, thread: _Thread, at: float, idle: _Thread | None = None) -> None:
+        """Wake `thread` `retry_delay` from now; or, when it is `idle` (it has work but
+        none it may take now), when its first re-queued job comes back, if sooner."""
+        if thread.waking is not None:
+            return
+        when = at + self.retry_delay
+        if idle is not None:
+            backs = [t for _, core in thread.cores if (t := core.wakes_at()) is not None]
+            if backs:
+                when = min(when, max(at, min(backs)))
+        thread.waking = when
+        self._push(when, _WAKE, thread)
 
     def _commit(self, thread: _Thread, at: float) -> None:
         pending = thread.pending
@@ -411,11 +525,16 @@ class Simulation:
         self.metrics.busy(setup.name, started, at)
         core.figures.add_busy(think)
         claims = decision.transaction.claims
-        if claims:
+        if claims and pending.seen is not None:
+            result = self._commit_paper_coarse(setup.name, decision.transaction, pending.seen, at)
+            self.stats["commits"] += 1
+        elif claims:
             result = self._commit_txn(decision.transaction, at)
             self.stats["commits"] += 1
         else:
             result = CommitResult()
+        if claims and setup.model == "paper":
+            self.claim_seqnums.claimed(setup.name, claims, result)
         core.on_result(self.cell, decision, result, at)
         self.metrics.transaction(setup.name, len(claims), len(result.rejected))
         if claims:
@@ -434,6 +553,17 @@ class Simulation:
             # Nothing fitted: wait for room (or a new job) instead of spinning.
             self._wake_later(thread, at)
 
+    def _commit_paper_coarse(
+        self, scheduler: str, txn: Transaction, seen: dict[str, int], at: float
+    ) -> CommitResult:
+        """Commit under the paper's coarse rule: refused here what a rival's claim moved,
+        the rest judged by the cell (fine: it still checks fit)."""
+        rest, refused = self.claim_seqnums.judge(txn, seen)
+        result = self._commit_txn(rest, at) if rest.claims else CommitResult()
+        if not refused:
+            return result
+        return CommitResult(result.accepted, refused + result.rejected, result.preempted)
+
     def _commit_txn(self, txn: Transaction, at: float) -> CommitResult:
         result = self.cell.apply(Commit(txn, at=at, id=self._cid())).result
         if not isinstance(result, CommitResult):
@@ -443,29 +573,28 @@ class Simulation:
         return result
 
     def _report_running(self, claims: Sequence[Claim], result: CommitResult, at: float) -> None:
-        """Report accepted tasks running now, and schedule their exit per job."""
+        """Schedule the exit of the accepted tasks, per job.
+
+        A placed task stays `assigned` until it exits (a legal move): a report that it
+        runs would change no figure here (no job has a disruption budget or a health
+        check) and cost as much as the exit itself."""
         rejected = {r.task for r in result.rejected} if result.rejected else ()
         tasks = self.cell.tasks
         jobs = self.cell.jobs
-        running = []
+        placed = 0
         ends: dict[str, tuple[float, list[TaskReport]]] = {}
         exited = ReportedState.EXITED
         for claim in claims:
             if claim.task in rejected:
                 continue
+            placed += 1
             task = tasks[claim.task]
-            running.append(
-                TaskReport(task.id, claim.machine, task.incarnation, ReportedState.RUNNING)
-            )
             duration = jobs[task.job].spec.duration
             if duration is not None:
                 ends.setdefault(task.job, (duration, []))[1].append(
                     TaskReport(task.id, claim.machine, task.incarnation, exited, 0)
                 )
-        if not running:
-            return
-        self.stats["tasks_placed"] += len(running)
-        self.cell.apply(ReportTasks(tuple(running), at=at, id=self._cid()))
+        self.stats["tasks_placed"] += placed
         for duration, reports in ends.values():
             self._push(at + duration, _END, tuple(reports))
 

@@ -25,18 +25,18 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from cellsim.engine import CoreFactory, SchedulerSetup, Simulation, fmt, omega_schedulers
+from cellsim.engine import CoreFactory, SchedulerSetup, fmt, omega_schedulers
+from cellsim.executors import Executor, Handle, InProcess, Point, executor
 from cellsim.workload import Workload, load
 from cellstate import ConflictMode, SchedulerClass, TxnMode
 
-RUN_COLUMNS = ("experiment", "preset", "machines", "days", "seed", "variant", "x")
+RUN_COLUMNS = ("experiment", "preset", "machines", "days", "seed", "variant", "x", "model")
 METRIC_COLUMNS = (
     "scheduler",
     "kind",
@@ -75,34 +75,54 @@ class Context:
     out: Path
     core_factory: CoreFactory | None
     plot: Path | None = None  # also draw `paper_figure` of the rows here
+    model: str = "real"  # every scheduler's transaction model (`SchedulerSetup.model`)
+    runner: Executor = attrs.field(factory=InProcess)
     rows: list[dict[str, object]] = attrs.field(factory=list)
+    pending: list[Run] = attrs.field(factory=list)
     timings: list[tuple[str, float, float]] = attrs.field(factory=list)
 
     def run(
         self, variant: str, x: object, workload: Workload, schedulers: Sequence[SchedulerSetup]
-    ) -> list[dict[str, object]]:
-        """Run one simulation and keep its rows (printing a progress line)."""
-        began = time.perf_counter()
-        sim = Simulation(
-            workload, schedulers, days=self.days, seed=self.seed, core_factory=self.core_factory
-        )
-        result = sim.run()
-        wall = time.perf_counter() - began
-        self.timings.append((f"{variant} {x}", wall, self.days))
-        run = {
+    ) -> Run:
+        """Hand one simulation to the executor; its rows join the CSV in this order."""
+        if self.model != "real":
+            schedulers = [attrs.evolve(s, model=self.model) for s in schedulers]
+        point = Point(workload, tuple(schedulers), self.days, self.seed, self.core_factory)
+        run = Run(self, variant, x, workload, self.runner.submit(point))
+        self.pending.append(run)
+        return run
+
+    def settle(self, upto: Run | None = None) -> None:
+        """Take the results of the runs handed out so far (up to `upto`), in order."""
+        while self.pending:
+            run = self.pending.pop(0)
+            run.settled = self._rows(run)
+            if run is upto:
+                return
+
+    def drop_after(self, run: Run) -> None:
+        """Forget the runs handed out after `run` (an experiment that stopped early)."""
+        self.settle(run)
+        self.pending.clear()
+
+    def _rows(self, run: Run) -> list[dict[str, object]]:
+        result = run.handle.result()
+        self.timings.append((f"{run.variant} {run.x}", result.wall_s, self.days))
+        common = {
             "experiment": self.name,
             "preset": self.preset,
-            "machines": workload.machines,
+            "model": self.model,
+            "machines": run.workload.machines,
             "days": self.days,
             "seed": self.seed,
-            "variant": variant,
-            "x": x,
+            "variant": run.variant,
+            "x": run.x,
         }
         rows = []
         for row in result.rows:
             figures = result.figures.get(str(row["scheduler"]), {})
             row = {
-                **run,
+                **common,
                 **row,
                 "core_conflict_fraction": figures.get("conflict_fraction", math.nan),
                 "core_claim_conflict_fraction": figures.get("claim_conflict_fraction", math.nan),
@@ -117,13 +137,14 @@ class Context:
             if not str(r["scheduler"]).startswith("class:")
         )
         print(
-            f"[{self.name}] {variant} x={x} ({wall:.1f}s wall, "
+            f"[{self.name}] {run.variant} x={run.x} ({result.wall_s:.1f}s wall, "
             f"{result.stats['events']} events) {summary}",
             flush=True,
         )
         return rows
 
     def write(self, plot: Callable[[Context, Path], None] | None = None) -> Path:
+        self.settle()
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / f"{self.name}.csv"
         buffer = io.StringIO()
@@ -137,6 +158,29 @@ class Context:
         if self.plot is not None and self.rows:
             paper_figure(self, self.plot)
         return path
+
+
+class Run:
+    """One simulation handed to the executor; `rows()` waits for it (and for the runs
+    handed out before it, whose rows come first)."""
+
+    def __init__(
+        self, ctx: Context, variant: str, x: object, workload: Workload, handle: Handle
+    ) -> None:
+        self.ctx, self.variant, self.x, self.workload, self.handle = (
+            ctx,
+            variant,
+            x,
+            workload,
+            handle,
+        )
+        self.settled: list[dict[str, object]] | None = None
+
+    def rows(self) -> list[dict[str, object]]:
+        if self.settled is None:
+            self.ctx.settle(self)
+        assert self.settled is not None
+        return self.settled
 
 
 def _pick(rows: list[dict], scheduler: str, variant: object = None) -> list[dict]:
@@ -170,15 +214,20 @@ def batch_load(
     ctx: Context, values: Sequence[float] | None = None, saturation: float = 0.95
 ) -> Path:
     """Multiply the batch arrival rate until the batch scheduler saturates."""
+    runs = []
     for multiplier in values or (1, 2, 4, 8, 16, 32, 64):
         workload = ctx.workload.with_rate("batch", multiplier)
-        rows = ctx.run("omega", multiplier, workload, omega_schedulers(workload))
-        batch = _pick(rows, "batch")[0]
+        runs.append(ctx.run("omega", multiplier, workload, omega_schedulers(workload)))
+    # Every point is handed out at once (they may run in parallel); the CSV keeps them up
+    # to the first that saturates, as a sweep that stopped there would.
+    for run in runs:
+        batch = _pick(run.rows(), "batch")[0]
         if (
             batch["busyness_mean"] >= saturation
             or batch["jobs_abandoned"]
             or batch["jobs_attempted"] < batch["jobs"]
         ):
+            ctx.drop_after(run)
             break
     return ctx.write(_plot_sweep("batch load (x lambda_batch)", ("batch", "service"), log_x=True))
 
@@ -267,10 +316,15 @@ def run_experiment(
     out: str | Path = "out/sim",
     core_factory: CoreFactory | None = None,
     plot: str | Path | None = None,
+    model: str = "real",
+    jobs: int | None = 1,
+    cluster: str | None = None,
     **options: Any,
 ) -> Path:
     """Run experiment `name` (see `EXPERIMENTS`); return the path of its CSV. With `plot`,
-    also draw `paper_figure` of the CSV's rows to that PNG."""
+    also draw `paper_figure` of the CSV's rows to that PNG. The points run in `jobs` local
+    processes (None: one per core; 1: in this process) or on the Dask `cluster`
+    (`cellsim.executors`); the CSV is the same whichever ran them."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; one of {', '.join(EXPERIMENTS)}")
     workload = load(preset)
@@ -285,8 +339,13 @@ def run_experiment(
         Path(out),
         core_factory,
         Path(plot) if plot is not None else None,
+        model,
+        executor(jobs, cluster),
     )
-    return EXPERIMENTS[name](ctx, **options)
+    try:
+        return EXPERIMENTS[name](ctx, **options)
+    finally:
+        ctx.runner.close()
 
 
 # -- plots -----------------------------------------------------------------------------

@@ -34,6 +34,13 @@ EXPERIMENTS: dict[str, str] = {
     "monolithic": "one scheduler (single-/multi-path) against Omega, across t_job",
     "sampling": "candidate sampling vs best fit, with 1 and 4 batch schedulers",
 }
+# The transaction models (`cellsim.engine`, `schedulers.core.PaperModel`).
+MODELS: dict[str, str] = {
+    "real": "our schedulers' own policy (best fit, spreading, preemption)",
+    "paper": "the Omega paper's: one job per transaction, random fit, t_job + t_task x "
+    "unscheduled tasks, re-queued after 1 s, abandoned after 1,000 attempts or 100 "
+    "that placed nothing, coarse seqnums moved by claims only",
+}
 PERF = "perf"  # one run timed (and with --profile, profiled); not an experiment: no sweep
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -70,6 +77,20 @@ def preset(text: str) -> str:
     if text.endswith(".toml") and Path(text).is_file():
         return text
     raise BadValue(f"{text!r} is not a preset: one of {', '.join(names)}, or an existing TOML file")
+
+
+def model(text: str) -> str:
+    if text not in MODELS:
+        raise BadValue(f"{text!r} is not a model: one of {', '.join(MODELS)}")
+    return text
+
+
+def address(text: str) -> str:
+    """A Dask scheduler's address: `tcp://HOST:PORT` (or `HOST:PORT`)."""
+    host, _, port = text.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadValue(f"{text!r} is not allowed: a Dask scheduler's address, tcp://HOST:PORT")
+    return text if text.startswith("tcp://") else f"tcp://{text}"
 
 
 def positive_float(text: str | float) -> float:
@@ -169,6 +190,13 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("days", "simulated days per run", "DAYS", positive_float, 1.0),
     Flag(
+        "model",
+        "transaction model: " + "; ".join(f"{k}: {v}" for k, v in MODELS.items()),
+        "|".join(MODELS),
+        model,
+        "real",
+    ),
+    Flag(
         "machines",
         "cell size (arrival rates scale with it) [default: the preset's]",
         "N",
@@ -200,6 +228,20 @@ FLAGS: tuple[Flag, ...] = (
         "the sweep, a line per mode / number of batch schedulers) from the CSV's rows",
         "FILE.png",
         png,
+    ),
+    Flag(
+        "jobs",
+        "local processes to run the sweep's points in [default: one per core; 1: this "
+        "process]; the CSV is the same whichever runs them",
+        "N",
+        positive_int,
+    ),
+    Flag(
+        "cluster",
+        "run the sweep's points on an existing Dask distributed cluster (its scheduler's "
+        "address; workers need this package installed)",
+        "tcp://HOST:PORT",
+        address,
     ),
     Flag("profile", "perf: run under cProfile and print where the time goes"),
 )

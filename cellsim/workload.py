@@ -5,7 +5,8 @@ of the Omega paper's lightweight simulator (EuroSys 2013, section 4): per job
 class (batch, service), an interarrival-time distribution, and per job the
 number of tasks, the task duration and the per-task cpu and memory, each drawn
 from its own distribution; a cell of homogeneous or mixed machines; and an
-initial utilisation made of long-running service tasks ("prefill").
+initial utilisation made of long-running service tasks ("prefill": a target
+share of cpu, or `[[cell.prefill_jobs]]`, a trace's jobs present at the start).
 
 Every draw comes from a numpy `Generator` seeded from the run's seed, one
 stream per job class, so adding a class or sampling more of one never shifts
@@ -156,6 +157,16 @@ class MachineType:
 
 
 @attrs.frozen(slots=True)
+class PrefillJob:
+    """A job already running when the run starts (a trace's prefill), placed directly."""
+
+    tasks: int
+    cpu: float  # cores per task
+    memory: float  # GiB per task
+    duration: float | None  # seconds from the start; None: to the end of the run
+
+
+@attrs.frozen(slots=True)
 class Workload:
     name: str
     machines: int
@@ -165,6 +176,7 @@ class Workload:
     prefill_job_tasks: int
     classes: tuple[JobClass, ...]
     think: tuple[tuple[str, float, float], ...]  # (class, t_job, t_task)
+    prefill_jobs: tuple[PrefillJob, ...] = ()
 
     def job_class(self, name: str) -> JobClass:
         for job_class in self.classes:
@@ -253,6 +265,23 @@ def parse(doc: Mapping[str, Any], name: str = "workload") -> Workload:
             for cls, t in doc.get("schedulers", {}).items()
         )
     )
+    prefill_jobs = []
+    for i, table in enumerate(cell.get("prefill_jobs", ())):
+        where = f"cell.prefill_jobs[{i}]"
+        try:
+            job = PrefillJob(
+                int(table["tasks"]),
+                float(table["cpu"]),
+                float(table["memory_gib"]),
+                None if table.get("duration") is None else float(table["duration"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WorkloadError(
+                f"{where}: needs tasks, cpu, memory_gib (numbers) and may have duration: {exc}"
+            ) from exc
+        if job.tasks < 1 or job.cpu <= 0 or job.memory <= 0:
+            raise WorkloadError(f"{where}: tasks, cpu and memory_gib must be above 0")
+        prefill_jobs.append(job)
     return Workload(
         name=str(doc.get("name", name)),
         machines=int(cell.get("machines", 1000)),
@@ -262,4 +291,5 @@ def parse(doc: Mapping[str, Any], name: str = "workload") -> Workload:
         prefill_job_tasks=int(cell.get("prefill_job_tasks", 50)),
         classes=tuple(classes),
         think=think,
+        prefill_jobs=tuple(prefill_jobs),
     )

@@ -63,13 +63,17 @@ class Band(enum.IntEnum):
 
     @classmethod
     def of(cls, priority: int) -> Band:
-        return cls(priority // 100)
+        number = priority // 100
+        # A tuple index, not `cls(number)`: every task is built with its band, and an
+        # enum lookup by value costs ten times as much.
+        return _BANDS[number] if 0 <= number < len(_BANDS) else cls(number)
 
     @classmethod
     def parse(cls, text: str) -> Band:
         return cls[text.upper().replace("-", "_")]
 
 
+_BANDS = tuple(Band)
 BAND_NAMES = tuple(band.label for band in Band)
 MAX_PRIORITY = 100 * len(Band) - 1
 # Tasks in these bands are never preempted (Borg: production and above).

@@ -127,7 +127,8 @@ class CellState:
         self.config = config or CellConfig()
         self.rules = rules
         # False where nobody reads events (a replica answers results; its watchers
-        # replay commands): `apply` then answers none, and commits skip building them.
+        # replay commands; the simulator reads the cell): `apply` then answers none,
+        # and commits and task reports skip building them.
         self.keep_events = True
         self.version = 0
         self.now = 0.0
@@ -908,6 +909,7 @@ class CellState:
 
     def _report_tasks(self, cmd: ReportTasks, events: list[Event]) -> Result:
         stale = []
+        keep_events = self.keep_events
         for report in cmd.reports:
             task = self.tasks.get(report.task)
             if (
@@ -949,7 +951,8 @@ class CellState:
                 if new is TaskState.FAILED or report.exit_code:
                     job.failures += 1
             self._move(task, job, new)
-            events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
+            if keep_events:
+                events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
             if new is TaskState.RUNNING:
                 self._judge(task, report.healthy, events)
         return Stale(tasks=tuple(stale)) if stale else Ok()
@@ -1170,15 +1173,22 @@ class CellState:
         reclaimed resources were wanted back); return their ids. Lowest
         priority first, then the most recently placed, so that every copy picks
         the same victims whatever order it learnt the tasks in."""
-        squeezed = []
-        while machine.account.overcommitted():
-            tasks = self.tasks
-            victim = min(
-                (tasks[tid] for tid in machine.tasks if tasks[tid].best_effort),
-                key=lambda t: (t.priority, -(t.placed_at or 0.0), _reverse(t.id)),
-            )
+        squeezed: list[str] = []
+        account = machine.account
+        if not account.overcommitted():
+            return squeezed
+        tasks = self.tasks
+        # One sort, then victims in its order: what picking the least one again and again
+        # picked (evicting one changes no other's key), without a key per task per victim.
+        candidates = sorted(
+            (tasks[tid] for tid in machine.tasks if tasks[tid].best_effort),
+            key=lambda t: (t.priority, -(t.placed_at or 0.0), _Descending(t.id)),
+        )
+        for victim in candidates:
             self._evict(victim, "preempted", events)
             squeezed.append(victim.id)
+            if not account.overcommitted():
+                break
         return squeezed
 
     # -- reading ------------------------------------------------------------------
@@ -1219,8 +1229,22 @@ def _too_old(rules: int, needed: int, what: str, field: str | None = None) -> Er
     )
 
 
-def _reverse(text: str) -> tuple[int, ...]:
-    return tuple(-ord(ch) for ch in text)
+class _Descending:
+    """A task id that sorts as the tuple of its characters' negated code points did (the
+    order every copy has always used): the greater character first where two ids differ,
+    the shorter first where one is the other's prefix. Compared only on a tie of the keys
+    before it, so nothing is computed for the ids that never tie."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __lt__(self, other: _Descending) -> bool:
+        a, b = self.text, other.text
+        if a.startswith(b) or b.startswith(a):
+            return len(a) < len(b)
+        return a > b
 
 
 def _reservation(

@@ -8,6 +8,7 @@ fields may follow.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -247,9 +248,10 @@ def cell_summary(cell: CellState) -> dict[str, Any]:
     for job in cell.jobs.values():
         for state, n in job.counts.items():
             tasks[str(state)] = tasks.get(str(state), 0) + n
-    machines: dict[str, int] = {}
-    for machine in cell.machine_list:
-        machines[str(machine.state)] = machines.get(str(machine.state), 0) + 1
+    # Counted by state first and named after: at 100,000 machines, naming each machine's
+    # state made one summary cost 0.1 s of the replica's time, and clients poll it.
+    by_state = Counter(machine.state for machine in cell.machine_list)
+    machines = {str(state): n for state, n in by_state.items()}
     return {
         "version": cell.version,
         "rules": cell.rules,

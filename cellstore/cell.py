@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 import attrs
@@ -302,7 +302,7 @@ class SilenceClock:
         self._seen: dict[str, tuple[float, float]] = {}
 
     def silent(
-        self, term: int | None, stamps: Iterable[tuple[str, float]], now: float
+        self, term: int | None, stamps: Sequence[tuple[str, float]], now: float
     ) -> tuple[SilentMachine, ...]:
         """The machines silent for the timeout at monotonic time `now`, with their stamps.
 
@@ -314,34 +314,38 @@ class SilenceClock:
             self._seen = {}
         if term is None:
             return ()
-        seen, now_seen = self._seen, {}
+        # Updated in place, one lookup per machine: at 100,000 machines every second, a fresh
+        # dict of fresh tuples was a tenth of the leader's CPU.
+        seen, timeout = self._seen, self.timeout_s
         found = []
+        count = 0
         for machine, stamp in stamps:
+            count += 1
             prior = seen.get(machine)
-            since = prior[1] if prior is not None and prior[0] == stamp else now
-            now_seen[machine] = (stamp, since)
-            if now - since >= self.timeout_s:
+            if prior is None or prior[0] != stamp:
+                seen[machine] = prior = (stamp, now)
+            if now - prior[1] >= timeout:
                 found.append(SilentMachine(machine, stamp))
-        self._seen = now_seen
+        if len(seen) > count:  # machines gone down or removed: forget them
+            present = {machine for machine, _ in stamps}
+            for machine in [m for m in seen if m not in present]:
+                del seen[machine]
         return tuple(found)
 
 
 def _expiry_view(machine: Machine, now: float) -> tuple[list[tuple[str, float]], bool]:
-    """The heartbeat stamp of every machine not down, and whether a drain is due at `now`."""
-    cell_machine = _cell_machine(machine)
-    stamps = [
-        (m.id, m.last_heartbeat)
-        for m in cell_machine.cell.machine_list
-        if m.state is not MachineState.DOWN
-    ]
-    return stamps, _drain_due(cell_machine, now)
-
-
-def _drain_due(machine: CellMachine, now: float) -> bool:
-    """Whether a drain's deadline has passed (`ExpireHeartbeats` ends it)."""
-    return any(
-        m.drain_deadline is not None and m.drain_deadline <= now for m in machine.cell.machine_list
-    )
+    """The heartbeat stamp of every machine not down, and whether a drain is due at `now`
+    (one pass: it runs every second over every machine, under the state lock)."""
+    stamps = []
+    drain_due = False
+    down = MachineState.DOWN
+    for m in _cell_machine(machine).cell.machine_list:
+        if m.state is not down:
+            stamps.append((m.id, m.last_heartbeat))
+        deadline = m.drain_deadline
+        if deadline is not None and deadline <= now:
+            drain_due = True
+    return stamps, drain_due
 
 
 async def leader_duty(

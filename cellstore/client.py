@@ -5,7 +5,11 @@ connection error, a timeout, a 5xx or a `not_committed` answer it moves on to th
 and retries after a capped exponential back-off, until `retry_deadline_s`. A request unanswered
 after a second is watched: once the replica waited on is silent and another names a leader, it
 is abandoned for that leader (`cellstore.leader`), so a leader cut off by a link that drops
-packets costs about an election, not the request timeout. A retry resends the
+packets costs about an election, not the request timeout. At most `MAX_IN_FLIGHT` requests are
+on the wire at once (more wait in the client, unwatched: waiting for a connection of our own is
+no sign of a partition), and all requests waiting on one replica share one probe, so a burst of
+a thousand concurrent calls neither floods the replicas with status probes nor drowns httpx's
+connection pool, whose queue costs time quadratic in its length. A retry resends the
 same command bytes (the ids inside are the client's, never re-invented): for `commands()` only
 the commands whose outcome is unknown are resent. `watch()` reconnects to any replica and
 resumes after the last version it yielded, so the consumer sees no gap and no duplicate.
@@ -39,6 +43,9 @@ STATUS = "/v1/status"
 SNAPSHOT = "/v1/snapshot"
 WATCH = "/v1/watch"
 ROUTES = (("POST", COMMANDS), ("GET", STATUS), ("GET", SNAPSHOT), ("GET", WATCH))
+
+# Below the pool's 64 connections: watch streams hold connections of their own.
+MAX_IN_FLIGHT = 48
 
 
 class StoreUnavailable(Exception):
@@ -92,6 +99,12 @@ class StoreClient:
             timeout=self._timeout,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
+        self._in_flight = trio.CapacityLimiter(MAX_IN_FLIGHT)
+        # Probes get their own small pool: they must not queue behind the requests they judge.
+        self._probe_http: httpx.AsyncClient | None = None
+        # Per replica waited on: the probe under way (its event) or the last verdict and when.
+        self._probing: dict[int, trio.Event] = {}
+        self._verdicts: dict[int, tuple[float, str | None]] = {}
 
     async def __aenter__(self) -> StoreClient:
         return self
@@ -101,6 +114,8 @@ class StoreClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._probe_http is not None:
+            await self._probe_http.aclose()
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -271,7 +286,7 @@ class StoreClient:
         moved: list[str] = []
         failed: list[Exception] = []
         resp: httpx.Response | None = None
-        async with trio.open_nursery() as nursery:
+        async with self._in_flight, trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_leader, index, moved, nursery.cancel_scope)
             try:
                 resp = await self._http.request(method, url, content=body, headers=headers)
@@ -288,8 +303,29 @@ class StoreClient:
 
     async def _watch_leader(self, index: int, moved: list[str], scope: trio.CancelScope) -> None:
         await trio.sleep(PROBE_AFTER_S)
-        target = self._addresses[index]
         while True:
+            leader = await self._leader_instead_of(index)
+            if leader is not None and leader in self._addresses:
+                log.info("request_abandoned", replica=self._addresses[index], leader=leader)
+                moved.append(leader)
+                scope.cancel()
+                return
+            await trio.sleep(PROBE_PERIOD_S)
+
+    async def _leader_instead_of(self, index: int) -> str | None:
+        """`leader_elsewhere` for replica `index`, probed at most once per `PROBE_PERIOD_S`
+        however many requests wait on it: the others wait for that probe's verdict."""
+        verdict = self._verdicts.get(index)
+        if verdict is not None and trio.current_time() - verdict[0] < PROBE_PERIOD_S:
+            return verdict[1]
+        running = self._probing.get(index)
+        if running is not None:
+            await running.wait()
+            return self._verdicts.get(index, (0.0, None))[1]
+        done = self._probing[index] = trio.Event()
+        leader: str | None = None
+        try:
+            target = self._addresses[index]
             answers: dict[str, dict[str, Any] | None] = {}
             reachable: list[bool] = []
             async with trio.open_nursery() as nursery:
@@ -298,12 +334,12 @@ class StoreClient:
                     if address != target:
                         nursery.start_soon(self._probe, address, answers)
             leader = leader_elsewhere(target, bool(reachable), answers)
-            if leader is not None and leader in self._addresses:
-                log.info("request_abandoned", replica=self._addresses[index], leader=leader)
-                moved.append(leader)
-                scope.cancel()
-                return
-            await trio.sleep(PROBE_PERIOD_S)
+        finally:
+            # Set even when cancelled, so no waiter is left behind on a dead probe.
+            self._verdicts[index] = (trio.current_time(), leader)
+            del self._probing[index]
+            done.set()
+        return leader
 
     async def _connects(self, address: str, reachable: list[bool]) -> None:
         """Append True if a new TCP connection to `address` opens within the probe timeout."""
@@ -318,8 +354,10 @@ class StoreClient:
 
     async def _probe(self, address: str, answers: dict[str, dict[str, Any] | None]) -> None:
         answers[address] = None
+        if self._probe_http is None:
+            self._probe_http = httpx.AsyncClient(limits=httpx.Limits(max_connections=8))
         try:
-            resp = await self._http.get(
+            resp = await self._probe_http.get(
                 self._url_of(address) + STATUS, headers=self._auth, timeout=PROBE_TIMEOUT_S
             )
             if resp.status_code == 200:

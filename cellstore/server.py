@@ -17,6 +17,7 @@ from cellstore.api import Replica, build_router
 from cellstore.config import ReplicaConfig
 from cellstore.datadir import DamagedDataDir
 from cellstore.feed import AppliedFeed
+from cellstore.heap import tune_for_large_heaps
 from cellstore.http import AsgiApp
 from cellstore.logs import configure_json_logging
 from cellstore.raft import ReplicatedMachine
@@ -29,6 +30,7 @@ def run_replica(config: ReplicaConfig, *, configure_logging: bool = True) -> Non
     (`cellstore.datadir`) is logged and ends the process with status 3, serving nothing."""
     if configure_logging:
         configure_json_logging()
+    tune_for_large_heaps()
     try:
         trio.run(serve_replica, config)
     except DamagedDataDir as exc:

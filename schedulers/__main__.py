@@ -10,6 +10,7 @@ import argparse
 
 from cellstate import ConflictMode, SchedulerClass, TxnMode
 from cellstore.client import add_store_arguments, store_from_arguments
+from cellstore.heap import tune_for_large_heaps
 from schedulers.process import SchedulerConfig
 from schedulers.process import main as run
 
@@ -22,6 +23,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= I < N")
     return i, n
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: a whole number of 1 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sampling", action="store_true", help="evaluate every machine")
     p.add_argument("--max-attempts", type=int, default=1000)
     p.add_argument("--max-claims", type=int, default=1000, help="claims per transaction")
+    p.add_argument(
+        "--max-jobs",
+        type=_at_least_one,
+        default=None,
+        metavar="N",
+        help="jobs per transaction (default: any)",
+    )
+    p.add_argument(
+        "--model",
+        default="real",
+        choices=["real", "paper"],
+        help="transaction model: paper is the Omega paper's (one job per transaction, random "
+        "fit, think time per unscheduled task, re-queued after 1 s, abandoned after 1,000 "
+        "attempts or 100 that placed nothing)",
+    )
     p.add_argument("--report-period", type=float, default=2.0, metavar="S")
     p.add_argument(
         "--avoidance",
@@ -92,6 +118,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
         max_attempts=args.max_attempts,
         metrics=args.metrics,
         max_claims=args.max_claims,
+        max_jobs=args.max_jobs,
+        model=args.model,
         report_period_s=args.report_period,
         seed=args.seed,
         avoidance=args.avoidance == "on",
@@ -99,7 +127,9 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(config_from_args(argv))
+    config = config_from_args(argv)
+    tune_for_large_heaps()  # it holds a whole copy of the cell (`cellstore.heap`)
+    run(config)
 
 
 if __name__ == "__main__":

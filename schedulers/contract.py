@@ -45,6 +45,12 @@ class CoreDecision(Protocol):
         and the paper's decision time is paid once per considered job."""
         ...
 
+    @property
+    def unscheduled(self) -> int:
+        """Tasks the decision tried to place, claimed or not (the paper model's
+        think time is paid per one)."""
+        ...
+
 
 D = TypeVar("D", bound=CoreDecision)
 
@@ -67,6 +73,11 @@ class Core(Protocol[D]):
         ...
 
     def has_work(self, cell: CellState) -> bool: ...
+
+    def wakes_at(self) -> float | None:
+        """When a job it holds back (the paper model's re-queue) may be tried again;
+        None if it holds none back."""
+        ...
 
     def decide(self, cell: CellState, now: float) -> D | None:
         """Read `cell` (never change it) and return the transaction to commit, or None when

@@ -32,6 +32,14 @@ stay pending in the cell and are simply taken again by later decisions.
 Conflict avoidance (`avoidance`, `schedulers.avoid`; off unless given, as in
 the simulator's paper models): the core tries the machines of its own
 partition first and rests machines on which it just lost a conflict.
+
+The Omega paper's model (`PaperModel`, `SchedulerCore(paper=PaperModel())`): the
+simulator's and live mode's `--model paper`. One job per transaction, every pending
+task of it, placed by random fit; every attempt is a transaction, with claims or
+without (its think time is paid either way); a job left with unplaced tasks goes to
+the back of the queue `requeue_s` after its transaction, never stalled on the table;
+it is abandoned (parked) after `max_attempts` attempts in all, or `max_futile`
+attempts that placed nothing. The queue is ordered by when a job (re-)entered it.
 """
 
 from __future__ import annotations
@@ -68,6 +76,17 @@ from schedulers.table import MachineTable, table_for
 PENDING = TaskState.PENDING
 
 
+@attrs.frozen(slots=True)
+class PaperModel:
+    """The Omega paper's transaction model (EuroSys 2013, section 4; see the module
+    docstring): the numbers of Google's cluster-scheduler-simulator."""
+
+    requeue_s: float = 1.0
+    max_attempts: int = 1000
+    max_futile: int = 100
+    policy: str = "random-fit"
+
+
 @attrs.frozen
 class Decision:
     """One decision: the transaction to commit and what went into it.
@@ -87,6 +106,12 @@ class Decision:
     def considered(self) -> tuple[str, ...]:
         """Every job considered (`schedulers.contract.CoreDecision`)."""
         return tuple(self.explanations) or self.jobs
+
+    @property
+    def unscheduled(self) -> int:
+        """Tasks the decision tried to place, claimed or not: the paper's think time
+        is `t_job + t_task` times this."""
+        return sum(metric.wanted for metric in self.explanations.values())
 
 
 def shard_of(job_id: str, shards: int) -> int:
@@ -112,6 +137,8 @@ class SchedulerCore:
         max_claims: int = 1000,
         max_jobs: int | None = None,
         avoidance: Avoidance | None = None,
+        policy: str = "real",
+        paper: PaperModel | None = None,
     ) -> None:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
@@ -129,8 +156,15 @@ class SchedulerCore:
         # The Omega paper's model decides one job per transaction (max_jobs=1);
         # live schedulers batch many jobs into one commit for throughput.
         self.max_jobs = max_jobs
-        self.stack = stack_for(self.kind)
         self.avoider = None if avoidance is None else Avoider(name, avoidance)
+        self.paper = paper
+        if paper is not None:
+            # Every pending task of one job per transaction; its own attempt limit.
+            policy, self.max_jobs, self.max_claims = paper.policy, 1, 1 << 62
+            self.max_attempts = paper.max_attempts
+        self.stack = stack_for(self.kind, policy)
+        self._queued: dict[str, float] = {}  # paper: job -> when it (re-)entered the queue
+        self._futile: dict[str, int] = {}  # paper: job -> attempts that placed nothing
         self.figures = SchedulerFigures()
         self.attempts: dict[str, int] = {}
         self.parked: dict[str, str] = {}
@@ -158,8 +192,16 @@ class SchedulerCore:
             if job.killed or jid in parked or stalled.get(jid) == generation or not self.owns(job):
                 continue
             found.append(job)
-        found.sort(key=lambda j: (-j.spec.priority, j.submitted_at, j.id))
+        if self.paper is not None:
+            queued = self._queued
+            found.sort(key=lambda j: (queued.get(j.id, j.submitted_at), j.id))
+        else:
+            found.sort(key=lambda j: (-j.spec.priority, j.submitted_at, j.id))
         return found
+
+    def wakes_at(self) -> float | None:
+        """The paper model: when the next re-queued job comes back (None: none waits)."""
+        return min(self._queued.values(), default=None) if self._queued else None
 
     def changing(self, cell: CellState) -> list[Job]:
         """This core's jobs with lifecycle work (`schedulers.lifecycle`)."""
@@ -230,6 +272,9 @@ class SchedulerCore:
         """
         table = table_for(cell)
         jobs = self._eligible(cell, table.generation)
+        if self.paper is not None:
+            queued = self._queued
+            jobs = [job for job in jobs if queued.get(job.id, now) <= now]
         changing = self.changing(cell)
         if not jobs and not changing:
             return None
@@ -251,13 +296,13 @@ class SchedulerCore:
             metric = metrics[jid] = self._last[jid] = JobMetric(jid)
             placed = self.stack.place(ctx, job, tasks, metric)
             unclaimed[jid] = job.counts.get(PENDING, 0) - len(placed)
-            if len(placed) < len(tasks):
+            if len(placed) < len(tasks) and self.paper is None:
                 self._stalled[jid] = table.generation
             if placed:
                 claims.extend(placed)
                 claimed_jobs.append(jid)
                 gang = gang or job.spec.gang
-            else:
+            elif self.paper is None:
                 self._maybe_park(jid, metric.unplaced_reason or reasons.NO_ROOM)
         stops: list[Stop] = []
         verdicts: list[Verdict] = []
@@ -267,7 +312,8 @@ class SchedulerCore:
             claims.extend(plan.claims)
             stops.extend(plan.stops)
             verdicts.extend(plan.verdicts)
-        if not claims and not stops and not verdicts:
+        if not claims and not stops and not verdicts and (self.paper is None or not metrics):
+            # (The paper model pays for an attempt that found no room as for any other.)
             return None
         if self.avoider is not None:
             self.figures.partition_machines = self.avoider.share(table.n)
@@ -295,7 +341,10 @@ class SchedulerCore:
         recorded once); jobs still short after `max_attempts` are parked.
         """
         f = self.figures
-        f.transactions += 1
+        txn = decision.transaction
+        if txn.claims or txn.stops or txn.verdicts:
+            # (The paper model's attempt that found no room commits nothing.)
+            f.transactions += 1
         f.claims_attempted += decision.tasks
         f.claims_accepted += result.accepted
         f.preemptions += len(result.preempted)
@@ -308,6 +357,8 @@ class SchedulerCore:
                 f.conflict_free_transactions += 1
         if self.avoider is not None:
             self.avoider.learn(result, now)
+        if self.paper is not None:
+            self._paper_result(cell, decision, result, now)
         lost: dict[str, dict[str, int]] = {}
         for rejection in result.rejected:
             reason = rejection.reason
@@ -327,7 +378,7 @@ class SchedulerCore:
             if rejection.by is not None:
                 rivals = self._rivals.setdefault(jid, {})
                 rivals[rejection.by] = rivals.get(rejection.by, 0) + 1
-        for jid in decision.explanations:
+        for jid in decision.explanations if self.paper is None else ():
             if jid in lost:
                 self._stalled.pop(jid, None)  # conflicts are worth a fresh look
             elif jid in decision.jobs and decision.unclaimed.get(jid, 1) == 0:
@@ -345,6 +396,37 @@ class SchedulerCore:
                 else decision.explanations[jid].unplaced_reason or reasons.NO_ROOM
             )
             self._maybe_park(jid, reason)
+
+    def _paper_result(
+        self, cell: CellState, decision: Decision, result: CommitResult, now: float
+    ) -> None:
+        """Settle the paper model's one job: placed whole, or re-queued at the back
+        `requeue_s` from now, or abandoned (see the module docstring)."""
+        paper = self.paper
+        assert paper is not None
+        for jid, metric in decision.explanations.items():
+            job = cell.jobs.get(jid)
+            if job is None or not job.counts.get(PENDING, 0):
+                self._queued.pop(jid, None)
+                self._futile.pop(jid, None)
+                self._placed_fully(cell, jid, now)
+                continue
+            rejected = sum(
+                1 for r in result.rejected if (t := cell.tasks.get(r.task)) and t.job == jid
+            )
+            if metric.placed - rejected <= 0:
+                self._futile[jid] = self._futile.get(jid, 0) + 1
+            reason = metric.unplaced_reason or (
+                result.rejected[0].reason if result.rejected else reasons.NO_ROOM
+            )
+            if self._futile.get(jid, 0) >= paper.max_futile:
+                self.attempts[jid] = max(self.attempts.get(jid, 0), self.max_attempts)
+            self._maybe_park(jid, reason)
+            if jid in self.parked:
+                self._queued.pop(jid, None)
+                self._futile.pop(jid, None)
+            else:
+                self._queued[jid] = now + paper.requeue_s
 
     def _placed_fully(self, cell: CellState, jid: str, now: float) -> None:
         self.attempts.pop(jid, None)

@@ -18,6 +18,12 @@ Waiting for the result's version before deciding again matters: the next
 decision must see this one's accepted claims, or it would offer the same
 tasks (rejected as `task_not_pending`) and the same capacity again.
 
+With `model="paper"` the core runs the Omega paper's transaction model
+(`schedulers.core.PaperModel`): the think time counts every unscheduled task of the
+job, an attempt that found no room commits nothing but is an attempt all the same,
+and the loop wakes when a re-queued job comes back. The store's coarse sequence
+numbers stay the cell's (moved by any change), unlike the simulator's paper model.
+
 Every `report_period_s` the process posts its figures (flattened to numbers)
 and an explanation of every job it owns that is still pending or parked to
 the cell (`report_scheduler`), so `omega status` / `omega explain` read them
@@ -45,7 +51,7 @@ import attrs
 import structlog
 import trio
 
-from cellstate import ConflictMode, SchedulerClass, TxnMode
+from cellstate import CommitResult, ConflictMode, SchedulerClass, TxnMode
 from cellstore.cellclient import CellClient, CellError
 from cellstore.copy import LocalCopy
 from cellstore.http import Request, Response, Router, serve_router
@@ -53,7 +59,7 @@ from cellstore.ids import new_command_id
 from cellstore.metrics import metrics_endpoint
 from schedulers.avoid import Avoidance
 from schedulers.committer import CellCommitter, Committer
-from schedulers.core import Decision, SchedulerCore
+from schedulers.core import Decision, PaperModel, SchedulerCore
 from schedulers.prometheus import registry_of
 
 MAX_EXPLANATIONS = 1000  # jobs explained per report, to bound the command's size
@@ -92,6 +98,15 @@ class SchedulerConfig:
     # Conflict avoidance (`schedulers.avoid`): partitions and cooling, or neither.
     avoidance: bool = True
     metrics: str | None = None  # HOST:PORT to serve GET /v1/metrics on
+    # The transaction model: "real", or "paper" (`schedulers.core.PaperModel`, whose think
+    # time counts every unscheduled task); `max_jobs` caps jobs per transaction (None: any).
+    model: str = attrs.field(default="real")
+    max_jobs: int | None = None
+
+    @model.validator
+    def _known(self, attribute: attrs.Attribute, value: str) -> None:
+        if value not in ("real", "paper"):
+            raise ValueError(f"model {value!r}: one of real, paper")
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -111,7 +126,10 @@ class SchedulerConfig:
             sampling=self.sampling,
             max_attempts=self.max_attempts,
             max_claims=self.max_claims,
-            avoidance=Avoidance() if self.avoidance else None,
+            max_jobs=self.max_jobs,
+            paper=PaperModel(max_attempts=self.max_attempts) if self.model == "paper" else None,
+            # The paper's model places by random fit alone, as the simulator's does.
+            avoidance=Avoidance() if self.avoidance and self.model != "paper" else None,
         )
 
 
@@ -179,9 +197,19 @@ class LiveScheduler:
             decision = await self.decide()
             if decision is None:
                 # Lifecycle work waits on time too (a replacement healthy for
-                # long enough, a deadline), not only on the cell changing.
-                with trio.move_on_after(LIFECYCLE_TICK_S if core.changing(copy.cell) else math.inf):
+                # long enough, a deadline), not only on the cell changing; so does a
+                # job the paper model re-queued.
+                wait = LIFECYCLE_TICK_S if core.changing(copy.cell) else math.inf
+                back = core.wakes_at()
+                if back is not None:
+                    wait = min(wait, max(0.0, back - time.time()))
+                with trio.move_on_after(wait):
                     await copy.changed()
+                continue
+            txn = decision.transaction
+            if not txn.claims and not txn.stops and not txn.verdicts:
+                # The paper model's attempt that found no room: nothing to commit.
+                core.on_result(copy.cell, decision, CommitResult(), time.time())
                 continue
             version = await self.commit(decision)
             if version is not None:
@@ -196,10 +224,8 @@ class LiveScheduler:
         decision = core.decide(self.copy.cell, time.time())
         elapsed = time.perf_counter() - start
         if decision is not None:
-            think = (
-                config.think_job_s * len(decision.explanations)
-                + config.think_task_s * decision.tasks
-            )
+            tasks = decision.unscheduled if config.model == "paper" else decision.tasks
+            think = config.think_job_s * len(decision.explanations) + config.think_task_s * tasks
             if think > 0:
                 await trio.sleep(think)
                 elapsed += think

@@ -8,6 +8,10 @@
   first), then across machines within a domain (fewest of its tasks), then
   best fit. A heap of domains and one heap of machines per domain, so each
   task costs a few heap operations, not a pass over the machines.
+- `random_fit`: each task to a machine drawn uniformly among those that still
+  have room for it, as the Omega paper's simulator places (no scoring at
+  all). Drawn in rounds, one draw per task still unplaced, so the Python work
+  grows with the rounds, not with the tasks.
 """
 
 from __future__ import annotations
@@ -110,3 +114,29 @@ def spread(
         if heap:
             heappush(domains, (count + 1, rank, code))
     return chosen
+
+
+def random_fit(
+    rows: np.ndarray, fit: np.ndarray, wanted: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Place `wanted` tasks over candidate `rows` (with `fit` tasks of room each), each on
+    a machine drawn uniformly from those with room left; return (chosen rows, tasks per
+    row), at most `wanted` tasks in all, rows in ascending order.
+
+    A round draws one machine per unplaced task; a machine drawn more often than it has
+    room keeps what fits and the rest is drawn again among the machines still open, so
+    every task lands on a machine chosen uniformly from those that had room for it."""
+    room = fit.astype(np.int64, copy=True)
+    taken = np.zeros(rows.size, dtype=np.int64)
+    left = wanted
+    while left > 0:
+        open_ = np.flatnonzero(room > 0)
+        if open_.size == 0:
+            break
+        drawn = np.bincount(rng.integers(0, open_.size, size=left), minlength=open_.size)
+        got = np.minimum(drawn, room[open_])
+        taken[open_] += got
+        room[open_] -= got
+        left -= int(got.sum())
+    used = np.flatnonzero(taken)
+    return rows[used], taken[used]

@@ -26,6 +26,12 @@ The kinds:
   then best fit; may preempt batch tasks.
 - batch: best-fit packing, vectorised.
 - best-effort: best-fit packing on reclaimed resources only.
+
+`stack_for(kind, "random-fit")` is the Omega paper simulator's policy instead: every
+kind places each task on a machine drawn at random among those with room
+(`select.random_fit`), with the same filters, no scoring, no spreading, no
+preemption. It is there to compare against (the simulator's `--model paper`), not to
+run a cell with.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from schedulers.feasible import (
 )
 from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_share
 from schedulers.sample import candidates
-from schedulers.select import pack, spread
+from schedulers.select import pack, random_fit, spread
 from schedulers.table import Demand
 
 # Added to a best-fit score per avoidance tier (`avoid`): more than any
@@ -65,6 +71,7 @@ class Stack:
     best_effort: bool = False
     spread: bool = False
     preempt: bool = False
+    random: bool = False  # random fit: no scoring, no sampling (see the module docstring)
 
     def place(
         self, ctx: DecisionContext, job: Job, tasks: list[Task], metric: JobMetric
@@ -133,6 +140,12 @@ class Stack:
     ) -> list[int]:
         spec = job.spec
         be, one = self.best_effort, spec.anti_affinity
+        if self.random:
+            metric.machines_scored += int(rows.size)
+            sel, counts = random_fit(rows, fits(ctx, rows, demand, be, one), wanted, ctx.np_rng)
+            if sel.size:
+                ctx.take(sel, counts, demand, be)
+            return np.repeat(sel, counts).tolist()
         cand = candidates(ctx, rows, wanted, be)
         fit = fits(ctx, cand, demand, be, one)
         if cand.size < rows.size and int(fit.sum()) < wanted:
@@ -178,6 +191,17 @@ STACKS: dict[SchedulerClass, Stack] = {
 }
 
 
-def stack_for(kind: SchedulerClass) -> Stack:
-    """The policy a scheduler of `kind` decides with."""
-    return STACKS[kind]
+RANDOM_FIT: dict[SchedulerClass, Stack] = {
+    SchedulerClass.SERVICE: Stack(_STATIC, random=True),
+    SchedulerClass.BATCH: Stack(_STATIC, random=True),
+    SchedulerClass.BEST_EFFORT: Stack(_STATIC, best_effort=True, random=True),
+}
+POLICIES = {"real": STACKS, "random-fit": RANDOM_FIT}
+
+
+def stack_for(kind: SchedulerClass, policy: str = "real") -> Stack:
+    """The policy a scheduler of `kind` decides with: its own (`real`), or `random-fit`."""
+    stacks = POLICIES.get(policy)
+    if stacks is None:
+        raise ValueError(f"policy {policy!r}: one of {', '.join(POLICIES)}")
+    return stacks[kind]

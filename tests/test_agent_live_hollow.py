@@ -4,6 +4,7 @@ completion (placed by a few big transactions, no scheduler)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -49,3 +50,30 @@ def test_hollow_agent_runs_10000_machines_and_a_10000_task_job(tmp_path: Path) -
         # Heartbeats kept every machine up well past the timeout.
         assert summary()["machines"].get("up") == N
         print(f"10,000 hollow tasks placed and done in {elapsed:.1f} s")
+
+
+def test_machines_registered_first_heartbeat_while_the_rest_register(tmp_path: Path) -> None:
+    """100,000 hollow machines take half a minute to register. Heartbeats used to start after
+    the last batch, so every machine registered more than a heartbeat timeout earlier was
+    marked down, and had to register again. Here 300 machines register one per request,
+    which takes several times the 1 s timeout: none may ever be marked down."""
+    n = 300
+    with LiveCell(tmp_path, heartbeat_timeout=1.0) as cell, cell.client() as client:
+        name = cell.start_agent(
+            "slow", "--hollow", str(n), "--register-batch", "1", "--cpu", "1", "--memory", "1Gi"
+        )
+        cell.wait(
+            "agent ready",
+            lambda: '"agent_ready"' in cell.agent_log(name),
+            timeout=120,
+            machine=name,
+        )
+        registered = next(
+            json.loads(line)
+            for line in cell.agent_log(name).splitlines()
+            if '"agent_registered"' in line
+        )
+        assert registered["seconds"] > 2 * 1.0, registered
+        time.sleep(2.0)
+        assert client.summary()["machines"] == {"up": n}
+        assert '"machines_stale"' not in cell.agent_log(name)

@@ -45,13 +45,13 @@ def test_help_lists_experiments_presets_and_every_flag(capsys: pytest.CaptureFix
     from cellsim.experiments import EXPERIMENTS
 
     assert list(options.EXPERIMENTS) == list(EXPERIMENTS), "the light list fell behind"
-    assert options.presets() == ["A", "B", "C"]
+    assert options.presets() == ["A", "B", "C", "SYNTHETIC"]
     code, omega_help = omega("--help")
     assert code == 0
     code, cellsim_help = cellsim(capsys, "--help")
     assert code == 0
     for text in (omega_help, cellsim_help):
-        for word in [*EXPERIMENTS, "perf", "A|B|C|FILE.toml"]:
+        for word in [*EXPERIMENTS, "perf", "A|B|C|SYNTHETIC|FILE.toml", "real|paper"]:
             assert word in text
         for flag in options.FLAGS:
             assert flag.option in text
@@ -70,12 +70,17 @@ def test_both_command_lines_take_the_same_flags() -> None:
 @pytest.mark.parametrize(
     ("argv", "option", "allowed"),
     [
-        (["tjob", "--preset", "Z"], "--preset", "one of A, B, C, or an existing TOML file"),
+        (
+            ["tjob", "--preset", "Z"],
+            "--preset",
+            "one of A, B, C, SYNTHETIC, or an existing TOML file",
+        ),
         (["tjob", "--days", "-1"], "--days", "a number above 0"),
         (["tjob", "--machines", "0"], "--machines", "a whole number of 1 or more"),
         (["tjob", "--values", "1,x"], "--values", "numbers separated by commas"),
         (["tjob", "--batch-schedulers", "0"], "--batch-schedulers", "whole numbers of 1 or more"),
         (["tjob", "--plot", "fig.jpg"], "--plot", "a file name ending in .png"),
+        (["tjob", "--model", "omega"], "--model", "one of real, paper"),
         (["nope"], "xperiment", "one of tjob, batch-load, shards, modes, monolithic, sampling"),
     ],
 )

@@ -37,6 +37,10 @@ class StandInDecision:
     def considered(self) -> tuple[str, ...]:
         return self.jobs
 
+    @property
+    def unscheduled(self) -> int:
+        return self.tasks
+
 
 class StandInCore:
     def __init__(
@@ -73,6 +77,9 @@ class StandInCore:
 
     def has_work(self, cell: CellState) -> bool:
         return bool(self._jobs(cell))
+
+    def wakes_at(self) -> float | None:
+        return None
 
     def decide(self, cell: CellState, now: float) -> StandInDecision | None:
         jobs = self._jobs(cell)

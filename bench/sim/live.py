@@ -1,13 +1,15 @@
 """Live mode: the simulator's workload against a real local cell, side by side with the simulator.
 
-    python -m bench.sim live [--preset B] [--seconds 60] [--machines 1000] [--rate 1]
-                             [--seed S] --out DIR
+    python -m bench.sim live [--preset B] [--model real|paper] [--seconds 60]
+                             [--machines 1000] [--rate 1] [--seed S] --out DIR
 
 Starts a 3-replica `LocalCluster`, one hollow agent process for `--machines`
 machines (sized like the workload's first machine type; hollow tasks "run" for
 their job's `duration`), and the paper's Omega setup as real processes: one
 `service` and one `batch` scheduler with the preset's decision times as
-`--think-job/--think-task`. It then submits the workload's jobs at their arrival
+`--think-job/--think-task`, and the simulation's transaction model (`--model`: one
+job per transaction under either; `paper` is the Omega paper's model, whose think
+time counts every unscheduled task; see `schedulers.core.PaperModel`). It then submits the workload's jobs at their arrival
 times for `--seconds` of wall time. The job stream is drawn exactly as the
 simulator draws it (same seed, same per-class streams, same job names), so the
 simulator run that follows, for the same simulated duration, sees the same jobs.
@@ -15,7 +17,11 @@ simulator run that follows, for the same simulated duration, sees the same jobs.
 `--machines` scales arrival rates with the cell as `Workload.with_machines`
 does; `--rate` multiplies every class's arrival rate on top (small cells and
 short runs otherwise see almost no jobs). Both runs start from an empty cell
-(no prefill), since the live cell has none.
+(no prefill target, no prefill jobs), since the live cell has none.
+
+Under `--model paper` with coarse detection the two runs would differ in one respect:
+the simulator's sequence numbers move on claims only, the store's on every change
+(the default, fine detection, is the same in both).
 
 Per scheduler the table shows transactions, conflict fraction (conflicted
 per conflict-free transaction, `schedulers.metrics.conflict_fraction` on both
@@ -54,6 +60,8 @@ COLUMNS = (
     "jobs",
     "jobs_placed",
     "wait_first_placed_mean",
+    "tasks_placed",
+    "machines_used",
 )
 
 
@@ -99,6 +107,20 @@ def arrivals(workload: Workload, seconds: float, seed: int) -> list[Arrival]:
     return out
 
 
+def spread(tasks: list[dict[str, Any]], kind_of: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Per job class, tasks ever placed and the distinct machines they were placed on:
+    random fit spreads them, best fit packs them."""
+    placed: dict[str, int] = {}
+    machines: dict[str, set[str]] = {}
+    for task in tasks:
+        kind = kind_of.get(task["job"])
+        if kind is None or task.get("placed_at") is None or not task.get("machine"):
+            continue
+        placed[kind] = placed.get(kind, 0) + 1
+        machines.setdefault(kind, set()).add(task["machine"])
+    return {kind: (placed[kind], len(machines[kind])) for kind in placed}
+
+
 def first_placement_waits(
     tasks: list[dict[str, Any]], kind_of: dict[str, str]
 ) -> dict[str, list[float]]:
@@ -125,15 +147,24 @@ def _mean(values: list[float]) -> float:
 # -- the simulated run ---------------------------------------------------------------------
 
 
-def simulated(workload: Workload, seconds: float, seed: int) -> dict[str, dict[str, Any]]:
-    sim = Simulation(workload, omega_schedulers(workload), days=seconds / DAY, seed=seed)
+def simulated(
+    workload: Workload, seconds: float, seed: int, model: str = "real"
+) -> dict[str, dict[str, Any]]:
+    setups = omega_schedulers(workload, model=model)
+    sim = Simulation(workload, setups, days=seconds / DAY, seed=seed)
     result = sim.run()
     kind_of = {job: str(j.spec.scheduler) for job, j in sim.cell.jobs.items()}
     tasks = [
-        {"job": t.job, "submitted_at": t.submitted_at, "placed_at": t.placed_at}
+        {
+            "job": t.job,
+            "submitted_at": t.submitted_at,
+            "placed_at": t.placed_at,
+            "machine": t.machine,
+        }
         for t in sim.cell.tasks.values()
     ]
     waits = first_placement_waits(tasks, kind_of)
+    spreads = spread(tasks, kind_of)
     counts = _counts(kind_of)
     rows = {}
     for row in result.rows:
@@ -147,6 +178,8 @@ def simulated(workload: Workload, seconds: float, seed: int) -> dict[str, dict[s
             "jobs": counts.get(name, 0),
             "jobs_placed": len(waits.get(name, [])),
             "wait_first_placed_mean": _mean(waits.get(name, [])),
+            "tasks_placed": spreads.get(name, (0, 0))[0],
+            "machines_used": spreads.get(name, (0, 0))[1],
         }
     return rows
 
@@ -175,7 +208,12 @@ def _spawn(argv: list[str], log: Path, procs: list[subprocess.Popen]) -> subproc
 
 
 def live(
-    workload: Workload, jobs: list[Arrival], seconds: float, base: Path, log=print
+    workload: Workload,
+    jobs: list[Arrival],
+    seconds: float,
+    base: Path,
+    model: str = "real",
+    log=print,
 ) -> dict[str, dict[str, Any]]:
     import trio
 
@@ -229,6 +267,14 @@ def live(
                         str(t_task),
                         "--report-period",
                         "0.5",
+                        # The simulation's transaction model: one job per transaction.
+                        "--model",
+                        model,
+                        "--max-jobs",
+                        "1",
+                        # The simulated core runs without conflict avoidance: so does this.
+                        "--avoidance",
+                        "off",
                         *store,
                     ],
                     base / f"{name}.log",
@@ -258,6 +304,7 @@ def live(
             cell.close()
     kind_of = {a.job: str(a.spec.scheduler) for a in jobs}
     waits = first_placement_waits(tasks, kind_of)
+    spreads = spread(tasks, kind_of)
     counts = _counts(kind_of)
     rows = {}
     for report in summary["schedulers"]:
@@ -271,6 +318,8 @@ def live(
             "jobs": counts.get(name, 0),
             "jobs_placed": len(waits.get(name, [])),
             "wait_first_placed_mean": _mean(waits.get(name, [])),
+            "tasks_placed": spreads.get(name, (0, 0))[0],
+            "machines_used": spreads.get(name, (0, 0))[1],
         }
     return rows
 
@@ -288,7 +337,7 @@ def _up(cell: SyncCellClient) -> int:
 
 
 def prepare(preset: str, machines: int, rate: float) -> Workload:
-    workload = attrs.evolve(load(preset), prefill=0.0)
+    workload = attrs.evolve(load(preset), prefill=0.0, prefill_jobs=())
     if machines and machines != workload.machines:
         workload = workload.with_machines(machines)
     if rate != 1.0:
@@ -329,14 +378,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         began = time.perf_counter()
-        live_rows = live(workload, jobs, args.seconds, Path(tmp))
+        live_rows = live(workload, jobs, args.seconds, Path(tmp), args.model)
         live_wall = time.perf_counter() - began
-    sim_rows = simulated(workload, args.seconds, args.seed)
+    sim_rows = simulated(workload, args.seconds, args.seed, args.model)
     rows = table(sim_rows, live_rows)
+    print(f"model {args.model}, one job per transaction, on both sides:")
     print(render(rows))
     path = (
         args.out
-        / f"live_{workload.name}_{workload.machines}m_{args.seconds:g}s_seed{args.seed}.csv"
+        / f"live_{workload.name}_{args.model}_{workload.machines}m_{args.seconds:g}s_seed{args.seed}.csv"
     )
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -348,6 +398,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench": "sim.live",
         "csv": str(path),
         "preset": workload.name,
+        "model": args.model,
         "machines": workload.machines,
         "seconds": args.seconds,
         "rate": args.rate,
