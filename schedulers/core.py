@@ -70,7 +70,7 @@ from schedulers.context import DecisionContext
 from schedulers.explain import Explanation, JobMetric
 from schedulers.fairshare import Shares, fair_fill
 from schedulers.metrics import SchedulerFigures
-from schedulers.stack import stack_for
+from schedulers.stack import Stack, stack_for
 from schedulers.table import MachineTable, table_for
 
 PENDING = TaskState.PENDING
@@ -139,6 +139,7 @@ class SchedulerCore:
         avoidance: Avoidance | None = None,
         policy: str = "real",
         paper: PaperModel | None = None,
+        stack: Stack | None = None,
     ) -> None:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
@@ -162,7 +163,9 @@ class SchedulerCore:
             # Every pending task of one job per transaction; its own attempt limit.
             policy, self.max_jobs, self.max_claims = paper.policy, 1, 1 << 62
             self.max_attempts = paper.max_attempts
-        self.stack = stack_for(self.kind, policy)
+        # Another policy for this kind's jobs (cell compaction compares several);
+        # the live schedulers decide with their kind's own.
+        self.stack = stack if stack is not None else stack_for(self.kind, policy)
         self._queued: dict[str, float] = {}  # paper: job -> when it (re-)entered the queue
         self._futile: dict[str, int] = {}  # paper: job -> attempts that placed nothing
         self.figures = SchedulerFigures()

@@ -8,6 +8,9 @@ none of contributes nothing (`inv_cap` is 0 there).
   which packs (Borg's best fit). Built from the table's per-row `free_frac`,
   so nothing is recomputed for machines that did not change beyond one
   product with the demand.
+- `worst_fit`: the same share negated; the emptiest machine wins, which
+  spreads load over machines (Borg's worst fit, the other end of the trade
+  its section 5.1 measures by cell compaction).
 - `fits`: how many tasks of one job a machine can still take, the least over
   the dimensions the job demands.
 - `spread_codes` / `domain_load`: which spread domain each machine is in
@@ -40,6 +43,13 @@ def best_fit(
 ) -> np.ndarray:
     """Free share left on each machine in `rows` after one task; lower packs tighter."""
     return ctx.frac(best_effort)[rows] - task_share(ctx, rows, demand)
+
+
+def worst_fit(
+    ctx: DecisionContext, rows: np.ndarray, demand: Demand, best_effort: bool
+) -> np.ndarray:
+    """Minus the free share left on each machine after one task; lower spreads wider."""
+    return -best_fit(ctx, rows, demand, best_effort)
 
 
 def fits(

@@ -12,6 +12,9 @@
   have room for it, as the Omega paper's simulator places (no scoring at
   all). Drawn in rounds, one draw per task still unplaced, so the Python work
   grows with the rounds, not with the tasks.
+- `one_by_one`: each task on the candidate with the lowest score, whose score
+  then moves by its step; for a score that rises as a machine fills (worst
+  fit), tasks level the machines instead of filling them one after another.
 """
 
 from __future__ import annotations
@@ -140,3 +143,28 @@ def random_fit(
         left -= int(got.sum())
     used = np.flatnonzero(taken)
     return rows[used], taken[used]
+
+
+def one_by_one(
+    rows: np.ndarray, fit: np.ndarray, score: np.ndarray, step: np.ndarray, wanted: int
+) -> list[int]:
+    """Choose a machine per task: the lowest score among candidates with room,
+    after which that machine's score rises by `step[i]` and its room falls by
+    one. Returns one row per placed task (fewer than `wanted` if room runs
+    out). Ties keep the candidates' order, which sampling has shuffled."""
+    usable = np.flatnonzero(fit > 0)
+    if usable.size == 0 or wanted <= 0:
+        return []
+    rows_l, room = rows[usable].tolist(), fit[usable].tolist()
+    step_l = step[usable].tolist()
+    heap = list(zip(score[usable].tolist(), range(usable.size), strict=True))
+    heapq.heapify(heap)
+    heappop, heappush = heapq.heappop, heapq.heappush
+    chosen: list[int] = []
+    while len(chosen) < wanted and heap:
+        sc, i = heappop(heap)
+        chosen.append(rows_l[i])
+        room[i] -= 1
+        if room[i] > 0:
+            heappush(heap, (sc + step_l[i], i))
+    return chosen

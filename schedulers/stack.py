@@ -1,9 +1,10 @@
 """Stacks: the policy of each scheduler kind, composed from small pieces.
 
 A `Stack` is a chain of feasibility filters (`feasible`), a resource class
-(regular or best-effort room), a scorer (`rank.best_fit`), a selector
-(`select.pack` or `select.spread`), candidate sampling (`sample`) and
-optionally preemption (`preempt`). `Stack.place` runs them for the pending
+(regular or best-effort room), a scorer (`rank.best_fit`, or `rank.worst_fit`
+for the policies cell compaction compares), a selector (`select.pack`,
+`select.spread`, or `select.one_by_one` for worst fit), candidate sampling
+(`sample`) and optionally preemption (`preempt`). `Stack.place` runs them for the pending
 tasks of one job and returns its claims:
 
 1. static filters (machine up, label constraints, anti-affinity), then the
@@ -21,7 +22,7 @@ tasks of one job and returns its claims:
 4. (service) tasks still unplaced may preempt lower-band tasks;
 5. a gang job that is not placed whole is rolled back and claims nothing.
 
-The kinds:
+The kinds (each with `rank="best_fit"`; `cellsim.compaction` builds others):
 - service: spread over failure domains (or `spec.spread`), then machines,
   then best fit; may preempt batch tasks.
 - batch: best-fit packing, vectorised.
@@ -35,6 +36,8 @@ run a cell with.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import attrs
 import numpy as np
@@ -52,15 +55,20 @@ from schedulers.feasible import (
     feasible,
     job_rows,
 )
-from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_share
+from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_share, worst_fit
 from schedulers.sample import candidates
-from schedulers.select import pack, random_fit, spread
+from schedulers.select import one_by_one, pack, random_fit, spread
 from schedulers.table import Demand
 
 # Added to a best-fit score per avoidance tier (`avoid`): more than any
 # best-fit score (a sum of free shares, one per dimension), so machines are
 # ordered by tier first and by fit within a tier.
 TIER_PENALTY = 1000.0
+
+# How a stack scores machines: `best_fit` packs (with `spread`: the service
+# scheduler's hybrid, domains first), `worst_fit` levels load over machines.
+Rank = Literal["best_fit", "worst_fit"]
+RANKS: tuple[Rank, ...] = ("best_fit", "worst_fit")
 
 
 @attrs.frozen
@@ -72,6 +80,15 @@ class Stack:
     spread: bool = False
     preempt: bool = False
     random: bool = False  # random fit: no scoring, no sampling (see the module docstring)
+    rank: Rank = attrs.field(default="best_fit")
+
+    @rank.validator
+    def _known_rank(self, _: object, value: str) -> None:
+        if value not in RANKS:
+            raise ValueError(f"rank {value!r}: one of {', '.join(RANKS)}")
+        if self.spread and value != "best_fit":
+            # The spread selector lowers a machine's score as it fills (best fit's way).
+            raise ValueError(f"rank {value!r} cannot spread over domains; only best_fit")
 
     def place(
         self, ctx: DecisionContext, job: Job, tasks: list[Task], metric: JobMetric
@@ -152,6 +169,16 @@ class Stack:
             cand = rows
             fit = fits(ctx, cand, demand, be, one)
         metric.machines_scored += int(cand.size)
+        if self.rank == "worst_fit":
+            step = task_share(ctx, cand, demand)
+            score = worst_fit(ctx, cand, demand, be)
+            if ctx.tiers is not None:
+                score += TIER_PENALTY * ctx.tiers[cand]
+            chosen = one_by_one(cand, fit, score, step, wanted)
+            if chosen:
+                uniq, counts = np.unique(np.asarray(chosen), return_counts=True)
+                ctx.take(uniq, counts, demand, be)
+            return chosen
         score = best_fit(ctx, cand, demand, be)
         if ctx.tiers is not None:
             score += TIER_PENALTY * ctx.tiers[cand]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import attrs
+import pytest
+
 from cellstate import (
     Commit,
     MachineSpec,
@@ -32,6 +35,25 @@ def test_best_fit_packs_the_fullest_machine_first():
     # m1 is fullest: it takes two tasks until full, then the next machine.
     assert placements(cell, "job") == {"m1": 2, "m0": 1}
     assert decision.explanations["job"].placed == 3
+
+
+def test_worst_fit_levels_load_starting_with_the_emptiest_machine():
+    """The same cell as best fit's test: worst fit (a stack with `rank="worst_fit"`, as
+    cell compaction compares) puts the first tasks on the empty machines and never
+    two on one machine while another has more room left."""
+    from schedulers.stack import STACKS, Stack
+
+    cell = cell_with(machines=3, cpu=4000, memory=8 * GI)
+    submit(cell, "filler", tasks=1, cpu=2000)
+    commit(cell, ("filler.0", "m1"))
+    submit(cell, "job", tasks=4, cpu=1000)
+    worst = attrs.evolve(STACKS[BATCH], rank="worst_fit")
+    _, result = step(core(BATCH, sampling=False, stack=worst), cell)
+    assert result.accepted == 4
+    # m0 and m2 (4000 free) take two each before m1 (2000 free) takes any.
+    assert placements(cell, "job") == {"m0": 2, "m2": 2}
+    with pytest.raises(ValueError, match="only best_fit"):
+        Stack((), spread=True, rank="worst_fit")
 
 
 def test_batch_fills_machines_in_one_decision_without_overcommitting():
