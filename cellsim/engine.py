@@ -138,6 +138,27 @@ def omega_schedulers(
     return setups
 
 
+def machine_specs(wl: Workload) -> list[MachineSpec]:
+    """The workload's machines: each type's share of the cell, failure domains dealt
+    round-robin, a `type` label when there are several types."""
+    shares = np.array([t.share for t in wl.machine_types], dtype=float)
+    counts = np.floor(shares / shares.sum() * wl.machines).astype(int)
+    counts[0] += wl.machines - counts.sum()
+    specs: list[MachineSpec] = []
+    for type_index, (mtype, count) in enumerate(zip(wl.machine_types, counts, strict=True)):
+        for _ in range(int(count)):
+            i = len(specs)
+            specs.append(
+                MachineSpec(
+                    f"m{i}",
+                    Resources(round(mtype.cpu * 1000), round(mtype.memory * GIB)),
+                    labels={"type": f"t{type_index}"} if len(wl.machine_types) > 1 else {},
+                    domain=f"d{i % wl.domains}",
+                )
+            )
+    return specs
+
+
 @attrs.frozen(slots=True)
 class _Pending:
     """A decision being thought about: whose, since when."""
@@ -288,26 +309,11 @@ class Simulation:
 
     def build_cell(self) -> None:
         """Register the machines and prefill them with long-running service tasks."""
-        wl = self.workload
-        shares = np.array([t.share for t in wl.machine_types], dtype=float)
-        counts = np.floor(shares / shares.sum() * wl.machines).astype(int)
-        counts[0] += wl.machines - counts.sum()
-        specs: list[MachineSpec] = []
-        for type_index, (mtype, count) in enumerate(zip(wl.machine_types, counts, strict=True)):
-            for _ in range(int(count)):
-                i = len(specs)
-                specs.append(
-                    MachineSpec(
-                        f"m{i}",
-                        Resources(round(mtype.cpu * 1000), round(mtype.memory * GIB)),
-                        labels={"type": f"t{type_index}"} if len(wl.machine_types) > 1 else {},
-                        domain=f"d{i % wl.domains}",
-                    )
-                )
+        specs = machine_specs(self.workload)
         self.cell.apply(RegisterMachines(tuple(specs), at=0.0, id=self._cid()))
-        if wl.prefill > 0:
+        if self.workload.prefill > 0:
             self._prefill()
-        if wl.prefill_jobs:
+        if self.workload.prefill_jobs:
             self._prefill_jobs()
 
     def _prefill_jobs(self) -> None:
