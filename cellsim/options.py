@@ -1,7 +1,9 @@
 """The simulator's command line options, defined once for both of its command lines.
 
 `python -m cellsim` (argparse, which `python -m bench.sim` extends with `live`) and
-`omega bench conflicts` (typer) are two shells over the one table `FLAGS`: each flag's
+`omega bench conflicts` (typer) are two shells over the one table `FLAGS`, as
+`python -m cellsim.compaction` (and `python -m bench.compaction`) and `omega bench
+compaction` are over `COMPACTION_FLAGS`: each flag's
 name, default, help and parser live here, so the two cannot drift (a flag added here
 appears in both, with the same check). A parser raises `BadValue` with a message that says
 the value and what is allowed; each shell prefixes the option's name and exits 2, as a
@@ -40,6 +42,17 @@ MODELS: dict[str, str] = {
     "paper": "the Omega paper's: one job per transaction, random fit, t_job + t_task x "
     "unscheduled tasks, re-queued after 1 s, abandoned after 1,000 attempts or 100 "
     "that placed nothing, coarse seqnums moved by claims only",
+}
+# Cell compaction's policies (kept equal to `cellsim.compaction.POLICIES` by a test, for the
+# same reason as `EXPERIMENTS`).
+POLICIES: dict[str, str] = {
+    "best-fit": "best fit with candidate sampling, as the batch scheduler runs",
+    "best-fit-all": "best fit scoring every feasible machine (sampling off)",
+    "worst-fit": "worst fit (spread): the emptiest machine first, sampling on",
+    "worst-fit-all": "worst fit, sampling off",
+    "hybrid": "the service scheduler: spread over failure domains, then best fit",
+    "hybrid-all": "the hybrid, sampling off",
+    "random-fit": "the Omega paper model's randomized first fit",
 }
 PERF = "perf"  # one run timed (and with --profile, profiled); not an experiment: no sweep
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -152,6 +165,31 @@ def directory(text: str | Path) -> Path:
     return path
 
 
+def readable_file(text: str | Path) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        why = "it is a directory" if path.is_dir() else "no such file"
+        raise BadValue(f"{str(text)!r} is not allowed: a readable file ({why})")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise BadValue(f"{str(text)!r} is not allowed: a readable file ({exc.strerror})") from None
+    return path
+
+
+def policy_list(text: str | list[str]) -> list[str]:
+    if isinstance(text, list):
+        return text
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [name for name in names if name not in POLICIES]
+    if unknown or not names:
+        raise BadValue(
+            f"{text!r} is not allowed: policies separated by commas, from {', '.join(POLICIES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
 def png(text: str | Path) -> Path:
     path = Path(text)
     if path.suffix.lower() != ".png":
@@ -247,16 +285,63 @@ FLAGS: tuple[Flag, ...] = (
 )
 
 
-def add_to_argparse(parser: argparse.ArgumentParser, extra_experiments: Sequence[str] = ()) -> None:
-    """Add the experiment argument and every flag of `FLAGS` to an argparse parser."""
-    parse_experiment = experiment_parser(extra_experiments)
-    parser.add_argument(
-        "experiment",
-        type=_argparse_type(parse_experiment, "experiment"),
-        metavar="{" + ",".join([*EXPERIMENTS, PERF, *extra_experiments]) + "}",
-        help="; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()) + f"; {PERF}: one timed run",
-    )
-    for flag in FLAGS:
+COMPACTION_FLAGS: tuple[Flag, ...] = (
+    Flag(
+        "preset",
+        "workload: a built-in preset (cellsim/presets/) or a TOML file; its cell and the jobs "
+        "alive at one instant",
+        "|".join(presets()) + "|FILE.toml",
+        preset,
+    ),
+    Flag(
+        "snapshot",
+        "workload: a live cell's snapshot (`omega snapshot save FILE`): its machines, jobs "
+        "and unfinished tasks",
+        "FILE",
+        readable_file,
+    ),
+    Flag(
+        "machines",
+        "--preset: cell size (arrival rates and prefill scale with it) [default: the preset's]",
+        "N",
+        positive_int,
+    ),
+    Flag("trials", "trials, each removing machines in its own random order", "N", positive_int, 11),
+    Flag("seed", "random seed: the same seed gives the same figures", "N", integer, 1),
+    Flag(
+        "policies",
+        "policies to compare, comma-separated: " + ", ".join(POLICIES) + " (default: all)",
+        "P,P,...",
+        policy_list,
+    ),
+    Flag(
+        "plot",
+        "also draw a bar per policy (p90 smallest cell, min-max error bars, trials as dots)",
+        "FILE.png",
+        png,
+    ),
+    Flag("verbose", "print each trial's smallest cell as it is found"),
+)
+
+
+def add_to_argparse(
+    parser: argparse.ArgumentParser,
+    extra_experiments: Sequence[str] = (),
+    flags: Sequence[Flag] = FLAGS,
+    experiment: bool = True,
+) -> None:
+    """Add the experiment argument (unless `experiment` is false) and every flag of `flags`
+    to an argparse parser."""
+    if experiment:
+        parse_experiment = experiment_parser(extra_experiments)
+        parser.add_argument(
+            "experiment",
+            type=_argparse_type(parse_experiment, "experiment"),
+            metavar="{" + ",".join([*EXPERIMENTS, PERF, *extra_experiments]) + "}",
+            help="; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items())
+            + f"; {PERF}: one timed run",
+        )
+    for flag in flags:
         if flag.parse is None:
             parser.add_argument(flag.option, dest=flag.name, action="store_true", help=flag.help)
             continue
@@ -291,9 +376,14 @@ def experiments_help() -> str:
     return "\n\n".join(["EXPERIMENT is one of:", *lines, f"{PERF}: one run, timed."])
 
 
-def typer_command(run: Callable[[argparse.Namespace], None]) -> Callable[..., None]:
-    """A function whose signature typer reads as the experiment argument and `FLAGS`'s
-    options; called, it hands `run` the same namespace that argparse would have built.
+def typer_command(
+    run: Callable[[argparse.Namespace], None],
+    flags: Sequence[Flag] = FLAGS,
+    experiment: bool = True,
+) -> Callable[..., None]:
+    """A function whose signature typer reads as the experiment argument (unless
+    `experiment` is false) and `flags`'s options; called, it hands `run` the same
+    namespace that argparse would have built.
 
     The signature is built from the table rather than written out so that the typer shell
     cannot gain or lose a flag that `python -m cellsim` has."""
@@ -315,8 +405,8 @@ def typer_command(run: Callable[[argparse.Namespace], None]) -> Callable[..., No
                 typer.Argument(parser=experiment_parser(), metavar="EXPERIMENT"),
             ],
         )
-    ]
-    for flag in FLAGS:
+    ][: 1 if experiment else 0]
+    for flag in flags:
         if flag.parse is None:
             info = typer.Option(flag.option, help=flag.help)
             annotation: Any = Annotated[bool, info]

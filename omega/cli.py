@@ -37,7 +37,8 @@ app = typer.Typer(
     add_completion=False,
 )
 bench_app = typer.Typer(
-    help="Benchmarks: conflict experiments in virtual time.", no_args_is_help=True
+    help="Benchmarks: conflict experiments in virtual time, and cell compaction.",
+    no_args_is_help=True,
 )
 app.add_typer(bench_app, name="bench")
 
@@ -722,6 +723,26 @@ bench_app.command(
     "Example: omega bench conflicts tjob --preset B --days 1 --out out/sim --plot tjob.png"
     "\n\n" + _cellsim_options.experiments_help(),
 )(_cellsim_options.typer_command(_bench_conflicts))
+
+
+def _bench_compaction(args: Any) -> None:
+    from cellsim.compaction import CompactionError, run
+
+    try:
+        summary = run(args)
+    except CompactionError as exc:
+        fail(str(exc), 2)
+    print(json.dumps(summary))
+
+
+bench_app.command(
+    "compaction",
+    help="Borg's cell compaction (EuroSys 2015, section 5.1): the smallest cell a workload "
+    "fits in under each placement policy, the real scheduler core deciding, machines removed "
+    "in a seeded random order per trial; prints per policy the 90th percentile over trials, "
+    "then one JSON line. Give --preset or --snapshot. "
+    "Example: omega bench compaction --preset A --trials 11 --plot compaction.png",
+)(_cellsim_options.typer_command(_bench_compaction, _cellsim_options.COMPACTION_FLAGS, False))
 
 
 # Commands kept in their own modules, registered on `app` when they are imported (last, so
