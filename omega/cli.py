@@ -752,3 +752,4 @@ from omega import events as _events  # noqa: E402, F401
 from omega import fairshare as _fairshare  # noqa: E402, F401
 from omega import lifecycle as _lifecycle  # noqa: E402, F401
 from omega import plan as _plan  # noqa: E402, F401
+from omega import snapshot as _snapshot  # noqa: E402, F401
