@@ -70,6 +70,7 @@ from cellstate import (
     SchedulerClass,
     SubmitJob,
 )
+from cellstate.model import MAX_TASKS_PER_JOB
 from schedulers.core import SchedulerCore
 from schedulers.stack import Rank, Stack, stack_for
 
@@ -207,8 +208,15 @@ def from_cell(cell: CellState, name: str) -> CompactionWorkload:
         if job.killed:
             continue
         alive = sum(1 for t in cell.job_tasks(job) if t.state not in TERMINAL_STATES)
-        if alive:
-            jobs.append((job.id, attrs.evolve(job.spec, tasks=alive)))
+        # A rollout runs replacements beside the tasks they replace, so a job at the
+        # size limit may have more alive than one spec holds: the rest go as a second job.
+        part = 0
+        while alive > 0:
+            tasks = min(alive, MAX_TASKS_PER_JOB)
+            jid = job.id if part == 0 else f"{job.id}-part{part}"
+            jobs.append((jid, attrs.evolve(job.spec, tasks=tasks)))
+            alive -= tasks
+            part += 1
     return CompactionWorkload(name, machines, tuple(jobs))
 
 

@@ -158,3 +158,15 @@ def test_the_command_prints_a_table_then_one_json_line_and_draws_the_plot(tmp_pa
         row = next(line for line in lines if line.startswith(name + " "))
         assert f" {figures['p90']} " in row
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_job_with_more_tasks_alive_than_a_spec_holds_goes_as_two(monkeypatch):
+    """During a rollout a job at the size limit runs replacements beside the tasks they
+    replace; every task alive still has to fit (the limit lowered here to 2)."""
+    import cellsim.compaction
+
+    monkeypatch.setattr(cellsim.compaction, "MAX_TASKS_PER_JOB", 2)
+    cell = cell_with(machines=2)
+    submit(cell, "web", tasks=3, cpu=1000)
+    workload = from_cell(cell, "cell")
+    assert [(job, spec.tasks) for job, spec in workload.jobs] == [("web", 2), ("web-part1", 1)]
