@@ -375,12 +375,18 @@ class PolicyResult:
 
 @attrs.frozen(slots=True)
 class CompactionResult:
+    """Every policy's figures, and what no policy can beat: `bound`, the largest over
+    trials of the lower bound (demand against capacity); `demand`, the workload's
+    demand as a share of the whole cell's capacity per dimension."""
+
     workload: str
     machines: int
     jobs: int
     tasks: int
     trials: int
     seed: int
+    bound: int
+    demand: dict[str, float]
     policies: tuple[PolicyResult, ...]
 
     def as_dict(self) -> dict[str, Any]:
@@ -391,6 +397,8 @@ class CompactionResult:
             "tasks": self.tasks,
             "trials": self.trials,
             "seed": self.seed,
+            "lower_bound": self.bound,
+            "demand": self.demand,
             "policies": {r.policy: r.as_dict() for r in self.policies},
         }
 
@@ -416,6 +424,11 @@ def compact(
             if progress is not None:
                 progress(f"{policy.name} trial {trial}: {size} machines ({count} fits)")
         results.append(PolicyResult(policy.name, tuple(sizes), tried))
+    bounds = [lower_bound(workload, order) or len(order) for order in orders]
+    capacity: dict[str, int] = {}
+    for machine in workload.machines:
+        for dim, amount in machine.capacity.items():
+            capacity[dim] = capacity.get(dim, 0) + amount
     return CompactionResult(
         workload.name,
         len(workload.machines),
@@ -423,6 +436,11 @@ def compact(
         workload.tasks,
         trials,
         seed,
+        max(bounds),
+        {
+            dim: round(amount / capacity[dim], 4) if capacity.get(dim) else float("inf")
+            for dim, amount in workload.demand().items()
+        },
         tuple(results),
     )
 
@@ -437,6 +455,9 @@ def table(result: CompactionResult) -> str:
     lines = [
         f"cell compaction: {result.workload}, {result.machines} machines, {result.tasks} tasks "
         f"in {result.jobs} jobs; {result.trials} trials, seed {result.seed}",
+        "demand: "
+        + ", ".join(f"{dim} {share:.1%}" for dim, share in result.demand.items())
+        + f" of the cell; lower bound from demand and capacity: {result.bound} machines",
         f"{'policy':<14} {'sampling':>8} {'p90':>7} {'min':>7} {'median':>8} {'max':>7} "
         f"{'of cell':>8} {'vs best-fit':>11}",
     ]
@@ -469,6 +490,9 @@ def plot(result: CompactionResult, path: Path) -> None:
     for i, r in enumerate(result.policies):
         ax.plot([i] * len(r.sizes), r.sizes, ".", color="#234", alpha=0.6)
     ax.axhline(result.machines, color="#a33", linestyle="--", linewidth=1, label="whole cell")
+    ax.axhline(result.bound, color="#3a3", linestyle=":", linewidth=1, label="lower bound")
+    # From a little under the bound: the policies differ by percents, not by halves.
+    ax.set_ylim(bottom=max(0.0, result.bound - 0.1 * (result.machines - result.bound) - 1))
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("machines in the smallest fitting cell")
     ax.set_title(
