@@ -41,8 +41,19 @@ def _flat(text: str) -> str:
     return re.sub(r"[\s│╭╮╰╯─]+", " ", text)
 
 
-def test_policies_match_the_light_list_the_command_lines_offer():
+def test_policies_and_flags_match_across_the_command_lines():
+    import argparse
+
+    import typer.main
+
     assert list(options.POLICIES) == list(POLICIES)
+    command = typer.main.get_command(app).commands["bench"].commands["compaction"]
+    omega_flags = {o for p in command.params for o in p.opts if o.startswith("--")}
+    parser = argparse.ArgumentParser()
+    options.add_to_argparse(parser, flags=options.COMPACTION_FLAGS, experiment=False)
+    argparse_flags = {o for a in parser._actions for o in a.option_strings}
+    assert omega_flags == argparse_flags - {"-h", "--help"}
+    assert omega_flags == {f.option for f in options.COMPACTION_FLAGS}
 
 
 def test_compaction_is_deterministic_per_seed():
