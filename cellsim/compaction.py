@@ -87,13 +87,13 @@ class CompactionError(ValueError):
 @attrs.frozen(slots=True)
 class Policy:
     """One placement policy: how its stacks rank machines, whether they spread over
-    failure domains first, and whether they score a sample of the feasible machines."""
+    failure domains first, and whether they score a sample of the feasible machines
+    (the live schedulers do) or all of them."""
 
     name: str
     rank: Rank
     spread: bool
     sampling: bool
-    about: str
 
     def stack(self, kind: SchedulerClass) -> Stack:
         """The stack the `kind` scheduler decides with: the kind's own filters and
@@ -102,16 +102,17 @@ class Policy:
         return attrs.evolve(stack_for(kind), rank=self.rank, spread=self.spread, preempt=False)
 
 
+# In the order the command lines list them, with the words of `cellsim.options.POLICIES`.
 POLICIES: dict[str, Policy] = {
     p.name: p
     for p in (
-        Policy("best-fit", "best_fit", False, True, "the batch scheduler's packing"),
-        Policy("best-fit-all", "best_fit", False, False, "best fit, every machine scored"),
-        Policy("worst-fit", "worst_fit", False, True, "spread: emptiest machine first"),
-        Policy("worst-fit-all", "worst_fit", False, False, "worst fit, every machine scored"),
-        Policy("hybrid", "best_fit", True, True, "the service scheduler: domains, then best fit"),
-        Policy("hybrid-all", "best_fit", True, False, "the hybrid, every machine scored"),
-        Policy("random-fit", "random_fit", False, True, "the Omega paper model's random fit"),
+        Policy("best-fit", "best_fit", False, True),
+        Policy("best-fit-all", "best_fit", False, False),
+        Policy("worst-fit", "worst_fit", False, True),
+        Policy("worst-fit-all", "worst_fit", False, False),
+        Policy("hybrid", "best_fit", True, True),
+        Policy("hybrid-all", "best_fit", True, False),
+        Policy("random-fit", "random_fit", False, True),
     )
 }
 
