@@ -68,8 +68,11 @@ def test_compaction_is_deterministic_per_seed():
     # Each trial removes machines in its own order, fixed by (seed, trial).
     assert list(trial_order(workload, 11, 0)) != list(trial_order(workload, 11, 1))
     assert list(trial_order(workload, 11, 0)) == list(trial_order(workload, 11, 0))
+    # No trial beats its own lower bound from demand and capacity, nor needs more than all.
+    bounds = first["lower_bound"]["sizes"]
     for result in first["policies"].values():
-        assert all(size <= workload_machines(workload) for size in result["sizes"])
+        for size, bound in zip(result["sizes"], bounds, strict=True):
+            assert bound <= size <= workload_machines(workload)
 
 
 def workload_machines(workload: CompactionWorkload) -> int:
