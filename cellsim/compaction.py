@@ -13,7 +13,8 @@ What this module owns:
   number of tasks alive). From a preset (`from_preset`): the preset's machines
   (`cellsim.engine.machine_specs`), its prefill of long-running service jobs, and
   the jobs alive at the end of one simulated day of arrivals drawn from its
-  distributions (`cellsim.workload`): the cell's jobs at one instant. From a
+  distributions (`cellsim.workload`), with a trace's prefill jobs still running
+  then: the cell's jobs at one instant. From a
   snapshot of a live cell (`from_snapshot`, written by `omega snapshot save`):
   every registered machine, and every job that is not killed with its tasks
   that are not finished (pending ones included) as its task count.
@@ -38,7 +39,8 @@ What this module owns:
 - **Policies** (`POLICIES`): best fit, worst fit (spread) and the service
   scheduler's hybrid (spread over failure domains, then best fit), each with
   candidate sampling on (as the live schedulers run) and off (every feasible
-  machine scored), and the Omega paper model's random fit.
+  machine scored), and the Omega paper model's random fit (`stack_for(kind,
+  "random-fit")`: each task on a machine drawn at random among those with room).
 
 Assumed monotone, as the paper does: a heuristic may fit a workload in k
 machines and not in some k' > k; the bisection reports the k it finds.
@@ -94,12 +96,17 @@ class Policy:
     rank: Rank
     spread: bool
     sampling: bool
+    # The schedulers' policy the stacks start from: their own (`real`), or the Omega
+    # paper simulator's `random-fit` (`schedulers.stack`), which neither scores nor samples.
+    base: str = "real"
 
     def stack(self, kind: SchedulerClass) -> Stack:
         """The stack the `kind` scheduler decides with: the kind's own filters and
         resource class (best-effort room for best-effort jobs), this policy's scoring,
         no preemption."""
-        return attrs.evolve(stack_for(kind), rank=self.rank, spread=self.spread, preempt=False)
+        return attrs.evolve(
+            stack_for(kind, self.base), rank=self.rank, spread=self.spread, preempt=False
+        )
 
 
 # In the order the command lines list them, with the words of `cellsim.options.POLICIES`.
@@ -112,7 +119,7 @@ POLICIES: dict[str, Policy] = {
         Policy("worst-fit-all", "worst_fit", False, False),
         Policy("hybrid", "best_fit", True, True),
         Policy("hybrid-all", "best_fit", True, False),
-        Policy("random-fit", "random_fit", False, True),
+        Policy("random-fit", "best_fit", False, False, base="random-fit"),
     )
 }
 
@@ -152,6 +159,13 @@ def from_preset(workload: Workload, seed: int, horizon: float = DAY) -> Compacti
     jobs: list[tuple[str, JobSpec]] = []
     if workload.prefill > 0:
         jobs.extend(_prefill(workload, machines, np.random.default_rng(prefill_seed)))
+    for number, trace_job in enumerate(workload.prefill_jobs):
+        if trace_job.duration is not None and trace_job.duration <= horizon:
+            continue  # a trace's prefill job that has ended by the instant
+        name = f"q{number}"
+        cpu = max(1, round(trace_job.cpu * 1000))
+        memory = max(1, round(trace_job.memory * GIB))
+        jobs.append((name, _spec(name, SchedulerClass.SERVICE, cpu, memory, trace_job.tasks)))
     for job_class, class_seed in zip(workload.classes, class_seeds, strict=True):
         rng = np.random.default_rng(class_seed)
         kind = SchedulerClass(job_class.name)

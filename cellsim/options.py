@@ -52,7 +52,7 @@ POLICIES: dict[str, str] = {
     "worst-fit-all": "worst fit, sampling off",
     "hybrid": "the service scheduler: spread over failure domains, then best fit",
     "hybrid-all": "the hybrid, sampling off",
-    "random-fit": "the Omega paper model's randomized first fit",
+    "random-fit": "the Omega paper model's random fit: each task on a machine drawn at random",
 }
 PERF = "perf"  # one run timed (and with --profile, profiled); not an experiment: no sweep
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
