@@ -71,6 +71,7 @@ def run(args: argparse.Namespace, base: Path) -> dict:
                     "--addr",
                     ",".join(cluster.api),
                     f"--token={cluster.token}",
+                    *cluster.client_args(),
                     "--work-dir",
                     str(base / "agent"),
                     "--heartbeat",

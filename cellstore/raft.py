@@ -545,6 +545,14 @@ class ReplicatedMachine(SyncObj):
         with self.state_lock:
             return fn(self._live_machine_locked())
 
+    def peek(self, fn: Callable[[Machine], Any]) -> Any:
+        """`fn(machine)` without the lock while the machine in hand is current: for a read of
+        one dict entry that may race an apply (a request's token); else as `with_machine`."""
+        box = self._box
+        if box is self._box_seen and box.machine is not None:
+            return fn(box.machine)
+        return self.with_machine(fn)
+
     def current_version(self) -> int:
         """The machine's version now; does not wait for a snapshot being taken. (A method, not
         a property: SyncObj.__init__ getattr()s every attribute while the box does not exist.)"""

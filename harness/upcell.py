@@ -60,7 +60,7 @@ class Cell:
             if not line:
                 break
             self.output.append(line)
-            if line.startswith(("OMEGA_ADDR=", "OMEGA_TOKEN=")):
+            if line.startswith(("OMEGA_ADDR=", "OMEGA_TOKEN=", "OMEGA_CA=")):
                 key, value = line.strip().split("=", 1)
                 self.env[key] = value
             if line.startswith("cell ready"):
