@@ -98,6 +98,18 @@ class Cell:
             )
         return result
 
+    def omega_as(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+        """`omega ARGS` with `env` as its whole cell environment (another token, say); its
+        exit status is the caller's to judge."""
+        return subprocess.run(
+            [*OMEGA, *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     def json(self, *args: str):
         return json.loads(self.omega(*args, "--json").stdout)
 
