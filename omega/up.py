@@ -104,7 +104,7 @@ def dev_tls(data_dir: Path) -> TlsFiles:
     """The data dir's CA and the certificate for 127.0.0.1 it signed (made on first start)."""
     directory = data_dir / "tls"
     if not (directory / CA_CERT).exists():
-        make_ca(directory, f"omega up CA for {data_dir}")
+        make_ca(directory, "omega up CA")
     files = TlsFiles(directory / "local.pem", directory / "local-key.pem", directory / CA_CERT)
     if not (files.cert and files.cert.exists()):
         files = issue(directory, directory, "local", ["127.0.0.1", "localhost"])
