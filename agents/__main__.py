@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> AgentConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
-    addresses, token, tls = store_from_arguments(parser, args, serving=True)
+    # A hollow agent serves no logs, so it needs no certificate of its own.
+    addresses, token, tls = store_from_arguments(parser, args, serving=not args.hollow)
     extra = {}
     if args.cpu is not None:
         extra["cpu"] = args.cpu

@@ -6,7 +6,9 @@ endpoint, is structured by the strict converter, stamped with the replica's
 clock and an id if it has none, and re-encoded canonically before it enters
 the Raft log, so the log only ever holds well-typed commands.
 
-Typed endpoints (added by `endpoints`, all under the bearer token):
+Typed endpoints (added by `endpoints`, all under a bearer token whose role
+`cellstore.access.ACCESS` admits; `commit_one` records the token's name and role in the
+command, and refuses an agent's command about a machine its token is not bound to):
 - `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`;
   `POST /v1/jobs/planned` `{"job", "spec", "claims"}` submit placed as planned, or nothing
 - `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`, `GET /v1/machines`,
@@ -15,6 +17,8 @@ Typed endpoints (added by `endpoints`, all under the bearer token):
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
 - `POST /v1/schedulers/report` a scheduler's figures and explanations
 - `GET /v1/cell` summary; `GET /v1/explain?target=JOB|TASK`
+- `GET /v1/tokens` names, roles, machines; `POST /v1/tokens` `{"name", "role", "digest",
+  "machines"}` issue one; `POST /v1/tokens/revoke` `{"name"}`
 The leader also issues `ExpireHeartbeats` every second for machines silent longer than
 `heartbeat_timeout_s`, an argument of `endpoints` set in the replica's config document
 (`replica_fields`), so every replica of a cell is told the same timeout at start-up.
