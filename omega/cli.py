@@ -1,8 +1,8 @@
 """The `omega` command: run a cell's parts, and drive a running cell.
 
 Client commands find the cell through `--addr`/`--token` or the `OMEGA_ADDR`
-and `OMEGA_TOKEN` environment variables (`omega up` writes them to
-`DATA_DIR/env`). Read commands print tables for people and, with `--json`,
+and `OMEGA_TOKEN` environment variables, and check its certificates against the
+CA in `OMEGA_CA` (`omega up` writes all three to `DATA_DIR/env`). Read commands print tables for people and, with `--json`,
 stable JSON for scripts. Errors name what is wrong and exit non-zero.
 """
 

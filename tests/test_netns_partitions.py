@@ -11,7 +11,6 @@ over, deposed the healthy leader on heal; each assertion below failed so on that
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import trio
 
 from cellstate import CellState
 from cellstore.client import StoreClient
+from cellstore.tls import issue
 from harness.cluster import LocalCluster, cell_options
 from harness.hosts import Hosts, netns_unavailable
 
@@ -45,11 +45,13 @@ def hosts() -> Iterator[Hosts]:
 
 class NetnsCell(LocalCluster):
     """A 3-replica cell, replica i on host i, each started with the README's command line for
-    several hosts (`omega store --id I --peer API/RAFT ... --token-file --secret-file`): its
-    own address, the same ports everywhere."""
+    several hosts (`omega store --id I --peer API/RAFT ... --token-file --secret-file
+    --tls-cert --tls-key`): its own address, the same ports everywhere, https with a
+    certificate naming the hosts' addresses."""
 
     def __init__(self, base: Path, hosts: Hosts) -> None:
-        super().__init__(base, 3, **cell_options(heartbeat_timeout_s=60.0))
+        super().__init__(base, 3, tls=True, **cell_options(heartbeat_timeout_s=60.0))
+        self.certificate = issue(base / "tls", base / "tls", "hosts", hosts.addresses)
         self.api = [f"{a}:7000" for a in hosts.addresses]
         self.raft_addresses = [f"{a}:7001" for a in hosts.addresses]
         for i in range(3):
@@ -67,6 +69,7 @@ class NetnsCell(LocalCluster):
             *(sys.executable, "-m", "omega", "store", f"--id={i}", *peers),
             *(f"--data-dir={self.data_dir(i)}", f"--token-file={files[0]}"),
             *(f"--secret-file={files[1]}", "--heartbeat-timeout=60"),
+            *(f"--tls-cert={self.certificate.cert}", f"--tls-key={self.certificate.key}"),
         ]
 
 
@@ -109,7 +112,9 @@ class Writer:
         self.thread = threading.Thread(target=trio.run, args=(self._run,), daemon=True)
 
     async def _run(self) -> None:
-        async with StoreClient(self.addresses, self.cluster.token, retry_deadline_s=60) as c:
+        async with StoreClient(
+            self.addresses, self.cluster.token, retry_deadline_s=60, ca=self.cluster.ca
+        ) as c:
             n = 0
             while not self.stop.is_set():
                 job = f"w-{n}"
@@ -200,7 +205,7 @@ def test_omega_command_moves_past_a_cut_leader_within_seconds(tmp_path: Path, ho
         leader = cluster.wait_for_leader()
         hosts.cut(leader)
         order = [cluster.api[leader]] + [a for i, a in enumerate(cluster.api) if i != leader]
-        env = {**os.environ, "OMEGA_ADDR": ",".join(order), "OMEGA_TOKEN": cluster.token}
+        env = {**cluster.env(), "OMEGA_ADDR": ",".join(order)}
         began = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "omega", "submit", str(spec), "--id", "probe-1", "--json"],
