@@ -92,8 +92,8 @@ class StoreClient:
         it, addresses without a scheme are https, without it plain http."""
         if not addresses:
             raise ValueError("at least one replica address is needed")
-        scheme = "https" if ca is not None else "http"
-        self._urls = [a if "://" in a else f"{scheme}://{a}" for a in addresses]
+        self._scheme = "https" if ca is not None else "http"
+        self._urls = [a if "://" in a else f"{self._scheme}://{a}" for a in addresses]
         self._addresses = [u.split("://", 1)[1] for u in self._urls]
         self._auth = {"authorization": f"Bearer {token}"}
         self._timeout = httpx.Timeout(timeout_s, connect=1.0)
@@ -239,7 +239,12 @@ class StoreClient:
     # -- plumbing ------------------------------------------------------------------------------
 
     def _url_of(self, address: str) -> str:
-        return address if address.startswith("http") else f"http://{address}"
+        """The URL of replica `address` (HOST:PORT or a URL) with this client's scheme for it."""
+        if "://" in address:
+            return address
+        if address in self._addresses:
+            return self._urls[self._addresses.index(address)]
+        return f"{self._scheme}://{address}"
 
     def _rotate(self) -> None:
         self._preferred = (self._preferred + 1) % len(self._urls)

@@ -253,6 +253,25 @@ class AsgiApp:
             else:
                 headers[k.decode("latin-1")] = v.decode("latin-1")
         method, path = scope["method"], scope["path"]
+        try:
+            principal, handler = self._admit(method, path, auth)
+        except ApiError:
+            # Read what the client sent before refusing it: answered with its body unread, the
+            # connection could not serve a next request, and a client reusing it would see it
+            # dropped.
+            await self._drain(receive)
+            raise
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body:
+            raise ApiError(413, "body_too_large", f"body exceeds {self._max_body} bytes", "body")
+        body = await self._read_body(receive)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        request = Request(method, path, query, headers, body, principal)
+        return await handler(request)
+
+    def _admit(self, method: str, path: str, auth: bytes) -> tuple[Principal | None, Handler]:
+        """Who sent the request (None on a public route) and its handler; `ApiError` 401
+        without a known token, 404/405 without a route, 403 if the token may not call it."""
         principal = None
         if not self._router.is_public(method, path):
             principal = self._authenticate(auth)
@@ -268,13 +287,19 @@ class AsgiApp:
                 f"token {principal.name!r} ({principal.role}) may not {method} {path}",
                 "authorization",
             )
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body:
-            raise ApiError(413, "body_too_large", f"body exceeds {self._max_body} bytes", "body")
-        body = await self._read_body(receive)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        request = Request(method, path, query, headers, body, principal)
-        return await handler(request)
+        return principal, handler
+
+    async def _drain(self, receive: ASGIReceiveCallable) -> None:
+        """Read and drop a request's body, up to the size limit (past it, or on a disconnect,
+        the connection is closed anyway)."""
+        size = 0
+        while size <= self._max_body:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
 
     async def _read_body(self, receive: ASGIReceiveCallable) -> bytes:
         parts: list[bytes] = []
