@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -236,3 +237,38 @@ def test_writes_record_who_sent_them(cluster):
 
 def test_the_table_names_real_roles():
     assert {str(role) for roles in ACCESS.values() for role in roles} <= set(ROLES)
+
+
+def test_omega_tls_and_store_flags(tmp_path):
+    """`omega tls ca|cert` write 0600 PEM files a server can use; a second CA over the first
+    is refused; `omega store` without certificates exits 2 naming the flags."""
+
+    def omega(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "omega", *args], capture_output=True, text=True, timeout=60
+        )
+
+    ca_dir = tmp_path / "ca"
+    assert omega("tls", "ca", str(ca_dir)).returncode == 0
+    again = omega("tls", "ca", str(ca_dir))
+    assert again.returncode == 2 and "exists" in again.stderr, again.stderr
+    made = omega(
+        "tls", "cert", str(ca_dir), "store-1", "--host", "127.0.0.1", "--out", str(tmp_path)
+    )
+    assert made.returncode == 0, made.stderr
+    for name in ("ca/ca.pem", "ca/ca-key.pem", "store-1.pem", "store-1-key.pem"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "store-1.pem", tmp_path / "store-1-key.pem")
+    token = tmp_path / "token"
+    token.write_text("t")
+    plain = omega(
+        "store",
+        "--id=0",
+        "--peer=127.0.0.1:1/127.0.0.1:2",
+        f"--data-dir={tmp_path / 'data'}",
+        f"--token-file={token}",
+        f"--secret-file={token}",
+    )
+    assert plain.returncode == 2, plain.stderr
+    assert "--tls-cert and --tls-key are required (or --insecure" in plain.stderr
