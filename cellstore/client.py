@@ -93,6 +93,8 @@ class StoreClient:
         if not addresses:
             raise ValueError("at least one replica address is needed")
         self._scheme = "https" if ca is not None else "http"
+        # The cell's CA, for the requests and the leader probes alike.
+        self._verify = client_context(ca)
         self._urls = [a if "://" in a else f"{self._scheme}://{a}" for a in addresses]
         self._addresses = [u.split("://", 1)[1] for u in self._urls]
         self._auth = {"authorization": f"Bearer {token}"}
@@ -102,7 +104,7 @@ class StoreClient:
         self._watch_idle_timeout_s = watch_idle_timeout_s
         self._preferred = 0
         self._http = httpx.AsyncClient(
-            verify=client_context(ca),
+            verify=self._verify,
             timeout=self._timeout,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
@@ -367,7 +369,9 @@ class StoreClient:
     async def _probe(self, address: str, answers: dict[str, dict[str, Any] | None]) -> None:
         answers[address] = None
         if self._probe_http is None:
-            self._probe_http = httpx.AsyncClient(limits=httpx.Limits(max_connections=8))
+            self._probe_http = httpx.AsyncClient(
+                verify=self._verify, limits=httpx.Limits(max_connections=8)
+            )
         try:
             resp = await self._probe_http.get(
                 self._url_of(address) + STATUS, headers=self._auth, timeout=PROBE_TIMEOUT_S
