@@ -297,6 +297,30 @@ class LocalCluster:
             time.sleep(0.05)
         raise TimeoutError(f"no agreed leader within {timeout}s: {last}")
 
+    def leader(self, among: list[int] | None = None) -> int | None:
+        """The replica among `among` (default: live ones) that says it leads and whose
+        peers in `among` agree; None if there is none now."""
+        among = self.alive() if among is None else among
+        sts = {i: self.status(i) for i in among}
+        for i, s in sts.items():
+            if (
+                s
+                and s["is_leader"]
+                and s["ready"]
+                and all(o is not None and o["leader"]["api"] == self.api[i] for o in sts.values())
+            ):
+                return i
+        return None
+
+    def wait_leader(self, among: list[int] | None = None, timeout: float = 45.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.leader(among)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"no leader among {among} within {timeout}s")
+
     def wait_for_version(
         self, version: int, replicas: list[int] | None = None, timeout: float = 20.0
     ) -> None:
