@@ -181,6 +181,10 @@ class LocalCluster:
     def data_dir(self, i: int) -> Path:
         return self.base_dir / f"replica-{i}"
 
+    def log_file(self, i: int) -> Path:
+        """Where replica i's output goes."""
+        return self.data_dir(i) / "replica.log"
+
     def raft_peers(self, i: int) -> list[str]:
         """The Raft addresses replica i binds to and calls its peers at, index for index
         (everywhere the same here; a proxied cluster gives each replica its own view)."""
@@ -217,7 +221,7 @@ class LocalCluster:
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(self.config(i)))
-        with open(d / "replica.log", "ab") as out:
+        with open(self.log_file(i), "ab") as out:
             self.procs[i] = subprocess.Popen(
                 [*self.wrappers.get(i, ()), *self.replica_command(i, cfg)],
                 env=_with_repository_on_path(os.environ),
