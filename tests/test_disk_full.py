@@ -130,9 +130,7 @@ def test_a_full_disk_stalls_a_replica_acknowledges_nothing_unwritten_and_it_reco
         writer = Writer(cluster)
         writer.thread.start()
         try:
-            wait_until(
-                f"the writer got going {writer.errors[-3:]}", lambda: len(writer.acked) >= 20, 30
-            )
+            wait_until("the writer got going", lambda: len(writer.acked) >= 20, 30)
             filler = fill(disk)
 
             def full() -> bool:
