@@ -235,6 +235,7 @@ def status(replica: Replica) -> dict[str, Any]:
         "commands_in_flight": replica.gateway.in_flight,
         "fsync": cfg.fsync,
         "journal_syncs": replica.raft.journal_syncs(),
+        "disk_full": replica.raft.disk_full(),
         "applied_per_s": round(replica.applied_per_s, 1),
         "apply_us_mean": round(replica.apply_us_mean, 2),
     }

@@ -221,6 +221,10 @@ class LocalCluster:
     def data_dir(self, i: int) -> Path:
         return self.base_dir / f"replica-{i}"
 
+    def log_file(self, i: int) -> Path:
+        """Where replica i's output goes."""
+        return self.data_dir(i) / "replica.log"
+
     def raft_peers(self, i: int) -> list[str]:
         """The Raft addresses replica i binds to and calls its peers at, index for index
         (everywhere the same here; a proxied cluster gives each replica its own view)."""
@@ -257,7 +261,7 @@ class LocalCluster:
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(self.config(i)))
-        with open(d / "replica.log", "ab") as out:
+        with open(self.log_file(i), "ab") as out:
             self.procs[i] = subprocess.Popen(
                 [*self.wrappers.get(i, ()), *self.replica_command(i, cfg)],
                 env=_with_repository_on_path(os.environ),
@@ -337,6 +341,30 @@ class LocalCluster:
                         return self.api.index(leader)
             time.sleep(0.05)
         raise TimeoutError(f"no agreed leader within {timeout}s: {last}")
+
+    def leader(self, among: list[int] | None = None) -> int | None:
+        """The replica among `among` (default: live ones) that says it leads and whose
+        peers in `among` agree; None if there is none now."""
+        among = self.alive() if among is None else among
+        sts = {i: self.status(i) for i in among}
+        for i, s in sts.items():
+            if (
+                s
+                and s["is_leader"]
+                and s["ready"]
+                and all(o is not None and o["leader"]["api"] == self.api[i] for o in sts.values())
+            ):
+                return i
+        return None
+
+    def wait_leader(self, among: list[int] | None = None, timeout: float = 45.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.leader(among)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"no leader among {among} within {timeout}s")
 
     def wait_for_version(
         self, version: int, replicas: list[int] | None = None, timeout: float = 20.0

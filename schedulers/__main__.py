@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         "attempts or 100 that placed nothing)",
     )
     p.add_argument("--report-period", type=float, default=2.0, metavar="S")
+    p.add_argument(
+        "--avoidance",
+        default="on",
+        choices=["on", "off"],
+        help="conflict avoidance: place on this scheduler's partition of the machines "
+        "(its used machines and a sample of its empty ones) before the others', "
+        "and rest machines that just conflicted (default: on)",
+    )
     p.add_argument("--seed", type=int, default=None, help="default: a hash of the name")
     p.add_argument(
         "--metrics",
@@ -115,6 +123,7 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
         report_period_s=args.report_period,
         seed=args.seed,
         tls=tls,
+        avoidance=args.avoidance == "on",
     )
 
 

@@ -33,11 +33,19 @@ class DecisionContext:
     """Per-decision scratch state over a synced `MachineTable`."""
 
     def __init__(
-        self, cell: CellState, table: MachineTable, rng: random.Random, sampling: bool
+        self,
+        cell: CellState,
+        table: MachineTable,
+        rng: random.Random,
+        sampling: bool,
+        tiers: np.ndarray | None = None,
     ) -> None:
         self.cell = cell
         self.table = table
         self.sampling = sampling
+        # Per row, the order in which machines are tried (`schedulers.avoid`);
+        # None: all alike.
+        self.tiers = tiers
         self.rng = rng
         # One numpy generator per decision, seeded from the injected rng, so a
         # seed reproduces every choice.
@@ -49,6 +57,7 @@ class DecisionContext:
         self.be_free = table.be_free[:n].copy(order="F")
         self.free_frac = table.free_frac[:n].copy()
         self.be_free_frac: np.ndarray | None = None  # built on first best-effort use
+        self._full_frac: np.ndarray | None = None
         self.capacity = table.capacity[:n]
         self.inv_cap = table.inv_cap[:n]
         self.exclusive = table.exclusive
@@ -72,6 +81,13 @@ class DecisionContext:
         if self.be_free_frac is None:
             self.be_free_frac = (self.be_free * self.inv_cap).sum(axis=1)
         return self.be_free_frac
+
+    @property
+    def full_frac(self) -> np.ndarray:
+        """Per machine, the free share it has when empty: one per dimension it has."""
+        if self._full_frac is None:
+            self._full_frac = (self.inv_cap > 0).sum(axis=1).astype(np.float64)
+        return self._full_frac
 
     def demand(self, amounts: Mapping[str, int]) -> Demand | None:
         """`amounts` as the table's (column, amount) pairs; None if no machine

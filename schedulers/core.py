@@ -29,6 +29,10 @@ attempts with tasks still unplaced, it is parked ("blocked") with the reason
 of its last failure; `unpark` brings it back. Tasks whose claims conflicted
 stay pending in the cell and are simply taken again by later decisions.
 
+Conflict avoidance (`avoidance`, `schedulers.avoid`; off unless given, as in
+the simulator's paper models): the core tries the machines of its own
+partition first and rests machines on which it just lost a conflict.
+
 The Omega paper's model (`PaperModel`, `SchedulerCore(paper=PaperModel())`): the
 simulator's and live mode's `--model paper`. One job per transaction, every pending
 task of it, placed by random fit; every attempt is a transaction, with claims or
@@ -61,6 +65,7 @@ from cellstate import (
 )
 from cellstate.fairshare import owner_usage
 from schedulers import lifecycle
+from schedulers.avoid import Avoidance, Avoider
 from schedulers.context import DecisionContext
 from schedulers.explain import Explanation, JobMetric
 from schedulers.fairshare import Shares, fair_fill
@@ -131,6 +136,7 @@ class SchedulerCore:
         max_attempts: int = 1000,
         max_claims: int = 1000,
         max_jobs: int | None = None,
+        avoidance: Avoidance | None = None,
         policy: str = "real",
         paper: PaperModel | None = None,
     ) -> None:
@@ -150,6 +156,7 @@ class SchedulerCore:
         # The Omega paper's model decides one job per transaction (max_jobs=1);
         # live schedulers batch many jobs into one commit for throughput.
         self.max_jobs = max_jobs
+        self.avoider = None if avoidance is None else Avoider(name, avoidance)
         self.paper = paper
         if paper is not None:
             # Every pending task of one job per transaction; its own attempt limit.
@@ -272,7 +279,8 @@ class SchedulerCore:
         if not jobs and not changing:
             return None
         self.figures.decisions += 1
-        ctx = DecisionContext(cell, table, self.rng, self.sampling)
+        tiers = None if self.avoider is None else self.avoider.tiers(cell, table, now)
+        ctx = DecisionContext(cell, table, self.rng, self.sampling, tiers)
         claims = []
         claimed_jobs: list[str] = []
         metrics: dict[str, JobMetric] = {}
@@ -307,6 +315,9 @@ class SchedulerCore:
         if not claims and not stops and not verdicts and (self.paper is None or not metrics):
             # (The paper model pays for an attempt that found no room as for any other.)
             return None
+        if self.avoider is not None:
+            self.figures.partition_machines = self.avoider.share(table.n)
+            self.figures.claims_spilled += self.avoider.outside(cell, [c.machine for c in claims])
         mode = TxnMode.ALL_OR_NOTHING if gang else self.mode
         txn = Transaction(
             self.name,
@@ -344,6 +355,8 @@ class SchedulerCore:
                 f.conflicted_transactions += 1
             else:
                 f.conflict_free_transactions += 1
+        if self.avoider is not None:
+            self.avoider.learn(result, now)
         if self.paper is not None:
             self._paper_result(cell, decision, result, now)
         lost: dict[str, dict[str, int]] = {}

@@ -21,6 +21,11 @@ Definitions (per scheduler, over its lifetime):
   a scheduler's name, this one's own included, or `agent`, `operator`...);
   `conflicts_by_machine`: rejected claims per machine, of which `as_dict`
   shows the `HOT_MACHINES` hottest as `hot_machines`.
+- `partition_machines`: with conflict avoidance (`schedulers.avoid`), how
+  many machines were this scheduler's own share at its last decision (every
+  machine when it has no rival; 0 without avoidance); `claims_spilled`:
+  claims it sent to machines of another scheduler's share because its own
+  lacked room, where conflicts come back.
 - `busy_seconds`: decision time the caller reports through `add_busy`; busyness
   is busy_seconds over the caller's elapsed (virtual or real) time.
 - `decision_seconds`: one sample per `add_busy` call (p50/p90/p99 in `as_dict`).
@@ -90,6 +95,8 @@ class SchedulerFigures:
     claims_attempted: int = 0
     claims_accepted: int = 0
     preemptions: int = 0
+    partition_machines: int = 0
+    claims_spilled: int = 0
     conflicts_by_reason: dict[str, int] = attrs.field(factory=dict)
     conflicts_by_rival: dict[str, int] = attrs.field(factory=dict)
     conflicts_by_machine: dict[str, int] = attrs.field(factory=dict)
@@ -130,6 +137,8 @@ class SchedulerFigures:
             "claims_rejected": self.claims_rejected,
             "claim_conflict_fraction": self.claim_conflict_fraction,
             "preemptions": self.preemptions,
+            "partition_machines": self.partition_machines,
+            "claims_spilled": self.claims_spilled,
             "conflicts_by_reason": dict(sorted(self.conflicts_by_reason.items())),
             "conflicts_by_rival": dict(sorted(self.conflicts_by_rival.items())),
             "hot_machines": hottest(self.conflicts_by_machine),

@@ -59,6 +59,7 @@ from cellstore.http import Principal, Request, Response, Router, serve_router
 from cellstore.ids import new_command_id
 from cellstore.metrics import metrics_endpoint
 from cellstore.tls import TlsFiles
+from schedulers.avoid import Avoidance
 from schedulers.committer import CellCommitter, Committer
 from schedulers.core import Decision, PaperModel, SchedulerCore
 from schedulers.prometheus import registry_of
@@ -96,6 +97,8 @@ class SchedulerConfig:
     max_claims: int = 1000
     report_period_s: float = 2.0
     seed: int | None = None
+    # Conflict avoidance (`schedulers.avoid`): partitions and cooling, or neither.
+    avoidance: bool = True
     metrics: str | None = None  # HOST:PORT to serve GET /v1/metrics on
     # The transaction model: "real", or "paper" (`schedulers.core.PaperModel`, whose think
     # time counts every unscheduled task); `max_jobs` caps jobs per transaction (None: any).
@@ -131,6 +134,8 @@ class SchedulerConfig:
             max_claims=self.max_claims,
             max_jobs=self.max_jobs,
             paper=PaperModel(max_attempts=self.max_attempts) if self.model == "paper" else None,
+            # The paper's model places by random fit alone, as the simulator's does.
+            avoidance=Avoidance() if self.avoidance and self.model != "paper" else None,
         )
 
 

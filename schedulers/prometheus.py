@@ -4,13 +4,14 @@ Served at `GET /metrics` next to `GET /v1/metrics` (the same figures as JSON) wh
 scheduler runs with `--metrics HOST:PORT`. Every series carries `scheduler` (its name) and
 `kind`. Counters: `omega_scheduler_transactions_total`, `..._conflicted_transactions_total`,
 `..._conflict_free_transactions_total`, `..._claims_attempted_total`,
-`..._claims_accepted_total`, `..._preemptions_total`, `..._conflicts_total{reason}` (claims
+`..._claims_accepted_total`, `..._preemptions_total`, `..._claims_spilled_total` (claims
+sent outside its own share of the machines, `schedulers.avoid`), `..._conflicts_total{reason}` (claims
 rejected by the store, by its reason code), `..._conflicts_by_rival_total{rival}` (by who
 last changed the machine: a scheduler's name, `agent`, `operator`...). Gauges:
 `..._conflict_fraction` (conflicted per conflict-free transaction, the Omega paper's; NaN
 while every transaction conflicted), `..._claim_conflict_fraction` (rejected per claim),
 `..._hot_machine_conflicts{machine}` (rejected claims on its hottest machines),
-`..._busyness`, `..._pending_tasks` (pending tasks of jobs it owns,
+`..._busyness`, `..._partition_machines` (its own share), `..._pending_tasks` (pending tasks of jobs it owns,
 in its copy), `..._blocked_jobs`, `..._version` (its copy's). Histogram:
 `omega_scheduler_decision_seconds` (one sample per decision). The figures themselves are
 counted once, in `schedulers.metrics`; this only renders them.
@@ -73,6 +74,11 @@ class SchedulerCollector(Collector):
         yield counter("claims_attempted", "Claims sent.", figures.claims_attempted)
         yield counter("claims_accepted", "Claims accepted.", figures.claims_accepted)
         yield counter("preemptions", "Tasks preempted by its claims.", figures.preemptions)
+        yield counter(
+            "claims_spilled",
+            "Claims sent to machines of another scheduler's share (its own lacked room).",
+            figures.claims_spilled,
+        )
         conflicts = CounterMetricFamily(
             "omega_scheduler_conflicts",
             "Claims rejected by the store, by reason.",
@@ -108,6 +114,11 @@ class SchedulerCollector(Collector):
             figures.claim_conflict_fraction,
         )
         yield gauge("busyness", "Share of time spent deciding.", live.figures()["busyness"])
+        yield gauge(
+            "partition_machines",
+            "Machines in its own share at its last decision (conflict avoidance).",
+            figures.partition_machines,
+        )
         yield gauge("pending_tasks", "Pending tasks of the jobs it owns.", _pending(live))
         yield gauge("blocked_jobs", "Jobs parked with an explanation.", len(figures.blocked))
         yield gauge("version", "Its copy's cell version.", live.copy.version)

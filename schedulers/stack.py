@@ -11,7 +11,11 @@ tasks of one job and returns its claims:
    counted by reason into the job's metric;
 2. a sample of the feasible machines is scored (all of them if the sample
    lacks room, or with sampling off), and the selector picks machines,
-   at most one task per machine under anti-affinity;
+   at most one task per machine under anti-affinity; with conflict
+   avoidance (`avoid`) the sample comes from the scheduler's preferred
+   machines and each tier behind them scores `TIER_PENALTY` worse, so other
+   schedulers' machines are used only when the preferred lack room, and
+   cooled ones last;
 3. placements are subtracted from the decision's local free columns, so the
    next job (or the rest of this one) sees them;
 4. (service) tasks still unplaced may preempt lower-band tasks;
@@ -52,6 +56,11 @@ from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_shar
 from schedulers.sample import candidates
 from schedulers.select import pack, random_fit, spread
 from schedulers.table import Demand
+
+# Added to a best-fit score per avoidance tier (`avoid`): more than any
+# best-fit score (a sum of free shares, one per dimension), so machines are
+# ordered by tier first and by fit within a tier.
+TIER_PENALTY = 1000.0
 
 
 @attrs.frozen
@@ -137,13 +146,15 @@ class Stack:
             if sel.size:
                 ctx.take(sel, counts, demand, be)
             return np.repeat(sel, counts).tolist()
-        cand = candidates(ctx, rows, wanted)
+        cand = candidates(ctx, rows, wanted, be)
         fit = fits(ctx, cand, demand, be, one)
         if cand.size < rows.size and int(fit.sum()) < wanted:
             cand = rows
             fit = fits(ctx, cand, demand, be, one)
         metric.machines_scored += int(cand.size)
         score = best_fit(ctx, cand, demand, be)
+        if ctx.tiers is not None:
+            score += TIER_PENALTY * ctx.tiers[cand]
         if self.spread:
             codes = spread_codes(ctx, job)
             placed = job_rows(ctx, job)

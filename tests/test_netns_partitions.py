@@ -24,9 +24,9 @@ import trio
 
 from cellstate import CellState
 from cellstore.client import StoreClient
-from cellstore.tls import issue
-from harness.cluster import LocalCluster, cell_options
+from harness.cluster import LocalCluster
 from harness.hosts import Hosts, netns_unavailable
+from harness.netcell import NetnsCell
 
 pytestmark = pytest.mark.slow
 
@@ -41,36 +41,6 @@ def hosts() -> Iterator[Hosts]:
         pytest.skip(why)
     with Hosts(3) as made:
         yield made
-
-
-class NetnsCell(LocalCluster):
-    """A 3-replica cell, replica i on host i, each started with the README's command line for
-    several hosts (`omega store --id I --peer API/RAFT ... --token-file --secret-file
-    --tls-cert --tls-key`): its own address, the same ports everywhere, https with a
-    certificate naming the hosts' addresses."""
-
-    def __init__(self, base: Path, hosts: Hosts) -> None:
-        super().__init__(base, 3, tls=True, **cell_options(heartbeat_timeout_s=60.0))
-        self.certificate = issue(base / "tls", base / "tls", "hosts", hosts.addresses)
-        self.api = [f"{a}:7000" for a in hosts.addresses]
-        self.raft_addresses = [f"{a}:7001" for a in hosts.addresses]
-        for i in range(3):
-            self.wrappers[i] = hosts.exec_prefix(i)
-
-    def replica_command(self, i: int, config_file: Path) -> list[str]:
-        files = []
-        for name, value in (("token", self.token), ("raft-secret", self.secret)):
-            path = self.data_dir(i) / name
-            path.touch(mode=0o600)
-            path.write_text(value)
-            files.append(str(path))
-        peers = [f"--peer={a}/{r}" for a, r in zip(self.api, self.raft_addresses, strict=True)]
-        return [
-            *(sys.executable, "-m", "omega", "store", f"--id={i}", *peers),
-            *(f"--data-dir={self.data_dir(i)}", f"--token-file={files[0]}"),
-            *(f"--secret-file={files[1]}", "--heartbeat-timeout=60"),
-            *(f"--tls-cert={self.certificate.cert}", f"--tls-key={self.certificate.key}"),
-        ]
 
 
 def netns_cell(base: Path, hosts: Hosts) -> LocalCluster:

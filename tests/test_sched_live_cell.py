@@ -24,6 +24,8 @@ from cellstate.commands import TaskUsage
 from cellstate.wire import parse
 from cellstore.cellclient import CellSummary, SyncCellClient, TaskView
 from harness.cluster import LocalCluster, cell_options, start_scheduler
+from schedulers.avoid import owners
+from schedulers.core import shard_of
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +170,10 @@ def assigned(counts: dict[str, int]) -> int:
 def test_two_batch_schedulers_race_conflict_and_never_overcommit(live: LiveCell) -> None:
     live.register(8)  # 32 cpu: exactly the job below
     for name in ("batch-a", "batch-b"):
-        live.scheduler("batch", name, "--max-claims", "8", "--think-task", "0.01")
+        # Without avoidance, so that they race for the same machines.
+        live.scheduler(
+            "batch", name, "--max-claims", "8", "--think-task", "0.01", "--avoidance", "off"
+        )
     live.wait_reporting("batch-a", "batch-b")
     job = live.submit("race", "batch", 32)  # both wake on the same command
     wait(lambda: assigned(live.counts(job)) == 32, "32 tasks assigned", live)
@@ -185,6 +190,36 @@ def test_two_batch_schedulers_race_conflict_and_never_overcommit(live: LiveCell)
     assert a["conflicted_transactions"] + b["conflicted_transactions"] > 0
     assert a["claims_rejected"] + b["claims_rejected"] > 0
     assert a["busyness"] > 0 and b["busyness"] > 0
+
+
+def test_two_batch_schedulers_with_avoidance_keep_to_their_partitions(live: LiveCell) -> None:
+    """Avoidance is on by default: once both report, each scheduler fills its own
+    rendezvous partition of the machines, and neither loses a claim."""
+    live.register(8)
+    names = ("batch-a", "batch-b")
+    for i, name in enumerate(names):
+        live.scheduler("batch", name, "--shard", f"{i}/2")
+    live.wait_reporting(*names)
+    owner = owners([f"m{i}" for i in range(8)], names)
+    jobs = {}
+    for k in range(2):
+        # A job of this scheduler's shard, exactly as large as its partition.
+        job = next(f"part{k}-{i}" for i in range(100) if shard_of(f"part{k}-{i}", 2) == k)
+        jobs[job] = {f"m{i}" for i in range(8) if owner[i] == k}
+        live.submit(job, "batch", 4 * len(jobs[job]))
+    for job, machines in jobs.items():
+        want = 4 * len(machines)
+        wait(lambda job=job, want=want: assigned(live.counts(job)) == want, job, live)
+        assert {t["machine"] for t in live.tasks(job)} == machines
+
+    def reported() -> bool:
+        return sum(live.figures(n).get("claims_accepted", 0) for n in names) == 32
+
+    wait(reported, "final figures", live)
+    for k, name in enumerate(names):
+        figures = live.figures(name)
+        assert figures["claims_rejected"] == figures["claims_spilled"] == 0
+        assert figures["partition_machines"] == int((owner == k).sum())
 
 
 def test_service_preempts_batch_but_never_production(live: LiveCell) -> None:

@@ -273,6 +273,9 @@ def live(
                         model,
                         "--max-jobs",
                         "1",
+                        # The simulated core runs without conflict avoidance: so does this.
+                        "--avoidance",
+                        "off",
                         *store,
                     ],
                     base / f"{name}.log",
