@@ -187,4 +187,6 @@ def test_omega_command_moves_past_a_cut_leader_within_seconds(tmp_path: Path, ho
         took = time.monotonic() - began
         assert done.returncode == 0, done.stderr
         print(f"omega submit with the leader cut: {took:.2f} s")
-        assert took < 5.0, took
+        # Waiting out the 15 s connect would take 15 s or more; on a quiet machine this takes
+        # ~1-2 s, and a loaded one adds seconds to starting Python and to the election.
+        assert took < 12.0, took
