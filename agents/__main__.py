@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> AgentConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
-    addresses, token = store_from_arguments(parser, args)
+    # A hollow agent serves no logs, so it needs no certificate of its own.
+    addresses, token, tls = store_from_arguments(parser, args, serving=not args.hollow)
     extra = {}
     if args.cpu is not None:
         extra["cpu"] = args.cpu
@@ -116,6 +117,7 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
             limits=LimitKind(args.limits) if args.limits else None,
             logs_host=args.logs_host,
             task_user=args.task_user,
+            tls=tls,
             **extra,
         )
     except ValueError as exc:

@@ -56,13 +56,16 @@ from agents.hollow import HollowExecutor, TimerHeap
 from agents.limits import LimitKind, cgroup_name, probe_limits, release_agent_cgroups
 from agents.prometheus import AgentMetrics
 from agents.task import ReportedState, TaskExecutor, TaskKey, TaskReport, TaskSpec
-from cellstate import CellState, Event, Ok, Stale
+from cellstate import CellState, Event, Ok, Role, Stale
 from cellstate.commands import MachineChanged, TaskEvicted, TaskPlaced
 from cellstate.model import MachineSpec, MachineState
 from cellstate.resources import Resources, parse_cpu, parse_memory
+from cellstore.access import CellGuard
 from cellstore.cellclient import Applied, CellClient, CellError
 from cellstore.copy import LocalCopy
+from cellstore.http import Principal
 from cellstore.ids import new_command_id
+from cellstore.tls import TlsFiles
 
 log = structlog.get_logger("agents.agent")
 
@@ -125,6 +128,9 @@ class AgentConfig:
     register_batch: int = attrs.field(default=2000, validator=attrs.validators.ge(1))
     report_batch: int = 20000
     batch_delay_s: float = 0.05
+    # The CA to check the store against and the certificate the log listener serves
+    # (`cellstore.tls`); None: plain http both ways (`--insecure`).
+    tls: TlsFiles | None = None
 
     def machine_ids(self) -> list[str]:
         if not self.hollow:
@@ -149,8 +155,8 @@ def _stale_tasks(applied: Applied[Stale | Ok] | None) -> set[str]:
 
 
 def _local_address_towards(address: str) -> str:
-    """The local IP this host uses to reach `address` (host:port)."""
-    host, _, port = address.rpartition(":")
+    """The local IP this host uses to reach `address` (host:port, or a URL)."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect((host.strip("[]") or "127.0.0.1", int(port or 80)))
         return s.getsockname()[0]
@@ -481,8 +487,21 @@ class Agent:
                 from agents.logserver import serve_logs
 
                 host = config.logs_host or _local_address_towards(config.addresses[0])
+                guard = CellGuard(
+                    lambda key: self.copy.cell.token_digests.get(key),
+                    config.token,
+                    Principal(f"{config.name} (own token)", Role.ADMIN),
+                )
                 address = await nursery.start(
-                    serve_logs, config.work_dir, config.token, host, 0, self.metrics.registry
+                    functools.partial(
+                        serve_logs,
+                        config.work_dir,
+                        guard.authenticate,
+                        host,
+                        0,
+                        self.metrics.registry,
+                        tls=config.tls,
+                    )
                 )
                 self.labels[AGENT_LABEL] = address
             nursery.start_soon(self.report_loop)
@@ -523,7 +542,8 @@ async def run_agent(
     caught up with the cell and reconciled. It returns after
     `agent.request_stop()` (tasks stopped unless `config.detach`); if
     cancelled instead, its tasks keep running for the next agent's `recover`."""
-    async with CellClient.connect(config.addresses, config.token) as client:
+    ca = config.tls.ca if config.tls is not None else None
+    async with CellClient.connect(config.addresses, config.token, ca=ca) as client:
         await Agent(config, client).run(task_status=task_status)
 
 

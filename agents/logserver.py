@@ -2,8 +2,9 @@
 
 `GET /v1/logs?task=ID&incarnation=N&stream=stdout|stderr&offset=K` answers the
 raw bytes of `<work_dir>/tasks/<task>.<N>/<stream>` from byte K (at most
-`MAX_CHUNK` of them; an empty body means nothing new yet), under the same
-bearer token as the store. It reuses the store's ASGI layer, served by
+`MAX_CHUNK` of them; an empty body means nothing new yet), over TLS, to the
+tokens of the cell (looked up in the agent's copy of it) whose role
+`cellstore.access` admits. It reuses the store's ASGI layer, served by
 hypercorn's trio worker, in the agent's nursery.
 """
 
@@ -16,12 +17,15 @@ import structlog
 import trio
 
 from agents.task import task_dir_name
+from cellstore.access import authorize
 from cellstore.errors import ApiError
-from cellstore.http import Request, Response, Router, serve_router
+from cellstore.http import Authenticate, Request, Response, Router, serve_router
 from cellstore.metrics import metrics_endpoint
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from cellstore.tls import TlsFiles
 
 log = structlog.get_logger("agents.logserver")
 
@@ -72,15 +76,25 @@ def build_router(work_dir: Path, registry: CollectorRegistry | None = None) -> R
 
 async def serve_logs(
     work_dir: Path,
-    token: str,
+    authenticate: Authenticate,
     host: str = "127.0.0.1",
     port: int = 0,
     registry: CollectorRegistry | None = None,
     *,
+    tls: TlsFiles | None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `/v1/logs` (and `/metrics` from `registry`, if given) on host:port (0: any free
-    port) until cancelled; `task_status.started("host:port")` with the bound address."""
+    port) over https with `tls` (None: plain http, `--insecure`) until cancelled, to the
+    tokens `authenticate` knows and `cellstore.access` admits;
+    `task_status.started("host:port")` with the bound address."""
     await serve_router(
-        build_router(work_dir, registry), token, host, port, name="logs", task_status=task_status
+        build_router(work_dir, registry),
+        authenticate,
+        host,
+        port,
+        tls=tls,
+        authorize=authorize,
+        name="logs",
+        task_status=task_status,
     )

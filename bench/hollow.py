@@ -32,9 +32,11 @@ from harness.cluster import LocalCluster, cell_options
 
 def machines_up(cluster: LocalCluster) -> int:
     headers = {"authorization": f"Bearer {cluster.token}"}
-    for address in cluster.api:
+    for i in range(cluster.n):
         try:
-            resp = httpx.get(f"http://{address}/v1/cell", headers=headers, timeout=5)
+            resp = httpx.get(
+                f"{cluster.url(i)}/v1/cell", headers=headers, timeout=5, verify=cluster.verify
+            )
         except httpx.HTTPError:
             continue
         if resp.status_code == 200:
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace, base: Path) -> dict:
                     "--addr",
                     ",".join(cluster.api),
                     f"--token={cluster.token}",
+                    *cluster.client_args(),
                     "--work-dir",
                     str(base / "agent"),
                     "--heartbeat",

@@ -1,6 +1,6 @@
 """Soak: the fault suite's workload and faults for N minutes, then its checker.
 
-    python -m bench.soak --minutes 2 [--seed S] [--dir D]
+    python -m bench.soak --minutes 2 [--seed S] [--dir D] [--netns]
 
 Runs a three-replica cell behind cuttable Raft proxies, two `python -m schedulers` processes
 and the recorded workload of `harness.faults` (submissions, kills, an in-process scheduler,
@@ -10,7 +10,14 @@ schedule of faults). Then it replays the whole feed from version 1, recounting t
 command changed after every command (capacity, sums, single placement; every invariant of the
 cell every 100 commands and at the end), and compares it with every acknowledgement and every replica's snapshot. Prints a
 summary and, last, one JSON line: `acknowledged`, `faults`, `checks`, `lost` (must be 0),
-`errors`, `seed`, `wall_s`.
+`errors`, `seed`, `wall_s`, `longest_stall_s`, `heal_leader_changes`, `netns`.
+
+With `--netns` (root, iproute2, nftables, faketime) every process is on a host of its own
+(`harness.netcell`): replicas started with the README's several-hosts command line, r1's clock
+30 s ahead and r2's 15 s behind, two `omega scheduler` processes, a hollow and a real `omega
+agent`; partitions are dropped packets (both ways, or one way), plus lossy and slow leader
+links and agent kills. The longest stall is the longest time between two acknowledged
+submissions of the steady writer, with the fault that preceded it.
 """
 
 from __future__ import annotations
@@ -37,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=None, help="default: random, printed")
     p.add_argument("--dir", type=Path, default=None, help="data dirs and logs (default: tmp)")
+    p.add_argument("--netns", action="store_true", help="each process on a host of its own")
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
-    print(f"soak seed {seed} minutes {args.minutes}", flush=True)
+    if args.netns:
+        from harness.hosts import netns_unavailable, skew_unavailable
+
+        why = netns_unavailable() or skew_unavailable()
+        if why is not None:
+            print(f"error: --netns: {why}", file=sys.stderr)
+            return 2
+    print(f"soak seed {seed} minutes {args.minutes} netns {args.netns}", flush=True)
     # SIGTERM unwinds like Ctrl-C, so every replica and scheduler is killed by pid on the way
     # out (replicas restarted from worker threads cannot be tied to us by PDEATHSIG).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -50,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     base = args.dir or Path(tempfile.mkdtemp(prefix="omega-soak-"))
     base.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    run = run_scenario(base, seed, args.minutes * 60.0, say=lambda line: print(line, flush=True))
+    run = run_scenario(
+        base,
+        seed,
+        args.minutes * 60.0,
+        say=lambda line: print(line, flush=True),
+        netns=args.netns,
+    )
     fig = run.report.figures
     lost = fig.get("lost", 0)
     checks = fig.get("invariant_checks", 0)
@@ -70,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"commits by scheduler: {fig.get('commits_by_scheduler')}")
     print(f"jobs by state: {fig.get('jobs_by_state')}")
     print(f"secret leaks in logs: {run.leaks}")
+    print(
+        f"longest write stall: {run.longest_stall_s} s (after {run.stall_after}); leader "
+        f"changes on heal: {sum(run.heal_changes)} of {len(run.heal_changes)} partitions"
+    )
+    print(f"longest write stall after each kind of fault (s): {run.stalls_by_fault}")
     print(f"lost: {lost}; checker errors: {len(run.report.errors)}")
     for error in run.report.errors[:20]:
         print(f"  ERROR {error}")
@@ -85,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                 "errors": len(run.report.errors) + len(run.leaks),
                 "seed": seed,
                 "wall_s": round(time.monotonic() - started, 1),
+                "longest_stall_s": run.longest_stall_s,
+                "heal_leader_changes": sum(run.heal_changes),
+                "stalls_by_fault": run.stalls_by_fault,
+                "netns": args.netns,
             }
         ).decode()
     )

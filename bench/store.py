@@ -13,8 +13,14 @@ All figures come from one run on this machine:
   (`cellstore.durability`) is measured the same way: `fsync_txn_per_s`, `fsync_claims_per_s`,
   `fsync_commit_p50_ms`, `fsync_commit_p99_ms`, and `fsync_syncs_per_commit` (journal syncs
   of the leader per sequential commit).
+- with `--tls`, a second cell whose replicas serve https (`cellstore.tls`, its own CA; the
+  first cell is plain http, `--insecure`), measured the same way: `tls_txn_per_s`,
+  `tls_claims_per_s`, `tls_commit_p50_ms`, `tls_commit_p99_ms`: what TLS costs. Then both
+  cells at once, one sequential commit to each in turn (`--latency` of each), so a machine
+  whose load drifts weighs on both alike: `paired_commit_p50_ms`/`_p99_ms` (http) and
+  `paired_tls_commit_p50_ms`/`_p99_ms`.
 
-    python -m bench.store [--txns 20000] [--claim-txns 500] [--in-flight 2000] [--fsync]
+    python -m bench.store [--txns 20000] [--claim-txns 500] [--in-flight 2000] [--fsync] [--tls]
 """
 
 from __future__ import annotations
@@ -203,7 +209,8 @@ async def pump(client: StoreClient, commands: list[dict], in_flight: int, batch:
 async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict:
     figures: dict[str, float] = {}
     total = args.txns + args.claim_txns * 100 + args.latency + 1000
-    async with StoreClient(cluster.api, cluster.token, retry_deadline_s=60) as client:
+    ca = cluster.ca
+    async with StoreClient(cluster.api, cluster.token, retry_deadline_s=60, ca=ca) as client:
         cell = CellClient(client)
         ids = await setup_cell(cell, total)
         cursor = 0
@@ -259,6 +266,27 @@ async def measure_store(cluster: LocalCluster, args: argparse.Namespace) -> dict
     return figures
 
 
+async def paired_latency(plain: LocalCluster, secure: LocalCluster, n: int) -> dict:
+    """Sequential commits to the plain and the https cell in turn: p50/p99 of each."""
+    times: dict[str, list[float]] = {"http": [], "https": []}
+    async with (
+        CellClient.connect(plain.api, plain.token) as one,
+        CellClient.connect(secure.api, secure.token, ca=secure.ca) as other,
+    ):
+        tasks = {"http": await setup_cell(one, n), "https": await setup_cell(other, n)}
+        for k in range(n):
+            for side, cell in (("http", one), ("https", other)):
+                began = time.perf_counter()
+                await cell.commit(one_claim(tasks[side][k], f"m{k % MACHINES}"))
+                times[side].append((time.perf_counter() - began) * 1000)
+    figures = {}
+    for side, name in (("http", "paired_commit"), ("https", "paired_tls_commit")):
+        ordered = sorted(times[side])
+        figures[f"{name}_p50_ms"] = statistics.median(ordered)
+        figures[f"{name}_p99_ms"] = ordered[int(len(ordered) * 0.99) - 1]
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--txns", type=int, default=20_000, help="1-claim transactions")
@@ -270,6 +298,7 @@ def main() -> None:
     parser.add_argument(
         "--fsync", action="store_true", help="also measure a cell that syncs its journals"
     )
+    parser.add_argument("--tls", action="store_true", help="also measure a cell that serves https")
     parser.add_argument("--raw-node", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--raw-ports", default="", help=argparse.SUPPRESS)
     parser.add_argument("--raw-dir", default="", help=argparse.SUPPRESS)
@@ -300,6 +329,20 @@ def main() -> None:
         ):
             args.no_failover = True
             synced = trio.run(measure_store, cluster, args)
+    secured: dict[str, float] = {}
+    if args.tls:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            LocalCluster(Path(tmp), tls=True, **cell_options()) as cluster,
+        ):
+            args.no_failover = True
+            secured = trio.run(measure_store, cluster, args)
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            LocalCluster(Path(tmp) / "http", **cell_options()) as plain,
+            LocalCluster(Path(tmp) / "https", tls=True, **cell_options()) as secure,
+        ):
+            secured |= trio.run(paired_latency, plain, secure, args.latency)
     print(
         f"1-claim transactions: {figures['txn_per_s']:,.0f} txn/s "
         f"({figures['txn_per_s'] / raw:.2f} of raw)"
@@ -331,6 +374,32 @@ def main() -> None:
             "fsync_commit_p50_ms": round(synced["commit_p50_ms"], 2),
             "fsync_commit_p99_ms": round(synced["commit_p99_ms"], 2),
             "fsync_syncs_per_commit": round(synced["syncs_per_commit"], 2),
+        }
+    if secured:
+        print(
+            f"over https: {secured['txn_per_s']:,.0f} txn/s, "
+            f"{secured['claims_per_s']:,.0f} claims/s, commit p50 "
+            f"{secured['commit_p50_ms']:.2f} ms, p99 {secured['commit_p99_ms']:.2f} ms"
+        )
+        print(
+            f"in turn, plain and https: commit p50 {secured['paired_commit_p50_ms']:.2f} / "
+            f"{secured['paired_tls_commit_p50_ms']:.2f} ms, p99 "
+            f"{secured['paired_commit_p99_ms']:.2f} / {secured['paired_tls_commit_p99_ms']:.2f} ms"
+        )
+        summary |= {
+            name: round(secured[name], 2)
+            for name in (
+                "paired_commit_p50_ms",
+                "paired_commit_p99_ms",
+                "paired_tls_commit_p50_ms",
+                "paired_tls_commit_p99_ms",
+            )
+        }
+        summary |= {
+            "tls_txn_per_s": round(secured["txn_per_s"]),
+            "tls_claims_per_s": round(secured["claims_per_s"]),
+            "tls_commit_p50_ms": round(secured["commit_p50_ms"], 2),
+            "tls_commit_p99_ms": round(secured["commit_p99_ms"], 2),
         }
     print(json.dumps(summary))
 

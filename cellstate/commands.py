@@ -20,6 +20,7 @@ from cellstate.model import (
     JobSpec,
     MachineSpec,
     MachineState,
+    Role,
     RolloutState,
     SchedulerClass,
     TaskState,
@@ -31,6 +32,16 @@ from cellstate.resources import Resources
 
 
 @attrs.frozen(slots=True)
+class Author:
+    """Who sent a command: the name and role of the token the API took it under.
+    Stamped by the replica that took the request, never by the client; None in
+    commands from before rules 6 and in those a leader issues itself."""
+
+    name: str
+    role: Role
+
+
+@attrs.frozen(slots=True)
 class RegisterMachines:
     """Register machines, or update the capacity, labels and domain of known ones.
     A registration is also how a machine that was down comes back up."""
@@ -38,6 +49,7 @@ class RegisterMachines:
     machines: tuple[MachineSpec, ...]
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -50,6 +62,7 @@ class SetMachineState:
     state: MachineState
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
     deadline: float | None = None
 
 
@@ -59,6 +72,7 @@ class SubmitJob:
     spec: JobSpec
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -86,6 +100,7 @@ class SubmitPlan:
     claims: tuple[Claim, ...]
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -93,6 +108,7 @@ class KillJob:
     job: str
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -105,6 +121,7 @@ class UpdateJob:
     spec: JobSpec
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -115,6 +132,7 @@ class RevertJob:
     version: int
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -125,6 +143,7 @@ class ScaleJob:
     tasks: int
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -134,6 +153,7 @@ class PromoteJob:
     job: str
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -147,6 +167,7 @@ class EndRollout:
     reason: str = ""
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -154,6 +175,7 @@ class Commit:
     txn: Transaction
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 class ReportedState(enum.StrEnum):
@@ -189,6 +211,7 @@ class ReportTasks:
     reports: tuple[TaskReport, ...]
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -204,6 +227,7 @@ class ReportUsage:
     usages: tuple[TaskUsage, ...]
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -211,6 +235,7 @@ class Heartbeat:
     machines: tuple[str, ...]
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -234,6 +259,7 @@ class ExpireHeartbeats:
     timeout: float
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
     silent: tuple[SilentMachine, ...] | None = None
 
 
@@ -246,6 +272,7 @@ class RaiseRules:
     rules: int
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -257,6 +284,7 @@ class SetQuota:
     limit: Resources | None
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -268,6 +296,7 @@ class SetWeights:
     weights: dict[str, float]
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
 
 
 @attrs.frozen(slots=True)
@@ -282,6 +311,37 @@ class ReportScheduler:
     explanations: dict[str, str]
     at: float = 0.0
     id: str = ""
+    by: Author | None = None
+
+
+@attrs.frozen(slots=True)
+class CreateToken:
+    """Issue an API token (rules 6): only `digest`, the SHA-256 of its secret in
+    hex, enters the log, so neither the log nor a snapshot can sign anyone in.
+    An `agent` token is bound to `machines` (names, or `fnmatch` patterns such
+    as `hollow-*`): it may register, heartbeat and report for those alone.
+    Creating a token exactly as it exists is a no-op (so a restarted `omega up`
+    may issue its tokens again); a different one under a taken name needs
+    `replace`."""
+
+    name: str
+    role: Role
+    digest: str
+    machines: tuple[str, ...] = ()
+    replace: bool = False
+    at: float = 0.0
+    id: str = ""
+    by: Author | None = None
+
+
+@attrs.frozen(slots=True)
+class RevokeToken:
+    """Revoke the token `name` (rules 6): every replica refuses it once applied."""
+
+    name: str
+    at: float = 0.0
+    id: str = ""
+    by: Author | None = None
 
 
 Command = (
@@ -304,6 +364,8 @@ Command = (
     | EndRollout
     | SetWeights
     | SubmitPlan
+    | CreateToken
+    | RevokeToken
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -326,6 +388,8 @@ COMMAND_TYPES: dict[str, type] = {
     "end_rollout": EndRollout,
     "set_weights": SetWeights,
     "submit_plan": SubmitPlan,
+    "create_token": CreateToken,
+    "revoke_token": RevokeToken,
 }
 
 # -- results ----------------------------------------------------------------------

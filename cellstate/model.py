@@ -37,7 +37,9 @@ from cellstate.resources import REQUIRED, Resources
 # 5: owners have fair-share weights (`SetWeights`), and a job may be submitted
 #    with the placements a plan read (`SubmitPlan`); both are refused under
 #    older rules, whose releases cannot decode them.
-RULES = 5
+# 6: API tokens with roles live in the cell (`CreateToken`, `RevokeToken`),
+#    and every command a client sends records who sent it (`Author`).
+RULES = 6
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
@@ -624,6 +626,34 @@ class Task:
 
     def __attrs_post_init__(self) -> None:
         self.band = Band.of(self.priority)
+
+
+# An API token's name: what `omega token revoke` and the audit trail show.
+TOKEN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class Role(enum.StrEnum):
+    """What an API token may do (rules 6); `cellstore.access` declares which
+    roles each endpoint admits."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    SCHEDULER = "scheduler"
+    AGENT = "agent"
+    READ_ONLY = "read-only"
+
+
+@attrs.frozen(slots=True)
+class TokenRecord:
+    """An API token as the cell keeps it: never the secret, only its SHA-256
+    (`digest`, hex). `machines` binds an agent token to machine names or
+    `fnmatch` patterns."""
+
+    name: str
+    role: Role
+    digest: str
+    machines: tuple[str, ...]
+    created: float
 
 
 @attrs.frozen(slots=True)

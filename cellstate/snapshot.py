@@ -21,6 +21,9 @@ without it (older format-3 snapshots) load with None and dump as they were.
 Under rules 5 a snapshot may end with `weights`, `[[owner, weight], ...]`
 sorted by owner, written only when some owner's weight is not 1: older
 snapshots lack it and dump as they were.
+Under rules 6 a snapshot may end, after `weights`, with `tokens`, rows
+`[name, role, digest, machines, created]` sorted by name (digests only, never a
+secret), written only when the cell has a token: older snapshots lack it.
 Format 2 loads as jobs of one version with a task per index.
 
 Format 2 writes the cell's rules (`model.RULES`) and resource vectors as
@@ -47,10 +50,12 @@ from cellstate.model import (
     JobSpec,
     Machine,
     MachineState,
+    Role,
     Rollout,
     RolloutState,
     Task,
     TaskState,
+    TokenRecord,
     task_id,
 )
 from cellstate.resources import DIMENSIONS
@@ -140,6 +145,11 @@ def dump(cell: CellState) -> bytes:
     # Last and only when set (rules 5), so a snapshot without weights dumps as it was.
     if cell.weights:
         doc["weights"] = sorted(cell.weights.items())
+    if cell.tokens:
+        doc["tokens"] = [
+            [t.name, str(t.role), t.digest, list(t.machines), t.created]
+            for _, t in sorted(cell.tokens.items())
+        ]
     return orjson.dumps(doc)
 
 
@@ -248,6 +258,9 @@ def load_into(cell: CellState, data: bytes | str) -> None:
     for cid, version, result in doc["recent"]:
         cell.recent[cid] = (version, internal.structure(result, RESULT))
     cell.weights = {owner: weight for owner, weight in doc.get("weights", ())}
+    for name, role, digest, machines, created in doc.get("tokens", ()):
+        record = TokenRecord(name, Role(role), digest, tuple(machines), created)
+        cell.tokens[name] = cell.token_digests[digest] = record
 
 
 def _load_job(cell: CellState, row: list[Any]) -> None:

@@ -35,6 +35,7 @@ from cellstate import invariants, snapshot
 from cellstate.commands import (
     Command,
     Commit,
+    CreateToken,
     EndRollout,
     Error,
     Event,
@@ -56,6 +57,7 @@ from cellstate.commands import (
     ReportUsage,
     Result,
     RevertJob,
+    RevokeToken,
     RolloutChanged,
     ScaleJob,
     SetMachineState,
@@ -80,6 +82,7 @@ from cellstate.model import (
     OWNER_RE,
     RULES,
     TERMINAL_STATES,
+    TOKEN_NAME_RE,
     TRANSITIONS,
     Band,
     CellConfig,
@@ -90,10 +93,12 @@ from cellstate.model import (
     Machine,
     MachineState,
     Rejection,
+    Role,
     Rollout,
     RolloutState,
     Task,
     TaskState,
+    TokenRecord,
     Transaction,
     TxnMode,
     task_id,
@@ -111,6 +116,8 @@ LIFECYCLE_RULES = 3
 ATTRIBUTION_RULES = 4
 # The rules that first know owners' fair-share weights (`SetWeights`).
 FAIR_RULES = 5
+# The rules that first know API tokens and record who sent each command.
+TOKEN_RULES = 6
 
 
 class CellState:
@@ -142,6 +149,10 @@ class CellState:
         self.ledger = Ledger()
         # Owners' fair-share weights (rules 5); an owner not here weighs 1.
         self.weights: dict[str, float] = {}
+        # API tokens by name (rules 6), and the same records by digest: what a
+        # replica looks a request's token up in.
+        self.tokens: dict[str, TokenRecord] = {}
+        self.token_digests: dict[str, TokenRecord] = {}
         # Derived (rebuilt on restore, never serialised):
         # Device names the cell's machines, jobs and quotas use (`MAX_CELL_DEVICE_KINDS`).
         self.device_kinds: set[str] = set()
@@ -842,6 +853,68 @@ class CellState:
                 self.weights[owner] = float(weight)
         return Ok()
 
+    # -- API tokens (rules 6) ---------------------------------------------------
+
+    def _create_token(self, cmd: CreateToken, events: list[Event]) -> Result:
+        if self.rules < TOKEN_RULES:
+            return _too_old(self.rules, TOKEN_RULES, "tokens", "name")
+        if not TOKEN_NAME_RE.match(cmd.name):
+            return Error(
+                "invalid_name",
+                f"token name {cmd.name!r} must match {TOKEN_NAME_RE.pattern}",
+                "name",
+            )
+        if len(cmd.digest) != 64 or cmd.digest.strip("0123456789abcdef"):
+            return Error("invalid_digest", "digest must be 64 lower-case hex digits", "digest")
+        if cmd.role is Role.AGENT:
+            if not cmd.machines:
+                return Error(
+                    "invalid_machines",
+                    "an agent token must name the machines it is for",
+                    "machines",
+                )
+            for i, pattern in enumerate(cmd.machines):
+                if not pattern or len(pattern) > 253:
+                    return Error(
+                        "invalid_machines",
+                        f"machine {pattern!r} must be 1 to 253 characters",
+                        f"machines[{i}]",
+                    )
+        elif cmd.machines:
+            return Error(
+                "invalid_machines",
+                f"only agent tokens are bound to machines, not {cmd.role} ones",
+                "machines",
+            )
+        record = TokenRecord(cmd.name, cmd.role, cmd.digest, cmd.machines, cmd.at)
+        known = self.tokens.get(cmd.name)
+        if known is not None:
+            if attrs.evolve(known, created=cmd.at) == record:
+                return Ok()
+            if not cmd.replace:
+                return Error(
+                    "token_exists",
+                    f"a different token is named {cmd.name!r}; revoke it first",
+                    "name",
+                )
+        holder = self.token_digests.get(cmd.digest)
+        if holder is not None and holder.name != cmd.name:
+            return Error("token_exists", f"token {holder.name!r} has that digest", "digest")
+        if known is not None:
+            del self.token_digests[known.digest]
+        self.tokens[cmd.name] = record
+        self.token_digests[cmd.digest] = record
+        return Ok()
+
+    def _revoke_token(self, cmd: RevokeToken, events: list[Event]) -> Result:
+        if self.rules < TOKEN_RULES:
+            return _too_old(self.rules, TOKEN_RULES, "tokens", "name")
+        record = self.tokens.pop(cmd.name, None)
+        if record is None:
+            return Error("token_unknown", f"no token {cmd.name!r}", "name")
+        del self.token_digests[record.digest]
+        return Ok()
+
     def _admit_devices(self, vectors: list[Resources], field: str) -> Error | None:
         """Record the device kinds `vectors` name, or refuse them (changing nothing) if
         the cell would know more than `MAX_CELL_DEVICE_KINDS`."""
@@ -1298,6 +1371,8 @@ ACTORS: dict[type, str] = {
     ReportScheduler: "scheduler",
     EndRollout: "scheduler",
     RaiseRules: "rules",
+    CreateToken: "admin",
+    RevokeToken: "admin",
 }
 
 _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
@@ -1320,4 +1395,6 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     ScaleJob: CellState._scale_job,
     PromoteJob: CellState._promote_job,
     EndRollout: CellState._end_rollout,
+    CreateToken: CellState._create_token,
+    RevokeToken: CellState._revoke_token,
 }

@@ -24,7 +24,7 @@ from typing import Any, cast
 import attrs
 import cattrs
 import orjson
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter
 from cattrs.strategies import configure_tagged_union
 
@@ -61,6 +61,7 @@ from cellstate.model import (
     MachineState,
     Rejection,
     RestartPolicy,
+    Role,
     RolloutState,
     SchedulerClass,
     StopReason,
@@ -87,6 +88,7 @@ _ENUMS = (
     ReportedState,
     RolloutState,
     StopReason,
+    Role,
 )
 
 _COMMAND_TAGS = {cls: name for name, cls in COMMAND_TYPES.items()}
@@ -261,6 +263,13 @@ def _make(edge: bool) -> cattrs.Converter:
     conv.register_unstructure_hook(
         Rejection, make_dict_unstructure_fn(Rejection, conv, _cattrs_omit_if_default=True)
     )
+    # Who sent a command (rules 6) is written only when known, so commands a
+    # leader issues itself, and every command of an older log, keep their bytes.
+    for command_class in COMMAND_TYPES.values():
+        conv.register_unstructure_hook(
+            command_class,
+            make_dict_unstructure_fn(command_class, conv, by=override(omit_if_default=True)),
+        )
     if edge:
         scalar_hooks: tuple[tuple[type, Callable[[Any, type], Any]], ...] = (
             (int, _strict_int),

@@ -1,6 +1,7 @@
 """The replica's HTTP API: the `Replica` runtime handed to endpoints, and the generic endpoints.
 
-Endpoints (all need `Authorization: Bearer <token>`):
+Endpoints (all need `Authorization: Bearer <token>`; `Replica.authenticate` and
+`Replica.authorize` say whose it is and what it may call):
 * `POST /v1/commands` `{"commands": [<command>, ...]}`: each command is its own Raft entry, all
   in flight at once; 200 `{"results": [...]}` in order. If any command was not acknowledged:
   503 with `error.code = "not_committed"`, `results` holding null for each unacknowledged one,
@@ -37,7 +38,16 @@ from cellstore.config import ReplicaConfig
 from cellstore.errors import ApiError
 from cellstore.feed import AppliedFeed
 from cellstore.gateway import CommandGateway, CommitFailure
-from cellstore.http import Request, Response, Router, StreamResponse
+from cellstore.http import (
+    Authenticate,
+    Authorize,
+    Request,
+    Response,
+    Router,
+    StreamResponse,
+    allow_all,
+    bearer,
+)
 from cellstore.machine import Machine
 from cellstore.metrics import ReplicaMetrics, metrics_endpoint
 from cellstore.raft import ReplicatedMachine
@@ -64,6 +74,10 @@ class Replica:
         self.apply_us_mean = 0.0
         # Coroutines that extensions want run for the replica's lifetime.
         self.background: list[Callable[[], Any]] = []
+        # Who a request is from and what it may call (`cellstore.http`): the config's token
+        # as admin, until an extension that knows more replaces them.
+        self.authenticate: Authenticate = bearer(config.token)
+        self.authorize: Authorize = allow_all
 
     async def commit_raw(self, commands: list[bytes]) -> list[bytes | CommitFailure]:
         """Replicate wire-encoded commands; per command its result bytes or a failure."""
@@ -124,7 +138,8 @@ def not_committed(results: list[Any], failed: list[tuple[int, str]]) -> ApiError
 
 def parse_commands(request: Request, machine_class: Any = None) -> list[bytes]:
     """`{"commands": [...]}` -> each command as the bytes the log will hold: the machine
-    class's `canonical(document, path)` (its validating edge) where it has one, else compact
+    class's `canonical(document, path, principal)` (its validating edge, which records who sent
+    each command) where it has one, else compact
     JSON."""
     body = request.json()
     if not isinstance(body, dict):
@@ -141,7 +156,7 @@ def parse_commands(request: Request, machine_class: Any = None) -> list[bytes]:
     encoded = []
     for i, command in enumerate(commands):
         try:
-            encoded.append(canonical(command, f"$.commands[{i}]"))
+            encoded.append(canonical(command, f"$.commands[{i}]", request.principal))
         except ValueError as exc:  # the machine's edge refused it
             raise ApiError(
                 400,
@@ -220,6 +235,7 @@ def status(replica: Replica) -> dict[str, Any]:
         "commands_in_flight": replica.gateway.in_flight,
         "fsync": cfg.fsync,
         "journal_syncs": replica.raft.journal_syncs(),
+        "disk_full": replica.raft.disk_full(),
         "applied_per_s": round(replica.applied_per_s, 1),
         "apply_us_mean": round(replica.apply_us_mean, 2),
     }

@@ -6,7 +6,9 @@ endpoint, is structured by the strict converter, stamped with the replica's
 clock and an id if it has none, and re-encoded canonically before it enters
 the Raft log, so the log only ever holds well-typed commands.
 
-Typed endpoints (added by `endpoints`, all under the bearer token):
+Typed endpoints (added by `endpoints`, all under a bearer token whose role
+`cellstore.access.ACCESS` admits; `commit_one` records the token's name and role in the
+command, and refuses an agent's command about a machine its token is not bound to):
 - `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`;
   `POST /v1/jobs/planned` `{"job", "spec", "claims"}` submit placed as planned, or nothing
 - `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`, `GET /v1/machines`,
@@ -15,6 +17,8 @@ Typed endpoints (added by `endpoints`, all under the bearer token):
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
 - `POST /v1/schedulers/report` a scheduler's figures and explanations
 - `GET /v1/cell` summary; `GET /v1/explain?target=JOB|TASK`
+- `GET /v1/tokens` names, roles, machines; `POST /v1/tokens` `{"name", "role", "digest",
+  "machines"}` issue one; `POST /v1/tokens/revoke` `{"name"}`
 The leader also issues `ExpireHeartbeats` every second for machines silent longer than
 `heartbeat_timeout_s`, an argument of `endpoints` set in the replica's config document
 (`replica_fields`), so every replica of a cell is told the same timeout at start-up.
@@ -40,20 +44,37 @@ import orjson
 import structlog
 import trio
 
-from cellstate import CellState, ExpireHeartbeats, MachineState, SilentMachine, SpecError
+from cellstate import (
+    Author,
+    CellState,
+    CreateToken,
+    ExpireHeartbeats,
+    Heartbeat,
+    MachineState,
+    RegisterMachines,
+    ReportTasks,
+    ReportUsage,
+    Role,
+    SilentMachine,
+    SpecError,
+    TokenRecord,
+)
 from cellstate import views as cell_views
 from cellstate.commands import Command, Error, RaiseRules
 from cellstate.model import FIRST_RULES, RULES
 from cellstate.wire import decode_command, encode_result, internal, parse
+from cellstore.access import CellGuard, authorize, digest, machine_matcher
 from cellstore.api import Replica
 from cellstore.errors import ApiError
-from cellstore.http import Request, Response, Router
+from cellstore.http import Principal, Request, Response, Router
 from cellstore.ids import new_command_id, new_job_id
 from cellstore.machine import Machine
 
 log = structlog.get_logger("cellstore.cell")
 
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+# The name under which the replicas' config token is kept in the cell.
+BOOTSTRAP = "bootstrap"
 
 
 def replica_fields(heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> dict[str, Any]:
@@ -98,13 +119,25 @@ class CellMachine:
         return cls(CellState.restore(data))
 
     @staticmethod
-    def canonical(document: Any, path: str = "$") -> bytes:
+    def canonical(document: Any, path: str = "$", principal: Principal | None = None) -> bytes:
         """Validate a client's command document; its canonical log bytes. SpecError if bad."""
-        if isinstance(document, dict) and "at" in document:
-            document = {k: v for k, v in document.items() if k != "at"}
-        command = parse(document, Command, path)
-        command = attrs.evolve(command, at=time.time(), id=command.id or new_command_id())
-        return orjson.dumps(internal.unstructure(command, Command))
+        return encode(stamped(document, path, principal))
+
+
+def stamped(document: Any, path: str = "$", principal: Principal | None = None) -> Command:
+    """A client's command document, validated (SpecError if bad) and stamped with this
+    replica's clock, an id if it has none, and who sent it (`principal`; whatever the
+    client wrote in `at` and `by` is dropped)."""
+    if isinstance(document, dict) and ("at" in document or "by" in document):
+        document = {k: v for k, v in document.items() if k not in ("at", "by")}
+    command = parse(document, Command, path)
+    by = Author(principal.name, Role(principal.role)) if principal is not None else None
+    return attrs.evolve(command, at=time.time(), id=command.id or new_command_id(), by=by)
+
+
+def encode(command: Command) -> bytes:
+    """A command's log bytes."""
+    return orjson.dumps(internal.unstructure(command, Command))
 
 
 def _result(version: int, result: Any) -> bytes:
@@ -115,12 +148,31 @@ def spec_error(exc: SpecError) -> ApiError:
     return ApiError(400, exc.code, exc.message, exc.field)
 
 
-async def commit_one(replica: Replica, document: dict[str, Any]) -> Response:
+async def commit_one(
+    replica: Replica, document: dict[str, Any], principal: Principal | None
+) -> Response:
+    """Commit one client command, recording `principal` as its author. An agent's token may
+    only speak for its own machines: one that names another, or a task on another, is refused
+    403 before anything is committed."""
     try:
-        encoded = CellMachine.canonical(document)
+        command = stamped(document, "$", principal)
     except SpecError as exc:
         raise spec_error(exc) from None
-    (result,) = await replica.commit([encoded])
+    if principal is not None and principal.role == Role.AGENT:
+        allowed = machine_matcher(principal.machines)
+        refused = await replica.read(
+            lambda machine: machine_refused(_cell_machine(machine).cell, command, allowed)
+        )
+        if refused is not None:
+            field, name = refused
+            raise ApiError(
+                403,
+                "machine_refused",
+                f"token {principal.name!r} is bound to {list(principal.machines)}, "
+                f"not to machine {name!r}",
+                field,
+            )
+    (result,) = await replica.commit([encode(command)])
     answer = orjson.loads(result)
     status = 200
     if answer["result"].get("type") == "error":
@@ -154,17 +206,19 @@ def endpoints(
         if "spec" not in data:
             raise ApiError(400, "invalid", "required field 'spec' is missing", "$.spec")
         job = data.get("job") or _job_id(data["spec"])
-        return await commit_one(replica, typed("submit_job", {**data, "job": job}))
+        return await commit_one(
+            replica, typed("submit_job", {**data, "job": job}), request.principal
+        )
 
     async def kill(request: Request) -> Response:
-        return await commit_one(replica, typed("kill_job", body(request)))
+        return await commit_one(replica, typed("kill_job", body(request)), request.principal)
 
     async def transaction(request: Request) -> Response:
-        return await commit_one(replica, typed("commit", body(request)))
+        return await commit_one(replica, typed("commit", body(request)), request.principal)
 
     def command_endpoint(kind: str):
         async def handler(request: Request) -> Response:
-            return await commit_one(replica, typed(kind, body(request)))
+            return await commit_one(replica, typed(kind, body(request)), request.principal)
 
         return handler
 
@@ -225,6 +279,21 @@ def endpoints(
     async def weights(request: Request) -> Response:
         return await read(lambda cell: {"weights": cell_views.list_weights(cell)})
 
+    async def tokens(request: Request) -> Response:
+        return await read(
+            lambda cell: {
+                "tokens": [
+                    {
+                        "name": t.name,
+                        "role": str(t.role),
+                        "machines": list(t.machines),
+                        "created": t.created,
+                    }
+                    for _, t in sorted(cell.tokens.items())
+                ]
+            }
+        )
+
     async def summary(request: Request) -> Response:
         return await read(cell_views.cell_summary)
 
@@ -265,8 +334,46 @@ def endpoints(
     router.add("POST", "/v1/schedulers/report", command_endpoint("report_scheduler"))
     router.add("GET", "/v1/cell", summary)
     router.add("GET", "/v1/explain", explain)
+    router.add("GET", "/v1/tokens", tokens)
+    router.add("POST", "/v1/tokens", command_endpoint("create_token"))
+    router.add("POST", "/v1/tokens/revoke", command_endpoint("revoke_token"))
     replica.background.append(lambda: expire_heartbeats(replica, heartbeat_timeout_s))
     replica.background.append(lambda: raise_rules(replica))
+    replica.background.append(lambda: enter_bootstrap_token(replica))
+
+    def known_token(key: str) -> TokenRecord | None:
+        return replica.raft.peek(lambda machine: _cell_machine(machine).cell.token_digests.get(key))
+
+    replica.authenticate = CellGuard(known_token, replica.config.token).authenticate
+    replica.authorize = authorize
+
+
+def machine_refused(
+    cell: CellState, command: Command, allowed: Callable[[str], bool]
+) -> tuple[str, str] | None:
+    """The first (field, machine) of an agent's `command` that its token may not speak for:
+    a machine it names, or the machine a task it reports on is placed on. None: all its own."""
+    if isinstance(command, RegisterMachines):
+        for i, spec in enumerate(command.machines):
+            if not allowed(spec.id):
+                return f"machines[{i}].id", spec.id
+    elif isinstance(command, Heartbeat):
+        for i, name in enumerate(command.machines):
+            if not allowed(name):
+                return f"machines[{i}]", name
+    elif isinstance(command, ReportTasks):
+        for i, report in enumerate(command.reports):
+            if not allowed(report.machine):
+                return f"reports[{i}].machine", report.machine
+            task = cell.tasks.get(report.task)
+            if task is not None and task.machine is not None and not allowed(task.machine):
+                return f"reports[{i}].task", task.machine
+    elif isinstance(command, ReportUsage):
+        for i, usage in enumerate(command.usages):
+            task = cell.tasks.get(usage.task)
+            if task is not None and task.machine is not None and not allowed(task.machine):
+                return f"usages[{i}].task", task.machine
+    return None
 
 
 def _cell_machine(machine: Machine) -> CellMachine:
@@ -399,6 +506,22 @@ async def expire_heartbeats(replica: Replica, timeout: float, period_s: float = 
             except ApiError as exc:
                 log.info("expire_heartbeats_not_committed", reason=exc.body.message)
         await trio.sleep(period_s)
+
+
+def enter_bootstrap_token(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, None]:
+    """Keep the replicas' config token in the cell as the admin token `bootstrap`, so the
+    schedulers and agents, which check tokens against their copy of the cell, know it too. A
+    cell whose token file changed (rotation) has the entry replaced."""
+    key = digest(replica.config.token)
+    return leader_duty(
+        replica,
+        "bootstrap_token",
+        lambda machine, now: machine.cell.rules >= RULES and key not in machine.cell.token_digests,
+        lambda now: CreateToken(
+            BOOTSTRAP, Role.ADMIN, key, replace=True, at=now, id=new_command_id()
+        ),
+        period_s,
+    )
 
 
 def raise_rules(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, None]:

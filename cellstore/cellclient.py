@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NotRequired, TypedDict, TypeVar
 from urllib.parse import urlencode
 
@@ -77,6 +77,8 @@ WRITE_ROUTES: dict[str, str] = {
     "SetQuota": "/v1/quotas",
     "SetWeights": "/v1/weights",
     "ReportScheduler": "/v1/schedulers/report",
+    "CreateToken": "/v1/tokens",
+    "RevokeToken": "/v1/tokens/revoke",
 }
 JOBS = "/v1/jobs"
 HISTORY = "/v1/jobs/history"
@@ -87,6 +89,7 @@ CELL = "/v1/cell"
 EXPLAIN = "/v1/explain"
 QUOTAS = "/v1/quotas"
 WEIGHTS = "/v1/weights"
+TOKENS = "/v1/tokens"
 READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, QUOTAS, WEIGHTS)
 CONNECT_TIMEOUT_S = 1.0  # as `StoreClient`'s
 STATUS = "/v1/status"  # the store's own (`cellstore.client.STATUS`): importing it brings httpx
@@ -240,6 +243,13 @@ class WeightView(TypedDict):
     weight: float
     share: float  # dominant share: max over dimensions of held / cell capacity
     weighted_share: float  # share / weight: what schedulers order by
+
+
+class TokenView(TypedDict):
+    name: str
+    role: str
+    machines: list[str]  # an agent token's machines (names or fnmatch patterns)
+    created: float
 
 
 class SchedulerSummary(TypedDict):
@@ -450,7 +460,28 @@ class _Calls:
         )
         return _Calls.write(command)
 
+    @staticmethod
+    def create_token(
+        name: str, role: str, digest: str, machines: Sequence[str], id: str | None
+    ) -> Call[Applied[Ok]]:
+        from cellstate import CreateToken, Role
+
+        command = CreateToken(
+            name, Role(role), digest, tuple(machines), id=id or ids.new_command_id()
+        )
+        return _Calls.write(command)
+
+    @staticmethod
+    def revoke_token(name: str, id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import RevokeToken
+
+        return _Calls.write(RevokeToken(name, id=id or ids.new_command_id()))
+
     # reads: the cell's read models, decoded as they are
+
+    @staticmethod
+    def tokens() -> Call[list[TokenView]]:
+        return Call("GET", TOKENS, _key("tokens"))
 
     @staticmethod
     def job(job: str) -> Call[JobView]:
@@ -671,6 +702,18 @@ class CellClient:
     async def machines(self) -> list[MachineView]:
         return await self._run(_Calls.machines())
 
+    async def create_token(
+        self,
+        name: str,
+        role: str,
+        digest: str,
+        machines: Sequence[str] = (),
+        *,
+        id: str | None = None,
+    ) -> Applied[Ok]:
+        """Issue a token kept as `digest` (SHA-256 of its secret, `cellstore.access.digest`)."""
+        return await self._run(_Calls.create_token(name, role, digest, machines, id))
+
     async def summary(self) -> CellSummary:
         return await self._run(_Calls.summary())
 
@@ -700,11 +743,13 @@ class CellClient:
         except httpx.HTTPError as exc:
             raise CellError("unavailable", f"{address}: {exc!r}") from None
 
-    async def watch(self, from_version: int = 1) -> AsyncIterator[WatchBatch]:
+    async def watch(self, from_version: int = 1) -> AsyncGenerator[WatchBatch, None]:
         """The cell's log from `from_version` on, forever, across failovers: batches of
         `(version, command)` in the log's own form, for a `LocalCopy` to apply."""
-        async for batch in self.store.watch(from_version):
-            yield batch
+        # Closed here, not by the garbage collector: its https stream must end in this task.
+        async with contextlib.aclosing(self.store.watch(from_version)) as feed:
+            async for batch in feed:
+                yield batch
 
 
 # -- the blocking face ----------------------------------------------------------------------
@@ -715,7 +760,7 @@ class _Connection:
     `http.client` would do, but importing it (with `email` and `ssl`) costs a read command
     ~20 ms; the replicas' answers are simple (a status, headers, a sized body), and so is this."""
 
-    def __init__(self, scheme: str, host: str, timeout_s: float) -> None:
+    def __init__(self, scheme: str, host: str, timeout_s: float, ca: str | None = None) -> None:
         import socket
 
         name, _, port = host.rpartition(":")
@@ -731,8 +776,13 @@ class _Connection:
         if scheme == "https":
             import ssl
 
-            context = ssl.create_default_context()
-            self.sock = context.wrap_socket(self.sock, server_hostname=name.strip("[]"))
+            # The cell's own CA only, when given (`cellstore.tls`); the name is checked.
+            context = ssl.create_default_context(cafile=ca)
+            try:
+                self.sock = context.wrap_socket(self.sock, server_hostname=name.strip("[]"))
+            except OSError:
+                self.sock.close()
+                raise
         self.reader = self.sock.makefile("rb")
 
     def close(self) -> None:
@@ -813,11 +863,18 @@ class _BlockingTransport:
     replica and retries (the same bytes) with capped back-off until the deadline."""
 
     def __init__(
-        self, addresses: Sequence[str], token: str, timeout_s: float, retry_deadline_s: float
+        self,
+        addresses: Sequence[str],
+        token: str,
+        timeout_s: float,
+        retry_deadline_s: float,
+        ca: str | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("at least one replica address is needed")
-        urls = [a if "://" in a else f"http://{a}" for a in addresses]
+        self.ca = ca
+        scheme = "https" if ca is not None else "http"
+        urls = [a if "://" in a else f"{scheme}://{a}" for a in addresses]
         self._targets = [
             (scheme, host.rstrip("/")) for scheme, host in (u.split("://", 1) for u in urls)
         ]
@@ -839,7 +896,9 @@ class _BlockingTransport:
         connection = self._connections.get(index)
         if connection is None:
             scheme, host = self._targets[index]
-            connection = self._connections[index] = _Connection(scheme, host, self._timeout_s)
+            connection = self._connections[index] = _Connection(
+                scheme, host, self._timeout_s, self.ca
+            )
         headers = dict(self._headers)
         if body is not None:
             headers["content-type"] = "application/json"
@@ -875,7 +934,7 @@ class _BlockingTransport:
                 continue
             answers[host] = None
             try:
-                probe = _Connection(scheme, host, PROBE_TIMEOUT_S)
+                probe = _Connection(scheme, host, PROBE_TIMEOUT_S, self.ca)
                 try:
                     status, _, content, _ = probe.exchange("GET", STATUS, self._headers, None)
                 finally:
@@ -965,10 +1024,14 @@ class SyncCellClient:
         *,
         timeout_s: float = 15.0,
         retry_deadline_s: float = 15.0,
+        ca: str | None = None,
     ) -> None:
+        """`ca`: the CA file that signed the replicas' (and agents') certificates; with it,
+        addresses without a scheme are https, without it plain http."""
         self._token = token
         self._timeout_s = timeout_s
-        self._transport = _BlockingTransport(addresses, token, timeout_s, retry_deadline_s)
+        self._ca = ca
+        self._transport = _BlockingTransport(addresses, token, timeout_s, retry_deadline_s, ca)
 
     def __enter__(self) -> SyncCellClient:
         return self
@@ -1087,6 +1150,25 @@ class SyncCellClient:
     def summary(self) -> CellSummary:
         return self._run(_Calls.summary())
 
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        digest: str,
+        machines: Sequence[str] = (),
+        *,
+        id: str | None = None,
+    ) -> Applied[Ok]:
+        """Issue a token kept as `digest` (SHA-256 of its secret, `cellstore.access.digest`)."""
+        return self._run(_Calls.create_token(name, role, digest, machines, id))
+
+    def revoke_token(self, name: str, *, id: str | None = None) -> Applied[Ok]:
+        return self._run(_Calls.revoke_token(name, id))
+
+    def tokens(self) -> list[TokenView]:
+        """Every token's name, role and machines (never a secret nor a digest)."""
+        return self._run(_Calls.tokens())
+
     def quotas(self) -> list[QuotaView]:
         return self._run(_Calls.quotas())
 
@@ -1112,7 +1194,8 @@ class SyncCellClient:
         )
         headers = {"authorization": f"Bearer {self._token}"}
         try:
-            connection = _Connection("http", agent, self._timeout_s)
+            scheme = "https" if self._ca is not None else "http"
+            connection = _Connection(scheme, agent, self._timeout_s, self._ca)
             try:
                 status, _, content, _ = connection.exchange(
                     "GET", f"{AGENT_LOGS}?{query}", headers, None

@@ -21,7 +21,8 @@ import argparse
 import base64
 import os
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -32,6 +33,7 @@ import trio
 
 from cellstore.errors import ApiError
 from cellstore.leader import PROBE_AFTER_S, PROBE_PERIOD_S, PROBE_TIMEOUT_S, leader_elsewhere
+from cellstore.tls import TlsFiles, client_context
 
 log = structlog.get_logger("cellstore.client")
 
@@ -84,10 +86,16 @@ class StoreClient:
         backoff_initial_s: float = 0.02,
         backoff_max_s: float = 0.5,
         watch_idle_timeout_s: float = 5.0,
+        ca: Path | str | None = None,
     ) -> None:
+        """`ca`: the CA file that signed the replicas' certificates (`cellstore.tls`); with
+        it, addresses without a scheme are https, without it plain http."""
         if not addresses:
             raise ValueError("at least one replica address is needed")
-        self._urls = [a if a.startswith("http") else f"http://{a}" for a in addresses]
+        self._scheme = "https" if ca is not None else "http"
+        # The cell's CA, for the requests and the leader probes alike.
+        self._verify = client_context(ca)
+        self._urls = [a if "://" in a else f"{self._scheme}://{a}" for a in addresses]
         self._addresses = [u.split("://", 1)[1] for u in self._urls]
         self._auth = {"authorization": f"Bearer {token}"}
         self._timeout = httpx.Timeout(timeout_s, connect=1.0)
@@ -96,6 +104,7 @@ class StoreClient:
         self._watch_idle_timeout_s = watch_idle_timeout_s
         self._preferred = 0
         self._http = httpx.AsyncClient(
+            verify=self._verify,
             timeout=self._timeout,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
@@ -184,7 +193,7 @@ class StoreClient:
             self._decode(resp)
         return int(resp.headers["x-omega-version"]), resp.content
 
-    async def watch(self, from_version: int = 1) -> AsyncIterator[WatchBatch]:
+    async def watch(self, from_version: int = 1) -> AsyncGenerator[WatchBatch, None]:
         """Yield the applied-command feed from `from_version` on, forever, across replica
         failures (reconnecting to the next replica with back-off)."""
         next_version = from_version
@@ -232,7 +241,12 @@ class StoreClient:
     # -- plumbing ------------------------------------------------------------------------------
 
     def _url_of(self, address: str) -> str:
-        return address if address.startswith("http") else f"http://{address}"
+        """The URL of replica `address` (HOST:PORT or a URL) with this client's scheme for it."""
+        if "://" in address:
+            return address
+        if address in self._addresses:
+            return self._urls[self._addresses.index(address)]
+        return f"{self._scheme}://{address}"
 
     def _rotate(self) -> None:
         self._preferred = (self._preferred + 1) % len(self._urls)
@@ -355,7 +369,9 @@ class StoreClient:
     async def _probe(self, address: str, answers: dict[str, dict[str, Any] | None]) -> None:
         answers[address] = None
         if self._probe_http is None:
-            self._probe_http = httpx.AsyncClient(limits=httpx.Limits(max_connections=8))
+            self._probe_http = httpx.AsyncClient(
+                verify=self._verify, limits=httpx.Limits(max_connections=8)
+            )
         try:
             resp = await self._probe_http.get(
                 self._url_of(address) + STATUS, headers=self._auth, timeout=PROBE_TIMEOUT_S
@@ -407,7 +423,8 @@ def _parse_watch_line(msg: dict[str, Any], next_version: int) -> WatchBatch | No
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--addr` and `--token`, defaulting to OMEGA_ADDR and OMEGA_TOKEN."""
+    """`--addr`, `--token` and `--tls-ca`, defaulting to OMEGA_ADDR, OMEGA_TOKEN and OMEGA_CA;
+    `--tls-cert`/`--tls-key` for what the component serves; `--insecure` for plain http."""
     parser.add_argument(
         "--addr",
         default=os.environ.get("OMEGA_ADDR", ""),
@@ -418,16 +435,38 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("OMEGA_TOKEN", ""),
         help="API bearer token (env OMEGA_TOKEN)",
     )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("OMEGA_CA") or None,
+        help="CA file the replicas' certificates are checked against (env OMEGA_CA)",
+    )
+    parser.add_argument("--tls-cert", default=None, help="certificate (PEM) of what this serves")
+    parser.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain http to the store and on this component's own listener (tokens in clear)",
+    )
 
 
 def store_from_arguments(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> tuple[tuple[str, ...], str]:
-    """The replica addresses and token given to a component; exits with a usage
-    error naming what is missing."""
+    parser: argparse.ArgumentParser, args: argparse.Namespace, *, serving: bool
+) -> tuple[tuple[str, ...], str, TlsFiles | None]:
+    """The replica addresses, token and TLS files (None: `--insecure`) given to a component
+    that serves a listener of its own if `serving`; exits with a usage error naming what is
+    missing."""
+    from cellstore.tls import TlsError
+
     addresses = tuple(a.strip() for a in args.addr.split(",") if a.strip())
     if not addresses:
         parser.error("no store address: pass --addr or set OMEGA_ADDR")
     if not args.token:
         parser.error("no token: pass --token or set OMEGA_TOKEN")
-    return addresses, args.token
+    if args.insecure:
+        return addresses, args.token, None
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    try:
+        tls.check(serving=serving, dialing=True)
+    except TlsError as exc:
+        parser.error(str(exc))
+    return addresses, args.token, tls

@@ -130,6 +130,11 @@ class ReplicaConfig:
     # Sync the journal before acknowledging (`cellstore.durability`): an acknowledged write
     # then survives the loss of power of every host, at the cost `bench.store --fsync` shows.
     fsync: bool = False
+    # The API's certificate and key (PEM files, `cellstore.tls`); without them the replica
+    # refuses to start unless `insecure`, which serves plain http and says so in its log.
+    tls_cert: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    tls_key: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    insecure: bool = False
 
     @property
     def raft_address(self) -> str:

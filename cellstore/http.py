@@ -3,9 +3,16 @@
 Chosen over Starlette after a measurement on this 2-core machine (hypercorn 0.18, trio worker,
 16 keep-alive connections from a raw-socket load generator, small JSON POSTs, echo handler):
 this layer ~2,460 req/s, Starlette 1.x ~2,330 req/s. Near equal, so the lean layer wins by
-avoiding a dependency and keeping the streaming path in our hands. It owns: bearer-token auth (`hmac.compare_digest`, the token is never
-logged), the request size limit (413), JSON parsing with 400 errors naming the problem, and the
-route table `Router` that endpoints register in. Nothing from a client is ever unpickled.
+avoiding a dependency and keeping the streaming path in our hands. It owns: bearer-token auth
+(the token is never logged), the request size limit (413), JSON parsing with 400 errors naming
+the problem, and the route table `Router` that endpoints register in. Nothing from a client is
+ever unpickled.
+
+Who may do what is the server's to say, through two functions the app is given: `authenticate`
+turns the `Authorization` header into a `Principal` (a name and a role) or None (401), and
+`authorize` says whether that principal may call a route (else 403). The generic store knows one
+token, the one in its config (`bearer`), as `admin`; a machine's service replaces both (the cell
+looks tokens up in its replicated state: `cellstore.access`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import structlog
 import trio
 
 from cellstore.errors import ApiError
+from cellstore.tls import TlsFiles, warn_insecure
 
 if TYPE_CHECKING:
     # Only for annotations: importing hypercorn costs a client (which never serves) ~100 ms.
@@ -38,6 +46,39 @@ log = structlog.get_logger("cellstore.http")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+@attrs.frozen(slots=True)
+class Principal:
+    """Who a request comes from: a token's `name` and `role`; an agent's token is bound to
+    `machines` (names or `fnmatch` patterns)."""
+
+    name: str
+    role: str
+    machines: tuple[str, ...] = ()
+
+
+# The `Authorization` header's value (b"" if none) -> the principal, or None: 401.
+Authenticate = Callable[[bytes], "Principal | None"]
+# (principal, method, path) -> may it call the route? False: 403.
+Authorize = Callable[["Principal", str, str], bool]
+
+ADMIN = "admin"
+
+
+def bearer(token: str, name: str = "bootstrap", role: str = ADMIN) -> Authenticate:
+    """Authenticate the one bearer `token` as `name` with `role` (constant-time compare)."""
+    expected = f"Bearer {token}".encode()
+    principal = Principal(name, role)
+
+    def authenticate(header: bytes) -> Principal | None:
+        return principal if hmac.compare_digest(header, expected) else None
+
+    return authenticate
+
+
+def allow_all(principal: Principal, method: str, path: str) -> bool:
+    return True
+
+
 @attrs.define
 class Request:
     method: str
@@ -45,6 +86,8 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    # Who sent it; None only on public routes.
+    principal: Principal | None = None
 
     def json(self) -> Any:
         """The body parsed as JSON; raises `ApiError(400, "malformed_json")` naming the offset."""
@@ -153,10 +196,16 @@ class AsgiApp:
     """The ASGI application: auth, limits, routing, error rendering."""
 
     def __init__(
-        self, router: Router, token: str, max_body_bytes: int, observe: Observer | None = None
+        self,
+        router: Router,
+        authenticate: Authenticate,
+        max_body_bytes: int,
+        observe: Observer | None = None,
+        authorize: Authorize = allow_all,
     ) -> None:
         self._router = router
-        self._token = f"Bearer {token}".encode()
+        self._authenticate = authenticate
+        self._authorize = authorize
         self._max_body = max_body_bytes
         self._observe = observe
 
@@ -203,17 +252,54 @@ class AsgiApp:
                 auth = v
             else:
                 headers[k.decode("latin-1")] = v.decode("latin-1")
-        public = self._router.is_public(scope["method"], scope["path"])
-        if not public and not hmac.compare_digest(auth, self._token):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token", "authorization")
-        handler = self._router.resolve(scope["method"], scope["path"])
+        method, path = scope["method"], scope["path"]
+        try:
+            principal, handler = self._admit(method, path, auth)
+        except ApiError:
+            # Read what the client sent before refusing it: answered with its body unread, the
+            # connection could not serve a next request, and a client reusing it would see it
+            # dropped.
+            await self._drain(receive)
+            raise
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             raise ApiError(413, "body_too_large", f"body exceeds {self._max_body} bytes", "body")
         body = await self._read_body(receive)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        request = Request(scope["method"], scope["path"], query, headers, body)
+        request = Request(method, path, query, headers, body, principal)
         return await handler(request)
+
+    def _admit(self, method: str, path: str, auth: bytes) -> tuple[Principal | None, Handler]:
+        """Who sent the request (None on a public route) and its handler; `ApiError` 401
+        without a known token, 404/405 without a route, 403 if the token may not call it."""
+        principal = None
+        if not self._router.is_public(method, path):
+            principal = self._authenticate(auth)
+            if principal is None:
+                raise ApiError(
+                    401, "unauthorized", "missing, wrong or revoked bearer token", "authorization"
+                )
+        handler = self._router.resolve(method, path)
+        if principal is not None and not self._authorize(principal, method, path):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"token {principal.name!r} ({principal.role}) may not {method} {path}",
+                "authorization",
+            )
+        return principal, handler
+
+    async def _drain(self, receive: ASGIReceiveCallable) -> None:
+        """Read and drop a request's body, up to the size limit (past it, or on a disconnect,
+        the connection is closed anyway)."""
+        size = 0
+        while size <= self._max_body:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
 
     async def _read_body(self, receive: ASGIReceiveCallable) -> bytes:
         parts: list[bytes] = []
@@ -265,16 +351,19 @@ async def _lifespan(receive: ASGIReceiveCallable, send: ASGISendCallable) -> Non
 
 async def serve_router(
     router: Router,
-    token: str,
+    authenticate: Authenticate,
     host: str = "127.0.0.1",
     port: int = 0,
     *,
+    tls: TlsFiles | None,
+    authorize: Authorize = allow_all,
     max_body_bytes: int = 1 << 16,
     name: str = "http",
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `router` under the bearer `token` on host:port (0: any free port) with
-    hypercorn's trio worker until cancelled; `task_status.started("host:port")`."""
+    """Serve `router` on host:port (0: any free port) with hypercorn's trio worker until
+    cancelled, over https with `tls`'s certificate; plain http only where the caller was told
+    `--insecure` and passes None (said loudly in the log). `task_status.started("host:port")`."""
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve
 
@@ -283,6 +372,10 @@ async def serve_router(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
+    if tls is not None:
+        tls.serve_with(config)
+    else:
+        warn_insecure(name, f"{host}:{port}")
 
     class _Started:
         def started(self, binds: list[str] | None = None) -> None:
@@ -291,7 +384,7 @@ async def serve_router(
             task_status.started(address)
 
     await serve(
-        AsgiApp(router, token, max_body_bytes),
+        AsgiApp(router, authenticate, max_body_bytes, authorize=authorize),
         config,
         task_status=_Started(),
     )

@@ -89,6 +89,7 @@ from pysyncobj.syncobj import _RAFT_STATE, SyncObjExceptionWrongVer
 
 from cellstore.config import ReplicaConfig
 from cellstore.datadir import DamagedEntry, check_data_dir, seal, unseal
+from cellstore.diskfull import SpaceGuard
 from cellstore.durability import DurableJournal
 from cellstore.machine import Machine, MachineBox, MachineClass
 
@@ -231,6 +232,7 @@ class ReplicatedMachine(SyncObj):
         self._pre_vote_round: tuple[int, set[Any]] | None = None  # (term asked for, yes-sayers)
         self._election_won_pre_vote = False
         self._durable: DurableJournal | None = None  # set once the journal exists (below)
+        self._space: SpaceGuard | None = None  # likewise
         self._held_acks: list[tuple[Any, Any]] = []  # fsync: acknowledgements not yet sent
         self._send_unheld: Callable[[Any, Any], Any] = lambda node, message: None
         os.makedirs(config.data_dir, exist_ok=True)
@@ -241,6 +243,8 @@ class ReplicatedMachine(SyncObj):
         if config.fsync:
             self._durable = DurableJournal(self, config.data_dir)
             self._sync_before_acknowledging()
+        # After DurableJournal: its term-and-vote store is the one made to wait for space.
+        self._space = SpaceGuard(self, self._stopping, config.id)
         # The one persisted attribute (see module docstring).
         self._box = MachineBox(self.machine_class())
         self._box_seen = self._box
@@ -545,6 +549,14 @@ class ReplicatedMachine(SyncObj):
         with self.state_lock:
             return fn(self._live_machine_locked())
 
+    def peek(self, fn: Callable[[Machine], Any]) -> Any:
+        """`fn(machine)` without the lock while the machine in hand is current: for a read of
+        one dict entry that may race an apply (a request's token); else as `with_machine`."""
+        box = self._box
+        if box is self._box_seen and box.machine is not None:
+            return fn(box.machine)
+        return self.with_machine(fn)
+
     def current_version(self) -> int:
         """The machine's version now; does not wait for a snapshot being taken. (A method, not
         a property: SyncObj.__init__ getattr()s every attribute while the box does not exist.)"""
@@ -553,6 +565,12 @@ class ReplicatedMachine(SyncObj):
             return box.machine.version  # a racy read of one int, without the lock
         with self.state_lock:
             return self._live_machine_locked().version
+
+    def disk_full(self) -> dict[str, Any]:
+        """Whether the Raft thread is waiting for space in the data dir now, and how many times
+        it has (`cellstore.diskfull`); racy reads, for status."""
+        space = self._space
+        return {"waiting": space.full, "stalls": space.stalls} if space else {}
 
     def journal_syncs(self) -> int:
         """How many times the journal was synced (0 unless `fsync` is on); racy, for figures."""

@@ -21,6 +21,7 @@ from cellstore.heap import tune_for_large_heaps
 from cellstore.http import AsgiApp
 from cellstore.logs import configure_json_logging
 from cellstore.raft import ReplicatedMachine
+from cellstore.tls import TlsError, TlsFiles, warn_insecure
 
 log = structlog.get_logger("cellstore.server")
 
@@ -36,6 +37,9 @@ def run_replica(config: ReplicaConfig, *, configure_logging: bool = True) -> Non
     except DamagedDataDir as exc:
         log.critical("data_dir_damaged", replica=config.id, error=str(exc))
         raise SystemExit(3) from None
+    except TlsError as exc:
+        log.critical("tls_refused", replica=config.id, error=str(exc))
+        raise SystemExit(2) from None
 
 
 async def serve_replica(
@@ -44,6 +48,8 @@ async def serve_replica(
     """Start Raft and serve the API until cancelled or signalled. Reports the `Replica` via
     `task_status` once the API socket is listening."""
     bound = log.bind(replica=config.id)
+    if not config.insecure:
+        TlsFiles(config.tls_cert, config.tls_key).check(serving=True, dialing=False)
     feed = AppliedFeed(config.watch_buffer)
     feed.attach()
     raft = await trio.to_thread.run_sync(ReplicatedMachine, config, feed)
@@ -52,7 +58,13 @@ async def serve_replica(
     router = build_router(replica)
     for extension in config.extensions:
         extension(router, replica)
-    app = AsgiApp(router, config.token, config.max_body_bytes, replica.metrics.observe_request)
+    app = AsgiApp(
+        router,
+        replica.authenticate,
+        config.max_body_bytes,
+        replica.metrics.observe_request,
+        replica.authorize,
+    )
 
     hc = HypercornConfig()
     hc.bind = [config.api_address]
@@ -62,6 +74,10 @@ async def serve_replica(
     # hypercorn closes a keep-alive connection after 1,000 requests by default.
     hc.keep_alive_max_requests = 10_000_000
     hc.graceful_timeout = 1.0
+    if config.insecure:
+        warn_insecure(f"replica {config.id}", config.api_address)
+    else:
+        TlsFiles(config.tls_cert, config.tls_key).serve_with(hc)
     stop = trio.Event()
     try:
         async with trio.open_nursery() as nursery:

@@ -21,8 +21,9 @@ class BudgetChecker:
     """Replays the watch feed; while `measuring`, records the most tasks of `job`
     not running-and-healthy at any version of the cell."""
 
-    def __init__(self, addr: str, token: str, job: str) -> None:
-        self.addr, self.token, self.job = addr.split(","), token, job
+    def __init__(self, addr: str, token: str, job: str, ca: str | None = None) -> None:
+        """`ca`: the CA file of a cell that serves https (`OMEGA_CA`)."""
+        self.addr, self.token, self.job, self.ca = addr.split(","), token, job, ca
         self.measuring = False
         self.worst = 0
         self.versions = 0
@@ -54,7 +55,7 @@ class BudgetChecker:
     async def _watch(self) -> None:
         cell = CellState(rules=FIRST_RULES)
         cell.keep_events = False
-        async with CellClient.connect(self.addr, self.token) as client:
+        async with CellClient.connect(self.addr, self.token, ca=self.ca) as client:
             async for batch in client.watch(1):
                 if batch.snapshot is not None:
                     cell = CellState.restore(batch.snapshot)

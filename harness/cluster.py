@@ -26,6 +26,7 @@ import orjson
 
 from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
 from cellstore.config import free_ports, replica_document
+from cellstore.tls import client_context, issue, make_ca
 
 
 class KVMachine:
@@ -117,14 +118,23 @@ def _rules_current(cluster: LocalCluster) -> bool:
     from cellstate.model import RULES
 
     try:
+        leader = cluster.wait_for_leader()
+        headers = {"authorization": f"Bearer {cluster.token}"}
         resp = httpx.get(
-            f"http://{cluster.api[cluster.wait_for_leader()]}/v1/cell",
-            timeout=2,
-            headers={"authorization": f"Bearer {cluster.token}"},
+            f"{cluster.url(leader)}/v1/cell", timeout=2, headers=headers, verify=cluster.verify
+        )
+        tokens = httpx.get(
+            f"{cluster.url(leader)}/v1/tokens", timeout=2, headers=headers, verify=cluster.verify
         )
     except httpx.HTTPError:
         return False
-    return resp.status_code == 200 and resp.json().get("rules") == RULES
+    # The leader's first commands: the log's rules raised, then its config token entered.
+    return (
+        resp.status_code == 200
+        and resp.json().get("rules") == RULES
+        and tokens.status_code == 200
+        and any(t["name"] == "bootstrap" for t in tokens.json()["tokens"])
+    )
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -149,8 +159,11 @@ class LocalCluster:
         raft: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         ready: Callable[[LocalCluster], bool] | None = None,
+        tls: bool = False,
     ) -> None:
-        """`ready`, if given, is what `start` waits for once a leader is agreed."""
+        """`ready`, if given, is what `start` waits for once a leader is agreed. With `tls` the
+        replicas serve https with certificates from a CA of the cluster's own (`ca`); without,
+        they are told `--insecure` (loopback test infrastructure) and serve plain http."""
         self.base_dir = Path(base_dir)
         self._ready = ready
         self.n = n
@@ -166,6 +179,33 @@ class LocalCluster:
         # Replica i's command line starts with `wrappers[i]`, if set: `hosts.skewed_clock` for
         # a skewed clock, `ip netns exec NAME` for a replica on a host of its own.
         self.wrappers: dict[int, list[str]] = {}
+        self.ca: Path | None = None
+        self._tls_fields: dict[str, Any] = {"insecure": True}
+        if tls:
+            pki = self.base_dir / "tls"
+            make_ca(pki)
+            files = issue(pki, pki, "replica", ["127.0.0.1", "localhost"])
+            self.ca = files.ca
+            self._tls_fields = {"tls_cert": str(files.cert), "tls_key": str(files.key)}
+        self.scheme = "https" if tls else "http"
+        # What httpx is told to verify the replicas with.
+        self.verify: Any = client_context(self.ca) if tls else True
+
+    def url(self, i: int) -> str:
+        return f"{self.scheme}://{self.api[i]}"
+
+    def client_args(self) -> list[str]:
+        """The TLS flags of a scheduler or agent started against this cluster: its CA, or
+        `--insecure` for a plain-http cluster."""
+        return ["--tls-ca", str(self.ca)] if self.ca is not None else ["--insecure"]
+
+    def env(self) -> dict[str, str]:
+        """`os.environ` with the cluster's address, token and CA, as `omega up`'s env file."""
+        env = {**os.environ, "OMEGA_ADDR": ",".join(map(self.url, range(self.n)))}
+        env["OMEGA_TOKEN"] = self.token
+        if self.ca is not None:
+            env["OMEGA_CA"] = str(self.ca)
+        return env
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -180,6 +220,10 @@ class LocalCluster:
 
     def data_dir(self, i: int) -> Path:
         return self.base_dir / f"replica-{i}"
+
+    def log_file(self, i: int) -> Path:
+        """Where replica i's output goes."""
+        return self.data_dir(i) / "replica.log"
 
     def raft_peers(self, i: int) -> list[str]:
         """The Raft addresses replica i binds to and calls its peers at, index for index
@@ -196,7 +240,7 @@ class LocalCluster:
             secret=self.secret,
             machine=self._machine,
             raft=self._raft,
-            **self._extra,
+            **{**self._tls_fields, **self._extra},
         )
 
     def start(self, timeout: float = 20.0) -> None:
@@ -217,7 +261,7 @@ class LocalCluster:
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(self.config(i)))
-        with open(d / "replica.log", "ab") as out:
+        with open(self.log_file(i), "ab") as out:
             self.procs[i] = subprocess.Popen(
                 [*self.wrappers.get(i, ()), *self.replica_command(i, cfg)],
                 env=_with_repository_on_path(os.environ),
@@ -269,9 +313,10 @@ class LocalCluster:
     def status(self, i: int, timeout: float = 1.0) -> dict[str, Any] | None:
         try:
             resp = httpx.get(
-                f"http://{self.api[i]}/v1/status",
+                f"{self.url(i)}/v1/status",
                 timeout=timeout,
                 headers={"authorization": f"Bearer {self.token}"},
+                verify=self.verify,
             )
         except httpx.HTTPError:
             return None
@@ -297,6 +342,30 @@ class LocalCluster:
             time.sleep(0.05)
         raise TimeoutError(f"no agreed leader within {timeout}s: {last}")
 
+    def leader(self, among: list[int] | None = None) -> int | None:
+        """The replica among `among` (default: live ones) that says it leads and whose
+        peers in `among` agree; None if there is none now."""
+        among = self.alive() if among is None else among
+        sts = {i: self.status(i) for i in among}
+        for i, s in sts.items():
+            if (
+                s
+                and s["is_leader"]
+                and s["ready"]
+                and all(o is not None and o["leader"]["api"] == self.api[i] for o in sts.values())
+            ):
+                return i
+        return None
+
+    def wait_leader(self, among: list[int] | None = None, timeout: float = 45.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.leader(among)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"no leader among {among} within {timeout}s")
+
     def wait_for_version(
         self, version: int, replicas: list[int] | None = None, timeout: float = 20.0
     ) -> None:
@@ -311,9 +380,10 @@ class LocalCluster:
 
     def snapshot(self, i: int) -> tuple[int, bytes]:
         resp = httpx.get(
-            f"http://{self.api[i]}/v1/snapshot",
+            f"{self.url(i)}/v1/snapshot",
             timeout=10,
             headers={"authorization": f"Bearer {self.token}"},
+            verify=self.verify,
         )
         resp.raise_for_status()
         return int(resp.headers["x-omega-version"]), resp.content
@@ -341,13 +411,16 @@ def start_scheduler(
     `cluster`, its output appended to `log`; `args` are more of its options. The
     store's address and token travel in its environment, never on its command line
     (the fault suite checks that no secret shows). The caller stops it by pid."""
-    env = {**os.environ, "OMEGA_ADDR": ",".join(cluster.api), "OMEGA_TOKEN": cluster.token}
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "schedulers", "--kind", kind, "--name", name, *args],
+            [
+                *(sys.executable, "-m", "schedulers", "--kind", kind, "--name", name),
+                *cluster.client_args(),
+                *args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=cluster.env(),
             start_new_session=True,
         )

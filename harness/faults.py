@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
+import math
 import os
 import random
 import secrets
@@ -39,7 +41,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,8 @@ class ProxiedCluster(LocalCluster):
     def __init__(self, base_dir: Path, n: int = 3, **kwargs: Any) -> None:
         kwargs.setdefault("machine", CELL["machine"])
         kwargs.setdefault("extra", CELL["extra"])
+        # Over https, as a cell across hosts runs: the fault suite's bar holds with TLS on.
+        kwargs.setdefault("tls", True)
         super().__init__(base_dir, n, **kwargs)
         ports = [int(a.rsplit(":", 1)[1]) for a in self.raft_addresses]
         self.identity = [f"{IDENTITY_HOST}:{p}" for p in ports]
@@ -230,30 +234,6 @@ class ProxiedCluster(LocalCluster):
     def heal(self) -> None:
         self.partitioned.clear()
         self.proxies.heal()
-
-    def leader(self, among: list[int] | None = None) -> int | None:
-        """The replica among `among` (default: live ones) that says it leads and whose
-        peers in `among` agree; None if there is none now."""
-        among = self.alive() if among is None else among
-        sts = {i: self.status(i) for i in among}
-        for i, s in sts.items():
-            if (
-                s
-                and s["is_leader"]
-                and s["ready"]
-                and all(o is not None and o["leader"]["api"] == self.api[i] for o in sts.values())
-            ):
-                return i
-        return None
-
-    def wait_leader(self, among: list[int] | None = None, timeout: float = 45.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.leader(among)
-            if found is not None:
-                return found
-            time.sleep(0.05)
-        raise TimeoutError(f"no leader among {among} within {timeout}s")
 
 
 # -- scheduler processes ----------------------------------------------------------------------
@@ -304,6 +284,7 @@ class Ack:
     kind: str
     key: Any
     result: Any
+    at: float = 0.0  # time.monotonic() when the acknowledgement came back
 
 
 @attrs.define
@@ -341,10 +322,12 @@ class FeedRecorder:
         auth = {"authorization": f"Bearer {self.cluster.token}"}
         refused: Counter[int] = Counter()
         index = 0
-        async with httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0)) as http:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(3.0, connect=1.0), verify=self.cluster.verify
+        ) as http:
             while True:
                 n = self.cluster.n
-                url = f"http://{self.cluster.api[index]}/v1/watch"
+                url = f"{self.cluster.url(index)}/v1/watch"
                 try:
                     async with http.stream(
                         "GET", url, params={"from": self.version + 1}, headers=auth
@@ -398,8 +381,16 @@ class Workload:
         *,
         machines: int = 16,
         submit_interval_s: float = 0.06,
+        spec_extra: dict[str, Any] | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
+        """`spec_extra` goes into every job spec (a command and duration, for cells with real
+        agents); with `heartbeat_s` the workload's machines heartbeat, for cells whose
+        heartbeat timeout is short enough to matter."""
         self.cluster = cluster
+        self.spec_extra = spec_extra or {}
+        self.heartbeat_s = heartbeat_s
+        self.machine_ids = [f"m{i}" for i in range(machines)]
         self.rng = random.Random(seed)
         self.tag = f"s{seed}"
         self.machines = machines
@@ -416,7 +407,11 @@ class Workload:
 
     def client(self) -> StoreClient:
         return StoreClient(
-            self.cluster.api, self.cluster.token, timeout_s=5.0, retry_deadline_s=60.0
+            self.cluster.api,
+            self.cluster.token,
+            timeout_s=5.0,
+            retry_deadline_s=60.0,
+            ca=self.cluster.ca,
         )
 
     async def _send(self, kind: str, key: Any, cid: str, write: Awaitable[Any]) -> Any:
@@ -430,13 +425,13 @@ class Workload:
         # A submission answers with its job and version; the log holds an `ok` for it.
         result = done.result if isinstance(done, Applied) else Ok()
         encoded = orjson.loads(encode_result(result))
-        self.acks.append(Ack(cid, kind, key, encoded))
+        self.acks.append(Ack(cid, kind, key, encoded, time.monotonic()))
         return encoded
 
     async def setup(self, cell: CellClient) -> None:
         machines = [
-            MachineSpec(f"m{i}", Resources(8000, 16 << 30), domain=f"d{i % 4}")
-            for i in range(self.machines)
+            MachineSpec(m, Resources(8000, 16 << 30), domain=f"d{i % 4}")
+            for i, m in enumerate(self.machine_ids)
         ]
         cid = self._id("register")
         await self._send("register", self.machines, cid, cell.register_machines(machines, id=cid))
@@ -450,6 +445,7 @@ class Workload:
             spec = parse(
                 {
                     **(HUGE_SPEC if huge else JOB_SPEC),
+                    **self.spec_extra,
                     "name": "huge" if huge else "w",
                     "tasks": self.rng.randint(1, 4),
                 },
@@ -470,15 +466,17 @@ class Workload:
                 await self._send("kill", job, cid, cell.kill(job, id=cid))
 
     async def agent(self, cell: CellClient, copy: LocalCopy) -> None:
-        """Report assigned tasks running, and running ones exited after a while."""
+        """Report assigned tasks running, and running ones exited after a while, on the
+        workload's own machines (other machines may have agents of their own)."""
         rng = random.Random(self.rng.random())
         running_since: dict[tuple[str, int], float] = {}
+        own = set(self.machine_ids)
         while True:
             await trio.sleep(0.2)
             now = trio.current_time()
             reports = []
             for task in list(copy.cell.tasks.values()):
-                if task.state not in ACTIVE_STATES or task.machine is None:
+                if task.state not in ACTIVE_STATES or task.machine not in own:
                     continue
                 key = (task.id, task.incarnation)
                 if task.state is TaskState.ASSIGNED:
@@ -522,11 +520,21 @@ class Workload:
             copy = LocalCopy()
             await nursery.start(copy.follow, agent_client)
             nursery.start_soon(self.agent, CellClient(agent_client), copy)
+            if self.heartbeat_s is not None:
+                nursery.start_soon(self.heartbeats, CellClient(agent_client), self.heartbeat_s)
             nursery.start_soon(self.submitter, CellClient(client))
             async with self.client() as kill_client:
                 nursery.start_soon(self.killer, CellClient(kill_client))
                 task_status.started()
                 await trio.sleep_forever()
+
+    async def heartbeats(self, cell: CellClient, period_s: float) -> None:
+        while True:
+            cid = self._id("heartbeat")
+            await self._send(
+                "heartbeat", len(self.machine_ids), cid, cell.heartbeat(self.machine_ids, id=cid)
+            )
+            await trio.sleep(period_s)
 
     def stop_writes(self) -> None:
         self.writes_open = False
@@ -549,7 +557,7 @@ class RecordingCommitter:
             raise
         claims = [(c.task, c.machine) for c in transaction.claims]
         result = orjson.loads(encode_result(committed.result))
-        self.workload.acks.append(Ack(command_id, "commit", claims, result))
+        self.workload.acks.append(Ack(command_id, "commit", claims, result, time.monotonic()))
         return committed
 
 
@@ -578,11 +586,15 @@ class Faults:
         self.counts = Counter[str]()
         self.probes: list[Probe] = []
         self.majority_acks: list[int] = []  # acks gained while a leader was cut off
+        self.timeline: list[tuple[float, str]] = []  # (time.monotonic() at start, kind)
+        # Per healed partition: did the leader the majority elected lose the lead on heal?
+        self.heal_changes: list[int] = []
 
     async def _sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args)
 
     async def inject(self, kind: str) -> None:
+        self.timeline.append((time.monotonic(), kind))
         await getattr(self, kind)()
         self.counts[kind] += 1
         self.say(f"fault {kind} done")
@@ -623,12 +635,15 @@ class Faults:
         await self._sync(self.schedulers.start, name)
 
     async def partition_leader(self) -> None:
-        """Cut the leader off; show its write is not acknowledged while the other two elect a
-        leader and keep acknowledging; heal; wait for one agreed leader again."""
+        await self._partition_leader(self.cluster.partition)
+
+    async def _partition_leader(self, cut: Callable[[int], None]) -> None:
+        """Cut the leader off with `cut`; show its write is not acknowledged while the other
+        two elect a leader and keep acknowledging; heal; wait for one agreed leader again."""
         c = self.cluster
         old = await self._sync(c.wait_leader)
         acks_before = len(self.workload.acks)
-        await self._sync(c.partition, old)
+        await self._sync(cut, old)
         majority = [i for i in range(c.n) if i != old]
         probe = await self._probe(old)
         new = await self._sync(c.wait_leader, majority, 20.0)
@@ -647,7 +662,8 @@ class Faults:
             raise RuntimeError(f"new leader r{new} did not answer /v1/status before the heal")
         probe.cut_version = status["version"]
         await self._sync(c.heal)
-        await self._sync(c.wait_leader, None, 45.0)
+        after = await self._sync(c.wait_leader, None, 45.0)
+        self.heal_changes.append(int(after != new))
 
     async def _probe(self, replica: int) -> Probe:
         """Submit a job straight to `replica`'s API (no client failover)."""
@@ -662,10 +678,10 @@ class Faults:
                 }
             ]
         }
-        url = f"http://{self.cluster.api[replica]}{COMMANDS}"
+        url = f"{self.cluster.url(replica)}{COMMANDS}"
         auth = {"authorization": f"Bearer {self.cluster.token}"}
         try:
-            async with httpx.AsyncClient(timeout=6.0) as http:
+            async with httpx.AsyncClient(timeout=6.0, verify=self.cluster.verify) as http:
                 resp = await http.post(url, content=orjson.dumps(body), headers=auth)
             outcome = f"{resp.status_code} {resp.json().get('error', {}).get('code', '')}"
         except httpx.HTTPError as exc:
@@ -785,6 +801,14 @@ def check(
         acknowledged=len(acks),
         acknowledged_by_kind=dict(Counter(a.kind for a in acks)),
         jobs_by_state=dict(Counter(str(j.state) for j in cell.jobs.values())),
+        # Per machine (hollow ones together): tasks whose last placement ended there.
+        ended_by_machine=dict(
+            Counter(
+                t.machine.split("-")[0] if t.machine.startswith("hollow-") else t.machine
+                for t in cell.tasks.values()
+                if t.machine is not None and t.state in TERMINAL_STATES
+            )
+        ),
     )
     return report
 
@@ -922,6 +946,14 @@ def final_snapshots(
         time.sleep(0.2)
 
 
+FAULT_WEIGHTS = {
+    "leader_kill": 3,
+    "follower_kill": 2,
+    "partition_leader": 2,
+    "full_restart": 1,
+    "scheduler_kill": 2,
+}
+
 CI_SCHEDULE = (
     "leader_kill",
     "partition_leader",
@@ -944,10 +976,17 @@ class Run:
     unacknowledged: dict[str, int]
     leaks: list[str]
     wall_s: float
+    longest_stall_s: float = 0.0  # between acknowledged submissions, while writes were open
+    stall_after: str = ""  # the fault injected last before that stall
+    heal_changes: list[int] = attrs.Factory(list)  # per healed partition: leader moved (1)
+    stalls_by_fault: dict[str, float] = attrs.Factory(dict)  # `stalls_by_fault`
 
 
 def fault_plan(
-    seed: int, duration_s: float, schedule: tuple[str, ...] | None
+    seed: int,
+    duration_s: float,
+    schedule: tuple[str, ...] | None,
+    weights: dict[str, int] | None = None,
 ) -> list[tuple[float, str]]:
     """(start offset s, kind) for every fault, from the seed alone. With `schedule`, its
     faults in order, spread over the run; otherwise random kinds until `duration_s`."""
@@ -959,17 +998,57 @@ def fault_plan(
             plan.append((t, kind))
             t += gap * rng.uniform(0.6, 1.0)
         return plan
-    weights = {
-        "leader_kill": 3,
-        "follower_kill": 2,
-        "partition_leader": 2,
-        "full_restart": 1,
-        "scheduler_kill": 2,
-    }
+    weights = weights or FAULT_WEIGHTS
     while t < duration_s - 3.0:
         plan.append((t, rng.choices(list(weights), list(weights.values()))[0]))
         t += rng.uniform(3.0, 8.0)
     return plan
+
+
+@attrs.define
+class Bed:
+    """What a scenario runs on: the cell, its scheduler processes, the workload, the faults
+    (and the weights their kinds are drawn with), `quiesce` to stop every process that writes
+    on its own (schedulers, agents) once the workload has settled, and `close` for the rest."""
+
+    cluster: LocalCluster
+    schedulers: SchedulerProcs
+    workload: Workload
+    faults: Faults
+    weights: dict[str, int]
+    quiesce: Callable[[], None]
+    logs: Callable[[], list[Path]]
+
+
+@contextlib.contextmanager
+def proxied_bed(base_dir: Path, seed: int, say: Callable[[str], None]) -> Iterator[Bed]:
+    """A cell on 127.0.0.1 whose Raft links run through `RaftProxies`, two scheduler
+    processes, and the workload's own machines (no agents)."""
+    with ProxiedCluster(base_dir) as cluster:
+        scheds = SchedulerProcs(cluster, ["batch-a", "batch-b"])
+        workload = Workload(cluster, seed)
+        faults = Faults(cluster, scheds, workload, random.Random(seed + 1), say)
+        try:
+            scheds.start_all()
+            yield Bed(
+                cluster,
+                scheds,
+                workload,
+                faults,
+                FAULT_WEIGHTS,
+                scheds.close,
+                lambda: sorted(base_dir.glob("scheduler-*.log")),
+            )
+        finally:
+            scheds.close()
+
+
+def longest_stall(acks: list[Ack], since: float, until: float) -> float:
+    """The longest time between consecutive acknowledged submissions (or the ends) in
+    [since, until]: the writer submits steadily, so a gap is a stall it waited out."""
+    times = sorted(a.at for a in acks if a.kind == "submit" and since < a.at < until)
+    edges = [since, *times, until]
+    return max(b - a for a, b in itertools.pairwise(edges))
 
 
 def run_scenario(
@@ -979,22 +1058,26 @@ def run_scenario(
     *,
     schedule: tuple[str, ...] | None = None,
     say: Callable[[str], None] = print,
+    netns: bool = False,
 ) -> Run:
-    """Start a proxied cell, two scheduler processes and the workload; inject the seeded
-    faults for `duration_s`; settle; check. Every process is killed by pid on the way out."""
+    """Start a cell (`proxied_bed`, or with `netns` `harness.netcell.netns_bed`), scheduler
+    processes and the workload; inject the seeded faults for `duration_s`; settle; check.
+    Every process is killed by pid on the way out."""
     started = time.monotonic()
-    plan = fault_plan(seed, duration_s, schedule)
-    say(f"seed {seed}: faults {[k for _, k in plan]}")
-    with ProxiedCluster(base_dir) as cluster:
-        scheds = SchedulerProcs(cluster, ["batch-a", "batch-b"])
-        workload = Workload(cluster, seed)
+    if netns:
+        from harness.netcell import netns_bed as make_bed
+    else:
+        make_bed = proxied_bed
+    with make_bed(base_dir, seed, say) as bed:
+        cluster, workload, faults = bed.cluster, bed.workload, bed.faults
+        plan = fault_plan(seed, duration_s, schedule, bed.weights)
+        say(f"seed {seed}: faults {[k for _, k in plan]}")
         recorder = FeedRecorder(cluster)
-        faults = Faults(cluster, scheds, workload, random.Random(seed + 1), say)
-        try:
-            scheds.start_all()
-            trio.run(_drive, cluster, scheds, workload, recorder, faults, plan, duration_s, say)
-        finally:
-            scheds.close()
+        window: list[float] = []
+        # A random plan is cut at the duration (faults take time, so it runs late); a fixed
+        # schedule is played whole.
+        last_fault_s = duration_s - 3.0 if schedule is None else math.inf
+        trio.run(_drive, bed, recorder, plan, duration_s, say, window, last_fault_s)
         snapshots, statuses = final_snapshots(cluster)
         report = check(recorder, workload.acks, snapshots, faults.probes, workload.submitted)
         missing = sorted(set(range(cluster.n)) - set(snapshots))
@@ -1016,10 +1099,11 @@ def run_scenario(
                 }
                 for i, s in statuses.items()
             }
-        logs = sorted(base_dir.glob("replica-*/replica.log")) + sorted(
-            base_dir.glob("scheduler-*.log")
-        )
+        logs = sorted(base_dir.glob("replica-*/replica.log")) + bed.logs()
         leaks = secret_leaks(logs, [cluster.token, cluster.secret])
+        stall = longest_stall(workload.acks, *window) if len(window) == 2 else 0.0
+        by_fault = stalls_by_fault(faults.timeline, workload.acks, window)
+        stall_after = max(by_fault, key=lambda k: by_fault[k]) if by_fault else ""
     return Run(
         seed,
         report,
@@ -1029,7 +1113,28 @@ def run_scenario(
         dict(workload.unacknowledged),
         leaks,
         time.monotonic() - started,
+        round(stall, 2),
+        stall_after,
+        list(faults.heal_changes),
+        by_fault,
     )
+
+
+def stalls_by_fault(
+    timeline: list[tuple[float, str]], acks: list[Ack], window: list[float]
+) -> dict[str, float]:
+    """Per fault kind, the longest stall (as `longest_stall`) that began while a fault of that
+    kind was the last one injected."""
+    if len(window) != 2:
+        return {}
+    times = sorted(a.at for a in acks if a.kind == "submit" and window[0] < a.at < window[1])
+    edges = [window[0], *times, window[1]]
+    worst: dict[str, float] = {}
+    for a, b in itertools.pairwise(edges):
+        before = [kind for t, kind in timeline if t <= a + 0.5]
+        kind = before[-1] if before else "none"
+        worst[kind] = round(max(worst.get(kind, 0.0), b - a), 2)
+    return worst
 
 
 async def _monitor(cluster: LocalCluster, path: Path, period_s: float = 2.0) -> None:
@@ -1048,22 +1153,28 @@ async def _monitor(cluster: LocalCluster, path: Path, period_s: float = 2.0) -> 
 
 
 async def _drive(
-    cluster: ProxiedCluster,
-    scheds: SchedulerProcs,
-    workload: Workload,
+    bed: Bed,
     recorder: FeedRecorder,
-    faults: Faults,
     plan: list[tuple[float, str]],
     duration_s: float,
     say: Callable[[str], None],
+    window: list[float],
+    last_fault_s: float,
 ) -> None:
+    """Run the workload and the faults of `plan`; `window` gets the monotonic times writes
+    began and stopped."""
+    cluster, workload, faults = bed.cluster, bed.workload, bed.faults
     async with trio.open_nursery() as nursery:
         nursery.start_soon(recorder.run)
         nursery.start_soon(_monitor, cluster, cluster.base_dir / "monitor.ndjson")
         await nursery.start(workload.run)
+        window.append(time.monotonic())
         t0 = trio.current_time()
         for offset, kind in plan:
             await trio.sleep_until(t0 + offset)
+            if trio.current_time() - t0 > last_fault_s:
+                say(f"t={trio.current_time() - t0:5.1f}s faults end (the rest would run late)")
+                break
             say(
                 f"t={trio.current_time() - t0:5.1f}s fault {kind} "
                 f"(acks so far {len(workload.acks)})"
@@ -1071,9 +1182,10 @@ async def _drive(
             await faults.inject(kind)
         await trio.sleep_until(t0 + duration_s)
         workload.stop_writes()
+        window.append(time.monotonic())
         say(f"t={trio.current_time() - t0:5.1f}s writes stopped, settling")
         await settle(workload)
-        await trio.to_thread.run_sync(scheds.close)
+        await trio.to_thread.run_sync(bed.quiesce)
         nursery.cancel_scope.cancel()
     leader = await trio.to_thread.run_sync(cluster.wait_leader)
     status = await trio.to_thread.run_sync(cluster.status, leader)

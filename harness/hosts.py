@@ -41,6 +41,19 @@ def skewed_clock(offset: str) -> list[str]:
     ]
 
 
+SKEW_HOOK = Path(__file__).resolve().parent / "skew"
+
+
+def skewed_python_clock(offset_s: float) -> list[str]:
+    """A command prefix that runs a Python program with `time.time` moved by `offset_s`
+    seconds (`harness/skew/sitecustomize.py`), for processes that must keep up under load,
+    which libfaketime's locking does not let them (the module says how much)."""
+    from harness.cluster import REPOSITORY
+
+    path = [str(SKEW_HOOK), str(REPOSITORY), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return ["env", f"OMEGA_TEST_CLOCK_SKEW_S={offset_s:g}", f"PYTHONPATH={os.pathsep.join(path)}"]
+
+
 def netns_unavailable() -> str | None:
     """Why network namespaces cannot be made here, or None if they can."""
     if os.geteuid() != 0:
@@ -152,11 +165,27 @@ class Hosts:
         for chain, side in (("input", "iifname"), ("output", "oifname")):
             self._rule(i, chain, f'{side} "eth0" numgen random mod 100 < {percent} drop')
 
+    def slow(self, i: int, rate: str = "200kbit", latency_ms: int = 400) -> None:
+        """Make host i's link slow both ways: a token bucket (tc tbf) of `rate` on what it
+        sends and on what it is sent, queueing up to `latency_ms` before dropping. This
+        kernel has no netem (CONFIG_NET_SCH_NETEM is not set, and no modules to load), so
+        there is no fixed per-packet delay: packets wait only when traffic exceeds `rate`."""
+        switch = ["ip", "netns", "exec", self.switch]
+        for prefix, dev in ((self.exec_prefix(i), "eth0"), (switch, f"p{i}")):
+            _run(
+                *prefix,
+                *("tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate),
+                *("burst", "4kb", "latency", f"{latency_ms}ms"),
+            )
+
     def heal(self, i: int) -> None:
-        """Undo every `cut` and `lose` on host i."""
+        """Undo every `cut`, `lose` and `slow` on host i."""
         subprocess.run(
             [*self.exec_prefix(i), "nft", "delete", "table", "inet", "omega"], capture_output=True
         )
+        switch = ["ip", "netns", "exec", self.switch]
+        for prefix, dev in ((self.exec_prefix(i), "eth0"), (switch, f"p{i}")):
+            subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)
 
     def _rule(self, i: int, chain: str, rule: str) -> None:
         # nftables, not tc netem: the kernels this runs on may lack netem (the CI VM's does).

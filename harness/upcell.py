@@ -60,7 +60,7 @@ class Cell:
             if not line:
                 break
             self.output.append(line)
-            if line.startswith(("OMEGA_ADDR=", "OMEGA_TOKEN=")):
+            if line.startswith(("OMEGA_ADDR=", "OMEGA_TOKEN=", "OMEGA_CA=")):
                 key, value = line.strip().split("=", 1)
                 self.env[key] = value
             if line.startswith("cell ready"):
@@ -97,6 +97,18 @@ class Cell:
                 f"{result.stdout}\n{result.stderr}\n{self.logs()}"
             )
         return result
+
+    def omega_as(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+        """`omega ARGS` with `env` as its whole cell environment (another token, say); its
+        exit status is the caller's to judge."""
+        return subprocess.run(
+            [*OMEGA, *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def json(self, *args: str):
         return json.loads(self.omega(*args, "--json").stdout)

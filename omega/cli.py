@@ -1,8 +1,8 @@
 """The `omega` command: run a cell's parts, and drive a running cell.
 
 Client commands find the cell through `--addr`/`--token` or the `OMEGA_ADDR`
-and `OMEGA_TOKEN` environment variables (`omega up` writes them to
-`DATA_DIR/env`). Read commands print tables for people and, with `--json`,
+and `OMEGA_TOKEN` environment variables, and check its certificates against the
+CA in `OMEGA_CA` (`omega up` writes all three to `DATA_DIR/env`). Read commands print tables for people and, with `--json`,
 stable JSON for scripts. Errors name what is wrong and exit non-zero.
 """
 
@@ -107,6 +107,14 @@ def spec_or_exit(file: Path) -> JobSpec:
         fail(str(exc), 2)
 
 
+def cell_ca() -> str | None:
+    """The CA file the cell's certificates are checked against (`OMEGA_CA`, which `omega up`
+    writes to DATA_DIR/env); None: the system's trust store for https, or plain http."""
+    import os
+
+    return os.environ.get("OMEGA_CA") or None
+
+
 def call(addr: str, token: str, fn: Callable[[SyncCellClient], T]) -> T:
     """Run `fn(cell)` against the cell; turn its errors into messages and exits."""
     if not addr:
@@ -114,7 +122,7 @@ def call(addr: str, token: str, fn: Callable[[SyncCellClient], T]) -> T:
     if not token:
         fail("no token: pass --token or set OMEGA_TOKEN (source DATA_DIR/env)", 2)
     try:
-        with SyncCellClient(addr.split(","), token, retry_deadline_s=15.0) as cell:
+        with SyncCellClient(addr.split(","), token, retry_deadline_s=15.0, ca=cell_ca()) as cell:
             return fn(cell)
     except CellError as exc:
         if exc.code == "unavailable":
@@ -180,8 +188,16 @@ def up(
     heartbeat_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds without a heartbeat before a machine is down.")
     ] = 10.0,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Plain http everywhere instead of https with the data dir's own CA.",
+        ),
+    ] = False,
 ) -> None:
-    """Start a whole local cell and supervise it until Ctrl-C."""
+    """Start a whole local cell and supervise it until Ctrl-C: https with a throwaway CA in
+    the data dir, and each scheduler and agent with a token of the narrowest role."""
     import trio
 
     from cellstate.resources import UnitError, parse_declaration
@@ -214,6 +230,7 @@ def up(
         submit,
         heartbeat_timeout,
         resource,
+        insecure,
     )
 
 
@@ -243,8 +260,19 @@ def store(
             "power loss on every host (README, 'What acknowledged promises')."
         ),
     ] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="This replica's certificate (PEM; `omega tls cert`).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Serve plain http: tokens cross the network in clear text."
+        ),
+    ] = False,
 ) -> None:
-    """Run one store replica (a multi-host cell runs one per host)."""
+    """Run one store replica (a multi-host cell runs one per host), over https unless
+    --insecure."""
     from cellstore.cell import replica_fields
     from cellstore.config import ReplicaConfig, replica_document
     from cellstore.server import run_replica
@@ -257,6 +285,8 @@ def store(
         pairs.append(item.split("/", 1))
     if not 0 <= id < len(pairs):
         fail(f"--id {id}: must index one of the {len(pairs)} --peer values", 2)
+    if not insecure and (tls_cert is None or tls_key is None):
+        fail("--tls-cert and --tls-key are required (or --insecure for plain http)", 2)
     config = ReplicaConfig.from_json(
         replica_document(
             id,
@@ -266,6 +296,9 @@ def store(
             token=token_file.read_text().strip(),
             secret=secret_file.read_text().strip(),
             fsync=fsync,
+            insecure=insecure,
+            tls_cert=None if insecure else str(tls_cert),
+            tls_key=None if insecure else str(tls_key),
             **(with_console if console else dict)(replica_fields(heartbeat_timeout)),
         )
     )
@@ -581,7 +614,7 @@ def logs(
     if not agent_addr:
         fail(f"machine {task['machine']} has no agent address to fetch logs from")
     offset = 0
-    with SyncCellClient(addr.split(","), token) as cell:
+    with SyncCellClient(addr.split(","), token, ca=cell_ca()) as cell:
         while True:
             try:
                 chunk = cell.agent_logs(agent_addr, task_id, task["incarnation"], stream, offset)
@@ -752,4 +785,5 @@ from omega import events as _events  # noqa: E402, F401
 from omega import fairshare as _fairshare  # noqa: E402, F401
 from omega import lifecycle as _lifecycle  # noqa: E402, F401
 from omega import plan as _plan  # noqa: E402, F401
+from omega import security as _security  # noqa: E402, F401
 from omega import snapshot as _snapshot  # noqa: E402, F401

@@ -14,13 +14,14 @@ command, the command and one event; the console's event list uses the same words
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from omega.cli import Addr, AsJson, Token, app, fail
+from omega.cli import Addr, AsJson, Token, app, cell_ca, fail
 
 if TYPE_CHECKING:
     from cellstate import CellState, Event
@@ -86,6 +87,32 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
     return {"kind": kind, "job": job, "task": task, "machine": machine, "message": message}
 
 
+def author(command: Command) -> str | None:
+    """Who sent `command`, as `name (role)`; None for what a leader issued itself, and for
+    commands from before rules 6."""
+    by = command.by
+    return f"{by.name} ({by.role})" if by is not None else None
+
+
+def describe_setting(command: Command) -> dict[str, Any] | None:
+    """A record for an accepted command that changes a setting and yields no event (a quota,
+    weights, a token), so that the feed shows who changed it; None for any other."""
+    from cellstate import CreateToken, RevokeToken, SetQuota, SetWeights
+
+    if isinstance(command, SetQuota):
+        kind, message = "quota", f"quota of {command.owner} in {command.band} set"
+    elif isinstance(command, SetWeights):
+        told = " ".join(f"{owner}={weight:g}" for owner, weight in command.weights.items())
+        kind, message = "weights", f"weights set: {told}"
+    elif isinstance(command, CreateToken):
+        kind, message = "token", f"token {command.name} ({command.role}) created"
+    elif isinstance(command, RevokeToken):
+        kind, message = "token", f"token {command.name} revoked"
+    else:
+        return None
+    return {"kind": kind, "job": None, "task": None, "machine": None, "message": message}
+
+
 def stamp(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds")
 
@@ -100,41 +127,46 @@ async def follow_events(
 ) -> None:
     """Feed every event of the cell, from its log's start, to `emit` as a record with
     `version` and `at` (ISO time); return once caught up unless `follow`."""
-    from cellstate import CellState
+    from cellstate import CellState, Ok
     from cellstate.model import FIRST_RULES
     from cellstate.wire import COMMAND, internal
     from cellstore.cellclient import CellClient
 
-    async with CellClient.connect(addresses, token) as client:
+    async with CellClient.connect(addresses, token, ca=cell_ca()) as client:
         target = (await client.status()).get("version", 0)
         cell = CellState(rules=FIRST_RULES)
         if target == 0 and not follow:
             return
-        async for batch in client.watch(1):
-            if batch.snapshot is not None:
-                cell = CellState.restore(batch.snapshot)
-                emit(
-                    {
-                        "version": cell.version,
-                        "at": stamp(cell.now),
-                        "kind": "snapshot",
-                        "job": None,
-                        "task": None,
-                        "machine": None,
-                        "message": f"the log before version {cell.version} was compacted: "
-                        "no events before it",
-                    }
-                )
-            for version, document in batch.commands:
-                command = internal.structure(document, COMMAND)
-                outcome = cell.apply(command)
-                for event in outcome.events:
-                    record = {"version": version, "at": stamp(command.at)}
-                    record |= describe(cell, command, event)
-                    if keep(record):
-                        emit(record)
-            if not follow and cell.version >= target:
-                return
+        async with contextlib.aclosing(client.watch(1)) as feed:
+            async for batch in feed:
+                if batch.snapshot is not None:
+                    cell = CellState.restore(batch.snapshot)
+                    emit(
+                        {
+                            "version": cell.version,
+                            "at": stamp(cell.now),
+                            "kind": "snapshot",
+                            "job": None,
+                            "task": None,
+                            "machine": None,
+                            "message": f"the log before version {cell.version} was compacted: "
+                            "no events before it",
+                            "by": None,
+                        }
+                    )
+                for version, document in batch.commands:
+                    command = internal.structure(document, COMMAND)
+                    outcome = cell.apply(command)
+                    by = author(command)
+                    described = [describe(cell, command, event) for event in outcome.events]
+                    if not described and isinstance(outcome.result, Ok):
+                        described = [d for d in (describe_setting(command),) if d is not None]
+                    for one in described:
+                        record = {"version": version, "at": stamp(command.at), **one, "by": by}
+                        if keep(record):
+                            emit(record)
+                if not follow and cell.version >= target:
+                    return
 
 
 @app.command()
@@ -147,7 +179,8 @@ def events(
     as_json: AsJson = False,
 ) -> None:
     """The change feed as events: jobs submitted and killed, tasks placed, started, exited
-    with their code, preempted (by whom), lost; machines up, draining, down."""
+    with their code, preempted (by whom), lost; machines up, draining, down; quotas, weights
+    and tokens set; each with who sent the command (its token's name and role)."""
     import sys
 
     import trio
@@ -164,7 +197,8 @@ def events(
         if as_json:
             sys.stdout.write(_json_line(record))
         else:
-            sys.stdout.write(f"{record['at']}  v{record['version']:<6} {record['message']}\n")
+            by = f"  [by {record['by']}]" if record["by"] else ""
+            sys.stdout.write(f"{record['at']}  v{record['version']:<6} {record['message']}{by}\n")
         sys.stdout.flush()
 
     try:

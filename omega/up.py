@@ -10,10 +10,17 @@ strands them. Everything lives in the data
 directory: the token and the Raft secret (mode 0600), the ports chosen on the
 first start (so a restart brings back the same cell at the same addresses),
 each part's log, and `env`, shell exports for the client commands.
+
+Security, as a multi-host cell would have it (README, "Security"): a throwaway CA and one
+certificate for 127.0.0.1 in `tls/` (0600), every listener on https, `OMEGA_CA` in `env`; the
+token in `token` is the admin's; each scheduler and agent gets a token of its own (`tokens/`,
+0600) with the narrowest role, issued once the store answers and before they start. Plain http
+only with `--insecure`, which every part logs loudly.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
@@ -21,7 +28,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 import orjson
@@ -31,6 +38,7 @@ import trio
 
 from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
 from cellstore.config import free_ports, replica_document
+from cellstore.tls import CA_CERT, TlsFiles, issue, make_ca
 from omega import children
 from omega.console import with_console
 
@@ -59,10 +67,48 @@ class CellLayout:
     secret: str
     api: tuple[str, ...]
     raft: tuple[str, ...]
+    # The certificate every local listener serves, and the CA that signed it; None: --insecure.
+    tls: TlsFiles | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
 
     @property
     def addr(self) -> str:
-        return ",".join(f"http://{a}" for a in self.api)
+        return ",".join(f"{self.scheme}://{a}" for a in self.api)
+
+    @property
+    def ca(self) -> str | None:
+        return str(self.tls.ca) if self.tls is not None else None
+
+    def tls_args(self) -> tuple[str, ...]:
+        """The flags that give a scheduler or agent this cell's certificate (its CA comes in
+        `OMEGA_CA`), or `--insecure`."""
+        if self.tls is None:
+            return ("--insecure",)
+        return ("--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key))
+
+
+@attrs.frozen
+class PartToken:
+    """The token `omega up` issues to one of its parts: `role`, bound to `machines`."""
+
+    name: str
+    role: str
+    secret: str
+    machines: tuple[str, ...] = ()
+
+
+def dev_tls(data_dir: Path) -> TlsFiles:
+    """The data dir's CA and the certificate for 127.0.0.1 it signed (made on first start)."""
+    directory = data_dir / "tls"
+    if not (directory / CA_CERT).exists():
+        make_ca(directory, "omega up CA")
+    files = TlsFiles(directory / "local.pem", directory / "local-key.pem", directory / CA_CERT)
+    if not (files.cert and files.cert.exists()):
+        files = issue(directory, directory, "local", ["127.0.0.1", "localhost"])
+    return files
 
 
 def _secret_file(path: Path) -> str:
@@ -76,14 +122,19 @@ def _secret_file(path: Path) -> str:
 
 
 def prepare(
-    data_dir: Path, replicas: int, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    data_dir: Path,
+    replicas: int,
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    insecure: bool = False,
 ) -> CellLayout:
-    """Create or reopen a cell's data dir: secrets, ports and replica configs (rewritten on
-    every start, so settings such as the heartbeat timeout follow the command line)."""
+    """Create or reopen a cell's data dir: secrets, certificates, ports and replica configs
+    (rewritten on every start, so settings such as the heartbeat timeout follow the command
+    line)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     token = _secret_file(data_dir / "token")
     secret = _secret_file(data_dir / "raft-secret")
+    tls = None if insecure else dev_tls(data_dir)
     layout_file = data_dir / "cell.json"
     if layout_file.exists():
         saved = orjson.loads(layout_file.read_bytes())
@@ -99,11 +150,16 @@ def prepare(
             "raft": [f"127.0.0.1:{p}" for p in ports[replicas:]],
         }
         layout_file.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2))
-    layout = CellLayout(data_dir, token, secret, tuple(saved["api"]), tuple(saved["raft"]))
+    layout = CellLayout(data_dir, token, secret, tuple(saved["api"]), tuple(saved["raft"]), tls)
     for i in range(replicas):
         write_replica_config(layout, i, heartbeat_timeout_s)
     env = data_dir / "env"
-    env.write_text(f"export OMEGA_ADDR={layout.addr}\nexport OMEGA_TOKEN={token}\n")
+    exports = f"export OMEGA_ADDR={layout.addr}\nexport OMEGA_TOKEN={token}\n"
+    if layout.ca is not None:
+        exports += f"export OMEGA_CA={layout.ca}\n"
+    fd = os.open(env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(exports)
     os.chmod(env, 0o600)
     return layout
 
@@ -120,6 +176,7 @@ def write_replica_config(
         data_dir=directory,
         token=layout.token,
         secret=layout.secret,
+        **tls_fields(layout),
         **with_console(replica_fields(heartbeat_timeout_s)),
     )
     path = directory / "replica.json"
@@ -127,6 +184,59 @@ def write_replica_config(
     with os.fdopen(fd, "wb") as handle:
         handle.write(orjson.dumps(config))
     return path
+
+
+def tls_fields(layout: CellLayout) -> dict[str, Any]:
+    """A replica config's TLS fields: the cell's certificate, or `insecure`."""
+    if layout.tls is None:
+        return {"insecure": True}
+    return {"tls_cert": str(layout.tls.cert), "tls_key": str(layout.tls.key)}
+
+
+def part_tokens(layout: CellLayout, parts: Sequence[Part]) -> dict[str, PartToken]:
+    """Per scheduler and agent part, its own token (secret kept in `tokens/NAME`, 0600): a
+    scheduler's may read and commit, an agent's only speaks for its machine(s)."""
+    directory = layout.data_dir / "tokens"
+    directory.mkdir(exist_ok=True)
+    os.chmod(directory, 0o700)
+    found = {}
+    for part in parts:
+        machines: tuple[str, ...]
+        if part.name.startswith("scheduler-"):
+            role, machines = "scheduler", ()
+        elif part.name == "agent-hollow":
+            role, machines = "agent", ("hollow-*",)
+        elif part.name.startswith("agent-"):
+            role, machines = "agent", (part.name,)
+        else:
+            continue
+        secret = _secret_file(directory / part.name)
+        found[part.name] = PartToken(part.name, role, secret, machines)
+    return found
+
+
+async def issue_tokens(layout: CellLayout, tokens: Sequence[PartToken], timeout_s: float) -> None:
+    """Enter the parts' tokens into the cell (by digest; again on a restart, a no-op), as soon
+    as its leader has raised the log to this build's rules."""
+    from cellstore.access import digest
+    from cellstore.cellclient import CellError, SyncCellClient
+
+    deadline = trio.current_time() + timeout_s
+    with SyncCellClient(
+        layout.api, layout.token, timeout_s=2.0, retry_deadline_s=2.0, ca=layout.ca
+    ) as cell:
+        for token in tokens:
+            create = functools.partial(
+                cell.create_token, token.name, token.role, digest(token.secret), token.machines
+            )
+            while True:
+                try:
+                    await trio.to_thread.run_sync(create)
+                    break
+                except CellError as exc:
+                    if trio.current_time() > deadline:
+                        raise TimeoutError(f"token {token.name} not issued: {exc}") from None
+                    await trio.sleep(0.25)
 
 
 def write_metrics_targets(layout: CellLayout, schedulers: Sequence[str]) -> Path:
@@ -181,6 +291,7 @@ def plan_parts(
                     kind,
                     "--metrics",
                     f"127.0.0.1:{port}",
+                    *layout.tls_args(),
                 ),
                 logs / f"scheduler-{kind}.log",
             )
@@ -212,6 +323,7 @@ def plan_parts(
                     str(layout.data_dir / "agents" / name),
                     # As root, tasks run as nobody: the data dir (0700) is out of their reach.
                     *(("--task-user", "nobody") if os.geteuid() == 0 else ()),
+                    *layout.tls_args(),
                 ),
                 logs / f"{name}.log",
             )
@@ -231,6 +343,7 @@ def plan_parts(
                     "--work-dir",
                     str(layout.data_dir / "agents" / "hollow"),
                     *declared,
+                    *layout.tls_args(),
                 ),
                 logs / "agent-hollow.log",
             )
@@ -245,6 +358,7 @@ async def supervise(part: Part, layout: CellLayout, stopping: trio.Event) -> Non
         "OMEGA_ADDR": layout.addr,
         "OMEGA_TOKEN": layout.token,
         "PYTHONUNBUFFERED": "1",
+        **({"OMEGA_CA": layout.ca} if layout.ca is not None else {}),
         **dict(part.env),
     }
     delay = 0.5
@@ -305,7 +419,9 @@ async def wait_ready(
     summary: CellSummary | None = None
     # The blocking client, in a thread: it retries quietly, where the trio one logs every
     # refused connection of replicas still starting. Each poll gives up after 2 s.
-    with SyncCellClient(layout.api, layout.token, timeout_s=2.0, retry_deadline_s=2.0) as cell:
+    with SyncCellClient(
+        layout.api, layout.token, timeout_s=2.0, retry_deadline_s=2.0, ca=layout.ca
+    ) as cell:
         while trio.current_time() < deadline:
             try:
                 current = await trio.to_thread.run_sync(cell.summary)
@@ -325,7 +441,7 @@ async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
     from cellstore.cellclient import CellClient
     from omega.specfile import load_spec
 
-    async with CellClient.connect(layout.api, layout.token) as cell:
+    async with CellClient.connect(layout.api, layout.token, ca=layout.ca) as cell:
         for path in specs:
             submitted = await cell.submit(load_spec(path))
             say(f"submitted {path} as job {submitted.job}")
@@ -340,18 +456,31 @@ async def run_cell(
     specs: list[Path] | None = None,
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
     resources: Sequence[str] = (),
+    insecure: bool = False,
 ) -> None:
-    layout = prepare(data_dir, replicas, heartbeat_timeout_s)
+    layout = prepare(data_dir, replicas, heartbeat_timeout_s, insecure)
     parts = plan_parts(layout, schedulers, agents, hollow, resources)
+    tokens = part_tokens(layout, parts)
     stopping = trio.Event()
     say(f"OMEGA_ADDR={layout.addr}")
     say(f"OMEGA_TOKEN={layout.token}")
+    if layout.ca is not None:
+        say(f"OMEGA_CA={layout.ca}")
+    else:
+        say("WARNING: --insecure: plain http, the token crosses the network in clear text")
     async with trio.open_nursery() as nursery:
-        for part in parts:
-            nursery.start_soon(supervise, part, layout, stopping)
-
         nursery.start_soon(watch_for_stop, stopping)
+        for part in parts:
+            if part.name not in tokens:
+                nursery.start_soon(supervise, part, layout, stopping)
         try:
+            # Schedulers and agents start with their own tokens, once the cell knows them.
+            await issue_tokens(layout, list(tokens.values()), 90.0)
+            for part in parts:
+                token = tokens.get(part.name)
+                if token is not None:
+                    own = attrs.evolve(part, env=(*part.env, ("OMEGA_TOKEN", token.secret)))
+                    nursery.start_soon(supervise, own, layout, stopping)
             await wait_ready(layout, agents + hollow, len(schedulers))
         except TimeoutError as exc:
             say(f"error: {exc}; see the logs in {data_dir / 'logs'}", sys.stderr)
@@ -360,7 +489,7 @@ async def run_cell(
         say(
             f"cell ready: {replicas} replicas, {len(schedulers)} schedulers, "
             f"{agents} agents{f', {hollow} hollow machines' if hollow else ''}; "
-            f"source {data_dir / 'env'} to use it; console at http://{layout.api[0]}/ui"
+            f"source {data_dir / 'env'} to use it; console at {layout.scheme}://{layout.api[0]}/ui"
         )
         if specs:
             await submit_specs(layout, specs)

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
-    addresses, token = store_from_arguments(parser, args)
+    addresses, token, tls = store_from_arguments(parser, args, serving=args.metrics is not None)
     return SchedulerConfig(
         addresses=addresses,
         token=token,
@@ -122,6 +122,7 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
         model=args.model,
         report_period_s=args.report_period,
         seed=args.seed,
+        tls=tls,
         avoidance=args.avoidance == "on",
     )
 

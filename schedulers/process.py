@@ -51,12 +51,14 @@ import attrs
 import structlog
 import trio
 
-from cellstate import CommitResult, ConflictMode, SchedulerClass, TxnMode
+from cellstate import CommitResult, ConflictMode, Role, SchedulerClass, TxnMode
+from cellstore.access import CellGuard, authorize
 from cellstore.cellclient import CellClient, CellError
 from cellstore.copy import LocalCopy
-from cellstore.http import Request, Response, Router, serve_router
+from cellstore.http import Principal, Request, Response, Router, serve_router
 from cellstore.ids import new_command_id
 from cellstore.metrics import metrics_endpoint
+from cellstore.tls import TlsFiles
 from schedulers.avoid import Avoidance
 from schedulers.committer import CellCommitter, Committer
 from schedulers.core import Decision, PaperModel, SchedulerCore
@@ -107,6 +109,10 @@ class SchedulerConfig:
     def _known(self, attribute: attrs.Attribute, value: str) -> None:
         if value not in ("real", "paper"):
             raise ValueError(f"model {value!r}: one of real, paper")
+
+    # The CA to check the store against and the certificate the metrics listener serves
+    # (`cellstore.tls`); None: plain http both ways (`--insecure`).
+    tls: TlsFiles | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -169,13 +175,20 @@ class LiveScheduler:
                 nursery.start_soon(self.report_loop)
                 if self.config.metrics:
                     host, port = self.config.metrics.rsplit(":", 1)
+                    guard = CellGuard(
+                        lambda key: self.copy.cell.token_digests.get(key),
+                        self.config.token,
+                        Principal(f"{self.config.name} (own token)", Role.ADMIN),
+                    )
                     await nursery.start(
                         functools.partial(
                             serve_router,
                             self.metrics_router(),
-                            self.config.token,
+                            guard.authenticate,
                             host,
                             int(port),
+                            tls=self.config.tls,
+                            authorize=authorize,
                             name="metrics",
                         )
                     )
@@ -346,7 +359,9 @@ async def run_scheduler(
 ) -> None:
     """Run one scheduler until cancelled, or until SIGTERM/SIGINT (then return)."""
     async with (
-        CellClient.connect(config.addresses, config.token) as client,
+        CellClient.connect(
+            config.addresses, config.token, ca=config.tls.ca if config.tls else None
+        ) as client,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)

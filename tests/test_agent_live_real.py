@@ -78,6 +78,7 @@ class LiveCell:
                     "--addr",
                     ",".join(self.cluster.api),
                     f"--token={self.cluster.token}",
+                    *self.cluster.client_args(),
                     "--work-dir",
                     str(work),
                     "--heartbeat",

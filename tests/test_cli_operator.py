@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 
 import httpx
@@ -134,12 +135,49 @@ def test_events_tell_a_jobs_story(cell):
         set(r) >= {"version", "at", "kind", "job", "task", "machine", "message"} for r in records
     )
     assert [r["version"] for r in records] == sorted(r["version"] for r in records)
+    # Who sent each command: the admin submitted, the batch scheduler's own token placed.
+    mine = [r for r in records if r["job"] == job]
+    assert {r["by"] for r in mine if r["kind"] == "submitted"} == {"bootstrap (admin)"}
+    assert {r["by"] for r in mine if r["kind"] == "placed"} == {"scheduler-batch (scheduler)"}
+    assert f"job {job} submitted (2 tasks, batch)  [by bootstrap (admin)]" in text, text
 
 
-def scrape(address: str, token: str) -> dict[str, list]:
-    url = f"http://{address}/metrics"
-    assert httpx.get(url, timeout=10).status_code == 401  # the bearer token, as everywhere
-    answer = httpx.get(url, headers={"authorization": f"Bearer {token}"}, timeout=10)
+def test_tokens_from_the_cli(cell):
+    """`omega up` gave each part its narrowest token; a read-only token reads and may not
+    write (403, nothing changed); a revoked one is refused (401); bad roles exit 2."""
+    listed = {t["name"]: t for t in cell.json("token", "list")}
+    assert listed["agent-0"]["role"] == "agent" and listed["agent-0"]["machines"] == ["agent-0"]
+    assert listed["scheduler-batch"]["role"] == "scheduler"
+    assert listed["bootstrap"]["role"] == "admin"
+    secret = cell.json("token", "create", "--role", "read-only", "--name", "viewer")["secret"]
+    as_viewer = {**cell.env, "OMEGA_TOKEN": secret}
+    job = cell.json("submit", spec(cell, "guarded", "{}", "sleep 30"))["id"]
+    viewer = cell.omega_as(as_viewer, "jobs", "--json")
+    assert job in viewer.stdout, viewer.stderr
+    refused = cell.omega_as(as_viewer, "kill", job)
+    assert refused.returncode == 1 and "forbidden" in refused.stderr, refused.stderr
+    assert cell.json("job", job)["state"] != "killed"
+    cell.omega("token", "revoke", "viewer")
+    gone = cell.omega_as(as_viewer, "jobs")
+    assert gone.returncode == 1 and "unauthorized" in gone.stderr, gone.stderr
+    bad = cell.omega("token", "create", "--role", "root", check=False)
+    assert bad.returncode == 2 and "'root'" in bad.stderr, bad.stderr
+    unbound = cell.omega("token", "create", "--role", "agent", check=False)
+    assert unbound.returncode == 2 and "--machines" in unbound.stderr, unbound.stderr
+    cell.omega("kill", job)
+
+
+def scrape(address: str, token: str, cafile: str) -> dict[str, list]:
+    """`/metrics` over https, checked against the cell's CA; the listener speaks no plain
+    http and wants the bearer token, as everywhere."""
+    url = f"https://{address}/metrics"
+    ca = ssl.create_default_context(cafile=cafile)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{address}/metrics", headers={"authorization": f"Bearer {token}"})
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(url, headers={"authorization": f"Bearer {token}"}, timeout=10)
+    assert httpx.get(url, timeout=10, verify=ca).status_code == 401
+    answer = httpx.get(url, headers={"authorization": f"Bearer {token}"}, timeout=10, verify=ca)
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/plain")
     return {f.name: f.samples for f in text_string_to_metric_families(answer.text)}
@@ -155,13 +193,15 @@ def value(families: dict[str, list], name: str, **labels: str) -> float:
 
 
 def test_metrics_on_replica_scheduler_and_agent(cell):
-    token = cell.env["OMEGA_TOKEN"]
+    # A read-only token may scrape every part: each checks it against its copy of the cell.
+    token = cell.json("token", "create", "--role", "read-only", "--name", "prometheus")["secret"]
+    ca = cell.env["OMEGA_CA"]
     job = cell.json("submit", spec(cell, "measured", "{}"))["id"]
     wait_for("the job to end", lambda: cell.json("job", job)["state"] in ("done", "failed"))
     targets = json.loads((cell.data_dir / "metrics.json").read_text())
     parts = {group["labels"]["part"]: group["targets"] for group in targets}
 
-    replica = scrape(parts["replica"][0], token)
+    replica = scrape(parts["replica"][0], token, ca)
     assert value(replica, "omega_replica_raft_leader") == 1
     assert value(replica, "omega_replica_raft_term") >= 1
     assert value(replica, "omega_replica_version") >= value(replica, "omega_replica_raft_term")
@@ -172,7 +212,7 @@ def test_metrics_on_replica_scheduler_and_agent(cell):
 
     by_kind = {}
     for address in parts["scheduler"]:
-        families = scrape(address, token)
+        families = scrape(address, token, ca)
         kind = families["omega_scheduler_transactions"][0].labels["kind"]
         by_kind[kind] = families
     batch = by_kind["batch"]
@@ -183,7 +223,7 @@ def test_metrics_on_replica_scheduler_and_agent(cell):
     assert "omega_scheduler_conflicts" in batch and "omega_scheduler_pending_tasks" in batch
 
     machines = cell.json("nodes")
-    agent = scrape(machines[0]["labels"]["omega.agent"], token)
+    agent = scrape(machines[0]["labels"]["omega.agent"], token, ca)
     assert value(agent, "omega_agent_machines") == 1
     assert "omega_agent_tasks" in agent and "omega_agent_oom_kills" in agent
     assert value(agent, "omega_agent_request_seconds_count", what="register") >= 1

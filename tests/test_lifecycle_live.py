@@ -36,7 +36,9 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
             return cell.json("job", "web")["available"]
 
         wait_for("six healthy tasks", lambda: available() == 6)
-        with BudgetChecker(cell.env["OMEGA_ADDR"], cell.env["OMEGA_TOKEN"], "web") as checker:
+        with BudgetChecker(
+            cell.env["OMEGA_ADDR"], cell.env["OMEGA_TOKEN"], "web", cell.env["OMEGA_CA"]
+        ) as checker:
             wait_for("the checker caught up", lambda: checker.versions > 0)
             checker.measuring = True
 

@@ -11,7 +11,6 @@ over, deposed the healthy leader on heal; each assertion below failed so on that
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 import threading
@@ -25,8 +24,9 @@ import trio
 
 from cellstate import CellState
 from cellstore.client import StoreClient
-from harness.cluster import LocalCluster, cell_options
+from harness.cluster import LocalCluster
 from harness.hosts import Hosts, netns_unavailable
+from harness.netcell import NetnsCell
 
 pytestmark = pytest.mark.slow
 
@@ -41,33 +41,6 @@ def hosts() -> Iterator[Hosts]:
         pytest.skip(why)
     with Hosts(3) as made:
         yield made
-
-
-class NetnsCell(LocalCluster):
-    """A 3-replica cell, replica i on host i, each started with the README's command line for
-    several hosts (`omega store --id I --peer API/RAFT ... --token-file --secret-file`): its
-    own address, the same ports everywhere."""
-
-    def __init__(self, base: Path, hosts: Hosts) -> None:
-        super().__init__(base, 3, **cell_options(heartbeat_timeout_s=60.0))
-        self.api = [f"{a}:7000" for a in hosts.addresses]
-        self.raft_addresses = [f"{a}:7001" for a in hosts.addresses]
-        for i in range(3):
-            self.wrappers[i] = hosts.exec_prefix(i)
-
-    def replica_command(self, i: int, config_file: Path) -> list[str]:
-        files = []
-        for name, value in (("token", self.token), ("raft-secret", self.secret)):
-            path = self.data_dir(i) / name
-            path.touch(mode=0o600)
-            path.write_text(value)
-            files.append(str(path))
-        peers = [f"--peer={a}/{r}" for a, r in zip(self.api, self.raft_addresses, strict=True)]
-        return [
-            *(sys.executable, "-m", "omega", "store", f"--id={i}", *peers),
-            *(f"--data-dir={self.data_dir(i)}", f"--token-file={files[0]}"),
-            *(f"--secret-file={files[1]}", "--heartbeat-timeout=60"),
-        ]
 
 
 def netns_cell(base: Path, hosts: Hosts) -> LocalCluster:
@@ -109,7 +82,9 @@ class Writer:
         self.thread = threading.Thread(target=trio.run, args=(self._run,), daemon=True)
 
     async def _run(self) -> None:
-        async with StoreClient(self.addresses, self.cluster.token, retry_deadline_s=60) as c:
+        async with StoreClient(
+            self.addresses, self.cluster.token, retry_deadline_s=60, ca=self.cluster.ca
+        ) as c:
             n = 0
             while not self.stop.is_set():
                 job = f"w-{n}"
@@ -200,7 +175,7 @@ def test_omega_command_moves_past_a_cut_leader_within_seconds(tmp_path: Path, ho
         leader = cluster.wait_for_leader()
         hosts.cut(leader)
         order = [cluster.api[leader]] + [a for i, a in enumerate(cluster.api) if i != leader]
-        env = {**os.environ, "OMEGA_ADDR": ",".join(order), "OMEGA_TOKEN": cluster.token}
+        env = {**cluster.env(), "OMEGA_ADDR": ",".join(order)}
         began = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "omega", "submit", str(spec), "--id", "probe-1", "--json"],
@@ -212,4 +187,6 @@ def test_omega_command_moves_past_a_cut_leader_within_seconds(tmp_path: Path, ho
         took = time.monotonic() - began
         assert done.returncode == 0, done.stderr
         print(f"omega submit with the leader cut: {took:.2f} s")
-        assert took < 5.0, took
+        # Waiting out the 15 s connect would take 15 s or more; on a quiet machine this takes
+        # ~1-2 s, and a loaded one adds seconds to starting Python and to the election.
+        assert took < 12.0, took

@@ -71,9 +71,10 @@ def _post(
     cluster: ProxiedCluster, i: int, commands: list[dict], timeout: float = 15.0
 ) -> httpx.Response:
     return httpx.post(
-        f"http://{cluster.api[i]}/v1/commands",
+        f"{cluster.url(i)}/v1/commands",
         content=orjson.dumps({"commands": commands}),
         timeout=timeout,
+        verify=cluster.verify,
         headers={"authorization": f"Bearer {cluster.token}"},
     )
 
@@ -92,9 +93,9 @@ async def _watch(
     """Every command replica i's feed shows from `from_version` on, as its key."""
     auth = {"authorization": f"Bearer {cluster.token}"}
     async with (
-        httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0)) as http,
+        httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0), verify=cluster.verify) as http,
         http.stream(
-            "GET", f"http://{cluster.api[i]}/v1/watch", params={"from": from_version}, headers=auth
+            "GET", f"{cluster.url(i)}/v1/watch", params={"from": from_version}, headers=auth
         ) as resp,
     ):
         assert resp.status_code == 200

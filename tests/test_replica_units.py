@@ -76,7 +76,7 @@ def single_config(tmp_path: Path, **kw: object) -> ReplicaConfig:
         token="tok-123",
         secret="s3cret",
         machine_class=KVMachine,
-        **kw,  # type: ignore[arg-type]
+        **{"insecure": True, **kw},  # type: ignore[arg-type]
     )
 
 

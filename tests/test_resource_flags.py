@@ -12,6 +12,7 @@ import pytest
 from agents.__main__ import config_from_args
 
 AGENT = ["--name", "a", "--work-dir", "/tmp/x", "--addr", "http://127.0.0.1:1", "--token", "t"]
+AGENT += ["--insecure"]
 
 
 @pytest.mark.parametrize(

@@ -375,13 +375,14 @@ def test_current_replicas_start_on_old_data_dir_keep_every_fact_and_take_writes(
 ) -> None:
     cluster = upgraded_cell
     expected = old.expected
-    # The new leader's first act is to raise the old log's rules to this build's: one
-    # command past the old release's last.
-    cluster.wait_for_version(expected["version"] + 1, list(range(REPLICAS)))
+    # The new leader's first acts are to raise the old log's rules to this build's, then to
+    # enter its config token into the cell (rules 6): two commands past the old release's last.
+    cluster.wait_for_version(expected["version"] + 2, list(range(REPLICAS)))
     snapshot = settled_snapshots(cluster)
     assert orjson.loads(snapshot)["format"] == snapshot_format.FORMAT
     restored = CellState.restore(snapshot)
-    assert (restored.version, restored.rules) == (expected["version"] + 1, RULES)
+    assert (restored.version, restored.rules) == (expected["version"] + 2, RULES)
+    assert [t.name for t in restored.tokens.values()] == ["bootstrap"]
     restored.check_invariants()
     for i in range(REPLICAS):  # every replica answers with the same facts
         with client(cluster, i) as one:

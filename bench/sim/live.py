@@ -225,6 +225,7 @@ def live(
     with LocalCluster(base / "store", **cell_options()) as cluster:
         cell = SyncCellClient(cluster.api, cluster.token, timeout_s=10.0)
         store = ["--addr", ",".join(cluster.api), f"--token={cluster.token}"]
+        store += cluster.client_args()
         try:
             began = time.monotonic()
             agent = _spawn(

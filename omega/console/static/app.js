@@ -295,9 +295,9 @@ function versionsTable(history) {
 
 function feedTable(entries) {
   const rows = entries.map((e) => `<tr><td class="num">${e.version}</td><td>${when(e.at)}</td>
-    <td>${esc(e.type)}</td><td>${esc(e.text)}</td></tr>`).join("");
-  return `<table class="grid feed"><thead><tr><th>version</th><th>time</th><th>command</th><th></th></tr></thead>
-    <tbody>${rows || `<tr><td colspan="4">Nothing yet.</td></tr>`}</tbody></table>`;
+    <td>${esc(e.type)}</td><td>${esc(e.text)}</td><td class="by">${esc(e.by)}</td></tr>`).join("");
+  return `<table class="grid feed"><thead><tr><th>version</th><th>time</th><th>command</th><th></th><th>by</th></tr></thead>
+    <tbody>${rows || `<tr><td colspan="5">Nothing yet.</td></tr>`}</tbody></table>`;
 }
 
 // What a command says, in a line (the CLI's `omega events` renders the events it causes).
@@ -320,7 +320,10 @@ function describe(doc) {
     case "set_machine_state": return `machine ${doc.machine} ${doc.state}`;
     case "register_machines": return `machines registered: ${(doc.machines || []).map((m) => m.id).join(", ")}`;
     case "expire_heartbeats": return "machines silent too long marked down";
-    case "set_quota": return `quota of ${doc.owner}`;
+    case "set_quota": return `quota of ${doc.owner} in ${doc.band} set`;
+    case "set_weights": return `weights set: ${Object.entries(doc.weights || {}).map(([o, w]) => `${o}=${w}`).join(" ")}`;
+    case "create_token": return `token ${doc.name} (${doc.role}) created`;
+    case "revoke_token": return `token ${doc.name} revoked`;
     default: return "";
   }
 }
@@ -378,7 +381,9 @@ function take(line) {
       continue;
     }
     changed = true;
-    state.feed.push({ version, at: doc.at, type: doc.type, text: describe(doc), doc });
+    // Who sent it (rules 6): the token's name and role, as `omega events` shows it.
+    const by = doc.by ? `${doc.by.name} (${doc.by.role})` : "";
+    state.feed.push({ version, at: doc.at, type: doc.type, text: describe(doc), by, doc });
   }
   if (state.feed.length > FEED_KEPT) state.feed.splice(0, state.feed.length - FEED_KEPT);
   $("#live").dataset.version = state.version;
