@@ -187,6 +187,12 @@ def phase(
                     submitted = time.perf_counter() - began
                     summary = await wait_assigned(client, tasks, timeout_s)
                     elapsed = time.perf_counter() - began
+                    # At once: measuring what the filled cell costs takes minutes at scale.
+                    print(
+                        f"placed {tasks} tasks in {elapsed:.2f} s "
+                        f"({tasks / elapsed:.0f}/s; submitting took {submitted:.2f} s)",
+                        flush=True,
+                    )
                     names = [name for _, name, _ in schedulers]
                     used = scale.processes(cluster, dict(zip(names, procs, strict=True)))
                     stop_processes(procs)
