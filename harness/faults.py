@@ -239,9 +239,10 @@ class ProxiedCluster(LocalCluster):
 # -- scheduler processes ----------------------------------------------------------------------
 
 
-class SchedulerProcs:
-    """Real `python -m schedulers` processes against a cluster, killed by pid on close.
-    The token travels in the environment, never on the command line."""
+class ProcessGroup:
+    """Named processes of one kind (schedulers, agents), each started by `start(name)` and
+    killed by pid: `kill` sends a signal and waits, SIGKILL after 10 s; `close` tries SIGTERM
+    first (an agent so stopped stops its tasks, as a machine retired)."""
 
     def __init__(self, cluster: LocalCluster, names: list[str]) -> None:
         self.cluster = cluster
@@ -249,8 +250,7 @@ class SchedulerProcs:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> None:
-        log = self.cluster.base_dir / f"scheduler-{name}.log"
-        self.procs[name] = start_scheduler(self.cluster, log, "batch", name, "--report-period", "1")
+        raise NotImplementedError
 
     def start_all(self) -> None:
         for name in self.names:
@@ -271,6 +271,15 @@ class SchedulerProcs:
             self.kill(name, signal.SIGTERM)
         for name in list(self.procs):
             self.kill(name)
+
+
+class SchedulerProcs(ProcessGroup):
+    """Real `python -m schedulers` processes against a cluster, killed by pid on close.
+    The token travels in the environment, never on the command line."""
+
+    def start(self, name: str) -> None:
+        log = self.cluster.base_dir / f"scheduler-{name}.log"
+        self.procs[name] = start_scheduler(self.cluster, log, "batch", name, "--report-period", "1")
 
 
 # -- the workload ---------------------------------------------------------------------------

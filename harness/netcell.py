@@ -12,9 +12,7 @@ loopback soak cannot make: one-way partitions, lossy and slow links, agent kills
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -24,7 +22,7 @@ import trio
 
 from cellstore.tls import issue
 from harness.cluster import LocalCluster, cell_options
-from harness.faults import FAULT_WEIGHTS, Bed, Faults, SchedulerProcs, Workload
+from harness.faults import FAULT_WEIGHTS, Bed, Faults, ProcessGroup, SchedulerProcs, Workload
 from harness.hosts import Hosts, skewed_python_clock
 
 # Replicas are hosts 0-2; then the scheduler processes, then the agents.
@@ -135,16 +133,14 @@ class NetnsSchedulers(SchedulerProcs):
         self.hosts.adopt(proc.pid)
 
 
-class NetnsAgents:
+class NetnsAgents(ProcessGroup):
     """`omega agent` processes, each on the host `AGENT_HOSTS` gives: `hollow` stands in for
     8 machines, `real-0` runs tasks as real processes. A kill is SIGKILL, which leaves a real
     agent's tasks running for the next agent on the same work dir to adopt."""
 
     def __init__(self, cluster: LocalCluster, hosts: Hosts) -> None:
-        self.cluster = cluster
+        super().__init__(cluster, list(AGENT_HOSTS))
         self.hosts = hosts
-        self.names = list(AGENT_HOSTS)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def argv(self, name: str) -> list[str]:
         work = self.cluster.base_dir / "agents" / name
@@ -166,27 +162,6 @@ class NetnsAgents:
         log = self.cluster.base_dir / f"agent-{name}.log"
         self.procs[name] = proc = _spawn(self.argv(name), omega_env(self.cluster), log)
         self.hosts.adopt(proc.pid)
-
-    def start_all(self) -> None:
-        for name in self.names:
-            self.start(name)
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.get(name)
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, sig)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-
-    def close(self) -> None:
-        # SIGTERM first: an agent stopped so stops its tasks (a machine retired).
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM)
-        for name in list(self.procs):
-            self.kill(name)
 
     def logs(self) -> list[Path]:
         return [self.cluster.base_dir / f"agent-{name}.log" for name in self.names]
