@@ -39,11 +39,13 @@ clock reaches the results.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -402,6 +404,10 @@ class Simulation:
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> SimResult:
+        with _collector_paused():
+            return self._run()
+
+    def _run(self) -> SimResult:
         if not self.cell.machine_list:
             self.build_cell()
         for index, job_class in enumerate(self.workload.classes):
@@ -612,6 +618,23 @@ class Simulation:
         for thread in self.threads:
             if not thread.busy:
                 self._wake_later(thread, at)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a run.
+
+    A day of a large cell keeps a million tasks alive in the cell, and every collection
+    walks all of them again: a fifth of the run's time went there. The run makes almost no
+    cyclic garbage (a few hundred objects, whatever its length), which reference counting
+    cannot free but a collection after the run does."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def simulate(
