@@ -43,6 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from cellstate import CellState, Machine, MachineState
+from cellstate.ledger import Account
 from cellstate.resources import RECLAIMABLE, REQUIRED
 
 _DIM_COLUMNS = ("capacity", "free", "be_free")
@@ -140,10 +141,20 @@ class MachineTable:
             self._read_capacity(moved, [machines[i].account.capacity for i in moved])
         dims = self.dims
         idx = np.asarray(rows, dtype=np.intp)
-        rooms = [a.rooms() for a in accounts]
-        free = _matrix([regular for regular, _ in rooms], dims)
+        width = len(dims)
+        if all(len(a.capacity) == width for a in accounts):
+            # Every row declares every column (capacities are read above, so none has a
+            # dimension the table lacks): decode the rooms a column at a time.
+            free = np.empty((len(rows), width), dtype=np.int64)
+            be_free = np.empty((len(rows), width), dtype=np.int64)
+            for j, dim in enumerate(dims):
+                free[:, j], be_free[:, j] = Account.room_columns(accounts, dim)
+        else:
+            rooms = [a.rooms() for a in accounts]
+            free = _matrix([regular for regular, _ in rooms], dims)
+            be_free = _matrix([be for _, be in rooms], dims)
         self.free[idx] = free
-        self.be_free[idx] = _matrix([be for _, be in rooms], dims)
+        self.be_free[idx] = be_free
         self.free_frac[idx] = (free * self.inv_cap[idx]).sum(axis=1)
         self.seqnum[idx] = [m.seqnum for m in ms]
         up = MachineState.UP
