@@ -596,16 +596,21 @@ class Simulation:
         placed = 0
         ends: dict[str, tuple[float, list[TaskReport]]] = {}
         exited = ReportedState.EXITED
+        # A job's claims come together: look its duration up once per run of them.
+        job: str | None = None
+        reports: list[TaskReport] | None = None
         for claim in claims:
-            if claim.task in rejected:
+            tid = claim.task
+            if tid in rejected:
                 continue
             placed += 1
-            task = tasks[claim.task]
-            duration = jobs[task.job].spec.duration
-            if duration is not None:
-                ends.setdefault(task.job, (duration, []))[1].append(
-                    TaskReport(task.id, claim.machine, task.incarnation, exited, 0)
-                )
+            task = tasks[tid]
+            if task.job != job:
+                job = task.job
+                duration = jobs[job].spec.duration
+                reports = None if duration is None else ends.setdefault(job, (duration, []))[1]
+            if reports is not None:
+                reports.append(TaskReport(tid, claim.machine, task.incarnation, exited, 0))
         self.stats["tasks_placed"] += placed
         for duration, reports in ends.values():
             self._push(at + duration, _END, tuple(reports))
