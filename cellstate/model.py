@@ -551,11 +551,14 @@ class Job:
         return last if last is not None and last.state in ROLLOUT_ACTIVE else None
 
     def add_version(self, spec: JobSpec, at: float) -> None:
-        shape = spec.shape()
-        first = next(
-            (v for v, old in enumerate(self.versions, 1) if old.shape() == shape),
-            len(self.versions) + 1,
-        )
+        first = len(self.versions) + 1
+        if self.versions:
+            # (A job's first version, at every submission, has nothing to compare with,
+            # and building a shape is a whole new spec.)
+            shape = spec.shape()
+            first = next(
+                (v for v, old in enumerate(self.versions, 1) if old.shape() == shape), first
+            )
         self.versions.append(spec)
         self.version_times.append(at)
         self.shapes.append(first)
