@@ -72,7 +72,7 @@ from schedulers.explain import Explanation, JobMetric
 from schedulers.fairshare import Shares, fair_fill
 from schedulers.metrics import SchedulerFigures
 from schedulers.stack import Stack, stack_for
-from schedulers.table import MachineTable, table_for
+from schedulers.table import MachineTable, generation_for, table_for
 
 PENDING = TaskState.PENDING
 
@@ -214,7 +214,7 @@ class SchedulerCore:
 
     def has_work(self, cell: CellState) -> bool:
         """Whether `decide` could find something to try now."""
-        return bool(self._eligible(cell, table_for(cell).generation) or self.changing(cell))
+        return bool(self._eligible(cell, generation_for(cell)) or self.changing(cell))
 
     # -- deciding ------------------------------------------------------------------
 

@@ -125,6 +125,13 @@ class MachineTable:
             rows.extend(range(self.n, len(machines)))
         return self._refresh(machines, sorted(set(rows)))
 
+    def changes_pending(self, cell: CellState) -> bool:
+        """Whether `sync(cell)` would refresh a row, and so bump `generation`."""
+        machines = cell.machine_list
+        if cell.changed_machines is None or len(machines) < self.n:
+            return bool(machines)
+        return bool(cell.changed_machines) or len(machines) > self.n
+
     def _refresh(self, machines: list[Machine], rows: Iterable[int]) -> int:
         rows = list(rows)
         self.n = len(machines)
@@ -274,3 +281,13 @@ def table_for(cell: CellState) -> MachineTable:
         table = _TABLES[cell] = MachineTable()
     table.sync(cell)
     return table
+
+
+def generation_for(cell: CellState) -> int:
+    """The `generation` that `table_for(cell)` would have, without syncing an existing
+    table: a core asking only whether it has work need not pay for refreshing rows that
+    its next decision refreshes anyway (often with later changes to the same machines)."""
+    table = _TABLES.get(cell)
+    if table is None:
+        return table_for(cell).generation
+    return table.generation + table.changes_pending(cell)
