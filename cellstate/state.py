@@ -983,8 +983,9 @@ class CellState:
     def _report_tasks(self, cmd: ReportTasks, events: list[Event]) -> Result:
         stale = []
         keep_events = self.keep_events
+        find = self.tasks.get
         for report in cmd.reports:
-            task = self.tasks.get(report.task)
+            task = find(report.task)
             if (
                 task is None
                 or task.machine != report.machine
@@ -1207,10 +1208,14 @@ class CellState:
     def _release(self, task: Task) -> Machine:
         """Take an active task's claim off its machine; the caller sets its state."""
         machine = self.machines[task.machine]  # type: ignore[index]
-        self.ledger.remove(task, machine.account)
+        # `Ledger.remove` and `_touch`, written out: every task that ends comes here.
+        self.ledger.add(task, machine.account, None, -1)
         task.reserved, task.reserved_packed = EMPTY, 0
         del machine.tasks[task.id]
-        self._touch(machine)
+        machine.seqnum += 1
+        machine.changed = self.stamp
+        if self.changed_machines is not None:
+            self.changed_machines.add(machine.id)
         return machine
 
     def _evict(self, task: Task, reason: str, events: list[Event]) -> None:
