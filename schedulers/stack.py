@@ -140,11 +140,10 @@ class Stack:
                 return []
         metric.placed += len(chosen)
         machines = ctx.machines
-        claims = []
-        for task, row, evicts in zip(tasks, chosen, victims, strict=False):
-            machine = machines[row]
-            claims.append(Claim(task.id, machine.id, machine.seqnum, evicts))
-        return claims
+        return [
+            Claim(task.id, (machine := machines[row]).id, machine.seqnum, evicts)
+            for task, row, evicts in zip(tasks, chosen, victims, strict=False)
+        ]
 
     def _select(
         self,
@@ -186,8 +185,9 @@ class Stack:
             codes = spread_codes(ctx, job)
             placed = job_rows(ctx, job)
             domain_rank = {int(c): ctx.rng.random() for c in np.unique(codes[cand]).tolist()}
-            on_machine = np.zeros(ctx.n, dtype=np.int64)
-            np.add.at(on_machine, placed, 1)
+            # The job's tasks per machine (bincount: what np.add.at counts, at a fraction
+            # of its cost).
+            on_machine = np.bincount(placed, minlength=ctx.n).astype(np.int64, copy=False)
             chosen = spread(
                 cand,
                 fit,
