@@ -298,6 +298,8 @@ class SchedulerCore:
             tasks = list(islice(cell.pending_tasks(job), count))
             metric = metrics[jid] = self._last[jid] = JobMetric(jid)
             placed = self.stack.place(ctx, job, tasks, metric)
+            self.figures.sampled += metric.sampled
+            self.figures.sample_fallbacks += metric.rescored
             unclaimed[jid] = job.counts.get(PENDING, 0) - len(placed)
             if len(placed) < len(tasks) and self.paper is None:
                 self._stalled[jid] = table.generation

@@ -165,9 +165,14 @@ class Stack:
             return np.repeat(sel, counts).tolist()
         cand = candidates(ctx, rows, wanted, be)
         fit = fits(ctx, cand, demand, be, one)
-        if cand.size < rows.size and int(fit.sum()) < wanted:
-            cand = rows
-            fit = fits(ctx, cand, demand, be, one)
+        if cand.size < rows.size:
+            metric.sampled += 1
+            if int(fit.sum()) < wanted:
+                # Scoring every feasible machine is what sampling saves: count how
+                # often it is paid after all (`SchedulerFigures.sample_fallbacks`).
+                metric.rescored += 1
+                cand = rows
+                fit = fits(ctx, cand, demand, be, one)
         metric.machines_scored += int(cand.size)
         if self.rank == "worst_fit":
             step = task_share(ctx, cand, demand)
