@@ -27,6 +27,7 @@ Invariants kept by every command (`check_invariants` verifies them):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import attrs
@@ -157,6 +158,11 @@ class CellState:
         # Device names the cell's machines, jobs and quotas use (`MAX_CELL_DEVICE_KINDS`).
         self.device_kinds: set[str] = set()
         self.pending_jobs: dict[str, None] = {}
+        # Per pending job, a position in its `task_ids` before which none of its
+        # tasks is pending, and the job it was found for (a job id can be reused).
+        # A scheduler takes a big job's pending tasks a few per decision; reading
+        # them from the first task each time made placing the job quadratic.
+        self.pending_from: dict[str, tuple[Job, int]] = {}
         # Jobs with lifecycle work for their scheduler: an update in progress,
         # placed tasks beyond their size, replaced tasks still running, tasks on
         # draining machines (`settled`).
@@ -459,6 +465,7 @@ class CellState:
             del self.tasks[tid]
         del self.jobs[job.id]
         self.pending_jobs.pop(job.id, None)
+        self.pending_from.pop(job.id, None)
         self.unsettled.pop(job.id, None)
         self.needs.pop(job.id, None)
 
@@ -1159,8 +1166,10 @@ class CellState:
         task.state = new
         if new is PENDING:
             self.pending_jobs[job.id] = None
+            self.pending_from.pop(job.id, None)  # it may lie before the mark
         elif old is PENDING and counts[PENDING] == 0:
             del self.pending_jobs[job.id]
+            self.pending_from.pop(job.id, None)
         if old is RUNNING or new is RUNNING:
             self._availability(task, job)
 
@@ -1203,6 +1212,7 @@ class CellState:
         task.state = ASSIGNED
         if not counts[PENDING]:
             del self.pending_jobs[job.id]
+            self.pending_from.pop(job.id, None)
 
     def _release(self, task: Task) -> Machine:
         """Take an active task's claim off its machine; the caller sets its state."""
@@ -1273,10 +1283,20 @@ class CellState:
             yield tasks[tid]
 
     def pending_tasks(self, job: Job) -> Iterator[Task]:
-        if job.counts.get(PENDING, 0):
-            for task in self.job_tasks(job):
-                if task.state is PENDING:
-                    yield task
+        """The job's pending tasks in creation order (`pending_from` skips those before)."""
+        if not job.counts.get(PENDING, 0):
+            return
+        tasks = self.tasks
+        mark = self.pending_from.get(job.id)
+        start = mark[1] if mark is not None and mark[0] is job else 0
+        first = True
+        for position, tid in enumerate(islice(job.task_ids, start, None), start):
+            task = tasks[tid]
+            if task.state is PENDING:
+                if first:
+                    self.pending_from[job.id] = (job, position)
+                    first = False
+                yield task
 
     # -- snapshots ----------------------------------------------------------------
 
