@@ -24,7 +24,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from cellstate import CellState, Machine, Task
+from schedulers.avoid import PREFERRED
 from schedulers.table import Demand, MachineTable
+
+# Free shares are sums of floats: a machine within this of its full share is empty.
+EMPTY_TOLERANCE = 1e-9
 
 Saved = tuple[np.ndarray, np.ndarray, np.ndarray, set[str], dict[str, int]]
 
@@ -62,6 +66,11 @@ class DecisionContext:
         self.inv_cap = table.inv_cap[:n]
         self.exclusive = table.exclusive
         self.evicted: set[str] = set()
+        self._preferred: np.ndarray | None = None
+        # Per resource class (best effort?), which machines are empty in its room,
+        # kept in step by `take`: a decision places many jobs, and recomputing it
+        # for each read every machine (`sample`).
+        self._empty: dict[bool, np.ndarray] = {}
         # Per job, its available tasks this decision's victims take: the store
         # refuses a claim that takes more than its budget spares (`spare`).
         self.spent: dict[str, int] = {}
@@ -89,6 +98,24 @@ class DecisionContext:
             self._full_frac = (self.inv_cap > 0).sum(axis=1).astype(np.float64)
         return self._full_frac
 
+    @property
+    def preferred(self) -> np.ndarray:
+        """Per machine, whether it is in this scheduler's preferred tier (`avoid`);
+        all machines without tiers."""
+        if self._preferred is None:
+            tiers = self.tiers
+            self._preferred = np.ones(self.n, dtype=bool) if tiers is None else tiers == PREFERRED
+        return self._preferred
+
+    def empty(self, best_effort: bool) -> np.ndarray:
+        """Per machine, whether it is empty in the room of `best_effort`'s class: its
+        free share is its full one (within `EMPTY_TOLERANCE`, being a sum of floats)."""
+        empty = self._empty.get(best_effort)
+        if empty is None:
+            frac = self.frac(best_effort)
+            empty = self._empty[best_effort] = frac >= self.full_frac - EMPTY_TOLERANCE
+        return empty
+
     def demand(self, amounts: Mapping[str, int]) -> Demand | None:
         """`amounts` as the table's (column, amount) pairs; None if no machine
         has one of its dimensions."""
@@ -110,6 +137,8 @@ class DecisionContext:
             if not best_effort or exclusive[j]:
                 self.free[:, j][rows] -= taken
                 self.free_frac[rows] -= share
+        for cls, empty in self._empty.items():
+            empty[rows] = self.frac(cls)[rows] >= self.full_frac[rows] - EMPTY_TOLERANCE
 
     def release(self, row: int, victims: list[Task]) -> None:
         """Give back what `victims` (regular tasks on machine `row`) hold."""
@@ -126,6 +155,7 @@ class DecisionContext:
             for dim, amount in victim.reserved.items():
                 self.be_free[row, index[dim]] += amount
         self.be_free_frac = None
+        self._empty.clear()
 
     def save(self) -> Saved:
         """A restore point (for gang jobs that turn out not to fit whole)."""
@@ -140,6 +170,7 @@ class DecisionContext:
     def restore(self, saved: Saved) -> None:
         self.free, self.be_free, self.free_frac, self.evicted, self.spent = saved
         self.be_free_frac = None
+        self._empty.clear()
 
     def spare(self, job_id: str) -> float:
         """How many more of the job's available tasks its budget lets this decision

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from schedulers.avoid import PREFERRED
 from schedulers.context import DecisionContext
 
 SAMPLE_MIN = 32  # machines scored at least, however few tasks are wanted
 SAMPLE_PER_TASK = 2  # ... and this many per task wanted
-# Free shares are sums of floats: a machine within this of its full share is empty.
-EMPTY_TOLERANCE = 1e-9
 
 
 def sample_size(wanted: int) -> int:
@@ -40,23 +37,27 @@ def sample_size(wanted: int) -> int:
 
 
 def candidates(
-    ctx: DecisionContext, rows: np.ndarray, wanted: int, best_effort: bool = False
+    ctx: DecisionContext, ok: np.ndarray, wanted: int, best_effort: bool = False
 ) -> np.ndarray:
-    """The rows to score for `wanted` tasks: all of `rows` with sampling off or
-    when there are few, else a random sample of `sample_size(wanted)` of them
-    in random order (so equal scores break ties at random). With avoidance
-    tiers, see the module docstring (the room of `best_effort`'s class tells
-    which machines are empty)."""
+    """The rows to score for `wanted` tasks, of the feasible machines (mask `ok`):
+    all of them with sampling off or when there are few, else a random sample
+    of `sample_size(wanted)` of them in random order (so equal scores break
+    ties at random). With avoidance tiers, see the module docstring (the room
+    of `best_effort`'s class tells which machines are empty).
+
+    Masks over the whole cell, not index arrays: a decision calls this once
+    per job, and gathering by index was most of a decision's time."""
     size = sample_size(wanted)
     if ctx.tiers is not None:
-        preferred = rows[ctx.tiers[rows] == PREFERRED]
-        if preferred.size:
-            rows = preferred
-        empty = ctx.frac(best_effort)[rows] >= ctx.full_frac[rows] - EMPTY_TOLERANCE
-        idle = rows[empty]
+        pool = ok & ctx.preferred
+        if not pool.any():
+            pool = ok
+        empty = ctx.empty(best_effort)
+        idle = np.flatnonzero(pool & empty)
         if idle.size > size:
             idle = idle[ctx.np_rng.choice(idle.size, size=size, replace=False)]
-        return np.concatenate((rows[~empty], idle))
+        return np.concatenate((np.flatnonzero(pool & ~empty), idle))
+    rows = np.flatnonzero(ok)
     if not ctx.sampling or rows.size <= size:
         return rows
     return rows[ctx.np_rng.choice(rows.size, size=size, replace=False)]
