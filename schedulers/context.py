@@ -67,6 +67,7 @@ class DecisionContext:
         self.exclusive = table.exclusive
         self.evicted: set[str] = set()
         self._preferred: np.ndarray | None = None
+        self._preferred_rows: np.ndarray | None = None
         # Per resource class (best effort?), which machines are empty in its room,
         # kept in step by `take`: a decision places many jobs, and recomputing it
         # for each read every machine (`sample`).
@@ -106,6 +107,13 @@ class DecisionContext:
             tiers = self.tiers
             self._preferred = np.ones(self.n, dtype=bool) if tiers is None else tiers == PREFERRED
         return self._preferred
+
+    @property
+    def preferred_rows(self) -> np.ndarray:
+        """The rows of `preferred`, in order."""
+        if self._preferred_rows is None:
+            self._preferred_rows = np.flatnonzero(self.preferred)
+        return self._preferred_rows
 
     def empty(self, best_effort: bool) -> np.ndarray:
         """Per machine, whether it is empty in the room of `best_effort`'s class: its
