@@ -34,12 +34,13 @@ def job_rows(ctx: DecisionContext, job: Job) -> np.ndarray:
     (computed once per job and decision)."""
     rows = ctx.job_rows.get(job.id)
     if rows is None:
-        machines = ctx.cell.machines
+        machines, tasks = ctx.cell.machines, ctx.cell.tasks
+        # Every task of the job, for each job of every decision: no generator per task.
         rows = ctx.job_rows[job.id] = np.asarray(
             [
                 machines[t.machine].index
-                for t in ctx.cell.job_tasks(job)
-                if t.state in ACTIVE_STATES and t.machine is not None
+                for tid in job.task_ids
+                if (t := tasks[tid]).state in ACTIVE_STATES and t.machine is not None
             ],
             dtype=np.intp,
         )
