@@ -76,6 +76,9 @@ class DecisionContext:
         # refuses a claim that takes more than its budget spares (`spare`).
         self.spent: dict[str, int] = {}
         self.job_rows: dict[str, np.ndarray] = {}  # job -> rows of its active tasks
+        # (static filters, constraints) -> mask and machines removed by reason
+        # (`feasible.static_feasible`).
+        self.static: dict[tuple[object, ...], tuple[np.ndarray, dict[str, int]]] = {}
         self.machines: list[Machine] = cell.machine_list
 
     # -- views by resource class -------------------------------------------------

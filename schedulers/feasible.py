@@ -121,3 +121,26 @@ def feasible(
             metric.count(reason, int(np.count_nonzero(removed)))
             alive &= ok
     return alive
+
+
+def static_feasible(
+    filters: tuple[Filter, ...], ctx: DecisionContext, job: Job, metric: JobMetric
+) -> np.ndarray:
+    """`feasible(filters, ctx, job, metric)` for a stack's static filters, which read
+    the machine table, the job's constraints and (anti-affinity) where its tasks
+    are, never the decision's rooms. Without anti-affinity that is the same for
+    every job of a decision with the same constraints: worked out once for them,
+    as a decision goes over every pending job. The mask is shared: not to be changed."""
+    spec = job.spec
+    if spec.anti_affinity:
+        return feasible(filters, ctx, job, metric)
+    key = (filters, tuple(spec.constraints.items()))
+    hit = ctx.static.get(key)
+    if hit is None:
+        counted = JobMetric(job.id)
+        mask = feasible(filters, ctx, job, counted)
+        hit = ctx.static[key] = (mask, {**counted.filtered, **counted.exhausted})
+    mask, removed = hit
+    for reason, machines in removed.items():
+        metric.count(reason, machines)
+    return mask

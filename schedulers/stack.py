@@ -54,6 +54,7 @@ from schedulers.feasible import (
     ResourceFit,
     feasible,
     job_rows,
+    static_feasible,
 )
 from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_share, worst_fit
 from schedulers.sample import candidates
@@ -75,6 +76,8 @@ RANKS: tuple[Rank, ...] = ("best_fit", "worst_fit")
 class Stack:
     """One scheduler kind's policy; see the module docstring."""
 
+    # Static: they read the table and the job, never the decision's rooms
+    # (`feasible.static_feasible` shares their result among a decision's jobs).
     filters: tuple[Filter, ...]
     best_effort: bool = False
     spread: bool = False
@@ -101,7 +104,7 @@ class Stack:
         metric.machines_evaluated += ctx.n
         saved = ctx.save() if spec.gang else None
 
-        static = feasible(self.filters, ctx, job, metric)
+        static = static_feasible(self.filters, ctx, job, metric)
         ok = feasible((ResourceFit(self.best_effort),), ctx, job, metric, static)
         n_ok = int(np.count_nonzero(ok))
         metric.machines_feasible += n_ok

@@ -115,6 +115,33 @@ def test_constraints_filter_with_counted_reasons():
     assert metric.machines_evaluated == 5 and metric.machines_feasible == 1
 
 
+def test_jobs_of_one_decision_share_static_filters_only_with_the_same_constraints():
+    # The static filters' result is worked out once per decision and constraints
+    # (`feasible.static_feasible`); each job is still counted as if alone.
+    cell = cell_with(machines=0)
+    disks = ("ssd", "ssd", "hdd", "hdd", "hdd")
+    specs = [
+        MachineSpec(f"m{i}", Resources(4000, 8 * GI), labels={"disk": d})
+        for i, d in enumerate(disks)
+    ]
+    cell.apply(RegisterMachines(tuple(specs), at=1.0))
+    cell.apply(SetMachineState("m4", MachineState.DOWN, at=1.5))
+    submit(cell, "fast", tasks=1, cpu=1000, constraints={"disk": "ssd"})
+    submit(cell, "slow", tasks=1, cpu=1000, constraints={"disk": "hdd"})
+    submit(cell, "fast-too", tasks=1, cpu=1000, constraints={"disk": "ssd"})
+    submit(cell, "any", tasks=1, cpu=1000)
+    decision, result = step(core(BATCH, sampling=False), cell)
+    assert result.accepted == 4
+    assert set(placements(cell, "fast")) | set(placements(cell, "fast-too")) <= {"m0", "m1"}
+    assert set(placements(cell, "slow")) <= {"m2", "m3"}
+    metrics = decision.explanations
+    for job in ("fast", "fast-too"):
+        assert metrics[job].filtered == {"machine_not_up": 1, "constraint:disk": 2}
+    assert metrics["slow"].filtered == {"machine_not_up": 1, "constraint:disk": 2}
+    assert metrics["any"].filtered == {"machine_not_up": 1}
+    assert metrics["any"].machines_feasible == 4
+
+
 def test_anti_affinity_one_task_per_machine_and_reasons():
     cell = cell_with(machines=3, cpu=8000)
     submit(cell, "web", tasks=4, cpu=500, scheduler=SERVICE, anti_affinity=True)
