@@ -29,6 +29,9 @@ from schedulers.table import Demand, MachineTable
 
 # Free shares are sums of floats: a machine within this of its full share is empty.
 EMPTY_TOLERANCE = 1e-9
+# Room masks a decision keeps (`DecisionContext.room_at_least`): a machine-sized
+# bool array each, updated on every placement.
+ROOM_MASKS = 16
 
 Saved = tuple[np.ndarray, np.ndarray, np.ndarray, set[str], dict[str, int]]
 
@@ -72,6 +75,9 @@ class DecisionContext:
         # kept in step by `take`: a decision places many jobs, and recomputing it
         # for each read every machine (`sample`).
         self._empty: dict[bool, np.ndarray] = {}
+        # (best effort?, column, amount) -> whether each machine has that much room
+        # there, kept in step by `take` like `_empty` (`room_at_least`).
+        self._room_masks: dict[tuple[bool, int, int], np.ndarray] = {}
         # Per job, its available tasks this decision's victims take: the store
         # refuses a claim that takes more than its budget spares (`spare`).
         self.spent: dict[str, int] = {}
@@ -127,6 +133,19 @@ class DecisionContext:
             empty = self._empty[best_effort] = frac >= self.full_frac - EMPTY_TOLERANCE
         return empty
 
+    def room_at_least(self, best_effort: bool, j: int, amount: int) -> np.ndarray:
+        """Per machine, whether the room of `best_effort`'s class in column `j` holds
+        `amount`; shared, not to be changed. Jobs of a decision mostly ask for a few
+        task shapes: each mask is kept (up to `ROOM_MASKS`) rather than compared
+        again over every machine for each job."""
+        key = (best_effort, j, amount)
+        mask = self._room_masks.get(key)
+        if mask is None:
+            mask = self.room(best_effort)[:, j] >= amount
+            if len(self._room_masks) < ROOM_MASKS:
+                self._room_masks[key] = mask
+        return mask
+
     def demand(self, amounts: Mapping[str, int]) -> Demand | None:
         """`amounts` as the table's (column, amount) pairs; None if no machine
         has one of its dimensions."""
@@ -150,6 +169,8 @@ class DecisionContext:
                 self.free_frac[rows] -= share
         for cls, empty in self._empty.items():
             empty[rows] = self.frac(cls)[rows] >= self.full_frac[rows] - EMPTY_TOLERANCE
+        for (cls, j, amount), mask in self._room_masks.items():
+            mask[rows] = self.room(cls)[:, j][rows] >= amount
 
     def release(self, row: int, victims: list[Task]) -> None:
         """Give back what `victims` (regular tasks on machine `row`) hold."""
@@ -167,6 +188,7 @@ class DecisionContext:
                 self.be_free[row, index[dim]] += amount
         self.be_free_frac = None
         self._empty.clear()
+        self._room_masks.clear()
 
     def save(self) -> Saved:
         """A restore point (for gang jobs that turn out not to fit whole)."""
@@ -182,6 +204,7 @@ class DecisionContext:
         self.free, self.be_free, self.free_frac, self.evicted, self.spent = saved
         self.be_free_frac = None
         self._empty.clear()
+        self._room_masks.clear()
 
     def spare(self, job_id: str) -> float:
         """How many more of the job's available tasks its budget lets this decision

@@ -97,11 +97,10 @@ class ResourceFit:
                 yield reasons.no_capacity(dim), np.zeros(ctx.n, dtype=bool)
             else:
                 yield reasons.no_capacity(dim), ctx.capacity[:, j] > 0
-        room = ctx.room(self.best_effort)
         for dim, amount in demand.items():
             j = index.get(dim)
             if j is not None:
-                yield reasons.insufficient(dim), room[:, j] >= amount
+                yield reasons.insufficient(dim), ctx.room_at_least(self.best_effort, j, amount)
 
 
 def feasible(

@@ -142,6 +142,20 @@ def test_jobs_of_one_decision_share_static_filters_only_with_the_same_constraint
     assert metrics["any"].machines_feasible == 4
 
 
+def test_a_later_job_of_the_decision_sees_the_room_an_earlier_one_took():
+    # Room masks are kept per decision and task shape (`room_at_least`): a
+    # placement must update them, or the next job counts a full machine as fitting.
+    cell = cell_with(machines=2, cpu=4000)
+    submit(cell, "first", tasks=4, cpu=1000)
+    submit(cell, "second", tasks=1, cpu=1000)
+    decision, result = step(core(BATCH, sampling=False), cell)
+    assert result.accepted == 5
+    (full,) = placements(cell, "first")
+    assert set(placements(cell, "second")) == {"m0", "m1"} - {full}
+    assert decision.explanations["first"].exhausted == {}
+    assert decision.explanations["second"].exhausted == {"insufficient:cpu": 1}
+
+
 def test_anti_affinity_one_task_per_machine_and_reasons():
     cell = cell_with(machines=3, cpu=8000)
     submit(cell, "web", tasks=4, cpu=500, scheduler=SERVICE, anti_affinity=True)
