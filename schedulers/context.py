@@ -46,6 +46,7 @@ class DecisionContext:
         rng: random.Random,
         sampling: bool,
         tiers: np.ndarray | None = None,
+        known_rows: dict[str, tuple[int, np.ndarray]] | None = None,
     ) -> None:
         self.cell = cell
         self.table = table
@@ -82,6 +83,8 @@ class DecisionContext:
         # refuses a claim that takes more than its budget spares (`spare`).
         self.spent: dict[str, int] = {}
         self.job_rows: dict[str, np.ndarray] = {}  # job -> rows of its active tasks
+        # Across decisions (the core's): job -> (`CellState.moves` count, rows then).
+        self.known_rows = known_rows
         # (static filters, constraints) -> mask and machines removed by reason
         # (`feasible.static_feasible`).
         self.static: dict[tuple[object, ...], tuple[np.ndarray, dict[str, int]]] = {}

@@ -49,6 +49,7 @@ import zlib
 from itertools import islice
 
 import attrs
+import numpy as np
 
 from cellstate import (
     CellState,
@@ -177,6 +178,10 @@ class SchedulerCore:
         self._last: dict[str, JobMetric] = {}
         self._seen: set[str] = set()
         self._placed: set[str] = set()
+        # Where the tasks of the jobs it decides are (`feasible.job_rows`), as of a
+        # count of `CellState.moves`, and the copy of the cell that counted.
+        self._known_rows: dict[str, tuple[int, np.ndarray]] = {}
+        self._rows_cell: CellState | None = None
 
     # -- what is ours ------------------------------------------------------------
 
@@ -283,7 +288,9 @@ class SchedulerCore:
             return None
         self.figures.decisions += 1
         tiers = None if self.avoider is None else self.avoider.tiers(cell, table, now)
-        ctx = DecisionContext(cell, table, self.rng, self.sampling, tiers)
+        if cell is not self._rows_cell:  # a reloaded copy counts moves afresh
+            self._rows_cell, self._known_rows = cell, {}
+        ctx = DecisionContext(cell, table, self.rng, self.sampling, tiers, self._known_rows)
         claims = []
         claimed_jobs: list[str] = []
         metrics: dict[str, JobMetric] = {}
@@ -362,6 +369,7 @@ class SchedulerCore:
                 f.conflict_free_transactions += 1
         if self.avoider is not None:
             self.avoider.learn(result, now)
+        self._learn_rows(cell, decision, result)
         if self.paper is not None:
             self._paper_result(cell, decision, result, now)
         lost: dict[str, dict[str, int]] = {}
@@ -401,6 +409,28 @@ class SchedulerCore:
                 else decision.explanations[jid].unplaced_reason or reasons.NO_ROOM
             )
             self._maybe_park(jid, reason)
+
+    def _learn_rows(self, cell: CellState, decision: Decision, result: CommitResult) -> None:
+        """Add the accepted claims to the rows known for their jobs, expecting one
+        move each: any other move of the job's tasks (a rival's, a loss, a stop)
+        makes the count differ, and the next decision reads its tasks again."""
+        known = self._known_rows
+        for jid in [jid for jid in known if jid not in cell.pending_jobs]:
+            del known[jid]
+        if not known or not result.accepted:
+            return
+        rejected = {r.task for r in result.rejected}
+        added: dict[str, list[int]] = {}
+        tasks, machines = cell.tasks, cell.machines
+        for claim in decision.transaction.claims:
+            task, machine = tasks.get(claim.task), machines.get(claim.machine)
+            if claim.task not in rejected and task is not None and machine is not None:
+                added.setdefault(task.job, []).append(machine.index)
+        for jid, rows in added.items():
+            entry = known.get(jid)
+            if entry is not None:
+                more = np.asarray(rows, dtype=np.intp)
+                known[jid] = (entry[0] + len(rows), np.concatenate((entry[1], more)))
 
     def _paper_result(
         self, cell: CellState, decision: Decision, result: CommitResult, now: float

@@ -30,20 +30,31 @@ class Filter(Protocol):
 
 
 def job_rows(ctx: DecisionContext, job: Job) -> np.ndarray:
-    """Table rows of the machines where the job has an active task now
-    (computed once per job and decision)."""
+    """Table rows of the machines where the job has an active task now (in no
+    particular order; computed once per job and decision, and read from
+    `ctx.known_rows` while no task of the job has moved since)."""
     rows = ctx.job_rows.get(job.id)
     if rows is None:
-        machines, tasks = ctx.cell.machines, ctx.cell.tasks
-        # Every task of the job, for each job of every decision: no generator per task.
-        rows = ctx.job_rows[job.id] = np.asarray(
-            [
-                machines[t.machine].index
-                for tid in job.task_ids
-                if (t := tasks[tid]).state in ACTIVE_STATES and t.machine is not None
-            ],
-            dtype=np.intp,
-        )
+        cell = ctx.cell
+        moves = cell.moves.get(job.id, 0)
+        known = None if ctx.known_rows is None else ctx.known_rows.get(job.id)
+        if known is not None and known[0] == moves:
+            rows = known[1]
+        else:
+            machines, tasks = cell.machines, cell.tasks
+            # Every task of the job, for each job of every decision: no generator
+            # per task (and at a million tasks, a cache miss or two each).
+            rows = np.asarray(
+                [
+                    machines[t.machine].index
+                    for tid in job.task_ids
+                    if (t := tasks[tid]).state in ACTIVE_STATES and t.machine is not None
+                ],
+                dtype=np.intp,
+            )
+        ctx.job_rows[job.id] = rows
+        if ctx.known_rows is not None:
+            ctx.known_rows[job.id] = (moves, rows)
     return rows
 
 
