@@ -110,6 +110,25 @@ def test_a_full_partition_spills_over_to_the_rivals_machines():
     assert sched.figures.claims_spilled == 6
 
 
+def test_a_partition_short_of_room_scores_every_machine_and_counts_the_fallback():
+    cell = cell_with(machines=8, cpu=4000)
+    reported(cell, *NAMES)
+    owner = owners([m.id for m in cell.machine_list], rivals(cell, "batch-a"))
+    mine = [f"m{i}" for i in range(8) if owner[i] == 0]
+    submit(cell, "fits", tasks=4 * len(mine) - 2, cpu=1000)
+    sched = core(BATCH, "batch-a", avoidance=Avoidance())
+    step(sched, cell)
+    assert (sched.figures.sampled, sched.figures.sample_fallbacks) == (1, 0)
+    # Two tasks' room left in batch-a's share, six wanted: its machines are the
+    # sample, too small, so every feasible machine is scored, and counted.
+    submit(cell, "more", tasks=6, cpu=1000)
+    decision, result = step(sched, cell)
+    assert result.accepted == 6
+    assert sum(n for m, n in placements(cell, "more").items() if m in mine) == 2
+    assert (decision.explanations["more"].sampled, decision.explanations["more"].rescored) == (1, 1)
+    assert (sched.figures.sampled, sched.figures.sample_fallbacks) == (2, 1)
+
+
 def test_a_machine_that_lost_a_conflict_is_tried_last_then_returns():
     # m1 is the tightest fit; a rival takes part of it between our decision and
     # our commit, so our claim there loses `insufficient:cpu`.
