@@ -69,7 +69,7 @@ yields nothing unless every claim passed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from cellstate import reasons
@@ -97,7 +97,9 @@ RUNNING = TaskState.RUNNING
 UP = MachineState.UP
 # What to apply: the task (a replacement not yet in the cell when the last
 # item, the task it replaces, is given), its machine, and the victims.
-Placement = tuple["Task", "Machine", list["Task"], "Task | None"]
+Placement = tuple["Task", "Machine", Sequence["Task"], "Task | None"]
+# Most claims name none; one shared empty tuple rather than a list per claim.
+NO_VICTIMS: tuple[Task, ...] = ()
 # The rules that first check disruption budgets (`model.RULES`).
 BUDGET_RULES = 3
 
@@ -119,7 +121,7 @@ class _Overlay:
         self.deltas: dict[str, Account] = {}
         self.pending = Ledger()
 
-    def take(self, task: Task, machine: Machine, victims: list[Task], claimed: str) -> None:
+    def take(self, task: Task, machine: Machine, victims: Sequence[Task], claimed: str) -> None:
         self.claimed.add(claimed)
         self.jobs_on.setdefault(machine.id, set()).add(task.job)
         delta = self.deltas.get(machine.id)
@@ -138,51 +140,51 @@ def _validate(
     coarse: bool,
     seqnums: dict[str, int],
     overlay: _Overlay | None,
-) -> tuple[str | None, Task | None, Machine | None, list[Task]]:
+) -> tuple[str | None, Task | None, Machine | None, Sequence[Task]]:
     """Judge one claim against the latest state (plus `overlay`); return the
     reason it is rejected (None if accepted), its task (for a replacement, the
     new task, not yet in the cell), machine and victims."""
     task = cell.tasks.get(claim.task)
     if task is None:
-        return reasons.TASK_UNKNOWN, None, None, []
+        return reasons.TASK_UNKNOWN, None, None, NO_VICTIMS
     if overlay is not None and task.id in overlay.claimed:
-        return reasons.TASK_NOT_PENDING, task, None, []
+        return reasons.TASK_NOT_PENDING, task, None, NO_VICTIMS
     if claim.replace:
         if cell.rules < BUDGET_RULES or not cell.replaceable(task):
-            return reasons.NOT_REPLACEABLE, task, None, []
+            return reasons.NOT_REPLACEABLE, task, None, NO_VICTIMS
         task = cell.successor(task)
     elif task.state is not PENDING:
-        return reasons.TASK_NOT_PENDING, task, None, []
+        return reasons.TASK_NOT_PENDING, task, None, NO_VICTIMS
     machine = cell.machines.get(claim.machine)
     if machine is None:
-        return reasons.MACHINE_UNKNOWN, task, None, []
+        return reasons.MACHINE_UNKNOWN, task, None, NO_VICTIMS
     if machine.state is not UP:
-        return reasons.MACHINE_NOT_UP, task, machine, []
+        return reasons.MACHINE_NOT_UP, task, machine, NO_VICTIMS
     if coarse and claim.seqnum != seqnums.get(machine.id, machine.seqnum):
-        return reasons.MACHINE_CHANGED, task, machine, []
+        return reasons.MACHINE_CHANGED, task, machine, NO_VICTIMS
 
     spec = cell.jobs[task.job].spec
     if spec.constraints:
         labels = machine.labels
         for key, value in spec.constraints.items():
             if labels.get(key) != value:
-                return reasons.constraint(key), task, machine, []
+                return reasons.constraint(key), task, machine, NO_VICTIMS
     if spec.anti_affinity:
         tasks = cell.tasks
         job = task.job
         if any(tasks[tid].job == job for tid in machine.tasks) or (
             overlay is not None and job in overlay.jobs_on.get(machine.id, ())
         ):
-            return reasons.ANTI_AFFINITY, task, machine, []
+            return reasons.ANTI_AFFINITY, task, machine, NO_VICTIMS
 
     delta = overlay.deltas.get(machine.id) if overlay is not None else None
-    victims: list[Task] = []
+    victims: Sequence[Task] = NO_VICTIMS
     if claim.victims:
         victims, reason = _victims(cell, claim, task, machine, coarse, overlay)
         if reason is None and cell.rules >= BUDGET_RULES:
             reason = _budget(cell, victims, overlay.lost if overlay is not None else {})
         if reason is not None:
-            return reason, task, machine, []
+            return reason, task, machine, NO_VICTIMS
         if victims:
             delta = delta.copy() if delta is not None else Account.delta()
             scratch = Ledger()  # victims' quota is not the claim's concern
@@ -192,7 +194,7 @@ def _validate(
         task, machine.account, delta, overlay.pending if overlay is not None else None
     )
     if reason is not None:
-        return reason, task, machine, []
+        return reason, task, machine, NO_VICTIMS
     return None, task, machine, victims
 
 
@@ -303,12 +305,16 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
     named: set[str] = set()
     # Rules 1 judged a repeated task like any other claim (see `_rules_1_verdicts`).
     dedup = cell.rules >= 2
+    # Counted once, so that a transaction without repeats (all but a broken
+    # scheduler's) pays nothing per claim for the check.
+    repeats = dedup and len({claim.task for claim in txn.claims}) < len(txn.claims)
     if txn.mode is TxnMode.INCREMENTAL:
         for claim in txn.claims:
-            if dedup and claim.task in named:
-                rejected.append(Rejection(claim.task, claim.machine, reasons.DUPLICATE_CLAIM))
-                continue
-            named.add(claim.task)
+            if repeats:
+                if claim.task in named:
+                    rejected.append(Rejection(claim.task, claim.machine, reasons.DUPLICATE_CLAIM))
+                    continue
+                named.add(claim.task)
             reason, task, machine, victims = _validate(cell, claim, coarse, seqnums, None)
             if reason is not None:
                 rejected.append(_rejection(claim, reason, machine))
@@ -325,11 +331,12 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
     # The machine each refused claim was judged on, for what it lost to.
     judged: list[Machine | None] = []
     for claim in txn.claims:
-        if dedup and claim.task in named:
-            verdicts.append(reasons.DUPLICATE_CLAIM)
-            judged.append(None)
-            continue
-        named.add(claim.task)
+        if repeats:
+            if claim.task in named:
+                verdicts.append(reasons.DUPLICATE_CLAIM)
+                judged.append(None)
+                continue
+            named.add(claim.task)
         reason, task, machine, victims = _validate(cell, claim, coarse, seqnums, overlay)
         verdicts.append(reason)
         judged.append(machine)

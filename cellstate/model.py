@@ -623,9 +623,12 @@ class Task:
     replaces: str | None = None
     replaced_by: str | None = None
     band: Band = attrs.field(init=False)
+    # (owner, band): where the ledger books its quota, made once, not per claim.
+    quota: tuple[str, int] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.band = Band.of(self.priority)
+        self.quota = (self.owner, self.band)
 
 
 # An API token's name: what `omega token revoke` and the audit trail show.
