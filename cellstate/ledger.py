@@ -67,6 +67,23 @@ _SLOTS: dict[str, int] = {name: i for i, name in enumerate(DIMENSIONS)}
 _ALL_BIAS = [sum(BIAS << (FIELD_BITS * i) for i in range(len(_SLOTS)))]
 
 
+# Quota keys as small integers, assigned per process as they appear (as fields are): the
+# ledger books one per placement, and an integer hashes and compares for nothing where a
+# tuple is hashed anew at every lookup. `QUOTA_KEYS[i]` is the key of id i.
+_QUOTA_IDS: dict[QuotaKey, int] = {}
+QUOTA_KEYS: list[QuotaKey] = []
+
+
+def quota_id(owner: str, band: int) -> int:
+    """The process's integer for the quota key (owner, band)."""
+    key = (owner, int(band))
+    found = _QUOTA_IDS.get(key)
+    if found is None:
+        found = _QUOTA_IDS[key] = len(QUOTA_KEYS)
+        QUOTA_KEYS.append(key)
+    return found
+
+
 def slot(dim: str) -> int:
     """The field of dimension `dim` in packed vectors (assigned on first use)."""
     found = _SLOTS.get(dim)
@@ -245,8 +262,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.limits: dict[QuotaKey, Vector] = {}
-        # Packed quota taken per owner and band.
-        self.taken: dict[QuotaKey, int] = {}
+        # Packed quota taken per owner and band, by `quota_id`.
+        self.taken: dict[int, int] = {}
 
     def add(self, task: Task, account: Account, reserved: int | None = None) -> None:
         """Book `task` on `account` and its owner: its limits, and for a regular task
@@ -304,7 +321,11 @@ class Ledger:
         room = account.be_room if task.best_effort else account.room
         if delta is not None:
             room += delta.be_room if task.best_effort else delta.room
-        if mask & account.declared != mask or (room - need.whole) & mask != mask:
+        # Each field of `need` must keep its bias bit after the subtraction, and be one the
+        # machine declares. An undeclared field has no bias and may borrow from the field
+        # above; a borrow only ever clears a bit, never sets one, so it cannot pass a
+        # claim that does not fit, and the undeclared field itself fails on `declared`.
+        if (room - need.whole) & mask & account.declared != mask:
             dim = account.shortfall(need, task.best_effort, delta)
             if dim is None:  # pragma: no cover - the packed test and the fields disagree
                 raise AssertionError(f"packed room of {task.id} disagrees with its fields")
@@ -312,7 +333,7 @@ class Ledger:
         if not self.limits or task.best_effort:
             return None
         key = task.quota
-        limit = self.limits.get(key)
+        limit = self.limits.get(QUOTA_KEYS[key])
         if limit is None:
             return None
         demand = task.need.amounts
@@ -336,7 +357,7 @@ class Ledger:
         for key, taken in self.taken.items():
             counted = _nonzero(unpack(taken, _SLOTS))
             if counted:
-                out[key] = counted
+                out[QUOTA_KEYS[key]] = counted
         return out
 
 

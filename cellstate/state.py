@@ -73,7 +73,7 @@ from cellstate.commands import (
     UpdateJob,
 )
 from cellstate.commit import accepted, judge_stops
-from cellstate.ledger import EMPTY, Account, Ledger, Need
+from cellstate.ledger import EMPTY, Account, Ledger, Need, quota_id
 from cellstate.model import (
     ACTIVE_STATES,
     MAX_TASKS_PER_JOB,
@@ -685,7 +685,7 @@ class CellState:
             task.need = self._need_of(job)
         task.priority = spec.priority
         task.band = spec.band
-        task.quota = (task.owner, spec.band)
+        task.quota = quota_id(task.owner, spec.band)
         task.best_effort = spec.band is Band.BEST_EFFORT
         task.checked = spec.check is not None
 
