@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from cellstate.ledger import EMPTY, Account, Need
+from cellstate.ledger import EMPTY, Account, Need, quota_id
 from cellstate.resources import REQUIRED, Resources
 
 # The cell's rules: how commands are judged. A release that changes what a
@@ -623,9 +623,12 @@ class Task:
     replaces: str | None = None
     replaced_by: str | None = None
     band: Band = attrs.field(init=False)
+    # Where the ledger books its quota: (owner, band) as a `quota_id`, made once, not per claim.
+    quota: int = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.band = Band.of(self.priority)
+        self.quota = quota_id(self.owner, self.band)
 
 
 # An API token's name: what `omega token revoke` and the audit trail show.

@@ -74,7 +74,7 @@ from cellstate.commands import (
     UpdateJob,
 )
 from cellstate.commit import accepted, judge_stops
-from cellstate.ledger import EMPTY, Account, Ledger, Need
+from cellstate.ledger import EMPTY, Account, Ledger, Need, quota_id
 from cellstate.model import (
     ACTIVE_STATES,
     MAX_TASKS_PER_JOB,
@@ -696,6 +696,7 @@ class CellState:
             task.need = self._need_of(job)
         task.priority = spec.priority
         task.band = spec.band
+        task.quota = quota_id(task.owner, spec.band)
         task.best_effort = spec.band is Band.BEST_EFFORT
         task.checked = spec.check is not None
 
@@ -1098,24 +1099,53 @@ class CellState:
         placed = 0
         keep_events = self.keep_events
         reviews: dict[str, None] = {}
+        at = cmd.at
+        ledger, jobs, stamp, changed = self.ledger, self.jobs, self.stamp, self.changed_machines
+        moves = self.moves
         for task, machine, victims, old in accepted(self, cmd.txn, rejected):
             placed += 1
             for victim in victims:
                 if victim is old:
                     # Stop first: its replacement needs the room it holds.
-                    self._retire(victim, "replaced", cmd.at, events)
+                    self._retire(victim, "replaced", at, events)
                     continue
                 self._evict(victim, "preempted", events)
                 preempted.append(victim.id)
             if old is not None:
-                task = self._adopt(task, old, cmd.at)
+                task = self._adopt(task, old, at)
                 reviews[task.job] = None
-            self._place(task, machine, cmd.at)
+            # Put the pending task on the machine: the state's half of an accepted
+            # claim, written out here (with `_touch`, and `_move` from pending to
+            # assigned) because every claim of every commit runs it.
+            account = machine.account
+            if task.best_effort:
+                ledger.add(task, account)
+            else:
+                task.reserved, task.reserved_packed = task.demand, task.need.whole
+                ledger.add(task, account)
+                # Only a machine holding best-effort tasks can be overcommitted.
+                if account.be_packed:
+                    touched[machine.id] = machine
+            machine.tasks[task.id] = None
+            machine.seqnum += 1
+            machine.changed = stamp
+            if changed is not None:
+                changed.add(machine.id)
+            task.machine = machine.id
+            task.placed_at = at
+            task.healthy = None
+            # Neither state is running, so availability does not change.
+            job = jobs[task.job]
+            moves[job.id] = moves.get(job.id, 0) + 1
+            counts = job.counts
+            counts[PENDING] -= 1
+            counts[ASSIGNED] = counts.get(ASSIGNED, 0) + 1
+            task.state = ASSIGNED
+            if not counts[PENDING]:
+                del self.pending_jobs[job.id]
+                self.pending_from.pop(job.id, None)
             if keep_events:
                 events.append(TaskPlaced(task.id, machine.id, task.incarnation))
-            # Only a machine holding best-effort tasks can be overcommitted.
-            if not task.best_effort and machine.account.be_packed:
-                touched[machine.id] = machine
         for machine in touched.values():
             squeezed = self._squeeze_best_effort(machine, events)
             if self.rules >= 2:
@@ -1192,32 +1222,6 @@ class CellState:
         else:
             job.available -= 1
             task.healthy_at = None
-
-    def _place(self, task: Task, machine: Machine, at: float) -> None:
-        """Put a pending task on `machine`: the state's half of an accepted claim."""
-        if not task.best_effort:
-            task.reserved, task.reserved_packed = task.demand, task.need.whole
-        self.ledger.add(task, machine.account)
-        machine.tasks[task.id] = None
-        # `_touch`, written out: this is the commit's hot path.
-        machine.seqnum += 1
-        machine.changed = self.stamp
-        if self.changed_machines is not None:
-            self.changed_machines.add(machine.id)
-        task.machine = machine.id
-        task.placed_at = at
-        task.healthy = None
-        # `_move` from pending to assigned, written out likewise (neither state
-        # is running, so availability does not change).
-        job = self.jobs[task.job]
-        self.moves[job.id] = self.moves.get(job.id, 0) + 1
-        counts = job.counts
-        counts[PENDING] -= 1
-        counts[ASSIGNED] = counts.get(ASSIGNED, 0) + 1
-        task.state = ASSIGNED
-        if not counts[PENDING]:
-            del self.pending_jobs[job.id]
-            self.pending_from.pop(job.id, None)
 
     def _release(self, task: Task) -> Machine:
         """Take an active task's claim off its machine; the caller sets its state."""
