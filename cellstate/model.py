@@ -540,6 +540,10 @@ class Job:
     # version the first version of the same shape (`JobSpec.shape`).
     available: int = 0
     shapes: list[int] = attrs.field(factory=list)
+    # Derived, never serialised: how many times one of its tasks was put on or taken off a
+    # machine. Whoever knew where this job's tasks were at one count knows it still at the
+    # same count, without reading every task again (a scheduler's `feasible.job_rows`).
+    moves: int = attrs.field(default=0, eq=False)
     # The last version whose rollout completed (the first, at submission).
     stable_version: int = 1
     rollouts: list[Rollout] = attrs.field(factory=list)

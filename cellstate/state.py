@@ -163,10 +163,6 @@ class CellState:
         # A scheduler takes a big job's pending tasks a few per decision; reading
         # them from the first task each time made placing the job quadratic.
         self.pending_from: dict[str, tuple[Job, int]] = {}
-        # Per job id, how many times one of its tasks was put on or taken off a
-        # machine (never reset): whoever knew where a job's tasks were at one count
-        # knows it still at the same count, without reading every task again.
-        self.moves: dict[str, int] = {}
         # Jobs with lifecycle work for their scheduler: an update in progress,
         # placed tasks beyond their size, replaced tasks still running, tasks on
         # draining machines (`settled`).
@@ -1101,7 +1097,6 @@ class CellState:
         reviews: dict[str, None] = {}
         at = cmd.at
         ledger, jobs, stamp, changed = self.ledger, self.jobs, self.stamp, self.changed_machines
-        moves = self.moves
         for task, machine, victims, old in accepted(self, cmd.txn, rejected):
             placed += 1
             for victim in victims:
@@ -1136,7 +1131,7 @@ class CellState:
             task.healthy = None
             # Neither state is running, so availability does not change.
             job = jobs[task.job]
-            moves[job.id] = moves.get(job.id, 0) + 1
+            job.moves += 1
             counts = job.counts
             counts[PENDING] -= 1
             counts[ASSIGNED] = counts.get(ASSIGNED, 0) + 1
@@ -1226,7 +1221,7 @@ class CellState:
     def _release(self, task: Task) -> Machine:
         """Take an active task's claim off its machine; the caller sets its state."""
         machine = self.machines[task.machine]  # type: ignore[index]
-        self.moves[task.job] = self.moves.get(task.job, 0) + 1
+        self.jobs[task.job].moves += 1
         self.ledger.remove(task, machine.account)
         task.reserved, task.reserved_packed = EMPTY, 0
         del machine.tasks[task.id]

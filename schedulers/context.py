@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cellstate import CellState, Machine, Task
+from cellstate import CellState, Job, Machine, Task
 from schedulers.avoid import PREFERRED
 from schedulers.table import Demand, MachineTable
 
@@ -46,7 +46,7 @@ class DecisionContext:
         rng: random.Random,
         sampling: bool,
         tiers: np.ndarray | None = None,
-        known_rows: dict[str, tuple[int, np.ndarray]] | None = None,
+        known_rows: dict[str, tuple[Job, int, np.ndarray]] | None = None,
     ) -> None:
         self.cell = cell
         self.table = table
@@ -83,7 +83,7 @@ class DecisionContext:
         # refuses a claim that takes more than its budget spares (`spare`).
         self.spent: dict[str, int] = {}
         self.job_rows: dict[str, np.ndarray] = {}  # job -> rows of its active tasks
-        # Across decisions (the core's): job -> (`CellState.moves` count, rows then).
+        # Across decisions (the core's): job id -> (the job, its `Job.moves` count, rows then).
         self.known_rows = known_rows
         # (static filters, constraints) -> mask and machines removed by reason
         # (`feasible.static_feasible`).

@@ -179,8 +179,8 @@ class SchedulerCore:
         self._seen: set[str] = set()
         self._placed: set[str] = set()
         # Where the tasks of the jobs it decides are (`feasible.job_rows`), as of a
-        # count of `CellState.moves`, and the copy of the cell that counted.
-        self._known_rows: dict[str, tuple[int, np.ndarray]] = {}
+        # count of `Job.moves`, and the copy of the cell that counted.
+        self._known_rows: dict[str, tuple[Job, int, np.ndarray]] = {}
         self._rows_cell: CellState | None = None
 
     # -- what is ours ------------------------------------------------------------
@@ -430,7 +430,7 @@ class SchedulerCore:
             entry = known.get(jid)
             if entry is not None:
                 more = np.asarray(rows, dtype=np.intp)
-                known[jid] = (entry[0] + len(rows), np.concatenate((entry[1], more)))
+                known[jid] = (entry[0], entry[1] + len(rows), np.concatenate((entry[2], more)))
 
     def _paper_result(
         self, cell: CellState, decision: Decision, result: CommitResult, now: float

@@ -36,10 +36,11 @@ def job_rows(ctx: DecisionContext, job: Job) -> np.ndarray:
     rows = ctx.job_rows.get(job.id)
     if rows is None:
         cell = ctx.cell
-        moves = cell.moves.get(job.id, 0)
+        moves = job.moves
         known = None if ctx.known_rows is None else ctx.known_rows.get(job.id)
-        if known is not None and known[0] == moves:
-            rows = known[1]
+        # The same job (an id can be reused), moved no more since.
+        if known is not None and known[0] is job and known[1] == moves:
+            rows = known[2]
         else:
             machines, tasks = cell.machines, cell.tasks
             # Every task of the job, for each job of every decision: no generator
@@ -54,7 +55,7 @@ def job_rows(ctx: DecisionContext, job: Job) -> np.ndarray:
             )
         ctx.job_rows[job.id] = rows
         if ctx.known_rows is not None:
-            ctx.known_rows[job.id] = (moves, rows)
+            ctx.known_rows[job.id] = (job, moves, rows)
     return rows
 
 

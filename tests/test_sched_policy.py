@@ -159,20 +159,20 @@ def test_a_later_job_of_the_decision_sees_the_room_an_earlier_one_took():
 def test_where_a_jobs_tasks_are_is_carried_across_decisions_until_a_task_moves_otherwise():
     # Reading every task of every pending job for each decision was a service
     # scheduler's largest cost at a million tasks; the core keeps the rows its
-    # accepted claims add, trusted while `CellState.moves` counts only those.
+    # accepted claims add, trusted while `Job.moves` counts only those.
     cell = cell_with(machines=3, cpu=8000)
     submit(cell, "web", tasks=4, cpu=500, scheduler=SERVICE, anti_affinity=True)
     sched = core(SERVICE, max_claims=2)
     step(sched, cell)
     held = set(placements(cell, "web"))
-    moves, known = sched._known_rows["web"]
-    assert moves == cell.moves["web"] == 2
+    job, moves, known = sched._known_rows["web"]
+    assert job is cell.jobs["web"] and moves == job.moves == 2
     assert set(known.tolist()) == {cell.machines[m].index for m in held}
     # Someone else puts a task of the job on the last machine: a move the core
     # did not make, so it reads the tasks again and sees no machine left.
     (last,) = {"m0", "m1", "m2"} - held
     commit(cell, ("web.2", last), at=6.0)
-    assert cell.moves["web"] == 3
+    assert cell.jobs["web"].moves == 3
     decision, _ = step(sched, cell, now=7.0)
     assert decision is None or not decision.transaction.claims
 
