@@ -246,6 +246,7 @@ def describe(title: str, result: dict[str, Any]) -> None:
             f"rejected {f.get('claims_rejected', 0):6.0f}  "
             f"conflict_fraction {f.get('conflict_fraction', math.nan):.3f}  "
             f"spilled {f.get('claims_spilled', 0):.0f}  "
+            f"fallbacks {f.get('sample_fallbacks', 0):.0f}/{f.get('sampled', 0):.0f}  "
             f"busyness {f.get('busyness', 0):.2f}  "
             f"decision p50 {1000 * f.get('decision_seconds.p50', 0):.0f} ms  "
             f"busy/commit/catch-up {f.get('busy_seconds', 0):.1f}/"

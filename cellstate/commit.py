@@ -69,7 +69,7 @@ yields nothing unless every claim passed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from cellstate import reasons
@@ -89,7 +89,7 @@ from cellstate.model import (
 )
 
 if TYPE_CHECKING:
-    from cellstate.model import Machine, Task
+    from cellstate.model import JobSpec, Machine, Task
     from cellstate.state import CellState
 
 PENDING = TaskState.PENDING
@@ -97,7 +97,9 @@ RUNNING = TaskState.RUNNING
 UP = MachineState.UP
 # What to apply: the task (a replacement not yet in the cell when the last
 # item, the task it replaces, is given), its machine, and the victims.
-Placement = tuple["Task", "Machine", list["Task"], "Task | None"]
+Placement = tuple["Task", "Machine", Sequence["Task"], "Task | None"]
+# Most claims name none; one shared empty tuple rather than a list per claim.
+NO_VICTIMS: tuple[Task, ...] = ()
 # The rules that first check disruption budgets (`model.RULES`).
 BUDGET_RULES = 3
 
@@ -119,7 +121,7 @@ class _Overlay:
         self.deltas: dict[str, Account] = {}
         self.pending = Ledger()
 
-    def take(self, task: Task, machine: Machine, victims: list[Task], claimed: str) -> None:
+    def take(self, task: Task, machine: Machine, victims: Sequence[Task], claimed: str) -> None:
         self.claimed.add(claimed)
         self.jobs_on.setdefault(machine.id, set()).add(task.job)
         delta = self.deltas.get(machine.id)
@@ -130,70 +132,6 @@ class _Overlay:
             self.pending.remove(victim, delta)
         # A placed regular task reserves its whole demand.
         self.pending.add(task, delta, reserved=task.need.whole)
-
-
-def _validate(
-    cell: CellState,
-    claim: Claim,
-    coarse: bool,
-    seqnums: dict[str, int],
-    overlay: _Overlay | None,
-) -> tuple[str | None, Task | None, Machine | None, list[Task]]:
-    """Judge one claim against the latest state (plus `overlay`); return the
-    reason it is rejected (None if accepted), its task (for a replacement, the
-    new task, not yet in the cell), machine and victims."""
-    task = cell.tasks.get(claim.task)
-    if task is None:
-        return reasons.TASK_UNKNOWN, None, None, []
-    if overlay is not None and task.id in overlay.claimed:
-        return reasons.TASK_NOT_PENDING, task, None, []
-    if claim.replace:
-        if cell.rules < BUDGET_RULES or not cell.replaceable(task):
-            return reasons.NOT_REPLACEABLE, task, None, []
-        task = cell.successor(task)
-    elif task.state is not PENDING:
-        return reasons.TASK_NOT_PENDING, task, None, []
-    machine = cell.machines.get(claim.machine)
-    if machine is None:
-        return reasons.MACHINE_UNKNOWN, task, None, []
-    if machine.state is not UP:
-        return reasons.MACHINE_NOT_UP, task, machine, []
-    if coarse and claim.seqnum != seqnums.get(machine.id, machine.seqnum):
-        return reasons.MACHINE_CHANGED, task, machine, []
-
-    spec = cell.jobs[task.job].spec
-    if spec.constraints:
-        labels = machine.labels
-        for key, value in spec.constraints.items():
-            if labels.get(key) != value:
-                return reasons.constraint(key), task, machine, []
-    if spec.anti_affinity:
-        tasks = cell.tasks
-        job = task.job
-        if any(tasks[tid].job == job for tid in machine.tasks) or (
-            overlay is not None and job in overlay.jobs_on.get(machine.id, ())
-        ):
-            return reasons.ANTI_AFFINITY, task, machine, []
-
-    delta = overlay.deltas.get(machine.id) if overlay is not None else None
-    victims: list[Task] = []
-    if claim.victims:
-        victims, reason = _victims(cell, claim, task, machine, coarse, overlay)
-        if reason is None and cell.rules >= BUDGET_RULES:
-            reason = _budget(cell, victims, overlay.lost if overlay is not None else {})
-        if reason is not None:
-            return reason, task, machine, []
-        if victims:
-            delta = delta.copy() if delta is not None else Account.delta()
-            scratch = Ledger()  # victims' quota is not the claim's concern
-            for victim in victims:
-                scratch.remove(victim, delta)
-    reason = cell.ledger.refusal(
-        task, machine.account, delta, overlay.pending if overlay is not None else None
-    )
-    if reason is not None:
-        return reason, task, machine, []
-    return None, task, machine, victims
 
 
 def _victims(
@@ -291,65 +229,133 @@ def _stop_refusal(cell: CellState, stop: Stop) -> str | None:
 
 
 def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> Iterator[Placement]:
-    """Judge `txn` against `cell`; yield (task, machine, victims) for each claim to
-    apply, and append a `Rejection` to `rejected` for each claim refused.
+    """Judge `txn` against `cell`; yield (task, machine, victims, replaced) for each
+    claim to apply, and append a `Rejection` to `rejected` for each claim refused.
 
     The caller applies each yielded placement before asking for the next: an
     incremental transaction's later claims are judged against the state the
-    earlier ones left. See the module docstring for the rules."""
+    earlier ones left. An all-or-nothing one is judged whole against an overlay
+    (`_Overlay`) first. See the module docstring for the rules.
+
+    Every claim of every commit is judged in this one loop, written out rather
+    than a function per claim: it is the cell's hottest path."""
     coarse = txn.conflicts is ConflictMode.COARSE
     # Sequence numbers as the scheduler read them: before this txn's own claims.
     seqnums: dict[str, int] = {}
     named: set[str] = set()
     # Rules 1 judged a repeated task like any other claim (see `_rules_1_verdicts`).
     dedup = cell.rules >= 2
-    if txn.mode is TxnMode.INCREMENTAL:
-        for claim in txn.claims:
-            if dedup and claim.task in named:
-                rejected.append(Rejection(claim.task, claim.machine, reasons.DUPLICATE_CLAIM))
+    # Counted once, so that a transaction without repeats (all but a broken
+    # scheduler's) pays nothing per claim for the check.
+    repeats = dedup and len({claim.task for claim in txn.claims}) < len(txn.claims)
+    overlay = None if txn.mode is TxnMode.INCREMENTAL else _Overlay()
+    plan: list[Placement] = []
+    # All-or-nothing, per claim: its Rejection, or None if it passed (and is in `plan`).
+    verdicts: list[Rejection | None] = []
+    # Where a refusal goes: straight into the answer, or (all-or-nothing) among the verdicts.
+    refused = rejected if overlay is None else verdicts
+    tasks, machines, jobs = cell.tasks, cell.machines, cell.jobs
+    for claim in txn.claims:
+        if repeats:
+            if claim.task in named:
+                refused.append(_rejection(claim, reasons.DUPLICATE_CLAIM, None))
                 continue
             named.add(claim.task)
-            reason, task, machine, victims = _validate(cell, claim, coarse, seqnums, None)
-            if reason is not None:
-                rejected.append(_rejection(claim, reason, machine))
-                continue
-            if coarse and machine.id not in seqnums:  # type: ignore[union-attr]
-                seqnums[machine.id] = machine.seqnum  # type: ignore[union-attr]
-            old = cell.tasks[claim.task] if claim.replace else None
-            yield task, machine, victims, old  # type: ignore[misc]
-        return
-
-    overlay = _Overlay()
-    plan: list[Placement] = []
-    verdicts: list[str | None] = []
-    # The machine each refused claim was judged on, for what it lost to.
-    judged: list[Machine | None] = []
-    for claim in txn.claims:
-        if dedup and claim.task in named:
-            verdicts.append(reasons.DUPLICATE_CLAIM)
-            judged.append(None)
+        task = tasks.get(claim.task)
+        if task is None:
+            refused.append(_rejection(claim, reasons.TASK_UNKNOWN, None))
             continue
-        named.add(claim.task)
-        reason, task, machine, victims = _validate(cell, claim, coarse, seqnums, overlay)
-        verdicts.append(reason)
-        judged.append(machine)
-        if reason is None:
-            old = cell.tasks[claim.task] if claim.replace else None
-            overlay.take(task, machine, victims, claim.task)  # type: ignore[arg-type]
-            plan.append((task, machine, victims, old))  # type: ignore[arg-type]
+        if overlay is not None and task.id in overlay.claimed:
+            refused.append(_rejection(claim, reasons.TASK_NOT_PENDING, None))
+            continue
+        old = None
+        if claim.replace:
+            if cell.rules < BUDGET_RULES or not cell.replaceable(task):
+                refused.append(_rejection(claim, reasons.NOT_REPLACEABLE, None))
+                continue
+            # The task is a new one, not yet in the cell, replacing `old`.
+            old, task = task, cell.successor(task)
+        elif task.state is not PENDING:
+            refused.append(_rejection(claim, reasons.TASK_NOT_PENDING, None))
+            continue
+        machine = machines.get(claim.machine)
+        if machine is None:
+            refused.append(_rejection(claim, reasons.MACHINE_UNKNOWN, None))
+            continue
+        if machine.state is not UP:
+            refused.append(_rejection(claim, reasons.MACHINE_NOT_UP, machine))
+            continue
+        if coarse and claim.seqnum != seqnums.get(machine.id, machine.seqnum):
+            refused.append(_rejection(claim, reasons.MACHINE_CHANGED, machine))
+            continue
+        spec = jobs[task.job].spec
+        if spec.constraints or spec.anti_affinity:
+            reason = _placement_refusal(cell, task, spec, machine, overlay)
+            if reason is not None:
+                refused.append(_rejection(claim, reason, machine))
+                continue
+        delta = overlay.deltas.get(machine.id) if overlay is not None else None
+        victims: Sequence[Task] = NO_VICTIMS
+        if claim.victims:
+            victims, reason = _victims(cell, claim, task, machine, coarse, overlay)
+            if reason is None and cell.rules >= BUDGET_RULES:
+                reason = _budget(cell, victims, overlay.lost if overlay is not None else {})
+            if reason is not None:
+                refused.append(_rejection(claim, reason, machine))
+                continue
+            if victims:
+                delta = delta.copy() if delta is not None else Account.delta()
+                scratch = Ledger()  # victims' quota is not the claim's concern
+                for victim in victims:
+                    scratch.remove(victim, delta)
+        reason = cell.ledger.refusal(
+            task, machine.account, delta, overlay.pending if overlay is not None else None
+        )
+        if reason is not None:
+            refused.append(_rejection(claim, reason, machine))
+            continue
+        if overlay is None:
+            if coarse and machine.id not in seqnums:
+                seqnums[machine.id] = machine.seqnum
+            yield task, machine, victims, old
+        else:
+            verdicts.append(None)
+            overlay.take(task, machine, victims, claim.task)
+            plan.append((task, machine, victims, old))
+    if overlay is None:
+        return
     if len(plan) < len(txn.claims):
         if not dedup:
             rejected.extend(_rules_1_verdicts(txn, verdicts))
             return
-        for claim, reason, machine in zip(txn.claims, verdicts, judged, strict=True):
+        for claim, verdict in zip(txn.claims, verdicts, strict=True):
             # An aborted claim lost to its own transaction, not to the machine.
             rejected.append(
-                _rejection(claim, reason, machine)
-                if reason
+                verdict
+                if verdict is not None
                 else Rejection(claim.task, claim.machine, reasons.ABORTED)
             )
         return
     yield from plan
+
+
+def _placement_refusal(
+    cell: CellState, task: Task, spec: JobSpec, machine: Machine, overlay: _Overlay | None
+) -> str | None:
+    """Why the job's constraints or anti-affinity keep `task` off `machine`; None if
+    they do not."""
+    labels = machine.labels
+    for key, value in spec.constraints.items():
+        if labels.get(key) != value:
+            return reasons.constraint(key)
+    if spec.anti_affinity:
+        tasks = cell.tasks
+        job = task.job
+        if any(tasks[tid].job == job for tid in machine.tasks) or (
+            overlay is not None and job in overlay.jobs_on.get(machine.id, ())
+        ):
+            return reasons.ANTI_AFFINITY
+    return None
 
 
 def _rejection(claim: Claim, reason: str, machine: Machine | None) -> Rejection:
@@ -361,12 +367,14 @@ def _rejection(claim: Claim, reason: str, machine: Machine | None) -> Rejection:
     return Rejection(claim.task, claim.machine, reason, changed[1], changed[0])
 
 
-def _rules_1_verdicts(txn: Transaction, verdicts: list[str | None]) -> list[Rejection]:
+def _rules_1_verdicts(txn: Transaction, verdicts: list[Rejection | None]) -> list[Rejection]:
     """A failed all-or-nothing transaction's answer as rules 1 gave it: the
-    refused claims, then `aborted` for the claims of tasks not refused, so
-    that a task named twice could go without a verdict."""
+    refused claims (without what they lost to), then `aborted` for the claims of
+    tasks not refused, so that a task named twice could go without a verdict."""
     refused = [
-        Rejection(c.task, c.machine, r) for c, r in zip(txn.claims, verdicts, strict=True) if r
+        Rejection(c.task, c.machine, v.reason)
+        for c, v in zip(txn.claims, verdicts, strict=True)
+        if v is not None
     ]
     failed = {r.task for r in refused}
     aborted = [

@@ -8,6 +8,7 @@ naming the first broken promise.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,11 @@ def check(cell: CellState) -> None:
             raise InvariantViolation(f"job {job.id} has lifecycle work but is not unsettled")
         if (job.id in cell.pending_jobs) != bool(counts.get(TaskState.PENDING)):
             raise InvariantViolation(f"job {job.id} pending index is wrong")
+        mark = cell.pending_from.get(job.id)
+        if mark is not None and mark[0] is job:
+            for tid in itertools.islice(job.task_ids, mark[1]):
+                if cell.tasks[tid].state is TaskState.PENDING:
+                    raise InvariantViolation(f"job {job.id}: pending task {tid} before its mark")
 
 
 def check_machines(cell: CellState, machine_ids: Iterable[str]) -> None:

@@ -67,6 +67,23 @@ _SLOTS: dict[str, int] = {name: i for i, name in enumerate(DIMENSIONS)}
 _ALL_BIAS = [sum(BIAS << (FIELD_BITS * i) for i in range(len(_SLOTS)))]
 
 
+# Quota keys as small integers, assigned per process as they appear (as fields are): the
+# ledger books one per placement, and an integer hashes and compares for nothing where a
+# tuple is hashed anew at every lookup. `QUOTA_KEYS[i]` is the key of id i.
+_QUOTA_IDS: dict[QuotaKey, int] = {}
+QUOTA_KEYS: list[QuotaKey] = []
+
+
+def quota_id(owner: str, band: int) -> int:
+    """The process's integer for the quota key (owner, band)."""
+    key = (owner, int(band))
+    found = _QUOTA_IDS.get(key)
+    if found is None:
+        found = _QUOTA_IDS[key] = len(QUOTA_KEYS)
+        QUOTA_KEYS.append(key)
+    return found
+
+
 def slot(dim: str) -> int:
     """The field of dimension `dim` in packed vectors (assigned on first use)."""
     found = _SLOTS.get(dim)
@@ -105,6 +122,8 @@ def unpack(packed: int, dims: Iterable[str]) -> Vector:
 
 
 _RECLAIM_MASK = _mask(RECLAIMABLE)
+# Every bit of every field but the reclaimable ones.
+_EXCLUSIVE_FIELDS = ~sum(_FIELD_MASK << (FIELD_BITS * slot(dim)) for dim in RECLAIMABLE)
 
 
 class Need:
@@ -124,26 +143,23 @@ class Account:
     """One machine's books; see the module docstring.
 
     `room` and `be_room` are the biased packed rooms for one more regular and
-    best-effort task; `used_packed` and `be_packed` the packed holdings. A
+    best-effort task; `be_packed` the packed limits of best-effort tasks. A
     *delta* account (`Account.delta()`) holds unbiased changes not yet applied
     (an overlay's claims, a claim's victims), added to a real account's rooms."""
 
-    __slots__ = ("_base", "be_packed", "be_room", "capacity", "room", "undeclared", "used_packed")
+    __slots__ = ("_base", "be_packed", "be_room", "capacity", "declared", "room")
 
     def __init__(self, capacity: Mapping[str, int]) -> None:
         self.capacity: Mapping[str, int] = capacity
-        self.used_packed = 0
         self.be_packed = 0
         self._base = _bias(capacity) + pack(capacity)
         self.room = self.be_room = self._base
-        # Fields of dimensions the machine lacks: a demand there never fits.
-        self.undeclared = ~_mask(capacity)
+        # Bias bits of the dimensions the machine has: a demand elsewhere never fits.
+        self.declared = _mask(capacity)
 
     @classmethod
     def delta(cls) -> Account:
-        made = cls(EMPTY)
-        made.undeclared = 0
-        return made
+        return cls(EMPTY)
 
     def resize(self, capacity: Mapping[str, int]) -> None:
         """Declare a new capacity; what the machine holds stays booked."""
@@ -152,7 +168,7 @@ class Account:
         self.be_room += base - self._base
         self._base = base
         self.capacity = capacity
-        self.undeclared = ~_mask(capacity)
+        self.declared = _mask(capacity)
 
     def shortfall(self, need: Need, best_effort: bool, delta: Account | None = None) -> str | None:
         """The first dimension of `need` (in its canonical order) in which one more
@@ -202,7 +218,10 @@ class Account:
 
     @property
     def used(self) -> Vector:
-        return unpack(self.used_packed, self.capacity)
+        # What regular tasks and best-effort devices took from the regular room, less
+        # the latter: one fewer integer to keep per placement.
+        taken = self._base - self.room - (self.be_packed & _EXCLUSIVE_FIELDS)
+        return unpack(taken, self.capacity)
 
     @property
     def best_effort(self) -> Vector:
@@ -234,8 +253,8 @@ class Account:
 
     def copy(self) -> Account:
         other = Account.__new__(Account)
-        other.capacity, other._base, other.undeclared = self.capacity, self._base, self.undeclared
-        other.used_packed, other.be_packed = self.used_packed, self.be_packed
+        other.capacity, other._base, other.declared = self.capacity, self._base, self.declared
+        other.be_packed = self.be_packed
         other.room, other.be_room = self.room, self.be_room
         return other
 
@@ -255,34 +274,42 @@ class Ledger:
 
     def __init__(self) -> None:
         self.limits: dict[QuotaKey, Vector] = {}
-        # Packed quota taken per owner and band.
-        self.taken: dict[QuotaKey, int] = {}
+        # Packed quota taken per owner and band, by `quota_id`.
+        self.taken: dict[int, int] = {}
 
-    def add(self, task: Task, account: Account, reserved: int | None = None, sign: int = 1) -> None:
+    def add(self, task: Task, account: Account, reserved: int | None = None) -> None:
         """Book `task` on `account` and its owner: its limits, and for a regular task
         its reservation (packed; `reserved` overrides the task's own, for a claim
-        not yet placed, which reserves its whole demand). `sign=-1` takes it back."""
-        # Written out in one place: every placement and release in the cell runs it.
+        not yet placed, which reserves its whole demand)."""
+        # Written out, sign by sign, with `remove`: every placement and release
+        # in the cell runs one of the two.
         need = task.need
-        whole = need.whole if sign == 1 else -need.whole
+        whole = need.whole
         if task.best_effort:
             account.be_packed += whole
             account.be_room -= whole
-            account.room -= need.exclusive if sign == 1 else -need.exclusive
+            account.room -= need.exclusive
             return
-        account.used_packed += whole
         account.room -= whole
-        held = task.reserved_packed if reserved is None else reserved
-        if sign == 1:
-            account.be_room -= held
-        else:
-            account.be_room += held
-        key = (task.owner, task.band)
-        self.taken[key] = self.taken.get(key, 0) + whole
+        account.be_room -= task.reserved_packed if reserved is None else reserved
+        taken = self.taken
+        key = task.quota
+        taken[key] = taken.get(key, 0) + whole
 
     def remove(self, task: Task, account: Account) -> None:
         """Take back exactly what `add` booked for the same task."""
-        self.add(task, account, None, -1)
+        need = task.need
+        whole = need.whole
+        if task.best_effort:
+            account.be_packed -= whole
+            account.be_room += whole
+            account.room += need.exclusive
+            return
+        account.room += whole
+        account.be_room += task.reserved_packed
+        taken = self.taken
+        key = task.quota
+        taken[key] = taken.get(key, 0) - whole
 
     def reserve(self, task: Task, account: Account, reserved: Mapping[str, int]) -> None:
         """Replace a placed regular task's reservation with `reserved`."""
@@ -306,15 +333,19 @@ class Ledger:
         room = account.be_room if task.best_effort else account.room
         if delta is not None:
             room += delta.be_room if task.best_effort else delta.room
-        if mask & account.undeclared or (room - need.whole) & mask != mask:
+        # Each field of `need` must keep its bias bit after the subtraction, and be one the
+        # machine declares. An undeclared field has no bias and may borrow from the field
+        # above; a borrow only ever clears a bit, never sets one, so it cannot pass a
+        # claim that does not fit, and the undeclared field itself fails on `declared`.
+        if (room - need.whole) & mask & account.declared != mask:
             dim = account.shortfall(need, task.best_effort, delta)
             if dim is None:  # pragma: no cover - the packed test and the fields disagree
                 raise AssertionError(f"packed room of {task.id} disagrees with its fields")
             return reasons.short(dim, account.capacity.get(dim, 0))
         if not self.limits or task.best_effort:
             return None
-        key = (task.owner, task.band)
-        limit = self.limits.get(key)
+        key = task.quota
+        limit = self.limits.get(QUOTA_KEYS[key])
         if limit is None:
             return None
         demand = task.need.amounts
@@ -338,7 +369,7 @@ class Ledger:
         for key, taken in self.taken.items():
             counted = _nonzero(unpack(taken, _SLOTS))
             if counted:
-                out[key] = counted
+                out[QUOTA_KEYS[key]] = counted
         return out
 
 

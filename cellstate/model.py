@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from cellstate.ledger import EMPTY, Account, Need
+from cellstate.ledger import EMPTY, Account, Need, quota_id
 from cellstate.resources import REQUIRED, Resources
 
 # The cell's rules: how commands are judged. A release that changes what a
@@ -540,6 +540,10 @@ class Job:
     # version the first version of the same shape (`JobSpec.shape`).
     available: int = 0
     shapes: list[int] = attrs.field(factory=list)
+    # Derived, never serialised: how many times one of its tasks was put on or taken off a
+    # machine. Whoever knew where this job's tasks were at one count knows it still at the
+    # same count, without reading every task again (a scheduler's `feasible.job_rows`).
+    moves: int = attrs.field(default=0, eq=False)
     # The last version whose rollout completed (the first, at submission).
     stable_version: int = 1
     rollouts: list[Rollout] = attrs.field(factory=list)
@@ -626,11 +630,14 @@ class Task:
     replaces: str | None = None
     replaced_by: str | None = None
     band: Band = attrs.field(init=False)
+    # Where the ledger books its quota: (owner, band) as a `quota_id`, made once, not per claim.
+    quota: int = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         # `Band.of`, written out: every task the cell makes comes through here.
         number = self.priority // 100
         self.band = _BANDS[number] if 0 <= number < len(_BANDS) else Band(number)
+        self.quota = quota_id(self.owner, self.band)
 
 
 # An API token's name: what `omega token revoke` and the audit trail show.

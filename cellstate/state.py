@@ -27,6 +27,7 @@ Invariants kept by every command (`check_invariants` verifies them):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import attrs
@@ -73,7 +74,7 @@ from cellstate.commands import (
     UpdateJob,
 )
 from cellstate.commit import accepted, judge_stops
-from cellstate.ledger import EMPTY, Account, Ledger, Need
+from cellstate.ledger import EMPTY, Account, Ledger, Need, quota_id
 from cellstate.model import (
     ACTIVE_STATES,
     MAX_TASKS_PER_JOB,
@@ -161,6 +162,11 @@ class CellState:
         # Device names the cell's machines, jobs and quotas use (`MAX_CELL_DEVICE_KINDS`).
         self.device_kinds: set[str] = set()
         self.pending_jobs: dict[str, None] = {}
+        # Per pending job, a position in its `task_ids` before which none of its
+        # tasks is pending, and the job it was found for (a job id can be reused).
+        # A scheduler takes a big job's pending tasks a few per decision; reading
+        # them from the first task each time made placing the job quadratic.
+        self.pending_from: dict[str, tuple[Job, int]] = {}
         # Jobs with lifecycle work for their scheduler: an update in progress,
         # placed tasks beyond their size, replaced tasks still running, tasks on
         # draining machines (`settled`).
@@ -465,6 +471,7 @@ class CellState:
             del self.tasks[tid]
         del self.jobs[job.id]
         self.pending_jobs.pop(job.id, None)
+        self.pending_from.pop(job.id, None)
         self.unsettled.pop(job.id, None)
         self.needs.pop(job.id, None)
 
@@ -691,6 +698,7 @@ class CellState:
             task.need = self._need_of(job)
         task.priority = spec.priority
         task.band = spec.band
+        task.quota = quota_id(task.owner, spec.band)
         task.best_effort = spec.band is Band.BEST_EFFORT
         task.checked = spec.check is not None
 
@@ -1094,24 +1102,52 @@ class CellState:
         placed = 0
         keep_events = self.keep_events
         reviews: dict[str, None] = {}
+        at = cmd.at
+        ledger, jobs, stamp, changed = self.ledger, self.jobs, self.stamp, self.changed_machines
         for task, machine, victims, old in accepted(self, cmd.txn, rejected):
             placed += 1
             for victim in victims:
                 if victim is old:
                     # Stop first: its replacement needs the room it holds.
-                    self._retire(victim, "replaced", cmd.at, events)
+                    self._retire(victim, "replaced", at, events)
                     continue
                 self._evict(victim, "preempted", events)
                 preempted.append(victim.id)
             if old is not None:
-                task = self._adopt(task, old, cmd.at)
+                task = self._adopt(task, old, at)
                 reviews[task.job] = None
-            self._place(task, machine, cmd.at)
+            # Put the pending task on the machine: the state's half of an accepted
+            # claim, written out here (with `_touch`, and `_move` from pending to
+            # assigned) because every claim of every commit runs it.
+            account = machine.account
+            if task.best_effort:
+                ledger.add(task, account)
+            else:
+                task.reserved, task.reserved_packed = task.demand, task.need.whole
+                ledger.add(task, account)
+                # Only a machine holding best-effort tasks can be overcommitted.
+                if account.be_packed:
+                    touched[machine.id] = machine
+            machine.tasks[task.id] = None
+            machine.seqnum += 1
+            machine.changed = stamp
+            if changed is not None:
+                changed.add(machine.id)
+            task.machine = machine.id
+            task.placed_at = at
+            task.healthy = None
+            # Neither state is running, so availability does not change.
+            job = jobs[task.job]
+            job.moves += 1
+            counts = job.counts
+            counts[PENDING] -= 1
+            counts[ASSIGNED] = counts.get(ASSIGNED, 0) + 1
+            task.state = ASSIGNED
+            if not counts[PENDING]:
+                del self.pending_jobs[job.id]
+                self.pending_from.pop(job.id, None)
             if keep_events:
                 events.append(TaskPlaced(task.id, machine.id, task.incarnation))
-            # Only a machine holding best-effort tasks can be overcommitted.
-            if not task.best_effort and machine.account.be_packed:
-                touched[machine.id] = machine
         for machine in touched.values():
             squeezed = self._squeeze_best_effort(machine, events)
             if self.rules >= 2:
@@ -1166,8 +1202,10 @@ class CellState:
         task.state = new
         if new is PENDING:
             self.pending_jobs[job.id] = None
+            self.pending_from.pop(job.id, None)  # it may lie before the mark
         elif old is PENDING and counts[PENDING] == 0:
             del self.pending_jobs[job.id]
+            self.pending_from.pop(job.id, None)
         if old is RUNNING or new is RUNNING:
             self._availability(task, job)
 
@@ -1187,37 +1225,14 @@ class CellState:
             job.available -= 1
             task.healthy_at = None
 
-    def _place(self, task: Task, machine: Machine, at: float) -> None:
-        """Put a pending task on `machine`: the state's half of an accepted claim."""
-        if not task.best_effort:
-            task.reserved, task.reserved_packed = task.demand, task.need.whole
-        self.ledger.add(task, machine.account)
-        machine.tasks[task.id] = None
-        # `_touch`, written out: this is the commit's hot path.
-        machine.seqnum += 1
-        machine.changed = self.stamp
-        if self.changed_machines is not None:
-            self.changed_machines.add(machine.id)
-        task.machine = machine.id
-        task.placed_at = at
-        task.healthy = None
-        # `_move` from pending to assigned, written out likewise (neither state
-        # is running, so availability does not change).
-        job = self.jobs[task.job]
-        counts = job.counts
-        counts[PENDING] -= 1
-        counts[ASSIGNED] = counts.get(ASSIGNED, 0) + 1
-        task.state = ASSIGNED
-        if not counts[PENDING]:
-            del self.pending_jobs[job.id]
-
     def _release(self, task: Task) -> Machine:
         """Take an active task's claim off its machine; the caller sets its state."""
         machine = self.machines[task.machine]  # type: ignore[index]
-        # `Ledger.remove` and `_touch`, written out: every task that ends comes here.
-        self.ledger.add(task, machine.account, None, -1)
+        self.jobs[task.job].moves += 1
+        self.ledger.remove(task, machine.account)
         task.reserved, task.reserved_packed = EMPTY, 0
         del machine.tasks[task.id]
+        # `_touch`, written out: every task that ends comes here.
         machine.seqnum += 1
         machine.changed = self.stamp
         if self.changed_machines is not None:
@@ -1284,10 +1299,20 @@ class CellState:
             yield tasks[tid]
 
     def pending_tasks(self, job: Job) -> Iterator[Task]:
-        if job.counts.get(PENDING, 0):
-            for task in self.job_tasks(job):
-                if task.state is PENDING:
-                    yield task
+        """The job's pending tasks in creation order (`pending_from` skips those before)."""
+        if not job.counts.get(PENDING, 0):
+            return
+        tasks = self.tasks
+        mark = self.pending_from.get(job.id)
+        start = mark[1] if mark is not None and mark[0] is job else 0
+        first = True
+        for position, tid in enumerate(islice(job.task_ids, start, None), start):
+            task = tasks[tid]
+            if task.state is PENDING:
+                if first:
+                    self.pending_from[job.id] = (job, position)
+                    first = False
+                yield task
 
     # -- snapshots ----------------------------------------------------------------
 

@@ -573,6 +573,8 @@ class RecordingCommitter:
 # -- faults -----------------------------------------------------------------------------------
 
 FAULT_KINDS = ("leader_kill", "follower_kill", "partition_leader", "full_restart", "scheduler_kill")
+# How long after a heal the leadership is looked at again (see `_partition_leader`).
+HEAL_SETTLE_S = 2.0
 
 
 class Faults:
@@ -670,9 +672,28 @@ class Faults:
         if status is None:  # the majority's leader did not answer: the probe cannot be judged
             raise RuntimeError(f"new leader r{new} did not answer /v1/status before the heal")
         probe.cut_version = status["version"]
+        # The majority's leader and term just before the heal: an election the majority held on
+        # its own meanwhile (two replicas on a loaded machine) is not the heal's doing.
+        before = await self._leadership(majority)
         await self._sync(c.heal)
-        after = await self._sync(c.wait_leader, None, 45.0)
-        self.heal_changes.append(int(after != new))
+        await self._sync(c.wait_leader, None, 45.0)
+        # A rejoining replica that disrupts does so once it hears from the others again, or once
+        # it has caught up: look again after a while.
+        await trio.sleep(HEAL_SETTLE_S)
+        after = await self._leadership(None)
+        self.heal_changes.append(int(after != before))
+        if after != before:
+            self.say(f"heal: leadership moved from {before} to {after}")
+
+    async def _leadership(self, among: list[int] | None) -> tuple[int, int]:
+        """The agreed leader among `among` (default: all live) and its term."""
+        c = self.cluster
+        while True:
+            leader = await self._sync(c.wait_leader, among, 45.0)
+            status = await self._sync(c.status, leader, 5.0)
+            if status is not None and status.get("is_leader"):
+                return leader, int(status["term"])
+            await trio.sleep(0.05)
 
     async def _probe(self, replica: int) -> Probe:
         """Submit a job straight to `replica`'s API (no client failover)."""

@@ -2,11 +2,15 @@
 
 `--addr` and `--token` default to `OMEGA_ADDR` and `OMEGA_TOKEN` (as `omega up` sets them).
 Logs are JSON lines on stderr; SIGTERM or SIGINT stops the process after a last report.
+With `OMEGA_SCHEDULER_PROFILE=DIR` it runs under cProfile and writes DIR/<name>.prof on exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import os
+from pathlib import Path
 
 from cellstate import ConflictMode, SchedulerClass, TxnMode
 from cellstore.client import add_store_arguments, store_from_arguments
@@ -130,7 +134,17 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
 def main(argv: list[str] | None = None) -> None:
     config = config_from_args(argv)
     tune_for_large_heaps()  # it holds a whole copy of the cell (`cellstore.heap`)
-    run(config)
+    # A scheduler runs as a child of a benchmark or harness, out of reach of a profiler's
+    # command line: `OMEGA_SCHEDULER_PROFILE=DIR` makes each write DIR/<name>.prof on exit.
+    profile_dir = os.environ.get("OMEGA_SCHEDULER_PROFILE")
+    if not profile_dir:
+        run(config)
+        return
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(run, config)
+    finally:
+        profiler.dump_stats(Path(profile_dir) / f"{config.name}.prof")
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ randomness of their own, so the simulator replays them from its seed):
 `tiers` returns, per table row, the order in which machines are tried:
 `PREFERRED`, then `OTHER`, then `COOLED`; the stack turns it into a score
 penalty large enough to make (tier, best-fit score) lexicographic. With
-avoidance a scheduler scores every machine of its partition that holds
-something and a sample of the empty ones, not a sample of the whole cell
-(`sample` says why).
+avoidance a scheduler scores the machines of its partition that hold
+something (a bounded sample of them where there are many) and a sample of the
+empty ones, not a sample of the whole cell (`sample` says why).
 """
 
 from __future__ import annotations

@@ -23,8 +23,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cellstate import CellState, Machine, Task
+from cellstate import CellState, Job, Machine, Task
+from schedulers.avoid import PREFERRED
 from schedulers.table import Demand, MachineTable
+
+# Free shares are sums of floats: a machine within this of its full share is empty.
+EMPTY_TOLERANCE = 1e-9
+# Room masks a decision keeps (`DecisionContext.room_at_least`): a machine-sized
+# bool array each, updated on every placement.
+ROOM_MASKS = 16
 
 Saved = tuple[np.ndarray, np.ndarray, np.ndarray, set[str], dict[str, int]]
 
@@ -39,6 +46,7 @@ class DecisionContext:
         rng: random.Random,
         sampling: bool,
         tiers: np.ndarray | None = None,
+        known_rows: dict[str, tuple[Job, int, np.ndarray]] | None = None,
     ) -> None:
         self.cell = cell
         self.table = table
@@ -62,10 +70,24 @@ class DecisionContext:
         self.inv_cap = table.inv_cap[:n]
         self.exclusive = table.exclusive
         self.evicted: set[str] = set()
+        self._preferred: np.ndarray | None = None
+        self._preferred_rows: np.ndarray | None = None
+        # Per resource class (best effort?), which machines are empty in its room,
+        # kept in step by `take`: a decision places many jobs, and recomputing it
+        # for each read every machine (`sample`).
+        self._empty: dict[bool, np.ndarray] = {}
+        # (best effort?, column, amount) -> whether each machine has that much room
+        # there, kept in step by `take` like `_empty` (`room_at_least`).
+        self._room_masks: dict[tuple[bool, int, int], np.ndarray] = {}
         # Per job, its available tasks this decision's victims take: the store
         # refuses a claim that takes more than its budget spares (`spare`).
         self.spent: dict[str, int] = {}
         self.job_rows: dict[str, np.ndarray] = {}  # job -> rows of its active tasks
+        # Across decisions (the core's): job id -> (the job, its `Job.moves` count, rows then).
+        self.known_rows = known_rows
+        # (static filters, constraints) -> mask and machines removed by reason
+        # (`feasible.static_feasible`).
+        self.static: dict[tuple[object, ...], tuple[np.ndarray, dict[str, int]]] = {}
         self.machines: list[Machine] = cell.machine_list
 
     # -- views by resource class -------------------------------------------------
@@ -89,6 +111,44 @@ class DecisionContext:
             self._full_frac = (self.inv_cap > 0).sum(axis=1).astype(np.float64)
         return self._full_frac
 
+    @property
+    def preferred(self) -> np.ndarray:
+        """Per machine, whether it is in this scheduler's preferred tier (`avoid`);
+        all machines without tiers."""
+        if self._preferred is None:
+            tiers = self.tiers
+            self._preferred = np.ones(self.n, dtype=bool) if tiers is None else tiers == PREFERRED
+        return self._preferred
+
+    @property
+    def preferred_rows(self) -> np.ndarray:
+        """The rows of `preferred`, in order."""
+        if self._preferred_rows is None:
+            self._preferred_rows = np.flatnonzero(self.preferred)
+        return self._preferred_rows
+
+    def empty(self, best_effort: bool) -> np.ndarray:
+        """Per machine, whether it is empty in the room of `best_effort`'s class: its
+        free share is its full one (within `EMPTY_TOLERANCE`, being a sum of floats)."""
+        empty = self._empty.get(best_effort)
+        if empty is None:
+            frac = self.frac(best_effort)
+            empty = self._empty[best_effort] = frac >= self.full_frac - EMPTY_TOLERANCE
+        return empty
+
+    def room_at_least(self, best_effort: bool, j: int, amount: int) -> np.ndarray:
+        """Per machine, whether the room of `best_effort`'s class in column `j` holds
+        `amount`; shared, not to be changed. Jobs of a decision mostly ask for a few
+        task shapes: each mask is kept (up to `ROOM_MASKS`) rather than compared
+        again over every machine for each job."""
+        key = (best_effort, j, amount)
+        mask = self._room_masks.get(key)
+        if mask is None:
+            mask = self.room(best_effort)[:, j] >= amount
+            if len(self._room_masks) < ROOM_MASKS:
+                self._room_masks[key] = mask
+        return mask
+
     def demand(self, amounts: Mapping[str, int]) -> Demand | None:
         """`amounts` as the table's (column, amount) pairs; None if no machine
         has one of its dimensions."""
@@ -110,6 +170,10 @@ class DecisionContext:
             if not best_effort or exclusive[j]:
                 self.free[:, j][rows] -= taken
                 self.free_frac[rows] -= share
+        for cls, empty in self._empty.items():
+            empty[rows] = self.frac(cls)[rows] >= self.full_frac[rows] - EMPTY_TOLERANCE
+        for (cls, j, amount), mask in self._room_masks.items():
+            mask[rows] = self.room(cls)[:, j][rows] >= amount
 
     def release(self, row: int, victims: list[Task]) -> None:
         """Give back what `victims` (regular tasks on machine `row`) hold."""
@@ -126,6 +190,8 @@ class DecisionContext:
             for dim, amount in victim.reserved.items():
                 self.be_free[row, index[dim]] += amount
         self.be_free_frac = None
+        self._empty.clear()
+        self._room_masks.clear()
 
     def save(self) -> Saved:
         """A restore point (for gang jobs that turn out not to fit whole)."""
@@ -140,6 +206,8 @@ class DecisionContext:
     def restore(self, saved: Saved) -> None:
         self.free, self.be_free, self.free_frac, self.evicted, self.spent = saved
         self.be_free_frac = None
+        self._empty.clear()
+        self._room_masks.clear()
 
     def spare(self, job_id: str) -> float:
         """How many more of the job's available tasks its budget lets this decision

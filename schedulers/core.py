@@ -49,6 +49,7 @@ import zlib
 from itertools import islice
 
 import attrs
+import numpy as np
 
 from cellstate import (
     CellState,
@@ -57,7 +58,6 @@ from cellstate import (
     Job,
     SchedulerClass,
     Stop,
-    Task,
     TaskState,
     Transaction,
     TxnMode,
@@ -178,6 +178,10 @@ class SchedulerCore:
         self._last: dict[str, JobMetric] = {}
         self._seen: set[str] = set()
         self._placed: set[str] = set()
+        # Where the tasks of the jobs it decides are (`feasible.job_rows`), as of a
+        # count of `Job.moves`, and the copy of the cell that counted.
+        self._known_rows: dict[str, tuple[Job, int, np.ndarray]] = {}
+        self._rows_cell: CellState | None = None
 
     # -- what is ours ------------------------------------------------------------
 
@@ -284,7 +288,9 @@ class SchedulerCore:
             return None
         self.figures.decisions += 1
         tiers = None if self.avoider is None else self.avoider.tiers(cell, table, now)
-        ctx = DecisionContext(cell, table, self.rng, self.sampling, tiers)
+        if cell is not self._rows_cell:  # a reloaded copy counts moves afresh
+            self._rows_cell, self._known_rows = cell, {}
+        ctx = DecisionContext(cell, table, self.rng, self.sampling, tiers, self._known_rows)
         claims = []
         claimed_jobs: list[str] = []
         metrics: dict[str, JobMetric] = {}
@@ -296,9 +302,11 @@ class SchedulerCore:
                 self._seen.add(jid)
                 self.figures.wait_first_attempt.append(now - job.submitted_at)
             self.attempts[jid] = self.attempts.get(jid, 0) + 1
-            tasks = _pending(cell, job, count)
+            tasks = list(islice(cell.pending_tasks(job), count))
             metric = metrics[jid] = self._last[jid] = JobMetric(jid)
             placed = self.stack.place(ctx, job, tasks, metric)
+            self.figures.sampled += metric.sampled
+            self.figures.sample_fallbacks += metric.rescored
             unclaimed[jid] = job.counts.get(PENDING, 0) - len(placed)
             if len(placed) < len(tasks) and self.paper is None:
                 self._stalled[jid] = table.generation
@@ -361,6 +369,7 @@ class SchedulerCore:
                 f.conflict_free_transactions += 1
         if self.avoider is not None:
             self.avoider.learn(result, now)
+        self._learn_rows(cell, decision, result)
         if self.paper is not None:
             self._paper_result(cell, decision, result, now)
         lost: dict[str, dict[str, int]] = {}
@@ -400,6 +409,28 @@ class SchedulerCore:
                 else decision.explanations[jid].unplaced_reason or reasons.NO_ROOM
             )
             self._maybe_park(jid, reason)
+
+    def _learn_rows(self, cell: CellState, decision: Decision, result: CommitResult) -> None:
+        """Add the accepted claims to the rows known for their jobs, expecting one
+        move each: any other move of the job's tasks (a rival's, a loss, a stop)
+        makes the count differ, and the next decision reads its tasks again."""
+        known = self._known_rows
+        for jid in [jid for jid in known if jid not in cell.pending_jobs]:
+            del known[jid]
+        if not known or not result.accepted:
+            return
+        rejected = {r.task for r in result.rejected}
+        added: dict[str, list[int]] = {}
+        tasks, machines = cell.tasks, cell.machines
+        for claim in decision.transaction.claims:
+            task, machine = tasks.get(claim.task), machines.get(claim.machine)
+            if claim.task not in rejected and task is not None and machine is not None:
+                added.setdefault(task.job, []).append(machine.index)
+        for jid, rows in added.items():
+            entry = known.get(jid)
+            if entry is not None:
+                more = np.asarray(rows, dtype=np.intp)
+                known[jid] = (entry[0], entry[1] + len(rows), np.concatenate((entry[2], more)))
 
     def _paper_result(
         self, cell: CellState, decision: Decision, result: CommitResult, now: float
@@ -471,16 +502,6 @@ class SchedulerCore:
             lost_to=dict(sorted(self._rivals.get(job_id, {}).items())),
             last=self._last.get(job_id),
         )
-
-
-def _pending(cell: CellState, job: Job, count: int) -> list[Task]:
-    """The job's first `count` pending tasks, as `cell.pending_tasks` yields them."""
-    if count < job.counts.get(PENDING, 0):
-        return list(islice(cell.pending_tasks(job), count))
-    # All of them (the usual case: one job's every pending task): one comprehension
-    # costs half what the generator does per task.
-    tasks = cell.tasks
-    return [task for tid in job.task_ids if (task := tasks[tid]).state is PENDING]
 
 
 def _round_robin(jobs: list[Job], budget: int, out: list[tuple[Job, int]]) -> int:

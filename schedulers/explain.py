@@ -37,6 +37,10 @@ class JobMetric:
     machines_evaluated: int = 0
     machines_feasible: int = 0
     machines_scored: int = 0
+    # Placements that scored a sample of the feasible machines, and those of them
+    # whose sample lacked room, so that every feasible machine was scored after all.
+    sampled: int = 0
+    rescored: int = 0
     filtered: dict[str, int] = attrs.field(factory=dict)
     exhausted: dict[str, int] = attrs.field(factory=dict)
     unplaced_reason: str | None = None

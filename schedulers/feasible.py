@@ -30,19 +30,32 @@ class Filter(Protocol):
 
 
 def job_rows(ctx: DecisionContext, job: Job) -> np.ndarray:
-    """Table rows of the machines where the job has an active task now
-    (computed once per job and decision)."""
+    """Table rows of the machines where the job has an active task now (in no
+    particular order; computed once per job and decision, and read from
+    `ctx.known_rows` while no task of the job has moved since)."""
     rows = ctx.job_rows.get(job.id)
     if rows is None:
-        machines = ctx.cell.machines
-        rows = ctx.job_rows[job.id] = np.asarray(
-            [
-                machines[t.machine].index
-                for t in ctx.cell.job_tasks(job)
-                if t.state in ACTIVE_STATES and t.machine is not None
-            ],
-            dtype=np.intp,
-        )
+        cell = ctx.cell
+        moves = job.moves
+        known = None if ctx.known_rows is None else ctx.known_rows.get(job.id)
+        # The same job (an id can be reused), moved no more since.
+        if known is not None and known[0] is job and known[1] == moves:
+            rows = known[2]
+        else:
+            machines, tasks = cell.machines, cell.tasks
+            # Every task of the job, for each job of every decision: no generator
+            # per task (and at a million tasks, a cache miss or two each).
+            rows = np.asarray(
+                [
+                    machines[t.machine].index
+                    for tid in job.task_ids
+                    if (t := tasks[tid]).state in ACTIVE_STATES and t.machine is not None
+                ],
+                dtype=np.intp,
+            )
+        ctx.job_rows[job.id] = rows
+        if ctx.known_rows is not None:
+            ctx.known_rows[job.id] = (job, moves, rows)
     return rows
 
 
@@ -96,11 +109,10 @@ class ResourceFit:
                 yield reasons.no_capacity(dim), np.zeros(ctx.n, dtype=bool)
             else:
                 yield reasons.no_capacity(dim), ctx.capacity[:, j] > 0
-        room = ctx.room(self.best_effort)
         for dim, amount in demand.items():
             j = index.get(dim)
             if j is not None:
-                yield reasons.insufficient(dim), room[:, j] >= amount
+                yield reasons.insufficient(dim), ctx.room_at_least(self.best_effort, j, amount)
 
 
 def feasible(
@@ -120,3 +132,26 @@ def feasible(
             metric.count(reason, int(np.count_nonzero(removed)))
             alive &= ok
     return alive
+
+
+def static_feasible(
+    filters: tuple[Filter, ...], ctx: DecisionContext, job: Job, metric: JobMetric
+) -> np.ndarray:
+    """`feasible(filters, ctx, job, metric)` for a stack's static filters, which read
+    the machine table, the job's constraints and (anti-affinity) where its tasks
+    are, never the decision's rooms. Without anti-affinity that is the same for
+    every job of a decision with the same constraints: worked out once for them,
+    as a decision goes over every pending job. The mask is shared: not to be changed."""
+    spec = job.spec
+    if spec.anti_affinity:
+        return feasible(filters, ctx, job, metric)
+    key = (filters, tuple(spec.constraints.items()))
+    hit = ctx.static.get(key)
+    if hit is None:
+        counted = JobMetric(job.id)
+        mask = feasible(filters, ctx, job, counted)
+        hit = ctx.static[key] = (mask, {**counted.filtered, **counted.exhausted})
+    mask, removed = hit
+    for reason, machines in removed.items():
+        metric.count(reason, machines)
+    return mask

@@ -26,6 +26,10 @@ Definitions (per scheduler, over its lifetime):
   machine when it has no rival; 0 without avoidance); `claims_spilled`:
   claims it sent to machines of another scheduler's share because its own
   lacked room, where conflicts come back.
+- `sampled`: placements (one job in one decision) that scored a sample of
+  the feasible machines (`schedulers.sample`); `sample_fallbacks`: those of
+  them whose sample had too little room, so every feasible machine was
+  scored after all, the cost sampling exists to avoid.
 - `busy_seconds`: decision time the caller reports through `add_busy`; busyness
   is busy_seconds over the caller's elapsed (virtual or real) time.
 - `decision_seconds`: one sample per `add_busy` call (p50/p90/p99 in `as_dict`).
@@ -97,6 +101,8 @@ class SchedulerFigures:
     preemptions: int = 0
     partition_machines: int = 0
     claims_spilled: int = 0
+    sampled: int = 0
+    sample_fallbacks: int = 0
     conflicts_by_reason: dict[str, int] = attrs.field(factory=dict)
     conflicts_by_rival: dict[str, int] = attrs.field(factory=dict)
     conflicts_by_machine: dict[str, int] = attrs.field(factory=dict)
@@ -139,6 +145,8 @@ class SchedulerFigures:
             "preemptions": self.preemptions,
             "partition_machines": self.partition_machines,
             "claims_spilled": self.claims_spilled,
+            "sampled": self.sampled,
+            "sample_fallbacks": self.sample_fallbacks,
             "conflicts_by_reason": dict(sorted(self.conflicts_by_reason.items())),
             "conflicts_by_rival": dict(sorted(self.conflicts_by_rival.items())),
             "hot_machines": hottest(self.conflicts_by_machine),

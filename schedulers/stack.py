@@ -54,6 +54,7 @@ from schedulers.feasible import (
     ResourceFit,
     feasible,
     job_rows,
+    static_feasible,
 )
 from schedulers.rank import best_fit, domain_load, fits, spread_codes, task_share, worst_fit
 from schedulers.sample import candidates
@@ -75,6 +76,8 @@ RANKS: tuple[Rank, ...] = ("best_fit", "worst_fit")
 class Stack:
     """One scheduler kind's policy; see the module docstring."""
 
+    # Static: they read the table and the job, never the decision's rooms
+    # (`feasible.static_feasible` shares their result among a decision's jobs).
     filters: tuple[Filter, ...]
     best_effort: bool = False
     spread: bool = False
@@ -101,16 +104,16 @@ class Stack:
         metric.machines_evaluated += ctx.n
         saved = ctx.save() if spec.gang else None
 
-        static = feasible(self.filters, ctx, job, metric)
+        static = static_feasible(self.filters, ctx, job, metric)
         ok = feasible((ResourceFit(self.best_effort),), ctx, job, metric, static)
-        rows = np.flatnonzero(ok)
-        metric.machines_feasible += int(rows.size)
+        n_ok = int(np.count_nonzero(ok))
+        metric.machines_feasible += n_ok
 
         chosen: list[int] = []
         # Feasible rows exist only if every demanded dimension has a column.
         demand = ctx.demand(spec.resources.amounts)
-        if rows.size and demand is not None:
-            chosen = self._select(ctx, job, rows, demand, wanted, metric)
+        if n_ok and demand is not None:
+            chosen = self._select(ctx, job, ok, n_ok, demand, wanted, metric)
         victims: list[tuple[str, ...]] = [()] * len(chosen)
 
         if self.preempt and len(chosen) < wanted:
@@ -149,24 +152,32 @@ class Stack:
         self,
         ctx: DecisionContext,
         job: Job,
-        rows: np.ndarray,
+        ok: np.ndarray,
+        n_ok: int,
         demand: Demand,
         wanted: int,
         metric: JobMetric,
     ) -> list[int]:
+        """Choose rows for `wanted` tasks among the `n_ok` feasible machines (mask `ok`)."""
         spec = job.spec
         be, one = self.best_effort, spec.anti_affinity
         if self.random:
+            rows = np.flatnonzero(ok)
             metric.machines_scored += int(rows.size)
             sel, counts = random_fit(rows, fits(ctx, rows, demand, be, one), wanted, ctx.np_rng)
             if sel.size:
                 ctx.take(sel, counts, demand, be)
             return np.repeat(sel, counts).tolist()
-        cand = candidates(ctx, rows, wanted, be)
+        cand = candidates(ctx, ok, wanted, be)
         fit = fits(ctx, cand, demand, be, one)
-        if cand.size < rows.size and int(fit.sum()) < wanted:
-            cand = rows
-            fit = fits(ctx, cand, demand, be, one)
+        if cand.size < n_ok:
+            metric.sampled += 1
+            if int(fit.sum()) < wanted:
+                # Scoring every feasible machine is what sampling saves: count how
+                # often it is paid after all (`SchedulerFigures.sample_fallbacks`).
+                metric.rescored += 1
+                cand = np.flatnonzero(ok)
+                fit = fits(ctx, cand, demand, be, one)
         metric.machines_scored += int(cand.size)
         if self.rank == "worst_fit":
             step = task_share(ctx, cand, demand)

@@ -312,10 +312,10 @@ def test_check_machines_recounts_changed_machines_from_their_tasks():
     check_machines(cell, changed)  # holds for an honest cell
     machine = cell.machines["m0"]
     drift = pack({"cpu": 1000})
-    machine.account.used_packed -= drift  # a running sum that drifted from its tasks
+    machine.account.room += drift  # a running sum that drifted from its tasks
     with pytest.raises(InvariantViolation, match="books"):
         check_machines(cell, ["m0"])
-    machine.account.used_packed += drift
+    machine.account.room -= drift
     capacity = machine.account.capacity
     machine.account.resize({**capacity, "cpu": 1500})  # now its tasks exceed it
     with pytest.raises(InvariantViolation, match="over capacity"):

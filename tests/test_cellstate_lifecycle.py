@@ -299,3 +299,22 @@ def _essence(blob: bytes) -> dict:
     doc = orjson.loads(blob)
     del doc["version"], doc["recent"], doc["now"]
     return doc
+
+
+def test_pending_tasks_skip_the_placed_head_yet_find_a_task_that_came_back():
+    # A scheduler reads a big job's pending tasks a few per decision; the cell marks
+    # where they start so it does not walk the placed ones again.
+    cell = cell_with(machines=2, cpu=4000)
+    submit(cell, "big", tasks=5)
+    commit(cell, ("big.0", "m0"), ("big.1", "m0"), ("big.2", "m1"))
+    job = cell.jobs["big"]
+    assert [t.id for t in cell.pending_tasks(job)] == ["big.3", "big.4"]
+    assert cell.pending_from["big"] == (job, 3)
+    task = cell.tasks["big.1"]
+    report = TaskReport("big.1", "m0", task.incarnation, ReportedState.LOST)
+    cell.apply(ReportTasks((report,), at=4.0))
+    assert cell.tasks["big.1"].state is TaskState.PENDING
+    assert [t.id for t in cell.pending_tasks(job)] == ["big.1", "big.3", "big.4"]
+    cell.check_invariants()
+    commit(cell, ("big.1", "m1"), ("big.3", "m1"), ("big.4", "m1"), at=5.0)
+    assert list(cell.pending_tasks(job)) == [] and "big" not in cell.pending_from

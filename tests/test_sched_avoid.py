@@ -7,11 +7,13 @@ deciding on one copy both claim it and the second commit loses.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cellstate import CellState, Commit, ReportScheduler, SchedulerClass
 from schedulers.avoid import Avoidance, owners, rivals
 from schedulers.core import shard_of
+from schedulers.sample import occupied_size, sample_rows, sample_size
 from tests.cellfixtures import GI, cell_with, commit, submit
 from tests.schedfixtures import core, placements, step
 
@@ -108,6 +110,25 @@ def test_a_full_partition_spills_over_to_the_rivals_machines():
     assert sched.figures.claims_spilled == 6
 
 
+def test_a_partition_short_of_room_scores_every_machine_and_counts_the_fallback():
+    cell = cell_with(machines=8, cpu=4000)
+    reported(cell, *NAMES)
+    owner = owners([m.id for m in cell.machine_list], rivals(cell, "batch-a"))
+    mine = [f"m{i}" for i in range(8) if owner[i] == 0]
+    submit(cell, "fits", tasks=4 * len(mine) - 2, cpu=1000)
+    sched = core(BATCH, "batch-a", avoidance=Avoidance())
+    step(sched, cell)
+    assert (sched.figures.sampled, sched.figures.sample_fallbacks) == (1, 0)
+    # Two tasks' room left in batch-a's share, six wanted: its machines are the
+    # sample, too small, so every feasible machine is scored, and counted.
+    submit(cell, "more", tasks=6, cpu=1000)
+    decision, result = step(sched, cell)
+    assert result.accepted == 6
+    assert sum(n for m, n in placements(cell, "more").items() if m in mine) == 2
+    assert (decision.explanations["more"].sampled, decision.explanations["more"].rescored) == (1, 1)
+    assert (sched.figures.sampled, sched.figures.sample_fallbacks) == (2, 1)
+
+
 def test_a_machine_that_lost_a_conflict_is_tried_last_then_returns():
     # m1 is the tightest fit; a rival takes part of it between our decision and
     # our commit, so our claim there loses `insufficient:cpu`.
@@ -181,3 +202,45 @@ def test_a_spreading_service_reuses_the_machines_it_half_filled():
         assert result.accepted == 20
     assert set(placements(cell, "api")) == set(placements(cell, "web"))
     assert len(placements(cell, "web")) == 20
+
+
+def test_many_half_full_machines_are_scored_through_a_bounded_sample_that_still_packs():
+    # Scoring every occupied machine of the partition for each job of a decision
+    # was most of a decision at 100,000 machines; a sample bounded by
+    # `occupied_size` must still find half-full machines and never need the
+    # fallback that scores every feasible machine.
+    cell = cell_with(machines=1600, cpu=4000)
+    reported(cell, *NAMES)
+    submit(cell, "filler", tasks=1200, cpu=2000)
+    commit(cell, *((f"filler.{i}", f"m{i}") for i in range(1200)))
+    mine = owners([m.id for m in cell.machine_list], rivals(cell, NAMES[0])) == 0
+    half_full = {f"m{i}" for i in range(1200) if mine[i]}
+    assert len(half_full) > occupied_size(2) + sample_size(2)
+    job = job_of_shard(0, "job-")
+    submit(cell, job, tasks=2, cpu=1000)
+    sched = core(BATCH, NAMES[0], shard=(0, 2), avoidance=Avoidance())
+    decision, result = step(sched, cell)
+    assert decision is not None and result is not None and result.accepted == 2
+    metric = decision.explanations[job]
+    assert metric.machines_scored == occupied_size(2) + sample_size(2)
+    assert (metric.sampled, metric.rescored) == (1, 0)
+    assert (sched.figures.sampled, sched.figures.sample_fallbacks) == (1, 0)
+    assert set(placements(cell, job)) <= half_full
+
+
+def test_the_empty_sample_is_distinct_rows_of_the_mask_or_all_of_them():
+    rng = np.random.default_rng(1)
+    mask = np.zeros(10_000, dtype=bool)
+    mask[rng.choice(10_000, size=3_000, replace=False)] = True
+    base = np.flatnonzero((rng.random(10_000) < 0.5) | mask)
+    for where in (base, None):
+        got = sample_rows(np.random.default_rng(2), mask, where, 40)
+        assert got.size == 40 == np.unique(got).size and mask[got].all()
+    few = np.zeros(10_000, dtype=bool)
+    few[[3, 70, 900]] = True
+    assert sample_rows(np.random.default_rng(2), few, None, 40).tolist() == [3, 70, 900]
+    # So scarce that random draws miss: listed, then sampled.
+    scarce = np.zeros(10_000, dtype=bool)
+    scarce[::200] = True
+    got = sample_rows(np.random.default_rng(2), scarce, None, 40)
+    assert got.size == 40 == np.unique(got).size and scarce[got].all()

@@ -115,6 +115,68 @@ def test_constraints_filter_with_counted_reasons():
     assert metric.machines_evaluated == 5 and metric.machines_feasible == 1
 
 
+def test_jobs_of_one_decision_share_static_filters_only_with_the_same_constraints():
+    # The static filters' result is worked out once per decision and constraints
+    # (`feasible.static_feasible`); each job is still counted as if alone.
+    cell = cell_with(machines=0)
+    disks = ("ssd", "ssd", "hdd", "hdd", "hdd")
+    specs = [
+        MachineSpec(f"m{i}", Resources(4000, 8 * GI), labels={"disk": d})
+        for i, d in enumerate(disks)
+    ]
+    cell.apply(RegisterMachines(tuple(specs), at=1.0))
+    cell.apply(SetMachineState("m4", MachineState.DOWN, at=1.5))
+    submit(cell, "fast", tasks=1, cpu=1000, constraints={"disk": "ssd"})
+    submit(cell, "slow", tasks=1, cpu=1000, constraints={"disk": "hdd"})
+    submit(cell, "fast-too", tasks=1, cpu=1000, constraints={"disk": "ssd"})
+    submit(cell, "any", tasks=1, cpu=1000)
+    decision, result = step(core(BATCH, sampling=False), cell)
+    assert result.accepted == 4
+    assert set(placements(cell, "fast")) | set(placements(cell, "fast-too")) <= {"m0", "m1"}
+    assert set(placements(cell, "slow")) <= {"m2", "m3"}
+    metrics = decision.explanations
+    for job in ("fast", "fast-too"):
+        assert metrics[job].filtered == {"machine_not_up": 1, "constraint:disk": 2}
+    assert metrics["slow"].filtered == {"machine_not_up": 1, "constraint:disk": 2}
+    assert metrics["any"].filtered == {"machine_not_up": 1}
+    assert metrics["any"].machines_feasible == 4
+
+
+def test_a_later_job_of_the_decision_sees_the_room_an_earlier_one_took():
+    # Room masks are kept per decision and task shape (`room_at_least`): a
+    # placement must update them, or the next job counts a full machine as fitting.
+    cell = cell_with(machines=2, cpu=4000)
+    submit(cell, "first", tasks=4, cpu=1000)
+    submit(cell, "second", tasks=1, cpu=1000)
+    decision, result = step(core(BATCH, sampling=False), cell)
+    assert result.accepted == 5
+    (full,) = placements(cell, "first")
+    assert set(placements(cell, "second")) == {"m0", "m1"} - {full}
+    assert decision.explanations["first"].exhausted == {}
+    assert decision.explanations["second"].exhausted == {"insufficient:cpu": 1}
+
+
+def test_where_a_jobs_tasks_are_is_carried_across_decisions_until_a_task_moves_otherwise():
+    # Reading every task of every pending job for each decision was a service
+    # scheduler's largest cost at a million tasks; the core keeps the rows its
+    # accepted claims add, trusted while `Job.moves` counts only those.
+    cell = cell_with(machines=3, cpu=8000)
+    submit(cell, "web", tasks=4, cpu=500, scheduler=SERVICE, anti_affinity=True)
+    sched = core(SERVICE, max_claims=2)
+    step(sched, cell)
+    held = set(placements(cell, "web"))
+    job, moves, known = sched._known_rows["web"]
+    assert job is cell.jobs["web"] and moves == job.moves == 2
+    assert set(known.tolist()) == {cell.machines[m].index for m in held}
+    # Someone else puts a task of the job on the last machine: a move the core
+    # did not make, so it reads the tasks again and sees no machine left.
+    (last,) = {"m0", "m1", "m2"} - held
+    commit(cell, ("web.2", last), at=6.0)
+    assert cell.jobs["web"].moves == 3
+    decision, _ = step(sched, cell, now=7.0)
+    assert decision is None or not decision.transaction.claims
+
+
 def test_anti_affinity_one_task_per_machine_and_reasons():
     cell = cell_with(machines=3, cpu=8000)
     submit(cell, "web", tasks=4, cpu=500, scheduler=SERVICE, anti_affinity=True)
