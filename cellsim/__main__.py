@@ -1,4 +1,5 @@
-"""Command line: `python -m cellsim <experiment> [options] --out DIR` (= `omega bench conflicts`).
+"""Command line: `python -m cellsim <experiment> [options] --out DIR` (= `omega bench conflicts`;
+`perf` needs no `--out`).
 
 Runs one experiment (or `perf`: one simulated run timed and profiled), prints
 a line per run and a summary, and, last, one JSON line with the CSV's path.
@@ -51,9 +52,9 @@ def perf(args: argparse.Namespace) -> dict[str, object]:
         f"wall, {cpu:.1f}s CPU; {result.stats}"
     )
     if profiler:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "perf.prof"
-        profiler.dump_stats(path)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(args.out / "perf.prof")
         stats = pstats.Stats(profiler, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(40)
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 "--cluster do not apply"
             )
         return perf(args)
+    if args.out is None:
+        _usage(f"{args.experiment}: --out DIR is required (where the CSV goes)")
     options: dict[str, Any] = {}  # the experiment's own keywords
     if args.values:
         options["values"] = args.values

@@ -255,10 +255,10 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(
         "out",
-        "directory for the CSV (and the experiment's own PNG)",
+        "directory for the CSV (and the experiment's own PNG); every experiment needs it, "
+        "perf only to keep its --profile",
         "DIR",
         directory,
-        required=True,
     ),
     Flag(
         "plot",

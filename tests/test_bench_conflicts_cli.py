@@ -108,6 +108,29 @@ def test_options_that_do_not_fit_the_experiment_exit_2(
     assert code == 2 and "--plot" in text
 
 
+def test_an_experiment_needs_out_and_perf_runs_without_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, text = omega("modes")
+    assert code == 2 and "modes: --out DIR is required" in text, text
+    code, text = cellsim(capsys, "tjob")
+    assert code == 2 and "tjob: --out DIR is required" in text, text
+    # The issue's own command line for the simulator's speed: one timed run, no CSV.
+    command = ["perf", "--preset", "A", "--machines", "100", "--days", "0.01"]
+    ran = subprocess.run(
+        [sys.executable, "-m", "bench.sim", *command],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    summary = json.loads(ran.stdout.splitlines()[-1])
+    assert summary["bench"] == "sim.perf" and summary["tasks_placed"] > 0, summary
+    assert not any(tmp_path.iterdir()), "perf wrote nothing"
+
+
 def test_omega_starts_without_the_simulator() -> None:
     """The command's options come from `cellsim.options`; the engine, numpy and matplotlib
     load only when it runs, so `omega jobs` does not pay ~0.6 s for them."""
