@@ -69,9 +69,8 @@ def check(cell: CellState) -> None:
             raise InvariantViolation(f"job {job.id} has lifecycle work but is not unsettled")
         if (job.id in cell.pending_jobs) != bool(counts.get(TaskState.PENDING)):
             raise InvariantViolation(f"job {job.id} pending index is wrong")
-        mark = cell.pending_from.get(job.id)
-        if mark is not None and mark[0] is job:
-            for tid in itertools.islice(job.task_ids, mark[1]):
+        if job.pending_from:
+            for tid in itertools.islice(job.task_ids, job.pending_from):
                 if cell.tasks[tid].state is TaskState.PENDING:
                     raise InvariantViolation(f"job {job.id}: pending task {tid} before its mark")
 

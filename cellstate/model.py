@@ -544,6 +544,10 @@ class Job:
     # machine. Whoever knew where this job's tasks were at one count knows it still at the
     # same count, without reading every task again (a scheduler's `feasible.job_rows`).
     moves: int = attrs.field(default=0, eq=False)
+    # Derived, never serialised: a position in `task_ids` before which none of its tasks is
+    # pending. A scheduler takes a big job's pending tasks a few per decision; reading them
+    # from the first task each time made placing the job quadratic (`pending_tasks`).
+    pending_from: int = attrs.field(default=0, eq=False)
     # The last version whose rollout completed (the first, at submission).
     stable_version: int = 1
     rollouts: list[Rollout] = attrs.field(factory=list)

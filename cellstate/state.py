@@ -162,11 +162,6 @@ class CellState:
         # Device names the cell's machines, jobs and quotas use (`MAX_CELL_DEVICE_KINDS`).
         self.device_kinds: set[str] = set()
         self.pending_jobs: dict[str, None] = {}
-        # Per pending job, a position in its `task_ids` before which none of its
-        # tasks is pending, and the job it was found for (a job id can be reused).
-        # A scheduler takes a big job's pending tasks a few per decision; reading
-        # them from the first task each time made placing the job quadratic.
-        self.pending_from: dict[str, tuple[Job, int]] = {}
         # Jobs with lifecycle work for their scheduler: an update in progress,
         # placed tasks beyond their size, replaced tasks still running, tasks on
         # draining machines (`settled`).
@@ -471,7 +466,6 @@ class CellState:
             del self.tasks[tid]
         del self.jobs[job.id]
         self.pending_jobs.pop(job.id, None)
-        self.pending_from.pop(job.id, None)
         self.unsettled.pop(job.id, None)
         self.needs.pop(job.id, None)
 
@@ -1145,7 +1139,6 @@ class CellState:
             task.state = ASSIGNED
             if not counts[PENDING]:
                 del self.pending_jobs[job.id]
-                self.pending_from.pop(job.id, None)
             if keep_events:
                 events.append(TaskPlaced(task.id, machine.id, task.incarnation))
         for machine in touched.values():
@@ -1202,10 +1195,9 @@ class CellState:
         task.state = new
         if new is PENDING:
             self.pending_jobs[job.id] = None
-            self.pending_from.pop(job.id, None)  # it may lie before the mark
+            job.pending_from = 0  # it may lie before the mark
         elif old is PENDING and counts[PENDING] == 0:
             del self.pending_jobs[job.id]
-            self.pending_from.pop(job.id, None)
         if old is RUNNING or new is RUNNING:
             self._availability(task, job)
 
@@ -1299,18 +1291,19 @@ class CellState:
             yield tasks[tid]
 
     def pending_tasks(self, job: Job) -> Iterator[Task]:
-        """The job's pending tasks in creation order (`pending_from` skips those before)."""
+        """The job's pending tasks in creation order (`Job.pending_from` skips those before).
+        Tasks are only ever appended to a job, and one that becomes pending again resets
+        the mark (`_move`), so the mark stays true."""
         if not job.counts.get(PENDING, 0):
             return
         tasks = self.tasks
-        mark = self.pending_from.get(job.id)
-        start = mark[1] if mark is not None and mark[0] is job else 0
+        start = job.pending_from
         first = True
         for position, tid in enumerate(islice(job.task_ids, start, None), start):
             task = tasks[tid]
             if task.state is PENDING:
                 if first:
-                    self.pending_from[job.id] = (job, position)
+                    job.pending_from = position
                     first = False
                 yield task
 

@@ -309,12 +309,14 @@ def test_pending_tasks_skip_the_placed_head_yet_find_a_task_that_came_back():
     commit(cell, ("big.0", "m0"), ("big.1", "m0"), ("big.2", "m1"))
     job = cell.jobs["big"]
     assert [t.id for t in cell.pending_tasks(job)] == ["big.3", "big.4"]
-    assert cell.pending_from["big"] == (job, 3)
+    assert job.pending_from == 3
     task = cell.tasks["big.1"]
     report = TaskReport("big.1", "m0", task.incarnation, ReportedState.LOST)
     cell.apply(ReportTasks((report,), at=4.0))
     assert cell.tasks["big.1"].state is TaskState.PENDING
+    assert job.pending_from == 0  # the task that came back lies before the mark
     assert [t.id for t in cell.pending_tasks(job)] == ["big.1", "big.3", "big.4"]
     cell.check_invariants()
     commit(cell, ("big.1", "m1"), ("big.3", "m1"), ("big.4", "m1"), at=5.0)
-    assert list(cell.pending_tasks(job)) == [] and "big" not in cell.pending_from
+    assert list(cell.pending_tasks(job)) == []
+    cell.check_invariants()  # no pending task before the mark
