@@ -69,8 +69,7 @@ def test_the_leader_dies_mid_rollout_and_the_rollout_completes(tmp_path: Path) -
         client.submit(web, "web")
         cell.wait("six healthy tasks", lambda: client.job("web")["available"] == 6, timeout=60)
         with BudgetChecker(",".join(cell.cluster.api), cell.cluster.token, "web") as checker:
-            cell.wait("the checker caught up", lambda: checker.versions > 0)
-            checker.measuring = True
+            checker.measure_from(client.summary()["version"])
             client.update("web", attrs.evolve(web, command=("serve", "v2")))
             cell.wait(
                 "the rollout under way",
@@ -100,8 +99,7 @@ def test_a_drain_racing_preemption_keeps_the_budget(tmp_path: Path) -> None:
         client.submit(low, "low")
         cell.wait("sixteen running", lambda: client.job("low")["available"] == 16, timeout=60)
         with BudgetChecker(",".join(cell.cluster.api), cell.cluster.token, "low") as checker:
-            cell.wait("the checker caught up", lambda: checker.versions > 0)
-            checker.measuring = True
+            checker.measure_from(client.summary()["version"])
             drained = next(m["id"] for m in client.machines() if m["tasks"])
             client.set_machine_state(drained, MachineState.DRAINING)
             # Production work that fits only by preempting batch tasks, two at a time.

@@ -39,8 +39,7 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
         with BudgetChecker(
             cell.env["OMEGA_ADDR"], cell.env["OMEGA_TOKEN"], "web", cell.env["OMEGA_CA"]
         ) as checker:
-            wait_for("the checker caught up", lambda: checker.versions > 0)
-            checker.measuring = True
+            checker.measure_from(cell.json("status")["version"])
 
             # v1 -> v2: two at a time, every task ends on v2.
             out = cell.omega("update", "web", spec_file(tmp_path, "v2", VERSION="v2"), "--wait")
@@ -97,7 +96,7 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
             checker.measuring = False  # new tasks are missing until they run, not disrupted
             cell.omega("scale", "web", "10")
             wait_for("ten healthy tasks", lambda: available() == 10)
-            checker.measuring = True
+            checker.measure_from(cell.json("status")["version"])
             cell.omega("scale", "web", "3")
             wait_for(
                 "three tasks left",
