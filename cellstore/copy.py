@@ -37,6 +37,9 @@ class LocalCopy:
     ) -> None:
         # The feed replays the log from its start, under the rules it began with.
         self.cell = CellState(rules=FIRST_RULES)
+        # A copy nobody reads events from (a scheduler's) builds none, as a replica does:
+        # one event per claim was a tenth of the instructions of applying it.
+        self.cell.keep_events = on_events is not None
         self._on_events = on_events
         self._on_reset = on_reset
         self._changed = trio.Event()
@@ -58,6 +61,7 @@ class LocalCopy:
         async for batch in client.watch(self.version + 1):
             if batch.snapshot is not None:
                 self.cell = CellState.restore(batch.snapshot)
+                self.cell.keep_events = self._on_events is not None
                 log.info("copy_reset", version=self.version)
                 if self._on_reset is not None:
                     self._on_reset(self.cell)
