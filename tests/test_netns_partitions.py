@@ -10,6 +10,7 @@ over, deposed the healthy leader on heal; each assertion below failed so on that
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -122,3 +123,23 @@ def test_omega_command_moves_past_a_cut_leader_within_seconds(tmp_path: Path, ho
         # Waiting out the 15 s connect would take 15 s or more; on a quiet machine this takes
         # ~1-2 s, and a loaded one adds seconds to starting Python and to the election.
         assert took < 12.0, took
+
+
+def test_bench_partition_cuts_each_kind_and_reports_it(tmp_path: Path) -> None:
+    """`python -m bench.partition`, one short round of each kind of cut: it builds its own
+    hosts, cuts and heals the leader three times, and reports every kind in its JSON line."""
+    if netns_unavailable() is not None:
+        pytest.skip(netns_unavailable() or "")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.partition", "--rounds", "1", "--cut-s", "4"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["acknowledged"] > 0
+    for kind in ("both", "inbound", "outbound"):
+        assert figures[kind]["cuts"] == 1, figures
+        # Writes go on through each cut: the stall ends before the heal.
+        assert 0 < figures[kind]["stall_max_s"] < 4.0, figures
