@@ -32,7 +32,13 @@ import structlog
 import trio
 
 from cellstore.errors import ApiError
-from cellstore.leader import PROBE_AFTER_S, PROBE_PERIOD_S, PROBE_TIMEOUT_S, leader_elsewhere
+from cellstore.leader import (
+    PROBE_AFTER_S,
+    PROBE_PERIOD_S,
+    PROBE_TIMEOUT_S,
+    UNREACHABLE_FOR_S,
+    leader_elsewhere,
+)
 from cellstore.tls import TlsFiles, client_context
 
 log = structlog.get_logger("cellstore.client")
@@ -114,6 +120,9 @@ class StoreClient:
         # Per replica waited on: the probe under way (its event) or the last verdict and when.
         self._probing: dict[int, trio.Event] = {}
         self._verdicts: dict[int, tuple[float, str | None]] = {}
+        # Per replica: when a connection to it last failed to open; for `UNREACHABLE_FOR_S`
+        # after that, probes only ask the others who leads.
+        self._unreachable: dict[int, float] = {}
 
     async def __aenter__(self) -> StoreClient:
         return self
@@ -340,14 +349,24 @@ class StoreClient:
         leader: str | None = None
         try:
             target = self._addresses[index]
+            cut_at = self._unreachable.get(index)
+            if cut_at is None or trio.current_time() - cut_at > UNREACHABLE_FOR_S:
+                # First the connection, then the question: a replica that can be reached is
+                # slow, not cut off, and needs no one asked; one that cannot be is asked about
+                # once the connect has timed out, by when the others have had that much longer
+                # to elect (asked at once, they still named the cut leader one time in three).
+                reachable: list[bool] = []
+                await self._connects(target, reachable)
+                if reachable:
+                    self._unreachable.pop(index, None)
+                    return None
+                self._unreachable[index] = trio.current_time()
             answers: dict[str, dict[str, Any] | None] = {}
-            reachable: list[bool] = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._connects, target, reachable)
                 for address in self._addresses:
                     if address != target:
                         nursery.start_soon(self._probe, address, answers)
-            leader = leader_elsewhere(target, bool(reachable), answers)
+            leader = leader_elsewhere(target, False, answers)
         finally:
             # Set even when cancelled, so no waiter is left behind on a dead probe.
             self._verdicts[index] = (trio.current_time(), leader)

@@ -3,8 +3,8 @@
 A leader cut off by a link that drops packets neither answers nor resets the connection: a
 client waiting on it would wait out its whole request timeout. Both clients (`StoreClient` and
 the blocking transport of `SyncCellClient`) look around once a request has waited
-`PROBE_AFTER_S`: they try a new TCP connection to the replica they wait on, and ask the others
-for their status. They give up on that replica only if it cannot even be connected to (a busy
+`PROBE_AFTER_S`: they try a new TCP connection to the replica they wait on and, if it does not
+open, ask the others for their status. They give up on that replica only if it cannot even be connected to (a busy
 replica's kernel still completes the handshake: slowness is never taken for a partition) and
 another replica names a leader that is not it. The request is then resent to that leader
 unchanged: the command ids inside make that safe, as every retry is.
@@ -18,8 +18,12 @@ from typing import Any
 # A healthy replica answers a write in milliseconds; probing costs a connection attempt and a
 # few status requests per request that waits longer.
 PROBE_AFTER_S = 0.5
-PROBE_PERIOD_S = 0.25
+PROBE_PERIOD_S = 0.1
 PROBE_TIMEOUT_S = 0.3
+# A replica that could not be connected to is taken as still cut off for this long: the probes
+# in between only ask the others, every `PROBE_PERIOD_S`, so a new leader is seen about as soon
+# as it is elected rather than one more connect timeout later.
+UNREACHABLE_FOR_S = 1.0
 
 
 def leader_elsewhere(
