@@ -91,7 +91,7 @@ class RaftTuning:
     append_entries_period_s: float = 0.04
     connection_timeout_s: float = 10.0
     connection_retry_s: float = 0.5
-    leader_fallback_s: float = 1.5
+    leader_fallback_s: float = 0.75
     compaction_min_entries: int = 5000
     compaction_min_time_s: float = 300.0
     commands_queue_size: int = 100_000

@@ -422,6 +422,12 @@ class ReplicatedMachine(SyncObj):
                     began, applied = time.perf_counter(), self.stats.applied
                     # With a backlog left by the apply budget, go round again without waiting.
                     backlog = self.raftCommitIndex > self.raftLastApplied
+                    if self._SyncObj__raftState == _RAFT_STATE.LEADER:
+                        # Read what the followers sent before pysyncobj's check-quorum looks at
+                        # when each last answered: it reads sockets only at the end of a tick,
+                        # so a leader thread starved for a while would count answers queued
+                        # in its sockets as silence and step down.
+                        self._poller.poll(0)
                     self.doTick(0.0 if backlog else self._tick_period)
                     took = time.perf_counter() - began
                     if took > SLOW_TICK_S + self._tick_period:

@@ -23,7 +23,7 @@ from cellstate import CellState
 from harness.cluster import LocalCluster
 from harness.hosts import Hosts, netns_unavailable
 from harness.netcell import NetnsCell
-from harness.writer import Writer, agreed_leader, leaders
+from harness.writer import Writer, agreed_leader, leaders, submit_job
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +94,44 @@ def test_cut_leader_costs_about_an_election_and_its_return_changes_nothing(
         assert len(snapshots) == 1
         jobs = {j for _, j in writer.acked}
         assert jobs <= set(CellState.restore(snapshots.pop()).jobs)
+
+
+def test_a_cut_leader_stops_taking_writes_and_says_so(tmp_path: Path, hosts: Hosts) -> None:
+    """Check-quorum: a write sent to a leader cut off from its peers, from a client on the
+    leader's own host (its link is down, its loopback is not), is answered `503 not_committed`
+    once the leader has heard from no majority for `leader_fallback_s`, not left to time out;
+    and it was indeed not committed: after the heal no replica has it."""
+    with netns_cell(tmp_path, hosts) as cluster:
+        old = cluster.wait_for_leader()
+        hosts.cut(old)
+        command = json.dumps({"commands": [submit_job("on-the-cut-leader")]})
+        began = time.monotonic()
+        done = subprocess.run(
+            [
+                *hosts.exec_prefix(old),
+                *("curl", "-s", "--max-time", "15", "--cacert", str(cluster.ca)),
+                *("-H", f"authorization: Bearer {cluster.token}"),
+                *("-H", "content-type: application/json", "-d", command),
+                *("-w", "\\n%{http_code}", f"https://{cluster.api[old]}/v1/commands"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        took = time.monotonic() - began
+        body, _, code = done.stdout.rpartition("\n")
+        assert code == "503", (code, body, done.stderr)
+        assert json.loads(body)["error"]["code"] == "not_committed", body
+        print(f"the cut leader answered not_committed in {took:.2f} s")
+        # 0.75 s of check-quorum on a quiet machine; well under curl's 15 s on a loaded one.
+        assert took < 10.0, took
+        new = agreed_leader(cluster, [i for i in range(3) if i != old])
+        hosts.heal(old)
+        status = cluster.status(new)
+        assert status is not None
+        cluster.wait_for_version(status["version"])
+        for i in range(3):
+            assert "on-the-cut-leader" not in CellState.restore(cluster.snapshot(i)[1]).jobs
 
 
 def test_omega_command_moves_past_a_cut_leader_within_seconds(tmp_path: Path, hosts: Hosts) -> None:
