@@ -51,7 +51,9 @@ Two guards pysyncobj lacks, for partitions that drop packets rather than reset c
   majority for that long steps down). What it lacks is telling the clients: commands the
   leader appended and was waiting on would hang until the gateway's timeout. On stepping down
   they are failed at once (`leader_changed`: outcome unknown, the client resends them unchanged
-  to the new leader, and the command ids make that safe).
+  to the new leader, and the command ids make that safe). pysyncobj also checks when each
+  follower last answered before it reads its sockets in a tick; the leader reads them first,
+  so a leader thread starved of CPU for a while does not take queued answers for silence.
 
 Stalls: pysyncobj applies every committed entry in one tick, before it sends heartbeats or
 reads its sockets. A replica with a backlog (a burst of large transactions, a follower
