@@ -82,6 +82,16 @@ successful answer, resending every batch still in flight (the follower truncated
 re-journalled entries it had applied, logging `truncating already-applied log entries`);
 here a success only ever raises it, as etcd's does (`_take_acknowledgement`).
 
+Installs: a follower far behind is sent the leader's dump, which pysyncobj writes over the
+follower's own `raft.dump` and loads, replacing the log with the dump's last two entries. If
+the follower's own compaction child was running (forked at its applied index, later than the
+installed dump's when the install is a step back), pysyncobj, seeing the child succeed, put
+the child's dump over the installed one and deleted the log up to the child's index: the
+follower's log then began after its applied index and it could never apply again (a netns
+soak ended with a replica at applied 9,999, commit 10,508, its log starting at 10,010). Before
+the last chunk of an install is put in place, the child is killed and forgotten
+(`_guard_snapshot_install`).
+
 Damage: the data dir is checked before pysyncobj opens it, and every command goes into the log
 sealed with its checksum (`cellstore.datadir`).
 
@@ -95,7 +105,9 @@ API can read a consistent (snapshot, version) pair from another thread, and hand
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -271,6 +283,7 @@ class ReplicatedMachine(SyncObj):
         others = [p for p in config.peers_raft if p != config.raft_address]
         super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))
         self._guard_raft_messages()
+        self._guard_snapshot_install()
         if config.fsync:
             self._durable = DurableJournal(self, config.data_dir)
             self._sync_before_acknowledging()
@@ -307,6 +320,35 @@ class ReplicatedMachine(SyncObj):
             deliver(node, message)
 
         transport.setOnMessageReceivedCallback(guarded)
+
+    def _guard_snapshot_install(self) -> None:
+        """Abandon this replica's own log compaction before a snapshot from the leader is
+        installed (see the module docstring, "Installs")."""
+        serializer = self._SyncObj__serializer
+        receive = serializer.setTransmissionData
+
+        def installing(data: Any) -> bool:
+            if data is not None and data[2]:  # the last chunk: it is about to be installed
+                self._abandon_compaction()
+            return bool(receive(data))
+
+        serializer.setTransmissionData = installing
+
+    def _abandon_compaction(self) -> None:
+        """Kill and reap the forked child writing this replica's own dump, if one is running,
+        and forget it, so it neither replaces the dump about to be installed nor, on success,
+        has pysyncobj delete the log up to its index."""
+        serializer = self._SyncObj__serializer
+        pid = serializer._Serializer__pid
+        if pid <= 0:
+            return
+        # It may have exited already: reaped all the same.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        serializer._Serializer__pid = 0
+        self._log.info("compaction_abandoned", pid=pid, reason="snapshot_install")
 
     def _take_acknowledgement(
         self, node: Any, message: dict[str, Any], deliver: Callable[[Any, Any], None]
