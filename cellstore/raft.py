@@ -64,23 +64,16 @@ machine, 100,000 machines and a thousand concurrent submissions made an election
 rest to the next ones (`_SyncObj__applyLogEntries`), so heartbeats and acknowledgements keep
 flowing while a backlog drains; a tick slower than `SLOW_TICK_S` is logged.
 
-Catch-up (issue #19, pinned by `tests/test_raft_catchup.py`): pysyncobj's leader sends a
-follower that comes back thousands of entries behind (after a heal, a restart, a slow link)
-as much of its backlog as it can encode in `appendEntriesPeriod`, on every call, and it is
-called once per new command as well as each tick; the megabytes queue in the connection's
-write buffer, which is copied whole on every send, and the follower then ingests them in one
-tick of its own. Soaks logged ticks of 0.3-1.05 s with ~4,000-entry backlogs, the other
-follower heard no heartbeat for longer than the election timeout and granted pre-votes, and
-leaders changed for nothing. Here (`_SyncObj__sendAppendEntries`) a follower more than one
-batch behind gets at most `CATCHUP_BUDGET_BYTES` of entries or snapshot chunks a tick, and
-none while its connection holds that much unsent; every follower still gets a message every
-tick the leader sends (a heartbeat when held back), and followers keeping up are replicated to
-as before. The follower needs no bound of its own: it ingests what the leader sends. Each
-catch-up is logged once a second (`catch_up`: bytes sent, entries still behind). A
-correction goes with it: pysyncobj moved nextIndex back to the follower's log end on every
-successful answer, resending every batch still in flight (the follower truncated and
-re-journalled entries it had applied, logging `truncating already-applied log entries`);
-here a success only ever raises it, as etcd's does (`_take_acknowledgement`).
+Acknowledgements (issue #19, pinned by `tests/test_raft_catchup.py`): pysyncobj moved a
+follower's nextIndex back to the follower's log end on every answer that raised its match
+index, although the batches sent after the answered one were still on their way, so each answer
+during a catch-up resent them; the follower, given a batch whose entries it already held,
+truncated its log after the batch and took the entries again (`truncating already-applied log
+entries`, 264 times in a 30-minute soak). Here a success only ever raises nextIndex, as etcd's
+`Progress` does (`_take_acknowledgement`); a reset still walks it back. A per-tick byte budget
+for catch-up sends was tried beside it and taken out: its held-back heartbeats named the
+optimistic nextIndex as the previous entry, so a follower holding more than that truncated its
+log without taking anything in its place, below what the leader counted it as holding.
 
 Installs: a follower far behind is sent the leader's dump, which pysyncobj writes over the
 follower's own `raft.dump` and loads, replacing the log with the dump's last two entries. If
@@ -116,7 +109,6 @@ from typing import Any, Protocol
 import orjson
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.syncobj import _RAFT_STATE, SyncObjExceptionWrongVer
 
@@ -135,13 +127,6 @@ CommitCallback = Callable[[bytes | None, int], None]
 # election timeout, so a backlog never silences a replica's heartbeats and acknowledgements.
 APPLY_BUDGET_S = 0.05
 SLOW_TICK_S = 0.25
-# A follower catching up gets at most this many bytes of entries a tick (four of pysyncobj's
-# 64 KiB append batches): encoding one batch (pickle, zlib, Fernet) took ~4 ms on the loaded
-# 2-core development machine, so ~16 ms of a leader's tick per lagging follower, beside the
-# 0.15 s minimum election timeout, and the follower ingests as little; at ~20 ticks a second
-# that is still ~5 MB/s, a 4,000-entry backlog of 1 KB commands in about a second.
-CATCHUP_BUDGET_BYTES = 256 * 1024
-CATCHUP_LOG_EVERY_S = 1.0
 
 FAIL_REASON_NAMES: dict[int, str] = {
     v: k.lower() for k, v in vars(FAIL_REASON).items() if isinstance(v, int)
@@ -275,9 +260,6 @@ class ReplicatedMachine(SyncObj):
         self._space: SpaceGuard | None = None  # likewise
         self._held_acks: list[tuple[Any, Any]] = []  # fsync: acknowledgements not yet sent
         self._send_unheld: Callable[[Any, Any], Any] = lambda node, message: None
-        self._catchup_spent: dict[Any, int] = {}  # follower -> entry bytes sent this tick
-        self._catchup_sent: dict[Any, int] = {}  # follower catching up -> bytes since logged
-        self._catchup_logged_at = 0.0  # `raft_clock`
         os.makedirs(config.data_dir, exist_ok=True)
         check_data_dir(config.data_dir)  # DamagedDataDir: refused before pysyncobj reads it
         others = [p for p in config.peers_raft if p != config.raft_address]
@@ -518,7 +500,6 @@ class ReplicatedMachine(SyncObj):
                     began, applied = time.perf_counter(), self.stats.applied
                     # With a backlog left by the apply budget, go round again without waiting.
                     backlog = self.raftCommitIndex > self.raftLastApplied
-                    self._catchup_spent.clear()  # each tick a fresh share (`_catchup_held`)
                     if self._SyncObj__raftState == _RAFT_STATE.LEADER:
                         # Read what the followers sent before pysyncobj's check-quorum looks at
                         # when each last answered: it reads sockets only at the end of a tick,
@@ -571,161 +552,6 @@ class ReplicatedMachine(SyncObj):
             if time.perf_counter() > deadline:
                 break
         return True
-
-    # -- sending: a bounded share of catch-up per tick (see the module docstring) ---------------
-
-    def _SyncObj__sendAppendEntries(self) -> None:
-        """pysyncobj 0.3.17's `__sendAppendEntries`, with each follower's catch-up bounded per
-        tick (`_catchup_held`); every connected follower still gets a message on every tick
-        that sends (a heartbeat, with no entries, when held back). Messages that keep a follower
-        at the log's end are never held back for the byte budget, so a follower keeping up is
-        replicated to as before.
-
-        nextIndex moves past what is sent, as pysyncobj's does: TCP keeps the order, so the
-        next tick goes on where this one stopped, and a follower that lost messages to a
-        reconnect answers `reset` and is walked back."""
-        conf = self._SyncObj__conf
-        started = raft_clock()
-        self._SyncObj__newAppendEntriesTime = started + conf.appendEntriesPeriod
-        batch_bytes = conf.appendEntriesBatchSizeBytes
-        raft_log = self._SyncObj__raftLog
-        next_index = self._SyncObj__raftNextIndex
-        connected = self._SyncObj__connectedNodes
-        transport = self._SyncObj__transport
-        for node in self._SyncObj__otherNodes | self._SyncObj__readonlyNodes:
-            if node not in connected:
-                self._SyncObj__serializer.cancelTransmisstion(node)
-                continue
-            held = self._catchup_held(node)
-            if held and node in self._catchup_spent:
-                continue  # it has had its message and its share this tick
-            send_single, sending_serialized = True, False
-            next_node_index = next_index[node]
-            while next_node_index <= raft_log[-1][1] or send_single or sending_serialized:
-                if not send_single and self._catchup_held(node):
-                    break  # the rest on a later tick
-                self._catchup_spent.setdefault(node, 0)
-                message: dict[str, Any] = {
-                    "type": "append_entries",
-                    "term": self._SyncObj__raftCurrentTerm,
-                    "commit_index": self._SyncObj__raftCommitIndex,
-                }
-                if next_node_index > raft_log[0][1]:
-                    prev_idx, prev_term = self._SyncObj__getPrevLogIndexTerm(next_node_index)
-                    entries: list[Any] = []
-                    if next_node_index <= raft_log[-1][1] and not held:
-                        entries = self._SyncObj__getEntries(next_node_index, None, batch_bytes)
-                        next_index[node] = entries[-1][1] + 1
-                        self._charge(node, sum(len(entry[0]) for entry in entries))
-                    if len(entries) == 1 and len(entries[0][0]) >= batch_bytes:
-                        if not self._send_in_pieces(node, entries[0], prev_idx, prev_term):
-                            break
-                    else:
-                        message |= {"entries": entries, "prevLogIdx": prev_idx}
-                        message["prevLogTerm"] = prev_term
-                        transport.send(node, message)
-                        if node not in connected:
-                            break
-                else:
-                    serializer = self._SyncObj__serializer
-                    data = None if held else serializer.getTransmissionData(node)
-                    transport.send(node, message | {"serialized": data})
-                    if node not in connected:
-                        break
-                    if data is not None:
-                        self._charge(node, len(data[0]))
-                        if data[2]:  # the last chunk: the follower's log now starts after it
-                            next_index[node] = raft_log[1][1] + 1
-                            sending_serialized = False
-                        else:
-                            sending_serialized = True
-                    else:
-                        sending_serialized = False
-                next_node_index = next_index[node]
-                send_single = held = False
-                if raft_clock() - started > conf.appendEntriesPeriod:
-                    break
-        self._log_catchup()
-
-    def _send_in_pieces(self, node: Any, entry: Any, prev_idx: Any, prev_term: Any) -> bool:
-        """One entry of a batch's size or more, pickled and sent in batch-sized pieces (as
-        pysyncobj 0.3.17 does, quirks included); False if the node disconnected meanwhile."""
-        batch_bytes = self._SyncObj__conf.appendEntriesBatchSizeBytes
-        data = pysyncobj_pickle.dumps(entry)
-        for pos in range(0, len(data), batch_bytes):
-            if pos == 0:
-                transmission = "start"
-            elif pos + batch_bytes >= len(entry[0]):
-                transmission = "finish"
-            else:
-                transmission = "process"
-            message = {
-                "type": "append_entries",
-                "transmission": transmission,
-                "data": data[pos : pos + batch_bytes],
-                "term": self._SyncObj__raftCurrentTerm,
-                "commit_index": self._SyncObj__raftCommitIndex,
-                "prevLogIdx": prev_idx,
-                "prevLogTerm": prev_term,
-            }
-            self._SyncObj__transport.send(node, message)
-            if node not in self._SyncObj__connectedNodes:
-                return False
-        return True
-
-    def _catchup_held(self, node: Any) -> bool:
-        """Whether `node` gets no more entries this tick: its connection still holds a tick's
-        budget unsent (a slow link: queueing more only grows pysyncobj's write buffer, which
-        is copied whole on every send), or it is catching up and has had its budget."""
-        if self._unsent_bytes(node) >= CATCHUP_BUDGET_BYTES:
-            return True
-        return self._catchup_spent.get(node, 0) >= CATCHUP_BUDGET_BYTES and self._behind(node)
-
-    def _behind(self, node: Any) -> bool:
-        """More than one batch from the log's end (or before its start: a snapshot is due)."""
-        raft_log = self._SyncObj__raftLog
-        next_index = self._SyncObj__raftNextIndex[node]
-        if next_index <= raft_log[0][1]:
-            return True
-        if next_index > raft_log[-1][1]:
-            return False
-        batch_bytes = self._SyncObj__conf.appendEntriesBatchSizeBytes
-        batch = self._SyncObj__getEntries(next_index, None, batch_bytes)
-        return bool(batch) and batch[-1][1] < raft_log[-1][1]
-
-    def _unsent_bytes(self, node: Any) -> int:
-        """Bytes pysyncobj's connection to `node` has queued and not yet handed to the kernel."""
-        connection = getattr(self._SyncObj__transport, "_connections", {}).get(node)
-        return connection.getSendBufferSize() if connection is not None else 0
-
-    def _charge(self, node: Any, size: int) -> None:
-        self._catchup_spent[node] = self._catchup_spent.get(node, 0) + size
-        if self._behind(node):
-            self._catchup_sent[node] = self._catchup_sent.get(node, 0) + size
-
-    def _log_catchup(self) -> None:
-        """At most once a second: what each follower still catching up was sent meanwhile, so
-        an operator sees a catch-up start, progress and end (a last line with `behind=0`)."""
-        now = raft_clock()
-        if not self._catchup_sent or now - self._catchup_logged_at < CATCHUP_LOG_EVERY_S:
-            return
-        self._catchup_logged_at = now
-        end = self._SyncObj__raftLog[-1][1]
-        for node, sent in list(self._catchup_sent.items()):
-            next_index = self._SyncObj__raftNextIndex.get(node, end + 1)
-            self._log.info(
-                "catch_up",
-                follower=str(node),
-                sent_bytes=sent,
-                next_index=next_index,
-                behind=max(0, end + 1 - next_index),
-                unsent_bytes=self._unsent_bytes(node),
-                term=self.raftCurrentTerm,
-            )
-            if self._behind(node):
-                self._catchup_sent[node] = 0
-            else:
-                del self._catchup_sent[node]
 
     # -- the replicated command ----------------------------------------------------------------
 
