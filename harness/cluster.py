@@ -25,7 +25,7 @@ import httpx
 import orjson
 
 from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
-from cellstore.config import free_ports, replica_document
+from cellstore.config import ReplicaConfig, free_ports, replica_document
 from cellstore.tls import client_context, issue, make_ca
 
 
@@ -77,6 +77,26 @@ class KVMachine:
         machine.log = raw["log"]
         machine._seen = set(machine.log)
         return machine
+
+
+def lone_replica_config(data_dir: Path, name: str = "r0") -> ReplicaConfig:
+    """The config of one replica of a three-replica `KVMachine` cell whose other two never
+    start, on free ports: for tests that drive a `ReplicatedMachine`'s Raft state by hand."""
+    api, raft_port, *others = free_ports(4)
+    return ReplicaConfig(
+        id=name,
+        api_host="127.0.0.1",
+        api_port=api,
+        raft_host="127.0.0.1",
+        raft_port=raft_port,
+        peers_raft=(f"127.0.0.1:{raft_port}", *(f"127.0.0.1:{p}" for p in others[:2])),
+        peers_api=(f"127.0.0.1:{api}",) * 3,
+        data_dir=data_dir,
+        token="tok",
+        secret="s3cret",
+        machine_class=KVMachine,
+        insecure=True,
+    )
 
 
 def _error(code: str, message: str) -> bytes:

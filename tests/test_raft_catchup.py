@@ -28,9 +28,8 @@ import orjson
 import pytest
 from pysyncobj.syncobj import _RAFT_STATE
 
-from cellstore.config import ReplicaConfig, free_ports
 from cellstore.raft import ReplicatedMachine
-from harness.cluster import KVMachine, LocalCluster
+from harness.cluster import LocalCluster, lone_replica_config
 
 ENTRY_BYTES = 1000
 BACKLOG = 5000  # ~5 MB: about 80 of pysyncobj's 64 KiB batches
@@ -58,22 +57,7 @@ class RecordingTransport:
 def leader(tmp_path: Path) -> Iterator[tuple[ReplicatedMachine, Any, Any, RecordingTransport]]:
     """A replica made leader by hand, with a 5,000-entry log, one follower at its end and one
     that has only the first entry; its transport records instead of sending. Not ticking."""
-    api, raft_port, *others = free_ports(4)
-    peers = (f"127.0.0.1:{raft_port}", f"127.0.0.1:{others[0]}", f"127.0.0.1:{others[1]}")
-    config = ReplicaConfig(
-        id="r0",
-        api_host="127.0.0.1",
-        api_port=api,
-        raft_host="127.0.0.1",
-        raft_port=raft_port,
-        peers_raft=peers,
-        peers_api=(f"127.0.0.1:{api}",) * 3,
-        data_dir=tmp_path,
-        token="tok",
-        secret="s3cret",
-        machine_class=KVMachine,
-        insecure=True,
-    )
+    config = lone_replica_config(tmp_path, "r0")
     replica = ReplicatedMachine(config)
     real_transport = replica._SyncObj__transport
     try:

@@ -22,10 +22,9 @@ from typing import Any
 import pytest
 from pysyncobj import pickle as pysyncobj_pickle
 
-from cellstore.config import ReplicaConfig, free_ports
 from cellstore.machine import MachineBox
 from cellstore.raft import ReplicatedMachine
-from harness.cluster import KVMachine
+from harness.cluster import lone_replica_config
 
 
 @pytest.fixture
@@ -34,22 +33,7 @@ def replicas(tmp_path: Path) -> Iterator[Callable[[str], ReplicatedMachine]]:
     made: list[ReplicatedMachine] = []
 
     def make(name: str) -> ReplicatedMachine:
-        api, raft_port, *others = free_ports(4)
-        peers = (f"127.0.0.1:{raft_port}", f"127.0.0.1:{others[0]}", f"127.0.0.1:{others[1]}")
-        config = ReplicaConfig(
-            id=name,
-            api_host="127.0.0.1",
-            api_port=api,
-            raft_host="127.0.0.1",
-            raft_port=raft_port,
-            peers_raft=peers,
-            peers_api=(f"127.0.0.1:{api}",) * 3,
-            data_dir=tmp_path / name,
-            token="tok",
-            secret="s3cret",
-            machine_class=KVMachine,
-            insecure=True,
-        )
+        config = lone_replica_config(tmp_path / name, name)
         replica = ReplicatedMachine(config)
         made.append(replica)
         return replica
