@@ -71,9 +71,11 @@ during a catch-up resent them; the follower, given a batch whose entries it alre
 truncated its log after the batch and took the entries again (`truncating already-applied log
 entries`, 264 times in a 30-minute soak). Here a success only ever raises nextIndex, as etcd's
 `Progress` does (`_take_acknowledgement`); a reset still walks it back. A per-tick byte budget
-for catch-up sends was tried beside it and taken out: its held-back heartbeats named the
-optimistic nextIndex as the previous entry, so a follower holding more than that truncated its
-log without taking anything in its place, below what the leader counted it as holding.
+for catch-up sends was tried beside it and taken out: a netns soak on the build that had it
+found a replica serving a history other than the committed one. Its held-back heartbeats were
+the one message pysyncobj never sends (no entries, naming the optimistic nextIndex as the
+previous entry, after which a follower holding more truncates its log); the cause was not
+pinned down further.
 
 Installs: a follower far behind is sent the leader's dump, which pysyncobj writes over the
 follower's own `raft.dump` and loads, replacing the log with the dump's last two entries. If
@@ -337,8 +339,8 @@ class ReplicatedMachine(SyncObj):
     ) -> None:
         """A follower's answer to an append, with nextIndex never moved back by a success.
 
-        pysyncobj 0.3.17 sets nextIndex to the follower's log end on every successful answer,
-        although the batches sent after the answered one are still on their way: each answer
+        pysyncobj 0.3.17 sets nextIndex to the follower's log end on every answer that raises
+        its match index, although the batches sent after the answered one are on their way: each answer
         during a catch-up made the leader send them again, and the follower truncate and
         re-journal what it had (applied entries among them). etcd's `Progress.MaybeUpdate`
         only ever raises Next on a success; so do we. A `reset` answer (the follower's log
