@@ -943,7 +943,7 @@ class _BlockingTransport:
                     answers[host] = json.loads(content)
             except (OSError, ValueError, CellError):
                 pass
-        leader = leader_elsewhere(target, False, answers)
+        leader = leader_elsewhere(target, answers)
         if leader is None or leader not in self._addresses:
             return None
         self._preferred = self._addresses.index(leader)

@@ -366,7 +366,7 @@ class StoreClient:
                 for address in self._addresses:
                     if address != target:
                         nursery.start_soon(self._probe, address, answers)
-            leader = leader_elsewhere(target, False, answers)
+            leader = leader_elsewhere(target, answers)
         finally:
             # Set even when cancelled, so no waiter is left behind on a dead probe.
             self._verdicts[index] = (trio.current_time(), leader)

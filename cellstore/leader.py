@@ -26,15 +26,11 @@ PROBE_TIMEOUT_S = 0.3
 UNREACHABLE_FOR_S = 1.0
 
 
-def leader_elsewhere(
-    target: str, reachable: bool, answers: Mapping[str, Mapping[str, Any] | None]
-) -> str | None:
+def leader_elsewhere(target: str, answers: Mapping[str, Mapping[str, Any] | None]) -> str | None:
     """The API address of the leader named by the answering replica with the highest term, if
-    `target` (the replica waited on) could not be connected to (`reachable` False) and the
-    leader named is another; else None. `answers` maps replicas' API addresses to their
-    `GET /v1/status`, None where there was no answer."""
-    if reachable:
-        return None
+    it is not `target` (the replica waited on, which the caller has failed to connect to);
+    else None. `answers` maps replicas' API addresses to their `GET /v1/status`, None where
+    there was no answer."""
     best: tuple[int, str] | None = None
     for status in answers.values():
         if status is None:
