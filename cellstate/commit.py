@@ -240,8 +240,20 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
     Every claim of every commit is judged in this one loop, written out rather
     than a function per claim: it is the cell's hottest path."""
     coarse = txn.conflicts is ConflictMode.COARSE
-    # Sequence numbers as the scheduler read them: before this txn's own claims.
-    seqnums: dict[str, int] = {}
+    tasks, machines, jobs = cell.tasks, cell.machines, cell.jobs
+    # Coarse detection compares each claim with its machine as it was before this
+    # transaction's own claims, so every claim can be compared up front; the loop
+    # then pays nothing per claim unless some claim is stale.
+    stale = (
+        {
+            id(claim)
+            for claim in txn.claims
+            if (machine := machines.get(claim.machine)) is not None
+            and claim.seqnum != machine.seqnum
+        }
+        if coarse
+        else set()
+    )
     named: set[str] = set()
     # Rules 1 judged a repeated task like any other claim (see `_rules_1_verdicts`).
     dedup = cell.rules >= 2
@@ -254,7 +266,8 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
     verdicts: list[Rejection | None] = []
     # Where a refusal goes: straight into the answer, or (all-or-nothing) among the verdicts.
     refused = rejected if overlay is None else verdicts
-    tasks, machines, jobs = cell.tasks, cell.machines, cell.jobs
+    refusal = cell.ledger.refusal
+    pending = overlay.pending if overlay is not None else None
     for claim in txn.claims:
         if repeats:
             if claim.task in named:
@@ -285,7 +298,7 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
         if machine.state is not UP:
             refused.append(_rejection(claim, reasons.MACHINE_NOT_UP, machine))
             continue
-        if coarse and claim.seqnum != seqnums.get(machine.id, machine.seqnum):
+        if stale and id(claim) in stale:
             refused.append(_rejection(claim, reasons.MACHINE_CHANGED, machine))
             continue
         spec = jobs[task.job].spec
@@ -308,15 +321,11 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
                 scratch = Ledger()  # victims' quota is not the claim's concern
                 for victim in victims:
                     scratch.remove(victim, delta)
-        reason = cell.ledger.refusal(
-            task, machine.account, delta, overlay.pending if overlay is not None else None
-        )
+        reason = refusal(task, machine.account, delta, pending)
         if reason is not None:
             refused.append(_rejection(claim, reason, machine))
             continue
         if overlay is None:
-            if coarse and machine.id not in seqnums:
-                seqnums[machine.id] = machine.seqnum
             yield task, machine, victims, old
         else:
             verdicts.append(None)

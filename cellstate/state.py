@@ -1097,7 +1097,8 @@ class CellState:
         keep_events = self.keep_events
         reviews: dict[str, None] = {}
         at = cmd.at
-        ledger, jobs, stamp, changed = self.ledger, self.jobs, self.stamp, self.changed_machines
+        jobs, stamp, changed = self.jobs, self.stamp, self.changed_machines
+        book = self.ledger.add
         for task, machine, victims, old in accepted(self, cmd.txn, rejected):
             placed += 1
             for victim in victims:
@@ -1115,10 +1116,10 @@ class CellState:
             # assigned) because every claim of every commit runs it.
             account = machine.account
             if task.best_effort:
-                ledger.add(task, account)
+                book(task, account)
             else:
                 task.reserved, task.reserved_packed = task.demand, task.need.whole
-                ledger.add(task, account)
+                book(task, account)
                 # Only a machine holding best-effort tasks can be overcommitted.
                 if account.be_packed:
                     touched[machine.id] = machine
