@@ -382,19 +382,24 @@ class CellState:
         checked = spec.check is not None
         # Read once for every task of the job: a day's simulation submits 900,000 here.
         jid, owner, priority, at = job.id, spec.owner, spec.priority, cmd.at
+        band = spec.band
+        quota = quota_id(owner, band)
         for index in range(spec.tasks):
-            tid = task_id(jid, index)
+            # `task_id`, written out.
+            tid = f"{jid}.{index}"
             tasks[tid] = Task(
-                id=tid,
-                job=jid,
-                owner=owner,
-                index=index,
-                priority=priority,
-                best_effort=best_effort,
-                demand=demand,
-                need=need,
+                tid,
+                jid,
+                owner,
+                index,
+                priority,
+                best_effort,
+                demand,
+                need,
                 submitted_at=at,
                 checked=checked,
+                band=band,
+                quota=quota,
             )
             task_ids[tid] = None
         self.pending_jobs[job.id] = None
