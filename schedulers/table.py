@@ -32,7 +32,8 @@ the table equal to `Account.free` on every row and dimension. Per row besides:
   the best-fit score, refreshed with its row;
 - `up` (bool), `domain` (int32 code into `domains`), `seqnum`.
 Label columns (`labels(key)`) are built on first use and then kept current by
-the same row refreshes.
+the same row refreshes (of the rows whose machine re-registered: only that
+changes a machine's labels or domain).
 """
 
 from __future__ import annotations
@@ -100,8 +101,11 @@ class MachineTable:
         self.free = np.zeros((0, 0), dtype=np.int64, order="F")
         self.be_free = np.zeros((0, 0), dtype=np.int64, order="F")
         self.inv_cap = np.zeros((0, 0), dtype=np.float64, order="F")
-        # The capacity mapping each row was last read from.
+        # The capacity mapping and labels dict each row was last read from, and the
+        # rows whose capacity lacks some of the table's dimensions.
         self._capacity_of: list[Mapping[str, int] | None] = []
+        self._labels_of: list[Mapping[str, str] | None] = []
+        self._narrow: set[int] = set()
         for dim in REQUIRED:
             self._add_dim(dim)
 
@@ -123,7 +127,9 @@ class MachineTable:
         if len(machines) > self.n:
             self._resize(len(machines))
             rows.extend(range(self.n, len(machines)))
-        return self._refresh(machines, sorted(set(rows)))
+            rows = list(set(rows))  # a new machine may have changed too
+        rows.sort()
+        return self._refresh(machines, rows)
 
     def changes_pending(self, cell: CellState) -> bool:
         """Whether `sync(cell)` would refresh a row, and so bump `generation`."""
@@ -139,17 +145,24 @@ class MachineTable:
             return 0
         ms = [machines[i] for i in rows]
         accounts = [m.account for m in ms]
-        # A machine's capacity changes only when it re-registers, and then the
-        # ledger holds a new mapping (vectors are replaced, never written
-        # through): read capacity, its inverse and new dimensions only then.
-        seen = self._capacity_of
-        moved = [i for i, a in zip(rows, accounts, strict=True) if seen[i] is not a.capacity]
+        # A machine's capacity, labels and domain change only when it re-registers, and
+        # then the ledger holds a new capacity mapping (vectors are replaced, never
+        # written through) and the machine a new labels dict: read capacity, its
+        # inverse, new dimensions, domain and labels of those rows only.
+        seen, seen_labels = self._capacity_of, self._labels_of
+        moved = [
+            i
+            for i, m in zip(rows, ms, strict=True)
+            if seen[i] is not m.account.capacity or seen_labels[i] is not m.labels
+        ]
         if moved:
             self._read_capacity(moved, [machines[i].account.capacity for i in moved])
+            self._read_labels(moved, [machines[i] for i in moved])
         dims = self.dims
         idx = np.asarray(rows, dtype=np.intp)
         width = len(dims)
-        if all(len(a.capacity) == width for a in accounts):
+        narrow = self._narrow
+        if not narrow or narrow.isdisjoint(rows):
             # Every row declares every column (capacities are read above, so none has a
             # dimension the table lacks): decode the rooms a column at a time.
             free = np.empty((len(rows), width), dtype=np.int64)
@@ -166,11 +179,6 @@ class MachineTable:
         self.seqnum[idx] = [m.seqnum for m in ms]
         up = MachineState.UP
         self.up[idx] = [m.state is up for m in ms]
-        self.domains.codes[idx] = self.domains.codes_of([m.domain for m in ms])
-        for key, column in self._labels.items():
-            column.codes[idx] = [
-                MISSING if (v := m.labels.get(key)) is None else column.code(v) for m in ms
-            ]
         self.rows_refreshed += len(rows)
         self.generation += 1
         return len(rows)
@@ -188,14 +196,31 @@ class MachineTable:
         self.capacity[idx] = capacity
         with np.errstate(divide="ignore"):
             self.inv_cap[idx] = np.where(capacity > 0, 1.0 / capacity, 0.0)
+        width = len(self.dims)
         for row, mapping in zip(rows, capacities, strict=True):
             self._capacity_of[row] = mapping
+            if len(mapping) < width:
+                self._narrow.add(row)
+            else:
+                self._narrow.discard(row)
+
+    def _read_labels(self, rows: list[int], ms: list[Machine]) -> None:
+        """Store the domain and label codes of `rows` (machines `ms`)."""
+        idx = np.asarray(rows, dtype=np.intp)
+        self.domains.codes[idx] = self.domains.codes_of([m.domain for m in ms])
+        for key, column in self._labels.items():
+            column.codes[idx] = [
+                MISSING if (v := m.labels.get(key)) is None else column.code(v) for m in ms
+            ]
+        for row, m in zip(rows, ms, strict=True):
+            self._labels_of[row] = m.labels
 
     def _add_dim(self, dim: str) -> None:
         """Append a column for `dim`: zeros, as every machine not yet refreshed
         with it has none of it."""
         self.dim_index[dim] = len(self.dims)
         self.dims.append(dim)
+        self._narrow.update(i for i, c in enumerate(self._capacity_of) if c is not None)
         self.exclusive = np.append(self.exclusive, dim not in RECLAIMABLE)
         for name in (*_DIM_COLUMNS, "inv_cap"):
             old = getattr(self, name)
@@ -221,6 +246,9 @@ class MachineTable:
         self.up = grow(self.up, bool, False)
         self.free_frac = grow(self.free_frac, np.float64)
         self._capacity_of = self._capacity_of[:keep] + [None] * (size - keep)
+        self._labels_of = self._labels_of[:keep] + [None] * (size - keep)
+        if reset:
+            self._narrow = set()
         if reset:
             self.domains = LabelColumn(size)
             self._labels = {}

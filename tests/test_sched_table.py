@@ -153,3 +153,47 @@ def test_rows_keep_their_capacity_until_the_machine_reregisters():
     assert table.inv_cap[1, table.dim_index["gpu"]] == 0.25
     assert table.inv_cap[0, table.dim_index["gpu"]] == 0.0
     _assert_matches(table, cell)
+
+
+def test_a_machine_reregistered_with_the_same_capacity_gets_its_new_labels():
+    """A refresh reads labels and domains again only for rows whose machine re-registered.
+    One that comes back with the very same capacity mapping but new labels and domain must
+    still be read again: the table notices the new labels dict, not only a new capacity.
+    (Checking the capacity alone left the row's old label and domain codes.)"""
+    capacity = Resources(4000, 8 * GI)
+    cell = CellState()
+    cell.apply(RegisterMachines((MachineSpec("m0", capacity, {"disk": "ssd"}, "d0"),), at=1.0))
+    table = MachineTable()
+    table.sync(cell)
+    column = table.labels(cell, "disk")
+    assert column.codes[0] == column.vocab["ssd"]
+    submit(cell, "j", tasks=1, cpu=1000)
+    commit(cell, ("j.0", "m0"))
+    assert table.sync(cell) == 1  # a placement: the row's labels stay as they were
+    assert column.codes[0] == column.vocab["ssd"]
+    cell.apply(RegisterMachines((MachineSpec("m0", capacity, {"disk": "hdd"}, "d1"),), at=2.0))
+    assert table.sync(cell) == 1
+    assert column.codes[0] == column.vocab["hdd"]
+    assert table.domains.codes[0] == table.domains.vocab["d1"]
+    _assert_matches(table, cell)
+
+
+def test_rows_without_a_new_dimension_are_decoded_by_name():
+    """Rows whose machine lacks a column the table has are refreshed through their own
+    dimensions; one machine gaining a gpu makes every other row such a row, and a
+    machine re-registered with a gpu too stops being one."""
+    cell = cell_with(machines=3)
+    table = MachineTable()
+    table.sync(cell)
+    cell.apply(RegisterMachines((MachineSpec("m1", Resources(4000, 8 * GI, gpu=2)),), at=2.0))
+    table.sync(cell)
+    submit(cell, "j", tasks=2, cpu=1000)
+    commit(cell, ("j.0", "m0"), ("j.1", "m1"))
+    assert table.sync(cell) == 2
+    _assert_matches(table, cell)
+    cell.apply(RegisterMachines((MachineSpec("m0", Resources(4000, 8 * GI, gpu=1)),), at=3.0))
+    submit(cell, "k", tasks=1, cpu=500)
+    commit(cell, ("k.0", "m0"))
+    table.sync(cell)
+    _assert_matches(table, cell)
+    assert list(table.view("capacity", "gpu")) == [1, 2, 0]
