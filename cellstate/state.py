@@ -1327,18 +1327,25 @@ class CellState:
         """The job's pending tasks in creation order (`Job.pending_from` skips those before).
         Tasks are only ever appended to a job, and one that becomes pending again resets
         the mark (`_move`), so the mark stays true."""
-        if not job.counts.get(PENDING, 0):
-            return
+        return iter(self.first_pending(job, len(job.task_ids)))
+
+    def first_pending(self, job: Job, count: int) -> list[Task]:
+        """The first `count` of `pending_tasks(job)` (all of them if fewer), as a list:
+        what a scheduler takes of a job per decision, without a generator step per task."""
+        if count <= 0 or not job.counts.get(PENDING, 0):
+            return []
         tasks = self.tasks
         start = job.pending_from
-        first = True
+        found: list[Task] = []
         for position, tid in enumerate(islice(job.task_ids, start, None), start):
             task = tasks[tid]
             if task.state is PENDING:
-                if first:
+                if not found:
                     job.pending_from = position
-                    first = False
-                yield task
+                found.append(task)
+                if len(found) == count:
+                    break
+        return found
 
     # -- snapshots ----------------------------------------------------------------
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import random
 import zlib
-from itertools import islice
 
 import attrs
 import numpy as np
@@ -302,7 +301,7 @@ class SchedulerCore:
                 self._seen.add(jid)
                 self.figures.wait_first_attempt.append(now - job.submitted_at)
             self.attempts[jid] = self.attempts.get(jid, 0) + 1
-            tasks = list(islice(cell.pending_tasks(job), count))
+            tasks = cell.first_pending(job, count)
             metric = metrics[jid] = self._last[jid] = JobMetric(jid)
             placed = self.stack.place(ctx, job, tasks, metric)
             self.figures.sampled += metric.sampled
