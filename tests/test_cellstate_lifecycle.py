@@ -320,3 +320,20 @@ def test_pending_tasks_skip_the_placed_head_yet_find_a_task_that_came_back():
     commit(cell, ("big.1", "m1"), ("big.3", "m1"), ("big.4", "m1"), at=5.0)
     assert list(cell.pending_tasks(job)) == []
     cell.check_invariants()  # no pending task before the mark
+
+
+def test_first_pending_takes_a_few_from_the_mark_in_order():
+    # What a scheduler takes of a job per decision: the first `count` pending tasks,
+    # read from the mark, which moves to the first of them.
+    cell = cell_with(machines=2, cpu=4000)
+    submit(cell, "big", tasks=6)
+    commit(cell, ("big.0", "m0"), ("big.2", "m1"))
+    job = cell.jobs["big"]
+    assert cell.first_pending(job, 0) == []
+    assert job.pending_from == 0  # asking for none reads nothing
+    assert [t.id for t in cell.first_pending(job, 2)] == ["big.1", "big.3"]
+    assert job.pending_from == 1
+    assert [t.id for t in cell.first_pending(job, 10)] == ["big.1", "big.3", "big.4", "big.5"]
+    commit(cell, ("big.1", "m0"), ("big.3", "m0"), at=5.0)
+    assert [t.id for t in cell.first_pending(job, 1)] == ["big.4"]
+    assert job.pending_from == 4
