@@ -146,3 +146,70 @@ def test_a_follower_far_behind_catches_up_without_a_leader_change(tmp_path):
         cluster.kill(other)
         last = {"id": "last", "op": "put", "key": "z", "value": 1}
         assert _post(cluster, leader, [last]).status_code == 200
+
+
+# -- a follower given a batch it holds already ------------------------------------------------
+
+
+@pytest.fixture
+def follower(
+    tmp_path: Path,
+) -> Iterator[tuple[ReplicatedMachine, Any, list[tuple[bytes, int, int]]]]:
+    """A replica, not ticking, whose log holds 200 entries of term 1 past its first, as a
+    follower of term 1 would; and the leader's node."""
+    config = lone_replica_config(tmp_path, "r0")
+    replica = ReplicatedMachine(config)
+    try:
+        raft_log = replica._SyncObj__raftLog
+        first = raft_log[-1][1]
+        for idx in range(first + 1, first + 201):
+            raft_log.add(b"e%d" % idx, idx, 1)
+        replica._SyncObj__raftCurrentTerm = 1
+        leader_node = sorted(replica._SyncObj__otherNodes, key=str)[0]
+        held = [tuple(raft_log[i]) for i in range(len(raft_log))]
+        yield replica, leader_node, held  # type: ignore[misc]
+    finally:
+        replica.destroy()
+
+
+def _append(held: list[Any], start: int, count: int, term: int = 1) -> dict[str, Any]:
+    """The leader's append of `held[start:start + count]`, after `held[start - 1]`."""
+    prev = held[start - 1]
+    return {
+        "type": "append_entries",
+        "term": term,
+        "commit_index": 0,
+        "prevLogIdx": prev[1],
+        "prevLogTerm": prev[2],
+        "entries": [tuple(e) for e in held[start : start + count]],
+    }
+
+
+def _log_end(replica: ReplicatedMachine) -> int:
+    return replica._SyncObj__raftLog[-1][1]
+
+
+def test_a_batch_the_follower_holds_already_does_not_shorten_its_log(follower):
+    replica, leader_node, held = follower
+    receive = replica._SyncObj__transport._onMessageReceivedCallback
+    end = _log_end(replica)
+    receive(leader_node, _append(held, 50, 20))  # entries 50..69 of 200, all held
+    # Without `_held_already` pysyncobj cut the log after the batch: 130 entries gone.
+    assert _log_end(replica) == end
+    assert replica.raft_status()["duplicate_appends"] == 1
+
+
+def test_a_batch_that_conflicts_or_reaches_the_end_is_still_taken(follower):
+    replica, leader_node, held = follower
+    receive = replica._SyncObj__transport._onMessageReceivedCallback
+    end = _log_end(replica)
+    # Reaching past the log's end: taken as pysyncobj takes it, nothing is lost.
+    grown = [*held, (b"new", end + 1, 1)]
+    receive(leader_node, _append(grown, len(held) - 10, 11))
+    assert _log_end(replica) == end + 1
+    # A batch whose entries differ in term from the follower's: its tail goes, as Raft says.
+    rewritten = [*held[:101], *[(b"t2", e[1], 2) for e in held[101:111]]]
+    receive(leader_node, _append(rewritten, 101, 10, term=2))
+    assert _log_end(replica) == rewritten[-1][1]
+    assert replica._SyncObj__raftLog[-1][2] == 2
+    assert replica.raft_status()["duplicate_appends"] == 0
