@@ -1209,14 +1209,16 @@ def stalls_by_fault(
 
 def cut_stalls(cuts: list[Cut], acks: list[Ack]) -> list[float]:
     """Per cut, the longest time between two acknowledged submissions (as `longest_stall`)
-    from the last one before the cut to the first one after the cell settled on heal."""
+    from the last one before the cut until the cell settled on heal. The window ends there,
+    not at the next acknowledgement: the next fault may begin at once and is not this cut's."""
     times = sorted(a.at for a in acks if a.kind == "submit")
     stalls = []
     for cut in cuts:
-        first = bisect.bisect_right(times, cut.at) - 1
-        last = bisect.bisect_left(times, cut.settled) + 1
-        edges = times[max(first, 0) : last]
-        stalls.append(round(max((b - a for a, b in itertools.pairwise(edges)), default=0.0), 2))
+        first = bisect.bisect_right(times, cut.at)  # the first acknowledgement after the cut
+        last = bisect.bisect_left(times, cut.settled)
+        before = times[first - 1] if first else cut.at
+        edges = [before, *times[first:last], cut.settled]
+        stalls.append(round(max(b - a for a, b in itertools.pairwise(edges)), 2))
     return stalls
 
 
