@@ -226,7 +226,6 @@ def status(replica: Replica) -> dict[str, Any]:
         "commit_index": raft["commit_index"],
         "last_applied_index": raft["last_applied_index"],
         "log_entries": raft["log_entries"],
-        "duplicate_appends": raft["duplicate_appends"],
         "version": replica.raft.current_version(),
         "watch": {
             "subscribers": replica.feed.subscribers,

@@ -10,7 +10,7 @@ else (request counts, commit latency) is counted here as it happens.
 
 A replica's metrics, all prefixed `omega_replica_`: `raft_term`, `raft_leader`
 (1 on the leader), `raft_commit_index`, `raft_applied_index`, `raft_log_entries`,
-`raft_duplicate_appends_total`, `version` (the cell's), `watchers`, `commands_in_flight`, `commit_seconds`
+`version` (the cell's), `watchers`, `commands_in_flight`, `commit_seconds`
 (histogram, one sample per command batch a client sent), `requests_total{route,
 method,code}` and `request_seconds{route}`.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -48,12 +48,12 @@ def metrics_endpoint(router: Router, registry: CollectorRegistry) -> None:
 
 
 class ReadAtScrape(Collector):
-    """A collector of figures read from live objects when Prometheus scrapes."""
+    """A collector of gauges read from live objects when Prometheus scrapes."""
 
-    def __init__(self, read: Callable[[], Iterator[Metric]]) -> None:
+    def __init__(self, read: Callable[[], Iterator[GaugeMetricFamily]]) -> None:
         self._read = read
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         yield from self._read()
 
 
@@ -99,7 +99,7 @@ class ReplicaMetrics:
         self.commit_seconds.observe(time.perf_counter() - started)
 
 
-def _replica_gauges(replica: Replica) -> Iterator[Metric]:
+def _replica_gauges(replica: Replica) -> Iterator[GaugeMetricFamily]:
     raft: dict[str, Any] = replica.raft.raft_status()
     yield gauge("omega_replica_raft_term", "Raft term.", raft["term"] or 0)
     yield gauge("omega_replica_raft_leader", "1 if this replica leads.", int(raft["is_leader"]))
@@ -111,11 +111,6 @@ def _replica_gauges(replica: Replica) -> Iterator[Metric]:
         raft["last_applied_index"] or 0,
     )
     yield gauge("omega_replica_raft_log_entries", "Raft log entries kept.", raft["log_entries"])
-    yield CounterMetricFamily(
-        "omega_replica_raft_duplicate_appends",
-        "Appends dropped as already held, which pysyncobj would have truncated after.",
-        value=raft["duplicate_appends"],
-    )
     yield gauge("omega_replica_version", "State version.", replica.raft.current_version())
     yield gauge("omega_replica_watchers", "Open watch streams.", replica.feed.subscribers)
     yield gauge("omega_replica_commands_in_flight", "Commands in Raft.", replica.gateway.in_flight)

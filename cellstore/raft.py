@@ -34,9 +34,7 @@ Two corrections to pysyncobj's follower, found by the soak (`bench/soak.py`) and
 by a test that fails without it (`tests/test_raft_stale_tail.py`): a follower no longer commits
 its own unmatched log tail while a snapshot is sent to it (`clamp_unverified_commit`), and drops
 a conflicting tail at once, so catching up by appends cannot livelock (`_drop_conflicting_tail`).
-Both act on incoming messages before pysyncobj sees them. A third drops an append whose
-entries the follower holds already, with more after them (`_held_already`): pysyncobj truncated
-its log after any such batch, giving up entries it had acknowledged.
+Both act on incoming messages before pysyncobj sees them.
 
 Two guards pysyncobj lacks, for partitions that drop packets rather than reset connections
 (issue #19; pinned by `tests/test_netns_partitions.py`):
@@ -260,7 +258,6 @@ class ReplicatedMachine(SyncObj):
         self._heard_leader_at = 0.0  # `raft_clock`; when an append_entries of our term came
         self._pre_vote_round: tuple[int, set[Any]] | None = None  # (term asked for, yes-sayers)
         self._election_won_pre_vote = False
-        self._duplicate_appends = 0  # appends dropped by `_held_already`
         self._durable: DurableJournal | None = None  # set once the journal exists (below)
         self._space: SpaceGuard | None = None  # likewise
         self._held_acks: list[tuple[Any, Any]] = []  # fsync: acknowledgements not yet sent
@@ -281,9 +278,8 @@ class ReplicatedMachine(SyncObj):
         self._box_seen = self._box
 
     def _guard_raft_messages(self) -> None:
-        """Route every incoming Raft message through three corrections to pysyncobj 0.3.17
-        first: `clamp_unverified_commit`, `_drop_conflicting_tail` and `_held_already` (see
-        each). The library has no
+        """Route every incoming Raft message through two corrections to pysyncobj 0.3.17 first:
+        `clamp_unverified_commit` and `_drop_conflicting_tail` (see each). The library has no
         hook for this, so the transport's one callback is re-pointed and two private members
         are used; that is why `pysyncobj` is pinned to that exact version."""
         transport = self._SyncObj__transport
@@ -296,9 +292,6 @@ class ReplicatedMachine(SyncObj):
                     self._heard_leader_at = raft_clock()
                 clamp_unverified_commit(message, self.raftCommitIndex)
                 self._drop_conflicting_tail(message)
-                if self._held_already(message):
-                    self._duplicate_appends += 1
-                    return
             elif kind == "pre_vote":
                 self._answer_pre_vote(node, message)
                 return
@@ -411,34 +404,6 @@ class ReplicatedMachine(SyncObj):
         found = self._SyncObj__getEntries(prev, 1)
         if found and found[0][2] != message["prevLogTerm"]:
             self._SyncObj__deleteEntriesFrom(prev)
-
-    def _held_already(self, message: dict[str, Any]) -> bool:
-        """Whether `message` is an append whose entries this follower holds already, every
-        one at the same index with the same term, with more of its log after them.
-
-        pysyncobj truncates its log after any append whose previous entry is not its last,
-        conflict or not, then adds the batch: given such a batch, a follower dropped entries
-        it had acknowledged, possibly applied (`truncating already-applied log entries`), and
-        held less than the leader had counted on it for, until later batches brought them
-        back. If the leader failed in between, an entry a majority had held could be on a
-        minority only. Raft deletes a follower's entries only where they conflict with the
-        leader's. Nothing in the batch is new, so the message is dropped whole: the leader's
-        later batches and heartbeats carry on from where its sends had reached."""
-        entries = message.get("entries")
-        if not entries or "prevLogIdx" not in message or "transmission" in message:
-            return False
-        if message.get("term", -1) < self.raftCurrentTerm:
-            return False
-        prev = message["prevLogIdx"]
-        if prev + len(entries) >= self._SyncObj__getCurrentLogIndex():
-            return False  # the batch reaches this log's end: pysyncobj loses nothing
-        held = self._SyncObj__getEntries(prev, len(entries) + 1)
-        if len(held) != len(entries) + 1 or held[0][2] != message["prevLogTerm"]:
-            return False
-        return all(
-            mine[1] == theirs[1] and mine[2] == theirs[2]
-            for mine, theirs in zip(held[1:], entries, strict=True)
-        )
 
     # -- pre-vote and stepping down (see the module docstring) ---------------------------------
 
@@ -708,5 +673,4 @@ class ReplicatedMachine(SyncObj):
             "last_applied_index": self.raftLastApplied,
             "ready": self.isReady(),
             "log_entries": self._getRaftLogSize(),
-            "duplicate_appends": self._duplicate_appends,
         }
