@@ -10,7 +10,8 @@ schedule of faults). Then it replays the whole feed from version 1, recounting t
 command changed after every command (capacity, sums, single placement; every invariant of the
 cell every 100 commands and at the end), and compares it with every acknowledgement and every replica's snapshot. Prints a
 summary and, last, one JSON line: `acknowledged`, `faults`, `checks`, `lost` (must be 0),
-`errors`, `seed`, `wall_s`, `longest_stall_s`, `heal_leader_changes`, `netns`.
+`errors`, `seed`, `wall_s`, `longest_stall_s`, `heal_leader_changes`, `stalls_by_fault`,
+`cuts`, `netns`.
 
 With `--netns` (root, iproute2, nftables, faketime) every process is on a host of its own
 (`harness.netcell`): replicas started with the README's several-hosts command line, r1's clock
@@ -18,6 +19,12 @@ With `--netns` (root, iproute2, nftables, faketime) every process is on a host o
 agent`; partitions are dropped packets (both ways, or one way), plus lossy and slow leader
 links and agent kills. The longest stall is the longest time between two acknowledged
 submissions of the steady writer, with the fault that preceded it.
+
+`cuts` takes the leader partitions apart, per kind of cut and per whether every replica had
+caught up when it began (`whole`) or one was still restarting or catching up after an earlier
+fault (`not_whole`): the longest and median stall from the cut to the settled heal, and the
+heals that moved the leader. A cut of a whole cell is what an election can fix; a cut that
+leaves a majority waiting on a replica still loading its state is not.
 """
 
 from __future__ import annotations
@@ -96,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         f"changes on heal: {sum(run.heal_changes)} of {len(run.heal_changes)} partitions"
     )
     print(f"longest write stall after each kind of fault (s): {run.stalls_by_fault}")
+    print("leader cut off, by kind and by whether every replica was caught up at the cut:")
+    for key, row in run.cuts.items():
+        print(
+            f"  {key}: {row['cuts']} cuts, stall max {row['stall_max_s']} s, "
+            f"p50 {row['stall_p50_s']} s, leader changes on heal {row['heal_changes']}"
+        )
     print(f"lost: {lost}; checker errors: {len(run.report.errors)}")
     for error in run.report.errors[:20]:
         print(f"  ERROR {error}")
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 "longest_stall_s": run.longest_stall_s,
                 "heal_leader_changes": sum(run.heal_changes),
                 "stalls_by_fault": run.stalls_by_fault,
+                "cuts": run.cuts,
                 "netns": args.netns,
             }
         ).decode()

@@ -30,6 +30,7 @@ peer list, index for index, onto the shared API addresses.
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import itertools
 import math
@@ -37,6 +38,7 @@ import os
 import random
 import secrets
 import signal
+import statistics
 import subprocess
 import threading
 import time
@@ -294,6 +296,27 @@ class Ack:
     key: Any
     result: Any
     at: float = 0.0  # time.monotonic() when the acknowledgement came back
+
+
+@attrs.frozen
+class Cut:
+    """One partition of the leader: its `kind`, when it began and when the cell had settled
+    after the heal (`time.monotonic()`; `HEAL_SETTLE_S` after it agreed on a leader), whether the cell was `whole` just before it (every replica answered
+    and had applied within `WHOLE_LAG` entries of the leader's commit index), and whether the
+    heal `moved` the leader. A cut of a whole cell is the case Raft's election, check-quorum
+    and pre-vote are measured on; a cut while another replica is still restarting or catching
+    up leaves the majority waiting for that replica, which no election can shorten."""
+
+    kind: str
+    at: float
+    settled: float
+    whole: bool
+    moved: bool
+
+
+# Entries a caught-up follower may trail the leader's commit index by: the steady writer's
+# commits of a few heartbeats.
+WHOLE_LAG = 50
 
 
 @attrs.define
@@ -600,6 +623,7 @@ class Faults:
         self.timeline: list[tuple[float, str]] = []  # (time.monotonic() at start, kind)
         # Per healed partition: did the leader the majority elected lose the lead on heal?
         self.heal_changes: list[int] = []
+        self.cuts: list[Cut] = []
 
     async def _sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args)
@@ -652,8 +676,11 @@ class Faults:
         """Cut the leader off with `cut`; show its write is not acknowledged while the other
         two elect a leader and keep acknowledging; heal; wait for one agreed leader again."""
         c = self.cluster
+        kind = self.timeline[-1][1] if self.timeline else "partition_leader"
         old = await self._sync(c.wait_leader)
+        whole = await self._sync(self._whole, old)
         acks_before = len(self.workload.acks)
+        at = time.monotonic()
         await self._sync(cut, old)
         majority = [i for i in range(c.n) if i != old]
         probe = await self._probe(old)
@@ -682,8 +709,19 @@ class Faults:
         await trio.sleep(HEAL_SETTLE_S)
         after = await self._leadership(None)
         self.heal_changes.append(int(after != before))
+        self.cuts.append(Cut(kind, at, time.monotonic(), whole, after != before))
         if after != before:
             self.say(f"heal: leadership moved from {before} to {after}")
+
+    def _whole(self, leader: int) -> bool:
+        """Whether every replica answers and has applied nearly all `leader` has committed."""
+        statuses = [self.cluster.status(i) for i in range(self.cluster.n)]
+        if any(s is None for s in statuses):
+            return False
+        committed = max(int(s["commit_index"]) for s in statuses if s is not None)
+        return all(
+            int(s["last_applied_index"]) >= committed - WHOLE_LAG for s in statuses if s is not None
+        )
 
     async def _leadership(self, among: list[int] | None) -> tuple[int, int]:
         """The agreed leader among `among` (default: all live) and its term."""
@@ -1010,6 +1048,7 @@ class Run:
     stall_after: str = ""  # the fault injected last before that stall
     heal_changes: list[int] = attrs.Factory(list)  # per healed partition: leader moved (1)
     stalls_by_fault: dict[str, float] = attrs.Factory(dict)  # `stalls_by_fault`
+    cuts: dict[str, dict[str, Any]] = attrs.Factory(dict)  # `cut_summary`
 
 
 def fault_plan(
@@ -1147,6 +1186,7 @@ def run_scenario(
         stall_after,
         list(faults.heal_changes),
         by_fault,
+        cut_summary(faults.cuts, cut_stalls(faults.cuts, workload.acks)),
     )
 
 
@@ -1165,6 +1205,39 @@ def stalls_by_fault(
         kind = before[-1] if before else "none"
         worst[kind] = round(max(worst.get(kind, 0.0), b - a), 2)
     return worst
+
+
+def cut_stalls(cuts: list[Cut], acks: list[Ack]) -> list[float]:
+    """Per cut, the longest time between two acknowledged submissions (as `longest_stall`)
+    from the last one before the cut until the cell settled on heal. The window ends there,
+    not at the next acknowledgement: the next fault may begin at once and is not this cut's."""
+    times = sorted(a.at for a in acks if a.kind == "submit")
+    stalls = []
+    for cut in cuts:
+        first = bisect.bisect_right(times, cut.at)  # the first acknowledgement after the cut
+        last = bisect.bisect_left(times, cut.settled)
+        before = times[first - 1] if first else cut.at
+        edges = [before, *times[first:last], cut.settled]
+        stalls.append(round(max(b - a for a, b in itertools.pairwise(edges)), 2))
+    return stalls
+
+
+def cut_summary(cuts: list[Cut], stalls: list[float]) -> dict[str, dict[str, Any]]:
+    """Per kind of cut and per whether the cell was whole before it: how many, the longest
+    and median stall, and how many heals moved the leader."""
+    groups: dict[str, list[tuple[Cut, float]]] = {}
+    for cut, stall in zip(cuts, stalls, strict=True):
+        key = f"{cut.kind}:{'whole' if cut.whole else 'not_whole'}"
+        groups.setdefault(key, []).append((cut, stall))
+    return {
+        key: {
+            "cuts": len(group),
+            "stall_max_s": max(s for _, s in group),
+            "stall_p50_s": round(statistics.median(s for _, s in group), 2),
+            "heal_changes": sum(c.moved for c, _ in group),
+        }
+        for key, group in sorted(groups.items())
+    }
 
 
 async def _monitor(cluster: LocalCluster, path: Path, period_s: float = 2.0) -> None:

@@ -17,13 +17,45 @@ from pathlib import Path
 
 import pytest
 
-from harness.faults import run_scenario
+from harness.faults import Ack, Cut, cut_stalls, cut_summary, run_scenario
 from harness.hosts import netns_unavailable
 from harness.netcell import NETNS_CI_SCHEDULE
 
-pytestmark = pytest.mark.slow
+
+def test_a_cuts_stall_runs_from_the_last_ack_before_it_to_the_settled_heal() -> None:
+    acks = [Ack(f"c{t}", "submit", "j", b"", t) for t in (1.0, 1.1, 1.2, 3.0, 3.1, 4.9, 9.0)]
+    acks.append(Ack("k", "kill", "j", b"", 2.0))  # only submissions pace the writer
+    cuts = [
+        Cut("partition_leader", 1.25, 5.0, True, False),
+        # The next fault's stall (4.9 to 9.0) is not this cut's: its window ends at 5.0.
+        Cut("partition_leader", 3.05, 5.0, False, True),
+        Cut("partition_leader_inbound", 0.5, 0.8, True, False),  # no ack before or during
+    ]
+    stalls = cut_stalls(cuts, acks)
+    assert stalls == [1.8, 1.8, 0.3]
+    assert cut_summary(cuts, stalls) == {
+        "partition_leader:not_whole": {
+            "cuts": 1,
+            "stall_max_s": 1.8,
+            "stall_p50_s": 1.8,
+            "heal_changes": 1,
+        },
+        "partition_leader:whole": {
+            "cuts": 1,
+            "stall_max_s": 1.8,
+            "stall_p50_s": 1.8,
+            "heal_changes": 0,
+        },
+        "partition_leader_inbound:whole": {
+            "cuts": 1,
+            "stall_max_s": 0.3,
+            "stall_p50_s": 0.3,
+            "heal_changes": 0,
+        },
+    }
 
 
+@pytest.mark.slow
 def test_netns_faults_lose_no_acknowledged_operation(tmp_path: Path) -> None:
     why = netns_unavailable()
     if why is not None:
@@ -49,6 +81,10 @@ def test_netns_faults_lose_no_acknowledged_operation(tmp_path: Path) -> None:
     assert ended.get("real-0", 0) > 0 and ended.get("hollow", 0) > 0, summary
     assert figures["invariant_checks"] == figures["commands"] == figures["version"]
     assert run.leaks == [], run.leaks
+    # Every partition is accounted for once, by kind and by whether the cell was whole.
+    partitions = [k for k in NETNS_CI_SCHEDULE if k.startswith("partition_leader")]
+    assert sum(row["cuts"] for row in run.cuts.values()) == len(partitions), run.cuts
+    assert {key.split(":")[0] for key in run.cuts} == set(partitions), run.cuts
     print(
         f"netns soak: {kinds}, faults {run.faults}, longest write stall "
         f"{run.longest_stall_s} s (after {run.stall_after}), leader changes on heal "
