@@ -103,6 +103,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +114,7 @@ import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.syncobj import _RAFT_STATE, SyncObjExceptionWrongVer
+from pysyncobj.tcp_connection import TcpConnection
 
 from cellstore.config import ReplicaConfig
 from cellstore.datadir import DamagedEntry, check_data_dir, seal, unseal
@@ -129,6 +131,38 @@ CommitCallback = Callable[[bytes | None, int], None]
 # election timeout, so a backlog never silences a replica's heartbeats and acknowledgements.
 APPLY_BUDGET_S = 0.05
 SLOW_TICK_S = 0.25
+
+# Linux 6.15 and later: the longest a connection's retransmission timer may back off to
+# (120 s by default, and at least 1 s). A link that drops packets for a few seconds leaves
+# each end's timer backed off to seconds; after the heal, what either end sends waits for
+# that timer, so a follower cut off and back heard nothing for up to 25 s, and when the leader
+# was cut next, the majority's pre-vote answers waited as long (a netns soak stalled 16 s).
+# Capped, a Raft link is heard again within a second of the heal.
+TCP_RTO_MAX_MS = getattr(socket, "TCP_RTO_MAX_MS", 44)
+RAFT_RTO_MAX_MS = 1000
+
+
+def cap_retransmission_backoff(sock: socket.socket) -> bool:
+    """Cap `sock`'s retransmission backoff at `RAFT_RTO_MAX_MS`; False on a kernel without
+    the option, which keeps its default."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, RAFT_RTO_MAX_MS)
+    except OSError:
+        return False
+    return True
+
+
+def _set_raft_socket_options(connection: TcpConnection) -> None:
+    """pysyncobj's own socket options (keepalive), then the backoff cap. pysyncobj calls this
+    for every socket of a Raft link: those it connects and those it accepts."""
+    _set_keepalive(connection)
+    sock = connection._TcpConnection__socket
+    if sock is not None:
+        cap_retransmission_backoff(sock)
+
+
+_set_keepalive = TcpConnection.setSockoptKeepalive
+TcpConnection.setSockoptKeepalive = _set_raft_socket_options
 
 FAIL_REASON_NAMES: dict[int, str] = {
     v: k.lower() for k, v in vars(FAIL_REASON).items() if isinstance(v, int)
