@@ -300,10 +300,11 @@ class Ack:
 
 @attrs.frozen
 class Cut:
-    """One partition of the leader: its `kind`, when it began and when the cell had settled
-    after the heal (`time.monotonic()`; `HEAL_SETTLE_S` after it agreed on a leader), whether the cell was `whole` just before it (every replica answered
-    and had applied within `WHOLE_LAG` entries of the leader's commit index), and whether the
-    heal `moved` the leader. A cut of a whole cell is the case Raft's election, check-quorum
+    """One partition of the leader: its `kind`; when it began and when the cell had settled
+    after the heal (`time.monotonic()`, `HEAL_SETTLE_S` after it agreed on a leader); whether
+    the cell was `whole` just before it (every replica answered and had applied within
+    `WHOLE_LAG` entries of the leader's commit index); and whether the heal `moved` the
+    leader (the majority's leader and term just before the heal against the cell's after). A cut of a whole cell is the case Raft's election, check-quorum
     and pre-vote are measured on; a cut while another replica is still restarting or catching
     up leaves the majority waiting for that replica, which no election can shorten."""
 
@@ -621,9 +622,7 @@ class Faults:
         self.probes: list[Probe] = []
         self.majority_acks: list[int] = []  # acks gained while a leader was cut off
         self.timeline: list[tuple[float, str]] = []  # (time.monotonic() at start, kind)
-        # Per healed partition: did the leader the majority elected lose the lead on heal?
-        self.heal_changes: list[int] = []
-        self.cuts: list[Cut] = []
+        self.cuts: list[Cut] = []  # every partition of the leader, in order
 
     async def _sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args)
@@ -708,7 +707,6 @@ class Faults:
         # it has caught up: look again after a while.
         await trio.sleep(HEAL_SETTLE_S)
         after = await self._leadership(None)
-        self.heal_changes.append(int(after != before))
         self.cuts.append(Cut(kind, at, time.monotonic(), whole, after != before))
         if after != before:
             self.say(f"heal: leadership moved from {before} to {after}")
@@ -1184,7 +1182,7 @@ def run_scenario(
         time.monotonic() - started,
         round(stall, 2),
         stall_after,
-        list(faults.heal_changes),
+        [int(cut.moved) for cut in faults.cuts],
         by_fault,
         cut_summary(faults.cuts, cut_stalls(faults.cuts, workload.acks)),
     )
