@@ -81,7 +81,7 @@ def run(
     replica: bool = False,
 ) -> dict:
     rng = random.Random(seed)
-    cell = build_cell(machines, total, job_size=10_000, dimensions=dimensions)
+    cell = build_cell(machines, total, job_size=min(10_000, total), dimensions=dimensions)
     cell.keep_events = not replica
     names = [m.id for m in cell.machine_list]
     pending = [t.id for t in cell.tasks.values()]
@@ -128,6 +128,11 @@ def main() -> None:
         "--repeat", type=int, default=3, help="runs of each mode; the best is the headline"
     )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: runs of each mode must be at least 1")
+    for flag in ("machines", "claims", "total"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} {getattr(args, flag)}: must be at least 1")
     if args.gc == "cell":
         heap.tune_for_large_heaps()
     modes = (ConflictMode.FINE, ConflictMode.COARSE)
