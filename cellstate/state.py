@@ -997,13 +997,6 @@ class CellState:
         stale = []
         keep_events = self.keep_events
         find = self.tasks.get
-        machines, remove, stamp, changed = (
-            self.machines,
-            self.ledger.remove,
-            self.stamp,
-            self.changed_machines,
-        )
-        at = cmd.at
         for report in cmd.reports:
             task = find(report.task)
             if (
@@ -1026,33 +1019,6 @@ class CellState:
                     stale.append(report.task)
                 continue
             job = self.jobs[task.job]
-            if new in TERMINAL_STATES:
-                # Every task ends here, once: `_release` and `_move` written out, which
-                # cost as much again as the rest of this loop.
-                assert new in TRANSITIONS[state], (state, new)
-                machine = machines[task.machine]
-                job.moves += 1
-                remove(task, machine.account)
-                task.reserved, task.reserved_packed = EMPTY, 0
-                del machine.tasks[task.id]
-                machine.seqnum += 1
-                machine.changed = stamp
-                if changed is not None:
-                    changed.add(machine.id)
-                task.finished_at = at
-                task.exit_code = exit_code = report.exit_code
-                task.reason = report.reason
-                if new is FAILED or exit_code:
-                    job.failures += 1
-                counts = job.counts
-                counts[state] -= 1
-                counts[new] = counts.get(new, 0) + 1
-                task.state = new
-                if state is RUNNING:
-                    self._availability(task, job)
-                if keep_events:
-                    events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
-                continue
             if new is PENDING:
                 self._evict(task, report.reason or "lost", events)
                 continue
@@ -1063,7 +1029,14 @@ class CellState:
                 # A (re)start is a new run: nobody has judged it yet.
                 self._judge(task, None, events, reset=True)
             if new is RUNNING and task.started_at is None:
-                task.started_at = at
+                task.started_at = cmd.at
+            if new in TERMINAL_STATES:
+                self._release(task)
+                task.finished_at = cmd.at
+                task.exit_code = report.exit_code
+                task.reason = report.reason
+                if new is FAILED or report.exit_code:
+                    job.failures += 1
             self._move(task, job, new)
             if keep_events:
                 events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
