@@ -385,8 +385,7 @@ class CellState:
         band = spec.band
         quota = quota_id(owner, band)
         for index in range(spec.tasks):
-            # `task_id`, written out.
-            tid = f"{jid}.{index}"
+            tid = task_id(jid, index)
             tasks[tid] = Task(
                 tid,
                 jid,
