@@ -17,9 +17,9 @@ from typing import Any
 
 # A healthy replica answers a write in milliseconds; probing costs a connection attempt and a
 # few status requests per request that waits longer.
-PROBE_AFTER_S = 0.5
+PROBE_AFTER_S = 0.25
 PROBE_PERIOD_S = 0.1
-PROBE_TIMEOUT_S = 0.3
+PROBE_TIMEOUT_S = 0.2
 # A replica that could not be connected to is taken as still cut off for this long: the probes
 # in between only ask the others, every `PROBE_PERIOD_S`, so a new leader is seen about as soon
 # as it is elected rather than one more connect timeout later.
