@@ -11,7 +11,7 @@ command changed after every command (capacity, sums, single placement; every inv
 cell every 100 commands and at the end), and compares it with every acknowledgement and every replica's snapshot. Prints a
 summary and, last, one JSON line: `acknowledged`, `faults`, `checks`, `lost` (must be 0),
 `errors`, `seed`, `wall_s`, `longest_stall_s`, `heal_leader_changes`, `stalls_by_fault`,
-`cuts`, `netns`.
+`cuts`, `slow_cuts`, `netns`.
 
 With `--netns` (root, iproute2, nftables, faketime) every process is on a host of its own
 (`harness.netcell`): replicas started with the README's several-hosts command line, r1's clock
@@ -109,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  {key}: {row['cuts']} cuts, stall max {row['stall_max_s']} s, "
             f"p50 {row['stall_p50_s']} s, leader changes on heal {row['heal_changes']}"
         )
+    for cut in run.slow_cuts:
+        print(
+            f"  a cut of {cut['stall_s']} s ({cut['kind']}, "
+            f"{'whole' if cut['whole'] else 'not whole'}): the writer waited from "
+            f"{cut['gap_s'][0]} to {cut['gap_s'][1]} s after the cut, healed at {cut['healed_s']} s"
+        )
     print(f"lost: {lost}; checker errors: {len(run.report.errors)}")
     for error in run.report.errors[:20]:
         print(f"  ERROR {error}")
@@ -128,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 "heal_leader_changes": sum(run.heal_changes),
                 "stalls_by_fault": run.stalls_by_fault,
                 "cuts": run.cuts,
+                "slow_cuts": run.slow_cuts,
                 "netns": args.netns,
             }
         ).decode()

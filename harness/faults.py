@@ -300,8 +300,9 @@ class Ack:
 
 @attrs.frozen
 class Cut:
-    """One partition of the leader: its `kind`; when it began and when the cell had settled
-    after the heal (`time.monotonic()`, `HEAL_SETTLE_S` after it agreed on a leader); whether
+    """One partition of the leader: its `kind`; when it began, when its heal began and when the
+    cell had settled after the heal (`time.monotonic()`, `HEAL_SETTLE_S` after it agreed on a
+    leader); whether
     the cell was `whole` just before it (every replica answered and had applied within
     `WHOLE_LAG` entries of the leader's commit index); and whether the heal `moved` the
     leader (the majority's leader and term just before the heal against the cell's after). A cut of a whole cell is the case Raft's election, check-quorum
@@ -310,6 +311,7 @@ class Cut:
 
     kind: str
     at: float
+    healed: float
     settled: float
     whole: bool
     moved: bool
@@ -701,13 +703,14 @@ class Faults:
         # The majority's leader and term just before the heal: an election the majority held on
         # its own meanwhile (two replicas on a loaded machine) is not the heal's doing.
         before = await self._leadership(majority)
+        healed = time.monotonic()
         await self._sync(c.heal)
         await self._sync(c.wait_leader, None, 45.0)
         # A rejoining replica that disrupts does so once it hears from the others again, or once
         # it has caught up: look again after a while.
         await trio.sleep(HEAL_SETTLE_S)
         after = await self._leadership(None)
-        self.cuts.append(Cut(kind, at, time.monotonic(), whole, after != before))
+        self.cuts.append(Cut(kind, at, healed, time.monotonic(), whole, after != before))
         if after != before:
             self.say(f"heal: leadership moved from {before} to {after}")
 
@@ -1047,6 +1050,7 @@ class Run:
     heal_changes: list[int] = attrs.Factory(list)  # per healed partition: leader moved (1)
     stalls_by_fault: dict[str, float] = attrs.Factory(dict)  # `stalls_by_fault`
     cuts: dict[str, dict[str, Any]] = attrs.Factory(dict)  # `cut_summary`
+    slow_cuts: list[dict[str, Any]] = attrs.Factory(list)  # `slow_cuts`
 
 
 def fault_plan(
@@ -1185,6 +1189,7 @@ def run_scenario(
         [int(cut.moved) for cut in faults.cuts],
         by_fault,
         cut_summary(faults.cuts, cut_stalls(faults.cuts, workload.acks)),
+        slow_cuts(faults.cuts, workload.acks),
     )
 
 
@@ -1210,14 +1215,36 @@ def cut_stalls(cuts: list[Cut], acks: list[Ack]) -> list[float]:
     from the last one before the cut until the cell settled on heal. The window ends there,
     not at the next acknowledgement: the next fault may begin at once and is not this cut's."""
     times = sorted(a.at for a in acks if a.kind == "submit")
-    stalls = []
+    return [round(end - start, 2) for start, end in (_longest_gap(cut, times) for cut in cuts)]
+
+
+def slow_cuts(cuts: list[Cut], acks: list[Ack], over_s: float = 1.0) -> list[dict[str, Any]]:
+    """The cuts whose stall (`cut_stalls`) is `over_s` or more, each with where its longest
+    gap lay, in seconds from the cut: whether the writer waited on the election or on the
+    heal is what says which to shorten."""
+    times = sorted(a.at for a in acks if a.kind == "submit")
+    slow = []
     for cut in cuts:
-        first = bisect.bisect_right(times, cut.at)  # the first acknowledgement after the cut
-        last = bisect.bisect_left(times, cut.settled)
-        before = times[first - 1] if first else cut.at
-        edges = [before, *times[first:last], cut.settled]
-        stalls.append(round(max(b - a for a, b in itertools.pairwise(edges)), 2))
-    return stalls
+        start, end = _longest_gap(cut, times)
+        if round(end - start, 2) >= over_s:
+            slow.append(
+                {
+                    "kind": cut.kind,
+                    "whole": cut.whole,
+                    "stall_s": round(end - start, 2),
+                    "gap_s": [round(start - cut.at, 2), round(end - cut.at, 2)],
+                    "healed_s": round(cut.healed - cut.at, 2),
+                }
+            )
+    return slow
+
+
+def _longest_gap(cut: Cut, times: list[float]) -> tuple[float, float]:
+    first = bisect.bisect_right(times, cut.at)  # the first acknowledgement after the cut
+    last = bisect.bisect_left(times, cut.settled)
+    before = times[first - 1] if first else cut.at
+    edges = [before, *times[first:last], cut.settled]
+    return max(itertools.pairwise(edges), key=lambda gap: gap[1] - gap[0])
 
 
 def cut_summary(cuts: list[Cut], stalls: list[float]) -> dict[str, dict[str, Any]]:

@@ -17,27 +17,44 @@ from pathlib import Path
 
 import pytest
 
-from harness.faults import Ack, Cut, cut_stalls, cut_summary, run_scenario
+from harness.faults import Ack, Cut, cut_stalls, cut_summary, run_scenario, slow_cuts
 from harness.hosts import netns_unavailable
 from harness.netcell import NETNS_CI_SCHEDULE
 
 
 def test_a_cuts_stall_runs_from_the_last_ack_before_it_to_the_settled_heal() -> None:
-    acks = [Ack(f"c{t}", "submit", "j", b"", t) for t in (1.0, 1.1, 1.2, 3.0, 3.1, 4.9, 9.0)]
+    acks = [Ack(f"c{t}", "submit", "j", b"", t) for t in (1.0, 1.1, 1.2, 3.0, 3.1, 4.8, 9.0)]
     acks.append(Ack("k", "kill", "j", b"", 2.0))  # only submissions pace the writer
     cuts = [
-        Cut("partition_leader", 1.25, 5.0, True, False),
-        # The next fault's stall (4.9 to 9.0) is not this cut's: its window ends at 5.0.
-        Cut("partition_leader", 3.05, 5.0, False, True),
-        Cut("partition_leader_inbound", 0.5, 0.8, True, False),  # no ack before or during
+        Cut("partition_leader", 1.25, 2.5, 5.0, True, False),
+        # The next fault's stall (4.8 to 9.0) is not this cut's: its window ends at 5.0.
+        Cut("partition_leader", 3.05, 4.0, 5.0, False, True),
+        Cut("partition_leader_inbound", 0.5, 0.7, 0.8, True, False),  # no ack before or during
     ]
     stalls = cut_stalls(cuts, acks)
-    assert stalls == [1.8, 1.8, 0.3]
+    assert stalls == [1.8, 1.7, 0.3]
+    # Where the longest gap lay, from each cut: the first cut's writer waited from before it.
+    assert slow_cuts(cuts, acks) == [
+        {
+            "kind": "partition_leader",
+            "whole": True,
+            "stall_s": 1.8,
+            "gap_s": [-0.05, 1.75],
+            "healed_s": 1.25,
+        },
+        {
+            "kind": "partition_leader",
+            "whole": False,
+            "stall_s": 1.7,
+            "gap_s": [0.05, 1.75],
+            "healed_s": 0.95,
+        },
+    ]
     assert cut_summary(cuts, stalls) == {
         "partition_leader:not_whole": {
             "cuts": 1,
-            "stall_max_s": 1.8,
-            "stall_p50_s": 1.8,
+            "stall_max_s": 1.7,
+            "stall_p50_s": 1.7,
             "heal_changes": 1,
         },
         "partition_leader:whole": {
