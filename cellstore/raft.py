@@ -290,7 +290,10 @@ class ReplicatedMachine(SyncObj):
         self._pre_vote = config.raft.pre_vote
         self._election_min_s = config.raft.election_min_s
         self._heard_leader_at = 0.0  # `raft_clock`; when an append_entries of our term came
-        self._pre_vote_round: tuple[int, set[Any]] | None = None  # (term asked for, yes-sayers)
+        # (term asked for, round number, yes-sayers); rounds are numbered because every round
+        # a cut-off replica starts asks for the same term (`_count_pre_vote`).
+        self._pre_vote_round: tuple[int, int, set[Any]] | None = None
+        self._pre_vote_rounds = 0
         self._election_won_pre_vote = False
         self._durable: DurableJournal | None = None  # set once the journal exists (below)
         self._space: SpaceGuard | None = None  # likewise
@@ -456,10 +459,12 @@ class ReplicatedMachine(SyncObj):
             return  # pysyncobj runs the election on this tick
         self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
         term = self.raftCurrentTerm + 1
-        self._pre_vote_round = (term, set())
+        self._pre_vote_rounds += 1
+        self._pre_vote_round = (term, self._pre_vote_rounds, set())
         ask = {
             "type": "pre_vote",
             "term": term,
+            "round": self._pre_vote_rounds,
             "last_log_index": self._SyncObj__getCurrentLogIndex(),
             "last_log_term": self._SyncObj__getCurrentLogTerm(),
         }
@@ -482,16 +487,32 @@ class ReplicatedMachine(SyncObj):
         if granted:
             self._log.info("pre_vote_granted", term=message.get("term"), to=str(node))
         self._SyncObj__transport.send(
-            node, {"type": "pre_vote_response", "term": message.get("term"), "granted": granted}
+            node,
+            {
+                "type": "pre_vote_response",
+                "term": message.get("term"),
+                "round": message.get("round"),
+                "granted": granted,
+            },
         )
 
     def _count_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
+        """Count a yes to the round under way, and only to it.
+
+        A replica cut off asks for the same term in every round (its term does not move), and
+        a yes sent while its link dropped packets is delivered by TCP once the link heals,
+        seconds late: counted by term alone, that stale yes won a pre-vote the peer would now
+        refuse, and the election it started deposed a healthy leader (a netns soak, seed
+        1204). An answer from a replica of the release before has no round and is judged by
+        term alone, as it was then."""
         current = self._pre_vote_round
         if current is None or not message.get("granted"):
             return
-        term, yes = current
+        term, number, yes = current
         if message.get("term") != term or term != self.raftCurrentTerm + 1:
             return  # an answer to an older round, or our term moved on since
+        if message.get("round", number) != number:
+            return  # a yes to an earlier round of the same term
         yes.add(node)
         if len(yes) + 1 > (len(self._SyncObj__otherNodes) + 1) / 2:
             self._pre_vote_round = None
@@ -501,7 +522,14 @@ class ReplicatedMachine(SyncObj):
 
     def _on_state_changed(self, old: int, new: int) -> None:
         """On the tick thread: when this replica stops leading, fail what it was waiting to
-        commit, so clients resend to the new leader at once instead of timing out."""
+        commit, so clients resend to the new leader at once instead of timing out. Elections
+        are logged too: which replica stood, from which term, is what explains a leader change
+        after the fact."""
+        if new == _RAFT_STATE.CANDIDATE:
+            # pysyncobj raises the term just after this call: the term stood from.
+            self._log.info("standing", term=self.raftCurrentTerm, pre_vote=self._pre_vote)
+        elif new == _RAFT_STATE.LEADER:
+            self._log.info("leading", term=self.raftCurrentTerm)
         if old != _RAFT_STATE.LEADER or new == _RAFT_STATE.LEADER:
             return
         waiting = self._SyncObj__commandsWaitingCommit
