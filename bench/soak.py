@@ -22,9 +22,12 @@ submissions of the steady writer, with the fault that preceded it.
 
 `cuts` takes the leader partitions apart, per kind of cut and per whether every replica had
 caught up when it began (`whole`) or one was still restarting or catching up after an earlier
-fault (`not_whole`): the longest and median stall from the cut to the settled heal, and the
-heals that moved the leader. A cut of a whole cell is what an election can fix; a cut that
-leaves a majority waiting on a replica still loading its state is not.
+fault (`not_whole`): the longest and median stall from the cut to the settled heal (as
+`bench.partition` measures it), the longest one counting a wait already under way when the cut
+came (`spanning_max_s`: an earlier fault's), and the heals that moved the leader. A cut of a
+whole cell is what an election can fix; a cut that leaves a majority waiting on a replica
+still loading its state is not. `slow_cuts` lists every cut whose spanning stall reached 1 s,
+with where its longest wait lay relative to the cut and when the heal began.
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, row in run.cuts.items():
         print(
             f"  {key}: {row['cuts']} cuts, stall max {row['stall_max_s']} s, "
-            f"p50 {row['stall_p50_s']} s, leader changes on heal {row['heal_changes']}"
+            f"p50 {row['stall_p50_s']} s (max {row['spanning_max_s']} s counting a wait under "
+            f"way at the cut), leader changes on heal {row['heal_changes']}"
         )
     for cut in run.slow_cuts:
         print(

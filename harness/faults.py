@@ -1188,7 +1188,11 @@ def run_scenario(
         stall_after,
         [int(cut.moved) for cut in faults.cuts],
         by_fault,
-        cut_summary(faults.cuts, cut_stalls(faults.cuts, workload.acks)),
+        cut_summary(
+            faults.cuts,
+            cut_stalls(faults.cuts, workload.acks),
+            cut_stalls(faults.cuts, workload.acks, spanning=True),
+        ),
         slow_cuts(faults.cuts, workload.acks),
     )
 
@@ -1210,22 +1214,27 @@ def stalls_by_fault(
     return worst
 
 
-def cut_stalls(cuts: list[Cut], acks: list[Ack]) -> list[float]:
+def cut_stalls(cuts: list[Cut], acks: list[Ack], *, spanning: bool = False) -> list[float]:
     """Per cut, the longest time between two acknowledged submissions (as `longest_stall`)
-    from the last one before the cut until the cell settled on heal. The window ends there,
-    not at the next acknowledgement: the next fault may begin at once and is not this cut's."""
+    from the cut until the cell settled on heal: what the cut cost the writer, as
+    `bench.partition` measures it. With `spanning`, from the last acknowledgement before the
+    cut instead, so a wait already under way when the cut came (an earlier fault's) counts
+    too. The window ends at the settled heal, not at the next acknowledgement: the next fault
+    may begin at once and is not this cut's."""
     times = sorted(a.at for a in acks if a.kind == "submit")
-    return [round(end - start, 2) for start, end in (_longest_gap(cut, times) for cut in cuts)]
+    gaps = (_longest_gap(cut, times, spanning) for cut in cuts)
+    return [round(end - start, 2) for start, end in gaps]
 
 
 def slow_cuts(cuts: list[Cut], acks: list[Ack], over_s: float = 1.0) -> list[dict[str, Any]]:
-    """The cuts whose stall (`cut_stalls`) is `over_s` or more, each with where its longest
-    gap lay, in seconds from the cut: whether the writer waited on the election or on the
-    heal is what says which to shorten."""
+    """The cuts whose spanning stall (`cut_stalls`) is `over_s` or more, each with where its
+    longest gap lay, in seconds from the cut (negative: the writer was already waiting when
+    the cut came) and when the heal began: whether the writer waited on an earlier fault, the
+    election or the heal is what says which to shorten."""
     times = sorted(a.at for a in acks if a.kind == "submit")
     slow = []
     for cut in cuts:
-        start, end = _longest_gap(cut, times)
+        start, end = _longest_gap(cut, times, True)
         if round(end - start, 2) >= over_s:
             slow.append(
                 {
@@ -1239,27 +1248,31 @@ def slow_cuts(cuts: list[Cut], acks: list[Ack], over_s: float = 1.0) -> list[dic
     return slow
 
 
-def _longest_gap(cut: Cut, times: list[float]) -> tuple[float, float]:
+def _longest_gap(cut: Cut, times: list[float], spanning: bool) -> tuple[float, float]:
     first = bisect.bisect_right(times, cut.at)  # the first acknowledgement after the cut
     last = bisect.bisect_left(times, cut.settled)
-    before = times[first - 1] if first else cut.at
+    before = times[first - 1] if first and spanning else cut.at
     edges = [before, *times[first:last], cut.settled]
     return max(itertools.pairwise(edges), key=lambda gap: gap[1] - gap[0])
 
 
-def cut_summary(cuts: list[Cut], stalls: list[float]) -> dict[str, dict[str, Any]]:
+def cut_summary(
+    cuts: list[Cut], stalls: list[float], spanning: list[float]
+) -> dict[str, dict[str, Any]]:
     """Per kind of cut and per whether the cell was whole before it: how many, the longest
-    and median stall, and how many heals moved the leader."""
-    groups: dict[str, list[tuple[Cut, float]]] = {}
-    for cut, stall in zip(cuts, stalls, strict=True):
+    and median stall from the cut, the longest spanning one (`cut_stalls`), and how many
+    heals moved the leader."""
+    groups: dict[str, list[tuple[Cut, float, float]]] = {}
+    for cut, stall, span in zip(cuts, stalls, spanning, strict=True):
         key = f"{cut.kind}:{'whole' if cut.whole else 'not_whole'}"
-        groups.setdefault(key, []).append((cut, stall))
+        groups.setdefault(key, []).append((cut, stall, span))
     return {
         key: {
             "cuts": len(group),
-            "stall_max_s": max(s for _, s in group),
-            "stall_p50_s": round(statistics.median(s for _, s in group), 2),
-            "heal_changes": sum(c.moved for c, _ in group),
+            "stall_max_s": max(s for _, s, _ in group),
+            "stall_p50_s": round(statistics.median(s for _, s, _ in group), 2),
+            "spanning_max_s": max(s for _, _, s in group),
+            "heal_changes": sum(c.moved for c, _, _ in group),
         }
         for key, group in sorted(groups.items())
     }
