@@ -294,6 +294,7 @@ class ReplicatedMachine(SyncObj):
         # a cut-off replica starts asks for the same term (`_count_pre_vote`).
         self._pre_vote_round: tuple[int, int, set[Any]] | None = None
         self._pre_vote_rounds = 0
+        self._led_term: int | None = None  # the term this replica last became leader in
         self._election_won_pre_vote = False
         self._durable: DurableJournal | None = None  # set once the journal exists (below)
         self._space: SpaceGuard | None = None  # likewise
@@ -529,15 +530,46 @@ class ReplicatedMachine(SyncObj):
             # pysyncobj raises the term just after this call: the term stood from.
             self._log.info("standing", term=self.raftCurrentTerm, pre_vote=self._pre_vote)
         elif new == _RAFT_STATE.LEADER:
+            self._led_term = self.raftCurrentTerm
             self._log.info("leading", term=self.raftCurrentTerm)
         if old != _RAFT_STATE.LEADER or new == _RAFT_STATE.LEADER:
             return
         waiting = self._SyncObj__commandsWaitingCommit
         pending = [callback for entries in waiting.values() for _, callback in entries]
         waiting.clear()
-        self._log.info("stepped_down", term=self.raftCurrentTerm, failed_in_flight=len(pending))
+        handed_to = None
+        if self.raftCurrentTerm == self._led_term:
+            handed_to = self._hand_over()
+        self._log.info(
+            "stepped_down",
+            term=self.raftCurrentTerm,
+            failed_in_flight=len(pending),
+            handed_to=handed_to,
+        )
         for callback in pending:
             callback(None, FAIL_REASON.LEADER_CHANGED)
+
+    def _hand_over(self) -> str | None:
+        """Check-quorum has just made this leader step down in its own term: tell the
+        follower that had acknowledged the most to stand at once (Raft's TimeoutNow, which
+        pysyncobj's followers obey from the leader they follow, skipping pre-vote).
+
+        A leader whose inbound link drops packets still reaches its followers, so they keep
+        hearing its heartbeats until it steps down, 0.75 s in, and only then start their own
+        0.15-0.45 s election timers: a writer waited up to 1.05 s on such a cut. Told at
+        once, one follower stands with the others' timers far off, and is elected within a
+        round trip. Only one is told, so two do not split the vote. If the message cannot get
+        through (the link is down both ways), the timers run as before; if TCP delivers it
+        late, the follower has a new leader or term by then, and pysyncobj ignores it. Not
+        sent when a higher term made this leader step down: a candidate is already standing."""
+        match = self._SyncObj__raftMatchIndex
+        connected = self._SyncObj__connectedNodes
+        candidates = [node for node in self._SyncObj__otherNodes if node in connected]
+        if not candidates:
+            return None
+        node = max(candidates, key=lambda n: (match.get(n, 0), str(n)))
+        self._SyncObj__transport.send(node, {"type": "timeout_now", "term": self.raftCurrentTerm})
+        return str(node)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
