@@ -537,6 +537,13 @@ class ReplicatedMachine(SyncObj):
         waiting = self._SyncObj__commandsWaitingCommit
         pending = [callback for entries in waiting.values() for _, callback in entries]
         waiting.clear()
+        # pysyncobj leaves a leader's election timer where it was when it was elected, long
+        # past; right after this call, in the same tick, it would stand for the next term at
+        # once, skipping pre-vote. A leader deposed by a higher term whose log was longer than
+        # the candidate's (so it refused its vote) did just that while its outbound link was
+        # cut, and its vote request, delivered by TCP at the heal, deposed the healthy leader
+        # (a netns soak, seed 1205). Its timer starts now, and pre-vote guards it when it fires.
+        self._SyncObj__raftElectionDeadline = raft_clock() + self._SyncObj__generateRaftTimeout()
         handed_to = None
         if self.raftCurrentTerm == self._led_term:
             handed_to = self._hand_over()

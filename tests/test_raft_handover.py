@@ -1,5 +1,6 @@
 """A leader that check-quorum makes step down in its own term tells one follower to stand at
-once (Raft's TimeoutNow); one deposed by a higher term tells no one.
+once (Raft's TimeoutNow); one deposed by a higher term tells no one. Either way its own election
+timer starts afresh, so it cannot stand in the tick it steps down in, skipping pre-vote.
 
 A leader whose inbound link drops packets keeps reaching its followers until it steps down, so
 their election timers start only then: a writer waited up to 1.05 s on such a cut in a netns
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from pysyncobj.syncobj import _RAFT_STATE
 
-from cellstore.raft import ReplicatedMachine
+from cellstore.raft import ReplicatedMachine, raft_clock
 from harness.cluster import lone_replica_config
 
 
@@ -63,3 +64,15 @@ def test_a_leader_deposed_by_a_higher_term_hands_over_to_no_one(leader) -> None:
     replica._SyncObj__raftCurrentTerm = 4  # pysyncobj sets the term it saw, then steps down
     replica._on_state_changed(_RAFT_STATE.LEADER, _RAFT_STATE.FOLLOWER)
     assert transport.sent == []
+
+
+def test_a_deposed_leader_does_not_stand_at_once(leader) -> None:
+    """pysyncobj never moves a leader's election timer: stepping down, it found it long past
+    and stood for the next term in the same tick, without pre-vote (a netns soak, seed 1205:
+    cut outbound only, the deposed leader stood at once; its vote request, delivered at the
+    heal, deposed the healthy leader)."""
+    replica, _, _, _ = leader
+    replica._SyncObj__raftElectionDeadline = 0.0
+    replica._SyncObj__raftCurrentTerm = 4
+    replica._on_state_changed(_RAFT_STATE.LEADER, _RAFT_STATE.FOLLOWER)
+    assert replica._SyncObj__raftElectionDeadline > raft_clock()
