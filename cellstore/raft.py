@@ -45,8 +45,10 @@ Two guards pysyncobj lacks, for partitions that drop packets rather than reset c
   whether they would vote (`pre_vote`, with the term it would take and its log's end); a peer
   says yes only if it has not heard from a leader within the minimum election timeout and
   the log is as up to date as its own, and answering changes nothing on it. Only with a
-  majority's yes does pysyncobj's own election run. Our messages ride pysyncobj's encrypted
-  transport and are consumed before pysyncobj sees them.
+  majority's yes does pysyncobj's own election run. Rounds are numbered and a yes counts only
+  for the round it answers: one sent while a link dropped packets arrives by TCP at the heal.
+  Our messages ride pysyncobj's encrypted transport and are consumed before pysyncobj sees
+  them.
 * Check-quorum is pysyncobj's `leaderFallbackTimeout` (a leader that has heard from no
   majority for that long steps down). What it lacks is telling the clients: commands the
   leader appended and was waiting on would hang until the gateway's timeout. On stepping down
@@ -54,6 +56,9 @@ Two guards pysyncobj lacks, for partitions that drop packets rather than reset c
   to the new leader, and the command ids make that safe). pysyncobj also checks when each
   follower last answered before it reads its sockets in a tick; the leader reads them first,
   so a leader thread starved of CPU for a while does not take queued answers for silence.
+  Stepping down in its own term, a leader tells the follower furthest along to stand at once
+  (TimeoutNow, `_hand_over`); at any step-down its own election timer starts afresh, which
+  pysyncobj never does for a leader, so it cannot stand in that same tick, skipping pre-vote.
 
 Stalls: pysyncobj applies every committed entry in one tick, before it sends heartbeats or
 reads its sockets. A replica with a backlog (a burst of large transactions, a follower
