@@ -302,10 +302,9 @@ class Ack:
 class Cut:
     """One partition of the leader: its `kind`; when it began, when its heal began and when the
     cell had settled after the heal (`time.monotonic()`, `HEAL_SETTLE_S` after it agreed on a
-    leader); whether
-    the cell was `whole` just before it (every replica answered and had applied within
-    `WHOLE_LAG` entries of the leader's commit index); and whether the heal `moved` the
-    leader (the majority's leader and term just before the heal against the cell's after). A cut of a whole cell is the case Raft's election, check-quorum
+    leader); whether the cell was `whole` just before it (every replica answered and had
+    applied within `WHOLE_LAG` entries of the leader's commit index); and whether the heal
+    `moved` the leader (the majority's leader and term just before the heal against the cell's after). A cut of a whole cell is the case Raft's election, check-quorum
     and pre-vote are measured on; a cut while another replica is still restarting or catching
     up leaves the majority waiting for that replica, which no election can shorten."""
 
