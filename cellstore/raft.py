@@ -101,6 +101,7 @@ API can read a consistent (snapshot, version) pair from another thread, and hand
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -131,6 +132,28 @@ CommitCallback = Callable[[bytes | None, int], None]
 # election timeout, so a backlog never silences a replica's heartbeats and acknowledgements.
 APPLY_BUDGET_S = 0.05
 SLOW_TICK_S = 0.25
+
+# Marks the Raft tick thread, the one that forks pysyncobj's compaction children.
+_ticking = threading.local()
+
+
+def _compaction_child_dies_with_replica() -> None:
+    """In every child forked by a tick thread (pysyncobj's compaction): SIGKILL when that thread
+    ends. An orphaned child went on and renamed its dump into place after the replica was
+    killed, beside the restarted replica's own: a dump older than the journal's head, or two
+    writers of one `raft.dump.tmp`. Children forked by other threads (`read_snapshot`'s, from
+    API worker threads that retire when idle) are left alone: PR_SET_PDEATHSIG follows the
+    forking *thread*."""
+    parent = getattr(_ticking, "pid", None)
+    if parent is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the replica died before the signal was armed
+        os._exit(1)
+
+
+os.register_at_fork(after_in_child=_compaction_child_dies_with_replica)
 
 # Linux 6.15 and later: the longest a connection's retransmission timer may back off to
 # (120 s by default, and at least 1 s). A link that drops packets for a few seconds leaves
@@ -283,6 +306,7 @@ class ReplicatedMachine(SyncObj):
         self.stats = ApplyStats()
         self._sink: AppliedSink = sink or _NullSink()
         self._box_seen: MachineBox | None = None
+        self._loading_own_dump = False  # pysyncobj is loading raft.dump at start, not an install
         self._tick_period = 0.05
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -302,6 +326,7 @@ class ReplicatedMachine(SyncObj):
         super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))
         self._guard_raft_messages()
         self._guard_snapshot_install()
+        self._keep_journal_past_dump()
         if config.fsync:
             self._durable = DurableJournal(self, config.data_dir)
             self._sync_before_acknowledging()
@@ -351,6 +376,46 @@ class ReplicatedMachine(SyncObj):
             return bool(receive(data))
 
         serializer.setTransmissionData = installing
+
+    def _keep_journal_past_dump(self) -> None:
+        """Make the dump pysyncobj loads at start trim the journal to it, not clear it (an
+        installed dump replaces the journal: that load is left as it was).
+
+        A compaction child renames its dump into place and exits; the log is cut to the dump's
+        index only on a later tick of the parent. A replica killed in between (or whose child,
+        an orphan by then, finished after it died) restarts with a dump whose two entries lie
+        inside the journal, not at its head, and pysyncobj 0.3.17 then clears the whole journal:
+        committed entries after the dump were gone on that replica. A full restart of the
+        seed-1206 netns soak caught two replicas so and they elected a leader that wrote over
+        its committed entries 64,812-64,847. Here, when the journal holds the dump's two entries (same
+        index and term: the same entries, by Raft's log matching), it is cut just before them,
+        as the parent would have done, and pysyncobj keeps what follows."""
+        serializer = self._SyncObj__serializer
+        deserialize = serializer.deserialize
+
+        def trimming() -> Any:
+            data = deserialize()
+            if self._loading_own_dump:
+                self._trim_journal_to_dump(data[2], data[1])
+            return data
+
+        serializer.deserialize = trimming
+
+    def _trim_journal_to_dump(
+        self, first: tuple[Any, int, int], last: tuple[Any, int, int]
+    ) -> None:
+        raft_log = self._SyncObj__raftLog
+        if len(raft_log) < 2:
+            return
+        at = first[1] - raft_log[0][1]
+        if at <= 0 or at + 1 >= len(raft_log):
+            return  # at the head already, or the journal does not reach the dump
+        if raft_log[at][1:] != first[1:] or raft_log[at + 1][1:] != last[1:]:
+            return  # another history: pysyncobj replaces the log with the dump's
+        raft_log.deleteEntriesTo(at)
+        self._log.warning(
+            "journal_trimmed_to_dump", dump_index=last[1], kept_after=len(raft_log) - 2
+        )
 
     def _abandon_compaction(self) -> None:
         """Kill and reap the forked child writing this replica's own dump, if one is running,
@@ -527,6 +592,7 @@ class ReplicatedMachine(SyncObj):
             self._thread.join(timeout)
 
     def _tick_loop(self) -> None:
+        _ticking.pid = os.getpid()
         try:
             while not self._stopping.is_set():
                 try:
@@ -558,6 +624,15 @@ class ReplicatedMachine(SyncObj):
                     time.sleep(self._tick_period)
         finally:
             self.destroy()
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
+        """pysyncobj's own, told whether it loads this replica's dump at start (`False`) or
+        one installed from the leader, for `_keep_journal_past_dump`."""
+        self._loading_own_dump = not clearJournal
+        try:
+            super()._SyncObj__loadDumpFile(clearJournal)
+        finally:
+            self._loading_own_dump = False
 
     def _SyncObj__applyLogEntries(self) -> bool:
         """pysyncobj 0.3.17's `__applyLogEntries`, applying for at most `APPLY_BUDGET_S`: the
