@@ -45,8 +45,10 @@ Two guards pysyncobj lacks, for partitions that drop packets rather than reset c
   whether they would vote (`pre_vote`, with the term it would take and its log's end); a peer
   says yes only if it has not heard from a leader within the minimum election timeout and
   the log is as up to date as its own, and answering changes nothing on it. Only with a
-  majority's yes does pysyncobj's own election run. Our messages ride pysyncobj's encrypted
-  transport and are consumed before pysyncobj sees them.
+  majority's yes does pysyncobj's own election run. Rounds are numbered and a yes counts only
+  for the round it answers: one sent while a link dropped packets arrives by TCP at the heal.
+  Our messages ride pysyncobj's encrypted transport and are consumed before pysyncobj sees
+  them.
 * Check-quorum is pysyncobj's `leaderFallbackTimeout` (a leader that has heard from no
   majority for that long steps down). What it lacks is telling the clients: commands the
   leader appended and was waiting on would hang until the gateway's timeout. On stepping down
@@ -54,6 +56,9 @@ Two guards pysyncobj lacks, for partitions that drop packets rather than reset c
   to the new leader, and the command ids make that safe). pysyncobj also checks when each
   follower last answered before it reads its sockets in a tick; the leader reads them first,
   so a leader thread starved of CPU for a while does not take queued answers for silence.
+  Stepping down in its own term, a leader tells the follower furthest along to stand at once
+  (TimeoutNow, `_hand_over`); at any step-down its own election timer starts afresh, which
+  pysyncobj never does for a leader, so it cannot stand in that same tick, skipping pre-vote.
 
 Stalls: pysyncobj applies every committed entry in one tick, before it sends heartbeats or
 reads its sockets. A replica with a backlog (a burst of large transactions, a follower
@@ -314,7 +319,11 @@ class ReplicatedMachine(SyncObj):
         self._pre_vote = config.raft.pre_vote
         self._election_min_s = config.raft.election_min_s
         self._heard_leader_at = 0.0  # `raft_clock`; when an append_entries of our term came
-        self._pre_vote_round: tuple[int, set[Any]] | None = None  # (term asked for, yes-sayers)
+        # (term asked for, round number, yes-sayers); rounds are numbered because every round
+        # a cut-off replica starts asks for the same term (`_count_pre_vote`).
+        self._pre_vote_round: tuple[int, int, set[Any]] | None = None
+        self._pre_vote_rounds = 0
+        self._led_term: int | None = None  # the term this replica last became leader in
         self._election_won_pre_vote = False
         self._durable: DurableJournal | None = None  # set once the journal exists (below)
         self._space: SpaceGuard | None = None  # likewise
@@ -521,10 +530,12 @@ class ReplicatedMachine(SyncObj):
             return  # pysyncobj runs the election on this tick
         self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
         term = self.raftCurrentTerm + 1
-        self._pre_vote_round = (term, set())
+        self._pre_vote_rounds += 1
+        self._pre_vote_round = (term, self._pre_vote_rounds, set())
         ask = {
             "type": "pre_vote",
             "term": term,
+            "round": self._pre_vote_rounds,
             "last_log_index": self._SyncObj__getCurrentLogIndex(),
             "last_log_term": self._SyncObj__getCurrentLogTerm(),
         }
@@ -547,16 +558,32 @@ class ReplicatedMachine(SyncObj):
         if granted:
             self._log.info("pre_vote_granted", term=message.get("term"), to=str(node))
         self._SyncObj__transport.send(
-            node, {"type": "pre_vote_response", "term": message.get("term"), "granted": granted}
+            node,
+            {
+                "type": "pre_vote_response",
+                "term": message.get("term"),
+                "round": message.get("round"),
+                "granted": granted,
+            },
         )
 
     def _count_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
+        """Count a yes to the round under way, and only to it.
+
+        A replica cut off asks for the same term in every round (its term does not move), and
+        a yes sent while its link dropped packets is delivered by TCP once the link heals,
+        seconds late: counted by term alone, that stale yes won a pre-vote the peer would now
+        refuse, and the election it started deposed a healthy leader (a netns soak, seed
+        1204). An answer from a replica of the release before has no round and is judged by
+        term alone, as it was then."""
         current = self._pre_vote_round
         if current is None or not message.get("granted"):
             return
-        term, yes = current
+        term, number, yes = current
         if message.get("term") != term or term != self.raftCurrentTerm + 1:
             return  # an answer to an older round, or our term moved on since
+        if message.get("round", number) != number:
+            return  # a yes to an earlier round of the same term
         yes.add(node)
         if len(yes) + 1 > (len(self._SyncObj__otherNodes) + 1) / 2:
             self._pre_vote_round = None
@@ -566,15 +593,60 @@ class ReplicatedMachine(SyncObj):
 
     def _on_state_changed(self, old: int, new: int) -> None:
         """On the tick thread: when this replica stops leading, fail what it was waiting to
-        commit, so clients resend to the new leader at once instead of timing out."""
+        commit, so clients resend to the new leader at once instead of timing out. Elections
+        are logged too: which replica stood, from which term, is what explains a leader change
+        after the fact."""
+        if new == _RAFT_STATE.CANDIDATE:
+            # pysyncobj raises the term just after this call: the term stood from.
+            self._log.info("standing", term=self.raftCurrentTerm, pre_vote=self._pre_vote)
+        elif new == _RAFT_STATE.LEADER:
+            self._led_term = self.raftCurrentTerm
+            self._log.info("leading", term=self.raftCurrentTerm)
         if old != _RAFT_STATE.LEADER or new == _RAFT_STATE.LEADER:
             return
         waiting = self._SyncObj__commandsWaitingCommit
         pending = [callback for entries in waiting.values() for _, callback in entries]
         waiting.clear()
-        self._log.info("stepped_down", term=self.raftCurrentTerm, failed_in_flight=len(pending))
+        # pysyncobj leaves a leader's election timer where it was when it was elected, long
+        # past; right after this call, in the same tick, it would stand for the next term at
+        # once, skipping pre-vote. A leader deposed by a higher term whose log was longer than
+        # the candidate's (so it refused its vote) did just that while its outbound link was
+        # cut, and its vote request, delivered by TCP at the heal, deposed the healthy leader
+        # (a netns soak, seed 1205). Its timer starts now, and pre-vote guards it when it fires.
+        self._SyncObj__raftElectionDeadline = raft_clock() + self._SyncObj__generateRaftTimeout()
+        handed_to = None
+        if self.raftCurrentTerm == self._led_term:
+            handed_to = self._hand_over()
+        self._log.info(
+            "stepped_down",
+            term=self.raftCurrentTerm,
+            failed_in_flight=len(pending),
+            handed_to=handed_to,
+        )
         for callback in pending:
             callback(None, FAIL_REASON.LEADER_CHANGED)
+
+    def _hand_over(self) -> str | None:
+        """Check-quorum has just made this leader step down in its own term: tell the
+        follower that had acknowledged the most to stand at once (Raft's TimeoutNow, which
+        pysyncobj's followers obey from the leader they follow, skipping pre-vote).
+
+        A leader whose inbound link drops packets still reaches its followers, so they keep
+        hearing its heartbeats until it steps down, 0.75 s in, and only then start their own
+        0.15-0.45 s election timers: a writer waited up to 1.05 s on such a cut. Told at
+        once, one follower stands with the others' timers far off, and is elected within a
+        round trip. Only one is told, so two do not split the vote. If the message cannot get
+        through (the link is down both ways), the timers run as before; if TCP delivers it
+        late, the follower has a new leader or term by then, and pysyncobj ignores it. Not
+        sent when a higher term made this leader step down: a candidate is already standing."""
+        match = self._SyncObj__raftMatchIndex
+        connected = self._SyncObj__connectedNodes
+        candidates = [node for node in self._SyncObj__otherNodes if node in connected]
+        if not candidates:
+            return None
+        node = max(candidates, key=lambda n: (match.get(n, 0), str(n)))
+        self._SyncObj__transport.send(node, {"type": "timeout_now", "term": self.raftCurrentTerm})
+        return str(node)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

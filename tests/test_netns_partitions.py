@@ -132,6 +132,13 @@ def test_a_cut_leader_stops_taking_writes_and_says_so(tmp_path: Path, hosts: Hos
         cluster.wait_for_version(status["version"])
         for i in range(3):
             assert "on-the-cut-leader" not in CellState.restore(cluster.snapshot(i)[1]).jobs
+        # Stepping down in its own term, it told the follower furthest along to stand at once
+        # (`ReplicatedMachine._hand_over`); cut both ways, that follower never heard it.
+        lines = cluster.log_file(old).read_text().splitlines()
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        handed = [e.get("handed_to") for e in events if e.get("event") == "stepped_down"]
+        peers = {cluster.raft_addresses[i] for i in range(3) if i != old}
+        assert handed and handed[-1] in peers, (handed, peers)
 
 
 def test_omega_command_moves_past_a_cut_leader_within_seconds(tmp_path: Path, hosts: Hosts) -> None:

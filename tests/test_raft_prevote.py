@@ -1,0 +1,95 @@
+"""A pre-vote is won only by yeses to the round under way.
+
+A replica cut off by a link that drops packets starts a pre-vote round every election timeout,
+each asking for the same term, since its term does not move while it cannot win. A peer's yes
+sent while the link was down reaches it through TCP once the link heals, seconds late. Counted by
+term alone, that yes won the round under way at the heal, and the election that followed
+deposed a healthy leader (a netns soak, seed 1204: "heal: leadership moved from (0, 82) to
+(2, 84)"). Rounds are numbered, and a yes counts only for the round it answers.
+
+Drives one replica's pre-vote bookkeeping with an in-memory transport: no ticking, no peers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pysyncobj.syncobj import _RAFT_STATE
+
+from cellstore.raft import ReplicatedMachine
+from harness.cluster import lone_replica_config
+
+
+class RecordingTransport:
+    """Stands in for pysyncobj's TCP transport: keeps what the replica sends."""
+
+    def __init__(self, real: Any) -> None:
+        self.sent: list[tuple[Any, dict[str, Any]]] = []
+        self.receive = real._onMessageReceivedCallback  # through the replica's guards
+
+    def send(self, node: Any, message: dict[str, Any]) -> bool:
+        self.sent.append((node, message))
+        return True
+
+
+@pytest.fixture
+def follower(tmp_path: Path) -> Iterator[tuple[ReplicatedMachine, RecordingTransport]]:
+    replica = ReplicatedMachine(lone_replica_config(tmp_path, "r0"))
+    real = replica._SyncObj__transport
+    transport = RecordingTransport(real)
+    replica._SyncObj__transport = transport
+    try:
+        yield replica, transport
+    finally:
+        replica._SyncObj__transport = real
+        replica.destroy()
+
+
+def _new_round(replica: ReplicatedMachine, transport: RecordingTransport) -> dict[str, Any]:
+    """Let the election timer fire: the replica asks its peers instead of standing."""
+    transport.sent.clear()
+    replica._SyncObj__raftElectionDeadline = 0.0
+    replica._hold_election_for_pre_vote()
+    asks = [message for _, message in transport.sent if message["type"] == "pre_vote"]
+    assert len(asks) == 2  # one per peer
+    return asks[0]
+
+
+def test_a_yes_to_an_earlier_round_of_the_same_term_does_not_win(follower) -> None:
+    replica, transport = follower
+    assert replica._SyncObj__raftState == _RAFT_STATE.FOLLOWER
+    peer = sorted(replica._SyncObj__otherNodes, key=str)[0]
+    first = _new_round(replica, transport)
+    second = _new_round(replica, transport)
+    assert first["term"] == second["term"]  # cut off: every round asks for the same term
+    assert first["round"] != second["round"]
+
+    late = {"type": "pre_vote_response", "term": first["term"], "round": first["round"]}
+    transport.receive(peer, {**late, "granted": True})
+    assert not replica._election_won_pre_vote  # stale: the peer said yes to the first round
+
+    answer = {"type": "pre_vote_response", "term": second["term"], "round": second["round"]}
+    transport.receive(peer, {**answer, "granted": True})
+    assert replica._election_won_pre_vote
+    assert replica._SyncObj__raftElectionDeadline == 0.0  # pysyncobj stands on its next tick
+
+
+def test_a_peer_asked_echoes_the_round_and_a_peer_of_the_release_before_still_counts(
+    follower,
+) -> None:
+    replica, transport = follower
+    peer = sorted(replica._SyncObj__otherNodes, key=str)[0]
+    # Asked by a candidate: the answer names the round it answers.
+    ask = {"type": "pre_vote", "term": 5, "round": 7, "last_log_index": 10**6}
+    transport.receive(peer, {**ask, "last_log_term": 4})
+    (to, answer), *_ = transport.sent
+    assert to == peer and answer["type"] == "pre_vote_response"
+    assert (answer["term"], answer["round"], answer["granted"]) == (5, 7, True)
+
+    # An answer without a round (an older replica's) is judged by term, as before.
+    ours = _new_round(replica, transport)
+    transport.receive(peer, {"type": "pre_vote_response", "term": ours["term"], "granted": True})
+    assert replica._election_won_pre_vote
