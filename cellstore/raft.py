@@ -92,6 +92,14 @@ soak ended with a replica at applied 9,999, commit 10,508, its log starting at 1
 the last chunk of an install is put in place, the child is killed and forgotten
 (`_guard_snapshot_install`).
 
+Restarts (pinned by `tests/test_raft_restart.py`): a compaction child renames its dump into
+place and the replica cuts its journal to it on a later tick. pysyncobj, restarted in between,
+cleared the whole journal (the dump's entries were not its head) and clamped the commit index:
+a full restart in a netns soak caught two replicas so, and they wrote over 36 committed entries.
+At start the journal is now cut to the dump and the rest kept (`_keep_journal_past_dump`), and a
+compaction child dies with the tick thread that forked it, so no orphan renames a dump beside a
+restarted replica (`_compaction_child_dies_with_replica`).
+
 Damage: the data dir is checked before pysyncobj opens it, and every command goes into the log
 sealed with its checksum (`cellstore.datadir`).
 
