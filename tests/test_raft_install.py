@@ -13,18 +13,17 @@ child's dump on disk.
 
 from __future__ import annotations
 
-import gzip
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pysyncobj import pickle as pysyncobj_pickle
 
 from cellstore.machine import MachineBox
 from cellstore.raft import ReplicatedMachine
 from harness.cluster import lone_replica_config
+from tests.raftfixtures import committed_up_to, dump_index, finish_compaction, start_compaction
 
 
 @pytest.fixture
@@ -45,49 +44,18 @@ def replicas(tmp_path: Path) -> Iterator[Callable[[str], ReplicatedMachine]]:
             replica.destroy()
 
 
-def applied_up_to(replica: ReplicatedMachine, index: int) -> None:
-    """Entries up to `index` in the log, committed and counted as applied (their contents do not
-    matter to compaction, which pickles the machine and the last two entries)."""
-    raft_log = replica._SyncObj__raftLog
-    for idx in range(raft_log[-1][1] + 1, index + 1):
-        raft_log.add(b"x", idx, 0)
-    replica._SyncObj__raftCommitIndex = index
-    replica._SyncObj__raftLastApplied = index
-
-
-def start_compaction(replica: ReplicatedMachine) -> None:
-    replica._SyncObj__forceLogCompaction = True
-    replica._SyncObj__tryLogCompaction()
-    assert replica._SyncObj__serializer._Serializer__pid > 0, "no compaction child was forked"
-
-
-def finish_compaction(replica: ReplicatedMachine, timeout: float = 30.0) -> None:
-    """Tick pysyncobj's compaction check (as each tick does) until no child is running."""
-    deadline = time.monotonic() + timeout
-    while replica._SyncObj__serializer._Serializer__pid != 0:
-        assert time.monotonic() < deadline, "the compaction child never finished"
-        replica._SyncObj__tryLogCompaction()
-        time.sleep(0.02)
-
-
-def dump_index(path: Path) -> int:
-    """The index of the last entry a dump file covers."""
-    data = pysyncobj_pickle.loads(gzip.decompress(path.read_bytes()))
-    return int(data[1][1])
-
-
 def test_an_install_during_compaction_leaves_a_log_the_follower_can_apply(
     replicas: Callable[[str], ReplicatedMachine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     leader = replicas("leader")
-    applied_up_to(leader, 20)
+    committed_up_to(leader, 20)
     start_compaction(leader)
     finish_compaction(leader)
     leader_dump = (tmp_path / "leader" / "raft.dump").read_bytes()
     assert dump_index(tmp_path / "leader" / "raft.dump") == 20
 
     follower = replicas("follower")
-    applied_up_to(follower, 30)
+    committed_up_to(follower, 30)
     # The follower's own compaction, at 30, takes a second in its child: the install comes
     # while it runs. (Forked after the patch, so only this child sleeps.)
     reduce = MachineBox.__reduce__

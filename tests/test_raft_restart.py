@@ -12,7 +12,6 @@ test fails with the log ending at the dump's index and the commit index clamped 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import signal
 import time
@@ -20,29 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pysyncobj import pickle as pysyncobj_pickle
 
 from cellstore.machine import MachineBox
 from cellstore.raft import ReplicatedMachine
 from harness.cluster import lone_replica_config
-
-
-def committed_up_to(replica: ReplicatedMachine, index: int) -> None:
-    """Entries up to `index` in the journal, committed (persisted) and counted as applied."""
-    raft_log = replica._SyncObj__raftLog
-    for idx in range(raft_log[-1][1] + 1, index + 1):
-        raft_log.add(f"entry {idx}".encode(), idx, 1)
-    replica._SyncObj__raftCommitIndex = index
-    replica._SyncObj__raftLastApplied = index
-    raft_log.setRaftCommitIndex(index)
-    raft_log.onOneSecondTimer()  # stores the term-and-commit file, as each second's tick does
-
-
-def dump_index(path: Path) -> int | None:
-    if not path.exists():
-        return None
-    data = pysyncobj_pickle.loads(gzip.decompress(path.read_bytes()))
-    return int(data[1][1])
+from tests.raftfixtures import committed_up_to, dump_index, finish_compaction, start_compaction
 
 
 def test_a_restart_between_dump_and_log_cut_keeps_the_entries_after_the_dump(
@@ -52,11 +33,8 @@ def test_a_restart_between_dump_and_log_cut_keeps_the_entries_after_the_dump(
     replica = ReplicatedMachine(lone_replica_config(data_dir))
     try:
         committed_up_to(replica, 20)
-        replica._SyncObj__forceLogCompaction = True
-        replica._SyncObj__tryLogCompaction()
+        child = start_compaction(replica)
         serializer = replica._SyncObj__serializer
-        child = serializer._Serializer__pid
-        assert child > 0, "no compaction child was forked"
         # The child writes the dump and exits; no tick of the parent sees it (it is killed).
         os.waitpid(child, 0)
         serializer._Serializer__pid = 0
@@ -87,13 +65,8 @@ def test_a_journal_that_does_not_reach_the_dump_is_replaced_by_it(tmp_path: Path
     leader = ReplicatedMachine(lone_replica_config(leader_dir))
     try:
         committed_up_to(leader, 20)
-        leader._SyncObj__forceLogCompaction = True
-        leader._SyncObj__tryLogCompaction()
-        deadline = time.monotonic() + 30
-        while leader._SyncObj__serializer._Serializer__pid != 0:
-            assert time.monotonic() < deadline
-            leader._SyncObj__tryLogCompaction()
-            time.sleep(0.02)
+        start_compaction(leader)
+        finish_compaction(leader)
     finally:
         leader.destroy()
     follower = ReplicatedMachine(lone_replica_config(follower_dir))
