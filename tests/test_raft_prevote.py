@@ -26,6 +26,8 @@ from harness.cluster import lone_replica_config
 class RecordingTransport:
     """Stands in for pysyncobj's TCP transport: keeps what the replica sends."""
 
+    ready = True  # pysyncobj's tick runs only on a ready transport
+
     def __init__(self, real: Any) -> None:
         self.sent: list[tuple[Any, dict[str, Any]]] = []
         self.receive = real._onMessageReceivedCallback  # through the replica's guards
@@ -93,3 +95,29 @@ def test_a_peer_asked_echoes_the_round_and_a_peer_of_the_release_before_still_co
     ours = _new_round(replica, transport)
     transport.receive(peer, {"type": "pre_vote_response", "term": ours["term"], "granted": True})
     assert replica._election_won_pre_vote
+
+
+def test_pysyncobj_cannot_stand_on_its_own_timer_without_a_won_pre_vote(follower) -> None:
+    """pysyncobj checks its election timer inside the tick, a moment after the pre-vote check
+    before it: a timer falling due in between stood without pre-vote, and a cut-off replica's
+    vote request, delivered at the heal, moved the leader (a netns soak, seed 1205). Here the
+    timer is due and pysyncobj's own tick runs with no pre-vote check before it."""
+    replica, transport = follower
+    peer = sorted(replica._SyncObj__otherNodes, key=str)[0]
+    replica._SyncObj__connectedNodes.add(peer)  # pysyncobj stands only when connected
+    transport.sent.clear()
+    replica._SyncObj__raftElectionDeadline = 0.0  # due
+    replica._onTick(0.0)
+    assert replica._SyncObj__raftState == _RAFT_STATE.FOLLOWER
+    assert not [m for _, m in transport.sent if m["type"] == "request_vote"]
+
+    ours = _new_round(replica, transport)
+    answer = {"type": "pre_vote_response", "term": ours["term"], "round": ours["round"]}
+    transport.receive(peer, {**answer, "granted": True})
+    term = replica.raftCurrentTerm
+    replica._SyncObj__connectedNodes.add(peer)  # the tick above forgot it (no real transport)
+    replica._onTick(0.0)
+    assert replica._SyncObj__raftState == _RAFT_STATE.CANDIDATE
+    assert replica.raftCurrentTerm == term + 1
+    assert [m for _, m in transport.sent if m["type"] == "request_vote"]
+    assert not replica._election_won_pre_vote  # spent on this election
