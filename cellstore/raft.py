@@ -96,7 +96,7 @@ Restarts (pinned by `tests/test_raft_restart.py`): a compaction child renames it
 place and the replica cuts its journal to it on a later tick. pysyncobj, restarted in between,
 cleared the whole journal (the dump's entries were not its head) and clamped the commit index:
 a full restart in a netns soak caught two replicas so, and they wrote over 36 committed entries.
-At start the journal is now cut to the dump and the rest kept (`_keep_journal_past_dump`), and a
+At start the journal is now cut to the dump and the rest kept (`_SyncObj__loadDumpFile`), and a
 compaction child dies with the tick thread that forked it, so no orphan renames a dump beside a
 restarted replica (`_compaction_child_dies_with_replica`).
 
@@ -338,7 +338,6 @@ class ReplicatedMachine(SyncObj):
         self.stats = ApplyStats()
         self._sink: AppliedSink = sink or _NullSink()
         self._box_seen: MachineBox | None = None
-        self._loading_own_dump = False  # pysyncobj is loading raft.dump at start, not an install
         self._tick_period = 0.05
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -363,7 +362,6 @@ class ReplicatedMachine(SyncObj):
         super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))
         self._guard_raft_messages()
         self._guard_snapshot_install()
-        self._keep_journal_past_dump()
         if config.fsync:
             self._durable = DurableJournal(self, config.data_dir)
             self._sync_before_acknowledging()
@@ -414,30 +412,6 @@ class ReplicatedMachine(SyncObj):
             return bool(receive(data))
 
         serializer.setTransmissionData = installing
-
-    def _keep_journal_past_dump(self) -> None:
-        """Make the dump pysyncobj loads at start trim the journal to it, not clear it (an
-        installed dump replaces the journal: that load is left as it was).
-
-        A compaction child renames its dump into place and exits; the log is cut to the dump's
-        index only on a later tick of the parent. A replica killed in between (or whose child,
-        an orphan by then, finished after it died) restarts with a dump whose two entries lie
-        inside the journal, not at its head, and pysyncobj 0.3.17 then clears the whole journal:
-        committed entries after the dump were gone on that replica. A full restart of the
-        seed-1206 netns soak caught two replicas so and they elected a leader that wrote over
-        its committed entries 64,812-64,847. Here, when the journal holds the dump's two entries (same
-        index and term: the same entries, by Raft's log matching), it is cut just before them,
-        as the parent would have done, and pysyncobj keeps what follows."""
-        serializer = self._SyncObj__serializer
-        deserialize = serializer.deserialize
-
-        def trimming() -> Any:
-            data = deserialize()
-            if self._loading_own_dump:
-                self._trim_journal_to_dump(data[2], data[1])
-            return data
-
-        serializer.deserialize = trimming
 
     def _trim_journal_to_dump(
         self, first: tuple[Any, int, int], last: tuple[Any, int, int]
@@ -727,13 +701,36 @@ class ReplicatedMachine(SyncObj):
             self.destroy()
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
-        """pysyncobj's own, told whether it loads this replica's dump at start (`False`) or
-        one installed from the leader, for `_keep_journal_past_dump`."""
-        self._loading_own_dump = not clearJournal
+        """pysyncobj's own, except that at start (`clearJournal` false: this replica's own
+        dump, not one installed from the leader) the journal is trimmed to the dump, not
+        cleared.
+
+        A compaction child renames its dump into place and exits; the log is cut to the dump's
+        index only on a later tick of the parent. A replica killed in between (or whose child,
+        an orphan by then, finished after it died) restarts with a dump whose two entries lie
+        inside the journal, not at its head, and pysyncobj 0.3.17 then clears the whole
+        journal: committed entries after the dump were gone on that replica. A full restart of
+        the seed-1206 netns soak caught two replicas so, and they elected a leader that wrote
+        over committed entries 64,812-64,847. Here, when the journal holds the dump's two
+        entries (same index and term: the same entries, by Raft's log matching), it is cut just
+        before them, as the parent would have done, and pysyncobj keeps what follows. An
+        installed dump replaces the journal: that load is left as it was."""
+        if clearJournal:
+            super()._SyncObj__loadDumpFile(clearJournal)
+            return
+        serializer = self._SyncObj__serializer
+        deserialize = serializer.deserialize
+
+        def trimming() -> Any:
+            data = deserialize()
+            self._trim_journal_to_dump(data[2], data[1])
+            return data
+
+        serializer.deserialize = trimming
         try:
             super()._SyncObj__loadDumpFile(clearJournal)
         finally:
-            self._loading_own_dump = False
+            serializer.deserialize = deserialize
 
     def _SyncObj__applyLogEntries(self) -> bool:
         """pysyncobj 0.3.17's `__applyLogEntries`, applying for at most `APPLY_BUDGET_S`: the

@@ -5,7 +5,7 @@ cleared.
 pysyncobj 0.3.17 clears the journal at start when the dump's two entries are not its first
 two, and clamps the commit index to what is left. A full restart in the seed-1206 netns soak
 caught two of three replicas in that window; they came back without committed entries, elected
-a leader and wrote over them (`cellstore.raft`, `_keep_journal_past_dump`). Without the fix this
+a leader and wrote over them (`cellstore.raft`, `_SyncObj__loadDumpFile`). Without the fix this
 test fails with the log ending at the dump's index and the commit index clamped to it.
 """
 
