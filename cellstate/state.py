@@ -286,7 +286,7 @@ class CellState:
             return Ok()
         jobs = {self.tasks[tid].job for tid in machine.tasks}
         if cmd.state is MachineState.DOWN:
-            self._machine_down(machine, events)
+            self._machine_down(machine, events)  # its jobs are reviewed below
         else:
             machine.state = cmd.state
             machine.last_heartbeat = cmd.at
@@ -313,6 +313,9 @@ class CellState:
         return Stale(machines=tuple(stale)) if stale else Ok()
 
     def _expire_heartbeats(self, cmd: ExpireHeartbeats, events: list[Event]) -> Result:
+        # Jobs are reviewed once, after every machine is down: a review reads all of a
+        # job's tasks, and a rack going silent holds most jobs' tasks on each machine.
+        jobs: set[str] = set()
         if cmd.silent is not None:
             for silent in cmd.silent:
                 machine = self.machines.get(silent.machine)
@@ -321,41 +324,44 @@ class CellState:
                     and machine.state is not MachineState.DOWN
                     and machine.last_heartbeat == silent.last_heartbeat
                 ):
-                    self._machine_down(machine, events)
+                    jobs |= self._machine_down(machine, events)
         else:
             deadline = cmd.at - cmd.timeout
             for machine in self.machine_list:
                 if machine.state is not MachineState.DOWN and machine.last_heartbeat < deadline:
-                    self._machine_down(machine, events)
+                    jobs |= self._machine_down(machine, events)
         if self.rules >= LIFECYCLE_RULES:
-            self._end_drains(cmd.at, events)
+            jobs |= self._end_drains(cmd.at, events)
+            for jid in sorted(jobs):
+                self._review(self.jobs[jid])
         return Ok()
 
-    def _end_drains(self, at: float, events: list[Event]) -> None:
+    def _end_drains(self, at: float, events: list[Event]) -> set[str]:
         """Evict whatever is still on a draining machine past its deadline (the
         leader's periodic `ExpireHeartbeats` carries the clock): the operator
-        asked for it by a time, budgets or not."""
+        asked for it by a time, budgets or not. Returns the jobs that lost
+        tasks, for the caller to review."""
+        jobs: set[str] = set()
         for machine in self.machine_list:
             due = machine.drain_deadline
             if due is None or due > at:
                 continue
             machine.drain_deadline = None
-            jobs = {self.tasks[tid].job for tid in machine.tasks}
+            jobs.update(self.tasks[tid].job for tid in machine.tasks)
             for tid in sorted(machine.tasks):
                 self._evict(self.tasks[tid], "drained", events)
-            for jid in sorted(jobs):
-                self._review(self.jobs[jid])
+        return jobs
 
-    def _machine_down(self, machine: Machine, events: list[Event]) -> None:
+    def _machine_down(self, machine: Machine, events: list[Event]) -> set[str]:
+        """Mark `machine` down and evict its tasks; the jobs that lost tasks, which the
+        caller reviews (`_review`) once every machine it takes down is down."""
         machine.state = MachineState.DOWN
         self._touch(machine)
         events.append(MachineChanged(machine.id, machine.state))
         jobs = {self.tasks[tid].job for tid in machine.tasks}
         for tid in sorted(machine.tasks):
             self._evict(self.tasks[tid], "lost", events)
-        if self.rules >= LIFECYCLE_RULES:
-            for jid in sorted(jobs):
-                self._review(self.jobs[jid])
+        return jobs
 
     # -- jobs -------------------------------------------------------------------
 
