@@ -26,6 +26,7 @@ All figures come from one run on this machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -35,7 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -287,6 +290,23 @@ async def paired_latency(plain: LocalCluster, secure: LocalCluster, n: int) -> d
     return figures
 
 
+def agentless(**extra: Any) -> dict[str, Any]:
+    """`cell_options` for a cell whose machines no agent heartbeats: without a long timeout
+    the leader marks them all down mid-run and evicts every task the benchmark placed."""
+    return cell_options(heartbeat_timeout_s=86_400.0, **extra)
+
+
+@contextlib.contextmanager
+def kept_or_temporary(directory: str) -> Iterator[str]:
+    """`directory`, created and kept, or a temporary one removed afterwards."""
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--txns", type=int, default=20_000, help="1-claim transactions")
@@ -299,6 +319,11 @@ def main() -> None:
         "--fsync", action="store_true", help="also measure a cell that syncs its journals"
     )
     parser.add_argument("--tls", action="store_true", help="also measure a cell that serves https")
+    parser.add_argument(
+        "--dir",
+        default="",
+        help="keep the measured cell's data dirs and replica logs here (default: a temporary dir)",
+    )
     parser.add_argument("--raw-node", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--raw-ports", default="", help=argparse.SUPPRESS)
     parser.add_argument("--raw-dir", default="", help=argparse.SUPPRESS)
@@ -316,8 +341,8 @@ def main() -> None:
     raw = measure_raw(args.raw_seconds, args.raw_window)
     print(f"raw pysyncobj no-ops: {raw:,.0f} ops/s ({args.raw_window} in flight)")
     with (
-        tempfile.TemporaryDirectory() as tmp,
-        LocalCluster(Path(tmp), **cell_options()) as cluster,
+        kept_or_temporary(args.dir) as tmp,
+        LocalCluster(Path(tmp), **agentless()) as cluster,
     ):
         args.no_failover = False
         figures = trio.run(measure_store, cluster, args)
@@ -325,7 +350,7 @@ def main() -> None:
     if args.fsync:
         with (
             tempfile.TemporaryDirectory() as tmp,
-            LocalCluster(Path(tmp), **cell_options(fsync=True)) as cluster,
+            LocalCluster(Path(tmp), **agentless(fsync=True)) as cluster,
         ):
             args.no_failover = True
             synced = trio.run(measure_store, cluster, args)
@@ -333,14 +358,14 @@ def main() -> None:
     if args.tls:
         with (
             tempfile.TemporaryDirectory() as tmp,
-            LocalCluster(Path(tmp), tls=True, **cell_options()) as cluster,
+            LocalCluster(Path(tmp), tls=True, **agentless()) as cluster,
         ):
             args.no_failover = True
             secured = trio.run(measure_store, cluster, args)
         with (
             tempfile.TemporaryDirectory() as tmp,
-            LocalCluster(Path(tmp) / "http", **cell_options()) as plain,
-            LocalCluster(Path(tmp) / "https", tls=True, **cell_options()) as secure,
+            LocalCluster(Path(tmp) / "http", **agentless()) as plain,
+            LocalCluster(Path(tmp) / "https", tls=True, **agentless()) as secure,
         ):
             secured |= trio.run(paired_latency, plain, secure, args.latency)
     print(
