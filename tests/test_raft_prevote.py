@@ -121,3 +121,26 @@ def test_pysyncobj_cannot_stand_on_its_own_timer_without_a_won_pre_vote(follower
     assert replica.raftCurrentTerm == term + 1
     assert [m for _, m in transport.sent if m["type"] == "request_vote"]
     assert not replica._election_won_pre_vote  # spent on this election
+
+
+def test_a_yes_puts_off_the_granters_own_round(follower) -> None:
+    """Both followers of a dead leader often time out within one tick of each other: the
+    first one's ask wakes the other, which said yes and then asked for the same term itself,
+    each won the other's yes, and both stood (a split vote: failovers of 0.6 s instead of
+    0.25 s in `bench.store --failovers`). A yes now puts off the granter's own round by an
+    election timeout and drops the one it had under way."""
+    replica, transport = follower
+    peer = sorted(replica._SyncObj__otherNodes, key=str)[0]
+    ours = _new_round(replica, transport)
+    replica._SyncObj__raftElectionDeadline = 0.0  # our timer is due again
+    ask = {"type": "pre_vote", "term": ours["term"], "round": 3, "last_log_index": 10**6}
+    transport.receive(peer, {**ask, "last_log_term": 4})
+    assert [m["granted"] for _, m in transport.sent if m["type"] == "pre_vote_response"] == [True]
+
+    transport.sent.clear()
+    replica._hold_election_for_pre_vote()
+    assert not transport.sent  # put off: no round of our own this tick
+    # The yes the other candidate sends back to our dropped round counts for nothing.
+    answer = {"type": "pre_vote_response", "term": ours["term"], "round": ours["round"]}
+    transport.receive(peer, {**answer, "granted": True})
+    assert not replica._election_won_pre_vote
