@@ -73,6 +73,11 @@ from cellstore.machine import Machine
 log = structlog.get_logger("cellstore.cell")
 
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+# Tasks one `ExpireHeartbeats` evicts at most (a machine holding more is one command of its
+# own). Each command is one Raft entry, applied whole in one tick: a rack that fell silent
+# holding 70,000 tasks, marked down by one command, held every replica's tick for seconds
+# under load, and each leader in turn was deposed while it applied it (`bench.store`).
+EXPIRY_TASKS_PER_COMMAND = 2_000
 # The name under which the replicas' config token is kept in the cell.
 BOOTSTRAP = "bootstrap"
 
@@ -498,14 +503,52 @@ async def expire_heartbeats(replica: Replica, timeout: float, period_s: float = 
         )
         silent = clock.silent(term, stamps, time.monotonic())
         if silent or drains_due:
-            command = ExpireHeartbeats(timeout=timeout, at=now, id=new_command_id(), silent=silent)
+            runs: list[tuple[SilentMachine, ...]] = [silent]
             if silent:
                 log.info("machines_silent", term=term, machines=[s.machine for s in silent][:20])
+                names = [s.machine for s in silent]
+                held = await replica.read(functools.partial(_tasks_on, machines=names))
+                runs = expiry_runs(silent, held)
+            commands = [
+                ExpireHeartbeats(timeout=timeout, at=now, id=new_command_id(), silent=run)
+                for run in runs
+            ]
             try:
-                await replica.commit([orjson.dumps(internal.unstructure(command, Command))])
+                await replica.commit(
+                    [orjson.dumps(internal.unstructure(c, Command)) for c in commands]
+                )
             except ApiError as exc:
                 log.info("expire_heartbeats_not_committed", reason=exc.body.message)
         await trio.sleep(period_s)
+
+
+def expiry_runs(
+    silent: Sequence[SilentMachine],
+    held: dict[str, int],
+    limit: int = EXPIRY_TASKS_PER_COMMAND,
+) -> list[tuple[SilentMachine, ...]]:
+    """`silent` cut, in order, into runs whose machines hold (`held`) at most `limit` tasks
+    between them, each to be marked down by a command of its own; a machine holding more is
+    a run alone."""
+    runs: list[tuple[SilentMachine, ...]] = []
+    run: list[SilentMachine] = []
+    tasks = 0
+    for machine in silent:
+        count = held.get(machine.machine, 0)
+        if run and tasks + count > limit:
+            runs.append(tuple(run))
+            run, tasks = [], 0
+        run.append(machine)
+        tasks += count
+    if run:
+        runs.append(tuple(run))
+    return runs
+
+
+def _tasks_on(machine: Machine, machines: list[str]) -> dict[str, int]:
+    """How many tasks each of `machines` holds (those the cell knows)."""
+    known = _cell_machine(machine).cell.machines
+    return {name: len(known[name].tasks) for name in machines if name in known}
 
 
 def enter_bootstrap_token(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, None]:
