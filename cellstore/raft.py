@@ -551,7 +551,7 @@ class ReplicatedMachine(SyncObj):
         as up to date as ours.
 
         A yes also puts off this replica's own candidacy by a fresh election timeout, as
-        granting a vote does in Raft, and drops its own round under way. Both followers of a
+        granting a vote does in Raft, and drops its own round, under way or won. Both followers of a
         dead leader time out within one tick (50 ms) of each other about a third of the time;
         the first one's ask woke the other, which granted it and then asked for the same term
         itself, each won the other's yes, and both stood: a split vote, and a failover of
@@ -568,6 +568,9 @@ class ReplicatedMachine(SyncObj):
             self._log.info("pre_vote_granted", term=message.get("term"), to=str(node))
             self._election_deadline = raft_clock() + self._SyncObj__generateRaftTimeout()
             self._pre_vote_round = None
+            # A round won in the same tick is given up too: kept, it would let this replica
+            # stand a timeout later on a pre-vote that no longer says anything.
+            self._election_won_pre_vote = False
         self._SyncObj__transport.send(
             node,
             {

@@ -12,6 +12,7 @@ Drives one replica's pre-vote bookkeeping with an in-memory transport: no tickin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,18 @@ def test_a_yes_puts_off_the_granters_own_round(follower) -> None:
     answer = {"type": "pre_vote_response", "term": ours["term"], "round": ours["round"]}
     transport.receive(peer, {**answer, "granted": True})
     assert not replica._election_won_pre_vote
+
+
+def test_a_yes_gives_up_a_round_won_in_the_same_tick(follower) -> None:
+    """Answers are read at the end of a tick and pysyncobj stands at the start of the next: a
+    yes given in between must not leave the won round to be stood on a timeout later."""
+    replica, transport = follower
+    peers = sorted(replica._SyncObj__otherNodes, key=str)
+    ours = _new_round(replica, transport)
+    answer = {"type": "pre_vote_response", "term": ours["term"], "round": ours["round"]}
+    transport.receive(peers[0], {**answer, "granted": True})
+    assert replica._election_won_pre_vote
+    ask = {"type": "pre_vote", "term": ours["term"], "round": 9, "last_log_index": 10**6}
+    transport.receive(peers[1], {**ask, "last_log_term": 4})
+    assert not replica._election_won_pre_vote
+    assert replica._SyncObj__raftElectionDeadline == math.inf  # held until a new round is won
