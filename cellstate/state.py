@@ -284,10 +284,10 @@ class CellState:
             machine.operator_state = None if cmd.state is MachineState.UP else cmd.state
         if machine.state == cmd.state:
             return Ok()
-        jobs = {self.tasks[tid].job for tid in machine.tasks}
         if cmd.state is MachineState.DOWN:
-            self._machine_down(machine, events)  # its jobs are reviewed below
+            jobs = self._machine_down(machine, events)
         else:
+            jobs = {self.tasks[tid].job for tid in machine.tasks}
             machine.state = cmd.state
             machine.last_heartbeat = cmd.at
             self._touch(machine)
