@@ -398,7 +398,7 @@ def main() -> None:
     )
     print(
         f"failover: median {figures['failover_s']:.2f} s, max {figures['failover_max_s']:.2f} s "
-        f"from leader SIGKILL to an accepted write ({args.failovers} kills)"
+        f"from leader SIGKILL to an accepted write ({args.failovers} kill{'s' if args.failovers != 1 else ''})"
     )
     summary = {
         "raw_ops_per_s": round(raw),
