@@ -40,7 +40,7 @@ import trio
 from bench import scale
 from cellstate import JobSpec, MachineSpec, Resources, SchedulerClass, parse_cpu, parse_memory
 from cellstore.cellclient import CellClient, CellError, CellSummary
-from harness.cluster import LocalCluster, cell_options, start_scheduler, stop_processes
+from harness.cluster import LocalCluster, agentless_options, start_scheduler, stop_processes
 
 REGISTER_BATCH = 1000
 SUBMIT_ATTEMPTS = 5  # per job, when the store answers `unavailable`
@@ -160,7 +160,7 @@ def phase(
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     # The machines have no agents: a day-long heartbeat timeout keeps them up.
-    with LocalCluster(base / "store", **cell_options(heartbeat_timeout_s=86400.0)) as cluster:
+    with LocalCluster(base / "store", **agentless_options()) as cluster:
         try:
 
             async def run() -> dict[str, Any]:

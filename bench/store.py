@@ -38,7 +38,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -55,7 +54,7 @@ from cellstate import (
 from cellstore.cellclient import CellClient
 from cellstore.client import StoreClient
 from cellstore.config import free_ports
-from harness.cluster import LocalCluster, cell_options
+from harness.cluster import LocalCluster, agentless_options
 
 MACHINES = 1000
 
@@ -304,12 +303,6 @@ async def paired_latency(plain: LocalCluster, secure: LocalCluster, n: int) -> d
     return figures
 
 
-def agentless(**extra: Any) -> dict[str, Any]:
-    """`cell_options` for a cell whose machines no agent heartbeats: without a long timeout
-    the leader marks them all down mid-run and evicts every task the benchmark placed."""
-    return cell_options(heartbeat_timeout_s=86_400.0, **extra)
-
-
 @contextlib.contextmanager
 def kept_or_temporary(directory: str) -> Iterator[str]:
     """`directory`, created and kept, or a temporary one removed afterwards."""
@@ -361,7 +354,7 @@ def main() -> None:
     print(f"raw pysyncobj no-ops: {raw:,.0f} ops/s ({args.raw_window} in flight)")
     with (
         kept_or_temporary(args.dir) as tmp,
-        LocalCluster(Path(tmp), **agentless()) as cluster,
+        LocalCluster(Path(tmp), **agentless_options()) as cluster,
     ):
         args.no_failover = False
         figures = trio.run(measure_store, cluster, args)
@@ -369,7 +362,7 @@ def main() -> None:
     if args.fsync:
         with (
             tempfile.TemporaryDirectory() as tmp,
-            LocalCluster(Path(tmp), **agentless(fsync=True)) as cluster,
+            LocalCluster(Path(tmp), **agentless_options(fsync=True)) as cluster,
         ):
             args.no_failover = True
             synced = trio.run(measure_store, cluster, args)
@@ -377,14 +370,14 @@ def main() -> None:
     if args.tls:
         with (
             tempfile.TemporaryDirectory() as tmp,
-            LocalCluster(Path(tmp), tls=True, **agentless()) as cluster,
+            LocalCluster(Path(tmp), tls=True, **agentless_options()) as cluster,
         ):
             args.no_failover = True
             secured = trio.run(measure_store, cluster, args)
         with (
             tempfile.TemporaryDirectory() as tmp,
-            LocalCluster(Path(tmp) / "http", **agentless()) as plain,
-            LocalCluster(Path(tmp) / "https", tls=True, **agentless()) as secure,
+            LocalCluster(Path(tmp) / "http", **agentless_options()) as plain,
+            LocalCluster(Path(tmp) / "https", tls=True, **agentless_options()) as secure,
         ):
             secured |= trio.run(paired_latency, plain, secure, args.latency)
     print(

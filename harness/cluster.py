@@ -132,6 +132,13 @@ def cell_options(
     }
 
 
+def agentless_options(**extra: Any) -> dict[str, Any]:
+    """`cell_options` for a cell whose machines no agent heartbeats (benchmarks that register
+    bare machines): without a long timeout the leader marks them all down mid-run and evicts
+    every task placed on them."""
+    return cell_options(heartbeat_timeout_s=86_400.0, **extra)
+
+
 def _rules_current(cluster: LocalCluster) -> bool:
     """The cell's leader has raised the log's rules to this build's: its first command
     (`raise_rules`), so that tests counting versions or comparing snapshots start after it."""
