@@ -47,6 +47,7 @@ class DecisionContext:
         sampling: bool,
         tiers: np.ndarray | None = None,
         known_rows: dict[str, tuple[Job, int, np.ndarray]] | None = None,
+        np_rng: np.random.Generator | None = None,
     ) -> None:
         self.cell = cell
         self.table = table
@@ -55,9 +56,10 @@ class DecisionContext:
         # None: all alike.
         self.tiers = tiers
         self.rng = rng
-        # One numpy generator per decision, seeded from the injected rng, so a
-        # seed reproduces every choice.
-        self.np_rng = np.random.default_rng(rng.getrandbits(64))
+        # The decision's numpy generator: its core's (seeded once from the core's
+        # injected rng, so a seed reproduces every choice), or one seeded here. Seeding
+        # one costs as much as the rest of a small decision's set-up: not per decision.
+        self.np_rng = np_rng if np_rng is not None else np.random.default_rng(rng.getrandbits(64))
         n = table.n
         self.n = n
         # Column-major like the table: a dimension's column is contiguous.

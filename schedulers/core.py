@@ -148,6 +148,8 @@ class SchedulerCore:
         self.name = name
         self.kind = SchedulerClass(kind)
         self.rng = rng
+        # The decisions' numpy generator (`DecisionContext.np_rng`), seeded from `rng`.
+        self.np_rng = np.random.default_rng(rng.getrandbits(64))
         self.mode = mode
         self.conflicts = conflicts
         self.shard = shard
@@ -289,7 +291,9 @@ class SchedulerCore:
         tiers = None if self.avoider is None else self.avoider.tiers(cell, table, now)
         if cell is not self._rows_cell:  # a reloaded copy counts moves afresh
             self._rows_cell, self._known_rows = cell, {}
-        ctx = DecisionContext(cell, table, self.rng, self.sampling, tiers, self._known_rows)
+        ctx = DecisionContext(
+            cell, table, self.rng, self.sampling, tiers, self._known_rows, self.np_rng
+        )
         claims = []
         claimed_jobs: list[str] = []
         metrics: dict[str, JobMetric] = {}
