@@ -125,12 +125,19 @@ def feasible(
     """Run `filters` in order over the machines in `alive` (default: all);
     return the mask of machines passing all of them and charge each removed
     machine to its first failing reason in `metric`."""
-    alive = np.ones(ctx.n, dtype=bool) if alive is None else alive.copy()
+    # Machines removed by a mask are those alive before it less those alive after: one
+    # pass over the cell per mask, rather than a third array and a second pass.
+    count = np.count_nonzero
+    if alive is None:
+        alive, left = np.ones(ctx.n, dtype=bool), ctx.n
+    else:
+        alive, left = alive.copy(), int(count(alive))
     for check in filters:
         for reason, ok in check.masks(ctx, job):
-            removed = alive & ~ok
-            metric.count(reason, int(np.count_nonzero(removed)))
             alive &= ok
+            now = int(count(alive))
+            metric.count(reason, left - now)
+            left = now
     return alive
 
 
