@@ -72,11 +72,18 @@ def fits(
     return count
 
 
+# `spread: domain` names the machines' failure domain (`MachineSpec.domain`), the
+# default, not a label of that name: what the job file's comment and `examples/` say.
+FAILURE_DOMAIN = "domain"
+
+
 def spread_codes(ctx: DecisionContext, job: Job) -> np.ndarray:
-    """Spread-domain code per table row: the `spec.spread` label's value, or
-    the failure domain. Machines without the label form one domain of their own."""
-    if job.spec.spread:
-        return ctx.table.labels(ctx.cell, job.spec.spread).codes[: ctx.n]
+    """Spread-domain code per table row: the failure domain (no `spec.spread`, or
+    `FAILURE_DOMAIN`), or the value of the `spec.spread` label. Machines without
+    the label form one domain of their own."""
+    key = job.spec.spread
+    if key and key != FAILURE_DOMAIN:
+        return ctx.table.labels(ctx.cell, key).codes[: ctx.n]
     return ctx.table.domains.codes[: ctx.n]
 
 

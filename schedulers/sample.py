@@ -54,13 +54,22 @@ def occupied_size(wanted: int) -> int:
 
 
 def candidates(
-    ctx: DecisionContext, ok: np.ndarray, wanted: int, best_effort: bool = False
+    ctx: DecisionContext,
+    ok: np.ndarray,
+    wanted: int,
+    best_effort: bool = False,
+    spread: bool = False,
 ) -> np.ndarray:
     """The rows to score for `wanted` tasks, of the feasible machines (mask `ok`):
     all of them with sampling off or when there are few, else a random sample
     of `sample_size(wanted)` of them in random order (so equal scores break
     ties at random). With avoidance tiers, see the module docstring (the room
-    of `best_effort`'s class tells which machines are empty).
+    of `best_effort`'s class tells which machines are empty); for a job that
+    `spread`s, a sample of the other partitions' machines besides: its tasks go to
+    other domains and machines before they double up, and a small cell's preferred
+    partition may hold one machine of one domain. The tiers still order the
+    machines within each domain, so while the partition has machines enough the
+    others are not used.
 
     Masks over the whole cell, not index arrays: a decision calls this once
     per job, and gathering by index was most of a decision's time."""
@@ -68,7 +77,8 @@ def candidates(
     if ctx.tiers is not None:
         pool = ok & ctx.preferred
         base: np.ndarray | None = ctx.preferred_rows
-        if not pool.any():
+        whole = not pool.any()
+        if whole:
             pool, base = ok, None
         empty = ctx.empty(best_effort)
         used = np.flatnonzero(pool & ~empty)
@@ -77,7 +87,10 @@ def candidates(
             # Many half-full machines (tasks of many shapes): a random subset, new
             # each decision, in machine order as before.
             used = np.sort(used[ctx.np_rng.choice(used.size, size=limit, replace=False)])
-        return np.concatenate((used, sample_rows(ctx.np_rng, pool & empty, base, size)))
+        parts = [used, sample_rows(ctx.np_rng, pool & empty, base, size)]
+        if spread and not whole:
+            parts.append(sample_rows(ctx.np_rng, ok & ~ctx.preferred, None, size))
+        return np.concatenate(parts)
     rows = np.flatnonzero(ok)
     if not ctx.sampling or rows.size <= size:
         return rows

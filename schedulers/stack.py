@@ -169,7 +169,7 @@ class Stack:
             if sel.size:
                 ctx.take(sel, counts, demand, be)
             return np.repeat(sel, counts).tolist()
-        cand = candidates(ctx, ok, wanted, be)
+        cand = candidates(ctx, ok, wanted, be, self.spread)
         fit = fits(ctx, cand, demand, be, one)
         if cand.size < n_ok:
             metric.sampled += 1

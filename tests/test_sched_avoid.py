@@ -244,3 +244,24 @@ def test_the_empty_sample_is_distinct_rows_of_the_mask_or_all_of_them():
     scarce[::200] = True
     got = sample_rows(np.random.default_rng(2), scarce, None, 40)
     assert got.size == 40 == np.unique(got).size and scarce[got].all()
+
+
+@pytest.mark.parametrize("spread", [None, "domain"])
+def test_a_service_spreads_over_domains_and_machines_beyond_its_partition(spread):
+    # `omega up`'s demo: 4 machines in 2 racks, three schedulers reporting. The
+    # service scheduler's partition held one machine with room for the whole job,
+    # and all three replicas of a `spread: domain` web service landed on it.
+    # Partitions order machines within a domain; they must not undo the spread.
+    cell = cell_with(machines=4, cpu=2000, domains=2)
+    names = ("batch", "best-effort", "service")
+    for name in names:
+        cell.apply(ReportScheduler(name, BATCH, {}, {}, at=2.0))
+    mine = owners([m.id for m in cell.machine_list], rivals(cell, "service"))
+    assert np.count_nonzero(mine == names.index("service")) < 3  # the case that went wrong
+    submit(cell, "web", tasks=3, cpu=100, scheduler=SchedulerClass.SERVICE, spread=spread)
+    sched = core(SchedulerClass.SERVICE, "service", avoidance=Avoidance())
+    _, result = step(sched, cell)
+    assert result is not None and result.accepted == 3
+    on = placements(cell, "web")
+    assert len(on) == 3, on
+    assert {cell.machines[m].domain for m in on} == {"d0", "d1"}

@@ -302,3 +302,15 @@ def test_regular_placement_accounts_for_earlier_jobs_in_same_decision():
         submit(cell, f"j{j}", tasks=2, cpu=1000)
     _, result = step(core(BATCH), cell)
     assert result.accepted == 8 and not result.rejected
+
+
+def test_spread_domain_names_the_failure_domain_not_a_label():
+    # The three tightest machines (best fit's first choices) are all in d0: a
+    # `spread: domain` read as a label no machine has would put every task there.
+    cell = cell_with(machines=9, cpu=16000, domains=3)
+    submit(cell, "filler", tasks=3, cpu=8000)
+    commit(cell, ("filler.0", "m0"), ("filler.1", "m3"), ("filler.2", "m6"))
+    submit(cell, "web", tasks=3, cpu=500, scheduler=SERVICE, spread="domain")
+    _, result = step(core(SERVICE), cell)
+    assert result is not None and result.accepted == 3
+    assert sorted(domains(cell, "web").values()) == [1, 1, 1]
