@@ -2,8 +2,8 @@
 real service scheduler and real agents running its real servers (`omega up`).
 Each task binds a port the OS picks, declares it in `$OMEGA_PORT_FILE`, and
 the agent's http check on `/healthz` judges it; `omega tasks --json` then
-shows every task running, healthy and on its job's spec version, and the
-table shows the health column."""
+shows every task running, healthy and on its job's spec version, spread over
+machines and racks, and the table shows the health column."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_example_web_service_runs_healthy(tmp_path):
-    with up_cell(tmp_path / "cell") as cell:
+    # Four agents in two racks, as `./setup.sh demo` runs.
+    with up_cell(tmp_path / "cell", "--agents", "4") as cell:
         cell.start()
         job = cell.json("submit", "examples/web-service.yaml")["id"]
 
@@ -29,6 +30,11 @@ def test_the_example_web_service_runs_healthy(tmp_path):
         tasks = wait_for("three running, healthy tasks", all_healthy)
         assert isinstance(tasks, list)
         assert all(t["version"] == 1 and t["restarts"] == 0 for t in tasks), tasks
+        # `spread: domain` among three schedulers with conflict avoidance on: three
+        # machines, both of `omega up`'s racks (all three once ran on one machine).
+        domain = {n["id"]: n["domain"] for n in cell.json("nodes")}
+        on = [t["machine"] for t in tasks]
+        assert len(set(on)) == 3 and len({domain[m] for m in on}) == 2, (on, domain)
         table = cell.omega("tasks", "--job", job).stdout
         assert "health" in table and table.count("healthy") >= 3, table
 
