@@ -21,7 +21,9 @@ randomness of their own, so the simulator replays them from its seed):
   machines moves. Partitions are a preference, not a fence: the stack scores
   a scheduler's own machines first and spills over to the others only when
   they lack room (`Stack._select`), so no task waits while any machine fits
-  it, and best fit still packs within each partition.
+  it, and best fit still packs within each partition. A job that spreads
+  also spills where its partition lacks a fresh machine in some domain
+  (`sample.candidates`): spreading comes before avoiding rivals.
 - **Cooling.** A machine on which a claim lost a fit conflict
   (`insufficient:*`, `machine_changed`) is tried last for `cool_s` seconds:
   a rival is filling it, and best fit would send the next claim straight back
