@@ -168,8 +168,10 @@ def plan(
         why = {**metric["filtered"], **metric["exhausted"]}
         told = ", ".join(f"{n} {reason}" for reason, n in sorted(why.items())) or "-"
         out.print(f"the rest: {metric['unplaced_reason'] or 'no room'} (machines: {told})")
-    out.print(f"plan token: {found['token']}")
-    out.print(f"commit it: omega submit {file} --plan {found['token']}")
+    # Soft-wrapped: the terminal may fold the lines, but no newline is printed inside the
+    # token, so the command copies whole.
+    out.print(f"plan token: {found['token']}", soft_wrap=True)
+    out.print(f"commit it: omega submit {file} --plan {found['token']}", soft_wrap=True)
 
 
 def submit_planned(addr: str, token: str, spec: JobSpec, plan_token: str, job_id: str) -> str:

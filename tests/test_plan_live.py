@@ -34,6 +34,10 @@ def test_plan_then_submit_places_exactly_the_plan_or_nothing(tmp_path):
         planned = {p["task"]: p["machine"] for p in found["placements"]}
         shown = cell.omega("plan", str(path), "--id", "web-1").stdout
         assert "3 of 3 tasks fit" in shown and "plan token:" in shown, shown
+        # The command to commit the plan, as printed, is one line a person can copy:
+        # the console's width must not break the token.
+        lines = shown.splitlines()
+        assert f"commit it: omega submit {path} --plan {found['token']}" in lines, shown
         cell.omega("submit", str(path), "--plan", found["token"])
         placed = {t["id"]: t["machine"] for t in cell.json("tasks", "--job", "web-1")}
         assert placed == planned
