@@ -43,7 +43,7 @@ from typing import Literal
 import attrs
 import numpy as np
 
-from cellstate import Claim, Job, SchedulerClass, Task, reasons
+from cellstate import ACTIVE_STATES, Claim, Job, SchedulerClass, Task, reasons
 from schedulers import preempt
 from schedulers.context import DecisionContext
 from schedulers.explain import JobMetric
@@ -114,7 +114,8 @@ class Stack:
         # Feasible rows exist only if every demanded dimension has a column.
         demand = ctx.demand(spec.resources.amounts)
         if n_ok and demand is not None:
-            chosen = self._select(ctx, job, ok, n_ok, demand, wanted, metric)
+            leaving = _leaving(ctx, tasks) if self.spread else []
+            chosen = self._select(ctx, job, ok, n_ok, demand, wanted, metric, leaving)
         victims: list[tuple[str, ...]] = [()] * len(chosen)
 
         if self.preempt and len(chosen) < wanted:
@@ -158,8 +159,10 @@ class Stack:
         demand: Demand,
         wanted: int,
         metric: JobMetric,
+        leaving: list[int],
     ) -> list[int]:
-        """Choose rows for `wanted` tasks among the `n_ok` feasible machines (mask `ok`)."""
+        """Choose rows for `wanted` tasks among the `n_ok` feasible machines (mask `ok`);
+        `leaving`: the rows of placed tasks these replace, which stop once they have."""
         spec = job.spec
         be, one = self.best_effort, spec.anti_affinity
         if self.random:
@@ -195,6 +198,13 @@ class Stack:
         if self.spread:
             codes = spread_codes(ctx, job)
             placed = job_rows(ctx, job)
+            if leaving:
+                # A task being replaced is spread's to move, not to balance around: counted
+                # where it runs, a drained task's replacement would leave its domain.
+                rest = placed.tolist()
+                for row in leaving:
+                    rest.remove(row)
+                placed = np.asarray(rest, dtype=np.intp)
             # Domains in ascending code order, each drawing its rank in turn (a set of a
             # few hundred codes sorts for less than `np.unique` costs to call).
             domain_rank = {c: ctx.rng.random() for c in sorted(set(codes[cand].tolist()))}
@@ -219,6 +229,17 @@ class Stack:
         if sel.size:
             ctx.take(sel, counts, demand, be)
         return np.repeat(sel, counts).tolist()
+
+
+def _leaving(ctx: DecisionContext, tasks: list[Task]) -> list[int]:
+    """The rows of those of `tasks` that are placed: tasks a lifecycle plan replaces
+    (pending tasks, which a decision places, have none)."""
+    machines = ctx.cell.machines
+    return [
+        machines[t.machine].index
+        for t in tasks
+        if t.machine is not None and t.state in ACTIVE_STATES
+    ]
 
 
 def _tally(chosen: list[int]) -> tuple[np.ndarray, np.ndarray]:
