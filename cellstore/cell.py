@@ -50,6 +50,7 @@ from cellstate import (
     CreateToken,
     ExpireHeartbeats,
     Heartbeat,
+    JobState,
     MachineState,
     RegisterMachines,
     ReportTasks,
@@ -57,6 +58,7 @@ from cellstate import (
     Role,
     SilentMachine,
     SpecError,
+    TaskState,
     TokenRecord,
 )
 from cellstate import views as cell_views
@@ -242,7 +244,7 @@ def endpoints(
                 return cell_views.job_view(cell, job)
 
             return await read(one)
-        state = _one(request, "state")
+        state = _state(request, _JOB_STATES)
         return await read(lambda cell: {"jobs": cell_views.list_jobs(cell, state)})
 
     async def history(request: Request) -> Response:
@@ -269,11 +271,20 @@ def endpoints(
                 return cell_views.task_view(task)
 
             return await read(one)
-        job, state, machine = _one(request, "job"), _one(request, "state"), _one(request, "machine")
+        job, machine = _one(request, "job"), _one(request, "machine")
+        state = _state(request, _TASK_STATES)
         limit = request.query_int("limit", 100_000)
-        return await read(
-            lambda cell: {"tasks": cell_views.list_tasks(cell, job, state, machine, limit)}
-        )
+
+        def listed(cell: CellState) -> Any:
+            # A filter naming a job or machine the cell does not know is a mistake to
+            # report, not a question with an empty answer.
+            if job is not None and job not in cell.jobs:
+                raise ApiError(404, "job_unknown", f"no job {job!r}", "job")
+            if machine is not None and machine not in cell.machines:
+                raise ApiError(404, "machine_unknown", f"no machine {machine!r}", "machine")
+            return {"tasks": cell_views.list_tasks(cell, job, state, machine, limit)}
+
+        return await read(listed)
 
     async def machines(request: Request) -> Response:
         return await read(lambda cell: {"machines": cell_views.list_machines(cell)})
@@ -394,6 +405,18 @@ def _is_due(due: Callable[[CellMachine, float], bool], machine: Machine, now: fl
 def _one(request: Request, name: str) -> str | None:
     values = request.query.get(name)
     return values[0] if values else None
+
+
+_TASK_STATES = tuple(state.value for state in TaskState)
+_JOB_STATES = tuple(state.value for state in JobState)
+
+
+def _state(request: Request, allowed: tuple[str, ...]) -> str | None:
+    """The `state` filter, one of `allowed` (a 400 naming them if not)."""
+    state = _one(request, "state")
+    if state is not None and state not in allowed:
+        raise ApiError(400, "invalid", f"state {state!r}: use one of {', '.join(allowed)}", "state")
+    return state
 
 
 def _job_id(spec: Any) -> str:

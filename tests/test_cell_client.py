@@ -113,6 +113,21 @@ async def exercise_async(cluster: LocalCluster) -> None:
         with pytest.raises(CellError) as bad:
             await cell.kill("no such job")
         assert (bad.value.code, bad.value.field, bad.value.status) == ("job_unknown", "job", 404)
+        # A filter naming what does not exist is an error, not an empty list.
+        for filters, answer in (
+            ({"job": "nope"}, ("job_unknown", "job", 404)),
+            ({"machine": "nowhere"}, ("machine_unknown", "machine", 404)),
+            ({"state": "sideways"}, ("invalid", "state", 400)),
+        ):
+            with pytest.raises(CellError) as refused_filter:
+                await cell.tasks(**filters)
+            error = refused_filter.value
+            assert (error.code, error.field, error.status) == answer, (filters, error)
+        with pytest.raises(CellError) as bad_state:
+            await cell.jobs(state="sideways")
+        assert (bad_state.value.code, bad_state.value.field) == ("invalid", "state")
+        assert "running" in str(bad_state.value)
+        assert [t["machine"] for t in await cell.tasks(machine="m0")] == ["m0"]
 
         statuses = [await cell.status(a) for a in cluster.api]
         assert sum(bool(s["is_leader"]) for s in statuses) == 1
