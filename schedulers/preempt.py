@@ -23,7 +23,7 @@ the cell.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -103,10 +103,19 @@ def victims_on(
 
 
 def choose(
-    ctx: DecisionContext, rows: np.ndarray, band: Band, demand: Mapping[str, int]
+    ctx: DecisionContext,
+    rows: np.ndarray,
+    band: Band,
+    demand: Mapping[str, int],
+    spread: Callable[[int], tuple[int, int]] | None = None,
 ) -> tuple[int, list[Task]] | None:
     """Among candidate `rows` (machines passing every filter but resources),
-    the machine and victims of least preemption cost; None if none can make room."""
+    the machine and victims of least preemption cost; None if none can make room.
+
+    `spread(row)`, for a job that spreads: its tasks in the machine's spread domain
+    and on the machine. The domain comes first (a replica in another domain is
+    worth a victim), the machine after the victims' priority (a second replica on
+    a machine with room left is not worth evicting another task)."""
     if band <= Band.BEST_EFFORT:
         return None
     pairs = ctx.demand(demand)
@@ -121,8 +130,14 @@ def choose(
     best: tuple[tuple, int, list[Task]] | None = None
     for row in rows.tolist():
         found = victims_on(ctx, row, band, demand)
-        if found is not None and (best is None or found[0] < best[0]):
-            best = (found[0], row, found[1])
+        if found is None:
+            continue
+        cost = found[0]
+        if spread is not None:
+            domain, machine = spread(row)
+            cost = (domain, cost[0], machine, *cost[1:])
+        if best is None or cost < best[0]:
+            best = (cost, row, found[1])
     if best is None:
         return None
     return best[1], best[2]

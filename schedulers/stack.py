@@ -113,8 +113,8 @@ class Stack:
         chosen: list[int] = []
         # Feasible rows exist only if every demanded dimension has a column.
         demand = ctx.demand(spec.resources.amounts)
+        leaving = _leaving(ctx, tasks) if self.spread else []
         if n_ok and demand is not None:
-            leaving = _leaving(ctx, tasks) if self.spread else []
             chosen = self._select(ctx, job, ok, n_ok, demand, wanted, metric, leaving)
         victims: list[tuple[str, ...]] = [()] * len(chosen)
 
@@ -122,14 +122,25 @@ class Stack:
             open_rows = np.flatnonzero(static & ~ok)
             if spec.anti_affinity and chosen:
                 open_rows = np.setdiff1d(open_rows, np.asarray(chosen), assume_unique=False)
+            # A spreading job preempts where its domains and machines need it most, as
+            # far as `preempt.choose` says that is worth a victim.
+            spreading = _Spreading(ctx, job, leaving, chosen) if self.spread else None
             while len(chosen) < wanted and open_rows.size and demand is not None:
-                found = preempt.choose(ctx, open_rows, spec.band, spec.resources.amounts)
+                found = preempt.choose(
+                    ctx,
+                    open_rows,
+                    spec.band,
+                    spec.resources.amounts,
+                    None if spreading is None else spreading.counts,
+                )
                 if found is None:
                     break
                 row, lost = found
                 ctx.release(row, lost)
                 ctx.take(np.asarray([row]), np.asarray([1]), demand, self.best_effort)
                 chosen.append(row)
+                if spreading is not None:
+                    spreading.add(row)
                 victims.append(tuple(t.id for t in lost))
                 metric.preempting += 1
                 if spec.anti_affinity:
@@ -197,14 +208,7 @@ class Stack:
             score += TIER_PENALTY * ctx.tiers[cand]
         if self.spread:
             codes = spread_codes(ctx, job)
-            placed = job_rows(ctx, job)
-            if leaving:
-                # A task being replaced is spread's to move, not to balance around: counted
-                # where it runs, a drained task's replacement would leave its domain.
-                rest = placed.tolist()
-                for row in leaving:
-                    rest.remove(row)
-                placed = np.asarray(rest, dtype=np.intp)
+            placed = _staying(ctx, job, leaving)
             # Domains in ascending code order, each drawing its rank in turn (a set of a
             # few hundred codes sorts for less than `np.unique` costs to call).
             domain_rank = {c: ctx.rng.random() for c in sorted(set(codes[cand].tolist()))}
@@ -240,6 +244,38 @@ def _leaving(ctx: DecisionContext, tasks: list[Task]) -> list[int]:
         for t in tasks
         if t.machine is not None and t.state in ACTIVE_STATES
     ]
+
+
+def _staying(ctx: DecisionContext, job: Job, leaving: list[int]) -> np.ndarray:
+    """The rows of the job's placed tasks, less one for each of `leaving`: a task being
+    replaced is spread's to move, not to balance around (counted where it runs, a
+    drained task's replacement would leave its domain)."""
+    placed = job_rows(ctx, job)
+    if not leaving:
+        return placed
+    rest = placed.tolist()
+    for row in leaving:
+        rest.remove(row)
+    return np.asarray(rest, dtype=np.intp)
+
+
+class _Spreading:
+    """A spreading job's tasks per spread domain and per machine, kept as a decision
+    adds placements: what a preemption weighs beside its victims (`preempt.choose`)."""
+
+    def __init__(self, ctx: DecisionContext, job: Job, leaving: list[int], chosen: list[int]):
+        self.codes = spread_codes(ctx, job).tolist()
+        rows = [*_staying(ctx, job, leaving).tolist(), *chosen]
+        self.domains = Counter(self.codes[row] for row in rows)
+        self.machines = Counter(rows)
+
+    def add(self, row: int) -> None:
+        self.domains[self.codes[row]] += 1
+        self.machines[row] += 1
+
+    def counts(self, row: int) -> tuple[int, int]:
+        """The job's tasks in the machine's domain and on the machine."""
+        return self.domains[self.codes[row]], self.machines[row]
 
 
 def _tally(chosen: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -238,6 +238,20 @@ def test_service_preempts_lowest_band_with_fewest_victims():
     assert decision.explanations["web"].preempting == 1
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_service_that_preempts_still_spreads_over_domains(seed):
+    # Every machine full of batch tasks of one priority: every victim set costs
+    # the same, and all three replicas used to preempt their way onto one machine.
+    # A replica in another domain is worth a victim; a second one on a machine
+    # that the first preemption left room on is not worth another.
+    cell = cell_with(machines=4, cpu=4000, domains=2)
+    _full_of_batch(cell)
+    submit(cell, "web", tasks=3, cpu=500, scheduler=SERVICE)
+    _, result = step(core(SERVICE, seed=seed), cell)
+    assert result is not None and result.accepted == 3 and len(result.preempted) == 2
+    assert sorted(domains(cell, "web").values()) == [1, 2], placements(cell, "web")
+
+
 def test_preemption_never_takes_production_or_same_band():
     cell = cell_with(machines=1, cpu=4000)
     submit(cell, "prod", tasks=4, cpu=1000, priority=200)
