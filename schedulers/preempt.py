@@ -16,7 +16,9 @@ passing over tasks whose job's disruption budget cannot spare them;
 victims that turn out unneeded are then dropped again, highest priority
 first. The preemption cost of a machine is (highest victim priority, number
 of victims, victims' total share of the machine, summed over dimensions); the
-machine with the least cost wins. Candidates are a sample of the machines
+machine with the least cost wins. For a job that spreads, its tasks in the
+machine's spread domain come before all of that, and its tasks on the machine
+right after the victims' priority (`choose`). Candidates are a sample of the machines
 that pass every filter but resources, so the work is bounded however large
 the cell.
 """

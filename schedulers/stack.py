@@ -19,7 +19,8 @@ tasks of one job and returns its claims:
    cooled ones last;
 3. placements are subtracted from the decision's local free columns, so the
    next job (or the rest of this one) sees them;
-4. (service) tasks still unplaced may preempt lower-band tasks;
+4. (service) tasks still unplaced may preempt lower-band tasks, a spreading
+   job's where its domains need them most (`preempt.choose`);
 5. a gang job that is not placed whole is rolled back and claims nothing.
 
 The kinds (each with `rank="best_fit"`; `cellsim.compaction` builds others):
