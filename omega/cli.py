@@ -729,8 +729,18 @@ def top(
     """A live view of the cell that refreshes until Ctrl-C."""
     from rich.live import Live
 
+    out = console()
     count = 0
-    with Live(console=console(), refresh_per_second=4) as live:
+    if not out.is_terminal:
+        # Piped or redirected, a live display leaves only its last frame: write every
+        # refresh out in full instead, as `top -b` does.
+        while True:
+            out.print(status_tables(_status(addr, token)))
+            count += 1
+            if iterations and count >= iterations:
+                return
+            time.sleep(interval)
+    with Live(console=out, refresh_per_second=4) as live:
         while True:
             live.update(status_tables(_status(addr, token)))
             count += 1

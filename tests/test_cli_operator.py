@@ -5,7 +5,8 @@ processes), used only through `omega` and, for metrics, as Prometheus scrapes th
 - `nodes` shows human units; labels and `-l` selectors on jobs, tasks, nodes, kill;
 - `quota get/set` and `node state` with errors that name the argument;
 - `events` from the change feed; `/metrics` on a replica, a scheduler and an agent,
-  parsed by prometheus-client's own parser.
+  parsed by prometheus-client's own parser;
+- `top` writes every refresh when its output is not a terminal.
 """
 
 from __future__ import annotations
@@ -232,3 +233,11 @@ def test_metrics_on_replica_scheduler_and_agent(cell):
 def test_part_commands_list_their_real_flags(cell):
     assert "--kind" in cell.omega("scheduler", "--help").stdout
     assert "--work-dir" in cell.omega("agent", "--help").stdout
+
+
+def test_top_writes_each_refresh_when_its_output_is_not_a_terminal(cell):
+    # Piped or redirected (`omega top > log`), a live display draws nothing a file
+    # keeps: each refresh is written out in full instead, as `top -b` does.
+    shown = cell.omega("top", "--iterations", "2", "--interval", "0.2").stdout
+    assert shown.count("replica") >= 2 and shown.count("schedulers") == 2, shown
+    assert shown.count("machines: up=2") == 2, shown
