@@ -8,6 +8,7 @@ stable JSON for scripts. Errors name what is wrong and exit non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -730,19 +731,17 @@ def top(
     from rich.live import Live
 
     out = console()
+    # Piped or redirected, a live display leaves only its last frame: there every
+    # refresh is written out in full instead, as `top -b` does.
+    live = Live(console=out, refresh_per_second=4) if out.is_terminal else None
     count = 0
-    if not out.is_terminal:
-        # Piped or redirected, a live display leaves only its last frame: write every
-        # refresh out in full instead, as `top -b` does.
+    with live if live is not None else contextlib.nullcontext():
         while True:
-            out.print(status_tables(_status(addr, token)))
-            count += 1
-            if iterations and count >= iterations:
-                return
-            time.sleep(interval)
-    with Live(console=out, refresh_per_second=4) as live:
-        while True:
-            live.update(status_tables(_status(addr, token)))
+            tables = status_tables(_status(addr, token))
+            if live is None:
+                out.print(tables)
+            else:
+                live.update(tables)
             count += 1
             if iterations and count >= iterations:
                 return
