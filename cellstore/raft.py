@@ -165,6 +165,11 @@ def _compaction_child_dies_with_replica() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the replica died before the signal was armed
         os._exit(1)
+    threads = f"/proc/{parent}/task"
+    if os.path.isdir(threads) and not os.path.exists(f"{threads}/{_ticking.tid}"):
+        # Its tick thread ended (a replica stopped) before this child, on a loaded machine,
+        # ran far enough to arm the signal: end as the signal would have ended it.
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 os.register_at_fork(after_in_child=_compaction_child_dies_with_replica)
@@ -679,7 +684,7 @@ class ReplicatedMachine(SyncObj):
             self._thread.join(timeout)
 
     def _tick_loop(self) -> None:
-        _ticking.pid = os.getpid()
+        _ticking.pid, _ticking.tid = os.getpid(), threading.get_native_id()
         try:
             while not self._stopping.is_set():
                 try:
