@@ -265,18 +265,19 @@ class _Spreading:
     adds placements: what a preemption weighs beside its victims (`preempt.choose`)."""
 
     def __init__(self, ctx: DecisionContext, job: Job, leaving: list[int], chosen: list[int]):
-        self.codes = spread_codes(ctx, job).tolist()
+        # The table's column, read row by row: not copied whole, the cell may be large.
+        self.codes = spread_codes(ctx, job)
         rows = [*_staying(ctx, job, leaving).tolist(), *chosen]
-        self.domains = Counter(self.codes[row] for row in rows)
+        self.domains = Counter(self.codes[rows].tolist())
         self.machines = Counter(rows)
 
     def add(self, row: int) -> None:
-        self.domains[self.codes[row]] += 1
+        self.domains[int(self.codes[row])] += 1
         self.machines[row] += 1
 
     def counts(self, row: int) -> tuple[int, int]:
         """The job's tasks in the machine's domain and on the machine."""
-        return self.domains[self.codes[row]], self.machines[row]
+        return self.domains[int(self.codes[row])], self.machines[row]
 
 
 def _tally(chosen: list[int]) -> tuple[np.ndarray, np.ndarray]:
