@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -48,19 +49,32 @@ def console() -> Console:
     """Standard output for people; made on first use (rich costs ~30 ms to import)."""
     global _console
     if _console is None:
-        from rich.console import Console
-
-        _console = Console()
+        _console = _made(stderr=False)
     return _console
 
 
 def errors() -> Console:
     global _errors
     if _errors is None:
-        from rich.console import Console
-
-        _errors = Console(stderr=True)
+        _errors = _made(stderr=True)
     return _errors
+
+
+# Wider than any line the CLI prints; tables do not expand, so they keep their own width.
+_OFF_TERMINAL_WIDTH = 10_000
+
+
+def _made(stderr: bool) -> Console:
+    """A console for a terminal at its own width; off one (a pipe, a file, a script), as
+    wide as the output, so that no id is cut short with an ellipsis and no printed
+    command is wrapped onto two lines (rich would otherwise assume 80 columns).
+    `COLUMNS`, if set, still rules."""
+    from rich.console import Console
+
+    made = Console(stderr=stderr)
+    if made.is_terminal or "COLUMNS" in os.environ:
+        return made
+    return Console(stderr=stderr, width=_OFF_TERMINAL_WIDTH)
 
 
 _console: Console | None = None
@@ -165,6 +179,21 @@ def counts_text(counts: dict[str, int]) -> str:
 
 def labels_text(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in labels.items() if not k.startswith("omega.")) or "-"
+
+
+def whole(table: Table, *headers: str) -> Table:
+    """Keep the columns named `headers` (ids: jobs, tasks, machines) whole on a narrow
+    terminal: an id cut short with an ellipsis names nothing, so the other columns give
+    way first. Call it once the rows are in."""
+    from rich.cells import cell_len
+
+    for column in table.columns:
+        if column.header in headers:
+            column.no_wrap = True
+            column.min_width = max(
+                (cell_len(str(cell)) for cell in column.cells), default=cell_len(str(column.header))
+            )
+    return table
 
 
 # -- running the parts ---------------------------------------------------------
@@ -410,7 +439,7 @@ def jobs(
             counts_text(j["tasks"]),
             labels_text(j["labels"]),
         )
-    console().print(table)
+    console().print(whole(table, "id"))
 
 
 @app.command()
@@ -475,7 +504,7 @@ def tasks(
             "-" if t["exit_code"] is None else str(t["exit_code"]),
             t["reason"] or "",
         )
-    console().print(table)
+    console().print(whole(table, "id", "job", "machine"))
 
 
 @app.command()
@@ -512,7 +541,7 @@ def nodes(
             m["domain"],
             labels_text(m["labels"]),
         )
-    console().print(table)
+    console().print(whole(table, "id"))
 
 
 @app.command()

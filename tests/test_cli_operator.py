@@ -241,3 +241,16 @@ def test_top_writes_each_refresh_when_its_output_is_not_a_terminal(cell):
     shown = cell.omega("top", "--iterations", "2", "--interval", "0.2").stdout
     assert shown.count("replica") >= 2 and shown.count("schedulers") == 2, shown
     assert shown.count("machines: up=2") == 2, shown
+
+
+def test_piped_tables_and_lines_keep_their_ids_and_commands_whole(cell, monkeypatch):
+    # Off a terminal, rich assumed 80 columns: `omega jobs | grep` saw `web-2843…` and
+    # `omega explain` broke its line in two mid-sentence.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    name = "a-job-name-long-enough-to-crowd-eighty-columns"
+    job = cell.json("submit", spec(cell, name, "{team: wide, env: a-long-label-value}"))["id"]
+    listed = cell.omega("jobs", "-l", "team=wide").stdout
+    assert job in listed and "…" not in listed, listed
+    assert max(len(line) for line in listed.splitlines()) > 80, listed
+    shown = cell.omega("tasks", "--job", job).stdout
+    assert f"{job}.0" in shown and f"{job}.1" in shown and "…" not in shown, shown

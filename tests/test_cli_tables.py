@@ -1,0 +1,42 @@
+"""How the CLI's tables give way on a narrow terminal: ids stay whole (`omega.cli.whole`)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from omega.cli import whole
+
+IDS = ["web-2843d4.0", "web-2843d4.1", "gpu-train-18449f.2"]
+
+
+def rendered(table: Table, width: int) -> str:
+    out = Console(width=width, force_terminal=True, color_system=None, record=True)
+    out.print(table)
+    return out.export_text()
+
+
+def narrow_table() -> Table:
+    table = Table("id", "job", "state", "health", "machine", "incarnation", "exit", "reason")
+    for tid in IDS:
+        job = tid.rpartition(".")[0]
+        table.add_row(tid, job, "running", "healthy", "agent-12", "0", "-", "preempted by x")
+    return table
+
+
+def test_id_columns_stay_whole_and_the_others_give_way():
+    text = rendered(whole(narrow_table(), "id", "job", "machine"), 60)
+    for tid in IDS:
+        assert tid in text and tid.rpartition(".")[0] in text, text
+    assert "agent-12" in text
+    assert max(len(line) for line in text.splitlines()) <= 60, text
+
+
+def test_without_it_rich_cuts_the_ids_which_is_what_this_guards_against():
+    text = rendered(narrow_table(), 60)
+    assert not all(tid in text for tid in IDS), text
+
+
+def test_a_table_that_fits_is_unchanged():
+    table = narrow_table()
+    assert rendered(whole(table, "id"), 200) == rendered(narrow_table(), 200)
