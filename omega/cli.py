@@ -825,3 +825,19 @@ from omega import lifecycle as _lifecycle  # noqa: E402, F401
 from omega import plan as _plan  # noqa: E402, F401
 from omega import security as _security  # noqa: E402, F401
 from omega import snapshot as _snapshot  # noqa: E402, F401
+
+
+def _summaries(group: typer.Typer) -> None:
+    """Give every command a one-line summary for the list that `--help` shows: in rich
+    markup mode typer keeps the line breaks of a docstring's first paragraph there, so a
+    summary wrapped in the source came out ragged."""
+    for info in group.registered_commands:
+        if info.short_help is None:
+            text = info.help or (info.callback.__doc__ if info.callback else None) or ""
+            info.short_help = " ".join(text.split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _summaries(sub.typer_instance)
+
+
+_summaries(app)

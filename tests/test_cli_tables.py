@@ -40,3 +40,19 @@ def test_without_it_rich_cuts_the_ids_which_is_what_this_guards_against():
 def test_a_table_that_fits_is_unchanged():
     table = narrow_table()
     assert rendered(whole(table, "id"), 200) == rendered(narrow_table(), 200)
+
+
+def test_the_command_list_gives_each_summary_as_one_paragraph():
+    # Typer's rich help kept the line breaks of a docstring's first paragraph in the list
+    # of commands: `up`'s summary broke after "CA in", mid-sentence, whatever the width.
+    from typer.testing import CliRunner
+
+    from omega.cli import app
+
+    for argv, summary in (
+        ([], "with a throwaway CA in the data dir, and each scheduler and agent with a token"),
+        ([], "tasks placed, started, exited with their code, preempted (by whom), lost; machines"),
+        (["weights"], "keep theirs; 1 is the default). All or none: one bad word changes nothing."),
+    ):
+        shown = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "300"}).output
+        assert summary in shown, shown
