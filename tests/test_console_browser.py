@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -125,6 +126,18 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         page.wait_for_function(
             "document.querySelectorAll('#schedulers tr[data-scheduler]').length == 3"
         )
+        assert page.locator(".domain h3 small").all_inner_texts() == ["1 machine"] * 2
+        assert all(
+            re.fullmatch(r"(1 task|\d+ tasks)", foot)
+            for foot in page.locator(".tile-foot").all_inner_texts()
+        )
+        # Sparklines are drawn against 1: a scheduler busy 0.01% of the time sits at the
+        # foot of its box (y = 23 of 24), not at its top as if always busy.
+        ys = page.evaluate(
+            "spark([{b: 0.0001}, {b: 0.0001}], 'b').match(/points=\"([^\"]*)/)[1]"
+            ".split(' ').map((p) => Number(p.split(',')[1]))"
+        )
+        assert ys and all(y > 22 for y in ys), ys
 
         # Submit from the console; the tasks go to running with no reload.
         page.evaluate("window.__same_page = true")

@@ -97,13 +97,19 @@ function ink(fraction) {
   return `hsl(${Math.round(120 * (1 - f))}, 60%, 38%)`;
 }
 
+function count(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 function when(seconds) {
   return seconds ? new Date(seconds * 1000).toISOString().replace("T", " ").slice(0, 19) : "-";
 }
 
+// Both figures are fractions: drawn against 1 (or the largest point, should a conflict
+// fraction pass 1), so that a scheduler busy 0.01% of the time does not draw as if full.
 function spark(points, key) {
   if (points.length < 2) return "";
-  const w = 120, h = 24, top = Math.max(1e-9, ...points.map((p) => p[key]));
+  const w = 120, h = 24, top = Math.max(1, ...points.map((p) => p[key]));
   const xy = points.map((p, i) =>
     `${(i * w / (points.length - 1)).toFixed(1)},${(h - (p[key] / top) * (h - 2) - 1).toFixed(1)}`);
   return `<svg class="spark" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}"><polyline points="${xy.join(" ")}"/></svg>`;
@@ -122,7 +128,7 @@ async function cellPage() {
   for (const m of machines.machines) (domains[m.domain] ||= []).push(m);
   const dims = [...new Set(machines.machines.flatMap((m) => dimensions(m.capacity)))];
   const tiles = Object.keys(domains).sort().map((domain) => `
-    <section class="domain"><h3>failure domain ${esc(domain)} <small>${domains[domain].length} machines</small></h3>
+    <section class="domain"><h3>failure domain ${esc(domain)} <small>${count(domains[domain].length, "machine")}</small></h3>
       <div class="tiles">${domains[domain].map((m) => tile(m, dims)).join("")}</div>
     </section>`).join("");
   const schedulers = summary.schedulers.map((s) => {
@@ -159,7 +165,7 @@ function tile(m, dims) {
   const look = m.state === "up" ? `background:${heat(worst)}` : "";
   return `<a class="tile ${esc(m.state)}" href="#/machine/${encodeURIComponent(m.id)}" data-machine="${esc(m.id)}" style="${look}">
     <div class="tile-head"><b>${esc(m.id)}</b><span class="state ${esc(m.state)}">${esc(m.state)}</span></div>
-    ${bars}<div class="tile-foot">${m.tasks} tasks</div></a>`;
+    ${bars}<div class="tile-foot">${count(m.tasks, "task")}</div></a>`;
 }
 
 const EXAMPLE_SPEC = {
