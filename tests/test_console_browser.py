@@ -131,6 +131,13 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
             re.fullmatch(r"(1 task|\d+ tasks)", foot)
             for foot in page.locator(".tile-foot").all_inner_texts()
         )
+        # The events page opens on what happened before sign-in, not empty: here the
+        # machines `omega up` registered and the tokens it made.
+        page.click("nav a[data-page=events]")
+        page.wait_for_selector(".feed td:has-text('machines registered')")
+        assert page.locator(".feed td:has-text('created')").count() >= 1
+        page.click("nav a[data-page=cell]")
+        page.wait_for_selector(".tile[data-machine]")
         # Sparklines are drawn against 1: a scheduler busy 0.01% of the time sits at the
         # foot of its box (y = 23 of 24), not at its top as if always busy.
         ys = page.evaluate(

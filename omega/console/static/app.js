@@ -6,6 +6,7 @@
 const TOKEN_KEY = "omega.token";
 const HISTORY_POINTS = 90; // scheduler figures kept for the sparklines (one per refresh)
 const FEED_KEPT = 500; // commands kept for the events page and a job's recent changes
+const FEED_BACKLOG = 200; // commands from before sign-in that the feed starts with
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
@@ -253,7 +254,7 @@ async function jobPage(id) {
       <th>incarnation</th><th>version</th><th>exit</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>
     <h3>History <small>version ${history.version}, stable ${history.stable_version}</small></h3>
     ${versionsTable(history)}
-    <h3>Changes seen by this page</h3>
+    <h3>Recent changes</h3>
     ${feedTable(recent)}`;
 }
 
@@ -282,7 +283,7 @@ async function machinePage(id) {
 }
 
 async function eventsPage() {
-  return `<h2>Events <small>the change feed since this page opened</small></h2>
+  return `<h2>Events <small>the change feed: the last commands before this page opened, then each as it comes</small></h2>
     ${feedTable(state.feed.slice().reverse())}
     <p class="note"><code>omega events</code> prints the whole history, rendered task by task.</p>`;
 }
@@ -525,7 +526,7 @@ async function trySignIn(event) {
   try {
     const summary = await api("GET", "/v1/cell");
     sessionStorage.setItem(TOKEN_KEY, state.token);
-    start(summary.version);
+    await start(summary.version);
   } catch (e) {
     state.token = "";
     $("#signin-error").textContent = e.code === "unauthorized" ? "That token is not this cell's." : e.message;
@@ -539,8 +540,17 @@ function signOut(message = "") {
   signIn(message);
 }
 
-function start(version) {
-  state.version = version;
+async function start(version) {
+  // The events page and a job's recent changes open on the last commands the replica
+  // still keeps (at most FEED_BACKLOG), not empty: one before that needs a snapshot.
+  let from = version + 1;
+  try {
+    const status = await api("GET", "/v1/status");
+    from = Math.max(status.watch.oldest_resumable, version - FEED_BACKLOG + 1, 1);
+  } catch (e) {
+    // Only the backlog is lost: the feed still follows from now on.
+  }
+  state.version = Math.min(from, version + 1) - 1;
   $("#nav").hidden = $("#signout").hidden = $("#live").hidden = false;
   follow();
   render();
@@ -605,7 +615,7 @@ window.addEventListener("hashchange", render);
 (async () => {
   if (!state.token) { signIn(); return; }
   try {
-    start((await api("GET", "/v1/cell")).version);
+    await start((await api("GET", "/v1/cell")).version);
   } catch (e) {
     signOut(e.code === "unauthorized" ? "" : e.message);
   }
