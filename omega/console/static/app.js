@@ -317,10 +317,13 @@ function describe(doc) {
     case "revert_job": return `job ${doc.job} reverted to version ${doc.version}`;
     case "promote_job": return `job ${doc.job} canary promoted`;
     case "commit": {
-      // Claims travel compact, as [task, machine, seqnum, victims]; whether the store
-      // accepted each shows in the tasks' states, not here.
-      const claims = (doc.txn.claims || []).map((c) => (Array.isArray(c) ? c : [c.task, c.machine]));
-      return `${doc.txn.scheduler} claims ${claims.map(([task, machine]) => `${task} on ${machine}`).join(", ")}`;
+      // Claims travel compact, as [task, machine, seqnum, victims] plus `true` for a claim
+      // of a replacement (an update or a drain: the task named is the one it replaces);
+      // whether the store accepted each shows in the tasks' states, not here.
+      const claims = (doc.txn.claims || []).map((c) =>
+        (Array.isArray(c) ? [c[0], c[1], c[4] === true] : [c.task, c.machine, c.replace === true]));
+      return `${doc.txn.scheduler} claims ${claims.map(([task, machine, replace]) =>
+        `${replace ? `${task}'s replacement` : task} on ${machine}`).join(", ")}`;
     }
     case "report_tasks": return (doc.reports || []).map((r) =>
       `task ${r.task} ${r.state}${r.exit_code != null ? ` code ${r.exit_code}` : ""}${r.reason ? ` (${r.reason})` : ""}`).join("; ");
