@@ -492,11 +492,14 @@ def tasks(
         return
     from rich.table import Table
 
-    table = Table("id", "job", "state", "health", "machine", "incarnation", "exit", "reason")
+    # One job's tasks need no job column: it would repeat the one id, and an 80-column
+    # terminal needs the room once the ids are kept whole.
+    headers = ["id", "state", "health", "machine", "incarnation", "exit", "reason"]
+    table = Table(*headers[:1], *([] if job else ["job"]), *headers[1:])
     for t in found:
         table.add_row(
             t["id"],
-            t["job"],
+            *([] if job else [t["job"]]),
             t["state"],
             health_text(t.get("healthy")),
             t["machine"] or "-",
