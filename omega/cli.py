@@ -182,7 +182,7 @@ def labels_text(labels: Mapping[str, str]) -> str:
 
 
 def whole(table: Table, *headers: str) -> Table:
-    """Keep the columns named `headers` (ids: jobs, tasks, machines) whole on a narrow
+    """Keep the columns named `headers` (ids, and a task's state) whole on a narrow
     terminal: an id cut short with an ellipsis names nothing, so the other columns give
     way first. Call it once the rows are in."""
     from rich.cells import cell_len
@@ -492,14 +492,12 @@ def tasks(
         return
     from rich.table import Table
 
-    # One job's tasks need no job column: it would repeat the one id, and an 80-column
-    # terminal needs the room once the ids are kept whole.
-    headers = ["id", "state", "health", "machine", "incarnation", "exit", "reason"]
-    table = Table(*headers[:1], *([] if job else ["job"]), *headers[1:])
+    # No job column: a task's id begins with its job's, and an 80-column terminal needs
+    # the room once the ids are kept whole.
+    table = Table("id", "state", "health", "machine", "incarnation", "exit", "reason")
     for t in found:
         table.add_row(
             t["id"],
-            *([] if job else [t["job"]]),
             t["state"],
             health_text(t.get("healthy")),
             t["machine"] or "-",
@@ -507,7 +505,7 @@ def tasks(
             "-" if t["exit_code"] is None else str(t["exit_code"]),
             t["reason"] or "",
         )
-    console().print(whole(table, "id", "job", "machine"))
+    console().print(whole(table, "id", "state", "machine"))
 
 
 @app.command()

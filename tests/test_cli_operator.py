@@ -254,3 +254,15 @@ def test_piped_tables_and_lines_keep_their_ids_and_commands_whole(cell, monkeypa
     assert max(len(line) for line in listed.splitlines()) > 80, listed
     shown = cell.omega("tasks", "--job", job).stdout
     assert f"{job}.0" in shown and f"{job}.1" in shown and "…" not in shown, shown
+
+
+def test_an_80_column_terminal_shows_whole_task_ids_and_states(cell, monkeypatch):
+    # Rich fitted the table to 80 columns by cutting every column: three tasks of one job
+    # read `web-284…`, `web-284…`, `web-284…`.
+    monkeypatch.setenv("COLUMNS", "80")
+    job = cell.json("submit", spec(cell, "w80", "{team: narrow}"))["id"]
+    wait_for("both tasks exited", lambda: cell.json("job", job)["tasks"] == {"exited": 2})
+    shown = cell.omega("tasks", "--job", job).stdout
+    assert max(len(line) for line in shown.splitlines()) <= 80, shown
+    for index in (0, 1):
+        assert re.search(rf"{job}\.{index}\s+│ exited ", shown), shown
