@@ -182,7 +182,7 @@ def labels_text(labels: Mapping[str, str]) -> str:
 
 
 def whole(table: Table, *headers: str) -> Table:
-    """Keep the columns named `headers` (ids, and a task's state) whole on a narrow
+    """Keep the columns named `headers` (ids, states, task counts) whole on a narrow
     terminal: an id cut short with an ellipsis names nothing, so the other columns give
     way first. Call it once the rows are in."""
     from rich.cells import cell_len
@@ -190,9 +190,7 @@ def whole(table: Table, *headers: str) -> Table:
     for column in table.columns:
         if column.header in headers:
             column.no_wrap = True
-            column.min_width = max(
-                (cell_len(str(cell)) for cell in column.cells), default=cell_len(str(column.header))
-            )
+            column.min_width = max(map(cell_len, [*map(str, column.cells), str(column.header)]))
     return table
 
 
@@ -439,7 +437,7 @@ def jobs(
             counts_text(j["tasks"]),
             labels_text(j["labels"]),
         )
-    console().print(whole(table, "id"))
+    console().print(whole(table, "id", "state", "tasks"))
 
 
 @app.command()
