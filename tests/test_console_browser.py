@@ -145,6 +145,15 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
             ".split(' ').map((p) => Number(p.split(',')[1]))"
         )
         assert ys and all(y > 22 for y in ys), ys
+        # A command naming thousands (a hollow agent's machines) is one line, not a wall.
+        line = page.evaluate(
+            "describe({type: 'register_machines',"
+            " machines: Array.from({length: 10000}, (_, i) => ({id: `hollow-${i}`}))})"
+        )
+        assert line == (
+            "machines registered: hollow-0, hollow-1, hollow-2, hollow-3, hollow-4, hollow-5, "
+            "hollow-6, hollow-7 and 9992 more"
+        ), line
 
         # Submit from the console; the tasks go to running with no reload.
         page.evaluate("window.__same_page = true")

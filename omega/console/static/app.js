@@ -307,6 +307,13 @@ function feedTable(entries) {
     <tbody>${rows || `<tr><td colspan="5">Nothing yet.</td></tr>`}</tbody></table>`;
 }
 
+// The first few of `items` and how many more: one command may claim or register
+// thousands (a hollow agent's machines, a large job's placements).
+function some(items, shown = 8) {
+  const more = items.length - shown;
+  return more > 0 ? `${items.slice(0, shown).join(", ")} and ${more} more` : items.join(", ");
+}
+
 // What a command says, in a line (the CLI's `omega events` renders the events it causes).
 function describe(doc) {
   switch (doc.type) {
@@ -322,13 +329,13 @@ function describe(doc) {
       // whether the store accepted each shows in the tasks' states, not here.
       const claims = (doc.txn.claims || []).map((c) =>
         (Array.isArray(c) ? [c[0], c[1], c[4] === true] : [c.task, c.machine, c.replace === true]));
-      return `${doc.txn.scheduler} claims ${claims.map(([task, machine, replace]) =>
-        `${replace ? `${task}'s replacement` : task} on ${machine}`).join(", ")}`;
+      return `${doc.txn.scheduler} claims ${some(claims.map(([task, machine, replace]) =>
+        `${replace ? `${task}'s replacement` : task} on ${machine}`))}`;
     }
-    case "report_tasks": return (doc.reports || []).map((r) =>
-      `task ${r.task} ${r.state}${r.exit_code != null ? ` code ${r.exit_code}` : ""}${r.reason ? ` (${r.reason})` : ""}`).join("; ");
+    case "report_tasks": return some((doc.reports || []).map((r) =>
+      `task ${r.task} ${r.state}${r.exit_code != null ? ` code ${r.exit_code}` : ""}${r.reason ? ` (${r.reason})` : ""}`));
     case "set_machine_state": return `machine ${doc.machine} ${doc.state}`;
-    case "register_machines": return `machines registered: ${(doc.machines || []).map((m) => m.id).join(", ")}`;
+    case "register_machines": return `machines registered: ${some((doc.machines || []).map((m) => m.id))}`;
     case "expire_heartbeats": return "machines silent too long marked down";
     case "set_quota": return `quota of ${doc.owner} in ${doc.band} set`;
     case "set_weights": return `weights set: ${Object.entries(doc.weights || {}).map(([o, w]) => `${o}=${w}`).join(" ")}`;
