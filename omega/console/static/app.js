@@ -6,7 +6,8 @@
 const TOKEN_KEY = "omega.token";
 const HISTORY_POINTS = 90; // scheduler figures kept for the sparklines (one per refresh)
 const FEED_KEPT = 500; // commands kept for the events page and a job's recent changes
-const FEED_BACKLOG = 200; // commands from before sign-in that the feed starts with
+const FEED_BACKLOG = 100; // commands from before sign-in that the feed starts with (a busy
+// cell's commands may each be large: a hollow agent's usage reports, thousands of claims)
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
