@@ -734,8 +734,8 @@ def status_tables(found: dict[str, Any]) -> Table:
             _top(conflicts["by_rival"]),
             _top(conflicts["hot_machines"]),
         )
-    outer.add_row(replicas)
-    outer.add_row(scheds)
+    outer.add_row(whole(replicas, "address"))
+    outer.add_row(whole(scheds, "scheduler"))
     outer.add_row(
         f"machines: {counts_text(found['agents'])}   jobs: {found['jobs']}   "
         f"tasks: {counts_text(found['tasks'])}   version: {found['version']}"
