@@ -56,3 +56,23 @@ def test_the_command_list_gives_each_summary_as_one_paragraph():
     ):
         shown = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "300"}).output
         assert summary in shown, shown
+
+
+def test_status_keeps_scheduler_names_whole_at_80_columns():
+    from omega.cli import status_tables
+
+    found = {
+        "replicas": [{"replica": "r0", "api": "127.0.0.1:48723", "is_leader": True}],
+        "schedulers": [
+            {"name": name, "kind": "batch", "figures": {"transactions": 3}, "blocked": 0}
+            for name in ("best-effort", "batch-sharded-1")
+        ],
+        "agents": {"up": 4},
+        "jobs": 6,
+        "tasks": {"running": 3},
+        "version": 61,
+    }
+    out = Console(width=80, force_terminal=True, color_system=None, record=True)
+    out.print(status_tables(found))
+    text = out.export_text()
+    assert "best-effort" in text and "batch-sharded-1" in text and "127.0.0.1:48723" in text

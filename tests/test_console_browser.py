@@ -184,7 +184,7 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         page.wait_for_selector("#history tr[data-version='3']:has-text('command')")
         # The update's claims name the task each new one replaces, not as if it were placed
         # again.
-        page.wait_for_selector(".feed td:has-text(\"'s replacement on agent-\")")
+        page.wait_for_selector('.feed td:has-text("\'s replacement on agent-")')
         page.click("#history button[data-revert='2']")
         page.wait_for_selector("#history tr[data-version='4']")
         assert cell.json("history", "console-web")["version"] == 4
