@@ -181,6 +181,11 @@ def labels_text(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in labels.items() if not k.startswith("omega.")) or "-"
 
 
+def clock(at: float) -> str:
+    """A time from the cell (seconds since the epoch) as people read it, in local time."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
 def whole(table: Table, *headers: str) -> Table:
     """Keep the columns named `headers` (ids, states, task counts) whole on a narrow
     terminal: an id cut short with an ellipsis names nothing, so the other columns give

@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail, spec_or_exit
+from omega.cli import (
+    Addr,
+    AsJson,
+    Token,
+    app,
+    call,
+    clock,
+    console,
+    emit_json,
+    fail,
+    spec_or_exit,
+)
 
 if TYPE_CHECKING:
     from cellstate import JobSpec
@@ -130,7 +141,7 @@ def history(
         ]
         label = f"{number}" + (f" ({', '.join(marks)})" if marks else "")
         changes = "\n".join(version["changes"]) or ("submitted" if number == 1 else "-")
-        table.add_row(label, _clock(version["made_at"]), changes)
+        table.add_row(label, clock(version["made_at"]), changes)
     console().print(table)
     for rollout in found["rollouts"]:
         why = f" ({rollout['reason']})" if rollout["reason"] else ""
@@ -138,10 +149,6 @@ def history(
             f"update to v{rollout['version']} from v{rollout['previous']}: {rollout['state']}{why}",
             highlight=False,
         )
-
-
-def _clock(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 @app.command()
