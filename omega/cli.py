@@ -457,15 +457,43 @@ def job(
     if as_json:
         emit_json(pick(found, JOB_FIELDS))
         return
+    from rich.markup import escape
+
+    facts = job_facts(found)
+    width = max(len(key) for key, _ in facts)
+    for key, shown in facts:
+        console().print(f"[bold]{key:>{width}}[/bold] {escape(shown)}", highlight=False)
+
+
+def job_facts(found: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """`omega job`'s lines, for people: times as clock times, resources in human units, the
+    command as a shell would read it, labels as `k=v`. `--json` has the exact figures."""
+    import shlex
+
+    from omega.units import dimensions, human
+
+    facts = []
     for key, value in pick(found, JOB_FIELDS).items():
-        shown = counts_text(found["tasks"]) if key == "tasks" else value
-        if key == "rollout" and isinstance(value, dict):
+        if key == "tasks" and isinstance(value, dict):
+            shown = counts_text(value)
+        elif key == "rollout" and isinstance(value, dict):
             why = f" ({value['reason']})" if value["reason"] else ""
             shown = (
                 f"v{value['version']} from v{value['previous']} {value['state']}: "
                 f"{value['current']}/{value['size']} tasks on it{why}"
             )
-        console().print(f"[bold]{key:>12}[/bold] {shown}", highlight=False)
+        elif key == "resources" and isinstance(value, dict):
+            shown = ", ".join(f"{dim} {human(value, dim)}" for dim in dimensions(value))
+        elif key == "command" and isinstance(value, list):
+            shown = shlex.join(value)
+        elif key == "labels" and isinstance(value, dict):
+            shown = labels_text(value)
+        elif key.endswith("_at") and isinstance(value, int | float):
+            shown = clock(value)
+        else:
+            shown = "-" if value is None else str(value)
+        facts.append((key, shown))
+    return facts
 
 
 @app.command()

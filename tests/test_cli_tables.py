@@ -76,3 +76,46 @@ def test_status_keeps_scheduler_names_whole_at_80_columns():
     out.print(status_tables(found))
     text = out.export_text()
     assert "best-effort" in text and "batch-sharded-1" in text and "127.0.0.1:48723" in text
+
+
+def test_omega_job_reads_as_people_read_a_job():
+    # It printed `submitted_at 1796175872.17`, resources and the command as Python reprs,
+    # and a value with `[...]` in it went through rich's markup.
+    import time
+
+    from omega.cli import job_facts
+
+    at = 1796175872.25
+    facts = dict(
+        job_facts(
+            {
+                "id": "web-0ca88c",
+                "name": "web",
+                "tasks": {"running": 6},
+                "submitted_at": at,
+                "resources": {"cpu": "100m", "cpu_milli": 100, "memory": "64Mi"}
+                | {"memory_bytes": 64 << 20, "gpu": 1},
+                "command": ["sh", "-c", "echo [red]hi; sleep 1"],
+                "labels": {"team": "ml", "omega.internal": "x"},
+                "rollout": None,
+            }
+        )
+    )
+    assert facts["submitted_at"] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    assert facts["resources"] == "cpu 100m, memory 64Mi, gpu 1"
+    assert facts["command"] == "sh -c 'echo [red]hi; sleep 1'"
+    assert facts["labels"] == "team=ml"
+    assert facts["rollout"] == "-" and facts["tasks"] == "running=6"
+
+
+def test_omega_job_prints_brackets_in_a_command_as_they_are(monkeypatch):
+    # Through rich's markup `echo [red]hi[/red]` printed as `echo hi`.
+    from typer.testing import CliRunner
+
+    import omega.cli
+    from omega.cli import app
+
+    record = {"id": "br-1", "tasks": {}, "command": ["sh", "-c", "echo [red]hi[/red] [bold]"]}
+    monkeypatch.setattr(omega.cli, "call", lambda addr, token, fn: record)
+    shown = CliRunner().invoke(app, ["job", "br-1", "--token", "t", "--addr", "x"]).output
+    assert "command sh -c 'echo [red]hi[/red] [bold]'" in shown, shown
