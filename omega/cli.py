@@ -101,11 +101,17 @@ NODE_FIELDS = ("id", "state", "capacity", "used", "domain", "labels")
 EXIT_BLOCKED = 2
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def literal(text: str) -> str:
+    """`text` (a spec's command or env value, a reason, an explanation) to print as it is:
+    rich reads `[red]` in a string as markup and would drop it."""
     from rich.markup import escape
 
+    return escape(text)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
     # One unwrapped line, so scripts and grep see the whole message.
-    errors().print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    errors().print(f"[red]error:[/red] {literal(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -457,12 +463,10 @@ def job(
     if as_json:
         emit_json(pick(found, JOB_FIELDS))
         return
-    from rich.markup import escape
-
     facts = job_facts(found)
     width = max(len(key) for key, _ in facts)
     for key, shown in facts:
-        console().print(f"[bold]{key:>{width}}[/bold] {escape(shown)}", highlight=False)
+        console().print(f"[bold]{key:>{width}}[/bold] {literal(shown)}", highlight=False)
 
 
 def job_facts(found: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -636,7 +640,7 @@ def explain(
         task = found["task"]
         console().print(
             f"task {task['id']} {task['state']} on {task['machine'] or '-'}"
-            + (f" ({task['reason']})" if task["reason"] else "")
+            + (f" ({literal(task['reason'])})" if task["reason"] else "")
         )
     if not found["pending"]:
         console().print("nothing pending")
@@ -646,7 +650,7 @@ def explain(
             f"(is a {job_view['scheduler']} scheduler running?)"
         )
     for name, account in found["schedulers"].items():
-        console().print(f"[bold]{name}[/bold]: {account}")
+        console().print(f"[bold]{name}[/bold]: {literal(account)}")
     for name, lost in found.get("conflicts", {}).items():
         console().print(
             f"[bold]{name}[/bold] conflicts lost to: {_top(lost['by_rival'], 5)}; "

@@ -25,6 +25,7 @@ from omega.cli import (
     console,
     emit_json,
     fail,
+    literal,
     spec_or_exit,
 )
 
@@ -141,10 +142,10 @@ def history(
         ]
         label = f"{number}" + (f" ({', '.join(marks)})" if marks else "")
         changes = "\n".join(version["changes"]) or ("submitted" if number == 1 else "-")
-        table.add_row(label, clock(version["made_at"]), changes)
+        table.add_row(label, clock(version["made_at"]), literal(changes))
     console().print(table)
     for rollout in found["rollouts"]:
-        why = f" ({rollout['reason']})" if rollout["reason"] else ""
+        why = f" ({literal(rollout['reason'])})" if rollout["reason"] else ""
         console().print(
             f"update to v{rollout['version']} from v{rollout['previous']}: {rollout['state']}{why}",
             highlight=False,
@@ -242,9 +243,9 @@ def show_plan(addr: str, token: str, job: str, spec: JobSpec, as_json: bool) -> 
         return
     console().print(f"job [bold]{job}[/bold] version {found['version']} -> next:")
     for line in changes or ["no change"]:
-        console().print(f"  {line}", highlight=False)
+        console().print(f"  {literal(line)}", highlight=False)
     if placements.get("error"):
-        console().print(f"[red]{placements['error']}[/red]")
+        console().print(f"[red]{literal(placements['error'])}[/red]")
         return
     for claim in placements["claims"]:
         how = "in place of" if claim["stops_first"] else "beside"

@@ -119,3 +119,35 @@ def test_omega_job_prints_brackets_in_a_command_as_they_are(monkeypatch):
     monkeypatch.setattr(omega.cli, "call", lambda addr, token, fn: record)
     shown = CliRunner().invoke(app, ["job", "br-1", "--token", "t", "--addr", "x"]).output
     assert "command sh -c 'echo [red]hi[/red] [bold]'" in shown, shown
+
+
+def test_history_and_explain_print_a_specs_brackets_as_they_are(monkeypatch):
+    from typer.testing import CliRunner
+
+    import omega.cli
+    import omega.lifecycle
+    from omega.cli import app
+
+    view = {
+        "version": 2,
+        "stable_version": 1,
+        "versions": [
+            {"version": 1, "made_at": 0.0, "changes": []},
+            {"version": 2, "made_at": 1.0, "changes": ["env.TAG: 'a' -> '[red]b[/red]'"]},
+        ],
+        "rollouts": [{"version": 2, "previous": 1, "state": "failed", "reason": "[bold]x"}],
+    }
+    monkeypatch.setattr(omega.lifecycle, "history_of", lambda addr, token, job: view)
+    argv = ["--token", "t", "--addr", "x"]
+    shown = CliRunner().invoke(app, ["history", "j", *argv], env={"COLUMNS": "200"}).output
+    assert "env.TAG: 'a' -> '[red]b[/red]'" in shown and "failed ([bold]x)" in shown, shown
+
+    found = {
+        "job": {"id": "j", "state": "pending", "tasks": {"pending": 1}, "scheduler": "batch"},
+        "task": None,
+        "pending": 1,
+        "schedulers": {"batch": "0/4 machines fit: 4 constraint:zone=[a]"},
+    }
+    monkeypatch.setattr(omega.cli, "call", lambda addr, token, fn: found)
+    shown = CliRunner().invoke(app, ["explain", "j", *argv], env={"COLUMNS": "200"}).output
+    assert "constraint:zone=[a]" in shown, shown
