@@ -446,7 +446,7 @@ def jobs(
             str(j["priority"]),
             j["state"],
             counts_text(j["tasks"]),
-            labels_text(j["labels"]),
+            literal(labels_text(j["labels"])),
         )
     console().print(whole(table, "id", "state", "tasks"))
 
@@ -538,7 +538,7 @@ def tasks(
             t["machine"] or "-",
             str(t["incarnation"]),
             "-" if t["exit_code"] is None else str(t["exit_code"]),
-            t["reason"] or "",
+            literal(t["reason"] or ""),
         )
     console().print(whole(table, "id", "state", "machine"))
 
@@ -575,7 +575,7 @@ def nodes(
             " ".join(other) or "-",
             str(m["tasks"]),
             m["domain"],
-            labels_text(m["labels"]),
+            literal(labels_text(m["labels"])),
         )
     console().print(whole(table, "id"))
 

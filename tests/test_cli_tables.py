@@ -151,3 +151,22 @@ def test_history_and_explain_print_a_specs_brackets_as_they_are(monkeypatch):
     monkeypatch.setattr(omega.cli, "call", lambda addr, token, fn: found)
     shown = CliRunner().invoke(app, ["explain", "j", *argv], env={"COLUMNS": "200"}).output
     assert "constraint:zone=[a]" in shown, shown
+
+
+def test_list_tables_print_label_values_and_reasons_as_they_are(monkeypatch):
+    # A label value may be any string; a reason comes from an agent.
+    from typer.testing import CliRunner
+
+    import omega.cli
+    from omega.cli import app
+
+    job = {"id": "j-1", "name": "j", "scheduler": "batch", "priority": 100, "state": "done"}
+    job |= {"tasks": {"exited": 1}, "labels": {"team": "[red]ml"}}
+    task = {"id": "j-1.0", "state": "failed", "healthy": None, "machine": "m", "incarnation": 0}
+    task |= {"exit_code": 1, "reason": "[bold]oom", "job": "j-1"}
+    argv = ["--token", "t", "--addr", "x"]
+    env = {"COLUMNS": "200"}
+    monkeypatch.setattr(omega.cli, "call", lambda addr, token, fn: [job])
+    assert "team=[red]ml" in CliRunner().invoke(app, ["jobs", *argv], env=env).output
+    monkeypatch.setattr(omega.cli, "call", lambda addr, token, fn: [task])
+    assert "[bold]oom" in CliRunner().invoke(app, ["tasks", *argv], env=env).output
