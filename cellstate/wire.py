@@ -319,7 +319,16 @@ def _make(edge: bool) -> cattrs.Converter:
                         ) from None
                 if isinstance(value.get("command"), str):
                     value["command"] = shlex.split(value["command"])
-            return spec_hook(value, JobSpec)
+            spec: JobSpec = spec_hook(value, JobSpec)
+            # Refused here, where a person sends a spec, not by `JobSpec` itself: a log
+            # written before this check may hold such a spec, and must still replay.
+            if spec.spread is not None and spec.scheduler is not SchedulerClass.SERVICE:
+                raise FieldError(
+                    "spread",
+                    f"only the service scheduler spreads a job's tasks; this job's is "
+                    f"{spec.scheduler.value}: drop spread, or use scheduler: service",
+                )
+            return spec
 
         conv.register_structure_hook(JobSpec, structure_spec)
         check_hook = objects_only(HealthCheck)

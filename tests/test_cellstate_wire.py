@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from cellstate import (
@@ -92,6 +93,7 @@ def test_spec_defaults_and_band_names():
         ({"name": "Bad Name"}, "$.name", "must match"),
         ({"labels": {"k": 5}}, "$.labels['k']", "expected a string"),
         ({"restart": "sometimes"}, "$.restart", "never, on-failure, always"),
+        ({"scheduler": "batch", "spread": "domain"}, "$.spread", "only the service scheduler"),
     ],
 )
 def test_spec_errors_name_the_field_and_what_is_allowed(patch, field, words):
@@ -178,3 +180,15 @@ def test_task_reports_carry_health_and_old_reports_still_decode():
     with pytest.raises(SpecError) as caught:
         parse_json(old.replace(b'"running"', b'"running","healthy":"yes"'), Command)
     assert caught.value.field == "$.reports[0].healthy"
+
+
+def test_a_logged_spec_the_edge_now_refuses_still_replays():
+    # A batch job with `spread` was accepted before the edge refused it (the batch scheduler
+    # ignores it). A log holding one must still decode, or an upgraded replica stops.
+    spec = attrs.evolve(parse(BASE, JobSpec), scheduler=SchedulerClass.BATCH, spread="domain")
+    command = SubmitJob("old-1", spec, at=1.0, id="c1")
+    assert decode_command(encode_command(command)) == command
+    sent = {"type": "submit_job", "job": "old-1", "at": 1.0, "id": "c1"}
+    with pytest.raises(SpecError) as caught:
+        parse(sent | {"spec": BASE | {"scheduler": "batch", "spread": "domain"}}, Command)
+    assert caught.value.field == "$.spec.spread"
