@@ -136,7 +136,11 @@ def _strict_float(value: Any, _: type) -> float:
 
 def _strict_str(value: Any, _: type) -> str:
     if type(value) is not str:
-        raise TypeError(f"expected a string, got {_describe(value)}")
+        # YAML reads a bare true, no, on or 1.0 as a boolean or a number: the usual slip in
+        # a spec file's command or labels.
+        scalar = isinstance(value, bool | int | float)
+        hint = f" (quote it: '{orjson.dumps(value).decode()}')" if scalar else ""
+        raise TypeError(f"expected a string, got {_describe(value)}{hint}")
     return value
 
 

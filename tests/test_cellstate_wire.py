@@ -94,6 +94,7 @@ def test_spec_defaults_and_band_names():
         ({"labels": {"k": 5}}, "$.labels['k']", "expected a string"),
         ({"restart": "sometimes"}, "$.restart", "never, on-failure, always"),
         ({"scheduler": "batch", "spread": "domain"}, "$.spread", "only the service scheduler"),
+        ({"command": ["sh", True]}, "$.command[1]", "got bool True (quote it: 'true')"),
     ],
 )
 def test_spec_errors_name_the_field_and_what_is_allowed(patch, field, words):
