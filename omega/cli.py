@@ -219,7 +219,12 @@ def up(
     schedulers: Annotated[str, typer.Option(help="Scheduler kinds to run.")] = (
         "service,batch,best-effort"
     ),
-    submit: Annotated[list[Path], typer.Option(help="Job spec to submit once ready.")] = [],  # noqa: B006
+    submit: Annotated[
+        list[Path],
+        typer.Option(
+            help="Job spec to submit once ready (not again while a job of its name is live)."
+        ),
+    ] = [],  # noqa: B006
     resource: Annotated[
         list[str],
         typer.Option(help="Give every machine disk or a device, e.g. gpu=2 (repeatable)."),

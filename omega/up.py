@@ -437,13 +437,31 @@ async def wait_ready(
 
 
 async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
-    """Submit job spec files to the cell (what `omega up --submit` does once ready)."""
+    """Submit job spec files to the cell (what `omega up --submit` does once ready).
+
+    A spec whose job name a live (pending or running) job of the same owner already has
+    is not submitted again: `omega up` on a data dir it ran before (the demo, twice)
+    brings that job back with the cell rather than running a second copy beside it."""
     from cellstore.cellclient import CellClient
     from omega.specfile import load_spec
 
     async with CellClient.connect(layout.api, layout.token, ca=layout.ca) as cell:
+        live = {
+            (job["owner"], job["name"]): job["id"]
+            for state in ("pending", "running")
+            for job in await cell.jobs(state)
+        }
         for path in specs:
-            submitted = await cell.submit(load_spec(path))
+            spec = load_spec(path)
+            known = live.get((spec.owner, spec.name))
+            if known is not None:
+                say(
+                    f"{path}: job {known} ({spec.name}) is still live in this cell; not "
+                    f"submitted again (omega update {known} {path} changes it)"
+                )
+                continue
+            submitted = await cell.submit(spec)
+            live[(spec.owner, spec.name)] = submitted.job
             say(f"submitted {path} as job {submitted.job}")
 
 
