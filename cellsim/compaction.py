@@ -268,6 +268,14 @@ def fits(
 ) -> bool:
     """Whether the real scheduler cores, deciding with `policy`, place every task of
     `workload` on the machines at indexes `machines` (see the module docstring)."""
+    return unplaced(workload, machines, policy, seed) is None
+
+
+def unplaced(
+    workload: CompactionWorkload, machines: Sequence[int] | np.ndarray, policy: Policy, seed: int
+) -> str | None:
+    """None if `fits`; otherwise the first job the cores could not place whole, with how
+    much of it and why (`job web-1a2b3c: 0 of 1 tasks placed (constraint:accel)`)."""
     cell = CellState()
     chosen = tuple(workload.machines[i] for i in machines)
     cell.apply(RegisterMachines(chosen, at=0.0))
@@ -289,15 +297,17 @@ def fits(
         while core.has_work(cell):
             decision = core.decide(cell, 0.0)
             if decision is None:
-                return False
-            if any(m.placed < m.wanted for m in decision.explanations.values()):
-                return False  # room only shrinks: this job will never fit
+                return f"{kind.value} jobs could not be decided"
+            for job, metric in decision.explanations.items():
+                if metric.placed < metric.wanted:  # room only shrinks: it will never fit
+                    why = metric.unplaced_reason or "no room"
+                    return f"job {job}: {metric.placed} of {metric.wanted} tasks placed ({why})"
             result = cell.apply(Commit(decision.transaction, at=0.0)).result
             if not isinstance(result, CommitResult) or result.rejected:
                 # One scheduler on its own cell cannot conflict: this is a bug.
                 raise RuntimeError(f"compaction's own commit was refused: {result!r}")
             core.on_result(cell, decision, result, 0.0)
-    return not cell.pending_jobs
+    return f"jobs left pending: {', '.join(cell.pending_jobs)}" if cell.pending_jobs else None
 
 
 def lower_bound(workload: CompactionWorkload, order: np.ndarray) -> int | None:
@@ -351,9 +361,14 @@ def smallest(
             high = min(n, high + step)
             step *= 2
     if low is None or (high == n and not fit(n)):
+        why = (
+            "its demand exceeds the cell's capacity"
+            if low is None
+            else unplaced(workload, order, policy, fit_seed(seed, trial, n, policy))
+        )
         raise CompactionError(
             f"{workload.name}: the workload ({workload.tasks} tasks) does not fit even the "
-            f"whole cell of {n} machines under {policy.name}"
+            f"whole cell of {n} machines under {policy.name}: {why}"
         )
     while low < high:
         mid = (low + high) // 2

@@ -184,3 +184,20 @@ def test_a_job_with_more_tasks_alive_than_a_spec_holds_goes_as_two(monkeypatch):
     submit(cell, "web", tasks=3, cpu=1000)
     workload = from_cell(cell, "cell")
     assert [(job, spec.tasks) for job, spec in workload.jobs] == [("web", 2), ("web-part1", 1)]
+
+
+def test_a_workload_that_does_not_fit_the_whole_cell_names_the_job_and_why():
+    # A live cell's snapshot may hold a job pending for good (a constraint no machine
+    # meets): the error said only that the workload did not fit.
+    machines = tuple(MachineSpec(f"m{i}", Resources(4000, 16 * GI)) for i in range(4))
+    jobs = (
+        ("web", JobSpec("web", "o", BATCH, Resources(1000, GI), tasks=3)),
+        (
+            "needs-gpu",
+            JobSpec("needs-gpu", "o", BATCH, Resources(1000, GI), constraints={"accel": "gpu"}),
+        ),
+    )
+    workload = CompactionWorkload("live", machines, jobs)
+    with pytest.raises(CompactionError) as caught:
+        compact(workload, [POLICIES["best-fit"]], trials=1, seed=1)
+    assert "job needs-gpu: 0 of 1 tasks placed (constraint:accel)" in str(caught.value)
