@@ -37,9 +37,9 @@ def _resource(text: str) -> tuple[str, int]:
     return name, amount
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m agents") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m agents",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(argv: list[str] | None = None) -> AgentConfig:
-    parser = build_parser()
+def config_from_args(argv: list[str] | None = None, prog: str | None = None) -> AgentConfig:
+    """`prog` names the command in usage and errors (`omega agent`, run through `omega`)."""
+    parser = build_parser(prog) if prog else build_parser()
     args = parser.parse_args(argv)
     # A hollow agent serves no logs, so it needs no certificate of its own.
     addresses, token, tls = store_from_arguments(parser, args, serving=not args.hollow)
@@ -125,8 +126,8 @@ def config_from_args(argv: list[str] | None = None) -> AgentConfig:
         raise
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = config_from_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    config = config_from_args(argv, prog)
     tune_for_large_heaps()  # it holds a whole copy of the cell (`cellstore.heap`)
     run(config)
 

@@ -358,7 +358,7 @@ def scheduler(ctx: typer.Context) -> None:
     """Run one scheduler process (`omega scheduler --help` lists its flags)."""
     from schedulers.__main__ import main
 
-    main(ctx.args)
+    main(ctx.args, prog=f"omega {ctx.info_name}")
 
 
 @app.command(context_settings=PASS_THROUGH, add_help_option=False)
@@ -367,7 +367,7 @@ def agent(ctx: typer.Context) -> None:
     flags)."""
     from agents.__main__ import main
 
-    main(ctx.args)
+    main(ctx.args, prog=f"omega {ctx.info_name}")
 
 
 # -- driving a cell ------------------------------------------------------------------

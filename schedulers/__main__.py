@@ -39,9 +39,9 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m schedulers") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m schedulers",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
-    parser = build_parser()
+def config_from_args(argv: list[str] | None = None, prog: str | None = None) -> SchedulerConfig:
+    """`prog` names the command in usage and errors (`omega agent`, run through `omega`)."""
+    parser = build_parser(prog) if prog else build_parser()
     args = parser.parse_args(argv)
     addresses, token, tls = store_from_arguments(parser, args, serving=args.metrics is not None)
     return SchedulerConfig(
@@ -131,8 +132,8 @@ def config_from_args(argv: list[str] | None = None) -> SchedulerConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    config = config_from_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    config = config_from_args(argv, prog)
     tune_for_large_heaps()  # it holds a whole copy of the cell (`cellstore.heap`)
     # A scheduler runs as a child of a benchmark or harness, out of reach of a profiler's
     # command line: `OMEGA_SCHEDULER_PROFILE=DIR` makes each write DIR/<name>.prof on exit.

@@ -170,3 +170,17 @@ def test_list_tables_print_label_values_and_reasons_as_they_are(monkeypatch):
     assert "team=[red]ml" in CliRunner().invoke(app, ["jobs", *argv], env=env).output
     monkeypatch.setattr(omega.cli, "call", lambda addr, token, fn: [task])
     assert "[bold]oom" in CliRunner().invoke(app, ["tasks", *argv], env=env).output
+
+
+def test_omega_scheduler_and_agent_errors_name_the_command_that_was_run():
+    # They said `python -m schedulers: error: ...` to someone who typed `omega scheduler`.
+    from typer.testing import CliRunner
+
+    from omega.cli import app
+
+    for argv, said in (
+        (["scheduler", "--kind", "nope"], "omega scheduler: error: argument --kind"),
+        (["agent", "--name", "a"], "omega agent: error: the following arguments are required"),
+    ):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2 and said in result.output, result.output
