@@ -471,6 +471,8 @@ def job(
     facts = job_facts(found)
     width = max(len(key) for key, _ in facts)
     for key, shown in facts:
+        # A value of several lines (a script given as the command) stays in its column.
+        shown = shown.replace("\n", "\n" + " " * (width + 1))
         console().print(f"[bold]{key:>{width}}[/bold] {literal(shown)}", highlight=False)
 
 
