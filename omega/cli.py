@@ -471,8 +471,11 @@ def job(
     facts = job_facts(found)
     width = max(len(key) for key, _ in facts)
     for key, shown in facts:
-        # A value of several lines (a script given as the command) stays in its column.
-        shown = shown.replace("\n", "\n" + " " * (width + 1))
+        # A value of several lines (a script given as the command) stays in its column; its
+        # blank lines stay blank.
+        first, *rest = shown.split("\n")
+        pad = " " * (width + 1)
+        shown = "\n".join([first, *(pad + line if line.strip() else "" for line in rest)])
         console().print(f"[bold]{key:>{width}}[/bold] {literal(shown)}", highlight=False)
 
 

@@ -120,12 +120,12 @@ def test_omega_job_prints_brackets_in_a_command_as_they_are(monkeypatch):
     shown = CliRunner().invoke(app, ["job", "br-1", "--token", "t", "--addr", "x"]).output
     assert "command sh -c 'echo [red]hi[/red] [bold]'" in shown, shown
     # A script as the command keeps to the value column, line after line.
-    record["command"] = ["python3", "-c", "import os\nprint(os.getpid())"]
+    record["command"] = ["python3", "-c", "import os\n\nprint(os.getpid())"]
     shown = CliRunner().invoke(app, ["job", "br-1", "--token", "t", "--addr", "x"]).output
     lines = shown.splitlines()
     first = next(i for i, line in enumerate(lines) if "command python3" in line)
     column = lines[first].index("python3")
-    assert lines[first + 1] == " " * column + "print(os.getpid())'", shown
+    assert lines[first + 1 :][:2] == ["", " " * column + "print(os.getpid())'"], shown
 
 
 def test_history_and_explain_print_a_specs_brackets_as_they_are(monkeypatch):
