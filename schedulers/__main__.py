@@ -105,7 +105,7 @@ def build_parser(prog: str = "python -m schedulers") -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: list[str] | None = None, prog: str | None = None) -> SchedulerConfig:
-    """`prog` names the command in usage and errors (`omega agent`, run through `omega`)."""
+    """`prog` names the command in usage and errors (`omega scheduler`, through `omega`)."""
     parser = build_parser(prog) if prog else build_parser()
     args = parser.parse_args(argv)
     addresses, token, tls = store_from_arguments(parser, args, serving=args.metrics is not None)
