@@ -347,11 +347,13 @@ def smallest(
     n = len(order)
     low = lower_bound(workload, order)
     tried = 0
+    missed: str | None = None  # why the last fit failed
 
     def fit(size: int) -> bool:
-        nonlocal tried
+        nonlocal tried, missed
         tried += 1
-        return fits(workload, order[:size], policy, fit_seed(seed, trial, size, policy))
+        missed = unplaced(workload, order[:size], policy, fit_seed(seed, trial, size, policy))
+        return missed is None
 
     if low is not None:
         step = max(1, n // 100)
@@ -361,11 +363,7 @@ def smallest(
             high = min(n, high + step)
             step *= 2
     if low is None or (high == n and not fit(n)):
-        why = (
-            "its demand exceeds the cell's capacity"
-            if low is None
-            else unplaced(workload, order, policy, fit_seed(seed, trial, n, policy))
-        )
+        why = "its demand exceeds the cell's capacity" if low is None else missed
         raise CompactionError(
             f"{workload.name}: the workload ({workload.tasks} tasks) does not fit even the "
             f"whole cell of {n} machines under {policy.name}: {why}"
