@@ -21,6 +21,7 @@ import typer
 
 from cellsim import options as _cellsim_options
 from cellstore.cellclient import CellError, SyncCellClient, each_status
+from omega.units import count
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -417,7 +418,7 @@ def submit(
     if as_json:
         emit_json({"id": submitted.job, "version": submitted.version})
     else:
-        console().print(f"submitted job [bold]{submitted.job}[/bold] ({spec.tasks} tasks)")
+        console().print(f"submitted job [bold]{submitted.job}[/bold] ({count(spec.tasks, 'task')})")
     if wait:
         from omega.waiting import wait_for_job
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from omega.cli import Addr, AsJson, Token, app, cell_ca, fail
+from omega.units import count
 
 if TYPE_CHECKING:
     from cellstate import CellState, Event
@@ -51,7 +52,7 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
     elif isinstance(event, JobSubmitted):
         kind, job = "submitted", event.job
         found = cell.jobs.get(job)
-        size = f" ({found.spec.tasks} tasks, {found.spec.scheduler})" if found else ""
+        size = f" ({count(found.spec.tasks, 'task')}, {found.spec.scheduler})" if found else ""
         message = f"job {job} submitted{size}"
     elif isinstance(event, JobKilled):
         kind, job = "killed", event.job

@@ -28,6 +28,7 @@ from omega.cli import (
     literal,
     spec_or_exit,
 )
+from omega.units import count
 
 if TYPE_CHECKING:
     from cellstate import JobSpec
@@ -194,7 +195,7 @@ def scale(
     if tasks < 1:
         fail(f"tasks: {tasks} is out of range: a job runs at least 1 task", 2)
     call(addr, token, lambda cell: cell.scale(job, tasks))
-    console().print(f"job [bold]{job}[/bold] scaled to {tasks} tasks")
+    console().print(f"job [bold]{job}[/bold] scaled to {count(tasks, 'task')}")
 
 
 @app.command()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail, spec_or_exit
+from omega.units import count
 
 if TYPE_CHECKING:
     from cellstate import Claim, JobSpec
@@ -155,7 +156,7 @@ def plan(
         emit_json(found)
         return
     out = console()
-    out.print(f"job [bold]{job}[/bold]: {found['fits']} of {found['tasks']} tasks fit")
+    out.print(f"job [bold]{job}[/bold]: {found['fits']} of {count(found['tasks'], 'task')} fit")
     per_machine: dict[str, int] = {}
     for p in found["placements"]:
         per_machine[p["machine"]] = per_machine.get(p["machine"], 0) + 1
@@ -186,6 +187,6 @@ def submit_planned(addr: str, token: str, spec: JobSpec, plan_token: str, job_id
     applied = call(addr, token, lambda cell: cell.submit_plan(job, spec, claims))
     console().print(
         f"submitted job [bold]{job}[/bold] placed as planned: "
-        f"{applied.result.accepted} of {spec.tasks} tasks"
+        f"{applied.result.accepted} of {count(spec.tasks, 'task')}"
     )
     return job

@@ -1,4 +1,4 @@
-"""Quantities as people read them in tables: `5.9Gi`, `1.5` cores, `500m`.
+"""Quantities as people read them in tables: `5.9Gi`, `1.5` cores, `500m`, `1 task`.
 
 The read models carry exact figures (`memory_bytes`, `cpu_milli`, and strings
 such as `6171023Ki` that round-trip); a table wants them short. `human`
@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 _BINARY = (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10))
+
+
+def count(n: int, noun: str) -> str:
+    """`1 task`, `3 tasks`: a number and its noun, plural unless one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def human_bytes(size: int) -> str:

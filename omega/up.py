@@ -41,6 +41,7 @@ from cellstore.config import free_ports, replica_document
 from cellstore.tls import CA_CERT, TlsFiles, issue, make_ca
 from omega import children
 from omega.console import with_console
+from omega.units import count
 
 if TYPE_CHECKING:
     from cellstore.cellclient import CellSummary
@@ -504,9 +505,10 @@ async def run_cell(
             say(f"error: {exc}; see the logs in {data_dir / 'logs'}", sys.stderr)
             stopping.set()
             raise SystemExit(1) from None
+        hollows = f", {count(hollow, 'hollow machine')}" if hollow else ""
         say(
-            f"cell ready: {replicas} replicas, {len(schedulers)} schedulers, "
-            f"{agents} agents{f', {hollow} hollow machines' if hollow else ''}; "
+            f"cell ready: {count(replicas, 'replica')}, {count(len(schedulers), 'scheduler')}, "
+            f"{count(agents, 'agent')}{hollows}; "
             f"source {data_dir / 'env'} to use it; console at {layout.scheme}://{layout.api[0]}/ui"
         )
         if specs:

@@ -191,3 +191,16 @@ def test_omega_scheduler_and_agent_errors_name_the_command_that_was_run():
     ):
         result = CliRunner().invoke(app, argv)
         assert result.exit_code == 2 and said in result.output, result.output
+
+
+def test_one_of_a_thing_is_not_said_in_the_plural():
+    from cellstate import CellState, JobSpec, Resources, SchedulerClass, SubmitJob
+    from omega.events import describe
+    from omega.units import count
+
+    assert [count(n, "task") for n in (0, 1, 2)] == ["0 tasks", "1 task", "2 tasks"]
+    cell = CellState()
+    spec = JobSpec("one", "default", SchedulerClass.BATCH, Resources(100, 1 << 20), tasks=1)
+    command = SubmitJob("one-1", spec, at=1.0)
+    [event] = cell.apply(command).events
+    assert describe(cell, command, event)["message"] == "job one-1 submitted (1 task, batch)"

@@ -318,10 +318,10 @@ function some(items, shown = 8) {
 // What a command says, in a line (the CLI's `omega events` renders the events it causes).
 function describe(doc) {
   switch (doc.type) {
-    case "submit_job": return `job ${doc.job} submitted (${doc.spec.tasks ?? 1} tasks, ${doc.spec.scheduler})`;
+    case "submit_job": return `job ${doc.job} submitted (${count(doc.spec.tasks ?? 1, "task")}, ${doc.spec.scheduler})`;
     case "kill_job": return `job ${doc.job} killed`;
     case "update_job": return `job ${doc.job} updated`;
-    case "scale_job": return `job ${doc.job} scaled to ${doc.tasks} tasks`;
+    case "scale_job": return `job ${doc.job} scaled to ${count(doc.tasks, "task")}`;
     case "revert_job": return `job ${doc.job} reverted to version ${doc.version}`;
     case "promote_job": return `job ${doc.job} canary promoted`;
     case "commit": {
