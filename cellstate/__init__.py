@@ -81,7 +81,7 @@ from cellstate.model import (
     Verdict,
     task_id,
 )
-from cellstate.resources import Resources, parse_cpu, parse_memory
+from cellstate.resources import Limit, Resources, parse_cpu, parse_memory
 from cellstate.state import CellConfig, CellState
 from cellstate.wire import SpecError
 
@@ -112,6 +112,7 @@ __all__ = [
     "JobSubmitted",
     "JobUpdated",
     "KillJob",
+    "Limit",
     "Machine",
     "MachineChanged",
     "MachineSpec",

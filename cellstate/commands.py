@@ -26,7 +26,7 @@ from cellstate.model import (
     TaskState,
     Transaction,
 )
-from cellstate.resources import Resources
+from cellstate.resources import Limit, Resources
 
 # -- commands ---------------------------------------------------------------------
 
@@ -275,13 +275,19 @@ class RaiseRules:
     by: Author | None = None
 
 
+def _as_limit(value: Limit | Resources | None) -> Limit | None:
+    return Limit(dict(value.amounts)) if isinstance(value, Resources) else value
+
+
 @attrs.frozen(slots=True)
 class SetQuota:
-    """Set (or with `limit=None`, clear) an owner's quota in one priority band."""
+    """Set (or with `limit=None`, clear) an owner's quota in one priority band. A zero in
+    `limit` means none of that dimension (rules 7; older rules refuse it), a dimension it
+    does not name is unlimited. A `Resources` given as the limit is taken as its `Limit`."""
 
     owner: str
     band: Band
-    limit: Resources | None
+    limit: Limit | None = attrs.field(converter=_as_limit)
     at: float = 0.0
     id: str = ""
     by: Author | None = None

@@ -39,7 +39,9 @@ from cellstate.resources import REQUIRED, Resources
 #    older rules, whose releases cannot decode them.
 # 6: API tokens with roles live in the cell (`CreateToken`, `RevokeToken`),
 #    and every command a client sends records who sent it (`Author`).
-RULES = 6
+# 7: a quota may limit a dimension to zero (none of it); older releases could not
+#    say so (their parsers refuse zero), and older rules refuse it.
+RULES = 7
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000

@@ -65,11 +65,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def parse_cpu(value: Any) -> int:
+def parse_cpu(value: Any, zero: bool = False) -> int:
     """Return millicores for `500m`, `0.5`, `2` or a number of cores.
 
-    Raises UnitError for anything else, for zero, and for values beyond
-    MAX_CPU_MILLI.
+    Raises UnitError for anything else, for zero (unless `zero`: a quota's limit may be
+    none), and for values beyond MAX_CPU_MILLI.
     """
     if _is_number(value):
         milli = Decimal(str(value)) * 1000
@@ -82,13 +82,14 @@ def parse_cpu(value: Any) -> int:
         )
     if milli != milli.to_integral_value():
         raise UnitError(f"cpu {value!r} is finer than one millicore")
-    return _bounded("cpu", value, int(milli), MAX_CPU_MILLI)
+    return _bounded("cpu", value, int(milli), MAX_CPU_MILLI, zero)
 
 
-def parse_memory(value: Any) -> int:
+def parse_memory(value: Any, zero: bool = False) -> int:
     """Return bytes for `256Mi`, `1Gi`, `1.5G`, `512k` or a byte count.
 
-    Raises UnitError for anything else, for zero, and beyond MAX_MEMORY_BYTES.
+    Raises UnitError for anything else, for zero (unless `zero`), and beyond
+    MAX_MEMORY_BYTES.
     """
     if _is_number(value):
         amount = Decimal(str(value))
@@ -105,28 +106,28 @@ def parse_memory(value: Any) -> int:
         )
     if amount != amount.to_integral_value():
         raise UnitError(f"memory {value!r} is not a whole number of bytes")
-    return _bounded("memory", value, int(amount), MAX_MEMORY_BYTES)
+    return _bounded("memory", value, int(amount), MAX_MEMORY_BYTES, zero)
 
 
-def parse_disk(value: Any) -> int:
+def parse_disk(value: Any, zero: bool = False) -> int:
     """Return bytes of disk, written as memory is (`10Gi`, `500M`, a byte count)."""
     try:
-        return parse_memory(value)
+        return parse_memory(value, zero)
     except UnitError as exc:
         raise UnitError(str(exc).replace("memory", "disk", 1)) from None
 
 
-def parse_count(value: Any, name: str = "device") -> int:
+def parse_count(value: Any, name: str = "device", zero: bool = False) -> int:
     """Return a whole number of devices: `2` or `'2'`."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if type(value) is not int:
         raise UnitError(f"{name} {value!r} is not a count: use a whole number of devices, e.g. 2")
-    return _bounded(name, value, value, MAX_DEVICES)
+    return _bounded(name, value, value, MAX_DEVICES, zero)
 
 
-def _bounded(dimension: str, raw: Any, amount: int, limit: int) -> int:
-    if amount <= 0:
+def _bounded(dimension: str, raw: Any, amount: int, limit: int, zero: bool = False) -> int:
+    if amount < 0 or (amount == 0 and not zero):
         raise UnitError(f"{dimension} {raw!r} must be greater than zero")
     if amount > limit:
         raise UnitError(f"{dimension} {raw!r} is larger than the maximum {limit}")
@@ -138,7 +139,8 @@ class Dimension:
     """One named resource dimension: how it is read and printed, and its rules."""
 
     name: str
-    parse: Callable[[Any], int]
+    # (value, zero=False): zero is refused unless asked for (a quota's limit may be none).
+    parse: Callable[..., int]
     format: Callable[[int], str]
     limit: int
     # Reclaimable dimensions lend what regular tasks reserve but do not use to
@@ -187,13 +189,14 @@ def dimension(name: str) -> Dimension:
     return Dimension(name, functools.partial(parse_count, name=name), str, MAX_DEVICES)
 
 
-def parse_declaration(text: str) -> tuple[str, int]:
+def parse_declaration(text: str, zero: bool = False) -> tuple[str, int]:
     """`NAME=AMOUNT` as a machine declares one of its dimensions (`gpu=2`,
-    `disk=100Gi`); raises UnitError naming what is wrong."""
+    `disk=100Gi`), or with `zero` a quota limits one (`gpu=0`: none); raises UnitError
+    naming what is wrong."""
     name, sep, amount = text.partition("=")
     if not sep or not name:
         raise UnitError(f"{text!r} is not NAME=AMOUNT, e.g. gpu=2 or disk=100Gi")
-    return name, dimension(name).parse(amount)
+    return name, dimension(name).parse(amount, zero=zero)
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -248,7 +251,26 @@ class Resources:
         return " ".join(f"{name}={format_amount(name, v)}" for name, v in self.amounts.items())
 
 
-def _canonical(raw: Mapping[str, Any]) -> dict[str, int]:
+@attrs.frozen(slots=True)
+class Limit:
+    """A quota's limit: an amount per dimension it names, zero included (none of it may be
+    taken); a dimension it does not name is unlimited. `Resources` drops zeros, which here
+    would turn "none" into "unlimited". `Limit.of({"cpu": 64_000, "gpu": 0})`."""
+
+    amounts: dict[str, int]
+
+    @classmethod
+    def of(cls, amounts: Mapping[str, int]) -> Limit:
+        return cls(_canonical(amounts, keep_zero=True))
+
+    def devices(self) -> dict[str, int]:
+        return {k: v for k, v in self.amounts.items() if k not in DIMENSIONS}
+
+    def human(self) -> str:
+        return " ".join(f"{name}={format_amount(name, v)}" for name, v in self.amounts.items())
+
+
+def _canonical(raw: Mapping[str, Any], keep_zero: bool = False) -> dict[str, int]:
     if len(raw) > len(DIMENSIONS) + MAX_DEVICE_KINDS:
         raise UnitError(f"at most {MAX_DEVICE_KINDS} kinds of device")
     out = {}
@@ -258,7 +280,7 @@ def _canonical(raw: Mapping[str, Any]) -> dict[str, int]:
             raise TypeError(f"{name} must be an integer, got {amount!r}")
         if not 0 <= amount <= dim.limit:
             raise UnitError(f"{name} must be in 0..{dim.limit}, got {amount}")
-        if amount:
+        if amount or keep_zero:
             out[name] = amount
     return dict(sorted(out.items(), key=lambda item: _order(item[0])))
 

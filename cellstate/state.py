@@ -26,7 +26,7 @@ Invariants kept by every command (`check_invariants` verifies them):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -104,7 +104,7 @@ from cellstate.model import (
     TxnMode,
     task_id,
 )
-from cellstate.resources import MAX_CELL_DEVICE_KINDS, Resources
+from cellstate.resources import MAX_CELL_DEVICE_KINDS, Limit, Resources
 
 PENDING = TaskState.PENDING
 ASSIGNED = TaskState.ASSIGNED
@@ -123,6 +123,8 @@ ATTRIBUTION_RULES = 4
 FAIR_RULES = 5
 # The rules that first know API tokens and record who sent each command.
 TOKEN_RULES = 6
+# The rules that first let a quota limit a dimension to none (a zero in `SetQuota.limit`).
+ZERO_QUOTA_RULES = 7
 
 
 class CellState:
@@ -835,6 +837,8 @@ class CellState:
                 "quota_unlimited_band", "the best-effort band has no quota: it is unlimited", "band"
             )
         if cmd.limit is not None:
+            if self.rules < ZERO_QUOTA_RULES and 0 in cmd.limit.amounts.values():
+                return _too_old(self.rules, ZERO_QUOTA_RULES, "quotas of zero", "limit")
             refused = self._admit_devices([cmd.limit], "limit")
             if refused is not None:
                 return refused
@@ -933,7 +937,7 @@ class CellState:
         del self.token_digests[record.digest]
         return Ok()
 
-    def _admit_devices(self, vectors: list[Resources], field: str) -> Error | None:
+    def _admit_devices(self, vectors: Sequence[Resources | Limit], field: str) -> Error | None:
         """Record the device kinds `vectors` name, or refuse them (changing nothing) if
         the cell would know more than `MAX_CELL_DEVICE_KINDS`."""
         new = {dim for vector in vectors for dim in vector.devices()} - self.device_kinds

@@ -18,14 +18,17 @@ from cellstate.state import CellState
 from cellstate.wire import to_json
 
 
-def resources(amounts: Mapping[str, int]) -> dict[str, Any]:
+def resources(amounts: Mapping[str, int], named: bool = False) -> dict[str, Any]:
     """A vector as people read it (`"cpu": "500m"`) and as scripts do
     (`"cpu_milli": 500`, `"memory_bytes"`, `"disk_bytes"`; devices as counts).
-    cpu and memory are always present, other dimensions only where non-zero."""
+    cpu and memory are always present, other dimensions only where non-zero; with
+    `named` (a quota's limit, where a dimension not named is unlimited), exactly the
+    dimensions `amounts` names, zeros included."""
     out: dict[str, Any] = {}
-    for dim in (*REQUIRED, *(d for d in amounts if d not in REQUIRED)):
+    dims = amounts if named else (*REQUIRED, *(d for d in amounts if d not in REQUIRED))
+    for dim in dims:
         amount = amounts.get(dim, 0)
-        if dim not in REQUIRED and not amount:
+        if not named and dim not in REQUIRED and not amount:
             continue
         known = DIMENSIONS.get(dim)
         if known is None:
@@ -217,14 +220,14 @@ def list_machines(cell: CellState) -> list[dict[str, Any]]:
 
 
 def list_quotas(cell: CellState) -> list[dict[str, Any]]:
-    """Every owner and band with a quota set or quota taken: the limit (null: unlimited)
-    and what its regular tasks take."""
+    """Every owner and band with a quota set or quota taken: the limit (null: unlimited;
+    it names only the dimensions it limits) and what its regular tasks take."""
     limits, taken = cell.ledger.limits, cell.ledger.usage()
     return [
         {
             "owner": owner,
             "band": Band(band).label,
-            "limit": resources(limits[key]) if key in limits else None,
+            "limit": resources(limits[key], named=True) if key in limits else None,
             "taken": resources(taken.get(key, {})),
         }
         for key in sorted({*limits, *taken})

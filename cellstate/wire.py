@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import shlex
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import attrs
 import cattrs
@@ -71,12 +71,14 @@ from cellstate.model import (
 from cellstate.resources import (
     MAX_CPU_MILLI,
     MAX_MEMORY_BYTES,
+    Limit,
     Resources,
     UnitError,
     dimension,
 )
 
 MAX_BODY_BYTES = 8 << 20
+V = TypeVar("V", Resources, Limit)
 _ENUMS = (
     Band,
     SchedulerClass,
@@ -155,38 +157,49 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:40]}"
 
 
-def _human_resources(value: Any, _: type) -> Resources:
-    if not isinstance(value, dict):
-        raise TypeError(
-            f"expected a mapping of resource to amount (cpu, memory, disk, devices such as "
-            f"gpu), got {_describe(value)}"
-        )
-    amounts = {}
-    for name, raw in value.items():
+def _human_vector(
+    make: Callable[[dict[str, int]], V], zero: bool = False
+) -> Callable[[Any, type], V]:
+    """The edge's hook for a vector (`Resources.of`, or `Limit.of` with `zero`: a quota may
+    limit a dimension to none) written in human units."""
+
+    def structure(value: Any, _: type) -> V:
+        if not isinstance(value, dict):
+            raise TypeError(
+                f"expected a mapping of resource to amount (cpu, memory, disk, devices such as "
+                f"gpu), got {_describe(value)}"
+            )
+        amounts = {}
+        for name, raw in value.items():
+            try:
+                amounts[name] = dimension(name).parse(raw, zero=zero)
+            except UnitError as exc:
+                raise FieldError(str(name), str(exc)) from None
         try:
-            amounts[name] = dimension(name).parse(raw)
+            return make(amounts)
         except UnitError as exc:
-            raise FieldError(str(name), str(exc)) from None
-    try:
-        return Resources.of(amounts)
-    except UnitError as exc:
-        raise ValueError(str(exc)) from None
+            raise ValueError(str(exc)) from None
+
+    return structure
 
 
-def _resources_to_wire(resources: Resources) -> dict[str, Any]:
+def _vector_to_wire(vector: Resources | Limit) -> dict[str, Any]:
     # cpu is written as millicores with its unit ("500m"): a bare number in a
     # spec means cores, so the canonical form must not be a bare number.
-    out: dict[str, Any] = dict(resources.amounts)
+    out: dict[str, Any] = dict(vector.amounts)
     if "cpu" in out:
         out["cpu"] = f"{out['cpu']}m"
     return out
 
 
-def _resources_from_wire(value: dict[str, Any], _: type) -> Resources:
-    amounts = dict(value)
-    if "cpu" in amounts:
-        amounts["cpu"] = int(amounts["cpu"][:-1])
-    return Resources.of(amounts)
+def _vector_from_wire(make: Callable[[dict[str, int]], V]) -> Callable[[Any, type], V]:
+    def structure(value: dict[str, Any], _: type) -> V:
+        amounts = dict(value)
+        if "cpu" in amounts:
+            amounts["cpu"] = int(amounts["cpu"][:-1])
+        return make(amounts)
+
+    return structure
 
 
 def _checked_usage(usage: TaskUsage) -> TaskUsage:
@@ -258,7 +271,8 @@ def _make(edge: bool) -> cattrs.Converter:
     conv = make_converter(detailed_validation=edge, forbid_extra_keys=edge)
     # cpu is written as millicores with its unit ("500m"): a bare number in a
     # spec means cores, so the canonical form must not be a bare number.
-    conv.register_unstructure_hook(Resources, _resources_to_wire)
+    conv.register_unstructure_hook(Resources, _vector_to_wire)
+    conv.register_unstructure_hook(Limit, _vector_to_wire)
     conv.register_unstructure_hook(Claim, _claim_to_wire)
     conv.register_structure_hook(Claim, _claim_from_wire)
     # What a rejection lost to is written only when known, so results of
@@ -300,7 +314,8 @@ def _make(edge: bool) -> cattrs.Converter:
             return structure
 
         conv.register_structure_hook_factory(attrs.has, objects_only)
-        conv.register_structure_hook(Resources, _human_resources)
+        conv.register_structure_hook(Resources, _human_vector(Resources.of))
+        conv.register_structure_hook(Limit, _human_vector(Limit.of, zero=True))
         plain_usage = objects_only(TaskUsage)
         conv.register_structure_hook(
             TaskUsage, lambda v, _: _checked_usage(plain_usage(v, TaskUsage))
@@ -346,7 +361,8 @@ def _make(edge: bool) -> cattrs.Converter:
 
         conv.register_structure_hook(HealthCheck, structure_check)
     else:
-        conv.register_structure_hook(Resources, _resources_from_wire)
+        conv.register_structure_hook(Resources, _vector_from_wire(Resources.of))
+        conv.register_structure_hook(Limit, _vector_from_wire(Limit.of))
     configure_tagged_union(Command, conv, tag_generator=_COMMAND_TAGS.__getitem__, tag_name="type")
     configure_tagged_union(Result, conv, tag_generator=_RESULT_TAGS.__getitem__, tag_name="type")
     configure_tagged_union(Event, conv, tag_generator=_EVENT_TAGS.__getitem__, tag_name="type")

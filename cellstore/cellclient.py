@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         Claim,
         CommitResult,
         JobSpec,
+        Limit,
         MachineSpec,
         MachineState,
         Ok,
@@ -433,7 +434,7 @@ class _Calls:
 
     @staticmethod
     def set_quota(
-        owner: str, band: Band, limit: Resources | None, id: str | None
+        owner: str, band: Band, limit: Limit | Resources | None, id: str | None
     ) -> Call[Applied[Ok]]:
         from cellstate import SetQuota
 
@@ -658,7 +659,7 @@ class CellClient:
         return await self._run(_Calls.set_machine_state(machine, state, deadline, id))
 
     async def set_quota(
-        self, owner: str, band: Band, limit: Resources | None, *, id: str | None = None
+        self, owner: str, band: Band, limit: Limit | Resources | None, *, id: str | None = None
     ) -> Applied[Ok]:
         return await self._run(_Calls.set_quota(owner, band, limit, id))
 
@@ -1116,7 +1117,7 @@ class SyncCellClient:
         return self._run(_Calls.set_machine_state(machine, state, deadline, id))
 
     def set_quota(
-        self, owner: str, band: Band, limit: Resources | None, *, id: str | None = None
+        self, owner: str, band: Band, limit: Limit | Resources | None, *, id: str | None = None
     ) -> Applied[Ok]:
         return self._run(_Calls.set_quota(owner, band, limit, id))
 

@@ -40,10 +40,11 @@ def quota_get(
 
     table = Table("owner", "band", "taken/limit")
     for q in found:
-        limit, taken = q["limit"], q["taken"]
-        dims = dimensions(limit) if limit is not None else dimensions(taken)
+        limit, taken = q["limit"] or {}, q["taken"]
+        # What it limits (zero included), then what it takes of the dimensions it does not.
+        dims = dict.fromkeys([*dimensions(limit), *dimensions(taken)])
         shown = [
-            f"{dim} {human(taken, dim)}/{human(limit, dim) if limit is not None else 'unlimited'}"
+            f"{dim} {human(taken, dim)}/{human(limit, dim) if dim in limit else 'unlimited'}"
             for dim in dims
         ]
         table.add_row(q["owner"], q["band"], "  ".join(shown) or "-")
@@ -56,14 +57,15 @@ def quota_set(
     band: Annotated[str, typer.Argument(help="monitoring, production or batch.")],
     limits: Annotated[
         list[str] | None,
-        typer.Argument(help="NAME=AMOUNT per dimension: cpu=64 memory=128Gi gpu=4."),
+        typer.Argument(help="NAME=AMOUNT per dimension: cpu=64 memory=128Gi gpu=4 (gpu=0: none)."),
     ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the quota: unlimited.")] = False,
     addr: Addr = "",
     token: Token = "",
 ) -> None:
-    """Set an owner's quota in one band (a dimension not named is unlimited)."""
-    from cellstate import Band, Resources
+    """Set an owner's quota in one band (a dimension not named is unlimited, one set to 0
+    may not be used)."""
+    from cellstate import Band, Limit
     from cellstate.resources import UnitError, parse_declaration
 
     if band not in BANDS:
@@ -77,11 +79,11 @@ def quota_set(
     amounts: dict[str, int] = {}
     for text in limits or ():
         try:
-            name, amount = parse_declaration(text)
+            name, amount = parse_declaration(text, zero=True)
         except UnitError as exc:
             fail(f"limit {text!r}: {exc}", 2)
         amounts[name] = amount
-    limit = None if clear else Resources.of(amounts)
+    limit = None if clear else Limit.of(amounts)
     chosen = Band[band.upper()]
     call(addr, token, lambda cell: cell.set_quota(owner, chosen, limit))
     told = "unlimited" if limit is None else " ".join(limits or ())

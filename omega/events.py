@@ -101,7 +101,10 @@ def describe_setting(command: Command) -> dict[str, Any] | None:
     from cellstate import CreateToken, RevokeToken, SetQuota, SetWeights
 
     if isinstance(command, SetQuota):
-        kind, message = "quota", f"quota of {command.owner} in {command.band} set"
+        band = command.band.label
+        limit = command.limit
+        told = "cleared: unlimited" if limit is None else f"set: {limit.human() or 'unlimited'}"
+        kind, message = "quota", f"quota of {command.owner} in {band} {told}"
     elif isinstance(command, SetWeights):
         told = " ".join(f"{owner}={weight:g}" for owner, weight in command.weights.items())
         kind, message = "weights", f"weights set: {told}"

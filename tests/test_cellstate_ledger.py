@@ -22,6 +22,7 @@ from cellstate import (
     Heartbeat,
     JobSpec,
     KillJob,
+    Limit,
     MachineSpec,
     MachineState,
     Ok,
@@ -43,7 +44,8 @@ from cellstate import (
 )
 from cellstate.commands import Command, RaiseRules
 from cellstate.invariants import InvariantViolation
-from cellstate.wire import parse
+from cellstate.views import list_quotas
+from cellstate.wire import decode_command, edge, encode_command, parse
 from tests.cellfixtures import GI, cell_with, commit, reasons, submit
 
 # -- loose end 1: a victim that already left ------------------------------------
@@ -230,6 +232,52 @@ def test_quota_is_per_dimension_and_names_the_one_exceeded():
         "memory": 3 * GI,
     }
     cell.check_invariants()
+
+
+def test_a_quota_of_zero_allows_none_and_an_unnamed_dimension_stays_unlimited():
+    cell = cell_with(machines=2, extra={"gpu": 4})
+    # Written as a person writes it: a zero is kept, not read as "not named".
+    command = edge.structure(
+        {"type": "set_quota", "owner": "alice", "band": 1, "limit": {"cpu": "8", "gpu": 0}},
+        Command,
+    )
+    assert command.limit == Limit({"cpu": 8000, "gpu": 0})
+    assert isinstance(cell.apply(command).result, Ok)
+    submit(cell, "train", tasks=1, cpu=500, extra={"gpu": 1})
+    submit(cell, "plain", tasks=2, cpu=500, memory=6 * GI)
+    assert reasons(commit(cell, ("train.0", "m0"))) == {"train.0": "quota_exceeded:gpu"}
+    # memory is not named: unlimited, though each task takes most of a machine's.
+    assert commit(cell, ("plain.0", "m0"), ("plain.1", "m1")).result.accepted == 2
+    # The read model names what the quota limits, and only that: a missing memory is
+    # unlimited, not a limit of 0.
+    [alice] = [q for q in list_quotas(cell) if q["owner"] == "alice"]
+    assert alice["limit"] == {"cpu": "8", "cpu_milli": 8000, "gpu": 0}
+    # The zero survives the log's encoding and a snapshot.
+    assert decode_command(encode_command(command)).limit == command.limit
+    restored = CellState.restore(cell.snapshot())
+    assert (
+        restored.ledger.limits
+        == cell.ledger.limits
+        == {("alice", Band.BATCH): command.limit.amounts}
+    )
+    cell.check_invariants()
+
+
+def test_a_quota_of_zero_needs_rules_7_and_an_old_limit_decodes_as_it_did():
+    cell = cell_with(machines=1)
+    cell.rules = 6
+    out = cell.apply(SetQuota("alice", Band.BATCH, Limit.of({"cpu": 1000, "gpu": 0})))
+    assert out.result.code == "rules_too_old" and out.result.field == "limit"
+    assert "quotas of zero need rules 7" in out.result.message
+    assert cell.ledger.limits == {}
+    # A limit a previous release logged (never a zero: its parsers refused one).
+    old = decode_command(
+        b'{"type":"set_quota","owner":"alice","band":1,"limit":{"cpu":"64000m","gpu":4}}'
+    )
+    assert old.limit == Limit({"cpu": 64000, "gpu": 4})
+    assert isinstance(cell.apply(old).result, Ok)
+    # A Resources given to the command (as callers of the client did) is its Limit.
+    assert SetQuota("bob", Band.BATCH, Resources(cpu=5)).limit == Limit({"cpu": 5})
 
 
 def test_a_machine_cannot_shrink_below_the_devices_its_tasks_hold():

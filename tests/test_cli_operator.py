@@ -108,8 +108,17 @@ def test_quota_and_machine_state_from_the_cli(cell):
     assert bad_band.returncode == 2 and "band 'gold'" in bad_band.stderr
     bad_amount = cell.omega("quota", "set", "team-a", "batch", "cpu=lots", check=False)
     assert bad_amount.returncode == 2 and "limit 'cpu=lots'" in bad_amount.stderr
+    # A zero limits a dimension to none; one not named (memory here) is unlimited.
+    cell.omega("quota", "set", "team-a", "batch", "cpu=2", "gpu=0")
+    quotas = {(q["owner"], q["band"]): q for q in cell.json("quota", "get")}
+    assert quotas[("team-a", "batch")]["limit"] == {"cpu": "2", "cpu_milli": 2000, "gpu": 0}
+    shown = cell.omega("quota", "get", "--owner", "team-a").stdout
+    assert "gpu 0/0" in shown and "memory 0/unlimited" in shown, shown
+    told = cell.omega("events").stdout
+    assert "quota of team-a in batch set: cpu=2 gpu=0" in told, told
     cell.omega("quota", "set", "team-a", "batch", "--clear")
     assert ("team-a", "batch") not in {(q["owner"], q["band"]) for q in cell.json("quota", "get")}
+    assert "quota of team-a in batch cleared: unlimited" in cell.omega("events").stdout
 
     machine = cell.json("nodes")[0]["id"]
     cell.omega("node", "state", machine, "draining")

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from cellstate import Band, Limit, SetQuota
+from cellstate.commands import Command
+from cellstate.wire import internal
 from harness.upcell import up_cell
 
 pytestmark = pytest.mark.slow
@@ -154,6 +157,11 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
             "machines registered: hollow-0, hollow-1, hollow-2, hollow-3, hollow-4, hollow-5, "
             "hollow-6, hollow-7 and 9992 more"
         ), line
+        # A quota as the log carries it (band by number, cpu in millicores, a zero kept)
+        # reads as the CLI's `omega events` says it.
+        quota = SetQuota("team-a", Band.BATCH, Limit.of({"cpu": 2000, "memory": 3 << 29, "gpu": 0}))
+        said = page.evaluate(f"describe({json.dumps(internal.unstructure(quota, Command))})")
+        assert said == "quota of team-a in batch set: cpu=2 memory=1.5Gi gpu=0", said
 
         # Submit from the console; the tasks go to running with no reload.
         page.evaluate("window.__same_page = true")

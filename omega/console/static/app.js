@@ -308,6 +308,21 @@ function feedTable(entries) {
     <tbody>${rows || `<tr><td colspan="5">Nothing yet.</td></tr>`}</tbody></table>`;
 }
 
+// Priority bands by number, as the wire carries them (`cellstate.model.Band`).
+const BANDS = ["best-effort", "batch", "production", "monitoring"];
+
+// A quota's limit as the wire carries it (cpu as "64000m", bytes, counts), in the
+// CLI's words: a dimension it names may be 0 (none), one it does not name is unlimited.
+function limitText(limit) {
+  if (limit == null) return "cleared: unlimited";
+  const told = Object.entries(limit).map(([dim, n]) => {
+    if (dim === "cpu") return `cpu=${human({ cpu_milli: parseInt(n, 10) }, "cpu")}`;
+    if (dim === "memory" || dim === "disk") return `${dim}=${humanBytes(n)}`;
+    return `${dim}=${n}`;
+  });
+  return `set: ${told.join(" ") || "unlimited"}`;
+}
+
 // The first few of `items` and how many more: one command may claim or register
 // thousands (a hollow agent's machines, a large job's placements).
 function some(items, shown = 8) {
@@ -338,7 +353,7 @@ function describe(doc) {
     case "set_machine_state": return `machine ${doc.machine} ${doc.state}`;
     case "register_machines": return `machines registered: ${some((doc.machines || []).map((m) => m.id))}`;
     case "expire_heartbeats": return "machines silent too long marked down";
-    case "set_quota": return `quota of ${doc.owner} in ${doc.band} set`;
+    case "set_quota": return `quota of ${doc.owner} in ${BANDS[doc.band] ?? doc.band} ${limitText(doc.limit)}`;
     case "set_weights": return `weights set: ${Object.entries(doc.weights || {}).map(([o, w]) => `${o}=${w}`).join(" ")}`;
     case "create_token": return `token ${doc.name} (${doc.role}) created`;
     case "revoke_token": return `token ${doc.name} revoked`;
