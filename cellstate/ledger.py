@@ -357,6 +357,42 @@ class Ledger:
                 return reasons.quota_exceeded(dim)
         return None
 
+    def admits(self, task: Task, wanted: int, pending: Ledger | None = None) -> tuple[int, str]:
+        """How many of `wanted` tasks like `task` (one job's: one owner, band and demand)
+        its owner's quota in its band lets be placed beyond what is taken and what
+        `pending` (claims not yet applied) takes, and the reason the rest are kept out
+        (`quota_exceeded:<dim>`; empty if none is). A scheduler asks before it claims,
+        so that it does not send claims `refusal` would refuse one by one."""
+        if not self.limits or task.best_effort:
+            return wanted, ""
+        key = task.quota
+        limit = self.limits.get(QUOTA_KEYS[key])
+        if limit is None:
+            return wanted, ""
+        demand = task.need.amounts
+        taken = self.taken.get(key, 0) + (pending.taken.get(key, 0) if pending else 0)
+        counted = unpack(taken, demand)
+        admitted, why = wanted, ""
+        for dim, amount in demand.items():
+            cap = limit.get(dim)
+            if cap is not None and amount > 0:
+                room = max(0, (cap - counted[dim]) // amount)
+                if room < admitted:
+                    admitted, why = room, reasons.quota_exceeded(dim)
+        return admitted, why
+
+    def quota_state(self, owner: str, band: int) -> tuple[Vector | None, int]:
+        """The limit set for (owner, band) and what its tasks take (packed): `admits` says
+        the same for as long as neither changes."""
+        return self.limits.get((owner, int(band))), self.taken.get(quota_id(owner, band), 0)
+
+    def take(self, task: Task, count: int) -> None:
+        """Count `count` more tasks like `task` as taken by its owner: a scratch ledger's
+        claims not yet applied (`admits`' `pending`)."""
+        if not task.best_effort and count:
+            key = task.quota
+            self.taken[key] = self.taken.get(key, 0) + count * task.need.whole
+
     def set_limit(self, key: QuotaKey, limit: Mapping[str, int] | None) -> None:
         if limit is None:
             self.limits.pop(key, None)

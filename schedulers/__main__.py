@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import math
 import os
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= I < N")
     return i, n
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: a number of seconds, 0 or more")
+    return value
 
 
 def _at_least_one(text: str) -> int:
@@ -69,6 +80,13 @@ def build_parser(prog: str = "python -m schedulers") -> argparse.ArgumentParser:
     )
     p.add_argument("--no-sampling", action="store_true", help="evaluate every machine")
     p.add_argument("--max-attempts", type=int, default=1000)
+    p.add_argument(
+        "--park-seconds",
+        type=_not_negative,
+        default=30.0,
+        metavar="S",
+        help="how long a job parked after --max-attempts waits before it is tried again",
+    )
     p.add_argument("--max-claims", type=int, default=1000, help="claims per transaction")
     p.add_argument(
         "--max-jobs",
@@ -121,6 +139,7 @@ def config_from_args(argv: list[str] | None = None, prog: str | None = None) -> 
         think_task_s=args.think_task,
         sampling=not args.no_sampling,
         max_attempts=args.max_attempts,
+        park_s=args.park_seconds,
         metrics=args.metrics,
         max_claims=args.max_claims,
         max_jobs=args.max_jobs,

@@ -75,8 +75,8 @@ class Core(Protocol[D]):
     def has_work(self, cell: CellState) -> bool: ...
 
     def wakes_at(self) -> float | None:
-        """When a job it holds back (the paper model's re-queue) may be tried again;
-        None if it holds none back."""
+        """When a job it holds back (the paper model's re-queue, a parked job's rest) may
+        be tried again; None if it holds none back."""
         ...
 
     def decide(self, cell: CellState, now: float) -> D | None:

@@ -26,8 +26,15 @@ unless every task it took for the job was claimed and accepted (progress
 limited only by the claim budget resets the count). A job that found no room for some of its tasks is *stalled* until some machine
 changes (so an idle cell does not spin). Once a job reaches `max_attempts`
 attempts with tasks still unplaced, it is parked ("blocked") with the reason
-of its last failure; `unpark` brings it back. Tasks whose claims conflicted
-stay pending in the cell and are simply taken again by later decisions.
+of its last failure; with `park_s` (the live schedulers') it is tried again that
+long after, else only `unpark` brings it back (the simulator's abandoned jobs).
+Tasks whose claims conflicted stay pending in the cell and are simply taken again
+by later decisions.
+
+Quota: a decision claims no more of an owner's tasks than the owner's quota in their
+band admits (`Ledger.admits`, counting the decision's own claims), so the store never
+refuses a claim of it for quota; a job the quota keeps wholly out is not tried again
+until that quota is set anew or its owner's tasks end (`Ledger.quota_state`).
 
 Conflict avoidance (`avoidance`, `schedulers.avoid`; off unless given, as in
 the simulator's paper models): the core tries the machines of its own
@@ -64,6 +71,7 @@ from cellstate import (
     reasons,
 )
 from cellstate.fairshare import owner_usage
+from cellstate.ledger import Ledger
 from schedulers import lifecycle
 from schedulers.avoid import Avoidance, Avoider
 from schedulers.context import DecisionContext
@@ -140,6 +148,7 @@ class SchedulerCore:
         policy: str = "real",
         paper: PaperModel | None = None,
         stack: Stack | None = None,
+        park_s: float | None = None,
     ) -> None:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
@@ -173,7 +182,14 @@ class SchedulerCore:
         self.figures = SchedulerFigures()
         self.attempts: dict[str, int] = {}
         self.parked: dict[str, str] = {}
+        # How long a parked job rests before it is tried again with a fresh count (None:
+        # for good, as the simulator's abandoned jobs are), and when each was parked.
+        self.park_s = park_s
+        self._parked_at: dict[str, float] = {}
         self._stalled: dict[str, int] = {}  # job -> table generation
+        # Jobs the quota kept wholly out, and the quota's state then (`Ledger.quota_state`):
+        # not tried again until the quota is raised or its owner's tasks end.
+        self._held: dict[str, tuple[object, int]] = {}
         self._conflicts: dict[str, dict[str, int]] = {}
         self._rivals: dict[str, dict[str, int]] = {}  # job -> who its claims lost to
         self._last: dict[str, JobMetric] = {}
@@ -194,12 +210,17 @@ class SchedulerCore:
 
     def _eligible(self, cell: CellState, generation: int) -> list[Job]:
         jobs = cell.jobs
-        stalled, parked = self._stalled, self.parked
+        stalled, parked, held = self._stalled, self.parked, self._held
         found = []
         for jid in cell.pending_jobs:
             job = jobs[jid]
             if job.killed or jid in parked or stalled.get(jid) == generation or not self.owns(job):
                 continue
+            if held and jid in held:
+                spec = job.spec
+                if cell.ledger.quota_state(spec.owner, spec.band) == held[jid]:
+                    continue
+                del held[jid]
             found.append(job)
         if self.paper is not None:
             queued = self._queued
@@ -209,8 +230,22 @@ class SchedulerCore:
         return found
 
     def wakes_at(self) -> float | None:
-        """The paper model: when the next re-queued job comes back (None: none waits)."""
-        return min(self._queued.values(), default=None) if self._queued else None
+        """When the next job held back comes back: the paper model's re-queued jobs, and
+        with `park_s` parked ones (None: none waits)."""
+        back = min(self._queued.values(), default=None) if self._queued else None
+        if self._parked_at and self.park_s is not None:
+            rested = min(self._parked_at.values()) + self.park_s
+            back = rested if back is None else min(back, rested)
+        return back
+
+    def unpark_due(self, now: float) -> None:
+        """Bring back the jobs parked at least `park_s` ago, each with a fresh count: in a
+        live cell room or quota comes back, and a parked job must not wait for good."""
+        if self.park_s is None or not self._parked_at:
+            return
+        for jid, at in list(self._parked_at.items()):
+            if at + self.park_s <= now:
+                self.unpark(jid)
 
     def changing(self, cell: CellState) -> list[Job]:
         """This core's jobs with lifecycle work (`schedulers.lifecycle`)."""
@@ -279,6 +314,7 @@ class SchedulerCore:
         Reads `cell` (and syncs its machine table), never changes it. Counts an
         attempt for every job it considers.
         """
+        self.unpark_due(now)
         table = table_for(cell)
         jobs = self._eligible(cell, table.generation)
         if self.paper is not None:
@@ -299,6 +335,11 @@ class SchedulerCore:
         metrics: dict[str, JobMetric] = {}
         unclaimed: dict[str, int] = {}
         gang = False
+        # Quota this decision's claims take, so that it claims no task the store would
+        # refuse for quota (one refused claim per task per decision, for as long as the
+        # quota stays full, would fill the log).
+        quota = cell.ledger
+        claimed = Ledger() if quota.limits else None
         for job, count in self._allot(jobs, cell, table) if jobs else ():
             jid = job.id
             if jid not in self._seen:
@@ -307,10 +348,27 @@ class SchedulerCore:
             self.attempts[jid] = self.attempts.get(jid, 0) + 1
             tasks = cell.first_pending(job, count)
             metric = metrics[jid] = self._last[jid] = JobMetric(jid)
-            placed = self.stack.place(ctx, job, tasks, metric)
+            held = ""
+            if claimed is not None and tasks:
+                admitted, held = quota.admits(tasks[0], len(tasks), claimed)
+                if held:
+                    # A gang goes whole or not at all.
+                    kept = tasks[: 0 if job.spec.gang else admitted]
+                    metric.quota_held = len(tasks) - len(kept)
+                    metric.wanted += metric.quota_held
+                    tasks = kept
+            placed = self.stack.place(ctx, job, tasks, metric) if tasks else []
+            if held:
+                metric.unplaced_reason = held
+                if not tasks and self.paper is None:
+                    self._held[jid] = quota.quota_state(job.spec.owner, job.spec.band)
+            if claimed is not None and placed:
+                claimed.take(tasks[0], len(placed))
             self.figures.sampled += metric.sampled
             self.figures.sample_fallbacks += metric.rescored
             unclaimed[jid] = job.counts.get(PENDING, 0) - len(placed)
+            # (A job the quota held back wholly waits for the quota, `_held`, not for a
+            # machine to change: a raised quota changes no machine.)
             if len(placed) < len(tasks) and self.paper is None:
                 self._stalled[jid] = table.generation
             if placed:
@@ -318,7 +376,7 @@ class SchedulerCore:
                 claimed_jobs.append(jid)
                 gang = gang or job.spec.gang
             elif self.paper is None:
-                self._maybe_park(jid, metric.unplaced_reason or reasons.NO_ROOM)
+                self._maybe_park(jid, metric.unplaced_reason or reasons.NO_ROOM, now)
         stops: list[Stop] = []
         verdicts: list[Verdict] = []
         # A gang goes alone (all or nothing): lifecycle work waits a decision.
@@ -411,7 +469,7 @@ class SchedulerCore:
                 if conflicts
                 else decision.explanations[jid].unplaced_reason or reasons.NO_ROOM
             )
-            self._maybe_park(jid, reason)
+            self._maybe_park(jid, reason, now)
 
     def _learn_rows(self, cell: CellState, decision: Decision, result: CommitResult) -> None:
         """Add the accepted claims to the rows known for their jobs, expecting one
@@ -459,7 +517,7 @@ class SchedulerCore:
             )
             if self._futile.get(jid, 0) >= paper.max_futile:
                 self.attempts[jid] = max(self.attempts.get(jid, 0), self.max_attempts)
-            self._maybe_park(jid, reason)
+            self._maybe_park(jid, reason, now)
             if jid in self.parked:
                 self._queued.pop(jid, None)
                 self._futile.pop(jid, None)
@@ -475,15 +533,17 @@ class SchedulerCore:
             if job is not None:
                 self.figures.wait_placed.append(now - job.submitted_at)
 
-    def _maybe_park(self, jid: str, reason: str) -> None:
+    def _maybe_park(self, jid: str, reason: str, now: float) -> None:
         if self.attempts.get(jid, 0) >= self.max_attempts:
             self.parked[jid] = reason
+            self._parked_at[jid] = now
             self.figures.blocked[jid] = reason
             self._stalled.pop(jid, None)
 
     def unpark(self, job_id: str) -> None:
         """Let a parked job be tried again, with a fresh attempt count."""
         self.parked.pop(job_id, None)
+        self._parked_at.pop(job_id, None)
         self.figures.blocked.pop(job_id, None)
         self.attempts.pop(job_id, None)
 

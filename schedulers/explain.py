@@ -44,6 +44,9 @@ class JobMetric:
     filtered: dict[str, int] = attrs.field(factory=dict)
     exhausted: dict[str, int] = attrs.field(factory=dict)
     unplaced_reason: str | None = None
+    # Tasks the owner's quota in the job's band kept out of this decision (not claimed,
+    # so not refused: `unplaced_reason` says which dimension).
+    quota_held: int = 0
 
     def count(self, reason: str, machines: int) -> None:
         if machines:
@@ -76,15 +79,20 @@ class Explanation:
         parts = [f"job {self.job}: {self.pending_tasks} pending, {self.attempts} attempts"]
         if self.last is not None:
             m = self.last
-            removed = {**m.filtered, **m.exhausted}
-            detail = ", ".join(
-                f"{v} {k}" for k, v in sorted(removed.items(), key=lambda kv: -kv[1])
-            )
-            parts.append(
-                f"{m.machines_feasible}/{m.machines_evaluated} machines fit"
-                + (f": {detail}" if detail else "")
-            )
-            parts.append(f"{m.machines_scored} scored, placed {m.placed}/{m.wanted}")
+            if m.quota_held:
+                parts.append(f"{m.quota_held} held back by quota ({m.unplaced_reason})")
+            if m.machines_evaluated or not m.quota_held:
+                removed = {**m.filtered, **m.exhausted}
+                detail = ", ".join(
+                    f"{v} {k}" for k, v in sorted(removed.items(), key=lambda kv: -kv[1])
+                )
+                parts.append(
+                    f"{m.machines_feasible}/{m.machines_evaluated} machines fit"
+                    + (f": {detail}" if detail else "")
+                )
+                parts.append(f"{m.machines_scored} scored, placed {m.placed}/{m.wanted}")
+            else:
+                parts.append(f"placed {m.placed}/{m.wanted}")
         if self.conflicts:
             parts.append(
                 "conflicts lost: "

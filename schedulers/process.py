@@ -94,6 +94,9 @@ class SchedulerConfig:
     think_task_s: float = 0.0
     sampling: bool = True
     max_attempts: int = 1000
+    # How long a job parked after `max_attempts` rests before it is tried again: room and
+    # quota come back in a live cell (the paper model abandons it for good instead).
+    park_s: float = 30.0
     max_claims: int = 1000
     report_period_s: float = 2.0
     seed: int | None = None
@@ -134,6 +137,7 @@ class SchedulerConfig:
             max_claims=self.max_claims,
             max_jobs=self.max_jobs,
             paper=PaperModel(max_attempts=self.max_attempts) if self.model == "paper" else None,
+            park_s=None if self.model == "paper" else self.park_s,
             # The paper's model places by random fit alone, as the simulator's does.
             avoidance=Avoidance() if self.avoidance and self.model != "paper" else None,
         )
@@ -204,8 +208,12 @@ class LiveScheduler:
     async def decide_loop(self) -> None:
         core, copy = self.core, self.copy
         while True:
+            core.unpark_due(time.time())
             if not core.has_work(copy.cell):
-                await copy.changed()
+                # A parked job comes back on time, whether or not the cell changes.
+                back = core.wakes_at()
+                with trio.move_on_after(math.inf if back is None else max(0.0, back - time.time())):
+                    await copy.changed()
                 continue
             decision = await self.decide()
             if decision is None:

@@ -7,12 +7,15 @@ import random
 import pytest
 
 from cellstate import (
+    Band,
     Commit,
     ConflictMode,
+    Limit,
     MachineSpec,
     RegisterMachines,
     Resources,
     SchedulerClass,
+    SetQuota,
     TxnMode,
 )
 from schedulers import SchedulerCore, shard_of
@@ -142,6 +145,65 @@ def test_unplaceable_job_stalls_then_parks_after_max_attempts():
     assert not sched.has_work(cell)
     sched.unpark("big")
     assert sched.has_work(cell)
+
+
+def test_a_parked_job_rests_park_s_then_comes_back_with_a_fresh_count():
+    cell = cell_with(machines=1, cpu=1000)
+    submit(cell, "big", tasks=1, cpu=2000)
+    sched = core(BATCH, max_attempts=1, park_s=30.0)
+    assert sched.decide(cell, 10.0) is None
+    assert sched.parked == {"big": "insufficient:cpu"}
+    assert sched.wakes_at() == 40.0
+    sched.unpark_due(39.0)
+    assert sched.parked and not sched.has_work(cell)
+    sched.unpark_due(40.0)
+    assert not sched.parked and sched.wakes_at() is None and sched.has_work(cell)
+    assert "big" not in sched.attempts and "big" not in sched.figures.blocked
+    # Without park_s (the simulator's), parked is for good.
+    for_good = core(BATCH, max_attempts=1)
+    for_good.decide(cell, 10.0)
+    for_good.unpark_due(1e9)
+    assert for_good.parked and for_good.wakes_at() is None
+
+
+def test_claims_stay_within_the_quota_across_the_jobs_of_a_decision():
+    cell = cell_with(machines=4, extra={"gpu": 4})
+    cell.apply(SetQuota("alice", Band.BATCH, Limit.of({"gpu": 3})))
+    submit(cell, "a", tasks=2, cpu=100, extra={"gpu": 1})
+    submit(cell, "b", tasks=4, cpu=100, extra={"gpu": 1})
+    submit(cell, "gang", tasks=2, cpu=100, extra={"gpu": 1}, gang=True, at=3.0)
+    submit(cell, "bob", tasks=2, cpu=100, extra={"gpu": 1}, owner="bob")
+    sched = core(BATCH)
+    decision, result = step(sched, cell)
+    assert decision is not None and result is not None
+    # alice's 3 gpus go to her first jobs, bob has no quota; nothing is refused.
+    by_job = {
+        j: sum(1 for c in decision.transaction.claims if c.task.startswith(j + ".")) for j in "ab"
+    }
+    assert by_job == {"a": 2, "b": 1} and not result.rejected
+    assert cell.ledger.usage()[("alice", Band.BATCH)]["gpu"] == 3
+    held = sched.explain(cell, "b")
+    assert held.last is not None and held.last.quota_held == 3
+    assert "3 held back by quota (quota_exceeded:gpu)" in held.summary()
+    # b, now wholly held back, waits for alice's quota to change, and is not tried
+    # again before: it no longer stands before the gang, whose turn comes next.
+    assert step(sched, cell, now=6.0) == (None, None)
+    assert "b" in sched._held and sched.attempts["b"] == 2
+    # The gang goes whole or not at all, the quota full: nothing of it is claimed.
+    decision, result = step(sched, cell, now=7.0)
+    assert decision is None or not any(
+        c.task.startswith("gang.") for c in decision.transaction.claims
+    )
+    assert "2 held back by quota" in sched.explain(cell, "gang").summary()
+    assert cell.jobs["bob"].counts.get("assigned") == 2
+    assert not sched.has_work(cell) and sched.attempts["b"] == 2
+    # A raised quota brings them back, though no machine changed.
+    cell.apply(SetQuota("alice", Band.BATCH, Limit.of({"gpu": 8})))
+    assert sched.has_work(cell)
+    step(sched, cell, now=8.0)
+    step(sched, cell, now=9.0)
+    assert cell.jobs["b"].counts.get("assigned") == 4
+    assert cell.jobs["gang"].counts.get("assigned") == 2
 
 
 def test_figures_and_wait_times():

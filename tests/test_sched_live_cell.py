@@ -358,3 +358,63 @@ def test_devices_bound_placements_and_a_missing_one_is_explained(live: LiveCell)
     assert "1 no_capacity:gpu" in explained(train)
     assert {t["machine"] for t in live.tasks(train) if t["machine"]} == {"m0"}
     assert live.counts(train).get("pending") == 1 and live.counts(odd) == {"pending": 1}
+
+
+def test_a_full_quota_holds_tasks_back_without_refused_claims_until_it_is_raised(
+    live: LiveCell,
+) -> None:
+    """The scheduler reads the quota in its copy of the cell and claims only what it
+    admits: no claim is refused for quota (each would be a commit in the log, every
+    decision, for as long as the quota stays full), `explain` says what holds the rest
+    back, and raising the quota places them with no machine changing."""
+    from cellstate import Band, Limit
+
+    live.register(2, gpu=2)
+    with live.client() as cell:
+        cell.set_quota("test", Band.BATCH, Limit.of({"gpu": 1, "cpu": 0}))
+    live.scheduler("batch", "batch")
+    nothing = live.submit("cpu-only", "batch", 1)  # asks for cpu, which the quota gives none of
+    train = live.submit("train", "batch", 3, cpu="100m", devices={"gpu": 1})
+
+    def explained(job: str) -> str:
+        with live.client() as cell:
+            return cell.explain(job)["schedulers"].get("batch", "")
+
+    wait(lambda: "held back by quota" in explained(nothing), "cpu-only explained", live)
+    assert "1 held back by quota (quota_exceeded:cpu); placed 0/1" in explained(nothing)
+    assert live.counts(nothing) == {"pending": 1}
+    # train's cpu is also over a quota of none: nothing of it either, until cpu is raised.
+    with live.client() as cell:
+        cell.set_quota("test", Band.BATCH, Limit.of({"gpu": 1}))
+    wait(lambda: assigned(live.counts(train)) == 1, "one train task within the gpu quota", live)
+    wait(lambda: "quota_exceeded:gpu" in explained(train), "train explained", live)
+    assert "2 held back by quota (quota_exceeded:gpu)" in explained(train), explained(train)
+    time.sleep(1.0)  # decisions on every change meanwhile: none may claim beyond the quota
+    figures = live.figures("batch")
+    assert figures["claims_attempted"] == figures["claims_accepted"], figures
+    with live.client() as cell:
+        cell.set_quota("test", Band.BATCH, Limit.of({"gpu": 3}))
+    wait(lambda: assigned(live.counts(train)) == 3, "every train task, the quota raised", live)
+    assert assigned(live.counts(nothing)) == 1
+    # Reported every 0.3 s: 4 claims (train 1 + 2, cpu-only 1), all accepted, not one refused.
+    wait(lambda: live.figures("batch")["claims_accepted"] == 4, "the figures reported", live)
+    assert live.figures("batch")["claims_attempted"] == 4
+
+
+def test_a_parked_job_is_tried_again_after_its_rest(live: LiveCell) -> None:
+    """A job parked after --max-attempts (here one) does not wait for good: once room
+    comes, it is placed after --park-seconds, as the scheduler's own clock says."""
+    live.register(1)
+    live.scheduler("batch", "batch", "--max-attempts", "1", "--park-seconds", "2")
+    big = live.submit("big", "batch", 1, cpu="8")
+
+    def explained() -> str:
+        with live.client() as cell:
+            return cell.explain(big)["schedulers"].get("batch", "")
+
+    wait(lambda: "parked: insufficient:cpu" in explained(), "the big job parked", live)
+    room = parse({"id": "big-machine", "capacity": {"cpu": "16", "memory": "8Gi"}}, MachineSpec)
+    with live.client() as cell:
+        cell.register_machines([room])
+    wait(lambda: assigned(live.counts(big)) == 1, "the parked job placed after its rest", live)
+    assert {t["machine"] for t in live.tasks(big)} == {"big-machine"}
