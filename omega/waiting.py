@@ -16,6 +16,7 @@ import re
 import time
 
 from omega.cli import EXIT_BLOCKED, call, console, counts_text, fail
+from omega.units import count
 
 SETTLED = ("running", "exited", "failed", "killed")
 POLL_S = 0.3
@@ -67,7 +68,7 @@ def wait_for_job(
                     progress.stop()
                     account = "; ".join(f"{k}: {v}" for k, v in accounts.items())
                     fail(
-                        f"job {job}: {pending} tasks cannot be placed "
+                        f"job {job}: {count(pending, 'task')} cannot be placed "
                         f"(unchanged for {blocked_timeout:g} s): {account}; the job stays "
                         f"submitted (omega kill {job} removes it)",
                         EXIT_BLOCKED,

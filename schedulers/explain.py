@@ -76,7 +76,8 @@ class Explanation:
         """One line in the Kubernetes style: `0/5 machines fit: 3 insufficient:cpu, ...`."""
         if not self.known:
             return f"job {self.job}: not seen by scheduler {self.scheduler}"
-        parts = [f"job {self.job}: {self.pending_tasks} pending, {self.attempts} attempts"]
+        attempts = f"{self.attempts} attempt" + ("" if self.attempts == 1 else "s")
+        parts = [f"job {self.job}: {self.pending_tasks} pending, {attempts}"]
         if self.last is not None:
             m = self.last
             if m.quota_held:
