@@ -20,7 +20,7 @@ from omega.units import count
 
 SETTLED = ("running", "exited", "failed", "killed")
 POLL_S = 0.3
-_ATTEMPTS = re.compile(r"(\d+) attempts")
+_ATTEMPTS = re.compile(r"(\d+) attempts?\b")
 
 
 def tried(account: str) -> bool:

@@ -204,3 +204,11 @@ def test_one_of_a_thing_is_not_said_in_the_plural():
     command = SubmitJob("one-1", spec, at=1.0)
     [event] = cell.apply(command).events
     assert describe(cell, command, event)["message"] == "job one-1 submitted (1 task, batch)"
+
+
+def test_submit_wait_reads_one_attempt_as_tried():
+    from omega.waiting import tried
+
+    assert tried("job j: 1 pending, 1 attempt; 0/2 machines fit: 2 constraint:accel")
+    assert tried("job j: 1 pending, 12 attempts; placed 0/1")
+    assert not tried("job j: 1 pending, 0 attempts")
