@@ -102,6 +102,10 @@ Placement = tuple["Task", "Machine", Sequence["Task"], "Task | None"]
 NO_VICTIMS: tuple[Task, ...] = ()
 # The rules that first check disruption budgets (`model.RULES`).
 BUDGET_RULES = 3
+# The rules under which a claim refused for quota names no machine change: the owner's
+# other claims took the quota, not whoever last changed the machine.
+QUOTA_BLAME_RULES = 7
+_QUOTA_EXCEEDED = reasons.quota_exceeded("")
 
 
 class _Overlay:
@@ -323,7 +327,12 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
                     scratch.remove(victim, delta)
         reason = refusal(task, machine.account, delta, pending)
         if reason is not None:
-            refused.append(_rejection(claim, reason, machine))
+            blamed = (
+                None
+                if reason.startswith(_QUOTA_EXCEEDED) and cell.rules >= QUOTA_BLAME_RULES
+                else machine
+            )
+            refused.append(_rejection(claim, reason, blamed))
             continue
         if overlay is None:
             yield task, machine, victims, old

@@ -40,7 +40,8 @@ from cellstate.resources import REQUIRED, Resources
 # 6: API tokens with roles live in the cell (`CreateToken`, `RevokeToken`),
 #    and every command a client sends records who sent it (`Author`).
 # 7: a quota may limit a dimension to zero (none of it); older releases could not
-#    say so (their parsers refuse zero), and older rules refuse it.
+#    say so (their parsers refuse zero), and older rules refuse it. A claim refused
+#    for quota names no machine change (`Rejection.by`): the machine was not the cause.
 RULES = 7
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1

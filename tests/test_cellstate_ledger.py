@@ -245,7 +245,10 @@ def test_a_quota_of_zero_allows_none_and_an_unnamed_dimension_stays_unlimited():
     assert isinstance(cell.apply(command).result, Ok)
     submit(cell, "train", tasks=1, cpu=500, extra={"gpu": 1})
     submit(cell, "plain", tasks=2, cpu=500, memory=6 * GI)
-    assert reasons(commit(cell, ("train.0", "m0"))) == {"train.0": "quota_exceeded:gpu"}
+    refused = commit(cell, ("train.0", "m0"))
+    assert reasons(refused) == {"train.0": "quota_exceeded:gpu"}
+    # The quota refused it, not a change to m0: no rival is named (rules 7).
+    assert refused.result.rejected[0].by is None and refused.result.rejected[0].at is None
     # memory is not named: unlimited, though each task takes most of a machine's.
     assert commit(cell, ("plain.0", "m0"), ("plain.1", "m1")).result.accepted == 2
     # The read model names what the quota limits, and only that: a missing memory is
@@ -276,6 +279,12 @@ def test_a_quota_of_zero_needs_rules_7_and_an_old_limit_decodes_as_it_did():
     )
     assert old.limit == Limit({"cpu": 64000, "gpu": 4})
     assert isinstance(cell.apply(old).result, Ok)
+    # Under rules 6 a quota refusal named the machine's last change, as it still does then.
+    assert isinstance(cell.apply(SetQuota("alice", Band.BATCH, Limit.of({"cpu": 1000}))).result, Ok)
+    submit(cell, "big", tasks=1, cpu=2000)
+    refused = commit(cell, ("big.0", "m0"))
+    assert reasons(refused) == {"big.0": "quota_exceeded:cpu"}
+    assert refused.result.rejected[0].at is not None
     # A Resources given to the command (as callers of the client did) is its Limit.
     assert SetQuota("bob", Band.BATCH, Resources(cpu=5)).limit == Limit({"cpu": 5})
 
