@@ -102,9 +102,10 @@ Placement = tuple["Task", "Machine", Sequence["Task"], "Task | None"]
 NO_VICTIMS: tuple[Task, ...] = ()
 # The rules that first check disruption budgets (`model.RULES`).
 BUDGET_RULES = 3
-# The rules under which a claim refused for quota names no machine change: the owner's
-# other claims took the quota, not whoever last changed the machine.
-QUOTA_BLAME_RULES = 7
+# The rules under which a claim's victims give their quota back for the claim (a task
+# replaced in place frees what its replacement needs), and a claim refused for quota names
+# no machine change (the owner's other tasks took the quota, not the machine's last change).
+QUOTA_RULES = 7
 _QUOTA_EXCEEDED = reasons.quota_exceeded("")
 
 
@@ -312,6 +313,7 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
                 refused.append(_rejection(claim, reason, machine))
                 continue
         delta = overlay.deltas.get(machine.id) if overlay is not None else None
+        quota = pending
         victims: Sequence[Task] = NO_VICTIMS
         if claim.victims:
             victims, reason = _victims(cell, claim, task, machine, coarse, overlay)
@@ -322,14 +324,20 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
                 continue
             if victims:
                 delta = delta.copy() if delta is not None else Account.delta()
-                scratch = Ledger()  # victims' quota is not the claim's concern
+                # What the victims hold, on the machine and of their owners' quota, is
+                # given back in this commit, before the claim takes its own.
+                freed = Ledger()
                 for victim in victims:
-                    scratch.remove(victim, delta)
-        reason = refusal(task, machine.account, delta, pending)
+                    freed.remove(victim, delta)
+                if cell.rules >= QUOTA_RULES:
+                    for key, taken in pending.taken.items() if pending is not None else ():
+                        freed.taken[key] = freed.taken.get(key, 0) + taken
+                    quota = freed
+        reason = refusal(task, machine.account, delta, quota)
         if reason is not None:
             blamed = (
                 None
-                if reason.startswith(_QUOTA_EXCEEDED) and cell.rules >= QUOTA_BLAME_RULES
+                if reason.startswith(_QUOTA_EXCEEDED) and cell.rules >= QUOTA_RULES
                 else machine
             )
             refused.append(_rejection(claim, reason, blamed))

@@ -42,6 +42,8 @@ from cellstate.resources import REQUIRED, Resources
 # 7: a quota may limit a dimension to zero (none of it); older releases could not
 #    say so (their parsers refuse zero), and older rules refuse it. A claim refused
 #    for quota names no machine change (`Rejection.by`): the machine was not the cause.
+#    A claim's victims give their quota back for it: a task replaced in place no longer
+#    needs a task's worth of quota to spare.
 RULES = 7
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1

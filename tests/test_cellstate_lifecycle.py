@@ -18,6 +18,7 @@ from cellstate import (
     HealthCheck,
     Heartbeat,
     JobSpec,
+    Limit,
     Ok,
     PromoteJob,
     ReportedState,
@@ -27,6 +28,7 @@ from cellstate import (
     ScaleJob,
     SchedulerClass,
     SetMachineState,
+    SetQuota,
     Stop,
     StopReason,
     TaskReport,
@@ -159,6 +161,28 @@ def test_the_budget_refuses_stops_beyond_max_unavailable():
     job = cell.jobs["web"]
     assert job.available == 2
     assert sum(t.state is TaskState.KILLED for t in cell.job_tasks(job)) == 2
+    cell.check_invariants()
+
+
+@pytest.mark.parametrize("rules", [6, 7])
+def test_a_task_replaced_in_place_gives_its_quota_to_its_replacement(rules):
+    cell = service(tasks=2, machines=2)
+    cell.rules = rules
+    spec = cell.jobs["web"].spec
+    cell.apply(SetQuota(spec.owner, spec.band, Limit.of({"cpu": 2 * spec.resources.cpu})))
+    update(cell, command=("v2",))
+    # Beside the old task, the replacement would need a third task's quota.
+    beside = txn(cell, Claim("web.0", "m1", cell.machines["m1"].seqnum, replace=True))
+    assert [r.reason for r in beside.rejected] == ["quota_exceeded:cpu"]
+    # In its place, the old task stops in the same commit and its quota is the
+    # replacement's (rules 7); rules 6 refused it, and an update at full quota stuck.
+    in_place = Claim("web.0", "m0", cell.machines["m0"].seqnum, ("web.0",), replace=True)
+    result = txn(cell, in_place)
+    if rules == 6:
+        assert [r.reason for r in result.rejected] == ["quota_exceeded:cpu"]
+        return
+    assert result.accepted == 1 and not result.rejected
+    assert cell.ledger.usage()[(spec.owner, spec.band)]["cpu"] == 2 * spec.resources.cpu
     cell.check_invariants()
 
 
