@@ -381,7 +381,7 @@ class SchedulerCore:
         verdicts: list[Verdict] = []
         # A gang goes alone (all or nothing): lifecycle work waits a decision.
         for job in changing if not gang else ():
-            plan = lifecycle.plan(cell, ctx, self.stack, job, now)
+            plan = lifecycle.plan(cell, ctx, self.stack, job, now, claimed)
             claims.extend(plan.claims)
             stops.extend(plan.stops)
             verdicts.extend(plan.verdicts)

@@ -50,6 +50,7 @@ from cellstate import (
     Task,
     Verdict,
 )
+from cellstate.ledger import Ledger
 from schedulers.context import DecisionContext
 from schedulers.explain import JobMetric
 from schedulers.stack import Stack
@@ -67,8 +68,16 @@ class Plan:
         return bool(self.claims or self.stops or self.verdicts)
 
 
-def plan(cell: CellState, ctx: DecisionContext, stack: Stack, job: Job, now: float) -> Plan:
-    """What to commit for `job`'s lifecycle now (see the module docstring)."""
+def plan(
+    cell: CellState,
+    ctx: DecisionContext,
+    stack: Stack,
+    job: Job,
+    now: float,
+    claimed: Ledger | None = None,
+) -> Plan:
+    """What to commit for `job`'s lifecycle now (see the module docstring); `claimed`: the
+    quota the decision's other claims take (`Ledger.admits`)."""
     spec = job.spec
     policy = spec.policy
     rollout = job.rollout
@@ -119,7 +128,7 @@ def plan(cell: CellState, ctx: DecisionContext, stack: Stack, job: Job, now: flo
             key=lambda t: (t.healthy_at is not None, t.index, t.id),
         )[:slots]
         if wanted:
-            claims = _replace(cell, ctx, stack, job, wanted, spend)
+            claims = _replace(cell, ctx, stack, job, wanted, spend, claimed)
 
     return Plan(tuple(claims), tuple(stops), _verdicts(cell, job, tasks, now, done))
 
@@ -131,11 +140,17 @@ def _replace(
     job: Job,
     wanted: list[Task],
     spend: Callable[[Task], bool],
+    claimed: Ledger | None = None,
 ) -> list[Claim]:
-    """Replacement claims for `wanted`: beside each old task where some
-    machine has room; otherwise, for an update (not a drain), in its place."""
+    """Replacement claims for `wanted`: beside each old task where some machine has
+    room and the owner's quota a task to spare; otherwise, for an update (not a drain),
+    in its place, where the old task's quota is its replacement's."""
     metric = JobMetric(job.id)  # lifecycle placements are not the job's attempts
-    placed = stack.place(ctx, job, wanted, metric)
+    successor = cell.successor(wanted[0])
+    beside, _ = cell.ledger.admits(successor, len(wanted), claimed)
+    placed = stack.place(ctx, job, wanted[:beside], metric) if beside else []
+    if claimed is not None and placed:
+        claimed.take(successor, len(placed))
     claims = [attrs.evolve(claim, replace=True) for claim in placed]
     done = {claim.task for claim in claims}
     for task in wanted:

@@ -15,6 +15,7 @@ from cellstate import (
     Commit,
     CommitResult,
     HealthCheck,
+    Limit,
     MachineState,
     PromoteJob,
     ReportedState,
@@ -23,6 +24,7 @@ from cellstate import (
     ScaleJob,
     SchedulerClass,
     SetMachineState,
+    SetQuota,
     TaskReport,
     TaskState,
     UpdateJob,
@@ -119,6 +121,22 @@ def test_a_rolling_update_never_has_more_than_max_parallel_tasks_down():
     assert run.worst <= 2
     assert run.cell.jobs["web"].stable_version == 2
     assert "web" not in run.cell.unsettled
+
+
+def test_an_update_at_full_quota_replaces_in_place_without_a_refused_claim():
+    run = Run()
+    run.until(lambda: run.cell.jobs["web"].available == 6)
+    spec = run.cell.jobs["web"].spec
+    quota = SetQuota(spec.owner, spec.band, Limit.of({"cpu": 6 * spec.resources.cpu}))
+    run.cell.apply(quota)
+    run.update(command=("serve", "v2"))
+    run.until(lambda: run.rollout_state(2) is RolloutState.SUCCEEDED)
+    live = run.live()
+    assert len(live) == 6 and {t.spec_version for t in live} == {2}
+    # No replacement could start beside its task: each took its task's place, two at a
+    # time at most, and not one claim was refused for quota on the way.
+    assert run.worst <= 2
+    assert run.sched.figures.conflicts_by_reason == {}, run.sched.figures.conflicts_by_reason
 
 
 def test_a_broken_version_fails_and_auto_revert_brings_back_the_last_good_one():
