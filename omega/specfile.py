@@ -31,6 +31,34 @@ class SpecFileError(Exception):
         self.message = message
 
 
+class _DuplicateKey(ValueError):
+    """A mapping that names one key twice: YAML and JSON parsers keep the last silently."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (`cpu: 1` then
+    `cpu: 2` would otherwise mean 2, with no word said)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise _DuplicateKey(f"line {mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"key {key!r} is given twice in one object")
+        out[key] = value
+    return out
+
+
 def read_document(path: Path) -> Any:
     try:
         raw = path.read_bytes()
@@ -41,16 +69,17 @@ def read_document(path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            return yaml.safe_load(raw)
+            return yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
         if suffix == ".toml":
             return tomllib.loads(raw.decode())
         if suffix == ".json":
-            return json.loads(raw)
+            return json.loads(raw, object_pairs_hook=_unique_pairs)
     except (
         yaml.YAMLError,
         tomllib.TOMLDecodeError,
         json.JSONDecodeError,
         UnicodeDecodeError,
+        _DuplicateKey,
     ) as exc:
         raise SpecFileError(path, f"is not valid {suffix[1:].upper()}: {exc}") from None
     raise SpecFileError(path, f"unknown format {suffix!r}: use .yaml, .yml, .toml or .json")
