@@ -167,8 +167,13 @@ def plan(
     metric = found["explanation"]
     if metric and found["fits"] < found["tasks"]:
         why = {**metric["filtered"], **metric["exhausted"]}
-        told = ", ".join(f"{n} {reason}" for reason, n in sorted(why.items())) or "-"
-        out.print(f"the rest: {metric['unplaced_reason'] or 'no room'} (machines: {told})")
+        told = ", ".join(f"{n} {reason}" for reason, n in sorted(why.items()))
+        if metric.get("quota_held"):
+            held = f"{metric['quota_held']} held back by {spec.owner}'s quota in {spec.band.label}"
+            told = f"{held}; machines: {told}" if told else held
+        else:
+            told = f"machines: {told or '-'}"
+        out.print(f"the rest: {metric['unplaced_reason'] or 'no room'} ({told})")
     # Soft-wrapped: the terminal may fold the lines, but no newline is printed inside the
     # token, so the command copies whole.
     out.print(f"plan token: {found['token']}", soft_wrap=True)

@@ -99,6 +99,17 @@ def test_a_plan_refused_at_commit_takes_the_submission_back():
     cell.check_invariants()
 
 
+def test_a_plan_places_only_what_the_quota_admits():
+    cell = cell_with(machines=2, cpu=4000)
+    cell.apply(SetQuota("alice", Band.BATCH, Resources(2500), at=5.0))
+    spec = _spec(tasks=4)
+    found = _planned(cell, spec)
+    assert found["fits"] == 2 and found["explanation"]["quota_held"] == 2
+    assert found["explanation"]["unplaced_reason"] == "quota_exceeded:cpu"
+    out = cell.apply(SubmitPlan("web-1", spec, _claims(found), at=9.0))
+    assert isinstance(out.result, CommitResult) and out.result.accepted == 2
+
+
 def test_claims_must_be_the_jobs_own():
     cell = cell_with()
     submit(cell, "x", tasks=1)

@@ -76,3 +76,12 @@ def test_plan_then_submit_places_exactly_the_plan_or_nothing(tmp_path):
             "api-1 running",
             lambda: all(t["state"] == "running" for t in cell.json("tasks", "--job", "api-1")),
         )
+
+        # An owner whose quota admits two of the three: the plan places two, and says
+        # what holds back the third.
+        capped = tmp_path / "capped.yaml"
+        capped.write_text("owner: team-q\n" + SPEC.format(name="capped"))
+        cell.omega("quota", "set", "team-q", "batch", "cpu=250m")
+        shown = cell.omega("plan", str(capped)).stdout
+        assert "2 of 3 tasks fit" in shown, shown
+        assert "the rest: quota_exceeded:cpu (1 held back by team-q's quota in batch)" in shown
