@@ -206,7 +206,8 @@ def judge_stops(
     (the caller stops it before asking for the next) and append a `Rejection`
     for each refused. A stop is justified by its reason: `replaced` needs the
     task's replacement running and healthy, `scaled` an index beyond the job's
-    size; and it must fit the job's budget. An all-or-nothing transaction whose
+    size, `drained` a task on a draining machine that nothing replaces yet (rules 7);
+    and it must fit the job's budget. An all-or-nothing transaction whose
     claims failed stops nothing."""
     for stop in txn.stops:
         reason = reasons.ABORTED if aborted else _stop_refusal(cell, stop)
@@ -227,6 +228,16 @@ def _stop_refusal(cell: CellState, stop: Stop) -> str | None:
     if stop.reason is StopReason.REPLACED:
         successor = cell.tasks.get(task.replaced_by) if task.replaced_by else None
         if successor is None or successor.healthy_at is None:
+            return reasons.STOP_UNJUSTIFIED
+    elif stop.reason is StopReason.DRAINED:
+        machine = cell.machines.get(task.machine) if task.machine else None
+        if (
+            cell.rules < QUOTA_RULES
+            or task.state not in ACTIVE_STATES
+            or machine is None
+            or machine.state is not MachineState.DRAINING
+            or cell.replacement(task) is not None
+        ):
             return reasons.STOP_UNJUSTIFIED
     elif task.index < cell.jobs[task.job].spec.tasks:
         return reasons.STOP_UNJUSTIFIED

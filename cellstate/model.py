@@ -43,7 +43,8 @@ from cellstate.resources import REQUIRED, Resources
 #    say so (their parsers refuse zero), and older rules refuse it. A claim refused
 #    for quota names no machine change (`Rejection.by`): the machine was not the cause.
 #    A claim's victims give their quota back for it: a task replaced in place no longer
-#    needs a task's worth of quota to spare.
+#    needs a task's worth of quota to spare. A transaction may stop a task on a draining
+#    machine as `drained` (it is evicted, pending again), within its job's budget.
 RULES = 7
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
@@ -721,6 +722,9 @@ class Claim:
 class StopReason(enum.StrEnum):
     REPLACED = "replaced"  # its replacement runs
     SCALED = "scaled"  # its index is beyond the job's size
+    # On a draining machine, with no quota to spare for a replacement beside it: evicted,
+    # pending again, for its scheduler to place elsewhere (rules 7).
+    DRAINED = "drained"
 
 
 @attrs.frozen(slots=True)

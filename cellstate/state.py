@@ -97,6 +97,7 @@ from cellstate.model import (
     Role,
     Rollout,
     RolloutState,
+    StopReason,
     Task,
     TaskState,
     TokenRecord,
@@ -1163,7 +1164,11 @@ class CellState:
         if cmd.txn.stops:
             aborted = len(rejected) > 0 and cmd.txn.mode is TxnMode.ALL_OR_NOTHING
             for task, stop in judge_stops(self, cmd.txn, rejected, aborted):
-                self._retire(task, stop.reason, cmd.at, events)
+                if stop.reason is StopReason.DRAINED:
+                    # Moved, not ended: pending again, as a drain's deadline leaves it.
+                    self._evict(task, stop.reason, events)
+                else:
+                    self._retire(task, stop.reason, cmd.at, events)
                 reviews[task.job] = None
         for jid in reviews:
             self._review(self.jobs[jid])

@@ -186,6 +186,27 @@ def test_a_task_replaced_in_place_gives_its_quota_to_its_replacement(rules):
     cell.check_invariants()
 
 
+@pytest.mark.parametrize("rules", [6, 7])
+def test_a_task_on_a_draining_machine_may_be_stopped_drained_and_comes_back_pending(rules):
+    cell = service(tasks=2, machines=2)
+    cell.rules = rules
+    on_m1 = Stop("web.1", StopReason.DRAINED)
+    # Not draining: nothing justifies it.
+    assert [r.reason for r in txn(cell, stops=(on_m1,)).rejected] == ["stop_unjustified"]
+    cell.apply(SetMachineState("m0", MachineState.DRAINING, at=10.0))
+    result = txn(cell, stops=(Stop("web.0", StopReason.DRAINED),))
+    task = cell.tasks["web.0"]
+    if rules == 6:
+        assert [r.reason for r in result.rejected] == ["stop_unjustified"]
+        assert task.state is TaskState.RUNNING
+        return
+    assert not result.rejected
+    # Evicted as a drain's deadline evicts: pending again, off the machine, its quota free.
+    assert (task.state, task.reason, task.machine) == (TaskState.PENDING, "drained", None)
+    assert "web.0" not in cell.machines["m0"].tasks and cell.jobs["web"].available == 1
+    cell.check_invariants()
+
+
 def test_the_budget_binds_preemption_by_another_scheduler():
     cell = cell_with(machines=1, cpu=4000)
     submit(
