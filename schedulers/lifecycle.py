@@ -128,7 +128,8 @@ def plan(
             key=lambda t: (t.healthy_at is not None, t.index, t.id),
         )[:slots]
         if wanted:
-            claims = _replace(cell, ctx, stack, job, wanted, spend, claimed)
+            claims, drained = _replace(cell, ctx, stack, job, wanted, spend, claimed)
+            stops.extend(drained)
 
     return Plan(tuple(claims), tuple(stops), _verdicts(cell, job, tasks, now, done))
 
@@ -141,10 +142,12 @@ def _replace(
     wanted: list[Task],
     spend: Callable[[Task], bool],
     claimed: Ledger | None = None,
-) -> list[Claim]:
+) -> tuple[list[Claim], list[Stop]]:
     """Replacement claims for `wanted`: beside each old task where some machine has
-    room and the owner's quota a task to spare; otherwise, for an update (not a drain),
-    in its place, where the old task's quota is its replacement's."""
+    room and the owner's quota a task to spare; otherwise, for an update, in its place,
+    where the old task's quota is its replacement's. A drained task the quota leaves no
+    replacement beside is stopped `drained` instead (evicted, within the budget): pending
+    again, its quota free, it is placed elsewhere like any pending task."""
     metric = JobMetric(job.id)  # lifecycle placements are not the job's attempts
     successor = cell.successor(wanted[0])
     beside, _ = cell.ledger.admits(successor, len(wanted), claimed)
@@ -153,12 +156,21 @@ def _replace(
         claimed.take(successor, len(placed))
     claims = [attrs.evolve(claim, replace=True) for claim in placed]
     done = {claim.task for claim in claims}
+    held = {t.id for t in wanted[beside:]}
+    stops: list[Stop] = []
     for task in wanted:
-        if task.id in done or job.current(task) or not spend(task):
+        if task.id in done:
+            continue
+        if job.current(task):
+            # A drain: stop-first only when the quota, not room, kept it from moving.
+            if task.id in held and spend(task):
+                stops.append(Stop(task.id, StopReason.DRAINED))
+            continue
+        if not spend(task):
             continue
         machine = cell.machines[task.machine]  # type: ignore[index]
         claims.append(Claim(task.id, machine.id, machine.seqnum, (task.id,), replace=True))
-    return claims
+    return claims, stops
 
 
 def _verdicts(

@@ -197,6 +197,22 @@ def test_a_drain_moves_tasks_before_stopping_them():
     assert run.worst <= 2 and "web" not in run.cell.unsettled
 
 
+def test_a_drain_at_full_quota_moves_tasks_stop_first_within_the_budget():
+    run = Run(tasks=4, machines=4)
+    run.until(lambda: run.cell.jobs["web"].available == 4)
+    spec = run.cell.jobs["web"].spec
+    run.cell.apply(SetQuota(spec.owner, spec.band, Limit.of({"cpu": 4 * spec.resources.cpu})))
+    machine = next(t.machine for t in run.live())
+    on_it = {t.id for t in run.live() if t.machine == machine}
+    run.cell.apply(SetMachineState(machine, MachineState.DRAINING, at=run.now))
+    run.until(lambda: not run.cell.machines[machine].tasks and run.cell.jobs["web"].available == 4)
+    # No replacement could start beside them: each was stopped, pending again, and placed
+    # elsewhere, its quota free; never more than the budget down, nothing refused.
+    assert all(run.cell.tasks[tid].machine != machine for tid in on_it)
+    assert len(run.live()) == 4 and run.worst <= 2
+    assert run.sched.figures.conflicts_by_reason == {}, run.sched.figures.conflicts_by_reason
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_a_drained_task_is_replaced_in_its_own_domain_when_it_has_room(seed):
     # The task being replaced counted in its domain's load, so its replacement
