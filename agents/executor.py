@@ -362,7 +362,10 @@ class Executor(ReportingExecutor):
                     preexec_fn=self._preexec(limits),
                     close_fds=True,
                 )
-        except (OSError, subprocess.SubprocessError) as e:
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            # ValueError: what the kernel cannot be given (an environment name with '=',
+            # a NUL byte), from a spec the edge did not refuse (one logged before it did).
+            # The task fails to start; the agent goes on with its other tasks.
             await trio.to_thread.run_sync(limits.remove)
             return Outcome(ReportedState.FAILED, None, f"start_error: {e}")
         started = trio.current_time()

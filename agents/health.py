@@ -104,7 +104,9 @@ async def _exec(
                 preexec_fn=preexec,
                 deliver_cancel=kill_group,
             )
-        except (OSError, subprocess.SubprocessError):
+        except (OSError, subprocess.SubprocessError, ValueError):
+            # (ValueError: an argument or environment the kernel cannot be given.) A check
+            # that cannot run fails; it never takes the agent down.
             return False
         return done.returncode == 0
     return False

@@ -183,6 +183,26 @@ def test_start_error_is_reported(limits, tmp_path: Path) -> None:
     trio.run(main)
 
 
+def test_an_environment_the_kernel_refuses_fails_the_task_not_the_agent(
+    limits, tmp_path: Path
+) -> None:
+    """A name with '=' took the whole agent down, and `omega up` restarted it into the same
+    task: every task of the machine went with it, again and again."""
+    rec = Recorder()
+
+    async def main() -> None:
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start("bad.0", 1, TaskSpec(argv=("true",), env={"A=B": "x"}))
+            final = await rec.wait_final("bad.0")
+            assert final.state is ReportedState.FAILED
+            assert final.reason == "start_error: illegal environment variable name"
+            ex.start("good.0", 1, TaskSpec(argv=("true",)))
+            done = await rec.wait_final("good.0")
+            assert (done.state, done.exit_code) == (ReportedState.EXITED, 0)
+
+    trio.run(main)
+
+
 def test_task_runs_inside_its_cgroups_with_limits(limits, tmp_path: Path) -> None:
     if limits.kind is not LimitKind.CGROUP_V1:
         pytest.skip(f"checks cgroup v1 files; this host uses {limits.describe()}")

@@ -176,3 +176,18 @@ def test_http_check_on_a_server_that_never_starts_is_never_healthy(limits, tmp_p
         assert verdicts(rec, "web.0") == []
 
     trio.run(main)
+
+
+def test_an_exec_check_no_process_can_be_started_with_fails_and_the_agent_goes_on(
+    tmp_path: Path,
+):
+    """A NUL byte in a check's argument (a spec logged before the edge refused one) made
+    `subprocess` raise ValueError, which no caller caught: the check fails instead."""
+    from agents.health import probe
+
+    async def main() -> None:
+        check = HealthCheck(exec=("test", "a\0b"))
+        assert await probe(check, tmp_path, {}) is False
+        assert await probe(HealthCheck(exec=("true",)), tmp_path, {}) is True
+
+    trio.run(main)
