@@ -267,6 +267,26 @@ def _claim_to_wire(claim: Claim) -> list[Any]:
     return row
 
 
+def _check_exec_strings(spec: JobSpec) -> None:
+    """Refuse what no process can be started with: an environment name that is empty or
+    holds '=', and a NUL byte in a name, a value or an argument (the command's or the
+    check's). An agent could only fail the task at its start."""
+    for name, value in spec.env.items():
+        if not name or "=" in name or "\0" in name:
+            raise FieldError(
+                f"env[{name!r}]", "a variable's name must not be empty nor hold '=' or a NUL byte"
+            )
+        if "\0" in value:
+            raise FieldError(f"env[{name!r}]", "a variable's value must not hold a NUL byte")
+    argvs = [("command", spec.command)]
+    if spec.check is not None and spec.check.exec:
+        argvs.append(("check.exec", spec.check.exec))
+    for field, argv in argvs:
+        for i, arg in enumerate(argv):
+            if "\0" in arg:
+                raise FieldError(f"{field}[{i}]", "an argument must not hold a NUL byte")
+
+
 def _make(edge: bool) -> cattrs.Converter:
     conv = make_converter(detailed_validation=edge, forbid_extra_keys=edge)
     # cpu is written as millicores with its unit ("500m"): a bare number in a
@@ -340,7 +360,8 @@ def _make(edge: bool) -> cattrs.Converter:
                     value["command"] = shlex.split(value["command"])
             spec: JobSpec = spec_hook(value, JobSpec)
             # Refused here, where a person sends a spec, not by `JobSpec` itself: a log
-            # written before this check may hold such a spec, and must still replay.
+            # written before these checks may hold such a spec, and must still replay.
+            _check_exec_strings(spec)
             if spec.spread is not None and spec.scheduler is not SchedulerClass.SERVICE:
                 raise FieldError(
                     "spread",

@@ -95,6 +95,12 @@ def test_spec_defaults_and_band_names():
         ({"restart": "sometimes"}, "$.restart", "never, on-failure, always"),
         ({"scheduler": "batch", "spread": "domain"}, "$.spread", "only the service scheduler"),
         ({"command": ["sh", True]}, "$.command[1]", "got bool True (quote it: 'true')"),
+        # What no process can be started with: an agent could only fail the task.
+        ({"env": {"A=B": "x"}}, "$.env['A=B']", "must not be empty nor hold '='"),
+        ({"env": {"": "x"}}, "$.env['']", "must not be empty"),
+        ({"env": {"A": "x\0"}}, "$.env['A']", "must not hold a NUL byte"),
+        ({"command": ["sh", "a\0b"]}, "$.command[1]", "must not hold a NUL byte"),
+        ({"check": {"exec": ["test", "\0"]}}, "$.check.exec[1]", "must not hold a NUL byte"),
     ],
 )
 def test_spec_errors_name_the_field_and_what_is_allowed(patch, field, words):
@@ -193,3 +199,7 @@ def test_a_logged_spec_the_edge_now_refuses_still_replays():
     with pytest.raises(SpecError) as caught:
         parse(sent | {"spec": BASE | {"scheduler": "batch", "spread": "domain"}}, Command)
     assert caught.value.field == "$.spec.spread"
+    # So with an environment name no process can be given (an agent fails the task at start).
+    spec = attrs.evolve(parse(BASE, JobSpec), env={"A=B": "x"})
+    command = SubmitJob("old-2", spec, at=1.0, id="c2")
+    assert decode_command(encode_command(command)) == command
