@@ -205,8 +205,21 @@ def _order(name: str) -> tuple[int, str]:
     return (list(DIMENSIONS).index(name), "") if name in DIMENSIONS else (len(DIMENSIONS), name)
 
 
+class _Amounts:
+    """What `Resources` and `Limit` read alike from their `amounts`."""
+
+    __slots__ = ()
+    amounts: dict[str, int]
+
+    def devices(self) -> dict[str, int]:
+        return {k: v for k, v in self.amounts.items() if k not in DIMENSIONS}
+
+    def human(self) -> str:
+        return " ".join(f"{name}={format_amount(name, v)}" for name, v in self.amounts.items())
+
+
 @attrs.frozen(slots=True, init=False)
-class Resources:
+class Resources(_Amounts):
     """A resource vector: a positive integer per dimension it names, none for the rest.
 
     `Resources(500, 256 << 20, gpu=1)` or `Resources.of({"cpu": 500, ...})`.
@@ -244,15 +257,9 @@ class Resources:
     def items(self) -> Iterator[tuple[str, int]]:
         return iter(self.amounts.items())
 
-    def devices(self) -> dict[str, int]:
-        return {k: v for k, v in self.amounts.items() if k not in DIMENSIONS}
-
-    def human(self) -> str:
-        return " ".join(f"{name}={format_amount(name, v)}" for name, v in self.amounts.items())
-
 
 @attrs.frozen(slots=True)
-class Limit:
+class Limit(_Amounts):
     """A quota's limit: an amount per dimension it names, zero included (none of it may be
     taken); a dimension it does not name is unlimited. `Resources` drops zeros, which here
     would turn "none" into "unlimited". `Limit.of({"cpu": 64_000, "gpu": 0})`."""
@@ -262,12 +269,6 @@ class Limit:
     @classmethod
     def of(cls, amounts: Mapping[str, int]) -> Limit:
         return cls(_canonical(amounts, keep_zero=True))
-
-    def devices(self) -> dict[str, int]:
-        return {k: v for k, v in self.amounts.items() if k not in DIMENSIONS}
-
-    def human(self) -> str:
-        return " ".join(f"{name}={format_amount(name, v)}" for name, v in self.amounts.items())
 
 
 def _canonical(raw: Mapping[str, Any], keep_zero: bool = False) -> dict[str, int]:
