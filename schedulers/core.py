@@ -348,18 +348,18 @@ class SchedulerCore:
             self.attempts[jid] = self.attempts.get(jid, 0) + 1
             tasks = cell.first_pending(job, count)
             metric = metrics[jid] = self._last[jid] = JobMetric(jid)
-            held = ""
+            over_quota = ""  # why the quota holds some back (`quota_exceeded:<dim>`)
             if claimed is not None and tasks:
-                admitted, held = quota.admits(tasks[0], len(tasks), claimed)
-                if held:
+                admitted, over_quota = quota.admits(tasks[0], len(tasks), claimed)
+                if over_quota:
                     # A gang goes whole or not at all.
                     kept = tasks[: 0 if job.spec.gang else admitted]
                     metric.quota_held = len(tasks) - len(kept)
                     metric.wanted += metric.quota_held
                     tasks = kept
-            placed = self.stack.place(ctx, job, tasks, metric) if tasks else []
-            if held:
-                metric.unplaced_reason = held
+            placed = [] if over_quota and not tasks else self.stack.place(ctx, job, tasks, metric)
+            if over_quota:
+                metric.unplaced_reason = over_quota
                 if not tasks and self.paper is None:
                     self._held[jid] = quota.quota_state(job.spec.owner, job.spec.band)
             if claimed is not None and placed:
