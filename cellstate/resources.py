@@ -127,7 +127,9 @@ def parse_count(value: Any, name: str = "device", zero: bool = False) -> int:
 
 
 def _bounded(dimension: str, raw: Any, amount: int, limit: int, zero: bool = False) -> int:
-    if amount < 0 or (amount == 0 and not zero):
+    if amount < 0 and zero:
+        raise UnitError(f"{dimension} {raw!r} must be 0 or more")
+    if amount <= 0 and not zero:
         raise UnitError(f"{dimension} {raw!r} must be greater than zero")
     if amount > limit:
         raise UnitError(f"{dimension} {raw!r} is larger than the maximum {limit}")

@@ -242,6 +242,12 @@ def test_a_quota_of_zero_allows_none_and_an_unnamed_dimension_stays_unlimited():
         Command,
     )
     assert command.limit == Limit({"cpu": 8000, "gpu": 0})
+    with pytest.raises(SpecError) as negative:
+        parse({"owner": "alice", "band": 1, "limit": {"gpu": -1}}, SetQuota)
+    assert (negative.value.field, negative.value.message) == (
+        "$.limit.gpu",
+        "gpu -1 must be 0 or more",
+    )
     assert isinstance(cell.apply(command).result, Ok)
     submit(cell, "train", tasks=1, cpu=500, extra={"gpu": 1})
     submit(cell, "plain", tasks=2, cpu=500, memory=6 * GI)
