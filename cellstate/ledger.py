@@ -343,19 +343,8 @@ class Ledger:
                 raise AssertionError(f"packed room of {task.id} disagrees with its fields")
             return reasons.short(dim, account.capacity.get(dim, 0))
         if not self.limits or task.best_effort:
-            return None
-        key = task.quota
-        limit = self.limits.get(QUOTA_KEYS[key])
-        if limit is None:
-            return None
-        demand = task.need.amounts
-        taken = self.taken.get(key, 0) + (pending.taken.get(key, 0) if pending else 0)
-        counted = unpack(taken, demand)
-        for dim, amount in demand.items():
-            cap = limit.get(dim)
-            if cap is not None and counted[dim] + amount > cap:
-                return reasons.quota_exceeded(dim)
-        return None
+            return None  # (checked here too: no call per claim in a cell without quotas)
+        return self.admits(task, 1, pending)[1] or None
 
     def admits(self, task: Task, wanted: int, pending: Ledger | None = None) -> tuple[int, str]:
         """How many of `wanted` tasks like `task` (one job's: one owner, band and demand)
