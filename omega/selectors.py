@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 import attrs
 
 _WORD = r"[A-Za-z0-9][A-Za-z0-9_.\-/]*"
+_VALUE = re.compile(_WORD)
 _REQUIREMENT = re.compile(
     rf"""\s*(?:
         (?P<not>!)\s*(?P<absent>{_WORD})
@@ -85,8 +86,21 @@ def _requirement(found: re.Match[str]) -> Requirement:
         op = "!=" if found["op"] == "!=" else "="
         return Requirement(key, op, frozenset({found["value"]}))
     if found["set"]:
-        values = frozenset(v.strip() for v in found["values"].split(",") if v.strip())
-        return Requirement(key, found["set"], values)
+        values = [v.strip() for v in found["values"].split(",")]
+        # kubectl refuses an empty set, and a value no label can hold would match
+        # nothing (or, after notin, everything) without a word.
+        bad = next((v for v in values if not _VALUE.fullmatch(v)), None)
+        if bad is not None:
+            what = (
+                f"the set after {found['set']} is empty"
+                if values == [""]
+                else f"{bad!r} cannot be a label value"
+            )
+            raise SelectorError(
+                f"selector requirement {found.group().strip(' ,')!r}: {what}: give one or "
+                "more values of letters, digits and -_./, comma-separated"
+            )
+        return Requirement(key, found["set"], frozenset(values))
     return Requirement(key, "exists")
 
 

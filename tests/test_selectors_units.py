@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from omega.selectors import SelectorError, matcher, parse
@@ -36,6 +38,23 @@ def test_selectors_match_as_kubectl_does(text, matches):
 @pytest.mark.parametrize("text", ["=x", "team=ml,,", "team in a,b", "team=(x)", "!"])
 def test_a_bad_selector_names_the_part_it_cannot_read(text):
     with pytest.raises(SelectorError, match="cannot read"):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("team in ()", "the set after in is empty"),
+        ("team notin ( )", "the set after notin is empty"),
+        ("team in (a b)", "'a b' cannot be a label value"),
+        ("env=dev,team notin (ml,,web)", "'' cannot be a label value"),
+        ("team in (!ml)", "'!ml' cannot be a label value"),
+    ],
+)
+def test_a_set_with_nothing_a_label_can_hold_is_refused(text, says):
+    # Such a set matched nothing (after `in`) or everything (after `notin`), and
+    # `omega kill -l` acts on what matches.
+    with pytest.raises(SelectorError, match=re.escape(says)):
         parse(text)
 
 
