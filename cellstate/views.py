@@ -149,10 +149,11 @@ def task_view(task: Task) -> dict[str, Any]:
         "started_at": task.started_at,
         "finished_at": task.finished_at,
         "usage": resources(task.usage) if task.usage_at else None,
-        # The job spec version this task runs, and its health check verdict
-        # (true, false, or null when its job has no check or it is not judged yet).
+        # The job spec version this task runs, and its health check verdict: true,
+        # false, or null when its job has no check, it is not judged yet or it has
+        # ended (the state keeps the last verdict, but a killed task is not healthy).
         "version": task.spec_version,
-        "healthy": task.healthy,
+        "healthy": task.healthy if task.state in ACTIVE_STATES else None,
         "index": task.index,
         "replaces": task.replaces,
         "replaced_by": task.replaced_by,

@@ -45,3 +45,14 @@ def test_the_example_web_service_runs_healthy(tmp_path):
             lambda: any(t["machine"] for t in cell.json("tasks", "--job", other)),
         )
         assert {t["healthy"] for t in cell.json("tasks", "--job", other)} == {None}
+
+        # An ended task has no health: its last verdict read "killed  healthy".
+        cell.omega("kill", job)
+
+        def all_killed() -> list[dict] | None:
+            tasks = cell.json("tasks", "--job", job)
+            return tasks if all(t["state"] == "killed" for t in tasks) else None
+
+        killed = wait_for("the web tasks killed", all_killed)
+        assert {t["healthy"] for t in killed} == {None}, killed
+        assert "healthy" not in cell.omega("tasks", "--job", job).stdout
