@@ -45,7 +45,9 @@ from cellstate.resources import REQUIRED, Resources
 #    A claim's victims give their quota back for it: a task replaced in place no longer
 #    needs a task's worth of quota to spare. A transaction may stop a task on a draining
 #    machine as `drained` (it is evicted, pending again), within its job's budget.
-RULES = 7
+# 8: a job keeps its name: an update whose spec names another is refused
+#    (`name_changed`), as one naming another owner or scheduler class always was.
+RULES = 8
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000

@@ -126,6 +126,8 @@ FAIR_RULES = 5
 TOKEN_RULES = 6
 # The rules that first let a quota limit a dimension to none (a zero in `SetQuota.limit`).
 ZERO_QUOTA_RULES = 7
+# The rules that first hold a job to its name across updates.
+NAME_RULES = 8
 
 
 class CellState:
@@ -532,6 +534,15 @@ class CellState:
                 "owner_changed",
                 f"{spec.owner!r} is not this job's owner ({old.owner!r}); a job keeps its owner",
                 "spec.owner",
+            )
+        if spec.name != old.name and self.rules >= NAME_RULES:
+            # Its id names the job to commands; its name is what people read, and a spec
+            # file of another job sent by mistake would otherwise run under this one.
+            return Error(
+                "name_changed",
+                f"{spec.name!r} is not this job's name ({old.name!r}); a job keeps its name: "
+                "submit a new job instead",
+                "spec.name",
             )
         if spec == old:
             return Ok()  # nothing to change, or a retried update

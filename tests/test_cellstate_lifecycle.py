@@ -92,6 +92,21 @@ def test_update_makes_a_version_and_starts_a_rollout_over_the_placed_tasks():
     cell.check_invariants()
 
 
+@pytest.mark.parametrize("rules", [7, 8])
+def test_an_update_naming_another_job_is_refused_under_rules_8(rules):
+    cell = service()
+    cell.rules = rules
+    before = cell.snapshot()
+    out = update(cell, name="db", command=("serve", "--v2"))
+    if rules == 7:  # a log written by the release before keeps replaying as it ran
+        assert out.result == Ok() and cell.jobs["web"].spec.name == "db"
+        return
+    assert isinstance(out.result, Error)
+    assert (out.result.code, out.result.field) == ("name_changed", "spec.name")
+    assert "'db' is not this job's name ('web')" in out.result.message
+    assert _essence(cell.snapshot()) == _essence(before)
+
+
 def test_an_update_refuses_another_scheduler_class_or_unknown_job_changing_nothing():
     cell = service()
     before = cell.snapshot()

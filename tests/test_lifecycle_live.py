@@ -124,6 +124,13 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
         path.write_text(yaml.safe_dump(other))
         changed = cell.omega("update", "web", str(path), check=False)
         assert changed.returncode == 1 and "spec.scheduler" in changed.stderr
+        renamed = yaml.safe_load(EXAMPLE.read_text())
+        renamed.update(name="db", env={"VERSION": "db"})
+        path.write_text(yaml.safe_dump(renamed))
+        changed = cell.omega("update", "web", str(path), check=False)
+        assert changed.returncode == 1, changed
+        assert "name_changed: 'db' is not this job's name ('web')" in changed.stderr
+        assert "(spec.name)" in changed.stderr
         drain = cell.omega("drain", "no-such-machine", check=False)
         assert drain.returncode == 1 and "machine_unknown" in drain.stderr
         assert cell.json("job", "web")["version"] == 7
