@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import random
 import signal
@@ -571,7 +570,6 @@ def main(config: AgentConfig) -> None:
     from cellstore.logs import configure_json_logging
 
     configure_json_logging()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat otherwise
     trio.run(_until_signal, config)
 
 

@@ -1,5 +1,6 @@
 """JSON logging for replica processes: structlog events and stdlib records (pysyncobj,
-hypercorn) rendered as one JSON object per line on stderr."""
+hypercorn) rendered as one JSON object per line on stderr: what replicas, schedulers and agents
+log."""
 
 from __future__ import annotations
 
@@ -36,3 +37,6 @@ def configure_json_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at info: a line per heartbeat, report and commit, which
+    # buries what the process itself has to say.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

@@ -190,6 +190,10 @@ def test_two_batch_schedulers_race_conflict_and_never_overcommit(live: LiveCell)
     assert a["conflicted_transactions"] + b["conflicted_transactions"] > 0
     assert a["claims_rejected"] + b["claims_rejected"] > 0
     assert a["busyness"] > 0 and b["busyness"] > 0
+    # Its log says what it decided, not one line per request it sent (httpx's, at info).
+    logs = live.scheduler_logs()
+    assert "scheduler_started" in logs, logs
+    assert "HTTP Request" not in logs, logs
 
 
 def test_two_batch_schedulers_with_avoidance_keep_to_their_partitions(live: LiveCell) -> None:
