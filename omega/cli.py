@@ -181,7 +181,9 @@ def emit_json(value: Any) -> None:
 
 
 def counts_text(counts: dict[str, int]) -> str:
-    return " ".join(f"{state}={n}" for state, n in counts.items()) or "-"
+    """`pending=8 running=3`: the states a job's (or the cell's) tasks are in; a state
+    none is in is left out."""
+    return " ".join(f"{state}={n}" for state, n in counts.items() if n) or "-"
 
 
 def labels_text(labels: Mapping[str, str]) -> str:
@@ -657,8 +659,8 @@ def explain(
         console().print("nothing pending")
     elif not found["schedulers"]:
         console().print(
-            f"{found['pending']} tasks pending; no scheduler has reported on them yet "
-            f"(is a {job_view['scheduler']} scheduler running?)"
+            f"{count(found['pending'], 'task')} pending; no scheduler has reported on them "
+            f"yet (is a {job_view['scheduler']} scheduler running?)"
         )
     for name, account in found["schedulers"].items():
         console().print(f"[bold]{name}[/bold]: {literal(account)}")

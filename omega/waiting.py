@@ -77,7 +77,17 @@ def wait_for_job(
                 blocked_since = None
             last_pending = pending
             if now > deadline:
-                fail(f"job {job} not settled after {timeout:.0f} s: {counts_text(counts)}")
+                unseen = ""
+                if pending and not found["schedulers"]:
+                    # As `omega explain` says it: nothing placed it because nothing tried.
+                    unseen = (
+                        f"; no scheduler has reported on it (is a {view['scheduler']} "
+                        "scheduler running? omega status lists those that report)"
+                    )
+                fail(
+                    f"job {job} not settled after {timeout:.0f} s: {counts_text(counts)}"
+                    + unseen
+                )
             time.sleep(POLL_S)
     if view["state"] in ("failed", "killed"):
         fail(f"job {job} {view['state']}: {counts_text(counts)}")

@@ -85,3 +85,23 @@ def test_plan_then_submit_places_exactly_the_plan_or_nothing(tmp_path):
         shown = cell.omega("plan", str(capped)).stdout
         assert "2 of 3 tasks fit" in shown, shown
         assert "the rest: quota_exceeded:cpu (1 held back by team-q's quota in batch)" in shown
+
+        # A job of a class no scheduler runs for: `--wait` says so when it gives up, as
+        # `omega explain` does, rather than only `pending=3`.
+        waited = cell.omega(
+            "submit",
+            "examples/web-service.yaml",
+            "--id",
+            "web-svc",
+            "--wait",
+            "--timeout",
+            "2",
+            check=False,
+        )
+        assert waited.returncode == 1, waited
+        assert "not settled after 2 s: pending=3; no scheduler has reported on it" in (
+            waited.stderr
+        ), waited.stderr
+        assert "is a service scheduler running?" in waited.stderr
+        told = cell.omega("explain", "web-svc").stdout
+        assert "3 tasks pending; no scheduler has reported on them yet" in told, told
