@@ -84,10 +84,7 @@ def wait_for_job(
                         f"; no scheduler has reported on it (is a {view['scheduler']} "
                         "scheduler running? omega status lists those that report)"
                     )
-                fail(
-                    f"job {job} not settled after {timeout:.0f} s: {counts_text(counts)}"
-                    + unseen
-                )
+                fail(f"job {job} not settled after {timeout:.0f} s: {counts_text(counts)}" + unseen)
             time.sleep(POLL_S)
     if view["state"] in ("failed", "killed"):
         fail(f"job {job} {view['state']}: {counts_text(counts)}")
