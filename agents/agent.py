@@ -29,7 +29,9 @@ One agent process speaks for one real machine, or for `hollow` simulated ones
   ones are reported `lost` so the cell places them again.
 
 Everything runs in one nursery; cancelling it (SIGTERM, SIGINT) stops the
-tasks, unless `detach`, which leaves them for the next agent's `recover`.
+tasks, unless `detach`, which leaves them for the next agent's `recover`. Tasks
+stopped because the agent leaves are reported `lost`: the cell wanted them, so
+they return to pending and run again where they are placed next.
 """
 
 from __future__ import annotations
@@ -285,6 +287,10 @@ class Agent:
             self.reconcile(self.machines)
 
     def _start(self, machine: str, task: str, incarnation: int) -> None:
+        if self._stopping.is_set():
+            # Leaving: what it stops comes back pending, and may be placed here again
+            # before the cell learns this agent is gone. Nothing new starts.
+            return
         cell = self.copy.cell
         record = cell.tasks.get(task)
         if record is None:
@@ -301,6 +307,8 @@ class Agent:
         them: start the missing, stop the extra. Returns (started, stopped)."""
         cell = self.copy.cell
         started = stopped = 0
+        if self._stopping.is_set():
+            return started, stopped  # leaving: nothing new starts (`_start`)
         for machine in machines:
             record = cell.machines.get(machine)
             wanted: dict[TaskKey, str] = {}

@@ -116,6 +116,9 @@ class _Run:
     create_time: float | None = None
     limits: TaskLimits | None = None
     stop_reason: str | None = None
+    # The agent itself is leaving (`stop_all`): nobody asked the task to end, so it is
+    # reported lost, for the cell to run it again, not failed.
+    stop_lost: bool = False
     stop_requested: trio.Event = attrs.field(factory=trio.Event)
     done: trio.Event = attrs.field(factory=trio.Event)
     backoff_scope: trio.CancelScope | None = None
@@ -230,9 +233,13 @@ class Executor(ReportingExecutor):
         return True
 
     async def stop_all(self, reason: str = "agent shutdown") -> None:
-        """Stop every task concurrently; returns when all are gone."""
+        """Stop every task concurrently, as the agent leaves; returns when all are gone.
+        Each is reported lost, not failed: the cell wanted it to run, so it goes back to
+        pending and runs again where it is placed next (a service with `restart: always`
+        would otherwise have ended `failed` for good at an agent's restart)."""
         async with trio.open_nursery() as nursery:
-            for task, incarnation in list(self._runs):
+            for (task, incarnation), run in list(self._runs.items()):
+                run.stop_lost = True
                 nursery.start_soon(self.stop, task, incarnation, reason)
 
     def running(self) -> list[TaskKey]:
@@ -312,6 +319,8 @@ class Executor(ReportingExecutor):
             run.done.set()
             raise
         self._runs.pop(run.key, None)
+        if run.stop_lost:
+            outcome = Outcome(ReportedState.LOST, None, outcome.reason, outcome.ran_for)
         self._report(run, outcome.state, outcome.exit_code, outcome.reason)
         run.done.set()
 

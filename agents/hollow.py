@@ -135,19 +135,23 @@ class HollowExecutor(ReportingExecutor):
         """Hollow tasks do not survive their process; nothing to adopt."""
         return False
 
-    async def stop(self, task: str, incarnation: int, reason: str = "stopped") -> bool:
-        """A hollow task obeys SIGTERM at once: reported failed, `stopped:<reason>`."""
+    async def stop(
+        self, task: str, incarnation: int, reason: str = "stopped", *, lost: bool = False
+    ) -> bool:
+        """A hollow task obeys SIGTERM at once: reported failed, `stopped:<reason>`
+        (lost, if the agent is leaving: see `ProcessExecutor.stop_all`)."""
         run = self._runs.pop((task, incarnation), None)
         if run is None:
             return False
         if run.timer is not None:
             run.timer.cancel()
-        self._report(run, ReportedState.FAILED, None, f"stopped:{reason}")
+        state = ReportedState.LOST if lost else ReportedState.FAILED
+        self._report(run, state, None, f"stopped:{reason}")
         return True
 
     async def stop_all(self, reason: str = "agent shutdown") -> None:
         for task, incarnation in list(self._runs):
-            await self.stop(task, incarnation, reason)
+            await self.stop(task, incarnation, reason, lost=True)
 
     def running(self) -> list[TaskKey]:
         return sorted(self._runs)

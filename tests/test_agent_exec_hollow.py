@@ -71,6 +71,22 @@ def test_task_without_duration_runs_until_stopped() -> None:
     assert seen[-1][0] == 3600.0 and seen[-1][1].reason == "stopped:preempted"
 
 
+def test_an_agent_leaving_reports_its_tasks_lost_not_failed() -> None:
+    async def body(ex: HollowExecutor) -> None:
+        ex.start("s.0", 1, TaskSpec(argv=(), duration=None))
+        ex.start("b.0", 1, TaskSpec(argv=(), duration=60.0))
+        await trio.sleep(10)
+        await ex.stop_all()
+        assert ex.running() == []
+
+    seen = run_hollow(body)
+    ended = {r.task: (r.state, r.reason) for _, r in seen[-2:]}
+    assert ended == {
+        "s.0": (ReportedState.LOST, "stopped:agent shutdown"),
+        "b.0": (ReportedState.LOST, "stopped:agent shutdown"),
+    }
+
+
 def test_stop_cancels_the_pending_exit() -> None:
     async def body(ex: HollowExecutor) -> None:
         ex.start("j.0", 1, TaskSpec(argv=(), duration=10.0))

@@ -286,6 +286,30 @@ def test_kill_sends_sigterm_then_sigkill_after_grace(cell: LiveCell) -> None:
     assert task["state"] == "killed"
 
 
+def test_a_leaving_agent_starts_nothing_new_and_reports_its_tasks_lost(
+    cell: LiveCell,
+) -> None:
+    m = cell.start_agent("a")
+    cell.wait_up(m)
+    job = cell.submit("stubborn", [PY, "-c", STUBBORN], grace_period=3.0)
+    cell.place([(f"{job}.0", m)])
+    cell.wait_task(f"{job}.0", lambda t: t["state"] == "running", machine=m)
+    cell.wait("pid printed", lambda: "pid" in cell.logs(m, f"{job}.0", 0))
+    proc = cell.agents[m]
+    os.kill(proc.pid, signal.SIGTERM)
+    cell.wait("SIGTERM recorded", lambda: "got SIGTERM" in cell.logs(m, f"{job}.0", 0), 10, m)
+    # While it waits out the grace period, the cell places a task here (as a scheduler
+    # re-placing what the agent stops may): the leaving agent must not start it.
+    late = cell.submit("late", LONG)
+    cell.place([(f"{late}.0", m)])
+    proc.wait(30)
+    assert proc.returncode == 0, cell.agent_log(m)[-3000:]
+    assert cell.task(f"{late}.0")["state"] == "assigned"
+    stopped = cell.task(f"{job}.0")
+    assert (stopped["state"], stopped["incarnation"]) == ("pending", 1), stopped
+    assert stopped["reason"].startswith("stopped:agent shutdown (signal:SIGKILL)"), stopped
+
+
 LONG = [PY, "-c", "import time\nwhile True: print('tick', flush=True); time.sleep(0.2)"]
 
 
@@ -359,11 +383,16 @@ def test_tasks_survive_store_leader_failover(cell: LiveCell) -> None:
     assert cell.machines()[a]["state"] == "up"
     assert cell.task(f"{job}.0")["state"] == "running" and _alive(pid)
     assert cell.task(f"{job}.0")["incarnation"] == 0
-    # SIGTERM to the agent stops its tasks before it exits.
+    # SIGTERM to the agent stops its tasks before it exits, and reports them lost: they
+    # go back to pending, to run again (they were failed for good, a service's too).
     proc = cell.agents[a]
     cell.kill_agent(a, signal.SIGTERM)
     assert proc.returncode == 0, cell.agent_log(a)[-3000:]
     assert not _alive(pid)
+    for index in (0, 1):
+        task = cell.task(f"{job}.{index}")
+        assert (task["state"], task["machine"], task["incarnation"]) == ("pending", None, 1)
+        assert task["reason"].startswith("stopped:agent shutdown"), task
 
 
 HOG = "x = bytearray(200 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('survived')"
