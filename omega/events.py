@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from omega.cli import Addr, AsJson, Token, app, cell_ca, fail
+from omega.cli import Addr, AsJson, Token, app, call, cell_ca, fail
 from omega.units import count
 
 if TYPE_CHECKING:
@@ -193,6 +193,14 @@ def events(
 
     if not addr or not token:
         fail("no cell address or token: pass --addr/--token or source DATA_DIR/env", 2)
+    if job or machine:
+        # A filter naming what the cell does not know is a mistake to report (as `omega
+        # tasks` reports it), not a feed that stays silent: `--job web` for `web-1a2b3c`.
+        call(
+            addr,
+            token,
+            lambda cell: cell.tasks(job=job or None, machine=machine or None, limit=1),
+        )
 
     def keep(record: dict[str, Any]) -> bool:
         return (not job or record["job"] == job) and (not machine or record["machine"] == machine)

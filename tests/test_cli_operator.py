@@ -150,6 +150,11 @@ def test_events_tell_a_jobs_story(cell):
     assert {r["by"] for r in mine if r["kind"] == "submitted"} == {"bootstrap (admin)"}
     assert {r["by"] for r in mine if r["kind"] == "placed"} == {"scheduler-batch (scheduler)"}
     assert f"job {job} submitted (2 tasks, batch)  [by bootstrap (admin)]" in text, text
+    # A filter naming nothing the cell knows (a job's name for its id) is refused, not
+    # answered with an empty feed.
+    for flag, code in (("--job", "job_unknown"), ("--machine", "machine_unknown")):
+        unknown = cell.omega("events", flag, "story", check=False)
+        assert unknown.returncode == 1 and f"{code}: no " in unknown.stderr, unknown
 
 
 def test_tokens_from_the_cli(cell):
