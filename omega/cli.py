@@ -340,8 +340,8 @@ def store(
             [api for api, _ in pairs],
             [raft for _, raft in pairs],
             data_dir=data_dir,
-            token=token_file.read_text().strip(),
-            secret=secret_file.read_text().strip(),
+            token=_secret_of(token_file, "--token-file"),
+            secret=_secret_of(secret_file, "--secret-file"),
             fsync=fsync,
             insecure=insecure,
             tls_cert=None if insecure else str(tls_cert),
@@ -350,6 +350,27 @@ def store(
         )
     )
     run_replica(config)
+
+
+def _secret_of(path: Path, flag: str) -> str:
+    """The secret in `path`, which only its owner may read (as ssh holds a key file): the
+    admin token and the Raft secret give the whole cell to whoever reads them."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+        value = path.read_text().strip()
+    except OSError as exc:
+        fail(f"{flag} {path}: {exc.strerror or exc}", 2)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        fail(
+            f"{flag} {path}: mode {stat.S_IMODE(mode):04o} lets other users read it: "
+            f"chmod 600 {path}",
+            2,
+        )
+    if not value:
+        fail(f"{flag} {path}: the file is empty", 2)
+    return value
 
 
 # `--help` is passed through to the part's own parser, which knows its flags.

@@ -219,3 +219,32 @@ def test_submit_wait_reads_one_attempt_as_tried():
     assert tried("job j: 1 pending, 1 attempt; 0/2 machines fit: 2 constraint:accel")
     assert tried("job j: 1 pending, 12 attempts; placed 0/1")
     assert not tried("job j: 1 pending, 0 attempts")
+
+
+def test_a_replica_refuses_a_secret_file_others_may_read_or_that_is_missing(tmp_path):
+    # A missing --token-file was a traceback; a world-readable Raft secret, accepted.
+    from typer.testing import CliRunner
+
+    from omega.cli import app
+
+    token, secret = tmp_path / "token", tmp_path / "secret"
+    for path in (token, secret):
+        path.write_text("s3cret\n")
+        path.chmod(0o600)
+    base = ["store", "--id", "0", "--data-dir", str(tmp_path / "d"), "--insecure"]
+    base += ["--peer", "127.0.0.1:1/127.0.0.1:2"]
+
+    def refused(token_file, secret_file) -> str:
+        argv = [*base, "--token-file", str(token_file), "--secret-file", str(secret_file)]
+        out = CliRunner().invoke(app, argv)
+        assert out.exit_code == 2, out.output
+        return out.output
+
+    assert "--token-file" in refused(tmp_path / "nope", secret)
+    assert "No such file or directory" in refused(tmp_path / "nope", secret)
+    secret.chmod(0o644)
+    assert f"mode 0644 lets other users read it: chmod 600 {secret}" in refused(token, secret)
+    secret.chmod(0o600)
+    token.write_text("\n")
+    assert "--token-file" in refused(token, secret) and "empty" in refused(token, secret)
+    assert not (tmp_path / "d").exists()  # nothing started
