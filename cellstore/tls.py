@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,10 @@ def make_ca(directory: Path, name: str = "omega-cell CA") -> Path:
     return directory / CA_CERT
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\.?")
+
+
 def issue(ca_dir: Path, out: Path, name: str, hosts: Sequence[str]) -> TlsFiles:
     """Sign a server certificate for `hosts` (IP addresses or DNS names, all in its
     subjectAltName) with the CA in `ca_dir`; write `out/NAME.pem` and `out/NAME-key.pem`
@@ -170,6 +175,12 @@ def issue(ca_dir: Path, out: Path, name: str, hosts: Sequence[str]) -> TlsFiles:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host.strip("[]"))))
         except ValueError:
+            if not _DNS_NAME.fullmatch(host):
+                # A name no client can dial would make a certificate no client accepts.
+                raise TlsError(
+                    f"--host {host!r} is neither an IP address nor a DNS name (letters, "
+                    "digits and '-' in dot-separated labels, optionally '*.' first)"
+                ) from None
             names.append(x509.DNSName(host))
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)

@@ -34,7 +34,8 @@ from cellstate import (
 )
 from cellstore.access import ACCESS, digest
 from cellstore.cellclient import CellError, SyncCellClient
-from cellstore.tls import client_context, make_ca
+from cellstore.tls import TlsError, client_context, make_ca
+from cellstore.tls import issue as issue_certificate
 from harness.cluster import LocalCluster, cell_options
 
 pytestmark = pytest.mark.slow
@@ -108,6 +109,18 @@ def test_a_replica_without_certificates_refuses_to_start(cluster, tmp_path):
     )
     assert done.returncode == 2, done.stderr
     assert "--tls-cert is required (or --insecure for plain http)" in done.stderr
+
+
+@pytest.mark.parametrize("host", ["not_an_ip!", "a..b", "-x", "web server"])
+def test_a_certificate_for_a_name_no_client_can_dial_is_refused(tmp_path, host):
+    # It was signed, with `not_an_ip!` in its subjectAltName: a certificate no client
+    # would ever accept, found only when the part it was for could not be reached.
+    make_ca(tmp_path / "ca")
+    with pytest.raises(TlsError, match=f"--host {host!r} is neither an IP address"):
+        issue_certificate(tmp_path / "ca", tmp_path / "out", "x", ["127.0.0.1", host])
+    assert not (tmp_path / "out").exists()
+    issued = issue_certificate(tmp_path / "ca", tmp_path / "out", "x", ["::1", "*.cell.example"])
+    assert issued.cert is not None and issued.cert.exists()
 
 
 def served_routes(cluster: LocalCluster) -> set[tuple[str, str]]:
