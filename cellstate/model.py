@@ -47,6 +47,8 @@ from cellstate.resources import REQUIRED, Resources
 #    machine as `drained` (it is evicted, pending again), within its job's budget.
 # 8: a job keeps its name: an update whose spec names another is refused
 #    (`name_changed`), as one naming another owner or scheduler class always was.
+#    A task its agent restarts in place keeps how its last run ended (`exit_code`,
+#    `reason`: `restart after exit:3`), so a crash loop shows why it loops.
 RULES = 8
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
@@ -619,6 +621,8 @@ class Task:
     placed_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    # How it ended (or, restarted in place, how its last run ended: rules 8), or why it
+    # was evicted.
     exit_code: int | None = None
     reason: str | None = None
     restarts: int = 0

@@ -128,6 +128,8 @@ TOKEN_RULES = 6
 ZERO_QUOTA_RULES = 7
 # The rules that first hold a job to its name across updates.
 NAME_RULES = 8
+# The rules that first keep how a task restarted in place last ended.
+LAST_RUN_RULES = 8
 
 
 class CellState:
@@ -1046,6 +1048,9 @@ class CellState:
             assert new in TRANSITIONS[state], (state, new)
             if new is STARTING and state is RUNNING:
                 task.restarts += 1
+                if self.rules >= LAST_RUN_RULES:
+                    # How the run that ended ended: what a crash loop is read by.
+                    task.exit_code, task.reason = report.exit_code, report.reason
             if new is STARTING:
                 # A (re)start is a new run: nobody has judged it yet.
                 self._judge(task, None, events, reset=True)

@@ -563,7 +563,9 @@ def tasks(
 
     # No job column: a task's id begins with its job's, and an 80-column terminal needs
     # the room once the ids are kept whole.
-    table = Table("id", "state", "health", "machine", "incarnation", "exit", "reason")
+    # `restarts` and, for a task restarted in place, how its last run ended (`exit`,
+    # `reason`): what a crash loop is read by, as kubectl's RESTARTS and last state.
+    table = Table("id", "state", "health", "machine", "incarnation", "restarts", "exit", "reason")
     for t in found:
         table.add_row(
             t["id"],
@@ -571,6 +573,7 @@ def tasks(
             health_text(t.get("healthy")),
             t["machine"] or "-",
             str(t["incarnation"]),
+            str(t.get("restarts", 0)),
             "-" if t["exit_code"] is None else str(t["exit_code"]),
             literal(t["reason"] or ""),
         )

@@ -37,6 +37,7 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
         JobKilled,
         JobSubmitted,
         MachineChanged,
+        ReportTasks,
         TaskEvicted,
         TaskHealthChanged,
         TaskPlaced,
@@ -65,6 +66,10 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
         kind, task, machine = str(event.state), event.task, event.machine
         message = f"task {task} {event.state}" + (f" on {machine}" if machine else "")
         found_task = cell.tasks.get(task)
+        if str(event.state) == "starting" and isinstance(command, ReportTasks):
+            # A restart in place says why: `(restart after exit:3)`.
+            why = next((r.reason for r in command.reports if r.task == task and r.reason), None)
+            message += f" ({why})" if why else ""
         if found_task is not None and str(event.state) in ("exited", "failed"):
             if found_task.exit_code is not None:
                 message += f" with code {found_task.exit_code}"

@@ -3,6 +3,8 @@ when its run changes (placement, eviction, restart), kept in snapshots."""
 
 from __future__ import annotations
 
+import pytest
+
 from cellstate import (
     CellState,
     HealthCheck,
@@ -85,6 +87,32 @@ def test_restart_and_eviction_reset_health():
     assert task.state == "pending" and task.healthy is None and task.incarnation == 1
     commit(cell, ("web.0", "m1"), at=7.0)
     assert task.healthy is None
+
+
+@pytest.mark.parametrize("rules", [7, 8])
+def test_a_restart_in_place_keeps_how_the_last_run_ended_under_rules_8(rules):
+    cell = running_cell()
+    cell.rules = rules
+    report(cell, "web.0", RUNNING)
+    restart = TaskReport(
+        "web.0", "m0", 0, ReportedState.STARTING, exit_code=3, reason="restart after exit:3"
+    )
+    cell.apply(ReportTasks((restart,), at=6.0))
+    task = cell.tasks["web.0"]
+    assert task.restarts == 1 and task.state == "starting"
+    if rules == 7:  # a log of the release before replays as it ran
+        assert (task.exit_code, task.reason) == (None, None)
+        return
+    # A crash loop shows why it loops, and keeps showing it while the next run runs.
+    assert (task.exit_code, task.reason) == (3, "restart after exit:3")
+    report(cell, "web.0", RUNNING, at=7.0)
+    assert (task.state, task.exit_code, task.reason) == ("running", 3, "restart after exit:3")
+    restored = CellState.restore(cell.snapshot())
+    assert restored.tasks["web.0"].reason == "restart after exit:3"
+    # Its end replaces it.
+    end = TaskReport("web.0", "m0", 0, ReportedState.EXITED, exit_code=0)
+    cell.apply(ReportTasks((end,), at=8.0))
+    assert (task.state, task.exit_code, task.reason) == ("exited", 0, None)
 
 
 def test_stale_incarnation_report_is_ignored():

@@ -4,7 +4,7 @@ processes), used only through `omega` and, for metrics, as Prometheus scrapes th
 - `submit --wait` fails early, naming the constraint, once a scheduler explained it;
 - `nodes` shows human units; labels and `-l` selectors on jobs, tasks, nodes, kill;
 - `quota get/set` and `node state` with errors that name the argument;
-- `events` from the change feed; `/metrics` on a replica, a scheduler and an agent,
+- `events` from the change feed; a crash loop's restarts and last exit; `/metrics` on a replica, a scheduler and an agent,
   parsed by prometheus-client's own parser;
 - `top` writes every refresh when its output is not a terminal.
 """
@@ -155,6 +155,27 @@ def test_events_tell_a_jobs_story(cell):
     for flag, code in (("--job", "job_unknown"), ("--machine", "machine_unknown")):
         unknown = cell.omega("events", flag, "story", check=False)
         assert unknown.returncode == 1 and f"{code}: no " in unknown.stderr, unknown
+
+
+def test_a_crash_loop_shows_its_restarts_and_why(cell):
+    # It read `starting  -  -` however often it had died: no restarts, no exit code.
+    path = cell.data_dir.parent / "crash.yaml"
+    path.write_text(
+        "name: crash\nscheduler: service\npriority: production\ntasks: 1\n"
+        "resources: {cpu: 50m, memory: 16Mi}\n"
+        'command: ["sh", "-c", "exit 3"]\nrestart: on-failure\ngrace_period: 1\n'
+    )
+    job = cell.json("submit", str(path))["id"]
+    (task,) = wait_for(
+        "a restart",
+        lambda: [t for t in cell.json("tasks", "--job", job) if t["restarts"] >= 1],
+    )
+    assert (task["exit_code"], task["reason"]) == (3, "restart after exit:3"), task
+    shown = cell.omega("tasks", "--job", job).stdout
+    assert "restarts" in shown and "restart after exit:3" in shown, shown
+    told = cell.omega("events", "--job", job).stdout
+    assert f"task {job}.0 starting on " in told and "(restart after exit:3)" in told, told
+    cell.omega("kill", job)
 
 
 def test_tokens_from_the_cli(cell):

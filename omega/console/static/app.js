@@ -219,7 +219,7 @@ async function jobPage(id) {
       <td class="state ${esc(t.state)}">${esc(t.state)}</td>
       <td>${t.healthy === null ? "-" : t.healthy ? "healthy" : "unhealthy"}</td>
       <td>${t.machine ? `<a href="#/machine/${encodeURIComponent(t.machine)}">${esc(t.machine)}</a>` : "-"}</td>
-      <td class="num">${t.incarnation}</td><td class="num">${t.version}</td>
+      <td class="num">${t.incarnation}</td><td class="num">${t.restarts}</td><td class="num">${t.version}</td>
       <td class="num">${t.exit_code ?? "-"}</td><td>${esc(t.reason || "")}</td></tr>`).join("");
   let explanation = "";
   if (why.pending) {
@@ -252,7 +252,7 @@ async function jobPage(id) {
     ${explanation}
     <h3>Tasks</h3>
     <table class="grid" id="tasks"><thead><tr><th>task</th><th>state</th><th>health</th><th>machine</th>
-      <th>incarnation</th><th>version</th><th>exit</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>
+      <th>incarnation</th><th>restarts</th><th>version</th><th>exit</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>
     <h3>History <small>version ${history.version}, stable ${history.stable_version}</small></h3>
     ${versionsTable(history)}
     <h3>Recent changes</h3>
