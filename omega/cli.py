@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from cellstate import JobSpec
+    from cellstore.cellclient import TaskView
 
 # A read command (`omega jobs --json`) must start and answer in well under 150 ms, so this
 # module imports only what every command needs: typer and the blocking cell client. Rich,
@@ -651,10 +652,27 @@ def kill(
 
     def kill_all(cell: SyncCellClient) -> None:
         for target in targets:
-            cell.kill(target)
+            try:
+                cell.kill(target)
+            except CellError as exc:
+                task = _task_or_none(cell, target) if exc.code == "job_unknown" else None
+                if task is None:
+                    raise
+                fail(
+                    f"{target} is a task of job {task['job']}: omega kill stops whole jobs "
+                    f"(omega scale {task['job']} N runs fewer tasks)",
+                    2,
+                )
             console().print(f"killed job [bold]{target}[/bold]")
 
     call(addr, token, kill_all)
+
+
+def _task_or_none(cell: SyncCellClient, task: str) -> TaskView | None:
+    try:
+        return cell.task(task)
+    except CellError:
+        return None
 
 
 @app.command()

@@ -94,6 +94,11 @@ def test_kill_by_selector_asks_before_killing_several(cell):
     refused = cell.omega("kill", "-l", "group=sleepy", check=False)  # no terminal: answers no
     assert refused.returncode == 1 and "2 jobs match" in refused.stdout, refused
     assert "killed" not in {cell.json("job", j)["state"] for j in (one, two)}
+    # A task's id is not a job's: the refusal says what kill takes, and kills nothing.
+    task = cell.omega("kill", f"{one}.0", check=False)
+    assert task.returncode == 2, task
+    assert f"{one}.0 is a task of job {one}: omega kill stops whole jobs" in task.stderr
+    assert cell.json("job", one)["state"] != "killed"
     cell.omega("kill", "-l", "group=sleepy", "--yes")
     assert {cell.json("job", j)["state"] for j in (one, two)} == {"killed"}
 
