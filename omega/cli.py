@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from cellstate import JobSpec
-    from cellstore.cellclient import TaskView
+    from cellstore.cellclient import JobView, Submitted, TaskView
 
 # A read command (`omega jobs --json`) must start and answer in well under 150 ms, so this
 # module imports only what every command needs: typer and the blocking cell client. Rich,
@@ -437,8 +437,28 @@ def submit(
 
             wait_for_job(addr, token, planned, spec.tasks, timeout, blocked_timeout)
         return
-    # The client chooses the job id once, so that a retried request submits one job.
-    submitted = call(addr, token, lambda cell: cell.submit(spec, job_id or None))
+    known: JobView | None = None
+
+    def submit_new(cell: SyncCellClient) -> Submitted | None:
+        nonlocal known
+        if job_id:
+            # The cell takes a submit naming a job it has, with the same spec, as a retry
+            # (and answers Ok): asked first, a person is told nothing was submitted. One
+            # client for both, so a failover is found once.
+            known = _job_or_none(cell, job_id)
+            if known is not None:
+                return None
+        # The client chooses the job id once, so that a retried request submits one job.
+        return cell.submit(spec, job_id or None)
+
+    submitted = call(addr, token, submit_new)
+    if submitted is None:
+        assert known is not None
+        ended = known["state"] in ("done", "failed", "killed")
+        fail(
+            f"job {job_id} exists ({known['state']}): nothing submitted; choose another "
+            "--id" + ("" if ended else f", or change it with omega update {job_id} {file}")
+        )
     if as_json:
         emit_json({"id": submitted.job, "version": submitted.version})
     else:
@@ -666,6 +686,15 @@ def kill(
             console().print(f"killed job [bold]{target}[/bold]")
 
     call(addr, token, kill_all)
+
+
+def _job_or_none(cell: SyncCellClient, job: str) -> JobView | None:
+    try:
+        return cell.job(job)
+    except CellError as exc:
+        if exc.code == "job_unknown":
+            return None
+        raise
 
 
 def _task_or_none(cell: SyncCellClient, task: str) -> TaskView | None:

@@ -116,6 +116,13 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
         for count in ("0", "-1"):
             bad = cell.omega("scale", "web", count, check=False)
             assert bad.returncode == 2 and f"tasks: {count} is out of range" in bad.stderr
+        again = cell.omega("submit", str(EXAMPLE), "--id", "web", check=False)
+        assert again.returncode == 1, again
+        said = " ".join(again.stderr.split())  # as one line, however the console wrapped it
+        assert (
+            "job web exists (running): nothing submitted; choose another --id, or change it "
+            f"with omega update web {EXAMPLE}"
+        ) in said, again.stderr
         gone = cell.omega("update", "nope", str(EXAMPLE), check=False)
         assert gone.returncode == 1 and "job_unknown" in gone.stderr
         other = yaml.safe_load(EXAMPLE.read_text())
