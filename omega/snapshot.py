@@ -40,7 +40,12 @@ def save(
     data = call(addr, token, lambda cell: cell.snapshot())
     partial = file.with_name(f".{file.name}.partial")
     try:
-        partial.write_bytes(data)
+        # Owner-only, as the data dir it comes from: it holds every job's spec, their
+        # environments (where secrets go) among them.
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         os.replace(partial, file)
     except OSError as exc:
         partial.unlink(missing_ok=True)

@@ -45,6 +45,8 @@ def test_snapshot_of_a_live_cell_feeds_compaction(tmp_path):
         path = tmp_path / "cell.snapshot"
         saved = cell.omega("snapshot", "save", str(path))
         assert "saved the cell's snapshot" in saved.stdout, saved
+        # Owner-only, as the data dir: job specs and their environments are in it.
+        assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
         out = cell.omega(
             "bench",
             "compaction",
