@@ -119,9 +119,11 @@ import math
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -225,6 +227,22 @@ class _NullSink:
 
     def restored(self, version: int) -> None:
         pass
+
+
+def _owner_only(data_dir: Path, replica: str) -> None:
+    """Make the data dir its owner's alone, as `omega up` makes its own (and as etcd and
+    PostgreSQL want theirs): the log holds every job's spec, environments among them, and
+    a task running as another user on this host must not read it."""
+    mode = stat.S_IMODE(os.stat(data_dir).st_mode)
+    if mode & 0o077:
+        os.chmod(data_dir, 0o700)
+        log.warning(
+            "data_dir_permissions_tightened",
+            replica=replica,
+            data_dir=str(data_dir),
+            was=f"{mode:04o}",
+            now="0700",
+        )
 
 
 def _write_snapshot_and_exit(machine: Machine, read_end: int, write_end: int) -> None:
@@ -361,7 +379,8 @@ class ReplicatedMachine(SyncObj):
         self._space: SpaceGuard | None = None  # likewise
         self._held_acks: list[tuple[Any, Any]] = []  # fsync: acknowledgements not yet sent
         self._send_unheld: Callable[[Any, Any], Any] = lambda node, message: None
-        os.makedirs(config.data_dir, exist_ok=True)
+        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        _owner_only(config.data_dir, config.id)
         check_data_dir(config.data_dir)  # DamagedDataDir: refused before pysyncobj reads it
         others = [p for p in config.peers_raft if p != config.raft_address]
         super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))

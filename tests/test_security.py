@@ -94,6 +94,15 @@ def test_tls_only_with_the_cells_ca(cluster, tmp_path):
         httpx.get(f"http://{cluster.api[0]}/v1/status", headers=auth, timeout=5)
 
 
+def test_a_replica_keeps_its_data_dir_to_its_owner(cluster):
+    # The harness made each data dir with the umask's 0755, as an operator's mkdir would;
+    # the log in it holds every job's environment, readable then by any user's task.
+    for i in range(3):
+        assert cluster.data_dir(i).stat().st_mode & 0o777 == 0o700, i
+    log = (cluster.data_dir(0) / "replica.log").read_text()
+    assert '"data_dir_permissions_tightened"' in log and '"was": "0755"' in log, log[-2000:]
+
+
 def test_a_replica_without_certificates_refuses_to_start(cluster, tmp_path):
     document = cluster.config(0)
     for field in ("tls_cert", "tls_key", "insecure"):
