@@ -584,10 +584,14 @@ def tasks(
 
     # No job column: a task's id begins with its job's, and an 80-column terminal needs
     # the room once the ids are kept whole.
-    # `restarts` and, for a task restarted in place, how its last run ended (`exit`,
-    # `reason`): what a crash loop is read by, as kubectl's RESTARTS and last state.
-    table = Table("id", "state", "health", "machine", "incarnation", "restarts", "exit", "reason")
+    # `restarts` and how the task (or, restarted in place, its last run) ended: what a crash
+    # loop is read by, as kubectl's RESTARTS. `inc`: its incarnation, which a placement
+    # anew (after an eviction) raises. An exit code shows as `exit N` where the agent gave
+    # no reason (a reason names the code itself, `restart after exit:3`), so that the free
+    # text keeps what room an 80-column terminal has.
+    table = Table("id", "state", "health", "machine", "inc", "restarts", "reason")
     for t in found:
+        ended = t["reason"] or ("" if t["exit_code"] is None else f"exit {t['exit_code']}")
         table.add_row(
             t["id"],
             t["state"],
@@ -595,10 +599,10 @@ def tasks(
             t["machine"] or "-",
             str(t["incarnation"]),
             str(t.get("restarts", 0)),
-            "-" if t["exit_code"] is None else str(t["exit_code"]),
-            literal(t["reason"] or ""),
+            literal(ended),
         )
-    console().print(whole(table, "id", "state", "machine"))
+    table.columns[-1].overflow = "fold"  # wrapped whole, never cut short with an ellipsis
+    console().print(whole(table, "id", "state", "health", "machine", "inc", "restarts"))
 
 
 @app.command()

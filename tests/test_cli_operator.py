@@ -162,8 +162,9 @@ def test_events_tell_a_jobs_story(cell):
         assert unknown.returncode == 1 and f"{code}: no " in unknown.stderr, unknown
 
 
-def test_a_crash_loop_shows_its_restarts_and_why(cell):
+def test_a_crash_loop_shows_its_restarts_and_why(cell, monkeypatch):
     # It read `starting  -  -` however often it had died: no restarts, no exit code.
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped: the reason is not wrapped
     path = cell.data_dir.parent / "crash.yaml"
     path.write_text(
         "name: crash\nscheduler: service\npriority: production\ntasks: 1\n"
@@ -178,6 +179,7 @@ def test_a_crash_loop_shows_its_restarts_and_why(cell):
     assert (task["exit_code"], task["reason"]) == (3, "restart after exit:3"), task
     shown = cell.omega("tasks", "--job", job).stdout
     assert "restarts" in shown and "restart after exit:3" in shown, shown
+    assert re.search(rf"{re.escape(job)}\.0 +│ \w+ +│ - +│ agent-\d │ 0 +│ [1-9]", shown), shown
     told = cell.omega("events", "--job", job).stdout
     assert f"task {job}.0 starting on " in told and "(restart after exit:3)" in told, told
     cell.omega("kill", job)
