@@ -562,21 +562,28 @@ def tasks(
     as_json: AsJson = False,
     job: Annotated[str, typer.Option(help="Only this job's tasks.")] = "",
     state: Annotated[str, typer.Option(help="Only tasks in this state.")] = "",
+    machine: Annotated[
+        str, typer.Option(help="Only tasks placed on this machine (what a drain would move).")
+    ] = "",
     selector: Annotated[
         str, typer.Option("--selector", "-l", help="Only tasks of jobs whose labels match.")
     ] = "",
 ) -> None:
     """List tasks."""
+
+    def listed(cell: SyncCellClient) -> list[TaskView]:
+        return cell.tasks(job=job or None, state=state or None, machine=machine or None)
+
     if selector:
         matches = selecting(selector)
 
         def chosen(cell: SyncCellClient) -> Any:
             jobs = {j["id"] for j in cell.jobs() if matches(j["labels"])}
-            return [t for t in cell.tasks(job=job or None, state=state or None) if t["job"] in jobs]
+            return [t for t in listed(cell) if t["job"] in jobs]
 
         found = call(addr, token, chosen)
     else:
-        found = call(addr, token, lambda cell: cell.tasks(job=job or None, state=state or None))
+        found = call(addr, token, listed)
     if as_json:
         emit_json([pick(t, TASK_FIELDS) for t in found])
         return

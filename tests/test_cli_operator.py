@@ -182,6 +182,10 @@ def test_a_crash_loop_shows_its_restarts_and_why(cell, monkeypatch):
     assert re.search(rf"{re.escape(job)}\.0 +│ \w+ +│ - +│ agent-\d │ 0 +│ [1-9]", shown), shown
     told = cell.omega("events", "--job", job).stdout
     assert f"task {job}.0 starting on " in told and "(restart after exit:3)" in told, told
+    on = cell.json("tasks", "--machine", task["machine"])
+    assert f"{job}.0" in {t["id"] for t in on} and {t["machine"] for t in on} == {task["machine"]}
+    unknown = cell.omega("tasks", "--machine", "no-such-machine", check=False)
+    assert unknown.returncode == 1 and "machine_unknown" in unknown.stderr, unknown
     cell.omega("kill", job)
 
 
