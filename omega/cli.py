@@ -209,6 +209,68 @@ def whole(table: Table, *headers: str) -> Table:
     return table
 
 
+# Above this many rows, a table that fits its width is written line by line rather than
+# laid out by rich, which measures and wraps every cell: `omega tasks` on a job of 5,000
+# tasks took 3.4 s, `omega nodes` on 2,000 machines 2 s (10,000 machines: about 10 s).
+FAST_ROWS = 200
+
+
+def show(table: Table, *headers: str) -> None:
+    """Print a list's `table`, the columns named `headers` kept whole (`whole`). A long
+    table whose cells are plain text and fit the console's width is drawn directly, the
+    same lines rich draws (the same box, padding and widths), at a small part of the cost;
+    any other goes through rich, which wraps what does not fit."""
+    out = console()
+    lines = _drawn(table, out.width) if table.row_count > FAST_ROWS else None
+    if lines is None:
+        out.print(whole(table, *headers))
+        return
+    from rich.text import Text
+
+    # The header as rich styles it (bold on a terminal); the rows as they are.
+    head = Text(lines[1])
+    out.print(lines[0], highlight=False, soft_wrap=True)
+    out.print(head, style=table.header_style, highlight=False, soft_wrap=True)
+    out.file.write("\n".join(lines[2:]) + "\n")
+    out.file.flush()
+
+
+def _drawn(table: Table, width: int) -> list[str] | None:
+    """`table`'s lines as rich would draw them, if every cell is a plain string (no markup,
+    so no escapes either) and the whole table fits `width` unwrapped; else None."""
+    from rich.cells import cell_len
+
+    box = table.box
+    if box is None or table.show_edge is False or not table.show_header:
+        return None
+    columns: list[list[str]] = []
+    for column in table.columns:
+        cells = [column.header, *column.cells]
+        if not all(isinstance(c, str) and "[" not in c and "\\" not in c for c in cells):
+            return None
+        columns.append(cells)  # type: ignore[arg-type]
+    widths = [max(map(cell_len, cells)) for cells in columns]
+    if sum(widths) + 3 * len(widths) + 1 > width:
+        return None
+
+    def row(cells: list[str], left: str, between: str, right: str) -> str:
+        padded = (f" {c}{' ' * (w - cell_len(c))} " for c, w in zip(cells, widths, strict=True))
+        return left + between.join(padded) + right
+
+    spans = [w + 2 for w in widths]
+    lines = [
+        box.get_top(spans),
+        row([c[0] for c in columns], box.head_left, box.head_vertical, box.head_right),
+        box.get_row(spans, "head", edge=True),
+    ]
+    lines.extend(
+        row(list(cells), box.mid_left, box.mid_vertical, box.mid_right)
+        for cells in zip(*(c[1:] for c in columns), strict=True)
+    )
+    lines.append(box.get_bottom(spans))
+    return lines
+
+
 # -- running the parts ---------------------------------------------------------
 
 
@@ -498,7 +560,7 @@ def jobs(
             counts_text(j["tasks"]),
             literal(labels_text(j["labels"])),
         )
-    console().print(whole(table, "id", "state", "tasks"))
+    show(table, "id", "state", "tasks")
 
 
 @app.command()
@@ -609,7 +671,7 @@ def tasks(
             literal(ended),
         )
     table.columns[-1].overflow = "fold"  # wrapped whole, never cut short with an ellipsis
-    console().print(whole(table, "id", "state", "health", "machine", "inc", "restarts"))
+    show(table, "id", "state", "health", "machine", "inc", "restarts")
 
 
 @app.command()
@@ -646,7 +708,7 @@ def nodes(
             m["domain"],
             literal(labels_text(m["labels"])),
         )
-    console().print(whole(table, "id"))
+    show(table, "id")
 
 
 @app.command()
