@@ -174,6 +174,14 @@ def plan(
         else:
             told = f"machines: {told or '-'}"
         out.print(f"the rest: {metric['unplaced_reason'] or 'no room'} ({told})")
+    if not found["fits"]:
+        # A plan of no placements would submit the job to wait, as a plain submit does.
+        out.print(
+            f"nothing to commit: no task fits now (omega submit {file} submits it to wait "
+            "until one does)",
+            soft_wrap=True,
+        )
+        return
     # Soft-wrapped: the terminal may fold the lines, but no newline is printed inside the
     # token, so the command copies whole.
     out.print(f"plan token: {found['token']}", soft_wrap=True)

@@ -86,6 +86,11 @@ def test_plan_then_submit_places_exactly_the_plan_or_nothing(tmp_path):
         assert "2 of 3 tasks fit" in shown, shown
         assert "the rest: quota_exceeded:cpu (1 held back by team-q's quota in batch)" in shown
 
+        # A plan that places nothing offers no token to commit it.
+        nothing = cell.omega("plan", "examples/unplaceable.yaml").stdout
+        assert "0 of 1 task fit" in nothing and "nothing to commit" in nothing, nothing
+        assert "plan token" not in nothing and "--plan" not in nothing, nothing
+
         # A job of a class no scheduler runs for: `--wait` says so when it gives up, as
         # `omega explain` does, rather than only `pending=3`.
         waited = cell.omega(
