@@ -5,9 +5,10 @@
   order; that is done at once with a partial sort and a cumulative sum, with
   no Python loop per task.
 - `spread`: balance the job across spread domains (fewest of its tasks
-  first), then across machines within a domain (fewest of its tasks), then
-  best fit. A heap of domains and one heap of machines per domain, so each
-  task costs a few heap operations, not a pass over the machines.
+  first; between equals, the domain whose emptiest machine holds fewest), then
+  across machines within a domain (fewest of its tasks), then best fit. A
+  heap of domains and one heap of machines per domain, so each task costs a
+  few heap operations, not a pass over the machines.
 - `random_fit`: each task to a machine drawn uniformly among those that still
   have room for it, as the Omega paper's simulator places (no scoring at
   all). Drawn in rounds, one draw per task still unplaced, so the Python work
@@ -97,13 +98,16 @@ def spread(
         first = order_l[start]
         heaps[code] = [(on_l[first], score_l[first], first)]
         nxt[code], end[code], frontier[code] = start + 1, stop, first
-        domains.append((load.get(code, 0), domain_rank.get(code, 0.0), code))
+        # Between domains holding as many of the job's tasks, the one whose emptiest
+        # machine holds fewest of them: a third replica in two racks goes to a third
+        # machine, not onto the one machine of the other rack.
+        domains.append((load.get(code, 0), on_l[first], domain_rank.get(code, 0.0), code))
     heapq.heapify(domains)
 
     heappop, heappush = heapq.heappop, heapq.heappush
     chosen: list[int] = []
     while len(chosen) < wanted and domains:
-        count, rank, code = heappop(domains)
+        count, _, rank, code = heappop(domains)
         heap = heaps[code]
         on, sc, i = heappop(heap)
         if i == frontier[code] and nxt[code] < end[code]:
@@ -115,7 +119,9 @@ def spread(
         if room[i] > 0:
             heappush(heap, (on + 1, sc - step_l[i], i))
         if heap:
-            heappush(domains, (count + 1, rank, code))
+            # The run is sorted by tasks on the machine, so the heap's top is the domain's
+            # emptiest machine.
+            heappush(domains, (count + 1, heap[0][0], rank, code))
     return chosen
 
 

@@ -74,6 +74,19 @@ def test_service_spreads_across_failure_domains():
     assert max(placements(cell, "web").values()) == 1
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_three_replicas_in_two_racks_of_three_machines_use_all_three(seed):
+    # `omega up --agents 3`: rack d0 holds m0 and m2, rack d1 holds m1 alone. With one
+    # replica in each rack the racks tie, and a random pick put the third on m1 beside the
+    # second half of the time, while m0 or m2 in the other rack held none.
+    cell = cell_with(machines=3, cpu=16000, domains=2)
+    submit(cell, "web", tasks=3, cpu=500, scheduler=SERVICE)
+    _, result = step(core(SERVICE, seed=seed), cell)
+    assert result is not None and result.accepted == 3
+    assert sorted(placements(cell, "web").values()) == [1, 1, 1], placements(cell, "web")
+    assert sorted(domains(cell, "web").values()) == [1, 2]
+
+
 def test_service_spreads_by_label_key():
     cell = cell_with(machines=0)
     cell.apply(
