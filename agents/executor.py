@@ -47,6 +47,7 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
@@ -346,6 +347,16 @@ class Executor(ReportingExecutor):
             return Outcome(ReportedState.FAILED, None, "not started")
         if not spec.argv:
             return Outcome(ReportedState.FAILED, None, "start_error: empty command")
+        env = self._task_env(run)
+        program = spec.argv[0]
+        if "/" not in program and shutil.which(program, path=env["PATH"]) is None:
+            # exec reports the last error of its walk down PATH: a directory the task's user
+            # may not enter made a missing program read "Permission denied".
+            return Outcome(
+                ReportedState.FAILED,
+                None,
+                f"start_error: command {program!r} not found in PATH ({env['PATH']})",
+            )
         run.dir.mkdir(parents=True, exist_ok=True)
         if self._task_ids is not None:
             os.chown(run.dir, *self._task_ids)
@@ -354,7 +365,6 @@ class Executor(ReportingExecutor):
             limits = TaskLimits.create(self.limits, name, spec.cpu_millicores, spec.memory_bytes)
         except OSError as e:
             return Outcome(ReportedState.FAILED, None, f"start_error: limits: {e}")
-        env = self._task_env(run)
         # A port left by the previous run is not this run's.
         with contextlib.suppress(FileNotFoundError):
             (run.dir / PORT_FILE).unlink()

@@ -203,6 +203,24 @@ def test_an_environment_the_kernel_refuses_fails_the_task_not_the_agent(
     trio.run(main)
 
 
+def test_a_program_not_in_path_fails_naming_it_and_the_path(limits, tmp_path: Path) -> None:
+    # Run as `nobody`, exec's walk down a PATH holding a directory nobody may enter ended
+    # in "[Errno 13] Permission denied: 'no-such-binary-xyz'".
+    rec = Recorder()
+
+    async def main() -> None:
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start("nx.0", 1, TaskSpec(argv=("no-such-binary-xyz", "--flag")))
+            final = await rec.wait_final("nx.0")
+            assert final.state is ReportedState.FAILED
+            assert final.reason is not None
+            assert final.reason.startswith(
+                "start_error: command 'no-such-binary-xyz' not found in PATH ("
+            ), final.reason
+
+    trio.run(main)
+
+
 def test_task_runs_inside_its_cgroups_with_limits(limits, tmp_path: Path) -> None:
     if limits.kind is not LimitKind.CGROUP_V1:
         pytest.skip(f"checks cgroup v1 files; this host uses {limits.describe()}")
