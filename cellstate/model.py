@@ -48,7 +48,8 @@ from cellstate.resources import REQUIRED, Resources
 # 8: a job keeps its name: an update whose spec names another is refused
 #    (`name_changed`), as one naming another owner or scheduler class always was.
 #    A task its agent restarts in place keeps how its last run ended (`exit_code`,
-#    `reason`: `restart after exit:3`), so a crash loop shows why it loops.
+#    `reason`: `restart after exit:3`, or `restart after start_error: ...` for a run
+#    that never started), so a crash loop shows why it loops.
 RULES = 8
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1

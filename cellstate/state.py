@@ -1034,6 +1034,11 @@ class CellState:
             if state is new:
                 if new is RUNNING:
                     self._judge(task, report.healthy, events)
+                elif new is STARTING and report.reason and self.rules >= LAST_RUN_RULES:
+                    # A restart after a run that never started (`restart after start_error:
+                    # ...`): not counted, for a retried report reads the same, but kept, so
+                    # that a task looping in `starting` shows why.
+                    task.exit_code, task.reason = report.exit_code, report.reason
                 continue  # a retried report
             if state not in ACTIVE_STATES:
                 # A late exit of a killed task is news to nobody; anything else

@@ -3,6 +3,7 @@ when its run changes (placement, eviction, restart), kept in snapshots."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from cellstate import (
@@ -113,6 +114,22 @@ def test_a_restart_in_place_keeps_how_the_last_run_ended_under_rules_8(rules):
     end = TaskReport("web.0", "m0", 0, ReportedState.EXITED, exit_code=0)
     cell.apply(ReportTasks((end,), at=8.0))
     assert (task.state, task.exit_code, task.reason) == ("exited", 0, None)
+
+
+def test_a_task_that_cannot_start_keeps_why_while_it_loops_in_starting():
+    cell = running_cell()  # both tasks reported starting
+    again = TaskReport(
+        "web.0", "m0", 0, ReportedState.STARTING, reason="restart after start_error: nope"
+    )
+    cell.apply(ReportTasks((again,), at=6.0))
+    task = cell.tasks["web.0"]
+    assert (task.state, task.reason, task.restarts) == ("starting", again.reason, 0)
+    cell.apply(ReportTasks((again,), at=7.0))  # a retry, or the next restart: the same
+    assert (task.reason, task.restarts) == (again.reason, 0)
+    cell.rules = 7
+    other = attrs.evolve(again, task="web.1", machine="m1")
+    cell.apply(ReportTasks((other,), at=8.0))
+    assert cell.tasks["web.1"].reason is None  # older rules replay as they ran
 
 
 def test_stale_incarnation_report_is_ignored():
