@@ -355,7 +355,7 @@ class Executor(ReportingExecutor):
             return Outcome(
                 ReportedState.FAILED,
                 None,
-                f"start_error: command {program!r} not found in PATH ({env['PATH']})",
+                f"start_error: command {program!r} not found in the task's PATH",
             )
         run.dir.mkdir(parents=True, exist_ok=True)
         if self._task_ids is not None:
