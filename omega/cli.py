@@ -821,7 +821,12 @@ def logs(
     addr: Addr = "",
     token: Token = "",
     stream: Annotated[str, typer.Option(help="stdout or stderr.")] = "stdout",
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing until the run ends (as kubectl logs -f)."
+        ),
+    ] = False,
 ) -> None:
     """Print a task's captured output, fetched from the agent that runs it."""
     if stream not in ("stdout", "stderr"):
@@ -836,7 +841,7 @@ def logs(
     agent_addr = machines.get(task["machine"], {}).get("labels", {}).get("omega.agent")
     if not agent_addr:
         fail(f"machine {task['machine']} has no agent address to fetch logs from")
-    offset = 0
+    offset, ended = 0, False
     with SyncCellClient(addr.split(","), token, ca=cell_ca()) as cell:
         while True:
             try:
@@ -846,8 +851,20 @@ def logs(
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
             offset += len(chunk)
-            if not follow:
+            if not follow or (ended and not chunk):
                 return
+            if not chunk:
+                # Caught up: once the run has ended (or the task runs anew), its output is
+                # whole after one more read. `-f` on a finished batch task returns.
+                try:
+                    now = cell.task(task_id)
+                except CellError as exc:
+                    fail(f"{exc.code}: {exc.message}")
+                ended = now["state"] in ("exited", "failed", "killed") or (
+                    now["incarnation"] != task["incarnation"]
+                )
+                if ended:
+                    continue
             time.sleep(1.0)
 
 

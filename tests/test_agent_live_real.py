@@ -247,6 +247,15 @@ def test_task_runs_exit_code_and_logs(cell: LiveCell) -> None:
         timeout=60,
     )
     assert (printed.returncode, printed.stdout) == (0, "oops\n"), printed.stderr
+    # `-f` on a run that has ended prints its output and returns (it followed for good).
+    followed = subprocess.run(
+        [PY, "-m", "omega", "logs", f"{job}.0", "-f"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (followed.returncode, followed.stdout) == (0, "hello from -c\n"), followed.stderr
     # A second job on the same agent also runs: the agent keeps following the cell.
     ok = cell.submit("ok", [PY, "-c", "pass"])
     cell.place([(f"{ok}.0", m)])
