@@ -26,6 +26,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -411,13 +412,22 @@ def say(line: str, stream: TextIO | None = None) -> None:
 
 
 async def wait_ready(
-    layout: CellLayout, machines: int, schedulers: int, timeout_s: float = 90.0
+    layout: CellLayout,
+    machines: int,
+    schedulers: int,
+    timeout_s: float = 90.0,
+    since: float | None = None,
 ) -> CellSummary:
-    """Poll the store until it has a leader, `machines` up and `schedulers` reporting."""
+    """Poll the store until it has a leader, `machines` registered by their agents and
+    `schedulers` reporting. A machine counts once it is up, or, held down or draining by
+    an operator (which its agent's registering keeps), once its agent has registered
+    since `since` (wall-clock seconds): a cell with a machine an operator took down came
+    back all the same, then waited for it for good."""
     from cellstore.cellclient import CellError, SyncCellClient
 
     deadline = trio.current_time() + timeout_s
     summary: CellSummary | None = None
+    counted = 0
     # The blocking client, in a thread: it retries quietly, where the trio one logs every
     # refused connection of replicas still starting. Each poll gives up after 2 s.
     with SyncCellClient(
@@ -426,15 +436,29 @@ async def wait_ready(
         while trio.current_time() < deadline:
             try:
                 current = await trio.to_thread.run_sync(cell.summary)
+                summary = current
+                counted = current["machines"].get("up", 0)
+                held = sum(current["machines"].get(s, 0) for s in ("down", "draining"))
+                if counted < machines and held and since is not None:
+                    # Only then the whole list (it may hold 100,000 machines).
+                    listed = await trio.to_thread.run_sync(cell.machines)
+                    counted = sum(
+                        m["state"] == "up" or m["last_heartbeat"] >= since for m in listed
+                    )
             except CellError:
                 await trio.sleep(0.25)
                 continue
-            summary = current
-            up = current["machines"].get("up", 0)
-            if up >= machines and len(current["schedulers"]) >= schedulers:
+            if counted >= machines and len(current["schedulers"]) >= schedulers:
                 return current
             await trio.sleep(0.25)
-    raise TimeoutError(f"cell not ready after {timeout_s:.0f} s: last summary {summary}")
+    if summary is None:
+        raise TimeoutError(f"cell not ready after {timeout_s:.0f} s: no replica answered")
+    states = ", ".join(f"{n} {state}" for state, n in sorted(summary["machines"].items()))
+    raise TimeoutError(
+        f"cell not ready after {timeout_s:.0f} s: {counted} of {machines} machines "
+        f"registered ({states or 'none known'}), {len(summary['schedulers'])} of "
+        f"{schedulers} schedulers reporting"
+    )
 
 
 async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
@@ -487,6 +511,8 @@ async def run_cell(
         say(f"OMEGA_CA={layout.ca}")
     else:
         say("WARNING: --insecure: plain http, the token crosses the network in clear text")
+    began = time.time()
+    failed = False
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_for_stop, stopping)
         for part in parts:
@@ -500,19 +526,25 @@ async def run_cell(
                 if token is not None:
                     own = attrs.evolve(part, env=(*part.env, ("OMEGA_TOKEN", token.secret)))
                     nursery.start_soon(supervise, own, layout, stopping)
-            await wait_ready(layout, agents + hollow, len(schedulers))
+            await wait_ready(layout, agents + hollow, len(schedulers), since=began)
         except TimeoutError as exc:
             say(f"error: {exc}; see the logs in {data_dir / 'logs'}", sys.stderr)
+            # The parts stop once `stopping` is set; the exit status waits for them (raised
+            # in here, it came out wrapped in the nursery's exception group, as a traceback).
             stopping.set()
-            raise SystemExit(1) from None
-        hollows = f", {count(hollow, 'hollow machine')}" if hollow else ""
-        say(
-            f"cell ready: {count(replicas, 'replica')}, {count(len(schedulers), 'scheduler')}, "
-            f"{count(agents, 'agent')}{hollows}; "
-            f"source {data_dir / 'env'} to use it; console at {layout.scheme}://{layout.api[0]}/ui"
-        )
-        if specs:
-            await submit_specs(layout, specs)
+            failed = True
+        else:
+            hollows = f", {count(hollow, 'hollow machine')}" if hollow else ""
+            say(
+                f"cell ready: {count(replicas, 'replica')}, "
+                f"{count(len(schedulers), 'scheduler')}, {count(agents, 'agent')}{hollows}; "
+                f"source {data_dir / 'env'} to use it; console at "
+                f"{layout.scheme}://{layout.api[0]}/ui"
+            )
+            if specs:
+                await submit_specs(layout, specs)
+    if failed:
+        raise SystemExit(1)
 
 
 async def watch_for_stop(stopping: trio.Event) -> None:

@@ -1,6 +1,7 @@
 """`omega up --submit` on a data dir it ran before: the cell comes back with its jobs, and a
 spec whose job is still live is not submitted a second time (the demo, started twice, ran
-two copies of its web service side by side). A finished batch job's spec runs again."""
+two copies of its web service side by side). A finished batch job's spec runs again. A
+machine an operator took down stays down, and the cell is ready all the same."""
 
 from __future__ import annotations
 
@@ -37,10 +38,15 @@ def test_omega_up_again_brings_back_a_live_job_instead_of_a_second_copy(tmp_path
         wait_for(
             "squares done", lambda: [j for j in named(cell, "squares") if j["state"] == "done"]
         )
+        # An operator's down is kept when its agent registers again: `omega up` waited for
+        # every machine to be up, gave up after 90 s and took the whole cell down.
+        cell.omega("node", "state", "agent-0", "down")
         cell.stop()
 
         cell.start()
         said = said_after_ready(cell, 2)
+        states = {m["id"]: m["state"] for m in cell.json("nodes")}
+        assert states["agent-0"] == "down" and states["agent-1"] == "up", states
         assert said[0].startswith("examples/web-service.yaml: job " + web), said
         assert "not submitted again" in said[0], said
         assert said[1].startswith("submitted examples/batch-squares.yaml as job squares-"), said
