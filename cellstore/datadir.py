@@ -35,6 +35,35 @@ class DamagedDataDir(Exception):
     """A replica's data dir fails its check; the message says where and what to do."""
 
 
+class DataDirInUse(Exception):
+    """Another live process holds the data dir (`hold`); the message names its pid."""
+
+
+def hold(data_dir: Path, name: str, holder: str) -> int:
+    """Lock `data_dir/name` for this process's life (a POSIX lock: released when the
+    process ends however it ends, and not inherited by the children it forks), and write
+    this pid in it; the open descriptor, which must stay open. Raise `DataDirInUse` if a
+    live process holds it: two replicas on one journal, or two `omega up` on one data dir,
+    would corrupt it (a second `omega up` on a running cell's dir crash-looped its
+    replicas against the first's ports, appending to the same logs)."""
+    import fcntl
+    import os
+
+    fd = os.open(data_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirInUse(
+            f"{data_dir} is in use by another {holder} (pid {other}): stop it first; two on "
+            "one data dir would corrupt it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class DamagedEntry(Exception):
     """A log entry whose checksum does not match its command."""
 

@@ -134,7 +134,7 @@ from pysyncobj.syncobj import _RAFT_STATE, SyncObjExceptionWrongVer
 from pysyncobj.tcp_connection import TcpConnection
 
 from cellstore.config import ReplicaConfig
-from cellstore.datadir import DamagedEntry, check_data_dir, seal, unseal
+from cellstore.datadir import DamagedEntry, check_data_dir, hold, seal, unseal
 from cellstore.diskfull import SpaceGuard
 from cellstore.durability import DurableJournal
 from cellstore.machine import Machine, MachineBox, MachineClass
@@ -381,6 +381,8 @@ class ReplicatedMachine(SyncObj):
         self._send_unheld: Callable[[Any, Any], Any] = lambda node, message: None
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
         _owner_only(config.data_dir, config.id)
+        # DataDirInUse, before anything is read: another replica writes this journal.
+        self._held = hold(config.data_dir, "replica.lock", "replica")
         check_data_dir(config.data_dir)  # DamagedDataDir: refused before pysyncobj reads it
         others = [p for p in config.peers_raft if p != config.raft_address]
         super().__init__(config.raft_address, others, syncobj_conf(config, self._on_state_changed))

@@ -15,7 +15,7 @@ from hypercorn.trio import serve
 
 from cellstore.api import Replica, build_router
 from cellstore.config import ReplicaConfig
-from cellstore.datadir import DamagedDataDir
+from cellstore.datadir import DamagedDataDir, DataDirInUse
 from cellstore.feed import AppliedFeed
 from cellstore.heap import tune_for_large_heaps
 from cellstore.http import AsgiApp
@@ -37,6 +37,9 @@ def run_replica(config: ReplicaConfig, *, configure_logging: bool = True) -> Non
     except DamagedDataDir as exc:
         log.critical("data_dir_damaged", replica=config.id, error=str(exc))
         raise SystemExit(3) from None
+    except DataDirInUse as exc:
+        log.critical("data_dir_in_use", replica=config.id, error=str(exc))
+        raise SystemExit(2) from None
     except TlsError as exc:
         log.critical("tls_refused", replica=config.id, error=str(exc))
         raise SystemExit(2) from None

@@ -501,6 +501,16 @@ async def run_cell(
     resources: Sequence[str] = (),
     insecure: bool = False,
 ) -> None:
+    from cellstore.datadir import DataDirInUse, hold
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Held while this supervisor lives: a second `omega up` on a running cell's dir
+        # rewrote its replicas' configs and crash-looped its own against their ports.
+        _held = hold(data_dir, "up.lock", "omega up")
+    except DataDirInUse as exc:
+        say(f"error: {exc}", sys.stderr)
+        raise SystemExit(1) from None
     layout = prepare(data_dir, replicas, heartbeat_timeout_s, insecure)
     parts = plan_parts(layout, schedulers, agents, hollow, resources)
     tokens = part_tokens(layout, parts)

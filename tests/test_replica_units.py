@@ -4,7 +4,10 @@ and the HTTP edge (auth, limits, validation) of one in-process single-node repli
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import trio
 
 from cellstore.client import COMMANDS, STATUS, WATCH
 from cellstore.config import RaftTuning, ReplicaConfig, free_ports
+from cellstore.datadir import DataDirInUse, hold
 from cellstore.feed import AppliedFeed
 from cellstore.machine import MachineBox
 from cellstore.server import serve_replica
@@ -208,3 +212,26 @@ def test_extension_registers_a_typed_endpoint(tmp_path: Path) -> None:
         assert resp.json() == {"key": "a", "value": 3}
 
     run_with_replica(config, body)
+
+
+def test_a_data_dir_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    # A second `omega up` on a running cell's dir crash-looped replicas against the
+    # first's ports and appended to its logs; a second replica would write its journal.
+
+    code = (
+        "import sys, time; from pathlib import Path; from cellstore.datadir import hold; "
+        f"hold(Path({str(tmp_path)!r}), 'replica.lock', 'replica'); print('held', flush=True); "
+        "time.sleep(60)"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        with pytest.raises(DataDirInUse, match=rf"in use by another replica \(pid {other.pid}\)"):
+            hold(tmp_path, "replica.lock", "replica")
+    finally:
+        other.kill()
+        other.wait(10)
+    # Its holder gone, however it ended, the dir is free again.
+    fd = hold(tmp_path, "replica.lock", "replica")
+    assert (tmp_path / "replica.lock").read_text().strip() == str(os.getpid())
+    os.close(fd)

@@ -35,6 +35,11 @@ def test_omega_up_again_brings_back_a_live_job_instead_of_a_second_copy(tmp_path
         cell.start()
         said_after_ready(cell, 2)
         web = wait_for("web running", lambda: named(cell, "web"))[0]["id"]
+        # A second `omega up` on the running cell's dir is refused at once, naming the
+        # first; the first runs on.
+        second = cell.omega("up", "--data-dir", str(cell.data_dir), check=False, timeout=60)
+        assert second.returncode == 1, second
+        assert f"in use by another omega up (pid {cell.proc.pid})" in second.stderr, second
         wait_for(
             "squares done", lambda: [j for j in named(cell, "squares") if j["state"] == "done"]
         )
