@@ -273,7 +273,8 @@ def endpoints(
             return await read(one)
         job, machine = _one(request, "job"), _one(request, "machine")
         state = _state(request, _TASK_STATES)
-        limit = request.query_int("limit", 100_000)
+        # A negative limit sliced off the last tasks rather than keeping the first.
+        limit = request.query_int("limit", 100_000, minimum=1)
 
         def listed(cell: CellState) -> Any:
             # A filter naming a job or machine the cell does not know is a mistake to

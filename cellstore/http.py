@@ -100,7 +100,7 @@ class Request:
                 400, "malformed_json", f"body is not valid JSON: {exc}", "body"
             ) from None
 
-    def query_int(self, name: str, default: int | None = None) -> int:
+    def query_int(self, name: str, default: int | None = None, minimum: int | None = None) -> int:
         values = self.query.get(name)
         if not values:
             if default is None:
@@ -109,9 +109,14 @@ class Request:
                 )
             return default
         try:
-            return int(values[0])
+            value = int(values[0])
         except ValueError:
             raise ApiError(400, "invalid_parameter", f"{name} must be an integer", name) from None
+        if minimum is not None and value < minimum:
+            raise ApiError(
+                400, "invalid_parameter", f"{name} {value} must be {minimum} or more", name
+            )
+        return value
 
 
 @attrs.define

@@ -213,6 +213,11 @@ def test_every_endpoint_refuses_missing_or_wrong_token_and_bad_bodies_name_the_f
                 assert error["message"]
                 if field is not None:
                     assert error["field"] == field, (path, error)
+            # Query parameters too: a negative limit sliced off the last tasks instead.
+            for query, said in (("limit=-1", "limit -1 must be 1 or more"), ("limit=x", "integer")):
+                resp = http.get(f"{base}/v1/tasks?{query}", headers=auth)
+                assert resp.status_code == 400 and said in resp.json()["error"]["message"], query
+                assert resp.json()["error"]["field"] == "limit"
             assert oversized_status(cluster.api[0], cluster.token) == 413
             after = http.get(base + SNAPSHOT, headers=auth).content
             strip = CellState.restore
