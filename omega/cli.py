@@ -949,9 +949,9 @@ def status_tables(found: dict[str, Any]) -> Table:
     outer.add_row(whole(scheds, "scheduler"))
     outer.add_row(
         # A new cell has none of either: "0", beside "jobs: 0", not a dash.
-        f"machines: {counts_text(found['agents']) if found['agents'] else 0}   "
+        f"machines: {counts_text(found['agents']) if any(found['agents'].values()) else 0}   "
         f"jobs: {found['jobs']}   "
-        f"tasks: {counts_text(found['tasks']) if found['tasks'] else 0}   "
+        f"tasks: {counts_text(found['tasks']) if any(found['tasks'].values()) else 0}   "
         f"version: {found['version']}"
     )
     return outer

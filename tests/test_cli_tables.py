@@ -80,7 +80,8 @@ def test_status_keeps_scheduler_names_whole_at_80_columns():
     assert "machines: up=4   jobs: 6   tasks: running=3   version: 61" in text
 
     # A new cell: no machines and no tasks read "0", as its jobs do, not "-".
-    new = {**found, "schedulers": [], "agents": {}, "jobs": 0, "tasks": {}, "version": 2}
+    new = {**found, "schedulers": [], "agents": {}, "jobs": 0, "tasks": {"running": 0}}
+    new["version"] = 2
     out = Console(width=80, force_terminal=True, color_system=None, record=True)
     out.print(status_tables(new))
     assert "machines: 0   jobs: 0   tasks: 0   version: 2" in out.export_text()
