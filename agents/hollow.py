@@ -139,7 +139,7 @@ class HollowExecutor(ReportingExecutor):
         self, task: str, incarnation: int, reason: str = "stopped", *, lost: bool = False
     ) -> bool:
         """A hollow task obeys SIGTERM at once: reported failed, `stopped:<reason>`
-        (lost, if the agent is leaving: see `ProcessExecutor.stop_all`)."""
+        (lost, if the agent is leaving: see `Executor.stop_all`)."""
         run = self._runs.pop((task, incarnation), None)
         if run is None:
             return False

@@ -1,4 +1,5 @@
-"""A replica's data dir checked before it is used: a damaged one is refused, never served.
+"""A replica's data dir checked before it is used: a damaged one is refused, never served,
+and one another live process holds (`hold`) is refused too.
 
 pysyncobj 0.3.17 keeps no checksum in its journal and trusts whatever it reads back: a journal
 cut short crashed the replica with a bare `struct.error`, and one flipped byte inside a command
