@@ -83,7 +83,10 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
             message += f" by {claim.task} of {command.txn.scheduler}" if claim else ""
     elif isinstance(event, TaskHealthChanged):
         kind, task, machine = "health", event.task, event.machine
-        verdict = {True: "healthy", False: "unhealthy", None: "not judged"}[event.healthy]
+        # None comes only with a (re)start: the verdict is the last run's no longer.
+        verdict = {True: "healthy", False: "unhealthy", None: "health not judged yet (a new run)"}[
+            event.healthy
+        ]
         message = f"task {task} {verdict}"
     else:  # pragma: no cover - a new event kind renders plainly until it has words
         kind, message = type(event).__name__, repr(event)

@@ -6,6 +6,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
+from cellstate import CellState
 from omega.cli import whole
 
 IDS = ["web-2843d4.0", "web-2843d4.1", "gpu-train-18449f.2"]
@@ -282,3 +283,14 @@ def test_a_long_table_is_drawn_fast_as_rich_draws_it(monkeypatch, width):
     if width == 200:  # it fits: drawn directly (rich's layout is the slow path)
         monkeypatch.setattr(omega.cli, "whole", None)  # any call to rich's path would fail
         assert printed(fast=True).count("\n") == FAST_ROWS + 50 + 4
+
+
+def test_a_restart_says_the_health_verdict_is_to_come_not_not_judged():
+    # At every (re)start the feed said `task web.1 not judged`, which read as a fault.
+    from cellstate import ReportTasks, TaskHealthChanged
+    from omega.events import describe
+
+    report = ReportTasks((), at=1.0)
+    event = TaskHealthChanged("web.1", "agent-0", 0, None)
+    said = describe(CellState(), report, event)["message"]
+    assert said == "task web.1 health not judged yet (a new run)"
