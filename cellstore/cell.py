@@ -199,8 +199,8 @@ def endpoints(
     """Register the cell's typed endpoints and the leader's heartbeat-expiry timer, which marks
     down machines silent for `heartbeat_timeout_s`."""
 
-    def body(request: Request) -> dict[str, Any]:
-        data = request.json()
+    def body(request: Request, unique_keys: bool = False) -> dict[str, Any]:
+        data = request.json(unique_keys)
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_body", "body must be a JSON object", "$")
         return data
@@ -209,7 +209,7 @@ def endpoints(
         return {**fields, "type": kind}
 
     async def submit(request: Request) -> Response:
-        data = body(request)
+        data = body(request, unique_keys=True)
         if "spec" not in data:
             raise ApiError(400, "invalid", "required field 'spec' is missing", "$.spec")
         job = data.get("job") or _job_id(data["spec"])
@@ -218,16 +218,22 @@ def endpoints(
         )
 
     async def kill(request: Request) -> Response:
-        return await commit_one(replica, typed("kill_job", body(request)), request.principal)
+        data = body(request, unique_keys=True)
+        return await commit_one(replica, typed("kill_job", data), request.principal)
 
     async def transaction(request: Request) -> Response:
         return await commit_one(replica, typed("commit", body(request)), request.principal)
 
-    def command_endpoint(kind: str):
+    def command_endpoint(kind: str, unique_keys: bool = False):
         async def handler(request: Request) -> Response:
-            return await commit_one(replica, typed(kind, body(request)), request.principal)
+            data = body(request, unique_keys)
+            return await commit_one(replica, typed(kind, data), request.principal)
 
         return handler
+
+    def by_people(kind: str):
+        """A route people write to (specs, quotas, tokens): a key given twice is refused."""
+        return command_endpoint(kind, unique_keys=True)
 
     async def read(fn) -> Response:
         data = await replica.read(lambda machine: fn(_cell_machine(machine).cell))
@@ -330,11 +336,11 @@ def endpoints(
     router.add("POST", "/v1/jobs", submit)
     router.add("GET", "/v1/jobs", jobs)
     router.add("POST", "/v1/jobs/kill", kill)
-    router.add("POST", "/v1/jobs/planned", command_endpoint("submit_plan"))
-    router.add("POST", "/v1/jobs/update", command_endpoint("update_job"))
-    router.add("POST", "/v1/jobs/revert", command_endpoint("revert_job"))
-    router.add("POST", "/v1/jobs/scale", command_endpoint("scale_job"))
-    router.add("POST", "/v1/jobs/promote", command_endpoint("promote_job"))
+    router.add("POST", "/v1/jobs/planned", by_people("submit_plan"))
+    router.add("POST", "/v1/jobs/update", by_people("update_job"))
+    router.add("POST", "/v1/jobs/revert", by_people("revert_job"))
+    router.add("POST", "/v1/jobs/scale", by_people("scale_job"))
+    router.add("POST", "/v1/jobs/promote", by_people("promote_job"))
     router.add("GET", "/v1/jobs/history", history)
     router.add("GET", "/v1/tasks", tasks)
     router.add("GET", "/v1/machines", machines)
@@ -343,17 +349,17 @@ def endpoints(
     router.add("POST", "/v1/agents/heartbeat", command_endpoint("heartbeat"))
     router.add("POST", "/v1/agents/report", command_endpoint("report_tasks"))
     router.add("POST", "/v1/agents/usage", command_endpoint("report_usage"))
-    router.add("POST", "/v1/machines/state", command_endpoint("set_machine_state"))
-    router.add("POST", "/v1/quotas", command_endpoint("set_quota"))
+    router.add("POST", "/v1/machines/state", by_people("set_machine_state"))
+    router.add("POST", "/v1/quotas", by_people("set_quota"))
     router.add("GET", "/v1/quotas", quotas)
-    router.add("POST", "/v1/weights", command_endpoint("set_weights"))
+    router.add("POST", "/v1/weights", by_people("set_weights"))
     router.add("GET", "/v1/weights", weights)
     router.add("POST", "/v1/schedulers/report", command_endpoint("report_scheduler"))
     router.add("GET", "/v1/cell", summary)
     router.add("GET", "/v1/explain", explain)
     router.add("GET", "/v1/tokens", tokens)
-    router.add("POST", "/v1/tokens", command_endpoint("create_token"))
-    router.add("POST", "/v1/tokens/revoke", command_endpoint("revoke_token"))
+    router.add("POST", "/v1/tokens", by_people("create_token"))
+    router.add("POST", "/v1/tokens/revoke", by_people("revoke_token"))
     replica.background.append(lambda: expire_heartbeats(replica, heartbeat_timeout_s))
     replica.background.append(lambda: raise_rules(replica))
     replica.background.append(lambda: enter_bootstrap_token(replica))

@@ -213,6 +213,19 @@ def test_every_endpoint_refuses_missing_or_wrong_token_and_bad_bodies_name_the_f
                 assert error["message"]
                 if field is not None:
                     assert error["field"] == field, (path, error)
+            # A key given twice in a body people write: orjson kept the last, and a spec
+            # of `"cpu": 1, ..., "cpu": 64` asked for 64 cpus without a word.
+            twice = (
+                b'{"spec": {"name": "x", "owner": "a", "scheduler": "batch",'
+                b' "resources": {"cpu": 1, "memory": 1, "cpu": 64}}}'
+            )
+            resp = http.post(base + WRITE_ROUTES["SubmitJob"], headers=auth, content=twice)
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["code"] == "duplicate_key", resp.text
+            assert "'cpu' appears twice" in resp.json()["error"]["message"], resp.text
+            quota = b'{"owner": "a", "band": "batch", "limit": {"cpu": 1}, "owner": "b"}'
+            resp = http.post(base + "/v1/quotas", headers=auth, content=quota)
+            assert resp.status_code == 400 and "'owner' appears twice" in resp.text, resp.text
             # Query parameters too: a negative limit sliced off the last tasks instead.
             for query, said in (("limit=-1", "limit -1 must be 1 or more"), ("limit=x", "integer")):
                 resp = http.get(f"{base}/v1/tasks?{query}", headers=auth)
