@@ -105,8 +105,10 @@ def author(command: Command) -> str | None:
 
 def describe_setting(command: Command) -> dict[str, Any] | None:
     """A record for an accepted command that changes a setting and yields no event (a quota,
-    weights, a token), so that the feed shows who changed it; None for any other."""
+    weights, a token, the rules), so that the feed shows who changed it; None for any
+    other."""
     from cellstate import CreateToken, RevokeToken, SetQuota, SetWeights
+    from cellstate.commands import RaiseRules
 
     if isinstance(command, SetQuota):
         band = command.band.label
@@ -120,6 +122,9 @@ def describe_setting(command: Command) -> dict[str, Any] | None:
         kind, message = "token", f"token {command.name} ({command.role}) created"
     elif isinstance(command, RevokeToken):
         kind, message = "token", f"token {command.name} revoked"
+    elif isinstance(command, RaiseRules):
+        # An upgrade taking effect: from here on commands are judged by the new release.
+        kind, message = "rules", f"cell rules raised to {command.rules}"
     else:
         return None
     return {"kind": kind, "job": None, "task": None, "machine": None, "message": message}

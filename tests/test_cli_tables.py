@@ -294,3 +294,15 @@ def test_a_restart_says_the_health_verdict_is_to_come_not_not_judged():
     event = TaskHealthChanged("web.1", "agent-0", 0, None)
     said = describe(CellState(), report, event)["message"]
     assert said == "task web.1 health not judged yet (a new run)"
+
+
+def test_the_feed_says_when_an_upgrade_raises_the_rules():
+    # README: what a leader decides itself (rules raised) shows with no `by`; it did not show.
+    from cellstate.commands import RaiseRules
+    from omega.events import describe_setting
+
+    said = describe_setting(RaiseRules(8, at=1.0))
+    assert said is not None and (said["kind"], said["message"]) == (
+        "rules",
+        "cell rules raised to 8",
+    )
