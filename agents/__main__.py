@@ -3,8 +3,9 @@
 `--addr` and `--token` default to `OMEGA_ADDR` and `OMEGA_TOKEN` (as `omega up`
 sets them); `--cpu`/`--memory` to the host's. `--hollow N` stands in for N
 simulated machines `M-0000`... Logs are JSON lines on stderr; SIGTERM or
-SIGINT stops the tasks and exits (`--detach`: leaves them running for the
-next agent on the same work dir).
+SIGINT stops the tasks, reports them lost (the cell places them again) and
+exits (`--detach`: leaves them running for the next agent on the same work
+dir).
 """
 
 from __future__ import annotations
