@@ -20,7 +20,9 @@ was replayed as a different command, a state no other replica had (issue #19). S
 
 from __future__ import annotations
 
+import fcntl
 import gzip
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -47,9 +49,6 @@ def hold(data_dir: Path, name: str, holder: str) -> int:
     live process holds it: two replicas on one journal, or two `omega up` on one data dir,
     would corrupt it (a second `omega up` on a running cell's dir crash-looped its
     replicas against the first's ports, appending to the same logs)."""
-    import fcntl
-    import os
-
     fd = os.open(data_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
