@@ -162,6 +162,9 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         quota = SetQuota("team-a", Band.BATCH, Limit.of({"cpu": 2000, "memory": 3 << 29, "gpu": 0}))
         said = page.evaluate(f"describe({json.dumps(internal.unstructure(quota, Command))})")
         assert said == "quota of team-a in batch set: cpu=2 memory=1.5Gi gpu=0", said
+        # An upgrade taking effect reads as `omega events` says it (it was not shown).
+        said = page.evaluate("describe({type: 'raise_rules', rules: 8})")
+        assert said == "cell rules raised to 8", said
 
         # Submit from the console; the tasks go to running with no reload.
         page.evaluate("window.__same_page = true")

@@ -357,11 +357,12 @@ function describe(doc) {
     case "set_weights": return `weights set: ${Object.entries(doc.weights || {}).map(([o, w]) => `${o}=${w}`).join(" ")}`;
     case "create_token": return `token ${doc.name} (${doc.role}) created`;
     case "revoke_token": return `token ${doc.name} revoked`;
+    case "raise_rules": return `cell rules raised to ${doc.rules}`;
     default: return "";
   }
 }
 
-const QUIET = new Set(["heartbeat", "report_usage", "report_scheduler", "raise_rules"]);
+const QUIET = new Set(["heartbeat", "report_usage", "report_scheduler"]);
 
 // -- the watch feed ------------------------------------------------------------------
 
