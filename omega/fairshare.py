@@ -64,6 +64,10 @@ def weights_get(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> 
     if as_json:
         emit_json(found)
         return
+    if not found:
+        # An empty table said nothing of what an owner's weight then is.
+        console().print("no owner holds resources or has a weight: every owner weighs 1")
+        return
     from rich.table import Table
 
     table = Table("owner", "weight", "dominant share", "share/weight")

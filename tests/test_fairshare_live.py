@@ -27,6 +27,9 @@ def test_weights_split_freed_room_3_to_1(tmp_path):
         tmp_path / "cell", "--replicas", "1", "--agents", "2", "--schedulers", "batch"
     ) as cell:
         cell.start()
+        # A new cell has none: said so, not an empty table.
+        said = cell.omega("weights", "get").stdout
+        assert "no owner holds resources or has a weight: every owner weighs 1" in said, said
         cell.omega("weights", "set", "team-a=3", "team-b=1")
         assert {w["owner"]: w["weight"] for w in cell.json("weights", "get")} == {"team-a": 3.0}
         for words, code, said in (
