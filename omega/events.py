@@ -25,7 +25,7 @@ from omega.cli import Addr, AsJson, Token, app, call, cell_ca, fail
 from omega.units import count
 
 if TYPE_CHECKING:
-    from cellstate import CellState, Event
+    from cellstate import CellState, Event, ReportTasks
     from cellstate.commands import Command
 
 
@@ -68,7 +68,7 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
         found_task = cell.tasks.get(task)
         if str(event.state) == "starting" and isinstance(command, ReportTasks):
             # A restart in place says why: `(restart after exit:3)`.
-            why = next((r.reason for r in command.reports if r.task == task and r.reason), None)
+            why = _restart_reasons(command).get(task)
             message += f" ({why})" if why else ""
         if found_task is not None and str(event.state) in ("exited", "failed"):
             if found_task.exit_code is not None:
@@ -94,6 +94,18 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
         owner = cell.tasks.get(task)
         job = owner.job if owner is not None else task.rsplit(".", 1)[0]
     return {"kind": kind, "job": job, "task": task, "machine": machine, "message": message}
+
+
+_reasons: tuple[object, dict[str, str]] = (None, {})
+
+
+def _restart_reasons(command: ReportTasks) -> dict[str, str]:
+    """The reasons `command`'s reports give, by task: read once per command, not once per
+    event (a hollow agent's report holds a thousand tasks)."""
+    global _reasons
+    if _reasons[0] is not command:
+        _reasons = (command, {r.task: r.reason for r in command.reports if r.reason})
+    return _reasons[1]
 
 
 def author(command: Command) -> str | None:
