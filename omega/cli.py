@@ -97,6 +97,8 @@ LabelSelector = Annotated[
 ]
 
 JOB_FIELDS = ("id", "name", "scheduler", "priority", "state", "tasks")
+# The states a job does not leave (`cellstate.JobState`'s ended ones).
+JOB_ENDED = ("done", "failed", "killed")
 TASK_FIELDS = ("id", "job", "state", "machine")
 NODE_FIELDS = ("id", "state", "capacity", "used", "domain", "labels")
 # `omega submit --wait` on a job no machine can take: told apart from a failed job (1).
@@ -516,7 +518,7 @@ def submit(
     submitted = call(addr, token, submit_new)
     if submitted is None:
         assert known is not None
-        ended = known["state"] in ("done", "failed", "killed")
+        ended = known["state"] in JOB_ENDED
         fail(
             f"job {job_id} exists ({known['state']}): nothing submitted; choose another "
             "--id" + ("" if ended else f", or change it with omega update {job_id} {file}")
@@ -731,11 +733,7 @@ def kill(
     else:
         matches = selecting(selector)
         live = call(addr, token, lambda cell: cell.jobs())
-        targets = [
-            j["id"]
-            for j in live
-            if matches(j["labels"]) and j["state"] not in ("done", "failed", "killed")
-        ]
+        targets = [j["id"] for j in live if matches(j["labels"]) and j["state"] not in JOB_ENDED]
         if not targets:
             fail(f"no live job matches -l {selector!r}")
         if len(targets) > 1 and not yes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 
-from omega.cli import EXIT_BLOCKED, call, console, counts_text, fail
+from omega.cli import EXIT_BLOCKED, JOB_ENDED, call, console, counts_text, fail
 from omega.units import count
 
 SETTLED = ("running", "exited", "failed", "killed")
@@ -52,7 +52,7 @@ def wait_for_job(
             progress.update(
                 bar, completed=settled, description=f"{job} {view['state']} {counts_text(counts)}"
             )
-            if view["state"] in ("done", "failed", "killed") or settled >= size:
+            if view["state"] in JOB_ENDED or settled >= size:
                 break
             now = time.monotonic()
             accounts = {k: v for k, v in found["schedulers"].items() if tried(v)}
