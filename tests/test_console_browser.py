@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cellstate import Band, Limit, SetQuota
-from cellstate.commands import Command
+from cellstate.commands import Command, ReportedState, ReportTasks, TaskReport
 from cellstate.wire import internal
 from harness.upcell import up_cell
 
@@ -162,6 +162,18 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         quota = SetQuota("team-a", Band.BATCH, Limit.of({"cpu": 2000, "memory": 3 << 29, "gpu": 0}))
         said = page.evaluate(f"describe({json.dumps(internal.unstructure(quota, Command))})")
         assert said == "quota of team-a in batch set: cpu=2 memory=1.5Gi gpu=0", said
+        # A health check's verdict on a running task is news: it read "running" again.
+        reports = ReportTasks(
+            (
+                TaskReport("web.0", "m", 0, ReportedState.RUNNING, healthy=True),
+                TaskReport("web.1", "m", 0, ReportedState.RUNNING, healthy=False),
+                TaskReport("web.2", "m", 0, ReportedState.STARTING),
+            )
+        )
+        said = page.evaluate(f"describe({json.dumps(internal.unstructure(reports, Command))})")
+        assert said == (
+            "task web.0 running, healthy, task web.1 running, unhealthy, task web.2 starting"
+        ), said
         # An upgrade taking effect reads as `omega events` says it (it was not shown).
         said = page.evaluate("describe({type: 'raise_rules', rules: 8})")
         assert said == "cell rules raised to 8", said
