@@ -114,6 +114,16 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         page = browser.new_page()
         failures: list[str] = []
         page.on("pageerror", lambda error: failures.append(str(error)))
+        # What failed to load, but for the wrong token tried first (a 401 from /v1/cell).
+        unloaded: list[str] = []
+        page.on(
+            "console",
+            lambda m: (
+                unloaded.append(m.location["url"])
+                if m.type == "error" and m.text.startswith("Failed to load resource")
+                else None
+            ),
+        )
 
         page.goto(f"{address}/ui")
         page.fill("#token", "not-the-token")
@@ -241,6 +251,7 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         page.wait_for_selector("#job-state:has-text('killed')")
         assert cell.json("job", "console-web")["state"] == "killed"
         assert not failures, failures
+        assert unloaded == [f"{address}/v1/cell"], unloaded
 
     keep = os.environ.get("OMEGA_CONSOLE_SHOTS")
     if keep:
