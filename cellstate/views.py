@@ -8,6 +8,7 @@ fields may follow.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -217,7 +218,18 @@ def list_tasks(
 
 
 def list_machines(cell: CellState) -> list[dict[str, Any]]:
-    return [machine_view(m) for m in cell.machine_list]
+    """Machines by id, numbers read as numbers (agent-2 before agent-10): not in the
+    order their agents happened to register, which differs from one start to the next."""
+    return [machine_view(m) for m in sorted(cell.machine_list, key=_by_id)]
+
+
+_NUMBERS = re.compile(r"(\d+)")
+
+
+def _by_id(machine: Machine) -> tuple[str | int, ...]:
+    # Split, the parts alternate text and digits, so like compares with like.
+    parts = _NUMBERS.split(machine.id)
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
 
 
 def list_quotas(cell: CellState) -> list[dict[str, Any]]:

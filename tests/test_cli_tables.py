@@ -306,3 +306,17 @@ def test_the_feed_says_when_an_upgrade_raises_the_rules():
         "rules",
         "cell rules raised to 8",
     )
+
+
+def test_machines_are_listed_by_id_not_in_the_order_they_registered():
+    from cellstate import RegisterMachines
+    from cellstate.model import MachineSpec
+    from cellstate.resources import Resources
+    from cellstate.views import list_machines
+
+    cell = CellState()
+    for name in ("agent-10", "agent-2", "rack-b", "agent-1", "rack-a"):
+        spec = MachineSpec(name, Resources(1000, 1 << 30))
+        cell.apply(RegisterMachines((spec,), at=1.0, id=f"r-{name}"))
+    ids = [m["id"] for m in list_machines(cell)]
+    assert ids == ["agent-1", "agent-2", "agent-10", "rack-a", "rack-b"]
