@@ -61,6 +61,7 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/v1/quotas"): EVERYONE,
     ("GET", "/v1/weights"): EVERYONE,
     ("GET", "/v1/cell"): EVERYONE,
+    ("GET", "/v1/whoami"): EVERYONE,
     ("GET", "/v1/explain"): EVERYONE,
     # an operator's writes
     ("POST", "/v1/jobs"): OPERATE,

@@ -18,7 +18,8 @@ command, and refuses an agent's command about a machine its token is not bound t
 - `POST /v1/schedulers/report` a scheduler's figures and explanations
 - `GET /v1/cell` summary; `GET /v1/explain?target=JOB|TASK`
 - `GET /v1/tokens` names, roles, machines; `POST /v1/tokens` `{"name", "role", "digest",
-  "machines"}` issue one; `POST /v1/tokens/revoke` `{"name"}`
+  "machines"}` issue one; `POST /v1/tokens/revoke` `{"name"}`; `GET /v1/whoami` the caller's
+  own token's name, role and machines (any role; what the console offers it to do)
 The leader also issues `ExpireHeartbeats` every second for machines silent longer than
 `heartbeat_timeout_s`, an argument of `endpoints` set in the replica's config document
 (`replica_fields`), so every replica of a cell is told the same timeout at start-up.
@@ -317,6 +318,14 @@ def endpoints(
             }
         )
 
+    async def whoami(request: Request) -> Response:
+        """The request's own token: its name and role (what the console offers it to do)."""
+        principal = request.principal
+        if principal is None:  # only a public route has none, and this one is not
+            raise ApiError(401, "unauthorized", "no bearer token", "authorization")
+        found = {"name": principal.name, "role": principal.role}
+        return Response.json({**found, "machines": list(principal.machines)}, 200)
+
     async def summary(request: Request) -> Response:
         return await read(cell_views.cell_summary)
 
@@ -356,6 +365,7 @@ def endpoints(
     router.add("GET", "/v1/weights", weights)
     router.add("POST", "/v1/schedulers/report", command_endpoint("report_scheduler"))
     router.add("GET", "/v1/cell", summary)
+    router.add("GET", "/v1/whoami", whoami)
     router.add("GET", "/v1/explain", explain)
     router.add("GET", "/v1/tokens", tokens)
     router.add("POST", "/v1/tokens", by_people("create_token"))

@@ -87,11 +87,12 @@ SNAPSHOT = "/v1/snapshot"  # the store's own (`cellstore.client.SNAPSHOT`)
 TASKS = "/v1/tasks"
 MACHINES = "/v1/machines"
 CELL = "/v1/cell"
+WHOAMI = "/v1/whoami"
 EXPLAIN = "/v1/explain"
 QUOTAS = "/v1/quotas"
 WEIGHTS = "/v1/weights"
 TOKENS = "/v1/tokens"
-READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, QUOTAS, WEIGHTS)
+READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, QUOTAS, WEIGHTS, WHOAMI)
 CONNECT_TIMEOUT_S = 1.0  # as `StoreClient`'s
 STATUS = "/v1/status"  # the store's own (`cellstore.client.STATUS`): importing it brings httpx
 AGENT_LOGS = "/v1/logs"  # served by each agent (`agents.logserver`), not by the replicas
@@ -259,6 +260,14 @@ class SchedulerSummary(TypedDict):
     figures: dict[str, float]
     reported_at: float
     blocked: int
+
+
+class Identity(TypedDict):
+    """`GET /v1/whoami`: the caller's own token (an agent's is bound to `machines`)."""
+
+    name: str
+    role: str
+    machines: list[str]
 
 
 class CellSummary(TypedDict):
@@ -517,6 +526,10 @@ class _Calls:
         return Call("GET", CELL, _same)
 
     @staticmethod
+    def whoami() -> Call[Identity]:
+        return Call("GET", WHOAMI, _same)
+
+    @staticmethod
     def quotas() -> Call[list[QuotaView]]:
         return Call("GET", QUOTAS, _key("quotas"))
 
@@ -717,6 +730,9 @@ class CellClient:
 
     async def summary(self) -> CellSummary:
         return await self._run(_Calls.summary())
+
+    async def whoami(self) -> Identity:
+        return await self._run(_Calls.whoami())
 
     async def quotas(self) -> list[QuotaView]:
         return await self._run(_Calls.quotas())
@@ -1150,6 +1166,9 @@ class SyncCellClient:
 
     def summary(self) -> CellSummary:
         return self._run(_Calls.summary())
+
+    def whoami(self) -> Identity:
+        return self._run(_Calls.whoami())
 
     def create_token(
         self,

@@ -1,4 +1,4 @@
-"""`omega token create|revoke|list` and `omega tls ca|cert`: the cell's credentials.
+"""`omega token create|revoke|list|whoami` and `omega tls ca|cert`: the cell's credentials.
 
 Tokens: `create` makes the secret here, sends only its SHA-256 to the cell (`CreateToken`),
 and prints the secret once; nothing can show it again. Roles and what each may call are
@@ -89,6 +89,17 @@ def token_list(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> N
     for t in tokens:
         table.add_row(t["name"], t["role"], ",".join(t["machines"]) or "-")
     console().print(table)
+
+
+@token_app.command("whoami")
+def token_whoami(addr: Addr = "", token: Token = "", as_json: AsJson = False) -> None:
+    """The token in use: its name and role, and an agent token's machines."""
+    found = call(addr, token, lambda cell: cell.whoami())
+    if as_json:
+        emit_json(found)
+        return
+    bound = f", for {', '.join(found['machines'])}" if found["machines"] else ""
+    console().print(f"{found['name']} ({found['role']}{bound})", highlight=False)
 
 
 @tls_app.command("ca")

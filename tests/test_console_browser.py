@@ -244,6 +244,30 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         page.wait_for_selector("#machine-state:has-text('draining')")
         assert {m["id"]: m["state"] for m in cell.json("nodes")}[machine] == "draining"
 
+        # A read-only token reads the same pages, without the buttons it may not press.
+        viewer = cell.json("token", "create", "--role", "read-only", "--name", "viewer")
+        assert cell.json("token", "whoami")["role"] == "admin"
+        seen = cell.omega_as({**cell.env, "OMEGA_TOKEN": viewer["secret"]}, "token", "whoami")
+        assert seen.stdout.strip() == "viewer (read-only)", seen
+        reader = browser.new_page()  # a tab of its own: the token is kept per tab
+        reader.goto(f"{address}/ui#/job/console-web")
+        reader.fill("#token", viewer["secret"])
+        reader.click("#signin button")
+        reader.wait_for_selector("#tasks tr[data-task^='console-web.']")
+        assert reader.inner_text("#me") == "viewer (read-only)"
+        assert "this page only reads" in reader.inner_text("#read-only")
+        for control in ("button.kill", "#scale-form", "#update-box", "button[data-revert]"):
+            assert reader.locator(control).count() == 0, control
+        reader.goto(f"{address}/ui#/jobs")
+        reader.wait_for_selector("#jobs tr[data-job='console-web']")
+        assert reader.locator("button.kill").count() == 0
+        assert reader.locator("#submit-box").is_hidden()
+        reader.goto(f"{address}/ui#/machine/{machine}")
+        reader.wait_for_selector("#machine-state")
+        assert reader.locator("button[data-machine-state]").count() == 0
+        reader.close()
+        assert page.inner_text("#me") == "bootstrap (admin)"
+
         # Kill from the console (it asks first); the page follows the job to killed.
         page.on("dialog", lambda dialog: dialog.accept())
         page.goto(f"{address}/ui#/job/console-web")

@@ -18,7 +18,14 @@ const state = {
   refreshTimer: null,
   rendering: false,
   again: false,
+  me: null, // {name, role} of the token signed in (GET /v1/whoami)
+  feedFrom: 1, // the first version the feed was read from (older commands are not shown)
 };
+
+// Roles that may change jobs and machines (`cellstore.access`): the others see no buttons,
+// rather than buttons every press of which is refused.
+const OPERATORS = new Set(["admin", "operator"]);
+const mayOperate = () => state.me !== null && OPERATORS.has(state.me.role);
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -186,13 +193,14 @@ async function jobsPage(query) {
       <td class="num">${j.priority}</td><td class="state ${esc(j.state)}">${esc(j.state)}</td>
       <td>${counts(j.tasks, j.id)}</td><td class="num">${j.version ?? "-"}</td><td>${rollout(j.rollout)}</td>
       <td>${labels(j.labels)}</td><td>${when(j.submitted_at)}</td>
-      <td>${["done", "failed", "killed"].includes(j.state) ? "" : `<button class="kill" data-kill="${esc(j.id)}">Kill</button>`}</td></tr>`).join("");
+      <td>${["done", "failed", "killed"].includes(j.state) || !mayOperate() ? "" : `<button class="kill" data-kill="${esc(j.id)}">Kill</button>`}</td></tr>`).join("");
   return `
     <h2>Jobs${wanted ? ` <small>${esc(wanted)}</small>` : ""}</h2>
     <table class="grid" id="jobs"><thead><tr><th>id</th><th>scheduler</th><th>priority</th><th>state</th>
       <th>tasks</th><th>version</th><th>update</th><th>labels</th><th>submitted</th><th></th></tr></thead>
       <tbody>${rows || `<tr><td colspan="10">No jobs.</td></tr>`}</tbody></table>
-    <details id="submit-box" ${jobs.length ? "" : "open"}><summary>Submit a job</summary>
+    ${mayOperate() ? "" : readOnlyNote()}
+    <details id="submit-box" ${mayOperate() ? "" : "hidden"} ${jobs.length ? "" : "open"}><summary>Submit a job</summary>
       <form id="submit-form" class="stack">
         <label>Job spec (JSON, the fields of a spec file: see examples/)<textarea id="spec" rows="10" spellcheck="false"></textarea></label>
         <label>Job id (optional) <input id="job-id" placeholder="name-xxxxxx"></label>
@@ -231,7 +239,7 @@ async function jobPage(id) {
   }
   const recent = state.feed.filter((e) => e.text.includes(id)).slice(-20).reverse();
   state.currentSpec = history.versions.length ? history.versions[history.versions.length - 1].spec : null;
-  const killable = !["done", "failed", "killed"].includes(j.state);
+  const killable = !["done", "failed", "killed"].includes(j.state) && mayOperate();
   return `
     <h2>Job ${esc(j.id)} <span class="state ${esc(j.state)}" id="job-state">${esc(j.state)}</span>
       ${killable ? `<button class="kill" data-kill="${esc(j.id)}">Kill</button>` : ""}</h2>
@@ -244,6 +252,7 @@ async function jobPage(id) {
       <dt>version</dt><dd>${j.version} (stable ${j.stable_version}); update: ${rollout(j.rollout)}</dd>
       <dt>available</dt><dd>${j.available} of ${j.size}${j.max_unavailable != null ? `; at most ${j.max_unavailable} unavailable` : ""}</dd>
     </dl>
+    ${mayOperate() ? "" : readOnlyNote()}
     ${killable ? `<form id="scale-form" class="inline">Scale to <input id="scale-tasks" type="number" min="1" value="${j.size}"> tasks <button type="submit">Scale</button> <span id="scale-error" class="error"></span>
       ${j.rollout && j.rollout.state === "canary" ? `<button type="button" data-promote="${esc(j.id)}">Promote the canary</button>` : ""}</form>
     <details id="update-box"><summary>Update the spec (a new version, rolled out by its scheduler)</summary>
@@ -256,7 +265,7 @@ async function jobPage(id) {
     <h3>History <small>version ${history.version}, stable ${history.stable_version}</small></h3>
     ${versionsTable(history)}
     <h3>Recent changes</h3>
-    ${feedTable(recent)}`;
+    ${feedTable(recent, `omega events --job ${j.id}`)}`;
 }
 
 async function machinePage(id) {
@@ -269,7 +278,7 @@ async function machinePage(id) {
       <td><a href="#/job/${encodeURIComponent(t.job)}">${esc(t.job)}</a></td>
       <td class="state ${esc(t.state)}">${esc(t.state)}</td><td class="num">${t.incarnation}</td>
       <td>${t.usage ? `cpu ${human(t.usage, "cpu")}, memory ${human(t.usage, "memory")}` : "-"}</td></tr>`).join("");
-  const buttons = ["up", "draining", "down"].filter((s) => s !== m.state)
+  const buttons = !mayOperate() ? "" : ["up", "draining", "down"].filter((s) => s !== m.state)
     .map((s) => `<button data-machine-state="${s}">Set ${s}</button>`).join(" ");
   return `
     <h2>Machine ${esc(m.id)} <span class="state ${esc(m.state)}" id="machine-state">${esc(m.state)}</span></h2>
@@ -285,7 +294,7 @@ async function machinePage(id) {
 
 async function eventsPage() {
   return `<h2>Events <small>the change feed: the last commands before this page opened, then each as it comes</small></h2>
-    ${feedTable(state.feed.slice().reverse())}
+    ${feedTable(state.feed.slice().reverse(), "omega events")}
     <p class="note"><code>omega events</code> prints the whole history, rendered task by task.</p>`;
 }
 
@@ -296,16 +305,22 @@ function versionsTable(history) {
     <td class="num">${v.version}</td><td>${when(v.made_at)}</td>
     <td>${v.changes.length ? v.changes.map(esc).join("<br>") : "submitted"}</td>
     <td>${rollout(rollouts[v.version])}</td>
-    <td>${v.version !== history.version ? `<button data-revert="${v.version}">Revert to v${v.version}</button>` : ""}</td></tr>`).join("");
+    <td>${v.version !== history.version && mayOperate() ? `<button data-revert="${v.version}">Revert to v${v.version}</button>` : ""}</td></tr>`).join("");
   return `<table class="grid" id="history"><thead><tr><th>version</th><th>made</th><th>changes</th><th>update</th><th></th></tr></thead>
     <tbody>${rows}</tbody></table>`;
 }
 
-function feedTable(entries) {
+function readOnlyNote() {
+  return `<p class="note" id="read-only">Signed in as ${esc(state.me ? `${state.me.name} (${state.me.role})` : "a token of unknown role")}: this page only reads. Jobs and machines are changed with an admin or operator token.</p>`;
+}
+
+// `whole`: the command that prints what this table cannot (commands before the feed began).
+function feedTable(entries, whole) {
   const rows = entries.map((e) => `<tr><td class="num">${e.version}</td><td>${when(e.at)}</td>
     <td>${esc(e.type)}</td><td>${esc(e.text)}</td><td class="by">${esc(e.by)}</td></tr>`).join("");
   return `<table class="grid feed"><thead><tr><th>version</th><th>time</th><th>command</th><th></th><th>by</th></tr></thead>
-    <tbody>${rows || `<tr><td colspan="5">Nothing yet.</td></tr>`}</tbody></table>`;
+    <tbody>${rows || `<tr><td colspan="5">Nothing since version ${state.feedFrom}, where this page's feed
+      begins: <code>${esc(whole)}</code> prints the whole history.</td></tr>`}</tbody></table>`;
 }
 
 // Priority bands by number, as the wire carries them (`cellstate.model.Band`).
@@ -566,6 +581,8 @@ async function trySignIn(event) {
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = "";
+  state.me = null;
+  $("#me").textContent = "";
   if (state.following) state.following.abort();
   signIn(message);
 }
@@ -581,6 +598,13 @@ async function start(version) {
     // Only the backlog is lost: the feed still follows from now on.
   }
   state.version = Math.min(from, version + 1) - 1;
+  state.feedFrom = state.version + 1;
+  try {
+    state.me = await api("GET", "/v1/whoami");
+  } catch (e) {
+    state.me = null; // a replica before /v1/whoami: read-only pages, which is safe
+  }
+  $("#me").textContent = state.me ? `${state.me.name} (${state.me.role})` : "";
   $("#nav").hidden = $("#signout").hidden = $("#live").hidden = false;
   follow();
   render();
