@@ -236,7 +236,8 @@ def from_cell(cell: CellState, name: str) -> CompactionWorkload:
 
 
 def from_snapshot(path: Path) -> CompactionWorkload:
-    """The workload of a cell snapshot file (`omega snapshot save FILE`)."""
+    """The workload of a cell snapshot file (`omega snapshot save FILE`). (`run` leaves out
+    the jobs that no machine of the cell could ever take: `placeable`.)"""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -255,6 +256,31 @@ def from_snapshot(path: Path) -> CompactionWorkload:
             "jobs with tasks alive; compaction needs at least one of each"
         )
     return found
+
+
+def placeable(workload: CompactionWorkload) -> tuple[CompactionWorkload, list[dict[str, Any]]]:
+    """The workload without the jobs one task of which fits no machine of the whole, empty
+    cell (a constraint no machine meets, a task larger than every machine), and those
+    jobs, each with why. A live cell may hold such a job, pending for good; kept, no cell
+    would fit the workload and there would be nothing to compare. A job that fits alone
+    but not beside the others stays: that is the answer compaction gives."""
+    everywhere = range(len(workload.machines))
+    # Per what decides where one task may go (a lone task is spread and apart whatever its
+    # job asks): the job first checked, and why it fitted nowhere (None: it fitted).
+    verdicts: dict[tuple[Any, ...], tuple[str, str | None]] = {}
+    kept, left_out = [], []
+    for job, spec in workload.jobs:
+        need = tuple(spec.resources.items())
+        key = (spec.scheduler, spec.band, need, tuple(spec.constraints.items()))
+        if key not in verdicts:
+            alone = attrs.evolve(workload, jobs=((job, attrs.evolve(spec, tasks=1)),))
+            verdicts[key] = (job, unplaced(alone, everywhere, POLICIES["best-fit-all"], 0))
+        checked, why = verdicts[key]
+        if why is None:
+            kept.append((job, spec))
+        else:
+            left_out.append({"job": job, "tasks": spec.tasks, "why": why.replace(checked, job)})
+    return attrs.evolve(workload, jobs=tuple(kept)), left_out
 
 
 # -- fitting --------------------------------------------------------------------------------
@@ -297,7 +323,9 @@ def unplaced(
         while core.has_work(cell):
             decision = core.decide(cell, 0.0)
             if decision is None:
-                return f"{kind.value} jobs could not be decided"
+                # Nothing of any job fitted: say so of the first, as `omega explain` would.
+                short = next(j for j in cell.pending_jobs if core.owns(cell.jobs[j]))
+                return core.explain(cell, short).summary()
             for job, metric in decision.explanations.items():
                 if metric.placed < metric.wanted:  # room only shrinks: it will never fit
                     why = metric.unplaced_reason or "no room"
@@ -492,11 +520,13 @@ def table(result: CompactionResult) -> str:
     of the whole cell and its ratio to best fit's."""
     base = next((r.p90 for r in result.policies if r.policy == "best-fit"), None)
     lines = [
-        f"cell compaction: {result.workload}, {result.machines} machines, {result.tasks} tasks "
-        f"in {result.jobs} jobs; {result.trials} trials, seed {result.seed}",
+        f"cell compaction: {result.workload}, {_count(result.machines, 'machine')}, "
+        f"{_count(result.tasks, 'task')} in {_count(result.jobs, 'job')}; "
+        f"{_count(result.trials, 'trial')}, seed {result.seed}",
         "demand: "
         + ", ".join(f"{dim} {share:.1%}" for dim, share in result.demand.items())
-        + f" of the cell; lower bound from demand and capacity: p90 {result.bound} machines "
+        + " of the cell; lower bound from demand and capacity: "
+        + f"p90 {_count(result.bound, 'machine')} "
         + f"({min(result.bounds)}-{max(result.bounds)} over trials)",
         f"{'policy':<14} {'sampling':>8} {'p90':>7} {'min':>7} {'median':>8} {'max':>7} "
         f"{'of cell':>8} {'vs best-fit':>11}",
@@ -510,6 +540,10 @@ def table(result: CompactionResult) -> str:
             f"{r.p90 / result.machines:>8.1%} {ratio:>11}"
         )
     return "\n".join(lines)
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
 
 
 def plot(result: CompactionResult, path: Path) -> None:
@@ -575,6 +609,15 @@ def run(args: Any) -> dict[str, Any]:
     began = time.perf_counter()
     chosen = [POLICIES[name] for name in args.policies or POLICIES]
     workload = load_workload(args.preset, args.snapshot, args.machines, args.seed)
+    left_out: list[dict[str, Any]] = []
+    if args.snapshot is not None:
+        workload, left_out = placeable(workload)
+        for job in left_out:
+            print(f"left out, fits no machine of the cell: {job['why']}", flush=True)
+        if not workload.jobs:
+            raise CompactionError(
+                f"--snapshot {args.snapshot}: no job left that a machine of the cell could take"
+            )
     print(
         f"seed={args.seed} trials={args.trials} workload={workload.name} "
         f"machines={len(workload.machines)} jobs={len(workload.jobs)} tasks={workload.tasks}",
@@ -594,6 +637,7 @@ def run(args: Any) -> dict[str, Any]:
     return {
         "bench": "compaction",
         **result.as_dict(),
+        **({"left_out": left_out} if args.snapshot is not None else {}),
         **({"plot": str(args.plot)} if args.plot else {}),
         "wall_s": round(time.perf_counter() - began, 2),
     }

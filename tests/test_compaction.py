@@ -201,3 +201,48 @@ def test_a_workload_that_does_not_fit_the_whole_cell_names_the_job_and_why():
     with pytest.raises(CompactionError) as caught:
         compact(workload, [POLICIES["best-fit"]], trials=1, seed=1)
     assert "job needs-gpu: 0 of 1 tasks placed (constraint:accel)" in str(caught.value)
+
+
+def test_a_snapshot_job_no_machine_can_take_is_left_out_and_named(tmp_path: Path):
+    """`omega bench compaction --snapshot` of a live cell holding a job pending for good
+    (a constraint no machine meets, a task larger than every machine) refused the whole
+    workload; it now measures the rest and names what it left out, and why."""
+    cell = cell_with(machines=4, cpu=4000, memory=8 * GI)
+    submit(cell, "web", tasks=6, cpu=1000)
+    submit(cell, "needs-gpu", tasks=2, cpu=100, constraints={"accel": "gpu"})
+    submit(cell, "needs-gpu-too", tasks=1, cpu=100, constraints={"accel": "gpu"})
+    submit(cell, "huge", tasks=1, cpu=5000)
+    path = tmp_path / "live.snap"
+    path.write_bytes(cell.snapshot())
+    argv = ["--snapshot", str(path), "--trials", "2", "--policies", "best-fit"]
+    result = CliRunner().invoke(app, ["bench", "compaction", *argv], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert (summary["jobs"], summary["tasks"]) == (1, 6)
+    left = {job["job"]: job for job in summary["left_out"]}
+    assert sorted(left) == ["huge", "needs-gpu", "needs-gpu-too"]
+    assert left["needs-gpu"]["tasks"] == 2
+    assert "0/4 machines fit: 4 constraint:accel" in left["needs-gpu-too"]["why"]
+    assert left["needs-gpu-too"]["why"].startswith("job needs-gpu-too:")
+    assert "insufficient:cpu" in left["huge"]["why"]
+    assert any(
+        line.startswith("left out, fits no machine of the cell: job huge:") for line in lines
+    )
+    # Nothing left to measure: refused, naming the snapshot.
+    cell = cell_with(machines=2)
+    submit(cell, "needs-gpu", constraints={"accel": "gpu"})
+    path.write_bytes(cell.snapshot())
+    result = CliRunner().invoke(app, ["bench", "compaction", "--snapshot", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "no job left that a machine of the cell could take" in _flat(result.output)
+
+
+def test_a_decision_that_places_nothing_says_which_job_and_why():
+    machines = tuple(MachineSpec(f"m{i}", Resources(4000, 16 * GI)) for i in range(4))
+    spec = JobSpec("needs-gpu", "o", BATCH, Resources(1000, GI), constraints={"accel": "gpu"})
+    workload = CompactionWorkload("live", machines, (("needs-gpu", spec),))
+    with pytest.raises(CompactionError) as caught:
+        compact(workload, [POLICIES["best-fit"]], trials=1, seed=1)
+    assert "job needs-gpu: 1 pending" in str(caught.value)
+    assert "0/4 machines fit: 4 constraint:accel" in str(caught.value)
