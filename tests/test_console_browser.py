@@ -167,6 +167,37 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
             "machines registered: hollow-0, hollow-1, hollow-2, hollow-3, hollow-4, hollow-5, "
             "hollow-6, hollow-7 and 9992 more"
         ), line
+        # A large cell's machines are small squares, the facts in their tooltips; failure
+        # domains in the order people count them.
+        drawn = page.evaluate(
+            """() => {
+              const machines = Array.from({length: 300}, (_, i) => ({
+                id: `hollow-${i}`, domain: `rack-${i % 12}`, state: i === 7 ? "down" : "up",
+                capacity: {cpu: "2", cpu_milli: 2000, memory: "2Gi", memory_bytes: 2 ** 31},
+                used: {cpu: "500m", cpu_milli: i % 3 ? 500 : 0, memory: "64Mi",
+                       memory_bytes: 2 ** 26},
+                tasks: i % 3,
+              }));
+              const box = document.createElement("div");
+              box.innerHTML = machineTiles(machines);
+              return {
+                dots: box.querySelectorAll(".tile.dot[data-machine]").length,
+                full: box.querySelectorAll(".tile-foot").length,
+                domains: [...box.querySelectorAll(".domain h3")].map((h) => h.firstChild.textContent),
+                title: box.querySelector(".tile[data-machine='hollow-1']").title,
+                down: box.querySelector(".tile[data-machine='hollow-7']").className,
+              };
+            }"""
+        )
+        assert (drawn["dots"], drawn["full"]) == (300, 0), drawn
+        assert drawn["domains"][:3] == [
+            "failure domain rack-0 ",
+            "failure domain rack-1 ",
+            "failure domain rack-2 ",
+        ]
+        assert drawn["domains"][-1] == "failure domain rack-11 "
+        assert drawn["title"] == "hollow-1 up: cpu 500m/2, memory 64Mi/2Gi; 1 task", drawn
+        assert "down" in drawn["down"].split()
         # A quota as the log carries it (band by number, cpu in millicores, a zero kept)
         # reads as the CLI's `omega events` says it.
         quota = SetQuota("team-a", Band.BATCH, Limit.of({"cpu": 2000, "memory": 3 << 29, "gpu": 0}))

@@ -133,13 +133,7 @@ async function cellPage() {
     points.push({ busyness: s.figures.busyness || 0, conflict: s.figures.conflict_fraction || 0 });
     if (points.length > HISTORY_POINTS) points.shift();
   }
-  const domains = {};
-  for (const m of machines.machines) (domains[m.domain] ||= []).push(m);
-  const dims = [...new Set(machines.machines.flatMap((m) => dimensions(m.capacity)))];
-  const tiles = Object.keys(domains).sort().map((domain) => `
-    <section class="domain"><h3>failure domain ${esc(domain)} <small>${count(domains[domain].length, "machine")}</small></h3>
-      <div class="tiles">${domains[domain].map((m) => tile(m, dims)).join("")}</div>
-    </section>`).join("");
+  const tiles = machineTiles(machines.machines);
   const schedulers = summary.schedulers.map((s) => {
     const f = s.figures, points = state.history[s.name] || [];
     return `<tr data-scheduler="${esc(s.name)}"><td>${esc(s.name)}</td><td>${esc(s.kind)}</td>
@@ -158,6 +152,43 @@ async function cellPage() {
     <table class="grid" id="schedulers"><thead><tr><th>scheduler</th><th>kind</th><th>txns</th>
       <th>conflict fraction</th><th></th><th>busyness</th><th></th><th>blocked</th></tr></thead>
       <tbody>${schedulers || `<tr><td colspan="8">No scheduler has reported.</td></tr>`}</tbody></table>`;
+}
+
+// Past this many machines a tile is a small square (colour and a tooltip; its page has the
+// rest): 2,000 full tiles made a page 54,000 pixels long.
+const SMALL_TILES_OVER = 120;
+
+function machineTiles(machines) {
+  const domains = {};
+  for (const m of machines) (domains[m.domain] ||= []).push(m);
+  const dims = [...new Set(machines.flatMap((m) => dimensions(m.capacity)))];
+  const small = machines.length > SMALL_TILES_OVER;
+  // Numbers read as numbers (rack-2 before rack-10), as the machines within come.
+  const order = (a, b) => a.localeCompare(b, "en", { numeric: true });
+  return Object.keys(domains).sort(order).map((domain) => `
+    <section class="domain"><h3>failure domain ${esc(domain)} <small>${count(domains[domain].length, "machine")}</small></h3>
+      <div class="tiles${small ? " small" : ""}">${domains[domain].map((m) => (small ? dot : tile)(m, dims)).join("")}</div>
+    </section>`).join("");
+}
+
+// The most used dimension's fraction, and each dimension as "cpu 500m/2".
+function usage(m, dims) {
+  let worst = 0;
+  const said = [];
+  for (const dim of dims) {
+    const cap = amount(m.capacity, dim);
+    if (!cap) continue;
+    worst = Math.max(worst, amount(m.used, dim) / cap);
+    said.push(`${dim} ${human(m.used, dim)}/${human(m.capacity, dim)}`);
+  }
+  return [worst, said];
+}
+
+function dot(m, dims) {
+  const [worst, said] = usage(m, dims);
+  const look = m.state === "up" ? ` style="background:${heat(worst)}"` : "";
+  const title = `${m.id} ${m.state}: ${said.join(", ")}; ${count(m.tasks, "task")}`;
+  return `<a class="tile dot ${esc(m.state)}" href="#/machine/${encodeURIComponent(m.id)}" data-machine="${esc(m.id)}" title="${esc(title)}"${look}></a>`;
 }
 
 function tile(m, dims) {
