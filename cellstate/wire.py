@@ -24,6 +24,13 @@ from typing import Any, TypeVar, cast
 import attrs
 import cattrs
 import orjson
+from cattrs.cols import (
+    homogenous_tuple_structure_factory,
+    is_mapping,
+    is_sequence,
+    list_structure_factory,
+    mapping_structure_factory,
+)
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter
 from cattrs.strategies import configure_tagged_union
@@ -334,6 +341,33 @@ def _make(edge: bool) -> cattrs.Converter:
             return structure
 
         conv.register_structure_hook_factory(attrs.has, objects_only)
+
+        def lists_only(cl: Any) -> Any:
+            # cattrs iterates whatever it is given: a string where a list belongs became its
+            # characters, so a token for machines "hollow-*" was bound to h, o, ... and *.
+            origin = getattr(cl, "__origin__", cl)
+            made = homogenous_tuple_structure_factory if origin is tuple else list_structure_factory
+            inner = made(cl, conv)
+
+            def structure(value: Any, _: type) -> Any:
+                if not isinstance(value, list | tuple):
+                    raise TypeError(f"expected a list, got {_describe(value)}")
+                return inner(value, cl)
+
+            return structure
+
+        def mappings_only(cl: Any) -> Any:
+            inner = mapping_structure_factory(cl, conv)
+
+            def structure(value: Any, _: type) -> Any:
+                if not isinstance(value, dict):
+                    raise TypeError(f"expected a mapping (key: value), got {_describe(value)}")
+                return inner(value, cl)
+
+            return structure
+
+        conv.register_structure_hook_factory(is_sequence, lists_only)
+        conv.register_structure_hook_factory(is_mapping, mappings_only)
         conv.register_structure_hook(Resources, _human_vector(Resources.of))
         conv.register_structure_hook(Limit, _human_vector(Limit.of, zero=True))
         plain_usage = objects_only(TaskUsage)

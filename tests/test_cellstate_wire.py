@@ -95,6 +95,10 @@ def test_spec_defaults_and_band_names():
         ({"restart": "sometimes"}, "$.restart", "never, on-failure, always"),
         ({"scheduler": "batch", "spread": "domain"}, "$.spread", "only the service scheduler"),
         ({"command": ["sh", True]}, "$.command[1]", "got bool True (quote it: 'true')"),
+        # A wrong container said "'int' object is not iterable" or "... no attribute 'items'".
+        ({"command": 5}, "$.command", "expected a list, got int 5"),
+        ({"labels": ["a", "b"]}, "$.labels", "expected a mapping (key: value), got list"),
+        ({"constraints": "zone=a"}, "$.constraints", "expected a mapping (key: value), got str"),
         # What no process can be started with: an agent could only fail the task.
         ({"env": {"A=B": "x"}}, "$.env['A=B']", "must not be empty nor hold '='"),
         ({"env": {"": "x"}}, "$.env['']", "must not be empty"),
@@ -203,3 +207,17 @@ def test_a_logged_spec_the_edge_now_refuses_still_replays():
     spec = attrs.evolve(parse(BASE, JobSpec), env={"A=B": "x"})
     command = SubmitJob("old-2", spec, at=1.0, id="c2")
     assert decode_command(encode_command(command)) == command
+
+
+def test_a_string_where_a_list_belongs_is_refused_not_split_into_characters():
+    """A token for machines "hollow-*" was bound to h, o, l, ... and *: every machine."""
+    token = {"type": "create_token", "name": "a", "role": "agent", "digest": "0" * 64}
+    with pytest.raises(SpecError) as caught:
+        parse({**token, "machines": "hollow-*"}, Command)
+    assert (caught.value.field, caught.value.message) == (
+        "$.machines",
+        "expected a list, got str 'hollow-*'",
+    )
+    assert parse({**token, "machines": ["hollow-*"]}, Command).machines == ("hollow-*",)
+    with pytest.raises(SpecError, match="expected a list, got str"):
+        parse({"type": "heartbeat", "machines": "agent-1"}, Command)
