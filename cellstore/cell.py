@@ -11,7 +11,8 @@ Typed endpoints (added by `endpoints`, all under a bearer token whose role
 command, and refuses an agent's command about a machine its token is not bound to):
 - `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`;
   `POST /v1/jobs/planned` `{"job", "spec", "claims"}` submit placed as planned, or nothing
-- `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`, `GET /v1/machines`,
+- `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`,
+  `GET /v1/machines[?id=]`,
   `GET /v1/quotas`, `GET /v1/weights` (fair-share weights and shares; `POST` sets them)
 - `POST /v1/transactions` `{"txn": {...}}` commit one transaction
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
@@ -295,6 +296,16 @@ def endpoints(
         return await read(listed)
 
     async def machines(request: Request) -> Response:
+        machine_id = _one(request, "id")
+        if machine_id is not None:
+            # One machine (`omega logs` finds its agent so): not a 100,000-machine list.
+            def one(cell: CellState) -> Any:
+                machine = cell.machines.get(machine_id)
+                if machine is None:
+                    raise ApiError(404, "machine_unknown", f"no machine {machine_id!r}", "id")
+                return cell_views.machine_view(machine)
+
+            return await read(one)
         return await read(lambda cell: {"machines": cell_views.list_machines(cell)})
 
     async def quotas(request: Request) -> Response:

@@ -522,6 +522,10 @@ class _Calls:
         return Call("GET", MACHINES, _key("machines"))
 
     @staticmethod
+    def machine(machine: str) -> Call[MachineView]:
+        return Call("GET", MACHINES, _same).with_query(id=machine)
+
+    @staticmethod
     def summary() -> Call[CellSummary]:
         return Call("GET", CELL, _same)
 
@@ -715,6 +719,9 @@ class CellClient:
 
     async def machines(self) -> list[MachineView]:
         return await self._run(_Calls.machines())
+
+    async def machine(self, machine: str) -> MachineView:
+        return await self._run(_Calls.machine(machine))
 
     async def create_token(
         self,
@@ -1163,6 +1170,9 @@ class SyncCellClient:
 
     def machines(self) -> list[MachineView]:
         return self._run(_Calls.machines())
+
+    def machine(self, machine: str) -> MachineView:
+        return self._run(_Calls.machine(machine))
 
     def summary(self) -> CellSummary:
         return self._run(_Calls.summary())

@@ -830,15 +830,18 @@ def logs(
     if stream not in ("stdout", "stderr"):
         fail(f"--stream {stream!r}: use stdout or stderr", 2)
 
-    def locate(cell: SyncCellClient) -> Any:
-        return cell.task(task_id), {m["id"]: m for m in cell.machines()}
-
-    task, machines = call(addr, token, locate)
-    if task["machine"] is None:
+    task = call(addr, token, lambda cell: cell.task(task_id))
+    on = task["machine"]
+    if on is None:
         fail(f"task {task_id} is {task['state']} and has not run on any machine yet")
-    agent_addr = machines.get(task["machine"], {}).get("labels", {}).get("omega.agent")
+    machine = call(addr, token, lambda cell: cell.machine(on))
+    agent_addr = machine["labels"].get("omega.agent")
     if not agent_addr:
-        fail(f"machine {task['machine']} has no agent address to fetch logs from")
+        # A real agent labels its machine with the address its log server listens on.
+        fail(
+            f"machine {machine['id']} serves no logs: it has no omega.agent label, which a "
+            "real agent sets (a hollow agent's tasks are simulated and print nothing)"
+        )
     offset, ended = 0, False
     with SyncCellClient(addr.split(","), token, ca=cell_ca()) as cell:
         while True:

@@ -5,11 +5,15 @@ completion (placed by a few big transactions, no scheduler)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from cellstore.cellclient import CellError
 from tests.test_agent_live_real import LiveCell
 
 pytestmark = pytest.mark.slow
@@ -49,6 +53,28 @@ def test_hollow_agent_runs_10000_machines_and_a_10000_task_job(tmp_path: Path) -
         assert done["tasks"].get("exited") == N, done
         # Heartbeats kept every machine up well past the timeout.
         assert summary()["machines"].get("up") == N
+        # One machine, read alone (`omega logs` reads its machine so, not all 10,000); a
+        # hollow one serves no logs, and `omega logs` says why.
+        one = client.machine(machines[7])
+        assert (one["id"], one["labels"]) == (machines[7], {})
+        with pytest.raises(CellError) as unknown:
+            client.machine("nowhere")
+        assert unknown.value.code == "machine_unknown"
+        env = {
+            **os.environ,
+            "OMEGA_ADDR": ",".join(cell.cluster.api),
+            "OMEGA_TOKEN": cell.cluster.token,
+        }
+        printed = subprocess.run(
+            [sys.executable, "-m", "omega", "logs", f"{job}.0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert printed.returncode == 1, printed
+        assert "has no omega.agent label" in printed.stderr, printed.stderr
+        assert "a hollow agent's tasks are simulated" in printed.stderr, printed.stderr
         print(f"10,000 hollow tasks placed and done in {elapsed:.1f} s")
 
 

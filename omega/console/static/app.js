@@ -300,11 +300,16 @@ async function jobPage(id) {
 }
 
 async function machinePage(id) {
-  const [machines, tasks] = await Promise.all([
-    api("GET", "/v1/machines"), api("GET", `/v1/tasks?machine=${encodeURIComponent(id)}`),
-  ]);
-  const m = machines.machines.find((x) => x.id === id);
-  if (!m) return `<h2>Machine ${esc(id)}</h2><p class="error">No machine ${esc(id)} in this cell.</p>`;
+  let m, tasks;
+  try {
+    [m, tasks] = await Promise.all([
+      api("GET", `/v1/machines?id=${encodeURIComponent(id)}`),
+      api("GET", `/v1/tasks?machine=${encodeURIComponent(id)}`),
+    ]);
+  } catch (e) {
+    if (e.code !== "machine_unknown") throw e;
+    return `<h2>Machine ${esc(id)}</h2><p class="error">No machine ${esc(id)} in this cell.</p>`;
+  }
   const rows = tasks.tasks.map((t) => `<tr data-task="${esc(t.id)}"><td>${esc(t.id)}</td>
       <td><a href="#/job/${encodeURIComponent(t.job)}">${esc(t.job)}</a></td>
       <td class="state ${esc(t.state)}">${esc(t.state)}</td><td class="num">${t.incarnation}</td>
