@@ -601,7 +601,9 @@ class CellClient:
         except ApiError as exc:
             body = exc.body
             raise CellError(body.code, body.message, body.field, exc.status) from None
-        except (StoreUnavailable, httpx.HTTPError) as exc:
+        except StoreUnavailable as exc:
+            raise CellError("unavailable", str(exc)) from None  # it names the request
+        except httpx.HTTPError as exc:
             raise CellError("unavailable", f"{call.method} {call.path}: {exc}") from None
         return call.decode(answer)
 

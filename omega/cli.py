@@ -137,7 +137,24 @@ def cell_ca() -> str | None:
     writes to DATA_DIR/env); None: the system's trust store for https, or plain http."""
     import os
 
-    return os.environ.get("OMEGA_CA") or None
+    path = os.environ.get("OMEGA_CA") or None
+    if path is not None:
+        # Checked here, once: a client handed a missing or foreign file would retry every
+        # replica for 15 s and then blame them ("no replica answered: FileNotFoundError").
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=path)
+        except ssl.SSLError:  # (an OSError too: first)
+            fail(f"OMEGA_CA {path}: not a PEM certificate (omega up writes DATA_DIR/tls/ca.pem)", 2)
+        except OSError as exc:
+            fail(f"OMEGA_CA {path}: cannot read it: {exc.strerror or exc}", 2)
+    return path
+
+
+def unavailable(message: str) -> str:
+    """What a person reads when no replica answered (the client's message may say so)."""
+    return message if "no replica answered" in message else f"no replica answered: {message}"
 
 
 def call(addr: str, token: str, fn: Callable[[SyncCellClient], T]) -> T:
@@ -151,7 +168,7 @@ def call(addr: str, token: str, fn: Callable[[SyncCellClient], T]) -> T:
             return fn(cell)
     except CellError as exc:
         if exc.code == "unavailable":
-            fail(f"no replica answered: {exc.message}")
+            fail(unavailable(exc.message))
         where = f" ({exc.field})" if exc.field else ""
         fail(f"{exc.code}: {exc.message}{where}")
 

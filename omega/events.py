@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from omega.cli import Addr, AsJson, Token, app, call, cell_ca, fail
+from omega.cli import Addr, AsJson, Token, app, call, cell_ca, fail, unavailable
 from omega.units import count
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ async def follow_events(
     from cellstate.wire import COMMAND, internal
     from cellstore.cellclient import CellClient
 
-    async with CellClient.connect(addresses, token, ca=cell_ca()) as client:
+    # Unanswered for as long as any other command waits (`omega.cli.call`), not 30 s.
+    async with CellClient.connect(addresses, token, ca=cell_ca(), retry_deadline_s=15.0) as client:
         target = (await client.status()).get("version", 0)
         cell = CellState(rules=FIRST_RULES)
         if target == 0 and not follow:
@@ -210,6 +211,7 @@ def events(
     """The change feed as events: jobs submitted and killed, tasks placed, started, exited
     with their code, preempted (by whom), lost; machines up, draining, down; quotas, weights
     and tokens set; each with who sent the command (its token's name and role)."""
+    import logging
     import sys
 
     import trio
@@ -238,9 +240,16 @@ def events(
             sys.stdout.write(f"{record['at']}  v{record['version']:<6} {record['message']}{by}\n")
         sys.stdout.flush()
 
+    import structlog
+
+    # The client's retries are its own business (a line each, on the events' stdout): what
+    # a person needs is the error once it gives up.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     try:
         trio.run(lambda: follow_events(addr.split(","), token, emit, follow=follow, keep=keep))
     except CellError as exc:
+        if exc.code == "unavailable":
+            fail(unavailable(exc.message))
         fail(f"{exc.code}: {exc.message}")
     except KeyboardInterrupt:
         pass

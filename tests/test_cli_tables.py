@@ -320,3 +320,25 @@ def test_machines_are_listed_by_id_not_in_the_order_they_registered():
         cell.apply(RegisterMachines((spec,), at=1.0, id=f"r-{name}"))
     ids = [m["id"] for m in list_machines(cell)]
     assert ids == ["agent-1", "agent-2", "agent-10", "rack-a", "rack-b"]
+
+
+def test_a_ca_file_that_is_missing_or_not_a_certificate_is_named_at_once(tmp_path):
+    """A client handed a bad OMEGA_CA retried every replica for 15 s, then blamed them:
+    `no replica answered: ... FileNotFoundError(2, 'No such file or directory')`."""
+    from typer.testing import CliRunner
+
+    from omega.cli import app
+
+    foreign = tmp_path / "hostname"
+    foreign.write_text("not a certificate\n")
+    cases = [
+        (tmp_path / "gone.pem", "cannot read it: No such file or directory"),
+        (foreign, "not a PEM certificate"),
+        (tmp_path, "cannot read it: Is a directory"),
+    ]
+    for ca, said in cases:
+        env = {"OMEGA_ADDR": "https://127.0.0.1:1", "OMEGA_TOKEN": "t", "OMEGA_CA": str(ca)}
+        for argv in (["jobs"], ["events"]):
+            result = CliRunner().invoke(app, argv, env={**env, "COLUMNS": "200"})
+            assert result.exit_code == 2, (argv, ca, result.output)
+            assert f"OMEGA_CA {ca}: {said}" in result.output, (argv, result.output)
