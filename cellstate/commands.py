@@ -275,6 +275,20 @@ class RaiseRules:
     by: Author | None = None
 
 
+@attrs.frozen(slots=True)
+class PurgeJobs:
+    """Forget the jobs that ended before `before` (rules 9), as Nomad's job garbage
+    collection and Kubernetes' TTL after finished do: killed, done or failed, every task
+    ended, no update in progress, the last task ended (a job none of whose tasks ran: it
+    was submitted) before `before`. The leader issues it (`job_retention_s`); what such a
+    job did stays in the log, for `omega events`, until the log is compacted."""
+
+    before: float
+    at: float = 0.0
+    id: str = ""
+    by: Author | None = None
+
+
 def _as_limit(value: Limit | Resources | None) -> Limit | None:
     return Limit(dict(value.amounts)) if isinstance(value, Resources) else value
 
@@ -372,6 +386,7 @@ Command = (
     | SubmitPlan
     | CreateToken
     | RevokeToken
+    | PurgeJobs
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -396,6 +411,7 @@ COMMAND_TYPES: dict[str, type] = {
     "submit_plan": SubmitPlan,
     "create_token": CreateToken,
     "revoke_token": RevokeToken,
+    "purge_jobs": PurgeJobs,
 }
 
 # -- results ----------------------------------------------------------------------
@@ -444,6 +460,13 @@ class JobSubmitted:
 
 @attrs.frozen(slots=True)
 class JobKilled:
+    job: str
+
+
+@attrs.frozen(slots=True)
+class JobPurged:
+    """An ended job and its tasks are forgotten (`PurgeJobs`)."""
+
     job: str
 
 
@@ -514,6 +537,7 @@ Event = (
     | TaskHealthChanged
     | JobUpdated
     | RolloutChanged
+    | JobPurged
 )
 
 

@@ -50,7 +50,9 @@ from cellstate.resources import REQUIRED, Resources
 #    A task its agent restarts in place keeps how its last run ended (`exit_code`,
 #    `reason`: `restart after exit:3`, or `restart after start_error: ...` for a run
 #    that never started), so a crash loop shows why it loops.
-RULES = 8
+# 9: ended jobs are forgotten some time after they end (`PurgeJobs`, which older
+#    releases cannot decode), so a cell running batch work does not grow for good.
+RULES = 9
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000

@@ -58,7 +58,6 @@ from cellstate.model import (
     TokenRecord,
     task_id,
 )
-from cellstate.resources import DIMENSIONS
 from cellstate.wire import RESULT, internal
 
 if TYPE_CHECKING:
@@ -242,16 +241,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
     for owner, band, *limit in doc["quotas"]:
         amounts = {"cpu": limit[0], "memory": limit[1]} if form == 1 else limit[0]
         cell.ledger.set_limit((owner, band), amounts)
-    cell.device_kinds = {
-        dim
-        for vector in (
-            *(m.account.capacity for m in cell.machine_list),
-            *(job.spec.resources.amounts for job in cell.jobs.values()),
-            *cell.ledger.limits.values(),
-        )
-        for dim in vector
-        if dim not in DIMENSIONS
-    }
+    cell.device_kinds = cell.devices_in_use()
     for report in doc["schedulers"]:
         structured = internal.structure(report, ReportScheduler)
         cell.schedulers[structured.name] = structured

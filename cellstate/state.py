@@ -43,6 +43,7 @@ from cellstate.commands import (
     ExpireHeartbeats,
     Heartbeat,
     JobKilled,
+    JobPurged,
     JobSubmitted,
     JobUpdated,
     KillJob,
@@ -50,6 +51,7 @@ from cellstate.commands import (
     Ok,
     Outcome,
     PromoteJob,
+    PurgeJobs,
     RaiseRules,
     RegisterMachines,
     ReportedState,
@@ -105,7 +107,7 @@ from cellstate.model import (
     TxnMode,
     task_id,
 )
-from cellstate.resources import MAX_CELL_DEVICE_KINDS, Limit, Resources
+from cellstate.resources import DIMENSIONS, MAX_CELL_DEVICE_KINDS, Limit, Resources
 
 PENDING = TaskState.PENDING
 ASSIGNED = TaskState.ASSIGNED
@@ -130,6 +132,10 @@ ZERO_QUOTA_RULES = 7
 NAME_RULES = 8
 # The rules that first keep how a task restarted in place last ended.
 LAST_RUN_RULES = 8
+# The rules that first forget ended jobs (`PurgeJobs`).
+PURGE_RULES = 9
+# Task states in which a job still has work: a job with a task in one is never purged.
+LIVE_STATES = (TaskState.PENDING, *ACTIVE_STATES)
 
 
 class CellState:
@@ -506,6 +512,59 @@ class CellState:
         events.append(JobKilled(job.id))
         self.unsettled.pop(job.id, None)
         return Ok()
+
+    # -- forgetting ended jobs (rules 9) ----------------------------------------
+
+    def purgeable(self, before: float) -> list[Job]:
+        """The jobs `PurgeJobs(before)` forgets, in the cell's order: no task pending or
+        placed, no lifecycle work left, and the last task ended (none ran: the job was
+        submitted) before `before`. Reads every task of each ended job: the leader asks
+        about once a minute, and an ended job is asked about until it goes."""
+        found = []
+        tasks, unsettled = self.tasks, self.unsettled
+        for job in self.jobs.values():
+            counts = job.counts
+            if job.id in unsettled or any(counts.get(state) for state in LIVE_STATES):
+                continue
+            ended = job.submitted_at
+            for tid in job.task_ids:
+                finished = tasks[tid].finished_at
+                if finished is not None and finished > ended:
+                    ended = finished
+            if ended < before:
+                found.append(job)
+        return found
+
+    def _purge_jobs(self, cmd: PurgeJobs, events: list[Event]) -> Result:
+        if self.rules < PURGE_RULES:
+            return _too_old(self.rules, PURGE_RULES, "purging ended jobs")
+        gone = self.purgeable(cmd.before)
+        tasks = self.tasks
+        for job in gone:
+            # Ended tasks hold no machine, no reservation and no quota: nothing to give back.
+            for tid in job.task_ids:
+                del tasks[tid]
+            del self.jobs[job.id]
+            self.needs.pop(job.id, None)
+            events.append(JobPurged(job.id))
+        if gone:
+            # As a replica restored from a snapshot taken now counts them: a device kind
+            # only a purged job asked for no longer counts against the cell's limit.
+            self.device_kinds = self.devices_in_use()
+        return Ok()
+
+    def devices_in_use(self) -> set[str]:
+        """The device kinds the cell's machines, jobs and quotas name (`device_kinds`)."""
+        return {
+            dim
+            for vector in (
+                *(m.account.capacity for m in self.machine_list),
+                *(job.spec.resources.amounts for job in self.jobs.values()),
+                *self.ledger.limits.values(),
+            )
+            for dim in vector
+            if dim not in DIMENSIONS
+        }
 
     # -- changing running jobs (rules 3) -------------------------------------------
 
@@ -1450,6 +1509,7 @@ ACTORS: dict[type, str] = {
     RaiseRules: "rules",
     CreateToken: "admin",
     RevokeToken: "admin",
+    PurgeJobs: "retention",
 }
 
 _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
@@ -1474,4 +1534,5 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     EndRollout: CellState._end_rollout,
     CreateToken: CellState._create_token,
     RevokeToken: CellState._revoke_token,
+    PurgeJobs: CellState._purge_jobs,
 }

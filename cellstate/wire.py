@@ -41,6 +41,7 @@ from cellstate.commands import (
     Error,
     Event,
     JobKilled,
+    JobPurged,
     JobSubmitted,
     JobUpdated,
     MachineChanged,
@@ -112,6 +113,7 @@ _EVENT_TAGS = {
     TaskHealthChanged: "task_health_changed",
     JobUpdated: "job_updated",
     RolloutChanged: "rollout_changed",
+    JobPurged: "job_purged",
 }
 
 
