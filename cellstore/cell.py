@@ -21,7 +21,8 @@ command, and refuses an agent's command about a machine its token is not bound t
 - `GET /v1/tokens` names, roles, machines; `POST /v1/tokens` `{"name", "role", "digest",
   "machines"}` issue one; `POST /v1/tokens/revoke` `{"name"}`; `GET /v1/whoami` the caller's
   own token's name, role and machines (any role; what the console offers it to do)
-The leader also issues `ExpireHeartbeats` every second for machines silent longer than
+The leader also issues `PurgeJobs` for jobs ended `job_retention_s` ago (4 h by default), and
+`ExpireHeartbeats` every second for machines silent longer than
 `heartbeat_timeout_s`, an argument of `endpoints` set in the replica's config document
 (`replica_fields`), so every replica of a cell is told the same timeout at start-up.
 
@@ -64,8 +65,9 @@ from cellstate import (
     TokenRecord,
 )
 from cellstate import views as cell_views
-from cellstate.commands import Command, Error, RaiseRules
+from cellstate.commands import Command, Error, PurgeJobs, RaiseRules
 from cellstate.model import FIRST_RULES, RULES
+from cellstate.state import PURGE_RULES
 from cellstate.wire import decode_command, encode_result, internal, parse
 from cellstore.access import CellGuard, authorize, digest, machine_matcher
 from cellstore.api import Replica
@@ -77,6 +79,11 @@ from cellstore.machine import Machine
 log = structlog.get_logger("cellstore.cell")
 
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+# How long an ended job is kept before the leader purges it (Nomad's job_gc_threshold is
+# 4 h); 0 keeps ended jobs for good. What it did stays in the log until compaction.
+DEFAULT_JOB_RETENTION_S = 4 * 3600.0
+# How often the leader looks for ended jobs to purge: each look reads every ended job's tasks.
+PURGE_PERIOD_S = 60.0
 # Tasks one `ExpireHeartbeats` evicts at most (a machine holding more is one command of its
 # own). Each command is one Raft entry, applied whole in one tick: a rack that fell silent
 # holding 70,000 tasks, marked down by one command, held every replica's tick for seconds
@@ -86,13 +93,20 @@ EXPIRY_TASKS_PER_COMMAND = 2_000
 BOOTSTRAP = "bootstrap"
 
 
-def replica_fields(heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> dict[str, Any]:
+def replica_fields(
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    job_retention_s: float = DEFAULT_JOB_RETENTION_S,
+) -> dict[str, Any]:
     """The fields of a replica config document (`cellstore.config.replica_document`) that make
     a generic replica serve the cell: its machine, and its endpoints with their settings."""
     return {
         "machine": "cellstore.cell:CellMachine",
         "extensions": [
-            {"use": "cellstore.cell:endpoints", "heartbeat_timeout_s": heartbeat_timeout_s}
+            {
+                "use": "cellstore.cell:endpoints",
+                "heartbeat_timeout_s": heartbeat_timeout_s,
+                "job_retention_s": job_retention_s,
+            }
         ],
     }
 
@@ -196,10 +210,15 @@ async def commit_one(
 
 
 def endpoints(
-    router: Router, replica: Replica, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    router: Router,
+    replica: Replica,
+    *,
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    job_retention_s: float = DEFAULT_JOB_RETENTION_S,
 ) -> None:
-    """Register the cell's typed endpoints and the leader's heartbeat-expiry timer, which marks
-    down machines silent for `heartbeat_timeout_s`."""
+    """Register the cell's typed endpoints and the leader's duties: the heartbeat-expiry
+    timer, which marks down machines silent for `heartbeat_timeout_s`, and the purge of
+    jobs ended `job_retention_s` ago (never if 0)."""
 
     def body(request: Request, unique_keys: bool = False) -> dict[str, Any]:
         data = request.json(unique_keys)
@@ -384,6 +403,8 @@ def endpoints(
     replica.background.append(lambda: expire_heartbeats(replica, heartbeat_timeout_s))
     replica.background.append(lambda: raise_rules(replica))
     replica.background.append(lambda: enter_bootstrap_token(replica))
+    if job_retention_s > 0:
+        replica.background.append(lambda: purge_ended_jobs(replica, job_retention_s))
 
     def known_token(key: str) -> TokenRecord | None:
         return replica.raft.peek(lambda machine: _cell_machine(machine).cell.token_digests.get(key))
@@ -600,6 +621,23 @@ def _tasks_on(machine: Machine, machines: list[str]) -> dict[str, int]:
     """How many tasks each of `machines` holds (those the cell knows)."""
     known = _cell_machine(machine).cell.machines
     return {name: len(known[name].tasks) for name in machines if name in known}
+
+
+def purge_ended_jobs(
+    replica: Replica, retention_s: float, period_s: float | None = None
+) -> Coroutine[Any, Any, None]:
+    """Forget the jobs that ended `retention_s` ago (`PurgeJobs`), once the cell's rules know
+    how; looked for every `PURGE_PERIOD_S`, or a tenth of a shorter retention."""
+    period = period_s if period_s is not None else min(PURGE_PERIOD_S, max(0.5, retention_s / 10))
+    return leader_duty(
+        replica,
+        "purge_jobs",
+        lambda machine, now: (
+            machine.cell.rules >= PURGE_RULES and bool(machine.cell.purgeable(now - retention_s))
+        ),
+        lambda now: PurgeJobs(now - retention_s, at=now, id=new_command_id()),
+        period,
+    )
 
 
 def enter_bootstrap_token(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, None]:

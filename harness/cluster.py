@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import orjson
 
-from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, replica_fields
+from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_JOB_RETENTION_S, replica_fields
 from cellstore.config import ReplicaConfig, free_ports, replica_document
 from cellstore.tls import client_context, issue, make_ca
 
@@ -119,12 +119,15 @@ def _die_with_parent() -> None:
 
 
 def cell_options(
-    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S, **extra: Any
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    job_retention_s: float = DEFAULT_JOB_RETENTION_S,
+    **extra: Any,
 ) -> dict[str, Any]:
     """`LocalCluster` keyword arguments for a cluster of the cell rather than the toy machine:
     the cell's machine and endpoints, machines marked down after `heartbeat_timeout_s` without
-    a heartbeat (long, for tests whose machines have no agent), `extra` other config fields."""
-    fields = replica_fields(heartbeat_timeout_s)
+    a heartbeat (long, for tests whose machines have no agent), ended jobs purged after
+    `job_retention_s` (0: never), `extra` other config fields."""
+    fields = replica_fields(heartbeat_timeout_s, job_retention_s)
     return {
         "machine": fields.pop("machine"),
         "extra": {**fields, **extra},

@@ -293,6 +293,17 @@ def _drawn(table: Table, width: int) -> list[str] | None:
 # -- running the parts ---------------------------------------------------------
 
 
+# The same on `omega up` and `omega store` (`cellstore.cell.DEFAULT_JOB_RETENTION_S`).
+JobRetention = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Seconds an ended job (killed, done, failed) is kept before the cell forgets it; "
+        "0 keeps ended jobs for good.",
+    ),
+]
+
+
 @app.command()
 def up(
     data_dir: Annotated[Path, typer.Option(help="Where the cell keeps its state.")] = Path(
@@ -317,6 +328,7 @@ def up(
     heartbeat_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds without a heartbeat before a machine is down.")
     ] = 10.0,
+    job_retention: JobRetention = 4 * 3600.0,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -360,6 +372,7 @@ def up(
         heartbeat_timeout,
         resource,
         insecure,
+        job_retention,
     )
 
 
@@ -379,6 +392,7 @@ def store(
     heartbeat_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds without a heartbeat before a machine is down.")
     ] = 10.0,
+    job_retention: JobRetention = 4 * 3600.0,
     console: Annotated[
         bool, typer.Option(help="Serve the web console at /ui (signed in with the token).")
     ] = True,
@@ -428,7 +442,7 @@ def store(
             insecure=insecure,
             tls_cert=None if insecure else str(tls_cert),
             tls_key=None if insecure else str(tls_key),
-            **(with_console if console else dict)(replica_fields(heartbeat_timeout)),
+            **(with_console if console else dict)(replica_fields(heartbeat_timeout, job_retention)),
         )
     )
     run_replica(config)

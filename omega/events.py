@@ -35,8 +35,10 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
     from cellstate import (
         Commit,
         JobKilled,
+        JobPurged,
         JobSubmitted,
         MachineChanged,
+        PurgeJobs,
         ReportTasks,
         TaskEvicted,
         TaskHealthChanged,
@@ -58,6 +60,11 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
     elif isinstance(event, JobKilled):
         kind, job = "killed", event.job
         message = f"job {job} killed"
+    elif isinstance(event, JobPurged):
+        # Forgotten by the cell (`--job-retention`); the log still holds what it did.
+        kind, job = "purged", event.job
+        ended = stamp(command.before) if isinstance(command, PurgeJobs) else "long ago"
+        message = f"job {job} purged: it had ended before {ended}"
     elif isinstance(event, TaskPlaced):
         kind, task, machine = "placed", event.task, event.machine
         by = f" by {command.txn.scheduler}" if isinstance(command, Commit) else ""
@@ -220,19 +227,23 @@ def events(
 
     if not addr or not token:
         fail("no cell address or token: pass --addr/--token or source DATA_DIR/env", 2)
-    if job or machine:
+    if (job or machine) and follow:
         # A filter naming what the cell does not know is a mistake to report (as `omega
         # tasks` reports it), not a feed that stays silent: `--job web` for `web-1a2b3c`.
+        # (Without --follow, the log is read first: a purged job's story is still there.)
         call(
             addr,
             token,
             lambda cell: cell.tasks(job=job or None, machine=machine or None, limit=1),
         )
+    emitted = 0
 
     def keep(record: dict[str, Any]) -> bool:
         return (not job or record["job"] == job) and (not machine or record["machine"] == machine)
 
     def emit(record: dict[str, Any]) -> None:
+        nonlocal emitted
+        emitted += 1
         if as_json:
             sys.stdout.write(_json_line(record))
         else:
@@ -252,7 +263,11 @@ def events(
             fail(unavailable(exc.message))
         fail(f"{exc.code}: {exc.message}")
     except KeyboardInterrupt:
-        pass
+        return
+    if (job or machine) and not emitted:
+        # Nothing in the whole log: the name is wrong (`--job web` for `web-1a2b3c`).
+        what, name = ("job", job) if job else ("machine", machine)
+        fail(f"{what}_unknown: no {what} {name!r} in the cell or its log", 1)
 
 
 def _json_line(record: dict[str, Any]) -> str:

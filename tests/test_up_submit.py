@@ -57,3 +57,26 @@ def test_omega_up_again_brings_back_a_live_job_instead_of_a_second_copy(tmp_path
         assert said[1].startswith("submitted examples/batch-squares.yaml as job squares-"), said
         assert [j["id"] for j in named(cell, "web")] == [web]
         assert len(named(cell, "squares")) == 2
+
+
+def test_an_ended_job_is_forgotten_after_the_retention_and_its_story_stays_in_the_log(tmp_path):
+    """`omega up --job-retention 3`: a batch job done 3 s ago is purged by the leader
+    (`PurgeJobs`); the scheduler's and the agent's copies follow, its id is free again, and
+    `omega events --job` still tells its story from the log."""
+    args = ("--replicas", "1", "--agents", "1", "--schedulers", "batch", "--job-retention", "3")
+    with up_cell(tmp_path / "cell", *args) as cell:
+        cell.start()
+        cell.omega("submit", "examples/batch-squares.yaml", "--id", "sq", "--wait")
+        assert cell.json("job", "sq")["state"] == "done"
+        wait_for("sq purged", lambda: not named(cell, "squares"), timeout=60)
+        gone = cell.omega("job", "sq", check=False)
+        assert gone.returncode == 1 and "job_unknown" in gone.stderr, gone
+        story = cell.omega("events", "--job", "sq").stdout
+        assert "job sq submitted (8 tasks, batch)" in story, story
+        assert "job sq purged: it had ended before" in story, story
+        nothing = cell.omega("events", "--job", "nope", check=False)
+        assert nothing.returncode == 1, nothing
+        assert "no job 'nope' in the cell or its log" in nothing.stderr, nothing
+        # The same id again, placed and run by the same scheduler and agent.
+        cell.omega("submit", "examples/batch-squares.yaml", "--id", "sq", "--wait")
+        assert cell.json("job", "sq")["tasks"] == {"exited": 8}

@@ -412,6 +412,7 @@ function describe(doc) {
     case "create_token": return `token ${doc.name} (${doc.role}) created`;
     case "revoke_token": return `token ${doc.name} revoked`;
     case "raise_rules": return `cell rules raised to ${doc.rules}`;
+    case "purge_jobs": return `jobs that ended before ${when(doc.before)} purged`;
     default: return "";
   }
 }
