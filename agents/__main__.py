@@ -70,6 +70,13 @@ def build_parser(prog: str = "python -m agents") -> argparse.ArgumentParser:
     )
     p.add_argument("--usage", type=float, default=5.0, metavar="S")
     p.add_argument(
+        "--sweep",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="how often to remove the output of tasks the cell has forgotten (purged jobs)",
+    )
+    p.add_argument(
         "--limits",
         choices=[str(k) for k in LimitKind],
         default=None,
@@ -114,6 +121,7 @@ def config_from_args(argv: list[str] | None = None, prog: str | None = None) -> 
             heartbeat_s=args.heartbeat,
             register_batch=args.register_batch,
             usage_s=args.usage,
+            sweep_s=args.sweep,
             seed=args.seed,
             detach=args.detach,
             limits=LimitKind(args.limits) if args.limits else None,

@@ -24,6 +24,8 @@ One agent process speaks for one real machine, or for `hollow` simulated ones
   cell deduplicates by id). A `stale` answer for a task means the cell no
   longer wants that incarnation here: it is stopped. Usage goes the same way
   every `usage_s`.
+- Disk. Every `sweep_s`, the directories of ended runs of tasks the cell has forgotten
+  (a purged job's, `PurgeJobs`) are removed with their output.
 - Restarts. A real agent restarted on the same work dir first calls
   `recover`: live tasks are adopted (or stopped, if the cell moved them), dead
   ones are reported `lost` so the cell places them again.
@@ -118,6 +120,8 @@ class AgentConfig:
     hollow: int = 0
     heartbeat_s: float = 2.0
     usage_s: float = 5.0
+    # How often ended runs of tasks the cell has forgotten (purged jobs) are removed.
+    sweep_s: float = 60.0
     seed: int | None = None
     detach: bool = False
     limits: LimitKind | None = None  # force a limits mechanism (default: probe)
@@ -389,6 +393,17 @@ class Agent:
                         [(m, u.task, u.incarnation) for m, u in batch if u.task in stale]
                     )
 
+    async def sweep_loop(self) -> None:
+        """Every `sweep_s`, remove what ended runs of tasks the cell no longer knows left on
+        disk (`Executor.forget`): the copy is current (this runs once it is ready), and a run
+        starts only for a task the copy knows, so a task it does not was purged."""
+        while True:
+            await trio.sleep(self.config.sweep_s)
+            tasks = self.copy.cell.tasks
+            for executor in self.executors.values():
+                # In the loop's thread, not a worker: it reads the runs the loop changes.
+                executor.forget(tasks.__contains__)
+
     def _stop_stale(self, keys: list[tuple[str, str, int]]) -> None:
         running = 0
         for machine, task, incarnation in keys:
@@ -520,6 +535,7 @@ class Agent:
             self.ready.set()
             self.reconcile(self.machines)
             nursery.start_soon(self.usage_loop)
+            nursery.start_soon(self.sweep_loop)
             self._log.info(
                 "agent_ready", version=self.copy.version, logs=self.labels.get(AGENT_LABEL)
             )

@@ -71,6 +71,7 @@ from agents.task import (
     TaskUsage,
     should_restart,
     task_dir_name,
+    task_of_dir,
 )
 from cellstate.model import HealthCheck
 
@@ -246,6 +247,23 @@ class Executor(ReportingExecutor):
     def running(self) -> list[TaskKey]:
         """The task incarnations this executor is responsible for."""
         return sorted(self._runs)
+
+    def forget(self, known: Callable[[str], bool]) -> int:
+        """Remove the directories (output, state) of the runs of tasks the cell has forgotten:
+        a purged job's tasks (`PurgeJobs`). Without this a machine's disk would fill with the
+        output of every task it ever ran, long after `omega logs` could ask for it."""
+        root = self.work_dir / "tasks"
+        busy = {task_dir_name(task, incarnation) for task, incarnation in self._runs}
+        gone = 0
+        for entry in os.scandir(root):
+            task = task_of_dir(entry.name)
+            if task is None or entry.name in busy or known(task) or not entry.is_dir():
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            gone += 1
+        if gone:
+            self._log.info("task_dirs_removed", count=gone, why="tasks the cell forgot")
+        return gone
 
     def usage(self) -> list[TaskUsage]:
         """Sample each task's cpu (millicores, averaged since the previous call,

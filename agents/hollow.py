@@ -168,6 +168,9 @@ class HollowExecutor(ReportingExecutor):
             if run.running
         ]
 
+    def forget(self, known: Callable[[str], bool]) -> int:
+        return 0  # a simulated run leaves nothing behind
+
     # -- simulation ----------------------------------------------------------------------
 
     def _schedule_run(self, run: _HollowRun, delay: float) -> None:

@@ -72,6 +72,20 @@ class TaskExecutor(Protocol):
         """The latest usage sample of every running task."""
         ...
 
+    def forget(self, known: Callable[[str], bool]) -> int:
+        """Let go of what ended runs of tasks the cell no longer `known`s (purged with their
+        job) left here: their directories and output. The number let go of."""
+        ...
+
+
+def task_of_dir(name: str) -> str | None:
+    """The task a `task_dir_name` names (None: not one), for ids that need no escaping, as
+    every id the cell makes (`cellstate.model.NAME_RE`, `.` and numbers)."""
+    task, dot, incarnation = name.rpartition(".")
+    if not dot or not incarnation.isdigit() or task_dir_name(task, int(incarnation)) != name:
+        return None
+    return task
+
 
 def task_dir_name(task: str, incarnation: int) -> str:
     """`<task>.<incarnation>`, safe as a file and cgroup name."""

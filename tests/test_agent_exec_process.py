@@ -657,3 +657,28 @@ def test_agents_of_the_same_name_on_one_host_get_their_own_cgroups(tmp_path, mon
     assert cgroup_name("agent-0", one).startswith("agent-0-")
     monkeypatch.chdir(tmp_path)
     assert cgroup_name("agent-0", Path("cell-a/agent-0")) == cgroup_name("agent-0", one)
+
+
+def test_forget_removes_only_ended_runs_of_tasks_the_cell_no_longer_knows(
+    limits, tmp_path: Path
+) -> None:
+    """A purged job's runs leave their output here for good unless the agent lets go of
+    it (`Executor.forget`, from the agent's sweep): a disk filled with every task ever run."""
+    rec = Recorder()
+
+    async def main() -> None:
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            for task in ("purged.0", "kept.0"):
+                ex.start(task, 0, TaskSpec(argv=("true",)))
+                await rec.wait_final(task)
+            ex.start("live.0", 0, TaskSpec(argv=("sleep", "30")))
+            await rec.wait_state("live.0", ReportedState.RUNNING)
+            (tmp_path / "tasks" / "not-a-run").mkdir()
+            known = {"kept.0"}
+            # The live task is unknown too (as if purged under it): a run in progress stays.
+            assert ex.forget(known.__contains__) == 1
+            left = sorted(p.name for p in (tmp_path / "tasks").iterdir())
+            assert left == ["kept.0.0", "live.0.0", "not-a-run"], left
+            await ex.stop("live.0", 0)
+
+    trio.run(main)

@@ -27,7 +27,8 @@ import pytest
 
 from cellstate import Claim, CommitResult, JobSpec, Transaction
 from cellstate.wire import parse
-from cellstore.cellclient import Applied, MachineView, SyncCellClient, TaskView
+from cellstore.cell import DEFAULT_JOB_RETENTION_S
+from cellstore.cellclient import Applied, CellError, MachineView, SyncCellClient, TaskView
 from harness.cluster import LocalCluster, cell_options
 
 pytestmark = pytest.mark.slow
@@ -38,11 +39,17 @@ PY = sys.executable
 class LiveCell:
     """A LocalCluster of the cell plus the agent processes a test starts."""
 
-    def __init__(self, base: Path, heartbeat_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        base: Path,
+        heartbeat_timeout: float = 2.0,
+        job_retention: float = DEFAULT_JOB_RETENTION_S,
+    ) -> None:
         self.base = base
         self.heartbeat_timeout = heartbeat_timeout
         self.cluster = LocalCluster(
-            base / "store", **cell_options(heartbeat_timeout_s=heartbeat_timeout)
+            base / "store",
+            **cell_options(heartbeat_timeout_s=heartbeat_timeout, job_retention_s=job_retention),
         )
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.work_dirs: dict[str, Path] = {}
@@ -429,3 +436,32 @@ def test_memory_hog_is_stopped_at_its_limit_and_reported_oom(cell: LiveCell) -> 
     cell.place([(f"{job}.0", a)])
     task = cell.wait_task(f"{job}.0", lambda t: t["state"] in ("exited", "failed"), machine=a)
     assert (task["state"], task["reason"]) == ("failed", "oom"), task
+
+
+def test_a_purged_job_leaves_nothing_on_the_agent_s_disk(tmp_path: Path) -> None:
+    """The cell forgets a job 1 s after it ended (`PurgeJobs`); the agent's sweep then
+    removes its runs' directories and output, which nothing can ask for any more."""
+    with LiveCell(tmp_path, job_retention=1.0) as cell:
+        m = cell.start_agent("a", "--sweep", "0.5")
+        cell.wait_up(m)
+        job = cell.submit("brief", [PY, "-c", "print('short and sweet')"])
+        keep = cell.submit("keep", ["sleep", "60"])
+        cell.place([(f"{job}.0", m), (f"{keep}.0", m)])
+        cell.wait_task(f"{job}.0", lambda t: t["state"] == "exited", machine=m)
+        tasks = cell.work_dirs[m] / "tasks"
+        assert (tasks / f"{job}.0.0" / "stdout").read_text() == "short and sweet\n"
+
+        def purged() -> bool:
+            try:
+                cell.task(f"{job}.0")
+            except CellError as exc:
+                return exc.code == "task_unknown"
+            return False
+
+        cell.wait("the job purged", purged, timeout=30, machine=m)
+        cell.wait(
+            "its run's directory removed", lambda: not (tasks / f"{job}.0.0").exists(), machine=m
+        )
+        assert (tasks / f"{keep}.0.0").is_dir()  # running: kept, and still running
+        assert cell.task(f"{keep}.0")["state"] == "running"
+        assert "task_dirs_removed" in cell.agent_log(m)
