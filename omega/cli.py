@@ -802,8 +802,11 @@ def _job_or_none(cell: SyncCellClient, job: str) -> JobView | None:
 def _task_or_none(cell: SyncCellClient, task: str) -> TaskView | None:
     try:
         return cell.task(task)
-    except CellError:
-        return None
+    except CellError as exc:
+        # As `_job_or_none`: a replica that does not answer is not a task that is not there.
+        if exc.code == "task_unknown":
+            return None
+        raise
 
 
 @app.command()
