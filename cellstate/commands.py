@@ -280,10 +280,13 @@ class PurgeJobs:
     """Forget the jobs that ended before `before` (rules 9), as Nomad's job garbage
     collection and Kubernetes' TTL after finished do: killed, done or failed, every task
     ended, no update in progress, the last task ended (a job none of whose tasks ran: it
-    was submitted) before `before`. The leader issues it (`job_retention_s`); what such a
-    job did stays in the log, for `omega events`, until the log is compacted."""
+    was submitted) before `before`. Whole jobs of at most `max_tasks` tasks between them
+    (0: any number; at least one job), so that one command is never a long apply on every
+    replica's Raft thread. The leader issues it (`job_retention_s`); what such a job did
+    stays in the log, for `omega events`, until the log is compacted."""
 
     before: float
+    max_tasks: int = 0
     at: float = 0.0
     id: str = ""
     by: Author | None = None

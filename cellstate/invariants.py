@@ -57,6 +57,9 @@ def check(cell: CellState) -> None:
             if ok != (task.healthy_at is not None):
                 raise InvariantViolation(f"task {task.id} healthy_at disagrees with its state")
             available += ok
+        ended = max((t.finished_at or 0.0 for t in cell.job_tasks(job)), default=0.0)
+        if ended != job.ended_at:
+            raise InvariantViolation(f"job {job.id} ended at {job.ended_at}, tasks say {ended}")
         if available != job.available:
             raise InvariantViolation(
                 f"job {job.id} counts {job.available} available tasks, tasks say {available}"

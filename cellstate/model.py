@@ -561,6 +561,9 @@ class Job:
     # pending. A scheduler takes a big job's pending tasks a few per decision; reading them
     # from the first task each time made placing the job quadratic (`pending_tasks`).
     pending_from: int = attrs.field(default=0, eq=False)
+    # Derived, never serialised: when the last of its tasks to end ended (0: none has), which
+    # `PurgeJobs` reads rather than every task of every ended job.
+    ended_at: float = attrs.field(default=0.0, eq=False)
     # The last version whose rollout completed (the first, at submission).
     stable_version: int = 1
     rollouts: list[Rollout] = attrs.field(factory=list)

@@ -238,6 +238,9 @@ def load_into(cell: CellState, data: bytes | str) -> None:
             _load_job_2(cell, row, _task_values if form == 2 else _task_values_1)
     if cell.rules >= 3:
         cell.unsettled = {jid: None for jid, job in cell.jobs.items() if not cell.settled(job)}
+    tasks = cell.tasks
+    for job in cell.jobs.values():
+        job.ended_at = max((tasks[t].finished_at or 0.0 for t in job.task_ids), default=0.0)
     for owner, band, *limit in doc["quotas"]:
         amounts = {"cpu": limit[0], "memory": limit[1]} if form == 1 else limit[0]
         cell.ledger.set_limit((owner, band), amounts)

@@ -509,36 +509,38 @@ class CellState:
             self._move(task, job, TaskState.KILLED)
             task.finished_at = cmd.at
             task.reason = "killed"
+            job.ended_at = max(job.ended_at, cmd.at)
         events.append(JobKilled(job.id))
         self.unsettled.pop(job.id, None)
         return Ok()
 
     # -- forgetting ended jobs (rules 9) ----------------------------------------
 
-    def purgeable(self, before: float) -> list[Job]:
-        """The jobs `PurgeJobs(before)` forgets, in the cell's order: no task pending or
-        placed, no lifecycle work left, and the last task ended (none ran: the job was
-        submitted) before `before`. Reads every task of each ended job: the leader asks
-        about once a minute, and an ended job is asked about until it goes."""
-        found = []
-        tasks, unsettled = self.tasks, self.unsettled
+    def purgeable(self, before: float, max_tasks: int = 0) -> list[Job]:
+        """The jobs `PurgeJobs(before, max_tasks)` forgets, in the cell's order: no task
+        pending or placed, no lifecycle work left, and the last task ended (none ran: the
+        job was submitted) before `before`; whole jobs of at most `max_tasks` tasks between
+        them (0: any number), and at least one."""
+        found: list[Job] = []
+        taken = 0
+        unsettled = self.unsettled
         for job in self.jobs.values():
-            counts = job.counts
-            if job.id in unsettled or any(counts.get(state) for state in LIVE_STATES):
+            if job.ended_at >= before or job.submitted_at >= before or job.id in unsettled:
                 continue
-            ended = job.submitted_at
-            for tid in job.task_ids:
-                finished = tasks[tid].finished_at
-                if finished is not None and finished > ended:
-                    ended = finished
-            if ended < before:
-                found.append(job)
+            counts = job.counts
+            if any(counts.get(state) for state in LIVE_STATES):
+                continue
+            size = len(job.task_ids)
+            if max_tasks and found and taken + size > max_tasks:
+                break
+            found.append(job)
+            taken += size
         return found
 
     def _purge_jobs(self, cmd: PurgeJobs, events: list[Event]) -> Result:
         if self.rules < PURGE_RULES:
             return _too_old(self.rules, PURGE_RULES, "purging ended jobs")
-        gone = self.purgeable(cmd.before)
+        gone = self.purgeable(cmd.before, cmd.max_tasks)
         tasks = self.tasks
         for job in gone:
             # Ended tasks hold no machine, no reservation and no quota: nothing to give back.
@@ -896,9 +898,12 @@ class CellState:
         if task.state in ACTIVE_STATES:
             machine = self._release(task)
             events.append(TaskEvicted(task.id, machine.id, task.incarnation, reason))
-        self._move(task, self.jobs[task.job], KILLED)
+        job = self.jobs[task.job]
+        self._move(task, job, KILLED)
         task.finished_at = at
         task.reason = reason
+        if at > job.ended_at:
+            job.ended_at = at
 
     def _set_quota(self, cmd: SetQuota, events: list[Event]) -> Result:
         if not OWNER_RE.match(cmd.owner):
@@ -1123,6 +1128,8 @@ class CellState:
             if new in TERMINAL_STATES:
                 self._release(task)
                 task.finished_at = cmd.at
+                if cmd.at > job.ended_at:
+                    job.ended_at = cmd.at
                 task.exit_code = report.exit_code
                 task.reason = report.reason
                 if new is FAILED or report.exit_code:

@@ -106,3 +106,34 @@ def test_older_rules_refuse_a_purge_and_keep_every_job():
     assert refused.code == "rules_too_old", refused
     assert cell.apply(RaiseRules(RULES, at=2.0)).result == Ok()
     assert isinstance(cell.apply(PurgeJobs(1e9, at=3.0)).result, Ok)
+
+
+def test_a_purge_takes_whole_jobs_up_to_its_bound_and_at_least_one():
+    """One command is one apply on every replica's Raft thread: the leader bounds it."""
+    cell = cell_with(machines=1)
+    for name, tasks in (("a", 3), ("b", 3), ("c", 5), ("d", 1)):
+        submit(cell, name, tasks=tasks, cpu=10)
+        cell.apply(KillJob(name, at=5.0))
+    assert [j.id for j in cell.purgeable(10.0, max_tasks=6)] == ["a", "b"]
+    assert [j.id for j in cell.purgeable(10.0, max_tasks=2)] == ["a"]  # larger, still one
+    cell.apply(PurgeJobs(10.0, max_tasks=6, at=11.0))
+    assert list(cell.jobs) == ["c", "d"]
+    cell.apply(PurgeJobs(10.0, max_tasks=6, at=12.0))
+    assert cell.jobs == {}
+    cell.check_invariants()
+
+
+def test_when_a_job_ended_is_kept_without_reading_its_tasks_and_survives_a_restore():
+    cell = a_cell_of_every_kind_of_job()
+    ended = {job.id: job.ended_at for job in cell.jobs.values()}
+    assert ended == {
+        "done": 10.0,
+        "gone": 20.0,
+        "never": 30.0,
+        "failed": 50.0,
+        "running": 0.0,
+        "waiting": 0.0,
+    }
+    restored = CellState.restore(cell.snapshot())
+    assert {job.id: job.ended_at for job in restored.jobs.values()} == ended
+    restored.check_invariants()
