@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from cellstate import JobSpec
-    from cellstore.cellclient import JobView, Submitted, TaskView
+    from cellstore.cellclient import JobView, MachineView, Submitted, TaskView
 
 # A read command (`omega jobs --json`) must start and answer in well under 150 ms, so this
 # module imports only what every command needs: typer and the blocking cell client. Rich,
@@ -864,11 +864,14 @@ def logs(
     if stream not in ("stdout", "stderr"):
         fail(f"--stream {stream!r}: use stdout or stderr", 2)
 
-    task = call(addr, token, lambda cell: cell.task(task_id))
-    on = task["machine"]
-    if on is None:
+    def locate(cell: SyncCellClient) -> tuple[TaskView, MachineView | None]:
+        task = cell.task(task_id)
+        on = task["machine"]
+        return task, cell.machine(on) if on is not None else None
+
+    task, machine = call(addr, token, locate)
+    if machine is None:
         fail(f"task {task_id} is {task['state']} and has not run on any machine yet")
-    machine = call(addr, token, lambda cell: cell.machine(on))
     agent_addr = machine["labels"].get("omega.agent")
     if not agent_addr:
         # A real agent labels its machine with the address its log server listens on.
