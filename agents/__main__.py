@@ -70,6 +70,12 @@ def build_parser(prog: str = "python -m agents") -> argparse.ArgumentParser:
     )
     p.add_argument("--usage", type=float, default=5.0, metavar="S")
     p.add_argument(
+        "--max-log-bytes",
+        default="10Mi",
+        metavar="SIZE",
+        help="rotate a task's stdout or stderr past this size (10Mi); twice it is kept",
+    )
+    p.add_argument(
         "--sweep",
         type=float,
         default=60.0,
@@ -122,6 +128,7 @@ def config_from_args(argv: list[str] | None = None, prog: str | None = None) -> 
             register_batch=args.register_batch,
             usage_s=args.usage,
             sweep_s=args.sweep,
+            max_log_bytes=args.max_log_bytes,
             seed=args.seed,
             detach=args.detach,
             limits=LimitKind(args.limits) if args.limits else None,

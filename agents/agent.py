@@ -24,8 +24,9 @@ One agent process speaks for one real machine, or for `hollow` simulated ones
   cell deduplicates by id). A `stale` answer for a task means the cell no
   longer wants that incarnation here: it is stopped. Usage goes the same way
   every `usage_s`.
-- Disk. Every `sweep_s`, the directories of ended runs of tasks the cell has forgotten
-  (a purged job's, `PurgeJobs`) are removed with their output.
+- Disk. Every `usage_s`, a task's output past `max_log_bytes` a stream is rotated
+  (`agents.output`). Every `sweep_s`, the directories of ended runs of tasks the cell
+  has forgotten (a purged job's, `PurgeJobs`) are removed with their output.
 - Restarts. A real agent restarted on the same work dir first calls
   `recover`: live tasks are adopted (or stopped, if the cell moved them), dead
   ones are reported `lost` so the cell places them again.
@@ -122,6 +123,9 @@ class AgentConfig:
     usage_s: float = 5.0
     # How often ended runs of tasks the cell has forgotten (purged jobs) are removed.
     sweep_s: float = 60.0
+    # A task's stdout or stderr past this is rotated (checked every `usage_s`), as the
+    # kubelet's containerLogMaxSize (10 MiB).
+    max_log_bytes: int = attrs.field(default=10 << 20, converter=_bytes)
     seed: int | None = None
     detach: bool = False
     limits: LimitKind | None = None  # force a limits mechanism (default: probe)
@@ -374,6 +378,8 @@ class Agent:
     async def usage_loop(self) -> None:
         while True:
             await trio.sleep(self.config.usage_s)
+            for executor in self.executors.values():
+                executor.rotate_output(self.config.max_log_bytes)
             samples = [
                 (machine, usage)
                 for machine, executor in self.executors.items()

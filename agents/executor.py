@@ -59,6 +59,7 @@ import psutil
 import structlog
 import trio
 
+from agents import output
 from agents.health import PORT_FILE, probe
 from agents.limits import LimitKind, LimitsMode, TaskLimits
 from agents.task import (
@@ -247,6 +248,12 @@ class Executor(ReportingExecutor):
     def running(self) -> list[TaskKey]:
         """The task incarnations this executor is responsible for."""
         return sorted(self._runs)
+
+    def rotate_output(self, limit: int) -> int:
+        """Keep each run's captured output to about `limit` bytes a stream, and twice that
+        on disk (`agents.output`): a service that logs for months would fill the machine.
+        The bytes moved aside."""
+        return sum(output.rotate(run.dir, limit) for run in self._runs.values())
 
     def forget(self, known: Callable[[str], bool]) -> int:
         """Remove the directories (output, state) of the runs of tasks the cell has forgotten:

@@ -168,6 +168,9 @@ class HollowExecutor(ReportingExecutor):
             if run.running
         ]
 
+    def rotate_output(self, limit: int) -> int:
+        return 0  # a simulated run writes nothing
+
     def forget(self, known: Callable[[str], bool]) -> int:
         return 0  # a simulated run leaves nothing behind
 

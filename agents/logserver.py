@@ -1,8 +1,9 @@
 """The agent's log endpoint: a task's captured stdout/stderr, read by `omega logs`.
 
 `GET /v1/logs?task=ID&incarnation=N&stream=stdout|stderr&offset=K` answers the
-raw bytes of `<work_dir>/tasks/<task>.<N>/<stream>` from byte K (at most
-`MAX_CHUNK` of them; an empty body means nothing new yet), over TLS, to the
+raw bytes of the run's stream from byte K (at most `MAX_CHUNK` of them; an empty body
+means nothing new yet; `agents.output` keeps the stream to a size), with the offset they
+start at in `x-omega-log-start` (later than K when K was rotated away), over TLS, to the
 tokens of the cell (looked up in the agent's copy of it) whose role
 `cellstore.access` admits. It reuses the store's ASGI layer, served by
 hypercorn's trio worker, in the agent's nursery.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
+from agents import output
 from agents.task import task_dir_name
 from cellstore.access import authorize
 from cellstore.errors import ApiError
@@ -30,20 +32,21 @@ if TYPE_CHECKING:
 log = structlog.get_logger("agents.logserver")
 
 MAX_CHUNK = 1 << 20
-STREAMS = ("stdout", "stderr")
+STREAMS = output.STREAMS
 
 
-def read_chunk(work_dir: Path, task: str, incarnation: int, stream: str, offset: int) -> bytes:
-    """Up to `MAX_CHUNK` bytes of a task's stream from `offset`; ApiError if unknown."""
+def read_chunk(
+    work_dir: Path, task: str, incarnation: int, stream: str, offset: int
+) -> tuple[int, bytes]:
+    """Up to `MAX_CHUNK` bytes of a task's stream from `offset`, and where they start;
+    ApiError if unknown."""
     if stream not in STREAMS:
         raise ApiError(400, "invalid_parameter", "stream must be stdout or stderr", "stream")
     if offset < 0:
         raise ApiError(400, "invalid_parameter", "offset must be >= 0", "offset")
-    path = Path(work_dir) / "tasks" / task_dir_name(task, incarnation) / stream
+    run_dir = Path(work_dir) / "tasks" / task_dir_name(task, incarnation)
     try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(MAX_CHUNK)
+        return output.read(run_dir, stream, offset, MAX_CHUNK)
     except FileNotFoundError:
         raise ApiError(
             404,
@@ -65,10 +68,14 @@ def build_router(work_dir: Path, registry: CollectorRegistry | None = None) -> R
         incarnation = request.query_int("incarnation")
         offset = request.query_int("offset", 0)
         stream = (request.query.get("stream") or ["stdout"])[0]
-        body = await trio.to_thread.run_sync(
+        start, body = await trio.to_thread.run_sync(
             read_chunk, work_dir, task, incarnation, stream, offset
         )
-        return Response(200, body, [(b"content-type", b"application/octet-stream")])
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"x-omega-log-start", str(start).encode()),
+        ]
+        return Response(200, body, headers)
 
     router.add("GET", "/v1/logs", logs)
     return router

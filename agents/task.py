@@ -72,6 +72,11 @@ class TaskExecutor(Protocol):
         """The latest usage sample of every running task."""
         ...
 
+    def rotate_output(self, limit: int) -> int:
+        """Keep each run's captured output to about `limit` bytes a stream; the bytes
+        moved aside."""
+        ...
+
     def forget(self, known: Callable[[str], bool]) -> int:
         """Let go of what ended runs of tasks the cell no longer `known`s (purged with their
         job) left here: their directories and output. The number let go of."""

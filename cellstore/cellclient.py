@@ -1218,9 +1218,10 @@ class SyncCellClient:
 
     def agent_logs(
         self, agent: str, task: str, incarnation: int, stream: str, offset: int
-    ) -> bytes:
+    ) -> tuple[int, bytes]:
         """A chunk of a task's captured `stream` from `offset`, read from the agent at
-        `agent` (HOST:PORT, its machine's `omega.agent` label) with this client's token."""
+        `agent` (HOST:PORT, its machine's `omega.agent` label) with this client's token, and
+        the offset it starts at: later than `offset` if the agent rotated those bytes away."""
         query = urlencode(
             {"task": task, "incarnation": incarnation, "stream": stream, "offset": offset}
         )
@@ -1229,7 +1230,7 @@ class SyncCellClient:
             scheme = "https" if self._ca is not None else "http"
             connection = _Connection(scheme, agent, self._timeout_s, self._ca)
             try:
-                status, _, content, _ = connection.exchange(
+                status, answer, content, _ = connection.exchange(
                     "GET", f"{AGENT_LOGS}?{query}", headers, None
                 )
             finally:
@@ -1238,7 +1239,8 @@ class SyncCellClient:
             raise CellError("unavailable", f"agent {agent} did not answer: {exc!r}") from None
         if status != 200:
             raise _error_from(status, _loads_or_none(content), content.decode("replace"))
-        return content
+        # (An agent before rotation sends no start: its chunk starts where it was asked.)
+        return int(answer.get("x-omega-log-start", offset)), content
 
 
 def each_status(cell: SyncCellClient, addresses: Sequence[str]) -> Iterator[ReplicaStatus]:

@@ -883,12 +883,17 @@ def logs(
     with SyncCellClient(addr.split(","), token, ca=cell_ca()) as cell:
         while True:
             try:
-                chunk = cell.agent_logs(agent_addr, task_id, task["incarnation"], stream, offset)
+                start, chunk = cell.agent_logs(
+                    agent_addr, task_id, task["incarnation"], stream, offset
+                )
             except CellError as exc:
                 fail(exc.message if exc.code == "unavailable" else f"agent {agent_addr}: {exc}")
+            if start > offset:
+                # The agent keeps a task's output to a size (`omega agent --max-log-bytes`).
+                errors().print(f"[{start - offset} bytes of earlier {stream} were rotated away]")
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
-            offset += len(chunk)
+            offset = start + len(chunk)
             if not follow or (ended and not chunk):
                 return
             if not chunk:

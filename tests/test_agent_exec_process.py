@@ -682,3 +682,52 @@ def test_forget_removes_only_ended_runs_of_tasks_the_cell_no_longer_knows(
             await ex.stop("live.0", 0)
 
     trio.run(main)
+
+
+def test_output_past_the_cap_is_rotated_and_read_on_by_offset(limits, tmp_path: Path) -> None:
+    """A service that logs for months would fill its machine: past the cap a stream is cut
+    (copytruncate) and its newest cap's worth kept beside it; offsets stay the stream's, so
+    a reader goes on where it was, and one asking for bytes rotated away is told where the
+    oldest kept begin."""
+    from agents import output
+
+    rec = Recorder()
+    go = tmp_path / "go"
+    body = f"""
+        import os, sys, time
+        for i in range(1000):
+            sys.stdout.write(f"line {{i:04d}} ".ljust(99, "x") + "\\n")
+        sys.stdout.flush()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        for i in range(1000, 1010):
+            sys.stdout.write(f"line {{i:04d}} ".ljust(99, "x") + "\\n")
+        sys.stdout.flush()
+        time.sleep(30)
+    """
+
+    async def main() -> None:
+        async with open_executor(machine="m1", work_dir=tmp_path, limits=limits, report=rec) as ex:
+            ex.start("chatty.0", 0, TaskSpec(argv=script(body)))
+            run = tmp_path / "tasks" / "chatty.0.0"
+            out = run / "stdout"
+            await wait_until(lambda: out.exists() and out.stat().st_size == 100_000)
+            start, first = output.read(run, "stdout", 0, 500)
+            assert (start, first[:9]) == (0, b"line 0000")
+            assert ex.rotate_output(20_000) == 100_000
+            assert (run / "stdout").stat().st_size == 0
+            assert (run / "stdout.1").stat().st_size == 20_000
+            assert ex.rotate_output(20_000) == 0  # under the cap: left alone
+            # Bytes rotated away: answered from the oldest kept, which says where it begins.
+            start, chunk = output.read(run, "stdout", 500, 100)
+            assert (start, chunk[:9]) == (80_000, b"line 0800")
+            # A reader at the end before the rotation reads on from there.
+            go.touch()
+            await wait_until(lambda: (run / "stdout").stat().st_size == 1_000)
+            start, chunk = output.read(run, "stdout", 100_000, 1 << 20)
+            assert (start, chunk[:9], len(chunk)) == (100_000, b"line 1000", 1_000)
+            start, chunk = output.read(run, "stdout", 99_900, 1 << 20)
+            assert (start, chunk[:9], len(chunk)) == (99_900, b"line 0999", 100)
+            await ex.stop("chatty.0", 0)
+
+    trio.run(main)

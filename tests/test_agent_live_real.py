@@ -465,3 +465,40 @@ def test_a_purged_job_leaves_nothing_on_the_agent_s_disk(tmp_path: Path) -> None
         assert (tasks / f"{keep}.0.0").is_dir()  # running: kept, and still running
         assert cell.task(f"{keep}.0")["state"] == "running"
         assert "task_dirs_removed" in cell.agent_log(m)
+
+
+def test_omega_logs_reads_a_chatty_task_s_output_across_its_rotation(tmp_path: Path) -> None:
+    """`omega agent --max-log-bytes`: past the cap a task's output is rotated, and
+    `omega logs` prints what is kept, saying how much went before it."""
+    with LiveCell(tmp_path) as cell:
+        m = cell.start_agent("a", "--max-log-bytes", "20000", "--usage", "0.3")
+        cell.wait_up(m)
+        line = 'sys.stdout.write(f"line {i:04d} ".ljust(99, "x") + "\\n")'
+        job = cell.submit(
+            "chatty",
+            [
+                PY,
+                "-c",
+                f"import sys, time\nfor i in range(1000):\n    {line}\n"
+                "sys.stdout.flush()\ntime.sleep(60)",
+            ],
+        )
+        cell.place([(f"{job}.0", m)])
+        run = cell.work_dirs[m] / "tasks" / f"{job}.0.0"
+        cell.wait("the output rotated", lambda: (run / "stdout.1").exists(), machine=m)
+        env = {
+            **os.environ,
+            "OMEGA_ADDR": ",".join(cell.cluster.api),
+            "OMEGA_TOKEN": cell.cluster.token,
+        }
+        printed = subprocess.run(
+            [PY, "-m", "omega", "logs", f"{job}.0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout.startswith("line 0800 ") and len(printed.stdout) == 20_000
+        assert printed.stdout.endswith("line 0999 ".ljust(99, "x") + "\n")
+        assert "[80000 bytes of earlier stdout were rotated away]" in printed.stderr
