@@ -9,6 +9,7 @@ bad bodies get a 4xx naming the field while changing nothing.
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -236,3 +237,39 @@ def test_every_endpoint_refuses_missing_or_wrong_token_and_bad_bodies_name_the_f
             strip = CellState.restore
             assert strip(after).jobs == {} and strip(before).jobs == {}
             assert strip(after).machines == {} and strip(after).tasks == {}
+
+
+def test_events_of_a_job_whose_commands_the_feed_no_longer_holds_are_not_an_error(tmp_path):
+    """`omega events --job X` reads the log; a replica keeps only its last `watch_buffer`
+    commands, the rest as a snapshot. A job the cell holds whose commands are older than
+    that has no events to print (exit 0); a name in neither is a mistake (exit 1)."""
+    import subprocess
+    import sys
+
+    from cellstore.cellclient import SyncCellClient
+
+    options = cell_options(heartbeat_timeout_s=3600.0, watch_buffer=20)
+    with LocalCluster(tmp_path, **options) as cluster:
+        with SyncCellClient(cluster.api, cluster.token) as cell:
+            cell.register_machines(
+                [MachineSpec("m0", Resources(parse_cpu(1), parse_memory("1Gi")))]
+            )
+            small = Resources(parse_cpu("10m"), parse_memory("1Mi"))
+            cell.submit(JobSpec("old", "alice", SchedulerClass.BATCH, small), "old")
+            for _ in range(40):  # push the submission out of the replicas' feeds
+                cell.heartbeat(["m0"])
+        env = {**os.environ, "OMEGA_ADDR": ",".join(cluster.api), "OMEGA_TOKEN": cluster.token}
+        env.pop("OMEGA_CA", None)
+
+        def events(*args: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "omega", "events", *args]
+            return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+        everything = events()
+        assert everything.returncode == 0, everything.stderr
+        assert "was compacted: no events before it" in everything.stdout.splitlines()[0]
+        old = events("--job", "old")
+        assert old.returncode == 0, old
+        assert old.stdout.splitlines() == everything.stdout.splitlines()[:1], old
+        nope = events("--job", "nope")
+        assert nope.returncode == 1 and "no job 'nope' in the cell or its log" in nope.stderr
