@@ -209,11 +209,13 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
                 TaskReport("web.0", "m", 0, ReportedState.RUNNING, healthy=True),
                 TaskReport("web.1", "m", 0, ReportedState.RUNNING, healthy=False),
                 TaskReport("web.2", "m", 0, ReportedState.STARTING),
+                TaskReport("web.3", "m", 0, ReportedState.FAILED, None, "stopped:scaled (x)"),
             )
         )
         said = page.evaluate(f"describe({json.dumps(internal.unstructure(reports, Command))})")
         assert said == (
-            "task web.0 running, healthy, task web.1 running, unhealthy, task web.2 starting"
+            "task web.0 running, healthy, task web.1 running, unhealthy, task web.2 starting, "
+            "task web.3 stopped (scaled (x))"
         ), said
         # An upgrade taking effect reads as `omega events` says it (it was not shown).
         said = page.evaluate("describe({type: 'raise_rules', rules: 8})")

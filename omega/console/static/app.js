@@ -401,9 +401,12 @@ function describe(doc) {
     }
     // A running report may say nothing new but the health check's verdict: say it, or
     // the feed shows "running" twice where `omega events` says "healthy".
-    case "report_tasks": return some((doc.reports || []).map((r) =>
-      `task ${r.task} ${r.state}${r.healthy == null ? "" : r.healthy ? ", healthy" : ", unhealthy"}` +
-      `${r.exit_code != null ? ` code ${r.exit_code}` : ""}${r.reason ? ` (${r.reason})` : ""}`));
+    // A run the agent stopped on the cell's word (`stopped:scaled (signal:SIGTERM)`) ended
+    // as asked: "failed" would read as a fault.
+    case "report_tasks": return some((doc.reports || []).map((r) => (r.reason || "").startsWith("stopped:")
+      ? `task ${r.task} stopped (${r.reason.slice("stopped:".length)})`
+      : `task ${r.task} ${r.state}${r.healthy == null ? "" : r.healthy ? ", healthy" : ", unhealthy"}` +
+        `${r.exit_code != null ? ` code ${r.exit_code}` : ""}${r.reason ? ` (${r.reason})` : ""}`));
     case "set_machine_state": return `machine ${doc.machine} ${doc.state}`;
     case "register_machines": return `machines registered: ${some((doc.machines || []).map((m) => m.id))}`;
     case "expire_heartbeats": return "machines silent too long marked down";
