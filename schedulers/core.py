@@ -540,6 +540,34 @@ class SchedulerCore:
             self.figures.blocked[jid] = reason
             self._stalled.pop(jid, None)
 
+    def forget_gone(self, cell: CellState) -> int:
+        """Drop what this core keeps per job for the jobs `cell` no longer holds (purged,
+        `PurgeJobs`): attempts, explanations, conflicts, where their tasks were. The number
+        of jobs let go of. (Its figures keep their numbers: waits are figures, not jobs.)"""
+        jobs = cell.jobs
+        gone = {jid for jid in self._seen if jid not in jobs}
+        if not gone:
+            return 0
+        self._seen -= gone
+        self._placed -= gone
+        for kept in (
+            self._last,
+            self.attempts,
+            self.parked,
+            self._parked_at,
+            self._stalled,
+            self._held,
+            self._conflicts,
+            self._rivals,
+            self._known_rows,
+            self._queued,
+            self._futile,
+            self.figures.blocked,
+        ):
+            for jid in gone:
+                kept.pop(jid, None)
+        return len(gone)
+
     def unpark(self, job_id: str) -> None:
         """Let a parked job be tried again, with a fresh attempt count."""
         self.parked.pop(job_id, None)

@@ -284,9 +284,13 @@ class LiveScheduler:
     # -- reporting -----------------------------------------------------------------
 
     async def report_loop(self) -> None:
+        reports = 0
         while True:
             await trio.sleep(self.config.report_period_s)
             await self.report()
+            reports += 1
+            if reports % 30 == 0:  # about once a minute: the cell purges jobs hours late
+                self.core.forget_gone(self.copy.cell)
 
     async def report(self) -> None:
         try:

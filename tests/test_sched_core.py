@@ -240,3 +240,25 @@ def test_big_job_progressing_under_the_budget_is_never_parked():
         decisions += 1
     assert decisions == 8 and not sched.parked
     assert sched.figures.wait_placed == [3.0]
+
+
+def test_a_core_lets_go_of_what_it_kept_for_jobs_the_cell_purged():
+    """A scheduler that runs for months keeps attempts, explanations, conflicts and task
+    rows per job it decided: once the cell purges a job (`PurgeJobs`), so does the core."""
+    from cellstate import KillJob, PurgeJobs
+
+    cell = cell_with(machines=2)
+    submit(cell, "kept", tasks=2, cpu=500)
+    submit(cell, "ended", tasks=2, cpu=500)
+    sched = core()
+    step(sched, cell)
+    assert {"kept", "ended"} <= sched._seen & set(sched._last)
+    cell.apply(KillJob("ended", at=6.0))
+    assert sched.forget_gone(cell) == 0  # killed is not gone
+    cell.apply(PurgeJobs(10.0, at=11.0))
+    assert "ended" not in cell.jobs
+    assert sched.forget_gone(cell) == 1
+    for kept in (sched._seen, sched._placed, sched._last, sched._known_rows, sched.attempts):
+        assert "ended" not in kept and ("kept" in sched._seen)
+    assert sched.explain(cell, "ended").known is False
+    assert sched.forget_gone(cell) == 0
