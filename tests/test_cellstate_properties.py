@@ -41,6 +41,7 @@ from cellstate import (
     MachineSpec,
     MachineState,
     PromoteJob,
+    PurgeJobs,
     RegisterMachines,
     ReportedState,
     ReportTasks,
@@ -351,6 +352,13 @@ class CellMachine(RuleBasedStateMachine):
             KillJob(data.draw(st.sampled_from(sorted(self.cell.jobs) or ["none"])), at=self.at)
         )
 
+    def op_purge(self, data):
+        # Ended jobs forgotten (rules 9): whatever is left must keep every promise, and a
+        # restored twin must agree (`twins_are_byte_identical`, `snapshot_round_trips`).
+        ago = data.draw(st.sampled_from([0.0, 3.0, 10.0]))
+        bound = data.draw(st.sampled_from([0, 1, 4]))
+        self.apply(PurgeJobs(self.at - ago, max_tasks=bound, at=self.at))
+
     def op_quota(self, data):
         cpu = data.draw(st.sampled_from([1000, 3000, 0, None]))
         gpu = data.draw(st.sampled_from([0, 1, 3]))
@@ -393,6 +401,7 @@ class CellMachine(RuleBasedStateMachine):
         + ["view"] * 2
         + ["update", "lifecycle", "lifecycle"]
         + ["register", "machine_state", "heartbeats", "kill", "quota", "weights", "plan"]
+        + ["purge"]
     )
 
     @rule(data=st.data())
