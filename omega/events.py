@@ -227,15 +227,23 @@ def events(
 
     if not addr or not token:
         fail("no cell address or token: pass --addr/--token or source DATA_DIR/env", 2)
-    if (job or machine) and follow:
-        # A filter naming what the cell does not know is a mistake to report (as `omega
-        # tasks` reports it), not a feed that stays silent: `--job web` for `web-1a2b3c`.
-        # (Without --follow, the log is read first: a purged job's story is still there.)
-        call(
-            addr,
-            token,
-            lambda cell: cell.tasks(job=job or None, machine=machine or None, limit=1),
-        )
+    what, name = ("job", job) if job else ("machine", machine)
+
+    def known(cell: Any) -> bool:
+        """Whether the cell holds the job or machine the filter names."""
+        try:
+            cell.tasks(job=job or None, machine=machine or None, limit=1)
+        except CellError as exc:
+            if exc.code in ("job_unknown", "machine_unknown"):
+                return False
+            raise
+        return True
+
+    # A filter naming what the cell does not know is a mistake to report (as `omega tasks`
+    # reports it), not a feed that stays silent: `--job web` for `web-1a2b3c`. Without
+    # --follow the log is read first: a purged job's story is still there.
+    if name and follow and not call(addr, token, known):
+        fail(f"{what}_unknown: no {what} {name!r}", 1)
     emitted = 0
 
     def keep(record: dict[str, Any]) -> bool:
@@ -264,21 +272,10 @@ def events(
         fail(f"{exc.code}: {exc.message}")
     except KeyboardInterrupt:
         return
-    if (job or machine) and not emitted:
-        # Nothing in the log (what is left of it after compaction): fine for a job the
-        # cell holds, a mistake for a name it does not (`--job web` for `web-1a2b3c`).
-        def known(cell: Any) -> bool:
-            try:
-                cell.tasks(job=job or None, machine=machine or None, limit=1)
-            except CellError as exc:
-                if exc.code in ("job_unknown", "machine_unknown"):
-                    return False
-                raise
-            return True
-
-        if not call(addr, token, known):
-            what, name = ("job", job) if job else ("machine", machine)
-            fail(f"{what}_unknown: no {what} {name!r} in the cell or its log", 1)
+    if name and not emitted and not call(addr, token, known):
+        # Nothing in the log (what is left of it after compaction) is fine for a job the
+        # cell holds, a mistake for a name it does not.
+        fail(f"{what}_unknown: no {what} {name!r} in the cell or its log", 1)
 
 
 def _json_line(record: dict[str, Any]) -> str:
