@@ -171,37 +171,29 @@ function machineTiles(machines) {
     </section>`).join("");
 }
 
-// The most used dimension's fraction, and each dimension as "cpu 500m/2".
+// Each dimension the machine has: its share used and "500m/2"; and the most used share,
+// which colours the machine. What a tile's bars and a small square's tooltip both show.
 function usage(m, dims) {
-  let worst = 0;
-  const said = [];
-  for (const dim of dims) {
-    const cap = amount(m.capacity, dim);
-    if (!cap) continue;
-    worst = Math.max(worst, amount(m.used, dim) / cap);
-    said.push(`${dim} ${human(m.used, dim)}/${human(m.capacity, dim)}`);
-  }
-  return [worst, said];
+  const shares = dims.filter((dim) => amount(m.capacity, dim)).map((dim) => ({
+    dim, f: amount(m.used, dim) / amount(m.capacity, dim),
+    text: `${human(m.used, dim)}/${human(m.capacity, dim)}`,
+  }));
+  return [Math.max(0, ...shares.map((s) => s.f)), shares];
 }
 
 function dot(m, dims) {
-  const [worst, said] = usage(m, dims);
+  const [worst, shares] = usage(m, dims);
   const look = m.state === "up" ? ` style="background:${heat(worst)}"` : "";
-  const title = `${m.id} ${m.state}: ${said.join(", ")}; ${count(m.tasks, "task")}`;
+  const said = shares.map((s) => `${s.dim} ${s.text}`).join(", ");
+  const title = `${m.id} ${m.state}: ${said}; ${count(m.tasks, "task")}`;
   return `<a class="tile dot ${esc(m.state)}" href="#/machine/${encodeURIComponent(m.id)}" data-machine="${esc(m.id)}" title="${esc(title)}"${look}></a>`;
 }
 
 function tile(m, dims) {
-  let worst = 0;
-  const bars = dims.map((dim) => {
-    const cap = amount(m.capacity, dim);
-    if (!cap) return "";
-    const used = amount(m.used, dim), f = used / cap;
-    worst = Math.max(worst, f);
-    return `<div class="bar" title="${esc(dim)} ${human(m.used, dim)}/${human(m.capacity, dim)}">
+  const [worst, shares] = usage(m, dims);
+  const bars = shares.map(({ dim, f, text }) => `<div class="bar" title="${esc(dim)} ${text}">
       <span class="dim">${esc(dim)}</span><span class="track"><span class="fill" style="width:${(100 * Math.min(1, f)).toFixed(1)}%;background:${ink(f)}"></span></span>
-      <span class="amt">${human(m.used, dim)}/${human(m.capacity, dim)}</span></div>`;
-  }).join("");
+      <span class="amt">${text}</span></div>`).join("");
   const look = m.state === "up" ? `background:${heat(worst)}` : "";
   return `<a class="tile ${esc(m.state)}" href="#/machine/${encodeURIComponent(m.id)}" data-machine="${esc(m.id)}" style="${look}">
     <div class="tile-head"><b>${esc(m.id)}</b><span class="state ${esc(m.state)}">${esc(m.state)}</span></div>
