@@ -5,11 +5,11 @@ that it goes on writing at the end after the file is cut. Once a file passes the
 cap (`--max-log-bytes`) it is rotated as logrotate's `copytruncate` and the kubelet rotate a
 file a process holds open: its last cap's worth copied to `<stream>.1` (the one before is
 dropped) and the file cut to nothing. What the task writes between the copy and the cut
-is lost; about twice the cap is kept, the newest bytes. `<stream>.base` holds where the current file starts in the
-whole stream, so offsets stay those of the stream: `omega logs -f` reads on across a
-rotation, and a read of bytes rotated away is answered from the oldest kept, saying where
-that is. A run's output goes with its directory when the cell forgets the task
-(`Executor.forget`).
+is lost; about twice the cap is kept, the newest bytes. `<stream>.base` holds where the
+current file starts in the whole stream, so offsets stay those of the stream: `omega logs
+-f` reads on across a rotation, and a read of bytes rotated away is answered from the
+oldest kept, saying where that is. A run's output goes with its directory when the cell
+forgets the task (`Executor.forget`).
 
 Rotating and reading take one lock, so that no reader sees the files halfway through a
 rotation (the log server reads from worker threads, the executor rotates from the loop).

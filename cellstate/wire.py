@@ -161,6 +161,20 @@ def _strict_bool(value: Any, _: type) -> bool:
     return value
 
 
+def _only(
+    kind: Any, expected: str, inner: Callable[[Any, Any], Any], cl: Any
+) -> Callable[[Any, type], Any]:
+    """`inner` (a structure hook for `cl`) for values of `kind` only; anything else is
+    refused saying what was `expected` and what came."""
+
+    def structure(value: Any, _: type) -> Any:
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {expected}, got {_describe(value)}")
+        return inner(value, cl)
+
+    return structure
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:40]}"
@@ -332,15 +346,7 @@ def _make(edge: bool) -> cattrs.Converter:
                 cl, conv, _cattrs_forbid_extra_keys=True
             )
             fields = ", ".join(a.name for a in attrs.fields(cl))
-
-            def structure(value: Any, _: type) -> Any:
-                if not isinstance(value, dict):
-                    raise TypeError(
-                        f"expected an object with fields {fields}, got {_describe(value)}"
-                    )
-                return inner(value, cl)
-
-            return structure
+            return _only(dict, f"an object with fields {fields}", inner, cl)
 
         conv.register_structure_hook_factory(attrs.has, objects_only)
 
@@ -349,24 +355,11 @@ def _make(edge: bool) -> cattrs.Converter:
             # characters, so a token for machines "hollow-*" was bound to h, o, ... and *.
             origin = getattr(cl, "__origin__", cl)
             made = homogenous_tuple_structure_factory if origin is tuple else list_structure_factory
-            inner = made(cl, conv)
-
-            def structure(value: Any, _: type) -> Any:
-                if not isinstance(value, list | tuple):
-                    raise TypeError(f"expected a list, got {_describe(value)}")
-                return inner(value, cl)
-
-            return structure
+            return _only(list | tuple, "a list", made(cl, conv), cl)
 
         def mappings_only(cl: Any) -> Any:
             inner = mapping_structure_factory(cl, conv)
-
-            def structure(value: Any, _: type) -> Any:
-                if not isinstance(value, dict):
-                    raise TypeError(f"expected a mapping (key: value), got {_describe(value)}")
-                return inner(value, cl)
-
-            return structure
+            return _only(dict, "a mapping (key: value)", inner, cl)
 
         conv.register_structure_hook_factory(is_sequence, lists_only)
         conv.register_structure_hook_factory(is_mapping, mappings_only)
