@@ -540,9 +540,12 @@ async def leader_duty(
     due: Callable[[CellMachine, float], bool],
     command: Callable[[float], Command],
     period_s: float = 1.0,
+    *,
+    until_done: bool = False,
 ) -> None:
     """On the leader, at once and then every `period_s`, commit `command(now)` when
-    `due(state, now)`.
+    `due(state, now)`; with `until_done`, again at once after each commit while it is still
+    due (a duty done in bounded commands, such as the purge).
 
     The decision is a command in the log, so every replica takes the same one;
     and only a decision that is due is logged, so an idle cell's log stays still."""
@@ -558,6 +561,10 @@ async def leader_duty(
                 await replica.commit([encoded])
             except ApiError as exc:
                 log.info("leader_duty_not_committed", duty=name, reason=exc.body.message)
+            else:
+                if until_done:
+                    await trio.sleep(0)
+                    continue
         await trio.sleep(period_s)
 
 
@@ -625,34 +632,26 @@ def _tasks_on(machine: Machine, machines: list[str]) -> dict[str, int]:
     return {name: len(known[name].tasks) for name in machines if name in known}
 
 
-async def purge_ended_jobs(
+def purge_ended_jobs(
     replica: Replica, retention_s: float, period_s: float | None = None
-) -> None:
+) -> Coroutine[Any, Any, None]:
     """On the leader, forget the jobs that ended `retention_s` ago (`PurgeJobs`), once the
     cell's rules know how: looked for every `PURGE_PERIOD_S` (or a tenth of a shorter
     retention), then purged `PURGE_TASKS_PER_COMMAND` tasks a command, one command after
     another until none is left, so that no one apply holds the replicas' Raft threads."""
     period = period_s if period_s is not None else min(PURGE_PERIOD_S, max(0.5, retention_s / 10))
-
-    def due(machine: Machine, before: float) -> bool:
-        cell = _cell_machine(machine).cell
-        return cell.rules >= PURGE_RULES and bool(cell.purgeable(before, 1))
-
-    while True:
-        now = time.time()
-        before = now - retention_s
-        if replica.raft.raft_status()["is_leader"] and await replica.read(
-            functools.partial(due, before=before)
-        ):
-            command = PurgeJobs(before, PURGE_TASKS_PER_COMMAND, at=now, id=new_command_id())
-            try:
-                await replica.commit([orjson.dumps(internal.unstructure(command, Command))])
-            except ApiError as exc:
-                log.info("leader_duty_not_committed", duty="purge_jobs", reason=exc.body.message)
-            else:
-                await trio.sleep(0)  # more may be due: look again at once
-                continue
-        await trio.sleep(period)
+    return leader_duty(
+        replica,
+        "purge_jobs",
+        lambda machine, now: (
+            machine.cell.rules >= PURGE_RULES and bool(machine.cell.purgeable(now - retention_s, 1))
+        ),
+        lambda now: PurgeJobs(
+            now - retention_s, PURGE_TASKS_PER_COMMAND, at=now, id=new_command_id()
+        ),
+        period,
+        until_done=True,
+    )
 
 
 def enter_bootstrap_token(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, None]:
