@@ -35,12 +35,16 @@ Definitions (per scheduler, over its lifetime):
 - `decision_seconds`: one sample per `add_busy` call (p50/p90/p99 in `as_dict`).
 - `wait_first_attempt` / `wait_placed`: per job, submission to its first
   decision, and submission to the result that left it with nothing pending.
+  These three are `Samples`: `n`, `mean` and `max` over the lifetime,
+  percentiles over the most recent `WINDOW` samples.
 - `blocked`: parked jobs and the reason they were parked.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -72,19 +76,70 @@ def hottest(counts: dict[str, int], n: int = HOT_MACHINES) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
 
 
-def _percentiles(samples: list[float]) -> dict[str, float | int]:
-    if not samples:
-        return {"n": 0}
-    data = np.asarray(samples, dtype=np.float64)
-    p50, p90, p99 = np.percentile(data, [50, 90, 99])
-    return {
-        "n": len(samples),
-        "mean": float(data.mean()),
-        "p50": float(p50),
-        "p90": float(p90),
-        "p99": float(p99),
-        "max": float(data.max()),
-    }
+# How many of the most recent samples percentiles are read from. A scheduler that runs for
+# weeks decides millions of times and reports its figures every few seconds: over the whole
+# history, each report read 0.4 s more per 3 million decisions, and memory grew for good.
+WINDOW = 10_000
+# A decision takes from well under a millisecond (one job, a sample of machines) to seconds
+# (a large gang on 100,000 machines).
+DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Samples:
+    """A stream of one figure's samples (seconds): how many and their sum over the
+    lifetime, the most recent `window` of them in a ring (for percentiles), and, given
+    bucket bounds, a count per bucket over the lifetime (a Prometheus histogram's, which
+    must never go down)."""
+
+    __slots__ = ("_recent", "bounds", "buckets", "count", "peak", "total")
+
+    def __init__(self, bounds: Sequence[float] = (), window: int = WINDOW) -> None:
+        self.bounds = tuple(bounds)
+        # Samples above bound i and at most bound i+1 (the last: above every bound).
+        self.buckets = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+        self.peak = -math.inf
+        self._recent = np.zeros(window, dtype=np.float64)
+
+    def append(self, value: float) -> None:
+        self._recent[self.count % len(self._recent)] = value
+        self.count += 1
+        self.total += value
+        if value > self.peak:
+            self.peak = value
+        if self.bounds:
+            self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+
+    def recent(self) -> np.ndarray:
+        """The most recent samples (at most `window`), oldest first."""
+        size = len(self._recent)
+        if self.count <= size:
+            return self._recent[: self.count].copy()
+        cut = self.count % size
+        return np.concatenate((self._recent[cut:], self._recent[:cut]))
+
+    def cumulative(self) -> list[int]:
+        """Samples at most each bound, then all of them: a histogram's buckets."""
+        out, running = [], 0
+        for n in self.buckets:
+            running += n
+            out.append(running)
+        return out
+
+    def summary(self) -> dict[str, float | int]:
+        if not self.count:
+            return {"n": 0}
+        data = self.recent()
+        p50, p90, p99 = np.percentile(data, [50, 90, 99])
+        return {
+            "n": self.count,
+            "mean": self.total / self.count,
+            "p50": float(p50),
+            "p90": float(p90),
+            "p99": float(p99),
+            "max": self.peak,
+        }
 
 
 @attrs.define(slots=True)
@@ -107,9 +162,9 @@ class SchedulerFigures:
     conflicts_by_rival: dict[str, int] = attrs.field(factory=dict)
     conflicts_by_machine: dict[str, int] = attrs.field(factory=dict)
     busy_seconds: float = 0.0
-    decision_seconds: list[float] = attrs.field(factory=list)
-    wait_first_attempt: list[float] = attrs.field(factory=list)
-    wait_placed: list[float] = attrs.field(factory=list)
+    decision_seconds: Samples = attrs.field(factory=lambda: Samples(DECISION_BUCKETS))
+    wait_first_attempt: Samples = attrs.field(factory=Samples)
+    wait_placed: Samples = attrs.field(factory=Samples)
     blocked: dict[str, str] = attrs.field(factory=dict)
 
     @property
@@ -151,9 +206,9 @@ class SchedulerFigures:
             "conflicts_by_rival": dict(sorted(self.conflicts_by_rival.items())),
             "hot_machines": hottest(self.conflicts_by_machine),
             "busy_seconds": self.busy_seconds,
-            "decision_seconds": _percentiles(self.decision_seconds),
-            "wait_first_attempt_s": _percentiles(self.wait_first_attempt),
-            "wait_placed_s": _percentiles(self.wait_placed),
+            "decision_seconds": self.decision_seconds.summary(),
+            "wait_first_attempt_s": self.wait_first_attempt.summary(),
+            "wait_placed_s": self.wait_placed.summary(),
             "blocked_jobs": len(self.blocked),
             "blocked": dict(sorted(self.blocked.items())),
         }

@@ -19,7 +19,6 @@ counted once, in `schedulers.metrics`; this only renders them.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -33,8 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from cellstate import TaskState
-from cellstore.metrics import LATENCY_BUCKETS
-from schedulers.metrics import HOT_MACHINES, hottest
+from schedulers.metrics import HOT_MACHINES, Samples, hottest
 
 if TYPE_CHECKING:
     from schedulers.process import LiveScheduler
@@ -142,14 +140,14 @@ def _pending(live: LiveScheduler) -> int:
 
 
 def _histogram(
-    name: str, doc: str, names: list[str], values: list[str], samples: list[float]
+    name: str, doc: str, names: list[str], values: list[str], samples: Samples
 ) -> HistogramMetricFamily:
-    """A histogram of `samples` in `LATENCY_BUCKETS`, built at scrape."""
-    ordered = sorted(samples)
-    buckets = [(str(b), bisect.bisect_right(ordered, b)) for b in LATENCY_BUCKETS]
-    buckets.append(("+Inf", len(ordered)))
+    """A histogram of `samples`, counted in its buckets as they came."""
+    buckets = [
+        (str(b), n) for b, n in zip((*samples.bounds, "+Inf"), samples.cumulative(), strict=True)
+    ]
     family = HistogramMetricFamily(name, doc, labels=names)
-    family.add_metric(values, buckets, sum(ordered))
+    family.add_metric(values, buckets, samples.total)
     return family
 
 

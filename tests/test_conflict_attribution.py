@@ -303,6 +303,8 @@ def test_prometheus_shows_conflicts_by_rival_and_hot_machines():
     )
     figures.conflicts_by_rival.update({"batch-2": 2, "agent": 1})
     figures.conflicts_by_machine.update({f"m{i}": i for i in range(8)})
+    for seconds in (0.003, 0.004, 0.2):
+        figures.add_busy(seconds)
     live = SimpleNamespace(
         core=SimpleNamespace(figures=figures),
         config=SimpleNamespace(name="service", kind="service"),
@@ -316,3 +318,7 @@ def test_prometheus_shows_conflicts_by_rival_and_hot_machines():
     )
     hot = [line for line in text.splitlines() if line.startswith("omega_scheduler_hot_machine")]
     assert len(hot) == schedulers.metrics.HOT_MACHINES and 'machine="m7"' in hot[0]
+    decision = 'omega_scheduler_decision_seconds_{}{{kind="service",{}scheduler="service"}} {}'
+    assert decision.format("bucket", 'le="0.005",', "2.0") in text
+    assert decision.format("bucket", 'le="+Inf",', "3.0") in text
+    assert decision.format("count", "", "3.0") in text

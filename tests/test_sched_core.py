@@ -19,6 +19,7 @@ from cellstate import (
     TxnMode,
 )
 from schedulers import SchedulerCore, shard_of
+from schedulers.metrics import WINDOW, Samples, SchedulerFigures
 from tests.cellfixtures import cell_with, submit
 from tests.schedfixtures import core, step
 
@@ -219,6 +220,30 @@ def test_figures_and_wait_times():
     assert data["busy_seconds"] == 0.25 and data["decision_seconds"]["p99"] == 0.25
 
 
+def test_a_long_lived_scheduler_s_samples_stay_bounded_and_its_histogram_never_goes_down():
+    # A scheduler that runs for weeks decides millions of times and reports every few
+    # seconds: its percentiles read the most recent samples, its counts the lifetime.
+    samples = Samples(bounds=(0.01, 0.1), window=4)
+    for value in (0.5, 0.05, 0.001, 0.2, 0.003, 0.004, 0.006):
+        samples.append(value)
+    assert samples.recent().tolist() == [0.2, 0.003, 0.004, 0.006]
+    summary = samples.summary()
+    assert summary["n"] == 7 and summary["max"] == 0.5  # lifetime, not the window's
+    assert summary["mean"] == pytest.approx(0.764 / 7)
+    assert summary["p50"] == pytest.approx(0.005)  # of the window only
+    # Prometheus buckets (at most each bound, then all) count every sample ever taken.
+    assert samples.cumulative() == [4, 5, 7]
+    samples.append(0.01)  # a bound is inclusive (`le`)
+    assert samples.cumulative() == [5, 6, 8]
+
+    figures = SchedulerFigures()
+    for i in range(3 * WINDOW):
+        figures.add_busy(i / WINDOW)
+    assert figures.decision_seconds.recent().size == WINDOW
+    assert figures.as_dict()["decision_seconds"]["n"] == 3 * WINDOW
+    assert figures.decision_seconds.cumulative()[-1] == 3 * WINDOW
+
+
 def test_all_or_nothing_mode_applies_to_every_transaction():
     cell = cell_with(machines=2)
     submit(cell, "j", tasks=2, cpu=100)
@@ -239,7 +264,7 @@ def test_big_job_progressing_under_the_budget_is_never_parked():
     while step(sched, cell)[0] is not None:
         decisions += 1
     assert decisions == 8 and not sched.parked
-    assert sched.figures.wait_placed == [3.0]
+    assert sched.figures.wait_placed.recent().tolist() == [3.0]
 
 
 def test_a_core_lets_go_of_what_it_kept_for_jobs_the_cell_purged():
