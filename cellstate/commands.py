@@ -292,6 +292,20 @@ class PurgeJobs:
     by: Author | None = None
 
 
+@attrs.frozen(slots=True)
+class RemoveMachines:
+    """Forget machines that are down (rules 10), as `kubectl delete node` and Nomad's
+    `node purge` do: a machine retired or replaced leaves every copy's tables. All or
+    none: each must be known and down (a down machine holds no task). The machines after
+    a removed one move up a row (`Machine.index`). An agent still running registers its
+    machine again, as a new one."""
+
+    machines: tuple[str, ...]
+    at: float = 0.0
+    id: str = ""
+    by: Author | None = None
+
+
 def _as_limit(value: Limit | Resources | None) -> Limit | None:
     return Limit(dict(value.amounts)) if isinstance(value, Resources) else value
 
@@ -390,6 +404,7 @@ Command = (
     | CreateToken
     | RevokeToken
     | PurgeJobs
+    | RemoveMachines
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -415,6 +430,7 @@ COMMAND_TYPES: dict[str, type] = {
     "create_token": CreateToken,
     "revoke_token": RevokeToken,
     "purge_jobs": PurgeJobs,
+    "remove_machines": RemoveMachines,
 }
 
 # -- results ----------------------------------------------------------------------
@@ -454,6 +470,13 @@ Result = Ok | Error | CommitResult | Stale
 class MachineChanged:
     machine: str
     state: MachineState
+
+
+@attrs.frozen(slots=True)
+class MachineRemoved:
+    """A machine that was down is forgotten (`RemoveMachines`)."""
+
+    machine: str
 
 
 @attrs.frozen(slots=True)
@@ -541,6 +564,7 @@ Event = (
     | JobUpdated
     | RolloutChanged
     | JobPurged
+    | MachineRemoved
 )
 
 

@@ -39,6 +39,10 @@ def check(cell: CellState) -> None:
             recount.add(task, accounts[task.machine])
         elif task.state is TaskState.PENDING and task.machine is not None:
             raise InvariantViolation(f"pending task {task.id} names machine {task.machine}")
+    if [m.id for m in cell.machine_list] != list(cell.machines) or any(
+        m.index != i for i, m in enumerate(cell.machine_list)
+    ):
+        raise InvariantViolation("machine_list disagrees with machines or with their rows")
     for machine in cell.machine_list:
         if set(machine.tasks) != holders[machine.id]:
             raise InvariantViolation(f"machine {machine.id} task set disagrees with the tasks")

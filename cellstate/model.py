@@ -52,7 +52,9 @@ from cellstate.resources import REQUIRED, Resources
 #    that never started), so a crash loop shows why it loops.
 # 9: ended jobs are forgotten some time after they end (`PurgeJobs`, which older
 #    releases cannot decode), so a cell running batch work does not grow for good.
-RULES = 9
+# 10: an operator removes machines that are down (`RemoveMachines`, which older releases
+#    cannot decode), so a cell whose machines come and go does not grow for good.
+RULES = 10
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000

@@ -48,12 +48,14 @@ from cellstate.commands import (
     JobUpdated,
     KillJob,
     MachineChanged,
+    MachineRemoved,
     Ok,
     Outcome,
     PromoteJob,
     PurgeJobs,
     RaiseRules,
     RegisterMachines,
+    RemoveMachines,
     ReportedState,
     ReportScheduler,
     ReportTasks,
@@ -134,6 +136,8 @@ NAME_RULES = 8
 LAST_RUN_RULES = 8
 # The rules that first forget ended jobs (`PurgeJobs`).
 PURGE_RULES = 9
+# The rules that first forget machines (`RemoveMachines`).
+REMOVE_RULES = 10
 # Task states in which a job still has work: a job with a task in one is never purged.
 LIVE_STATES = (TaskState.PENDING, *ACTIVE_STATES)
 
@@ -185,6 +189,9 @@ class CellState:
         # Machines whose seqnum moved since the owner of this copy last
         # drained the set; None until someone asks (schedulers do).
         self.changed_machines: set[str] | None = None
+        # Bumped whenever machines leave `machine_list`, so that rows move up: whoever
+        # keeps something per row (a scheduler's table) reads them all again.
+        self.layout = 0
         # What the command being applied stamps on each machine it changes
         # (`Machine.changed`); None before rules 4. Set by `apply`.
         self.stamp: tuple[int, str] | None = None
@@ -308,6 +315,40 @@ class CellState:
         if self.rules >= LIFECYCLE_RULES:
             for jid in sorted(jobs):
                 self._review(self.jobs[jid])
+        return Ok()
+
+    def _remove_machines(self, cmd: RemoveMachines, events: list[Event]) -> Result:
+        if self.rules < REMOVE_RULES:
+            return _too_old(self.rules, REMOVE_RULES, "removing machines", "machines")
+        if not cmd.machines:
+            return Error("invalid", "name at least one machine to remove", "machines")
+        seen: set[str] = set()
+        for i, mid in enumerate(cmd.machines):
+            field = f"machines[{i}]"
+            if mid in seen:
+                return Error("duplicate_machine", f"machine {mid!r} appears twice", field)
+            seen.add(mid)
+            machine = self.machines.get(mid)
+            if machine is None:
+                return Error("machine_unknown", f"no machine {mid!r}", field)
+            if machine.state is not MachineState.DOWN:
+                return Error(
+                    "machine_not_down",
+                    f"machine {mid!r} is {machine.state}: only a machine that is down can be "
+                    "removed (take it down first; its tasks are placed elsewhere)",
+                    field,
+                )
+        for mid in cmd.machines:
+            del self.machines[mid]
+            events.append(MachineRemoved(mid))
+        self.machine_list = [m for m in self.machine_list if m.id not in seen]
+        for index, machine in enumerate(self.machine_list):
+            machine.index = index
+        if self.changed_machines is not None:
+            self.changed_machines -= seen
+        self.layout += 1
+        # As a replica restored from a snapshot taken now counts them.
+        self.device_kinds = self.devices_in_use()
         return Ok()
 
     def _heartbeat(self, cmd: Heartbeat, events: list[Event]) -> Result:
@@ -1517,6 +1558,7 @@ ACTORS: dict[type, str] = {
     CreateToken: "admin",
     RevokeToken: "admin",
     PurgeJobs: "retention",
+    RemoveMachines: "operator",
 }
 
 _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
@@ -1542,4 +1584,5 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     CreateToken: CellState._create_token,
     RevokeToken: CellState._revoke_token,
     PurgeJobs: CellState._purge_jobs,
+    RemoveMachines: CellState._remove_machines,
 }

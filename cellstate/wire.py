@@ -45,6 +45,7 @@ from cellstate.commands import (
     JobSubmitted,
     JobUpdated,
     MachineChanged,
+    MachineRemoved,
     Ok,
     Outcome,
     ReportedState,
@@ -114,6 +115,7 @@ _EVENT_TAGS = {
     JobUpdated: "job_updated",
     RolloutChanged: "rollout_changed",
     JobPurged: "job_purged",
+    MachineRemoved: "machine_removed",
 }
 
 

@@ -391,6 +391,7 @@ def endpoints(
     router.add("POST", "/v1/agents/report", command_endpoint("report_tasks"))
     router.add("POST", "/v1/agents/usage", command_endpoint("report_usage"))
     router.add("POST", "/v1/machines/state", by_people("set_machine_state"))
+    router.add("POST", "/v1/machines/remove", by_people("remove_machines"))
     router.add("POST", "/v1/quotas", by_people("set_quota"))
     router.add("GET", "/v1/quotas", quotas)
     router.add("POST", "/v1/weights", by_people("set_weights"))

@@ -75,6 +75,7 @@ WRITE_ROUTES: dict[str, str] = {
     "ReportTasks": "/v1/agents/report",
     "ReportUsage": "/v1/agents/usage",
     "SetMachineState": "/v1/machines/state",
+    "RemoveMachines": "/v1/machines/remove",
     "SetQuota": "/v1/quotas",
     "SetWeights": "/v1/weights",
     "ReportScheduler": "/v1/schedulers/report",
@@ -442,6 +443,12 @@ class _Calls:
         )
 
     @staticmethod
+    def remove_machines(machines: Sequence[str], id: str | None) -> Call[Applied[Ok]]:
+        from cellstate import RemoveMachines
+
+        return _Calls.write(RemoveMachines(tuple(machines), id=id or ids.new_command_id()))
+
+    @staticmethod
     def set_quota(
         owner: str, band: Band, limit: Limit | Resources | None, id: str | None
     ) -> Call[Applied[Ok]]:
@@ -676,6 +683,12 @@ class CellClient:
         id: str | None = None,
     ) -> Applied[Ok]:
         return await self._run(_Calls.set_machine_state(machine, state, deadline, id))
+
+    async def remove_machines(
+        self, machines: Sequence[str], *, id: str | None = None
+    ) -> Applied[Ok]:
+        """Forget machines that are down (all or none; `machine_not_down` otherwise)."""
+        return await self._run(_Calls.remove_machines(machines, id))
 
     async def set_quota(
         self, owner: str, band: Band, limit: Limit | Resources | None, *, id: str | None = None
@@ -1140,6 +1153,10 @@ class SyncCellClient:
         id: str | None = None,
     ) -> Applied[Ok]:
         return self._run(_Calls.set_machine_state(machine, state, deadline, id))
+
+    def remove_machines(self, machines: Sequence[str], *, id: str | None = None) -> Applied[Ok]:
+        """Forget machines that are down (all or none; `machine_not_down` otherwise)."""
+        return self._run(_Calls.remove_machines(machines, id))
 
     def set_quota(
         self, owner: str, band: Band, limit: Limit | Resources | None, *, id: str | None = None

@@ -105,3 +105,15 @@ def node_state(
         fail(f"state {state!r}: use one of {', '.join(MACHINE_STATES)}", 2)
     call(addr, token, lambda cell: cell.set_machine_state(machine, MachineState(state)))
     console().print(f"machine [bold]{machine}[/bold] is {state}")
+
+
+@node_app.command("remove")
+def node_remove(
+    machines: Annotated[list[str], typer.Argument(help="Machine ids, each down.")],
+    addr: Addr = "",
+    token: Token = "",
+) -> None:
+    """Forget machines that are down (retired or replaced): they leave `omega nodes` and every
+    scheduler's tables. All or none. An agent still running registers its machine again."""
+    call(addr, token, lambda cell: cell.remove_machines(machines))
+    console().print(f"removed {', '.join(f'[bold]{m}[/bold]' for m in machines)}")

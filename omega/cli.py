@@ -867,7 +867,14 @@ def logs(
     def locate(cell: SyncCellClient) -> tuple[TaskView, MachineView | None]:
         task = cell.task(task_id)
         on = task["machine"]
-        return task, cell.machine(on) if on is not None else None
+        if on is None:
+            return task, None
+        try:
+            return task, cell.machine(on)
+        except CellError as exc:
+            if exc.code != "machine_unknown":
+                raise
+            fail(f"task {task_id} ran on machine {on}, which was removed from the cell")
 
     task, machine = call(addr, token, locate)
     if machine is None:

@@ -38,6 +38,7 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
         JobPurged,
         JobSubmitted,
         MachineChanged,
+        MachineRemoved,
         PurgeJobs,
         ReportTasks,
         TaskEvicted,
@@ -52,6 +53,9 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
     if isinstance(event, MachineChanged):
         kind, machine = "machine", event.machine
         message = f"machine {machine} {event.state}"
+    elif isinstance(event, MachineRemoved):
+        kind, machine = "removed", event.machine
+        message = f"machine {machine} removed"
     elif isinstance(event, JobSubmitted):
         kind, job = "submitted", event.job
         found = cell.jobs.get(job)

@@ -112,6 +112,7 @@ class Avoider:
         self.cooled: dict[str, float] = {}  # machine id -> cooled until
         self._names: tuple[str, ...] = ()
         self._owner = np.zeros(0, dtype=np.int64)
+        self._layout = 0  # the cell's `layout` `_owner` was read under
         # Per row, whether the machine is in this scheduler's own share (at the
         # last `tiers`); None: every machine is (no rival, or partitions off).
         self.mine: np.ndarray | None = None
@@ -146,9 +147,9 @@ class Avoider:
             names = rivals(cell, self.name)
             if len(names) > 1:
                 machines = cell.machine_list[:n]
-                if names != self._names or self._owner.size != n:
+                if names != self._names or self._owner.size != n or cell.layout != self._layout:
                     self._owner = owners([m.id for m in machines], names)
-                    self._names = names
+                    self._names, self._layout = names, cell.layout
                 self.mine = self._owner == names.index(self.name)
                 tier = np.where(self.mine, PREFERRED, OTHER).astype(np.int8)
         if self.cooled:

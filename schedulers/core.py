@@ -199,6 +199,7 @@ class SchedulerCore:
         # count of `Job.moves`, and the copy of the cell that counted.
         self._known_rows: dict[str, tuple[Job, int, np.ndarray]] = {}
         self._rows_cell: CellState | None = None
+        self._rows_layout = 0
 
     # -- what is ours ------------------------------------------------------------
 
@@ -325,8 +326,9 @@ class SchedulerCore:
             return None
         self.figures.decisions += 1
         tiers = None if self.avoider is None else self.avoider.tiers(cell, table, now)
-        if cell is not self._rows_cell:  # a reloaded copy counts moves afresh
-            self._rows_cell, self._known_rows = cell, {}
+        if cell is not self._rows_cell or cell.layout != self._rows_layout:
+            # A reloaded copy counts moves afresh; removed machines moved the rows.
+            self._rows_cell, self._rows_layout, self._known_rows = cell, cell.layout, {}
         ctx = DecisionContext(
             cell, table, self.rng, self.sampling, tiers, self._known_rows, self.np_rng
         )

@@ -4,7 +4,8 @@ A scheduler scores thousands of machines per decision, so it reads them as
 arrays indexed by the dense `Machine.index`, not as records. The table owns
 `cell.changed_machines`: `sync` sets it to an empty set on first use (so the
 cell starts recording), and afterwards refreshes only the rows of machines in
-it, then clears it. New machines append rows. Nothing else may drain that set.
+it, then clears it. New machines append rows; removed ones (`cell.layout` moved)
+make it read every row again. Nothing else may drain that set.
 
 The table describes the cell, not a scheduler, so every `SchedulerCore`
 deciding against one `CellState` object shares one table (`table_for`): two
@@ -85,6 +86,7 @@ class MachineTable:
     def __init__(self) -> None:
         self.n = 0
         self._size = 0
+        self.layout = 0  # the cell's `layout` the rows were read under
         self.generation = 0  # bumped by every sync that changed a row
         self.rows_refreshed = 0  # total row refreshes, for tests and figures
         self.dims: list[str] = []
@@ -114,8 +116,10 @@ class MachineTable:
     def sync(self, cell: CellState) -> int:
         """Bring the table up to `cell`; return how many rows were refreshed."""
         machines = cell.machine_list
-        if cell.changed_machines is None or len(machines) < self.n:
+        if cell.changed_machines is None or len(machines) < self.n or cell.layout != self.layout:
+            # First use, or machines were removed and rows moved up: read every row.
             cell.changed_machines = set()
+            self.layout = cell.layout
             self._resize(len(machines), reset=True)
             self.n = 0
             return self._refresh(machines, range(len(machines)))
@@ -134,7 +138,7 @@ class MachineTable:
     def changes_pending(self, cell: CellState) -> bool:
         """Whether `sync(cell)` would refresh a row, and so bump `generation`."""
         machines = cell.machine_list
-        if cell.changed_machines is None or len(machines) < self.n:
+        if cell.changed_machines is None or len(machines) < self.n or cell.layout != self.layout:
             return bool(machines)
         return bool(cell.changed_machines) or len(machines) > self.n
 

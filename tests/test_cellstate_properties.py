@@ -43,6 +43,7 @@ from cellstate import (
     PromoteJob,
     PurgeJobs,
     RegisterMachines,
+    RemoveMachines,
     ReportedState,
     ReportTasks,
     ReportUsage,
@@ -359,6 +360,24 @@ class CellMachine(RuleBasedStateMachine):
         bound = data.draw(st.sampled_from([0, 1, 4]))
         self.apply(PurgeJobs(self.at - ago, max_tasks=bound, at=self.at))
 
+    def op_remove(self, data):
+        # Machines forgotten (rules 10): the rest move up a row, and copies must agree.
+        # Mostly down ones (a removal of one that is not is refused whole).
+        machines = sorted(self.cell.machines)
+        down = [m for m in machines if self.cell.machines[m].state is MachineState.DOWN]
+        pool = (
+            st.sampled_from(down)
+            if down and data.draw(st.booleans())
+            else st.sampled_from(machines)
+        )
+        named = data.draw(st.lists(pool, min_size=1, max_size=2))
+        if set(named) >= set(machines):
+            return  # keep a machine, for the other steps to draw from
+        outcome = self.apply(RemoveMachines(tuple(named), at=self.at))
+        if not isinstance(outcome.result, Error):
+            for machine in named:
+                self.operator.pop(machine, None)
+
     def op_quota(self, data):
         cpu = data.draw(st.sampled_from([1000, 3000, 0, None]))
         gpu = data.draw(st.sampled_from([0, 1, 3]))
@@ -401,7 +420,7 @@ class CellMachine(RuleBasedStateMachine):
         + ["view"] * 2
         + ["update", "lifecycle", "lifecycle"]
         + ["register", "machine_state", "heartbeats", "kill", "quota", "weights", "plan"]
-        + ["purge"]
+        + ["purge", "remove"]
     )
 
     @rule(data=st.data())

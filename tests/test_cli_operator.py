@@ -3,7 +3,7 @@ processes), used only through `omega` and, for metrics, as Prometheus scrapes th
 
 - `submit --wait` fails early, naming the constraint, once a scheduler explained it;
 - `nodes` shows human units; labels and `-l` selectors on jobs, tasks, nodes, kill;
-- `quota get/set` and `node state` with errors that name the argument;
+- `quota get/set` and `node state` with errors that name the argument; `node remove`;
 - `events` from the change feed; a crash loop's restarts and last exit; `/metrics` on a replica, a scheduler and an agent,
   parsed by prometheus-client's own parser;
 - `top` writes every refresh when its output is not a terminal.
@@ -133,6 +133,47 @@ def test_quota_and_machine_state_from_the_cli(cell):
     assert wrong.returncode == 2 and "state 'sleeping'" in wrong.stderr
     unknown = cell.omega("node", "state", "no-such-machine", "up", check=False)
     assert unknown.returncode == 1 and "no-such-machine" in unknown.stderr, unknown.stderr
+
+
+def test_a_machine_that_is_down_is_removed_and_its_running_agent_registers_it_again(cell):
+    """`omega node remove`: refused (and nothing changes) while the machine is up; once it
+    is down, it leaves the cell. Its agent still runs, so it registers the machine again,
+    as a new one on the last row: the schedulers' tables, whose rows moved, still place an
+    anti-affine job on both machines."""
+    machine = sorted(m["id"] for m in cell.json("nodes"))[0]
+    refused = cell.omega("node", "remove", machine, check=False)
+    assert refused.returncode == 1, refused
+    assert "machine_not_down" in refused.stderr and "take it down first" in refused.stderr
+    assert machine in {m["id"] for m in cell.json("nodes")}
+    unknown = cell.omega("node", "remove", "no-such-machine", check=False)
+    assert unknown.returncode == 1 and "no machine 'no-such-machine'" in unknown.stderr
+
+    cell.omega("node", "state", machine, "down")
+    removed = cell.omega("node", "remove", machine)
+    assert f"removed {machine}" in removed.stdout
+    told = cell.omega("events", "--machine", machine).stdout
+    assert f"machine {machine} removed" in told, told
+    # Its agent's next heartbeat names a machine the cell no longer knows: it registers
+    # it again, up (the operator's `down` went with the machine it was set on).
+    wait_for(
+        "the agent to register its machine again",
+        lambda: {m["id"]: m["state"] for m in cell.json("nodes")}.get(machine) == "up",
+    )
+    told = cell.omega("events", "--machine", machine).stdout
+    assert told.index(f"machine {machine} removed") < told.rindex(f"machine {machine} up"), told
+
+    path = cell.data_dir.parent / "apart.yaml"
+    path.write_text(
+        SPEC.format(name="apart", shell="sleep 30", labels="{}") + "anti_affinity: true\n"
+    )
+    job = cell.json("submit", str(path))["id"]
+    wait_for(
+        "both tasks placed",
+        lambda: cell.json("job", job)["tasks"].get("pending", 0) == 0,
+    )
+    hosts = [t["machine"] for t in cell.json("tasks", "--job", job)]
+    assert sorted(hosts) == sorted(m["id"] for m in cell.json("nodes")), hosts
+    cell.omega("kill", job, "--yes")
 
 
 def test_events_tell_a_jobs_story(cell):

@@ -408,6 +408,7 @@ function describe(doc) {
     case "revoke_token": return `token ${doc.name} revoked`;
     case "raise_rules": return `cell rules raised to ${doc.rules}`;
     case "purge_jobs": return `jobs that ended before ${when(doc.before)} purged`;
+    case "remove_machines": return `machines removed: ${some(doc.machines || [])}`;
     default: return "";
   }
 }
