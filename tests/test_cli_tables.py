@@ -60,6 +60,22 @@ def test_the_command_list_gives_each_summary_as_one_paragraph():
         assert summary in shown, shown
 
 
+def test_a_command_s_help_says_what_each_of_its_arguments_is():
+    # Click 8.5 gave `Argument` a `help` of its own, which wiped the one typer 0.24 keeps:
+    # every `omega ... --help` listed its arguments with no word on what they are.
+    from typer.testing import CliRunner
+
+    from omega.cli import app
+
+    for argv, told in (
+        (["kill"], "Job id (or -l to choose jobs by label)."),
+        (["node", "remove"], "Machine ids, each down."),
+        (["node", "state"], "up, draining or down."),
+    ):
+        shown = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "300"}).output
+        assert told in shown, shown
+
+
 def test_status_keeps_scheduler_names_whole_at_80_columns():
     from omega.cli import status_tables
 
