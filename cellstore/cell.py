@@ -95,21 +95,25 @@ EXPIRY_TASKS_PER_COMMAND = 2_000
 BOOTSTRAP = "bootstrap"
 
 
-def replica_fields(
-    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
-    job_retention_s: float = DEFAULT_JOB_RETENTION_S,
-) -> dict[str, Any]:
+@attrs.frozen(slots=True)
+class CellSettings:
+    """What every replica of a cell is told at start-up, the same on each (`endpoints`' keyword
+    arguments, through the replica's config document): when the leader marks a silent machine
+    down, and how long it keeps an ended job (0: for good)."""
+
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    job_retention_s: float = DEFAULT_JOB_RETENTION_S
+
+
+DEFAULT_SETTINGS = CellSettings()
+
+
+def replica_fields(settings: CellSettings = DEFAULT_SETTINGS) -> dict[str, Any]:
     """The fields of a replica config document (`cellstore.config.replica_document`) that make
     a generic replica serve the cell: its machine, and its endpoints with their settings."""
     return {
         "machine": "cellstore.cell:CellMachine",
-        "extensions": [
-            {
-                "use": "cellstore.cell:endpoints",
-                "heartbeat_timeout_s": heartbeat_timeout_s,
-                "job_retention_s": job_retention_s,
-            }
-        ],
+        "extensions": [{"use": "cellstore.cell:endpoints", **attrs.asdict(settings)}],
     }
 
 

@@ -24,7 +24,12 @@ from typing import Any
 import httpx
 import orjson
 
-from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_JOB_RETENTION_S, replica_fields
+from cellstore.cell import (
+    DEFAULT_HEARTBEAT_TIMEOUT_S,
+    DEFAULT_JOB_RETENTION_S,
+    CellSettings,
+    replica_fields,
+)
 from cellstore.config import ReplicaConfig, free_ports, replica_document
 from cellstore.tls import client_context, issue, make_ca
 
@@ -127,7 +132,7 @@ def cell_options(
     the cell's machine and endpoints, machines marked down after `heartbeat_timeout_s` without
     a heartbeat (long, for tests whose machines have no agent), ended jobs purged after
     `job_retention_s` (0: never), `extra` other config fields."""
-    fields = replica_fields(heartbeat_timeout_s, job_retention_s)
+    fields = replica_fields(CellSettings(heartbeat_timeout_s, job_retention_s))
     return {
         "machine": fields.pop("machine"),
         "extra": {**fields, **extra},

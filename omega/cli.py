@@ -342,6 +342,7 @@ def up(
     import trio
 
     from cellstate.resources import UnitError, parse_declaration
+    from cellstore.cell import CellSettings
     from omega.specfile import SpecFileError, load_spec
     from omega.up import run_cell
 
@@ -369,10 +370,9 @@ def up(
         hollow,
         kinds,
         submit,
-        heartbeat_timeout,
+        CellSettings(heartbeat_timeout, job_retention),
         resource,
         insecure,
-        job_retention,
     )
 
 
@@ -416,7 +416,7 @@ def store(
 ) -> None:
     """Run one store replica (a multi-host cell runs one per host), over https unless
     --insecure."""
-    from cellstore.cell import replica_fields
+    from cellstore.cell import CellSettings, replica_fields
     from cellstore.config import ReplicaConfig, replica_document
     from cellstore.server import run_replica
     from omega.console import with_console
@@ -442,7 +442,9 @@ def store(
             insecure=insecure,
             tls_cert=None if insecure else str(tls_cert),
             tls_key=None if insecure else str(tls_key),
-            **(with_console if console else dict)(replica_fields(heartbeat_timeout, job_retention)),
+            **(with_console if console else dict)(
+                replica_fields(CellSettings(heartbeat_timeout, job_retention))
+            ),
         )
     )
     run_replica(config)

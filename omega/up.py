@@ -37,7 +37,7 @@ import psutil
 import structlog
 import trio
 
-from cellstore.cell import DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_JOB_RETENTION_S, replica_fields
+from cellstore.cell import DEFAULT_SETTINGS, CellSettings, replica_fields
 from cellstore.config import free_ports, replica_document
 from cellstore.tls import CA_CERT, TlsFiles, issue, make_ca
 from omega import children
@@ -126,12 +126,11 @@ def _secret_file(path: Path) -> str:
 def prepare(
     data_dir: Path,
     replicas: int,
-    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    settings: CellSettings = DEFAULT_SETTINGS,
     insecure: bool = False,
-    job_retention_s: float = DEFAULT_JOB_RETENTION_S,
 ) -> CellLayout:
     """Create or reopen a cell's data dir: secrets, certificates, ports and replica configs
-    (rewritten on every start, so settings such as the heartbeat timeout follow the command
+    (rewritten on every start, so `settings` such as the heartbeat timeout follow the command
     line)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
@@ -155,7 +154,7 @@ def prepare(
         layout_file.write_bytes(orjson.dumps(saved, option=orjson.OPT_INDENT_2))
     layout = CellLayout(data_dir, token, secret, tuple(saved["api"]), tuple(saved["raft"]), tls)
     for i in range(replicas):
-        write_replica_config(layout, i, heartbeat_timeout_s, job_retention_s)
+        write_replica_config(layout, i, settings)
     env = data_dir / "env"
     exports = f"export OMEGA_ADDR={layout.addr}\nexport OMEGA_TOKEN={token}\n"
     if layout.ca is not None:
@@ -168,10 +167,7 @@ def prepare(
 
 
 def write_replica_config(
-    layout: CellLayout,
-    i: int,
-    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
-    job_retention_s: float = DEFAULT_JOB_RETENTION_S,
+    layout: CellLayout, i: int, settings: CellSettings = DEFAULT_SETTINGS
 ) -> Path:
     directory = layout.data_dir / f"replica-{i}"
     directory.mkdir(exist_ok=True)
@@ -183,7 +179,7 @@ def write_replica_config(
         token=layout.token,
         secret=layout.secret,
         **tls_fields(layout),
-        **with_console(replica_fields(heartbeat_timeout_s, job_retention_s)),
+        **with_console(replica_fields(settings)),
     )
     path = directory / "replica.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -501,10 +497,9 @@ async def run_cell(
     hollow: int,
     schedulers: list[str],
     specs: list[Path] | None = None,
-    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    settings: CellSettings = DEFAULT_SETTINGS,
     resources: Sequence[str] = (),
     insecure: bool = False,
-    job_retention_s: float = DEFAULT_JOB_RETENTION_S,
 ) -> None:
     from cellstore.datadir import DataDirInUse, hold
 
@@ -516,7 +511,7 @@ async def run_cell(
     except DataDirInUse as exc:
         say(f"error: {exc}", sys.stderr)
         raise SystemExit(1) from None
-    layout = prepare(data_dir, replicas, heartbeat_timeout_s, insecure, job_retention_s)
+    layout = prepare(data_dir, replicas, settings, insecure)
     parts = plan_parts(layout, schedulers, agents, hollow, resources)
     tokens = part_tokens(layout, parts)
     stopping = trio.Event()
