@@ -454,7 +454,9 @@ def _cell_machine(machine: Machine) -> CellMachine:
     return cast(CellMachine, machine)
 
 
-def _is_due(due: Callable[[CellMachine, float], bool], machine: Machine, now: float) -> bool:
+def _due(
+    due: Callable[[CellMachine, float], Command | None], machine: Machine, now: float
+) -> Command | None:
     return due(_cell_machine(machine), now)
 
 
@@ -542,15 +544,14 @@ def _expiry_view(machine: Machine, now: float) -> tuple[list[tuple[str, float]],
 async def leader_duty(
     replica: Replica,
     name: str,
-    due: Callable[[CellMachine, float], bool],
-    command: Callable[[float], Command],
+    due: Callable[[CellMachine, float], Command | None],
     period_s: float = 1.0,
     *,
     until_done: bool = False,
 ) -> None:
-    """On the leader, at once and then every `period_s`, commit `command(now)` when
-    `due(state, now)`; with `until_done`, again at once after each commit while it is still
-    due (a duty done in bounded commands, such as the purge).
+    """On the leader, at once and then every `period_s`, commit the command `due(state, now)`
+    reads off the cell, if any; with `until_done`, again at once after each commit while one
+    is still due (a duty done in bounded commands, such as the purge).
 
     The decision is a command in the log, so every replica takes the same one;
     and only a decision that is due is logged, so an idle cell's log stays still."""
@@ -558,10 +559,13 @@ async def leader_duty(
         # Checked at once, then every period: a new leader raises old rules before
         # most clients have found it.
         now = time.time()
-        if replica.raft.raft_status()["is_leader"] and await replica.read(
-            functools.partial(_is_due, due, now=now)
-        ):
-            encoded = orjson.dumps(internal.unstructure(command(now), Command))
+        command = (
+            await replica.read(functools.partial(_due, due, now=now))
+            if replica.raft.raft_status()["is_leader"]
+            else None
+        )
+        if command is not None:
+            encoded = orjson.dumps(internal.unstructure(command, Command))
             try:
                 await replica.commit([encoded])
             except ApiError as exc:
@@ -649,10 +653,9 @@ def purge_ended_jobs(
         replica,
         "purge_jobs",
         lambda machine, now: (
-            machine.cell.rules >= PURGE_RULES and bool(machine.cell.purgeable(now - retention_s, 1))
-        ),
-        lambda now: PurgeJobs(
-            now - retention_s, PURGE_TASKS_PER_COMMAND, at=now, id=new_command_id()
+            PurgeJobs(now - retention_s, PURGE_TASKS_PER_COMMAND, at=now, id=new_command_id())
+            if machine.cell.rules >= PURGE_RULES and machine.cell.purgeable(now - retention_s, 1)
+            else None
         ),
         period,
         until_done=True,
@@ -667,9 +670,10 @@ def enter_bootstrap_token(replica: Replica, period_s: float = 1.0) -> Coroutine[
     return leader_duty(
         replica,
         "bootstrap_token",
-        lambda machine, now: machine.cell.rules >= RULES and key not in machine.cell.token_digests,
-        lambda now: CreateToken(
-            BOOTSTRAP, Role.ADMIN, key, replace=True, at=now, id=new_command_id()
+        lambda machine, now: (
+            CreateToken(BOOTSTRAP, Role.ADMIN, key, replace=True, at=now, id=new_command_id())
+            if machine.cell.rules >= RULES and key not in machine.cell.token_digests
+            else None
         ),
         period_s,
     )
@@ -681,7 +685,8 @@ def raise_rules(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, 
     return leader_duty(
         replica,
         "raise_rules",
-        lambda machine, now: machine.cell.rules < RULES,
-        lambda now: RaiseRules(RULES, at=now, id=new_command_id()),
+        lambda machine, now: (
+            RaiseRules(RULES, at=now, id=new_command_id()) if machine.cell.rules < RULES else None
+        ),
         period_s,
     )
