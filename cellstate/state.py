@@ -317,6 +317,25 @@ class CellState:
                 self._review(self.jobs[jid])
         return Ok()
 
+    def removable(self, before: float, limit: int = 0) -> list[str]:
+        """Machines marked down for silence, and silent since before `before` (their last
+        heartbeat, or their registration, came earlier), in the cell's order, at most `limit`
+        (0: all): what the leader removes once they have been gone long enough
+        (`RemoveMachines`). Not one an operator took down: whether it goes is the operator's
+        word (`omega node remove`), and its agent may still be running."""
+        found: list[str] = []
+        down = MachineState.DOWN
+        for machine in self.machine_list:
+            if (
+                machine.state is down
+                and machine.operator_state is None
+                and machine.last_heartbeat < before
+            ):
+                found.append(machine.id)
+                if len(found) == limit:
+                    break
+        return found
+
     def _remove_machines(self, cmd: RemoveMachines, events: list[Event]) -> Result:
         if self.rules < REMOVE_RULES:
             return _too_old(self.rules, REMOVE_RULES, "removing machines", "machines")

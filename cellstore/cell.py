@@ -21,7 +21,8 @@ command, and refuses an agent's command about a machine its token is not bound t
 - `GET /v1/tokens` names, roles, machines; `POST /v1/tokens` `{"name", "role", "digest",
   "machines"}` issue one; `POST /v1/tokens/revoke` `{"name"}`; `GET /v1/whoami` the caller's
   own token's name, role and machines (any role; what the console offers it to do)
-The leader also issues `PurgeJobs` for jobs ended `job_retention_s` ago (4 h by default), and
+The leader also issues `PurgeJobs` for jobs ended `job_retention_s` ago (4 h by default),
+`RemoveMachines` for machines down for silence `machine_retention_s` (24 h by default), and
 `ExpireHeartbeats` every second for machines silent longer than
 `heartbeat_timeout_s`, an argument of `endpoints` set in the replica's config document
 (`replica_fields`), so every replica of a cell is told the same timeout at start-up.
@@ -65,9 +66,9 @@ from cellstate import (
     TokenRecord,
 )
 from cellstate import views as cell_views
-from cellstate.commands import Command, Error, PurgeJobs, RaiseRules
+from cellstate.commands import Command, Error, PurgeJobs, RaiseRules, RemoveMachines
 from cellstate.model import FIRST_RULES, RULES
-from cellstate.state import PURGE_RULES
+from cellstate.state import PURGE_RULES, REMOVE_RULES
 from cellstate.wire import decode_command, encode_result, internal, parse
 from cellstore.access import CellGuard, authorize, digest, machine_matcher
 from cellstore.api import Replica
@@ -91,6 +92,13 @@ PURGE_TASKS_PER_COMMAND = 100_000
 # holding 70,000 tasks, marked down by one command, held every replica's tick for seconds
 # under load, and each leader in turn was deposed while it applied it (`bench.store`).
 EXPIRY_TASKS_PER_COMMAND = 2_000
+# How long a machine marked down for silence is kept before the leader removes it (Nomad's
+# node_gc_threshold is 24 h); 0 keeps machines for good. Its agent, if it comes back,
+# registers it again as a new machine. One an operator took down stays until removed.
+DEFAULT_MACHINE_RETENTION_S = 24 * 3600.0
+# How often the leader looks for such machines, and how many one `RemoveMachines` names.
+REMOVE_PERIOD_S = 60.0
+MACHINES_PER_REMOVAL = 10_000
 # The name under which the replicas' config token is kept in the cell.
 BOOTSTRAP = "bootstrap"
 
@@ -99,10 +107,11 @@ BOOTSTRAP = "bootstrap"
 class CellSettings:
     """What every replica of a cell is told at start-up, the same on each (`endpoints`' keyword
     arguments, through the replica's config document): when the leader marks a silent machine
-    down, and how long it keeps an ended job (0: for good)."""
+    down, how long it keeps an ended job, and a machine down for silence (0: for good)."""
 
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     job_retention_s: float = DEFAULT_JOB_RETENTION_S
+    machine_retention_s: float = DEFAULT_MACHINE_RETENTION_S
 
 
 DEFAULT_SETTINGS = CellSettings()
@@ -221,10 +230,12 @@ def endpoints(
     *,
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
     job_retention_s: float = DEFAULT_JOB_RETENTION_S,
+    machine_retention_s: float = DEFAULT_MACHINE_RETENTION_S,
 ) -> None:
     """Register the cell's typed endpoints and the leader's duties: the heartbeat-expiry
-    timer, which marks down machines silent for `heartbeat_timeout_s`, and the purge of
-    jobs ended `job_retention_s` ago (never if 0)."""
+    timer, which marks down machines silent for `heartbeat_timeout_s`, the purge of
+    jobs ended `job_retention_s` ago, and the removal of machines down for silence for
+    `machine_retention_s` (each never if 0)."""
 
     def body(request: Request, unique_keys: bool = False) -> dict[str, Any]:
         data = request.json(unique_keys)
@@ -412,6 +423,8 @@ def endpoints(
     replica.background.append(lambda: enter_bootstrap_token(replica))
     if job_retention_s > 0:
         replica.background.append(lambda: purge_ended_jobs(replica, job_retention_s))
+    if machine_retention_s > 0:
+        replica.background.append(lambda: remove_silent_machines(replica, machine_retention_s))
 
     def known_token(key: str) -> TokenRecord | None:
         return replica.raft.peek(lambda machine: _cell_machine(machine).cell.token_digests.get(key))
@@ -660,6 +673,27 @@ def purge_ended_jobs(
         period,
         until_done=True,
     )
+
+
+def remove_silent_machines(
+    replica: Replica, retention_s: float, period_s: float | None = None
+) -> Coroutine[Any, Any, None]:
+    """On the leader, remove the machines down for silence, silent `retention_s` by now
+    (`RemoveMachines`, as Nomad collects down nodes; `CellState.removable`), once the cell's
+    rules know how: looked for every
+    `REMOVE_PERIOD_S` (or a tenth of a shorter retention), `MACHINES_PER_REMOVAL` a command.
+    A machine whose agent spoke up since the look is refused with the rest of its command,
+    which the next look leaves out."""
+    period = period_s if period_s is not None else min(REMOVE_PERIOD_S, max(0.5, retention_s / 10))
+
+    def due(machine: CellMachine, now: float) -> Command | None:
+        cell = machine.cell
+        if cell.rules < REMOVE_RULES:
+            return None
+        gone = cell.removable(now - retention_s, MACHINES_PER_REMOVAL)
+        return RemoveMachines(tuple(gone), at=now, id=new_command_id()) if gone else None
+
+    return leader_duty(replica, "remove_machines", due, period, until_done=True)
 
 
 def enter_bootstrap_token(replica: Replica, period_s: float = 1.0) -> Coroutine[Any, Any, None]:

@@ -27,6 +27,7 @@ import orjson
 from cellstore.cell import (
     DEFAULT_HEARTBEAT_TIMEOUT_S,
     DEFAULT_JOB_RETENTION_S,
+    DEFAULT_MACHINE_RETENTION_S,
     CellSettings,
     replica_fields,
 )
@@ -126,13 +127,15 @@ def _die_with_parent() -> None:
 def cell_options(
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
     job_retention_s: float = DEFAULT_JOB_RETENTION_S,
+    machine_retention_s: float = DEFAULT_MACHINE_RETENTION_S,
     **extra: Any,
 ) -> dict[str, Any]:
     """`LocalCluster` keyword arguments for a cluster of the cell rather than the toy machine:
     the cell's machine and endpoints, machines marked down after `heartbeat_timeout_s` without
     a heartbeat (long, for tests whose machines have no agent), ended jobs purged after
-    `job_retention_s` (0: never), `extra` other config fields."""
-    fields = replica_fields(CellSettings(heartbeat_timeout_s, job_retention_s))
+    `job_retention_s` and machines down for silence removed after `machine_retention_s` (0:
+    never), `extra` other config fields."""
+    fields = replica_fields(CellSettings(heartbeat_timeout_s, job_retention_s, machine_retention_s))
     return {
         "machine": fields.pop("machine"),
         "extra": {**fields, **extra},

@@ -304,6 +304,17 @@ JobRetention = Annotated[
 ]
 
 
+# The same on `omega up` and `omega store` (`cellstore.cell.DEFAULT_MACHINE_RETENTION_S`).
+MachineRetention = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Seconds a machine marked down for silence is kept before the cell forgets it "
+        "(its agent, back, registers it again); 0 keeps machines for good.",
+    ),
+]
+
+
 @app.command()
 def up(
     data_dir: Annotated[Path, typer.Option(help="Where the cell keeps its state.")] = Path(
@@ -329,6 +340,7 @@ def up(
         float, typer.Option(min=0.1, help="Seconds without a heartbeat before a machine is down.")
     ] = 10.0,
     job_retention: JobRetention = 4 * 3600.0,
+    machine_retention: MachineRetention = 24 * 3600.0,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -370,7 +382,7 @@ def up(
         hollow,
         kinds,
         submit,
-        CellSettings(heartbeat_timeout, job_retention),
+        CellSettings(heartbeat_timeout, job_retention, machine_retention),
         resource,
         insecure,
     )
@@ -393,6 +405,7 @@ def store(
         float, typer.Option(min=0.1, help="Seconds without a heartbeat before a machine is down.")
     ] = 10.0,
     job_retention: JobRetention = 4 * 3600.0,
+    machine_retention: MachineRetention = 24 * 3600.0,
     console: Annotated[
         bool, typer.Option(help="Serve the web console at /ui (signed in with the token).")
     ] = True,
@@ -443,7 +456,7 @@ def store(
             tls_cert=None if insecure else str(tls_cert),
             tls_key=None if insecure else str(tls_key),
             **(with_console if console else dict)(
-                replica_fields(CellSettings(heartbeat_timeout, job_retention))
+                replica_fields(CellSettings(heartbeat_timeout, job_retention, machine_retention))
             ),
         )
     )
