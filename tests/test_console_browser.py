@@ -5,8 +5,9 @@ the screen.
 Sign in (a wrong token is refused), see the cell's machines as tiles by failure domain and
 its schedulers, submit a job from the console and watch its tasks go to running without a
 reload, scale it, update its spec and revert it, each a new version in its history, read
-why an unplaceable job is pending, set a machine draining, kill a job. A
-screenshot of each page is saved (`OMEGA_CONSOLE_SHOTS=DIR` keeps them, e.g. for the README).
+why an unplaceable job is pending, set a machine draining, then down, and remove it, kill a
+job. A screenshot of each page is saved (`OMEGA_CONSOLE_SHOTS=DIR` keeps them, e.g. for the
+README).
 """
 
 from __future__ import annotations
@@ -303,6 +304,17 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
 
         # Kill from the console (it asks first); the page follows the job to killed.
         page.on("dialog", lambda dialog: dialog.accept())
+        # A machine down is offered for removal (it asks first), and only then.
+        page.goto(f"{address}/ui#/machine/{machine}")
+        page.wait_for_selector("#machine-state:has-text('draining')")
+        assert page.locator("button[data-remove-machine]").count() == 0
+        page.click("button[data-machine-state=down]")
+        page.wait_for_selector("#machine-state:has-text('down')")
+        page.click(f"button[data-remove-machine='{machine}']")
+        page.wait_for_selector(".tile[data-machine]")  # back on the cell's page
+        told = cell.omega("events", "--machine", machine).stdout
+        assert f"machine {machine} removed  [by bootstrap (admin)]" in told, told
+
         page.goto(f"{address}/ui#/job/console-web")
         page.click("h2 button.kill")
         page.wait_for_selector("#job-state:has-text('killed')")

@@ -307,10 +307,12 @@ async function machinePage(id) {
       <td class="state ${esc(t.state)}">${esc(t.state)}</td><td class="num">${t.incarnation}</td>
       <td>${t.usage ? `cpu ${human(t.usage, "cpu")}, memory ${human(t.usage, "memory")}` : "-"}</td></tr>`).join("");
   const buttons = !mayOperate() ? "" : ["up", "draining", "down"].filter((s) => s !== m.state)
-    .map((s) => `<button data-machine-state="${s}">Set ${s}</button>`).join(" ");
+    .map((s) => `<button data-machine-state="${s}">Set ${s}</button>`).join(" ") +
+    // Only a machine that is down may be removed (`RemoveMachines`): offered then alone.
+    (m.state === "down" ? ` <button data-remove-machine="${esc(m.id)}">Remove</button>` : "");
   return `
     <h2>Machine ${esc(m.id)} <span class="state ${esc(m.state)}" id="machine-state">${esc(m.state)}</span></h2>
-    <p>${buttons} <span class="note">draining: takes no new tasks; down: its tasks are lost and placed elsewhere.</span></p>
+    <p>${buttons} <span class="note">draining: takes no new tasks; down: its tasks are lost and placed elsewhere; removed: forgotten (its agent, if it runs, registers it again).</span></p>
     <div class="tiles">${tile(m, dimensions(m.capacity))}</div>
     <dl class="facts"><dt>failure domain</dt><dd>${esc(m.domain)}</dd><dt>labels</dt><dd>${labels(m.labels)}</dd>
       <dt>reserved</dt><dd>${dimensions(m.reserved).map((d) => `${esc(d)} ${human(m.reserved, d)}`).join(", ")}</dd>
@@ -575,6 +577,11 @@ async function act(target) {
       await api("POST", "/v1/jobs/revert", { job, version: Number(target.dataset.revert) });
     } else if (target.dataset.promote) {
       await api("POST", "/v1/jobs/promote", { job: target.dataset.promote });
+    } else if (target.dataset.removeMachine) {
+      const machine = target.dataset.removeMachine;
+      if (!confirm(`Remove machine ${machine} from the cell?`)) return;
+      await api("POST", "/v1/machines/remove", { machines: [machine] });
+      location.hash = "#/cell";
     } else if (target.dataset.machineState) {
       const machine = decodeURIComponent(location.hash.split("/")[2] || "");
       await api("POST", "/v1/machines/state", { machine, state: target.dataset.machineState });
@@ -685,7 +692,8 @@ document.addEventListener("submit", (event) => {
 });
 document.addEventListener("click", (event) => {
   const target = event.target.closest(
-    "button[data-kill], button[data-machine-state], button[data-revert], button[data-promote]");
+    "button[data-kill], button[data-machine-state], button[data-remove-machine], " +
+    "button[data-revert], button[data-promote]");
   if (target) act(target);
 });
 // Opening the update form starts from the job's current spec (read when it opens, so not a
