@@ -217,10 +217,12 @@ def list_tasks(
     return out
 
 
-def list_machines(cell: CellState) -> list[dict[str, Any]]:
-    """Machines by id, numbers read as numbers (agent-2 before agent-10): not in the
-    order their agents happened to register, which differs from one start to the next."""
-    return [machine_view(m) for m in sorted(cell.machine_list, key=_by_id)]
+def list_machines(cell: CellState, state: str | None = None) -> list[dict[str, Any]]:
+    """Machines (those in `state`, if given) by id, numbers read as numbers (agent-2 before
+    agent-10): not in the order their agents happened to register, which differs from one
+    start to the next."""
+    chosen = [m for m in cell.machine_list if state is None or m.state == state]
+    return [machine_view(m) for m in sorted(chosen, key=_by_id)]
 
 
 _NUMBERS = re.compile(r"(\d+)")

@@ -12,7 +12,7 @@ command, and refuses an agent's command about a machine its token is not bound t
 - `POST /v1/jobs` `{"job": ID?, "spec": {...}}` submit; `POST /v1/jobs/kill` `{"job": ID}`;
   `POST /v1/jobs/planned` `{"job", "spec", "claims"}` submit placed as planned, or nothing
 - `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`,
-  `GET /v1/machines[?id=]`,
+  `GET /v1/machines[?id=&state=]`, `POST /v1/machines/state`, `POST /v1/machines/remove`,
   `GET /v1/quotas`, `GET /v1/weights` (fair-share weights and shares; `POST` sets them)
 - `POST /v1/transactions` `{"txn": {...}}` commit one transaction
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
@@ -342,7 +342,8 @@ def endpoints(
                 return cell_views.machine_view(machine)
 
             return await read(one)
-        return await read(lambda cell: {"machines": cell_views.list_machines(cell)})
+        state = _state(request, _MACHINE_STATES)
+        return await read(lambda cell: {"machines": cell_views.list_machines(cell, state)})
 
     async def quotas(request: Request) -> Response:
         return await read(lambda cell: {"quotas": cell_views.list_quotas(cell)})
@@ -480,6 +481,7 @@ def _one(request: Request, name: str) -> str | None:
 
 _TASK_STATES = tuple(state.value for state in TaskState)
 _JOB_STATES = tuple(state.value for state in JobState)
+_MACHINE_STATES = tuple(state.value for state in MachineState)
 
 
 def _state(request: Request, allowed: tuple[str, ...]) -> str | None:

@@ -525,8 +525,8 @@ class _Calls:
         )
 
     @staticmethod
-    def machines() -> Call[list[MachineView]]:
-        return Call("GET", MACHINES, _key("machines"))
+    def machines(state: str | None) -> Call[list[MachineView]]:
+        return Call("GET", MACHINES, _key("machines")).with_query(state=state)
 
     @staticmethod
     def machine(machine: str) -> Call[MachineView]:
@@ -732,8 +732,8 @@ class CellClient:
     ) -> list[TaskView]:
         return await self._run(_Calls.tasks(job, state, machine, limit))
 
-    async def machines(self) -> list[MachineView]:
-        return await self._run(_Calls.machines())
+    async def machines(self, state: str | None = None) -> list[MachineView]:
+        return await self._run(_Calls.machines(state))
 
     async def machine(self, machine: str) -> MachineView:
         return await self._run(_Calls.machine(machine))
@@ -1187,8 +1187,8 @@ class SyncCellClient:
     ) -> list[TaskView]:
         return self._run(_Calls.tasks(job, state, machine, limit))
 
-    def machines(self) -> list[MachineView]:
-        return self._run(_Calls.machines())
+    def machines(self, state: str | None = None) -> list[MachineView]:
+        return self._run(_Calls.machines(state))
 
     def machine(self, machine: str) -> MachineView:
         return self._run(_Calls.machine(machine))

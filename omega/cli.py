@@ -724,11 +724,21 @@ def tasks(
 
 @app.command()
 def nodes(
-    addr: Addr = "", token: Token = "", as_json: AsJson = False, selector: LabelSelector = ""
+    addr: Addr = "",
+    token: Token = "",
+    as_json: AsJson = False,
+    state: Annotated[
+        str, typer.Option(help="Only machines in this state: up, draining or down.")
+    ] = "",
+    selector: LabelSelector = "",
 ) -> None:
     """List machines: state, used/capacity of each resource, tasks, domain, labels."""
     matches = selecting(selector)
-    found = [m for m in call(addr, token, lambda cell: cell.machines()) if matches(m["labels"])]
+    found = [
+        m
+        for m in call(addr, token, lambda cell: cell.machines(state or None))
+        if matches(m["labels"])
+    ]
     if as_json:
         emit_json([pick(m, NODE_FIELDS) for m in found])
         return

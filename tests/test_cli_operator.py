@@ -149,6 +149,12 @@ def test_a_machine_that_is_down_is_removed_and_its_running_agent_registers_it_ag
     assert unknown.returncode == 1 and "no machine 'no-such-machine'" in unknown.stderr
 
     cell.omega("node", "state", machine, "down")
+    # What is down, to remove: `nodes --state` (a state there is not is refused, naming them).
+    assert [m["id"] for m in cell.json("nodes", "--state", "down")] == [machine]
+    assert machine not in {m["id"] for m in cell.json("nodes", "--state", "up")}
+    wrong = cell.omega("nodes", "--state", "sleeping", check=False)
+    assert wrong.returncode == 1, wrong
+    assert "state 'sleeping': use one of up, draining, down" in wrong.stderr, wrong.stderr
     removed = cell.omega("node", "remove", machine)
     assert f"removed {machine}" in removed.stdout
     told = cell.omega("events", "--machine", machine).stdout
