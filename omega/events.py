@@ -219,9 +219,10 @@ def events(
     machine: Annotated[str, typer.Option(help="Only this machine's events.")] = "",
     as_json: AsJson = False,
 ) -> None:
-    """The change feed as events: jobs submitted and killed, tasks placed, started, exited
-    with their code, preempted (by whom), lost; machines up, draining, down; quotas, weights
-    and tokens set; each with who sent the command (its token's name and role)."""
+    """The change feed as events: jobs submitted, killed and purged, tasks placed, started,
+    exited with their code, preempted (by whom), lost; machines up, draining, down, removed;
+    quotas, weights and tokens set; each with who sent the command (its token's name and
+    role)."""
     import logging
     import sys
 

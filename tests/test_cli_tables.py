@@ -53,7 +53,7 @@ def test_the_command_list_gives_each_summary_as_one_paragraph():
 
     for argv, summary in (
         ([], "with a throwaway CA in the data dir, and each scheduler and agent with a token"),
-        ([], "tasks placed, started, exited with their code, preempted (by whom), lost; machines"),
+        ([], "exited with their code, preempted (by whom), lost; machines up, draining, down,"),
         (["weights"], "keep theirs; 1 is the default). All or none: one bad word changes nothing."),
     ):
         shown = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "300"}).output
