@@ -4,22 +4,33 @@ keep them all; one an operator took down stays until the operator removes it.
 
 A real three-replica cell: one machine keeps heartbeating, one falls silent. The silent one
 is marked down, then removed once the retention has passed, in a command every replica's
-log holds; the one that heartbeats stays. Its agent, back, registers it again as new."""
+log holds; the one that heartbeats stays; `omega logs` of a task that ran there says where
+its output went. Its agent, back, registers it again as new."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import trio
 
 from cellstate import (
+    Claim,
     ExpireHeartbeats,
     Heartbeat,
+    JobSpec,
     MachineSpec,
     MachineState,
+    Ok,
+    ReportedState,
     Resources,
+    SchedulerClass,
     SetMachineState,
+    TaskReport,
+    Transaction,
     parse_cpu,
     parse_memory,
 )
@@ -54,6 +65,13 @@ def test_the_leader_removes_a_machine_silent_for_the_retention_and_spares_the_re
             async with CellClient.connect(cluster.api, cluster.token) as cell:
                 capacity = Resources(parse_cpu(4), parse_memory("8Gi"))
                 await cell.register_machines([MachineSpec(m, capacity) for m in ("stays", "goes")])
+                # A task that ran on it and ended: its output went with the machine.
+                small = Resources(parse_cpu("10m"), parse_memory("1Mi"))
+                await cell.submit(JobSpec("ran", "alice", SchedulerClass.BATCH, small), "ran")
+                placed = await cell.commit(Transaction("test", (Claim("ran.0", "goes"),)))
+                assert placed.result.accepted == 1, placed
+                done = TaskReport("ran.0", "goes", 0, ReportedState.EXITED, 0)
+                assert isinstance((await cell.report_tasks([done])).result, Ok)
                 seen_down = False
                 with trio.fail_after(60):
                     while True:
@@ -74,6 +92,9 @@ def test_the_leader_removes_a_machine_silent_for_the_retention_and_spares_the_re
                         break
                 assert [c["machines"] for c in removals] == [["goes"]], removals
                 assert removals[0].get("by") is None
+                logs = await trio.to_thread.run_sync(omega, cluster, "logs", "ran.0")
+                assert logs.returncode == 1, logs
+                assert "ran on machine goes, which was removed from the cell" in logs.stderr
                 # Its agent, back, registers it again: a new machine, up, on the last row.
                 await cell.register_machines([MachineSpec("goes", capacity)])
                 machines = await cell.machines()
@@ -83,3 +104,10 @@ def test_the_leader_removes_a_machine_silent_for_the_retention_and_spares_the_re
                 ]
 
         trio.run(scenario)
+
+
+def omega(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMEGA_ADDR": ",".join(cluster.api), "OMEGA_TOKEN": cluster.token}
+    env.pop("OMEGA_CA", None)
+    command = [sys.executable, "-m", "omega", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
