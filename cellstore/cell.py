@@ -656,6 +656,12 @@ def _tasks_on(machine: Machine, machines: list[str]) -> dict[str, int]:
     return {name: len(known[name].tasks) for name in machines if name in known}
 
 
+def _look_period(retention_s: float, most_s: float) -> float:
+    """How often a retention duty looks: every `most_s`, or a tenth of a shorter retention
+    (not under 0.5 s), so that what is due goes within about a tenth of its retention."""
+    return min(most_s, max(0.5, retention_s / 10))
+
+
 def purge_ended_jobs(
     replica: Replica, retention_s: float, period_s: float | None = None
 ) -> Coroutine[Any, Any, None]:
@@ -663,7 +669,7 @@ def purge_ended_jobs(
     cell's rules know how: looked for every `PURGE_PERIOD_S` (or a tenth of a shorter
     retention), then purged `PURGE_TASKS_PER_COMMAND` tasks a command, one command after
     another until none is left, so that no one apply holds the replicas' Raft threads."""
-    period = period_s if period_s is not None else min(PURGE_PERIOD_S, max(0.5, retention_s / 10))
+    period = period_s if period_s is not None else _look_period(retention_s, PURGE_PERIOD_S)
     return leader_duty(
         replica,
         "purge_jobs",
@@ -682,11 +688,10 @@ def remove_silent_machines(
 ) -> Coroutine[Any, Any, None]:
     """On the leader, remove the machines down for silence, silent `retention_s` by now
     (`RemoveMachines`, as Nomad collects down nodes; `CellState.removable`), once the cell's
-    rules know how: looked for every
-    `REMOVE_PERIOD_S` (or a tenth of a shorter retention), `MACHINES_PER_REMOVAL` a command.
-    A machine whose agent spoke up since the look is refused with the rest of its command,
-    which the next look leaves out."""
-    period = period_s if period_s is not None else min(REMOVE_PERIOD_S, max(0.5, retention_s / 10))
+    rules know how: looked for every `REMOVE_PERIOD_S` (or a tenth of a shorter retention),
+    `MACHINES_PER_REMOVAL` a command. A machine whose agent spoke up since the look is
+    refused with the rest of its command, which the next look leaves out."""
+    period = period_s if period_s is not None else _look_period(retention_s, REMOVE_PERIOD_S)
 
     def due(machine: CellMachine, now: float) -> Command | None:
         cell = machine.cell

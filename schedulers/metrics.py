@@ -43,6 +43,7 @@ Definitions (per scheduler, over its lifetime):
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -121,11 +122,7 @@ class Samples:
 
     def cumulative(self) -> list[int]:
         """Samples at most each bound, then all of them: a histogram's buckets."""
-        out, running = [], 0
-        for n in self.buckets:
-            running += n
-            out.append(running)
-        return out
+        return list(itertools.accumulate(self.buckets))
 
     def summary(self) -> dict[str, float | int]:
         if not self.count:
