@@ -73,6 +73,7 @@ from cellstate import (
     TxnMode,
     reasons,
 )
+from cellstate.commands import new_report
 from schedulers.contract import Core, CoreDecision
 from schedulers.core import PaperModel, SchedulerCore
 
@@ -610,7 +611,9 @@ class Simulation:
                 duration = jobs[job].spec.duration
                 reports = None if duration is None else ends.setdefault(job, (duration, []))[1]
             if reports is not None:
-                reports.append(TaskReport(tid, claim.machine, task.incarnation, exited, 0))
+                reports.append(
+                    new_report(tid, claim.machine, task.incarnation, exited, 0, None, None)
+                )
         self.stats["tasks_placed"] += placed
         for duration, reports in ends.values():
             self._push(at + duration, _END, tuple(reports))

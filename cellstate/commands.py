@@ -10,6 +10,7 @@ changed, in order, for agents and people.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import attrs
 
@@ -25,6 +26,7 @@ from cellstate.model import (
     SchedulerClass,
     TaskState,
     Transaction,
+    quick,
 )
 from cellstate.resources import Limit, Resources
 
@@ -204,6 +206,13 @@ class TaskReport:
     exit_code: int | None = None
     reason: str | None = None
     healthy: bool | None = None
+
+
+# `TaskReport(task, machine, incarnation, state, exit_code, reason, healthy)` with every
+# field given (see `model.quick`): agents and the simulator make one per task they report.
+new_report: Callable[
+    [str, str, int, ReportedState, int | None, str | None, bool | None], TaskReport
+] = quick(TaskReport)
 
 
 @attrs.frozen(slots=True)

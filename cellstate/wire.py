@@ -76,6 +76,7 @@ from cellstate.model import (
     StopReason,
     TaskState,
     TxnMode,
+    new_claim,
 )
 from cellstate.resources import (
     MAX_CPU_MILLI,
@@ -281,7 +282,7 @@ def _claim_from_wire(value: Any, _: type) -> Claim:
         raise TypeError("claim victims must be a list of task ids")
     if type(replace) is not bool:
         raise TypeError("claim replace must be true or false")
-    return Claim(task, machine, seqnum, tuple(victims), replace)
+    return new_claim(task, machine, seqnum, tuple(victims), replace)
 
 
 def _claim_to_wire(claim: Claim) -> list[Any]:

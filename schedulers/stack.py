@@ -45,6 +45,7 @@ import attrs
 import numpy as np
 
 from cellstate import ACTIVE_STATES, Claim, Job, SchedulerClass, Task, reasons
+from cellstate.model import new_claim
 from schedulers import preempt
 from schedulers.context import DecisionContext
 from schedulers.explain import JobMetric
@@ -158,7 +159,7 @@ class Stack:
         metric.placed += len(chosen)
         machines = ctx.machines
         return [
-            Claim(task.id, (machine := machines[row]).id, machine.seqnum, evicts)
+            new_claim(task.id, (machine := machines[row]).id, machine.seqnum, evicts, False)
             for task, row, evicts in zip(tasks, chosen, victims, strict=False)
         ]
 

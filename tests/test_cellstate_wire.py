@@ -22,7 +22,8 @@ from cellstate import (
     parse_cpu,
     parse_memory,
 )
-from cellstate.commands import Command
+from cellstate.commands import Command, new_report
+from cellstate.model import new_claim, quick
 from cellstate.resources import UnitError
 from cellstate.wire import decode_command, encode_command, parse, parse_json
 
@@ -221,3 +222,21 @@ def test_a_string_where_a_list_belongs_is_refused_not_split_into_characters():
     assert parse({**token, "machines": ["hollow-*"]}, Command).machines == ("hollow-*",)
     with pytest.raises(SpecError, match="expected a list, got str"):
         parse({"type": "heartbeat", "machines": "agent-1"}, Command)
+
+
+def test_quick_constructors_make_the_records_the_classes_make_and_refuse_checked_ones():
+    claim = new_claim("j.1", "m1", 3, ("v.0",), True)
+    assert claim == Claim("j.1", "m1", 3, ("v.0",), True)
+    assert hash(claim) == hash(Claim("j.1", "m1", 3, ("v.0",), True))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        claim.task = "x"  # type: ignore[misc]
+    report = new_report("j.1", "m1", 2, ReportedState.EXITED, 0, None, True)
+    assert report == TaskReport("j.1", "m1", 2, ReportedState.EXITED, 0, None, True)
+    assert decode_command(encode_command(ReportTasks((report,)))) == ReportTasks((report,))
+
+    @attrs.frozen(slots=True)
+    class Checked:
+        amount: int = attrs.field(validator=attrs.validators.ge(0))
+
+    with pytest.raises(TypeError, match=r"Checked\.amount is checked on construction"):
+        quick(Checked)
