@@ -544,8 +544,14 @@ class SchedulerCore:
 
     def forget_gone(self, cell: CellState) -> int:
         """Drop what this core keeps per job for the jobs `cell` no longer holds (purged,
-        `PurgeJobs`): attempts, explanations, conflicts, where their tasks were. The number
-        of jobs let go of. (Its figures keep their numbers: waits are figures, not jobs.)"""
+        `PurgeJobs`): attempts, explanations, conflicts, where their tasks were; and the
+        conflict counts of machines it no longer holds (removed, `RemoveMachines`), which
+        no operator can act on and which would otherwise grow with every machine the cell
+        ever had. The number of jobs let go of. (Its other figures keep their numbers:
+        waits are figures, not jobs.)"""
+        hot, machines = self.figures.conflicts_by_machine, cell.machines
+        for mid in [mid for mid in hot if mid not in machines]:
+            del hot[mid]
         jobs = cell.jobs
         gone = {jid for jid in self._seen if jid not in jobs}
         if not gone:

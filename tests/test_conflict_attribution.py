@@ -27,7 +27,9 @@ from cellstate import (
     ConflictMode,
     MachineSpec,
     MachineState,
+    Ok,
     RegisterMachines,
+    RemoveMachines,
     ReportedState,
     ReportScheduler,
     ReportTasks,
@@ -268,6 +270,15 @@ def test_scheduler_counts_conflicts_by_rival_and_machine_and_explains_them():
     assert conflicts_view(flat) == {"by_rival": {"batch-1": 1}, "hot_machines": {"m0": 1}}
     assert "to batch-1 x1" in sched.explain(cell, "mine").summary()
     assert won.version == cell.machines["m0"].changed[0]
+    # A machine the cell removes is no longer among the hot ones: nobody can act on it,
+    # and a cell whose machines come and go would count every one it ever had.
+    sched.forget_gone(cell)
+    assert sched.figures.as_dict()["hot_machines"] == {"m0": 1}
+    assert cell.apply(SetMachineState("m0", MachineState.DOWN, at=7.0)).result == Ok()
+    assert cell.apply(RemoveMachines(("m0",), at=8.0)).result == Ok()
+    sched.forget_gone(cell)
+    assert sched.figures.as_dict()["hot_machines"] == {}
+    assert sched.figures.as_dict()["conflicts_by_rival"] == {"batch-1": 1}
 
 
 def test_explain_view_shows_each_schedulers_rivals():
