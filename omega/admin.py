@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail
+from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail, selecting
 
 quota_app = typer.Typer(help="Quota per owner and priority band.", no_args_is_help=True)
 node_app = typer.Typer(help="Change a machine.", no_args_is_help=True)
@@ -109,11 +109,34 @@ def node_state(
 
 @node_app.command("remove")
 def node_remove(
-    machines: Annotated[list[str], typer.Argument(help="Machine ids, each down.")],
+    machines: Annotated[
+        list[str] | None,
+        typer.Argument(help="Machine ids, each down (or -l to choose down machines by label)."),
+    ] = None,
     addr: Addr = "",
     token: Token = "",
+    selector: Annotated[
+        str,
+        typer.Option("--selector", "-l", help="Remove every down machine whose labels match."),
+    ] = "",
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Remove more than one machine without asking.")
+    ] = False,
 ) -> None:
     """Forget machines that are down (retired or replaced): they leave `omega nodes` and every
     scheduler's tables. All or none. An agent still running registers its machine again."""
-    call(addr, token, lambda cell: cell.remove_machines(machines))
+    if bool(machines) == bool(selector):
+        fail("name machine ids, or choose down machines with -l SELECTOR", 2)
+    if not machines:
+        matches = selecting(selector)
+        down = call(addr, token, lambda cell: cell.machines("down"))
+        machines = [m["id"] for m in down if matches(m["labels"])]
+        if not machines:
+            fail(f"no down machine matches -l {selector!r}")
+        if len(machines) > 1 and not yes:
+            console().print(f"{len(machines)} down machines match: {' '.join(machines)}")
+            if not typer.confirm(f"remove all {len(machines)}?", default=False):
+                fail("nothing removed", 1)
+    chosen = machines
+    call(addr, token, lambda cell: cell.remove_machines(chosen))
     console().print(f"removed {', '.join(f'[bold]{m}[/bold]' for m in machines)}")

@@ -137,7 +137,7 @@ def test_quota_and_machine_state_from_the_cli(cell):
 
 def test_a_machine_that_is_down_is_removed_and_its_running_agent_registers_it_again(cell):
     """`omega node remove`: refused (and nothing changes) while the machine is up; once it
-    is down, it leaves the cell. Its agent still runs, so it registers the machine again,
+    is down, it leaves the cell (named, or chosen by label among the down machines). Its agent still runs, so it registers the machine again,
     as a new one on the last row: the schedulers' tables, whose rows moved, still place an
     anti-affine job on both machines."""
     machine = sorted(m["id"] for m in cell.json("nodes"))[0]
@@ -147,6 +147,12 @@ def test_a_machine_that_is_down_is_removed_and_its_running_agent_registers_it_ag
     assert machine in {m["id"] for m in cell.json("nodes")}
     unknown = cell.omega("node", "remove", "no-such-machine", check=False)
     assert unknown.returncode == 1 and "no machine 'no-such-machine'" in unknown.stderr
+    # A selector chooses among the machines that are down only: none yet.
+    none = cell.omega("node", "remove", "-l", "omega.agent", check=False)
+    assert none.returncode == 1, none
+    assert "no down machine matches -l 'omega.agent'" in none.stderr, none.stderr
+    both = cell.omega("node", "remove", machine, "-l", "omega.agent", check=False)
+    assert both.returncode == 2 and "name machine ids, or choose" in both.stderr, both
 
     cell.omega("node", "state", machine, "down")
     # What is down, to remove: `nodes --state` (a state there is not is refused, naming them).
@@ -155,7 +161,8 @@ def test_a_machine_that_is_down_is_removed_and_its_running_agent_registers_it_ag
     wrong = cell.omega("nodes", "--state", "sleeping", check=False)
     assert wrong.returncode == 1, wrong
     assert "state 'sleeping': use one of up, draining, down" in wrong.stderr, wrong.stderr
-    removed = cell.omega("node", "remove", machine)
+    # By label, as `omega kill -l` chooses jobs: only the down machine matches.
+    removed = cell.omega("node", "remove", "-l", "omega.agent")
     assert f"removed {machine}" in removed.stdout
     told = cell.omega("events", "--machine", machine).stdout
     assert f"machine {machine} removed" in told, told

@@ -69,7 +69,7 @@ def test_a_command_s_help_says_what_each_of_its_arguments_is():
 
     for argv, told in (
         (["kill"], "Job id (or -l to choose jobs by label)."),
-        (["node", "remove"], "Machine ids, each down."),
+        (["node", "remove"], "Machine ids, each down (or -l to choose down machines by label)."),
         (["node", "state"], "up, draining or down."),
     ):
         shown = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "300"}).output
