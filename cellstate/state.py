@@ -1466,10 +1466,15 @@ class CellState:
     def first_pending(self, job: Job, count: int) -> list[Task]:
         """The first `count` of `pending_tasks(job)` (all of them if fewer), as a list:
         what a scheduler takes of a job per decision, without a generator step per task."""
-        if count <= 0 or not job.counts.get(PENDING, 0):
+        pending = job.counts.get(PENDING, 0)
+        if count <= 0 or not pending:
             return []
         tasks = self.tasks
         start = job.pending_from
+        if len(job.task_ids) - start == pending:
+            # Every task from the mark on is pending (a job just submitted, or the rest of
+            # one): no state to test, task by task.
+            return [tasks[tid] for tid in islice(job.task_ids, start, start + count)]
         found: list[Task] = []
         for position, tid in enumerate(islice(job.task_ids, start, None), start):
             task = tasks[tid]
