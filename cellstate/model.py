@@ -54,7 +54,9 @@ from cellstate.resources import REQUIRED, Resources
 #    releases cannot decode), so a cell running batch work does not grow for good.
 # 10: an operator removes machines that are down (`RemoveMachines`, which older releases
 #    cannot decode), so a cell whose machines come and go does not grow for good.
-RULES = 10
+# 11: a job may be scaled to zero tasks (`ScaleJob` to 0): it is kept, idle, with its
+#    versions, and not purged as an ended one; older releases refuse a size of 0.
+RULES = 11
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
@@ -195,6 +197,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 class JobState(enum.StrEnum):
     PENDING = "pending"  # no task placed yet
     RUNNING = "running"  # some task placed or running
+    IDLE = "idle"  # scaled to zero (rules 11), its last tasks stopped: kept, not ended
     DONE = "done"  # every task finished (exited 0)
     FAILED = "failed"  # every task finished, some failed or exited non-zero
     KILLED = "killed"
@@ -471,7 +474,9 @@ class JobSpec:
     update: UpdatePolicy | None = None
 
     def __attrs_post_init__(self) -> None:
-        if not 1 <= self.tasks <= MAX_TASKS_PER_JOB:
+        # 0 is a job scaled to zero (rules 11); the edge refuses it in a spec a person
+        # sends (`wire`): a job is submitted, and updated, with at least one task.
+        if not 0 <= self.tasks <= MAX_TASKS_PER_JOB:
             raise FieldError("tasks", f"must be in 1..{MAX_TASKS_PER_JOB}, got {self.tasks}")
         if self.priority == -1:
             object.__setattr__(self, "priority", DEFAULT_PRIORITY[self.scheduler])
@@ -632,6 +637,12 @@ class Job:
         if self.killed:
             return JobState.KILLED
         total = self.spec.tasks
+        if not total:
+            # Scaled to zero: whatever its tasks did, it has not ended; running while the
+            # tasks beyond its size are still being stopped.
+            counts = self.counts
+            placed = any(counts.get(state) for state in ACTIVE_STATES)
+            return JobState.RUNNING if placed else JobState.IDLE
         finished = self.counts.get(TaskState.EXITED, 0) + self.counts.get(TaskState.FAILED, 0)
         if finished == total:
             return JobState.FAILED if self.failures else JobState.DONE

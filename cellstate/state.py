@@ -138,6 +138,8 @@ LAST_RUN_RULES = 8
 PURGE_RULES = 9
 # The rules that first forget machines (`RemoveMachines`).
 REMOVE_RULES = 10
+# The rules that first let a job be scaled to zero tasks (`ScaleJob` to 0).
+IDLE_RULES = 11
 # Task states in which a job still has work: a job with a task in one is never purged.
 LIVE_STATES = (TaskState.PENDING, *ACTIVE_STATES)
 
@@ -447,7 +449,7 @@ class CellState:
                 return Ok()  # a retried submit of the same job
             return Error("job_exists", f"job {cmd.job!r} exists with another spec", "job")
         spec = cmd.spec
-        refused = self._admit_devices([spec.resources], "spec.resources")
+        refused = _no_tasks(spec) or self._admit_devices([spec.resources], "spec.resources")
         if refused is not None:
             return refused
         job = Job(id=cmd.job, spec=spec, submitted_at=cmd.at, counts={PENDING: spec.tasks})
@@ -490,6 +492,9 @@ class CellState:
             return _too_old(self.rules, FAIR_RULES, "planned submissions", "claims")
         if cmd.job in self.jobs:
             return Error("job_exists", f"job {cmd.job!r} exists; plan again", "job")
+        empty = _no_tasks(cmd.spec)
+        if empty is not None:
+            return empty
         mine = {task_id(cmd.job, i) for i in range(cmd.spec.tasks)}
         moved = []
         for i, claim in enumerate(cmd.claims):
@@ -587,6 +592,8 @@ class CellState:
         for job in self.jobs.values():
             if job.ended_at >= before or job.submitted_at >= before or job.id in unsettled:
                 continue
+            if not job.spec.tasks and not job.killed:
+                continue  # scaled to zero: kept, idle, until it is scaled up or killed
             counts = job.counts
             if any(counts.get(state) for state in LIVE_STATES):
                 continue
@@ -669,7 +676,7 @@ class CellState:
             )
         if spec == old:
             return Ok()  # nothing to change, or a retried update
-        refused = self._admit_devices([spec.resources], "spec.resources")
+        refused = _no_tasks(spec) or self._admit_devices([spec.resources], "spec.resources")
         if refused is not None:
             return refused
         self._new_version(job, spec, cmd.at, events)
@@ -695,9 +702,11 @@ class CellState:
         job = self._changeable(cmd.job)
         if isinstance(job, Error):
             return job
-        if not 1 <= cmd.tasks <= MAX_TASKS_PER_JOB:
+        if cmd.tasks == 0 and self.rules < IDLE_RULES:
+            return _too_old(self.rules, IDLE_RULES, "scaling a job to zero tasks", "tasks")
+        if not 0 <= cmd.tasks <= MAX_TASKS_PER_JOB:
             return Error(
-                "invalid", f"{cmd.tasks} is out of range: use 1..{MAX_TASKS_PER_JOB}", "tasks"
+                "invalid", f"{cmd.tasks} is out of range: use 0..{MAX_TASKS_PER_JOB}", "tasks"
             )
         if cmd.tasks != job.spec.tasks:
             self._new_version(job, attrs.evolve(job.spec, tasks=cmd.tasks), cmd.at, events)
@@ -1499,6 +1508,19 @@ class CellState:
 
     def check_invariants(self) -> None:
         invariants.check(self)
+
+
+def _no_tasks(spec: JobSpec) -> Error | None:
+    """A spec of no task is refused where a job is submitted or updated: only a scale
+    takes a job to zero (rules 11), keeping it, idle. (The edge refuses it first.)"""
+    if spec.tasks:
+        return None
+    return Error(
+        "invalid",
+        "0 tasks: a job is submitted and updated with at least 1 task "
+        "(`omega scale JOB 0` keeps a job, idle, with none)",
+        "spec.tasks",
+    )
 
 
 def _too_old(rules: int, needed: int, what: str, field: str | None = None) -> Error:

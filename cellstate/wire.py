@@ -60,6 +60,7 @@ from cellstate.commands import (
 )
 from cellstate.model import (
     BAND_NAMES,
+    MAX_TASKS_PER_JOB,
     Band,
     Claim,
     CommitResult,
@@ -394,6 +395,14 @@ def _make(edge: bool) -> cattrs.Converter:
             # Refused here, where a person sends a spec, not by `JobSpec` itself: a log
             # written before these checks may hold such a spec, and must still replay.
             _check_exec_strings(spec)
+            if not spec.tasks:
+                # Only a scale takes a job to zero (rules 11): older releases read no spec
+                # of none, and a job submitted with none would be idle from the start.
+                raise FieldError(
+                    "tasks",
+                    f"must be in 1..{MAX_TASKS_PER_JOB}, got 0 (`omega scale JOB 0` keeps a "
+                    "running job, idle, with none)",
+                )
             if spec.spread is not None and spec.scheduler is not SchedulerClass.SERVICE:
                 raise FieldError(
                     "spread",

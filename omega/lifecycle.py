@@ -191,9 +191,10 @@ def scale(
     token: Token = "",
 ) -> None:
     """Run N tasks of a job: up places new ones, down stops the highest-indexed first,
-    within the job's budget."""
-    if tasks < 1:
-        fail(f"tasks: {tasks} is out of range: a job runs at least 1 task", 2)
+    within the job's budget. 0 keeps the job, idle, with its versions, until it is scaled
+    up again."""
+    if tasks < 0:
+        fail(f"tasks: {tasks} is out of range: use 0 (idle) or more", 2)
     call(addr, token, lambda cell: cell.scale(job, tasks))
     console().print(f"job [bold]{job}[/bold] scaled to {count(tasks, 'task')}")
 

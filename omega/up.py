@@ -464,8 +464,8 @@ async def wait_ready(
 async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
     """Submit job spec files to the cell (what `omega up --submit` does once ready).
 
-    A spec whose job name a live (pending or running) job of the same owner already has
-    is not submitted again: `omega up` on a data dir it ran before (the demo, twice)
+    A spec whose job name a live (pending, running, or idle: scaled to zero) job of the
+    same owner already has is not submitted again: `omega up` on a data dir it ran before (the demo, twice)
     brings that job back with the cell rather than running a second copy beside it."""
     from cellstore.cellclient import CellClient
     from omega.specfile import load_spec
@@ -473,7 +473,7 @@ async def submit_specs(layout: CellLayout, specs: list[Path]) -> None:
     async with CellClient.connect(layout.api, layout.token, ca=layout.ca) as cell:
         live = {
             (job["owner"], job["name"]): job["id"]
-            for state in ("pending", "running")
+            for state in ("pending", "running", "idle")
             for job in await cell.jobs(state)
         }
         for path in specs:

@@ -264,6 +264,67 @@ def test_scale_up_adds_tasks_and_down_leaves_placed_ones_to_budgeted_stops():
     cell.check_invariants()
 
 
+def test_a_job_scaled_to_zero_is_kept_idle_and_scales_up_again():
+    """`ScaleJob` to 0 (rules 11): placed tasks are the scheduler's to stop within the
+    budget, the job runs until they have, then is idle: not ended, never purged, its
+    versions kept; a scale up places new tasks. A spec of none is refused where a job
+    is submitted or updated, and by the edge."""
+    from cellstate import JobState, PurgeJobs, SubmitJob
+    from cellstate.commands import RaiseRules
+
+    cell = service(tasks=2, machines=2)
+    assert cell.apply(ScaleJob("web", 0, at=10.0)).result == Ok()
+    job = cell.jobs["web"]
+    assert job.spec.tasks == 0 and job.state is JobState.RUNNING
+    assert "web" in cell.unsettled  # placed tasks beyond its size: the scheduler's work
+    assert not txn(cell, stops=(Stop("web.1", StopReason.SCALED),)).rejected
+    assert not txn(cell, stops=(Stop("web.0", StopReason.SCALED),)).rejected
+    assert job.state is JobState.IDLE and "web" not in cell.unsettled
+    assert not cell.pending_jobs and job.available == 0
+    cell.check_invariants()
+    # Idle is not ended: the leader's purge passes it by, however long ago it stopped.
+    assert cell.apply(PurgeJobs(1e9, at=1e9 + 1)).result == Ok()
+    assert "web" in cell.jobs
+    restored = CellState.restore(cell.snapshot())
+    assert restored.jobs["web"].state is JobState.IDLE
+    assert restored.snapshot() == cell.snapshot()
+    assert cell.apply(ScaleJob("web", 2, at=20.0)).result == Ok()
+    assert job.state is JobState.PENDING and job.spec_version == 3
+    fresh = list(cell.pending_tasks(job))
+    assert [t.index for t in fresh] == [0, 1]
+    assert {"web.0", "web.1"}.isdisjoint(t.id for t in fresh)  # new tasks, new ids
+    cell.check_invariants()
+
+    empty = attrs.evolve(job.spec, tasks=0)
+    for refused in (
+        cell.apply(SubmitJob("none", empty, at=21.0)).result,
+        cell.apply(UpdateJob("web", empty, at=21.0)).result,
+    ):
+        assert isinstance(refused, Error) and refused.field == "spec.tasks", refused
+        assert "at least 1 task" in refused.message
+    assert "none" not in cell.jobs and job.spec.tasks == 2
+    with pytest.raises(SpecError, match=r"must be in 1\.\.100000, got 0"):
+        parse(
+            {
+                "name": "x",
+                "owner": "o",
+                "scheduler": "batch",
+                "tasks": 0,
+                "resources": {"cpu": "1", "memory": "1Gi"},
+            },
+            JobSpec,
+        )
+
+    # Older rules refuse it, as older releases do: they cannot read a spec of none.
+    old = service(tasks=1, machines=1)
+    old.rules = 10
+    refused = old.apply(ScaleJob("web", 0, at=10.0)).result
+    assert isinstance(refused, Error) and refused.field == "tasks", refused
+    assert old.jobs["web"].spec.tasks == 1
+    assert old.apply(RaiseRules(11, at=11.0)).result == Ok()
+    assert old.apply(ScaleJob("web", 0, at=12.0)).result == Ok()
+
+
 def test_revert_makes_an_old_spec_the_next_version_keeping_the_size():
     cell = service(tasks=2, machines=2)
     update(cell, command=("v2",))

@@ -13,6 +13,7 @@ import pytest
 
 from cellstate import (
     CellState,
+    Error,
     Heartbeat,
     MachineRemoved,
     MachineSpec,
@@ -26,7 +27,7 @@ from cellstate import (
     Stale,
 )
 from cellstate.commands import RaiseRules
-from cellstate.model import RULES
+from cellstate.state import REMOVE_RULES
 from cellstate.wire import decode_command, encode_command
 from schedulers import table_for
 from tests.cellfixtures import GI, cell_with, commit, submit
@@ -92,12 +93,13 @@ def test_a_removal_that_names_a_machine_it_may_not_remove_changes_nothing(named,
 
 
 def test_older_rules_refuse_a_removal_and_keep_every_machine():
-    cell = CellState(rules=RULES - 1)
+    cell = CellState(rules=REMOVE_RULES - 1)
     cell.apply(RegisterMachines((MachineSpec("m0", Resources(1000, GI)),), at=1.0))
     down(cell, "m0")
     refused = cell.apply(RemoveMachines(("m0",), at=2.0)).result
+    assert isinstance(refused, Error), refused
     assert refused.code == "rules_too_old" and list(cell.machines) == ["m0"]
-    assert cell.apply(RaiseRules(RULES, at=3.0)).result == Ok()
+    assert cell.apply(RaiseRules(REMOVE_RULES, at=3.0)).result == Ok()
     assert cell.apply(RemoveMachines(("m0",), at=4.0)).result == Ok()
     assert cell.machines == {} and cell.machine_list == []
 

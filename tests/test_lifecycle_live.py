@@ -113,9 +113,15 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
             assert checker.worst <= 2, checker.worst
 
         # Bad input changes nothing and names what is wrong.
-        for count in ("0", "-1"):
-            bad = cell.omega("scale", "web", count, check=False)
-            assert bad.returncode == 2 and f"tasks: {count} is out of range" in bad.stderr
+        bad = cell.omega("scale", "web", "-1", check=False)
+        assert bad.returncode == 2 and "tasks: -1 is out of range: use 0" in bad.stderr, bad
+        empty = yaml.safe_load(EXAMPLE.read_text())
+        empty["tasks"] = 0
+        path = tmp_path / "empty.yaml"
+        path.write_text(yaml.safe_dump(empty))
+        refused = cell.omega("submit", str(path), "--id", "empty", check=False)
+        assert refused.returncode != 0 and "must be in 1..100000, got 0" in refused.stderr
+        assert "empty" not in {j["id"] for j in cell.json("jobs")}
         again = cell.omega("submit", str(EXAMPLE), "--id", "web", check=False)
         assert again.returncode == 1, again
         said = " ".join(again.stderr.split())  # as one line, however the console wrapped it
@@ -158,3 +164,14 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
         wait_for("three healthy tasks elsewhere", lambda: available() == 3)
         cell.omega("drain", machine, "--undo")
         assert next(n for n in cell.json("nodes") if n["id"] == machine)["state"] == "up"
+
+        # To zero and back, as `kubectl scale --replicas=0` does: the job is kept, idle, with
+        # its versions (the leader does not purge it as an ended one), and places anew.
+        cell.omega("scale", "web", "0")
+        wait_for("the job idle", lambda: cell.json("job", "web")["state"] == "idle")
+        assert not any(t["state"] == "running" for t in cell.json("tasks", "--job", "web"))
+        assert {j["id"]: j["state"] for j in cell.json("jobs")}["web"] == "idle"
+        cell.omega("scale", "web", "2")
+        wait_for("two healthy tasks again", lambda: available() == 2)
+        assert cell.json("job", "web")["state"] == "running"
+        assert cell.json("job", "web")["version"] == 9

@@ -185,6 +185,18 @@ def test_scale_up_then_down_within_the_budget():
     assert run.worst <= 2
 
 
+def test_scale_to_zero_stops_every_task_within_the_budget_and_back():
+    run = Run()
+    run.until(lambda: run.cell.jobs["web"].available == 6)
+    run.cell.apply(ScaleJob("web", 0, at=run.now))
+    run.until(lambda: not run.live())
+    assert run.cell.jobs["web"].state == "idle" and "web" not in run.cell.unsettled
+    assert run.worst <= 2  # at most the budget down at once, though all go
+    run.cell.apply(ScaleJob("web", 3, at=run.now))
+    run.whole = False
+    run.until(lambda: run.cell.jobs["web"].available == 3)
+
+
 def test_a_drain_moves_tasks_before_stopping_them():
     run = Run(tasks=4, machines=4)
     run.until(lambda: run.cell.jobs["web"].available == 4)

@@ -276,7 +276,7 @@ async function jobPage(id) {
       <dt>available</dt><dd>${j.available} of ${j.size}${j.max_unavailable != null ? `; at most ${j.max_unavailable} unavailable` : ""}</dd>
     </dl>
     ${mayOperate() ? "" : readOnlyNote()}
-    ${killable ? `<form id="scale-form" class="inline">Scale to <input id="scale-tasks" type="number" min="1" value="${j.size}"> tasks <button type="submit">Scale</button> <span id="scale-error" class="error"></span>
+    ${killable ? `<form id="scale-form" class="inline">Scale to <input id="scale-tasks" type="number" min="0" value="${j.size}"> tasks <button type="submit">Scale</button> <span id="scale-error" class="error"></span>
       ${j.rollout && j.rollout.state === "canary" ? `<button type="button" data-promote="${esc(j.id)}">Promote the canary</button>` : ""}</form>
     <details id="update-box"><summary>Update the spec (a new version, rolled out by its scheduler)</summary>
       <form id="update-form" class="stack"><textarea id="update-spec" rows="10" spellcheck="false"></textarea>
