@@ -32,7 +32,7 @@ from omega.units import count
 
 if TYPE_CHECKING:
     from cellstate import JobSpec
-    from cellstore.cellclient import HistoryView, SyncCellClient
+    from cellstore.cellclient import HistoryView, JobView, SyncCellClient
 
 ENDED = ("succeeded", "failed", "reverted", "superseded")
 
@@ -63,6 +63,21 @@ def update(
         show_plan(addr, token, job, spec, as_json)
         return
     before = call(addr, token, lambda cell: cell.job(job))
+    roll_out(addr, token, job, spec, before, wait, timeout, as_json)
+
+
+def roll_out(
+    addr: str,
+    token: str,
+    job: str,
+    spec: JobSpec,
+    before: JobView,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Send `spec` as `job`'s next version (the job read as `before`); say what became of
+    it, and with `wait` follow its update to the end."""
     call(addr, token, lambda cell: cell.update(job, spec))
     after = call(addr, token, lambda cell: cell.job(job))
     version = after["version"]
