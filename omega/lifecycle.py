@@ -1,4 +1,4 @@
-"""`omega` commands that change running work: update, history, revert, promote,
+"""`omega` commands that change running work: update, restart, history, revert, promote,
 scale and drain.
 
 Each is one command to the cell; the job's scheduler does the rest from its
@@ -63,6 +63,46 @@ def update(
         show_plan(addr, token, job, spec, as_json)
         return
     before = call(addr, token, lambda cell: cell.job(job))
+    roll_out(addr, token, job, spec, before, wait, timeout, as_json)
+
+
+# The env var whose new value makes `omega restart`'s version: what Kubernetes's
+# `kubectl rollout restart` does with its `restartedAt` annotation on the pod template.
+RESTARTED_AT = "OMEGA_RESTARTED_AT"
+
+
+@app.command()
+def restart(
+    job: Annotated[str, typer.Argument(help="The job whose tasks to restart.")],
+    addr: Addr = "",
+    token: Token = "",
+    wait: Annotated[
+        bool, typer.Option(help="Follow the restart; exit non-zero if it fails or is reverted.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 600.0,
+    as_json: AsJson = False,
+) -> None:
+    """Replace every running task of a job with a fresh one, a few at a time, as an update
+    does (health checks, max_parallel and the budget hold): a new version whose only change
+    is env OMEGA_RESTARTED_AT, as `kubectl rollout restart` annotates its pods."""
+    from datetime import UTC, datetime
+
+    from cellstate import JobSpec
+    from cellstate.wire import SpecError, parse
+    from omega.cli import JOB_ENDED
+
+    before = call(addr, token, lambda cell: cell.job(job))
+    state = before["state"]
+    if state in (*JOB_ENDED, "idle"):
+        why = "scaled to zero" if state == "idle" else "ended"
+        fail(f"job {job} is {state} ({why}): no task runs to restart", 1)
+    doc = history_of(addr, token, job)["versions"][-1]["spec"]
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    doc = {**doc, "env": {**doc.get("env", {}), RESTARTED_AT: now}}
+    try:
+        spec = parse(doc, JobSpec)
+    except SpecError as exc:  # pragma: no cover - the cell's own spec, read back
+        fail(f"job {job}'s spec did not read back: {exc}")
     roll_out(addr, token, job, spec, before, wait, timeout, as_json)
 
 

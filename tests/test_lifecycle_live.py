@@ -171,7 +171,31 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
         wait_for("the job idle", lambda: cell.json("job", "web")["state"] == "idle")
         assert not any(t["state"] == "running" for t in cell.json("tasks", "--job", "web"))
         assert {j["id"]: j["state"] for j in cell.json("jobs")}["web"] == "idle"
+        idle = cell.omega("restart", "web", check=False)
+        assert idle.returncode == 1 and "web is idle (scaled to zero)" in idle.stderr, idle
         cell.omega("scale", "web", "2")
         wait_for("two healthy tasks again", lambda: available() == 2)
         assert cell.json("job", "web")["state"] == "running"
         assert cell.json("job", "web")["version"] == 9
+
+        # A rolling restart: every task replaced by a fresh one as an update replaces them
+        # (a version whose only change is OMEGA_RESTARTED_AT), none lost on the way; the
+        # job's update policy holds, so its canary (v5 on) waits for `omega promote`.
+        running = {t["id"] for t in cell.json("tasks", "--job", "web") if t["state"] == "running"}
+        out = cell.omega("restart", "web")
+        assert "web updating to version 10" in " ".join(out.stdout.split()), out.stdout
+        wait_for("the canary", lambda: cell.json("job", "web")["rollout"]["state"] == "canary")
+        cell.omega("promote", "web")
+        wait_for(
+            "the restart done", lambda: cell.json("job", "web")["rollout"]["state"] == "succeeded"
+        )
+        history = cell.json("history", "web")
+        assert history["version"] == 10
+        assert [c.split(":")[0] for c in history["versions"][-1]["changes"]] == [
+            "env.OMEGA_RESTARTED_AT"
+        ], history["versions"][-1]["changes"]
+        now = [t for t in cell.json("tasks", "--job", "web") if t["state"] == "running"]
+        assert len(now) == 2 and running.isdisjoint(t["id"] for t in now), now
+        assert available() == 2
+        unknown = cell.omega("restart", "nope", check=False)
+        assert unknown.returncode == 1 and "job_unknown" in unknown.stderr, unknown
