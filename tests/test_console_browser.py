@@ -290,7 +290,13 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         reader.wait_for_selector("#tasks tr[data-task^='console-web.']")
         assert reader.inner_text("#me") == "viewer (read-only)"
         assert "this page only reads" in reader.inner_text("#read-only")
-        for control in ("button.kill", "#scale-form", "#update-box", "button[data-revert]"):
+        for control in (
+            "button.kill",
+            "#scale-form",
+            "#update-box",
+            "button[data-revert]",
+            "button[data-restart]",
+        ):
             assert reader.locator(control).count() == 0, control
         reader.goto(f"{address}/ui#/jobs")
         reader.wait_for_selector("#jobs tr[data-job='console-web']")
@@ -315,7 +321,12 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         told = cell.omega("events", "--machine", machine).stdout
         assert f"machine {machine} removed  [by bootstrap (admin)]" in told, told
 
+        # Restart from the console (it asks first): a version whose only change is the
+        # time in OMEGA_RESTARTED_AT, as `omega restart` makes.
         page.goto(f"{address}/ui#/job/console-web")
+        page.click("button[data-restart='console-web']")
+        page.wait_for_selector("#history tr[data-version='5']:has-text('OMEGA_RESTARTED_AT')")
+        assert cell.json("history", "console-web")["version"] == 5
         page.click("h2 button.kill")
         page.wait_for_selector("#job-state:has-text('killed')")
         assert cell.json("job", "console-web")["state"] == "killed"

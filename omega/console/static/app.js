@@ -276,7 +276,8 @@ async function jobPage(id) {
       <dt>available</dt><dd>${j.available} of ${j.size}${j.max_unavailable != null ? `; at most ${j.max_unavailable} unavailable` : ""}</dd>
     </dl>
     ${mayOperate() ? "" : readOnlyNote()}
-    ${killable ? `<form id="scale-form" class="inline">Scale to <input id="scale-tasks" type="number" min="0" value="${j.size}"> tasks <button type="submit">Scale</button> <span id="scale-error" class="error"></span>
+    ${killable ? `<form id="scale-form" class="inline">Scale to <input id="scale-tasks" type="number" min="0" value="${j.size}"> tasks <button type="submit">Scale</button>
+      ${j.state === "idle" ? "" : `<button type="button" data-restart="${esc(j.id)}">Restart</button>`} <span id="scale-error" class="error"></span>
       ${j.rollout && j.rollout.state === "canary" ? `<button type="button" data-promote="${esc(j.id)}">Promote the canary</button>` : ""}</form>
     <details id="update-box"><summary>Update the spec (a new version, rolled out by its scheduler)</summary>
       <form id="update-form" class="stack"><textarea id="update-spec" rows="10" spellcheck="false"></textarea>
@@ -575,6 +576,13 @@ async function act(target) {
     } else if (target.dataset.revert) {
       const job = decodeURIComponent(location.hash.split("/")[2] || "");
       await api("POST", "/v1/jobs/revert", { job, version: Number(target.dataset.revert) });
+    } else if (target.dataset.restart) {
+      // `omega restart`: a version whose only change is the time in OMEGA_RESTARTED_AT.
+      const job = target.dataset.restart;
+      if (!confirm(`Restart job ${job}? Its tasks are replaced, a few at a time.`)) return;
+      const spec = state.currentSpec;
+      const env = { ...(spec.env || {}), OMEGA_RESTARTED_AT: new Date().toISOString() };
+      await api("POST", "/v1/jobs/update", { job, spec: { ...spec, env } });
     } else if (target.dataset.promote) {
       await api("POST", "/v1/jobs/promote", { job: target.dataset.promote });
     } else if (target.dataset.removeMachine) {
@@ -693,7 +701,7 @@ document.addEventListener("submit", (event) => {
 document.addEventListener("click", (event) => {
   const target = event.target.closest(
     "button[data-kill], button[data-machine-state], button[data-remove-machine], " +
-    "button[data-revert], button[data-promote]");
+    "button[data-revert], button[data-promote], button[data-restart]");
   if (target) act(target);
 });
 // Opening the update form starts from the job's current spec (read when it opens, so not a
