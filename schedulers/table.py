@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from cellstate import CellState, Machine, MachineState
-from cellstate.ledger import Account
+from cellstate.ledger import Account, field_offset
 from cellstate.resources import RECLAIMABLE, REQUIRED
 
 _DIM_COLUMNS = ("capacity", "free", "be_free")
@@ -164,15 +164,17 @@ class MachineTable:
             self._read_labels(moved, [machines[i] for i in moved])
         dims = self.dims
         idx = np.asarray(rows, dtype=np.intp)
-        width = len(dims)
         narrow = self._narrow
         if not narrow or narrow.isdisjoint(rows):
             # Every row declares every column (capacities are read above, so none has a
-            # dimension the table lacks): decode the rooms a column at a time.
-            free = np.empty((len(rows), width), dtype=np.int64)
-            be_free = np.empty((len(rows), width), dtype=np.int64)
-            for j, dim in enumerate(dims):
-                free[:, j], be_free[:, j] = Account.room_columns(accounts, dim)
+            # dimension the table lacks): decode every room of every row at once, from
+            # the low 8 bytes of each dimension's field (`Account.rooms_bytes`).
+            raw, size = Account.rooms_bytes(accounts)
+            starts = np.asarray([field_offset(dim) for dim in dims], dtype=np.intp)
+            picked = (starts[:, None] + np.arange(8)).ravel()
+            fields = np.frombuffer(raw, dtype=np.uint8).reshape(len(rows), 2, size)[:, :, picked]
+            both = fields.copy().view("<i8")  # (rows, 2, width): regular, then best-effort
+            free, be_free = both[:, 0, :], both[:, 1, :]
         else:
             rooms = [a.rooms() for a in accounts]
             free = _matrix([regular for regular, _ in rooms], dims)

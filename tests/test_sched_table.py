@@ -155,6 +155,28 @@ def test_rows_keep_their_capacity_until_the_machine_reregisters():
     _assert_matches(table, cell)
 
 
+def test_rooms_below_zero_read_as_the_ledger_reads_them():
+    """The table decodes every room from the low bytes of its packed field, whatever its
+    sign. No command leaves a room below zero (the commit protocol refuses what does not
+    fit, a smaller re-registration what is held), so the books are written here by hand."""
+    from cellstate.ledger import Need
+
+    cell = cell_with(machines=2, cpu=4000, extra={"disk": 100 * GI, "gpu": 2})
+    table = MachineTable()
+    table.sync(cell)
+    account = cell.machines["m1"].account
+    beyond = Need({"cpu": 6000, "memory": GI, "disk": 150 * GI, "gpu": 3})
+    account.room -= beyond.whole
+    account.be_room -= beyond.whole
+    assert cell.changed_machines is not None
+    cell.changed_machines.add("m1")
+    assert table.sync(cell) == 1
+    for column in (table.free, table.be_free):
+        row = {dim: int(column[1, j]) for dim, j in table.dim_index.items()}
+        assert row == {"cpu": -2000, "memory": 7 * GI, "disk": -50 * GI, "gpu": -1}, row
+    _assert_matches(table, cell)
+
+
 def test_a_machine_reregistered_with_the_same_capacity_gets_its_new_labels():
     """A refresh reads labels and domains again only for rows whose machine re-registered.
     One that comes back with the very same capacity mapping but new labels and domain must
