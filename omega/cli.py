@@ -584,7 +584,13 @@ def jobs(
     addr: Addr = "",
     token: Token = "",
     as_json: AsJson = False,
-    state: Annotated[str, typer.Option(help="Only jobs in this state.")] = "",
+    state: Annotated[
+        str,
+        typer.Option(
+            help="Only jobs in this state: pending, running, idle (scaled to zero), done, "
+            "failed or killed."
+        ),
+    ] = "",
     selector: LabelSelector = "",
 ) -> None:
     """List jobs."""

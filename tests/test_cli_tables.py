@@ -358,3 +358,17 @@ def test_a_ca_file_that_is_missing_or_not_a_certificate_is_named_at_once(tmp_pat
             result = CliRunner().invoke(app, argv, env={**env, "COLUMNS": "200"})
             assert result.exit_code == 2, (argv, ca, result.output)
             assert f"OMEGA_CA {ca}: {said}" in result.output, (argv, result.output)
+
+
+def test_omega_jobs_help_names_every_job_state():
+    # The CLI lists them by hand (it does not import the cell state to start fast): this
+    # keeps the list in step with `JobState`, which the store's ?state= checks against.
+    from typer.testing import CliRunner
+
+    from cellstate import JobState
+    from omega.cli import app
+
+    shown = CliRunner().invoke(app, ["jobs", "--help"], env={"COLUMNS": "300"}).output
+    said = " ".join(shown.split())
+    assert all(state.value in said for state in JobState), said
+    assert "idle (scaled to zero)" in said, said
