@@ -182,7 +182,7 @@ def selecting(text: str) -> Callable[[Mapping[str, str]], bool]:
     """The predicate of a `-l` selector; exits 2 naming what does not parse."""
     if not text.strip():
         return lambda labels: True
-    from omega.selectors import SelectorError, parse
+    from cellstate.selectors import SelectorError, parse
 
     try:
         return parse(text)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from omega.selectors import SelectorError, matcher, parse
+from cellstate.selectors import SelectorError, matcher, parse
 from omega.units import human, human_bytes, human_cpu, used_of
 
 LABELS = {"team": "ml", "env": "dev", "zone": "a"}

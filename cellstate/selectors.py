@@ -7,6 +7,9 @@
 Requirements are comma-separated and all must hold. A key or value is what a
 cell's labels allow (letters, digits, `-_./`). `parse` raises `SelectorError`
 naming the requirement it could not read; the CLI prints it and exits 2.
+
+It lives with the cell's vocabulary, not the CLI's, because the CLI is not its only
+reader.
 """
 
 from __future__ import annotations
