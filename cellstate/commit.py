@@ -72,7 +72,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from cellstate import reasons
+from cellstate import reasons, selectors
 from cellstate.ledger import Account, Ledger
 from cellstate.model import (
     ACTIVE_STATES,
@@ -318,7 +318,7 @@ def accepted(cell: CellState, txn: Transaction, rejected: list[Rejection]) -> It
             refused.append(_rejection(claim, reasons.MACHINE_CHANGED, machine))
             continue
         spec = jobs[task.job].spec
-        if spec.constraints or spec.anti_affinity:
+        if spec.constraints or spec.selector or spec.anti_affinity:
             reason = _placement_refusal(cell, task, spec, machine, overlay)
             if reason is not None:
                 refused.append(_rejection(claim, reason, machine))
@@ -385,6 +385,10 @@ def _placement_refusal(
     for key, value in spec.constraints.items():
         if labels.get(key) != value:
             return reasons.constraint(key)
+    if spec.selector:
+        for requirement in selectors.parsed(spec.selector).requirements:
+            if not requirement(labels):
+                return reasons.constraint(requirement.key)
     if spec.anti_affinity:
         tasks = cell.tasks
         job = task.job

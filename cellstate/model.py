@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from cellstate import selectors
 from cellstate.ledger import EMPTY, Account, Need, quota_id
 from cellstate.resources import REQUIRED, Resources
 
@@ -56,7 +57,9 @@ from cellstate.resources import REQUIRED, Resources
 #    cannot decode), so a cell whose machines come and go does not grow for good.
 # 11: a job may be scaled to zero tasks (`ScaleJob` to 0): it is kept, idle, with its
 #    versions, and not purged as an ended one; older releases refuse a size of 0.
-RULES = 11
+# 12: a job may choose its machines by a label selector in the kubectl syntax (`selector`:
+#    `zone in (a,b),!spot`), which older releases cannot read.
+RULES = 12
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
@@ -274,6 +277,15 @@ def _argv(instance: Any, attribute: attrs.Attribute, value: tuple[str, ...]) -> 
             raise FieldError(attribute.name, f"has an item longer than {MAX_TEXT} characters")
 
 
+def _machine_selector(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if len(value) > MAX_TEXT:
+        raise FieldError(attribute.name, f"is {len(value)} characters; at most {MAX_TEXT}")
+    try:
+        selectors.parse(value)
+    except selectors.SelectorError as exc:
+        raise FieldError(attribute.name, str(exc)) from None
+
+
 def _priority(instance: Any, attribute: attrs.Attribute, value: int) -> None:
     if not 0 <= value <= MAX_PRIORITY:
         raise FieldError(
@@ -461,6 +473,9 @@ class JobSpec:
     constraints: dict[str, str] = attrs.field(
         factory=dict, converter=_sorted_dict, validator=_labels
     )
+    # Machine labels its tasks' machines must match, in the kubectl syntax of `omega -l`
+    # (`zone in (a,b),!spot`): what `constraints` says and more (rules 12).
+    selector: str = attrs.field(default="", validator=_machine_selector)
     spread: str | None = None
     anti_affinity: bool = False
     gang: bool = False

@@ -14,6 +14,7 @@ reader.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 
@@ -79,6 +80,13 @@ def parse(text: str) -> Selector:
         requirements.append(_requirement(found))
         position = found.end()
     return Selector(tuple(requirements))
+
+
+@functools.lru_cache(maxsize=4096)
+def parsed(text: str) -> Selector:
+    """`parse(text)` of a selector already known to parse (a job's `selector`),
+    remembered: the cell reads it at every claim and a scheduler at every decision."""
+    return parse(text)
 
 
 def _requirement(found: re.Match[str]) -> Requirement:

@@ -140,6 +140,8 @@ PURGE_RULES = 9
 REMOVE_RULES = 10
 # The rules that first let a job be scaled to zero tasks (`ScaleJob` to 0).
 IDLE_RULES = 11
+# The rules that first let a job choose machines by a label selector (`JobSpec.selector`).
+SELECTOR_RULES = 12
 # Task states in which a job still has work: a job with a task in one is never purged.
 LIVE_STATES = (TaskState.PENDING, *ACTIVE_STATES)
 
@@ -449,7 +451,7 @@ class CellState:
                 return Ok()  # a retried submit of the same job
             return Error("job_exists", f"job {cmd.job!r} exists with another spec", "job")
         spec = cmd.spec
-        refused = _no_tasks(spec) or self._admit_devices([spec.resources], "spec.resources")
+        refused = self._admit_spec(spec)
         if refused is not None:
             return refused
         job = Job(id=cmd.job, spec=spec, submitted_at=cmd.at, counts={PENDING: spec.tasks})
@@ -492,7 +494,7 @@ class CellState:
             return _too_old(self.rules, FAIR_RULES, "planned submissions", "claims")
         if cmd.job in self.jobs:
             return Error("job_exists", f"job {cmd.job!r} exists; plan again", "job")
-        empty = _no_tasks(cmd.spec)
+        empty = _no_tasks(cmd.spec)  # (the rest of `_admit_spec` is `_submit_job`'s, below)
         if empty is not None:
             return empty
         mine = {task_id(cmd.job, i) for i in range(cmd.spec.tasks)}
@@ -676,7 +678,7 @@ class CellState:
             )
         if spec == old:
             return Ok()  # nothing to change, or a retried update
-        refused = _no_tasks(spec) or self._admit_devices([spec.resources], "spec.resources")
+        refused = self._admit_spec(spec)
         if refused is not None:
             return refused
         self._new_version(job, spec, cmd.at, events)
@@ -1083,6 +1085,12 @@ class CellState:
             return Error("token_unknown", f"no token {cmd.name!r}", "name")
         del self.token_digests[record.digest]
         return Ok()
+
+    def _admit_spec(self, spec: JobSpec) -> Error | None:
+        """Why a spec a job is submitted or updated with is refused; None if it is not."""
+        if spec.selector and self.rules < SELECTOR_RULES:
+            return _too_old(self.rules, SELECTOR_RULES, "machine selectors", "spec.selector")
+        return _no_tasks(spec) or self._admit_devices([spec.resources], "spec.resources")
 
     def _admit_devices(self, vectors: Sequence[Resources | Limit], field: str) -> Error | None:
         """Record the device kinds `vectors` name, or refuse them (changing nothing) if

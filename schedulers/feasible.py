@@ -17,10 +17,11 @@ from typing import Protocol
 
 import numpy as np
 
-from cellstate import ACTIVE_STATES, Job, reasons
+from cellstate import ACTIVE_STATES, Job, reasons, selectors
 from cellstate.resources import REQUIRED
 from schedulers.context import DecisionContext
 from schedulers.explain import JobMetric
+from schedulers.table import MISSING
 
 
 class Filter(Protocol):
@@ -67,13 +68,35 @@ class MachineUp:
 
 
 class LabelConstraints:
-    """`spec.constraints`: the machine's label `key` must equal the value."""
+    """`spec.constraints`: the machine's label `key` must equal the value; and each
+    requirement of `spec.selector` must hold (a label absent matches `!=`, `notin` and
+    `!key`, as in kubectl). Both are charged to `constraint:<key>`."""
 
     def masks(self, ctx: DecisionContext, job: Job) -> Iterator[tuple[str, np.ndarray]]:
-        for key, value in job.spec.constraints.items():
+        spec = job.spec
+        for key, value in spec.constraints.items():
             column = ctx.table.labels(ctx.cell, key)
             code = column.vocab.get(value, -2)
             yield reasons.constraint(key), column.codes[: ctx.n] == code
+        if not spec.selector:
+            return
+        for requirement in selectors.parsed(spec.selector).requirements:
+            codes = ctx.table.labels(ctx.cell, requirement.key).codes[: ctx.n]
+            yield reasons.constraint(requirement.key), _holds(requirement, codes, ctx, job)
+
+
+def _holds(
+    requirement: selectors.Requirement, codes: np.ndarray, ctx: DecisionContext, job: Job
+) -> np.ndarray:
+    """Per machine, whether `requirement` holds of its label (codes of one label column)."""
+    op = requirement.op
+    if op in ("exists", "!exists"):
+        return (codes != MISSING) if op == "exists" else (codes == MISSING)
+    vocab = ctx.table.labels(ctx.cell, requirement.key).vocab
+    # A value no machine has gets a code none holds.
+    wanted = [vocab.get(value, -2) for value in sorted(requirement.values)]
+    found = np.isin(codes, wanted)
+    return found if op in ("=", "in") else ~found
 
 
 class JobAntiAffinity:
@@ -152,7 +175,7 @@ def static_feasible(
     spec = job.spec
     if spec.anti_affinity:
         return feasible(filters, ctx, job, metric)
-    key = (filters, tuple(spec.constraints.items()))
+    key = (filters, tuple(spec.constraints.items()), spec.selector)
     hit = ctx.static.get(key)
     if hit is None:
         counted = JobMetric(job.id)

@@ -142,6 +142,35 @@ def test_constraints_and_anti_affinity():
     assert commit(cell, ("spread.1", "m1")).result.accepted == 1
 
 
+def test_a_selector_is_read_at_the_edge_and_refused_under_older_rules():
+    from cellstate import JobSpec, Ok, SubmitJob
+    from cellstate.commands import RaiseRules
+    from cellstate.wire import SpecError, parse
+
+    doc = {
+        "name": "x",
+        "owner": "o",
+        "scheduler": "batch",
+        "resources": {"cpu": "1", "memory": "1Gi"},
+        "selector": "zone in (a,b),!spot",
+    }
+    spec = parse(doc, JobSpec)
+    assert spec.selector == "zone in (a,b),!spot"
+    with pytest.raises(SpecError) as caught:
+        parse({**doc, "selector": "zone in ()"}, JobSpec)
+    assert caught.value.field == "$.selector" and "is empty" in caught.value.message
+    with pytest.raises(SpecError) as caught:
+        parse({**doc, "selector": "zone=a,=b"}, JobSpec)
+    assert caught.value.field == "$.selector" and "cannot read '=b'" in caught.value.message
+    old = cell_with(machines=1)
+    old.rules = 11
+    refused = old.apply(SubmitJob("x", spec, at=2.0)).result
+    assert isinstance(refused, Error) and refused.code == "rules_too_old", refused
+    assert refused.field == "spec.selector" and "x" not in old.jobs
+    assert old.apply(RaiseRules(12, at=3.0)).result == Ok()
+    assert old.apply(SubmitJob("x", spec, at=4.0)).result == Ok()
+
+
 def test_preemption_evicts_lower_band_victims_and_makes_them_pending():
     cell = cell_with(machines=1)
     submit(cell, "batch", tasks=4)

@@ -88,6 +88,31 @@ def test_labels_and_selectors_choose_jobs_tasks_and_nodes(cell):
     assert bad.returncode == 2 and "cannot read '=x'" in bad.stderr, bad.stderr
 
 
+def test_a_job_s_selector_chooses_its_machines_in_the_syntax_of_l(cell):
+    """`selector` in a spec: the batch scheduler process places only where it holds, a
+    job it matches no machine of is explained by the requirement's key, and one that
+    does not parse is refused at submit, naming the field."""
+    path = cell.data_dir.parent / "chosen.yaml"
+    path.write_text(
+        SPEC.format(name="chosen", labels="{}", shell="exit 0") + "selector: omega.agent\n"
+    )
+    done = cell.omega("submit", str(path), "--wait")
+    assert "done" in done.stdout, done.stdout
+    path.write_text(
+        SPEC.format(name="nowhere", labels="{}", shell="exit 0") + "selector: '!omega.agent'\n"
+    )
+    job = cell.json("submit", str(path))["id"]
+    wait_for(
+        "an explanation", lambda: "constraint:omega.agent" in cell.omega("explain", job).stdout
+    )
+    cell.omega("kill", job)
+    path.write_text(
+        SPEC.format(name="bad", labels="{}", shell="exit 0") + "selector: 'zone in ()'\n"
+    )
+    bad = cell.omega("submit", str(path), check=False)
+    assert bad.returncode != 0 and "selector" in bad.stderr and "is empty" in bad.stderr, bad
+
+
 def test_kill_by_selector_asks_before_killing_several(cell):
     one = cell.json("submit", spec(cell, "sleepy-a", "{group: sleepy}", "sleep 600"))["id"]
     two = cell.json("submit", spec(cell, "sleepy-b", "{group: sleepy}", "sleep 600"))["id"]

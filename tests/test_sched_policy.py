@@ -128,6 +128,38 @@ def test_constraints_filter_with_counted_reasons():
     assert metric.machines_evaluated == 5 and metric.machines_feasible == 1
 
 
+def test_a_selector_chooses_machines_as_kubectl_l_does_and_counts_each_key():
+    """`selector` (rules 12): every requirement must hold; a machine without the label
+    matches `notin` and `!key`. The scheduler places only there, counts what it filtered
+    by the requirement's key, and the store refuses a claim elsewhere alike."""
+    cell = cell_with(machines=0)
+    labels = [
+        {"zone": "a"},
+        {"zone": "b", "spot": "yes"},
+        {"zone": "b"},
+        {"zone": "c"},
+        {},
+        {"zone": "a", "tier": "old"},
+    ]
+    specs = [
+        MachineSpec(f"m{i}", Resources(4000, 8 * GI), labels=found)
+        for i, found in enumerate(labels)
+    ]
+    cell.apply(RegisterMachines(tuple(specs), at=1.0))
+    chosen = "zone in (a,b),!spot,tier notin (old)"
+    submit(cell, "picky", tasks=8, cpu=1000, selector=chosen)
+    decision, result = step(core(BATCH, sampling=False), cell)
+    assert result is not None and result.accepted == 8 and not result.rejected
+    assert set(placements(cell, "picky")) == {"m0", "m2"}
+    metric = decision.explanations["picky"]
+    assert metric.filtered == {"constraint:zone": 2, "constraint:spot": 1, "constraint:tier": 1}
+    # The store judges a claim by the same selector: on m3 it is refused, naming the key.
+    submit(cell, "late", tasks=1, cpu=1000, selector=chosen)
+    out = commit(cell, ("late.0", "m3"))
+    assert [r.reason for r in out.result.rejected] == ["constraint:zone"]
+    cell.check_invariants()
+
+
 def test_jobs_of_one_decision_share_static_filters_only_with_the_same_constraints():
     # The static filters' result is worked out once per decision and constraints
     # (`feasible.static_feasible`); each job is still counted as if alone.
