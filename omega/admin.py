@@ -11,7 +11,17 @@ from typing import Annotated
 
 import typer
 
-from omega.cli import Addr, AsJson, Token, app, call, console, emit_json, fail, selecting
+from omega.cli import (
+    Addr,
+    AsJson,
+    Token,
+    app,
+    call,
+    chosen_by_labels,
+    console,
+    emit_json,
+    fail,
+)
 
 quota_app = typer.Typer(help="Quota per owner and priority band.", no_args_is_help=True)
 node_app = typer.Typer(help="Change a machine.", no_args_is_help=True)
@@ -128,15 +138,10 @@ def node_remove(
     if bool(machines) == bool(selector):
         fail("name machine ids, or choose down machines with -l SELECTOR", 2)
     if not machines:
-        matches = selecting(selector)
         down = call(addr, token, lambda cell: cell.machines("down"))
-        machines = [m["id"] for m in down if matches(m["labels"])]
-        if not machines:
-            fail(f"no down machine matches -l {selector!r}")
-        if len(machines) > 1 and not yes:
-            console().print(f"{len(machines)} down machines match: {' '.join(machines)}")
-            if not typer.confirm(f"remove all {len(machines)}?", default=False):
-                fail("nothing removed", 1)
+        machines = chosen_by_labels(
+            selector, down, "down machine", "down machines", "remove", "removed", yes
+        )
     chosen = machines
     call(addr, token, lambda cell: cell.remove_machines(chosen))
     console().print(f"removed {', '.join(f'[bold]{m}[/bold]' for m in machines)}")

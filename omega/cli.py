@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -176,6 +176,29 @@ def call(addr: str, token: str, fn: Callable[[SyncCellClient], T]) -> T:
 def health_text(healthy: bool | None) -> str:
     """A task's health as the table shows it: `-` when it has no check or no verdict yet."""
     return "-" if healthy is None else "healthy" if healthy else "unhealthy"
+
+
+def chosen_by_labels(
+    selector: str,
+    found: Iterable[Mapping[str, Any]],
+    kind: str,
+    kinds: str,
+    verb: str,
+    done: str,
+    yes: bool,
+) -> list[str]:
+    """The ids of those of `found` (records with `id` and `labels`) that `-l selector`
+    matches. None fails, naming the selector; several are for `verb` only once the user
+    says so (or with `yes`), else nothing is `done`."""
+    matches = selecting(selector)
+    ids = [item["id"] for item in found if matches(item["labels"])]
+    if not ids:
+        fail(f"no {kind} matches -l {selector!r}")
+    if len(ids) > 1 and not yes:
+        console().print(f"{len(ids)} {kinds} match: {' '.join(ids)}")
+        if not typer.confirm(f"{verb} all {len(ids)}?", default=False):
+            fail(f"nothing {done}", 1)
+    return ids
 
 
 def selecting(text: str) -> Callable[[Mapping[str, str]], bool]:
@@ -793,15 +816,9 @@ def kill(
     if job_id:
         targets = [job_id]
     else:
-        matches = selecting(selector)
-        live = call(addr, token, lambda cell: cell.jobs())
-        targets = [j["id"] for j in live if matches(j["labels"]) and j["state"] not in JOB_ENDED]
-        if not targets:
-            fail(f"no live job matches -l {selector!r}")
-        if len(targets) > 1 and not yes:
-            console().print(f"{len(targets)} jobs match: {' '.join(targets)}")
-            if not typer.confirm(f"kill all {len(targets)}?", default=False):
-                fail("nothing killed", 1)
+        jobs = call(addr, token, lambda cell: cell.jobs())
+        live = [j for j in jobs if j["state"] not in JOB_ENDED]
+        targets = chosen_by_labels(selector, live, "live job", "jobs", "kill", "killed", yes)
 
     def kill_all(cell: SyncCellClient) -> None:
         for target in targets:
