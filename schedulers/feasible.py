@@ -21,7 +21,7 @@ from cellstate import ACTIVE_STATES, Job, reasons, selectors
 from cellstate.resources import REQUIRED
 from schedulers.context import DecisionContext
 from schedulers.explain import JobMetric
-from schedulers.table import MISSING
+from schedulers.table import MISSING, LabelColumn
 
 
 class Filter(Protocol):
@@ -81,20 +81,17 @@ class LabelConstraints:
         if not spec.selector:
             return
         for requirement in selectors.parsed(spec.selector).requirements:
-            codes = ctx.table.labels(ctx.cell, requirement.key).codes[: ctx.n]
-            yield reasons.constraint(requirement.key), _holds(requirement, codes, ctx, job)
+            column = ctx.table.labels(ctx.cell, requirement.key)
+            yield reasons.constraint(requirement.key), _holds(requirement, column, ctx.n)
 
 
-def _holds(
-    requirement: selectors.Requirement, codes: np.ndarray, ctx: DecisionContext, job: Job
-) -> np.ndarray:
-    """Per machine, whether `requirement` holds of its label (codes of one label column)."""
-    op = requirement.op
+def _holds(requirement: selectors.Requirement, column: LabelColumn, n: int) -> np.ndarray:
+    """Per machine of the first `n`, whether `requirement` holds of its label (`column`)."""
+    codes, op = column.codes[:n], requirement.op
     if op in ("exists", "!exists"):
         return (codes != MISSING) if op == "exists" else (codes == MISSING)
-    vocab = ctx.table.labels(ctx.cell, requirement.key).vocab
     # A value no machine has gets a code none holds.
-    wanted = [vocab.get(value, -2) for value in sorted(requirement.values)]
+    wanted = [column.vocab.get(value, -2) for value in sorted(requirement.values)]
     found = np.isin(codes, wanted)
     return found if op in ("=", "in") else ~found
 
