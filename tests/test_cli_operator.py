@@ -96,8 +96,12 @@ def test_a_job_s_selector_chooses_its_machines_in_the_syntax_of_l(cell):
     path.write_text(
         SPEC.format(name="chosen", labels="{}", shell="exit 0") + "selector: omega.agent\n"
     )
-    done = cell.omega("submit", str(path), "--wait")
-    assert "done" in done.stdout, done.stdout
+    chosen = cell.json("submit", str(path))["id"]
+    # `submit --wait` returns once every task runs, which may be before they exit.
+    wait_for("the job to finish", lambda: cell.json("job", chosen)["state"] == "done")
+    assert {t["machine"] for t in cell.json("tasks", "--job", chosen)} <= {
+        n["id"] for n in cell.json("nodes", "-l", "omega.agent")
+    }
     path.write_text(
         SPEC.format(name="nowhere", labels="{}", shell="exit 0") + "selector: '!omega.agent'\n"
     )

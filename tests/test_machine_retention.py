@@ -61,10 +61,21 @@ def test_the_leader_removes_a_machine_silent_for_the_retention_and_spares_the_re
     options = cell_options(heartbeat_timeout_s=1.0, machine_retention_s=2.0)
     with LocalCluster(tmp_path, **options) as cluster:
 
+        async def heartbeats(cell: CellClient, machines: list[str]) -> None:
+            # "stays" speaks throughout, as its agent would, however long a step takes (an
+            # `omega logs` process starts in more than the heartbeat timeout on a slow host).
+            while True:
+                await cell.heartbeat(machines)
+                await trio.sleep(0.2)
+
         async def scenario() -> None:
-            async with CellClient.connect(cluster.api, cluster.token) as cell:
+            async with (
+                CellClient.connect(cluster.api, cluster.token) as cell,
+                trio.open_nursery() as beats,
+            ):
                 capacity = Resources(parse_cpu(4), parse_memory("8Gi"))
                 await cell.register_machines([MachineSpec(m, capacity) for m in ("stays", "goes")])
+                beats.start_soon(heartbeats, cell, ["stays"])
                 # A task that ran on it and ended: its output went with the machine.
                 small = Resources(parse_cpu("10m"), parse_memory("1Mi"))
                 await cell.submit(JobSpec("ran", "alice", SchedulerClass.BATCH, small), "ran")
@@ -75,7 +86,6 @@ def test_the_leader_removes_a_machine_silent_for_the_retention_and_spares_the_re
                 seen_down = False
                 with trio.fail_after(60):
                     while True:
-                        await cell.heartbeat(["stays"])
                         states = {m["id"]: m["state"] for m in await cell.machines()}
                         seen_down = seen_down or states.get("goes") == "down"
                         if "goes" not in states:
@@ -102,6 +112,7 @@ def test_the_leader_removes_a_machine_silent_for_the_retention_and_spares_the_re
                     ("goes", "up"),
                     ("stays", "up"),
                 ]
+                beats.cancel_scope.cancel()
 
         trio.run(scenario)
 
