@@ -62,7 +62,7 @@ from agents.prometheus import AgentMetrics
 from agents.task import ReportedState, TaskExecutor, TaskKey, TaskReport, TaskSpec
 from cellstate import CellState, Event, Ok, Role, Stale
 from cellstate.commands import MachineChanged, TaskEvicted, TaskPlaced
-from cellstate.model import MachineSpec, MachineState
+from cellstate.model import AGENT_LABEL, MachineSpec, MachineState
 from cellstate.resources import Resources, parse_cpu, parse_memory
 from cellstore.access import CellGuard
 from cellstore.cellclient import Applied, CellClient, CellError
@@ -73,7 +73,6 @@ from cellstore.tls import TlsFiles
 
 log = structlog.get_logger("agents.agent")
 
-AGENT_LABEL = "omega.agent"
 FINAL_STATES = frozenset({ReportedState.EXITED, ReportedState.FAILED, ReportedState.LOST})
 MAX_REASON = 512
 

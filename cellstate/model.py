@@ -64,6 +64,9 @@ MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
 MAX_LABELS = 64
+# The machine label an agent publishes its own HTTP address under (host:port): where
+# `omega logs` fetches a task's output from.
+AGENT_LABEL = "omega.agent"
 MAX_COMMAND_ARGS = 256
 MAX_TEXT = 4096
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
