@@ -64,6 +64,7 @@ from cellstate import CellState, Event, Ok, Role, Stale
 from cellstate.commands import MachineChanged, TaskEvicted, TaskPlaced
 from cellstate.model import AGENT_LABEL, MachineSpec, MachineState
 from cellstate.resources import Resources, parse_cpu, parse_memory
+from cellstate.state import PORT_RULES
 from cellstore.access import CellGuard
 from cellstore.cellclient import Applied, CellClient, CellError
 from cellstore.copy import LocalCopy
@@ -147,10 +148,13 @@ class AgentConfig:
         return [f"{self.name}-{i:0{width}d}" for i in range(self.hollow)]
 
 
-def _bounded(report: TaskReport) -> TaskReport:
-    """The report with its reason cut to what the cell accepts."""
+def _bounded(report: TaskReport, rules: int) -> TaskReport:
+    """The report as the cell accepts it: its reason cut to size, and without a port
+    under rules before 13, whose releases would refuse the field at their edge."""
     if report.reason and len(report.reason) > MAX_REASON:
-        return attrs.evolve(report, reason=report.reason[:MAX_REASON])
+        report = attrs.evolve(report, reason=report.reason[:MAX_REASON])
+    if report.port is not None and rules < PORT_RULES:
+        report = attrs.evolve(report, port=None)
     return report
 
 
@@ -356,7 +360,8 @@ class Agent:
                 batch, self._outbox = self._outbox[:step], self._outbox[step:]
                 self._sending = True
                 try:
-                    reports = [_bounded(r) for r in batch]
+                    rules = self.copy.cell.rules
+                    reports = [_bounded(r, rules) for r in batch]
                     answer = await self._send_until_acked(
                         "report", functools.partial(self.client.report_tasks, reports)
                     )
@@ -379,6 +384,7 @@ class Agent:
             await trio.sleep(self.config.usage_s)
             for executor in self.executors.values():
                 executor.rotate_output(self.config.max_log_bytes)
+                executor.declare_ports()
             samples = [
                 (machine, usage)
                 for machine, executor in self.executors.items()

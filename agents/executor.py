@@ -60,7 +60,7 @@ import structlog
 import trio
 
 from agents import output
-from agents.health import PORT_FILE, probe
+from agents.health import PORT_FILE, probe, read_port
 from agents.limits import LimitKind, LimitsMode, TaskLimits
 from agents.task import (
     Backoff,
@@ -128,6 +128,10 @@ class _Run:
     cpu_sample: tuple[float, float] | None = None  # (monotonic time, cpu seconds)
     # Set when the current run failed its health check and is being killed.
     unhealthy: bool = False
+    # Whether its process runs now (not starting, nor between restarts), and the port
+    # this run declared, as last reported.
+    running: bool = False
+    port: int | None = None
 
     @property
     def key(self) -> TaskKey:
@@ -293,6 +297,12 @@ class Executor(ReportingExecutor):
             out.append(TaskUsage(run.task, run.incarnation, round(milli), rss))
         return out
 
+    def declare_ports(self) -> None:
+        """Report each running task's port that is news (`_declare_port`): the agent asks
+        as it samples usage, which finds the port of a task with no check to probe it."""
+        for run in list(self._runs.values()):
+            self._declare_port(run)
+
     # -- supervision -------------------------------------------------------------------
 
     async def _supervise(self, run: _Run, recovered: RecoveredTask | None) -> None:
@@ -393,6 +403,7 @@ class Executor(ReportingExecutor):
         # A port left by the previous run is not this run's.
         with contextlib.suppress(FileNotFoundError):
             (run.dir / PORT_FILE).unlink()
+        run.port = None
         try:
             with open(run.dir / "stdout", "ab") as out, open(run.dir / "stderr", "ab") as err:
                 process = await trio.lowlevel.open_process(
@@ -421,12 +432,16 @@ class Executor(ReportingExecutor):
         self._write_state(run)
         self._log.info("task_running", task=run.task, incarnation=run.incarnation, pid=process.pid)
         self._report(run, ReportedState.RUNNING)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._enforce_stop, run)
-            if spec.check is not None:
-                nursery.start_soon(self._watch_health, run, spec.check)
-            returncode = await process.wait()
-            nursery.cancel_scope.cancel()
+        run.running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._enforce_stop, run)
+                if spec.check is not None:
+                    nursery.start_soon(self._watch_health, run, spec.check)
+                returncode = await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            run.running = False
         return await self._finish(run, returncode, trio.current_time() - started)
 
     async def _watch_adopted(self, run: _Run) -> Outcome:
@@ -434,17 +449,21 @@ class Executor(ReportingExecutor):
         assert run.pid is not None
         started = trio.current_time()
         self._report(run, ReportedState.RUNNING)
+        run.running = True
         returncode: int | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._enforce_stop, run)
-            if run.spec.check is not None:
-                nursery.start_soon(self._watch_health, run, run.spec.check)
-            while True:
-                returncode = _try_reap(run.pid)
-                if returncode is not None or not _same_process(run.pid, run.create_time):
-                    break
-                await trio.sleep(self.poll_interval)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._enforce_stop, run)
+                if run.spec.check is not None:
+                    nursery.start_soon(self._watch_health, run, run.spec.check)
+                while True:
+                    returncode = _try_reap(run.pid)
+                    if returncode is not None or not _same_process(run.pid, run.create_time):
+                        break
+                    await trio.sleep(self.poll_interval)
+                nursery.cancel_scope.cancel()
+        finally:
+            run.running = False
         return await self._finish(run, returncode, trio.current_time() - started)
 
     async def _enforce_stop(self, run: _Run) -> None:
@@ -464,6 +483,19 @@ class Executor(ReportingExecutor):
         if run.limits is not None:
             run.limits.kill_all(signal.SIGKILL)
 
+    def _declare_port(self, run: _Run) -> None:
+        """Report the port the running task declared in its port file, if it is news.
+
+        Read where the agent looks at its tasks anyway (each health probe, each usage
+        sample), not by a timer of its own: a file read, and no clock to keep."""
+        if not run.running:
+            return  # its port file may be the last run's
+        port = read_port(run.dir)
+        if port is not None and port != run.port:
+            run.port = port
+            self._log.info("task_port", task=run.task, incarnation=run.incarnation, port=port)
+            self._report(run, ReportedState.RUNNING, port=port)
+
     async def _watch_health(self, run: _Run, check: HealthCheck) -> None:
         """Probe the running task every `interval` until its run ends (the run's
         nursery cancels this); report each change of verdict, and kill the task
@@ -474,6 +506,7 @@ class Executor(ReportingExecutor):
         misses = 0
         while True:
             passed = await probe(check, run.dir, env, preexec)
+            self._declare_port(run)
             if passed is not None and self._on_probe is not None:
                 self._on_probe(check.kind, passed)
             if passed is not None:

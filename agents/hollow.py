@@ -168,6 +168,9 @@ class HollowExecutor(ReportingExecutor):
             if run.running
         ]
 
+    def declare_ports(self) -> None:
+        pass  # a simulated run listens nowhere
+
     def rotate_output(self, limit: int) -> int:
         return 0  # a simulated run writes nothing
 

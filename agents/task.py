@@ -72,6 +72,10 @@ class TaskExecutor(Protocol):
         """The latest usage sample of every running task."""
         ...
 
+    def declare_ports(self) -> None:
+        """Report the port each running task declared, where it is news."""
+        ...
+
     def rotate_output(self, limit: int) -> int:
         """Keep each run's captured output to about `limit` bytes a stream; the bytes
         moved aside."""
@@ -206,7 +210,10 @@ class ReportingExecutor:
         exit_code: int | None = None,
         reason: str | None = None,
         healthy: bool | None = None,
+        port: int | None = None,
     ) -> None:
         self._report_fn(
-            TaskReport(run.task, self.machine, run.incarnation, state, exit_code, reason, healthy)
+            TaskReport(
+                run.task, self.machine, run.incarnation, state, exit_code, reason, healthy, port
+            )
         )

@@ -612,7 +612,7 @@ class Simulation:
                 reports = None if duration is None else ends.setdefault(job, (duration, []))[1]
             if reports is not None:
                 reports.append(
-                    new_report(tid, claim.machine, task.incarnation, exited, 0, None, None)
+                    new_report(tid, claim.machine, task.incarnation, exited, 0, None, None, None)
                 )
         self.stats["tasks_placed"] += placed
         for duration, reports in ends.values():

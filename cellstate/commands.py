@@ -197,7 +197,11 @@ class TaskReport:
 
     `healthy` is the verdict of the job's health check on a running task (None:
     not judged, or no check); a running report with a new verdict is news even
-    when the state is unchanged. Absent in logs written before checks: None."""
+    when the state is unchanged. Absent in logs written before checks: None.
+
+    `port` is the port the running incarnation declared in its port file (None: none
+    yet, or not said); like a verdict, a new port is news in an unchanged state
+    (rules 13). Written only when given, so reports without one keep their bytes."""
 
     task: str
     machine: str
@@ -206,12 +210,14 @@ class TaskReport:
     exit_code: int | None = None
     reason: str | None = None
     healthy: bool | None = None
+    port: int | None = None
 
 
-# `TaskReport(task, machine, incarnation, state, exit_code, reason, healthy)` with every
-# field given (see `model.quick`): agents and the simulator make one per task they report.
+# `TaskReport(task, machine, incarnation, state, exit_code, reason, healthy, port)` with
+# every field given (see `model.quick`): the simulator makes one per task it ends.
 new_report: Callable[
-    [str, str, int, ReportedState, int | None, str | None, bool | None], TaskReport
+    [str, str, int, ReportedState, int | None, str | None, bool | None, int | None],
+    TaskReport,
 ] = quick(TaskReport)
 
 

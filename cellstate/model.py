@@ -59,7 +59,10 @@ from cellstate.resources import REQUIRED, Resources
 #    versions, and not purged as an ended one; older releases refuse a size of 0.
 # 12: a job may choose its machines by a label selector in the kubectl syntax (`selector`:
 #    `zone in (a,b),!spot`), which older releases cannot read.
-RULES = 12
+# 13: an agent's running report may carry the port its task declared (`TaskReport.port`),
+#    which the cell keeps as the task's endpoint; older releases would drop it, so older
+#    rules ignore it and agents do not send it.
+RULES = 13
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
@@ -714,6 +717,9 @@ class Task:
     # task that replaces this one.
     replaces: str | None = None
     replaced_by: str | None = None
+    # The port its running incarnation declared (`$OMEGA_PORT_FILE`), as its agent
+    # reported it (rules 13): with its machine's host, where the task serves.
+    port: int | None = None
     # Derived from `priority` and `owner` unless given: a job's tasks share them, and the
     # cell works them out once per job rather than per task (a day's simulation makes
     # 900,000 tasks).

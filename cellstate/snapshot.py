@@ -24,6 +24,8 @@ snapshots lack it and dump as they were.
 Under rules 6 a snapshot may end, after `weights`, with `tokens`, rows
 `[name, role, digest, machines, created]` sorted by name (digests only, never a
 secret), written only when the cell has a token: older snapshots lack it.
+Under rules 13 a task row ends with one more column, the port its running incarnation
+declared, written only when known: rows without it load with None and dump as they were.
 Format 2 loads as jobs of one version with a task per index.
 
 Format 2 writes the cell's rules (`model.RULES`) and resource vectors as
@@ -175,7 +177,10 @@ def _task_row(job: Job, task: Task) -> list[Any]:
     row[_RESERVED] = None if not task.reserved or task.reserved == task.demand else task.reserved
     # The id only where it is not the submitted task's `job.index`.
     tid = None if task.id == task_id(job.id, task.index) else task.id
-    return [tid, task.index, *row, task.healthy_at, task.replaces, task.replaced_by]
+    row = [tid, task.index, *row, task.healthy_at, task.replaces, task.replaced_by]
+    if task.port is not None:
+        row.append(task.port)
+    return row
 
 
 def _rollout_row(r: Rollout) -> list[Any]:
@@ -296,6 +301,7 @@ def _load_job(cell: CellState, row: list[Any]) -> None:
         healthy_at,
         replaces,
         replaced_by,
+        *declared,
     ) in task_rows:
         version = shared.get(spec_version)
         if version is None:
@@ -338,6 +344,7 @@ def _load_job(cell: CellState, row: list[Any]) -> None:
             healthy_at=healthy_at,
             replaces=replaces,
             replaced_by=replaced_by,
+            port=declared[0] if declared else None,
         )
         tasks[task.id] = task
         task_ids[task.id] = None

@@ -142,6 +142,8 @@ REMOVE_RULES = 10
 IDLE_RULES = 11
 # The rules that first let a job choose machines by a label selector (`JobSpec.selector`).
 SELECTOR_RULES = 12
+# The rules that first keep the port a running task declared (`TaskReport.port`).
+PORT_RULES = 13
 # Task states in which a job still has work: a job with a task in one is never purged.
 LIVE_STATES = (TaskState.PENDING, *ACTIVE_STATES)
 
@@ -1175,6 +1177,8 @@ class CellState:
             if state is new:
                 if new is RUNNING:
                     self._judge(task, report.healthy, events)
+                    if report.port is not None:
+                        self._declare(task, report.port)
                 elif new is STARTING and report.reason and self.rules >= LAST_RUN_RULES:
                     # A restart after a run that never started (`restart after start_error:
                     # ...`): not counted, for a retried report reads the same, but kept, so
@@ -1198,8 +1202,9 @@ class CellState:
                     # How the run that ended ended: what a crash loop is read by.
                     task.exit_code, task.reason = report.exit_code, report.reason
             if new is STARTING:
-                # A (re)start is a new run: nobody has judged it yet.
+                # A (re)start is a new run: nobody has judged it yet, nor heard its port.
                 self._judge(task, None, events, reset=True)
+                task.port = None
             if new is RUNNING and task.started_at is None:
                 task.started_at = cmd.at
             if new in TERMINAL_STATES:
@@ -1216,7 +1221,15 @@ class CellState:
                 events.append(TaskStateChanged(task.id, task.machine, task.incarnation, new))
             if new is RUNNING:
                 self._judge(task, report.healthy, events)
+                if report.port is not None:
+                    self._declare(task, report.port)
         return Stale(tasks=tuple(stale)) if stale else Ok()
+
+    def _declare(self, task: Task, port: int) -> None:
+        """Keep the port a running task declared; older rules keep none, as older
+        releases, which decode a report without its port, keep none."""
+        if self.rules >= PORT_RULES:
+            task.port = port
 
     def _judge(
         self, task: Task, healthy: bool | None, events: list[Event], reset: bool = False
@@ -1437,6 +1450,7 @@ class CellState:
         task.reason = reason
         task.placed_at = task.started_at = None
         task.healthy = None
+        task.port = None
         task.usage = {}
         task.usage_at = 0.0
         self._move(task, job, PENDING)

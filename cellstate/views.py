@@ -13,7 +13,17 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from cellstate.model import ACTIVE_STATES, Band, Job, JobSpec, Machine, Rollout, Task, TaskState
+from cellstate.model import (
+    ACTIVE_STATES,
+    AGENT_LABEL,
+    Band,
+    Job,
+    JobSpec,
+    Machine,
+    Rollout,
+    Task,
+    TaskState,
+)
 from cellstate.resources import DIMENSIONS, REQUIRED, format_amount
 from cellstate.state import CellState
 from cellstate.wire import to_json
@@ -158,6 +168,8 @@ def task_view(task: Task) -> dict[str, Any]:
         "index": task.index,
         "replaces": task.replaces,
         "replaced_by": task.replaced_by,
+        # The port its running incarnation declared (`$OMEGA_PORT_FILE`), while it runs.
+        "port": task.port if task.state is TaskState.RUNNING else None,
     }
 
 
@@ -214,6 +226,33 @@ def list_tasks(
         out.append(task_view(task))
         if len(out) >= limit:
             break
+    return out
+
+
+def endpoints(cell: CellState, job: Job) -> list[dict[str, Any]]:
+    """Where `job`'s running tasks serve: each one that declared a port, at the host of its
+    machine's agent (`AGENT_LABEL`), in task order; `ready` when it is running and healthy,
+    or running with no check to judge it (what a load balancer should send traffic to, as
+    a Kubernetes Service's ready endpoints or Nomad's passing service checks)."""
+    out = []
+    for task in cell.job_tasks(job):
+        if task.state is not TaskState.RUNNING or task.port is None or task.machine is None:
+            continue
+        agent = cell.machines[task.machine].labels.get(AGENT_LABEL)
+        if not agent:
+            continue  # a hollow machine: its tasks declare nothing anyone could reach
+        host = agent.split("://", 1)[-1].rsplit(":", 1)[0]
+        out.append(
+            {
+                "task": task.id,
+                "machine": task.machine,
+                "address": f"{host}:{task.port}",
+                "host": host.strip("[]"),
+                "port": task.port,
+                "ready": task.healthy is True or not task.checked,
+                "version": task.spec_version,
+            }
+        )
     return out
 
 

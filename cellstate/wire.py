@@ -55,6 +55,7 @@ from cellstate.commands import (
     TaskEvicted,
     TaskHealthChanged,
     TaskPlaced,
+    TaskReport,
     TaskStateChanged,
     TaskUsage,
 )
@@ -239,6 +240,13 @@ def _checked_usage(usage: TaskUsage) -> TaskUsage:
     return usage
 
 
+def _checked_report(report: TaskReport) -> TaskReport:
+    """An agent's report: a port, when it says one, is one a task can listen on."""
+    if report.port is not None and not 0 < report.port < 65536:
+        raise FieldError("port", f"{report.port} is not a port: a task declares one in 1..65535")
+    return report
+
+
 def _strict_enum(cls: type[enum.Enum]) -> Callable[[Any, type], Any]:
     allowed = ", ".join(str(member.value) for member in cls)
 
@@ -328,6 +336,12 @@ def _make(edge: bool) -> cattrs.Converter:
     conv.register_unstructure_hook(
         Rejection, make_dict_unstructure_fn(Rejection, conv, _cattrs_omit_if_default=True)
     )
+    # A report's port (rules 13) is written only when said, so every report of an older
+    # log, and every report without one, keeps its bytes.
+    conv.register_unstructure_hook(
+        TaskReport,
+        make_dict_unstructure_fn(TaskReport, conv, port=override(omit_if_default=True)),
+    )
     # Who sent a command (rules 6) is written only when known, so commands a
     # leader issues itself, and every command of an older log, keep their bytes.
     for command_class in COMMAND_TYPES.values():
@@ -369,6 +383,10 @@ def _make(edge: bool) -> cattrs.Converter:
         conv.register_structure_hook_factory(is_mapping, mappings_only)
         conv.register_structure_hook(Resources, _human_vector(Resources.of))
         conv.register_structure_hook(Limit, _human_vector(Limit.of, zero=True))
+        plain_report = objects_only(TaskReport)
+        conv.register_structure_hook(
+            TaskReport, lambda v, _: _checked_report(plain_report(v, TaskReport))
+        )
         plain_usage = objects_only(TaskUsage)
         conv.register_structure_hook(
             TaskUsage, lambda v, _: _checked_usage(plain_usage(v, TaskUsage))

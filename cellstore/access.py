@@ -63,6 +63,7 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/v1/cell"): EVERYONE,
     ("GET", "/v1/whoami"): EVERYONE,
     ("GET", "/v1/explain"): EVERYONE,
+    ("GET", "/v1/endpoints"): EVERYONE,
     # an operator's writes
     ("POST", "/v1/jobs"): OPERATE,
     ("POST", "/v1/jobs/kill"): OPERATE,

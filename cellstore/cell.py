@@ -17,7 +17,8 @@ command, and refuses an agent's command about a machine its token is not bound t
 - `POST /v1/transactions` `{"txn": {...}}` commit one transaction
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
 - `POST /v1/schedulers/report` a scheduler's figures and explanations
-- `GET /v1/cell` summary; `GET /v1/explain?target=JOB|TASK`
+- `GET /v1/cell` summary; `GET /v1/explain?target=JOB|TASK`; `GET /v1/endpoints?job=JOB`
+  where a job's running tasks serve (host:port, and whether each is ready)
 - `GET /v1/tokens` names, roles, machines; `POST /v1/tokens` `{"name", "role", "digest",
   "machines"}` issue one; `POST /v1/tokens/revoke` `{"name"}`; `GET /v1/whoami` the caller's
   own token's name, role and machines (any role; what the console offers it to do)
@@ -390,6 +391,19 @@ def endpoints(
 
         return await read(account)
 
+    async def endpoints(request: Request) -> Response:
+        job_id = _one(request, "job")
+        if not job_id:
+            raise ApiError(400, "invalid", "job (a job id) is required", "job")
+
+        def served(cell: CellState) -> Any:
+            job = cell.jobs.get(job_id)
+            if job is None:
+                raise ApiError(404, "job_unknown", f"no job {job_id!r}", "job")
+            return {"job": job_id, "endpoints": cell_views.endpoints(cell, job)}
+
+        return await read(served)
+
     router.add("POST", "/v1/jobs", submit)
     router.add("GET", "/v1/jobs", jobs)
     router.add("POST", "/v1/jobs/kill", kill)
@@ -416,6 +430,7 @@ def endpoints(
     router.add("GET", "/v1/cell", summary)
     router.add("GET", "/v1/whoami", whoami)
     router.add("GET", "/v1/explain", explain)
+    router.add("GET", "/v1/endpoints", endpoints)
     router.add("GET", "/v1/tokens", tokens)
     router.add("POST", "/v1/tokens", by_people("create_token"))
     router.add("POST", "/v1/tokens/revoke", by_people("revoke_token"))

@@ -90,10 +90,11 @@ MACHINES = "/v1/machines"
 CELL = "/v1/cell"
 WHOAMI = "/v1/whoami"
 EXPLAIN = "/v1/explain"
+ENDPOINTS = "/v1/endpoints"
 QUOTAS = "/v1/quotas"
 WEIGHTS = "/v1/weights"
 TOKENS = "/v1/tokens"
-READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, QUOTAS, WEIGHTS, WHOAMI)
+READ_ROUTES = (JOBS, TASKS, MACHINES, CELL, EXPLAIN, ENDPOINTS, QUOTAS, WEIGHTS, WHOAMI)
 CONNECT_TIMEOUT_S = 1.0  # as `StoreClient`'s
 STATUS = "/v1/status"  # the store's own (`cellstore.client.STATUS`): importing it brings httpx
 AGENT_LOGS = "/v1/logs"  # served by each agent (`agents.logserver`), not by the replicas
@@ -218,6 +219,20 @@ class TaskView(TypedDict):
     index: int
     replaces: str | None
     replaced_by: str | None
+    # Absent from replicas before rules 13 were built.
+    port: NotRequired[int | None]
+
+
+class Endpoint(TypedDict):
+    """Where one running task serves (`cellstate.views.endpoints`)."""
+
+    task: str
+    machine: str
+    address: str  # host:port
+    host: str
+    port: int
+    ready: bool
+    version: int
 
 
 class MachineView(TypedDict):
@@ -553,6 +568,10 @@ class _Calls:
         return Call("GET", EXPLAIN, _same).with_query(target=target)
 
     @staticmethod
+    def endpoints(job: str) -> Call[list[Endpoint]]:
+        return Call("GET", ENDPOINTS, _key("endpoints")).with_query(job=job)
+
+    @staticmethod
     def status() -> Call[ReplicaStatus]:
         return Call("GET", STATUS, _same)
 
@@ -766,6 +785,10 @@ class CellClient:
     async def explain(self, target: str) -> Explanation:
         """Why a job or task is where it is (`target` is a job or task id)."""
         return await self._run(_Calls.explain(target))
+
+    async def endpoints(self, job: str) -> list[Endpoint]:
+        """Where `job`'s running tasks serve, with whether each is ready."""
+        return await self._run(_Calls.endpoints(job))
 
     async def status(self, address: str | None = None) -> ReplicaStatus:
         """The status of the replica at `address`, or of whichever replica answers."""
@@ -1227,6 +1250,9 @@ class SyncCellClient:
 
     def explain(self, target: str) -> Explanation:
         return self._run(_Calls.explain(target))
+
+    def endpoints(self, job: str) -> list[Endpoint]:
+        return self._run(_Calls.endpoints(job))
 
     def status(self, address: str | None = None) -> ReplicaStatus:
         if address is None:

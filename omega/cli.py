@@ -896,6 +896,42 @@ def explain(
 
 
 @app.command()
+def endpoints(
+    job: Annotated[str, typer.Argument(help="Job id.")],
+    addr: Addr = "",
+    token: Token = "",
+    as_json: AsJson = False,
+    ready: Annotated[
+        bool, typer.Option("--ready", help="Only tasks running and healthy (or with no check).")
+    ] = False,
+) -> None:
+    """Where a job's running tasks serve: host:port of each task that declared its port
+    (the file `$OMEGA_PORT_FILE` names), and whether it is ready, as `kubectl get
+    endpoints` or Nomad's service catalogue list them."""
+    found = call(addr, token, lambda cell: cell.endpoints(job))
+    if ready:
+        found = [e for e in found if e["ready"]]
+    if as_json:
+        emit_json(found)
+        return
+    if not found:
+        what = "ready " if ready else ""
+        console().print(
+            f"job {job} has no {what}endpoint: no running task of it has declared a port "
+            "(a task writes its port to the file $OMEGA_PORT_FILE names)"
+        )
+        return
+    from rich.table import Table
+
+    table = Table("task", "address", "ready", "machine", "version")
+    for e in found:
+        table.add_row(
+            e["task"], e["address"], "yes" if e["ready"] else "no", e["machine"], str(e["version"])
+        )
+    show(table, "task", "address", "ready")
+
+
+@app.command()
 def logs(
     task_id: Annotated[str, typer.Argument(help="Task id.")],
     addr: Addr = "",

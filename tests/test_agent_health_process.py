@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from agents.executor import open_executor
+from agents.health import read_port
 from agents.limits import LimitsMode, probe_limits
 from agents.task import Backoff, ReportedState, TaskSpec
 from cellstate.model import HealthCheck, RestartPolicy
@@ -153,10 +154,26 @@ def test_http_and_tcp_checks_against_a_real_server(limits, tmp_path: Path):
             ex.start("web.0", 1, TaskSpec(argv=SERVER, check=http))
             ex.start("web.1", 1, TaskSpec(argv=SERVER, check=tcp))
             ex.start("web.2", 1, TaskSpec(argv=SERVER, check=wrong))
+            ex.start("web.3", 1, TaskSpec(argv=SERVER))  # no check: nothing probes it
             await rec.wait(lambda: verdicts(rec, "web.0") == verdicts(rec, "web.1") == [True])
             # A 404 is a failed probe: unhealthy, and with restart never, failed.
             final = await rec.wait_final("web.2")
             assert final.reason == "unhealthy" and verdicts(rec, "web.2") == [False]
+            # Each probed task's port was reported, once, as it was read for the probe:
+            # the port the server bound, which the test reads from the same file.
+            for task in ("web.0", "web.1"):
+                said = [r.port for r in rec.of(task) if r.port is not None]
+                assert said == [read_port(tmp_path / "tasks" / f"{task}.1")], said
+                assert all(r.state is RUNNING for r in rec.of(task) if r.port is not None)
+            # A task no check probes tells its port when the agent samples its tasks.
+            assert [r.port for r in rec.of("web.3") if r.port is not None] == []
+            with trio.fail_after(60):
+                while read_port(tmp_path / "tasks" / "web.3.1") is None:
+                    await trio.sleep(0.05)
+            ex.declare_ports()
+            ex.declare_ports()  # said once: no news the second time
+            said = [r.port for r in rec.of("web.3") if r.port is not None]
+            assert said == [read_port(tmp_path / "tasks" / "web.3.1")], said
 
     trio.run(main)
 

@@ -262,9 +262,18 @@ class CellMachine(RuleBasedStateMachine):
         incarnation = task.incarnation - data.draw(st.sampled_from([0, 0, 0, 1]))
         code = data.draw(st.sampled_from([0, 1])) if state is ReportedState.EXITED else None
         healthy = data.draw(st.sampled_from([None, True, False]))
-        before = task.healthy, task.state, task.incarnation
-        report = TaskReport(task.id, task.machine, incarnation, state, code, healthy=healthy)
+        port = data.draw(st.sampled_from([None, None, 8080, 9090]))
+        before = task.healthy, task.state, task.incarnation, task.port
+        report = TaskReport(task.id, task.machine, incarnation, state, code, None, healthy, port)
         self.apply(ReportTasks((report,), at=self.at))
+        # A port, as health, comes only from a running report on the current incarnation;
+        # a (re)start or an eviction forgets it.
+        if incarnation != before[2]:
+            assert task.port == before[3]
+        elif task.state is TaskState.RUNNING and port is not None:
+            assert task.port == port
+        elif task.state in (TaskState.STARTING, TaskState.PENDING) and task.state is not before[1]:
+            assert task.port is None
         # Health comes only from a running report on the current incarnation, of
         # a job with a check; a (re)start or an eviction forgets it.
         if self.cell.jobs[task.job].spec.check is None:

@@ -230,8 +230,8 @@ def test_quick_constructors_make_the_records_the_classes_make_and_refuse_checked
     assert hash(claim) == hash(Claim("j.1", "m1", 3, ("v.0",), True))
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         claim.task = "x"  # type: ignore[misc]
-    report = new_report("j.1", "m1", 2, ReportedState.EXITED, 0, None, True)
-    assert report == TaskReport("j.1", "m1", 2, ReportedState.EXITED, 0, None, True)
+    report = new_report("j.1", "m1", 2, ReportedState.EXITED, 0, None, True, 8080)
+    assert report == TaskReport("j.1", "m1", 2, ReportedState.EXITED, 0, None, True, 8080)
     assert decode_command(encode_command(ReportTasks((report,)))) == ReportTasks((report,))
 
     @attrs.frozen(slots=True)

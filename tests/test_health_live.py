@@ -3,9 +3,13 @@ real service scheduler and real agents running its real servers (`omega up`).
 Each task binds a port the OS picks, declares it in `$OMEGA_PORT_FILE`, and
 the agent's http check on `/healthz` judges it; `omega tasks --json` then
 shows every task running, healthy and on its job's spec version, spread over
-machines and racks, and the table shows the health column."""
+machines and racks, and the table shows the health column; `omega endpoints` lists
+where each serves (the port its agent reported, at the agent's host), and each answers
+there."""
 
 from __future__ import annotations
+
+import urllib.request
 
 import pytest
 
@@ -38,6 +42,27 @@ def test_the_example_web_service_runs_healthy(tmp_path):
         table = cell.omega("tasks", "--job", job).stdout
         assert "health" in table and table.count("healthy") >= 3, table
 
+        # Where they serve: each task's agent reported the port it declared, and
+        # `omega endpoints` joins it to its machine's host; each answers at that address.
+        def three_endpoints() -> list[dict] | None:
+            found = cell.json("endpoints", job, "--ready")
+            return found if len(found) == 3 else None
+
+        served = wait_for("three ready endpoints", three_endpoints)
+        assert isinstance(served, list)
+        assert {e["task"] for e in served} == {t["id"] for t in tasks}, served
+        assert {e["machine"] for e in served} == set(on), served
+        for endpoint in served:
+            assert endpoint["address"] == f"127.0.0.1:{endpoint['port']}", endpoint
+            with urllib.request.urlopen(f"http://{endpoint['address']}/healthz", timeout=10) as r:
+                assert r.read() == b"ok\n"
+        ports = {t["id"]: t["port"] for t in cell.json("tasks", "--job", job)}
+        assert ports == {e["task"]: e["port"] for e in served}, ports
+        listed = cell.omega("endpoints", job).stdout
+        assert all(e["address"] in listed for e in served), listed
+        unknown = cell.omega("endpoints", "no-such-job", check=False)
+        assert unknown.returncode != 0 and "no-such-job" in unknown.stderr, unknown
+
         # A job without a check has no health: null, not false.
         other = cell.json("submit", "examples/batch-squares.yaml")["id"]
         wait_for(
@@ -45,6 +70,9 @@ def test_the_example_web_service_runs_healthy(tmp_path):
             lambda: any(t["machine"] for t in cell.json("tasks", "--job", other)),
         )
         assert {t["healthy"] for t in cell.json("tasks", "--job", other)} == {None}
+        # A task that declared no port serves nowhere anyone was told of.
+        assert cell.json("endpoints", other) == []
+        assert "has no endpoint" in cell.omega("endpoints", other).stdout
 
         # An ended task has no health: its last verdict read "killed  healthy".
         cell.omega("kill", job)
@@ -55,4 +83,5 @@ def test_the_example_web_service_runs_healthy(tmp_path):
 
         killed = wait_for("the web tasks killed", all_killed)
         assert {t["healthy"] for t in killed} == {None}, killed
+        assert cell.json("endpoints", job) == [], "a killed task serves nowhere"
         assert "healthy" not in cell.omega("tasks", "--job", job).stdout
