@@ -24,6 +24,9 @@ One agent process speaks for one real machine, or for `hollow` simulated ones
   cell deduplicates by id). A `stale` answer for a task means the cell no
   longer wants that incarnation here: it is stopped. Usage goes the same way
   every `usage_s`.
+- Ports. The port a running task declared in its port file is reported with its
+  state (`TaskReport.port`, rules 13): read at each health probe, every `port_s` for
+  a task that has declared none yet, and every `usage_s` for a change.
 - Disk. Every `usage_s`, a task's output past `max_log_bytes` a stream is rotated
   (`agents.output`). Every `sweep_s`, the directories of ended runs of tasks the cell
   has forgotten (a purged job's, `PurgeJobs`) are removed with their output.
@@ -121,6 +124,10 @@ class AgentConfig:
     hollow: int = 0
     heartbeat_s: float = 2.0
     usage_s: float = 5.0
+    # How often the port files of running tasks that have not declared one are read: a
+    # service's endpoint is known about this long after it binds (every task's, for a
+    # change, every `usage_s`).
+    port_s: float = 1.0
     # How often ended runs of tasks the cell has forgotten (purged jobs) are removed.
     sweep_s: float = 60.0
     # A task's stdout or stderr past this is rotated (checked every `usage_s`), as the
@@ -379,6 +386,12 @@ class Agent:
                         ]
                     )
 
+    async def port_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.port_s)
+            for executor in self.executors.values():
+                executor.declare_ports(undeclared=True)
+
     async def usage_loop(self) -> None:
         while True:
             await trio.sleep(self.config.usage_s)
@@ -546,6 +559,7 @@ class Agent:
             self.ready.set()
             self.reconcile(self.machines)
             nursery.start_soon(self.usage_loop)
+            nursery.start_soon(self.port_loop)
             nursery.start_soon(self.sweep_loop)
             self._log.info(
                 "agent_ready", version=self.copy.version, logs=self.labels.get(AGENT_LABEL)

@@ -297,11 +297,13 @@ class Executor(ReportingExecutor):
             out.append(TaskUsage(run.task, run.incarnation, round(milli), rss))
         return out
 
-    def declare_ports(self) -> None:
-        """Report each running task's port that is news (`_declare_port`): the agent asks
-        as it samples usage, which finds the port of a task with no check to probe it."""
+    def declare_ports(self, undeclared: bool = False) -> None:
+        """Report each running task's port that is news (`_declare_port`), or only those
+        of the tasks that have declared none yet: how the agent finds the port of a task
+        with no check to probe it."""
         for run in list(self._runs.values()):
-            self._declare_port(run)
+            if not (undeclared and run.port is not None):
+                self._declare_port(run)
 
     # -- supervision -------------------------------------------------------------------
 

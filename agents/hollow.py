@@ -168,7 +168,7 @@ class HollowExecutor(ReportingExecutor):
             if run.running
         ]
 
-    def declare_ports(self) -> None:
+    def declare_ports(self, undeclared: bool = False) -> None:
         pass  # a simulated run listens nowhere
 
     def rotate_output(self, limit: int) -> int:

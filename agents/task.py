@@ -72,8 +72,9 @@ class TaskExecutor(Protocol):
         """The latest usage sample of every running task."""
         ...
 
-    def declare_ports(self) -> None:
-        """Report the port each running task declared, where it is news."""
+    def declare_ports(self, undeclared: bool = False) -> None:
+        """Report the port each running task declared, where it is news (`undeclared`:
+        only of tasks that have declared none yet)."""
         ...
 
     def rotate_output(self, limit: int) -> int:

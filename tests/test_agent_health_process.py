@@ -170,7 +170,7 @@ def test_http_and_tcp_checks_against_a_real_server(limits, tmp_path: Path):
             with trio.fail_after(60):
                 while read_port(tmp_path / "tasks" / "web.3.1") is None:
                     await trio.sleep(0.05)
-            ex.declare_ports()
+            ex.declare_ports(undeclared=True)
             ex.declare_ports()  # said once: no news the second time
             said = [r.port for r in rec.of("web.3") if r.port is not None]
             assert said == [read_port(tmp_path / "tasks" / "web.3.1")], said

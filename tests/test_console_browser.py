@@ -42,12 +42,27 @@ CHROMIUM_ARGS = [
 ]
 WAIT_MS = 60_000
 
+# Serves who it is on a port it declares, as examples/web-service.yaml does (no check: its
+# agent reads the port as it samples its tasks).
+SERVES = """\
+import http.server, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(f"served by {os.environ['OMEGA_TASK_ID']}".encode())
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+with open(os.environ["OMEGA_PORT_FILE"] + ".tmp", "w") as f:
+    f.write(str(server.server_address[1]))
+os.replace(os.environ["OMEGA_PORT_FILE"] + ".tmp", os.environ["OMEGA_PORT_FILE"])
+server.serve_forever()
+"""
 SLEEPER = {
     "name": "web",
     "scheduler": "batch",
     "tasks": 3,
-    "resources": {"cpu": "200m", "memory": "32Mi"},
-    "command": ["sleep", "120"],
+    "resources": {"cpu": "200m", "memory": "64Mi"},
+    "command": ["python3", "-c", SERVES],
     "grace_period": 1,
     "labels": {"team": "console"},
 }
@@ -230,6 +245,15 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         )
         assert page.evaluate("window.__same_page") is True
         assert page.locator("#tasks a[href^='#/machine/']").count() == 3
+        # Where each serves (the port its agent reported), as a link that reaches it.
+        page.wait_for_function(
+            "document.querySelectorAll('#tasks td.address a').length == 3", timeout=WAIT_MS
+        )
+        first = page.locator("#tasks tr[data-task='console-web.0'] td.address a")
+        served = browser.new_page()
+        served.goto(first.get_attribute("href"))
+        assert served.inner_text("body") == "served by console-web.0"
+        served.close()
 
         # Scale from the console: a new version of the job, in its history.
         page.fill("#scale-tasks", "2")

@@ -239,17 +239,28 @@ function rollout(r) {
     active ? ` ${r.current}/${r.size}` : ""}</span>`;
 }
 
+// Where a running task serves, as a link (`GET /v1/endpoints`: the port its agent reported,
+// at the agent's host); muted while it is not ready.
+function address(endpoint) {
+  if (!endpoint) return "-";
+  const link = `<a href="http://${esc(endpoint.address)}/" target="_blank" rel="noopener">${esc(endpoint.address)}</a>`;
+  return endpoint.ready ? link : `<span class="muted" title="not ready">${link}</span>`;
+}
+
 async function jobPage(id) {
-  const [why, tasks, history] = await Promise.all([
+  const [why, tasks, history, served] = await Promise.all([
     api("GET", `/v1/explain?target=${encodeURIComponent(id)}`),
     api("GET", `/v1/tasks?job=${encodeURIComponent(id)}`),
     api("GET", `/v1/jobs/history?id=${encodeURIComponent(id)}`),
+    api("GET", `/v1/endpoints?job=${encodeURIComponent(id)}`),
   ]);
   const j = why.job;
+  const at = new Map(served.endpoints.map((e) => [e.task, e]));
   const rows = tasks.tasks.map((t) => `<tr data-task="${esc(t.id)}"><td>${esc(t.id)}</td>
       <td class="state ${esc(t.state)}">${esc(t.state)}</td>
       <td>${t.healthy === null ? "-" : t.healthy ? "healthy" : "unhealthy"}</td>
       <td>${t.machine ? `<a href="#/machine/${encodeURIComponent(t.machine)}">${esc(t.machine)}</a>` : "-"}</td>
+      <td class="address">${address(at.get(t.id))}</td>
       <td class="num">${t.incarnation}</td><td class="num">${t.restarts}</td><td class="num">${t.version}</td>
       <td class="num">${t.exit_code ?? "-"}</td><td>${esc(t.reason || "")}</td></tr>`).join("");
   let explanation = "";
@@ -285,7 +296,7 @@ async function jobPage(id) {
     ${explanation}
     <h3>Tasks</h3>
     <table class="grid" id="tasks"><thead><tr><th>task</th><th>state</th><th>health</th><th>machine</th>
-      <th>incarnation</th><th>restarts</th><th>version</th><th>exit</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>
+      <th>address</th><th>incarnation</th><th>restarts</th><th>version</th><th>exit</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>
     <h3>History <small>version ${history.version}, stable ${history.stable_version}</small></h3>
     ${versionsTable(history)}
     <h3>Recent changes</h3>
