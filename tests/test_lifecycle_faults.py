@@ -94,8 +94,15 @@ def test_a_drain_racing_preemption_keeps_the_budget(tmp_path: Path) -> None:
         cell.start_agent("h", "--hollow", "4", "--cpu", "4", "--memory", "8Gi")
         cell.scheduler("service")
         cell.scheduler("batch")
-        # Sixteen one-cpu batch tasks fill the four machines; the job spares two.
-        low = spec(name="low", scheduler="batch", tasks=16, update={"max_parallel": 2})
+        # Sixteen one-cpu batch tasks fill the four machines; the job spares two. Each
+        # replacement the drain starts waits out min_healthy_time before its task stops (the
+        # default 10 s, twice over), which the race below does not need.
+        low = spec(
+            name="low",
+            scheduler="batch",
+            tasks=16,
+            update={"max_parallel": 2, "min_healthy_time": 1},
+        )
         client.submit(low, "low")
         cell.wait("sixteen running", lambda: client.job("low")["available"] == 16, timeout=60)
         with BudgetChecker(",".join(cell.cluster.api), cell.cluster.token, "low") as checker:
