@@ -18,9 +18,16 @@ pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).parent.parent / "examples" / "web-rolling.yaml"
 
 
-def spec_file(tmp_path: Path, name: str, **env: str) -> str:
+# The example's update timings are a person's to watch; what this test checks (the budget,
+# the revert, the canary) holds as well at shorter ones, and each second of min_healthy_time
+# is paid once per round of every update below.
+QUICK = {"min_healthy_time": 1}
+
+
+def spec_file(tmp_path: Path, name: str, update: dict | None = None, **env: str) -> str:
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["env"] = {**doc["env"], **env}
+    doc["update"] = {**doc["update"], **QUICK, **(update or {})}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
@@ -49,7 +56,10 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
             assert all(t["healthy"] is True for t in tasks)
 
             # A broken v3: its update fails, the job returns to v2's spec.
-            broken = spec_file(tmp_path, "v3", VERSION="v3", BROKEN="1")
+            # Its tasks never become healthy, however long the deadline: no need to wait 15 s.
+            broken = spec_file(
+                tmp_path, "v3", update={"healthy_deadline": 4}, VERSION="v3", BROKEN="1"
+            )
             out = cell.omega("update", "web", broken, "--wait", check=False)
             assert out.returncode == 1, out.stdout + out.stderr
             assert "reverted to version 4" in out.stderr, out.stderr
@@ -67,7 +77,7 @@ def test_update_revert_canary_scale_and_drain_keep_the_budget(tmp_path):
             # A canary update waits for `omega promote`; --plan commits nothing.
             canary = yaml.safe_load(EXAMPLE.read_text())
             canary["env"] = {"VERSION": "v5"}
-            canary["update"]["canary"] = 1
+            canary["update"] = {**canary["update"], **QUICK, "canary": 1}
             path = tmp_path / "v5.yaml"
             path.write_text(yaml.safe_dump(canary))
             plan = cell.json("update", "web", str(path), "--plan")
