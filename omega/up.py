@@ -523,11 +523,33 @@ async def run_cell(
         say("WARNING: --insecure: plain http, the token crosses the network in clear text")
     began = time.time()
     failed = False
+    # The replicas stop last: schedulers and agents post a last report as they stop (a
+    # scheduler's figures, the tasks an agent ended), which a store stopping beside them
+    # lost, each retrying it against replicas already gone.
+    store_stopping = trio.Event()
+    clients: set[str] = set()
+
+    async def client_part(part: Part) -> None:
+        clients.add(part.name)
+        try:
+            await supervise(part, layout, stopping)
+        finally:
+            clients.discard(part.name)
+
+    async def stop_store_after_clients() -> None:
+        await stopping.wait()
+        # Bounded: each client part is killed STOP_GRACE_S after its SIGTERM anyway.
+        with trio.move_on_after(STOP_GRACE_S + 1.0):
+            while clients:
+                await trio.sleep(0.05)
+        store_stopping.set()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_for_stop, stopping)
+        nursery.start_soon(stop_store_after_clients)
         for part in parts:
             if part.name not in tokens:
-                nursery.start_soon(supervise, part, layout, stopping)
+                nursery.start_soon(supervise, part, layout, store_stopping)
         try:
             # Schedulers and agents start with their own tokens, once the cell knows them.
             await issue_tokens(layout, list(tokens.values()), 90.0)
@@ -535,7 +557,7 @@ async def run_cell(
                 token = tokens.get(part.name)
                 if token is not None:
                     own = attrs.evolve(part, env=(*part.env, ("OMEGA_TOKEN", token.secret)))
-                    nursery.start_soon(supervise, own, layout, stopping)
+                    nursery.start_soon(client_part, own)
             await wait_ready(layout, agents + hollow, len(schedulers), since=began)
         except TimeoutError as exc:
             say(f"error: {exc}; see the logs in {data_dir / 'logs'}", sys.stderr)
