@@ -24,7 +24,7 @@ job, an attempt that found no room commits nothing but is an attempt all the sam
 and the loop wakes when a re-queued job comes back. The store's coarse sequence
 numbers stay the cell's (moved by any change), unlike the simulator's paper model.
 
-Every `report_period_s` the process posts its figures (flattened to numbers)
+On start and every `report_period_s` the process posts its figures (flattened to numbers)
 and an explanation of every job it owns that is still pending or parked to
 the cell (`report_scheduler`), so `omega status` / `omega explain` read them
 from any replica.
@@ -286,11 +286,13 @@ class LiveScheduler:
     async def report_loop(self) -> None:
         reports = 0
         while True:
-            await trio.sleep(self.config.report_period_s)
+            # Report first, then every period: until its first report the cell lists no such
+            # scheduler (`omega status`), and `omega up` waited a whole period to say ready.
             await self.report()
             reports += 1
             if reports % 30 == 0:  # about once a minute: the cell purges jobs hours late
                 self.core.forget_gone(self.copy.cell)
+            await trio.sleep(self.config.report_period_s)
 
     async def report(self) -> None:
         try:
