@@ -43,7 +43,9 @@ case "${1:-test}" in
     .venv/bin/ruff format --check .
     .venv/bin/mypy
     .venv/bin/lint-imports
-    exec .venv/bin/python -m pytest -n 2 -q ;;
+    # loadgroup: tests marked with one xdist_group share a worker (tests/test_console_browser.py
+    # says why); the rest are dealt out one by one, as by the default.
+    exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q ;;
   demo) exec .venv/bin/omega up --data-dir omega-data \
           --submit examples/web-service.yaml --submit examples/batch-squares.yaml ;;
   *) echo "usage: ./setup.sh test|demo|host" >&2; exit 2 ;;

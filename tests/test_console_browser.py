@@ -25,7 +25,10 @@ from cellstate.commands import Command, ReportedState, ReportTasks, TaskReport
 from cellstate.wire import internal
 from harness.upcell import up_cell
 
-pytestmark = pytest.mark.slow
+# Chromium drops its requests (net::ERR_NETWORK_CHANGED) when a network interface comes or
+# goes, as the netns tests' bridges and veth pairs do: the browser test and those never run
+# side by side (`--dist loadgroup`, setup.sh).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("host-network")]
 
 CHROMIUM = "/usr/bin/chromium"
 # Playwright's own browser download cannot be reached here: Debian's chromium, as the

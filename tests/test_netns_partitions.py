@@ -25,7 +25,8 @@ from harness.hosts import Hosts, netns_unavailable
 from harness.netcell import NetnsCell
 from harness.writer import Writer, agreed_leader, leaders, submit_job
 
-pytestmark = pytest.mark.slow
+# Makes and removes network interfaces: never beside the browser test (its module says why).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("host-network")]
 
 CUT_S = 4.0
 AFTER_HEAL_S = 3.0

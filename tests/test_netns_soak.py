@@ -21,6 +21,17 @@ from harness.faults import Ack, Cut, cut_stalls, cut_summary, run_scenario, slow
 from harness.hosts import netns_unavailable
 from harness.netcell import NETNS_CI_SCHEDULE
 
+# Makes and removes network interfaces: never beside the browser test (its module says why).
+pytestmark = pytest.mark.xdist_group("host-network")
+
+
+def test_its_group_keeps_it_apart_from_the_browser(request: pytest.FixtureRequest) -> None:
+    """Under `--dist loadgroup` (setup.sh) this module's tests carry their group; a pytest
+    whose node ids xdist cannot tag (9.2, pytest-dev/pytest-xdist#1386) would run them
+    beside the browser test, whose requests the netns tests' interfaces then abort."""
+    if request.config.getvalue("loadgroup"):
+        assert request.node.nodeid.endswith("@host-network"), request.node.nodeid
+
 
 def test_a_cuts_stall_runs_from_the_cut_to_the_settled_heal() -> None:
     acks = [Ack(f"c{t}", "submit", "j", b"", t) for t in (1.0, 1.1, 1.2, 3.0, 3.1, 4.8, 9.0)]
