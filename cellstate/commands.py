@@ -54,6 +54,11 @@ class RegisterMachines:
     by: Author | None = None
 
 
+def _sorted_labels(value: dict[str, str]) -> dict[str, str]:
+    # Canonical key order: the log's bytes do not depend on the order a client sent.
+    return dict(sorted(value.items()))
+
+
 @attrs.frozen(slots=True)
 class SetMachineState:
     """An operator's word on a machine. Draining, with `deadline` seconds: its
@@ -321,6 +326,23 @@ class RemoveMachines:
     by: Author | None = None
 
 
+@attrs.frozen(slots=True)
+class LabelMachines:
+    """An operator's labels on machines (rules 14), as `kubectl label nodes` and Nomad's
+    `node meta apply`: `labels` set, the keys in `remove` taken away, on every machine
+    named, all or none. They are kept over what the machine's agent registers
+    (`Machine.label_overlay`), so an agent's restart does not undo them. Keys under
+    `omega.` are the agent's own (its address) and are refused. Tasks already placed
+    stay where they are; a selector is judged anew for every claim."""
+
+    machines: tuple[str, ...]
+    labels: dict[str, str] = attrs.field(factory=dict, converter=_sorted_labels)
+    remove: tuple[str, ...] = ()
+    at: float = 0.0
+    id: str = ""
+    by: Author | None = None
+
+
 def _as_limit(value: Limit | Resources | None) -> Limit | None:
     return Limit(dict(value.amounts)) if isinstance(value, Resources) else value
 
@@ -420,6 +442,7 @@ Command = (
     | RevokeToken
     | PurgeJobs
     | RemoveMachines
+    | LabelMachines
 )
 
 COMMAND_TYPES: dict[str, type] = {
@@ -446,6 +469,7 @@ COMMAND_TYPES: dict[str, type] = {
     "revoke_token": RevokeToken,
     "purge_jobs": PurgeJobs,
     "remove_machines": RemoveMachines,
+    "label_machines": LabelMachines,
 }
 
 # -- results ----------------------------------------------------------------------
@@ -492,6 +516,14 @@ class MachineRemoved:
     """A machine that was down is forgotten (`RemoveMachines`)."""
 
     machine: str
+
+
+@attrs.frozen(slots=True)
+class MachineLabeled:
+    """A machine's labels changed by an operator (`LabelMachines`): what they are now."""
+
+    machine: str
+    labels: dict[str, str]
 
 
 @attrs.frozen(slots=True)
@@ -580,6 +612,7 @@ Event = (
     | RolloutChanged
     | JobPurged
     | MachineRemoved
+    | MachineLabeled
 )
 
 

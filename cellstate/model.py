@@ -62,7 +62,9 @@ from cellstate.resources import REQUIRED, Resources
 # 13: an agent's running report may carry the port its task declared (`TaskReport.port`),
 #    which the cell keeps as the task's endpoint; older releases would drop it, so older
 #    rules ignore it and agents do not send it.
-RULES = 13
+# 14: an operator labels machines (`LabelMachines`, which older releases cannot decode),
+#    kept over what their agents register.
+RULES = 14
 MAX_WEIGHT = 1_000_000.0
 FIRST_RULES = 1
 MAX_TASKS_PER_JOB = 100_000
@@ -70,6 +72,8 @@ MAX_LABELS = 64
 # The machine label an agent publishes its own HTTP address under (host:port): where
 # `omega logs` fetches a task's output from.
 AGENT_LABEL = "omega.agent"
+# Labels under this prefix are the agents' own, which an operator may not set or remove.
+AGENT_LABEL_PREFIX = "omega."
 MAX_COMMAND_ARGS = 256
 MAX_TEXT = 4096
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62})$")
@@ -588,6 +592,10 @@ class Machine:
     changed: tuple[int, str] | None = None
     # When a drain evicts whatever is still on the machine; None: never.
     drain_deadline: float | None = None
+    # The labels an operator set (a value) or took away (None) with `LabelMachines`
+    # (rules 14): `labels` is what the agent registered with these applied over it, and
+    # stays so when the agent registers again.
+    label_overlay: dict[str, str | None] = attrs.field(factory=dict)
 
 
 @attrs.define(slots=True, eq=False)

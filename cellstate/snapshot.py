@@ -24,6 +24,8 @@ snapshots lack it and dump as they were.
 Under rules 6 a snapshot may end, after `weights`, with `tokens`, rows
 `[name, role, digest, machines, created]` sorted by name (digests only, never a
 secret), written only when the cell has a token: older snapshots lack it.
+Under rules 14 a machine row may end, after its last change, with the labels an operator
+set or took away (`{key: value or null}`), written only when there are some.
 Under rules 13 a task row ends with one more column, the port its running incarnation
 declared, written only when known: rows without it load with None and dump as they were.
 Format 2 loads as jobs of one version with a task per index.
@@ -168,6 +170,9 @@ def _machine_row(m: Machine) -> list[Any]:
     ]
     if m.changed is not None:
         row.append(list(m.changed))
+        # After `changed`, which an operator's labelling always sets (rules 14).
+        if m.label_overlay:
+            row.append(m.label_overlay)
     return row
 
 
@@ -208,6 +213,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
     cell.rules = doc.get("rules", FIRST_RULES) if form >= 2 else FIRST_RULES
     for row in doc["machines"]:
         drain_deadline = changed = None
+        overlay: dict[str, str | None] = {}
         if form == 1:
             mid, cpu, memory, labels, domain, state, seqnum, heartbeat = row
             # Format 1 was written under rules 1, which kept no operator state; a replica
@@ -221,6 +227,8 @@ def load_into(cell: CellState, data: bytes | str) -> None:
             drain_deadline = row[8]
             if len(row) > 9:
                 changed = (row[9][0], row[9][1])
+            if len(row) > 10:
+                overlay = row[10]
         machine = Machine(
             id=mid,
             index=len(cell.machine_list),
@@ -232,6 +240,7 @@ def load_into(cell: CellState, data: bytes | str) -> None:
             seqnum=seqnum,
             last_heartbeat=heartbeat,
             drain_deadline=drain_deadline,
+            label_overlay=overlay,
             changed=changed,
         )
         cell.machines[mid] = machine

@@ -26,7 +26,7 @@ Invariants kept by every command (`check_invariants` verifies them):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -47,7 +47,9 @@ from cellstate.commands import (
     JobSubmitted,
     JobUpdated,
     KillJob,
+    LabelMachines,
     MachineChanged,
+    MachineLabeled,
     MachineRemoved,
     Ok,
     Outcome,
@@ -81,6 +83,9 @@ from cellstate.commit import accepted, judge_stops
 from cellstate.ledger import EMPTY, Account, Ledger, Need, quota_id
 from cellstate.model import (
     ACTIVE_STATES,
+    AGENT_LABEL_PREFIX,
+    LABEL_KEY_RE,
+    MAX_LABELS,
     MAX_TASKS_PER_JOB,
     MAX_WEIGHT,
     NAME_RE,
@@ -144,6 +149,8 @@ IDLE_RULES = 11
 SELECTOR_RULES = 12
 # The rules that first keep the port a running task declared (`TaskReport.port`).
 PORT_RULES = 13
+# The rules that first let an operator label machines (`LabelMachines`).
+LABEL_RULES = 14
 # Task states in which a job still has work: a job with a task in one is never purged.
 LIVE_STATES = (TaskState.PENDING, *ACTIVE_STATES)
 
@@ -272,7 +279,13 @@ class CellState:
                 self.machine_list.append(machine)
             else:
                 machine.account.resize(spec.capacity.amounts)
-                machine.labels = dict(spec.labels)
+                # What the operator set or took away stays so (rules 14).
+                overlay = machine.label_overlay
+                machine.labels = _overlaid(
+                    spec.labels,
+                    {k: v for k, v in overlay.items() if v is not None},
+                    [k for k, v in overlay.items() if v is None],
+                )
                 machine.domain = spec.domain
                 # An agent's restart re-registers its machine: that brings back
                 # a machine marked down for silence, not one an operator drained
@@ -374,6 +387,53 @@ class CellState:
         self.layout += 1
         # As a replica restored from a snapshot taken now counts them.
         self.device_kinds = self.devices_in_use()
+        return Ok()
+
+    def _label_machines(self, cmd: LabelMachines, events: list[Event]) -> Result:
+        if self.rules < LABEL_RULES:
+            return _too_old(self.rules, LABEL_RULES, "labelling machines", "machines")
+        if not cmd.machines:
+            return Error("invalid", "name at least one machine to label", "machines")
+        if not cmd.labels and not cmd.remove:
+            return Error("invalid", "nothing to do: set a label (key=value) or remove one (key-)")
+        for key, value in cmd.labels.items():
+            refused = _machine_label(key, f"labels.{key}")
+            if refused is not None:
+                return refused
+            if not isinstance(value, str) or len(value) > 256:
+                return Error(
+                    "invalid", "must be a string of at most 256 characters", f"labels.{key}"
+                )
+        for i, key in enumerate(cmd.remove):
+            refused = _machine_label(key, f"remove[{i}]")
+            if refused is not None:
+                return refused
+            if key in cmd.labels:
+                return Error("invalid", f"label {key!r} is both set and removed", f"remove[{i}]")
+        seen: set[str] = set()
+        for i, mid in enumerate(cmd.machines):
+            field = f"machines[{i}]"
+            if mid in seen:
+                return Error("duplicate_machine", f"machine {mid!r} appears twice", field)
+            seen.add(mid)
+            machine = self.machines.get(mid)
+            if machine is None:
+                return Error("machine_unknown", f"no machine {mid!r}", field)
+            if len(_overlaid(machine.labels, cmd.labels, cmd.remove)) > MAX_LABELS:
+                return Error(
+                    "invalid", f"machine {mid!r} would have more than {MAX_LABELS} labels", field
+                )
+        for mid in cmd.machines:
+            machine = self.machines[mid]
+            overlay = dict(machine.label_overlay)
+            overlay.update(cmd.labels)
+            overlay.update(dict.fromkeys(cmd.remove))
+            machine.label_overlay = dict(sorted(overlay.items()))
+            # A new dict, not the old one written through: copies' tables see a machine's
+            # labels change by identity (`schedulers.table`).
+            machine.labels = _overlaid(machine.labels, cmd.labels, cmd.remove)
+            self._touch(machine)
+            events.append(MachineLabeled(mid, dict(machine.labels)))
         return Ok()
 
     def _heartbeat(self, cmd: Heartbeat, events: list[Event]) -> Result:
@@ -1532,6 +1592,30 @@ class CellState:
         invariants.check(self)
 
 
+def _machine_label(key: str, field: str) -> Error | None:
+    """Why an operator may not set or remove label `key`; None if they may."""
+    if not isinstance(key, str) or not LABEL_KEY_RE.match(key):
+        return Error("invalid", f"label key {key!r} must match {LABEL_KEY_RE.pattern}", field)
+    if key.startswith(AGENT_LABEL_PREFIX):
+        return Error(
+            "invalid",
+            f"label {key!r} is its agent's own (keys under {AGENT_LABEL_PREFIX!r} are)",
+            field,
+        )
+    return None
+
+
+def _overlaid(
+    labels: Mapping[str, str], set_: Mapping[str, str], remove: Iterable[str]
+) -> dict[str, str]:
+    """`labels` with `set_` written over them and the keys in `remove` taken away, in key
+    order (as every labels dict the cell keeps)."""
+    merged = {**labels, **set_}
+    for key in remove:
+        merged.pop(key, None)
+    return dict(sorted(merged.items()))
+
+
 def _no_tasks(spec: JobSpec) -> Error | None:
     """A spec of no task is refused where a job is submitted or updated: only a scale
     takes a job to zero (rules 11), keeping it, idle. (The edge refuses it first.)"""
@@ -1627,6 +1711,7 @@ ACTORS: dict[type, str] = {
     RevokeToken: "admin",
     PurgeJobs: "retention",
     RemoveMachines: "operator",
+    LabelMachines: "operator",
 }
 
 _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
@@ -1653,4 +1738,5 @@ _HANDLERS: dict[type, Callable[[CellState, Any, list[Event]], Result]] = {
     RevokeToken: CellState._revoke_token,
     PurgeJobs: CellState._purge_jobs,
     RemoveMachines: CellState._remove_machines,
+    LabelMachines: CellState._label_machines,
 }

@@ -45,6 +45,7 @@ from cellstate.commands import (
     JobSubmitted,
     JobUpdated,
     MachineChanged,
+    MachineLabeled,
     MachineRemoved,
     Ok,
     Outcome,
@@ -119,6 +120,7 @@ _EVENT_TAGS = {
     RolloutChanged: "rollout_changed",
     JobPurged: "job_purged",
     MachineRemoved: "machine_removed",
+    MachineLabeled: "machine_labeled",
 }
 
 

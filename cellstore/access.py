@@ -74,6 +74,7 @@ ACCESS: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/v1/jobs/promote"): OPERATE,
     ("POST", "/v1/machines/state"): OPERATE,
     ("POST", "/v1/machines/remove"): OPERATE,
+    ("POST", "/v1/machines/labels"): OPERATE,
     ("POST", "/v1/quotas"): OPERATE,
     ("POST", "/v1/weights"): OPERATE,
     # a scheduler's

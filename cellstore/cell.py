@@ -13,6 +13,7 @@ command, and refuses an agent's command about a machine its token is not bound t
   `POST /v1/jobs/planned` `{"job", "spec", "claims"}` submit placed as planned, or nothing
 - `GET /v1/jobs[?id=&state=]`, `GET /v1/tasks[?job=&state=&machine=&id=]`,
   `GET /v1/machines[?id=&state=]`, `POST /v1/machines/state`, `POST /v1/machines/remove`,
+  `POST /v1/machines/labels` `{"machines", "labels", "remove"}` (an operator's labels),
   `GET /v1/quotas`, `GET /v1/weights` (fair-share weights and shares; `POST` sets them)
 - `POST /v1/transactions` `{"txn": {...}}` commit one transaction
 - `POST /v1/agents/register|heartbeat|report|usage` agent reports, batched per request
@@ -422,6 +423,7 @@ def endpoints(
     router.add("POST", "/v1/agents/usage", command_endpoint("report_usage"))
     router.add("POST", "/v1/machines/state", by_people("set_machine_state"))
     router.add("POST", "/v1/machines/remove", by_people("remove_machines"))
+    router.add("POST", "/v1/machines/labels", by_people("label_machines"))
     router.add("POST", "/v1/quotas", by_people("set_quota"))
     router.add("GET", "/v1/quotas", quotas)
     router.add("POST", "/v1/weights", by_people("set_weights"))

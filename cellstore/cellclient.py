@@ -76,6 +76,7 @@ WRITE_ROUTES: dict[str, str] = {
     "ReportUsage": "/v1/agents/usage",
     "SetMachineState": "/v1/machines/state",
     "RemoveMachines": "/v1/machines/remove",
+    "LabelMachines": "/v1/machines/labels",
     "SetQuota": "/v1/quotas",
     "SetWeights": "/v1/weights",
     "ReportScheduler": "/v1/schedulers/report",
@@ -458,6 +459,20 @@ class _Calls:
         )
 
     @staticmethod
+    def label_machines(
+        machines: Sequence[str],
+        labels: Mapping[str, str],
+        remove: Sequence[str],
+        id: str | None,
+    ) -> Call[Applied[Ok]]:
+        from cellstate import LabelMachines
+
+        command = LabelMachines(
+            tuple(machines), dict(labels), tuple(remove), id=id or ids.new_command_id()
+        )
+        return _Calls.write(command)
+
+    @staticmethod
     def remove_machines(machines: Sequence[str], id: str | None) -> Call[Applied[Ok]]:
         from cellstate import RemoveMachines
 
@@ -702,6 +717,18 @@ class CellClient:
         id: str | None = None,
     ) -> Applied[Ok]:
         return await self._run(_Calls.set_machine_state(machine, state, deadline, id))
+
+    async def label_machines(
+        self,
+        machines: Sequence[str],
+        labels: Mapping[str, str],
+        remove: Sequence[str] = (),
+        *,
+        id: str | None = None,
+    ) -> Applied[Ok]:
+        """Set `labels` and take away the keys in `remove` on every machine named, kept
+        over what their agents register; all or none (rules 14)."""
+        return await self._run(_Calls.label_machines(machines, labels, remove, id))
 
     async def remove_machines(
         self, machines: Sequence[str], *, id: str | None = None
@@ -1176,6 +1203,16 @@ class SyncCellClient:
         id: str | None = None,
     ) -> Applied[Ok]:
         return self._run(_Calls.set_machine_state(machine, state, deadline, id))
+
+    def label_machines(
+        self,
+        machines: Sequence[str],
+        labels: Mapping[str, str],
+        remove: Sequence[str] = (),
+        *,
+        id: str | None = None,
+    ) -> Applied[Ok]:
+        return self._run(_Calls.label_machines(machines, labels, remove, id))
 
     def remove_machines(self, machines: Sequence[str], *, id: str | None = None) -> Applied[Ok]:
         """Forget machines that are down (all or none; `machine_not_down` otherwise)."""

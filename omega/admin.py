@@ -117,6 +117,60 @@ def node_state(
     console().print(f"machine [bold]{machine}[/bold] is {state}")
 
 
+@node_app.command("label")
+def node_label(
+    words: Annotated[
+        list[str],
+        typer.Argument(
+            help="Machine ids (or -l to choose machines by label), then KEY=VALUE to set a "
+            "label and KEY- to take one away, as kubectl label nodes.",
+            metavar="[MACHINE]... KEY=VALUE|KEY-...",
+        ),
+    ],
+    addr: Addr = "",
+    token: Token = "",
+    selector: Annotated[
+        str, typer.Option("--selector", "-l", help="Label every machine whose labels match.")
+    ] = "",
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Label more than one machine without asking.")
+    ] = False,
+) -> None:
+    """Set or take away machines' labels, which job selectors and constraints choose by: kept
+    over what the machine's agent registers, even after it restarts. Tasks already placed
+    stay; all or none."""
+    machines: list[str] = []
+    labels: dict[str, str] = {}
+    remove: list[str] = []
+    for word in words:
+        if "=" in word:
+            key, _, value = word.partition("=")
+            if not key:
+                fail(f"label {word!r}: the key before = is empty", 2)
+            labels[key] = value
+        elif word.endswith("-") and len(word) > 1:
+            remove.append(word[:-1])
+        elif labels or remove:
+            fail(f"{word!r}: machines come first, then KEY=VALUE or KEY- (kubectl's order)", 2)
+        else:
+            machines.append(word)
+    if not labels and not remove:
+        fail("nothing to do: give KEY=VALUE to set a label or KEY- to take one away", 2)
+    if bool(machines) == bool(selector):
+        fail("name machine ids, or choose machines with -l SELECTOR", 2)
+    if not machines:
+        every = call(addr, token, lambda cell: cell.machines())
+        machines = chosen_by_labels(
+            selector, every, "machine", "machines", "label", "labelled", yes
+        )
+    chosen = machines
+    call(addr, token, lambda cell: cell.label_machines(chosen, labels, remove))
+    said = [f"{k}={v}" for k, v in labels.items()] + [f"{k}-" for k in remove]
+    console().print(
+        f"labelled {', '.join(f'[bold]{m}[/bold]' for m in machines)}: {' '.join(said)}"
+    )
+
+
 @node_app.command("remove")
 def node_remove(
     machines: Annotated[

@@ -38,6 +38,7 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
         JobPurged,
         JobSubmitted,
         MachineChanged,
+        MachineLabeled,
         MachineRemoved,
         PurgeJobs,
         ReportTasks,
@@ -56,6 +57,10 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
     elif isinstance(event, MachineRemoved):
         kind, machine = "removed", event.machine
         message = f"machine {machine} removed"
+    elif isinstance(event, MachineLabeled):
+        kind, machine = "labeled", event.machine
+        shown = " ".join(f"{k}={v}" for k, v in event.labels.items()) or "none"
+        message = f"machine {machine} labels now {shown}"
     elif isinstance(event, JobSubmitted):
         kind, job = "submitted", event.job
         found = cell.jobs.get(job)
@@ -220,9 +225,9 @@ def events(
     as_json: AsJson = False,
 ) -> None:
     """The change feed as events: jobs submitted, killed and purged, tasks placed, started,
-    exited with their code, preempted (by whom), lost; machines up, draining, down, removed;
-    quotas, weights and tokens set; each with who sent the command (its token's name and
-    role)."""
+    exited with their code, preempted (by whom), lost; machines up, draining, down, labelled,
+    removed; quotas, weights and tokens set; each with who sent the command (its token's
+    name and role)."""
     import logging
     import sys
 

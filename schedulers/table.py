@@ -33,8 +33,8 @@ the table equal to `Account.free` on every row and dimension. Per row besides:
   the best-fit score, refreshed with its row;
 - `up` (bool), `domain` (int32 code into `domains`), `seqnum`.
 Label columns (`labels(key)`) are built on first use and then kept current by
-the same row refreshes (of the rows whose machine re-registered: only that
-changes a machine's labels or domain).
+the same row refreshes (of the rows whose machine re-registered or an operator
+labelled: only those change a machine's labels or domain).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from cellstate import (
     Heartbeat,
     JobSpec,
     KillJob,
+    LabelMachines,
     MachineSpec,
     MachineState,
     PromoteJob,
@@ -90,6 +91,8 @@ class CellMachine(RuleBasedStateMachine):
         self.views: list[dict[str, int]] = [{}]  # seqnums as schedulers saw them
         self.states: dict[str, TaskState] = {}
         self.operator: dict[str, MachineState] = {}  # states operators set, UP excluded
+        # Labels operators set (a value) or took away (None), per machine (rules 14).
+        self.overlays: dict[str, dict[str, str | None]] = {}
         specs = tuple(
             MachineSpec(f"m{i}", Resources(4000, 4 * GI, 8 * GI, gpu=i), domain=f"d{i % 2}")
             for i in range(3)
@@ -146,8 +149,14 @@ class CellMachine(RuleBasedStateMachine):
         cpu = data.draw(st.sampled_from([2000, 4000, 6000]))
         gpu = data.draw(st.sampled_from([0, 1, 2]))
         disk = data.draw(st.sampled_from([0, 2 * GI, 8 * GI]))
+        labels = data.draw(st.sampled_from([{}, {"zone": "a"}, {"zone": "b", "disk": "ssd"}]))
         specs = tuple(
-            MachineSpec(f"m{base + i}", Resources(cpu, 4 * GI, disk, gpu=gpu), domain=f"d{i % 2}")
+            MachineSpec(
+                f"m{base + i}",
+                Resources(cpu, 4 * GI, disk, gpu=gpu),
+                labels=labels,
+                domain=f"d{i % 2}",
+            )
             for i in range(n)
         )
         outcome = self.apply(RegisterMachines(specs, at=self.at))
@@ -155,6 +164,27 @@ class CellMachine(RuleBasedStateMachine):
             for spec in specs:
                 expected = self.operator.get(spec.id, MachineState.UP)
                 assert self.cell.machines[spec.id].state is expected, spec.id
+                # What an operator labelled stays so, whatever the agent registers.
+                overlay = self.overlays.get(spec.id, {})
+                want = {**spec.labels, **overlay}
+                want = {k: v for k, v in sorted(want.items()) if v is not None}
+                assert self.cell.machines[spec.id].labels == want, (spec.id, overlay)
+
+    def op_label(self, data):
+        machines = [*sorted(self.cell.machines), "m99"]  # m99: never registered
+        named = data.draw(st.lists(st.sampled_from(machines), min_size=1, max_size=2))
+        labels = data.draw(st.sampled_from([{}, {"zone": "c"}, {"tier": "x", "zone": "a"}]))
+        remove = data.draw(st.sampled_from([(), ("zone",), ("disk",), ("omega.agent",)]))
+        outcome = self.apply(LabelMachines(tuple(named), labels, remove, at=self.at))
+        if isinstance(outcome.result, Error):
+            return
+        for mid in named:
+            overlay = self.overlays.setdefault(mid, {})
+            overlay.update(labels)
+            overlay.update(dict.fromkeys(remove))
+            machine = self.cell.machines[mid]
+            assert all(machine.labels.get(k) == v for k, v in labels.items()), machine.labels
+            assert not set(remove) & set(machine.labels), machine.labels
 
     def op_submit(self, data):
         self.jobs += 1
@@ -386,6 +416,7 @@ class CellMachine(RuleBasedStateMachine):
         if not isinstance(outcome.result, Error):
             for machine in named:
                 self.operator.pop(machine, None)
+                self.overlays.pop(machine, None)
 
     def op_quota(self, data):
         cpu = data.draw(st.sampled_from([1000, 3000, 0, None]))
@@ -429,7 +460,7 @@ class CellMachine(RuleBasedStateMachine):
         + ["view"] * 2
         + ["update", "lifecycle", "lifecycle"]
         + ["register", "machine_state", "heartbeats", "kill", "quota", "weights", "plan"]
-        + ["purge", "remove"]
+        + ["purge", "remove", "label"]
     )
 
     @rule(data=st.data())

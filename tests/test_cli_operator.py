@@ -395,3 +395,27 @@ def test_an_80_column_terminal_shows_whole_task_ids_and_states(cell, monkeypatch
     assert max(len(line) for line in shown.splitlines()) <= 80, shown
     for index in (0, 1):
         assert re.search(rf"{job}\.{index}\s+│ exited ", shown), shown
+
+
+def test_an_operator_labels_machines_and_a_job_s_selector_chooses_by_them(cell):
+    """`omega node label` (rules 14), as `kubectl label nodes`: KEY=VALUE sets, KEY- takes
+    away; the batch scheduler process sees the new label and places only there."""
+    first = sorted(n["id"] for n in cell.json("nodes"))[0]
+    said = cell.omega("node", "label", first, "pool=fast").stdout
+    assert f"labelled {first}: pool=fast" in said, said
+    assert [n["id"] for n in cell.json("nodes", "-l", "pool=fast")] == [first]
+    path = cell.data_dir.parent / "fast.yaml"
+    path.write_text(SPEC.format(name="fast", labels="{}", shell="exit 0") + "selector: pool=fast\n")
+    job = cell.json("submit", str(path))["id"]
+    wait_for("the job to finish", lambda: cell.json("job", job)["state"] == "done")
+    assert {t["machine"] for t in cell.json("tasks", "--job", job)} == {first}
+    told = cell.omega("events", "--machine", first).stdout
+    assert f"machine {first} labels now" in told and "pool=fast" in told, told
+    # The agent's own label is not an operator's to change; a refusal changes nothing.
+    own = cell.omega("node", "label", first, "omega.agent=elsewhere:1", check=False)
+    assert own.returncode != 0 and "agent's own" in own.stderr, own
+    order = cell.omega("node", "label", "pool=slow", first, check=False)
+    assert order.returncode == 2 and "machines come first" in order.stderr, order
+    assert cell.json("nodes", "-l", "pool=slow") == []
+    cell.omega("node", "label", first, "pool-")
+    assert cell.json("nodes", "-l", "pool") == []

@@ -423,6 +423,9 @@ function describe(doc) {
     case "raise_rules": return `cell rules raised to ${doc.rules}`;
     case "purge_jobs": return `jobs that ended before ${when(doc.before)} purged`;
     case "remove_machines": return `machines removed: ${some(doc.machines || [])}`;
+    case "label_machines": return `machines labelled ${[
+      ...Object.entries(doc.labels || {}).map(([k, v]) => `${k}=${v}`),
+      ...(doc.remove || []).map((k) => `${k}-`)].join(" ")}: ${some(doc.machines || [])}`;
     default: return "";
   }
 }
