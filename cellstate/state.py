@@ -358,24 +358,21 @@ class CellState:
     def _remove_machines(self, cmd: RemoveMachines, events: list[Event]) -> Result:
         if self.rules < REMOVE_RULES:
             return _too_old(self.rules, REMOVE_RULES, "removing machines", "machines")
-        if not cmd.machines:
-            return Error("invalid", "name at least one machine to remove", "machines")
-        seen: set[str] = set()
-        for i, mid in enumerate(cmd.machines):
-            field = f"machines[{i}]"
-            if mid in seen:
-                return Error("duplicate_machine", f"machine {mid!r} appears twice", field)
-            seen.add(mid)
-            machine = self.machines.get(mid)
-            if machine is None:
-                return Error("machine_unknown", f"no machine {mid!r}", field)
-            if machine.state is not MachineState.DOWN:
-                return Error(
-                    "machine_not_down",
-                    f"machine {mid!r} is {machine.state}: only a machine that is down can be "
-                    "removed (take it down first; its tasks are placed elsewhere)",
-                    field,
-                )
+
+        def down(machine: Machine, field: str) -> Error | None:
+            if machine.state is MachineState.DOWN:
+                return None
+            return Error(
+                "machine_not_down",
+                f"machine {machine.id!r} is {machine.state}: only a machine that is down can "
+                "be removed (take it down first; its tasks are placed elsewhere)",
+                field,
+            )
+
+        named = self._named(cmd.machines, "remove", down)
+        if isinstance(named, Error):
+            return named
+        seen = set(cmd.machines)
         for mid in cmd.machines:
             del self.machines[mid]
             events.append(MachineRemoved(mid))
@@ -389,11 +386,36 @@ class CellState:
         self.device_kinds = self.devices_in_use()
         return Ok()
 
+    def _named(
+        self,
+        machines: Sequence[str],
+        verb: str,
+        check: Callable[[Machine, str], Error | None],
+    ) -> list[Machine] | Error:
+        """The machines a command names, each known and named once and passing `check`
+        (given the machine and its field), in order; or the first refusal, naming its
+        field."""
+        if not machines:
+            return Error("invalid", f"name at least one machine to {verb}", "machines")
+        found: list[Machine] = []
+        seen: set[str] = set()
+        for i, mid in enumerate(machines):
+            field = f"machines[{i}]"
+            if mid in seen:
+                return Error("duplicate_machine", f"machine {mid!r} appears twice", field)
+            seen.add(mid)
+            machine = self.machines.get(mid)
+            if machine is None:
+                return Error("machine_unknown", f"no machine {mid!r}", field)
+            refused = check(machine, field)
+            if refused is not None:
+                return refused
+            found.append(machine)
+        return found
+
     def _label_machines(self, cmd: LabelMachines, events: list[Event]) -> Result:
         if self.rules < LABEL_RULES:
             return _too_old(self.rules, LABEL_RULES, "labelling machines", "machines")
-        if not cmd.machines:
-            return Error("invalid", "name at least one machine to label", "machines")
         if not cmd.labels and not cmd.remove:
             return Error("invalid", "nothing to do: set a label (key=value) or remove one (key-)")
         for key, value in cmd.labels.items():
@@ -410,21 +432,19 @@ class CellState:
                 return refused
             if key in cmd.labels:
                 return Error("invalid", f"label {key!r} is both set and removed", f"remove[{i}]")
-        seen: set[str] = set()
-        for i, mid in enumerate(cmd.machines):
-            field = f"machines[{i}]"
-            if mid in seen:
-                return Error("duplicate_machine", f"machine {mid!r} appears twice", field)
-            seen.add(mid)
-            machine = self.machines.get(mid)
-            if machine is None:
-                return Error("machine_unknown", f"no machine {mid!r}", field)
-            if len(_overlaid(machine.labels, cmd.labels, cmd.remove)) > MAX_LABELS:
-                return Error(
-                    "invalid", f"machine {mid!r} would have more than {MAX_LABELS} labels", field
-                )
-        for mid in cmd.machines:
-            machine = self.machines[mid]
+
+        def room(machine: Machine, field: str) -> Error | None:
+            if len(_overlaid(machine.labels, cmd.labels, cmd.remove)) <= MAX_LABELS:
+                return None
+            return Error(
+                "invalid", f"machine {machine.id!r} would have more than {MAX_LABELS} labels", field
+            )
+
+        named = self._named(cmd.machines, "label", room)
+        if isinstance(named, Error):
+            return named
+        for machine in named:
+            mid = machine.id
             overlay = dict(machine.label_overlay)
             overlay.update(cmd.labels)
             overlay.update(dict.fromkeys(cmd.remove))
