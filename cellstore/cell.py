@@ -69,7 +69,7 @@ from cellstate import (
 )
 from cellstate import views as cell_views
 from cellstate.commands import Command, Error, PurgeJobs, RaiseRules, RemoveMachines
-from cellstate.model import FIRST_RULES, RULES
+from cellstate.model import FIRST_RULES, RULES, Job
 from cellstate.state import PURGE_RULES, REMOVE_RULES
 from cellstate.wire import decode_command, encode_result, internal, parse
 from cellstore.access import CellGuard, authorize, digest, machine_matcher
@@ -293,18 +293,25 @@ def endpoints(
         state = _state(request, _JOB_STATES)
         return await read(lambda cell: {"jobs": cell_views.list_jobs(cell, state)})
 
-    async def history(request: Request) -> Response:
-        job_id = _one(request, "id")
+    async def of_job(
+        request: Request, param: str, view: Callable[[CellState, Job], Any]
+    ) -> Response:
+        """A read about the one job the query's `param` names: 400 without one, 404 for
+        one the cell does not know."""
+        job_id = _one(request, param)
         if not job_id:
-            raise ApiError(400, "invalid", "id (a job id) is required", "id")
+            raise ApiError(400, "invalid", f"{param} (a job id) is required", param)
 
-        def versions(cell: CellState) -> Any:
+        def about(cell: CellState) -> Any:
             job = cell.jobs.get(job_id)
             if job is None:
-                raise ApiError(404, "job_unknown", f"no job {job_id!r}", "id")
-            return cell_views.history(cell, job)
+                raise ApiError(404, "job_unknown", f"no job {job_id!r}", param)
+            return view(cell, job)
 
-        return await read(versions)
+        return await read(about)
+
+    async def history(request: Request) -> Response:
+        return await of_job(request, "id", cell_views.history)
 
     async def tasks(request: Request) -> Response:
         task_id = _one(request, "id")
@@ -393,17 +400,11 @@ def endpoints(
         return await read(account)
 
     async def endpoints(request: Request) -> Response:
-        job_id = _one(request, "job")
-        if not job_id:
-            raise ApiError(400, "invalid", "job (a job id) is required", "job")
-
-        def served(cell: CellState) -> Any:
-            job = cell.jobs.get(job_id)
-            if job is None:
-                raise ApiError(404, "job_unknown", f"no job {job_id!r}", "job")
-            return {"job": job_id, "endpoints": cell_views.endpoints(cell, job)}
-
-        return await read(served)
+        return await of_job(
+            request,
+            "job",
+            lambda cell, job: {"job": job.id, "endpoints": cell_views.endpoints(cell, job)},
+        )
 
     router.add("POST", "/v1/jobs", submit)
     router.add("GET", "/v1/jobs", jobs)
