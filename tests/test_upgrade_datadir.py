@@ -7,11 +7,14 @@
   (disk and devices, health checks, snapshot format 2, rules 2);
 - `tests/fixtures/datadir-v3/`: written by commit 7af6cd7, the release before machines could be
   removed (versions and rollouts, scaling, weights, zero quotas, tokens, restarts in place,
-  purged jobs; snapshot format 3, rules 9).
+  purged jobs; snapshot format 3, rules 9);
+- `tests/fixtures/datadir-v4/`: written by commit 480c75a, the last release that landed before
+  tasks' ports, machine selectors and operators' labels (v2's steps, and a machine retired
+  and removed; snapshot format 3, rules 10).
 
 Each holds three replicas' data dirs, each a full dump (`raft.dump`) plus a journal tail of
 commands applied after it, and `expected.json`, the facts the old cell's API acknowledged.
-`tests/fixtures/make_datadir_v{1,2,3}.py` say how they were made.
+`tests/fixtures/make_datadir_v{1,2,3,4}.py` say how they were made.
 
 Raft addresses: the dump and journal hold no address that matters. The old replicas' Raft
 addresses appear only as the vote in `raft.journal.meta` (a vote for a node that no longer
@@ -103,6 +106,7 @@ RELEASES = (
     Release("v1", format=1, rules=FIRST_RULES),
     Release("v2", format=2, rules=2),
     Release("v3", format=3, rules=9, tokens=("ci",)),
+    Release("v4", format=3, rules=10),
 )
 
 
