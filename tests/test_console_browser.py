@@ -5,8 +5,8 @@ the screen.
 Sign in (a wrong token is refused), see the cell's machines as tiles by failure domain and
 its schedulers, submit a job from the console and watch its tasks go to running without a
 reload, scale it, update its spec and revert it, each a new version in its history, read
-why an unplaceable job is pending, set a machine draining, then down, and remove it, kill a
-job. A screenshot of each page is saved (`OMEGA_CONSOLE_SHOTS=DIR` keeps them, e.g. for the
+why an unplaceable job is pending, label a machine (one label refused), set it draining,
+then down, and remove it, kill a job. A screenshot of each page is saved (`OMEGA_CONSOLE_SHOTS=DIR` keeps them, e.g. for the
 README).
 """
 
@@ -66,6 +66,7 @@ SLEEPER = {
     "tasks": 3,
     "resources": {"cpu": "200m", "memory": "64Mi"},
     "command": ["python3", "-c", SERVES],
+    "selector": "omega.agent",  # every agent's machine: shown on the job's page
     "grace_period": 1,
     "labels": {"team": "console"},
 }
@@ -248,6 +249,7 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         )
         assert page.evaluate("window.__same_page") is True
         assert page.locator("#tasks a[href^='#/machine/']").count() == 3
+        assert page.inner_text("#job-machines") == "omega.agent"
         # Where each serves (the port its agent reported), as a link that reaches it.
         page.wait_for_function(
             "document.querySelectorAll('#tasks td.address a').length == 3", timeout=WAIT_MS
@@ -301,6 +303,20 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         page.wait_for_selector("#machine-state:has-text('up')")
         on_it = sum(t["machine"] == machine for t in running)
         assert page.locator("#tasks tr[data-task^='console-web.']").count() == on_it
+        # Labelled from the console, as `omega node label`: set, then taken away.
+        page.fill("#label-words", "pool=fast")
+        page.click("#label-form button")
+        page.wait_for_selector("#machine-labels:has-text('pool=fast')")
+        assert [n["id"] for n in cell.json("nodes", "-l", "pool=fast")] == [machine]
+        page.fill("#label-words", "omega.agent=elsewhere:1")
+        page.click("#label-form button")
+        page.wait_for_selector('#label-error:has-text("agent\'s own")')
+        page.fill("#label-words", "pool-")
+        page.click("#label-form button")
+        page.wait_for_function(
+            "!document.querySelector('#machine-labels').textContent.includes('pool=')"
+        )
+        assert cell.json("nodes", "-l", "pool") == []
         page.click("button[data-machine-state=draining]")
         page.wait_for_selector("#machine-state:has-text('draining')")
         assert {m["id"]: m["state"] for m in cell.json("nodes")}[machine] == "draining"
@@ -332,6 +348,7 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         reader.goto(f"{address}/ui#/machine/{machine}")
         reader.wait_for_selector("#machine-state")
         assert reader.locator("button[data-machine-state]").count() == 0
+        assert reader.locator("#label-form").count() == 0
         reader.close()
         assert page.inner_text("#me") == "bootstrap (admin)"
 
@@ -358,7 +375,8 @@ def test_a_user_drives_the_cell_from_the_console(tmp_path, browser):
         page.wait_for_selector("#job-state:has-text('killed')")
         assert cell.json("job", "console-web")["state"] == "killed"
         assert not failures, failures
-        assert unloaded == [f"{address}/v1/cell"], unloaded
+        # The refused label (400) is the other answer a page is meant to get.
+        assert unloaded == [f"{address}/v1/cell", f"{address}/v1/machines/labels"], unloaded
 
     keep = os.environ.get("OMEGA_CONSOLE_SHOTS")
     if keep:

@@ -247,6 +247,15 @@ function address(endpoint) {
   return endpoint.ready ? link : `<span class="muted" title="not ready">${link}</span>`;
 }
 
+// Which machines a job's spec lets its tasks run on: its constraints and selector.
+function placement(spec) {
+  const said = [
+    ...Object.entries((spec && spec.constraints) || {}).map(([k, v]) => `${k}=${v}`),
+    ...(spec && spec.selector ? [spec.selector] : []),
+  ];
+  return said.length ? `<code>${esc(said.join(","))}</code>` : "any";
+}
+
 async function jobPage(id) {
   const [why, tasks, history, served] = await Promise.all([
     api("GET", `/v1/explain?target=${encodeURIComponent(id)}`),
@@ -282,7 +291,8 @@ async function jobPage(id) {
       <dt>owner</dt><dd>${esc(j.owner)}</dd><dt>tasks</dt><dd>${counts(j.tasks, j.id)}</dd>
       <dt>each task</dt><dd>${dimensions(j.resources).map((d) => `${esc(d)} ${human(j.resources, d)}`).join(", ")}</dd>
       <dt>command</dt><dd><code>${esc(j.command.join(" "))}</code></dd>
-      <dt>labels</dt><dd>${labels(j.labels)}</dd><dt>submitted</dt><dd>${when(j.submitted_at)}</dd>
+      <dt>labels</dt><dd>${labels(j.labels)}</dd><dt>machines</dt><dd id="job-machines">${placement(state.currentSpec)}</dd>
+      <dt>submitted</dt><dd>${when(j.submitted_at)}</dd>
       <dt>version</dt><dd>${j.version} (stable ${j.stable_version}); update: ${rollout(j.rollout)}</dd>
       <dt>available</dt><dd>${j.available} of ${j.size}${j.max_unavailable != null ? `; at most ${j.max_unavailable} unavailable` : ""}</dd>
     </dl>
@@ -325,8 +335,11 @@ async function machinePage(id) {
   return `
     <h2>Machine ${esc(m.id)} <span class="state ${esc(m.state)}" id="machine-state">${esc(m.state)}</span></h2>
     <p>${buttons} <span class="note">draining: takes no new tasks; down: its tasks are lost and placed elsewhere; removed: forgotten (its agent, if it runs, registers it again).</span></p>
+    ${mayOperate() ? `<form id="label-form" class="inline">Labels <input id="label-words" placeholder="pool=fast disk-" spellcheck="false">
+      <button type="submit">Apply</button> <span class="note">as omega node label: key=value sets, key- takes away; kept when its agent registers again</span>
+      <span id="label-error" class="error"></span></form>` : ""}
     <div class="tiles">${tile(m, dimensions(m.capacity))}</div>
-    <dl class="facts"><dt>failure domain</dt><dd>${esc(m.domain)}</dd><dt>labels</dt><dd>${labels(m.labels)}</dd>
+    <dl class="facts"><dt>failure domain</dt><dd>${esc(m.domain)}</dd><dt>labels</dt><dd id="machine-labels">${labels(m.labels)}</dd>
       <dt>reserved</dt><dd>${dimensions(m.reserved).map((d) => `${esc(d)} ${human(m.reserved, d)}`).join(", ")}</dd>
       <dt>last heartbeat</dt><dd>${when(m.last_heartbeat)}</dd></dl>
     <h3>Tasks <small>${m.tasks}</small></h3>
@@ -706,8 +719,32 @@ async function scaleJob(event) {
   }
 }
 
+// `omega node label`'s words: key=value sets a label, key- takes one away.
+async function labelMachine(event) {
+  event.preventDefault();
+  const machine = decodeURIComponent(location.hash.split("/")[2] || "");
+  const error = $("#label-error");
+  error.textContent = "";
+  const labels = {};
+  const remove = [];
+  for (const word of $("#label-words").value.split(/\s+/).filter(Boolean)) {
+    const eq = word.indexOf("=");
+    if (eq > 0) labels[word.slice(0, eq)] = word.slice(eq + 1);
+    else if (word.endsWith("-") && word.length > 1) remove.push(word.slice(0, -1));
+    else { error.textContent = `${word}: use key=value to set a label or key- to take one away`; return; }
+  }
+  try {
+    await api("POST", "/v1/machines/labels", { machines: [machine], labels, remove });
+    $("#label-words").value = "";
+    refreshSoon();
+  } catch (e) {
+    error.textContent = e.message;
+  }
+}
+
 document.addEventListener("submit", (event) => {
   if (event.target.id === "signin") trySignIn(event);
+  else if (event.target.id === "label-form") labelMachine(event);
   else if (event.target.id === "submit-form") submitJob(event);
   else if (event.target.id === "scale-form") scaleJob(event);
   else if (event.target.id === "update-form") updateJob(event);
