@@ -24,10 +24,10 @@ snapshots lack it and dump as they were.
 Under rules 6 a snapshot may end, after `weights`, with `tokens`, rows
 `[name, role, digest, machines, created]` sorted by name (digests only, never a
 secret), written only when the cell has a token: older snapshots lack it.
-Under rules 14 a machine row may end, after its last change, with the labels an operator
-set or took away (`{key: value or null}`), written only when there are some.
 Under rules 13 a task row ends with one more column, the port its running incarnation
 declared, written only when known: rows without it load with None and dump as they were.
+Under rules 14 a machine row may end, after its last change, with the labels an operator
+set or took away (`{key: value or null}`), written only when there are some.
 Format 2 loads as jobs of one version with a task per index.
 
 Format 2 writes the cell's rules (`model.RULES`) and resource vectors as
