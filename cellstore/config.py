@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import random
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,12 +31,45 @@ def import_object(path: str) -> Any:
     return obj
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct ports the kernel considers free now on `host` (all held open together, so
-    they differ; free only until someone else binds them)."""
-    socks = []
+# Where `free_ports` looks, unless the kernel's ephemeral range leaves it too little room.
+LOWEST_PORT = 10_000
+_FALLBACK_EPHEMERAL = (32_768, 60_999)
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (`ip_local_port_range`)."""
     try:
-        for _ in range(n):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _FALLBACK_EPHEMERAL
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports free now on `host` (all held open together, so they differ; free
+    only until someone else binds them), drawn at random below the kernel's ephemeral range.
+
+    A port the kernel picks (`bind(0)`) lies in that range, from which every outgoing
+    connection on the host also takes its local port: one could take a port handed out here
+    before the process meant to listen on it binds it, and that process then fails to start
+    (a replica's `BindError`, seen under parallel tests). Below the range only a listener
+    that asks for the port by number can take it."""
+    low = LOWEST_PORT
+    high = ephemeral_range()[0] - 1
+    rng = random.SystemRandom()
+    socks: list[socket.socket] = []
+    try:
+        tries = 0
+        while len(socks) < n and high - low >= 1000 and tries < 50 * n:
+            tries += 1
+            s = socket.socket()
+            try:
+                s.bind((host, rng.randint(low, high)))
+            except OSError:  # taken (or, below, by one of ours): draw again
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < n:  # a host whose ephemeral range leaves no room below it
             s = socket.socket()
             s.bind((host, 0))
             socks.append(s)

@@ -17,7 +17,13 @@ import pytest
 import trio
 
 from cellstore.client import COMMANDS, STATUS, WATCH
-from cellstore.config import RaftTuning, ReplicaConfig, free_ports
+from cellstore.config import (
+    LOWEST_PORT,
+    RaftTuning,
+    ReplicaConfig,
+    ephemeral_range,
+    free_ports,
+)
 from cellstore.datadir import DataDirInUse, hold
 from cellstore.feed import AppliedFeed
 from cellstore.machine import MachineBox
@@ -27,6 +33,20 @@ from harness.cluster import KVMachine
 
 def put(cid: str, key: str = "k", value: object = 1) -> bytes:
     return orjson.dumps({"id": cid, "op": "put", "key": key, "value": value})
+
+
+def test_free_ports_lie_below_the_range_outgoing_connections_take_theirs_from() -> None:
+    """A replica that failed to bind its port (`BindError`) left a 3-replica test cell two
+    replicas strong: `bind(0)` had handed out a port of the ephemeral range, which an outgoing
+    connection could take before the replica bound it. Ports now come from below it."""
+    import socket
+
+    low = ephemeral_range()[0]
+    ports = free_ports(40)
+    assert len(set(ports)) == 40 and all(LOWEST_PORT <= p < low for p in ports), ports
+    for port in ports[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
 
 
 def test_kv_machine_dedups_and_round_trips() -> None:
