@@ -285,6 +285,12 @@ class LocalCluster:
         for i in range(self.n):
             self.start_replica(i)
         self.wait_for_leader()
+        # A majority elects a leader without the rest: a replica that could not start (its
+        # port taken) would otherwise leave a test a cell one fault short of what it thinks.
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is not None:
+                tail = self.log_file(i).read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"replica {i} exited while the cell started: {tail}")
         deadline = time.monotonic() + timeout
         while self._ready is not None and not self._ready(self):
             if time.monotonic() > deadline:
