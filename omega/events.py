@@ -47,6 +47,7 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
         TaskPlaced,
         TaskStateChanged,
     )
+    from cellstate.model import AGENT_LABEL_PREFIX
 
     job: str | None = None
     task: str | None = None
@@ -59,7 +60,9 @@ def describe(cell: CellState, command: Command, event: Event) -> dict[str, Any]:
         message = f"machine {machine} removed"
     elif isinstance(event, MachineLabeled):
         kind, machine = "labeled", event.machine
-        shown = " ".join(f"{k}={v}" for k, v in event.labels.items()) or "none"
+        # The agent's own (its address) as the console hides them: the operator's are news.
+        said = {k: v for k, v in event.labels.items() if not k.startswith(AGENT_LABEL_PREFIX)}
+        shown = " ".join(f"{k}={v}" for k, v in said.items()) or "none"
         message = f"machine {machine} labels now {shown}"
     elif isinstance(event, JobSubmitted):
         kind, job = "submitted", event.job
