@@ -27,6 +27,7 @@ from cellstate.model import (
     TaskState,
     Transaction,
     quick,
+    sorted_dict,
 )
 from cellstate.resources import Limit, Resources
 
@@ -52,11 +53,6 @@ class RegisterMachines:
     at: float = 0.0
     id: str = ""
     by: Author | None = None
-
-
-def _sorted_labels(value: dict[str, str]) -> dict[str, str]:
-    # Canonical key order: the log's bytes do not depend on the order a client sent.
-    return dict(sorted(value.items()))
 
 
 @attrs.frozen(slots=True)
@@ -336,7 +332,7 @@ class LabelMachines:
     stay where they are; a selector is judged anew for every claim."""
 
     machines: tuple[str, ...]
-    labels: dict[str, str] = attrs.field(factory=dict, converter=_sorted_labels)
+    labels: dict[str, str] = attrs.field(factory=dict, converter=sorted_dict)
     remove: tuple[str, ...] = ()
     at: float = 0.0
     id: str = ""

@@ -265,7 +265,7 @@ def _labels(instance: Any, attribute: attrs.Attribute, value: dict[str, str]) ->
             )
 
 
-def _sorted_dict(value: dict[str, str]) -> dict[str, str]:
+def sorted_dict(value: dict[str, str]) -> dict[str, str]:
     # Canonical key order keeps serialised state byte-identical however the
     # input was ordered.
     return dict(sorted(value.items()))
@@ -463,7 +463,7 @@ class MachineSpec:
 
     id: str = attrs.field(validator=_match(NAME_RE, "machine id"))
     capacity: Resources = attrs.field(validator=_required_dimensions("machine"))
-    labels: dict[str, str] = attrs.field(factory=dict, converter=_sorted_dict, validator=_labels)
+    labels: dict[str, str] = attrs.field(factory=dict, converter=sorted_dict, validator=_labels)
     domain: str = attrs.field(default="default", validator=_match(NAME_RE, "failure domain"))
 
 
@@ -478,10 +478,10 @@ class JobSpec:
     tasks: int = attrs.field(default=1)
     priority: int = attrs.field(default=-1)
     command: tuple[str, ...] = attrs.field(default=(), validator=_argv)
-    env: dict[str, str] = attrs.field(factory=dict, converter=_sorted_dict)
-    labels: dict[str, str] = attrs.field(factory=dict, converter=_sorted_dict, validator=_labels)
+    env: dict[str, str] = attrs.field(factory=dict, converter=sorted_dict)
+    labels: dict[str, str] = attrs.field(factory=dict, converter=sorted_dict, validator=_labels)
     constraints: dict[str, str] = attrs.field(
-        factory=dict, converter=_sorted_dict, validator=_labels
+        factory=dict, converter=sorted_dict, validator=_labels
     )
     # Machine labels its tasks' machines must match, in the kubectl syntax of `omega -l`
     # (`zone in (a,b),!spot`): what `constraints` says and more (rules 12).
